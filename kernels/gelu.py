@@ -1,0 +1,310 @@
+"""GELU, the exact erf form that BERT and DistilBERT use, and bias + GELU fused.
+
+Forward (elementwise):
+    y = gelu(x) = x * Phi(x) = 0.5 * x * (1 + erf(x / sqrt(2)))
+Derivative:
+    dy/dx = Phi(x) + x * phi(x) = 0.5 * (1 + erf(x / sqrt(2))) + x * exp(-x^2 / 2) / sqrt(2 pi)
+Bias + GELU (x (..., F), b (F,)):
+    y = gelu(x + b);   dx = dy * gelu'(x + b);   db = sum over all leading axes of dx
+
+The tanh approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) is NOT what BERT uses; it is here only as a
+reference (`gelu_tanh_ref`) for the tutorial that plots the two side by side.
+
+Versions:
+    gelu_forward_ref / gelu_backward_ref             NumPy + scipy.special.erf, float32 or float64
+    gelu_forward_cpu / gelu_backward_cpu             Numba, parallel over elements, float32 throughout
+    bias_gelu_forward_cpu / bias_gelu_backward_cpu   Numba, bias add fused into the GELU pass (one read, one write)
+    gelu_forward_cuda / gelu_backward_cuda           numba.cuda, one thread per element
+    bias_gelu_forward_cuda / bias_gelu_backward_cuda numba.cuda; db reduced per column through shared memory
+Caches: GeluCache(x), BiasGeluCache(x, b): the input is kept, gelu'(x) is recomputed in backward (cheaper in memory).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+from scipy.special import erf as _erf
+
+from . import _common, _cuda
+
+HALF = np.float32(0.5)
+ONE = np.float32(1.0)
+INV_SQRT2 = np.float32(1.0 / math.sqrt(2.0))
+INV_SQRT_2PI = np.float32(1.0 / math.sqrt(2.0 * math.pi))
+
+
+class GeluCache(NamedTuple):
+    x: np.ndarray  # the input of gelu
+
+
+class BiasGeluCache(NamedTuple):
+    x: np.ndarray  # (..., F) the input before the bias
+    b: np.ndarray  # (F,) the bias
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NumPy reference
+
+
+def gelu_forward_ref(x):
+    # y = 0.5 * x * (1 + erf(x / sqrt(2)))
+    y = 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))
+    return y.astype(x.dtype, copy=False), GeluCache(x)
+
+
+def gelu_backward_ref(dy, cache):
+    x = cache.x
+    # d/dx [x * Phi(x)] = Phi(x) + x * phi(x)
+    cdf = 0.5 * (1.0 + _erf(x / np.sqrt(2.0)))
+    pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
+    return (dy * (cdf + x * pdf)).astype(x.dtype, copy=False)
+
+
+def bias_gelu_forward_ref(x, b):
+    y, _ = gelu_forward_ref(x + b)
+    return y, BiasGeluCache(x, b)
+
+
+def bias_gelu_backward_ref(dy, cache):
+    dx = gelu_backward_ref(dy, GeluCache(cache.x + cache.b))
+    db = dx.reshape(-1, dx.shape[-1]).sum(axis=0)
+    return dx, db
+
+
+def gelu_tanh_ref(x):
+    """The tanh approximation (GPT-2's 'gelu_new'); for comparison only."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numba CPU
+
+
+@njit(cache=True, parallel=True)
+def _gelu_fwd(x, b, y, width):
+    # x, y flat (N*width,), b (width,) or (0,) for no bias
+    has_bias = b.size > 0
+    for i in prange(x.size):
+        h = x[i] + b[i % width] if has_bias else x[i]
+        y[i] = HALF * h * (ONE + math.erf(h * INV_SQRT2))
+
+
+@njit(cache=True, parallel=True)
+def _gelu_bwd(dy, x, b, dx, width):
+    has_bias = b.size > 0
+    for i in prange(x.size):
+        h = x[i] + b[i % width] if has_bias else x[i]
+        cdf = HALF * (ONE + math.erf(h * INV_SQRT2))
+        pdf = math.exp(-HALF * h * h) * INV_SQRT_2PI
+        dx[i] = dy[i] * (cdf + h * pdf)
+
+
+_NO_BIAS = np.zeros(0, dtype=np.float32)
+
+
+def gelu_forward_cpu(x):
+    _common.check_array("x", x)
+    y = np.empty_like(x)
+    _gelu_fwd(x.reshape(-1), _NO_BIAS, y.reshape(-1), max(1, tuple(x.shape)[-1] if x.ndim else 1))
+    return y, GeluCache(x)
+
+
+def gelu_backward_cpu(dy, cache):
+    x = cache.x
+    _common.check_array("dy", dy, shape=x.shape)
+    dx = np.empty_like(x)
+    _gelu_bwd(dy.reshape(-1), x.reshape(-1), _NO_BIAS, dx.reshape(-1), max(1, tuple(x.shape)[-1] if x.ndim else 1))
+    return dx
+
+
+def _check_bias(x, b):
+    _common.check_array("x", x, ndim=tuple(range(1, 8)))
+    _common.check_array("b", b, ndim=1, shape=(tuple(x.shape)[-1],))
+
+
+def bias_gelu_forward_cpu(x, b):
+    _check_bias(x, b)
+    y = np.empty_like(x)
+    _gelu_fwd(x.reshape(-1), b, y.reshape(-1), tuple(x.shape)[-1])
+    return y, BiasGeluCache(x, b)
+
+
+def bias_gelu_backward_cpu(dy, cache):
+    x, b = cache
+    _common.check_array("dy", dy, shape=x.shape)
+    dx = np.empty_like(x)
+    _gelu_bwd(dy.reshape(-1), x.reshape(-1), b, dx.reshape(-1), tuple(x.shape)[-1])
+    db = dx.reshape(-1, tuple(x.shape)[-1]).sum(axis=0)  # numpy's pairwise float32 sum: error ~ eps * log(N)
+    return dx, db
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# numba.cuda
+
+
+cuda = None  # numba.cuda, bound on first use: the simulator swaps this module global for its fake module
+
+
+@functools.cache
+def _cuda_kernels():
+    global cuda
+    cuda = _cuda.get_cuda()
+    from numba import float32  # noqa: PLC0415
+    THREADS = _cuda.THREADS
+
+    @cuda.jit
+    def fwd(x, b, y, width, has_bias):
+        i = cuda.grid(1)
+        if i < x.size:
+            h = x[i] + b[i % width] if has_bias else x[i]
+            y[i] = HALF * h * (ONE + math.erf(h * INV_SQRT2))
+
+    @cuda.jit
+    def bwd(dy, x, b, dx, width, has_bias):
+        i = cuda.grid(1)
+        if i < x.size:
+            h = x[i] + b[i % width] if has_bias else x[i]
+            cdf = HALF * (ONE + math.erf(h * INV_SQRT2))
+            pdf = math.exp(-HALF * h * h) * INV_SQRT_2PI
+            dx[i] = dy[i] * (cdf + h * pdf)
+
+    @cuda.jit
+    def colsum(dx, rows, width, db):
+        # one block per column: threads stride over rows, then a shared-memory tree reduction
+        col = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        buf = cuda.shared.array(THREADS, float32)
+        acc = float32(0.0)
+        r = t
+        while r < rows:
+            acc += dx[r * width + col]
+            r += THREADS
+        buf[t] = acc
+        cuda.syncthreads()
+        s = THREADS // 2
+        while s > 0:
+            if t < s:
+                buf[t] += buf[t + s]
+            cuda.syncthreads()
+            s //= 2
+        if t == 0:
+            db[col] = buf[0]
+
+    return fwd, bwd, colsum
+
+
+def _launch(kernel, n, *args):
+    kernel[_cuda.blocks_for(n), _cuda.THREADS](*args)
+
+
+def gelu_forward_cuda(x):
+    _common.check_array("x", x)
+    fwd, _, _ = _cuda_kernels()
+    y = _cuda.device_empty(x.shape)
+    _launch(fwd, x.size, x.reshape(-1), _cuda.to_device(_NO_BIAS), y.reshape(-1), 1, False)
+    return y, GeluCache(x)
+
+
+def gelu_backward_cuda(dy, cache):
+    x = cache.x
+    _common.check_array("dy", dy, shape=x.shape)
+    _, bwd, _ = _cuda_kernels()
+    dx = _cuda.device_empty(x.shape)
+    _launch(bwd, x.size, dy.reshape(-1), x.reshape(-1), _cuda.to_device(_NO_BIAS), dx.reshape(-1), 1, False)
+    return dx
+
+
+def bias_gelu_forward_cuda(x, b):
+    _check_bias(x, b)
+    fwd, _, _ = _cuda_kernels()
+    y = _cuda.device_empty(x.shape)
+    _launch(fwd, x.size, x.reshape(-1), b, y.reshape(-1), tuple(x.shape)[-1], True)
+    return y, BiasGeluCache(x, b)
+
+
+def bias_gelu_backward_cuda(dy, cache):
+    x, b = cache
+    _common.check_array("dy", dy, shape=x.shape)
+    _, bwd, colsum = _cuda_kernels()
+    width = tuple(x.shape)[-1]
+    dx = _cuda.device_empty(x.shape)
+    _launch(bwd, x.size, dy.reshape(-1), x.reshape(-1), b, dx.reshape(-1), width, True)
+    db = _cuda.device_empty((width,))
+    colsum[width, _cuda.THREADS](dx.reshape(-1), x.size // width, width, db)
+    return dx, db
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# public entry points: device arrays go to CUDA, numpy arrays to the Numba CPU kernels
+
+
+def gelu_forward(x):
+    return gelu_forward_cuda(x) if _cuda.is_device_array(x) else gelu_forward_cpu(x)
+
+
+def gelu_backward(dy, cache):
+    return gelu_backward_cuda(dy, cache) if _cuda.is_device_array(dy) else gelu_backward_cpu(dy, cache)
+
+
+def bias_gelu_forward(x, b):
+    return bias_gelu_forward_cuda(x, b) if _cuda.is_device_array(x) else bias_gelu_forward_cpu(x, b)
+
+
+def bias_gelu_backward(dy, cache):
+    return bias_gelu_backward_cuda(dy, cache) if _cuda.is_device_array(dy) else bias_gelu_backward_cpu(dy, cache)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main():
+    rep = _common.Report("gelu")
+    r = _common.rng(0)
+    # validation: every version against the float64 reference, tolerance from float32 epsilon (no reduction for
+    # the elementwise outputs, a reduction over N rows for db)
+    N, F = 8 * 128, 3072
+    x = r.standard_normal((N, F)).astype(np.float32) * 3
+    b = r.standard_normal(F).astype(np.float32)
+    dy = r.standard_normal((N, F)).astype(np.float32)
+    y64, _ = bias_gelu_forward_ref(x.astype(np.float64), b.astype(np.float64))
+    dx64, db64 = bias_gelu_backward_ref(dy.astype(np.float64), BiasGeluCache(x.astype(np.float64), b.astype(np.float64)))
+    tol = _common.f32_tol(1, scale=8)
+    y, c = bias_gelu_forward_cpu(x, b)
+    rep.check("cpu", "y", y, y64, atol=tol, rtol=tol)
+    dx, db = bias_gelu_backward_cpu(dy, c)
+    rep.check("cpu", "dx", dx, dx64, atol=tol, rtol=tol)
+    rep.check("cpu", "db", db, db64, atol=_common.f32_tol(N, scale=4), rtol=tol)
+
+    if _cuda.available():
+        n_small = 64 if _cuda.SIMULATOR else N
+        xs, dys = x[:n_small], dy[:n_small]
+        dx64s, db64s = bias_gelu_backward_ref(dys.astype(np.float64),
+                                              BiasGeluCache(xs.astype(np.float64), b.astype(np.float64)))
+        xd, bd, dyd = (_cuda.to_device(a) for a in (xs, b, dys))
+        yd, cd = bias_gelu_forward_cuda(xd, bd)
+        rep.check("cuda", "y", _cuda.to_host(yd), y64[:n_small], atol=tol, rtol=tol)
+        dxd, dbd = bias_gelu_backward_cuda(dyd, cd)
+        rep.check("cuda", "dx", _cuda.to_host(dxd), dx64s, atol=tol, rtol=tol)
+        rep.check("cuda", "db", _cuda.to_host(dbd), db64s, atol=_common.f32_tol(n_small, scale=4), rtol=tol)
+    else:
+        rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
+
+    # benchmark at DistilBERT-base FFN size: (B*T, F) = (1024, 3072); bytes = read x + write y (+ read b)
+    nbytes_f = 2 * x.nbytes
+    nbytes_b = 3 * x.nbytes
+    rep.bench("ref(numpy)", lambda: bias_gelu_forward_ref(x, b), nbytes=nbytes_f)
+    rep.bench("cpu", lambda: bias_gelu_forward_cpu(x, b), nbytes=nbytes_f)
+    rep.bench("ref bwd", lambda: bias_gelu_backward_ref(dy, BiasGeluCache(x, b)), nbytes=nbytes_b)
+    rep.bench("cpu bwd", lambda: bias_gelu_backward_cpu(dy, c), nbytes=nbytes_b)
+    if _cuda.available() and not _cuda.SIMULATOR:
+        cuda = _cuda.get_cuda()
+        xd, bd = _cuda.to_device(x), _cuda.to_device(b)
+        rep.bench("cuda", lambda: bias_gelu_forward_cuda(xd, bd), nbytes=nbytes_f, sync=cuda.synchronize)
+    rep.finish()
+
+
+if __name__ == "__main__":
+    main()

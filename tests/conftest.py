@@ -1,0 +1,48 @@
+"""Test set-up shared by every test file.
+
+- CUDA: without a GPU, the numba.cuda kernels run on the simulator (NUMBA_ENABLE_CUDASIM=1, set here before
+  anything imports numba.cuda). On a machine with a GPU the same tests run on the device: `pytest -m cuda`.
+  Set NUMBA_ENABLE_CUDASIM yourself to force either.
+- Oracles: torch and transformers are test oracles. Where they are missing the comparisons skip, unless
+  MINIDISTIL_REQUIRE_ORACLES=1 or CI=true is set: then a missing oracle is an error, so CI can never pass by
+  skipping the parity tests.
+"""
+import os
+
+if "NUMBA_ENABLE_CUDASIM" not in os.environ:
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "0" if os.path.exists("/dev/nvidiactl") else "1"
+
+import importlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REQUIRE_ORACLES = os.environ.get("MINIDISTIL_REQUIRE_ORACLES") == "1" or os.environ.get("CI") == "true"
+
+
+def oracle(name: str):
+    """Import a test oracle (torch, transformers, ...); skip when missing, fail instead in CI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if REQUIRE_ORACLES:
+            pytest.fail(f"{name} is required here (CI / MINIDISTIL_REQUIRE_ORACLES=1) but is not installed")
+        pytest.skip(f"{name} not installed: oracle comparison skipped (the core suite does not need it)")
+
+
+@pytest.fixture
+def torch():
+    t = oracle("torch")
+    t.manual_seed(0)
+    return t
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def pytest_report_header(config):
+    sim = os.environ.get("NUMBA_ENABLE_CUDASIM")
+    return [f"minidistil: CUDA kernels run on {'the simulator' if sim == '1' else 'a real GPU'}"
+            f" (NUMBA_ENABLE_CUDASIM={sim}); oracles required: {REQUIRE_ORACLES}"]
