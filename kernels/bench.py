@@ -1,0 +1,212 @@
+"""Benchmark every op at DistilBERT-base sizes: Numba CPU beside the NumPy reference and torch, in one run.
+
+    python -m minidistil.kernels.bench            # all ops
+    python -m minidistil.kernels.bench gelu attention --repeat 20 --json out.json
+
+Sizes: B=8, T=128, C=768, F=3072, H=12, V=30522 (N = B*T = 1024 rows). Each line is the median wall time after
+warm-up (JIT compilation happens in the warm-up), forward and backward separately, and the ratios of the Numba
+version to the reference and to torch (below 1.0 means minidistil is faster). torch is optional: without it its
+column is empty. The torch backward is timed with torch.autograd.grad on a graph built once (retain_graph=True).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import numpy as np
+
+from . import _common
+
+B, T, C, F, H, V = 8, 128, 768, 3072, 12, 30522
+N = B * T
+
+
+def _try_torch():
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:
+        return None
+    return torch
+
+
+def _torch_pair(torch, fn, inputs, grad_out):
+    """(forward callable, backward callable) for a torch function of float32 tensors."""
+    ts = [torch.tensor(a, requires_grad=a.dtype == np.float32) if isinstance(a, np.ndarray) else a
+          for a in inputs]
+    leaves = [t for t in ts if isinstance(t, torch.Tensor) and t.requires_grad]
+    out = fn(*ts)
+    g = torch.tensor(grad_out) if isinstance(grad_out, np.ndarray) else torch.tensor(grad_out, dtype=out.dtype)
+
+    def fwd_nograd():
+        with torch.no_grad():
+            return fn(*ts)
+
+    bwd = lambda: torch.autograd.grad(out, leaves, g, retain_graph=True)  # noqa: E731
+    return fwd_nograd, bwd
+
+
+def cases(names=None):
+    """Yield (name, dict of callables) per op; built lazily so one op's memory is freed before the next."""
+    r = np.random.default_rng(0)
+    f32 = lambda *s: r.standard_normal(s).astype(np.float32)  # noqa: E731
+    torch = _try_torch()
+    tF = torch.nn.functional if torch else None
+
+    def want(n):
+        return names is None or n in names
+
+    if want("linear"):
+        from . import linear as K
+        x, w, b, dy = f32(N, C), f32(F, C) * 0.02, f32(F), f32(N, F)
+        y, c = K.linear_forward(x, w, b)
+        d = dict(ref_fwd=lambda: K.linear_forward_ref(x, w, b), cpu_fwd=lambda: K.linear_forward(x, w, b),
+                 ref_bwd=lambda: K.linear_backward_ref(dy, c), cpu_bwd=lambda: K.linear_backward(dy, c),
+                 flops_fwd=2 * N * C * F, flops_bwd=4 * N * C * F)
+        if torch:
+            d["torch_fwd"], d["torch_bwd"] = _torch_pair(torch, tF.linear, [x, w, b], dy)
+        yield "linear (1024x768 -> 3072)", d
+
+    if want("gelu"):
+        from . import gelu as K
+        x, b, dy = f32(N, F), f32(F), f32(N, F)
+        y, c = K.bias_gelu_forward(x, b)
+        d = dict(ref_fwd=lambda: K.bias_gelu_forward_ref(x, b), cpu_fwd=lambda: K.bias_gelu_forward(x, b),
+                 ref_bwd=lambda: K.bias_gelu_backward_ref(dy, c), cpu_bwd=lambda: K.bias_gelu_backward(dy, c),
+                 bytes_fwd=2 * x.nbytes, bytes_bwd=3 * x.nbytes)
+        if torch:
+            d["torch_fwd"], d["torch_bwd"] = _torch_pair(torch, lambda x, b: tF.gelu(x + b), [x, b], dy)
+        yield "bias+gelu (1024x3072)", d
+
+    if want("layernorm"):
+        from . import layernorm as K
+        x, res, w, b, dy = f32(N, C), f32(N, C), f32(C), f32(C), f32(N, C)
+        y, c = K.residual_layernorm_forward(x, res, w, b, 1e-12)
+        d = dict(ref_fwd=lambda: K.residual_layernorm_forward_ref(x, res, w, b, 1e-12),
+                 cpu_fwd=lambda: K.residual_layernorm_forward(x, res, w, b, 1e-12),
+                 ref_bwd=lambda: K.residual_layernorm_backward_ref(dy, c),
+                 cpu_bwd=lambda: K.residual_layernorm_backward(dy, c),
+                 bytes_fwd=3 * x.nbytes, bytes_bwd=3 * x.nbytes)
+        if torch:
+            d["torch_fwd"], d["torch_bwd"] = _torch_pair(
+                torch, lambda x, r, w, b: tF.layer_norm(x + r, (C,), w, b, 1e-12), [x, res, w, b], dy)
+        yield "residual+layernorm (1024x768)", d
+
+    if want("attention"):
+        from . import attention as K
+        q, k, v, dy = f32(B, T, C), f32(B, T, C), f32(B, T, C), f32(B, T, C)
+        mask = np.ones((B, T), np.int64)
+        mask[1, 100:] = 0
+        y, c = K.attention_forward(q, k, v, mask, H)
+        fl = 4 * B * H * T * T * (C // H)
+        d = dict(ref_fwd=lambda: K.attention_forward_ref(q, k, v, mask, H),
+                 cpu_fwd=lambda: K.attention_forward(q, k, v, mask, H),
+                 ref_bwd=lambda: K.attention_backward_ref(dy, c), cpu_bwd=lambda: K.attention_backward(dy, c),
+                 flops_fwd=fl, flops_bwd=2 * fl)
+        if torch:
+            def tattn(q, k, v):
+                D = C // H
+                sh = lambda t: t.view(B, T, H, D).transpose(1, 2)  # noqa: E731
+                s = sh(q) @ sh(k).transpose(-1, -2) / math.sqrt(D)
+                s = s.masked_fill(torch.tensor(mask == 0)[:, None, None, :], torch.finfo(s.dtype).min)
+                return (s.softmax(-1) @ sh(v)).transpose(1, 2).reshape(B, T, C)
+            d["torch_fwd"], d["torch_bwd"] = _torch_pair(torch, tattn, [q, k, v], dy)
+        yield "attention (B8 T128 H12 D64)", d
+
+    if want("softmax"):
+        from . import softmax as K
+        x, dy = f32(B * H * T, T), f32(B * H * T, T)
+        y, c = K.softmax_forward(x)
+        d = dict(ref_fwd=lambda: K.softmax_forward_ref(x), cpu_fwd=lambda: K.softmax_forward(x),
+                 ref_bwd=lambda: K.softmax_backward_ref(dy, c), cpu_bwd=lambda: K.softmax_backward(dy, c),
+                 bytes_fwd=2 * x.nbytes, bytes_bwd=3 * x.nbytes)
+        if torch:
+            d["torch_fwd"], d["torch_bwd"] = _torch_pair(torch, lambda x: x.softmax(-1), [x], dy)
+        yield "softmax (12288x128)", d
+
+    if want("embedding"):
+        from . import embedding as K
+        ids = r.integers(0, V, size=(B, T)).astype(np.int64)
+        table, dy = f32(V, C), f32(B, T, C)
+        y, c = K.embedding_forward(ids, table)
+        d = dict(ref_fwd=lambda: K.embedding_forward_ref(ids, table), cpu_fwd=lambda: K.embedding_forward(ids, table),
+                 ref_bwd=lambda: K.embedding_backward_ref(dy, c), cpu_bwd=lambda: K.embedding_backward(dy, c),
+                 bytes_fwd=2 * y.nbytes, bytes_bwd=y.nbytes + table.nbytes)
+        if torch:
+            d["torch_fwd"], d["torch_bwd"] = _torch_pair(torch, lambda t: tF.embedding(torch.tensor(ids), t),
+                                                         [table], dy)
+        yield "embedding (8x128 of 30522x768)", d
+
+    if want("cross_entropy"):
+        from . import cross_entropy as K
+        logits = f32(N, V)
+        tgt = r.integers(0, V, size=N).astype(np.int64)
+        tgt[::3] = -100
+        loss, c = K.cross_entropy_forward(logits, tgt)
+        d = dict(ref_fwd=lambda: K.cross_entropy_forward_ref(logits, tgt),
+                 cpu_fwd=lambda: K.cross_entropy_forward(logits, tgt),
+                 ref_bwd=lambda: K.cross_entropy_backward_ref(1.0, c),
+                 cpu_bwd=lambda: K.cross_entropy_backward(1.0, c),
+                 bytes_fwd=logits.nbytes, bytes_bwd=2 * logits.nbytes)
+        if torch:
+            d["torch_fwd"], d["torch_bwd"] = _torch_pair(
+                torch, lambda x: tF.cross_entropy(x, torch.tensor(tgt), ignore_index=-100), [logits], 1.0)
+        yield "cross-entropy (1024x30522)", d
+
+    if want("distill_kl"):
+        from . import distill_kl as K
+        s, t = f32(N, V), f32(N, V)
+        loss, c = K.distill_kl_forward(s, t, 2.0, None)
+        d = dict(ref_fwd=lambda: K.distill_kl_forward_ref(s, t, 2.0, None),
+                 cpu_fwd=lambda: K.distill_kl_forward(s, t, 2.0, None),
+                 ref_bwd=lambda: K.distill_kl_backward_ref(1.0, c), cpu_bwd=lambda: K.distill_kl_backward(1.0, c),
+                 bytes_fwd=2 * s.nbytes, bytes_bwd=3 * s.nbytes)
+        if torch:
+            d["torch_fwd"], d["torch_bwd"] = _torch_pair(
+                torch, lambda s: tF.kl_div(tF.log_softmax(s / 2, -1), tF.softmax(torch.tensor(t) / 2, -1),
+                                           reduction="batchmean") * 4, [s], 1.0)
+        yield "distill KL T=2 (1024x30522)", d
+
+
+def run(names=None, repeat=10, warmup=2):
+    rows = []
+    print(f"{'op':<32} {'pass':<4} {'ref ms':>9} {'numba ms':>9} {'torch ms':>9} {'numba/ref':>9} "
+          f"{'numba/torch':>11} {'numba rate':>16}")
+    for name, d in cases(names):
+        for p in ("fwd", "bwd"):
+            ref = _common.bench(d[f"ref_{p}"], warmup=warmup, repeat=repeat)
+            cpu = _common.bench(d[f"cpu_{p}"], warmup=warmup, repeat=repeat)
+            tor = _common.bench(d[f"torch_{p}"], warmup=warmup, repeat=repeat) if f"torch_{p}" in d else None
+            rate = ""
+            if d.get(f"flops_{p}"):
+                rate = f"{d[f'flops_{p}'] / cpu / 1e6:8.1f} GFLOP/s"
+            elif d.get(f"bytes_{p}"):
+                rate = f"{d[f'bytes_{p}'] / cpu / 1e6:8.2f} GB/s"
+            tstr = f"{tor:9.2f}" if tor is not None else f"{'-':>9}"
+            rt = f"{cpu / tor:11.2f}" if tor is not None else f"{'-':>11}"
+            print(f"{name:<32} {p:<4} {ref:9.2f} {cpu:9.2f} {tstr} {cpu / ref:9.2f} {rt} {rate:>16}", flush=True)
+            rows.append(dict(op=name, pass_=p, ref_ms=ref, numba_ms=cpu, torch_ms=tor))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ops", nargs="*", help="linear gelu layernorm attention softmax embedding cross_entropy distill_kl")
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--json", help="also write the rows as JSON to this file")
+    args = ap.parse_args(argv)
+    torch = _try_torch()
+    if torch:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    else:
+        print("torch not installed: its column is empty")
+    rows = run(args.ops or None, repeat=args.repeat)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
