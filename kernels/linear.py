@@ -1,0 +1,319 @@
+"""Linear layer (fully connected), in Hugging Face's weight layout: w is (out, in).
+
+Forward (x (..., Cin), w (Cout, Cin), b (Cout,) or None; every leading axis is flattened into N rows):
+    y = x W^T + b                                   y (..., Cout)
+Backward (dy (..., Cout)):
+    dx = dy W                                       dx (..., Cin)
+    dW = dy^T x       (sum over the N rows)         dW (Cout, Cin)
+    db = sum over the N rows of dy                  db (Cout,)   (None when the forward had no bias)
+
+Versions:
+    linear_forward_ref / linear_backward_ref    NumPy, float32 or float64, written for reading
+    linear_forward_cpu / linear_backward_cpu    the three products through numpy's BLAS (float32 sgemm: no
+                                                hand-written loop beats a tuned GEMM), bias added in place by numpy
+                                                (measured: a Numba prange bias add was ~30% slower overall, its
+                                                threads competing with OpenBLAS's still-spinning ones), db a column
+                                                sum accumulated in float64 (numpy adds rows one by one: a float32
+                                                accumulator's error would grow ~N)
+    linear_forward_cuda / linear_backward_cuda  numba.cuda: `matmul_cuda`, a tiled shared-memory GEMM (TILE x TILE
+                                                threads per block, any M, N, K, optional transposes of either
+                                                operand, reusable by other GPU code), plus a bias-add kernel and a
+                                                column-sum kernel (one block per column, shared-memory reduction)
+Cache: LinearCache(x, w, b): the input, the weight and the bias (or None); nothing is recomputed in backward.
+Backward returns fresh arrays (it never adds into existing gradients).
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _common, _cuda
+
+
+class LinearCache(NamedTuple):
+    x: np.ndarray          # (..., Cin) the input
+    w: np.ndarray          # (Cout, Cin) the weight
+    b: np.ndarray | None   # (Cout,) the bias, or None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NumPy reference
+
+
+def linear_forward_ref(x, w, b=None):
+    # y = x W^T + b
+    y = x @ w.T                                    # (..., Cout)
+    if b is not None:
+        y = y + b
+    return y.astype(x.dtype, copy=False), LinearCache(x, w, b)
+
+
+def linear_backward_ref(dy, cache):
+    x, w, b = cache
+    x2 = x.reshape(-1, x.shape[-1])                # (N, Cin)
+    dy2 = dy.reshape(-1, dy.shape[-1])             # (N, Cout)
+    dx = dy @ w                                    # dx = dy W      (..., Cin)
+    dw = dy2.T @ x2                                # dW = dy^T x    (Cout, Cin)
+    db = dy2.sum(axis=0) if b is not None else None  # db = sum_n dy  (Cout,)
+    return dx.astype(x.dtype, copy=False), dw.astype(x.dtype, copy=False), db
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CPU: BLAS for the products, Numba for the bias
+
+
+def _check_forward(x, w, b):
+    _common.check_array("x", x)
+    if len(x.shape) < 1:
+        raise ValueError(f"x: expected an array (..., Cin) with at least one axis, got shape {tuple(x.shape)}")
+    _common.check_array("w", w, ndim=2)
+    if tuple(w.shape)[1] != tuple(x.shape)[-1]:
+        raise ValueError(f"w: expected shape (Cout, {tuple(x.shape)[-1]}) to match the last axis of x "
+                         f"{tuple(x.shape)}, got {tuple(w.shape)}")
+    if b is not None:
+        _common.check_array("b", b, ndim=1, shape=(tuple(w.shape)[0],))
+
+
+def _check_backward(dy, cache):
+    x, w, _ = cache
+    _common.check_array("dy", dy, shape=tuple(x.shape)[:-1] + (tuple(w.shape)[0],))
+
+
+def linear_forward_cpu(x, w, b=None):
+    _check_forward(x, w, b)
+    cin, cout = w.shape[1], w.shape[0]
+    x2 = x.reshape(-1, cin)                        # (N, Cin)
+    y2 = x2 @ w.T                                  # (N, Cout)  y = x W^T   (sgemm)
+    if b is not None:
+        y2 += b                                    #            y += b   (in place, broadcast over rows)
+    return y2.reshape(tuple(x.shape)[:-1] + (cout,)), LinearCache(x, w, b)
+
+
+def linear_backward_cpu(dy, cache):
+    _check_backward(dy, cache)
+    x, w, b = cache
+    cin, cout = w.shape[1], w.shape[0]
+    x2 = x.reshape(-1, cin)                        # (N, Cin)
+    dy2 = dy.reshape(-1, cout)                     # (N, Cout)
+    dx = (dy2 @ w).reshape(x.shape)                # from y = x W^T:  dx = dy W     (N, Cin)
+    dw = dy2.T @ x2                                # from y = x W^T:  dW = dy^T x   (Cout, Cin)
+    # from y = ... + b: db = sum over rows of dy. numpy sums along axis 0 row by row (not pairwise), so a float32
+    # accumulator's error grows like N eps; we accumulate in float64 and round once (N*Cout adds, negligible time)
+    db = dy2.sum(axis=0, dtype=np.float64).astype(np.float32) if b is not None else None
+    return dx, np.ascontiguousarray(dw), db
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# numba.cuda
+
+
+cuda = None  # numba.cuda, bound on first use: the simulator swaps this module global for its fake module
+
+
+@functools.cache
+def _cuda_kernels():
+    global cuda
+    cuda = _cuda.get_cuda()
+    from numba import float32  # noqa: PLC0415
+    TILE = _cuda.TILE
+    THREADS = _cuda.THREADS
+
+    @cuda.jit
+    def matmul(a, b, c, M, N, K, trans_a, trans_b):
+        # c (M, N) = op(a) (M, K) @ op(b) (K, N), op = transpose when the flag is set:
+        #   op(a)[i, k] = a[k, i] if trans_a else a[i, k];  op(b)[k, j] = b[j, k] if trans_b else b[k, j]
+        # Each block computes one TILE x TILE tile of c; each thread one element. The K axis is walked tile by
+        # tile: the block loads a TILE x TILE tile of op(a) and of op(b) into shared memory, then every thread
+        # does TILE multiply-adds from shared memory. Out-of-range loads read 0, so any M, N, K works.
+        sa = cuda.shared.array((TILE, TILE), float32)
+        sb = cuda.shared.array((TILE, TILE), float32)
+        tx = cuda.threadIdx.x                      # column inside the tile
+        ty = cuda.threadIdx.y                      # row inside the tile
+        i = cuda.blockIdx.y * TILE + ty            # row of c
+        j = cuda.blockIdx.x * TILE + tx            # column of c
+        acc = float32(0.0)
+        for k0 in range(0, K, TILE):
+            ka = k0 + tx                           # this thread loads op(a)[i, ka] ...
+            if i < M and ka < K:
+                sa[ty, tx] = a[ka, i] if trans_a else a[i, ka]
+            else:
+                sa[ty, tx] = float32(0.0)
+            kb = k0 + ty                           # ... and op(b)[kb, j]
+            if kb < K and j < N:
+                sb[ty, tx] = b[j, kb] if trans_b else b[kb, j]
+            else:
+                sb[ty, tx] = float32(0.0)
+            cuda.syncthreads()
+            for kk in range(TILE):
+                acc += sa[ty, kk] * sb[kk, tx]
+            cuda.syncthreads()
+        if i < M and j < N:
+            c[i, j] = acc
+
+    @cuda.jit
+    def add_bias(y, b, width):
+        # y flat (N*width,) += b[column], one thread per element
+        e = cuda.grid(1)
+        if e < y.size:
+            y[e] += b[e % width]
+
+    @cuda.jit
+    def colsum(dy, rows, width, db):
+        # db[col] = sum over rows of dy[row, col]: one block per column, threads stride over rows, then a
+        # shared-memory tree reduction
+        col = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        buf = cuda.shared.array(THREADS, float32)
+        acc = float32(0.0)
+        r = t
+        while r < rows:
+            acc += dy[r * width + col]
+            r += THREADS
+        buf[t] = acc
+        cuda.syncthreads()
+        s = THREADS // 2
+        while s > 0:
+            if t < s:
+                buf[t] += buf[t + s]
+            cuda.syncthreads()
+            s //= 2
+        if t == 0:
+            db[col] = buf[0]
+
+    return matmul, add_bias, colsum
+
+
+def matmul_cuda(a, b, trans_a=False, trans_b=False):
+    """c = op(a) @ op(b) for 2-d float32 device arrays, op(x) = x.T when the flag is set; returns a new device
+    array (M, N). Transposes are read in place (no transposed copies)."""
+    _common.check_array("a", a, ndim=2)
+    _common.check_array("b", b, ndim=2)
+    M, Ka = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
+    Kb, N = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
+    if Ka != Kb:
+        raise ValueError(f"b: op(b) must have {Ka} rows to match op(a) {(M, Ka)}, got op(b) {(Kb, N)} "
+                         f"(trans_a={trans_a}, trans_b={trans_b})")
+    matmul, _, _ = _cuda_kernels()
+    c = _cuda.device_empty((M, N))
+    T = _cuda.TILE
+    if M and N:
+        grid = ((N + T - 1) // T, (M + T - 1) // T)
+        matmul[grid, (T, T)](a, b, c, M, N, Ka, bool(trans_a), bool(trans_b))
+    return c
+
+
+def _colsum_cuda(dy2):
+    _, _, colsum = _cuda_kernels()
+    rows, width = dy2.shape
+    db = _cuda.device_empty((width,))
+    if width:
+        colsum[width, _cuda.THREADS](dy2.reshape(-1), rows, width, db)
+    return db
+
+
+def linear_forward_cuda(x, w, b=None):
+    _check_forward(x, w, b)
+    _, add_bias, _ = _cuda_kernels()
+    cin, cout = w.shape[1], w.shape[0]
+    x2 = x.reshape(x.size // cin if cin else 0, cin)   # (N, Cin)
+    y2 = matmul_cuda(x2, w, trans_b=True)              # (N, Cout)  y = x W^T
+    if b is not None and y2.size:
+        add_bias[_cuda.blocks_for(y2.size), _cuda.THREADS](y2.reshape(-1), b, cout)  # y += b
+    return y2.reshape(tuple(x.shape)[:-1] + (cout,)), LinearCache(x, w, b)
+
+
+def linear_backward_cuda(dy, cache):
+    _check_backward(dy, cache)
+    x, w, b = cache
+    cin, cout = w.shape[1], w.shape[0]
+    n = dy.size // cout if cout else 0
+    x2 = x.reshape(n, cin)                             # (N, Cin)
+    dy2 = dy.reshape(n, cout)                          # (N, Cout)
+    dx = matmul_cuda(dy2, w).reshape(x.shape)          # from y = x W^T:  dx = dy W     (N, Cin)
+    dw = matmul_cuda(dy2, x2, trans_a=True)            # from y = x W^T:  dW = dy^T x   (Cout, Cin)
+    db = _colsum_cuda(dy2) if b is not None else None  # from y = ... + b: db = sum_n dy
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# public entry points: device arrays go to CUDA, numpy arrays to the CPU version
+
+
+def linear_forward(x, w, b=None):
+    return linear_forward_cuda(x, w, b) if _cuda.is_device_array(x) else linear_forward_cpu(x, w, b)
+
+
+def linear_backward(dy, cache):
+    return linear_backward_cuda(dy, cache) if _cuda.is_device_array(dy) else linear_backward_cpu(dy, cache)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tolerances(x, w, dy):
+    """Absolute tolerances (y, dx, dw, db) for float32 results against a float64 reference.
+    Each output is a dot product: y sums Cin terms |x||w|, dx sums Cout terms |dy||w|, dW and db sum N rows of
+    |dy||x| and |dy|. f32_tol(n, scale) = 16 eps sqrt(n) * scale (see _common.f32_tol)."""
+    cin, cout = w.shape[1], w.shape[0]
+    n = x.size // cin if cin else 0
+    xm, wm, gm = (float(np.abs(a).max(initial=0.0)) for a in (x, w, dy))
+    return (_common.f32_tol(cin, scale=xm * wm) + _common.f32_tol(1, scale=xm * wm),  # + 1 rounding for the bias add
+            _common.f32_tol(cout, scale=gm * wm),
+            _common.f32_tol(n, scale=gm * xm),
+            _common.f32_tol(n, scale=gm))
+
+
+def main():
+    rep = _common.Report("linear")
+    r = _common.rng(0)
+
+    def data(n, cin, cout):
+        x = r.standard_normal((n, cin)).astype(np.float32)
+        w = (r.standard_normal((cout, cin)) * 0.02).astype(np.float32)   # BERT's init scale
+        b = (r.standard_normal(cout) * 0.02).astype(np.float32)
+        dy = r.standard_normal((n, cout)).astype(np.float32)
+        return x, w, b, dy
+
+    def validate(version, fwd, bwd, x, w, b, dy, to_dev=lambda a: a, to_host=lambda a: a):
+        y64, c64 = linear_forward_ref(*(a.astype(np.float64) for a in (x, w, b)))
+        dx64, dw64, db64 = linear_backward_ref(dy.astype(np.float64), c64)
+        ty, tdx, tdw, tdb = tolerances(x, w, dy)
+        y, c = fwd(*(to_dev(a) for a in (x, w, b)))
+        rep.check(version, "y", to_host(y), y64, atol=ty)
+        dx, dw, db = bwd(to_dev(dy), c)
+        rep.check(version, "dx", to_host(dx), dx64, atol=tdx)
+        rep.check(version, "dw", to_host(dw), dw64, atol=tdw)
+        rep.check(version, "db", to_host(db), db64, atol=tdb)
+
+    # validation at both DistilBERT FFN sizes (N = B*T = 1024)
+    sizes = [(1024, 768, 3072), (1024, 3072, 768)]
+    for n, cin, cout in sizes:
+        validate(f"cpu {cin}->{cout}", linear_forward_cpu, linear_backward_cpu, *data(n, cin, cout))
+    if _cuda.available():
+        small = (37, 29, 21) if _cuda.SIMULATOR else sizes[0]   # awkward sizes: not multiples of TILE
+        validate("cuda", linear_forward_cuda, linear_backward_cuda, *data(*small),
+                 to_dev=_cuda.to_device, to_host=_cuda.to_host)
+    else:
+        rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
+
+    # benchmark: forward is one GEMM (2 N Cin Cout flops), backward two (dx, dW) plus the column sum
+    for n, cin, cout in sizes:
+        x, w, b, dy = data(n, cin, cout)
+        flops = 2.0 * n * cin * cout
+        _, c = linear_forward_cpu(x, w, b)
+        rep.bench(f"ref {cin}->{cout}", lambda: linear_forward_ref(x, w, b), flops=flops)
+        rep.bench(f"cpu {cin}->{cout}", lambda: linear_forward_cpu(x, w, b), flops=flops)
+        rep.bench("cpu bwd", lambda: linear_backward_cpu(dy, c), flops=2 * flops)
+        if _cuda.available() and not _cuda.SIMULATOR:
+            cu = _cuda.get_cuda()
+            xd, wd, bd, dyd = (_cuda.to_device(a) for a in (x, w, b, dy))
+            _, cd = linear_forward_cuda(xd, wd, bd)
+            rep.bench("cuda", lambda: linear_forward_cuda(xd, wd, bd), flops=flops, sync=cu.synchronize)
+            rep.bench("cuda bwd", lambda: linear_backward_cuda(dyd, cd), flops=2 * flops, sync=cu.synchronize)
+    rep.finish()
+
+
+if __name__ == "__main__":
+    main()

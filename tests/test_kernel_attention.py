@@ -1,0 +1,188 @@
+"""Attention: the three test levels (finite differences, float32 versions vs reference, torch) and bad input.
+
+Tolerances come from K.tolerances (derivation in its docstring): each output is a chain of a D-term dot product
+(the scores, dP), a softmax over T keys and a T-term weighted sum, and the bound is built from f32_tol with the
+magnitudes of this data.
+"""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from minidistil.kernels import _common, _cuda
+from minidistil.kernels import attention as K
+
+# (B, T, C, H, fully padded sequences): T=1, T=7, C=13 (D=13, H=1), a fully padded sequence, BERT's D=64
+SHAPES = [(1, 1, 13, 1, 0), (1, 1, 4, 2, 1), (2, 7, 13, 1, 0), (3, 7, 12, 3, 1), (2, 5, 8, 2, 2),
+          (2, 9, 128, 2, 1)]
+
+
+def _reference(q, k, v, dout, mask, H):
+    """float64 reference forward and backward, and the tolerances of a float32 version against it."""
+    f64 = lambda a: a.astype(np.float64)
+    out, c = K.attention_forward_ref(f64(q), f64(k), f64(v), mask, H)
+    grads = K.attention_backward_ref(f64(dout), c)
+    dP = K._split_heads(f64(dout), H) @ K._split_heads(f64(v), H).transpose(0, 1, 3, 2)  # dP = dO V^T
+    return out, c.probs, grads, K.tolerances(q, k, v, dout, c.probs, dP)
+
+
+def _assert_matches(out, probs, grads, ref, factor=1.0):
+    out64, probs64, grads64, tols = ref
+    t_out, t_p, t_dq, t_dk, t_dv = (factor * t for t in tols)
+    assert out.dtype == probs.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
+    _common.assert_close(out, out64, atol=t_out, name="out")
+    _common.assert_close(probs, probs64, atol=t_p, name="probs")
+    for name, g, g64, tol in zip(("dq", "dk", "dv"), grads, grads64, (t_dq, t_dk, t_dv)):
+        _common.assert_close(g, g64, atol=tol, name=name)
+
+
+def _assert_padded_rows(out, probs, grads, mask):
+    """A fully padded sequence: uniform probabilities 1/T, finite output (the mean of V), no gradient to q and k."""
+    dq, dk, _ = grads
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(probs))
+    for b in np.flatnonzero(~np.asarray(mask).astype(bool).any(axis=1)):
+        T = mask.shape[1]
+        _common.assert_close(probs[b], np.full_like(probs[b], 1.0 / T), atol=_common.f32_tol(T), name="uniform P")
+        assert np.all(dq[b] == 0) and np.all(dk[b] == 0)
+
+
+# (a) the reference backward against central finite differences in float64 ---------------------------------------
+
+def test_ref_backward_matches_finite_differences(rng):
+    B, T, C, H = 3, 4, 6, 2
+    q, k, v = (rng.standard_normal((B, T, C)) for _ in range(3))
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]])   # no padding, padding, fully padded
+    g = rng.standard_normal((B, T, C))                              # loss = sum(g * out), so dL/dout = g
+    loss = lambda: float((g * K.attention_forward_ref(q, k, v, mask, H)[0]).sum())
+    _, cache = K.attention_forward_ref(q, k, v, mask, H)
+    dq, dk, dv = K.attention_backward_ref(g, cache)
+    for name, analytic, x in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
+        assert _common.relative_error(analytic, _common.numerical_gradient(loss, x)) <= 1e-6, name
+
+
+# (b) every float32 version against the reference ----------------------------------------------------------------
+
+@pytest.mark.parametrize("B,T,C,H,n_pad", SHAPES)
+def test_cpu_matches_reference(rng, B, T, C, H, n_pad):
+    q, k, v, dout, mask = K.make_data(rng, B, T, C, n_pad_rows=n_pad)
+    out, cache = K.attention_forward(q, k, v, mask, H)
+    grads = K.attention_backward(dout, cache)
+    assert out.shape == q.shape and cache.probs.shape == (B, H, T, T)
+    _assert_matches(out, cache.probs, grads, _reference(q, k, v, dout, mask, H))
+    _assert_padded_rows(out, cache.probs, grads, mask)
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.int32, np.int64, np.uint8])
+def test_mask_dtypes_agree(rng, dtype):
+    q, k, v, dout, mask = K.make_data(rng, 2, 6, 8, n_pad_rows=1)
+    out0, c0 = K.attention_forward(q, k, v, mask, 2)
+    out, c = K.attention_forward(q, k, v, mask.astype(dtype), 2)
+    assert np.array_equal(out, out0) and np.array_equal(c.probs, c0.probs)
+    for g, g0 in zip(K.attention_backward(dout, c), K.attention_backward(dout, c0)):
+        assert np.array_equal(g, g0)
+
+
+def test_mask_changes_the_result(rng):
+    # the mask is not ignored: padding a key changes every row of that sequence, and its probability is 0
+    q, k, v, _, _ = K.make_data(rng, 1, 5, 4)
+    full = np.ones((1, 5), np.int64)
+    part = full.copy()
+    part[0, 3:] = 0
+    out_full, _ = K.attention_forward(q, k, v, full, 1)
+    out_part, c = K.attention_forward(q, k, v, part, 1)
+    assert np.all(c.probs[0, 0, :, 3:] == 0)
+    assert np.abs(out_full - out_part).min() > 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 3), T=st.integers(1, 9), H=st.integers(1, 3), D=st.integers(1, 6),
+       seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_cpu_matches_reference_hypothesis(B, T, H, D, seed, data):
+    r = np.random.default_rng(seed)
+    q, k, v, dout, _ = K.make_data(r, B, T, H * D)
+    keep = data.draw(st.lists(st.lists(st.booleans(), min_size=T, max_size=T), min_size=B, max_size=B))
+    mask = np.array(keep, dtype=bool)                  # any pattern, holes and fully padded rows included
+    out, cache = K.attention_forward(q, k, v, mask, H)
+    grads = K.attention_backward(dout, cache)
+    _assert_matches(out, cache.probs, grads, _reference(q, k, v, dout, mask, H))
+    _assert_padded_rows(out, cache.probs, grads, mask)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("B,T,C,H,n_pad", [(1, 1, 4, 1, 0), (2, 5, 6, 2, 1), (1, 7, 13, 1, 0), (2, 3, 8, 2, 2)])
+def test_cuda_matches_reference(rng, B, T, C, H, n_pad):
+    q, k, v, dout, mask = K.make_data(rng, B, T, C, n_pad_rows=n_pad)
+    qd, kd, vd, dod = (_cuda.to_device(a) for a in (q, k, v, dout))
+    out, cache = K.attention_forward(qd, kd, vd, mask, H)   # dispatches to CUDA on device arrays
+    grads = K.attention_backward(dod, cache)
+    assert _cuda.is_device_array(out) and all(_cuda.is_device_array(g) for g in grads)
+    out, probs = _cuda.to_host(out), _cuda.to_host(cache.probs)
+    grads = tuple(_cuda.to_host(g) for g in grads)
+    _assert_matches(out, probs, grads, _reference(q, k, v, dout, mask, H))
+    _assert_padded_rows(out, probs, grads, mask)
+
+
+@pytest.mark.cuda
+def test_cuda_rejects_long_sequences():
+    T = K.MAX_T_CUDA + 1
+    x = _cuda.device_zeros((1, T, 1))
+    with pytest.raises(ValueError, match=f"T <= {K.MAX_T_CUDA}"):
+        K.attention_forward(x, x, x, np.ones((1, T), np.int64), 1)
+
+
+# (c) against torch autograd ---------------------------------------------------------------------------------------
+
+def _torch_attention(torch, q, k, v, mask, H):
+    """The same maths in torch, written the way transformers' DistilBERT does it."""
+    B, T, C = q.shape
+    D = C // H
+    split = lambda x: x.view(B, T, H, D).transpose(1, 2)                    # (B, H, T, D)
+    scores = split(q) @ split(k).transpose(2, 3) / math.sqrt(D)             # (B, H, T, T)
+    pad = (torch.as_tensor(mask) == 0).view(B, 1, 1, T)
+    scores = scores.masked_fill(pad, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1)
+    out = (probs @ split(v)).transpose(1, 2).reshape(B, T, C)
+    return out, probs
+
+
+@pytest.mark.parametrize("n_pad", [0, 1])
+def test_matches_torch(torch, rng, n_pad):
+    B, T, C, H = 3, 7, 12, 3
+    q, k, v, dout, mask = K.make_data(rng, B, T, C, n_pad_rows=n_pad)
+    qt, kt, vt = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    out_t, probs_t = _torch_attention(torch, qt, kt, vt, mask, H)
+    out_t.backward(torch.tensor(dout))
+    out, cache = K.attention_forward(q, k, v, mask, H)
+    grads = K.attention_backward(dout, cache)
+    ref = _reference(q, k, v, dout, mask, H)
+    # two float32 results, each within the tolerance of the exact value: they agree within twice that
+    expected = (out_t.detach().numpy(), probs_t.detach().numpy(), (qt.grad.numpy(), kt.grad.numpy(), vt.grad.numpy()))
+    _assert_matches(out, cache.probs, grads, expected + (ref[3],), factor=2.0)
+    assert np.all(np.isfinite(expected[0]))            # torch's fully padded row is finite too
+
+
+# bad input -------------------------------------------------------------------------------------------------------
+
+def test_bad_input_names_the_argument(rng):
+    q, k, v, dout, mask = K.make_data(rng, 2, 3, 4)
+    with pytest.raises(ValueError, match="q: expected dtype float32, got float64"):
+        K.attention_forward(q.astype(np.float64), k, v, mask, 2)
+    with pytest.raises(ValueError, match=r"q: expected a 3-d array"):
+        K.attention_forward(q[0], k[0], v[0], mask, 2)
+    with pytest.raises(ValueError, match=r"k: expected the shape of q \(2, 3, 4\)"):
+        K.attention_forward(q, k[:, :2].copy(), v, mask, 2)
+    with pytest.raises(ValueError, match="v: expected a C-contiguous"):
+        K.attention_forward(q, k, np.swapaxes(np.swapaxes(v, 1, 2).copy(), 1, 2), mask, 2)
+    with pytest.raises(ValueError, match="mask: expected an integer or bool array"):
+        K.attention_forward(q, k, v, mask.astype(np.float32), 2)
+    with pytest.raises(ValueError, match="mask: expected an integer or bool array"):
+        K.attention_forward(q, k, v, [[1, 1, 1], [1, 1, 1]], 2)
+    with pytest.raises(ValueError, match=r"mask: expected shape \(2, 3\)"):
+        K.attention_forward(q, k, v, mask[:, :2], 2)
+    with pytest.raises(ValueError, match="n_heads: the width C = 4 of q must be divisible by n_heads = 3"):
+        K.attention_forward(q, k, v, mask, 3)
+    with pytest.raises(ValueError, match="n_heads: expected a positive int"):
+        K.attention_forward(q, k, v, mask, 0)
+    with pytest.raises(ValueError, match=r"dout: expected shape \(2, 3, 4\)"):
+        K.attention_backward(dout[:, :2].copy(), K.attention_forward(q, k, v, mask, 2)[1])
