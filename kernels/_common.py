@@ -236,3 +236,22 @@ def rng(seed: int = 0) -> np.random.Generator:
 
 def as_f32(*arrays: Iterable[np.ndarray]):
     return tuple(np.ascontiguousarray(a, dtype=np.float32) for a in arrays)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# row masks of the losses
+
+
+def check_row_mask(name: str, mask, n_rows: int) -> np.ndarray:
+    """A loss's row selection: None (every row counts) or an (n_rows,) bool or integer array (nonzero = counts).
+
+    Returns a host bool array of shape (n_rows,); a numba.cuda device array is copied back (n_rows values).
+    """
+    if mask is None:
+        return np.ones(n_rows, dtype=np.bool_)
+    from . import _cuda  # noqa: PLC0415 (never imports numba.cuda itself)
+    m = _cuda.to_host(mask) if _cuda.is_device_array(mask) else mask
+    if not hasattr(m, "dtype") or not (np.dtype(m.dtype) == np.bool_ or np.issubdtype(np.dtype(m.dtype), np.integer)):
+        raise ValueError(f"{name}: expected None or a bool/integer array of shape ({n_rows},), got {_describe(m)}")
+    check_array(name, m, dtype=None, ndim=1, shape=(n_rows,), contiguous=False)
+    return np.asarray(m) != 0

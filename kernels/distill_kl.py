@@ -1,0 +1,389 @@
+"""The distillation loss: KL(teacher || student) between temperature-softened distributions (DistilBERT's L_ce).
+
+Forward, for student logits s (N, V), teacher logits z (N, V), temperature T > 0 and a row selection (N,):
+    log p_s[i, v] = s[i, v] / T - lse(s_i / T)          lse(y) = max(y) + log(sum_v exp(y_v - max(y)))
+    log p_t[i, v] = z[i, v] / T - lse(z_i / T)
+    loss = T^2 * (1 / n) * sum_{selected i} sum_v p_t[i, v] * (log p_t[i, v] - log p_s[i, v]),   n = #selected
+(0 * log 0 = 0: log p_t is computed from the logits, never as log(p_t), so an underflowed p_t gives 0 * finite.)
+This is torch's  F.kl_div(F.log_softmax(s[sel] / T, -1), F.softmax(z[sel] / T, -1), reduction="batchmean") * T**2,
+the line in DistilBERT's training code. The T^2 keeps the gradient's size independent of T (Hinton et al. 2015).
+Derivative (the teacher gets none):
+    dloss/ds[i, v] = T^2 / n * (1/T) * (p_s[i, v] - p_t[i, v]) = T * (p_s - p_t) / n    on selected rows, else 0
+    (from -sum_u p_t[u] d log p_s[u]/ds[v] = -(p_t[v] - p_s[v] * sum_u p_t[u]) / T and sum_u p_t[u] = 1)
+When no row is selected, loss = 0.0 and the gradient is zero (torch returns NaN there: 0 / 0).
+
+Versions:
+    distill_kl_forward_ref / _backward_ref     NumPy, float32 or float64, written for reading
+    distill_kl_forward_cpu / _backward_cpu     Numba, prange over rows, unselected rows skipped, float32 sums
+    distill_kl_forward_cuda / _backward_cuda   numba.cuda, one block per row, shared-memory reductions for the two
+                                               row maxima, the two sums of exp and the KL sum; the N row losses
+                                               are copied back and summed on the host in float64
+Cache: DistillKLCache(student, teacher, temperature, selected, lse_s, lse_t, n_selected): the logits are kept by
+reference and only two floats per row are added; p_s and p_t are recomputed in backward.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from . import _common, _cuda
+
+ZERO = np.float32(0.0)
+NEG_INF = np.float32(-np.inf)
+
+
+class DistillKLCache(NamedTuple):
+    student: np.ndarray   # (N, V) student logits (a reference)
+    teacher: np.ndarray   # (N, V) teacher logits (a reference)
+    temperature: float    # T
+    selected: np.ndarray  # (N,) bool (uint8 on the device): rows that count
+    lse_s: np.ndarray     # (N,) float32 lse(s_i / T) (0 on unselected rows in the fast versions)
+    lse_t: np.ndarray     # (N,) float32 lse(z_i / T)
+    n_selected: int       # the divisor of the mean
+
+
+def _check(student, teacher, temperature, mask):
+    _common.check_array("student", student, ndim=2)
+    _common.check_array("teacher", teacher, ndim=2)
+    _common.check_same_shape("student", student, "teacher", teacher)
+    N, V = tuple(student.shape)
+    if V < 1:
+        raise ValueError(f"student: expected at least one class (V >= 1), got shape {(N, V)}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
+    sel = _common.check_row_mask("mask", mask, N)
+    return sel, int(np.count_nonzero(sel))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NumPy reference
+
+
+def _log_softmax_ref(y):
+    m = y.max(axis=-1, keepdims=True)                          # (N, 1)
+    lse = m[:, 0] + np.log(np.exp(y - m).sum(axis=-1))         # (N,)
+    return y - lse[:, None], lse
+
+
+def distill_kl_forward_ref(student, teacher, temperature, mask=None):
+    T = temperature
+    sel = np.ones(student.shape[0], bool) if mask is None else np.asarray(mask) != 0   # (N,)
+    logp_s, lse_s = _log_softmax_ref(student / T)               # (N, V), (N,)
+    logp_t, lse_t = _log_softmax_ref(teacher / T)
+    kl_rows = (np.exp(logp_t) * (logp_t - logp_s)).sum(axis=-1)  # (N,)
+    n = int(sel.sum())
+    loss = float(T * T * kl_rows[sel].sum() / n) if n else 0.0
+    return loss, DistillKLCache(student, teacher, T, sel, lse_s, lse_t, n)
+
+
+def distill_kl_backward_ref(dloss, cache):
+    s, z, T, sel, lse_s, lse_t, n = cache
+    if n == 0:
+        return np.zeros_like(s)
+    # loss = T^2 / n * sum p_t (log p_t - log p_s)  ->  dloss/ds = T / n * (p_s - p_t)
+    p_s = np.exp(s / T - lse_s[:, None])
+    p_t = np.exp(z / T - lse_t[:, None])
+    ds = (dloss * T / n) * (p_s - p_t)
+    ds[~sel] = 0.0
+    return ds.astype(s.dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numba CPU
+
+
+@njit(cache=True)
+def _row_lse(x, i, inv_t):
+    # lse(x_i / T) with the max taken first: m / T + log(sum exp((x - m) / T))
+    V = x.shape[1]
+    m = x[i, 0]
+    for v in range(1, V):
+        m = max(m, x[i, v])
+    acc = ZERO
+    for v in range(V):
+        acc += math.exp((x[i, v] - m) * inv_t)
+    return m * inv_t + math.log(acc)
+
+
+@njit(cache=True, parallel=True)
+def _fwd_cpu(s, z, inv_t, sel, lse_s, lse_t, row_kl):
+    # row_kl[i] = sum_v p_t (log p_t - log p_s), without the T^2 / n (applied on the host)
+    N, V = s.shape
+    for i in prange(N):
+        if not sel[i]:
+            lse_s[i] = ZERO
+            lse_t[i] = ZERO
+            row_kl[i] = ZERO
+            continue
+        ls = _row_lse(s, i, inv_t)
+        lt = _row_lse(z, i, inv_t)
+        acc = ZERO
+        for v in range(V):
+            log_pt = z[i, v] * inv_t - lt
+            log_ps = s[i, v] * inv_t - ls
+            acc += math.exp(log_pt) * (log_pt - log_ps)
+        lse_s[i] = ls
+        lse_t[i] = lt
+        row_kl[i] = acc
+
+
+@njit(cache=True, parallel=True)
+def _bwd_cpu(s, z, inv_t, sel, lse_s, lse_t, scale, ds):
+    # scale = dloss * T / n;  ds = scale * (p_s - p_t) on selected rows, else 0
+    N, V = s.shape
+    for i in prange(N):
+        if not sel[i]:
+            for v in range(V):
+                ds[i, v] = ZERO
+            continue
+        ls = lse_s[i]
+        lt = lse_t[i]
+        for v in range(V):
+            ds[i, v] = scale * (math.exp(s[i, v] * inv_t - ls) - math.exp(z[i, v] * inv_t - lt))
+
+
+def _finish(row_kl_host, T, n):
+    return float(T * T * row_kl_host.sum(dtype=np.float64) / n) if n else 0.0  # unselected rows hold 0
+
+
+def distill_kl_forward_cpu(student, teacher, temperature, mask=None):
+    sel, n = _check(student, teacher, temperature, mask)
+    N = student.shape[0]
+    lse_s, lse_t, row_kl = (np.empty(N, np.float32) for _ in range(3))
+    _fwd_cpu(student, teacher, np.float32(1.0 / temperature), sel, lse_s, lse_t, row_kl)
+    T = float(temperature)
+    return _finish(row_kl, T, n), DistillKLCache(student, teacher, T, sel, lse_s, lse_t, n)
+
+
+def distill_kl_backward_cpu(dloss, cache):
+    s, z, T, sel, lse_s, lse_t, n = cache
+    ds = np.empty_like(s)
+    scale = np.float32(float(dloss) * T / n) if n else ZERO
+    _bwd_cpu(s, z, np.float32(1.0 / T), sel, lse_s, lse_t, scale, ds)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# numba.cuda
+
+
+cuda = None  # numba.cuda, bound on first use: the simulator swaps this module global for its fake module
+
+
+@functools.cache
+def _cuda_kernels():
+    global cuda
+    cuda = _cuda.get_cuda()
+    from numba import float32  # noqa: PLC0415
+    THREADS = _cuda.THREADS
+
+    @cuda.jit(device=True)
+    def block_max(buf, val):
+        # every thread passes its partial max; every thread gets the block's max
+        t = cuda.threadIdx.x
+        buf[t] = val
+        cuda.syncthreads()
+        k = THREADS // 2
+        while k > 0:
+            if t < k:
+                buf[t] = max(buf[t], buf[t + k])
+            cuda.syncthreads()
+            k //= 2
+        out = buf[0]
+        cuda.syncthreads()  # all threads have read buf[0] before the buffer is reused
+        return out
+
+    @cuda.jit(device=True)
+    def block_sum(buf, val):
+        t = cuda.threadIdx.x
+        buf[t] = val
+        cuda.syncthreads()
+        k = THREADS // 2
+        while k > 0:
+            if t < k:
+                buf[t] += buf[t + k]
+            cuda.syncthreads()
+            k //= 2
+        out = buf[0]
+        cuda.syncthreads()
+        return out
+
+    @cuda.jit(device=True)
+    def row_lse(buf, x, i, inv_t):
+        tid = cuda.threadIdx.x
+        V = x.shape[1]
+        m = NEG_INF
+        v = tid
+        while v < V:
+            m = max(m, x[i, v])
+            v += THREADS
+        m = block_max(buf, m)
+        acc = float32(0.0)
+        v = tid
+        while v < V:
+            acc += math.exp((x[i, v] - m) * inv_t)
+            v += THREADS
+        acc = block_sum(buf, acc)
+        return m * inv_t + math.log(acc)
+
+    @cuda.jit
+    def fwd(s, z, inv_t, sel, lse_s, lse_t, row_kl):
+        # one block per row i; threads stride over the V columns
+        i = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        V = s.shape[1]
+        if sel[i] == 0:  # the same for the whole block: no thread is left waiting at a barrier
+            if tid == 0:
+                lse_s[i] = float32(0.0)
+                lse_t[i] = float32(0.0)
+                row_kl[i] = float32(0.0)
+            return
+        buf = cuda.shared.array(THREADS, float32)
+        ls = row_lse(buf, s, i, inv_t)
+        lt = row_lse(buf, z, i, inv_t)
+        acc = float32(0.0)
+        v = tid
+        while v < V:
+            log_pt = z[i, v] * inv_t - lt
+            log_ps = s[i, v] * inv_t - ls
+            acc += math.exp(log_pt) * (log_pt - log_ps)
+            v += THREADS
+        acc = block_sum(buf, acc)
+        if tid == 0:
+            lse_s[i] = ls
+            lse_t[i] = lt
+            row_kl[i] = acc
+
+    @cuda.jit
+    def bwd(s, z, inv_t, sel, lse_s, lse_t, scale, ds):
+        i = cuda.blockIdx.x
+        V = s.shape[1]
+        ls = lse_s[i]
+        lt = lse_t[i]
+        v = cuda.threadIdx.x
+        while v < V:
+            if sel[i] == 0:
+                ds[i, v] = float32(0.0)
+            else:
+                ds[i, v] = scale * (math.exp(s[i, v] * inv_t - ls) - math.exp(z[i, v] * inv_t - lt))
+            v += THREADS
+
+    return fwd, bwd
+
+
+def distill_kl_forward_cuda(student, teacher, temperature, mask=None):
+    sel, n = _check(student, teacher, temperature, mask)
+    fwd, _ = _cuda_kernels()
+    N = student.shape[0]
+    sel_d = _cuda.to_device(sel.astype(np.uint8))
+    lse_s, lse_t, row_kl = (_cuda.device_empty((N,)) for _ in range(3))
+    if N:
+        fwd[N, _cuda.THREADS](student, teacher, np.float32(1.0 / temperature), sel_d, lse_s, lse_t, row_kl)
+    T = float(temperature)
+    return _finish(row_kl.copy_to_host(), T, n), DistillKLCache(student, teacher, T, sel_d, lse_s, lse_t, n)
+
+
+def distill_kl_backward_cuda(dloss, cache):
+    s, z, T, sel_d, lse_s, lse_t, n = cache
+    _, bwd = _cuda_kernels()
+    N = s.shape[0]
+    ds = _cuda.device_empty(tuple(s.shape))
+    scale = np.float32(float(dloss) * T / n) if n else ZERO
+    if N:
+        bwd[N, _cuda.THREADS](s, z, np.float32(1.0 / T), sel_d, lse_s, lse_t, scale, ds)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# public entry points: device arrays go to CUDA, numpy arrays to the Numba CPU kernels
+
+
+def distill_kl_forward(student, teacher, temperature, mask=None):
+    if _cuda.is_device_array(student):
+        return distill_kl_forward_cuda(student, teacher, temperature, mask)
+    return distill_kl_forward_cpu(student, teacher, temperature, mask)
+
+
+def distill_kl_backward(dloss, cache):
+    if _cuda.is_device_array(cache.student):
+        return distill_kl_backward_cuda(dloss, cache)
+    return distill_kl_backward_cpu(dloss, cache)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tolerances(student, teacher, temperature, dloss, n):
+    """(loss atol, dstudent atol) for float32 versions vs a float64 reference.
+
+    Each lse(x / T) is good to f32_tol(V) (the float32 sum of V terms in (0, 1], then log) plus f32_tol(1,
+    scale=max|x| / T) (roundings of quantities of that size: x * (1/T), m / T + log). d = log p_t - log p_s carries
+    the errors of both lse; the row KL is a p_t-weighted sum of d (sum p_t = 1), so it carries 2 lse errors, plus
+    p_t's relative error (the same figure) times W = max_i sum_v p_t |d|, plus the float32 sum of V terms whose
+    absolute values add up to W: f32_tol(V, scale=W). W is measured on the float64 reference. The loss is the mean
+    times T^2. Each p_s, p_t <= 1 has a relative error of its exponent's error, so the gradient is good to
+    T |dloss| / n times twice the lse figure.
+    """
+    V = int(student.shape[-1])
+    T = float(temperature)
+    big = max(1.0, float(max(np.abs(student).max(initial=0.0), np.abs(teacher).max(initial=0.0))) / T)
+    lse_tol = _common.f32_tol(V) + _common.f32_tol(1, scale=big)
+    logp_s, _ = _log_softmax_ref(student.astype(np.float64) / T)
+    logp_t, _ = _log_softmax_ref(teacher.astype(np.float64) / T)
+    W = float((np.exp(logp_t) * np.abs(logp_t - logp_s)).sum(axis=-1).max(initial=0.0))
+    loss_tol = T * T * (lse_tol * (2 + W) + _common.f32_tol(V, scale=W))
+    grad_tol = 2 * lse_tol * T * abs(dloss) / max(n, 1)
+    return loss_tol, grad_tol
+
+
+def main():
+    rep = _common.Report("distill_kl")
+    r = _common.rng(0)
+    N, V, T = 8 * 128, 30522, 2.0
+    s = (r.standard_normal((N, V)) * 3).astype(np.float32)
+    z = (s + r.standard_normal((N, V)) * 2).astype(np.float32)  # a teacher that roughly agrees with the student
+    mask = r.random(N) < 0.9  # padding rows do not count
+    loss64, c64 = distill_kl_forward_ref(s.astype(np.float64), z.astype(np.float64), T, mask)
+    ds64 = distill_kl_backward_ref(1.0, c64)
+    tol_l, tol_g = tolerances(s, z, T, 1.0, c64.n_selected)
+    loss, c = distill_kl_forward_cpu(s, z, T, mask)
+    rep.check("cpu", "loss", loss, loss64, atol=tol_l)
+    rep.check("cpu", "dstudent", distill_kl_backward_cpu(1.0, c), ds64, atol=tol_g)
+
+    if _cuda.available():
+        n_small = 16 if _cuda.SIMULATOR else N
+        Vs = 1000 if _cuda.SIMULATOR else V
+        ss, zs, ms = np.ascontiguousarray(s[:n_small, :Vs]), np.ascontiguousarray(z[:n_small, :Vs]), mask[:n_small]
+        ls64, cs64 = distill_kl_forward_ref(ss.astype(np.float64), zs.astype(np.float64), T, ms)
+        tol_l, tol_g = tolerances(ss, zs, T, 1.0, cs64.n_selected)
+        ld, cd = distill_kl_forward_cuda(_cuda.to_device(ss), _cuda.to_device(zs), T, ms)
+        rep.check("cuda", "loss", ld, ls64, atol=tol_l)
+        rep.check("cuda", "dstudent", _cuda.to_host(distill_kl_backward_cuda(1.0, cd)),
+                  distill_kl_backward_ref(1.0, cs64), atol=tol_g)
+    else:
+        rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
+
+    # benchmark at (B*T, V) = (1024, 30522), every row selected. forward reads s and z; backward reads s, z, writes ds
+    c_ref = distill_kl_forward_ref(s, z, T)[1]
+    c_cpu = distill_kl_forward_cpu(s, z, T)[1]
+    rep.bench("ref(numpy)", lambda: distill_kl_forward_ref(s, z, T), nbytes=2 * s.nbytes)
+    rep.bench("cpu", lambda: distill_kl_forward_cpu(s, z, T), nbytes=2 * s.nbytes)
+    rep.bench("ref bwd", lambda: distill_kl_backward_ref(1.0, c_ref), nbytes=3 * s.nbytes)
+    rep.bench("cpu bwd", lambda: distill_kl_backward_cpu(1.0, c_cpu), nbytes=3 * s.nbytes)
+    if _cuda.available() and not _cuda.SIMULATOR:
+        cuda_ = _cuda.get_cuda()
+        sd, zd = _cuda.to_device(s), _cuda.to_device(z)
+        cd = distill_kl_forward_cuda(sd, zd, T)[1]
+        rep.bench("cuda", lambda: distill_kl_forward_cuda(sd, zd, T), nbytes=2 * s.nbytes, sync=cuda_.synchronize)
+        rep.bench("cuda bwd", lambda: distill_kl_backward_cuda(1.0, cd), nbytes=3 * s.nbytes,
+                  sync=cuda_.synchronize)
+    rep.finish()
+
+
+if __name__ == "__main__":
+    main()
