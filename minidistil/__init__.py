@@ -1,5 +1,50 @@
 """minidistil: DistilBERT built from scratch in NumPy and Numba.
 
 The readable mainline lives in this package; the hand-written kernels in `minidistil.kernels`.
+
+    from minidistil import DistilBertConfig, DistilBertForMaskedLM, no_grad
+    model = DistilBertForMaskedLM.from_config(DistilBertConfig(n_layers=2), seed=0)
+    with no_grad():
+        logits = model(input_ids, attention_mask=mask).logits      # a Tensor; np.asarray(logits) for the array
+
+The names below are imported on first use (PEP 562), so `import minidistil.kernels.gelu` or
+`import minidistil.tokenizer` does not pull in the models and every kernel.
 """
 __version__ = "0.1.0"
+
+import importlib
+
+_EXPORTS = {
+    "minidistil.autograd": ["Tensor", "no_grad", "enable_grad", "is_grad_enabled"],
+    "minidistil.config": ["BertConfig", "DistilBertConfig", "config_from_dict", "config_from_json_file"],
+    "minidistil.nn": ["Module", "Parameter", "PreTrainedModel"],
+    "minidistil.bert": ["BertModel", "BertForMaskedLM", "BertForSequenceClassification",
+                        "BertForTokenClassification", "BertForQuestionAnswering", "BertForMultipleChoice"],
+    "minidistil.distilbert": ["DistilBertModel", "DistilBertForMaskedLM", "DistilBertForSequenceClassification",
+                              "DistilBertForTokenClassification", "DistilBertForQuestionAnswering",
+                              "DistilBertForMultipleChoice"],
+    # checkpoint I/O, tokenizer, pipelines
+    "minidistil.loading": ["from_pretrained", "save_pretrained"],
+    "minidistil.tokenizer": ["Tokenizer"],
+    "minidistil.pipelines": ["pipeline"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+MODEL_ARCHITECTURES = _EXPORTS["minidistil.bert"] + _EXPORTS["minidistil.distilbert"]
+
+__all__ = ["__version__", "MODEL_CLASSES", *_WHERE]
+
+
+def __getattr__(name):
+    if name == "MODEL_CLASSES":
+        # architecture name (config.json "architectures") -> class, for the checkpoint loader
+        value = {arch: __getattr__(arch) for arch in MODEL_ARCHITECTURES}
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+    else:
+        raise AttributeError(f"module 'minidistil' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

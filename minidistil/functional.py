@@ -1,0 +1,179 @@
+"""The coarse autograd ops of the model, each one kernel pair: `*_forward` builds the output and a cache, and the
+backward closure right below it calls `*_backward(dout, cache)`.
+
+Every closure quotes the forward line it differentiates. Arrays stay behind the kernels (no NumPy maths here), so
+the same code runs when `.data` holds numba.cuda device arrays: the kernels dispatch on the array type.
+
+Shapes: B batch, T tokens, C model width, H heads, D = C / H head width, F feed-forward width, V vocabulary.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minidistil.autograd import Tensor, make_result
+from minidistil.kernels import activations as _act
+from minidistil.kernels import attention as _attention
+from minidistil.kernels import dropout as _dropout
+from minidistil.kernels import embedding as _embedding
+from minidistil.kernels import gelu as _gelu
+from minidistil.kernels import layernorm as _layernorm
+from minidistil.kernels import linear as _linear
+from minidistil.kernels import softmax as _softmax
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """y = x @ w^T + b;  x (..., Cin), w (Cout, Cin), b (Cout,) -> y (..., Cout)."""
+    y, cache = _linear.linear_forward(x.data, w.data, None if b is None else b.data)
+
+    def backward(dy):
+        # y = x @ w^T + b  ->  dx = dy @ w,  dw = dy^T @ x,  db = sum(dy) over all rows
+        return _linear.linear_backward(dy, cache)
+
+    return make_result(y, (x, w, b), backward, "linear")
+
+
+def gelu(x: Tensor) -> Tensor:
+    """y = x * Phi(x) (exact erf)."""
+    y, cache = _gelu.gelu_forward(x.data)
+
+    def backward(dy):
+        # y = 0.5 * x * (1 + erf(x / sqrt(2)))  ->  dx = dy * (Phi(x) + x * phi(x))
+        return (_gelu.gelu_backward(dy, cache),)
+
+    return make_result(y, (x,), backward, "gelu")
+
+
+def bias_gelu(x: Tensor, b: Tensor) -> Tensor:
+    """y = gelu(x + b);  x (..., F), b (F,): the bias of the linear before GELU, fused into the GELU pass."""
+    y, cache = _gelu.bias_gelu_forward(x.data, b.data)
+
+    def backward(dy):
+        # y = gelu(x + b)  ->  dx = dy * gelu'(x + b),  db = sum(dx) over all rows
+        return _gelu.bias_gelu_backward(dy, cache)
+
+    return make_result(y, (x, b), backward, "bias_gelu")
+
+
+def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
+    """y = (x - mean) / sqrt(var + eps) * w + b over the last axis C."""
+    y, cache = _layernorm.layernorm_forward(x.data, w.data, b.data, eps)
+
+    def backward(dy):
+        # y = (x - mean) * rstd * w + b  ->  (dx, dw, db)
+        return _layernorm.layernorm_backward(dy, cache)
+
+    return make_result(y, (x, w, b), backward, "layer_norm")
+
+
+def residual_layer_norm(x: Tensor, r: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
+    """y = LayerNorm(x + r): the Post-LN residual step of BERT, in one kernel."""
+    y, cache = _layernorm.residual_layernorm_forward(x.data, r.data, w.data, b.data, eps)
+
+    def backward(dy):
+        # y = LN(h), h = x + r  ->  dx = dr = dh
+        dh, dw, db = _layernorm.residual_layernorm_backward(dy, cache)
+        return dh, dh, dw, db
+
+    return make_result(y, (x, r, w, b), backward, "residual_layer_norm")
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray, n_heads: int) -> tuple[Tensor, Tensor]:
+    """Multi-head scaled dot-product attention over all H heads in one kernel.
+
+    q, k, v (B, T, C); mask (B, T), 1 = a real token, 0 = padding (keys at padding get no attention).
+    Returns (out (B, T, C), probs (B, H, T, T)); probs is for output_attentions and carries no gradient.
+    """
+    out, cache = _attention.attention_forward(q.data, k.data, v.data, mask, n_heads)
+
+    def backward(dout):
+        # out = softmax(q k^T / sqrt(D) + mask) @ v, per head  ->  (dq, dk, dv)
+        return _attention.attention_backward(dout, cache)
+
+    return make_result(out, (q, k, v), backward, "attention"), Tensor(cache.probs)
+
+
+def embedding(ids: np.ndarray, table: Tensor, padding_idx: int | None = None) -> Tensor:
+    """out[..., :] = table[ids[...], :];  ids any shape (int), table (V, C) -> (*ids.shape, C).
+    As torch's nn.Embedding(padding_idx=...), the row padding_idx receives no gradient (it stays as loaded)."""
+    out, cache = _embedding.embedding_forward(ids, table.data)
+
+    def backward(dout):
+        # out = table[ids]  ->  dtable[id] += dout at every position holding id (but not the padding row)
+        dtable = _embedding.embedding_backward(dout, cache)
+        if padding_idx is not None:
+            dtable[padding_idx] = 0.0
+        return (dtable,)
+
+    return make_result(out, (table,), backward, "embedding")
+
+
+def tanh(x: Tensor) -> Tensor:
+    y, cache = _act.tanh_forward(x.data)
+
+    def backward(dy):
+        # y = tanh(x)  ->  dx = dy * (1 - y^2)
+        return (_act.tanh_backward(dy, cache),)
+
+    return make_result(y, (x,), backward, "tanh")
+
+
+def relu(x: Tensor) -> Tensor:
+    y, cache = _act.relu_forward(x.data)
+
+    def backward(dy):
+        # y = max(x, 0)  ->  dx = dy * (x > 0)
+        return (_act.relu_backward(dy, cache),)
+
+    return make_result(y, (x,), backward, "relu")
+
+
+def softmax(x: Tensor) -> Tensor:
+    """Softmax over the last axis."""
+    y, cache = _softmax.softmax_forward(x.data)
+
+    def backward(dy):
+        # y = exp(x) / sum(exp(x))  ->  dx = y * (dy - sum(dy * y))
+        return (_softmax.softmax_backward(dy, cache),)
+
+    return make_result(y, (x,), backward, "softmax")
+
+
+def log_softmax(x: Tensor) -> Tensor:
+    """log(softmax(x)) over the last axis."""
+    y, cache = _softmax.log_softmax_forward(x.data)
+
+    def backward(dy):
+        # y = x - log(sum(exp(x)))  ->  dx = dy - softmax(x) * sum(dy)
+        return (_softmax.log_softmax_backward(dy, cache),)
+
+    return make_result(y, (x,), backward, "log_softmax")
+
+
+# ---- dropout --------------------------------------------------------------------------------------------------
+# The dropout kernel draws its mask from a counter-based hash of (seed, index), so a seed replays the same mask on
+# CPU and GPU. Each call takes a fresh seed from this generator; `manual_seed` makes a run reproducible.
+
+_SEEDS = np.random.default_rng()
+
+
+def manual_seed(seed: int):
+    """Seed the generator that hands out dropout seeds."""
+    global _SEEDS
+    _SEEDS = np.random.default_rng(seed)
+
+
+def dropout(x: Tensor, p: float, training: bool, seed: int | None = None) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p) (training only; identity otherwise)."""
+    if not training or p == 0.0:
+        return x
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p: expected a dropout probability in [0, 1), got {p}")
+    if seed is None:
+        seed = int(_SEEDS.integers(0, 2**31 - 1))
+    y, cache = _dropout.dropout_forward(x.data, p, seed)
+
+    def backward(dy):
+        # y = x * keep(seed, i) / (1 - p)  ->  dx = dy * keep / (1 - p)
+        return (_dropout.dropout_backward(dy, cache),)
+
+    return make_result(y, (x,), backward, "dropout")

@@ -1,0 +1,122 @@
+"""Loss functions as autograd ops, each backed by one kernel pair (the kernels return a Python float and take the
+upstream gradient `dloss` as a float). Every loss is a MEAN over the positions that count, 0 when none counts.
+
+Shapes: N rows (positions), V classes / vocabulary, K labels, C width.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minidistil.autograd import Tensor, make_result
+from minidistil.kernels import bce as _bce
+from minidistil.kernels import cosine as _cosine
+from minidistil.kernels import cross_entropy as _ce
+from minidistil.kernels import distill_kl as _kl
+
+
+def _scalar(loss: float, like: Tensor) -> np.ndarray:
+    return np.asarray(loss, dtype=like.dtype)
+
+
+def _data(t):
+    return t.data if isinstance(t, Tensor) else t
+
+
+def cross_entropy(logits: Tensor, targets: np.ndarray, ignore_index: int = -100) -> Tensor:
+    """mean over rows with targets != ignore_index of -log softmax(logits)[target];  logits (N, V), targets (N,)."""
+    loss, cache = _ce.cross_entropy_forward(logits.data, _data(targets), ignore_index)
+
+    def backward(dloss):
+        # loss = mean_n -log_softmax(logits_n)[t_n]  ->  dlogits_n = (softmax(logits_n) - onehot(t_n)) / count
+        return (_ce.cross_entropy_backward(float(dloss), cache),)
+
+    return make_result(_scalar(loss, logits), (logits,), backward, "cross_entropy")
+
+
+def distill_kl(student: Tensor, teacher, temperature: float, mask: np.ndarray | None = None) -> Tensor:
+    """DistilBERT's soft-target loss: T^2 * mean_n KL(softmax(teacher_n / T) || softmax(student_n / T)).
+
+    student (N, V) logits; teacher (N, V) logits (a Tensor or an array; it gets no gradient); mask (N,) bool rows.
+    """
+    loss, cache = _kl.distill_kl_forward(student.data, _data(teacher), temperature, mask)
+
+    def backward(dloss):
+        # loss = T^2 mean_n KL(p_t || p_s)  ->  dstudent_n = T (p_s - p_t) / count
+        return (_kl.distill_kl_backward(float(dloss), cache),)
+
+    return make_result(_scalar(loss, student), (student,), backward, "distill_kl")
+
+
+def cosine_embedding_loss(a: Tensor, b, mask: np.ndarray | None = None) -> Tensor:
+    """mean_n (1 - cos(a_n, b_n));  a, b (N, C); mask (N,) bool rows. DistilBERT aligns student and teacher
+    hidden states with it. b may be a Tensor (gradient to both) or an array."""
+    b_t = b if isinstance(b, Tensor) else None
+    loss, cache = _cosine.cosine_loss_forward(a.data, _data(b), mask)
+
+    def backward(dloss):
+        # loss = mean_n (1 - a_n.b_n / (|a_n| |b_n|))  ->  (da, db)
+        return _cosine.cosine_loss_backward(float(dloss), cache)
+
+    return make_result(_scalar(loss, a), (a, b_t), backward, "cosine_embedding_loss")
+
+
+def mse(a: Tensor, b, mask: np.ndarray | None = None) -> Tensor:
+    """mean squared error between a and b (N, C); b a Tensor or an array."""
+    b_t = b if isinstance(b, Tensor) else None
+    loss, cache = _cosine.mse_forward(a.data, _data(b), mask)
+
+    def backward(dloss):
+        # loss = mean (a - b)^2  ->  da = 2 (a - b) / count,  db = -da
+        return _cosine.mse_backward(float(dloss), cache)
+
+    return make_result(_scalar(loss, a), (a, b_t), backward, "mse")
+
+
+def bce_with_logits(logits: Tensor, targets: np.ndarray) -> Tensor:
+    """mean over all N*K entries of -[t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))];  logits, targets (N, K)."""
+    loss, cache = _bce.bce_with_logits_forward(logits.data, _data(targets))  # targets get no gradient
+
+    def backward(dloss):
+        # loss = mean softplus(x) - t x  ->  dx = (sigmoid(x) - t) / (N K)
+        return (_bce.bce_with_logits_backward(float(dloss), cache),)
+
+    return make_result(_scalar(loss, logits), (logits,), backward, "bce_with_logits")
+
+
+# ---- the task losses of the head models (Hugging Face's rules) --------------------------------------------------
+
+def sequence_classification_loss(logits: Tensor, labels, problem_type: str | None) -> Tensor:
+    """HF's rule for the ...ForSequenceClassification heads; logits (B, K).
+
+    problem_type None is inferred as HF does: K == 1 -> "regression" (MSE), integer labels -> single-label cross
+    entropy, otherwise "multi_label_classification" (BCE with logits on float labels (B, K)).
+    """
+    labels = np.asarray(labels)
+    B, K = logits.shape
+    if problem_type is None:
+        if K == 1:
+            problem_type = "regression"
+        elif np.issubdtype(labels.dtype, np.integer):
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+    if problem_type == "regression":
+        # mean over all B*K entries of (logits - labels)^2 (one value per row, so any per-row mean is that mean)
+        target = np.ascontiguousarray(labels, dtype=logits.dtype).reshape(B * K, 1)
+        return mse(logits.reshape(B * K, 1), target)
+    if problem_type == "single_label_classification":
+        return cross_entropy(logits, np.ascontiguousarray(labels, dtype=np.int64).reshape(-1))
+    if problem_type == "multi_label_classification":
+        return bce_with_logits(logits, np.ascontiguousarray(labels, dtype=logits.dtype).reshape(B, K))
+    raise ValueError(f"problem_type: unknown {problem_type!r}")
+
+
+def span_loss(start_logits: Tensor, end_logits: Tensor, start_positions, end_positions) -> Tensor:
+    """Extractive QA: (CE(start) + CE(end)) / 2; start/end logits (B, T), positions (B,). As HF, positions outside
+    [0, T) are clamped to T and then ignored."""
+    T = start_logits.shape[1]
+    start = np.clip(np.asarray(start_positions).reshape(-1), 0, T).astype(np.int64)
+    end = np.clip(np.asarray(end_positions).reshape(-1), 0, T).astype(np.int64)
+    start_loss = cross_entropy(start_logits, start, ignore_index=T)
+    end_loss = cross_entropy(end_logits, end, ignore_index=T)
+    return (start_loss + end_loss) * 0.5
