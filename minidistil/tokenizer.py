@@ -1,0 +1,283 @@
+"""The BERT WordPiece tokenizer, on top of Hugging Face `tokenizers` (Rust), returning NumPy arrays.
+
+BERT tokenisation is four steps, all done by `tokenizers` exactly as transformers' BertTokenizerFast does them:
+  1. normalise:      clean control characters, put spaces around CJK characters, lowercase and strip accents
+                     when the checkpoint is uncased;
+  2. pre-tokenise:   split on whitespace and punctuation;
+  3. WordPiece:      greedy longest-match-first against vocab.txt, continuation pieces prefixed "##", a word with no
+                     match (or longer than 100 characters) becomes [UNK];
+  4. post-process:   [CLS] A [SEP]  (token_type 0)   or   [CLS] A [SEP] B [SEP]  (types 0...0 1...1).
+
+`Tokenizer.from_pretrained(folder)` reads tokenizer.json when present, else builds the same pipeline from vocab.txt
+(+ do_lower_case from tokenizer_config.json). Calling the tokenizer returns a dict of int64 arrays of shape (B, T):
+input_ids, token_type_ids, attention_mask (and offset_mapping (B, T, 2) when asked).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer as _RustTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
+from .safetensors_io import atomic_write
+
+SPECIAL = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+           "mask_token": "[MASK]"}
+DEFAULT_MAX_LENGTH = 512
+
+
+class Tokenizer:
+    """A BERT WordPiece tokenizer.
+
+    tok(texts, text_pair=None, padding=True, truncation=True, max_length=None, return_offsets_mapping=False)
+    -> {"input_ids": (B, T) int64, "token_type_ids": (B, T) int64, "attention_mask": (B, T) int64}
+    """
+
+    def __init__(self, backend: _RustTokenizer, *, model_max_length: int = DEFAULT_MAX_LENGTH,
+                 special_tokens: dict[str, str] | None = None, do_lower_case: bool | None = None):
+        self._tk = backend
+        # tokenizer.json files may carry a fixed truncation / padding (sentence-transformers' do): we decide per call
+        self._tk.no_truncation()
+        self._tk.no_padding()
+        self.model_max_length = int(model_max_length)
+        self.special_tokens = dict(SPECIAL, **(special_tokens or {}))
+        vocab = self._tk.get_vocab(with_added_tokens=True)
+        for key, token in self.special_tokens.items():
+            if token not in vocab:
+                raise ValueError(f"special token {key}={token!r} is not in the vocabulary")
+        self.do_lower_case = do_lower_case
+
+    # ------------------------------------------------------------------------------------------------------------
+    # construction
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "Tokenizer":
+        """Read tokenizer.json, or vocab.txt (+ tokenizer_config.json), from a checkpoint folder."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such folder (expected a checkpoint folder with tokenizer.json or "
+                                    "vocab.txt)")
+        config = _read_json(path / "tokenizer_config.json")
+        special = {k: _token_text(v) for k, v in config.items() if k in SPECIAL and v is not None}
+        special_map = _read_json(path / "special_tokens_map.json")
+        special.update({k: _token_text(v) for k, v in special_map.items() if k in SPECIAL and k not in special})
+        max_len = config.get("model_max_length", DEFAULT_MAX_LENGTH)
+        if not isinstance(max_len, int) or max_len > 10**6:  # transformers writes 1e30 for "no limit"
+            max_len = DEFAULT_MAX_LENGTH
+        if (path / "tokenizer.json").is_file():
+            try:
+                backend = _RustTokenizer.from_file(str(path / "tokenizer.json"))
+            except Exception as e:
+                raise ValueError(f"{path / 'tokenizer.json'}: cannot be read by tokenizers ({e})") from None
+            lower = config.get("do_lower_case")
+            return cls(backend, model_max_length=max_len, special_tokens=special, do_lower_case=lower)
+        if (path / "vocab.txt").is_file():
+            lower = bool(config.get("do_lower_case", True))
+            return cls.from_vocab(path / "vocab.txt", do_lower_case=lower, model_max_length=max_len,
+                                  special_tokens=special, strip_accents=config.get("strip_accents"),
+                                  tokenize_chinese_chars=config.get("tokenize_chinese_chars", True))
+        raise FileNotFoundError(f"{path}: no tokenizer.json nor vocab.txt")
+
+    @classmethod
+    def from_vocab(cls, vocab_file: str | Path, *, do_lower_case: bool = True,
+                   model_max_length: int = DEFAULT_MAX_LENGTH, special_tokens: dict[str, str] | None = None,
+                   strip_accents: bool | None = None, tokenize_chinese_chars: bool = True) -> "Tokenizer":
+        """Build the BERT pipeline from a vocab.txt (one token per line, the line number is the id)."""
+        special = dict(SPECIAL, **(special_tokens or {}))
+        vocab: dict[str, int] = {}
+        with open(vocab_file, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                vocab.setdefault(line.rstrip("\n"), i)
+        for key, token in special.items():
+            if token not in vocab:
+                raise ValueError(f"{vocab_file}: special token {key}={token!r} is not in the vocabulary")
+        tk = _RustTokenizer(models.WordPiece(vocab, unk_token=special["unk_token"], max_input_chars_per_word=100))
+        tk.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=tokenize_chinese_chars,
+                                                   strip_accents=strip_accents, lowercase=do_lower_case)
+        tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        cls_, sep = special["cls_token"], special["sep_token"]
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{cls_}:0 $A:0 {sep}:0", pair=f"{cls_}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+            special_tokens=[(cls_, vocab[cls_]), (sep, vocab[sep])])
+        tk.decoder = decoders.WordPiece(prefix="##")
+        tk.add_special_tokens(list(dict.fromkeys(special.values())))  # never split nor lowercased
+        return cls(tk, model_max_length=model_max_length, special_tokens=special, do_lower_case=do_lower_case)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # encoding
+
+    def __call__(self, texts, text_pair=None, *, padding: bool | str = True, truncation: bool | str = True,
+                 max_length: int | None = None, return_offsets_mapping: bool = False) -> dict[str, np.ndarray]:
+        """Tokenise one text or a list of texts (optionally paired with text_pair, for QA / sentence pairs).
+
+        padding:    True pads to the longest sequence in the batch, "max_length" to max_length, False not at all
+                    (then every sequence must have the same length, or a ValueError says to pad).
+        truncation: True cuts sequences longer than max_length (default: model_max_length), longest first for
+                    pairs, with a warning; "only_second" cuts only text_pair (question answering keeps the
+                    question whole). False keeps them whole.
+        return_offsets_mapping: also return offset_mapping (B, T, 2), each token's [start, end) characters in
+                    its own text ((0, 0) for special and padding tokens), and sequence_ids (B, T): 0 for a token of
+                    `texts`, 1 for one of `text_pair`, -1 for special and padding tokens.
+        Returns int64 arrays of shape (B, T) (a single text gives B=1).
+        """
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if text_pair is not None:
+            pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
+            if len(pairs) != len(texts):
+                raise ValueError(f"text_pair: expected {len(texts)} texts to pair with, got {len(pairs)}")
+        if not all(isinstance(t, str) for t in texts) or (text_pair is not None
+                                                           and not all(isinstance(t, str) for t in pairs)):
+            raise ValueError("texts: expected a string or a list of strings")
+        if padding not in (True, False, "longest", "max_length", "do_not_pad"):
+            raise ValueError(f"padding: expected True, False or 'max_length', got {padding!r}")
+        if max_length is None:
+            max_length = self.model_max_length
+        if max_length < 3:
+            raise ValueError(f"max_length: expected at least 3 (room for [CLS] x [SEP]), got {max_length}")
+        strategy = "longest_first" if truncation is True else truncation
+        if truncation and strategy not in ("longest_first", "only_first", "only_second"):
+            raise ValueError(f"truncation: expected True, False, 'longest_first', 'only_first' or 'only_second', "
+                             f"got {truncation!r}")
+        if truncation:
+            self._tk.enable_truncation(max_length, strategy=strategy)
+        else:
+            self._tk.no_truncation()
+        try:
+            if text_pair is None:
+                encs = self._tk.encode_batch(texts)
+            else:
+                encs = self._tk.encode_batch(list(zip(texts, pairs)))
+        except Exception as e:  # e.g. "only_second" when the first text alone is longer than max_length
+            raise ValueError(f"texts: cannot tokenise with truncation={truncation!r}, max_length={max_length}: "
+                             f"{e}") from None
+        finally:
+            self._tk.no_truncation()
+        if truncation and any(e.overflowing for e in encs):
+            n = sum(bool(e.overflowing) for e in encs)
+            warnings.warn(f"{n} of {len(encs)} sequence(s) were longer than max_length={max_length} tokens and "
+                          "were truncated", stacklevel=2)
+        lengths = [len(e.ids) for e in encs]
+        if padding in (True, "longest"):
+            T = max(lengths, default=0)
+        elif padding == "max_length":
+            T = max(max(lengths, default=0), max_length)
+        else:
+            if len(set(lengths)) > 1:
+                raise ValueError(f"padding=False but the sequences have different lengths {sorted(set(lengths))}; "
+                                 "use padding=True to batch them")
+            T = lengths[0] if lengths else 0
+        B = len(encs)
+        out = {"input_ids": np.full((B, T), self.pad_token_id, dtype=np.int64),    # (B, T)
+               "token_type_ids": np.zeros((B, T), dtype=np.int64),                  # (B, T)
+               "attention_mask": np.zeros((B, T), dtype=np.int64)}                  # (B, T) 1 = real token
+        if return_offsets_mapping:
+            out["offset_mapping"] = np.zeros((B, T, 2), dtype=np.int64)             # (B, T, 2) char [start, end)
+        for b, e in enumerate(encs):
+            n = len(e.ids)
+            out["input_ids"][b, :n] = e.ids
+            out["token_type_ids"][b, :n] = e.type_ids
+            out["attention_mask"][b, :n] = 1
+            if return_offsets_mapping:
+                out["offset_mapping"][b, :n] = np.asarray(e.offsets, dtype=np.int64).reshape(n, 2)
+        if return_offsets_mapping:
+            out["sequence_ids"] = np.array([[-1 if s is None else s for s in e.sequence_ids] + [-1] * (T - len(e.ids))
+                                            for e in encs], dtype=np.int64).reshape(B, T)
+        return out
+
+    def tokenize(self, text: str) -> list[str]:
+        """The WordPiece tokens of one text, without [CLS]/[SEP]."""
+        return self._tk.encode(text, add_special_tokens=False).tokens
+
+    def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True) -> list[int]:
+        return self._tk.encode(text, text_pair, add_special_tokens=add_special_tokens).ids
+
+    # ------------------------------------------------------------------------------------------------------------
+    # decoding and the vocabulary
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        return self._tk.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def convert_ids_to_tokens(self, ids):
+        if np.ndim(ids) == 0:
+            return self._tk.id_to_token(int(ids))
+        return [self._tk.id_to_token(int(i)) for i in np.asarray(ids).reshape(-1)]
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        """Join WordPiece tokens back into text ("un", "##able" -> "unable"), as the decoder does."""
+        return self._tk.decoder.decode(list(tokens)) if self._tk.decoder is not None else " ".join(tokens)
+
+    def convert_tokens_to_ids(self, tokens):
+        if isinstance(tokens, str):
+            i = self._tk.token_to_id(tokens)
+            return self.unk_token_id if i is None else i
+        return [self.convert_tokens_to_ids(t) for t in tokens]
+
+    def get_vocab(self) -> dict[str, int]:
+        return self._tk.get_vocab(with_added_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tk.get_vocab_size(with_added_tokens=True)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def _id(self, key: str) -> int:
+        return self._tk.token_to_id(self.special_tokens[key])
+
+    unk_token = property(lambda self: self.special_tokens["unk_token"])
+    sep_token = property(lambda self: self.special_tokens["sep_token"])
+    pad_token = property(lambda self: self.special_tokens["pad_token"])
+    cls_token = property(lambda self: self.special_tokens["cls_token"])
+    mask_token = property(lambda self: self.special_tokens["mask_token"])
+    unk_token_id = property(lambda self: self._id("unk_token"))
+    sep_token_id = property(lambda self: self._id("sep_token"))
+    pad_token_id = property(lambda self: self._id("pad_token"))
+    cls_token_id = property(lambda self: self._id("cls_token"))
+    mask_token_id = property(lambda self: self._id("mask_token"))
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return sorted({self._id(k) for k in self.special_tokens})
+
+    # ------------------------------------------------------------------------------------------------------------
+    # saving
+
+    def save(self, path: str | Path) -> Path:
+        """Write tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json (atomically)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write(path / "tokenizer.json", self._tk.to_str(pretty=True))
+        vocab = self._tk.get_vocab(with_added_tokens=True)
+        by_id = sorted(vocab.items(), key=lambda kv: kv[1])
+        if [i for _, i in by_id] == list(range(len(by_id))):  # vocab.txt needs ids 0..V-1 without holes
+            atomic_write(path / "vocab.txt", "".join(t + "\n" for t, _ in by_id))
+        config = {"tokenizer_class": "BertTokenizer", "model_max_length": self.model_max_length,
+                  **self.special_tokens}
+        if self.do_lower_case is not None:
+            config["do_lower_case"] = bool(self.do_lower_case)
+        atomic_write(path / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+        atomic_write(path / "special_tokens_map.json", json.dumps(self.special_tokens, indent=2) + "\n")
+        return path
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, model_max_length={self.model_max_length})"
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _token_text(v) -> str:
+    return v["content"] if isinstance(v, dict) else str(v)

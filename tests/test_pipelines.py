@@ -1,0 +1,291 @@
+"""Pipelines: each answer recomputed from the model's raw outputs (NumPy only), entity grouping on hand-made tags,
+and (oracle) the same answers as transformers' pipelines on tiny random checkpoints built in the test.
+"""
+import json
+
+import numpy as np
+import pytest
+
+import minidistil
+from conftest import oracle
+from minidistil import no_grad
+from minidistil.config import BertConfig, DistilBertConfig
+from minidistil.pipelines import TokenClassificationPipeline, pipeline, sigmoid, softmax
+from minidistil.tokenizer import Tokenizer
+
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "in", "paris", "london", "ada", "love", "##lace",
+         "lived", "who", "what", "where", "is", "was", "it", "big", "small", "house", "park", "and", "of", "to",
+         "##s", "##ed", "went", "home", "john", "smith", "visited", "berlin", "yesterday", "today", "red", "blue"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!", "'"] + WORDS
+V = len(VOCAB)
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+TEXTS = ["The cat sat on the mat.", "Ada Lovelace lived in London!", "John Smith visited Berlin yesterday, "
+         "and the dog ran in the park.", "Who went home?", ""]
+
+
+@pytest.fixture(scope="module")
+def vocab_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vocab")
+    (d / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB))
+    (d / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 32}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def tok(vocab_dir):
+    return Tokenizer.from_pretrained(vocab_dir)
+
+
+def _ours(arch, seed=0, **cfg):
+    """One of our models with spread-out random weights (initializer_range 0.3: scores far from uniform)."""
+    common = dict(vocab_size=V, max_position_embeddings=32, initializer_range=0.3)
+    if arch.startswith("DistilBert"):
+        config = DistilBertConfig(dim=16, n_layers=2, n_heads=2, hidden_dim=32, **common, **cfg)
+    else:
+        config = BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                            **common, **cfg)
+    return minidistil.MODEL_CLASSES[arch].from_config(config, seed=seed)
+
+
+def _raw(model, enc, **kw):
+    with no_grad():
+        return model(enc["input_ids"], attention_mask=enc["attention_mask"], **kw)
+
+
+# ---- NumPy only: answers recomputed from raw outputs ----------------------------------------------------------
+
+
+def test_fill_mask(tok):
+    model = _ours("BertForMaskedLM", seed=1)
+    fill = pipeline("fill-mask", model, tok, batch_size=2)
+    texts = ["the [MASK] sat on the mat.", "ada [MASK] in london", "[MASK] went [MASK] ."]
+    res = fill(texts, top_k=4)
+    enc = tok(texts)
+    logits = np.array(_raw(model, enc, token_type_ids=enc["token_type_ids"]).logits)     # (B, T, V)
+    for b, r in enumerate(res[:2]):
+        t = int(np.flatnonzero(enc["input_ids"][b] == tok.mask_token_id)[0])
+        p = softmax(logits[b, t].astype(np.float64))
+        best = np.argsort(-p)[:4]
+        assert [x["token"] for x in r] == list(best)
+        np.testing.assert_allclose([x["score"] for x in r], p[best], rtol=1e-12)
+        assert all(x["token_str"] == tok.convert_ids_to_tokens(x["token"]).lstrip("#") or x["token_str"]
+                   for x in r)
+        assert r[0]["sequence"] == tok.decode([i if i != tok.mask_token_id else r[0]["token"]
+                                               for i in enc["input_ids"][b] if i != tok.pad_token_id])
+    assert len(res[2]) == 2 and all(len(m) == 4 for m in res[2])      # two masks: a list per mask
+    assert fill("the [MASK].", top_k=2)[0]["score"] >= fill("the [MASK].", top_k=2)[1]["score"]
+    with pytest.raises(ValueError, match=r"no \[MASK\]"):
+        fill(["the cat"])
+
+
+def test_text_classification(tok):
+    model = _ours("DistilBertForSequenceClassification", seed=2, id2label={0: "neg", 1: "neu", 2: "pos"})
+    clf = pipeline("text-classification", model, tok, batch_size=2)
+    one = clf(TEXTS)
+    every = clf(TEXTS, top_k=None)
+    p = softmax(np.array(_raw(model, tok(TEXTS)).logits, dtype=np.float64))             # (B, K)
+    for b in range(len(TEXTS)):
+        assert one[b]["label"] == ["neg", "neu", "pos"][int(np.argmax(p[b]))]
+        np.testing.assert_allclose(one[b]["score"], p[b].max(), rtol=1e-6)
+        assert [x["score"] for x in every[b]] == sorted((x["score"] for x in every[b]), reverse=True)
+        np.testing.assert_allclose(sum(x["score"] for x in every[b]), 1.0, rtol=1e-12)
+    single = pipeline("text-classification", model, tok, batch_size=1)(TEXTS, top_k=None)   # batching: no effect
+    for a, b in zip(single, every):
+        assert [x["label"] for x in a] == [x["label"] for x in b]
+        np.testing.assert_allclose([x["score"] for x in a], [x["score"] for x in b], atol=1e-6)
+
+
+def test_multi_label_uses_sigmoid(tok):
+    model = _ours("BertForSequenceClassification", seed=3, num_labels=3,
+                  problem_type="multi_label_classification")
+    res = pipeline("text-classification", model, tok)(TEXTS[:2], top_k=None)
+    enc = tok(TEXTS[:2])
+    s = sigmoid(np.array(_raw(model, enc, token_type_ids=enc["token_type_ids"]).logits, dtype=np.float64))
+    for b in range(2):
+        np.testing.assert_allclose(sorted(x["score"] for x in res[b]), np.sort(s[b]), rtol=1e-6)
+
+
+def _t(label, score, start, word="x"):
+    return {"entity": label, "score": score, "index": start, "word": word, "start": start, "end": start + 1}
+
+
+def test_simple_aggregation_rules(tok):
+    group = TokenClassificationPipeline(_ours("BertForTokenClassification"), tok)._group
+    toks = [_t("B-PER", 0.9, 0, "john"), _t("I-PER", 0.7, 1, "smith"), _t("O", 0.8, 2), _t("I-LOC", 0.6, 3, "new"),
+            _t("I-LOC", 0.4, 4, "york"), _t("B-LOC", 0.5, 5, "paris"), _t("B-LOC", 0.3, 6, "rome"),
+            _t("PER", 0.2, 7, "ada"), _t("I-PER", 0.4, 8, "love"), _t("B-PER", 0.1, 9, "##lace")]
+    got = [(g["entity_group"], round(g["score"], 6), g["word"], g["start"], g["end"]) for g in group(toks)]
+    assert got == [("PER", 0.8, "john smith", 0, 2), ("O", 0.8, "x", 2, 3), ("LOC", 0.5, "new york", 3, 5),
+                   ("LOC", 0.5, "paris", 5, 6), ("LOC", 0.3, "rome", 6, 7), ("PER", 0.3, "ada love", 7, 9),
+                   ("PER", 0.1, "##lace", 9, 10)]
+
+
+def test_token_classification(tok):
+    id2label = dict(enumerate(NER_LABELS))
+    model = _ours("DistilBertForTokenClassification", seed=4, id2label=id2label)
+    ner = pipeline("ner", model, tok)
+    text = TEXTS[2]
+    ents = ner(text)
+    tokens = ner(text, aggregation_strategy="none")
+    enc = tok(text, return_offsets_mapping=True)
+    p = softmax(np.array(_raw(model, enc).logits, dtype=np.float64))[0]                 # (T, K)
+    real = np.flatnonzero(enc["sequence_ids"][0] == 0)
+    labels = [NER_LABELS[int(np.argmax(p[t]))] for t in real]
+    assert [x["entity"] for x in tokens] == [lab for lab in labels if lab != "O"]
+    assert ents, "seed 4 should tag some entities"
+    for e in ents:
+        assert e["entity_group"] in ("PER", "LOC")
+        assert 0 <= e["start"] < e["end"] <= len(text)
+        assert e["word"].replace(" ", "") == text[e["start"]:e["end"]].lower().replace(" ", "")
+    assert ner("") == []
+
+
+def _best_span(start_logits, end_logits, enc, max_answer_len):
+    """Brute force over every span: softmax over [CLS] + context tokens (transformers' normalisation), best
+    p_start[s] * p_end[e] with s <= e < s + max_answer_len among context tokens. Returns (score, s, e)."""
+    ctx = enc["sequence_ids"][0] == 1
+    keep = ctx.copy()
+    keep[0] = True
+    ps = softmax(np.where(keep, start_logits, -np.inf).astype(np.float64)) * ctx
+    pe = softmax(np.where(keep, end_logits, -np.inf).astype(np.float64)) * ctx
+    T = len(ps)
+    return max((ps[s] * pe[e], s, e) for s in range(T) for e in range(s, min(s + max_answer_len, T)))
+
+
+def test_question_answering(tok):
+    model = _ours("BertForQuestionAnswering", seed=5)
+    qa = pipeline("question-answering", model, tok)
+    q, c = "where did ada live?", "Ada Lovelace lived in London, and the cat sat on the mat."
+    ans = qa(q, c, max_answer_len=4)
+    top = qa(q, c, top_k=3, max_answer_len=4)
+    assert ans == top[0] and top[0]["score"] >= top[1]["score"] >= top[2]["score"]
+    assert ans["answer"] == c[ans["start"]:ans["end"]] and ans["answer"]
+    # recompute: softmax over [CLS] + context tokens, best span with s <= e < s + 4 among context tokens
+    enc = tok(q, c, return_offsets_mapping=True)
+    out = _raw(model, enc, token_type_ids=enc["token_type_ids"])
+    score, s, e = _best_span(np.array(out.start_logits)[0], np.array(out.end_logits)[0], enc, 4)
+    np.testing.assert_allclose(ans["score"], score, rtol=1e-12)
+    assert ans["start"] == enc["offset_mapping"][0, s, 0] and ans["end"] == enc["offset_mapping"][0, e, 1]
+    with pytest.raises(ValueError, match="context"):
+        qa(["a?", "b?"], ["x", "y", "z"])
+
+
+def test_sentence_embeddings_pooling(tok):
+    model = _ours("BertModel", seed=6)
+    texts = TEXTS[:4]
+    enc = tok(texts)
+    h = np.array(_raw(model, enc, token_type_ids=enc["token_type_ids"]).last_hidden_state, dtype=np.float64)
+    m = enc["attention_mask"][..., None]
+    mean = (h * m).sum(1) / m.sum(1)
+    emb = pipeline("sentence-embeddings", model, tok, batch_size=3)(texts)
+    assert emb.dtype == np.float32 and emb.shape == (4, 16)
+    np.testing.assert_allclose(emb, mean, atol=1e-5)
+    unit = pipeline("sentence-embeddings", model, tok, normalize=True)(texts)
+    np.testing.assert_allclose(unit, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-5)
+    both = pipeline("sentence-embeddings", model, tok, pooling={"pooling_mode_cls_token": True,
+                                                                "pooling_mode_max_tokens": True})(texts)
+    np.testing.assert_allclose(both[:, :16], h[:, 0], atol=1e-5)
+    np.testing.assert_allclose(both[:, 16:], np.where(m > 0, h, -np.inf).max(1), atol=1e-5)
+
+
+def test_pipeline_from_folder_picks_the_head(tmp_path, tok):
+    folder = minidistil.save_pretrained(_ours("DistilBertForMaskedLM", seed=7), tmp_path / "m", tok)
+    fill = pipeline("fill-mask", folder)
+    assert type(fill.model).__name__ == "DistilBertForMaskedLM"
+    assert len(fill("the [MASK] sat.", top_k=3)) == 3
+    with pytest.warns(UserWarning) as rec:
+        clf = pipeline("text-classification", folder)                   # a new head on the encoder
+    assert "newly initialized" in " ".join(str(w.message) for w in rec)
+    assert type(clf.model).__name__ == "DistilBertForSequenceClassification"
+    with pytest.raises(ValueError, match="task"):
+        pipeline("translation", folder)
+
+
+# ---- against transformers' pipelines ---------------------------------------------------------------------------
+
+
+def _hf_folder(transformers, torch, tmp_path, vocab_dir, arch, **cfg):
+    torch.manual_seed(0)
+    common = dict(vocab_size=V, max_position_embeddings=32, initializer_range=0.3, **cfg)
+    if arch.startswith("DistilBert"):
+        config = transformers.DistilBertConfig(dim=16, n_layers=2, n_heads=2, hidden_dim=32, **common)
+    else:
+        config = transformers.BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=32, **common)
+    model = getattr(transformers, arch)(config)
+    with torch.no_grad():  # HF leaves LayerNorm at 1 / 0 and biases at 0: spread them too, so they are tested
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.add_(0.3 * torch.randn_like(p))
+    model.save_pretrained(tmp_path)
+    transformers.BertTokenizerFast.from_pretrained(str(vocab_dir)).save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+# scores are probabilities computed in float64 from float32 logits; the logits of the two float32 forwards differ by
+# ~1e-6 (see test_loading.HF_ATOL's derivation), so probabilities differ by less than that: 1e-5 leaves room.
+SCORE_ATOL = 1e-5
+
+
+@pytest.mark.torch
+def test_fill_mask_matches_transformers(tmp_path, vocab_dir, torch):
+    transformers = oracle("transformers")
+    folder = _hf_folder(transformers, torch, tmp_path, vocab_dir, "BertForMaskedLM")
+    texts = ["the [MASK] sat on the mat.", "ada lovelace [MASK] in london."]
+    theirs = transformers.pipeline("fill-mask", model=folder, device="cpu")(texts, top_k=5)
+    ours = pipeline("fill-mask", folder)(texts, top_k=5)
+    for a, b in zip(ours, theirs):
+        assert [x["token"] for x in a] == [x["token"] for x in b]
+        assert [x["token_str"] for x in a] == [x["token_str"] for x in b]
+        assert [x["sequence"] for x in a] == [x["sequence"] for x in b]
+        np.testing.assert_allclose([x["score"] for x in a], [x["score"] for x in b], atol=SCORE_ATOL)
+
+
+@pytest.mark.torch
+def test_text_classification_matches_transformers(tmp_path, vocab_dir, torch):
+    transformers = oracle("transformers")
+    folder = _hf_folder(transformers, torch, tmp_path, vocab_dir, "DistilBertForSequenceClassification",
+                        id2label={0: "neg", 1: "neu", 2: "pos"}, label2id={"neg": 0, "neu": 1, "pos": 2})
+    theirs = transformers.pipeline("text-classification", model=folder, device="cpu")(TEXTS, top_k=None)
+    ours = pipeline("text-classification", folder)(TEXTS, top_k=None)
+    for a, b in zip(ours, theirs):
+        assert [x["label"] for x in a] == [x["label"] for x in b]
+        np.testing.assert_allclose([x["score"] for x in a], [x["score"] for x in b], atol=SCORE_ATOL)
+
+
+@pytest.mark.torch
+def test_token_classification_matches_transformers(tmp_path, vocab_dir, torch):
+    transformers = oracle("transformers")
+    id2label = dict(enumerate(NER_LABELS))
+    folder = _hf_folder(transformers, torch, tmp_path, vocab_dir, "BertForTokenClassification",
+                        id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    hf = transformers.pipeline("token-classification", model=folder, device="cpu", aggregation_strategy="simple")
+    ner = pipeline("ner", folder)
+    n_entities = 0
+    for text in TEXTS[:4]:
+        theirs, ours = hf(text), ner(text)
+        n_entities += len(ours)
+        assert [(e["entity_group"], e["word"], e["start"], e["end"]) for e in ours] == \
+               [(e["entity_group"], e["word"], e["start"], e["end"]) for e in theirs]
+        np.testing.assert_allclose([e["score"] for e in ours], [float(e["score"]) for e in theirs], atol=SCORE_ATOL)
+    assert n_entities >= 3, "the random model should tag a few entities, else this test shows little"
+
+
+@pytest.mark.torch
+def test_question_answering_matches_transformers(tmp_path, vocab_dir, torch):
+    transformers = oracle("transformers")
+    folder = _hf_folder(transformers, torch, tmp_path, vocab_dir, "DistilBertForQuestionAnswering")
+    # transformers 5 removed its question-answering pipeline: the reference is its model's logits + _best_span
+    hf = transformers.AutoModelForQuestionAnswering.from_pretrained(folder).eval()
+    qa = pipeline("question-answering", folder)
+    context = "Ada Lovelace lived in London, and John Smith visited Berlin yesterday."
+    for q in ["who lived in london?", "where is the dog?", "what was red?"]:
+        enc = qa.tokenizer(q, context, return_offsets_mapping=True)
+        with torch.no_grad():
+            out = hf(input_ids=torch.from_numpy(enc["input_ids"]),
+                     attention_mask=torch.from_numpy(enc["attention_mask"]))
+        score, s, e = _best_span(out.start_logits[0].numpy(), out.end_logits[0].numpy(), enc, 6)
+        start, end = int(enc["offset_mapping"][0, s, 0]), int(enc["offset_mapping"][0, e, 1])
+        ours = qa(q, context, max_answer_len=6)
+        assert (ours["answer"], ours["start"], ours["end"]) == (context[start:end], start, end)
+        np.testing.assert_allclose(ours["score"], score, atol=SCORE_ATOL)
