@@ -42,7 +42,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     # ("distill",  "minidistil.distill",  "add_command", "distil a student from a teacher"),
     # ("finetune", "minidistil.finetune", "add_command", "fine-tune on a task"),
     # ("bench",    "minidistil.bench",    "add_command", "benchmark the kernels"),
-    # ("grade",    "minidistil.grade",    "add_command", "grade a checkpoint"),
+    ("grade", "minidistil.grading", "add_command", "grade an exercise answer (tutorials/exercises)"),
 ]
 
 

@@ -1,0 +1,19 @@
+"""Deliberately buggy answer (tests only): distill_kl where KL(student || teacher)."""
+import numpy as np
+
+
+def _log_softmax(y):
+    m = y.max(axis=-1, keepdims=True)
+    return y - m - np.log(np.exp(y - m).sum(axis=-1, keepdims=True))
+
+
+def distill_kl_loss(student, teacher, temperature):
+    T = temperature
+    lps, lpt = _log_softmax(student / T), _log_softmax(teacher / T)
+    return float(T * T * (np.exp(lps) * (lps - lpt)).sum() / student.shape[0])
+
+
+def distill_kl_grad(student, teacher, temperature):
+    T = student.dtype.type(temperature)
+    ps, pt = np.exp(_log_softmax(student / T)), np.exp(_log_softmax(teacher / T))
+    return T * (ps - pt) / student.dtype.type(student.shape[0])

@@ -1,0 +1,12 @@
+"""Deliberately buggy answer (tests only): layernorm_forward where divides the variance by C - 1."""
+import numpy as np
+
+
+def layernorm_forward(x, w, b, eps):
+    C = x.shape[-1]
+    x2 = x.reshape(-1, C)                                  # (N, C)
+    mean = x2.mean(axis=1)                                 # (N,)
+    var = ((x2 - mean[:, None]) ** 2).sum(axis=1) / (C - 1)         # (N,)
+    rstd = (1 / np.sqrt(var + x.dtype.type(eps))).astype(x.dtype)
+    y = (x2 - mean[:, None]) * rstd[:, None] * w + b
+    return y.reshape(x.shape), mean, rstd

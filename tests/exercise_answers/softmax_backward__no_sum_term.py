@@ -1,0 +1,5 @@
+"""Deliberately buggy answer (tests only): softmax_backward where dx = y * dy."""
+
+
+def softmax_backward(dy, y):
+    return y * dy

@@ -1,0 +1,162 @@
+"""The exercise grader (minidistil/grading.py) on the reference answers, the untouched stubs and deliberately buggy
+answers (tests/exercise_answers/).
+
+- every reference answer passes (exit status 0), so the checks and their derived tolerances accept a correct
+  float32 NumPy answer;
+- every untouched stub of tutorials/exercises/ fails with "not implemented yet" and no other check;
+- every buggy answer fails AND its report carries the hint that names its bug (the hint text is asserted, so a
+  grader that fails for the wrong reason does not pass this test);
+- the command line: through the `grade` sub-parser in-process, and once as `python -m minidistil.grading` in a
+  subprocess (exit status 1 on a failing answer, 0 on a passing one, --list).
+"""
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minidistil import grading
+
+REPO = Path(__file__).resolve().parents[1]
+ANSWERS = REPO / "tests" / "exercise_answers"
+STUBS = REPO / "tutorials" / "exercises"
+
+# (buggy answer file, a piece of the hint that must name the bug)
+BUGGY = [
+    ("gelu_backward__missing_pdf_term", "product rule"),
+    ("gelu_backward__float64_leak", "float64 leaked out"),
+    ("layernorm_forward__unbiased_var", "unbiased variance"),
+    ("layernorm_forward__one_pass_var", "one-pass variance"),
+    ("layernorm_backward__missing_proj_term", "missing the term - xhat * mean(dxhat * xhat)"),
+    ("layernorm_backward__forgot_w", "dxhat = dy * w"),
+    ("softmax_backward__no_sum_term", "the sum over the row is missing"),
+    ("softmax_backward__log_softmax_formula", "log-softmax backward"),
+    ("attention_backward__dv_not_transposed", "TRANSPOSE of P"),
+    ("attention_backward__dk_not_transposed", "TRANSPOSE of dS"),
+    ("attention_backward__no_scale", "1/sqrt(D)"),
+    ("attention_backward__mask_not_zeroed", "masked keys pass no gradient"),
+    ("cross_entropy__divide_by_N", "not by all N"),
+    ("cross_entropy__no_ignore", "ignore_index (-100) must be skipped"),
+    ("cross_entropy__no_max_shift", "subtract each row's max"),
+    ("cross_entropy__zero_rows_nan", "every row is ignored n = 0"),
+    ("distill_kl__no_T2", "multiplied by T^2"),
+    ("distill_kl__T_not_T2", "multiply by T^2, not T"),
+    ("distill_kl__reversed_kl", "KL(student || teacher)"),
+    ("distill_kl__grad_T2", "yours has T^2"),
+    ("adamw__no_bias_correction", "no bias correction"),
+    ("adamw__l2_decay", "L2 regularisation"),
+    ("adamw__not_in_place", "only rebinds the local name"),
+    ("autograd_ops__overwrite_grad", "must ACCUMULATE"),
+    ("autograd_ops__mul_swapped", "mul's backward is swapped"),
+    ("autograd_ops__tanh_of_input", "not 1 - x**2"),
+]
+
+
+def test_every_exercise_has_a_stub_and_a_reference_answer():
+    assert len(grading.EXERCISES) >= 9
+    for name in grading.EXERCISES:
+        assert (STUBS / f"{name}.py").is_file(), name
+        assert (ANSWERS / f"{name}.py").is_file(), name
+    # every exercise has at least one buggy answer tested below
+    assert {b.split("__")[0] for b, _ in BUGGY} == set(grading.EXERCISES)
+
+
+@pytest.mark.parametrize("exercise", list(grading.EXERCISES))
+def test_reference_answer_passes(exercise):
+    report = grading.grade(exercise, ANSWERS / f"{exercise}.py")
+    assert report.passed, report.text()
+    assert len(report.checks) >= 3 and not report.hints          # several cases really ran, no hint given
+
+
+@pytest.mark.parametrize("exercise", list(grading.EXERCISES))
+def test_untouched_stub_says_not_implemented(exercise):
+    report = grading.grade(exercise, STUBS / f"{exercise}.py")
+    assert not report.passed and report.not_implemented
+    assert len(report.checks) == 1                                # one clear message, not a wall of failures
+    text = report.text()
+    assert "not implemented yet" in text and "raise NotImplementedError" in text, text
+
+
+@pytest.mark.parametrize("buggy, hint", BUGGY, ids=[b for b, _ in BUGGY])
+def test_buggy_answer_fails_with_the_hint_that_names_the_bug(buggy, hint):
+    exercise = buggy.split("__")[0]
+    report = grading.grade(exercise, ANSWERS / f"{buggy}.py")
+    assert not report.passed, report.text()
+    assert not report.not_implemented
+    assert any(hint in h for h in report.hints), report.text()
+
+
+def test_failure_names_the_worst_element_and_the_tolerance():
+    report = grading.grade("softmax_backward", ANSWERS / "softmax_backward__no_sum_term.py")
+    failed = [c for c in report.checks if not c.passed][0]
+    line = failed.lines[0]
+    assert line.startswith("dx: largest error") and "at index (" in line and "tolerance" in line, line
+
+
+def test_float64_leak_is_reported_as_a_dtype_error():
+    report = grading.grade("gelu_backward", ANSWERS / "gelu_backward__float64_leak.py")
+    lines = [ln for c in report.checks for ln in c.lines]
+    assert any("dtype float64, expected float32 (float64 leaking out)" in ln for ln in lines), report.text()
+    # the values themselves are right: only the dtype fails, and the float64 finite-difference case passes
+    assert not any("largest error" in ln for ln in lines), report.text()
+    assert [c.passed for c in report.checks][-1]
+
+
+def test_an_exception_in_the_answer_points_at_its_line(tmp_path):
+    bad = tmp_path / "answer.py"
+    bad.write_text("import numpy as np\n\ndef softmax_backward(dy, y):\n    return y @ dy\n")
+    report = grading.grade("softmax_backward", bad)
+    text = report.text()
+    assert not report.passed and "raised ValueError" in text and "line 4: return y @ dy" in text, text
+    assert any("transpose" in h for h in report.hints), text
+
+
+def test_syntax_error_and_missing_file_and_unknown_exercise(tmp_path):
+    bad = tmp_path / "answer.py"
+    bad.write_text("def softmax_backward(dy, y)\n    return dy\n")
+    report = grading.grade("softmax_backward", bad)
+    assert not report.passed and "SyntaxError on line 1" in report.text()
+    with pytest.raises(FileNotFoundError):
+        grading.grade("softmax_backward", tmp_path / "missing.py")
+    with pytest.raises(ValueError, match="exercise: unknown exercise 'softmax'.*did you mean softmax_backward"):
+        grading.grade("softmax", bad)
+
+
+def test_a_wrong_shape_is_reported_with_both_shapes(tmp_path):
+    bad = tmp_path / "answer.py"
+    bad.write_text("def softmax_backward(dy, y):\n    return (y * (dy - (dy * y).sum(-1, keepdims=True))).T\n")
+    report = grading.grade("softmax_backward", bad)
+    assert "dx: shape (13, 3, 2), expected (2, 3, 13)" in report.text(), report.text()
+    assert any("wrong order" in h for h in report.hints)
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    grading.add_command(sub, "grade", "grade an exercise answer")
+    return parser.parse_args(argv)
+
+
+def test_cli_in_process(capsys):
+    args = _parse(["grade", "--list"])
+    assert args.run(args) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in grading.EXERCISES)
+    args = _parse(["grade", "adamw", str(ANSWERS / "adamw.py")])
+    assert args.run(args) == 0 and "PASSED" in capsys.readouterr().out
+    # the exercise name can come from the file name
+    args = _parse(["grade", str(ANSWERS / "adamw.py")])
+    assert args.run(args) == 0
+
+
+def test_cli_subprocess_exit_status():
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "minidistil.grading", *argv], capture_output=True, text=True,
+                              cwd=REPO, timeout=300)
+    ok = run("softmax_backward", str(ANSWERS / "softmax_backward.py"))
+    assert ok.returncode == 0 and "PASSED" in ok.stdout, ok.stdout + ok.stderr
+    bad = run("softmax_backward", str(ANSWERS / "softmax_backward__no_sum_term.py"))
+    assert bad.returncode == 1 and "HINT: your dx is y * dy" in bad.stdout, bad.stdout + bad.stderr
+    missing = run("softmax_backward", "no/such/file.py")
+    assert missing.returncode == 1 and "no such file" in missing.stderr
