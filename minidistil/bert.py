@@ -57,7 +57,9 @@ class BertEmbeddings(Module):
         words = self.word_embeddings(input_ids, "input_ids")                    # (B, T, C)
         types = self.token_type_embeddings(token_type_ids, "token_type_ids")    # (B, T, C)
         positions = self.position_embeddings(position_ids(B, T, self.max_positions))  # (B, T, C)
-        x = self.LayerNorm(words + types, residual=positions)                   # LN(words + types + positions)
+        # LN(words + (types + positions)): adding the two small tables first makes a distilled student, whose
+        # position table has token type 0 folded in, reproduce this sum bit for bit (see distill.py)
+        x = self.LayerNorm(words, residual=types + positions)
         return self.dropout(x)
 
 

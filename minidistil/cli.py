@@ -39,7 +39,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("classify", "minidistil.cli", "add_classify", "text classification: labels with scores"),
     ("ner", "minidistil.cli", "add_ner", "token classification grouped into entities"),
     ("qa", "minidistil.cli", "add_qa", "extractive question answering over a context"),
-    # ("distill",  "minidistil.distill",  "add_command", "distil a student from a teacher"),
+    ("distill", "minidistil.distill", "add_command", "distil a smaller student from a teacher (the main job)"),
     # ("finetune", "minidistil.finetune", "add_command", "fine-tune on a task"),
     # ("bench",    "minidistil.bench",    "add_command", "benchmark the kernels"),
     ("grade", "minidistil.grading", "add_command", "grade an exercise answer (tutorials/exercises)"),

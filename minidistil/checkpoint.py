@@ -1,0 +1,119 @@
+"""Training checkpoints: everything a run needs to continue as if it had never stopped, written atomically.
+
+A checkpoint is one .npz file (no pickle) holding
+    model/<name>        the student's parameters
+    optim/m/<name>, optim/v/<name>   AdamW's moments
+    meta                a JSON document: step, optimizer scalars, the states of the random generators (numpy
+                        PCG64 states are plain integers), the data position (`Batches.state()`), and anything the
+                        caller adds (the run's settings, the loss history so far, ...).
+
+Atomic: the file is written to a temporary name in the same folder, flushed and fsync'ed, then renamed over the
+old checkpoint with os.replace (atomic on POSIX and Windows), and the folder is fsync'ed so the rename itself is
+durable. A crash (even SIGKILL, even a power cut) at any moment leaves either the old checkpoint or the new one,
+never a half-written file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+FORMAT = "minidistil-checkpoint-1"
+
+
+class Checkpoint(NamedTuple):
+    step: int                          # optimizer updates done
+    model: dict[str, np.ndarray]       # parameter name -> array
+    optimizer: dict | None             # AdamW.state_dict() or None
+    rng: dict[str, dict]               # generator name -> bit_generator.state
+    data: dict | None                  # Batches.state()
+    extra: dict                        # anything else the caller saved (JSON-serialisable)
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call write(f) on a temporary file beside `path`, fsync it, and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(path.name + ".*.tmp"):  # left by a writer killed mid-write (one writer per file)
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename durable (POSIX); Windows has no directory fsync
+        dfd = os.open(path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, *, step: int, model: dict[str, np.ndarray], optimizer: dict | None = None,
+                    rng: dict[str, np.random.Generator] | None = None, data: dict | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically. `model` maps names to arrays (or Tensors), `optimizer` is
+    AdamW.state_dict(), `rng` maps names to numpy Generators (their states are saved)."""
+    arrays: dict[str, np.ndarray] = {f"model/{n}": np.asarray(a) for n, a in model.items()}
+    opt_meta = None
+    if optimizer is not None:
+        arrays.update({f"optim/m/{n}": a for n, a in optimizer["m"].items()})
+        arrays.update({f"optim/v/{n}": a for n, a in optimizer["v"].items()})
+        opt_meta = {k: v for k, v in optimizer.items() if k not in ("m", "v")}
+    meta = {"format": FORMAT, "step": int(step), "optimizer": opt_meta,
+            "rng": {k: g.bit_generator.state for k, g in (rng or {}).items()},
+            "data": data, "extra": extra or {}}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"checkpoint: {path} does not exist")
+    with np.load(path, allow_pickle=False) as z:
+        if "meta" not in z.files:
+            raise ValueError(f"checkpoint: {path} is not a minidistil checkpoint (no meta entry)")
+        meta = json.loads(z["meta"].tobytes().decode("utf-8"))
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"checkpoint: {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
+        optimizer = None
+        if meta["optimizer"] is not None:
+            optimizer = dict(meta["optimizer"])
+            optimizer["m"] = {k[len("optim/m/"):]: z[k] for k in z.files if k.startswith("optim/m/")}
+            optimizer["v"] = {k[len("optim/v/"):]: z[k] for k in z.files if k.startswith("optim/v/")}
+    return Checkpoint(step=meta["step"], model=model, optimizer=optimizer, rng=meta["rng"], data=meta["data"],
+                      extra=meta["extra"])
+
+
+def restore_rng(generator: np.random.Generator, state: dict[str, Any]) -> np.random.Generator:
+    """Put a saved bit-generator state back into `generator` (in place) and return it."""
+    if state["bit_generator"] != type(generator.bit_generator).__name__:
+        raise ValueError(f"rng: saved from a {state['bit_generator']} generator, this one is "
+                         f"{type(generator.bit_generator).__name__}")
+    generator.bit_generator.state = state
+    return generator
+
+
+def load_model_arrays(params: dict, arrays: dict[str, np.ndarray]):
+    """Copy saved arrays into a model's parameters (name -> Tensor), checking names and shapes."""
+    missing, unexpected = set(params) - set(arrays), set(arrays) - set(params)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint: parameters do not match the model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    for n, p in params.items():
+        if tuple(arrays[n].shape) != tuple(p.data.shape):
+            raise ValueError(f"checkpoint: {n} has shape {tuple(arrays[n].shape)}, the model {tuple(p.data.shape)}")
+        p.data[...] = arrays[n]

@@ -1,0 +1,670 @@
+"""Distil a small DistilBERT student from a BERT / DistilBERT teacher (Sanh et al., 2019).
+
+    from minidistil.distill import distill
+    report = distill(teacher="all-MiniLM-L6-v2", out_dir="student", time_budget=15 * 60)
+
+1. The student (`make_student`): the teacher's width, half its depth. Word and position embeddings and the
+   embedding LayerNorm are copied; each student layer is a copy of one teacher layer (12 -> 6 takes teacher layers
+   0, 2, 4, 7, 9, 11 as DistilBERT did; 6 -> 3 takes 0, 2, 4; any map can be given). The pooler and the token-type
+   table are dropped: a BERT teacher adds token-type row 0 to every token, so that row is folded into the student's
+   position table and the student's embedding output equals the teacher's at initialisation. The student is a
+   DistilBertForMaskedLM when the teacher has an MLM head (its head is copied too), else a DistilBertModel.
+
+2. The loss, per batch (padding never counts):
+       alpha_ce  * T^2 KL(softmax(teacher / T) || softmax(student / T))    MLM logits, every real token
+     + alpha_mlm * cross-entropy(student, original token)                  masked tokens only
+     + alpha_cos * (1 - cos(student h, teacher h))                          last hidden states, every real token
+     + alpha_mse * mean (student h - teacher h)^2                           (optional)
+     + alpha_pool_cos * (1 - cos(pool(student h), pool(teacher h)))         mean-pooled sentence embeddings
+     + alpha_pool_mse * mean (pool(student h) - pool(teacher h))^2
+   With an MLM head the defaults are DistilBERT's (5, 2, 1, 0, 0, 0; T = 2) and the inputs are masked
+   (minidistil.masking, redrawn every batch). A teacher WITHOUT an MLM head (e.g. all-MiniLM-L6-v2, a sentence
+   encoder) has no logits to match: the student learns from the hidden-state terms only (defaults 0, 0, 1, 0, 1, 1)
+   on unmasked text. The teacher runs under no_grad, in eval mode.
+
+3. The loop: AdamW (minidistil.optim) with warm-up and linear decay, gradient clipping at norm 5, gradient
+   accumulation; an atomic checkpoint every `checkpoint_every` steps and at the end (minidistil.checkpoint);
+   `resume=True` continues from it with the SAME loss sequence an uninterrupted run has (every random choice of
+   step s, masking and dropout, comes from generators seeded by (seed, s), and the data position is saved);
+   a NaN / inf loss stops the run with a message naming the step, keeping the last good checkpoint.
+
+4. The output folder: the student (config.json, model.safetensors, tokenizer files) that `transformers` loads,
+   metrics.jsonl (one line per step), loss_curve.png (when matplotlib is installed), report.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from . import data as D
+from . import evaluation as E
+from . import functional as F
+from . import losses as L
+from .autograd import Tensor, no_grad
+from .config import BertConfig, DistilBertConfig
+from .masking import IGNORE_INDEX, mask_tokens, selection_weights
+from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
+
+DEFAULT_TEACHER = "all-MiniLM-L6-v2"
+DEFAULT_MAPS = {(12, 6): [0, 2, 4, 7, 9, 11], (6, 3): [0, 2, 4]}
+
+# BERT layer -> DistilBERT layer parameter names (weight and bias of each)
+LAYER_MAP = {
+    "attention.self.query": "attention.q_lin",
+    "attention.self.key": "attention.k_lin",
+    "attention.self.value": "attention.v_lin",
+    "attention.output.dense": "attention.out_lin",
+    "attention.output.LayerNorm": "sa_layer_norm",
+    "intermediate.dense": "ffn.lin1",
+    "output.dense": "ffn.lin2",
+    "output.LayerNorm": "output_layer_norm",
+}
+MLM_HEAD_MAP = {
+    "cls.predictions.transform.dense": "vocab_transform",
+    "cls.predictions.transform.LayerNorm": "vocab_layer_norm",
+}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the checkpoint that was kept."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. the student
+
+
+def default_layer_map(n_teacher: int, n_student: int) -> list[int]:
+    """DistilBERT's choices for 12 -> 6 and 6 -> 3; otherwise layers evenly spaced from the first to the last."""
+    if not 1 <= n_student <= n_teacher:
+        raise ValueError(f"student layers: expected 1 .. {n_teacher} (the teacher's depth), got {n_student}")
+    if (n_teacher, n_student) in DEFAULT_MAPS:
+        return list(DEFAULT_MAPS[(n_teacher, n_student)])
+    return [int(i) for i in np.round(np.linspace(0, n_teacher - 1, n_student))]
+
+
+def has_mlm_head(model) -> bool:
+    return type(model).__name__ in ("BertForMaskedLM", "DistilBertForMaskedLM")
+
+
+def student_config(tcfg, n_layers: int, mlm: bool) -> DistilBertConfig:
+    if isinstance(tcfg, DistilBertConfig):
+        return tcfg.replace(n_layers=n_layers, architectures=None)
+    if not isinstance(tcfg, BertConfig):
+        raise ValueError(f"teacher: expected a BERT or DistilBERT model, got a {type(tcfg).__name__} config")
+    if abs(tcfg.layer_norm_eps - DistilBertConfig.layer_norm_eps) > 0:
+        raise ValueError(f"teacher: layer_norm_eps {tcfg.layer_norm_eps} differs from DistilBERT's fixed 1e-12: "
+                         "the student could not reproduce the teacher's layers")
+    return DistilBertConfig(vocab_size=tcfg.vocab_size, max_position_embeddings=tcfg.max_position_embeddings,
+                            n_layers=n_layers, n_heads=tcfg.num_attention_heads, dim=tcfg.hidden_size,
+                            hidden_dim=tcfg.intermediate_size, dropout=tcfg.hidden_dropout_prob,
+                            attention_dropout=tcfg.attention_probs_dropout_prob,
+                            initializer_range=tcfg.initializer_range, pad_token_id=tcfg.pad_token_id,
+                            tie_word_embeddings=tcfg.tie_word_embeddings)
+
+
+def student_state(teacher, layers: Sequence[int]) -> tuple[DistilBertConfig, dict[str, np.ndarray], bool]:
+    """(student config, student state dict in DistilBERT names, mlm?) copied from the teacher."""
+    mlm = has_mlm_head(teacher)
+    tcfg = teacher.config
+    t = {n: np.array(a, dtype=np.float32) for n, a in teacher.state_dict().items()}  # copies
+    n_teacher = tcfg.num_hidden_layers
+    if any(not 0 <= i < n_teacher for i in layers):
+        raise ValueError(f"layers: teacher layer indices must lie in [0, {n_teacher}), got {list(layers)}")
+    cfg = student_config(tcfg, len(layers), mlm)
+    s: dict[str, np.ndarray] = {}
+    base = "distilbert." if mlm else ""
+    if isinstance(tcfg, DistilBertConfig):
+        tb = "distilbert." if mlm else ""
+        for n, a in t.items():
+            if n.startswith(tb + "transformer.layer."):
+                continue
+            s[base + n[len(tb):] if n.startswith(tb) else n] = a
+        for i, j in enumerate(layers):
+            prefix = f"{tb}transformer.layer.{j}."
+            for n, a in t.items():
+                if n.startswith(prefix):
+                    s[f"{base}transformer.layer.{i}.{n[len(prefix):]}"] = a
+        return cfg, s, mlm
+    tb = "bert." if (mlm or any(n.startswith("bert.") for n in t)) else ""
+    emb = tb + "embeddings."
+    s[base + "embeddings.word_embeddings.weight"] = t[emb + "word_embeddings.weight"]
+    # x = LN(word + type[0] + pos): fold type row 0 into the position table, which the student adds to every token
+    s[base + "embeddings.position_embeddings.weight"] = (t[emb + "position_embeddings.weight"]
+                                                        + t[emb + "token_type_embeddings.weight"][0][None, :])
+    s[base + "embeddings.LayerNorm.weight"] = t[emb + "LayerNorm.weight"]
+    s[base + "embeddings.LayerNorm.bias"] = t[emb + "LayerNorm.bias"]
+    for i, j in enumerate(layers):
+        for bert_name, distil_name in LAYER_MAP.items():
+            for kind in ("weight", "bias"):
+                s[f"{base}transformer.layer.{i}.{distil_name}.{kind}"] = t[f"{tb}encoder.layer.{j}.{bert_name}.{kind}"]
+    if mlm:
+        for bert_name, distil_name in MLM_HEAD_MAP.items():
+            for kind in ("weight", "bias"):
+                s[f"{distil_name}.{kind}"] = t[f"{bert_name}.{kind}"]
+        s["vocab_projector.bias"] = t["cls.predictions.bias"]
+    return cfg, s, mlm
+
+
+def make_student(teacher, layers: Sequence[int] | None = None, n_layers: int | None = None):
+    """A DistilBERT student initialised from the teacher (see the module docstring). Eval mode."""
+    from .distilbert import DistilBertForMaskedLM, DistilBertModel  # noqa: PLC0415
+    n_teacher = teacher.config.num_hidden_layers
+    if layers is None:
+        layers = default_layer_map(n_teacher, n_layers or max(1, n_teacher // 2))
+    cfg, state, mlm = student_state(teacher, layers)
+    cls = DistilBertForMaskedLM if mlm else DistilBertModel
+    student = cls(cfg)
+    student.load_state_dict(state, strict=True)
+    return student.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. the loss
+
+
+@dataclass
+class LossWeights:
+    alpha_ce: float = 5.0        # KL between softened MLM distributions (x T^2)
+    alpha_mlm: float = 2.0       # cross-entropy on the masked tokens
+    alpha_cos: float = 1.0       # 1 - cos between last hidden states
+    alpha_mse: float = 0.0       # MSE between last hidden states
+    alpha_pool_cos: float = 0.0  # 1 - cos between mean-pooled embeddings
+    alpha_pool_mse: float = 0.0  # MSE between mean-pooled embeddings
+    temperature: float = 2.0
+    kl_masked_only: bool = False  # KL over the masked positions only (DistilBERT: every real token)
+
+    @classmethod
+    def defaults(cls, mlm: bool) -> "LossWeights":
+        if mlm:
+            return cls()
+        return cls(alpha_ce=0.0, alpha_mlm=0.0, alpha_cos=1.0, alpha_mse=0.0, alpha_pool_cos=1.0, alpha_pool_mse=1.0)
+
+
+def forward_outputs(model, input_ids, attention_mask) -> tuple[Tensor | None, Tensor]:
+    """(MLM logits (B, T, V) or None, last hidden states (B, T, C)) of a BERT / DistilBERT model."""
+    if has_mlm_head(model):
+        out = model(input_ids, attention_mask, output_hidden_states=True)
+        return out.logits, out.hidden_states[-1]
+    return None, model(input_ids, attention_mask).last_hidden_state
+
+
+def mean_pool(h: Tensor, attention_mask: np.ndarray) -> Tensor:
+    """Autograd mean over the real tokens: (B, T, C) -> (B, C)."""
+    m = np.asarray(attention_mask, dtype=np.float32)[..., None]                 # (B, T, 1)
+    inv = (1.0 / np.maximum(m.sum(axis=1), 1.0)).astype(np.float32)             # (B, 1)
+    return (h * m).sum(axis=1) * inv                                            # (B, C)
+
+
+def distillation_loss(s_logits: Tensor | None, t_logits, s_hidden: Tensor, t_hidden, labels: np.ndarray | None,
+                      attention_mask: np.ndarray, w: LossWeights) -> tuple[Tensor, dict[str, float]]:
+    """The weighted sum of the terms (a scalar Tensor) and each term's value (unweighted floats)."""
+    B, T, C = s_hidden.shape
+    rows = np.ascontiguousarray(np.asarray(attention_mask).reshape(-1) != 0)    # (B*T,) real tokens
+    t_hidden = np.asarray(t_hidden, dtype=np.float32)
+    terms: dict[str, Tensor] = {}
+    if (w.alpha_ce or w.alpha_mlm) and s_logits is None:
+        raise ValueError("alpha_ce / alpha_mlm: the MLM terms need a teacher and student with an MLM head")
+    if w.alpha_ce:
+        V = s_logits.shape[-1]
+        kl_rows = rows if not w.kl_masked_only else np.ascontiguousarray(np.asarray(labels).reshape(-1) != IGNORE_INDEX)
+        terms["ce"] = L.distill_kl(s_logits.reshape(B * T, V),
+                                   np.ascontiguousarray(np.asarray(t_logits, dtype=np.float32).reshape(B * T, V)),
+                                   w.temperature, kl_rows)
+    if w.alpha_mlm:
+        V = s_logits.shape[-1]
+        terms["mlm"] = L.cross_entropy(s_logits.reshape(B * T, V), np.asarray(labels, dtype=np.int64).reshape(-1))
+    sh = s_hidden.reshape(B * T, C)
+    th = np.ascontiguousarray(t_hidden.reshape(B * T, C))
+    if w.alpha_cos:
+        terms["cos"] = L.cosine_embedding_loss(sh, th, rows)
+    if w.alpha_mse:
+        terms["mse"] = L.mse(sh, th, rows)
+    if w.alpha_pool_cos or w.alpha_pool_mse:
+        sp = mean_pool(s_hidden, attention_mask)                                 # (B, C)
+        tp = np.ascontiguousarray(E.mean_pool(t_hidden, attention_mask))         # (B, C)
+        if w.alpha_pool_cos:
+            terms["pool_cos"] = L.cosine_embedding_loss(sp, tp)
+        if w.alpha_pool_mse:
+            terms["pool_mse"] = L.mse(sp, tp)
+    alphas = {"ce": w.alpha_ce, "mlm": w.alpha_mlm, "cos": w.alpha_cos, "mse": w.alpha_mse,
+              "pool_cos": w.alpha_pool_cos, "pool_mse": w.alpha_pool_mse}
+    if not terms:
+        raise ValueError("loss weights: every alpha is 0, nothing to learn")
+    total = None
+    for name, t in terms.items():
+        part = t * float(alphas[name])
+        total = part if total is None else total + part
+    return total, {name: float(t.item()) for name, t in terms.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. the run
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = DEFAULT_TEACHER     # a checkpoint folder or a name minidistil.loading.resolve knows
+    out_dir: str = "student"
+    student_layers: int | None = None  # default: half the teacher's depth
+    layer_map: list[int] | None = None  # teacher layer copied into each student layer (overrides student_layers)
+    corpus: list[str] | None = None    # files / folders / .jsonl; None: the default corpus (pydoc + stdlib)
+    text_field: str = "text"
+    held_out: float = 0.02             # share of documents kept for evaluation
+    max_len: int = 128
+    batch_size: int = 16
+    grad_accum: int = 1
+    steps: int | None = None           # total updates; None: as many as fit in time_budget
+    time_budget: float = 15 * 60.0     # seconds of training (when steps is None)
+    lr: float = 5e-4
+    warmup: float = 0.05
+    weight_decay: float = 0.01
+    max_grad_norm: float = 5.0
+    weights: LossWeights | None = None  # None: LossWeights.defaults(teacher has an MLM head)
+    mask_smoothing: float = 0.7
+    seed: int = 0
+    checkpoint_every: int = 200
+    resume: bool = False
+    eval_texts: int = 64               # held-out texts for the mean-cosine figure
+    progress: bool = True
+    evaluate: bool = True
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    total_steps: int = 0
+    elapsed: float = 0.0               # seconds of training before this process
+    tokens: int = 0                    # real (non-padding) tokens seen
+
+
+def _step_seed(seed: int, step: int, micro: int = 0) -> int:
+    return int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0])
+
+
+def _load(teacher, tokenizer):
+    from .loading import from_pretrained, resolve  # noqa: PLC0415
+    from .tokenizer import Tokenizer  # noqa: PLC0415
+    if isinstance(teacher, (str, Path)):
+        folder = resolve(teacher)
+        model = from_pretrained(folder)
+        tokenizer = tokenizer or Tokenizer.from_pretrained(folder)
+        return model, tokenizer, str(folder)
+    if tokenizer is None:
+        raise ValueError("tokenizer: required when the teacher is given as a model object")
+    if not isinstance(tokenizer, Tokenizer) and hasattr(tokenizer, "to_str"):  # a bare tokenizers.Tokenizer
+        tokenizer = Tokenizer(tokenizer)
+    return teacher, tokenizer, type(teacher).__name__
+
+
+def _corpus(cfg: DistillConfig):
+    docs = D.default_corpus() if not cfg.corpus else D.read_corpus(cfg.corpus, cfg.text_field)
+    return D.split_held_out(docs, cfg.held_out)
+
+
+def _write_jsonl_upto(path: Path, step: int) -> list[dict]:
+    """Keep the metrics lines of steps <= step (a resumed run rewrites what came after its checkpoint)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["step"] <= step]
+    ckpt.atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    return rows
+
+
+def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, config: DistillConfig | None = None,
+            **overrides) -> dict:
+    """Run a distillation; returns the final report (also written to out_dir/report.json).
+
+    teacher: a checkpoint folder / name (loaded with minidistil.loading), or a model object (then `tokenizer` is
+    required). Any DistillConfig field may be passed as a keyword (e.g. steps=100, batch_size=8).
+    """
+    cfg = config or DistillConfig()
+    cfg = DistillConfig(**{**asdict(cfg), **overrides, "out_dir": str(out_dir),
+                           "teacher": teacher if isinstance(teacher, (str, Path)) else cfg.teacher})
+    if isinstance(cfg.weights, dict):
+        cfg.weights = LossWeights(**cfg.weights)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    say = print if cfg.progress else (lambda *a, **k: None)
+
+    teacher_model, tokenizer, teacher_name = _load(teacher, tokenizer)
+    teacher_model.eval()
+    layers = cfg.layer_map or default_layer_map(teacher_model.config.num_hidden_layers,
+                                                cfg.student_layers or max(1, teacher_model.config.num_hidden_layers // 2))
+    student = make_student(teacher_model, layers)
+    mlm = has_mlm_head(student)
+    w = cfg.weights or LossWeights.defaults(mlm)
+    if not mlm:
+        say(f"teacher {teacher_name} has no MLM head: the student learns from the hidden-state terms only "
+            f"(cos {w.alpha_cos}, mse {w.alpha_mse}, pooled cos {w.alpha_pool_cos}, pooled mse {w.alpha_pool_mse}), "
+            f"on unmasked text")
+        if w.alpha_ce or w.alpha_mlm:
+            raise ValueError("alpha_ce / alpha_mlm: this teacher has no MLM head; set them to 0")
+    say(f"student: {len(layers)} layers copied from teacher layers {list(layers)}")
+
+    # data
+    special = D.special_ids(tokenizer)
+    train_docs, held_docs = _corpus(cfg)
+    seqs = D.make_sequences(train_docs, tokenizer, cfg.max_len)
+    held_texts = [" ".join(d.text.split())[:1000] for d in held_docs][: cfg.eval_texts]
+    batches = D.Batches(seqs, cfg.batch_size, special.pad, seed=cfg.seed)
+    mask_weights = selection_weights(D.token_counts(seqs, special.vocab_size), special.vocab_size, cfg.mask_smoothing)
+    say(f"corpus: {len(train_docs)} documents -> {len(seqs)} sequences of <= {cfg.max_len} tokens "
+        f"({len(held_docs)} documents held out)")
+
+    opt = AdamW(student.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = dict(student.named_parameters())
+    run = RunState()
+    ckpt_path = out / "checkpoint.npz"
+    metrics_path = out / "metrics.jsonl"
+    if cfg.resume and ckpt_path.exists():
+        c = ckpt.load_checkpoint(ckpt_path)
+        ckpt.load_model_arrays(params, c.model)
+        opt.load_state_dict(c.optimizer)
+        batches.load_state(c.data)
+        run = RunState(**c.extra["run"])
+        _write_jsonl_upto(metrics_path, run.step)
+        say(f"resumed from {ckpt_path} at step {run.step}")
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    if cfg.steps is not None:
+        run.total_steps = int(cfg.steps)
+
+    def save():
+        ckpt.save_checkpoint(ckpt_path, step=run.step, model=student.state_dict(), optimizer=opt.state_dict(),
+                             data=batches.state(), extra={"run": asdict(run), "config": _jsonable(cfg)})
+
+    progress = _progress(cfg, run)
+    student.train()
+    t_start = t_probe = time.perf_counter()
+    last_saved = run.step
+    try:
+        while True:
+            elapsed = run.elapsed + time.perf_counter() - t_start
+            if run.total_steps and run.step >= run.total_steps:
+                break
+            if cfg.steps is None and elapsed >= cfg.time_budget:
+                break
+            terms_sum: dict[str, float] = {}
+            loss_sum = 0.0
+            n_tokens = 0
+            for micro in range(cfg.grad_accum):
+                input_ids, attention_mask = batches.next()
+                n_tokens += int(attention_mask.sum())
+                rng = np.random.default_rng(_step_seed(cfg.seed, run.step, micro))
+                if mlm:
+                    inputs, labels = mask_tokens(input_ids, attention_mask, rng, special, weights=mask_weights)
+                else:
+                    inputs, labels = input_ids, None
+                F.manual_seed(_step_seed(cfg.seed + 1, run.step, micro))  # dropout masks of this micro-batch
+                with no_grad():
+                    t_logits, t_hidden = forward_outputs(teacher_model, inputs, attention_mask)
+                    t_logits = None if t_logits is None else t_logits.numpy()
+                    t_hidden = t_hidden.numpy()
+                s_logits, s_hidden = forward_outputs(student, inputs, attention_mask)
+                loss, terms = distillation_loss(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask, w)
+                value = float(loss.item())
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(f"step {run.step + 1}: the loss is {value} ({terms}); stopping. "
+                                        + _kept(ckpt_path, last_saved))
+                (loss * (1.0 / cfg.grad_accum)).backward()
+                loss_sum += value / cfg.grad_accum
+                for k, v in terms.items():
+                    terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum
+            norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)
+            if not math.isfinite(norm):
+                raise NonFiniteLoss(f"step {run.step + 1}: the gradient norm is {norm}; stopping. "
+                                    + _kept(ckpt_path, last_saved))
+            if not run.total_steps:  # time budget: fix the schedule's length from the speed of steps 3 to 6
+                if run.step == 2:   # (the first ones include the JIT compilation)
+                    t_probe = time.perf_counter()
+                elif run.step == 5:
+                    per_step = (time.perf_counter() - t_probe) / 3
+                    left = cfg.time_budget - (run.elapsed + time.perf_counter() - t_start)
+                    run.total_steps = run.step + 1 + max(0, int(left / per_step))
+            sched = LinearWarmupDecay(cfg.lr, run.total_steps or 1_000_000, cfg.warmup)
+            lr = sched(run.step)
+            opt.step(lr=lr)
+            opt.zero_grad()
+            run.step += 1
+            run.tokens += n_tokens
+            row = {"step": run.step, "loss": loss_sum, **terms_sum, "lr": lr, "grad_norm": norm,
+                   "tokens": run.tokens}
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            progress(row, run.elapsed + time.perf_counter() - t_start)
+            if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
+                run.elapsed += time.perf_counter() - t_start
+                t_start = time.perf_counter()
+                save()
+                last_saved = run.step
+    finally:
+        progress(None, 0)
+    run.elapsed += time.perf_counter() - t_start
+    if run.step != last_saved or not ckpt_path.exists():
+        save()
+    student.eval()
+
+    # 4. the output folder
+    from .loading import save_pretrained  # noqa: PLC0415
+    save_pretrained(student, out, tokenizer=tokenizer)
+    curve = plot_losses(metrics_path, out / "loss_curve.png")
+    report = {"teacher": teacher_name, "student_dir": str(out), "layers": list(layers), "steps": run.step,
+              "train_seconds": round(run.elapsed, 1), "tokens": run.tokens, "mlm": mlm, "weights": asdict(w),
+              "loss_curve": curve}
+    if cfg.evaluate:
+        report.update(compare(teacher_model, student, tokenizer, held_texts, batches, cfg.max_len))
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    say(format_report(report))
+    return report
+
+
+def _kept(path: Path, step: int) -> str:
+    if path.exists():
+        return f"The last good checkpoint (step {step}) is kept at {path}; fix the cause and use --resume."
+    return "No checkpoint had been written yet."
+
+
+def _jsonable(cfg: DistillConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def _progress(cfg: DistillConfig, run: RunState):
+    """A tqdm bar (step, loss terms, tokens/s, time left), or nothing when progress is off / tqdm is missing."""
+    if not cfg.progress:
+        return lambda row, elapsed: None
+    try:
+        from tqdm import tqdm  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return lambda row, elapsed: None
+    bar = tqdm(total=cfg.steps, initial=run.step, unit="step", dynamic_ncols=True)
+
+    def update(row, elapsed):
+        if row is None:
+            bar.close()
+            return
+        if bar.total is None and run.total_steps:
+            bar.total = run.total_steps
+        left = (cfg.time_budget - elapsed) if cfg.steps is None else None
+        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("loss", "ce", "mlm", "cos", "mse",
+                                                                         "pool_cos", "pool_mse")}
+                        | {"tok/s": f"{row['tokens'] / max(elapsed, 1e-9):.0f}"}
+                        | ({"left": f"{left:.0f}s"} if left is not None else {}), refresh=False)
+        bar.update(1)
+
+    return update
+
+
+def plot_losses(metrics_path: Path, png: Path) -> str:
+    """Loss curves (total and each term) from metrics.jsonl; returns the PNG path, or a note when matplotlib is
+    missing."""
+    try:
+        import matplotlib  # noqa: PLC0415
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return f"matplotlib is not installed: the loss curve would have been {png}"
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("loss", "ce", "mlm", "cos", "mse", "pool_cos", "pool_mse"):
+        if rows and key in rows[0]:
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=key, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("distillation losses")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return str(png)
+
+
+def compare(teacher, student, tokenizer, held_texts: Sequence[str], batches: D.Batches, max_len: int = 128) -> dict:
+    """Teacher beside student: layers, parameters, forward time on the same batch, mean cosine of sentence
+    embeddings on held-out text, STS Spearman of each and the share the student keeps."""
+    longest = sorted(batches.seqs, key=len)[-batches.batch_size:]  # a full-length batch
+    input_ids, attention_mask = D.pad_batch(longest, batches.pad_id)
+
+    def timed(model):
+        model.eval()
+        with no_grad():
+            forward_outputs(model, input_ids, attention_mask)  # warm-up (JIT compilation)
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                forward_outputs(model, input_ids, attention_mask)
+                times.append(time.perf_counter() - t0)
+        return float(np.median(times) * 1e3)
+
+    def encoder(model):
+        def enc(ids, mask):
+            with no_grad():
+                return forward_outputs(model, ids, mask)[1].numpy()
+        return enc
+
+    t_enc, s_enc = encoder(teacher), encoder(student)
+    sts_t = E.sts_spearman(t_enc, tokenizer, max_len=max_len)
+    sts_s = E.sts_spearman(s_enc, tokenizer, max_len=max_len)
+    agreement = (E.embedding_agreement(s_enc, t_enc, tokenizer, held_texts, max_len=max_len) if held_texts
+                 else float("nan"))
+    return {"teacher_layers": teacher.config.num_hidden_layers, "student_layers": student.config.n_layers,
+            "teacher_params": teacher.num_parameters(), "student_params": student.num_parameters(),
+            "forward_batch": list(input_ids.shape), "teacher_forward_ms": timed(teacher),
+            "student_forward_ms": timed(student), "held_out_mean_cosine": agreement, "held_out_texts": len(held_texts),
+            "sts_spearman_teacher": sts_t, "sts_spearman_student": sts_s,
+            "sts_kept": sts_s / sts_t if sts_t else float("nan")}
+
+
+def format_report(r: dict) -> str:
+    lines = [f"student written to {r['student_dir']} after {r['steps']} steps ({r['train_seconds']} s, "
+             f"{r['tokens']} tokens); loss curve: {r['loss_curve']}"]
+    if "teacher_params" in r:
+        lines += [
+            f"{'':24}{'teacher':>12}{'student':>12}",
+            f"{'layers':24}{r['teacher_layers']:>12}{r['student_layers']:>12}",
+            f"{'parameters':24}{r['teacher_params']:>12,}{r['student_params']:>12,}",
+            f"{'forward ms ' + 'x'.join(map(str, r['forward_batch'])):24}{r['teacher_forward_ms']:>12.1f}"
+            f"{r['student_forward_ms']:>12.1f}",
+            f"{'STS Spearman':24}{r['sts_spearman_teacher']:>12.3f}{r['sts_spearman_student']:>12.3f}"
+            f"   (student keeps {100 * r['sts_kept']:.0f}%)",
+            f"mean cosine student/teacher embeddings on {r['held_out_texts']} held-out texts: "
+            f"{r['held_out_mean_cosine']:.3f}"]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line (the lead wires add_cli into minidistil.cli)
+
+
+def add_cli(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("distill", help="distil a smaller DistilBERT student from a BERT/DistilBERT teacher",
+                              description=__doc__.split("\n\n")[0])
+    d = DistillConfig()
+    p.add_argument("--teacher", default=d.teacher, help=f"checkpoint folder or name (default {d.teacher})")
+    p.add_argument("--out", dest="out_dir", default=d.out_dir, help="output folder (default %(default)s)")
+    p.add_argument("--student-layers", type=int, default=None, help="student depth (default: half the teacher's)")
+    p.add_argument("--layer-map", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="teacher layers to copy, comma-separated, e.g. 0,2,4 (overrides --student-layers)")
+    p.add_argument("--corpus", nargs="+", default=None,
+                   help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings)")
+    p.add_argument("--text-field", default=d.text_field, help="JSONL field holding the text (default %(default)s)")
+    p.add_argument("--held-out", type=float, default=d.held_out, help="share of documents held out (default %(default)s)")
+    p.add_argument("--max-len", type=int, default=d.max_len, help="sequence length in tokens (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per batch (default %(default)s)")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="batches per update (default %(default)s)")
+    p.add_argument("--steps", type=int, default=None, help="number of updates (default: fill --time-budget)")
+    p.add_argument("--time-budget", type=float, default=d.time_budget / 60,
+                   help="minutes of training when --steps is not given (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
+    p.add_argument("--warmup", type=float, default=d.warmup, help="warm-up share of the steps (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default %(default)s)")
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="(default %(default)s)")
+    for name, help_ in [("alpha-ce", "KL on softened MLM logits"), ("alpha-mlm", "masked-token cross-entropy"),
+                        ("alpha-cos", "1 - cos of hidden states"), ("alpha-mse", "MSE of hidden states"),
+                        ("alpha-pool-cos", "1 - cos of mean-pooled embeddings"),
+                        ("alpha-pool-mse", "MSE of mean-pooled embeddings")]:
+        p.add_argument(f"--{name}", type=float, default=None,
+                       help=f"weight of the {help_} term (default: 5/2/1/0/0/0 with an MLM head, else 0/0/1/0/1/1)")
+    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature (default %(default)s)")
+    p.add_argument("--kl-masked-only", action="store_true", help="KL on the masked positions only")
+    p.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps (default %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--no-eval", dest="evaluate", action="store_false", help="skip the final comparison")
+    p.set_defaults(run=run_cli)
+    return p
+
+
+def add_command(subparsers, name: str = "distill", help: str | None = None) -> argparse.ArgumentParser:
+    """The registry hook of minidistil/cli.py."""
+    return add_cli(subparsers)
+
+
+def run_cli(args) -> int:
+    alphas = {k: getattr(args, k) for k in ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse", "alpha_pool_cos",
+                                           "alpha_pool_mse")}
+    weights = None
+    if any(v is not None for v in alphas.values()) or args.temperature != 2.0 or args.kl_masked_only:
+        from .loading import resolve  # noqa: PLC0415
+        from .config import config_from_json_file  # noqa: PLC0415
+        arch = (config_from_json_file(resolve(args.teacher) / "config.json").architectures or [""])[0]
+        base = LossWeights.defaults(mlm=arch.endswith("ForMaskedLM"))
+        weights = LossWeights(**{**asdict(base), **{k: v for k, v in alphas.items() if v is not None},
+                                 "temperature": args.temperature, "kl_masked_only": args.kl_masked_only})
+    cfg = DistillConfig(teacher=args.teacher, out_dir=args.out_dir, student_layers=args.student_layers,
+                        layer_map=args.layer_map, corpus=args.corpus, text_field=args.text_field,
+                        held_out=args.held_out, max_len=args.max_len, batch_size=args.batch_size,
+                        grad_accum=args.grad_accum, steps=args.steps, time_budget=args.time_budget * 60,
+                        lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
+                        max_grad_norm=args.max_grad_norm, weights=weights, seed=args.seed,
+                        checkpoint_every=args.checkpoint_every, resume=args.resume, progress=args.progress,
+                        evaluate=args.evaluate)
+    try:
+        distill(cfg.teacher, cfg.out_dir, config=cfg)
+    except NonFiniteLoss as e:
+        print(f"error: {e}")
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    """`python -m minidistil.distill ...` (the same flags as `minidistil distill`)."""
+    parser = argparse.ArgumentParser(prog="minidistil")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_cli(sub)
+    args = parser.parse_args(["distill", *(argv if argv is not None else __import__("sys").argv[1:])])
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
