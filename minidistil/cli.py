@@ -40,8 +40,9 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("ner", "minidistil.cli", "add_ner", "token classification grouped into entities"),
     ("qa", "minidistil.cli", "add_qa", "extractive question answering over a context"),
     ("distill", "minidistil.distill", "add_command", "distil a smaller student from a teacher (the main job)"),
-    # ("finetune", "minidistil.finetune", "add_command", "fine-tune on a task"),
-    # ("bench",    "minidistil.bench",    "add_command", "benchmark the kernels"),
+    ("finetune", "minidistil.finetune", "add_command", "fine-tune on a task (classification, token, qa, choice)"),
+    ("predict", "minidistil.predict", "add_command", "predict with a fine-tuned checkpoint"),
+    ("bench", "minidistil.bench", "add_command", "time minidistil beside PyTorch and ONNX Runtime"),
     ("grade", "minidistil.grading", "add_command", "grade an exercise answer (tutorials/exercises)"),
 ]
 

@@ -34,6 +34,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -333,7 +334,7 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
         cfg.weights = LossWeights(**cfg.weights)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    say = print if cfg.progress else (lambda *a, **k: None)
+    say = functools.partial(print, flush=True)  # the set-up lines and the final report; --no-progress hides the bar only
 
     teacher_model, tokenizer, teacher_name = _load(teacher, tokenizer)
     teacher_model.eval()
@@ -349,6 +350,8 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
         if w.alpha_ce or w.alpha_mlm:
             raise ValueError("alpha_ce / alpha_mlm: this teacher has no MLM head; set them to 0")
     say(f"student: {len(layers)} layers copied from teacher layers {list(layers)}")
+    # the student's quality before any training (make_student is deterministic, so a resumed run gets the same)
+    sts_init = E.sts_spearman(E.model_encoder(student), tokenizer, max_len=cfg.max_len) if cfg.evaluate else None
 
     # data
     special = D.special_ids(tokenizer)
@@ -462,6 +465,8 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
               "loss_curve": curve}
     if cfg.evaluate:
         report.update(compare(teacher_model, student, tokenizer, held_texts, batches, cfg.max_len))
+        report["sts_spearman_student_init"] = sts_init
+        report["sts_kept_init"] = sts_init / report["sts_spearman_teacher"]
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     say(format_report(report))
     return report
@@ -575,7 +580,10 @@ def format_report(r: dict) -> str:
             f"{'forward ms ' + 'x'.join(map(str, r['forward_batch'])):24}{r['teacher_forward_ms']:>12.1f}"
             f"{r['student_forward_ms']:>12.1f}",
             f"{'STS Spearman':24}{r['sts_spearman_teacher']:>12.3f}{r['sts_spearman_student']:>12.3f}"
-            f"   (student keeps {100 * r['sts_kept']:.0f}%)",
+            f"   (student keeps {100 * r['sts_kept']:.1f}%)",
+            *([f"{'STS Spearman at init':24}{'':>12}{r['sts_spearman_student_init']:>12.3f}"
+               f"   (before distillation: {100 * r['sts_kept_init']:.1f}%)"] if "sts_kept_init" in r else []),
+            f"forward speed-up of the student: {r['teacher_forward_ms'] / r['student_forward_ms']:.2f}x",
             f"mean cosine student/teacher embeddings on {r['held_out_texts']} held-out texts: "
             f"{r['held_out_mean_cosine']:.3f}"]
     return "\n".join(lines)

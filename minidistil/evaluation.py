@@ -58,7 +58,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def model_encoder(model) -> Encoder:
-    """Wrap a minidistil model (`model(input_ids, attention_mask).last_hidden_state`) as an encoder, run in
+    """Wrap a minidistil model (its last hidden state, with or without a head) as an encoder, run in
     eval mode (no dropout) under no_grad."""
     from .autograd import no_grad  # noqa: PLC0415
 
@@ -67,11 +67,11 @@ def model_encoder(model) -> Encoder:
         model.eval()
         try:
             with no_grad():
-                out = model(input_ids, attention_mask)
+                out = model(input_ids, attention_mask, output_hidden_states=True)
         finally:
             if was_training:
                 model.train()
-        return np.asarray(out.last_hidden_state)
+        return np.asarray(out.hidden_states[-1])  # the last hidden state, also for models with a head
 
     return encode
 

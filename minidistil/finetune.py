@@ -1,0 +1,762 @@
+"""Fine-tune a BERT / DistilBERT checkpoint on your own labelled data, with evaluation and task-level distillation.
+
+    from minidistil.finetune import finetune
+    report = finetune(task="classification", model="student", train="reviews.csv", out_dir="sentiment",
+                      text_field="review", label_field="stars", epochs=3)
+
+Tasks and the head each one trains (the head of a checkpoint without it, e.g. a student that `minidistil distill`
+wrote, starts from fresh random weights: the loader lists them as missing keys, which is expected):
+    classification   *ForSequenceClassification, one label per text (or text pair), cross-entropy
+    multilabel       *ForSequenceClassification, any number of labels per text, BCE with logits
+    regression       *ForSequenceClassification with one output, MSE (e.g. STS-B scores)
+    token            *ForTokenClassification (NER, POS), CoNLL files; the first word piece of a word carries its tag
+    qa               *ForQuestionAnswering, SQuAD v1.1 files; long contexts cut into overlapping windows
+    choice           *ForMultipleChoice, each (question, choice) encoded apart, softmax over the choices
+
+The run (one epoch = one pass over the shuffled training examples):
+    AdamW (minidistil.optim) with linear warm-up and decay, gradient clipping; evaluation on the validation set
+    after each epoch (10% of the training set is held out when none is given); the best model so far (by the
+    task's main metric) saved to out_dir as a Hugging Face checkpoint that `transformers` loads; early stopping
+    after `early_stopping` epochs without improvement; metrics.jsonl (one line per update and one per evaluation),
+    training_curve.png (matplotlib optional), report.json; an atomic training checkpoint (out_dir/checkpoint.npz)
+    at the end of each epoch and every `checkpoint_every` updates, which `resume=True` continues from exactly (the
+    batch order of an epoch depends only on (seed, epoch), the dropout masks only on (seed, update)).
+
+Task-level distillation (DistilBERT's "(D)" runs): with `teacher=` a checkpoint already fine-tuned on the same task,
+the loss becomes
+    (1 - alpha) * task loss  +  alpha * T^2 KL(softmax(teacher / T) || softmax(student / T))
+over the class logits (classification, choice), every real token's tag logits (token), and the start and end
+logits (qa, the mean of the two); MSE to the teacher's outputs for regression and BCE to sigmoid(teacher / T) for
+multilabel. The teacher runs in eval mode under no_grad on the same batch.
+
+Shapes: B batch, T tokens, K labels or choices, N examples.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import functional as F
+from . import losses as L
+from . import metrics as M
+from . import taskdata as TD
+from .autograd import no_grad
+from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
+
+TASKS = {  # task -> (head class suffix, problem_type, main metric)
+    "classification": ("ForSequenceClassification", "single_label_classification", "accuracy"),
+    "multilabel": ("ForSequenceClassification", "multi_label_classification", "f1_micro"),
+    "regression": ("ForSequenceClassification", "regression", "pearson"),
+    "token": ("ForTokenClassification", None, "f1"),
+    "qa": ("ForQuestionAnswering", None, "f1"),
+    "choice": ("ForMultipleChoice", None, "accuracy"),
+}
+FORMATS = ("csv", "tsv", "jsonl", "imdb", "conll", "squad")
+RESOURCES = Path(__file__).parent / "resources"   # "resource:sentiment_small.tsv" names a file shipped there
+
+
+def data_path(path: str) -> str:
+    """A data path, with "resource:NAME" meaning minidistil/resources/NAME (the worked example's data)."""
+    if path and str(path).startswith("resource:"):
+        p = RESOURCES / str(path)[len("resource:"):]
+        if not p.is_file():
+            raise FileNotFoundError(f"{path}: no such file among {sorted(x.name for x in RESOURCES.iterdir())}")
+        return str(p)
+    return path
+
+
+@dataclass
+class FinetuneConfig:
+    task: str = "classification"
+    model: str = ""                      # checkpoint folder or name (minidistil.loading.resolve)
+    train: str = ""                      # training file (or IMDb folder)
+    validation: str | None = None        # validation file; None: the IMDb test split, else 10% of train held out
+    out_dir: str = "finetuned"
+    data_format: str | None = None       # csv / tsv / jsonl / imdb / conll / squad (default: from the suffix)
+    text_field: str = "text"             # tables: fields by name, or column numbers with header=False
+    text_pair_field: str | None = None
+    label_field: str = "label"
+    labels: list[str] | None = None      # label names in id order (default: the training labels, sorted)
+    label_sep: str = ","                 # multilabel labels in one string: "sports,politics"
+    header: bool = True
+    question_field: str = "question"     # choice
+    choices_field: list[str] | str = "choices"
+    context_field: str | None = None
+    tag_column: int = -1                 # conll
+    on_error: str = "skip"               # malformed rows: "skip" (listed and counted) or "fail"
+    held_out: float = 0.1
+    limit: int | None = None             # use the first `limit` training examples
+    eval_limit: int | None = None        # and the first `eval_limit` validation examples
+    max_length: int = 128
+    stride: int = 32                     # qa: tokens shared by consecutive windows
+    max_answer_len: int = 30             # qa: tokens
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 5e-5
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    early_stopping: int | None = None    # stop after this many epochs without a better validation score
+    teacher: str | None = None           # a checkpoint fine-tuned on the same task: task-level distillation
+    alpha: float = 0.5                   # weight of the teacher term
+    temperature: float = 2.0
+    checkpoint_every: int = 0            # also checkpoint every N updates (0: at the end of each epoch only)
+    stop_after: int | None = None        # end this session after N updates in all (resume=True continues)
+    resume: bool = False
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+
+
+def _format(cfg: FinetuneConfig, path: str) -> str:
+    if cfg.data_format:
+        if cfg.data_format not in FORMATS:
+            raise ValueError(f"data_format: expected one of {FORMATS}, got {cfg.data_format!r}")
+        return cfg.data_format
+    if Path(path).is_dir():
+        return "imdb"
+    if cfg.task == "token":
+        return "conll"
+    if cfg.task == "qa":
+        return "squad"
+    return TD.table_format(Path(path))
+
+
+def read_split(cfg: FinetuneConfig, path: str, split: str = "train") -> TD.Loaded:
+    """The examples of one file (or IMDb split) for cfg.task."""
+    fmt = _format(cfg, path)
+    kind = {"regression": "regression", "multilabel": "multi"}.get(cfg.task, "class")
+    if cfg.task in ("classification", "multilabel", "regression"):
+        if fmt == "imdb":
+            return TD.read_imdb(path, split, on_error=cfg.on_error)
+        return TD.read_table(path, cfg.text_field, cfg.label_field, cfg.text_pair_field, fmt=fmt, header=cfg.header,
+                             label_kind=kind, label_sep=cfg.label_sep, on_error=cfg.on_error)
+    if cfg.task == "token":
+        return TD.read_conll(path, cfg.tag_column, on_error=cfg.on_error)
+    if cfg.task == "qa":
+        return TD.read_squad(path, on_error=cfg.on_error)
+    if cfg.task == "choice":
+        fields = cfg.choices_field
+        if isinstance(fields, str) and "," in fields:
+            fields = fields.split(",")
+        return TD.read_choice(path, cfg.question_field, fields, cfg.label_field, cfg.context_field,
+                              fmt=None if fmt == "imdb" else fmt, header=cfg.header, on_error=cfg.on_error)
+    raise ValueError(f"task: expected one of {sorted(TASKS)}, got {cfg.task!r}")
+
+
+def load_data(cfg: FinetuneConfig) -> tuple[list, list, list[str]]:
+    """(train examples, validation examples, skipped rows) as cfg says."""
+    cfg.train, cfg.validation = data_path(cfg.train), data_path(cfg.validation)
+    train, skipped = read_split(cfg, cfg.train, "train")
+    skipped = list(skipped)
+    if cfg.limit:
+        train = train[: cfg.limit]
+    if cfg.validation:
+        val, s = read_split(cfg, cfg.validation, "test")
+        skipped += s
+    elif _format(cfg, cfg.train) == "imdb" and (Path(cfg.train) / "test").is_dir():
+        val, s = read_split(cfg, cfg.train, "test")
+        skipped += s
+    else:  # hold out a fixed share of the training examples, chosen by the seed
+        order = np.random.default_rng([cfg.seed, 7]).permutation(len(train))
+        n_val = max(1, int(round(cfg.held_out * len(train)))) if len(train) > 1 else 0
+        keep = set(order[:n_val].tolist())
+        val = [e for i, e in enumerate(train) if i in keep]
+        train = [e for i, e in enumerate(train) if i not in keep]
+    if cfg.eval_limit:
+        pick = np.sort(np.random.default_rng([cfg.seed, 8]).permutation(len(val))[: cfg.eval_limit])
+        val = [val[i] for i in pick]
+    if not train:
+        raise ValueError(f"train: no usable examples in {cfg.train}" + (f" ({len(skipped)} rows skipped, first: "
+                                                                        f"{skipped[0]})" if skipped else ""))
+    return train, val, skipped
+
+
+def _sorted_names(names) -> list[str]:
+    names = sorted(set(names))
+    if all(n.lstrip("-").isdigit() for n in names):
+        names.sort(key=int)                                     # "2" before "10"
+    return names
+
+
+def label_names(cfg: FinetuneConfig, train: list) -> list[str] | None:
+    """Label names in id order; None for tasks without named labels (regression, qa, choice)."""
+    if cfg.labels:
+        return list(cfg.labels)
+    if cfg.task == "classification":
+        return _sorted_names(e.label for e in train)
+    if cfg.task == "multilabel":
+        return _sorted_names(x for e in train for x in e.label)
+    if cfg.task == "token":
+        return _sorted_names(t for e in train for t in e.tags)
+    return None
+
+
+def drop_unknown_labels(cfg: FinetuneConfig, examples: list, names: list[str] | None, skipped: list[str]) -> list:
+    """Examples whose labels are all in `names`; the others recorded in `skipped` (or refused with on_error=fail)."""
+    if names is None:
+        return examples
+    known, keep = set(names), []
+    for e in examples:
+        labs = [e.label] if cfg.task == "classification" else e.label if cfg.task == "multilabel" else e.tags
+        bad = sorted({x for x in labs if x not in known})
+        if bad:
+            msg = f"{e.where}: label(s) {bad} not among the model's labels {names}"
+            if cfg.on_error == "fail":
+                raise TD.DataError(msg)
+            skipped.append(msg)
+            continue
+        keep.append(e)
+    return keep
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# encoding: examples -> padded arrays (batches are trimmed to their longest row)
+
+
+def _pad(rows: list[np.ndarray], value: int) -> np.ndarray:
+    T = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), T), value, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def encode(task: str, examples: list, tokenizer, names: list[str] | None, cfg: FinetuneConfig) -> dict:
+    """Model inputs for every example: {"input_ids", "attention_mask", "token_type_ids", label arrays ...}."""
+    L_ = cfg.max_length
+    if task in ("classification", "multilabel", "regression"):
+        pairs = [e.text_pair for e in examples]
+        has_pair = any(p is not None for p in pairs)
+        if has_pair and any(p is None for p in pairs):
+            raise ValueError("text_pair: some examples have a text pair and some do not")
+        enc = tokenizer([e.text for e in examples], pairs if has_pair else None, truncation=True, max_length=L_)
+        feats = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        if examples and examples[0].label is not None:
+            if task == "classification":
+                feats["labels"] = np.array([names.index(e.label) for e in examples], dtype=np.int64)
+            elif task == "multilabel":
+                y = np.zeros((len(examples), len(names)), dtype=np.float32)     # (N, K) 0/1 targets
+                for i, e in enumerate(examples):
+                    y[i, [names.index(x) for x in e.label]] = 1.0
+                feats["labels"] = y
+            else:
+                feats["labels"] = np.array([e.label for e in examples], dtype=np.float32)
+        return feats
+    if task == "token":
+        ids, labels, word_ids = [], [], []
+        for e in examples:
+            tag_ids = None if e.tags is None else [names.index(t) for t in e.tags]
+            i, lab, w = TD.align_word_labels(e.words, tag_ids, tokenizer, L_)
+            ids.append(i), labels.append(lab), word_ids.append(w)
+        input_ids = _pad(ids, tokenizer.pad_token_id)
+        return {"input_ids": input_ids, "attention_mask": _pad([np.ones(len(i), np.int64) for i in ids], 0),
+                "token_type_ids": np.zeros_like(input_ids), "labels": _pad(labels, TD.IGNORE_INDEX),
+                "word_ids": _pad(word_ids, -1)}
+    if task == "qa":
+        windows = TD.qa_windows(examples, tokenizer, L_, cfg.stride)
+        input_ids = _pad([w.input_ids for w in windows], tokenizer.pad_token_id)
+        return {"input_ids": input_ids, "attention_mask": _pad([np.ones(len(w.input_ids), np.int64)
+                                                                 for w in windows], 0),
+                "token_type_ids": _pad([w.token_type_ids for w in windows], 0),
+                "start_positions": np.array([w.start_position for w in windows], dtype=np.int64),
+                "end_positions": np.array([w.end_position for w in windows], dtype=np.int64),
+                "windows": windows}
+    if task == "choice":
+        K = {len(e.choices) for e in examples}
+        if len(K) > 1:
+            raise ValueError(f"choices: every question needs the same number of choices, got {sorted(K)}")
+        K = K.pop() if K else 2
+        encs = [tokenizer([e.question] * K, e.choices, truncation=True, max_length=L_) for e in examples]
+        T = max((x["input_ids"].shape[1] for x in encs), default=0)
+        feats = {}
+        for key, pad in (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            arr = np.full((len(encs), K, T), pad, dtype=np.int64)                 # (N, K, T)
+            for i, x in enumerate(encs):
+                arr[i, :, : x[key].shape[1]] = x[key]
+            feats[key] = arr
+        if examples and examples[0].label is not None:
+            feats["labels"] = np.array([e.label for e in examples], dtype=np.int64)
+        return feats
+    raise ValueError(f"task: expected one of {sorted(TASKS)}, got {task!r}")
+
+
+def n_rows(feats: dict) -> int:
+    return feats["input_ids"].shape[0]
+
+
+def batch(feats: dict, idx: np.ndarray) -> dict:
+    """The rows idx of every array, trimmed to the longest real row among them."""
+    mask = feats["attention_mask"][idx]
+    T = max(1, int(mask.reshape(-1, mask.shape[-1]).sum(-1).max()))
+    out = {}
+    for k, v in feats.items():
+        if not isinstance(v, np.ndarray):
+            continue
+        v = v[idx]
+        per_token = k in ("input_ids", "attention_mask", "token_type_ids", "word_ids") or (
+            k == "labels" and v.ndim == 2 and v.dtype == np.int64)                  # token tags (N, T)
+        out[k] = np.ascontiguousarray(v[..., :T]) if per_token else v
+    return out
+
+
+def forward(model, b: dict, with_labels: bool = True):
+    """The model on one batch (labels / positions passed when present and with_labels)."""
+    kwargs = {"attention_mask": b["attention_mask"]}
+    if "token_type_ids" in inspect.signature(model.forward).parameters:
+        kwargs["token_type_ids"] = b["token_type_ids"]
+    if with_labels:
+        for k in ("labels", "start_positions", "end_positions"):
+            if k in b:
+                kwargs[k] = b[k]
+    return model(b["input_ids"], **kwargs)
+
+
+def teacher_loss(task: str, s_out, t_out, b: dict, temperature: float):
+    """The student-to-teacher term on one batch (see the module docstring)."""
+    T = float(temperature)
+    if task in ("classification", "choice"):
+        return L.distill_kl(s_out.logits, np.ascontiguousarray(t_out.logits.numpy()), T)
+    if task == "regression":
+        return L.mse(s_out.logits, np.ascontiguousarray(t_out.logits.numpy()))
+    if task == "multilabel":
+        soft = 1.0 / (1.0 + np.exp(-t_out.logits.numpy().astype(np.float64) / T))      # (B, K) soft targets
+        return L.bce_with_logits(s_out.logits * (1.0 / T), np.ascontiguousarray(soft, dtype=np.float32)) * (T * T)
+    if task == "token":
+        B, T_, K = s_out.logits.shape
+        rows = np.ascontiguousarray(b["attention_mask"].reshape(-1) != 0)            # (B*T,) real tokens
+        t = np.ascontiguousarray(t_out.logits.numpy().reshape(B * T_, K))
+        return L.distill_kl(s_out.logits.reshape(B * T_, K), t, T, rows)
+    if task == "qa":
+        start = L.distill_kl(s_out.start_logits, np.ascontiguousarray(t_out.start_logits.numpy()), T)
+        end = L.distill_kl(s_out.end_logits, np.ascontiguousarray(t_out.end_logits.numpy()), T)
+        return (start + end) * 0.5
+    raise ValueError(f"task: unknown {task!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# prediction and evaluation
+
+
+def predict_arrays(model, feats: dict, batch_size: int = 32) -> dict[str, list[np.ndarray]]:
+    """Raw outputs row by row: {"logits": [...]} or {"start_logits": [...], "end_logits": [...]} (each row trimmed
+    to its batch's length)."""
+    model.eval()
+    out: dict[str, list[np.ndarray]] = {}
+    for i in range(0, n_rows(feats), batch_size):
+        idx = np.arange(i, min(n_rows(feats), i + batch_size))
+        with no_grad():
+            o = forward(model, batch(feats, idx), with_labels=False)
+        for key in ("logits", "start_logits", "end_logits"):
+            val = getattr(o, key, None)
+            if val is not None:
+                out.setdefault(key, []).extend(list(val.numpy()))
+    return out
+
+
+def word_predictions(logits_rows, feats: dict, examples: list, names: list[str]) -> list[list[str]]:
+    """Token classification: each word's tag is the prediction at its first piece ("O" for a word that was cut)."""
+    preds = []
+    for i, e in enumerate(examples):
+        tags = ["O"] * len(e.words)
+        wid = feats["word_ids"][i]
+        row = logits_rows[i]
+        seen = set()
+        for t in range(min(len(row), len(wid))):
+            w = int(wid[t])
+            if w >= 0 and w not in seen:
+                seen.add(w)
+                tags[w] = names[int(np.argmax(row[t]))]
+        preds.append(tags)
+    return preds
+
+
+def qa_predictions(out: dict, feats: dict, examples: list, max_answer_len: int) -> list[dict]:
+    by_example: dict[int, list[int]] = {}
+    for j, w in enumerate(feats["windows"]):
+        by_example.setdefault(w.example, []).append(j)
+    answers = []
+    for i, e in enumerate(examples):
+        js = by_example.get(i, [])
+        answers.append(TD.best_span([feats["windows"][j] for j in js], [out["start_logits"][j] for j in js],
+                                    [out["end_logits"][j] for j in js], e.context, max_answer_len))
+    return answers
+
+
+def evaluate(task: str, model, examples: list, feats: dict, names: list[str] | None, cfg: FinetuneConfig) -> dict:
+    """The task's metrics on labelled examples (see minidistil.metrics); "main" names the one that picks the
+    best epoch."""
+    if not examples:
+        return {"main": TASKS[task][2], TASKS[task][2]: float("nan"), "n": 0}
+    out = predict_arrays(model, feats, cfg.batch_size)
+    if task == "classification":
+        pred = np.argmax(np.stack(out["logits"]), axis=-1)
+        r = M.classification_report(feats["labels"], pred, names)
+    elif task == "multilabel":
+        pred = (np.stack(out["logits"]) > 0).astype(np.int64)                     # sigmoid > 0.5
+        r = M.multilabel_report(feats["labels"], pred, names)
+    elif task == "regression":
+        r = M.regression_report(feats["labels"], np.stack(out["logits"])[:, 0])
+    elif task == "token":
+        r = M.entity_report([e.tags for e in examples], word_predictions(out["logits"], feats, examples, names))
+    elif task == "qa":
+        answers = qa_predictions(out, feats, examples, cfg.max_answer_len)
+        scored = [(a["answer"], [t for t, _ in e.answers]) for a, e in zip(answers, examples) if e.answers]
+        r = M.squad_report([p for p, _ in scored], [g for _, g in scored])   # questions with a gold answer
+    else:
+        r = {"accuracy": M.accuracy(feats["labels"], np.argmax(np.stack(out["logits"]), axis=-1))}
+    return {"main": TASKS[task][2], "n": len(examples), **r}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the model
+
+
+def head_class(model_path, task: str):
+    from .loading import model_classes, resolve  # noqa: PLC0415
+    from .pipelines import _class_for  # noqa: PLC0415  (the checkpoint's own head class, else model type + head)
+    return _class_for(resolve(model_path), TASKS[task][0], model_classes())
+
+
+def reinit(model, names: list[str], seed: int):
+    """Fresh, seeded weights for the parameters the checkpoint lacked (the new head): as PreTrainedModel.init_weights
+    does (normal(0, initializer_range) matrices, zero biases, LayerNorm weight 1), but reproducible."""
+    rng = np.random.default_rng([seed, 11])
+    std = float(model.config.initializer_range)
+    for n in names:
+        p = model.get_parameter(n)
+        if n.endswith(".bias"):
+            p.data[...] = 0.0
+        elif "norm" in n.lower():
+            p.data[...] = 1.0
+        else:
+            p.data[...] = rng.normal(0.0, std, p.shape)
+
+
+def load_model(cfg: FinetuneConfig, names: list[str] | None, say=print):
+    """The checkpoint in cfg.model with the task's head; returns (model, tokenizer, missing keys)."""
+    import warnings  # noqa: PLC0415
+
+    from .loading import from_pretrained, resolve  # noqa: PLC0415
+    from .tokenizer import Tokenizer  # noqa: PLC0415
+    folder = resolve(cfg.model)
+    cls = head_class(folder, cfg.task)
+    overrides = {}
+    if cfg.task in ("classification", "multilabel", "token"):
+        overrides = {"num_labels": len(names), "id2label": {str(i): n for i, n in enumerate(names)},
+                     "label2id": {n: i for i, n in enumerate(names)}}
+    elif cfg.task == "regression":
+        overrides = {"num_labels": 1, "id2label": None, "label2id": None}
+    elif cfg.task == "qa":
+        overrides = {"num_labels": 2, "id2label": None, "label2id": None}
+    if TASKS[cfg.task][1]:
+        overrides["problem_type"] = TASKS[cfg.task][1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                     # the missing head is reported below, in plain words
+        model, info = from_pretrained(folder, cls=cls, output_loading_info=True, config_overrides=overrides)
+    missing = info["missing_keys"]
+    if missing:
+        reinit(model, missing, cfg.seed)
+        say(f"{cls.__name__}: {len(missing)} weights were not in {folder} and start from fresh random values "
+            f"(the new task head; expected when the checkpoint has none): {missing}")
+    if info["unexpected_keys"]:
+        say(f"{cls.__name__}: {len(info['unexpected_keys'])} weights of {folder} are not used (e.g. a pre-training "
+            f"head): {info['unexpected_keys'][:6]}{' ...' if len(info['unexpected_keys']) > 6 else ''}")
+    return model, Tokenizer.from_pretrained(folder), missing
+
+
+def load_teacher(cfg: FinetuneConfig, student, tokenizer, names):
+    from .loading import from_pretrained, resolve  # noqa: PLC0415
+    from .tokenizer import Tokenizer  # noqa: PLC0415
+    folder = resolve(cfg.teacher)
+    teacher, info = from_pretrained(folder, cls=head_class(folder, cfg.task), output_loading_info=True)
+    if info["missing_keys"]:
+        raise ValueError(f"teacher: {folder} lacks {info['missing_keys'][:4]}: a teacher must already be fine-tuned "
+                         f"on the task (its head trained)")
+    if names is not None and [teacher.config.id2label[i] for i in range(teacher.config.num_labels)] != names:
+        raise ValueError(f"teacher: its labels {teacher.config.id2label} differ from the student's {names}")
+    if Tokenizer.from_pretrained(folder).get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"teacher: {folder} has another vocabulary than the student; both must read the same ids")
+    return teacher.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def _seed(*parts) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _better(new: float, old: float | None) -> bool:
+    return old is None or (math.isfinite(new) and (not math.isfinite(old) or new > old))
+
+
+def finetune(task: str | None = None, model: str | None = None, train: str | None = None,
+             out_dir: str | None = None, *, config: FinetuneConfig | None = None, **overrides) -> dict:
+    """Run a fine-tuning; returns the report (also out_dir/report.json). Any FinetuneConfig field is a keyword."""
+    from . import checkpoint as ckpt  # noqa: PLC0415
+    from .loading import save_pretrained  # noqa: PLC0415
+    given = {k: v for k, v in dict(task=task, model=model, train=train, out_dir=out_dir).items() if v is not None}
+    cfg = FinetuneConfig(**{**asdict(config or FinetuneConfig()), **given, **overrides})
+    if cfg.task not in TASKS:
+        raise ValueError(f"task: expected one of {sorted(TASKS)}, got {cfg.task!r}")
+    if not cfg.model or not cfg.train:
+        raise ValueError("model, train: both are required (a checkpoint folder and a training file)")
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise ValueError(f"alpha: expected a weight in [0, 1], got {cfg.alpha}")
+    say = print if cfg.progress else (lambda *a, **k: None)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_ex, val_ex, skipped = load_data(cfg)
+    names = label_names(cfg, train_ex)
+    train_ex = drop_unknown_labels(cfg, train_ex, names, skipped)
+    val_ex = drop_unknown_labels(cfg, val_ex, names, skipped)
+    if skipped:
+        say(f"skipped {len(skipped)} malformed row(s):")
+        for s in skipped[:10]:
+            say(f"  {s}")
+        if len(skipped) > 10:
+            say(f"  ... and {len(skipped) - 10} more (all listed in {out / 'skipped.txt'})")
+        (out / "skipped.txt").write_text("".join(s + "\n" for s in skipped), encoding="utf-8")
+    say(f"{cfg.task}: {len(train_ex)} training and {len(val_ex)} validation examples"
+        + (f", labels {names}" if names else ""))
+
+    model_, tokenizer, missing = load_model(cfg, names, say)
+    teacher = load_teacher(cfg, model_, tokenizer, names) if cfg.teacher else None
+    tr = encode(cfg.task, train_ex, tokenizer, names, cfg)
+    va = encode(cfg.task, val_ex, tokenizer, names, cfg) if val_ex else None
+
+    N = n_rows(tr)
+    per_epoch = math.ceil(N / cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    sched = LinearWarmupDecay(cfg.lr, total, cfg.warmup)
+    opt = AdamW(model_.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = dict(model_.named_parameters())
+    state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_epoch": None, "bad_epochs": 0,
+             "history": [], "seconds": 0.0}
+    ckpt_path, metrics_path = out / "checkpoint.npz", out / "metrics.jsonl"
+    if cfg.resume and ckpt_path.exists():
+        c = ckpt.load_checkpoint(ckpt_path)
+        ckpt.load_model_arrays(params, c.model)
+        opt.load_state_dict(c.optimizer)
+        state.update(c.extra["state"])
+        rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] \
+            if metrics_path.exists() else []
+        keep = [r for r in rows if r.get("step", 0) <= state["step"]]               # drop what came after it
+        ckpt.atomic_write(metrics_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in keep).encode()))
+        say(f"resumed from {ckpt_path}: epoch {state['epoch'] + 1}, update {state['step']}")
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    def save_state():
+        ckpt.save_checkpoint(ckpt_path, step=state["step"], model={n: p.data for n, p in params.items()},
+                             optimizer=opt.state_dict(), extra={"state": state, "config": _jsonable(cfg)})
+
+    def log(row):
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    t0 = time.perf_counter()
+    stopped, done_early = None, False
+    while state["epoch"] < cfg.epochs and not done_early:
+        epoch = state["epoch"]
+        order = np.random.default_rng(_seed(cfg.seed, epoch)).permutation(N)
+        bar = _bar(cfg, per_epoch, state["batch"], f"epoch {epoch + 1}/{cfg.epochs}")
+        model_.train()
+        while state["batch"] < per_epoch:
+            if cfg.stop_after is not None and state["step"] >= cfg.stop_after:
+                stopped = state["step"]
+                break
+            idx = order[state["batch"] * cfg.batch_size:(state["batch"] + 1) * cfg.batch_size]
+            b = batch(tr, idx)
+            F.manual_seed(_seed(cfg.seed, 1, state["step"]))                       # this update's dropout masks
+            s_out = forward(model_, b)
+            loss, row = s_out.loss, {"step": state["step"] + 1, "epoch": epoch + 1, "task_loss": float(s_out.loss)}
+            if teacher is not None:
+                with no_grad():
+                    t_out = forward(teacher, b, with_labels=False)
+                kd = teacher_loss(cfg.task, s_out, t_out, b, cfg.temperature)
+                loss = loss * (1.0 - cfg.alpha) + kd * cfg.alpha
+                row["teacher_loss"] = float(kd)
+            value = float(loss)
+            if not math.isfinite(value):
+                raise FloatingPointError(f"update {state['step'] + 1}: the loss is {value}; lower lr (now {cfg.lr})"
+                                         f" or check the labels. The last checkpoint is {ckpt_path}")
+            loss.backward()
+            norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)
+            lr = sched(state["step"])
+            opt.step(lr=lr)
+            opt.zero_grad()
+            state["step"] += 1
+            state["batch"] += 1
+            log({**row, "loss": value, "lr": lr, "grad_norm": norm})
+            if bar is not None:
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                bar.update(1)
+            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
+                save_state()
+        if bar is not None:
+            bar.close()
+        if stopped is not None:
+            break
+        # end of the epoch: evaluate, keep the best, maybe stop
+        model_.eval()
+        r = evaluate(cfg.task, model_, val_ex, va, names, cfg) if va is not None else {"main": None}
+        score = r.get(r["main"]) if r["main"] else None
+        log({"step": state["step"], "epoch": epoch + 1, "eval": r})
+        state["history"].append({"epoch": epoch + 1, "step": state["step"], "score": score,
+                                 **({"metric": r["main"]} if r["main"] else {})})
+        if score is None or _better(score, state["best"]):
+            state["best"], state["best_epoch"], state["bad_epochs"] = score, epoch + 1, 0
+            save_pretrained(model_, out, tokenizer=tokenizer)
+            say(f"epoch {epoch + 1}: {_summary(r)}  -> best so far, saved to {out}")
+        else:
+            state["bad_epochs"] += 1
+            say(f"epoch {epoch + 1}: {_summary(r)}  (best {state['best']:.4f} at epoch {state['best_epoch']})")
+            if cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping:
+                say(f"early stopping: {state['bad_epochs']} epoch(s) without improvement")
+                done_early = True
+        state["epoch"] += 1
+        state["batch"] = 0
+        state["seconds"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        save_state()
+    if stopped is not None:
+        state["seconds"] += time.perf_counter() - t0
+        save_state()
+        say(f"stopped after {stopped} updates (stop_after); continue with resume=True / --resume")
+
+    report = {"task": cfg.task, "model": cfg.model, "out_dir": str(out), "labels": names,
+              "train_examples": len(train_ex), "validation_examples": len(val_ex), "skipped_rows": len(skipped),
+              "new_head_weights": missing, "updates": state["step"], "epochs_done": state["epoch"],
+              "train_seconds": round(state["seconds"], 1), "best_epoch": state["best_epoch"],
+              "best_score": state["best"], "metric": TASKS[cfg.task][2], "history": state["history"],
+              "finished": stopped is None, "teacher": cfg.teacher, "curve": None}
+    if stopped is None:
+        report["curve"] = plot_curves(metrics_path, out / "training_curve.png")
+        if state["history"] and state["history"][-1].get("score") is not None:
+            final = [json.loads(x) for x in metrics_path.read_text().splitlines() if '"eval"' in x]
+            best_row = next((r["eval"] for r in final if r["epoch"] == state["best_epoch"]), None)
+            report["best_eval"] = best_row
+    ckpt.atomic_write(out / "report.json", lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
+    return report
+
+
+def _summary(r: dict) -> str:
+    keys = ("accuracy", "f1_macro", "f1_micro", "pearson", "spearman", "precision", "recall", "f1", "exact_match")
+    return "  ".join(f"{k} {r[k]:.4f}" for k in keys if isinstance(r.get(k), float)) or "no validation set"
+
+
+def _jsonable(cfg: FinetuneConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def _bar(cfg: FinetuneConfig, total: int, initial: int, desc: str):
+    if not cfg.progress:
+        return None
+    try:
+        from tqdm import tqdm  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+
+
+def plot_curves(metrics_path: Path, png: Path) -> str | None:
+    """Training loss per update and the validation score per epoch; None when matplotlib is not installed."""
+    try:
+        import matplotlib  # noqa: PLC0415
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return None
+    rows = [json.loads(x) for x in Path(metrics_path).read_text().splitlines() if x.strip()]
+    steps = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval" in r and isinstance(r["eval"].get(r["eval"]["main"]), float)]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="training loss")
+    ax.set_xlabel("update")
+    ax.set_ylabel("loss")
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in evals], [r["eval"][r["eval"]["main"]] for r in evals], "o-", color="C1",
+                 label=f"validation {evals[0]['eval']['main']}")
+        ax2.set_ylabel(evals[0]["eval"]["main"])
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return str(png)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line
+
+
+def add_command(sub, name: str = "finetune", help: str = "fine-tune on a task"):
+    p = sub.add_parser(name, help=help, description=__doc__.split("\n\n")[0],
+                       epilog="example: minidistil finetune --task classification --model student --train "
+                              "reviews.csv --text-field review --label-field stars --out sentiment")
+    d = FinetuneConfig()
+    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    p.add_argument("--model", required=True, help="checkpoint folder or name to start from")
+    p.add_argument("--train", required=True, help="training file (csv/tsv/jsonl/conll/squad) or IMDb folder; "
+                   "resource:sentiment_small.tsv is the small sentiment set shipped with minidistil")
+    p.add_argument("--validation", help="validation file (default: IMDb's test split, else 10%% of --train)")
+    p.add_argument("--out", dest="out_dir", default=d.out_dir, help="output folder (default %(default)s)")
+    p.add_argument("--data-format", choices=FORMATS, help="default: from the file suffix and the task")
+    p.add_argument("--text-field", default=d.text_field, help="(default %(default)s)")
+    p.add_argument("--text-pair-field", help="second text of a sentence pair")
+    p.add_argument("--label-field", default=d.label_field, help="(default %(default)s)")
+    p.add_argument("--labels", type=lambda s: s.split(","), help="label names in id order, comma-separated")
+    p.add_argument("--label-sep", default=d.label_sep, help="multilabel separator (default %(default)r)")
+    p.add_argument("--no-header", dest="header", action="store_false",
+                   help="the table has no header row: fields are column numbers from 0")
+    p.add_argument("--question-field", default=d.question_field, help="choice (default %(default)s)")
+    p.add_argument("--choices-field", default=d.choices_field,
+                   help="choice: a list field, or comma-separated columns such as ending0,ending1,ending2,ending3")
+    p.add_argument("--context-field", help="choice: text put before the question")
+    p.add_argument("--tag-column", type=int, default=d.tag_column, help="conll (default: the last)")
+    p.add_argument("--on-error", choices=("skip", "fail"), default=d.on_error,
+                   help="malformed rows: skip them (listed) or stop (default %(default)s)")
+    p.add_argument("--held-out", type=float, default=d.held_out,
+                   help="share of --train held out for validation when there is no --validation (default %(default)s)")
+    p.add_argument("--limit", type=int, help="use only the first N training examples")
+    p.add_argument("--eval-limit", type=int, help="evaluate on N validation examples (a fixed random sample)")
+    for flag, kind, help_ in (("max-length", int, "tokens"), ("stride", int, "qa window overlap, tokens"),
+                              ("max-answer-len", int, "qa, tokens"), ("epochs", int, ""), ("batch-size", int, ""),
+                              ("lr", float, "peak learning rate"), ("warmup", float, "warm-up share of updates"),
+                              ("weight-decay", float, ""), ("max-grad-norm", float, ""), ("seed", int, ""),
+                              ("alpha", float, "weight of the teacher term"),
+                              ("temperature", float, "distillation temperature"),
+                              ("checkpoint-every", int, "updates between checkpoints (0: per epoch)")):
+        dest = flag.replace("-", "_")
+        p.add_argument(f"--{flag}", type=kind, default=getattr(d, dest), help=f"{help_} (default %(default)s)")
+    p.add_argument("--early-stopping", type=int, help="stop after N epochs without improvement")
+    p.add_argument("--teacher", help="a checkpoint fine-tuned on the same task: task-level distillation")
+    p.add_argument("--stop-after", type=int, help="end after N updates in all (continue later with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(run=run_cli)
+    return p
+
+
+def run_cli(args) -> int:
+    names = {f.name for f in FinetuneConfig.__dataclass_fields__.values()}
+    cfg = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names})
+    report = finetune(config=cfg)
+    best = report.get("best_eval") or {}
+    print(f"{report['task']}: {report['updates']} updates in {report['train_seconds']} s; best epoch "
+          f"{report['best_epoch']}: {_summary(best) if best else 'no validation'}; model in {report['out_dir']}")
+    return 0

@@ -1,0 +1,241 @@
+"""Readers (CSV / TSV / JSONL / IMDb / CoNLL / SQuAD / multiple choice) with malformed rows skipped-and-listed or
+refused with file:line, word-piece label alignment and SQuAD windows on tricky inputs (accents, punctuation,
+answers at a window's edge), and answers mapped back to the exact characters of the context."""
+import json
+
+import numpy as np
+import pytest
+
+from minidistil import taskdata as TD
+from minidistil.tokenizer import Tokenizer
+
+WORDS = ["the", "key", "is", "in", "cafe", "zurich", "lon", "##don", "new", "york", "u", "s", "oslo", "we", "met",
+         "at", "what", "where", "red", "a", "b", "c", "d", "e", "f", "g", "h", "who"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!", "(", ")", "'", "-"] + WORDS
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vocab")
+    (d / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB))
+    (d / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 64}))
+    return Tokenizer.from_pretrained(d)
+
+
+# ---- tables ---------------------------------------------------------------------------------------------------
+
+
+def test_csv_quotes_line_numbers_and_malformed_rows(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text('text,label\n"hello, world",pos\n"two\nlines",neg\nno label\n,pos\nfine,\nlast,neg\n')
+    ex, skipped = TD.read_table(p)
+    assert [(e.text, e.label) for e in ex] == [("hello, world", "pos"), ("two\nlines", "neg"), ("last", "neg")]
+    assert [e.where for e in ex] == [f"{p}:2", f"{p}:3", f"{p}:8"]             # a quoted field spans lines 3-4
+    assert len(skipped) == 3
+    assert skipped[0].startswith(f"{p}:5: expected 2 columns")
+    assert skipped[1].startswith(f"{p}:6: empty or non-text 'text'")
+    assert skipped[2].startswith(f"{p}:7: bad label ''")
+    with pytest.raises(TD.DataError, match=f"{p}:5: expected 2 columns"):
+        TD.read_table(p, on_error="fail")
+
+
+def test_glue_tsv_pairs_and_regression(tmp_path):
+    p = tmp_path / "stsb.tsv"
+    # GLUE TSVs are not quoted: a sentence may begin with a quote mark
+    p.write_text('index\tsentence1\tsentence2\tscore\n0\t"Hi," she said.\tShe said hi.\t4.5\n'
+                 '1\tA man.\tA dog.\tnot-a-number\n2\tX.\tY.\tnan\n')
+    ex, skipped = TD.read_table(p, "sentence1", "score", "sentence2", label_kind="regression")
+    assert [(e.text, e.text_pair, e.label) for e in ex] == [('"Hi," she said.', "She said hi.", 4.5)]
+    assert skipped[0].startswith(f"{p}:3: bad label 'not-a-number'") and skipped[1].startswith(f"{p}:4:")
+
+
+def test_headerless_columns_and_jsonl(tmp_path):
+    p = tmp_path / "sst.tsv"
+    p.write_text("a fine film\t1\nawful\t0\n")
+    ex, _ = TD.read_table(p, 0, 1, header=False)
+    assert [(e.text, e.label) for e in ex] == [("a fine film", "1"), ("awful", "0")]
+    ex, skipped = TD.read_table(p, 0, 5, header=False)
+    assert not ex and "no column 5" in skipped[0]
+    j = tmp_path / "d.jsonl"
+    j.write_text('{"review": "good", "stars": 1}\n{oops\n\n[1, 2]\n{"review": "meh", "stars": 0.0}\n'
+                 '{"review": "x", "tags": "a, b"}\n')
+    ex, skipped = TD.read_table(j, "review", "stars")
+    assert [(e.text, e.label) for e in ex] == [("good", "1"), ("meh", "0")]  # 1 and 0.0 name classes "1", "0"
+    assert [s.split(": ")[0] for s in skipped] == [f"{j}:2", f"{j}:4", f"{j}:6"]
+    ex, _ = TD.read_table(j, "review", "tags", label_kind="multi", on_error="skip")
+    assert ex[0].label == ["a", "b"]
+    (tmp_path / "d.csv.bak").write_text("text,label\n")
+    with pytest.raises(ValueError, match="fmt"):
+        TD.read_table(tmp_path / "d.csv.bak")
+
+
+def test_imdb_folders(tmp_path):
+    for split, lab, name, text in [("train", "pos", "0_9.txt", "Great<br /><br />film."),
+                                   ("train", "neg", "1_2.txt", "Dull."), ("train", "neg", "2_1.txt", "  "),
+                                   ("test", "pos", "0_10.txt", "Fine.")]:
+        (tmp_path / split / lab).mkdir(parents=True, exist_ok=True)
+        (tmp_path / split / lab / name).write_text(text)
+    (tmp_path / "test" / "neg").mkdir()
+    ex, skipped = TD.read_imdb(tmp_path, "train")
+    assert sorted((e.text, e.label) for e in ex) == [("Dull.", "neg"), ("Great film.", "pos")]
+    assert len(skipped) == 1 and "2_1.txt:1: empty review" in skipped[0]
+    with pytest.raises(FileNotFoundError, match="IMDb layout"):
+        TD.read_imdb(tmp_path, "unsup")
+
+
+def test_conll_sentences_and_a_bad_line(tmp_path):
+    p = tmp_path / "ner.conll"
+    p.write_text("-DOCSTART- -X- O O\n\nAda NNP B-PER\nLovelace NNP I-PER\n. . O\n\nBroken\nline X O\n\n"
+                 "Oslo NNP B-LOC\n")
+    ex, skipped = TD.read_conll(p)
+    assert [(e.words, e.tags) for e in ex] == [(["Ada", "Lovelace", "."], ["B-PER", "I-PER", "O"]),
+                                               (["Oslo"], ["B-LOC"])]
+    assert ex[0].where == f"{p}:3" and ex[1].where == f"{p}:10"
+    assert skipped == [f"{p}:7: expected 'word ... tag', got 'Broken' (the sentence starting at line 7 is left out)"]
+    with pytest.raises(TD.DataError, match=f"{p}:7"):
+        TD.read_conll(p, on_error="fail")
+
+
+def test_squad_reader_checks_answer_positions(tmp_path):
+    p = tmp_path / "squad.json"
+    ctx = "We met in Zürich (at the café)."
+    doc = {"data": [{"title": "t", "paragraphs": [{"context": ctx, "qas": [
+        {"id": "ok", "question": "Where?", "answers": [{"text": "Zürich", "answer_start": 10}]},
+        {"id": "off", "question": "Where?", "answers": [{"text": "Zürich", "answer_start": 11}]},
+        {"id": "noq", "question": " ", "answers": [{"text": "café", "answer_start": 25}]}]}]}]}
+    p.write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+    ex, skipped = TD.read_squad(p)
+    assert [(e.id, e.answers) for e in ex] == [("ok", [("Zürich", 10)])]
+    raw = p.read_text().splitlines()
+    line_off = next(i for i, x in enumerate(raw, 1) if '"off"' in x)
+    assert skipped[0].startswith(f"{p}:{line_off}: question 'off': answer 'Zürich' is not at answer_start 11")
+    assert "empty question" in skipped[1]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(TD.DataError, match="not a SQuAD file"):
+        TD.read_squad(tmp_path / "bad.json")
+
+
+def test_multiple_choice_jsonl_and_swag_columns(tmp_path):
+    j = tmp_path / "mc.jsonl"
+    j.write_text('{"question": "q1", "choices": ["a", "b"], "label": 1}\n'
+                 '{"question": "q2", "choices": ["a"], "label": 0}\n'
+                 '{"question": "q3", "choices": ["a", "b"], "label": 2}\n')
+    ex, skipped = TD.read_choice(j)
+    assert [(e.question, e.choices, e.label) for e in ex] == [("q1", ["a", "b"], 1)]
+    assert "at least 2" in skipped[0] and "not a choice index" in skipped[1]
+    c = tmp_path / "swag.csv"
+    c.write_text("sent1,sent2,ending0,ending1,ending2,label\nHe sat.,Then he,ran.,slept.,ate.,2\n")
+    ex, _ = TD.read_choice(c, "sent2", ["ending0", "ending1", "ending2"], "label", context_field="sent1")
+    assert (ex[0].question, ex[0].choices, ex[0].label) == ("He sat. Then he", ["ran.", "slept.", "ate."], 2)
+
+
+# ---- token classification: labels on word pieces ---------------------------------------------------------------
+
+
+def test_first_piece_gets_the_label(tok):
+    words = ["We", "met", "in", "Zürich", "(", "London", ")", "and", "U.S.", "!"]
+    tags = [0, 0, 0, 1, 0, 1, 0, 0, 2, 0]
+    ids, labels, word_ids = TD.align_word_labels(words, tags, tok, max_length=64)
+    pieces = tok.convert_ids_to_tokens(ids)
+    # "zürich" loses its accent in the uncased normaliser, "london" is two pieces, "and" is unknown, "u.s." is
+    # four pieces of one word; [CLS] and [SEP] and every later piece get -100
+    assert pieces == ["[CLS]", "we", "met", "in", "zurich", "(", "lon", "##don", ")", "[UNK]", "u", ".", "s", ".",
+                      "!", "[SEP]"]
+    assert labels.tolist() == [-100, 0, 0, 0, 1, 0, 1, -100, 0, 0, 2, -100, -100, -100, 0, -100]
+    assert word_ids.tolist() == [-1, 0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 8, 8, 8, 9, -1]
+    assert ids.dtype == np.int64 and labels.dtype == np.int64
+
+
+def test_alignment_with_decomposed_accents_and_truncation(tok):
+    words = ["cafe\u0301", "oslo", "new", "york"]               # "café" with a combining accent (NFD)
+    with pytest.warns(UserWarning, match="truncated"):
+        ids, labels, word_ids = TD.align_word_labels(words, [1, 2, 3, 4], tok, max_length=4)
+    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "cafe", "oslo", "[SEP]"]   # cut at 4 tokens
+    assert labels.tolist() == [-100, 1, 2, -100] and word_ids.tolist() == [-1, 0, 1, -1]
+
+
+# ---- question answering: windows, positions, answers back to characters -----------------------------------------
+
+
+def _one_window_check(tok, ex, windows):
+    """Every window holding the whole answer points at it; the others at [CLS]; decoded spans are the answer."""
+    text, a0 = ex.answers[0]
+    found = 0
+    for w in windows:
+        ctx = np.flatnonzero(w.offsets[:, 0] >= 0)
+        whole = any(w.offsets[t, 0] <= a0 for t in ctx) and any(w.offsets[t, 1] >= a0 + len(text) for t in ctx)
+        if w.start_position == 0:
+            assert w.end_position == 0 and not whole
+        else:
+            found += 1
+            c0, c1 = w.offsets[w.start_position, 0], w.offsets[w.end_position, 1]
+            assert ex.context[c0:c1] == text
+            assert w.token_type_ids[w.start_position] == 1
+    return found
+
+
+def test_windows_cover_the_context_with_the_stated_overlap(tok):
+    context = " ".join("abcdefgh"[i % 8] for i in range(40))              # 40 one-token words
+    ex = TD.QAExample("x", "who is the key ?", context, [("e", context.index("e"))])
+    windows = TD.qa_windows([ex], tok, max_length=20, stride=4)
+    q = 5                                                                     # "who is the key ?"
+    L = 20 - q - 3                                                            # 12 context tokens per window
+    assert all(len(w.input_ids) <= 20 for w in windows)
+    starts = [int(w.offsets[q + 2, 0]) // 2 for w in windows]                # first context word of each window
+    assert starts == [0, 8, 16, 24, 32] and L - 4 == 8                         # step = L - stride
+    assert windows[-1].offsets[w_last := np.flatnonzero(windows[-1].offsets[:, 0] >= 0)[-1], 1] == len(context)
+    assert tok.convert_ids_to_tokens(windows[0].input_ids[:q + 2]) == ["[CLS]", "who", "is", "the", "key", "?",
+                                                                       "[SEP]"]
+    assert windows[0].input_ids[-1] == tok.sep_token_id and w_last == len(windows[-1].input_ids) - 2
+    assert _one_window_check(tok, ex, windows) == 1
+
+
+@pytest.mark.parametrize("first", [10, 11, 12])
+def test_answer_at_a_window_edge(tok, first):
+    # 30 words; windows of 12 context tokens stepping by 8: [0, 12), [8, 20), [16, 28), [24, 30)
+    words = ["a"] * 30
+    words[first:first + 2] = ["new", "york"]                                  # a two-token answer
+    context = " ".join(words)
+    a0 = 2 * first
+    ex = TD.QAExample("x", "who is the key ?", context, [("new york", a0)])
+    windows = TD.qa_windows([ex], tok, max_length=20, stride=4)
+    # first=10: tokens 10-11 lie in window 0 (its last two) and in window 1; first=11: 11-12 cross window 0's
+    # edge, so only window 1 holds it; first=12: window 1 only (window 0 ends at token 11)
+    assert _one_window_check(tok, ex, windows) == {10: 2, 11: 1, 12: 1}[first]
+    assert (windows[0].start_position > 0) == (first == 10)
+
+
+def test_answers_map_back_to_exact_characters(tok):
+    context = "We met in Zürich (at the café), then in Oslo!"
+    ex = TD.QAExample("x", "where ?", context, [("café", context.index("café"))])
+    [w] = TD.qa_windows([ex], tok, max_length=64, stride=8)
+    assert tok.convert_ids_to_tokens(w.input_ids[w.start_position]) == "cafe"
+    T = len(w.input_ids)
+    for answer in ("Zürich", "café", "Oslo", "Zürich (at"):
+        s0 = context.index(answer)
+        s, e = TD.answer_tokens(w.offsets, s0, s0 + len(answer))            # (-1, -1) rows never overlap
+        start, end = np.full(T, -5.0), np.full(T, -5.0)
+        start[s], end[e] = 5.0, 5.0
+        start[0] = end[0] = 50.0                                              # [CLS] is never an answer
+        got = TD.best_span([w], [start], [end], context, max_answer_len=10)
+        assert got["answer"] == answer and context[got["start"]:got["end"]] == answer
+
+
+def test_best_span_over_windows_and_length_limit(tok):
+    context = " ".join(["a"] * 30)
+    ex = TD.QAExample("x", "who ?", context)
+    windows = TD.qa_windows([ex], tok, max_length=16, stride=4)
+    assert len(windows) > 2 and all(w.start_position == 0 for w in windows)   # no answer: every window at [CLS]
+    logits = [np.full(len(w.input_ids), -10.0) for w in windows]
+    ends = [np.full(len(w.input_ids), -10.0) for w in windows]
+    logits[1][5], ends[1][8] = 3.0, 3.0                                       # score 6 in window 1
+    logits[2][4], ends[2][4] = 4.0, 4.0                                       # score 8 in window 2: the best
+    got = TD.best_span(windows, logits, ends, context, max_answer_len=5)
+    assert (got["start"], got["end"]) == (int(windows[2].offsets[4, 0]), int(windows[2].offsets[4, 1]))
+    assert got["score"] == 8.0
+    ends[2][4] = -10.0
+    ends[2][12] = 9.0                                                         # 12 - 4 >= 5: too long
+    got = TD.best_span(windows, logits, ends, context, max_answer_len=5)
+    assert got["score"] == pytest.approx(6.0)
+    with pytest.raises(ValueError, match="stride"):
+        TD.qa_windows([ex], tok, max_length=10, stride=8)
