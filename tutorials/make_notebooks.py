@@ -1,6 +1,6 @@
 """Generate the tutorial notebooks (.ipynb) from the chapters (.py, jupytext "percent" format), or check them.
 
-    python tutorials/make_notebooks.py            # write NN_name.ipynb beside every NN_name.py
+    python tutorials/make_notebooks.py            # (re)write NN_name.ipynb where it is missing or out of date
     python tutorials/make_notebooks.py --check    # exit 1 if any notebook is missing or out of date
 
 The .py files are the source of truth: edit them, then regenerate. The notebooks are written without outputs
@@ -66,6 +66,8 @@ def main(argv=None) -> int:
             if why:
                 print("out of date:", why)
                 bad += 1
+            continue
+        if out_of_date(py) is None:  # rewriting would only churn the random cell ids
             continue
         jupytext.write(notebook_for(py), py.with_suffix(".ipynb"), fmt="ipynb")
         print("wrote", py.with_suffix(".ipynb").name)
