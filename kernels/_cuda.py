@@ -11,6 +11,7 @@ reduce through shared memory. It is slow: launchers use THREADS threads per bloc
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -93,3 +94,96 @@ def device_zeros(shape, dtype=np.float32):
 def blocks_for(n: int, threads: int = THREADS) -> int:
     """Number of blocks so that blocks * threads >= n (at least one)."""
     return max(1, (n + threads - 1) // threads)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# matrix products: cuBLAS through CuPy when it is installed (the fast path), else the tiled shared-memory GEMM of
+# kernels/linear.py (the teaching version). CuPy is imported here only, and only when a GPU product is asked for.
+
+_CUPY = None  # the cupy module once found, False when it is absent (or the simulator runs)
+
+
+def _cupy():
+    global _CUPY
+    if _CUPY is None:
+        _CUPY = False
+        if not SIMULATOR and os.environ.get("MINIDISTIL_NO_CUBLAS") != "1":
+            try:
+                import cupy  # noqa: PLC0415 (optional: `pip install cupy-cuda12x`)
+                cupy.cuda.runtime.getDeviceCount()
+                _CUPY = cupy
+            except Exception:  # not installed, or no driver it can use
+                _CUPY = False
+    return _CUPY
+
+
+def gemm_backend() -> str:
+    """The name of the GPU matrix product in use: "cublas (cupy)" or "numba tiled GEMM".
+    MINIDISTIL_NO_CUBLAS=1 forces the tiled GEMM (to compare the two)."""
+    return "cublas (cupy)" if _cupy() else "numba tiled GEMM"
+
+
+def cublas_matmul(a, b, trans_a: bool = False, trans_b: bool = False):
+    """c = op(a) @ op(b) by cuBLAS (CuPy), for 2-d float32 numba device arrays; returns a numba device array.
+
+    Zero-copy both ways through __cuda_array_interface__: cupy.asarray wraps the numba arrays, the transposes are
+    views (cuBLAS reads them with its transpose flags), and cuda.as_cuda_array wraps the CuPy result (which it keeps
+    alive). Both libraries use the legacy default stream, so the product is ordered with our kernels. CuPy does not
+    use TF32 unless CUPY_TF32=1, so this is a float32 product like the tiled GEMM (only the summation order differs).
+    """
+    cp = _cupy()
+    if not cp:
+        raise RuntimeError("cublas_matmul: CuPy is not available (pip install cupy-cuda12x); use the tiled GEMM")
+    A, B = cp.asarray(a), cp.asarray(b)
+    C = cp.matmul(A.T if trans_a else A, B.T if trans_b else B)
+    return get_cuda().as_cuda_array(cp.ascontiguousarray(C))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shared device functions
+
+cuda = None  # numba.cuda, bound by block_reductions(): the simulator swaps this module global for its fake module
+
+
+@functools.cache
+def block_reductions():
+    """(block_sum, block_max): device functions reducing one value per thread over a block of THREADS threads.
+
+    `buf` is a `cuda.shared.array(THREADS, float32)`; every thread passes its partial value and every thread gets
+    the block's result. A tree reduction through shared memory (the simulator has no warp shuffles); the buffer can
+    be reused right after the call (a final syncthreads makes every thread read buf[0] first).
+    """
+    global cuda
+    cuda = get_cuda()
+
+    @cuda.jit(device=True)
+    def block_sum(buf, val):
+        t = cuda.threadIdx.x
+        buf[t] = val
+        cuda.syncthreads()
+        k = THREADS // 2
+        while k > 0:
+            if t < k:
+                buf[t] += buf[t + k]
+            cuda.syncthreads()
+            k //= 2
+        out = buf[0]
+        cuda.syncthreads()
+        return out
+
+    @cuda.jit(device=True)
+    def block_max(buf, val):
+        t = cuda.threadIdx.x
+        buf[t] = val
+        cuda.syncthreads()
+        k = THREADS // 2
+        while k > 0:
+            if t < k:
+                buf[t] = max(buf[t], buf[t + k])
+            cuda.syncthreads()
+            k //= 2
+        out = buf[0]
+        cuda.syncthreads()
+        return out
+
+    return block_sum, block_max

@@ -225,22 +225,7 @@ def _cuda_kernels():
     cuda = _cuda.get_cuda()
     from numba import float32  # noqa: PLC0415
     THREADS = _cuda.THREADS
-
-    @cuda.jit(device=True)
-    def block_sum(buf, val):
-        # every thread passes its partial sum; every thread gets the block's sum
-        t = cuda.threadIdx.x
-        buf[t] = val
-        cuda.syncthreads()
-        k = THREADS // 2
-        while k > 0:
-            if t < k:
-                buf[t] += buf[t + k]
-            cuda.syncthreads()
-            k //= 2
-        out = buf[0]
-        cuda.syncthreads()  # all threads have read buf[0] before the buffer is reused
-        return out
+    block_sum, block_max = _cuda.block_reductions()  # shared-memory tree reductions
 
     @cuda.jit
     def cos_fwd(a, b, sel, cos, A, B, row_loss):

@@ -163,37 +163,7 @@ def _cuda_kernels():
     cuda = _cuda.get_cuda()
     from numba import float32  # noqa: PLC0415
     THREADS = _cuda.THREADS
-
-    @cuda.jit(device=True)
-    def block_max(buf, val):
-        # every thread of the block passes its partial max; every thread gets the block's max
-        t = cuda.threadIdx.x
-        buf[t] = val
-        cuda.syncthreads()
-        s = THREADS // 2
-        while s > 0:
-            if t < s:
-                buf[t] = max(buf[t], buf[t + s])
-            cuda.syncthreads()
-            s //= 2
-        out = buf[0]
-        cuda.syncthreads()  # all threads have read buf[0] before the buffer is reused
-        return out
-
-    @cuda.jit(device=True)
-    def block_sum(buf, val):
-        t = cuda.threadIdx.x
-        buf[t] = val
-        cuda.syncthreads()
-        s = THREADS // 2
-        while s > 0:
-            if t < s:
-                buf[t] += buf[t + s]
-            cuda.syncthreads()
-            s //= 2
-        out = buf[0]
-        cuda.syncthreads()
-        return out
+    block_sum, block_max = _cuda.block_reductions()  # shared-memory tree reductions
 
     @cuda.jit
     def fwd(x, targets, ignore_index, lse, row_loss):

@@ -15,6 +15,12 @@ When no row is selected, loss = 0.0 and the gradient is zero (torch returns NaN 
 Versions:
     distill_kl_forward_ref / _backward_ref     NumPy, float32 or float64, written for reading
     distill_kl_forward_cpu / _backward_cpu     Numba, prange over rows, unselected rows skipped, float32 sums
+    (fast=True on the CPU versions)            opt-in fast math (MINIDISTIL_FAST_MATH=1 or fast=True): exp by
+                                               _common.exp_fast (relative error E <= 2.5e-7), written to a row
+                                               buffer in a loop that vectorises, then summed in order. Error
+                                               bounds: each lse within E, p within 2E relative, so the row KL
+                                               within 2E (sum_v p_t |log p_t - log p_s| + 1) and ds within
+                                               |scale| 2E (p_s + p_t)
     distill_kl_forward_cuda / _backward_cuda   numba.cuda, one block per row, shared-memory reductions for the two
                                                row maxima, the two sums of exp and the KL sum; the N row losses
                                                are copied back and summed on the host in float64
@@ -31,6 +37,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _common, _cuda
+from ._common import exp_fast
 
 ZERO = np.float32(0.0)
 NEG_INF = np.float32(-np.inf)
@@ -147,24 +154,82 @@ def _bwd_cpu(s, z, inv_t, sel, lse_s, lse_t, scale, ds):
             ds[i, v] = scale * (math.exp(s[i, v] * inv_t - ls) - math.exp(z[i, v] * inv_t - lt))
 
 
+@njit(cache=True, inline="always")
+def _row_lse_fast(x, i, inv_t, buf):
+    # as _row_lse, with exp_fast into buf (vectorised), then summed in order
+    V = x.shape[1]
+    m = x[i, 0]
+    for v in range(1, V):
+        m = max(m, x[i, v])
+    for v in range(V):
+        buf[v] = exp_fast((x[i, v] - m) * inv_t)
+    acc = ZERO
+    for v in range(V):
+        acc += buf[v]
+    return m * inv_t + math.log(acc)
+
+
+@njit(cache=True, parallel=True)
+def _fwd_cpu_fast(s, z, inv_t, sel, lse_s, lse_t, row_kl):
+    N, V = s.shape
+    for i in prange(N):
+        if not sel[i]:
+            lse_s[i] = ZERO
+            lse_t[i] = ZERO
+            row_kl[i] = ZERO
+            continue
+        buf = np.empty(V, np.float32)
+        ls = _row_lse_fast(s, i, inv_t, buf)
+        lt = _row_lse_fast(z, i, inv_t, buf)
+        for v in range(V):
+            log_pt = z[i, v] * inv_t - lt
+            buf[v] = exp_fast(log_pt) * (log_pt - (s[i, v] * inv_t - ls))   # p_t (log p_t - log p_s)
+        acc = ZERO
+        for v in range(V):
+            acc += buf[v]
+        lse_s[i] = ls
+        lse_t[i] = lt
+        row_kl[i] = acc
+
+
+@njit(cache=True, parallel=True)
+def _bwd_cpu_fast(s, z, inv_t, sel, lse_s, lse_t, scale, ds):
+    N, V = s.shape
+    for i in prange(N):
+        if not sel[i]:
+            for v in range(V):
+                ds[i, v] = ZERO
+            continue
+        ls = lse_s[i]
+        lt = lse_t[i]
+        for v in range(V):
+            ds[i, v] = scale * (exp_fast(s[i, v] * inv_t - ls) - exp_fast(z[i, v] * inv_t - lt))
+
+
+def _fast(fast):
+    return _common.fast_math_default() if fast is None else bool(fast)
+
+
 def _finish(row_kl_host, T, n):
     return float(T * T * row_kl_host.sum(dtype=np.float64) / n) if n else 0.0  # unselected rows hold 0
 
 
-def distill_kl_forward_cpu(student, teacher, temperature, mask=None):
+def distill_kl_forward_cpu(student, teacher, temperature, mask=None, fast=None):
     sel, n = _check(student, teacher, temperature, mask)
     N = student.shape[0]
     lse_s, lse_t, row_kl = (np.empty(N, np.float32) for _ in range(3))
-    _fwd_cpu(student, teacher, np.float32(1.0 / temperature), sel, lse_s, lse_t, row_kl)
+    kernel = _fwd_cpu_fast if _fast(fast) else _fwd_cpu
+    kernel(student, teacher, np.float32(1.0 / temperature), sel, lse_s, lse_t, row_kl)
     T = float(temperature)
     return _finish(row_kl, T, n), DistillKLCache(student, teacher, T, sel, lse_s, lse_t, n)
 
 
-def distill_kl_backward_cpu(dloss, cache):
+def distill_kl_backward_cpu(dloss, cache, fast=None):
     s, z, T, sel, lse_s, lse_t, n = cache
     ds = np.empty_like(s)
     scale = np.float32(float(dloss) * T / n) if n else ZERO
-    _bwd_cpu(s, z, np.float32(1.0 / T), sel, lse_s, lse_t, scale, ds)
+    kernel = _bwd_cpu_fast if _fast(fast) else _bwd_cpu
+    kernel(s, z, np.float32(1.0 / T), sel, lse_s, lse_t, scale, ds)
     return ds
 
 
@@ -181,37 +246,7 @@ def _cuda_kernels():
     cuda = _cuda.get_cuda()
     from numba import float32  # noqa: PLC0415
     THREADS = _cuda.THREADS
-
-    @cuda.jit(device=True)
-    def block_max(buf, val):
-        # every thread passes its partial max; every thread gets the block's max
-        t = cuda.threadIdx.x
-        buf[t] = val
-        cuda.syncthreads()
-        k = THREADS // 2
-        while k > 0:
-            if t < k:
-                buf[t] = max(buf[t], buf[t + k])
-            cuda.syncthreads()
-            k //= 2
-        out = buf[0]
-        cuda.syncthreads()  # all threads have read buf[0] before the buffer is reused
-        return out
-
-    @cuda.jit(device=True)
-    def block_sum(buf, val):
-        t = cuda.threadIdx.x
-        buf[t] = val
-        cuda.syncthreads()
-        k = THREADS // 2
-        while k > 0:
-            if t < k:
-                buf[t] += buf[t + k]
-            cuda.syncthreads()
-            k //= 2
-        out = buf[0]
-        cuda.syncthreads()
-        return out
+    block_sum, block_max = _cuda.block_reductions()  # shared-memory tree reductions
 
     @cuda.jit(device=True)
     def row_lse(buf, x, i, inv_t):
@@ -303,16 +338,17 @@ def distill_kl_backward_cuda(dloss, cache):
 # public entry points: device arrays go to CUDA, numpy arrays to the Numba CPU kernels
 
 
-def distill_kl_forward(student, teacher, temperature, mask=None):
+def distill_kl_forward(student, teacher, temperature, mask=None, fast=None):
+    """fast: opt-in fast exp on the CPU (None: follow MINIDISTIL_FAST_MATH); the CUDA version ignores it."""
     if _cuda.is_device_array(student):
         return distill_kl_forward_cuda(student, teacher, temperature, mask)
-    return distill_kl_forward_cpu(student, teacher, temperature, mask)
+    return distill_kl_forward_cpu(student, teacher, temperature, mask, fast)
 
 
-def distill_kl_backward(dloss, cache):
+def distill_kl_backward(dloss, cache, fast=None):
     if _cuda.is_device_array(cache.student):
         return distill_kl_backward_cuda(dloss, cache)
-    return distill_kl_backward_cpu(dloss, cache)
+    return distill_kl_backward_cpu(dloss, cache, fast)
 
 
 # ---------------------------------------------------------------------------------------------------------------
