@@ -255,3 +255,99 @@ def check_row_mask(name: str, mask, n_rows: int) -> np.ndarray:
         raise ValueError(f"{name}: expected None or a bool/integer array of shape ({n_rows},), got {_describe(m)}")
     check_array(name, m, dtype=None, ndim=1, shape=(n_rows,), contiguous=False)
     return np.asarray(m) != 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# opt-in fast math: float32 exp and erf that LLVM can vectorise (appended for the speed work; see gelu.py and
+# attention.py for the kernel versions that use them)
+#
+# Numba >= 0.62 calls libm's scalar expf/erff, so a loop over exp or erf runs one element at a time. These two are
+# written with +, *, /, floor, compare/select and a bit cast only, so a prange loop over them runs 16 float32 lanes
+# per AVX-512 instruction. They are NOT the default: the exact versions stay the default everywhere, and the fast
+# ones are chosen by MINIDISTIL_FAST_MATH=1 (read at call time) or a `fast=True` argument, each with its own
+# tolerance. Maximum errors, MEASURED over a dense grid in tests/test_speed_paths.py:
+#     exp_fast: relative error <= EXP_FAST_MAX_REL_ERR over [-87.3, 88.3]; exactly 0 below EXP_FAST_LO
+#     erf_fast: absolute error <= ERF_FAST_MAX_ABS_ERR over the whole real line
+# Caution when editing them: Numba's on-disk cache (cache=True) of a kernel that inlines them is keyed on the
+# kernel's own file, not on this one, so delete the kernels' __pycache__/*.nbi/*.nbc files after a change here.
+
+import os as _os
+
+from numba import njit as _njit
+from numba import types as _types
+from numba.extending import intrinsic as _intrinsic
+
+EXP_FAST_MAX_REL_ERR = 2.5e-7   # about 2 ulp: Taylor truncation 5e-9 plus the float32 roundings of Horner's rule
+ERF_FAST_MAX_ABS_ERR = 4.0e-7   # Abramowitz & Stegun 7.1.26's 1.5e-7 plus float32 roundings (measured 3.5e-7)
+EXP_FAST_LO = np.float32(-87.33)   # exp(x) below this is under float32's smallest normal: return 0
+_EXP_HI = np.float32(88.37)        # clamp so that 2^n stays finite (n <= 127)
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)          # 355/512: n * _LN2_HI is exact for |n| < 2^15 (Cody & Waite)
+_LN2_LO = np.float32(-2.12194440e-4)       # ln 2 - _LN2_HI
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_FHALF = np.float32(0.5)
+# 1/k! for k = 2..7 (Taylor series of exp; on |r| <= ln(2)/2 the first dropped term r^8/8! is < 5e-9)
+_INV_FACT = tuple(np.float32(1.0 / math.factorial(k)) for k in range(2, 8))
+_C2, _C3, _C4, _C5, _C6, _C7 = _INV_FACT
+# Abramowitz & Stegun (1964) formula 7.1.26: erf(x) = 1 - t (a1 + t (a2 + ...)) exp(-x^2), t = 1 / (1 + p x), x >= 0
+_AS_P = np.float32(0.3275911)
+_AS_A1 = np.float32(0.254829592)
+_AS_A2 = np.float32(-0.284496736)
+_AS_A3 = np.float32(1.421413741)
+_AS_A4 = np.float32(-1.453152027)
+_AS_A5 = np.float32(1.061405429)
+# 2/sqrt(pi) (-1)^k / (k! (2k + 1)), k = 0..6: the Maclaurin coefficients of erf for x^1, x^3, ..., x^13
+_T1, _T3, _T5, _T7, _T9, _T11, _T13 = (
+    np.float32(2.0 / math.sqrt(math.pi) * (-1) ** k / (math.factorial(k) * (2 * k + 1))) for k in range(7))
+
+
+@_intrinsic
+def _int32_bits_as_float32(typingctx, i):
+    """Reinterpret the low 32 bits of an integer as a float32 (LLVM trunc + bitcast: free, and it vectorises).
+    Numba widens int32 arithmetic to int64, so any integer type is accepted and truncated to its low 32 bits."""
+    from llvmlite import ir  # noqa: PLC0415
+
+    if not isinstance(i, _types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if i.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return _types.float32(i), codegen
+
+
+@_njit(cache=True, inline="always")
+def exp_fast(x):
+    """float32 exp(x), written to vectorise: x = n ln2 + r with |r| <= ln2/2, exp(r) by its Taylor series to r^7,
+    2^n built from its bits. Relative error <= EXP_FAST_MAX_REL_ERR; 0 for x < EXP_FAST_LO (and NaN stays NaN
+    only through the compare, so do not feed it NaN)."""
+    xc = min(max(x, EXP_FAST_LO), _EXP_HI)
+    n = np.floor(xc * _LOG2E + _FHALF)                      # nearest integer to x / ln 2
+    r = (xc - n * _LN2_HI) - n * _LN2_LO                    # x - n ln 2 in two steps (the first is exact)
+    p = _F1 + r * (_F1 + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
+    scale = _int32_bits_as_float32((np.int32(n) + 127) << 23)  # 2^n: biased exponent bits
+    return p * scale if x >= EXP_FAST_LO else _F0
+
+
+@_njit(cache=True, inline="always")
+def erf_fast(x):
+    """float32 erf(x) by Abramowitz & Stegun 7.1.26 with exp_fast: absolute error <= ERF_FAST_MAX_ABS_ERR."""
+    a = abs(x)
+    t = _F1 / (_F1 + _AS_P * a)
+    poly = t * (_AS_A1 + t * (_AS_A2 + t * (_AS_A3 + t * (_AS_A4 + t * _AS_A5))))
+    y = _F1 - poly * exp_fast(-a * a)
+    # near 0 the formula is 1 - (a number near 1): its absolute error is fine but its relative error is not, so
+    # |x| < 0.5 uses the Maclaurin series 2/sqrt(pi) sum_k (-1)^k x^(2k+1) / (k! (2k+1)) to x^13 (next term < 5e-10)
+    z = a * a
+    small = a * (_T1 + z * (_T3 + z * (_T5 + z * (_T7 + z * (_T9 + z * (_T11 + z * _T13))))))
+    y = small if a < _FHALF else y
+    return y if x >= _F0 else -y
+
+
+def fast_math_default() -> bool:
+    """True when MINIDISTIL_FAST_MATH=1 asks the kernels for their fast-math versions (read at every call)."""
+    return _os.environ.get("MINIDISTIL_FAST_MATH", "0") == "1"

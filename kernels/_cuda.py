@@ -20,7 +20,9 @@ import numpy as np
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
 # Threads per block for 1-D block launches (shared-memory reductions use arrays of this size, a compile-time constant).
-THREADS = 32 if SIMULATOR else 256
+# MINIDISTIL_SIM_THREADS (a power of two) sets it on the simulator, where a smaller block runs much faster (every
+# thread is a Python thread, and a tree reduction's cost is per thread, busy or not).
+THREADS = int(os.environ.get("MINIDISTIL_SIM_THREADS", "32")) if SIMULATOR else 256
 # Tile width of the shared-memory GEMM (TILE x TILE threads per block).
 TILE = 8 if SIMULATOR else 16
 
@@ -72,7 +74,9 @@ def to_device(a):
     """Host array -> device array (device arrays pass through)."""
     if is_device_array(a):
         return a
-    return require_cuda().to_device(np.ascontiguousarray(a))
+    a = np.asarray(a)
+    # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
+    return require_cuda().to_device(a if a.flags.c_contiguous else np.ascontiguousarray(a))
 
 
 def to_host(a) -> np.ndarray:

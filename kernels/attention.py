@@ -8,13 +8,20 @@ Forward, for each (batch b, head h), with Q, K, V the (T, D) blocks of that head
     S = Q K^T / sqrt(D)                                       (T, T) scores
     S[:, j] = finfo(dtype).min  where mask[b, j] == 0         masked keys FILLED with the most negative finite value
     P = softmax(S) over keys (row max subtracted first)       (T, T) probs, kept in the cache as (B, H, T, T)
-    O = P V                                                   (T, D), merged back into out (B, T, C)
+    P~ = dropout(P, p, seed)  (training only; p = 0: P~ = P)   attention-probability dropout, see below
+    O = P~ V                                                  (T, D), merged back into out (B, T, C)
 A fully padded sequence has every score equal to finfo.min: its rows come out uniform (1/T) and the output finite,
 never NaN (a -inf fill would give 0/0). This is what transformers' masked_fill(torch.finfo.min) does.
 
+Dropout on the probabilities (as BERT's attention_probs_dropout_prob): P~ = P * keep / (1 - p), with keep drawn by
+the counter hash of kernels/dropout.py over the flat index of probs (B, H, T, T), so the mask equals
+dropout_keep_ref((B, H, T, T), p, seed) on every version and is regenerated in backward, never stored. The cache
+keeps P (before dropout), as output_attentions shows it.
+
 Backward (dO the (T, D) block of dout):
-    dP = dO V^T                         from O = P V
-    dV = P^T dO                         from O = P V
+    dP~ = dO V^T                        from O = P~ V
+    dV = P~^T dO                        from O = P~ V
+    dP = dP~ * keep / (1 - p)           from P~ = dropout(P)   (p = 0: dP = dP~)
     dS = P * (dP - rowsum(dP * P))      from P = softmax(S)
     dS[:, j] = 0  where mask[b, j] == 0 from the fill: a filled score is a constant, it passes no gradient (for a
                                         partly padded row P is exactly 0 there anyway; for a fully padded row not)
@@ -23,18 +30,30 @@ Backward (dO the (T, D) block of dout):
 
 Versions:
     attention_forward_ref / attention_backward_ref    NumPy, unfused: transposes to (B, H, T, D) and batched matmuls
-    attention_forward_cpu / attention_backward_cpu    Numba, prange over the B*H (batch, head) pairs, read and write
+    attention_forward_numba / attention_backward_numba  (the first CPU version, kept beside the default one)
+                                                      Numba, prange over the B*H (batch, head) pairs, read and write
                                                       the (B, T, C) layout directly: each thread gathers its head's
                                                       blocks into small contiguous buffers and multiplies them with
                                                       plain i-k-j loops (vectorised axpy rows); softmax fused in
                                                       between. Measured: np.dot (scipy's OpenBLAS) called from the
                                                       prange threads was 5-20x slower here, its own thread pool
-                                                      oversubscribing the cores the prange threads already use
+                                                      oversubscribing the cores the prange threads already use;
+                                                      dropout fused in (the hash per element)
     attention_forward_cuda / attention_backward_cuda  numba.cuda, one block per (b, h, row): threads over keys,
                                                       the row of scores in shared memory (T <= MAX_T_CUDA = 512),
                                                       max and sum reduced through shared memory; the backward is two
-                                                      kernels (per query row: dS and dQ; per key row: dK and dV)
-Cache: AttentionCache(q, k, v, mask, probs, n_heads). Backward returns fresh arrays.
+                                                      kernels (per query row: dS and dQ; per key row: dK and dV);
+                                                      the dropout hash as a device function
+    attention_forward_blas / attention_backward_blas  the DEFAULT CPU version (attention_forward_cpu): the head
+                                                      products go to numpy's BLAS on strided (B, H, T, D) views of
+                                                      q, k, v, out (no copies; BLAS takes a leading dimension C),
+                                                      one OpenBLAS thread per core (minidistil._runtime
+                                                      .run_blas_tasks: threaded OpenBLAS on 128 x 64 GEMMs was 4-30x
+                                                      slower); scale, mask, softmax and dropout fused in one Numba
+                                                      pass over the rows of the scores, written in place
+    fast=True (the BLAS version)                      opt-in: exp by _common.exp_fast (relative error <= 2.5e-7,
+                                                      vectorises); MINIDISTIL_FAST_MATH=1 chooses it by default
+Cache: AttentionCache(q, k, v, mask, probs, n_heads, p, seed). Backward returns fresh arrays.
 """
 from __future__ import annotations
 
@@ -46,6 +65,8 @@ import numpy as np
 from numba import njit, prange
 
 from . import _common, _cuda
+from . import dropout as _dropout
+from ._common import exp_fast
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -58,8 +79,10 @@ class AttentionCache(NamedTuple):
     k: np.ndarray       # (B, T, C) keys
     v: np.ndarray       # (B, T, C) values
     mask: np.ndarray    # (B, T) key padding mask as given (nonzero = real token)
-    probs: np.ndarray   # (B, H, T, T) softmax probabilities P
+    probs: np.ndarray   # (B, H, T, T) softmax probabilities P (before dropout)
     n_heads: int        # H
+    p: float = 0.0      # attention-probability dropout
+    seed: int = 0       # its seed (the mask is regenerated from it in backward)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -76,7 +99,15 @@ def _merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)       # (B, H, T, D) -> (B, T, C)
 
 
-def attention_forward_ref(q, k, v, mask, n_heads):
+def _drop_ref(P, p, seed):
+    """P * keep / (1 - p) with kernels/dropout.py's mask over the flat index of P (B, H, T, T)."""
+    if p == 0:
+        return P
+    keep = _dropout.dropout_keep_ref(P.shape, p, seed)
+    return np.where(keep, P / (1.0 - p), 0.0).astype(P.dtype, copy=False)
+
+
+def attention_forward_ref(q, k, v, mask, n_heads, p=0.0, seed=0):
     B, T, C = q.shape
     D = C // n_heads
     Q, K, V = (_split_heads(a, n_heads) for a in (q, k, v))   # (B, H, T, D)
@@ -85,18 +116,19 @@ def attention_forward_ref(q, k, v, mask, n_heads):
     S = np.where(pad, np.finfo(S.dtype).min, S)                 # fill masked keys with finfo.min
     E = np.exp(S - S.max(axis=-1, keepdims=True))
     P = E / E.sum(axis=-1, keepdims=True)                       # P = softmax(S)           (B, H, T, T)
-    O = P @ V                                                   # O = P V                  (B, H, T, D)
+    O = _drop_ref(P, p, seed) @ V                               # O = dropout(P) V         (B, H, T, D)
     out = _merge_heads(O).astype(q.dtype, copy=False)
-    return np.ascontiguousarray(out), AttentionCache(q, k, v, mask, P.astype(q.dtype, copy=False), n_heads)
+    return np.ascontiguousarray(out), AttentionCache(q, k, v, mask, P.astype(q.dtype, copy=False), n_heads,
+                                                     float(p), int(seed))
 
 
 def attention_backward_ref(dout, cache):
-    q, k, v, mask, P, H = cache
+    q, k, v, mask, P, H, p, seed = cache
     B, T, C = q.shape
     D = C // H
     Q, K, V, dO = (_split_heads(a, H) for a in (q, k, v, dout))  # (B, H, T, D)
-    dP = dO @ V.transpose(0, 1, 3, 2)                            # dP = dO V^T                       (B, H, T, T)
-    dV = P.transpose(0, 1, 3, 2) @ dO                            # dV = P^T dO                       (B, H, T, D)
+    dP = _drop_ref(dO @ V.transpose(0, 1, 3, 2), p, seed)        # dP = dropout'(dO V^T)             (B, H, T, T)
+    dV = _drop_ref(P, p, seed).transpose(0, 1, 3, 2) @ dO        # dV = dropout(P)^T dO              (B, H, T, D)
     dS = P * (dP - (dP * P).sum(axis=-1, keepdims=True))         # dS = P * (dP - rowsum(dP * P))
     dS = np.where((np.asarray(mask) == 0)[:, None, None, :], 0.0, dS)  # filled scores pass no gradient
     dQ = dS @ K / np.sqrt(D)                                     # dQ = dS K / sqrt(D)
@@ -121,9 +153,17 @@ def _matmul_acc(a, b, c):
                 c[i, j] += aik * b[kk, j]
 
 
+@njit(cache=True, inline="always")
+def _keep_scale(idx, k1, k2, threshold, pscale):
+    # kernels/dropout.py's counter hash at flat index idx of probs: keep / (1 - p), or 0 where dropped
+    m = _dropout._fmix32_nb(_dropout._fmix32_nb(np.uint64(idx) ^ k1) ^ k2) >> _dropout.S8
+    return pscale if m >= threshold else ZERO
+
+
 @njit(cache=True, parallel=True)
-def _attn_fwd(q, k, v, keep, H, scale, out, probs):
-    # q, k, v, out (B, T, C); keep (B, T) bool; probs (B, H, T, T); scale = 1/sqrt(D)
+def _attn_fwd(q, k, v, keep, H, scale, out, probs, has_drop, k1, k2, threshold, pscale):
+    # q, k, v, out (B, T, C); keep (B, T) bool; probs (B, H, T, T); scale = 1/sqrt(D); dropout keys k1, k2,
+    # threshold (uint64) and pscale = 1/(1-p) used when has_drop
     B, T, C = q.shape
     D = C // H
     for bh in prange(B * H):
@@ -151,13 +191,16 @@ def _attn_fwd(q, k, v, keep, H, scale, out, probs):
             inv = ONE / tot
             for j in range(T):
                 P[i, j] *= inv
+                # P~ = dropout(P), kept in S (free now) for the product
+                S[i, j] = P[i, j] * _keep_scale((bh * T + i) * T + j, k1, k2, threshold, pscale) if has_drop \
+                    else P[i, j]
         O = np.zeros((T, D), np.float32)
-        _matmul_acc(P, Vh, O)                                   # O = P V            (T, D)
+        _matmul_acc(S, Vh, O)                                   # O = P~ V           (T, D)
         out[b, :, c0:c0 + D] = O
 
 
 @njit(cache=True, parallel=True)
-def _attn_bwd(dout, q, k, v, keep, probs, H, scale, dq, dk, dv):
+def _attn_bwd(dout, q, k, v, keep, probs, H, scale, dq, dk, dv, has_drop, k1, k2, threshold, pscale):
     B, T, C = q.shape
     D = C // H
     for bh in prange(B * H):
@@ -169,13 +212,20 @@ def _attn_bwd(dout, q, k, v, keep, probs, H, scale, dq, dk, dv):
         Vt = np.ascontiguousarray(v[b, :, c0:c0 + D].T)         # (D, T)
         dO = np.ascontiguousarray(dout[b, :, c0:c0 + D])        # (T, D)
         P = probs[b, h]                                         # (T, T) contiguous
-        Pt = np.ascontiguousarray(P.T)                          # (T, T)
+        Pt = np.empty((T, T), np.float32)                       # P~^T, P~ = dropout(P) regenerated
+        for i in range(T):
+            for j in range(T):
+                Pt[j, i] = P[i, j] * _keep_scale((bh * T + i) * T + j, k1, k2, threshold, pscale) if has_drop \
+                    else P[i, j]
         dP = np.zeros((T, T), np.float32)
-        _matmul_acc(dO, Vt, dP)                                 # from O = P V:  dP = dO V^T   (T, T)
+        _matmul_acc(dO, Vt, dP)                                 # from O = P~ V:  dP~ = dO V^T   (T, T)
         dVh = np.zeros((T, D), np.float32)
-        _matmul_acc(Pt, dO, dVh)                                # from O = P V:  dV = P^T dO   (T, D)
+        _matmul_acc(Pt, dO, dVh)                                # from O = P~ V:  dV = P~^T dO   (T, D)
         dv[b, :, c0:c0 + D] = dVh
         for i in range(T):                                      # from P = softmax(S):
+            if has_drop:                                        #   (from P~ = dropout(P): dP = dP~ keep / (1-p))
+                for j in range(T):
+                    dP[i, j] *= _keep_scale((bh * T + i) * T + j, k1, k2, threshold, pscale)
             r = ZERO
             for j in range(T):
                 r += dP[i, j] * P[i, j]                         #   rowsum(dP * P)
@@ -190,7 +240,77 @@ def _attn_bwd(dout, q, k, v, keep, probs, H, scale, dq, dk, dv):
         dk[b, :, c0:c0 + D] = dKh
 
 
-def _check(q, k, v, mask, n_heads):
+# ---- the BLAS version: numpy's GEMMs on strided head views, one fused Numba pass over the rows of the scores
+
+
+@njit(cache=True, parallel=True)
+def _softmax_rows(S, keep, scale, fast, Pd, has_drop, k1, k2, threshold, pscale):
+    # S (B, H, T, T): the raw scores Q K^T on entry, P = softmax(S * scale, masked) on exit (in place);
+    # Pd (B, H, T, T): P~ = dropout(P) when has_drop (else untouched). One row (b, h, i) per iteration.
+    B, H, T, _ = S.shape
+    for r in prange(B * H * T):
+        b = r // (H * T)
+        h = (r // T) % H
+        i = r % T
+        row = S[b, h, i]
+        m = FILL32
+        for j in range(T):
+            s = row[j] * scale if keep[b, j] else FILL32       # S / sqrt(D), masked keys filled with finfo.min
+            row[j] = s
+            m = max(m, s)
+        tot = ZERO
+        if fast:
+            for j in range(T):
+                e = exp_fast(row[j] - m)                        # softmax: subtract the row max
+                row[j] = e
+                tot += e
+        else:
+            for j in range(T):
+                e = math.exp(row[j] - m)
+                row[j] = e
+                tot += e
+        inv = ONE / tot
+        for j in range(T):
+            row[j] *= inv                                       # P = exp(S - max) / sum
+        if has_drop:
+            drow = Pd[b, h, i]
+            for j in range(T):                                  # P~ = P * keep / (1 - p)
+                drow[j] = row[j] * _keep_scale(r * T + j, k1, k2, threshold, pscale)
+
+
+@njit(cache=True, parallel=True)
+def _softmax_rows_bwd(dP, P, keep, scale, has_drop, k1, k2, threshold, pscale):
+    # dP (B, H, T, T): dP~ = dO V^T on entry, dS (times 1/sqrt(D)) on exit (in place); P the forward's probs
+    B, H, T, _ = P.shape
+    for r in prange(B * H * T):
+        b = r // (H * T)
+        h = (r // T) % H
+        i = r % T
+        g = dP[b, h, i]
+        p = P[b, h, i]
+        if has_drop:                                            # from P~ = dropout(P): dP = dP~ keep / (1 - p)
+            for j in range(T):
+                g[j] *= _keep_scale(r * T + j, k1, k2, threshold, pscale)
+        rs = ZERO
+        for j in range(T):
+            rs += g[j] * p[j]                                   # rowsum(dP * P)
+        for j in range(T):                                      # dS = P (dP - rowsum), 0 at filled keys, / sqrt(D)
+            g[j] = p[j] * (g[j] - rs) * scale if keep[b, j] else ZERO
+
+
+@njit(cache=True, parallel=True)
+def _apply_dropout_rows(P, Pd, k1, k2, threshold, pscale):
+    # Pd = dropout(P) over the flat index of P (B, H, T, T): regenerates the forward's P~ in backward
+    B, H, T, _ = P.shape
+    for r in prange(B * H * T):
+        b = r // (H * T)
+        h = (r // T) % H
+        i = r % T
+        for j in range(T):
+            Pd[b, h, i, j] = P[b, h, i, j] * _keep_scale(r * T + j, k1, k2, threshold, pscale)
+
+
+def _check(q, k, v, mask, n_heads, p=0.0, seed=0):
     _common.check_array("q", q, ndim=3)
     _common.check_array("k", k, ndim=3)
     _common.check_same_shape("q", q, "k", k)
@@ -206,6 +326,11 @@ def _check(q, k, v, mask, n_heads):
         raise ValueError(f"n_heads: expected a positive int, got {n_heads!r}")
     if C % n_heads:
         raise ValueError(f"n_heads: the width C = {C} of q must be divisible by n_heads = {n_heads}")
+    p, seed = _dropout._check_p_seed(p, seed)
+    if p >= 1.0:
+        raise ValueError(f"p: expected an attention dropout probability in [0, 1), got {p}")
+    if B * n_heads * T * T >= 2 ** 32:
+        raise ValueError(f"q: the dropout counter is 32 bits, so B*H*T*T must be < 2^32, got {B * n_heads * T * T}")
     return B, T, C, C // n_heads
 
 
@@ -213,23 +338,101 @@ def _keep(mask):
     return np.ascontiguousarray(_cuda.to_host(mask) != 0)  # (B, T) bool
 
 
-def attention_forward_cpu(q, k, v, mask, n_heads):
-    B, T, C, D = _check(q, k, v, mask, n_heads)
+def _drop_args(p, seed):
+    """(has_drop, k1, k2, threshold, pscale) for the kernels: kernels/dropout.py's keys for (p, seed)."""
+    k1, k2, threshold, pscale = _dropout._scalars(float(p), int(seed))
+    return p > 0, np.uint64(k1), np.uint64(k2), np.uint64(threshold), np.float32(pscale)
+
+
+def attention_forward_numba(q, k, v, mask, n_heads, p=0.0, seed=0):
+    B, T, C, D = _check(q, k, v, mask, n_heads, p, seed)
     out = np.empty_like(q)
     probs = np.empty((B, n_heads, T, T), np.float32)
     if q.size:
-        _attn_fwd(q, k, v, _keep(mask), int(n_heads), np.float32(1.0 / math.sqrt(D)), out, probs)
-    return out, AttentionCache(q, k, v, mask, probs, int(n_heads))
+        _attn_fwd(q, k, v, _keep(mask), int(n_heads), np.float32(1.0 / math.sqrt(D)), out, probs,
+                  *_drop_args(p, seed))
+    return out, AttentionCache(q, k, v, mask, probs, int(n_heads), float(p), int(seed))
 
 
-def attention_backward_cpu(dout, cache):
-    q, k, v, mask, probs, H = cache
+def attention_backward_numba(dout, cache):
+    q, k, v, mask, probs, H, p, seed = cache
     _common.check_array("dout", dout, shape=q.shape)
     dq, dk, dv = np.empty_like(q), np.empty_like(q), np.empty_like(q)
     if q.size:
         D = q.shape[2] // H
-        _attn_bwd(dout, q, k, v, _keep(mask), probs, H, np.float32(1.0 / math.sqrt(D)), dq, dk, dv)
+        _attn_bwd(dout, q, k, v, _keep(mask), probs, H, np.float32(1.0 / math.sqrt(D)), dq, dk, dv,
+                  *_drop_args(p, seed))
     return dq, dk, dv
+
+
+def _heads(a, H):
+    """(B, T, C) -> a (B, H, T, D) VIEW (no copy): numpy hands each (T, D) block to BLAS with leading dimension C."""
+    B, T, C = a.shape
+    return a.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)
+
+
+def _blas_by_blocks(B, H, *products):
+    """Run the head products (a, b, out) as out = a @ b over (batch, head) blocks, in parallel (see the module
+    docstring: one OpenBLAS thread per core); a, b, out are (B, H, ., .) arrays or views."""
+    from minidistil import _runtime  # noqa: PLC0415
+
+    def task(bs, hs):
+        def run():
+            for a, b, out in products:
+                np.matmul(a[bs, hs], b[bs, hs], out=out[bs, hs])
+        return run
+
+    # several blocks per core, taken in turn by the pool's threads: one that the OS delays holds back only its own
+    parts = _runtime.GEMM_BLOCKS_PER_CORE * _runtime.n_cores()
+    _runtime.run_blas_tasks(task(bs, hs) for bs, hs in _runtime.split_pairs(B, H, parts))
+
+
+def attention_forward_blas(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):
+    B, T, C, D = _check(q, k, v, mask, n_heads, p, seed)
+    H = int(n_heads)
+    fast = _common.fast_math_default() if fast is None else bool(fast)
+    out = np.empty_like(q)
+    probs = np.empty((B, H, T, T), np.float32)
+    if q.size:
+        has_drop, k1, k2, threshold, pscale = _drop_args(p, seed)
+        Q, K, V, O = (_heads(a, H) for a in (q, k, v, out))     # (B, H, T, D) views
+        _blas_by_blocks(B, H, (Q, K.transpose(0, 1, 3, 2), probs))  # S = Q K^T           (B, H, T, T)
+        Pd = np.empty_like(probs) if has_drop else probs
+        _softmax_rows(probs, _keep(mask), np.float32(1.0 / math.sqrt(D)), fast, Pd, has_drop, k1, k2, threshold,
+                      pscale)                                   # P = softmax(S / sqrt(D)), P~ = dropout(P)
+        _blas_by_blocks(B, H, (Pd, V, O))                       # O = P~ V             (B, H, T, D) -> out
+    return out, AttentionCache(q, k, v, mask, probs, H, float(p), int(seed))
+
+
+def attention_backward_blas(dout, cache):
+    q, k, v, mask, probs, H, p, seed = cache
+    _common.check_array("dout", dout, shape=q.shape)
+    dq, dk, dv = np.empty_like(q), np.empty_like(q), np.empty_like(q)
+    if q.size:
+        B, T, C = q.shape
+        has_drop, k1, k2, threshold, pscale = _drop_args(p, seed)
+        Q, K, V, dO, dQ, dK, dV = (_heads(a, H) for a in (q, k, v, dout, dq, dk, dv))
+        Pd = probs
+        if has_drop:
+            Pd = np.empty_like(probs)
+            _apply_dropout_rows(probs, Pd, k1, k2, threshold, pscale)  # P~ regenerated from (p, seed)
+        dP = np.empty_like(probs)
+        _blas_by_blocks(B, H, (dO, V.transpose(0, 1, 3, 2), dP),       # from O = P~ V:  dP~ = dO V^T
+                        (Pd.transpose(0, 1, 3, 2), dO, dV))             #                 dV = P~^T dO
+        _softmax_rows_bwd(dP, probs, _keep(mask), np.float32(1.0 / math.sqrt(C // H)), has_drop, k1, k2,
+                          threshold, pscale)                            # dS = P (dP - rowsum(dP P)) / sqrt(D)
+        _blas_by_blocks(B, H, (dP, K, dQ),                              # from S = Q K^T / sqrt(D): dQ = dS K
+                        (dP.transpose(0, 1, 3, 2), Q, dK))              #                           dK = dS^T Q
+    return dq, dk, dv
+
+
+# the default CPU version
+def attention_forward_cpu(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):
+    return attention_forward_blas(q, k, v, mask, n_heads, p, seed, fast)
+
+
+def attention_backward_cpu(dout, cache):
+    return attention_backward_blas(dout, cache)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -260,8 +463,22 @@ def _cuda_kernels():
             cuda.syncthreads()
             s //= 2
 
+    @cuda.jit(device=True)
+    def fmix32(h):  # kernels/dropout.py's finaliser
+        h = h ^ (h >> _dropout.S16)
+        h = (h * _dropout.MIX1) & _dropout.M32
+        h = h ^ (h >> _dropout.S13)
+        h = (h * _dropout.MIX2) & _dropout.M32
+        return h ^ (h >> _dropout.S16)
+
+    @cuda.jit(device=True)
+    def keep_scale(idx, k1, k2, threshold, pscale):
+        # keep / (1 - p) at flat index idx of probs (B, H, T, T), or 0 where dropped
+        m = fmix32(fmix32(np.uint64(idx) ^ k1) ^ k2) >> _dropout.S8
+        return pscale if m >= threshold else float32(0.0)
+
     @cuda.jit
-    def fwd(q, k, v, keep, H, scale, out, probs):
+    def fwd(q, k, v, keep, H, scale, out, probs, has_drop, k1, k2, threshold, pscale):
         # one block per (b, h, query row i); threads stride over keys j, then over output columns d
         B, T, C = q.shape
         D = C // H
@@ -300,17 +517,19 @@ def _cuda_kernels():
         inv = float32(1.0) / buf[0]
         for j in range(t, T, THREADS):
             p = row[j] * inv                                    # P = softmax(S)
-            row[j] = p
             probs[b, h, i, j] = p
+            if has_drop:                                        # P~ = dropout(P)
+                p *= keep_scale(((b * H + h) * T + i) * T + j, k1, k2, threshold, pscale)
+            row[j] = p
         cuda.syncthreads()
         for d in range(t, D, THREADS):
             acc = float32(0.0)
             for j in range(T):
-                acc += row[j] * v[b, j, c0 + d]                 # O = P V
+                acc += row[j] * v[b, j, c0 + d]                 # O = P~ V
             out[b, i, c0 + d] = acc
 
     @cuda.jit
-    def bwd_rows(dout, k, v, keep, probs, H, scale, ds, dq):
+    def bwd_rows(dout, k, v, keep, probs, H, scale, ds, dq, has_drop, k1, k2, threshold, pscale):
         # one block per (b, h, query row i): dS row (kept in ds for the key-row kernel) and the dQ row
         B, T, C = k.shape
         D = C // H
@@ -326,7 +545,9 @@ def _cuda_kernels():
         for j in range(t, T, THREADS):
             dp = float32(0.0)
             for d in range(D):
-                dp += dout[b, i, c0 + d] * v[b, j, c0 + d]      # dP = dO V^T
+                dp += dout[b, i, c0 + d] * v[b, j, c0 + d]      # dP~ = dO V^T
+            if has_drop:                                        # dP = dP~ keep / (1 - p)
+                dp *= keep_scale(((b * H + h) * T + i) * T + j, k1, k2, threshold, pscale)
             row[j] = dp
             r += dp * probs[b, h, i, j]
         buf[t] = r
@@ -348,7 +569,7 @@ def _cuda_kernels():
             dq[b, i, c0 + d] = acc
 
     @cuda.jit
-    def bwd_cols(dout, q, probs, ds, H, dk, dv):
+    def bwd_cols(dout, q, probs, ds, H, dk, dv, has_drop, k1, k2, threshold, pscale):
         # one block per (b, h, key row j); threads over columns d
         B, T, C = q.shape
         D = C // H
@@ -362,7 +583,10 @@ def _cuda_kernels():
             av = float32(0.0)
             for i in range(T):
                 ak += ds[b, h, i, j] * q[b, i, c0 + d]          # dK = dS^T Q / sqrt(D)
-                av += probs[b, h, i, j] * dout[b, i, c0 + d]    # dV = P^T dO
+                pij = probs[b, h, i, j]
+                if has_drop:                                    # P~ = dropout(P), regenerated
+                    pij *= keep_scale(((b * H + h) * T + i) * T + j, k1, k2, threshold, pscale)
+                av += pij * dout[b, i, c0 + d]                  # dV = P~^T dO
             dk[b, j, c0 + d] = ak
             dv[b, j, c0 + d] = av
 
@@ -375,8 +599,8 @@ def _check_cuda_T(T):
                          f"T <= {MAX_T_CUDA} tokens, got T = {T}")
 
 
-def attention_forward_cuda(q, k, v, mask, n_heads):
-    B, T, C, D = _check(q, k, v, mask, n_heads)
+def attention_forward_cuda(q, k, v, mask, n_heads, p=0.0, seed=0):
+    B, T, C, D = _check(q, k, v, mask, n_heads, p, seed)
     _check_cuda_T(T)
     fwd, _, _ = _cuda_kernels()
     H = int(n_heads)
@@ -384,12 +608,13 @@ def attention_forward_cuda(q, k, v, mask, n_heads):
     probs = _cuda.device_empty((B, H, T, T))
     if B * T:
         keep = _cuda.to_device(_keep(mask))
-        fwd[B * H * T, _cuda.THREADS](q, k, v, keep, H, np.float32(1.0 / math.sqrt(D)), out, probs)
-    return out, AttentionCache(q, k, v, mask, probs, H)
+        fwd[B * H * T, _cuda.THREADS](q, k, v, keep, H, np.float32(1.0 / math.sqrt(D)), out, probs,
+                                      *_drop_args(p, seed))
+    return out, AttentionCache(q, k, v, mask, probs, H, float(p), int(seed))
 
 
 def attention_backward_cuda(dout, cache):
-    q, k, v, mask, probs, H = cache
+    q, k, v, mask, probs, H, p, seed = cache
     _common.check_array("dout", dout, shape=tuple(q.shape))
     _, bwd_rows, bwd_cols = _cuda_kernels()
     B, T, C = tuple(q.shape)
@@ -397,8 +622,10 @@ def attention_backward_cuda(dout, cache):
     if B * T:
         keep = _cuda.to_device(_keep(mask))
         ds = _cuda.device_empty((B, H, T, T))
-        bwd_rows[B * H * T, _cuda.THREADS](dout, k, v, keep, probs, H, np.float32(1.0 / math.sqrt(C // H)), ds, dq)
-        bwd_cols[B * H * T, _cuda.THREADS](dout, q, probs, ds, H, dk, dv)
+        drop = _drop_args(p, seed)
+        bwd_rows[B * H * T, _cuda.THREADS](dout, k, v, keep, probs, H, np.float32(1.0 / math.sqrt(C // H)), ds, dq,
+                                           *drop)
+        bwd_cols[B * H * T, _cuda.THREADS](dout, q, probs, ds, H, dk, dv, *drop)
     return dq, dk, dv
 
 
@@ -406,10 +633,12 @@ def attention_backward_cuda(dout, cache):
 # public entry points: device arrays go to CUDA, numpy arrays to the Numba CPU kernels
 
 
-def attention_forward(q, k, v, mask, n_heads):
+def attention_forward(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):
+    """p, seed: attention-probability dropout (p = 0: none); fast: opt-in fast exp on the CPU (None: follow
+    MINIDISTIL_FAST_MATH)."""
     if _cuda.is_device_array(q):
-        return attention_forward_cuda(q, k, v, mask, n_heads)
-    return attention_forward_cpu(q, k, v, mask, n_heads)
+        return attention_forward_cuda(q, k, v, mask, n_heads, p, seed)
+    return attention_forward_cpu(q, k, v, mask, n_heads, p, seed, fast)
 
 
 def attention_backward(dout, cache):
@@ -499,7 +728,8 @@ def main():
     # validation at DistilBERT-base size, one sequence fully padded
     B, T, C, H = 8, 128, 768, 12
     q, k, v, dout, mask = make_data(r, B, T, C, n_pad_rows=1)
-    validate("cpu", attention_forward_cpu, attention_backward_cpu, q, k, v, dout, mask, H)
+    validate("cpu(blas)", attention_forward_cpu, attention_backward_cpu, q, k, v, dout, mask, H)
+    validate("numba", attention_forward_numba, attention_backward_numba, q, k, v, dout, mask, H)
     if _cuda.available():
         small = (2, 7, 12, 3) if _cuda.SIMULATOR else (B, T, C, H)
         qs, ks, vs, dos, ms = make_data(r, *small[:3], n_pad_rows=1)
@@ -513,9 +743,13 @@ def main():
     _, c = attention_forward_cpu(q, k, v, mask, H)
     _, c_ref = attention_forward_ref(q, k, v, mask, H)
     rep.bench("ref(numpy)", lambda: attention_forward_ref(q, k, v, mask, H), flops=flops)
-    rep.bench("cpu", lambda: attention_forward_cpu(q, k, v, mask, H), flops=flops)
+    rep.bench("cpu(blas)", lambda: attention_forward_cpu(q, k, v, mask, H), flops=flops)
+    rep.bench("cpu(blas) fast", lambda: attention_forward_cpu(q, k, v, mask, H, fast=True), flops=flops)
+    rep.bench("numba", lambda: attention_forward_numba(q, k, v, mask, H), flops=flops)
     rep.bench("ref bwd", lambda: attention_backward_ref(dout, c_ref), flops=2 * flops)
-    rep.bench("cpu bwd", lambda: attention_backward_cpu(dout, c), flops=2 * flops)
+    rep.bench("cpu(blas) bwd", lambda: attention_backward_cpu(dout, c), flops=2 * flops)
+    _, c_nb = attention_forward_numba(q, k, v, mask, H)
+    rep.bench("numba bwd", lambda: attention_backward_numba(dout, c_nb), flops=2 * flops)
     if _cuda.available() and not _cuda.SIMULATOR:
         cu = _cuda.get_cuda()
         qd, kd, vd, dod = (_cuda.to_device(a) for a in (q, k, v, dout))

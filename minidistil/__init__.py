@@ -12,7 +12,14 @@ The names below are imported on first use (PEP 562), so `import minidistil.kerne
 """
 __version__ = "0.1.0"
 
-import importlib
+# Before anything imports numpy: OpenBLAS's AVX-512 kernels where the CPU has them (MINIDISTIL_OPENBLAS_CORETYPE=0
+# turns it off) and thread-waiting settings so that BLAS and Numba threads do not fight (MINIDISTIL_THREAD_ENV=0
+# turns them off); see minidistil/_runtime.py. Nothing the user set is overridden.
+from minidistil import _runtime
+
+_runtime.configure()
+
+import importlib  # noqa: E402
 
 _EXPORTS = {
     "minidistil.autograd": ["Tensor", "no_grad", "enable_grad", "is_grad_enabled"],

@@ -20,11 +20,13 @@ are written here in NumPy.
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Callable, Sequence
 
 import numpy as np
 
 from minidistil.kernels import _cuda
+from minidistil.kernels import elementwise as _ew  # the generic ops on device arrays (numba.cuda)
 
 _GRAD_ENABLED = True
 
@@ -151,19 +153,25 @@ class Tensor:
         if grad is None:
             if self.size != 1:
                 raise ValueError(f"backward(): grad must be given for a non-scalar output of shape {self.shape}")
-            grad = np.ones(self.shape, dtype=self.dtype)
+            grad = _ew.full(self.shape, 1.0, self.data) if _cuda.is_device_array(self.data) else \
+                np.ones(self.shape, dtype=self.dtype)
         else:
             grad = np.asarray(grad, dtype=self.dtype) if not _cuda.is_device_array(grad) else grad
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward(): grad: expected shape {self.shape}, got {tuple(grad.shape)}")
 
-        grads: dict[int, np.ndarray] = {id(self): grad}
+        grads: dict[int, np.ndarray] = {id(self): grad}  # `grad` stays referenced here: never handed over
         for node in _topological_order(self):  # the output first, every node before its inputs
             g = grads.pop(id(node), None)
             if g is None:  # nothing flowed here (e.g. an input of an op that needs no gradient for it)
                 continue
             if node._backward is None or node._retain:
-                node.grad = _copy(g) if node.grad is None else _accumulate(node.grad, g, in_place=True)
+                if node.grad is None:
+                    # a leaf takes a gradient array nobody else holds as it is (no copy: the parameters' gradients
+                    # of a DistilBERT-base step are 265 MB); anything shared or a view is copied
+                    node.grad = g if node._backward is None and _sole_owner(g) else _copy(g)
+                else:
+                    node.grad = _accumulate(node.grad, g, in_place=True)
             if node._backward is None:
                 continue
             parent_grads = node._backward(_contiguous(g))
@@ -172,6 +180,7 @@ class Tensor:
                     continue
                 k = id(parent)
                 grads[k] = pg if k not in grads else _accumulate(grads[k], pg)
+            parent_grads = pg = None  # so that the reference counts of _sole_owner see only the dictionary's
 
     def zero_grad(self):
         self.grad = None
@@ -249,13 +258,20 @@ def _contiguous(a):
     return np.ascontiguousarray(a).reshape(np.shape(a))
 
 
+def _sole_owner(a) -> bool:
+    """True when `a` is a numpy array owning its memory that only the caller's variable references: the caller's
+    name, this function's argument and getrefcount's own argument make 3 (CPython reference counts)."""
+    return (isinstance(a, np.ndarray) and a.base is None and a.flags.writeable and a.flags.c_contiguous
+            and sys.getrefcount(a) <= 3)
+
+
 def _copy(a):
-    return a.copy() if not _cuda.is_device_array(a) else a.copy_to_host()
+    return a.copy() if not _cuda.is_device_array(a) else _ew.copy(a)
 
 
 def _accumulate(acc, g, in_place=False):
-    if _cuda.is_device_array(acc) or _cuda.is_device_array(g):
-        acc, g = _cuda.to_host(acc), _cuda.to_host(g)
+    if _cuda.is_device_array(acc):  # gradients of device data stay on the device
+        return _ew.axpy_(acc, g) if in_place else _ew.add(acc, g)
     if in_place:
         acc += g
         return acc
@@ -279,8 +295,10 @@ def make_result(data, parents: tuple, backward: Backward, op: str) -> Tensor:
 
 def _unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
     """Sum g over the axes that broadcasting added or stretched, back to `shape`."""
-    if g.shape == shape:
+    if tuple(g.shape) == tuple(shape):
         return g
+    if _cuda.is_device_array(g):
+        return _ew.sum_to(g, shape)
     g = g.sum(axis=tuple(range(g.ndim - len(shape)))) if g.ndim > len(shape) else g
     stretched = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
     return g.sum(axis=stretched, keepdims=True) if stretched else g
@@ -291,7 +309,7 @@ def _unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
 def add(a, b) -> Tensor:
     a = _as_tensor(a)
     b = _as_tensor(b, a)
-    out = a.data + b.data  # broadcasting allowed
+    out = _ew.add(a.data, b.data) if _on_device(a, b) else a.data + b.data  # broadcasting allowed
 
     def backward(dout):
         # out = a + b  ->  da = dout, db = dout (summed over broadcast axes)
@@ -303,31 +321,35 @@ def add(a, b) -> Tensor:
 def neg(a: Tensor) -> Tensor:
     def backward(dout):
         # out = -a
-        return (-dout,)
+        return (_ew.neg(dout) if _cuda.is_device_array(dout) else -dout,)
 
-    return make_result(-a.data, (a,), backward, "neg")
+    return make_result(_ew.neg(a.data) if _on_device(a) else -a.data, (a,), backward, "neg")
 
 
 def mul(a, b) -> Tensor:
     """a * b, b a Tensor, a numpy array or a number (broadcasting allowed)."""
     a = _as_tensor(a)
     b = _as_tensor(b, a)
-    out = a.data * b.data
+    times = _ew.mul if _on_device(a, b) else np.multiply
+    out = times(a.data, b.data)
 
     def backward(dout):
         # out = a * b  ->  da = dout * b, db = dout * a
-        da = _unbroadcast(dout * b.data, a.shape) if a.requires_grad else None
-        db = _unbroadcast(dout * a.data, b.shape) if b.requires_grad else None
+        da = _unbroadcast(times(dout, b.data), a.shape) if a.requires_grad else None
+        db = _unbroadcast(times(dout, a.data), b.shape) if b.requires_grad else None
         return da, db
 
     return make_result(out, (a, b), backward, "mul")
 
 
 def sum_(a: Tensor, axis=None, keepdims=False) -> Tensor:
-    out = np.asarray(a.data.sum(axis=axis, keepdims=keepdims))
+    out = _ew.sum(a.data, axis, keepdims) if _on_device(a) else np.asarray(a.data.sum(axis=axis, keepdims=keepdims))
 
     def backward(dout):
         # out = sum(a, axis)  ->  da = dout broadcast back over the summed axes
+        if _cuda.is_device_array(dout):
+            kept = tuple(1 if axis is None or d in np.atleast_1d(axis) % a.ndim else n for d, n in enumerate(a.shape))
+            return (_ew.broadcast_to(dout.reshape(kept), a.shape),)
         if axis is not None and not keepdims:
             dout = np.expand_dims(dout, axis)
         return (np.broadcast_to(dout, a.shape),)
@@ -352,6 +374,8 @@ def reshape(a: Tensor, shape) -> Tensor:
 
 def getitem(a: Tensor, index) -> Tensor:
     """a[index] (basic or advanced indexing); the result is made C-contiguous for the kernels that follow."""
+    if _on_device(a):
+        return _getitem_device(a, index)
     out = _contiguous(np.asarray(a.data[index]))
 
     def backward(dout):
@@ -367,12 +391,54 @@ def matmul(a, b) -> Tensor:
     """a @ b for 2-d (or batched, same leading shape) arrays."""
     a = _as_tensor(a)
     b = _as_tensor(b, a)
+    if _on_device(a, b):
+        return _matmul_device(a, b)
     out = a.data @ b.data
 
     def backward(dout):
         # out = a @ b  ->  da = dout @ b^T, db = a^T @ dout
         da = _unbroadcast(dout @ np.swapaxes(b.data, -1, -2), a.shape) if a.requires_grad else None
         db = _unbroadcast(np.swapaxes(a.data, -1, -2) @ dout, b.shape) if b.requires_grad else None
+        return da, db
+
+    return make_result(out, (a, b), backward, "matmul")
+
+
+# ---- the generic ops on device arrays (numba.cuda kernels of minidistil.kernels.elementwise) -------------------
+
+def _on_device(*tensors) -> bool:
+    """True when some operand's data is a numba.cuda device array: the op then runs as a GPU kernel."""
+    return any(_cuda.is_device_array(t.data) for t in tensors)
+
+
+def _getitem_device(a: Tensor, index) -> Tensor:
+    """a[index] on the device for an index that picks one position along one axis (x[:, 0], x[..., 1])."""
+    picked = _ew.single_axis_index(index, a.ndim)
+    if picked is None:
+        raise ValueError(f"index: on a device Tensor only an index picking one position along one axis is supported "
+                         f"(like x[:, 0] or x[..., 1]), got {index!r}; copy to the host first with .numpy()")
+    axis, i = picked
+    out = _ew.take(a.data, axis, i)
+
+    def backward(dout):
+        # out = a[:, ..., i, ...]  ->  da = zeros with dout at position i along that axis
+        return (_ew.take_backward(dout, a.shape, axis, i),)
+
+    return make_result(out, (a,), backward, "getitem")
+
+
+def _matmul_device(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b for 2-d operands on the device (the GEMM of minidistil.kernels.linear)."""
+    from minidistil.kernels.linear import gemm_cuda as matmul_cuda  # noqa: PLC0415 (cuBLAS or the tiled GEMM)
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"b: on the device matmul takes 2-d operands, got {a.shape} @ {b.shape}")
+    ad, bd = _cuda.to_device(_contiguous(a.data)), _cuda.to_device(_contiguous(b.data))
+    out = matmul_cuda(ad, bd)
+
+    def backward(dout):
+        # out = a @ b  ->  da = dout @ b^T, db = a^T @ dout
+        da = matmul_cuda(dout, bd, trans_b=True) if a.requires_grad else None
+        db = matmul_cuda(ad, dout, trans_a=True) if b.requires_grad else None
         return da, db
 
     return make_result(out, (a, b), backward, "matmul")

@@ -7,16 +7,14 @@
         x = LN(a + W2 · gelu(W1 a + b1))                                    intermediate / output
     pooler = tanh(Wp x[:, 0] + bp)                                          the [CLS] token
 
-Dropout (p = hidden_dropout_prob) follows the embeddings, the attention output projection and the FFN output, in
-training mode only. Attention-probability dropout is NOT applied: the attention kernel has no dropout on the
-probabilities, so in training this model is BERT with attention_probs_dropout_prob = 0 (a warning says so once).
+Dropout (p = hidden_dropout_prob) follows the embeddings, the attention output projection and the FFN output, and
+dropout with p = attention_probs_dropout_prob on the attention probabilities (inside the attention kernel, its mask
+regenerated from a seed in backward), in training mode only.
 
 Shapes: B batch, T tokens, C hidden_size, H heads, D = C / H, F intermediate_size, V vocab_size, K labels.
 Inputs are numpy integer arrays; every output is a Tensor.
 """
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 
@@ -29,16 +27,9 @@ from minidistil.nn import (Dropout, Embedding, LayerNorm, Linear, Module, Module
 from minidistil.outputs import (BaseModelOutputWithPooling, MaskedLMOutput, MultipleChoiceModelOutput,
                                 QuestionAnsweringModelOutput, SequenceClassifierOutput, TokenClassifierOutput)
 
-_warned_attention_dropout = False
-
 
 def warn_attention_dropout(p: float, training: bool):
-    """Say once that attention-probability dropout is not implemented (only matters in training)."""
-    global _warned_attention_dropout
-    if training and p > 0 and not _warned_attention_dropout:
-        _warned_attention_dropout = True
-        warnings.warn(f"attention-probability dropout (p={p}) is not applied: the attention kernel has none; the "
-                      f"other dropouts are", stacklevel=3)
+    """Kept for code that imported it: attention-probability dropout is applied now, so there is nothing to say."""
 
 
 class BertEmbeddings(Module):
@@ -74,9 +65,9 @@ class BertSelfAttention(Module):
         self.attention_dropout = config.attention_probs_dropout_prob
 
     def forward(self, x: Tensor, mask: np.ndarray) -> tuple[Tensor, Tensor]:
-        warn_attention_dropout(self.attention_dropout, self.training)
         q, k, v = self.query(x), self.key(x), self.value(x)                     # (B, T, C) each
-        return F.attention(q, k, v, mask, self.n_heads)                         # (B, T, C), probs (B, H, T, T)
+        return F.attention(q, k, v, mask, self.n_heads, self.attention_dropout,  # (B, T, C), probs (B, H, T, T)
+                           self.training)
 
 
 class BertSelfOutput(Module):

@@ -6,8 +6,8 @@ Hugging Face names it.
         a = LN(x + out_lin · MultiHeadAttention(q_lin x, k_lin x, v_lin x))   attention, sa_layer_norm
         x = LN(a + lin2 · gelu(lin1 a))                                       ffn, output_layer_norm
 
-Dropout (p = dropout) follows the embeddings and the FFN output, as in HF (there is none after out_lin).
-Attention-probability dropout is not applied: the attention kernel has none (see bert.py).
+Dropout (p = dropout) follows the embeddings and the FFN output, as in HF (there is none after out_lin), and
+dropout with p = attention_dropout on the attention probabilities (inside the attention kernel), in training only.
 
 Shapes: B batch, T tokens, C dim, H n_heads, D = C / H, F hidden_dim, V vocab_size, K labels.
 """
@@ -18,7 +18,6 @@ import numpy as np
 from minidistil import functional as F
 from minidistil import losses
 from minidistil.autograd import Tensor
-from minidistil.bert import warn_attention_dropout
 from minidistil.config import DistilBertConfig
 from minidistil.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, PreTrainedModel, ReLU,
                            check_input_ids, extend_mask, position_ids, sinusoidal_table)
@@ -59,9 +58,9 @@ class MultiHeadSelfAttention(Module):
         self.attention_dropout = config.attention_dropout
 
     def forward(self, x: Tensor, mask: np.ndarray) -> tuple[Tensor, Tensor]:
-        warn_attention_dropout(self.attention_dropout, self.training)
         q, k, v = self.q_lin(x), self.k_lin(x), self.v_lin(x)                   # (B, T, C) each
-        h, probs = F.attention(q, k, v, mask, self.n_heads)                     # (B, T, C), (B, H, T, T)
+        h, probs = F.attention(q, k, v, mask, self.n_heads, self.attention_dropout,  # (B, T, C), (B, H, T, T)
+                               self.training)
         return self.out_lin(h), probs                                           # (B, T, C)
 
 

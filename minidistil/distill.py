@@ -50,6 +50,8 @@ from . import evaluation as E
 from . import functional as F
 from . import losses as L
 from .autograd import Tensor, no_grad
+from .device import check_device, describe
+from .kernels import _cuda
 from .config import BertConfig, DistilBertConfig
 from .masking import IGNORE_INDEX, mask_tokens, selection_weights
 from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
@@ -204,12 +206,18 @@ def mean_pool(h: Tensor, attention_mask: np.ndarray) -> Tensor:
     return (h * m).sum(axis=1) * inv                                            # (B, C)
 
 
+def _teacher_array(t):
+    """The teacher's output as a C-contiguous float32 array, left where it is (numpy, or numba.cuda device)."""
+    a = t.data if isinstance(t, Tensor) else t
+    return a if _cuda.is_device_array(a) else np.ascontiguousarray(a, dtype=np.float32)
+
+
 def distillation_loss(s_logits: Tensor | None, t_logits, s_hidden: Tensor, t_hidden, labels: np.ndarray | None,
                       attention_mask: np.ndarray, w: LossWeights) -> tuple[Tensor, dict[str, float]]:
     """The weighted sum of the terms (a scalar Tensor) and each term's value (unweighted floats)."""
     B, T, C = s_hidden.shape
     rows = np.ascontiguousarray(np.asarray(attention_mask).reshape(-1) != 0)    # (B*T,) real tokens
-    t_hidden = np.asarray(t_hidden, dtype=np.float32)
+    t_hidden = _teacher_array(t_hidden)                                         # stays on the GPU when there
     terms: dict[str, Tensor] = {}
     if (w.alpha_ce or w.alpha_mlm) and s_logits is None:
         raise ValueError("alpha_ce / alpha_mlm: the MLM terms need a teacher and student with an MLM head")
@@ -217,20 +225,21 @@ def distillation_loss(s_logits: Tensor | None, t_logits, s_hidden: Tensor, t_hid
         V = s_logits.shape[-1]
         kl_rows = rows if not w.kl_masked_only else np.ascontiguousarray(np.asarray(labels).reshape(-1) != IGNORE_INDEX)
         terms["ce"] = L.distill_kl(s_logits.reshape(B * T, V),
-                                   np.ascontiguousarray(np.asarray(t_logits, dtype=np.float32).reshape(B * T, V)),
+                                   _teacher_array(t_logits).reshape(B * T, V),
                                    w.temperature, kl_rows)
     if w.alpha_mlm:
         V = s_logits.shape[-1]
         terms["mlm"] = L.cross_entropy(s_logits.reshape(B * T, V), np.asarray(labels, dtype=np.int64).reshape(-1))
     sh = s_hidden.reshape(B * T, C)
-    th = np.ascontiguousarray(t_hidden.reshape(B * T, C))
+    th = t_hidden.reshape(B * T, C)
     if w.alpha_cos:
         terms["cos"] = L.cosine_embedding_loss(sh, th, rows)
     if w.alpha_mse:
         terms["mse"] = L.mse(sh, th, rows)
     if w.alpha_pool_cos or w.alpha_pool_mse:
         sp = mean_pool(s_hidden, attention_mask)                                 # (B, C)
-        tp = np.ascontiguousarray(E.mean_pool(t_hidden, attention_mask))         # (B, C)
+        tp = (mean_pool(Tensor(t_hidden), attention_mask).data if _cuda.is_device_array(t_hidden)  # (B, C)
+              else np.ascontiguousarray(E.mean_pool(t_hidden, attention_mask)))
         if w.alpha_pool_cos:
             terms["pool_cos"] = L.cosine_embedding_loss(sp, tp)
         if w.alpha_pool_mse:
@@ -276,6 +285,7 @@ class DistillConfig:
     eval_texts: int = 64               # held-out texts for the mean-cosine figure
     progress: bool = True
     evaluate: bool = True
+    device: str = "cpu"                # "cuda": teacher, student, gradients and AdamW state in GPU memory
 
 
 @dataclass
@@ -335,6 +345,7 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = functools.partial(print, flush=True)  # the set-up lines and the final report; --no-progress hides the bar only
+    cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
 
     teacher_model, tokenizer, teacher_name = _load(teacher, tokenizer)
     teacher_model.eval()
@@ -385,6 +396,10 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
         ckpt.save_checkpoint(ckpt_path, step=run.step, model=student.state_dict(), optimizer=opt.state_dict(),
                              data=batches.state(), extra={"run": asdict(run), "config": _jsonable(cfg)})
 
+    if cfg.device != "cpu":  # after any resume (loaded on the host); AdamW moves its moments on its first step
+        teacher_model.to(cfg.device)
+        student.to(cfg.device)
+        say(describe(cfg.device))
     progress = _progress(cfg, run)
     student.train()
     t_start = t_probe = time.perf_counter()
@@ -629,6 +644,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--no-eval", dest="evaluate", action="store_false", help="skip the final comparison")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: teacher, student and optimiser on the GPU (numba.cuda kernels; default %(default)s)")
     p.set_defaults(run=run_cli)
     return p
 
@@ -639,6 +656,11 @@ def add_command(subparsers, name: str = "distill", help: str | None = None) -> a
 
 
 def run_cli(args) -> int:
+    try:
+        check_device(args.device)
+    except RuntimeError as e:  # no GPU: say what to install or set, no traceback
+        print(f"error: {e}")
+        return 2
     alphas = {k: getattr(args, k) for k in ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse", "alpha_pool_cos",
                                            "alpha_pool_mse")}
     weights = None
@@ -656,7 +678,7 @@ def run_cli(args) -> int:
                         lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
                         max_grad_norm=args.max_grad_norm, weights=weights, seed=args.seed,
                         checkpoint_every=args.checkpoint_every, resume=args.resume, progress=args.progress,
-                        evaluate=args.evaluate)
+                        evaluate=args.evaluate, device=args.device)
     try:
         distill(cfg.teacher, cfg.out_dir, config=cfg)
     except NonFiniteLoss as e:

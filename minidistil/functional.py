@@ -77,16 +77,25 @@ def residual_layer_norm(x: Tensor, r: Tensor, w: Tensor, b: Tensor, eps: float) 
     return make_result(y, (x, r, w, b), backward, "residual_layer_norm")
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray, n_heads: int) -> tuple[Tensor, Tensor]:
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray, n_heads: int, p: float = 0.0,
+              training: bool = False, seed: int | None = None) -> tuple[Tensor, Tensor]:
     """Multi-head scaled dot-product attention over all H heads in one kernel.
 
     q, k, v (B, T, C); mask (B, T), 1 = a real token, 0 = padding (keys at padding get no attention).
-    Returns (out (B, T, C), probs (B, H, T, T)); probs is for output_attentions and carries no gradient.
+    p: dropout on the attention probabilities, applied in training only (a fresh seed per call, from the generator
+    that manual_seed sets, unless `seed` is given); the kernel regenerates the mask in backward.
+    Returns (out (B, T, C), probs (B, H, T, T)); probs (before dropout) is for output_attentions, no gradient.
     """
-    out, cache = _attention.attention_forward(q.data, k.data, v.data, mask, n_heads)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p: expected a dropout probability in [0, 1), got {p}")
+    if not training:
+        p = 0.0
+    if p > 0.0 and seed is None:
+        seed = int(_SEEDS.integers(0, 2**31 - 1))
+    out, cache = _attention.attention_forward(q.data, k.data, v.data, mask, n_heads, p, seed or 0)
 
     def backward(dout):
-        # out = softmax(q k^T / sqrt(D) + mask) @ v, per head  ->  (dq, dk, dv)
+        # out = dropout(softmax(q k^T / sqrt(D) + mask)) @ v, per head  ->  (dq, dk, dv)
         return _attention.attention_backward(dout, cache)
 
     return make_result(out, (q, k, v), backward, "attention"), Tensor(cache.probs)

@@ -14,6 +14,7 @@ import numpy as np
 
 from minidistil import functional as F
 from minidistil.autograd import Tensor
+from minidistil.kernels import _cuda
 
 
 class Parameter(Tensor):
@@ -22,7 +23,9 @@ class Parameter(Tensor):
     __slots__ = ()
 
     def __init__(self, data, requires_grad: bool = True):
-        super().__init__(np.ascontiguousarray(data, dtype=np.float32), requires_grad=requires_grad)
+        if not _cuda.is_device_array(data):  # a device array is taken as it is (model.to("cuda") made it)
+            data = np.ascontiguousarray(data, dtype=np.float32)
+        super().__init__(data, requires_grad=requires_grad)
 
 
 class Module:
@@ -92,6 +95,18 @@ class Module:
     def eval(self):
         """Inference mode: dropout is the identity. Returns self."""
         return self.train(False)
+
+    def to(self, device: str):
+        """Move every parameter (and gradient) to "cpu" or "cuda", in place, bit for bit. Returns self.
+        Without a GPU (or NUMBA_ENABLE_CUDASIM=1), "cuda" raises a RuntimeError saying what is missing."""
+        from minidistil.device import module_to  # noqa: PLC0415
+        return module_to(self, device)
+
+    @property
+    def device(self) -> str:
+        """"cuda" when the parameters live in GPU memory, else "cpu"."""
+        from minidistil.device import device_of  # noqa: PLC0415
+        return device_of(self)
 
 
 class ModuleList(Module):
@@ -292,7 +307,10 @@ class PreTrainedModel(Module):
             if tuple(arr.shape) != p.shape:
                 raise ValueError(f"{key}: checkpoint tensor has shape {tuple(arr.shape)}, the model expects "
                                  f"{p.shape}")
-            p.data[...] = arr.astype(np.float32, copy=False)
+            if _cuda.is_device_array(p.data):  # a model on the GPU: copy the values over, in place
+                p.data.copy_to_device(np.ascontiguousarray(arr, dtype=np.float32))
+            else:
+                p.data[...] = arr.astype(np.float32, copy=False)
             used.add(key)
         unexpected = [k for k in state if k not in used and k not in aliases and not k.endswith(".position_ids")]
         if strict and (missing or unexpected):

@@ -22,6 +22,9 @@ from typing import Iterable
 
 import numpy as np
 
+from minidistil.kernels import _cuda
+from minidistil.kernels import elementwise as _ew
+
 
 def decays(name: str, param) -> bool:
     """Weight decay for this parameter? Not for biases and LayerNorm weights (BERT's and DistilBERT's rule)."""
@@ -39,15 +42,17 @@ class AdamW:
         if len(set(names)) != len(names):
             raise ValueError("named_parameters: parameter names must be unique")
         for n, p in self.named:
-            if not isinstance(p.data, np.ndarray) or p.data.dtype != np.float32:
-                raise ValueError(f"named_parameters: {n}: expected float32 numpy data, got {type(p.data).__name__}")
+            on_device = _cuda.is_device_array(p.data)
+            if not (isinstance(p.data, np.ndarray) or on_device) or np.dtype(p.data.dtype) != np.float32:
+                raise ValueError(f"named_parameters: {n}: expected float32 numpy or device data, got "
+                                 f"{type(p.data).__name__}")
         self.lr = float(lr)
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
         self.decay = {n: decays(n, p) for n, p in self.named}
-        self.m = {n: np.zeros_like(p.data) for n, p in self.named}  # first moments
-        self.v = {n: np.zeros_like(p.data) for n, p in self.named}  # second moments
+        self.m = {n: _ew.zeros(p.shape, like=p.data) for n, p in self.named}  # first moments, where p lives
+        self.v = {n: _ew.zeros(p.shape, like=p.data) for n, p in self.named}  # second moments
         self.t = 0  # updates done
 
     def parameters(self) -> list:
@@ -65,13 +70,17 @@ class AdamW:
         for n, p in self.named:
             if p.grad is None:
                 continue
-            grad = np.ascontiguousarray(p.grad, dtype=np.float32)
+            if _cuda.is_device_array(p.data) != _cuda.is_device_array(self.m[n]):  # the model moved: so do m, v
+                move = _cuda.to_device if _cuda.is_device_array(p.data) else _cuda.to_host
+                self.m[n], self.v[n] = move(self.m[n]), move(self.v[n])
+            grad = p.grad if _cuda.is_device_array(p.grad) else np.ascontiguousarray(p.grad, dtype=np.float32)
             adamw_step(p.data, grad, self.m[n], self.v[n], lr=lr, beta1=self.betas[0], beta2=self.betas[1],
                        eps=self.eps, weight_decay=self.weight_decay if self.decay[n] else 0.0, step=self.t)
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: the moments (copies) and the update count."""
-        return {"t": self.t, "m": {n: a.copy() for n, a in self.m.items()}, "v": {n: a.copy() for n, a in self.v.items()},
+        host = lambda a: _cuda.to_host(a) if _cuda.is_device_array(a) else a.copy()  # noqa: E731 (copies)
+        return {"t": self.t, "m": {n: host(a) for n, a in self.m.items()}, "v": {n: host(a) for n, a in self.v.items()},
                 "lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
     def load_state_dict(self, state: dict):
@@ -83,7 +92,11 @@ class AdamW:
                 src = np.asarray(state[key][n], dtype=np.float32)
                 if src.shape != self.m[n].shape:
                     raise ValueError(f"state: {key}[{n}] has shape {src.shape}, the parameter {self.m[n].shape}")
-                getattr(self, key)[n][...] = src
+                dst = getattr(self, key)[n]
+                if _cuda.is_device_array(dst):
+                    dst.copy_to_device(np.ascontiguousarray(src))
+                else:
+                    dst[...] = src
         self.t = int(state["t"])
         self.lr = float(state["lr"])
         self.betas = tuple(float(b) for b in state["betas"])
@@ -112,10 +125,14 @@ class LinearWarmupDecay:
 
 
 def global_grad_norm(params) -> float:
-    """sqrt(sum over all parameters of sum(g^2)), accumulated in float64."""
+    """sqrt(sum over all parameters of sum(g^2)), accumulated in float64 (on the GPU: the sum_of_squares kernel,
+    one float back per parameter)."""
+    from minidistil.kernels.adamw import sum_of_squares  # noqa: PLC0415
     total = 0.0
     for p in params:
-        if p.grad is not None:
+        if p.grad is not None and _cuda.is_device_array(p.grad):
+            total += sum_of_squares(p.grad)
+        elif p.grad is not None:
             g = np.asarray(p.grad, dtype=np.float64)
             total += float(np.dot(g.reshape(-1), g.reshape(-1)))
     return math.sqrt(total)
@@ -132,5 +149,5 @@ def clip_grad_norm(params, max_norm: float = 5.0) -> float:
     if coef < 1.0:
         for p in params:
             if p.grad is not None:
-                p.grad *= np.float32(coef)
+                _ew.scale_(p.grad, coef)  # p.grad *= float32(coef), in place (a kernel on the GPU)
     return norm

@@ -1,0 +1,563 @@
+"""`minidistil bench`: minidistil beside PyTorch eager (transformers) and ONNX Runtime, on the same machine, in one run.
+
+    minidistil bench                       # DistilBERT-base size, every scenario, every framework installed
+    minidistil bench --quick               # tiny sizes: a smoke test that runs in seconds
+    minidistil bench --json bench.json --plot bench.png --fast-math
+
+Scenarios (random weights; the config of distilbert-base-uncased: C 768, 6 layers, 12 heads, F 3072, V 30522):
+    fwd_T32, fwd_T128, fwd_T512   DistilBertModel forward at B=8 and T tokens (no_grad / inference_mode)
+    train_mlm                      DistilBertForMaskedLM training step: forward with 15% masked labels, backward,
+                                   AdamW step, zero_grad (dropout on, as in training)
+    distill                        one distillation step: teacher (BERT-base MLM, 12 layers) forward without
+                                   gradients, student (the DistilBERT MLM) forward/backward on
+                                   5 KL(T=2) + 2 MLM + 1 cosine (minidistil.losses), AdamW step
+ONNX Runtime runs the forward scenarios only (a model exported from transformers with torch.onnx).
+
+Timing: every framework's step is built first, warmed up (JIT compilation, caches), then the frameworks are timed
+INTERLEAVED (one step of each in turn, `--repeat` rounds), so that a change of machine load hits all of them
+alike, with a `--pause` (0.3 s) before each timed step: a framework's worker threads may keep spinning after its
+step (measured: right after a torch step, minidistil's next forward took 2x longer than after a 0.3 s pause), and
+the pause keeps one framework's leftovers out of the next one's time. The table gives the median, the ratio to
+minidistil's median and GFLOP/s from an analytic FLOP count (`flops()`: GEMMs and attention products; a training
+step counted as 3 forwards). Peak memory: tracemalloc does not
+see numpy's or torch's allocations, so each (framework, scenario) runs once more in a FRESH subprocess that reports
+its VmHWM (peak resident set) from /proc/self/status, and its resident set after the imports (`base`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+FRAMEWORKS = ("minidistil", "torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    dim: int = 768          # C
+    n_layers: int = 6
+    n_heads: int = 12       # H
+    hidden_dim: int = 3072  # F
+    vocab_size: int = 30522  # V
+    teacher_layers: int = 12
+
+
+FULL = Sizes()
+QUICK = Sizes(dim=64, n_layers=2, n_heads=4, hidden_dim=128, vocab_size=1000, teacher_layers=3)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    kind: str   # "forward", "train" or "distill"
+    B: int
+    T: int
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    if quick:
+        return [Scenario("fwd_T16", "forward", 2, 16), Scenario("fwd_T32", "forward", 2, 32),
+                Scenario("train_mlm", "train", 2, 16), Scenario("distill", "distill", 2, 16)]
+    return [Scenario("fwd_T32", "forward", 8, 32), Scenario("fwd_T128", "forward", 8, 128),
+            Scenario("fwd_T512", "forward", 8, 512), Scenario("train_mlm", "train", 8, 128),
+            Scenario("distill", "distill", 8, 128)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FLOP counts (multiply-add = 2 flops; only the products: layer norm, softmax, GELU are a few % and left out)
+
+
+def encoder_flops(s: Sizes, B: int, T: int, n_layers: int) -> float:
+    N, C, F = B * T, s.dim, s.hidden_dim
+    per_layer = 2 * N * (4 * C * C + 2 * C * F) + 2 * 2 * B * T * T * C   # q, k, v, out, FFN; Q K^T and P V
+    return float(n_layers * per_layer)
+
+
+def mlm_head_flops(s: Sizes, B: int, T: int) -> float:
+    return 2.0 * B * T * (s.dim * s.dim + s.dim * s.vocab_size)          # vocab_transform and the projector
+
+
+def flops(s: Sizes, sc: Scenario) -> float:
+    if sc.kind == "forward":
+        return encoder_flops(s, sc.B, sc.T, s.n_layers)
+    student = encoder_flops(s, sc.B, sc.T, s.n_layers) + mlm_head_flops(s, sc.B, sc.T)
+    if sc.kind == "train":
+        return 3 * student                                                   # backward = 2 x forward
+    teacher = encoder_flops(s, sc.B, sc.T, s.teacher_layers) + mlm_head_flops(s, sc.B, sc.T)
+    return teacher + 3 * student
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs, shared by every framework (numpy arrays)
+
+
+def make_inputs(s: Sizes, sc: Scenario, seed: int = 0):
+    import numpy as np  # noqa: PLC0415
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, s.vocab_size, size=(sc.B, sc.T)).astype(np.int64)        # no padding id
+    mask = np.ones((sc.B, sc.T), np.int64)
+    mask[sc.B // 2:, sc.T - sc.T // 8:] = 0                                          # some padding
+    labels = np.where(rng.random((sc.B, sc.T)) < 0.15, ids, -100).astype(np.int64)
+    labels[mask == 0] = -100
+    labels[:, 0] = ids[:, 0]                                                         # at least one label per row
+    return ids, mask, labels
+
+
+def _hf_configs(s: Sizes):
+    student = dict(vocab_size=s.vocab_size, dim=s.dim, n_layers=s.n_layers, n_heads=s.n_heads,
+                   hidden_dim=s.hidden_dim, max_position_embeddings=512)
+    teacher = dict(vocab_size=s.vocab_size, hidden_size=s.dim, num_hidden_layers=s.teacher_layers,
+                   num_attention_heads=s.n_heads, intermediate_size=s.hidden_dim, max_position_embeddings=512)
+    return student, teacher
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# minidistil
+
+
+def _md_models(s: Sizes, kind: str):
+    from minidistil.bert import BertForMaskedLM  # noqa: PLC0415
+    from minidistil.config import BertConfig, DistilBertConfig  # noqa: PLC0415
+    from minidistil.distilbert import DistilBertForMaskedLM, DistilBertModel  # noqa: PLC0415
+    scfg, tcfg = _hf_configs(s)
+    if kind == "forward":
+        return DistilBertModel.from_config(DistilBertConfig(**scfg), seed=0), None
+    student = DistilBertForMaskedLM.from_config(DistilBertConfig(**scfg), seed=0)
+    teacher = BertForMaskedLM.from_config(BertConfig(**tcfg), seed=1) if kind == "distill" else None
+    return student, teacher
+
+
+def minidistil_step(s: Sizes, sc: Scenario, models=None):
+    """A zero-argument callable running one step of the scenario with minidistil."""
+    import numpy as np  # noqa: PLC0415
+
+    from minidistil import losses as L  # noqa: PLC0415
+    from minidistil.autograd import no_grad  # noqa: PLC0415
+    from minidistil.optim import AdamW  # noqa: PLC0415
+    ids, mask, labels = make_inputs(s, sc)
+    model, teacher = models or _md_models(s, sc.kind)
+    if sc.kind == "forward":
+        model.eval()
+
+        def fwd():
+            with no_grad():
+                return model(ids, attention_mask=mask).last_hidden_state
+        return fwd
+    model.train()
+    opt = AdamW(model.named_parameters(), lr=1e-4)
+    if sc.kind == "train":
+        def train():
+            loss = model(ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            return loss
+        return train
+    teacher.eval()
+    rows = np.ascontiguousarray(mask.reshape(-1) != 0)
+    N, V, C = sc.B * sc.T, s.vocab_size, s.dim
+
+    def distill():
+        with no_grad():
+            t = teacher(ids, attention_mask=mask, output_hidden_states=True)
+        t_logits = np.ascontiguousarray(np.asarray(t.logits).reshape(N, V))
+        t_hidden = np.ascontiguousarray(np.asarray(t.hidden_states[-1]).reshape(N, C))
+        out = model(ids, attention_mask=mask, output_hidden_states=True)
+        s_logits = out.logits.reshape(N, V)
+        loss = (L.distill_kl(s_logits, t_logits, 2.0, rows) * 5.0
+                + L.cross_entropy(s_logits, labels.reshape(-1)) * 2.0
+                + L.cosine_embedding_loss(out.hidden_states[-1].reshape(N, C), t_hidden, rows) * 1.0)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+    return distill
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PyTorch eager (transformers)
+
+
+def _torch_models(s: Sizes, kind: str):
+    import transformers as tf  # noqa: PLC0415
+    scfg, tcfg = _hf_configs(s)
+    if kind == "forward":
+        return tf.DistilBertModel(tf.DistilBertConfig(**scfg)), None
+    student = tf.DistilBertForMaskedLM(tf.DistilBertConfig(**scfg))
+    teacher = tf.BertForMaskedLM(tf.BertConfig(**tcfg)) if kind == "distill" else None
+    return student, teacher
+
+
+def torch_step(s: Sizes, sc: Scenario, models=None):
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as TF  # noqa: PLC0415
+    ids, mask, labels = (torch.from_numpy(a) for a in make_inputs(s, sc))
+    model, teacher = models or _torch_models(s, sc.kind)
+    if sc.kind == "forward":
+        model.eval()
+
+        def fwd():
+            with torch.inference_mode():
+                return model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return fwd
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if sc.kind == "train":
+        def train():
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss
+        return train
+    teacher.eval()
+    rows = mask.reshape(-1) != 0
+    N, V, C = sc.B * sc.T, s.vocab_size, s.dim
+    T2 = 2.0
+
+    def distill():
+        with torch.no_grad():
+            t = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        sl, tl = out.logits.reshape(N, V)[rows], t.logits.reshape(N, V)[rows]
+        kl = TF.kl_div(TF.log_softmax(sl / T2, -1), TF.softmax(tl / T2, -1), reduction="batchmean") * T2 ** 2
+        ce = TF.cross_entropy(out.logits.reshape(N, V), labels.reshape(-1), ignore_index=-100)
+        sh, th = out.hidden_states[-1].reshape(N, C)[rows], t.hidden_states[-1].reshape(N, C)[rows]
+        cos = (1 - TF.cosine_similarity(sh, th, dim=-1)).mean()
+        loss = 5.0 * kl + 2.0 * ce + 1.0 * cos
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+    return distill
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ONNX Runtime (forward only)
+
+
+def export_onnx(s: Sizes, sc: Scenario, path: str, torch_model=None) -> str:
+    """Export transformers' DistilBertModel to `path`, traced at the scenario's (B, T): the legacy exporter bakes
+    some shapes of transformers' mask code into the graph (measured: a model traced at T=16 was wrong at T=32)."""
+    import torch  # noqa: PLC0415
+    model = torch_model or _torch_models(s, "forward")[0]
+    model.eval()
+    ids = torch.ones((sc.B, sc.T), dtype=torch.int64)
+    kwargs = dict(input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                  dynamic_axes={"input_ids": {0: "B", 1: "T"}, "attention_mask": {0: "B", 1: "T"},
+                                "last_hidden_state": {0: "B", 1: "T"}}, opset_version=17)
+    import warnings  # noqa: PLC0415
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
+        try:
+            torch.onnx.export(model, (ids, torch.ones_like(ids)), path, dynamo=False, **kwargs)
+        except TypeError:  # an older torch without the dynamo argument
+            torch.onnx.export(model, (ids, torch.ones_like(ids)), path, **kwargs)
+    return path
+
+
+def onnx_step(s: Sizes, sc: Scenario, path: str):
+    import onnxruntime as ort  # noqa: PLC0415
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    ids, mask, _ = make_inputs(s, sc)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    return lambda: sess.run(None, feeds)[0]
+
+
+def available() -> dict[str, str]:
+    """framework -> version, or 'missing: ...' (without importing the heavy modules when not installed)."""
+    import importlib.metadata as md  # noqa: PLC0415
+    out = {"minidistil": __import__("minidistil").__version__}
+    for fw, pkgs in (("torch", ("torch", "transformers")), ("onnxruntime", ("onnxruntime", "onnx", "torch",
+                                                                              "transformers"))):
+        try:
+            out[fw] = ", ".join(f"{p} {md.version(p)}" for p in pkgs)
+        except md.PackageNotFoundError as e:
+            out[fw] = f"missing: pip install {e.name}"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# peak memory in a fresh subprocess
+
+
+def _rss_mb(field_name: str) -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _memory_child(fw: str, quick: bool, name: str, onnx_path: str | None, steps: int) -> dict:
+    s = QUICK if quick else FULL
+    sc = next(x for x in scenarios(quick) if x.name == name)
+    if fw.startswith("minidistil"):
+        import minidistil.functional  # noqa: F401, PLC0415  (numpy, numba and the kernels)
+    elif fw == "torch":
+        import torch  # noqa: F401, PLC0415
+        import transformers  # noqa: F401, PLC0415
+    else:
+        import numpy  # noqa: F401, PLC0415
+        import onnxruntime  # noqa: F401, PLC0415
+    base = _rss_mb("VmRSS")
+    step = (minidistil_step(s, sc) if fw.startswith("minidistil") else torch_step(s, sc) if fw == "torch"
+            else onnx_step(s, sc, onnx_path))
+    for _ in range(steps):
+        step()
+    return {"base_mb": base, "peak_mb": _rss_mb("VmHWM")}
+
+
+def measure_memory(fw: str, quick: bool, sc: Scenario, onnx_path: str | None, steps: int = 2) -> dict:
+    env = dict(os.environ)
+    if fw == "minidistil-fast":
+        env["MINIDISTIL_FAST_MATH"] = "1"
+    cmd = [sys.executable, "-m", "minidistil.bench", "--_memory-child", fw, sc.name, onnx_path or "", str(steps)]
+    if quick:
+        cmd.append("--quick")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if r.returncode != 0:
+        return {"base_mb": None, "peak_mb": None, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class Result:
+    scenario: str
+    framework: str
+    ms: float
+    times_ms: list = field(default_factory=list)
+    ratio: float | None = None
+    gflops: float | None = None
+    base_mb: float | None = None
+    peak_mb: float | None = None
+    note: str = ""
+
+
+def environment() -> dict:
+    import numba  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from minidistil import _runtime  # noqa: PLC0415
+    blas = _runtime.openblas()
+    return {"cores": _runtime.n_cores(), "loadavg": list(os.getloadavg()), "numpy": np.__version__,
+            "numba": numba.__version__, "numba_threads": numba.config.NUMBA_NUM_THREADS,
+            "openblas_core": blas.corename(), "openblas_threads": blas.get_num_threads(),
+            "runtime": _runtime.report(), "fast_math": os.environ.get("MINIDISTIL_FAST_MATH", "0"),
+            "python": sys.version.split()[0]}
+
+
+class _FastMath:
+    """MINIDISTIL_FAST_MATH=1 while a 'minidistil-fast' step runs (the kernels read it at every call)."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __enter__(self):
+        self.old = os.environ.get("MINIDISTIL_FAST_MATH")
+        if self.on:
+            os.environ["MINIDISTIL_FAST_MATH"] = "1"
+
+    def __exit__(self, *exc):
+        if self.on:
+            if self.old is None:
+                os.environ.pop("MINIDISTIL_FAST_MATH", None)
+            else:
+                os.environ["MINIDISTIL_FAST_MATH"] = self.old
+
+
+def run(quick: bool = False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup: int = 2,
+        memory: bool = True, fast_math: bool = False, pause: float = 0.3, log=print) -> tuple[dict, list[Result]]:
+    s = QUICK if quick else FULL
+    have = available()
+    fws = [fw for fw in frameworks if not have.get(fw, "missing").startswith("missing")]
+    for fw in frameworks:
+        if fw not in fws:
+            log(f"skip {fw}: {have.get(fw, 'unknown framework')}")
+    if fast_math and "minidistil" in fws:
+        fws.insert(fws.index("minidistil") + 1, "minidistil-fast")
+    env = environment()
+    env["versions"] = have
+    env["pause_s"] = pause
+    log("environment: " + json.dumps(env))
+    results: list[Result] = []
+    tmp = tempfile.mkdtemp(prefix="minidistil-bench-")
+    for sc in scenarios(quick):
+        if names and sc.name not in names:
+            continue
+        steps: dict[str, object] = {}
+        onnx_path = None
+        torch_models = _torch_models(s, sc.kind) if ("torch" in fws or "onnxruntime" in fws) else None
+        for fw in fws:
+            if fw.startswith("minidistil"):
+                if "minidistil" not in steps or fw == "minidistil":
+                    models = _md_models(s, sc.kind)
+                    if torch_models is not None:  # the same weights as torch: the outputs can be compared
+                        for m, tm in zip(models, torch_models):
+                            if m is not None:
+                                m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()},
+                                                  strict=False)
+                steps[fw] = minidistil_step(s, sc, models)  # minidistil-fast shares the models
+            elif fw == "torch":
+                steps[fw] = torch_step(s, sc, torch_models)
+            elif fw == "onnxruntime" and sc.kind == "forward":
+                onnx_path = export_onnx(s, sc, os.path.join(tmp, f"distilbert_{sc.name}.onnx"), torch_models[0])
+                steps[fw] = onnx_step(s, sc, onnx_path)
+        outs = {}
+        for fw, step in steps.items():  # warm-up: JIT compilation, first-touch allocations
+            with _FastMath(fw == "minidistil-fast"):
+                for _ in range(warmup):
+                    outs[fw] = step()
+        if sc.kind == "forward" and "minidistil" in outs:
+            import numpy as np  # noqa: PLC0415
+            ref = np.asarray(outs["minidistil"])
+            for fw, o in outs.items():
+                if fw != "minidistil":
+                    o = o.detach().numpy() if hasattr(o, "detach") else np.asarray(o)
+                    log(f"  {sc.name}: max |{fw} - minidistil| = {float(np.abs(o - ref).max()):.2e}")
+        times = {fw: [] for fw in steps}
+        for _ in range(repeat):  # interleaved: one step of each framework in turn
+            for fw, step in steps.items():
+                time.sleep(pause)
+                with _FastMath(fw == "minidistil-fast"):
+                    t0 = time.perf_counter()
+                    step()
+                    times[fw].append((time.perf_counter() - t0) * 1e3)
+        fl = flops(s, sc)
+        base = statistics.median(times["minidistil"]) if "minidistil" in times else None
+        for fw, ts in times.items():
+            ms = statistics.median(ts)
+            r = Result(sc.name, fw, ms, [round(t, 3) for t in ts], ratio=(ms / base if base else None),
+                       gflops=fl / ms / 1e6)
+            if memory:
+                mem = measure_memory(fw, quick, sc, onnx_path)
+                r.base_mb, r.peak_mb = mem.get("base_mb"), mem.get("peak_mb")
+                r.note = mem.get("error", "")
+            results.append(r)
+            log(format_row(r))
+        del steps, torch_models
+    env["loadavg_end"] = list(os.getloadavg())
+    return env, results
+
+
+def format_row(r: Result) -> str:
+    def f(x, spec):
+        return format(x, spec) if x is not None else "-"
+    return (f"{r.scenario:<10} {r.framework:<16} {r.ms:10.1f} ms  x{f(r.ratio, '5.2f')}  {f(r.gflops, '7.1f')} GFLOP/s"
+            f"  peak {f(r.peak_mb, '7.0f')} MB (base {f(r.base_mb, '5.0f')})" + (f"  [{r.note}]" if r.note else ""))
+
+
+def format_table(results: list[Result]) -> str:
+    head = (f"{'scenario':<10} {'framework':<16} {'median':>13}  {'ratio':>6}  {'rate':>15}  peak memory "
+            f"(resident after imports)")
+    return "\n".join([head] + [format_row(r) for r in results])
+
+
+def plot(results: list[Result], path: str):
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    names = list(dict.fromkeys(r.scenario for r in results))
+    fws = list(dict.fromkeys(r.framework for r in results))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(names), 4))
+    width = 0.8 / max(1, len(fws))
+    for i, fw in enumerate(fws):
+        xs, ys = [], []
+        for j, n in enumerate(names):
+            r = next((r for r in results if r.scenario == n and r.framework == fw), None)
+            if r is not None:
+                xs.append(j + (i - (len(fws) - 1) / 2) * width)
+                ys.append(r.ms)
+        ax.bar(xs, ys, width, label=fw)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yscale("log")
+    ax.set_ylabel("median ms per step (log scale)")
+    ax.set_title("minidistil bench (lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line
+
+
+def _add_arguments(p: argparse.ArgumentParser):
+    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test: seconds)")
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                   help=f"comma-separated subset of {','.join(FRAMEWORKS)} (default: all installed)")
+    p.add_argument("--scenarios", default="", help="comma-separated scenario names (default: all)")
+    p.add_argument("--repeat", type=int, default=5, help="timed rounds after warm-up (default: 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per framework first (default: 2)")
+    p.add_argument("--pause", type=float, default=0.3, help="seconds of sleep before each timed step (default: 0.3)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--fast-math", action="store_true", help="also time minidistil with MINIDISTIL_FAST_MATH=1")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--plot", help="write a bar chart (PNG) to this file")
+
+
+def run_args(args) -> int:
+    fws = tuple(f.strip() for f in args.frameworks.split(",") if f.strip())
+    bad = [f for f in fws if f not in FRAMEWORKS]
+    if bad:
+        raise ValueError(f"--frameworks: unknown {bad}, expected a subset of {list(FRAMEWORKS)}")
+    if "minidistil" not in fws:
+        raise ValueError("--frameworks: minidistil must be one of them (the ratios are against it)")
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()] or None
+    known = [sc.name for sc in scenarios(args.quick)]
+    if names and any(n not in known for n in names):
+        raise ValueError(f"--scenarios: expected names among {known}, got {names}")
+    if args.repeat < 1 or args.warmup < 0:
+        raise ValueError("--repeat must be >= 1 and --warmup >= 0")
+    if args.pause < 0:
+        raise ValueError("--pause must be >= 0")
+    env, results = run(args.quick, fws, names, args.repeat, args.warmup, not args.no_memory, args.fast_math,
+                       args.pause)
+    print()
+    print(format_table(results))
+    print(f"load average before {env['loadavg']}, after {env['loadavg_end']} on {env['cores']} cores")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"environment": env, "sizes": asdict(QUICK if args.quick else FULL),
+                       "results": [asdict(r) for r in results]}, f, indent=1)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def add_command(subparsers, name: str, help: str):
+    p = subparsers.add_parser(name, help=help, description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(p)
+    p.set_defaults(run=run_args)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--_memory-child":  # internal: one (framework, scenario) in a fresh process
+        fw, name, onnx_path, steps = argv[1:5]
+        print(json.dumps(_memory_child(fw, "--quick" in argv, name, onnx_path or None, int(steps))))
+        return 0
+    p = argparse.ArgumentParser(prog="minidistil bench", description=__doc__.split("\n\n")[0])
+    _add_arguments(p)
+    return run_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Where arrays live: "cpu" (numpy arrays) or "cuda" (numba.cuda device arrays, on a GPU or the simulator).
+
+    model.to("cuda")                        parameters (and any gradients) move to GPU memory, once
+    out = model(input_ids, attention_mask)  ids and mask are numpy arrays; the kernels copy them over once per call
+    out.logits.numpy(), np.asarray(t)       copy a result back to the host only when asked; losses are floats
+    print(describe())                       "device: cuda (NVIDIA H100 ...), GEMM: cublas (cupy)"
+
+Every op of a model dispatches on the type of its input arrays (minidistil.kernels.*, `_cuda.is_device_array`), so
+the same Python code runs on either device. numba.cuda is imported only by minidistil/kernels/_cuda.py, and only
+when "cuda" is asked for: without a GPU (and without NUMBA_ENABLE_CUDASIM=1) it raises `_cuda.require_cuda`'s
+RuntimeError, which says what to install or set.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minidistil.kernels import _cuda
+
+DEVICES = ("cpu", "cuda")
+
+
+def check_device(device) -> str:
+    """"cpu" or "cuda" (None means "cpu"); "cuda" also checks that a GPU (or the simulator) is there."""
+    device = "cpu" if device is None else str(device).lower()
+    if device.startswith("cuda:"):
+        device = "cuda" if device == "cuda:0" else device
+    if device not in DEVICES:
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        _cuda.require_cuda()  # a RuntimeError saying what is missing
+    return device
+
+
+def device_of(x) -> str:
+    """"cuda" for a device array or a Tensor / Module holding one, else "cpu"."""
+    from minidistil.autograd import Tensor  # noqa: PLC0415
+    from minidistil.nn import Module  # noqa: PLC0415
+    if isinstance(x, Module):
+        params = x.parameters()
+        return device_of(params[0]) if params else "cpu"
+    if isinstance(x, Tensor):
+        x = x.data
+    return "cuda" if _cuda.is_device_array(x) else "cpu"
+
+
+def move_array(a, device: str):
+    """A numpy or device array on `device` (the same object when it is already there)."""
+    device = check_device(device)
+    if device == "cuda":
+        return _cuda.to_device(a)  # C-contiguous copy of the bytes
+    return _cuda.to_host(a)
+
+
+def to_device(x, device: str):
+    """Move a Tensor (in place: its data and gradient; returned), a Module (every parameter, in place; returned)
+    or an array (a moved copy returned) to `device`."""
+    from minidistil.autograd import Tensor  # noqa: PLC0415
+    from minidistil.nn import Module  # noqa: PLC0415
+    if isinstance(x, Module):
+        return module_to(x, device)
+    if isinstance(x, Tensor):
+        x.data = move_array(x.data, device)
+        if x.grad is not None:
+            x.grad = move_array(x.grad, device)
+        return x
+    return move_array(x, device)
+
+
+def module_to(module, device: str):
+    """Every parameter of `module` (tied ones once: they are one object) moved to `device` in place. Parameters are
+    moved bit for bit (a copy of the bytes, no arithmetic). Returns the module."""
+    device = check_device(device)
+    seen = set()
+    for _, m in module.named_modules():
+        for p in m._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                to_device(p, device)
+    return module
+
+
+def synchronize():
+    """Wait for the GPU's queued kernels (for timing); nothing on the CPU."""
+    if _cuda.available():
+        _cuda.get_cuda().synchronize()
+
+
+def describe(device: str = "cuda") -> str:
+    """One line naming the device and the GEMM in use, e.g. for `minidistil bench --device cuda`."""
+    if device == "cpu":
+        return "device: cpu (numpy arrays, Numba CPU kernels, BLAS GEMM)"
+    cuda = _cuda.require_cuda()
+    if _cuda.SIMULATOR:
+        where = "the numba.cuda simulator (NUMBA_ENABLE_CUDASIM=1: every GPU thread is a Python thread, slow)"
+    else:
+        try:
+            d = cuda.get_current_device()
+            name = d.name.decode() if isinstance(d.name, bytes) else str(d.name)
+            where = f"{name} (compute capability {d.compute_capability[0]}.{d.compute_capability[1]})"
+        except Exception as e:  # pragma: no cover - depends on the driver
+            where = f"a GPU ({type(e).__name__} reading its name)"
+    return f"device: cuda on {where}; GEMM: {_cuda.gemm_backend()}; {_cuda.THREADS} threads per block"

@@ -1,0 +1,312 @@
+"""The whole model on numba.cuda: forward, backward and distillation steps on the device equal the CPU run.
+
+On the simulator (NUMBA_ENABLE_CUDASIM=1, set by conftest.py without a GPU) every GPU thread is a Python thread, so
+the models are tiny: vocabulary 24, width 8, 2 heads, FFN 16, B = 2, T = 4 (one row padded). On a real GPU the
+same tests run with `pytest -m cuda`.
+
+Tolerances. The CPU and GPU runs are both float32 and differ only in the order of their sums, so each result's
+difference is at most twice the error of one run. One reduction of length K over terms of size `scale` is off by
+at most f32_tol(K, scale) (see _common.f32_tol); a network is a chain of such reductions, and LayerNorm
+re-normalises after every block, so errors add (they are not amplified by more than the O(1) gain of each block).
+`chain_tol(n, K, scale)` = 2 * n * f32_tol(K, scale), with n the number of chained reductions (per layer: q/k/v,
+scores, softmax, probs @ v, out_lin, LayerNorm, lin1, lin2, LayerNorm = 9; plus embeddings LN and the MLM head's
+transform, LN, projector, log-softmax = 5) and K the longest reduction (max of C, F, V, T and, for gradients, the
+B*T rows summed into dW). A backward pass chains the forward's reductions once more: n doubles.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from minidistil import functional as F
+from minidistil.autograd import Tensor, no_grad
+from minidistil.config import BertConfig, DistilBertConfig
+from minidistil.kernels import _common, _cuda
+from minidistil.kernels import elementwise as E
+
+V, C, H, FF, B, T = 24, 8, 2, 16, 2, 4
+N_PER_LAYER, N_HEAD = 9, 5
+
+
+def chain_tol(n_reductions: int, K: int, scale: float) -> float:
+    """Bound on |GPU - CPU| for a result at the end of a chain of n float32 reductions of length <= K (module
+    docstring): each run is off by <= n f32_tol(K, scale), so the two differ by at most twice that."""
+    return 2 * n_reductions * _common.f32_tol(K, scale=scale)
+
+
+def _data(seed=0):
+    r = np.random.default_rng(seed)
+    ids = r.integers(0, V, (B, T))
+    mask = np.ones((B, T), np.int64)
+    mask[1, T - 1:] = 0                      # a padded position: attention and the losses must skip it
+    labels = r.integers(0, V, (B, T))
+    labels[0, :2] = -100                     # ignored positions of the MLM loss
+    return ids, mask, labels
+
+
+def _student_config(n_layers=2):
+    return DistilBertConfig(vocab_size=V, dim=C, n_layers=n_layers, n_heads=H, hidden_dim=FF,
+                            max_position_embeddings=8, dropout=0.1, attention_dropout=0.1)
+
+
+def _grads(model):
+    return {n: _cuda.to_host(p.grad) for n, p in model.named_parameters() if p.grad is not None}
+
+
+# ---- moving a model -------------------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+def test_to_cuda_round_trip_is_bit_exact_and_keeps_ties():
+    from minidistil.distilbert import DistilBertForMaskedLM
+    m = DistilBertForMaskedLM.from_config(_student_config(1), seed=3)
+    before = {n: a.copy() for n, a in m.state_dict().items()}
+    assert m.to("cuda") is m and m.device == "cuda"
+    for n, p in m.named_parameters():
+        assert _cuda.is_device_array(p.data), n
+    # the tied projector is still the word embedding Parameter (one array, one gradient)
+    assert m.vocab_projector.weight is m.distilbert.embeddings.word_embeddings.weight
+    on_device = m.state_dict()  # copies to the host
+    m.to("cpu")
+    assert m.device == "cpu"
+    for n, a in m.state_dict().items():
+        assert isinstance(a, np.ndarray)
+        # bit for bit: compare the raw 32-bit patterns, not the values
+        assert np.array_equal(a.view(np.uint32), before[n].view(np.uint32)), n
+        assert np.array_equal(on_device[n].view(np.uint32), before[n].view(np.uint32)), n
+
+
+def test_cuda_without_a_gpu_fails_with_a_clear_message(tmp_path):
+    if os.path.exists("/dev/nvidiactl"):
+        pytest.skip("this machine has a GPU: the no-GPU error path cannot be shown here")
+    code = ("from minidistil.config import DistilBertConfig\n"
+            "from minidistil.distilbert import DistilBertModel\n"
+            "m = DistilBertModel.from_config(DistilBertConfig(vocab_size=10, dim=4, n_layers=1, n_heads=1, "
+            "hidden_dim=4, max_position_embeddings=4))\n"
+            "try:\n    m.to('cuda')\nexcept RuntimeError as e:\n    print('RuntimeError:', e)\n"
+            "from minidistil.device import check_device\n"
+            "try:\n    check_device('tpu')\nexcept ValueError as e:\n    print('ValueError:', e)\n")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "RuntimeError: no CUDA GPU is available (device='cuda' was asked for)" in res.stdout, res.stdout
+    assert "NUMBA_ENABLE_CUDASIM=1" in res.stdout
+    assert "ValueError: device: expected 'cpu' or 'cuda', got 'tpu'" in res.stdout
+    # the CLI says the same, without a traceback
+    res = subprocess.run([sys.executable, "-m", "minidistil.distill", "--teacher", "missing-teacher", "--out",
+                          str(tmp_path / "s"), "--device", "cuda", "--steps", "1"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "error: no CUDA GPU is available" in res.stdout and "Traceback" not in res.stderr, res.stderr
+
+
+# ---- forward and backward of the whole model ------------------------------------------------------------------
+
+@pytest.mark.cuda
+def test_model_forward_backward_on_device_equals_cpu():
+    from minidistil.distilbert import DistilBertForMaskedLM
+    cfg = _student_config(2)
+    model = DistilBertForMaskedLM.from_config(cfg, seed=0)
+    ids, mask, labels = _data(0)
+
+    out = model(ids, mask, labels=labels, output_hidden_states=True)
+    out.loss.backward()
+    cpu_logits, cpu_hidden, cpu_loss = out.logits.numpy().copy(), [h.numpy().copy() for h in out.hidden_states], \
+        float(out.loss.item())
+    cpu_grads = _grads(model)
+    model.zero_grad()
+
+    model.to("cuda")
+    out = model(ids, mask, labels=labels, output_hidden_states=True)
+    assert _cuda.is_device_array(out.logits.data) and all(_cuda.is_device_array(h.data) for h in out.hidden_states)
+    assert isinstance(out.loss.data, np.ndarray)  # a loss is a host number
+    out.loss.backward()
+    grads = _grads(model)
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            assert _cuda.is_device_array(p.grad), f"{n}: the gradient left the device"
+
+    L = cfg.n_layers
+    K = max(C, FF, V, T)
+    n_fwd = L * N_PER_LAYER + N_HEAD
+    logits = out.logits.numpy()
+    assert logits.dtype == np.float32
+    _common.assert_close(logits, cpu_logits, atol=chain_tol(n_fwd, K, float(np.abs(cpu_logits).max())),
+                         name="logits")
+    for i, (h, h_cpu) in enumerate(zip(out.hidden_states, cpu_hidden)):
+        _common.assert_close(h.numpy(), h_cpu, atol=chain_tol(i * N_PER_LAYER + 1, K, float(np.abs(h_cpu).max())),
+                             name=f"hidden_states[{i}]")
+    assert abs(float(out.loss.item()) - cpu_loss) <= chain_tol(n_fwd + 1, max(K, B * T), abs(cpu_loss))
+    # every parameter's gradient: the backward doubles the chain, and dW sums the B*T rows
+    assert set(grads) == set(cpu_grads) and len(grads) == len(list(model.named_parameters()))
+    for n, g in grads.items():
+        scale = _grad_scale(n, cpu_grads)
+        _common.assert_close(g, cpu_grads[n], atol=chain_tol(2 * n_fwd, max(K, B * T), scale), name=n)
+
+
+def _grad_scale(name: str, grads: dict) -> float:
+    """The size of the terms summed into a parameter's gradient. For a weight, its gradient's own size. A bias's
+    gradient db = sum_n dy_n sums the same dy as the weight's dW = dy^T x (x a LayerNorm output, O(1)), so its
+    terms are as large as dW's entries even where db itself cancels to 0: the key bias's gradient is exactly 0,
+    because softmax ignores the constant q.b_k that the bias adds to a row of scores. Its rounding residue is
+    then compared at the size of those terms."""
+    scale = float(np.abs(grads[name]).max())
+    sibling = name[: -len("bias")] + "weight"
+    if name.endswith(".bias") and sibling in grads:
+        scale = max(scale, float(np.abs(grads[sibling]).max()))
+    return scale
+
+
+# ---- three distillation steps ---------------------------------------------------------------------------------
+
+def _teacher():
+    from minidistil.bert import BertForMaskedLM
+    cfg = BertConfig(vocab_size=V, hidden_size=C, num_hidden_layers=1, num_attention_heads=H, intermediate_size=FF,
+                     max_position_embeddings=8, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    return BertForMaskedLM.from_config(cfg, seed=1)
+
+
+def _distill_steps(device: str, steps: int = 3):
+    """`steps` updates of the triple loss (+ MSE and the pooled terms) with clipping and AdamW, student in training
+    mode (dropout on: the same masks on both devices, from the same seeds). Returns the per-step (loss, terms,
+    grad norm), the final parameters and AdamW's moments, all on the host."""
+    from minidistil.distill import LossWeights, distillation_loss, forward_outputs, make_student
+    from minidistil.optim import AdamW, clip_grad_norm
+    teacher = _teacher().eval()
+    student = make_student(teacher, layers=[0])  # then trained away from it
+    teacher.to(device)
+    student.to(device)
+    w = LossWeights(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, alpha_mse=1.0, alpha_pool_cos=1.0, alpha_pool_mse=1.0)
+    # eps 1e-3 (not DistilBERT's 1e-6) keeps the update a smooth function of the gradient: |d update / d g| <=
+    # 1 / eps, so a float32 difference in a gradient near 0 cannot flip an update's sign (see the tolerance below)
+    opt = AdamW(student.named_parameters(), lr=1e-2, eps=1e-3)
+    student.train()
+    history = []
+    for s in range(steps):
+        ids, mask, labels = _data(10 + s)
+        F.manual_seed(s)  # dropout seeds of this step
+        with no_grad():
+            t_logits, t_hidden = forward_outputs(teacher, ids, mask)
+        s_logits, s_hidden = forward_outputs(student, ids, mask)
+        loss, terms = distillation_loss(s_logits, t_logits, s_hidden, t_hidden, labels, mask, w)
+        loss.backward()
+        norm = clip_grad_norm(opt.parameters(), max_norm=0.05)  # small enough to clip: the scale kernel runs
+        opt.step()
+        opt.zero_grad()
+        history.append((float(loss.item()), terms, norm))
+    params = {n: a.copy() for n, a in student.state_dict().items()}
+    state = opt.state_dict()
+    if device == "cuda":
+        assert all(_cuda.is_device_array(a) for a in opt.m.values()), "AdamW's moments must live on the device"
+    return history, params, state
+
+
+@pytest.mark.cuda
+def test_three_distillation_steps_on_device_equal_cpu():
+    from minidistil.kernels.adamw import update_bound
+    cpu_hist, cpu_params, cpu_state = _distill_steps("cpu")
+    gpu_hist, gpu_params, gpu_state = _distill_steps("cuda")
+
+    # student and teacher: 1 layer + MLM head each; the loss adds the teacher's chain to the student's
+    K = max(C, FF, V, B * T)
+    n_fwd = 2 * (N_PER_LAYER + N_HEAD)
+    for s, ((l_c, t_c, g_c), (l_g, t_g, g_g)) in enumerate(zip(cpu_hist, gpu_hist)):
+        assert abs(l_g - l_c) <= chain_tol(n_fwd, K, abs(l_c)), f"step {s}: loss {l_g} vs {l_c}"
+        for k in t_c:
+            assert abs(t_g[k] - t_c[k]) <= chain_tol(n_fwd, K, max(abs(t_c[k]), 1.0)), (s, k, t_g[k], t_c[k])
+        assert abs(g_g - g_c) <= chain_tol(2 * n_fwd, K, g_c), f"step {s}: grad norm {g_g} vs {g_c}"
+        assert g_c > 0.05, "the test wants clipping to happen"
+    # parameters after 3 AdamW steps. The gradients (clipped to norm 0.05) differ by at most
+    # e = chain_tol(2 n_fwd, K, 0.05); one update u = m^/(sqrt(v^) + eps) moves by at most e / eps per step, times
+    # lr, over 3 steps; each update is also rounded (~10 float32 roundings of a change <= update_bound).
+    lr, eps, steps = 1e-2, 1e-3, 3
+    e = chain_tol(2 * n_fwd, K, 0.05)
+    tol_p = steps * lr * e / eps + _common.f32_tol(10 * steps, scale=update_bound(lr, 0.9, 0.98, steps) + 1.0)
+    assert set(gpu_params) == set(cpu_params)
+    for n in cpu_params:
+        _common.assert_close(gpu_params[n], cpu_params[n], atol=tol_p, name=n)
+    for key in ("m", "v"):
+        for n in cpu_state[key]:
+            # m: a mix of the gradients (each off by <= e); v of their squares (off by <= 2 * 0.05 * e)
+            tol = e if key == "m" else 2 * 0.05 * e + _common.f32_tol(steps, scale=0.05 ** 2)
+            _common.assert_close(gpu_state[key][n], cpu_state[key][n], atol=tol, name=f"{key}[{n}]")
+    assert gpu_state["t"] == cpu_state["t"] == steps
+
+
+# ---- the small generic kernels the autograd uses on device arrays ---------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("a_shape,b_shape", [((2, 3, 5), (5,)), ((2, 3, 5), (2, 3, 1)), ((2, 3, 5), (2, 3, 5)),
+                                             ((1, 5), (3, 1)), ((4,), ()), ((), ())])
+def test_elementwise_binary_and_sum_to_match_numpy(rng, a_shape, b_shape):
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    ad, bd = _cuda.to_device(a), _cuda.to_device(b)
+    for op in ("add", "sub", "mul"):
+        got = _cuda.to_host(getattr(E, op)(ad, bd))
+        assert got.dtype == np.float32
+        # one float32 operation per element, the same one numpy does: bit-identical
+        assert np.array_equal(got, E.binary_ref(op, a, b)), op
+        assert np.array_equal(_cuda.to_host(getattr(E, op)(bd, ad)), E.binary_ref(op, b, a)), op + " reversed"
+    assert np.array_equal(_cuda.to_host(E.mul(ad, np.float32(0.25))), a * np.float32(0.25))
+    assert np.array_equal(_cuda.to_host(E.sub(np.float32(1.5), ad)), np.float32(1.5) - a)
+    full = np.broadcast_shapes(a_shape, b_shape)
+    g = rng.standard_normal(full).astype(np.float32)
+    for shape in (a_shape, b_shape):
+        got = _cuda.to_host(E.sum_to(_cuda.to_device(g), shape))
+        want = E.sum_to_ref(g.astype(np.float64), shape)
+        n = max(1, int(np.prod(full)) // max(1, int(np.prod(shape))))  # terms per output element
+        _common.assert_close(got, want, atol=_common.f32_tol(n, scale=float(np.abs(g).max(initial=0))),
+                             name=f"sum_to {shape}")
+        assert got.shape == tuple(shape) and got.dtype == np.float32
+
+
+@pytest.mark.cuda
+def test_elementwise_take_axpy_fill_copy_and_sum(rng):
+    x = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    xd = _cuda.to_device(x)
+    for axis, i in ((1, 0), (2, -1), (0, 1)):
+        got = _cuda.to_host(E.take(xd, axis, i))
+        assert np.array_equal(got, E.take_ref(x, axis, i))
+        back = _cuda.to_host(E.take_backward(_cuda.to_device(got), x.shape, axis, i))
+        assert np.array_equal(back, E.take_backward_ref(got, x.shape, axis, i))
+    assert E.single_axis_index((slice(None), 0), 3) == (1, 0)
+    assert E.single_axis_index((Ellipsis, 1), 3) == (2, 1)
+    assert E.single_axis_index((slice(None), slice(0, 2)), 3) is None
+    y = E.copy(xd)
+    E.axpy_(y, xd, 2.0)
+    assert np.array_equal(_cuda.to_host(y), x + np.float32(2.0) * x)
+    E.scale_(y, 0.5)
+    assert np.array_equal(_cuda.to_host(y), (x + np.float32(2.0) * x) * np.float32(0.5))
+    assert np.array_equal(_cuda.to_host(E.full((2, 2), 3.0, like=xd)), np.full((2, 2), 3.0, np.float32))
+    assert _cuda.to_host(E.copy(xd, np.float64)).dtype == np.float64
+    s = _cuda.to_host(E.sum(xd, axis=1))
+    _common.assert_close(s, x.astype(np.float64).sum(1), atol=_common.f32_tol(3, scale=float(np.abs(x).max())))
+    with pytest.raises(ValueError, match="index: expected an index in"):
+        E.take(xd, 1, 3)
+    with pytest.raises(ValueError, match=r"b: shape \(4,\) does not broadcast"):
+        E.add(xd, _cuda.to_device(np.zeros(4, np.float32)))
+
+
+@pytest.mark.cuda
+def test_autograd_generic_ops_on_device(rng):
+    """sum, mean, mul by a host mask, [CLS] indexing, a device matmul, neg and sub: values and gradients."""
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    w = rng.standard_normal((4, 2)).astype(np.float32)
+    m = (rng.random((2, 3, 1)) > 0.3).astype(np.float32)
+
+    def run(dev):
+        xt = Tensor(_cuda.to_device(x) if dev else x.copy(), requires_grad=True)
+        wt = Tensor(_cuda.to_device(w) if dev else w.copy(), requires_grad=True)
+        pooled = (xt * m).sum(axis=1) * np.float32(0.5)       # (2, 4)
+        cls = xt[:, 0]                                         # (2, 4)
+        y = (pooled - cls) @ wt                                # (2, 2)
+        out = (-y).mean(axis=0)                                # (2,)
+        out.backward(np.array([1.0, -2.0], np.float32) if not dev else _cuda.to_device(np.array([1.0, -2.0], np.float32)))
+        return out.numpy(), _cuda.to_host(xt.grad), _cuda.to_host(wt.grad)
+
+    for got, want in zip(run(True), run(False)):
+        _common.assert_close(got, want, atol=_common.f32_tol(12, scale=8.0))
