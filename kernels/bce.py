@@ -168,6 +168,7 @@ def _cuda_kernels():
 
 def bce_with_logits_forward_cuda(logits, targets):
     _check(logits, targets)
+    targets = _cuda.to_device(targets)  # host labels (a fine-tuning batch's) copied over once, as cross_entropy does
     fwd, _ = _cuda_kernels()
     N = logits.shape[0]
     row_loss = _cuda.device_empty((N,))

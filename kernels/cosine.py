@@ -338,6 +338,7 @@ def cosine_loss_backward_cuda(dloss, cache):
 
 def mse_forward_cuda(a, b, mask=None):
     sel, n = _check(a, b, mask)
+    b = _cuda.to_device(b)  # host targets (regression labels) copied over once; a device b passes through
     mse_fwd = _cuda_kernels()[2]
     N = a.shape[0]
     sel_d = _cuda.to_device(sel.astype(np.uint8))

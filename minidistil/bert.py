@@ -172,8 +172,10 @@ class BertModel(BertPreTrainedModel):
         hidden_states, attentions = [x], []
         for layer in self.encoder.layer:
             x, probs = layer(x, mask)                                           # (B, T, C), (B, H, T, T)
-            hidden_states.append(x)
-            attentions.append(probs)
+            if output_hidden_states:
+                hidden_states.append(x)
+            if output_attentions:  # kept only when asked: at T = 512 the 6 layers' probs are 600 MB
+                attentions.append(probs)
         pooled = self.pooler(x) if self.pooler is not None else None            # (B, C)
         return BaseModelOutputWithPooling(
             last_hidden_state=x, pooler_output=pooled,

@@ -240,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .hub import FetchError
     from .safetensors_io import SafetensorsError
+    if getattr(args, "device", None) == "cuda":  # every command's --device: no GPU -> one line, before any work
+        from .device import check_device  # noqa: PLC0415
+        try:
+            check_device("cuda")
+        except RuntimeError as e:
+            print(f"minidistil {args.command}: error: {e}", file=sys.stderr)
+            return 2
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -127,8 +127,10 @@ class DistilBertModel(DistilBertPreTrainedModel):
         hidden_states, attentions = [x], []
         for layer in self.transformer.layer:
             x, probs = layer(x, mask)                                           # (B, T, C), (B, H, T, T)
-            hidden_states.append(x)
-            attentions.append(probs)
+            if output_hidden_states:
+                hidden_states.append(x)
+            if output_attentions:  # kept only when asked: at T = 512 the 6 layers' probs are 600 MB
+                attentions.append(probs)
         return BaseModelOutput(last_hidden_state=x,
                                hidden_states=tuple(hidden_states) if output_hidden_states else None,
                                attentions=tuple(attentions) if output_attentions else None)

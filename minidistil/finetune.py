@@ -21,6 +21,8 @@ The run (one epoch = one pass over the shuffled training examples):
     training_curve.png (matplotlib optional), report.json; an atomic training checkpoint (out_dir/checkpoint.npz)
     at the end of each epoch and every `checkpoint_every` updates, which `resume=True` continues from exactly (the
     batch order of an epoch depends only on (seed, epoch), the dropout masks only on (seed, update)).
+    device="cuda" (--device cuda): the model, a teacher, the gradients and AdamW's moments live in GPU memory
+    (minidistil.device); each batch's ids and labels are copied over, losses and evaluation logits come back.
 
 Task-level distillation (DistilBERT's "(D)" runs): with `teacher=` a checkpoint already fine-tuned on the same task,
 the loss becomes
@@ -47,6 +49,8 @@ from . import losses as L
 from . import metrics as M
 from . import taskdata as TD
 from .autograd import no_grad
+from .device import check_device, describe
+from .kernels import _cuda
 from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
 
 TASKS = {  # task -> (head class suffix, problem_type, main metric)
@@ -111,6 +115,7 @@ class FinetuneConfig:
     stop_after: int | None = None        # end this session after N updates in all (resume=True continues)
     resume: bool = False
     progress: bool = True
+    device: str = "cpu"                  # "cuda": model, teacher, gradients and AdamW state in GPU memory
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -321,24 +326,33 @@ def forward(model, b: dict, with_labels: bool = True):
     return model(b["input_ids"], **kwargs)
 
 
+def _target(t) -> np.ndarray:
+    """A teacher output as a C-contiguous array left where it is (numpy, or a numba.cuda device array)."""
+    return t.data if _cuda.is_device_array(t.data) else np.ascontiguousarray(t.data)
+
+
 def teacher_loss(task: str, s_out, t_out, b: dict, temperature: float):
-    """The student-to-teacher term on one batch (see the module docstring)."""
+    """The student-to-teacher term on one batch (see the module docstring). The teacher's logits stay on the
+    device they were computed on (the student's)."""
     T = float(temperature)
     if task in ("classification", "choice"):
-        return L.distill_kl(s_out.logits, np.ascontiguousarray(t_out.logits.numpy()), T)
+        return L.distill_kl(s_out.logits, _target(t_out.logits), T)
     if task == "regression":
-        return L.mse(s_out.logits, np.ascontiguousarray(t_out.logits.numpy()))
+        return L.mse(s_out.logits, _target(t_out.logits))
     if task == "multilabel":
         soft = 1.0 / (1.0 + np.exp(-t_out.logits.numpy().astype(np.float64) / T))      # (B, K) soft targets
-        return L.bce_with_logits(s_out.logits * (1.0 / T), np.ascontiguousarray(soft, dtype=np.float32)) * (T * T)
+        soft = np.ascontiguousarray(soft, dtype=np.float32)
+        if _cuda.is_device_array(s_out.logits.data):
+            soft = _cuda.to_device(soft)                                              # (B*K floats: one copy)
+        return L.bce_with_logits(s_out.logits * (1.0 / T), soft) * (T * T)
     if task == "token":
         B, T_, K = s_out.logits.shape
         rows = np.ascontiguousarray(b["attention_mask"].reshape(-1) != 0)            # (B*T,) real tokens
-        t = np.ascontiguousarray(t_out.logits.numpy().reshape(B * T_, K))
+        t = _target(t_out.logits.reshape(B * T_, K))
         return L.distill_kl(s_out.logits.reshape(B * T_, K), t, T, rows)
     if task == "qa":
-        start = L.distill_kl(s_out.start_logits, np.ascontiguousarray(t_out.start_logits.numpy()), T)
-        end = L.distill_kl(s_out.end_logits, np.ascontiguousarray(t_out.end_logits.numpy()), T)
+        start = L.distill_kl(s_out.start_logits, _target(t_out.start_logits), T)
+        end = L.distill_kl(s_out.end_logits, _target(t_out.end_logits), T)
         return (start + end) * 0.5
     raise ValueError(f"task: unknown {task!r}")
 
@@ -514,6 +528,7 @@ def finetune(task: str | None = None, model: str | None = None, train: str | Non
         raise ValueError("model, train: both are required (a checkpoint folder and a training file)")
     if not 0.0 <= cfg.alpha <= 1.0:
         raise ValueError(f"alpha: expected a weight in [0, 1], got {cfg.alpha}")
+    cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
     say = print if cfg.progress else (lambda *a, **k: None)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -558,9 +573,14 @@ def finetune(task: str | None = None, model: str | None = None, train: str | Non
         say(f"resumed from {ckpt_path}: epoch {state['epoch'] + 1}, update {state['step']}")
     elif metrics_path.exists():
         metrics_path.unlink()
+    if cfg.device != "cpu":  # after any resume (loaded on the host); AdamW moves its moments on its first step
+        model_.to(cfg.device)
+        if teacher is not None:
+            teacher.to(cfg.device)
+        say(describe(cfg.device))
 
-    def save_state():
-        ckpt.save_checkpoint(ckpt_path, step=state["step"], model={n: p.data for n, p in params.items()},
+    def save_state():  # the parameters as Tensors: np.asarray copies device arrays to the host
+        ckpt.save_checkpoint(ckpt_path, step=state["step"], model=params,
                              optimizer=opt.state_dict(), extra={"state": state, "config": _jsonable(cfg)})
 
     def log(row):
@@ -748,6 +768,8 @@ def add_command(sub, name: str = "finetune", help: str = "fine-tune on a task"):
     p.add_argument("--stop-after", type=int, help="end after N updates in all (continue later with --resume)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
+                   help="cuda: model, teacher and optimiser on the GPU (numba.cuda kernels; default %(default)s)")
     p.set_defaults(run=run_cli)
     return p
 
@@ -755,7 +777,7 @@ def add_command(sub, name: str = "finetune", help: str = "fine-tune on a task"):
 def run_cli(args) -> int:
     names = {f.name for f in FinetuneConfig.__dataclass_fields__.values()}
     cfg = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names})
-    report = finetune(config=cfg)
+    report = finetune(config=cfg)  # (minidistil.cli.main has checked --device cuda: no GPU -> exit status 2)
     best = report.get("best_eval") or {}
     print(f"{report['task']}: {report['updates']} updates in {report['train_seconds']} s; best epoch "
           f"{report['best_epoch']}: {_summary(best) if best else 'no validation'}; model in {report['out_dir']}")

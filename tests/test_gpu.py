@@ -310,3 +310,185 @@ def test_autograd_generic_ops_on_device(rng):
 
     for got, want in zip(run(True), run(False)):
         _common.assert_close(got, want, atol=_common.f32_tol(12, scale=8.0))
+
+
+@pytest.mark.cuda
+def test_task_losses_take_host_labels_with_device_logits(rng):
+    """A fine-tuning batch's labels are numpy arrays: the multi-label BCE and the regression MSE copy them to the
+    device once (as cross_entropy does), giving bit for bit what device labels give."""
+    from minidistil import losses
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    y = (rng.random((2, 3)) > 0.5).astype(np.float32)
+    for fn in (losses.bce_with_logits, losses.mse):
+        results = []
+        for labels in (y, _cuda.to_device(y)):
+            xt = Tensor(_cuda.to_device(x), requires_grad=True)
+            loss = fn(xt, labels)
+            loss.backward()
+            results.append((float(loss), _cuda.to_host(xt.grad)))
+        assert results[0][0] == results[1][0] and np.array_equal(results[0][1], results[1][1]), fn.__name__
+
+
+# ---- fine-tuning, pipelines and the commands on the device ----------------------------------------------------
+
+# a vocabulary of V = 24 (5 special tokens + 19 words) and sentences of at most 4 words: T <= 6 with [CLS], [SEP]
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "the", "film", "was", "is", "it", "very", "and", "plot",
+         "so", "we", "saw", "a", "movie"]
+SENTIMENT = [("the film was good", "pos"), ("it is awful", "neg"), ("a great movie", "pos"), ("plot was poor", "neg"),
+             ("we saw it", "neg"), ("so very fine", "pos")]
+N_CLS_HEAD = 3  # pre_classifier, classifier, then the loss's log-softmax (or the pipeline's softmax)
+
+
+def _tiny_folder(folder, arch="DistilBertForMaskedLM", **config):
+    """A random 1-layer checkpoint of the tiny size above, with a tokenizer over WORDS (nothing downloaded)."""
+    import json
+
+    from minidistil import MODEL_CLASSES
+    from minidistil.loading import save_pretrained
+    from minidistil.tokenizer import Tokenizer
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                                              + WORDS))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 8}))
+    model = MODEL_CLASSES[arch].from_config(_student_config(1).replace(**config), seed=0)
+    save_pretrained(model, folder, tokenizer=Tokenizer.from_pretrained(folder))
+    return folder
+
+
+def _csv(path, rows):
+    path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    return str(path)
+
+
+@pytest.mark.cuda
+def test_two_finetuning_steps_on_device_equal_cpu(tmp_path, monkeypatch):
+    """`finetune(device=...)` itself: 2 updates (B = 2, dropout on, clipping, AdamW) of a classification head on a
+    student checkpoint, stopped before the epoch's end (stop_after), so its checkpoint.npz holds the weights and
+    AdamW's moments after exactly those updates and metrics.jsonl their losses and gradient norms."""
+    import functools
+    import json
+
+    from minidistil import checkpoint as ckpt
+    from minidistil import finetune as FT
+    from minidistil.kernels.adamw import update_bound
+    from minidistil.optim import AdamW
+    # eps 1e-3 (not 1e-6) keeps each update a smooth function of the gradient (as in the distillation test above)
+    eps, lr, clip, steps = 1e-3, 1e-2, 0.05, 2
+    monkeypatch.setattr(FT, "AdamW", functools.partial(AdamW, eps=eps))
+    base = _tiny_folder(tmp_path / "student")
+    train, val = _csv(tmp_path / "train.csv", SENTIMENT), _csv(tmp_path / "val.csv", SENTIMENT[:2])
+
+    def run(device):
+        out = tmp_path / device
+        FT.finetune("classification", str(base), train, str(out), validation=val, device=device, epochs=1,
+                    batch_size=2, lr=lr, warmup=0.0, max_grad_norm=clip, max_length=6, stop_after=steps,
+                    progress=False)
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return rows, ckpt.load_checkpoint(out / "checkpoint.npz")
+
+    cpu_rows, cpu = run("cpu")
+    gpu_rows, gpu = run("cuda")
+
+    K = max(C, FF, V, B * 6)  # the longest reduction: a width, or dW's sum over the B*T rows
+    n_fwd = 1 + N_PER_LAYER + N_CLS_HEAD  # embeddings' LayerNorm, the layer, the head and its loss
+    assert len(cpu_rows) == len(gpu_rows) == steps and gpu.step == cpu.step == steps
+    for r_c, r_g in zip(cpu_rows, gpu_rows):
+        assert r_g["step"] == r_c["step"] and r_g["lr"] == r_c["lr"]
+        for key in ("task_loss", "loss"):
+            assert abs(r_g[key] - r_c[key]) <= chain_tol(n_fwd, K, abs(r_c[key])), (r_c["step"], key, r_g, r_c)
+        assert abs(r_g["grad_norm"] - r_c["grad_norm"]) <= chain_tol(2 * n_fwd, K, r_c["grad_norm"]), (r_g, r_c)
+        assert r_c["grad_norm"] > clip, "the test wants clipping to happen"
+    # Parameters and moments. Each gradient entry is at most g_n, the largest gradient entry of parameter n over
+    # the steps, read off the CPU run's second moment: v = (1-b2) sum_k b2^(steps-k) g_k^2 >= (1-b2) b2^(steps-1) g_k^2
+    # (a bias is compared at its weight's size, as in _grad_scale). A gradient is then off by at most
+    # e_n = chain_tol(2 n_fwd, K, g_n); with eps = 1e-3 one update u = m^/(sqrt(v^) + eps) moves by at most e_n / eps,
+    # times lr, per step; and each update is rounded (~10 float32 roundings of a change <= update_bound).
+    b2 = 0.98
+    g = {n: float(np.sqrt(v.max() / ((1 - b2) * b2 ** (steps - 1)))) for n, v in cpu.optimizer["v"].items()}
+    g = {n: max(s, g.get(n[: -len("bias")] + "weight", 0.0)) if n.endswith(".bias") else s for n, s in g.items()}
+    e = {n: chain_tol(2 * n_fwd, K, s) for n, s in g.items()}
+    rounding = _common.f32_tol(10 * steps, scale=update_bound(lr, 0.9, b2, steps) + 1.0)
+    tol_p = {n: steps * lr * e[n] / eps + rounding for n in e}
+    assert set(gpu.model) == set(cpu.model) == set(tol_p)
+    for n, w in cpu.model.items():
+        assert gpu.model[n].dtype == np.float32
+        _common.assert_close(gpu.model[n], w, atol=tol_p[n], name=n)
+    for n in cpu.optimizer["m"]:
+        # m mixes the gradients (each off by <= e_n); v their squares (off by <= 2 g_n e_n, then rounded)
+        _common.assert_close(gpu.optimizer["m"][n], cpu.optimizer["m"][n], atol=e[n], name=f"m[{n}]")
+        _common.assert_close(gpu.optimizer["v"][n], cpu.optimizer["v"][n],
+                             atol=2 * g[n] * e[n] + _common.f32_tol(steps, scale=g[n] ** 2), name=f"v[{n}]")
+    # and the comparison says something: the updates moved the weights by far more than the tolerance
+    from minidistil.loading import from_pretrained
+    name = "distilbert.transformer.layer.0.ffn.lin1.weight"
+    assert np.abs(cpu.model[name] - from_pretrained(base).state_dict()[name]).max() > 10 * tol_p[name]
+
+
+@pytest.mark.cuda
+def test_text_classification_pipeline_and_predict_on_device_equal_cpu(tmp_path, capsys):
+    """pipeline(..., device="cuda") and `minidistil predict --device cuda`: the same labels as on the CPU and
+    scores within a float32 tolerance (3 texts at batch size 2: a full batch and a batch of 1)."""
+    import json
+
+    from minidistil import cli
+    from minidistil.pipelines import pipeline
+    names = {0: "neg", 1: "neutral", 2: "pos"}
+    # initializer_range 0.5: logits of a few units, so the scores are far from uniform and the labels differ
+    folder = _tiny_folder(tmp_path / "clf", "DistilBertForSequenceClassification", num_labels=3, id2label=names,
+                          label2id={v: k for k, v in names.items()}, initializer_range=0.5)
+    texts = ["the film was good", "awful plot", "we saw a movie"]
+    cpu = pipeline("text-classification", str(folder), device="cpu", batch_size=2)
+    gpu = pipeline("text-classification", str(folder), device="cuda", batch_size=2)
+    assert cpu.model.device == "cpu" and gpu.model.device == "cuda"
+    want = cpu(texts, top_k=None)
+    got = gpu(texts, top_k=None)
+
+    # logits: the embeddings' LayerNorm, the layer and the head's two linears (K: the longest reduction; the terms
+    # are of size <= max(1, |logits|): LayerNorm outputs, and head weights of std 0.5 over C = 8 inputs). A score
+    # p_k = softmax(z)_k moves by p_k (dz_k - sum_j p_j dz_j), at most 2 max|dz|.
+    logits = cpu._forward(cpu._encode(texts)).logits.numpy()
+    dz = chain_tol(1 + N_PER_LAYER + 2, max(C, FF, 6), max(1.0, float(np.abs(logits).max())))
+    for w, g in zip(want, got):
+        assert [r["label"] for r in g] == [r["label"] for r in w], (g, w)
+        assert w[0]["score"] - w[1]["score"] > 4 * dz, "a near tie: the label comparison would say nothing"
+        for rw, rg in zip(w, g):
+            assert abs(rg["score"] - rw["score"]) <= 2 * dz, (rg, rw)
+    assert len({r[0]["label"] for r in want}) > 1, "every text got the same label: pick other texts or seeds"
+
+    # the command: JSON lines, one per text, as the pipeline's
+    assert cli.main(["predict", "--model", str(folder), "--device", "cuda", "--batch-size", "2", "--top-k", "0",
+                     *texts]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == len(texts)
+    for line, w in zip(lines, want):
+        assert [r["label"] for r in line] == [r["label"] for r in w]
+        for rl, rw in zip(line, w):
+            assert abs(rl["score"] - rw["score"]) <= 2 * dz
+
+
+def test_finetune_and_predict_cuda_without_a_gpu_exit_2_with_one_line(tmp_path):
+    """Not marked cuda: it shows what happens WITHOUT one (as test_cuda_without_a_gpu_fails_with_a_clear_message)."""
+    if os.path.exists("/dev/nvidiactl"):
+        pytest.skip("this machine has a GPU: the no-GPU error path cannot be shown here")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    out = tmp_path / "out"
+    for args in (["finetune", "--task", "classification", "--model", "missing-model", "--train", "missing.csv",
+                  "--out", str(out), "--device", "cuda"],
+                 ["predict", "--model", "missing-model", "--device", "cuda", "some text"]):
+        res = subprocess.run([sys.executable, "-m", "minidistil.cli", *args], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 2, (args[0], res.returncode, res.stderr)
+        lines = res.stderr.splitlines()
+        assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+        assert lines[0].startswith(f"minidistil {args[0]}: error: no CUDA GPU is available"), lines[0]
+        assert "NUMBA_ENABLE_CUDASIM=1" in lines[0] and res.stdout == ""
+    assert not out.exists(), "the device is checked before any work"
+    # the library call says the same before any work: no output folder either
+    code = ("from minidistil.finetune import finetune\n"
+            "try:\n"
+            f"    finetune('classification', 'missing-model', 'missing.csv', {str(out)!r}, device='cuda')\n"
+            "except RuntimeError as e:\n    print('RuntimeError:', e)\n")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("RuntimeError: no CUDA GPU is available"), res.stdout
+    assert not out.exists()
