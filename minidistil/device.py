@@ -12,8 +12,6 @@ RuntimeError, which says what to install or set.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from minidistil.kernels import _cuda
 
 DEVICES = ("cpu", "cuda")

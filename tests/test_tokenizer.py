@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REQUIRE_ORACLES, oracle
-from minidistil import hub
+from conftest import oracle
 from minidistil.tokenizer import Tokenizer
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
@@ -27,19 +26,6 @@ def vocab_dir(tmp_path):
     (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB), encoding="utf-8")
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 16}))
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-def minilm_dir():
-    path = hub.local_path("all-MiniLM-L6-v2")
-    if path is None:
-        try:
-            path = hub.fetch("all-MiniLM-L6-v2")
-        except hub.FetchError as e:
-            if REQUIRE_ORACLES:
-                pytest.fail(f"all-MiniLM-L6-v2 is required in CI and could not be fetched: {e}")
-            pytest.skip(f"all-MiniLM-L6-v2 not available offline: {e}")
-    return path
 
 
 def _same(ours: dict, theirs: dict, keys=("input_ids", "token_type_ids", "attention_mask")):
