@@ -160,6 +160,7 @@ def _cuda_kernels():
     cuda = _cuda.get_cuda()
     from numba import float64  # noqa: PLC0415
     THREADS = _cuda.THREADS
+    block_sum, _ = _cuda.block_reductions()
 
     @cuda.jit
     def adamw(param, grad, m, v, decay, beta1, one_m_beta1, beta2, one_m_beta2, step_size, bc2_sqrt, eps):
@@ -184,16 +185,9 @@ def _cuda_kernels():
             x = float64(a[i])
             acc += x * x
             i += stride
-        buf[t] = acc
-        cuda.syncthreads()
-        s = THREADS // 2
-        while s > 0:
-            if t < s:
-                buf[t] += buf[t + s]
-            cuda.syncthreads()
-            s //= 2
+        total = block_sum(buf, acc)  # shared-memory tree reduction (_cuda.block_reductions)
         if t == 0:
-            partial[cuda.blockIdx.x] = buf[0]
+            partial[cuda.blockIdx.x] = total
 
     return adamw, sumsq
 

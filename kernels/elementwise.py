@@ -86,6 +86,7 @@ def _cuda_kernels():
     cuda = _cuda.get_cuda()
     from numba import float32  # noqa: PLC0415
     THREADS = _cuda.THREADS
+    block_sum, _ = _cuda.block_reductions()
 
     @cuda.jit
     def binary(a, sa, b, sb, out, shape, op):
@@ -172,16 +173,9 @@ def _cuda_kernels():
                 off += c * strides[d]
             acc += a[off]
             r += THREADS
-        buf[t] = acc
-        cuda.syncthreads()
-        s = THREADS // 2
-        while s > 0:
-            if t < s:
-                buf[t] += buf[t + s]
-            cuda.syncthreads()
-            s //= 2
+        total = block_sum(buf, acc)  # shared-memory tree reduction (_cuda.block_reductions)
         if t == 0:
-            out[o] = buf[0]
+            out[o] = total
 
     @cuda.jit
     def take(a, out, n, inner, index):

@@ -223,6 +223,7 @@ def _cuda_kernels():
     cuda = _cuda.get_cuda()
     from numba import float32  # noqa: PLC0415
     THREADS = _cuda.THREADS
+    block_sum, _ = _cuda.block_reductions()
 
     @cuda.jit
     def fwd(x, b, y, width, has_bias):
@@ -251,16 +252,9 @@ def _cuda_kernels():
         while r < rows:
             acc += dx[r * width + col]
             r += THREADS
-        buf[t] = acc
-        cuda.syncthreads()
-        s = THREADS // 2
-        while s > 0:
-            if t < s:
-                buf[t] += buf[t + s]
-            cuda.syncthreads()
-            s //= 2
+        total = block_sum(buf, acc)  # shared-memory tree reduction (_cuda.block_reductions)
         if t == 0:
-            db[col] = buf[0]
+            db[col] = total
 
     return fwd, bwd, colsum
 

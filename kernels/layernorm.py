@@ -235,20 +235,7 @@ def _cuda_kernels():
     from numba import float32  # noqa: PLC0415
     THREADS = _cuda.THREADS
 
-    @cuda.jit(device=True)
-    def block_sum(buf, t, v):
-        # every thread of the block calls this with its partial v; all get the block total back
-        buf[t] = v
-        cuda.syncthreads()
-        s = THREADS // 2
-        while s > 0:
-            if t < s:
-                buf[t] += buf[t + s]
-            cuda.syncthreads()
-            s //= 2
-        total = buf[0]
-        cuda.syncthreads()  # every thread has read buf[0] before buf is written again
-        return total
+    block_sum, _ = _cuda.block_reductions()  # shared-memory tree reduction; every thread gets the total
 
     @cuda.jit
     def fwd(x, r, has_r, w, b, eps, h, y, mean, rstd, C):
@@ -267,14 +254,14 @@ def _cuda_kernels():
                 v = x[base + j]
             s += v
             j += THREADS
-        m = block_sum(buf, t, s) / float32(C)
+        m = block_sum(buf, s) / float32(C)
         ss = float32(0.0)
         j = t
         while j < C:
             d = (h[base + j] if has_r else x[base + j]) - m
             ss += d * d
             j += THREADS
-        rs = float32(1.0) / math.sqrt(block_sum(buf, t, ss) / float32(C) + eps)
+        rs = float32(1.0) / math.sqrt(block_sum(buf, ss) / float32(C) + eps)
         j = t
         while j < C:
             v = h[base + j] if has_r else x[base + j]
@@ -302,8 +289,8 @@ def _cuda_kernels():
             s1 += dxhat
             s2 += dxhat * xhat
             j += THREADS
-        s1 = block_sum(buf, t, s1) / float32(C)
-        s2 = block_sum(buf, t, s2) / float32(C)
+        s1 = block_sum(buf, s1) / float32(C)
+        s2 = block_sum(buf, s2) / float32(C)
         j = t
         while j < C:
             xhat = (x[base + j] - m) * rs
@@ -324,8 +311,8 @@ def _cuda_kernels():
             aw += g * (x[i * C + col] - mean[i]) * rstd[i]
             ab += g
             i += THREADS
-        aw = block_sum(buf, t, aw)
-        ab = block_sum(buf, t, ab)
+        aw = block_sum(buf, aw)
+        ab = block_sum(buf, ab)
         if t == 0:
             dw[col] = aw
             db[col] = ab

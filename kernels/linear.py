@@ -174,6 +174,7 @@ def _cuda_kernels():
     from numba import float32  # noqa: PLC0415
     TILE = _cuda.TILE
     THREADS = _cuda.THREADS
+    block_sum, _ = _cuda.block_reductions()
 
     @cuda.jit
     def matmul(a, b, c, M, N, K, trans_a, trans_b):
@@ -226,16 +227,9 @@ def _cuda_kernels():
         while r < rows:
             acc += dy[r * width + col]
             r += THREADS
-        buf[t] = acc
-        cuda.syncthreads()
-        s = THREADS // 2
-        while s > 0:
-            if t < s:
-                buf[t] += buf[t + s]
-            cuda.syncthreads()
-            s //= 2
+        total = block_sum(buf, acc)  # shared-memory tree reduction (_cuda.block_reductions)
         if t == 0:
-            db[col] = buf[0]
+            db[col] = total
 
     return matmul, add_bias, colsum
 
