@@ -217,14 +217,21 @@ def split_pairs(B: int, H: int, parts: int | None = None) -> list[tuple[slice, s
 
 GEMM_SPLIT_MIN_FLOPS = 2e7    # below this a product is one plain BLAS call (splitting costs more than it gains)
 GEMM_SPLIT_MAX_FLOPS = 2.5e9  # above this OpenBLAS's own threads (measured: at B=8, T=512 blocks were 25% slower,
-                              # each block repacking its share; at T=128 the two were even, at T=32 blocks 3-4x faster)
+                              # each block repacking its share)
 GEMM_BLOCKS_PER_CORE = 4
 
 
 def gemm_mode() -> str:
-    """'blocks' (default): out = a @ b as column blocks on the pool, OpenBLAS single-threaded; 'blas': one call,
-    OpenBLAS's own threads. MINIDISTIL_GEMM=blas chooses the latter."""
-    return "blas" if os.environ.get("MINIDISTIL_GEMM", "blocks") == "blas" else "blocks"
+    """'blas' (default): one call, OpenBLAS's own threads; 'blocks' (MINIDISTIL_GEMM=blocks): out = a @ b as row
+    or column blocks on the pool, OpenBLAS single-threaded in each.
+
+    Which is faster depends on what else runs on the cores. Measured on the 2-core machine, whole DistilBERT-base
+    forwards at B=8, median of 6-8 interleaved runs:
+        session 1, machine shared with other jobs:   T=32 blocks 3-4x faster than blas; T=128 even
+        session 2, idle machine:                     T=32 blas 115 ms, blocks 137 ms; T=128 blas 433, blocks 484
+        session 2, two other jobs on the cores:      T=32 blas 128, blocks 156; T=128 blas 529, blocks 659
+    so one call is the default, and the blocks stay available for a machine whose cores are often taken away."""
+    return "blocks" if os.environ.get("MINIDISTIL_GEMM", "blas") == "blocks" else "blas"
 
 
 def matmul(a, b, out):
