@@ -48,6 +48,11 @@ from . import _common, _cuda
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
+# LLVM may reassociate the row sums (s += v), i.e. keep 16 partial sums in an AVX-512 register and add them at the
+# end, so the sums vectorise; without this an IEEE-ordered float32 sum is a chain of dependent adds (4 cycles each).
+# Only reassociation and FMA contraction: no finite-math assumption (NaN and inf pass through as without the flags).
+# Measured for one (1024, 768) residual layer norm (2 cores): forward 0.95 -> 0.46 ms, backward 0.77 -> 0.45 ms.
+REDUCE = {"reassoc", "contract"}
 N_CHUNKS = 64  # row chunks of the CPU backward: each owns a (C,) partial of dw and db
 
 
@@ -104,7 +109,7 @@ def residual_layernorm_backward_ref(dy, cache):
 # Numba CPU
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=REDUCE)
 def _ln_fwd(x, r, has_r, w, b, eps, h, y, mean, rstd):
     # x, r, h, y (N, C); w, b (C,); mean, rstd (N,). With has_r, h = x + r is formed in the first pass and kept.
     N, C = x.shape
@@ -136,7 +141,7 @@ def _ln_fwd(x, r, has_r, w, b, eps, h, y, mean, rstd):
         rstd[i] = rs
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=REDUCE)
 def _ln_bwd(dy, x, w, mean, rstd, dx, dw_part, db_part):
     # dy, x, dx (N, C); w (C,); mean, rstd (N,); dw_part, db_part (K, C): chunk k owns row k of the partials
     N, C = x.shape
