@@ -179,6 +179,8 @@ def add_qa(sub, name, help):
     p.add_argument("--context", required=True, help="the passage to answer from (or @file to read it)")
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--max-answer-len", type=int, default=15)
+    p.add_argument("--doc-stride", type=int, default=128,
+                   help="a long context is read in windows sharing this many tokens (default 128)")
     p.set_defaults(run=run_qa)
 
 
@@ -192,7 +194,7 @@ def run_qa(args) -> int:
             raise CLIError(f"--context: cannot read {context[1:]}: {e.strerror}") from None
     questions = _texts(args)
     answers = _pipeline("question-answering", args)(questions, [context] * len(questions), top_k=args.top_k,
-                                                    max_answer_len=args.max_answer_len)
+                                                    max_answer_len=args.max_answer_len, doc_stride=args.doc_stride)
     for a in answers:
         _print_json(a)
     return 0

@@ -231,12 +231,16 @@ class TokenClassificationPipeline(Pipeline):
 class QuestionAnsweringPipeline(Pipeline):
     task, head = "question-answering", "ForQuestionAnswering"
 
-    def __call__(self, question, context, top_k: int = 1, max_answer_len: int = 15):
+    def __call__(self, question, context, top_k: int = 1, max_answer_len: int = 15, doc_stride: int = 128,
+                 max_seq_len: int | None = None):
         """For each (question, context): {"score", "start", "end", "answer"} (a list of top_k when top_k > 1).
 
         Only context tokens can be chosen. p_start and p_end are softmaxes over the context tokens plus [CLS] (which
         stands for "no answer", as in transformers, but is never returned); a span (s, e) scores p_start[s] *
-        p_end[e] with s <= e < s + max_answer_len. The context is truncated to fit max_length (a warning says so).
+        p_end[e] with s <= e < s + max_answer_len. A context too long for max_seq_len tokens (default
+        min(384, max_length), as transformers) is read in overlapping windows, each holding the whole question
+        and consecutive windows sharing doc_stride context tokens (at most half a window); every window is scored
+        on its own and the best spans over all windows are returned (start/end index the original context).
         """
         questions, single = _as_list(question)
         contexts = _as_list(context)[0]
@@ -244,34 +248,49 @@ class QuestionAnsweringPipeline(Pipeline):
             contexts = contexts * len(questions)
         if len(contexts) != len(questions):
             raise ValueError(f"context: expected 1 or {len(questions)} contexts, got {len(contexts)}")
+        max_seq_len = int(max_seq_len or min(384, self.max_length))
+        if not 3 <= max_seq_len <= self.max_length:
+            raise ValueError(f"max_seq_len: expected 3 to {self.max_length} tokens, got {max_seq_len}")
+        doc_stride = min(int(doc_stride), max_seq_len // 2)
         results = []
         for sl in self._batches(len(questions)):
-            enc = self._encode(questions[sl], contexts[sl], truncation="only_second", return_offsets_mapping=True)
+            enc = self._encode(questions[sl], contexts[sl], truncation="only_second", return_offsets_mapping=True,
+                               max_length=max_seq_len, stride=doc_stride, return_overflowing_tokens=True)
             out = self._forward(enc)
-            starts, ends = _numpy(out.start_logits), _numpy(out.end_logits)        # (B, T) each
-            for b in range(starts.shape[0]):
-                context_tok = enc["sequence_ids"][b] == 1                          # (T,)
-                allowed = context_tok.copy()
-                allowed[0] = True                                                  # [CLS] joins the softmax
-                p_start = np.where(allowed, softmax(np.where(allowed, starts[b], -np.inf).astype(np.float64)), 0.0)
-                p_end = np.where(allowed, softmax(np.where(allowed, ends[b], -np.inf).astype(np.float64)), 0.0)
-                p_start[~context_tok] = 0.0                                        # ... but is never an answer
-                p_end[~context_tok] = 0.0
-                span = np.outer(p_start, p_end)                                    # (T, T) score of (s, e)
-                span = np.triu(np.tril(span, max_answer_len - 1))                  # s <= e < s + max_answer_len
-                order = np.argsort(-span.reshape(-1), kind="stable")[:top_k]
-                answers = []
-                for flat in order:
-                    s, e = divmod(int(flat), span.shape[1])
-                    if span[s, e] <= 0:
-                        break
-                    c0, c1 = int(enc["offset_mapping"][b, s, 0]), int(enc["offset_mapping"][b, e, 1])
-                    answers.append({"score": float(span[s, e]), "start": c0, "end": c1,
-                                    "answer": contexts[sl.start + b][c0:c1]})
-                if not answers:
-                    raise ValueError(f"context[{sl.start + b}]: no context token left after tokenisation")
+            starts, ends = _numpy(out.start_logits), _numpy(out.end_logits)        # (W, T): W windows
+            candidates = [[] for _ in range(sl.stop - sl.start)]                   # per question of the batch
+            for w in range(starts.shape[0]):
+                i = int(enc["overflow_to_sample_mapping"][w])
+                for score, s, e in self._best_spans(starts[w], ends[w], enc["sequence_ids"][w] == 1, top_k,
+                                                    max_answer_len):
+                    c0, c1 = int(enc["offset_mapping"][w, s, 0]), int(enc["offset_mapping"][w, e, 1])
+                    candidates[i].append({"score": score, "start": c0, "end": c1,
+                                          "answer": contexts[sl.start + i][c0:c1]})
+            for i, found in enumerate(candidates):
+                if not found:
+                    raise ValueError(f"context[{sl.start + i}]: no context token left after tokenisation")
+                answers = sorted(found, key=lambda a: -a["score"])[:top_k]        # stable: windows in order
                 results.append(answers[0] if top_k == 1 else answers)
         return results[0] if single else results
+
+    @staticmethod
+    def _best_spans(start_logits, end_logits, context_tok, top_k: int, max_answer_len: int):
+        """The top_k spans (score, s, e) of one window; start/end_logits (T,), context_tok (T,) bool."""
+        allowed = context_tok.copy()
+        allowed[0] = True                                                          # [CLS] joins the softmax
+        p_start = np.where(allowed, softmax(np.where(allowed, start_logits, -np.inf).astype(np.float64)), 0.0)
+        p_end = np.where(allowed, softmax(np.where(allowed, end_logits, -np.inf).astype(np.float64)), 0.0)
+        p_start[~context_tok] = 0.0                                                # ... but is never an answer
+        p_end[~context_tok] = 0.0
+        span = np.outer(p_start, p_end)                                            # (T, T) score of (s, e)
+        span = np.triu(np.tril(span, max_answer_len - 1))                          # s <= e < s + max_answer_len
+        spans = []
+        for flat in np.argsort(-span.reshape(-1), kind="stable")[:top_k]:
+            s, e = divmod(int(flat), span.shape[1])
+            if span[s, e] <= 0:
+                break
+            spans.append((float(span[s, e]), s, e))
+        return spans
 
 
 class SentenceEmbeddingPipeline(Pipeline):

@@ -114,7 +114,8 @@ class Tokenizer:
     # encoding
 
     def __call__(self, texts, text_pair=None, *, padding: bool | str = True, truncation: bool | str = True,
-                 max_length: int | None = None, return_offsets_mapping: bool = False) -> dict[str, np.ndarray]:
+                 max_length: int | None = None, return_offsets_mapping: bool = False, stride: int = 0,
+                 return_overflowing_tokens: bool = False) -> dict[str, np.ndarray]:
         """Tokenise one text or a list of texts (optionally paired with text_pair, for QA / sentence pairs).
 
         padding:    True pads to the longest sequence in the batch, "max_length" to max_length, False not at all
@@ -125,6 +126,11 @@ class Tokenizer:
         return_offsets_mapping: also return offset_mapping (B, T, 2), each token's [start, end) characters in
                     its own text ((0, 0) for special and padding tokens), and sequence_ids (B, T): 0 for a token of
                     `texts`, 1 for one of `text_pair`, -1 for special and padding tokens.
+        return_overflowing_tokens: a sequence longer than max_length is not cut but split into WINDOWS of at most
+                    max_length tokens, consecutive windows sharing `stride` tokens (of the truncated text: the
+                    context for "only_second"); each window is a row of its own, with the special tokens (and the
+                    whole first text for "only_second"), and overflow_to_sample_mapping (B,) gives the index of
+                    the text each row came from. This is how question answering reads a long context.
         Returns int64 arrays of shape (B, T) (a single text gives B=1).
         """
         single = isinstance(texts, str)
@@ -146,8 +152,12 @@ class Tokenizer:
         if truncation and strategy not in ("longest_first", "only_first", "only_second"):
             raise ValueError(f"truncation: expected True, False, 'longest_first', 'only_first' or 'only_second', "
                              f"got {truncation!r}")
+        if not isinstance(stride, (int, np.integer)) or stride < 0:
+            raise ValueError(f"stride: expected a non-negative integer, got {stride!r}")
+        if return_overflowing_tokens and not truncation:
+            raise ValueError("return_overflowing_tokens: needs truncation (it splits what truncation would cut)")
         if truncation:
-            self._tk.enable_truncation(max_length, strategy=strategy)
+            self._tk.enable_truncation(max_length, stride=int(stride), strategy=strategy)
         else:
             self._tk.no_truncation()
         try:
@@ -160,7 +170,11 @@ class Tokenizer:
                              f"{e}") from None
         finally:
             self._tk.no_truncation()
-        if truncation and any(e.overflowing for e in encs):
+        sample = list(range(len(encs)))                                                  # row -> text index
+        if return_overflowing_tokens:                                                    # every window a row
+            sample = [i for i, e in enumerate(encs) for _ in range(1 + len(e.overflowing))]
+            encs = [w for e in encs for w in [e, *e.overflowing]]
+        elif truncation and any(e.overflowing for e in encs):
             n = sum(bool(e.overflowing) for e in encs)
             warnings.warn(f"{n} of {len(encs)} sequence(s) were longer than max_length={max_length} tokens and "
                           "were truncated", stacklevel=2)
@@ -187,6 +201,8 @@ class Tokenizer:
             out["attention_mask"][b, :n] = 1
             if return_offsets_mapping:
                 out["offset_mapping"][b, :n] = np.asarray(e.offsets, dtype=np.int64).reshape(n, 2)
+        if return_overflowing_tokens:
+            out["overflow_to_sample_mapping"] = np.asarray(sample, dtype=np.int64)   # (B,)
         if return_offsets_mapping:
             out["sequence_ids"] = np.array([[-1 if s is None else s for s in e.sequence_ids] + [-1] * (T - len(e.ids))
                                             for e in encs], dtype=np.int64).reshape(B, T)

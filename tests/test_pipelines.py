@@ -170,6 +170,43 @@ def test_question_answering(tok):
         qa(["a?", "b?"], ["x", "y", "z"])
 
 
+def test_question_answering_reads_a_long_context_in_windows(tok):
+    model = _ours("BertForQuestionAnswering", seed=5)
+    qa = pipeline("question-answering", model, tok)
+    q = "where did ada live?"
+    c = ("The cat sat on the mat, and the dog ran in the park. John Smith visited Berlin yesterday. "
+         "Ada Lovelace lived in London. The red house and the blue house. Who went home today? ") * 2
+    L, S = 20, 4
+    enc = tok(q, c, truncation="only_second", max_length=L, stride=S, return_overflowing_tokens=True,
+              return_offsets_mapping=True)
+    W = enc["input_ids"].shape[0]
+    assert W >= 4 and (enc["overflow_to_sample_mapping"] == 0).all() and enc["input_ids"].shape[1] <= L
+    # the windows cover the whole context, consecutive ones sharing S context tokens
+    ctx = [enc["input_ids"][w][enc["sequence_ids"][w] == 1] for w in range(W)]
+    whole = tok(q, c, truncation=False)["input_ids"][0][tok(q, c, truncation=False, return_offsets_mapping=True)
+                                                          ["sequence_ids"][0] == 1]
+    joined = np.concatenate([ctx[0]] + [x[S:] for x in ctx[1:]])
+    np.testing.assert_array_equal(joined, whole)
+    for w in range(1, W):
+        np.testing.assert_array_equal(ctx[w][:S], ctx[w - 1][-S:])
+    # the answer: the best span of any window, scored within its window
+    out = _raw(model, enc, token_type_ids=enc["token_type_ids"])
+    best = max((_best_span(np.array(out.start_logits)[w], np.array(out.end_logits)[w],
+                           {k: v[w:w + 1] for k, v in enc.items()}, 4) + (w,) for w in range(W)))
+    score, s, e, w = best
+    ans = qa(q, c, max_answer_len=4, max_seq_len=L, doc_stride=S)
+    np.testing.assert_allclose(ans["score"], score, rtol=1e-12)
+    assert (ans["start"], ans["end"]) == (enc["offset_mapping"][w, s, 0], enc["offset_mapping"][w, e, 1])
+    assert ans["answer"] == c[ans["start"]:ans["end"]]
+    top = qa(q, c, top_k=5, max_answer_len=4, max_seq_len=L, doc_stride=S)
+    assert top[0] == ans and all(a["score"] >= b["score"] for a, b in zip(top, top[1:]))
+    assert len({a["start"] for a in top}) > 1
+    with pytest.raises(ValueError, match="max_seq_len"):
+        qa(q, c, max_seq_len=1000)
+    with pytest.raises(ValueError, match="stride"):
+        tok(q, c, stride=-1)
+
+
 def test_sentence_embeddings_pooling(tok):
     model = _ours("BertModel", seed=6)
     texts = TEXTS[:4]
