@@ -13,10 +13,14 @@ reference (`gelu_tanh_ref`) for the tutorial that plots the two side by side.
 Versions:
     gelu_forward_ref / gelu_backward_ref             NumPy + scipy.special.erf, float32 or float64
     gelu_forward_cpu / gelu_backward_cpu             Numba, parallel over rows (no `i % width` per element),
-                                                     float32 throughout
+                                                     float32 throughout; erf and exp by _common.erf_f32 / exp_f32:
+                                                     the correctly rounded float32 values (computed in float64,
+                                                     off by 1 ulp only within ~1e-14 of a rounding tie), written
+                                                     so that the row loop vectorises (libm's erff/expf do not in
+                                                     Numba >= 0.62): the exact default, no accuracy traded
     (fast=True on the CPU versions)                  opt-in fast math: the same loops with _common.erf_fast and
-                                                     exp_fast, which vectorise (libm's erff/expf do not in Numba
-                                                     >= 0.62); measured ~4x faster. Max error: |erf_fast - erf| <=
+                                                     exp_fast in float32 (fewer operations than the exact float64
+                                                     ones). Max error: |erf_fast - erf| <=
                                                      ERF_FAST_MAX_ABS_ERR (4e-7), so |dy| <= 0.5 |x| 4e-7 + rounding
                                                      for y; chosen by fast=True or MINIDISTIL_FAST_MATH=1
     bias_gelu_forward_cpu / bias_gelu_backward_cpu   Numba, bias add fused into the GELU pass (one read, one write)
@@ -34,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _common, _cuda
-from ._common import erf_fast, exp_fast
+from ._common import erf_f32, erf_fast, exp_f32, exp_fast
 
 
 def _erf(x):
@@ -103,7 +107,7 @@ def _gelu_fwd(x, b, y):
     for i in prange(N):
         for j in range(width):
             h = x[i, j] + b[j] if has_bias else x[i, j]
-            y[i, j] = HALF * h * (ONE + math.erf(h * INV_SQRT2))
+            y[i, j] = HALF * h * (ONE + erf_f32(h * INV_SQRT2))           # y = 0.5 h (1 + erf(h / sqrt 2))
 
 
 @njit(cache=True, parallel=True)
@@ -113,9 +117,9 @@ def _gelu_bwd(dy, x, b, dx):
     for i in prange(N):
         for j in range(width):
             h = x[i, j] + b[j] if has_bias else x[i, j]
-            cdf = HALF * (ONE + math.erf(h * INV_SQRT2))
-            pdf = math.exp(-HALF * h * h) * INV_SQRT_2PI
-            dx[i, j] = dy[i, j] * (cdf + h * pdf)
+            cdf = HALF * (ONE + erf_f32(h * INV_SQRT2))                    # Phi(h)
+            pdf = exp_f32(-HALF * h * h) * INV_SQRT_2PI                    # phi(h)
+            dx[i, j] = dy[i, j] * (cdf + h * pdf)                          # dy * gelu'(h)
 
 
 @njit(cache=True, parallel=True)

@@ -18,8 +18,12 @@ typically, u = eps32/2); each exp adds a relative error ~ u * (1 + |x - m|) beca
 
 Versions:
     softmax_forward_ref / softmax_backward_ref, log_softmax_*_ref      NumPy, float32 or float64
-    softmax_forward_cpu / ..._backward_cpu, log_softmax_*_cpu          Numba, prange over rows; softmax writes
-                                                                       exp(x - m) into y, then scales it in place
+    softmax_forward_cpu / ..._backward_cpu, log_softmax_*_cpu          Numba, prange over rows; both write
+                                                                       exp(x - m) into y, sum it, then scale it
+                                                                       (or overwrite it) in place; exp by
+                                                                       _common.exp_f32: the correctly rounded
+                                                                       float32 exp (<= 1 ulp, and only within
+                                                                       ~1e-14 of a tie), in a loop that vectorises
     softmax_forward_cuda / ..._backward_cuda, log_softmax_*_cuda       numba.cuda, one block per row, max and sums
                                                                        through shared memory
 Caches: SoftmaxCache(y), LogSoftmaxCache(y): the output is all either backward needs.
@@ -34,6 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _common, _cuda
+from ._common import exp_f32, row_dot, row_max, row_sum
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -85,21 +90,16 @@ def _softmax_fwd(x, y, log):
     # x, y (R, N): softmax or (log) log_softmax of every row
     R, N = x.shape
     for i in prange(R):
-        m = F32_MIN
+        m = max(F32_MIN, row_max(x[i]))
+        # exp(x - m) into y first (a loop without a running sum vectorises), then summed (vectorised order)
         for j in range(N):
-            m = max(m, x[i, j])
-        s = ZERO
+            y[i, j] = exp_f32(x[i, j] - m)
+        s = row_sum(y[i])
         if log:
-            for j in range(N):
-                s += math.exp(x[i, j] - m)
             ls = math.log(s)
             for j in range(N):
                 y[i, j] = (x[i, j] - m) - ls                 # y = (x - m) - log(sum(exp(x - m)))
         else:
-            for j in range(N):
-                e = math.exp(x[i, j] - m)
-                y[i, j] = e
-                s += e
             inv = ONE / s
             for j in range(N):
                 y[i, j] *= inv                               # y = exp(x - m) / sum(exp(x - m))
@@ -109,15 +109,12 @@ def _softmax_fwd(x, y, log):
 def _softmax_bwd(dy, y, dx, log):
     R, N = y.shape
     for i in prange(R):
-        s = ZERO
         if log:
+            s = row_sum(dy[i])
             for j in range(N):
-                s += dy[i, j]
-            for j in range(N):
-                dx[i, j] = dy[i, j] - math.exp(y[i, j]) * s  # dx = dy - softmax(x) * sum(dy)
+                dx[i, j] = dy[i, j] - exp_f32(y[i, j]) * s   # dx = dy - softmax(x) * sum(dy)
         else:
-            for j in range(N):
-                s += dy[i, j] * y[i, j]
+            s = row_dot(dy[i], y[i])
             for j in range(N):
                 dx[i, j] = y[i, j] * (dy[i, j] - s)          # dx = y * (dy - sum(dy * y))
 
