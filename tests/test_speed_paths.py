@@ -510,3 +510,35 @@ def test_blocked_matmul_matches_reference(rng, monkeypatch, M, K, N, layout):
                          atol=_common.f32_tol(K, scale=float(np.abs(a).max() * np.abs(b).max())))
     if "strided" in layout:                                        # nothing written outside the view
         assert np.isnan(out_full[:, :2]).all() and np.isnan(out_full[:, N + 2:]).all()
+
+
+# ---- vectorised row reductions (_common.row_sum / row_dot / row_max) ---------------------------------------------
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 31, 128, 30522])
+def test_row_reductions(rng, n):
+    a = (rng.standard_normal(n) * 10).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    # reassociated float32 sums: any order of n adds errs by at most (n - 1) eps sum|terms| (first-order bound)
+    eps = float(np.finfo(np.float32).eps)
+    s = _common.row_sum(a)
+    assert float(np.float32(s)) == s                           # a float32 result (numba returns a Python float)
+    assert abs(float(_common.row_sum(a)) - a64.sum()) <= max(n - 1, 0) * eps * np.abs(a64).sum() + 1e-30
+    assert abs(float(_common.row_dot(a, b)) - a64 @ b64) <= n * eps * np.abs(a64 * b64).sum() + 1e-30
+    # the maximum is exact whatever the order; -inf for an empty row
+    assert _common.row_max(a) == (a.max() if n else -np.inf)
+    if n >= 9:
+        for pos in (0, n // 2, n - 1):                           # the maximum anywhere, in any lane or the tail
+            c = a.copy()
+            c[pos] = 1e30
+            assert _common.row_max(c) == np.float32(1e30)
+        c = a.copy()
+        c[n // 3] = np.nan                                       # NaN is skipped by the compares ...
+        assert _common.row_max(c) == np.nanmax(c)
+        assert np.isnan(_common.row_sum(c))                      # ... and propagates through a sum
+        c = np.full(n, -np.inf, np.float32)
+        assert _common.row_max(c) == -np.inf
+        c[5] = np.inf
+        assert _common.row_max(c) == np.inf and np.isnan(_common.row_sum(c))   # inf + -inf
+        c[c == -np.inf] = 0.0
+        assert _common.row_sum(c) == np.inf
