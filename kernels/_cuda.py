@@ -91,8 +91,19 @@ def device_empty(shape, dtype=np.float32):
 
 
 def device_zeros(shape, dtype=np.float32):
-    cuda = require_cuda()
-    return cuda.to_device(np.zeros(shape, dtype=dtype))
+    """A device array of zeros, filled on the device (no host array is copied over)."""
+    return fill_(device_empty(shape, dtype), 0)
+
+
+def fill_(a, value):
+    """a[...] = value in place for a C-contiguous device array (a row of a gradient, a fresh buffer); returns a.
+    A kernel writes the value: numba's `a[i] = value` on a device array would copy a host array over instead."""
+    n = int(np.prod(tuple(a.shape), dtype=np.int64))
+    if n:
+        if not a.is_c_contiguous():
+            raise ValueError(f"a: expected a C-contiguous device array, got shape {tuple(a.shape)}")
+        _fill_kernel()[blocks_for(n), THREADS](a.reshape(n), np.dtype(a.dtype).type(value))
+    return a
 
 
 def blocks_for(n: int, threads: int = THREADS) -> int:
@@ -191,3 +202,18 @@ def block_reductions():
         return out
 
     return block_sum, block_max
+
+
+@functools.cache
+def _fill_kernel():
+    global cuda
+    cuda = get_cuda()
+
+    @cuda.jit
+    def fill(a, value):
+        # one thread per element of the flat array a
+        i = cuda.grid(1)
+        if i < a.shape[0]:
+            a[i] = value
+
+    return fill

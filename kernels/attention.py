@@ -51,8 +51,11 @@ Versions:
                                                       .run_blas_tasks: threaded OpenBLAS on 128 x 64 GEMMs was 4-30x
                                                       slower); scale, mask, softmax and dropout fused in one Numba
                                                       pass over the rows of the scores, written in place
+    (both CPU versions)                               softmax's exp by _common.exp_f32: the correctly rounded
+                                                      float32 exp (<= 1 ulp, only within ~1e-14 of a tie), computed
+                                                      in float64 in a loop that vectorises (libm's expf does not)
     fast=True (the BLAS version)                      opt-in: exp by _common.exp_fast (relative error <= 2.5e-7,
-                                                      vectorises); MINIDISTIL_FAST_MATH=1 chooses it by default
+                                                      float32, fewer operations); MINIDISTIL_FAST_MATH=1 chooses it
 Cache: AttentionCache(q, k, v, mask, probs, n_heads, p, seed). Backward returns fresh arrays.
 """
 from __future__ import annotations
@@ -66,7 +69,7 @@ from numba import njit, prange
 
 from . import _common, _cuda
 from . import dropout as _dropout
-from ._common import exp_fast
+from ._common import exp_f32, exp_fast, row_dot, row_max, row_sum
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -78,7 +81,7 @@ class AttentionCache(NamedTuple):
     q: np.ndarray       # (B, T, C) queries
     k: np.ndarray       # (B, T, C) keys
     v: np.ndarray       # (B, T, C) values
-    mask: np.ndarray    # (B, T) key padding mask as given (nonzero = real token)
+    mask: np.ndarray    # (B, T) key padding mask as given (nonzero = real token); on the CUDA path, on the device
     probs: np.ndarray   # (B, H, T, T) softmax probabilities P (before dropout)
     n_heads: int        # H
     p: float = 0.0      # attention-probability dropout
@@ -183,11 +186,11 @@ def _attn_fwd(q, k, v, keep, H, scale, out, probs, has_drop, k1, k2, threshold, 
                 s = S[i, j] * scale if keep[b, j] else FILL32  # / sqrt(D), masked keys filled
                 S[i, j] = s
                 m = max(m, s)
+            for j in range(T):
+                P[i, j] = exp_f32(S[i, j] - m)                  # softmax: subtract the row max (exact exp)
             tot = ZERO
             for j in range(T):
-                e = math.exp(S[i, j] - m)                       # softmax: subtract the row max
-                P[i, j] = e
-                tot += e
+                tot += P[i, j]
             inv = ONE / tot
             for j in range(T):
                 P[i, j] *= inv
@@ -253,11 +256,9 @@ def _softmax_rows(S, keep, scale, fast, Pd, has_drop, k1, k2, threshold, pscale)
         h = (r // T) % H
         i = r % T
         row = S[b, h, i]
-        m = FILL32
         for j in range(T):
-            s = row[j] * scale if keep[b, j] else FILL32       # S / sqrt(D), masked keys filled with finfo.min
-            row[j] = s
-            m = max(m, s)
+            row[j] = row[j] * scale if keep[b, j] else FILL32  # S / sqrt(D), masked keys filled with finfo.min
+        m = max(FILL32, row_max(row))
         tot = ZERO
         if fast:
             for j in range(T):
@@ -266,9 +267,8 @@ def _softmax_rows(S, keep, scale, fast, Pd, has_drop, k1, k2, threshold, pscale)
                 tot += e
         else:
             for j in range(T):
-                e = math.exp(row[j] - m)
-                row[j] = e
-                tot += e
+                row[j] = exp_f32(row[j] - m)                    # exact exp, vectorised (no running sum here)
+            tot = row_sum(row)
         inv = ONE / tot
         for j in range(T):
             row[j] *= inv                                       # P = exp(S - max) / sum
@@ -291,9 +291,7 @@ def _softmax_rows_bwd(dP, P, keep, scale, has_drop, k1, k2, threshold, pscale):
         if has_drop:                                            # from P~ = dropout(P): dP = dP~ keep / (1 - p)
             for j in range(T):
                 g[j] *= _keep_scale(r * T + j, k1, k2, threshold, pscale)
-        rs = ZERO
-        for j in range(T):
-            rs += g[j] * p[j]                                   # rowsum(dP * P)
+        rs = row_dot(g, p)                                      # rowsum(dP * P)
         for j in range(T):                                      # dS = P (dP - rowsum), 0 at filled keys, / sqrt(D)
             g[j] = p[j] * (g[j] - rs) * scale if keep[b, j] else ZERO
 
@@ -606,11 +604,17 @@ def attention_forward_cuda(q, k, v, mask, n_heads, p=0.0, seed=0):
     H = int(n_heads)
     out = _cuda.device_empty((B, T, C))
     probs = _cuda.device_empty((B, H, T, T))
+    keep = _keep_device(mask)  # (B, T): a device mask is used in place, a host one copied over once
     if B * T:
-        keep = _cuda.to_device(_keep(mask))
         fwd[B * H * T, _cuda.THREADS](q, k, v, keep, H, np.float32(1.0 / math.sqrt(D)), out, probs,
                                       *_drop_args(p, seed))
-    return out, AttentionCache(q, k, v, mask, probs, H, float(p), int(seed))
+    return out, AttentionCache(q, k, v, keep, probs, H, float(p), int(seed))  # the device mask: no copy in backward
+
+
+def _keep_device(mask):
+    """The (B, T) mask as the CUDA kernels read it (nonzero = keep): a device array (int or bool) passes through,
+    a host one is copied over (the model moves its mask once per forward, so every layer gets a device array)."""
+    return mask if _cuda.is_device_array(mask) else _cuda.to_device(_keep(mask))
 
 
 def attention_backward_cuda(dout, cache):
@@ -620,7 +624,7 @@ def attention_backward_cuda(dout, cache):
     B, T, C = tuple(q.shape)
     dq, dk, dv = (_cuda.device_empty((B, T, C)) for _ in range(3))
     if B * T:
-        keep = _cuda.to_device(_keep(mask))
+        keep = _keep_device(mask)
         ds = _cuda.device_empty((B, H, T, T))
         drop = _drop_args(p, seed)
         bwd_rows[B * H * T, _cuda.THREADS](dout, k, v, keep, probs, H, np.float32(1.0 / math.sqrt(C // H)), ds, dq,

@@ -2,22 +2,38 @@
 
     python -m minidistil.kernels.bench            # all ops
     python -m minidistil.kernels.bench gelu attention --repeat 20 --json out.json
+    python -m minidistil.kernels.bench --device cuda [--peak-gbps 4800] [--size tiny]   # GPU bandwidth (below)
 
 Sizes: B=8, T=128, C=768, F=3072, H=12, V=30522 (N = B*T = 1024 rows). Each line is the median wall time after
 warm-up (JIT compilation happens in the warm-up), forward and backward separately, and the ratios of the Numba
 version to the reference and to torch (below 1.0 means minidistil is faster). torch is optional: without it its
 column is empty. The torch backward is timed with torch.autograd.grad on a graph built once (retain_graph=True).
+
+--device cuda: the memory-bound CUDA kernels (residual+layernorm, bias+GELU, softmax and attention, forward and
+backward) on device arrays, and the bandwidth each reaches: its minimum bytes (every input read once, every output
+written once, counted per kernel in `cuda_cases`) over its time, as GB/s and as a fraction of the device's peak
+(--peak-gbps, 4800 GB/s for an H200) and of a practical peak, a device-to-device copy of a large array measured
+in the same run. Two times per kernel:
+    wall    `repeat` launches back to back from Python, then one synchronize: what a model's step sees, numba's
+            launch overhead and the output allocations included;
+    device  the same launches queued behind a spin kernel that keeps the GPU busy while Python enqueues them,
+            timed with CUDA events from the first to the last: the GPU's own time per kernel. If the spin ended
+            before the last launch was queued, the GPU waited for Python and the row says "host-bound" (the
+            device time is then an upper bound). Output frees are deferred (cuda.defer_cleanup) while it runs.
+The fractions use the device time (the wall time on the simulator, where events do not time anything; there the
+figures only show that the code runs: --size tiny).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
 
 import numpy as np
 
-from . import _common
+from . import _common, _cuda
 
 B, T, C, F, H, V = 8, 128, 768, 3072, 12, 30522
 N = B * T
@@ -276,13 +292,202 @@ def run(names=None, repeat=10, warmup=2):
     return rows
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# --device cuda: the bandwidth of the memory-bound CUDA kernels
+
+CUDA_SIZES = {"base": dict(B=B, T=T, C=C, F=F, H=H),   # DistilBERT-base, T = 128
+              "tiny": dict(B=2, T=4, C=8, F=16, H=2)}   # the simulator (every GPU thread a Python thread)
+CUDA_OPS = ("layernorm", "gelu", "softmax", "attention")
+F32 = 4  # bytes
+
+
+def cuda_cases(size="base", names=None):
+    """Yield (name, pass, launch, bytes, flops): launch() runs the CUDA kernel(s) of one op on device arrays; bytes
+    is the least the op must move (inputs read once, outputs written once, caches included: they are outputs)."""
+    from . import attention as KA
+    from . import gelu as KG
+    from . import layernorm as KL
+    from . import softmax as KS
+    d = CUDA_SIZES[size]
+    b_, t_, c_, f_, h_ = d["B"], d["T"], d["C"], d["F"], d["H"]
+    n = b_ * t_  # rows
+    r = np.random.default_rng(0)
+    dev = lambda *s: _cuda.to_device(r.standard_normal(s).astype(np.float32))  # noqa: E731
+
+    if names is None or "layernorm" in names:
+        x, res, w, bb, dy = dev(n, c_), dev(n, c_), dev(c_), dev(c_), dev(n, c_)
+        _, cache = KL.residual_layernorm_forward_cuda(x, res, w, bb, 1e-12)
+        # fwd reads x, r (N, C) and w, b (C); writes y and the cache's h = x + r (N, C), mean and rstd (N)
+        yield (f"residual+layernorm ({n}x{c_})", "fwd", lambda: KL.residual_layernorm_forward_cuda(x, res, w, bb, 1e-12),
+               F32 * (4 * n * c_ + 2 * c_ + 2 * n), 0)
+        # bwd reads dy, h (N, C), w (C), mean, rstd (N); writes dh (N, C), dw, db (C)
+        yield (f"residual+layernorm ({n}x{c_})", "bwd", lambda: KL.residual_layernorm_backward_cuda(dy, cache),
+               F32 * (3 * n * c_ + 3 * c_ + 2 * n), 0)
+
+    if names is None or "gelu" in names:
+        x, bb, dy = dev(n, f_), dev(f_), dev(n, f_)
+        _, cache = KG.bias_gelu_forward_cuda(x, bb)
+        # fwd reads x (N, F), b (F); writes y (N, F)
+        yield f"bias+gelu ({n}x{f_})", "fwd", lambda: KG.bias_gelu_forward_cuda(x, bb), F32 * (2 * n * f_ + f_), 0
+        # bwd reads dy, x (N, F), b (F); writes dx (N, F), db (F)
+        yield (f"bias+gelu ({n}x{f_})", "bwd", lambda: KG.bias_gelu_backward_cuda(dy, cache),
+               F32 * (3 * n * f_ + 2 * f_), 0)
+
+    if names is None or "softmax" in names:
+        rows = b_ * h_ * t_  # the attention's rows of scores: (B*H*T, T)
+        x, dy = dev(rows, t_), dev(rows, t_)
+        _, cache = KS.softmax_forward_cuda(x)
+        # fwd reads x, writes y; bwd reads dy, y and writes dx (all (B*H*T, T))
+        yield f"softmax ({rows}x{t_})", "fwd", lambda: KS.softmax_forward_cuda(x), F32 * 2 * rows * t_, 0
+        yield (f"softmax ({rows}x{t_})", "bwd", lambda: KS.softmax_backward_cuda(dy, cache),
+               F32 * 3 * rows * t_, 0)
+
+    if names is None or "attention" in names:
+        q, k, v, dy = dev(b_, t_, c_), dev(b_, t_, c_), dev(b_, t_, c_), dev(b_, t_, c_)
+        host_mask = np.ones((b_, t_), np.int32)
+        host_mask[-1, t_ - t_ // 4:] = 0
+        mask = _cuda.to_device(host_mask)
+        _, cache = KA.attention_forward_cuda(q, k, v, mask, h_)
+        act, probs, mb = b_ * t_ * c_, b_ * h_ * t_ * t_, host_mask.nbytes
+        fl = 4 * b_ * h_ * t_ * t_ * (c_ // h_)  # Q K^T and P V, 2 flops per multiply-add
+        name = f"attention (B{b_} T{t_} H{h_} D{c_ // h_})"
+        # fwd reads q, k, v (B, T, C) and the mask; writes out (B, T, C) and probs (B, H, T, T) for backward
+        yield name, "fwd", lambda: KA.attention_forward_cuda(q, k, v, mask, h_), F32 * (4 * act + probs) + mb, fl
+        # bwd reads dout, q, k, v (B, T, C), probs (B, H, T, T) and the mask; writes dq, dk, dv (B, T, C)
+        yield name, "bwd", lambda: KA.attention_backward_cuda(dy, cache), F32 * (7 * act + probs) + mb, 2 * fl
+
+
+@functools.cache
+def _spin_kernel():
+    global cuda
+    cuda = _cuda.get_cuda()
+
+    @cuda.jit
+    def spin(out, n):
+        # one thread counting n steps of a dependent chain: keeps the GPU busy while Python queues launches
+        acc = out[0]
+        for _ in range(n):
+            acc = acc * np.float32(0.999999) + np.float32(1.0)
+        out[0] = acc
+
+    return spin
+
+
+cuda = None  # numba.cuda, bound by _spin_kernel() (the simulator swaps this module global)
+
+
+def time_cuda(fn, repeat=50, warmup=3):
+    """(wall ms, device ms or None, host_bound) per call of fn, as the module docstring defines them."""
+    import time  # noqa: PLC0415
+    cu = _cuda.require_cuda()
+    if _cuda.SIMULATOR:
+        warmup = min(warmup, 1)  # compiles nothing there; each call is seconds
+    for _ in range(warmup):
+        fn()
+    cu.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    cu.synchronize()
+    wall = (time.perf_counter() - t0) * 1e3 / repeat
+    if _cuda.SIMULATOR:  # the simulator's events do not time anything
+        return wall, None, False
+    spin, buf = _spin_kernel(), cu.device_array(1, np.float32)
+    spin[1, 1](buf, 1000)  # compile
+    cu.synchronize()
+    start, end = cu.event(), cu.event()
+    start.record()
+    spin[1, 1](buf, 1_000_000)
+    end.record()
+    end.synchronize()
+    ns_per_step = max(start.elapsed_time(end), 1e-3) * 1e6 / 1_000_000
+    steps = int(min(2e9, 2.0 * repeat * wall * 1e6 / ns_per_step))  # spin for twice the launches' wall time
+    spun, first, last = cu.event(), cu.event(), cu.event()
+    with cu.defer_cleanup():
+        spin[1, 1](buf, steps)
+        spun.record()
+        first.record()
+        for _ in range(repeat):
+            fn()
+        last.record()
+        host_bound = spun.query()  # the spin is over before the last launch was queued: the GPU waited
+        last.synchronize()
+    return wall, first.elapsed_time(last) / repeat, bool(host_bound)
+
+
+def copy_peak_gbps(nbytes: int, repeat=20):
+    """The practical peak: a device-to-device copy of nbytes (read once, written once: 2 nbytes moved)."""
+    src = _cuda.device_zeros((nbytes // F32,))
+    dst = _cuda.device_empty((nbytes // F32,))
+    _, dev_ms, _ = time_cuda(lambda: dst.copy_to_device(src), repeat=repeat)
+    wall_ms, _, _ = time_cuda(lambda: dst.copy_to_device(src), repeat=repeat)
+    ms = dev_ms if dev_ms is not None else wall_ms
+    return 2 * nbytes / ms / 1e6
+
+
+def run_cuda(size="base", names=None, repeat=50, peak_gbps=4800.0, copy_mb=None, log=print):
+    from minidistil.device import describe  # noqa: PLC0415
+    log(describe("cuda"))
+    copy_bytes = int((copy_mb if copy_mb is not None else (1024 if size == "base" else 1)) * 2**20)
+    practical = copy_peak_gbps(copy_bytes, repeat=max(3, repeat // 5))
+    log(f"peak bandwidth: {peak_gbps:.0f} GB/s (--peak-gbps); practical peak, a device-to-device copy of "
+        f"{copy_bytes / 2**20:.0f} MB: {practical:.0f} GB/s ({practical / peak_gbps:.0%} of the peak)")
+    log(f"{'kernel':<34} {'pass':<4} {'MB':>8} {'wall ms':>9} {'device ms':>9} {'GB/s':>8} {'of peak':>8} "
+        f"{'of copy':>8} {'GFLOP/s':>8}")
+    rows = []
+    for name, p, fn, nbytes, fl in cuda_cases(size, names):
+        wall, dev, host_bound = time_cuda(fn, repeat=repeat)
+        ms = dev if dev is not None else wall
+        gbps = nbytes / ms / 1e6
+        row = dict(op=name, pass_=p, bytes=nbytes, wall_ms=wall, device_ms=dev, host_bound=host_bound, gbps=gbps,
+                   of_peak=gbps / peak_gbps, of_copy=gbps / practical, gflops=(fl / ms / 1e6 if fl else None))
+        rows.append(row)
+        dstr = f"{dev:9.4f}" if dev is not None else f"{'-':>9}"
+        fstr = f"{row['gflops']:8.0f}" if fl else f"{'-':>8}"
+        log(f"{name:<34} {p:<4} {nbytes / 1e6:8.2f} {wall:9.4f} {dstr} {gbps:8.1f} {row['of_peak']:8.1%} "
+            f"{row['of_copy']:8.1%} {fstr}" + ("  host-bound: the device time is an upper bound" if host_bound
+                                              else ""))
+    return dict(device=describe("cuda"), peak_gbps=peak_gbps, copy_gbps=practical, copy_bytes=copy_bytes,
+                rows=rows)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ops", nargs="*", help="any of: linear gelu layernorm attention softmax embedding cross_entropy "
-                    "distill_kl cosine mse bce tanh relu dropout adamw (default: all)")
-    ap.add_argument("--repeat", type=int, default=10)
+                    "distill_kl cosine mse bce tanh relu dropout adamw (default: all); with --device cuda: any of "
+                    + " ".join(CUDA_OPS))
+    ap.add_argument("--repeat", type=int, default=None, help="timed calls per op (default: 10 on the CPU, 50 on "
+                    "the GPU)")
     ap.add_argument("--json", help="also write the rows as JSON to this file")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cpu (default): every op, Numba beside NumPy and torch; cuda: the bandwidth of the "
+                    "memory-bound CUDA kernels")
+    ap.add_argument("--peak-gbps", type=float, default=4800.0,
+                    help="the device's peak memory bandwidth in GB/s (default: 4800, an H200)")
+    ap.add_argument("--size", choices=list(CUDA_SIZES), default="base",
+                    help="--device cuda sizes: base (DistilBERT-base, T=128; the default) or tiny (the simulator)")
+    ap.add_argument("--copy-mb", type=float, default=None,
+                    help="size of the device-to-device copy that measures the practical peak (default: 1024 MB; "
+                    "1 MB with --size tiny)")
     args = ap.parse_args(argv)
+    if args.device == "cuda":
+        bad = [o for o in args.ops if o not in CUDA_OPS]
+        if bad:
+            ap.error(f"--device cuda times {', '.join(CUDA_OPS)}; got {bad}")
+        if args.peak_gbps <= 0:
+            ap.error("--peak-gbps must be > 0")
+        try:
+            _cuda.require_cuda()
+        except RuntimeError as e:
+            print(f"minidistil.kernels.bench: error: {e}", file=sys.stderr)
+            return 2
+        out = run_cuda(args.size, args.ops or None, repeat=args.repeat or 50, peak_gbps=args.peak_gbps,
+                       copy_mb=args.copy_mb)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
+        return 0
+    args.repeat = args.repeat or 10
     torch = _try_torch()
     if torch:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -21,6 +21,7 @@ Versions:
                                                      not the default; main() benchmarks both.
     embedding_forward_cuda                           numba.cuda, one block per position, threads over C
     embedding_backward_cuda                          numba.cuda, one block per position, cuda.atomic.add into dtable
+                                                     (zeroed on the device: no (V, C) host array copied over)
 Cache: EmbeddingCache(ids, V): the ids (a device array on the CUDA path) and the vocabulary size; the backward
 returns a fresh zero (V, C) array with the rows scatter-added (it never adds into an existing gradient).
 
@@ -46,11 +47,12 @@ class EmbeddingCache(NamedTuple):
     V: int           # rows of the table, the shape of dtable is (V, C)
 
 
-def _check_forward(ids, table):
+def _check_forward(ids, table, checked=False):
     _common.check_array("table", table, ndim=2)
     _common.check_array("ids", ids, dtype=_ID_DTYPES)
     V = int(tuple(table.shape)[0])
-    _common.check_ids("ids", _cuda.to_host(ids), V)  # device ids are copied to the host for the check (small)
+    if not checked:  # checked=True: the caller has checked the ids against V already (on the host)
+        _common.check_ids("ids", _cuda.to_host(ids), V)  # device ids are copied to the host for the check (small)
     return V
 
 
@@ -114,8 +116,8 @@ def _scatter_add_serial(ids, dout, dtable):
             dtable[v, c] += dout[n, c]
 
 
-def embedding_forward_cpu(ids, table):
-    V = _check_forward(ids, table)
+def embedding_forward_cpu(ids, table, checked=False):
+    V = _check_forward(ids, table, checked)
     C = table.shape[1]
     out = np.empty((*ids.shape, C), dtype=np.float32)
     _gather(ids.reshape(-1), table, out.reshape(-1, C))
@@ -177,10 +179,10 @@ def _cuda_kernels():
     return gather, scatter_add
 
 
-def embedding_forward_cuda(ids, table):
-    """ids: host or device int array; table: device (V, C) float32. Returns a device array and a cache holding
-    device ids."""
-    V = _check_forward(ids, table)
+def embedding_forward_cuda(ids, table, checked=False):
+    """ids: host or device int array (host ids are copied over once; device ids are used in place); table:
+    device (V, C) float32. Returns a device array and a cache holding device ids."""
+    V = _check_forward(ids, table, checked)
     C = tuple(table.shape)[1]
     ids_d = _cuda.to_device(ids)
     N = int(np.prod(tuple(ids.shape), dtype=np.int64))
@@ -195,11 +197,10 @@ def embedding_backward_cuda(dout, cache):
     _check_backward(dout, cache)
     C = tuple(dout.shape)[-1]
     N = int(np.prod(tuple(cache.ids.shape), dtype=np.int64))
-    dtable = _cuda.device_zeros((cache.V, C))
+    dtable = _cuda.device_zeros((cache.V, C))  # zeroed on the device
     if N and C:
         _, scatter_add = _cuda_kernels()
-        ids_d = _cuda.to_device(cache.ids)
-        scatter_add[N, _cuda.THREADS](ids_d.reshape(N), dout.reshape(N * C), dtable.reshape(cache.V * C), C)
+        scatter_add[N, _cuda.THREADS](cache.ids.reshape(N), dout.reshape(N * C), dtable.reshape(cache.V * C), C)
     return dtable
 
 
@@ -207,10 +208,12 @@ def embedding_backward_cuda(dout, cache):
 # public entry points: a device table goes to CUDA, a numpy table to the Numba CPU kernels
 
 
-def embedding_forward(ids, table):
+def embedding_forward(ids, table, checked=False):
+    """checked=True: the caller has checked 0 <= ids < V itself (the model checks input_ids on the host before
+    moving them to the device once per batch), so device ids are not copied back to the host to check them."""
     if _cuda.is_device_array(table):
-        return embedding_forward_cuda(ids, table)
-    return embedding_forward_cpu(ids, table)
+        return embedding_forward_cuda(ids, table, checked)
+    return embedding_forward_cpu(ids, table, checked)
 
 
 def embedding_backward(dout, cache):

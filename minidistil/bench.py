@@ -3,6 +3,7 @@
     minidistil bench                       # DistilBERT-base size, every scenario, every framework installed
     minidistil bench --quick               # tiny sizes: a smoke test that runs in seconds
     minidistil bench --json bench.json --plot bench.png --fast-math
+    minidistil bench --device cuda         # on a GPU: minidistil's numba.cuda kernels beside PyTorch CUDA
 
 Scenarios (random weights; the config of distilbert-base-uncased: C 768, 6 layers, 12 heads, F 3072, V 30522):
     fwd_T32, fwd_T128, fwd_T512   DistilBertModel forward at B=8 and T tokens (no_grad / inference_mode)
@@ -22,6 +23,17 @@ minidistil's median and GFLOP/s from an analytic FLOP count (`flops()`: GEMMs an
 step counted as 3 forwards). Peak memory: tracemalloc does not
 see numpy's or torch's allocations, so each (framework, scenario) runs once more in a FRESH subprocess that reports
 its VmHWM (peak resident set) from /proc/self/status, and its resident set after the imports (`base`).
+
+--device cuda: minidistil's models are moved to the GPU (`.to("cuda")`) and are called with the host arrays, so
+each step copies its batch over once, as a user's step does; torch's models and inputs are moved with .to("cuda")
+(the inputs inside each step); ONNX Runtime runs with CUDAExecutionProvider when its build has it, and is reported
+missing otherwise. Every timed step ends with the device synchronised (numba.cuda.synchronize(),
+torch.cuda.synchronize(); ONNX Runtime returns host arrays). GPU memory, measured in the fresh subprocess: for torch
+`torch.cuda.max_memory_allocated()` (its allocator's peak of live tensors); for minidistil and ONNX Runtime the
+device's memory in use (cudaMemGetInfo: total - free, through numba) after each step, its largest value above the
+reading taken right after the imports (`base`: the CUDA context): an after-step reading, which includes numba's
+not-yet-run deferred frees and CuPy's memory pool, not an allocator's exact peak. `--size tiny` (a 1-layer model
+of width 8) runs on the numba.cuda simulator.
 """
 from __future__ import annotations
 
@@ -50,6 +62,22 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(dim=64, n_layers=2, n_heads=4, hidden_dim=128, vocab_size=1000, teacher_layers=3)
+TINY = Sizes(dim=8, n_layers=1, n_heads=2, hidden_dim=16, vocab_size=24, teacher_layers=1)  # the CUDA simulator
+SIZES = {"full": FULL, "quick": QUICK, "tiny": TINY}
+DEVICES = ("cpu", "cuda")
+
+
+def _size_name(quick) -> str:
+    """quick: False ("full"), True ("quick") or a size name."""
+    if isinstance(quick, str):
+        if quick not in SIZES:
+            raise ValueError(f"--size: expected one of {list(SIZES)}, got {quick!r}")
+        return quick
+    return "quick" if quick else "full"
+
+
+def sizes(quick) -> Sizes:
+    return SIZES[_size_name(quick)]
 
 
 @dataclass(frozen=True)
@@ -60,8 +88,12 @@ class Scenario:
     T: int
 
 
-def scenarios(quick: bool) -> list[Scenario]:
-    if quick:
+def scenarios(quick) -> list[Scenario]:
+    size = _size_name(quick)
+    if size == "tiny":
+        return [Scenario("fwd_T4", "forward", 2, 4), Scenario("train_mlm", "train", 2, 4),
+                Scenario("distill", "distill", 2, 4)]
+    if size == "quick":
         return [Scenario("fwd_T16", "forward", 2, 16), Scenario("fwd_T32", "forward", 2, 32),
                 Scenario("train_mlm", "train", 2, 16), Scenario("distill", "distill", 2, 16)]
     return [Scenario("fwd_T32", "forward", 8, 32), Scenario("fwd_T128", "forward", 8, 128),
@@ -133,8 +165,9 @@ def _md_models(s: Sizes, kind: str):
     return student, teacher
 
 
-def minidistil_step(s: Sizes, sc: Scenario, models=None):
-    """A zero-argument callable running one step of the scenario with minidistil."""
+def minidistil_step(s: Sizes, sc: Scenario, models=None, device: str = "cpu"):
+    """A zero-argument callable running one step of the scenario with minidistil, its models on `device` (the
+    inputs stay numpy arrays: the models copy each batch to the device once per forward)."""
     import numpy as np  # noqa: PLC0415
 
     from minidistil import losses as L  # noqa: PLC0415
@@ -142,6 +175,9 @@ def minidistil_step(s: Sizes, sc: Scenario, models=None):
     from minidistil.optim import AdamW  # noqa: PLC0415
     ids, mask, labels = make_inputs(s, sc)
     model, teacher = models or _md_models(s, sc.kind)
+    for m in (model, teacher):
+        if m is not None:
+            m.to(device)
     if sc.kind == "forward":
         model.eval()
 
@@ -166,8 +202,11 @@ def minidistil_step(s: Sizes, sc: Scenario, models=None):
     def distill():
         with no_grad():
             t = teacher(ids, attention_mask=mask, output_hidden_states=True)
-        t_logits = np.ascontiguousarray(np.asarray(t.logits).reshape(N, V))
-        t_hidden = np.ascontiguousarray(np.asarray(t.hidden_states[-1]).reshape(N, C))
+        if device == "cuda":  # the teacher's outputs stay on the device
+            t_logits, t_hidden = t.logits.data.reshape(N, V), t.hidden_states[-1].data.reshape(N, C)
+        else:
+            t_logits = np.ascontiguousarray(np.asarray(t.logits).reshape(N, V))
+            t_hidden = np.ascontiguousarray(np.asarray(t.hidden_states[-1]).reshape(N, C))
         out = model(ids, attention_mask=mask, output_hidden_states=True)
         s_logits = out.logits.reshape(N, V)
         loss = (L.distill_kl(s_logits, t_logits, 2.0, rows) * 5.0
@@ -194,15 +233,24 @@ def _torch_models(s: Sizes, kind: str):
     return student, teacher
 
 
-def torch_step(s: Sizes, sc: Scenario, models=None):
+def torch_step(s: Sizes, sc: Scenario, models=None, device: str = "cpu"):
+    """One step with torch, its models on `device`; the batch is moved there inside each step (.to(device), a
+    no-op on the CPU), as a user's training loop does."""
     import torch  # noqa: PLC0415
     import torch.nn.functional as TF  # noqa: PLC0415
-    ids, mask, labels = (torch.from_numpy(a) for a in make_inputs(s, sc))
+    host = [torch.from_numpy(a) for a in make_inputs(s, sc)]
     model, teacher = models or _torch_models(s, sc.kind)
+    for m in (model, teacher):
+        if m is not None:
+            m.to(device)
+
+    def batch():
+        return (a.to(device) for a in host)
     if sc.kind == "forward":
         model.eval()
 
         def fwd():
+            ids, mask, _ = batch()
             with torch.inference_mode():
                 return model(input_ids=ids, attention_mask=mask).last_hidden_state
         return fwd
@@ -210,6 +258,7 @@ def torch_step(s: Sizes, sc: Scenario, models=None):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     if sc.kind == "train":
         def train():
+            ids, mask, labels = batch()
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             opt.step()
@@ -217,11 +266,12 @@ def torch_step(s: Sizes, sc: Scenario, models=None):
             return loss
         return train
     teacher.eval()
-    rows = mask.reshape(-1) != 0
     N, V, C = sc.B * sc.T, s.vocab_size, s.dim
     T2 = 2.0
 
     def distill():
+        ids, mask, labels = batch()
+        rows = mask.reshape(-1) != 0
         with torch.no_grad():
             t = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
@@ -262,18 +312,23 @@ def export_onnx(s: Sizes, sc: Scenario, path: str, torch_model=None) -> str:
     return path
 
 
-def onnx_step(s: Sizes, sc: Scenario, path: str):
+def onnx_step(s: Sizes, sc: Scenario, path: str, device: str = "cpu"):
+    """ONNX Runtime's forward; on "cuda" with CUDAExecutionProvider only (no silent fallback to the CPU)."""
     import onnxruntime as ort  # noqa: PLC0415
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    sess = ort.InferenceSession(path, opts, providers=[provider])
+    if sess.get_providers()[0] != provider:
+        raise RuntimeError(f"onnxruntime: {provider} was asked for, the session uses {sess.get_providers()}")
     ids, mask, _ = make_inputs(s, sc)
     feeds = {"input_ids": ids, "attention_mask": mask}
     return lambda: sess.run(None, feeds)[0]
 
 
-def available() -> dict[str, str]:
-    """framework -> version, or 'missing: ...' (without importing the heavy modules when not installed)."""
+def available(device: str = "cpu") -> dict[str, str]:
+    """framework -> version, or 'missing: ...' (without importing the heavy modules when not installed). On "cuda",
+    torch needs a CUDA build that sees a GPU and ONNX Runtime its CUDAExecutionProvider."""
     import importlib.metadata as md  # noqa: PLC0415
     out = {"minidistil": __import__("minidistil").__version__}
     for fw, pkgs in (("torch", ("torch", "transformers")), ("onnxruntime", ("onnxruntime", "onnx", "torch",
@@ -282,6 +337,16 @@ def available() -> dict[str, str]:
             out[fw] = ", ".join(f"{p} {md.version(p)}" for p in pkgs)
         except md.PackageNotFoundError as e:
             out[fw] = f"missing: pip install {e.name}"
+    if device == "cuda":
+        if not out["torch"].startswith("missing"):
+            import torch  # noqa: PLC0415
+            if not torch.cuda.is_available():
+                out["torch"] = f"missing: torch {torch.__version__} sees no CUDA GPU (a CUDA build of torch and a GPU)"
+        if not out["onnxruntime"].startswith("missing"):
+            import onnxruntime as ort  # noqa: PLC0415
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                out["onnxruntime"] = (f"missing: onnxruntime {ort.__version__} has no CUDAExecutionProvider "
+                                      "(pip install onnxruntime-gpu)")
     return out
 
 
@@ -297,9 +362,18 @@ def _rss_mb(field_name: str) -> float:
     return float("nan")
 
 
-def _memory_child(fw: str, quick: bool, name: str, onnx_path: str | None, steps: int) -> dict:
-    s = QUICK if quick else FULL
+def _gpu_in_use_mb() -> float:
+    """The device's memory in use, all processes and allocators (cudaMemGetInfo: total - free), in MB."""
+    from minidistil.kernels import _cuda  # noqa: PLC0415
+    free, total = _cuda.require_cuda().current_context().get_memory_info()
+    return (total - free) / 2**20
+
+
+def _memory_child(fw: str, quick, name: str, onnx_path: str | None, steps: int, device: str = "cpu") -> dict:
+    s = sizes(quick)
     sc = next(x for x in scenarios(quick) if x.name == name)
+    if device == "cuda":
+        return _gpu_memory_child(fw, s, sc, onnx_path, steps)
     if fw.startswith("minidistil"):
         import minidistil.functional  # noqa: F401, PLC0415  (numpy, numba and the kernels)
     elif fw == "torch":
@@ -313,16 +387,42 @@ def _memory_child(fw: str, quick: bool, name: str, onnx_path: str | None, steps:
             else onnx_step(s, sc, onnx_path))
     for _ in range(steps):
         step()
-    return {"base_mb": base, "peak_mb": _rss_mb("VmHWM")}
+    return {"base_mb": base, "peak_mb": _rss_mb("VmHWM"), "memory": "VmHWM (peak resident set)"}
 
 
-def measure_memory(fw: str, quick: bool, sc: Scenario, onnx_path: str | None, steps: int = 2) -> dict:
+def _gpu_memory_child(fw: str, s: Sizes, sc: Scenario, onnx_path: str | None, steps: int) -> dict:
+    """GPU memory of `steps` steps in this fresh process (see the module docstring for what each number is)."""
+    from minidistil import device as D  # noqa: PLC0415
+    if fw == "torch":
+        import torch  # noqa: PLC0415
+        torch.cuda.init()
+        base = torch.cuda.memory_allocated() / 2**20
+        step = torch_step(s, sc, device="cuda")
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        return {"base_mb": base, "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
+                "memory": "torch.cuda.max_memory_allocated"}
+    D.check_device("cuda")
+    base = _gpu_in_use_mb()  # the CUDA context (numba's, which ONNX Runtime shares: the primary context)
+    step = minidistil_step(s, sc, device="cuda") if fw.startswith("minidistil") else onnx_step(s, sc, onnx_path,
+                                                                                                "cuda")
+    peak = base
+    for _ in range(steps):
+        step()
+        D.synchronize()
+        peak = max(peak, _gpu_in_use_mb())
+    return {"base_mb": base, "peak_mb": peak, "memory": "cudaMemGetInfo in use after each step (max)"}
+
+
+def measure_memory(fw: str, quick, sc: Scenario, onnx_path: str | None, steps: int = 2,
+                   device: str = "cpu") -> dict:
     env = dict(os.environ)
     if fw == "minidistil-fast":
         env["MINIDISTIL_FAST_MATH"] = "1"
-    cmd = [sys.executable, "-m", "minidistil.bench", "--_memory-child", fw, sc.name, onnx_path or "", str(steps)]
-    if quick:
-        cmd.append("--quick")
+    cmd = [sys.executable, "-m", "minidistil.bench", "--_memory-child", fw, sc.name, onnx_path or "", str(steps),
+           "--size", _size_name(quick), "--device", device]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if r.returncode != 0:
         return {"base_mb": None, "peak_mb": None, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
@@ -344,15 +444,19 @@ class Result:
     base_mb: float | None = None
     peak_mb: float | None = None
     note: str = ""
+    device: str = "cpu"
+    memory: str = ""        # what peak_mb measures (VmHWM, or a GPU figure: see the module docstring)
 
 
-def environment() -> dict:
+def environment(device: str = "cpu") -> dict:
     import numba  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
     from minidistil import _runtime  # noqa: PLC0415
+    from minidistil import device as D  # noqa: PLC0415
     blas = _runtime.openblas()
-    return {"cores": _runtime.n_cores(), "loadavg": list(os.getloadavg()), "numpy": np.__version__,
+    return {"device": D.describe(device),  # on cuda: the GPU's name and the GEMM (cuBLAS through CuPy, or tiled)
+            "cores": _runtime.n_cores(), "loadavg": list(os.getloadavg()), "numpy": np.__version__,
             "numba": numba.__version__, "numba_threads": numba.config.NUMBA_NUM_THREADS,
             "openblas_core": blas.corename(), "openblas_threads": blas.get_num_threads(),
             "runtime": _runtime.report(), "fast_math": os.environ.get("MINIDISTIL_FAST_MATH", "0"),
@@ -378,17 +482,40 @@ class _FastMath:
                 os.environ["MINIDISTIL_FAST_MATH"] = self.old
 
 
-def run(quick: bool = False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup: int = 2,
-        memory: bool = True, fast_math: bool = False, pause: float = 0.3, log=print) -> tuple[dict, list[Result]]:
-    s = QUICK if quick else FULL
-    have = available()
+def _synchronizer(fw: str, device: str):
+    """What ends a timed step: the device's queue drained (nothing on the CPU; ONNX Runtime returns host arrays)."""
+    if device != "cuda" or fw == "onnxruntime":
+        return lambda: None
+    if fw == "torch":
+        import torch  # noqa: PLC0415
+        return torch.cuda.synchronize
+    from minidistil import device as D  # noqa: PLC0415
+    return D.synchronize
+
+
+def _host(o):
+    """A step's output as a numpy array (torch tensor, minidistil Tensor on either device, or an array)."""
+    import numpy as np  # noqa: PLC0415
+    if type(o).__module__.startswith("torch"):
+        return o.detach().cpu().numpy()
+    return o.numpy() if hasattr(o, "numpy") else np.asarray(o)
+
+
+def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup: int = 2,
+        memory: bool = True, fast_math: bool = False, pause: float = 0.3, log=print,
+        device: str = "cpu") -> tuple[dict, list[Result]]:
+    """quick: False (DistilBERT-base), True (small) or a size name ("tiny": for the CUDA simulator)."""
+    from minidistil import device as D  # noqa: PLC0415
+    device = D.check_device(device)  # "cuda" without a GPU: the RuntimeError that says what is missing, at once
+    s = sizes(quick)
+    have = available(device)
     fws = [fw for fw in frameworks if not have.get(fw, "missing").startswith("missing")]
     for fw in frameworks:
         if fw not in fws:
             log(f"skip {fw}: {have.get(fw, 'unknown framework')}")
     if fast_math and "minidistil" in fws:
         fws.insert(fws.index("minidistil") + 1, "minidistil-fast")
-    env = environment()
+    env = environment(device)
     env["versions"] = have
     env["pause_s"] = pause
     log("environment: " + json.dumps(env))
@@ -400,7 +527,9 @@ def run(quick: bool = False, frameworks=FRAMEWORKS, names=None, repeat: int = 5,
         steps: dict[str, object] = {}
         onnx_path = None
         torch_models = _torch_models(s, sc.kind) if ("torch" in fws or "onnxruntime" in fws) else None
-        for fw in fws:
+        # torch's step last: on "cuda" it moves torch's models to the GPU, after minidistil has copied their weights
+        # and the ONNX export has traced them on the CPU
+        for fw in sorted(fws, key=lambda f: f == "torch"):
             if fw.startswith("minidistil"):
                 if "minidistil" not in steps or fw == "minidistil":
                     models = _md_models(s, sc.kind)
@@ -409,24 +538,26 @@ def run(quick: bool = False, frameworks=FRAMEWORKS, names=None, repeat: int = 5,
                             if m is not None:
                                 m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()},
                                                   strict=False)
-                steps[fw] = minidistil_step(s, sc, models)  # minidistil-fast shares the models
+                steps[fw] = minidistil_step(s, sc, models, device)  # minidistil-fast shares the models
             elif fw == "torch":
-                steps[fw] = torch_step(s, sc, torch_models)
+                steps[fw] = torch_step(s, sc, torch_models, device)
             elif fw == "onnxruntime" and sc.kind == "forward":
                 onnx_path = export_onnx(s, sc, os.path.join(tmp, f"distilbert_{sc.name}.onnx"), torch_models[0])
-                steps[fw] = onnx_step(s, sc, onnx_path)
+                steps[fw] = onnx_step(s, sc, onnx_path, device)
+        steps = {fw: steps[fw] for fw in fws if fw in steps}  # back in the order asked for
+        sync = {fw: _synchronizer(fw, device) for fw in steps}
         outs = {}
         for fw, step in steps.items():  # warm-up: JIT compilation, first-touch allocations
             with _FastMath(fw == "minidistil-fast"):
                 for _ in range(warmup):
                     outs[fw] = step()
+                sync[fw]()
         if sc.kind == "forward" and "minidistil" in outs:
             import numpy as np  # noqa: PLC0415
-            ref = np.asarray(outs["minidistil"])
+            ref = _host(outs["minidistil"])
             for fw, o in outs.items():
                 if fw != "minidistil":
-                    o = o.detach().numpy() if hasattr(o, "detach") else np.asarray(o)
-                    log(f"  {sc.name}: max |{fw} - minidistil| = {float(np.abs(o - ref).max()):.2e}")
+                    log(f"  {sc.name}: max |{fw} - minidistil| = {float(np.abs(_host(o) - ref).max()):.2e}")
         times = {fw: [] for fw in steps}
         for _ in range(repeat):  # interleaved: one step of each framework in turn
             for fw, step in steps.items():
@@ -434,17 +565,18 @@ def run(quick: bool = False, frameworks=FRAMEWORKS, names=None, repeat: int = 5,
                 with _FastMath(fw == "minidistil-fast"):
                     t0 = time.perf_counter()
                     step()
+                    sync[fw]()  # on a GPU the clock stops when the device has finished the step
                     times[fw].append((time.perf_counter() - t0) * 1e3)
         fl = flops(s, sc)
         base = statistics.median(times["minidistil"]) if "minidistil" in times else None
         for fw, ts in times.items():
             ms = statistics.median(ts)
             r = Result(sc.name, fw, ms, [round(t, 3) for t in ts], ratio=(ms / base if base else None),
-                       gflops=fl / ms / 1e6)
+                       gflops=fl / ms / 1e6, device=device)
             if memory:
-                mem = measure_memory(fw, quick, sc, onnx_path)
+                mem = measure_memory(fw, quick, sc, onnx_path, device=device)
                 r.base_mb, r.peak_mb = mem.get("base_mb"), mem.get("peak_mb")
-                r.note = mem.get("error", "")
+                r.memory, r.note = mem.get("memory", ""), mem.get("error", "")
             results.append(r)
             log(format_row(r))
         del steps, torch_models
@@ -455,13 +587,18 @@ def run(quick: bool = False, frameworks=FRAMEWORKS, names=None, repeat: int = 5,
 def format_row(r: Result) -> str:
     def f(x, spec):
         return format(x, spec) if x is not None else "-"
+    where = "GPU " if r.device == "cuda" else ""
+    what = f" {r.memory}" if r.device == "cuda" and r.memory else ""
     return (f"{r.scenario:<10} {r.framework:<16} {r.ms:10.1f} ms  x{f(r.ratio, '5.2f')}  {f(r.gflops, '7.1f')} GFLOP/s"
-            f"  peak {f(r.peak_mb, '7.0f')} MB (base {f(r.base_mb, '5.0f')})" + (f"  [{r.note}]" if r.note else ""))
+            f"  {where}peak {f(r.peak_mb, '7.0f')} MB (base {f(r.base_mb, '5.0f')}){what}"
+            + (f"  [{r.note}]" if r.note else ""))
 
 
 def format_table(results: list[Result]) -> str:
+    gpu = any(r.device == "cuda" for r in results)
     head = (f"{'scenario':<10} {'framework':<16} {'median':>13}  {'ratio':>6}  {'rate':>15}  peak memory "
-            f"(resident after imports)")
+            + ("on the GPU (base: after the imports and the CUDA context; the measure named per row)" if gpu
+               else "(resident after imports)"))
     return "\n".join([head] + [format_row(r) for r in results])
 
 
@@ -496,7 +633,11 @@ def plot(results: list[Result], path: str):
 
 
 def _add_arguments(p: argparse.ArgumentParser):
-    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test: seconds)")
+    p.add_argument("--quick", action="store_true", help="small sizes (a smoke test: seconds); --size quick")
+    p.add_argument("--size", choices=list(SIZES), default=None,
+                   help="model size: full (DistilBERT-base, the default), quick, or tiny (for the CUDA simulator)")
+    p.add_argument("--device", choices=list(DEVICES), default="cpu",
+                   help="cpu (default) or cuda: every framework on the GPU, timed with the device synchronised")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                    help=f"comma-separated subset of {','.join(FRAMEWORKS)} (default: all installed)")
     p.add_argument("--scenarios", default="", help="comma-separated scenario names (default: all)")
@@ -516,22 +657,25 @@ def run_args(args) -> int:
         raise ValueError(f"--frameworks: unknown {bad}, expected a subset of {list(FRAMEWORKS)}")
     if "minidistil" not in fws:
         raise ValueError("--frameworks: minidistil must be one of them (the ratios are against it)")
+    if args.quick and args.size not in (None, "quick"):
+        raise ValueError(f"--quick and --size {args.size}: give one of them")
+    size = args.size or ("quick" if args.quick else "full")
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()] or None
-    known = [sc.name for sc in scenarios(args.quick)]
+    known = [sc.name for sc in scenarios(size)]
     if names and any(n not in known for n in names):
         raise ValueError(f"--scenarios: expected names among {known}, got {names}")
     if args.repeat < 1 or args.warmup < 0:
         raise ValueError("--repeat must be >= 1 and --warmup >= 0")
     if args.pause < 0:
         raise ValueError("--pause must be >= 0")
-    env, results = run(args.quick, fws, names, args.repeat, args.warmup, not args.no_memory, args.fast_math,
-                       args.pause)
+    env, results = run(size, fws, names, args.repeat, args.warmup, not args.no_memory, args.fast_math,
+                       args.pause, device=args.device)
     print()
     print(format_table(results))
     print(f"load average before {env['loadavg']}, after {env['loadavg_end']} on {env['cores']} cores")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"environment": env, "sizes": asdict(QUICK if args.quick else FULL),
+            json.dump({"environment": env, "sizes": asdict(sizes(size)), "device": args.device,
                        "results": [asdict(r) for r in results]}, f, indent=1)
         print(f"wrote {args.json}")
     if args.plot:
@@ -552,11 +696,21 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--_memory-child":  # internal: one (framework, scenario) in a fresh process
         fw, name, onnx_path, steps = argv[1:5]
-        print(json.dumps(_memory_child(fw, "--quick" in argv, name, onnx_path or None, int(steps))))
+        opt = dict(zip(argv[5::2], argv[6::2]))
+        size = opt.get("--size", "quick" if "--quick" in argv else "full")
+        print(json.dumps(_memory_child(fw, size, name, onnx_path or None, int(steps), opt.get("--device", "cpu"))))
         return 0
     p = argparse.ArgumentParser(prog="minidistil bench", description=__doc__.split("\n\n")[0])
     _add_arguments(p)
-    return run_args(p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.device == "cuda":  # as the `minidistil` commands do: no GPU -> one line, before any work
+        from minidistil.device import check_device  # noqa: PLC0415
+        try:
+            check_device("cuda")
+        except RuntimeError as e:
+            print(f"minidistil bench: error: {e}", file=sys.stderr)
+            return 2
+    return run_args(args)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ from minidistil import functional as F
 from minidistil import losses
 from minidistil.autograd import Tensor
 from minidistil.config import BertConfig
+from minidistil.kernels import _common
 from minidistil.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, PreTrainedModel,
-                           Tanh, check_input_ids, extend_mask, position_ids)
+                           Tanh, check_input_ids, extend_mask, position_ids, to_device_of)
 from minidistil.outputs import (BaseModelOutputWithPooling, MaskedLMOutput, MultipleChoiceModelOutput,
                                 QuestionAnsweringModelOutput, SequenceClassifierOutput, TokenClassifierOutput)
 
@@ -44,10 +45,12 @@ class BertEmbeddings(Module):
         self.max_positions = config.max_position_embeddings
 
     def forward(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> Tensor:
-        B, T = input_ids.shape
-        words = self.word_embeddings(input_ids, "input_ids")                    # (B, T, C)
-        types = self.token_type_embeddings(token_type_ids, "token_type_ids")    # (B, T, C)
-        positions = self.position_embeddings(position_ids(B, T, self.max_positions))  # (B, T, C)
+        """input_ids, token_type_ids (B, T): checked by the caller (BertModel.forward); on the model's device."""
+        B, T = tuple(input_ids.shape)
+        pos = to_device_of(position_ids(B, T, self.max_positions), self)        # (B, T) 0..T-1, in range
+        words = self.word_embeddings(input_ids, "input_ids", checked=True)      # (B, T, C)
+        types = self.token_type_embeddings(token_type_ids, "token_type_ids", checked=True)  # (B, T, C)
+        positions = self.position_embeddings(pos, checked=True)                 # (B, T, C)
         # LN(words + (types + positions)): adding the two small tables first makes a distilled student, whose
         # position table has token type 0 folded in, reproduce this sum bit for bit (see distill.py)
         x = self.LayerNorm(words, residual=types + positions)
@@ -167,6 +170,10 @@ class BertModel(BertPreTrainedModel):
         if token_type_ids.shape != (B, T):
             raise ValueError(f"token_type_ids: expected shape {(B, T)} (that of input_ids), got "
                              f"{token_type_ids.shape}")
+        _common.check_ids("token_type_ids", token_type_ids, cfg.type_vocab_size)
+        token_type_ids = np.ascontiguousarray(token_type_ids, dtype=np.int64)
+        # on a GPU, ids, token types and mask go to the device here, once per batch; the kernels use them in place
+        input_ids, token_type_ids, mask = (to_device_of(a, self) for a in (input_ids, token_type_ids, mask))
 
         x = self.embeddings(input_ids, token_type_ids)                          # (B, T, C)
         hidden_states, attentions = [x], []

@@ -1,7 +1,8 @@
 """Where arrays live: "cpu" (numpy arrays) or "cuda" (numba.cuda device arrays, on a GPU or the simulator).
 
     model.to("cuda")                        parameters (and any gradients) move to GPU memory, once
-    out = model(input_ids, attention_mask)  ids and mask are numpy arrays; the kernels copy them over once per call
+    out = model(input_ids, attention_mask)  ids and mask are numpy arrays; the model copies them over once per
+                                            forward and every layer's kernels use the device copies
     out.logits.numpy(), np.asarray(t)       copy a result back to the host only when asked; losses are floats
     print(describe())                       "device: cuda (NVIDIA H100 ...), GEMM: cublas (cupy)"
 

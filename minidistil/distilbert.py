@@ -20,7 +20,7 @@ from minidistil import losses
 from minidistil.autograd import Tensor
 from minidistil.config import DistilBertConfig
 from minidistil.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, PreTrainedModel, ReLU,
-                           check_input_ids, extend_mask, position_ids, sinusoidal_table)
+                           check_input_ids, extend_mask, position_ids, sinusoidal_table, to_device_of)
 from minidistil.outputs import (BaseModelOutput, MaskedLMOutput, MultipleChoiceModelOutput,
                                 QuestionAnsweringModelOutput, SequenceClassifierOutput, TokenClassifierOutput)
 
@@ -40,9 +40,11 @@ class Embeddings(Module):
         self.max_positions = config.max_position_embeddings
 
     def forward(self, input_ids: np.ndarray) -> Tensor:
-        B, T = input_ids.shape
-        words = self.word_embeddings(input_ids, "input_ids")                    # (B, T, C)
-        positions = self.position_embeddings(position_ids(B, T, self.max_positions))  # (B, T, C)
+        """input_ids (B, T): checked against the vocabulary by the caller; on the model's device."""
+        B, T = tuple(input_ids.shape)
+        pos = to_device_of(position_ids(B, T, self.max_positions), self)        # (B, T) 0..T-1, in range
+        words = self.word_embeddings(input_ids, "input_ids", checked=True)      # (B, T, C)
+        positions = self.position_embeddings(pos, checked=True)                 # (B, T, C)
         return self.dropout(self.LayerNorm(words, residual=positions))          # LN(words + positions)
 
 
@@ -123,6 +125,8 @@ class DistilBertModel(DistilBertPreTrainedModel):
         input_ids = check_input_ids(input_ids, self.config.vocab_size)          # (B, T)
         B, T = input_ids.shape
         mask = extend_mask(attention_mask, (B, T))                              # (B, T) 1 = token, 0 = padding
+        # on a GPU, ids and mask go to the device here, once per batch; every layer's kernels use them in place
+        input_ids, mask = to_device_of(input_ids, self), to_device_of(mask, self)
         x = self.embeddings(input_ids)                                          # (B, T, C)
         hidden_states, attentions = [x], []
         for layer in self.transformer.layer:

@@ -12,6 +12,7 @@ import numpy as np
 
 from minidistil.autograd import Tensor, make_result
 from minidistil.kernels import activations as _act
+from minidistil.kernels import _cuda
 from minidistil.kernels import attention as _attention
 from minidistil.kernels import dropout as _dropout
 from minidistil.kernels import embedding as _embedding
@@ -81,7 +82,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray, n_heads: int, p
               training: bool = False, seed: int | None = None) -> tuple[Tensor, Tensor]:
     """Multi-head scaled dot-product attention over all H heads in one kernel.
 
-    q, k, v (B, T, C); mask (B, T), 1 = a real token, 0 = padding (keys at padding get no attention).
+    q, k, v (B, T, C); mask (B, T), 1 = a real token, 0 = padding (keys at padding get no attention); a host
+    array, or a device array when q is one (the models move their mask to the device once per forward).
     p: dropout on the attention probabilities, applied in training only (a fresh seed per call, from the generator
     that manual_seed sets, unless `seed` is given); the kernel regenerates the mask in backward.
     Returns (out (B, T, C), probs (B, H, T, T)); probs (before dropout) is for output_attentions, no gradient.
@@ -101,16 +103,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray, n_heads: int, p
     return make_result(out, (q, k, v), backward, "attention"), Tensor(cache.probs)
 
 
-def embedding(ids: np.ndarray, table: Tensor, padding_idx: int | None = None) -> Tensor:
-    """out[..., :] = table[ids[...], :];  ids any shape (int), table (V, C) -> (*ids.shape, C).
-    As torch's nn.Embedding(padding_idx=...), the row padding_idx receives no gradient (it stays as loaded)."""
-    out, cache = _embedding.embedding_forward(ids, table.data)
+def embedding(ids: np.ndarray, table: Tensor, padding_idx: int | None = None, checked: bool = False) -> Tensor:
+    """out[..., :] = table[ids[...], :];  ids any shape (int, a host or device array), table (V, C) -> (*ids.shape, C).
+    As torch's nn.Embedding(padding_idx=...), the row padding_idx receives no gradient (it stays as loaded).
+    checked=True: the caller has checked 0 <= ids < V (so device ids are not copied back to check them)."""
+    out, cache = _embedding.embedding_forward(ids, table.data, checked)
 
     def backward(dout):
         # out = table[ids]  ->  dtable[id] += dout at every position holding id (but not the padding row)
         dtable = _embedding.embedding_backward(dout, cache)
         if padding_idx is not None:
-            dtable[padding_idx] = 0.0
+            if _cuda.is_device_array(dtable):
+                _cuda.fill_(dtable[padding_idx], 0.0)  # on the device (a setitem would copy a host row over)
+            else:
+                dtable[padding_idx] = 0.0
         return (dtable,)
 
     return make_result(out, (table,), backward, "embedding")

@@ -162,10 +162,13 @@ class Embedding(Module):
         self.padding_idx = padding_idx
         self.weight = Parameter(np.zeros((num_embeddings, dim), dtype=np.float32))
 
-    def forward(self, ids: np.ndarray, name: str = "ids") -> Tensor:
-        from minidistil.kernels import _common
-        _common.check_ids(name, ids, self.weight.shape[0])
-        return F.embedding(ids, self.weight, self.padding_idx)
+    def forward(self, ids: np.ndarray, name: str = "ids", checked: bool = False) -> Tensor:
+        """ids: a host array, or a device array when the weight is on the device. checked=True: the caller has
+        checked 0 <= ids < V already (a model checks its host ids before moving them over once per batch)."""
+        from minidistil.kernels import _common, _cuda
+        if not checked:
+            _common.check_ids(name, _cuda.to_host(ids), self.weight.shape[0])
+        return F.embedding(ids, self.weight, self.padding_idx, checked=True)
 
 
 class Dropout(Module):
@@ -329,6 +332,14 @@ def extend_mask(attention_mask, shape: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"attention_mask: expected shape {tuple(shape)} (that of input_ids), got {tuple(m.shape)}")
     _common.check_ids("attention_mask", m.astype(np.int64) if m.dtype == bool else m, 2)
     return np.ascontiguousarray(m, dtype=np.int32)
+
+
+def to_device_of(a: np.ndarray, model) -> np.ndarray:
+    """The host array `a` (input ids, a mask) moved to the device of `model`'s parameters: copied to the GPU once
+    per batch when the model is there (its kernels then use the device array in place), `a` itself otherwise."""
+    from minidistil.kernels import _cuda
+    params = model.parameters()
+    return _cuda.to_device(a) if params and _cuda.is_device_array(params[0].data) else a
 
 
 def position_ids(batch: int, length: int, max_positions: int) -> np.ndarray:
