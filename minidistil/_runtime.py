@@ -26,6 +26,20 @@ before numpy loads OpenBLAS. Once numpy is imported, OpenBLAS has read its envir
        OPENBLAS_THREAD_TIMEOUT=4        OpenBLAS workers sleep after 2^4 cycles (only before numpy's import)
    Attention's many small GEMMs avoid OpenBLAS's threads altogether (`run_blas_tasks` below).
 
+3. Fresh memory. glibc's malloc serves every allocation above 32 MB (its largest mmap threshold) with a fresh
+   mmap and unmaps it on free, so each such array is new memory whose first touch faults every page in, zeroed by
+   the kernel. A DistilBERT-base MLM training step allocates ~450 MB of them per step (the (B T, V) logits and
+   their gradient, 125 MB each; the (V, C) gradients of the tied word embeddings, 94 MB each), and a T = 512
+   forward 100 MB of attention scores per layer. Measured here: the first fill of a new 125 MB array took 62 ms,
+   a second fill 17 ms. So, unless MINIDISTIL_MALLOC=0 or the user set MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_,
+   configure() calls glibc's mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2^31 - 1): large arrays come from
+   the heap, and freed memory stays in the process for the next step instead of going back to the kernel.
+   Measured (minidistil bench, minidistil only, same machine, one run each): training step 1959 -> 1418 ms,
+   forward at T = 512 1782 -> 1622 ms, peak resident memory unchanged (1849 -> 1843 MB, 809 -> 821 MB). The cost:
+   memory once used is not returned to the system until the process ends (the peak stays resident). This is a
+   process-wide setting, so in `minidistil bench` PyTorch and ONNX Runtime run under it too. Only on Linux with
+   glibc; elsewhere nothing is done.
+
 `report()` says what was decided (the bench command prints it).
 """
 from __future__ import annotations
@@ -71,6 +85,7 @@ def configure() -> dict[str, str]:
         _set_default("OMP_WAIT_POLICY", "PASSIVE", "Numba's OpenMP workers sleep between kernels")
         if "numpy" not in sys.modules:
             _set_default("OPENBLAS_THREAD_TIMEOUT", "4", "OpenBLAS workers sleep between GEMMs")
+    _configure_malloc()
     wish = os.environ.get("MINIDISTIL_OPENBLAS_CORETYPE", "").strip()
     if wish == "0":
         _DECISION["OPENBLAS_CORETYPE"] = "not set (MINIDISTIL_OPENBLAS_CORETYPE=0)"
@@ -85,6 +100,32 @@ def configure() -> dict[str, str]:
     else:
         _DECISION["OPENBLAS_CORETYPE"] = "not set (no AVX-512 F/BW/DQ/VL in /proc/cpuinfo)"
     return _DECISION
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
+
+
+def _configure_malloc():
+    """Item 3 of the module docstring: large arrays from glibc's heap, kept for reuse."""
+    if os.environ.get("MINIDISTIL_MALLOC", "1") == "0":
+        _DECISION["malloc"] = "left alone (MINIDISTIL_MALLOC=0)"
+        return
+    if "MALLOC_MMAP_MAX_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        _DECISION["malloc"] = "left alone (MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ set by the user)"
+        return
+    import ctypes  # noqa: PLC0415
+    import platform  # noqa: PLC0415
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        _DECISION["malloc"] = "left alone (not Linux with glibc)"
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        ok = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    except (OSError, AttributeError):
+        ok = False
+    _DECISION["malloc"] = ("large arrays from the heap, kept for reuse (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
+                           if ok else "left alone (mallopt refused)")
 
 
 def set_by_minidistil() -> dict[str, str]:

@@ -300,6 +300,32 @@ def test_openblas_core_in_use_is_the_one_chosen():
         assert out[1].lower() == "skylakex"
 
 
+_IN_HEAP = """
+import minidistil, numpy as np
+from minidistil import _runtime
+a = np.ones(16 * 2**20, np.float32)                  # 64 MB: above glibc's largest mmap threshold (32 MB)
+p = a.ctypes.data
+heap = [l.split()[0].split("-") for l in open("/proc/self/maps") if l.rstrip().endswith("[heap]")]
+print(any(int(lo, 16) <= p < int(hi, 16) for lo, hi in heap), _runtime.report())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings are Linux-only")
+def test_large_arrays_come_from_the_heap_unless_turned_off():
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "MINIDISTIL_MALLOC"))}
+    run = lambda extra: subprocess.run([sys.executable, "-c", _IN_HEAP], capture_output=True, text=True,  # noqa
+                                       env={**env, **extra}, timeout=120).stdout
+    out = run({})
+    assert out.startswith("True") and "M_MMAP_MAX=0" in out      # reused heap memory, not a fresh mapping
+    out = run({"MINIDISTIL_MALLOC": "0"})
+    assert out.startswith("False") and "MINIDISTIL_MALLOC=0" in out
+    out = run({"MALLOC_TRIM_THRESHOLD_": "1000000"})              # the user's own malloc settings win
+    assert "set by the user" in out
+
+
 @pytest.mark.parametrize("B,H,parts", [(8, 12, 2), (1, 12, 2), (1, 1, 2), (3, 2, 4), (2, 5, 3)])
 def test_split_pairs_covers_every_batch_head_pair_once(B, H, parts):
     seen = np.zeros((B, H), int)
