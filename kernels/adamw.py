@@ -121,11 +121,13 @@ def _adamw_cpu(param, grad, m, v, decay, beta1, one_m_beta1, beta2, one_m_beta2,
         param[i] = param[i] * decay - step_size * mi / (math.sqrt(vi) / bc2_sqrt + eps)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
 def _sum_of_squares_cpu(a):
     # a flat (N,) float32. The square of a float32 is exact in float64 (24-bit mantissa squared: 48 bits <= 53),
-    # so only the float64 additions round; prange turns the running sum into a parallel reduction. (Four
-    # independent accumulators per chunk were measured no faster: 36 us for 64K elements either way, one thread.)
+    # so only the float64 additions round; prange turns the running sum into a parallel reduction, and the
+    # "reassoc" flag (only that: no finite-math assumption, an inf or NaN gradient still gives inf or NaN) lets
+    # each thread's chain of adds vectorise into 8-lane partial sums. Measured, 66 M elements (DistilBERT-base's
+    # gradients), 2 cores: 63 -> 8 ms.
     s = 0.0
     for i in prange(a.size):
         x = np.float64(a[i])
