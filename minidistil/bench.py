@@ -24,6 +24,14 @@ step counted as 3 forwards). Peak memory: tracemalloc does not
 see numpy's or torch's allocations, so each (framework, scenario) runs once more in a FRESH subprocess that reports
 its VmHWM (peak resident set) from /proc/self/status, and its resident set after the imports (`base`).
 
+Process settings: `import minidistil` sets up its process (minidistil/_runtime.py: OMP_WAIT_POLICY=PASSIVE, OpenBLAS's
+thread timeout and core type, glibc malloc keeping large arrays for reuse), and in the interleaved run PyTorch and
+ONNX Runtime share that process, so they run under minidistil's settings too (measured: they speed up PyTorch's
+training step, e.g. 2.7-3.1 s -> 1.8 s). The fresh subprocess of each (framework, scenario) therefore also TIMES its
+steps ("alone" column: the median of `--memory-steps` steps after one warm-up), with PyTorch and ONNX Runtime
+under their own defaults (MINIDISTIL_MALLOC=0 and MINIDISTIL_THREAD_ENV=0 there: as their users run them) and
+minidistil under its own; "alone x" is that time over minidistil's alone time. These runs are not interleaved.
+
 --device cuda: minidistil's models are moved to the GPU (`.to("cuda")`) and are called with the host arrays, so
 each step copies its batch over once, as a user's step does; torch's models and inputs are moved with .to("cuda")
 (the inputs inside each step); ONNX Runtime runs with CUDAExecutionProvider when its build has it, and is reported
@@ -385,9 +393,14 @@ def _memory_child(fw: str, quick, name: str, onnx_path: str | None, steps: int, 
     base = _rss_mb("VmRSS")
     step = (minidistil_step(s, sc) if fw.startswith("minidistil") else torch_step(s, sc) if fw == "torch"
             else onnx_step(s, sc, onnx_path))
-    for _ in range(steps):
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
         step()
-    return {"base_mb": base, "peak_mb": _rss_mb("VmHWM"), "memory": "VmHWM (peak resident set)"}
+        if i:  # the first step warms up (JIT, caches, first allocations)
+            times.append(1000 * (time.perf_counter() - t0))
+    return {"base_mb": base, "peak_mb": _rss_mb("VmHWM"), "memory": "VmHWM (peak resident set)",
+            "alone_ms": statistics.median(times) if times else None}
 
 
 def _gpu_memory_child(fw: str, s: Sizes, sc: Scenario, onnx_path: str | None, steps: int) -> dict:
@@ -416,11 +429,24 @@ def _gpu_memory_child(fw: str, s: Sizes, sc: Scenario, onnx_path: str | None, st
     return {"base_mb": base, "peak_mb": peak, "memory": "cudaMemGetInfo in use after each step (max)"}
 
 
-def measure_memory(fw: str, quick, sc: Scenario, onnx_path: str | None, steps: int = 2,
-                   device: str = "cpu") -> dict:
+def child_env(fw: str) -> dict:
+    """The environment of a framework's fresh subprocess: minidistil's own settings for minidistil (plus
+    MINIDISTIL_FAST_MATH=1 for minidistil-fast); for torch and ONNX Runtime none of them (their users' defaults)."""
     env = dict(os.environ)
     if fw == "minidistil-fast":
         env["MINIDISTIL_FAST_MATH"] = "1"
+    if not fw.startswith("minidistil"):  # torch and ONNX Runtime as their users run them: none of our settings
+        from minidistil import _runtime  # noqa: PLC0415
+        for k, v in _runtime.set_by_minidistil().items():  # what our import put into this process's environment
+            if env.get(k) == v:
+                del env[k]
+        env.update(MINIDISTIL_MALLOC="0", MINIDISTIL_THREAD_ENV="0", MINIDISTIL_OPENBLAS_CORETYPE="0")
+    return env
+
+
+def measure_memory(fw: str, quick, sc: Scenario, onnx_path: str | None, steps: int = 3,
+                   device: str = "cpu") -> dict:
+    env = child_env(fw)
     cmd = [sys.executable, "-m", "minidistil.bench", "--_memory-child", fw, sc.name, onnx_path or "", str(steps),
            "--size", _size_name(quick), "--device", device]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
@@ -443,6 +469,8 @@ class Result:
     gflops: float | None = None
     base_mb: float | None = None
     peak_mb: float | None = None
+    alone_ms: float | None = None     # timed alone in the fresh subprocess, under the framework's own defaults
+    alone_ratio: float | None = None
     note: str = ""
     device: str = "cpu"
     memory: str = ""        # what peak_mb measures (VmHWM, or a GPU figure: see the module docstring)
@@ -575,10 +603,15 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
                        gflops=fl / ms / 1e6, device=device)
             if memory:
                 mem = measure_memory(fw, quick, sc, onnx_path, device=device)
-                r.base_mb, r.peak_mb = mem.get("base_mb"), mem.get("peak_mb")
+                r.base_mb, r.peak_mb, r.alone_ms = mem.get("base_mb"), mem.get("peak_mb"), mem.get("alone_ms")
                 r.memory, r.note = mem.get("memory", ""), mem.get("error", "")
             results.append(r)
-            log(format_row(r))
+        alone = {r.framework: r.alone_ms for r in results if r.scenario == sc.name}
+        for r in results:
+            if r.scenario == sc.name:
+                if r.alone_ms and alone.get("minidistil"):
+                    r.alone_ratio = r.alone_ms / alone["minidistil"]
+                log(format_row(r))
         del steps, torch_models
     env["loadavg_end"] = list(os.getloadavg())
     return env, results
@@ -591,6 +624,7 @@ def format_row(r: Result) -> str:
     what = f" {r.memory}" if r.device == "cuda" and r.memory else ""
     return (f"{r.scenario:<10} {r.framework:<16} {r.ms:10.1f} ms  x{f(r.ratio, '5.2f')}  {f(r.gflops, '7.1f')} GFLOP/s"
             f"  {where}peak {f(r.peak_mb, '7.0f')} MB (base {f(r.base_mb, '5.0f')}){what}"
+            + (f"  alone {r.alone_ms:8.1f} ms x{f(r.alone_ratio, '5.2f')}" if r.alone_ms else "")
             + (f"  [{r.note}]" if r.note else ""))
 
 

@@ -568,3 +568,15 @@ def test_row_reductions(rng, n):
         assert _common.row_max(c) == np.inf and np.isnan(_common.row_sum(c))   # inf + -inf
         c[c == -np.inf] = 0.0
         assert _common.row_sum(c) == np.inf
+
+
+def test_bench_runs_torch_and_onnxruntime_alone_under_their_own_defaults():
+    from minidistil import bench
+    ours = _runtime.set_by_minidistil()
+    assert ours                                                   # import minidistil set something (this process)
+    for fw in ("torch", "onnxruntime"):
+        env = bench.child_env(fw)
+        assert all(env.get(k) != v for k, v in ours.items())     # none of our settings leak into their process
+        assert env["MINIDISTIL_MALLOC"] == env["MINIDISTIL_THREAD_ENV"] == "0"
+    assert bench.child_env("minidistil").get("MINIDISTIL_MALLOC") != "0"
+    assert bench.child_env("minidistil-fast")["MINIDISTIL_FAST_MATH"] == "1"
