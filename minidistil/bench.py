@@ -645,17 +645,21 @@ def plot(results: list[Result], path: str):
     fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(names), 4))
     width = 0.8 / max(1, len(fws))
     for i, fw in enumerate(fws):
-        xs, ys = [], []
+        xs, ys, alone = [], [], []
         for j, n in enumerate(names):
             r = next((r for r in results if r.scenario == n and r.framework == fw), None)
             if r is not None:
                 xs.append(j + (i - (len(fws) - 1) / 2) * width)
                 ys.append(r.ms)
+                alone.append(r.alone_ms if r.alone_ms else float("nan"))
         ax.bar(xs, ys, width, label=fw)
+        if any(a == a for a in alone):  # the time alone in a fresh process (each framework's own defaults)
+            ax.plot(xs, alone, "k_", markersize=14, markeredgewidth=2,
+                    label="alone, own defaults" if i == 0 else None)
     ax.set_xticks(range(len(names)), names)
     ax.set_yscale("log")
     ax.set_ylabel("median ms per step (log scale)")
-    ax.set_title("minidistil bench (lower is better)")
+    ax.set_title("minidistil bench (lower is better): bars interleaved in one process, dashes alone")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
