@@ -372,12 +372,17 @@ def test_bench_quick_runs_and_writes_json_and_plot(tmp_path):
     assert out_png.stat().st_size > 1000
 
 
-def test_bench_memory_child_reports_a_peak():
+def test_bench_memory_child_reports_a_peak_and_a_time(tmp_path):
     from minidistil import bench
     sc = bench.scenarios(True)[0]
-    mem = bench.measure_memory("minidistil", True, sc, None, steps=1)
+    mem = bench.measure_memory("minidistil", True, sc, None, steps=2)
     assert "error" not in mem, mem
     assert 0 < mem["base_mb"] <= mem["peak_mb"]
+    assert mem["alone_ms"] > 0                                     # the second step, timed alone
+    results = [bench.Result(sc.name, "minidistil", 5.0, alone_ms=mem["alone_ms"]),
+               bench.Result(sc.name, "torch", 4.0)]                # no alone time: no dash
+    bench.plot(results, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
 
 
 def test_bench_rejects_bad_arguments():
