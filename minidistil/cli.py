@@ -168,8 +168,11 @@ def add_ner(sub, name, help):
     _text_args(p)
     _model_args(p)
     p.add_argument("--aggregation", default="simple", choices=["simple", "none"])
+    p.add_argument("--stride", type=int, default=None,
+                   help="read a long text in windows sharing this many tokens (default: truncate, with a warning)")
     p.set_defaults(run=lambda a: _run_each(a, "token-classification",
-                                           lambda pl, t: pl(t, aggregation_strategy=a.aggregation)))
+                                           lambda pl, t: pl(t, aggregation_strategy=a.aggregation,
+                                                            stride=a.stride)))
 
 
 def add_qa(sub, name, help):

@@ -169,7 +169,7 @@ class TextClassificationPipeline(Pipeline):
 class TokenClassificationPipeline(Pipeline):
     task, head = "token-classification", "ForTokenClassification"
 
-    def __call__(self, texts, aggregation_strategy: str = "simple", ignore_labels=("O",)):
+    def __call__(self, texts, aggregation_strategy: str = "simple", ignore_labels=("O",), stride: int | None = None):
         """For each text: a list of entities.
 
         "simple": {"entity_group", "score", "word", "start", "end"}; consecutive tokens with the same tag X are
@@ -177,6 +177,10 @@ class TokenClassificationPipeline(Pipeline):
         the tokens' probabilities; start/end are character offsets in the text.
         "none":   one {"entity", "score", "index", "word", "start", "end"} per token.
         Entities labelled in ignore_labels ("O") are left out.
+        A text longer than max_length tokens is truncated (with a warning), as transformers does by default; with
+        `stride`, it is read in windows of max_length tokens sharing `stride` tokens instead, and each token takes
+        its label from the window in which it lies farthest from an edge (the most context on both sides).
+        "index" is then the token's position in the whole text (without [CLS]), not in a window.
         """
         if aggregation_strategy not in ("simple", "none"):
             raise ValueError(f"aggregation_strategy: expected 'simple' or 'none', got {aggregation_strategy!r}")
@@ -184,16 +188,26 @@ class TokenClassificationPipeline(Pipeline):
         id2label = self.model.config.id2label
         results = []
         for sl in self._batches(len(texts)):
-            enc = self._encode(texts[sl], return_offsets_mapping=True)
-            probs = softmax(_numpy(self._forward(enc).logits).astype(np.float64))  # (B, T, K)
-            for b in range(probs.shape[0]):
-                tokens = []
-                for t in np.flatnonzero(enc["sequence_ids"][b] == 0):              # real tokens, no [CLS]/[SEP]
-                    k = int(np.argmax(probs[b, t]))
-                    start, end = (int(x) for x in enc["offset_mapping"][b, t])
-                    tokens.append({"entity": id2label[k], "score": float(probs[b, t, k]), "index": int(t),
-                                   "word": self.tokenizer.convert_ids_to_tokens(int(enc["input_ids"][b, t])),
-                                   "start": start, "end": end})
+            windows = {} if stride is None else dict(stride=stride, return_overflowing_tokens=True)
+            enc = self._encode(texts[sl], return_offsets_mapping=True, **windows)
+            probs = softmax(_numpy(self._forward(enc).logits).astype(np.float64))  # (W, T, K): W rows (windows)
+            sample = enc.get("overflow_to_sample_mapping", np.arange(probs.shape[0]))
+            for i in range(sl.stop - sl.start):
+                best = {}                      # (start, end) characters -> (distance to the window's edge, token)
+                for w in np.flatnonzero(sample == i):
+                    real = np.flatnonzero(enc["sequence_ids"][w] == 0)             # no [CLS]/[SEP]/padding
+                    for pos, t in enumerate(real):
+                        k = int(np.argmax(probs[w, t]))
+                        start, end = (int(x) for x in enc["offset_mapping"][w, t])
+                        edge = min(pos, len(real) - 1 - pos)
+                        if (start, end) in best and best[start, end][0] >= edge:
+                            continue                                                # seen with more context
+                        best[start, end] = (edge, {"entity": id2label[k], "score": float(probs[w, t, k]),
+                                              "word": self.tokenizer.convert_ids_to_tokens(
+                                                  int(enc["input_ids"][w, t])), "start": start, "end": end})
+                tokens = [tok for _, (_, tok) in sorted(best.items())]
+                for index, tok in enumerate(tokens, start=1):                       # as in one window: [CLS] = 0
+                    tok["index"] = index
                 ents = tokens if aggregation_strategy == "none" else self._group(tokens)
                 key = "entity" if aggregation_strategy == "none" else "entity_group"
                 results.append([e for e in ents if e[key] not in ignore_labels])

@@ -140,6 +140,43 @@ def test_token_classification(tok):
     assert ner("") == []
 
 
+def test_token_classification_reads_a_long_text_in_windows(tok):
+    import warnings
+    id2label = dict(enumerate(NER_LABELS))
+    model = _ours("DistilBertForTokenClassification", seed=4, id2label=id2label)
+    ner = pipeline("ner", model, tok)                               # max_length 32 (the vocabulary's config)
+    text = " ".join([TEXTS[2], TEXTS[1], TEXTS[0]] * 2)
+    whole = tok(text, truncation=False, return_offsets_mapping=True)
+    n_tokens = int((whole["sequence_ids"][0] == 0).sum())
+    assert n_tokens > 50                                            # several windows of at most 30 tokens
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                              # windows: nothing is truncated
+        tokens = ner(text, aggregation_strategy="none", ignore_labels=(), stride=6)
+    # every token of the text once, in order, with its offsets in the whole text
+    assert [(t["start"], t["end"]) for t in tokens] == [tuple(int(x) for x in whole["offset_mapping"][0, t])
+                                                        for t in np.flatnonzero(whole["sequence_ids"][0] == 0)]
+    assert [t["index"] for t in tokens] == list(range(1, n_tokens + 1))
+    # each token labelled from the window where it is farthest from an edge (the first such window on a tie)
+    enc = tok(text, max_length=32, stride=6, return_overflowing_tokens=True, return_offsets_mapping=True)
+    p = softmax(np.array(_raw(model, enc).logits, dtype=np.float64))                    # (W, T, K)
+    chosen = {}
+    for w in range(p.shape[0]):
+        real = np.flatnonzero(enc["sequence_ids"][w] == 0)
+        for pos, t in enumerate(real):
+            key, edge = tuple(int(x) for x in enc["offset_mapping"][w, t]), min(pos, len(real) - 1 - pos)
+            if key not in chosen or edge > chosen[key][0]:
+                chosen[key] = (edge, p[w, t])
+    for t in tokens:
+        probs = chosen[t["start"], t["end"]][1]
+        assert t["entity"] == NER_LABELS[int(np.argmax(probs))]
+        np.testing.assert_allclose(t["score"], probs.max(), rtol=1e-12)
+    assert p.shape[0] >= 3
+    ents = ner(text, stride=6)
+    assert ents and all(0 <= e["start"] < e["end"] <= len(text) for e in ents)
+    with pytest.warns(UserWarning, match="truncated"):              # without stride: truncated, as transformers
+        ner(text)
+
+
 def _best_span(start_logits, end_logits, enc, max_answer_len):
     """Brute force over every span: softmax over [CLS] + context tokens (transformers' normalisation), best
     p_start[s] * p_end[e] with s <= e < s + max_answer_len among context tokens. Returns (score, s, e)."""
