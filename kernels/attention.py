@@ -259,16 +259,13 @@ def _softmax_rows(S, keep, scale, fast, Pd, has_drop, k1, k2, threshold, pscale)
         for j in range(T):
             row[j] = row[j] * scale if keep[b, j] else FILL32  # S / sqrt(D), masked keys filled with finfo.min
         m = max(FILL32, row_max(row))
-        tot = ZERO
         if fast:
             for j in range(T):
-                e = exp_fast(row[j] - m)                        # softmax: subtract the row max
-                row[j] = e
-                tot += e
+                row[j] = exp_fast(row[j] - m)                   # softmax: subtract the row max (fast exp)
         else:
             for j in range(T):
                 row[j] = exp_f32(row[j] - m)                    # exact exp, vectorised (no running sum here)
-            tot = row_sum(row)
+        tot = row_sum(row)
         inv = ONE / tot
         for j in range(T):
             row[j] *= inv                                       # P = exp(S - max) / sum

@@ -158,17 +158,12 @@ def _bwd_cpu(s, z, inv_t, sel, lse_s, lse_t, scale, ds):
 
 @njit(cache=True, inline="always")
 def _row_lse_fast(x, i, inv_t, buf):
-    # as _row_lse, with exp_fast into buf (vectorised), then summed in order
+    # as _row_lse, with exp_fast into buf (vectorised), then summed (vectorised)
     V = x.shape[1]
-    m = x[i, 0]
-    for v in range(1, V):
-        m = max(m, x[i, v])
+    m = row_max(x[i])
     for v in range(V):
         buf[v] = exp_fast((x[i, v] - m) * inv_t)
-    acc = ZERO
-    for v in range(V):
-        acc += buf[v]
-    return m * inv_t + math.log(acc)
+    return m * inv_t + math.log(row_sum(buf))
 
 
 @njit(cache=True, parallel=True)
@@ -186,9 +181,7 @@ def _fwd_cpu_fast(s, z, inv_t, sel, lse_s, lse_t, row_kl):
         for v in range(V):
             log_pt = z[i, v] * inv_t - lt
             buf[v] = exp_fast(log_pt) * (log_pt - (s[i, v] * inv_t - ls))   # p_t (log p_t - log p_s)
-        acc = ZERO
-        for v in range(V):
-            acc += buf[v]
+        acc = row_sum(buf)
         lse_s[i] = ls
         lse_t[i] = lt
         row_kl[i] = acc
