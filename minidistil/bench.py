@@ -28,7 +28,7 @@ Process settings: `import minidistil` sets up its process (minidistil/_runtime.p
 thread timeout and core type, glibc malloc keeping large arrays for reuse), and in the interleaved run PyTorch and
 ONNX Runtime share that process, so they run under minidistil's settings too (measured: they speed up PyTorch's
 training step, e.g. 2.7-3.1 s -> 1.8 s). The fresh subprocess of each (framework, scenario) therefore also TIMES its
-steps ("alone" column: the median of `--memory-steps` steps after one warm-up), with PyTorch and ONNX Runtime
+steps ("alone" column: the median of ALONE_STEPS - 1 steps after one warm-up), with PyTorch and ONNX Runtime
 under their own defaults (MINIDISTIL_MALLOC=0 and MINIDISTIL_THREAD_ENV=0 there: as their users run them) and
 minidistil under its own; "alone x" is that time over minidistil's alone time. These runs are not interleaved.
 
@@ -444,7 +444,10 @@ def child_env(fw: str) -> dict:
     return env
 
 
-def measure_memory(fw: str, quick, sc: Scenario, onnx_path: str | None, steps: int = 3,
+ALONE_STEPS = 5  # in the fresh subprocess: 1 warm-up + 4 timed (2 timed were measured too noisy: +-30%)
+
+
+def measure_memory(fw: str, quick, sc: Scenario, onnx_path: str | None, steps: int = ALONE_STEPS,
                    device: str = "cpu") -> dict:
     env = child_env(fw)
     cmd = [sys.executable, "-m", "minidistil.bench", "--_memory-child", fw, sc.name, onnx_path or "", str(steps),
