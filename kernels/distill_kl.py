@@ -17,10 +17,10 @@ Versions:
     distill_kl_forward_cpu / _backward_cpu     Numba, prange over rows, unselected rows skipped, float32 sums;
                                                exp by _common.exp_f32 (the correctly rounded float32 exp, <= 1 ulp
                                                and only within ~1e-14 of a tie), written to a row buffer in loops
-                                               that vectorise, then summed in order
+                                               that vectorise, then summed (_common.row_sum, vectorised)
     (fast=True on the CPU versions)            opt-in fast math (MINIDISTIL_FAST_MATH=1 or fast=True): exp by
                                                _common.exp_fast (relative error E <= 2.5e-7, float32, fewer
-                                               operations than exp_f32), the same row buffers. Error
+                                               operations than exp_f32), the same kernels and row buffers. Error
                                                bounds: each lse within E, p within 2E relative, so the row KL
                                                within 2E (sum_v p_t |log p_t - log p_s| + 1) and ds within
                                                |scale| 2E (p_s + p_t)
@@ -108,18 +108,22 @@ def distill_kl_backward_ref(dloss, cache):
 
 
 @njit(cache=True, inline="always")
-def _row_lse(x, i, inv_t, buf):
+def _row_lse(x, i, inv_t, buf, fast):
     # lse(x_i / T) with the max taken first: m / T + log(sum exp((x - m) / T)); the exps go to buf (V,) first
-    # (that loop vectorises), then are summed in order
+    # (that loop vectorises), then are summed (vectorised). fast: exp_fast instead of the exact exp_f32
     V = x.shape[1]
     m = row_max(x[i])
-    for v in range(V):
-        buf[v] = exp_f32((x[i, v] - m) * inv_t)
+    if fast:
+        for v in range(V):
+            buf[v] = exp_fast((x[i, v] - m) * inv_t)
+    else:
+        for v in range(V):
+            buf[v] = exp_f32((x[i, v] - m) * inv_t)
     return m * inv_t + math.log(row_sum(buf))
 
 
 @njit(cache=True, parallel=True)
-def _fwd_cpu(s, z, inv_t, sel, lse_s, lse_t, row_kl):
+def _fwd_cpu(s, z, inv_t, sel, lse_s, lse_t, row_kl, fast):
     # row_kl[i] = sum_v p_t (log p_t - log p_s), without the T^2 / n (applied on the host)
     N, V = s.shape
     for i in prange(N):
@@ -129,20 +133,23 @@ def _fwd_cpu(s, z, inv_t, sel, lse_s, lse_t, row_kl):
             row_kl[i] = ZERO
             continue
         buf = np.empty(V, np.float32)
-        ls = _row_lse(s, i, inv_t, buf)
-        lt = _row_lse(z, i, inv_t, buf)
-        for v in range(V):
-            log_pt = z[i, v] * inv_t - lt
-            log_ps = s[i, v] * inv_t - ls
-            buf[v] = exp_f32(log_pt) * (log_pt - log_ps)                   # p_t (log p_t - log p_s)
-        acc = row_sum(buf)
+        ls = _row_lse(s, i, inv_t, buf, fast)
+        lt = _row_lse(z, i, inv_t, buf, fast)
+        if fast:
+            for v in range(V):
+                log_pt = z[i, v] * inv_t - lt
+                buf[v] = exp_fast(log_pt) * (log_pt - (s[i, v] * inv_t - ls))   # p_t (log p_t - log p_s)
+        else:
+            for v in range(V):
+                log_pt = z[i, v] * inv_t - lt
+                buf[v] = exp_f32(log_pt) * (log_pt - (s[i, v] * inv_t - ls))    # p_t (log p_t - log p_s)
         lse_s[i] = ls
         lse_t[i] = lt
-        row_kl[i] = acc
+        row_kl[i] = row_sum(buf)
 
 
 @njit(cache=True, parallel=True)
-def _bwd_cpu(s, z, inv_t, sel, lse_s, lse_t, scale, ds):
+def _bwd_cpu(s, z, inv_t, sel, lse_s, lse_t, scale, ds, fast):
     # scale = dloss * T / n;  ds = scale * (p_s - p_t) on selected rows, else 0
     N, V = s.shape
     for i in prange(N):
@@ -152,53 +159,12 @@ def _bwd_cpu(s, z, inv_t, sel, lse_s, lse_t, scale, ds):
             continue
         ls = lse_s[i]
         lt = lse_t[i]
-        for v in range(V):
-            ds[i, v] = scale * (exp_f32(s[i, v] * inv_t - ls) - exp_f32(z[i, v] * inv_t - lt))   # scale (p_s - p_t)
-
-
-@njit(cache=True, inline="always")
-def _row_lse_fast(x, i, inv_t, buf):
-    # as _row_lse, with exp_fast into buf (vectorised), then summed (vectorised)
-    V = x.shape[1]
-    m = row_max(x[i])
-    for v in range(V):
-        buf[v] = exp_fast((x[i, v] - m) * inv_t)
-    return m * inv_t + math.log(row_sum(buf))
-
-
-@njit(cache=True, parallel=True)
-def _fwd_cpu_fast(s, z, inv_t, sel, lse_s, lse_t, row_kl):
-    N, V = s.shape
-    for i in prange(N):
-        if not sel[i]:
-            lse_s[i] = ZERO
-            lse_t[i] = ZERO
-            row_kl[i] = ZERO
-            continue
-        buf = np.empty(V, np.float32)
-        ls = _row_lse_fast(s, i, inv_t, buf)
-        lt = _row_lse_fast(z, i, inv_t, buf)
-        for v in range(V):
-            log_pt = z[i, v] * inv_t - lt
-            buf[v] = exp_fast(log_pt) * (log_pt - (s[i, v] * inv_t - ls))   # p_t (log p_t - log p_s)
-        acc = row_sum(buf)
-        lse_s[i] = ls
-        lse_t[i] = lt
-        row_kl[i] = acc
-
-
-@njit(cache=True, parallel=True)
-def _bwd_cpu_fast(s, z, inv_t, sel, lse_s, lse_t, scale, ds):
-    N, V = s.shape
-    for i in prange(N):
-        if not sel[i]:
+        if fast:
             for v in range(V):
-                ds[i, v] = ZERO
-            continue
-        ls = lse_s[i]
-        lt = lse_t[i]
-        for v in range(V):
-            ds[i, v] = scale * (exp_fast(s[i, v] * inv_t - ls) - exp_fast(z[i, v] * inv_t - lt))
+                ds[i, v] = scale * (exp_fast(s[i, v] * inv_t - ls) - exp_fast(z[i, v] * inv_t - lt))
+        else:
+            for v in range(V):
+                ds[i, v] = scale * (exp_f32(s[i, v] * inv_t - ls) - exp_f32(z[i, v] * inv_t - lt))  # scale (p_s - p_t)
 
 
 def _fast(fast):
@@ -213,8 +179,7 @@ def distill_kl_forward_cpu(student, teacher, temperature, mask=None, fast=None):
     sel, n = _check(student, teacher, temperature, mask)
     N = student.shape[0]
     lse_s, lse_t, row_kl = (np.empty(N, np.float32) for _ in range(3))
-    kernel = _fwd_cpu_fast if _fast(fast) else _fwd_cpu
-    kernel(student, teacher, np.float32(1.0 / temperature), sel, lse_s, lse_t, row_kl)
+    _fwd_cpu(student, teacher, np.float32(1.0 / temperature), sel, lse_s, lse_t, row_kl, _fast(fast))
     T = float(temperature)
     return _finish(row_kl, T, n), DistillKLCache(student, teacher, T, sel, lse_s, lse_t, n)
 
@@ -223,8 +188,7 @@ def distill_kl_backward_cpu(dloss, cache, fast=None):
     s, z, T, sel, lse_s, lse_t, n = cache
     ds = np.empty_like(s)
     scale = np.float32(float(dloss) * T / n) if n else ZERO
-    kernel = _bwd_cpu_fast if _fast(fast) else _bwd_cpu
-    kernel(s, z, np.float32(1.0 / T), sel, lse_s, lse_t, scale, ds)
+    _bwd_cpu(s, z, np.float32(1.0 / T), sel, lse_s, lse_t, scale, ds, _fast(fast))
     return ds
 
 
