@@ -160,17 +160,20 @@ def test_erf_f32_edges_are_exact():
     np.testing.assert_array_equal(_run(_erf_all, x), np.array([math.erf(v) for v in x.astype(float)], np.float32))
 
 
-def test_erfcx_coefficients_regenerate():
-    # the stored literals are the output of the documented fitting procedure (to the last few bits: a different
-    # numpy may round the least-squares solve differently), and that fit meets the stated relative error
-    fresh = np.array(_common.erfcx_coefficients())
-    stored = np.array(_common._ERFCX_POLY)
-    np.testing.assert_allclose(stored, fresh, rtol=1e-9, atol=1e-18)
+def test_erfcx_coefficients_meet_their_error_bound():
+    # The stored literals come from erfcx_coefficients(), a least-squares fit of degree 22 whose normal equations
+    # are ill-conditioned: the solve's last bits (and, through the conditioning, whole digits of individual
+    # coefficients) depend on the LAPACK/BLAS kernel that runs it. What the kernels rely on is the property, not the
+    # bits: the polynomial approximates erfcx(a) = exp(a^2) erfc(a) on [1, 4] within relative error 1e-14 (float64's
+    # eps is 2.2e-16; exp_f32/erf_f32 round once to float32, whose eps is 1.2e-7). Both the stored coefficients and
+    # a fresh fit on this machine's BLAS must meet it.
     a = np.linspace(1.0, 4.0, 3001)
     t = (a - _common._ERFCX_MID) * _common._ERFCX_INV_HALF
-    g = np.polynomial.polynomial.polyval(t, stored)
     exact = np.array([math.erfc(v) * math.exp(v * v) for v in a])
-    assert np.abs(g / exact - 1).max() < 1e-14
+    for coefficients in (np.array(_common._ERFCX_POLY), np.array(_common.erfcx_coefficients())):
+        assert coefficients.shape == (23,)
+        g = np.polynomial.polynomial.polyval(t, coefficients)
+        assert np.abs(g / exact - 1).max() < 1e-14
 
 
 # ---- they vectorise ----------------------------------------------------------------------------------------------
