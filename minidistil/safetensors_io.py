@@ -27,6 +27,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .files import brief
+
 # safetensors dtype tag -> little-endian NumPy dtype ("BF16" has none: stored as uint16 and widened by hand)
 _DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
@@ -37,6 +39,7 @@ _DTYPES = {
 _TAGS = {np.dtype(v).newbyteorder("=") if v.byteorder != "|" else v: k for k, v in _DTYPES.items() if k != "BF16"}
 
 _MAX_HEADER = 100 * 1024 * 1024  # the reference implementation refuses headers above 100 MB too
+_MAX_BYTES = 2**63 - 1           # NumPy's limit on an array's size in bytes, zero-sized dimensions left out
 
 
 class SafetensorsError(ValueError):
@@ -87,32 +90,46 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict, int]:
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"{path}: the JSON header does not parse ({e}); the file is corrupt") from None
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep, an int of 5000 digits
+        raise SafetensorsError(f"{path}: the JSON header does not parse ({str(e)[:120]}); the file is "
+                               "corrupt") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: the header is not a JSON object; the file is corrupt")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SafetensorsError(f"{path}: __metadata__ must be a JSON object of strings, got {brief(metadata)}; "
+                               "the file is corrupt")
     data_start = 8 + n
     data_size = size - data_start
     expected_end = 0
     for name, entry in sorted(header.items(), key=lambda kv: _offsets(path, kv[0], kv[1])[0]):
         begin, end = _offsets(path, name, entry)
         dtype = entry.get("dtype")
-        if dtype not in _DTYPES:
-            raise SafetensorsError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise SafetensorsError(f"{path}: tensor {brief(name)} has unknown dtype {brief(dtype)}")
         shape = entry.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise SafetensorsError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize
+        if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+            raise SafetensorsError(f"{path}: tensor {brief(name)} has an invalid shape {brief(shape)}")
+        nbytes = _DTYPES[dtype].itemsize          # in Python ints: no int64 overflow can wrap a size around
+        for d in shape:
+            nbytes *= d or 1                      # zero-sized dimensions left out, as NumPy's own size limit does
+            if nbytes > _MAX_BYTES:
+                raise SafetensorsError(f"{path}: tensor {brief(name)} of dtype {dtype} has shape {brief(shape)}, "
+                                       "larger than any array can be (2**63 bytes); the file is corrupt")
+        if 0 in shape:
+            nbytes = 0
         if end - begin != nbytes:
-            raise SafetensorsError(f"{path}: tensor {name!r} of dtype {dtype} and shape {tuple(shape)} needs {nbytes} "
-                                   f"bytes but its data_offsets {[begin, end]} span {end - begin}; the file is corrupt")
+            raise SafetensorsError(f"{path}: tensor {brief(name)} of dtype {dtype} and shape {brief(shape)} needs "
+                                   f"{nbytes} bytes but its data_offsets {[begin, end]} span {end - begin}; the file "
+                                   "is corrupt")
         if begin != expected_end:
-            raise SafetensorsError(f"{path}: tensor {name!r} starts at byte {begin} of the data, expected "
+            raise SafetensorsError(f"{path}: tensor {brief(name)} starts at byte {begin} of the data, expected "
                                    f"{expected_end} (tensors must tile the data region); the file is corrupt")
         if end > data_size:
-            raise SafetensorsError(f"{path}: tensor {name!r} ends at byte {end} of the data but the file holds only "
-                                   f"{data_size} data bytes; the file is truncated")
+            raise SafetensorsError(f"{path}: tensor {brief(name)} ends at byte {end} of the data but the file holds "
+                                   f"only {data_size} data bytes; the file is truncated")
         expected_end = end
     if expected_end != data_size:
         raise SafetensorsError(f"{path}: {data_size - expected_end} bytes after the last tensor; the file is corrupt")
@@ -121,10 +138,15 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict, int]:
 
 def _offsets(path, name, entry) -> tuple[int, int]:
     off = entry.get("data_offsets") if isinstance(entry, dict) else None
-    if (not isinstance(off, list) or len(off) != 2 or not all(isinstance(o, int) for o in off)
-            or off[0] < 0 or off[1] < off[0]):
-        raise SafetensorsError(f"{path}: tensor {name!r} has invalid data_offsets {off!r}; the file is corrupt")
+    if not isinstance(off, list) or len(off) != 2 or not all(_is_uint(o) for o in off) or off[1] < off[0]:
+        raise SafetensorsError(f"{path}: tensor {brief(name)} has invalid data_offsets {brief(off)}; the file is "
+                               "corrupt")
     return off[0], off[1]
+
+
+def _is_uint(x) -> bool:
+    """A JSON non-negative integer (not a bool, not a float: the reference reader refuses `true` and `1.0`)."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def load_file(path: str | os.PathLike, *, to_float32: bool = True,
