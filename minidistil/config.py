@@ -12,22 +12,69 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .files import brief, read_json_object
+
 SUPPORTED_ACTIVATIONS = ("gelu",)  # HF's "gelu" is x * Phi(x) with the exact erf; "gelu_new" etc. are other maths
+
+
+def _check_fields(config) -> None:
+    """Every field's JSON type and range, from its annotation and the class's _POSITIVE / _PROBABILITIES lists.
+    A ValueError names the field: "num_attention_heads: expected an integer >= 1, got 0"."""
+    for f in dataclasses.fields(config):
+        if f.name == "extra":
+            continue
+        v = getattr(config, f.name)
+        kind = f.type.replace(" | None", "")                       # the annotation, as a string
+        if v is None and "None" in f.type:
+            continue
+        if kind == "int" and f.name in config._POSITIVE:
+            ok, want = _is_int(v) and v >= 1, "an integer >= 1"
+        elif kind == "int":
+            ok, want = _is_int(v) and v >= 0, "an integer >= 0"
+        elif kind == "float" and f.name in config._PROBABILITIES:
+            ok, want = _is_number(v) and 0 <= v < 1, "a probability in [0, 1)"
+        elif kind == "float":
+            ok, want = _is_number(v) and v >= 0, "a number >= 0"
+        elif kind in ("bool", "str"):
+            ok, want = isinstance(v, bool if kind == "bool" else str), "true or false" if kind == "bool" else "a string"
+        elif kind == "list[str]":
+            ok, want = isinstance(v, list) and all(isinstance(a, str) for a in v), "a list of strings"
+        elif kind.startswith("dict["):
+            ok, want = isinstance(v, dict), "a JSON object"
+        else:  # pragma: no cover - a field whose annotation this function does not know
+            raise TypeError(f"{f.name}: no check for the annotation {f.type!r}")
+        if not ok:
+            raise ValueError(f"{f.name}: expected {want}, got {brief(v)}")
+    if config.pad_token_id is not None and config.pad_token_id >= config.vocab_size:
+        raise ValueError(f"pad_token_id: {config.pad_token_id} is not a token id (vocab_size {config.vocab_size})")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
 def _labels(num_labels, id2label, label2id):
     """HF's rule: id2label decides the number of labels; else num_labels makes LABEL_0..LABEL_{n-1}."""
     if id2label is None:
         id2label = {i: f"LABEL_{i}" for i in range(int(num_labels))}
-    else:
+    elif all(_is_int(k) or (isinstance(k, str) and k.isdecimal()) for k in id2label):
         id2label = {int(k): v for k, v in id2label.items()}  # JSON object keys are strings
+    else:
+        raise ValueError(f"id2label: expected label ids as keys ({{\"0\": \"neg\", ...}}), got {brief(id2label)}")
     if label2id is None:
         label2id = {v: k for k, v in id2label.items()}
+    elif all(_is_int(v) for v in label2id.values()):
+        label2id = dict(label2id)
     else:
-        label2id = {k: int(v) for k, v in label2id.items()}
+        raise ValueError(f"label2id: expected label ids as values ({{\"neg\": 0, ...}}), got {brief(label2id)}")
     return len(id2label), id2label, label2id
 
 
@@ -36,7 +83,11 @@ class _ConfigBase:
 
     model_type: str = ""
 
+    _POSITIVE = ()        # integer fields that must be >= 1 (sizes, counts)
+    _PROBABILITIES = ()   # float fields in [0, 1) (dropout rates)
+
     def __post_init__(self):
+        _check_fields(self)
         n, id2label, label2id = _labels(self.num_labels, self.id2label, self.label2id)
         object.__setattr__(self, "num_labels", n)
         object.__setattr__(self, "id2label", id2label)
@@ -53,10 +104,14 @@ class _ConfigBase:
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
         """Build from a config.json dictionary. Unknown keys are kept in `extra` (returned again by to_dict)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object {{...}}, got a {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names and k != "extra"}
-        extra.update(d.get("extra", {}) or {})
+        if not isinstance(d.get("extra") or {}, dict):
+            raise ValueError(f"extra: expected a JSON object, got {brief(d['extra'])}")
+        extra.update(d.get("extra") or {})
         if known.get("model_type", cls.model_type) != cls.model_type:
             raise ValueError(f"model_type: {cls.__name__} expects {cls.model_type!r}, got {known['model_type']!r}")
         known.pop("model_type", None)
@@ -64,8 +119,7 @@ class _ConfigBase:
 
     @classmethod
     def from_json_file(cls, path):
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return _from_file(cls.from_dict, path)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.extra)
@@ -126,6 +180,10 @@ class BertConfig(_ConfigBase):
     problem_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    _POSITIVE = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                 "max_position_embeddings", "type_vocab_size")
+    _PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
+
     def _validate(self):
         if self.hidden_act not in SUPPORTED_ACTIVATIONS:
             raise ValueError(f"hidden_act: only the exact-erf 'gelu' is supported, got {self.hidden_act!r}")
@@ -167,6 +225,9 @@ class DistilBertConfig(_ConfigBase):
     problem_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    _POSITIVE = ("vocab_size", "max_position_embeddings", "n_layers", "n_heads", "dim", "hidden_dim")
+    _PROBABILITIES = ("dropout", "attention_dropout", "qa_dropout", "seq_classif_dropout")
+
     # DistilBERT hard-codes its layer norm epsilon (HF: nn.LayerNorm(dim, eps=1e-12)); not a config.json field
     layer_norm_eps = 1e-12
 
@@ -199,18 +260,38 @@ CONFIG_CLASSES = {"bert": BertConfig, "distilbert": DistilBertConfig}
 
 def config_from_dict(d: dict[str, Any]):
     """Pick BertConfig or DistilBertConfig from d["model_type"] (or, failing that, from d["architectures"])."""
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a JSON object {{...}}, got a {type(d).__name__}")
     model_type = d.get("model_type")
     if model_type is None:
-        for arch in d.get("architectures") or []:
+        archs = d.get("architectures")
+        for arch in archs if isinstance(archs, list) else []:
+            if not isinstance(arch, str):
+                continue
             if arch.startswith("DistilBert"):
                 model_type = "distilbert"
             elif arch.startswith("Bert"):
                 model_type = "bert"
-    if model_type not in CONFIG_CLASSES:
-        raise ValueError(f"model_type: expected one of {sorted(CONFIG_CLASSES)}, got {model_type!r}")
+    if not isinstance(model_type, str) or model_type not in CONFIG_CLASSES:
+        raise ValueError(f"model_type: expected one of {sorted(CONFIG_CLASSES)}, got {brief(model_type)}")
     return CONFIG_CLASSES[model_type].from_dict(d)
 
 
-def config_from_json_file(path):
-    with open(path, encoding="utf-8") as f:
-        return config_from_dict(json.load(f))
+def config_from_json_file(path, overrides: dict | None = None):
+    """The config a config.json describes; any error is a ValueError naming the file and the field.
+    overrides: fields to change in the file's values (changing num_labels drops the file's label maps)."""
+    d = read_json_object(path)
+    if overrides:
+        d.update(overrides)
+        if "num_labels" in overrides and "id2label" not in overrides:
+            d.pop("id2label", None)
+            d.pop("label2id", None)
+    return _from_file(config_from_dict, path, d)
+
+
+def _from_file(build, path, d: dict | None = None):
+    d = read_json_object(path) if d is None else d
+    try:
+        return build(d)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import hub
+from .files import read_json_object
 from .safetensors_io import SafetensorsError, atomic_write, load_file, read_header, save_file
 
 CONFIG_NAME = "config.json"
@@ -68,9 +69,16 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         return local
     if hub.canonical(name) in hub.KNOWN:
         return hub.fetch(name)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:  # a path, not "org/name"
-        raise FileNotFoundError(f"{name}: no such checkpoint folder")
-    return hub.fetch(name)  # the Hub; raises hub.FetchError naming the options when it cannot
+    missing = (f"{name}: no such checkpoint folder ({p.absolute()} does not exist, and the weights folder "
+               f"{hub.weights_dir()} has no checkpoint of that name)")
+    try:
+        hub.check_name(name)
+    except hub.FetchError:                                                        # a path, not "org/name"
+        raise FileNotFoundError(missing) from None
+    try:
+        return hub.fetch(name)
+    except hub.FetchError as e:                                                   # the Hub, tried last
+        raise hub.FetchError(f"{missing}; tried as a Hugging Face Hub id: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -84,10 +92,7 @@ def read_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     if single.is_file():
         return load_file(single)
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a valid shard index ({type(e).__name__}: {e})") from None
+        weight_map = _weight_map(index)
         state: dict[str, np.ndarray] = {}
         for shard in sorted(set(weight_map.values())):
             path = folder / shard
@@ -110,6 +115,23 @@ def read_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
             "(use the checkpoint's own class, e.g. AutoModelForMaskedLM, to keep its head); that writes "
             "model.safetensors beside it.")
     raise CheckpointError(f"{folder}: no {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME}")
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    """The "weight_map" of a shard index, {tensor name: shard file name}, checked: every shard a file name in the
+    index's own folder. A CheckpointError names the index and what is wrong."""
+    try:
+        weight_map = read_json_object(index).get("weight_map")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: weight_map: expected a JSON object {{tensor name: shard file}}, got "
+                              f"{type(weight_map).__name__ if weight_map is not None else 'nothing'}")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or Path(shard).name != shard or shard in (".", ".."):
+            raise CheckpointError(f"{index}: weight_map[{name!r}]: expected the file name of a shard in the same "
+                                  f"folder, got {shard!r}")
+    return weight_map
 
 
 def _legacy_name(key: str) -> str:
@@ -215,26 +237,21 @@ def from_pretrained(name_or_path: str | os.PathLike, cls=None, device: str | Non
     output_loading_info: also return {"missing_keys": [...], "unexpected_keys": [...]}
     config_overrides:    fields to change in config.json's values (e.g. {"num_labels": 3} for a new head)
     """
-    from .config import config_from_dict
+    from .config import config_from_json_file
 
     folder = resolve(name_or_path)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(f"{folder}: no {CONFIG_NAME} (not a checkpoint folder in Hugging Face layout)")
     try:
-        config_dict = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
-    if config_overrides:
-        config_dict.update(config_overrides)
-        if "num_labels" in config_overrides and "id2label" not in config_overrides:
-            config_dict.pop("id2label", None)
-            config_dict.pop("label2id", None)
-    config = config_from_dict(config_dict)
+        config = config_from_json_file(config_path, config_overrides)
+    except ValueError as e:                                                     # names the file and the field
+        raise CheckpointError(str(e)) from None
     model_cls = _pick_class(config, cls, folder)
     model = model_cls.from_config(config)
 
     state = read_state_dict(folder)
+    _warn_non_finite(state, folder)
     mapped, missing, unexpected = map_state_dict(model, state, source=str(folder))
     model.load_state_dict(mapped, strict=False)
     model.tie_weights()
@@ -251,6 +268,21 @@ def from_pretrained(name_or_path: str | os.PathLike, cls=None, device: str | Non
     if output_loading_info:
         return model, {"missing_keys": missing, "unexpected_keys": unexpected}
     return model
+
+
+def _warn_non_finite(state: dict[str, np.ndarray], folder: Path) -> None:
+    """Warn, naming the tensors, when the checkpoint holds NaN or infinite weights: the model loads (to be
+    inspected or repaired) but every output it computes from them will be NaN or inf."""
+    bad = []
+    for name, arr in state.items():
+        # a float64 sum is non-finite exactly when an element is (float32 values cannot overflow it)
+        if arr.dtype.kind == "f" and not np.isfinite(arr.sum(dtype=np.float64)):
+            nan = int(np.isnan(arr).sum())
+            bad.append(f"{name!r} ({nan} NaN, {int(arr.size - nan - np.isfinite(arr).sum())} inf of {arr.size})")
+    if bad:
+        more = f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""
+        warnings.warn(f"{folder}: the checkpoint holds non-finite weights: {', '.join(bad[:3])}{more}; the model's "
+                      "outputs will not be finite", stacklevel=3)
 
 
 def _to_device(model, device):
