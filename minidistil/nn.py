@@ -8,6 +8,7 @@ Gradients ACCUMULATE into `Parameter.grad` across backward() calls until `zero_g
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import numpy as np
@@ -355,6 +356,9 @@ def check_input_ids(input_ids, vocab_size: int, ndim: int = 2) -> np.ndarray:
     ids = np.asarray(input_ids)
     if ids.ndim != ndim:
         raise ValueError(f"input_ids: expected a {ndim}-d integer array, got shape {tuple(ids.shape)}")
+    if ids.shape[-1] == 0 and math.prod(ids.shape[:-1]) > 0:
+        raise ValueError(f"input_ids: shape {tuple(ids.shape)} holds sequences of no tokens; each needs at least one "
+                         "([CLS] ... [SEP] from the tokenizer)")
     _common.check_ids("input_ids", ids, vocab_size)
     return np.ascontiguousarray(ids, dtype=np.int64)
 

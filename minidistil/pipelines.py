@@ -21,12 +21,13 @@ Shapes: B batch, T tokens, C width, V vocabulary, K labels.
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .autograd import no_grad
+from .config import config_from_json_file
+from .files import brief, read_json
 from .tokenizer import Tokenizer
 
 
@@ -38,6 +39,11 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def _check_count(name: str, value, minimum: int = 1) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
 
 
 def _as_list(texts) -> tuple[list, bool]:
@@ -90,12 +96,11 @@ class Pipeline:
 def _class_for(folder: Path, head: str, classes: dict[str, type]) -> type:
     """The class for this task: the checkpoint's own architecture when it has the right head, else the model
     type's prefix + head (a new, randomly initialised head then: the loader warns about it)."""
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    for arch in config.get("architectures") or []:
+    config = config_from_json_file(folder / "config.json")                    # a ValueError naming file and field
+    for arch in config.architectures or []:
         if arch.endswith(head) and arch in classes:
             return classes[arch]
-    model_type = config.get("model_type") or ("distilbert" if any(
-        a.startswith("DistilBert") for a in config.get("architectures") or []) else "bert")
+    model_type = config.model_type
     name = {"bert": "Bert", "distilbert": "DistilBert"}.get(model_type, "Bert") + head
     if name not in classes:
         raise ValueError(f"{folder}: no {name} class in minidistil (available: {sorted(classes)})")
@@ -111,6 +116,7 @@ class FillMaskPipeline(Pipeline):
     def __call__(self, texts, top_k: int = 5):
         """For each text: a list of top_k {"score", "token", "token_str", "sequence"} (a list of such lists when
         the text has several [MASK]s). A single text gives a single result."""
+        _check_count("top_k", top_k)
         texts, single = _as_list(texts)
         mask_id = self.tokenizer.mask_token_id
         results = []
@@ -121,8 +127,12 @@ class FillMaskPipeline(Pipeline):
             for b in range(ids.shape[0]):
                 where = np.flatnonzero(ids[b] == mask_id)
                 if where.size == 0:
-                    raise ValueError(f"texts[{sl.start + b}]: no {self.tokenizer.mask_token} token in "
-                                     f"{texts[sl.start + b]!r}")
+                    text, mask = texts[sl.start + b], self.tokenizer.mask_token
+                    if mask_id in self.tokenizer.encode(text):                    # the whole text, not truncated
+                        raise ValueError(f"texts[{sl.start + b}]: its {mask} token lies beyond the first "
+                                         f"{self.max_length} tokens, the most the model reads, and was cut off by "
+                                         f"truncation; shorten the text or move the {mask} earlier")
+                    raise ValueError(f"texts[{sl.start + b}]: no {mask} token in {brief(text)}")
                 per_mask = []
                 for t in where:
                     probs = softmax(logits[b, t].astype(np.float64))                # (V,)
@@ -146,6 +156,8 @@ class TextClassificationPipeline(Pipeline):
         """For each text: {"label", "score"} (top_k=1) or a list of the top_k (all labels when top_k=None), best
         first. function_to_apply: "softmax", "sigmoid" or "none"; default softmax, or sigmoid for multi-label and
         single-output models (HF's rule)."""
+        if top_k is not None:
+            _check_count("top_k", top_k, minimum=0)
         texts, single = _as_list(texts)
         pairs = None if text_pair is None else _as_list(text_pair)[0]
         cfg = self.model.config
@@ -256,6 +268,9 @@ class QuestionAnsweringPipeline(Pipeline):
         and consecutive windows sharing doc_stride context tokens (at most half a window); every window is scored
         on its own and the best spans over all windows are returned (start/end index the original context).
         """
+        _check_count("top_k", top_k)
+        _check_count("max_answer_len", max_answer_len)
+        _check_count("doc_stride", doc_stride, minimum=0)
         questions, single = _as_list(question)
         contexts = _as_list(context)[0]
         if len(contexts) == 1 and len(questions) > 1:
@@ -268,8 +283,13 @@ class QuestionAnsweringPipeline(Pipeline):
         doc_stride = min(int(doc_stride), max_seq_len // 2)
         results = []
         for sl in self._batches(len(questions)):
-            enc = self._encode(questions[sl], contexts[sl], truncation="only_second", return_offsets_mapping=True,
-                               max_length=max_seq_len, stride=doc_stride, return_overflowing_tokens=True)
+            try:
+                enc = self._encode(questions[sl], contexts[sl], truncation="only_second",
+                                   return_offsets_mapping=True, max_length=max_seq_len, stride=doc_stride,
+                                   return_overflowing_tokens=True)
+            except ValueError as e:  # the tokenizer's words: first text = question, second = context
+                raise ValueError(f"question answering with max_seq_len={max_seq_len}, doc_stride={doc_stride}: "
+                                 f"{e}") from None
             out = self._forward(enc)
             starts, ends = _numpy(out.start_logits), _numpy(out.end_logits)        # (W, T): W windows
             candidates = [[] for _ in range(sl.stop - sl.start)]                   # per question of the batch
@@ -330,13 +350,21 @@ class SentenceEmbeddingPipeline(Pipeline):
         from .loading import from_pretrained, model_classes, resolve
         folder = resolve(name_or_path)
         model = from_pretrained(folder, cls=_class_for(folder, "Model", model_classes()), device=device)
-        modules = _json(folder / "modules.json") or []
+        modules = _json(folder / "modules.json", list) or []
+        if not all(isinstance(m, dict) and isinstance(m.get("type", ""), str) and isinstance(m.get("path", ""), str)
+                   for m in modules):
+            raise ValueError(f"{folder / 'modules.json'}: expected a list of modules "
+                             '[{"type": "...", "path": "..."}, ...]')
         pool_path = next((m.get("path") for m in modules if m.get("type", "").endswith("Pooling")), "1_Pooling")
-        kwargs.setdefault("pooling", _json(folder / pool_path / "config.json"))
+        kwargs.setdefault("pooling", _json(folder / pool_path / "config.json", dict))
         kwargs.setdefault("normalize", any(m.get("type", "").endswith("Normalize") for m in modules))
-        st = _json(folder / "sentence_bert_config.json") or {}
-        if "max_length" not in kwargs and st.get("max_seq_length"):
-            kwargs["max_length"] = st["max_seq_length"]
+        st = _json(folder / "sentence_bert_config.json", dict) or {}
+        if "max_length" not in kwargs and st.get("max_seq_length") is not None:
+            n = st["max_seq_length"]
+            if not isinstance(n, int) or isinstance(n, bool) or n < 3:
+                raise ValueError(f"{folder / 'sentence_bert_config.json'}: max_seq_length: expected an integer >= 3, "
+                                 f"got {n!r}")
+            kwargs["max_length"] = n
         return cls(model, Tokenizer.from_pretrained(folder), **kwargs)
 
     def __call__(self, texts) -> np.ndarray:
@@ -370,10 +398,16 @@ class SentenceEmbeddingPipeline(Pipeline):
         return emb
 
 
-def _json(path: Path):
+def _json(path: Path, kind: type):
+    """The JSON value of `path` (None when there is no such file); a ValueError naming the file when it is not
+    UTF-8, not JSON, or not of the `kind` expected (list or dict)."""
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    value = read_json(path)
+    if not isinstance(value, kind):
+        want = "a JSON list [...]" if kind is list else "a JSON object {...}"
+        raise ValueError(f"{path}: expected {want}, got a {type(value).__name__}")
+    return value
 
 
 TASKS = {

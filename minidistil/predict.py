@@ -50,6 +50,8 @@ def predict(model, tokenizer, inputs: list, *, top_k: int = 1, batch_size: int =
     from . import taskdata as TD  # noqa: PLC0415
     from .pipelines import TextClassificationPipeline, TokenClassificationPipeline  # noqa: PLC0415
     task = task_of(model)
+    if task == "qa" and (not isinstance(max_answer_len, int) or max_answer_len < 1):
+        raise ValueError(f"max_answer_len: expected an integer >= 1, got {max_answer_len!r}")
     max_length = int(min(max_length or tokenizer.model_max_length, model.config.max_position_embeddings))
     if task == "classification":
         cfg = model.config
