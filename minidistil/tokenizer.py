@@ -22,6 +22,7 @@ import numpy as np
 from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from .files import check_unicode
 from .safetensors_io import atomic_write
 
 SPECIAL = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
@@ -142,12 +143,16 @@ class Tokenizer:
         if not all(isinstance(t, str) for t in texts) or (text_pair is not None
                                                            and not all(isinstance(t, str) for t in pairs)):
             raise ValueError("texts: expected a string or a list of strings")
+        for i, t in enumerate(texts):
+            check_unicode(t, f"texts[{i}]")
+        for i, t in enumerate(pairs if text_pair is not None else []):
+            check_unicode(t, f"text_pair[{i}]")
         if padding not in (True, False, "longest", "max_length", "do_not_pad"):
             raise ValueError(f"padding: expected True, False or 'max_length', got {padding!r}")
         if max_length is None:
             max_length = self.model_max_length
-        if max_length < 3:
-            raise ValueError(f"max_length: expected at least 3 (room for [CLS] x [SEP]), got {max_length}")
+        if not isinstance(max_length, (int, np.integer)) or max_length < 3:
+            raise ValueError(f"max_length: expected an integer >= 3 (room for [CLS] x [SEP]), got {max_length!r}")
         strategy = "longest_first" if truncation is True else truncation
         if truncation and strategy not in ("longest_first", "only_first", "only_second"):
             raise ValueError(f"truncation: expected True, False, 'longest_first', 'only_first' or 'only_second', "
@@ -156,6 +161,9 @@ class Tokenizer:
             raise ValueError(f"stride: expected a non-negative integer, got {stride!r}")
         if return_overflowing_tokens and not truncation:
             raise ValueError("return_overflowing_tokens: needs truncation (it splits what truncation would cut)")
+        if truncation and (stride or (text_pair is not None and max_length < 5)):
+            self._check_windows(texts, pairs if text_pair is not None else None, int(max_length), int(stride),
+                                strategy)
         if truncation:
             self._tk.enable_truncation(max_length, stride=int(stride), strategy=strategy)
         else:
@@ -168,6 +176,12 @@ class Tokenizer:
         except Exception as e:  # e.g. "only_second" when the first text alone is longer than max_length
             raise ValueError(f"texts: cannot tokenise with truncation={truncation!r}, max_length={max_length}: "
                              f"{e}") from None
+        except BaseException as e:  # a Rust panic in tokenizers (PanicException derives from BaseException)
+            if type(e).__name__ != "PanicException":
+                raise
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ValueError(f"texts: tokenizers failed with truncation={truncation!r}, max_length={max_length}, "
+                             f"stride={stride}: {first}") from None
         finally:
             self._tk.no_truncation()
         sample = list(range(len(encs)))                                                  # row -> text index
@@ -208,11 +222,58 @@ class Tokenizer:
                                             for e in encs], dtype=np.int64).reshape(B, T)
         return out
 
+    def _check_windows(self, texts: list[str], pairs: list[str] | None, max_length: int, stride: int,
+                       strategy: str) -> None:
+        """Refuse, with a ValueError naming the text, a `stride` that leaves no room to move a window on.
+
+        `tokenizers` cuts a sequence to k tokens and keeps the cut-off rest as overflowing windows that repeat the
+        last `stride` tokens; it panics unless stride < k. k is max_length less the special tokens, less the
+        other text of a pair ("only_second": the question stays whole), or, for "longest_first", the share of
+        the longer text; this replays that arithmetic before the call. A cut to k = 0 tokens (a pair in fewer
+        than 5 tokens) is refused too: tokenizers then returns rows longer than max_length."""
+        n_special = self._tk.num_special_tokens_to_add(pairs is not None)
+        room = max_length - n_special                                        # tokens of text per window
+        firsts = [len(e.ids) for e in self._tk.encode_batch(texts, add_special_tokens=False)]
+        seconds = ([len(e.ids) for e in self._tk.encode_batch(pairs, add_special_tokens=False)] if pairs is not None
+                   else [0] * len(texts))
+        for i, (n1, n2) in enumerate(zip(firsts, seconds, strict=True)):
+            if n1 + n2 <= room:
+                continue                                                     # nothing is cut
+            if room < 1:                                                     # tokenizers would not cut at all
+                raise ValueError(f"texts[{i}]: max_length={max_length} leaves no room for text beside "
+                                 f"{n_special} special tokens: use a max_length of at least {n_special + 2}")
+            if pairs is None:
+                cuts = [("text", n1, room, "")]
+            elif strategy == "longest_first":
+                a, b = sorted((n1, n2))
+                b = a if a > room else max(a, room - a)
+                if a + b > room:
+                    a, b = room // 2, room // 2 + room % 2
+                k1, k2 = (a, b) if n1 <= n2 else (b, a)
+                cuts = [("first text", n1, k1, ""), ("second text", n2, k2, "")]
+            elif strategy == "only_first":
+                cuts = [("first text", n1, room - n2, f" and the {n2} tokens of the second text")]
+            else:
+                cuts = [("second text", n2, room - n1, f" and the {n1} tokens of the first text")]
+            for what, n, k, beside in cuts:
+                if k == 0 < n:
+                    raise ValueError(f"texts[{i}]: max_length={max_length} leaves no token of the {what} beside "
+                                     f"{n_special} special tokens{beside}: use a max_length of at least "
+                                     f"{n_special + 2} to cut a pair")
+                if 0 < k < n and stride >= k:
+                    raise ValueError(
+                        f"texts[{i}]: a window of max_length={max_length} tokens holds {k} tokens of the {what} "
+                        f"(beside {n_special} special tokens{beside}), too few to overlap by stride={stride}: use a "
+                        f"stride below {k} or a larger max_length" + (", or shorten the other text" if beside else ""))
+
     def tokenize(self, text: str) -> list[str]:
         """The WordPiece tokens of one text, without [CLS]/[SEP]."""
-        return self._tk.encode(text, add_special_tokens=False).tokens
+        return self._tk.encode(check_unicode(text, "text"), add_special_tokens=False).tokens
 
     def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True) -> list[int]:
+        check_unicode(text, "text")
+        if text_pair is not None:
+            check_unicode(text_pair, "text_pair")
         return self._tk.encode(text, text_pair, add_special_tokens=add_special_tokens).ids
 
     # ------------------------------------------------------------------------------------------------------------
