@@ -24,6 +24,8 @@ import warnings
 
 import numpy as np
 
+from .files import check_unicode, decode_utf8, read_text
+
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -70,21 +72,30 @@ def _text_args(p: argparse.ArgumentParser):
 
 def _texts(args) -> list[str]:
     if args.texts:
-        return list(args.texts)
+        return [check_unicode(t, f"text argument {i}") for i, t in enumerate(args.texts, 1)]
     if args.file:
-        try:
-            with open(args.file, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except OSError as e:
-            raise CLIError(f"--file: cannot read {args.file}: {e.strerror}") from None
+        lines = _read_file("--file", args.file).splitlines()
     else:
         if sys.stdin.isatty():
             raise CLIError("no texts: give them as arguments, with --file, or on standard input")
-        lines = sys.stdin.read().splitlines()
+        raw = getattr(sys.stdin, "buffer", None)                             # bytes: a non-UTF-8 byte is named
+        text = decode_utf8(raw.read(), "<stdin>") if raw is not None else sys.stdin.read()
+        lines = check_unicode(text, "<stdin>").splitlines()
     texts = [t for t in lines if t.strip()]
     if not texts:
         raise CLIError("no texts: the input is empty")
     return texts
+
+
+def _read_file(flag: str, path: str) -> str:
+    """The UTF-8 text of a file named on the command line; a CLIError naming the flag, the file and, for a
+    non-UTF-8 file, the offset of the first bad byte."""
+    try:
+        return read_text(path)
+    except OSError as e:
+        raise CLIError(f"{flag}: cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise CLIError(f"{flag}: {e}") from None
 
 
 def _pipeline(task: str, args, **kwargs):
@@ -92,8 +103,24 @@ def _pipeline(task: str, args, **kwargs):
     return pipeline(task, args.model, device=args.device, batch_size=args.batch_size, **kwargs)
 
 
+NON_FINITE = ("the model's output is NaN or infinite, so nothing was written (are its weights finite? loading warns "
+              "when they are not)")
+
+
 def _print_json(obj):
-    print(json.dumps(obj, ensure_ascii=False))
+    _print_json_lines([obj])
+
+
+def _print_json_lines(results):
+    """Print each result as a JSON line, or none of them (a CLIError) when one holds NaN or inf."""
+    lines = []
+    for i, r in enumerate(results, 1):
+        try:
+            lines.append(json.dumps(r, ensure_ascii=False, allow_nan=False))
+        except ValueError:                                                  # JSON has no NaN nor Infinity
+            raise CLIError(f"input {i}: {NON_FINITE}") from None
+    for line in lines:
+        print(line)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -131,6 +158,9 @@ def add_embed(sub, name, help):
 def run_embed(args) -> int:
     texts = _texts(args)
     emb = _pipeline("sentence-embeddings", args)(texts)                        # (N, C)
+    bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+    if bad.size:
+        raise CLIError(f"input {bad[0] + 1}: {NON_FINITE}")
     np.set_printoptions(precision=args.precision, suppress=True, linewidth=160)
     if args.similarity:
         unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
@@ -190,24 +220,18 @@ def add_qa(sub, name, help):
 def run_qa(args) -> int:
     context = args.context
     if context.startswith("@"):
-        try:
-            with open(context[1:], encoding="utf-8") as f:
-                context = f.read()
-        except OSError as e:
-            raise CLIError(f"--context: cannot read {context[1:]}: {e.strerror}") from None
+        context = _read_file("--context", context[1:])
+    check_unicode(context, "--context")
     questions = _texts(args)
     answers = _pipeline("question-answering", args)(questions, [context] * len(questions), top_k=args.top_k,
                                                     max_answer_len=args.max_answer_len, doc_stride=args.doc_stride)
-    for a in answers:
-        _print_json(a)
+    _print_json_lines(answers)
     return 0
 
 
 def _run_each(args, task, call) -> int:
     texts = _texts(args)
-    results = call(_pipeline(task, args), texts)
-    for r in results:
-        _print_json(r)
+    _print_json_lines(call(_pipeline(task, args), texts))
     return 0
 
 

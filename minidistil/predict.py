@@ -119,7 +119,7 @@ def _json_inputs(texts: list[str], keys: tuple[str, str]) -> list[dict]:
 
 
 def run_cli(args) -> int:
-    from .cli import CLIError, _print_json, _texts  # noqa: PLC0415
+    from .cli import CLIError, _print_json_lines, _read_file, _texts  # noqa: PLC0415
     model, tokenizer = load(args.model, args.device)
     task = task_of(model)
     texts = _texts(args)
@@ -133,11 +133,7 @@ def run_cli(args) -> int:
         if args.context:
             context = args.context
             if context.startswith("@"):
-                try:
-                    with open(context[1:], encoding="utf-8") as f:
-                        context = f.read()
-                except OSError as e:
-                    raise CLIError(f"--context: cannot read {context[1:]}: {e.strerror}") from None
+                context = _read_file("--context", context[1:])
             inputs = [{"question": q, "context": context} for q in texts]
         else:
             inputs = _json_inputs(texts, ("question", "context"))
@@ -148,7 +144,6 @@ def run_cli(args) -> int:
             inputs = _json_inputs(texts, ("question", "choices"))
     else:
         inputs = texts
-    for r in predict(model, tokenizer, inputs, top_k=args.top_k, batch_size=args.batch_size,
-                     max_length=args.max_length, stride=args.stride, max_answer_len=args.max_answer_len):
-        _print_json(r)
+    _print_json_lines(predict(model, tokenizer, inputs, top_k=args.top_k, batch_size=args.batch_size,
+                              max_length=args.max_length, stride=args.stride, max_answer_len=args.max_answer_len))
     return 0
