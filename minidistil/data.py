@@ -22,7 +22,9 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import sysconfig
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,10 +235,15 @@ def make_sequences(docs: Sequence[Document], tokenizer, max_len: int = 128, min_
         if len(tokens) >= min_tokens:
             seqs.append(np.array([ids.cls, *tokens, ids.sep], dtype=np.int64))
 
+    not_text = []
     for doc in docs:
         paras = _paragraphs(doc.text)
+        encoded = encode_plain(tokenizer, paras) if paras else []
+        why = why_not_text(doc.text, encoded, ids.unk)
+        if why:
+            not_text.append(f"{doc.source} ({why})")
         current: list[int] = []
-        for para in encode_plain(tokenizer, paras) if paras else []:
+        for para in encoded:
             if current and len(current) + len(para) > room:
                 emit(current)
                 current = []
@@ -246,7 +253,29 @@ def make_sequences(docs: Sequence[Document], tokenizer, max_len: int = 128, min_
             current = current + para
         if current:
             emit(current)
+    if not_text:
+        more = f" and {len(not_text) - 3} more" if len(not_text) > 3 else ""
+        warnings.warn(f"corpus: {len(not_text)} of {len(docs)} documents look like no text: "
+                      f"{'; '.join(not_text[:3])}{more}. Training on them teaches the model nothing useful: check "
+                      "that the corpus files are text (UTF-8) in a language the tokenizer knows.", stacklevel=2)
     return seqs
+
+
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")  # control characters; U+FFFD = undecodable
+
+
+def why_not_text(text: str, token_ids: Sequence[Sequence[int]], unk_id: int) -> str | None:
+    """Why a document is probably not text, or None: more than 30% of its characters are control characters or
+    U+FFFD (bytes that did not decode as UTF-8: a binary file), or more than half of its tokens are [UNK] (a
+    script the vocabulary lacks). Judged on documents of at least 64 characters / 16 tokens."""
+    bad = len(text) - len(_NOT_TEXT.sub("", text))
+    if len(text) >= 64 and bad > 0.3 * len(text):
+        return f"{bad / len(text):.0%} control or undecodable characters"
+    n = sum(len(t) for t in token_ids)
+    unk = sum(list(t).count(unk_id) for t in token_ids)
+    if n >= 16 and unk > 0.5 * n:
+        return f"{unk / n:.0%} [UNK] tokens"
+    return None
 
 
 def token_counts(seqs: Iterable[np.ndarray], vocab_size: int) -> np.ndarray:
