@@ -14,6 +14,7 @@ input_ids, token_type_ids, attention_mask (and offset_mapping (B, T, 2) when ask
 """
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from .files import check_unicode
+from .files import check_unicode, read_json_object, read_text
 from .safetensors_io import atomic_write
 
 SPECIAL = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
@@ -93,9 +94,9 @@ class Tokenizer:
         """Build the BERT pipeline from a vocab.txt (one token per line, the line number is the id)."""
         special = dict(SPECIAL, **(special_tokens or {}))
         vocab: dict[str, int] = {}
-        with open(vocab_file, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                vocab.setdefault(line.rstrip("\n"), i)
+        lines = io.StringIO(read_text(vocab_file), newline=None)              # split as open() would split it
+        for i, line in enumerate(lines):
+            vocab.setdefault(line.rstrip("\n"), i)
         for key, token in special.items():
             if token not in vocab:
                 raise ValueError(f"{vocab_file}: special token {key}={token!r} is not in the vocabulary")
@@ -351,13 +352,7 @@ class Tokenizer:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return read_json_object(path) if path.is_file() else {}
 
 
 def _token_text(v) -> str:
