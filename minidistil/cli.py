@@ -24,6 +24,8 @@ import warnings
 
 import numpy as np
 
+from . import qa as QA
+
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -87,8 +89,22 @@ def _texts(args) -> list[str]:
     return texts
 
 
+def text_or_file(value: str, flag: str) -> str:
+    """The text given with a flag, or the contents of FILE when it is "@FILE" (e.g. --context @passage.txt)."""
+    if not value.startswith("@"):
+        return value
+    try:
+        with open(value[1:], encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise CLIError(f"{flag}: cannot read {value[1:]}: {e.strerror}") from None
+
+
 def _pipeline(task: str, args, **kwargs):
+    """The pipeline of --model for `task`; a task head without trained weights is refused, naming them."""
     from .pipelines import pipeline
+    if task != "sentence-embeddings":
+        kwargs["require_head"] = True
     return pipeline(task, args.model, device=args.device, batch_size=args.batch_size, **kwargs)
 
 
@@ -180,24 +196,22 @@ def add_qa(sub, name, help):
     _text_args(p)
     _model_args(p)
     p.add_argument("--context", required=True, help="the passage to answer from (or @file to read it)")
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--max-answer-len", type=int, default=15)
-    p.add_argument("--doc-stride", type=int, default=128,
-                   help="a long context is read in windows sharing this many tokens (default 128)")
+    p.add_argument("--top-k", type=int, default=QA.DEFAULTS["top_k"], help="answers per question (default 1)")
+    p.add_argument("--max-answer-len", type=int, default=QA.DEFAULTS["max_answer_len"],
+                   help="tokens (default %(default)s)")
+    p.add_argument("--doc-stride", type=int, default=QA.DEFAULTS["doc_stride"],
+                   help="a long context is read in windows sharing this many tokens (default %(default)s, at most "
+                   "half a window)")
+    p.add_argument("--max-seq-len", type=int, help="tokens per window (default: 384, or the model's limit)")
     p.set_defaults(run=run_qa)
 
 
 def run_qa(args) -> int:
-    context = args.context
-    if context.startswith("@"):
-        try:
-            with open(context[1:], encoding="utf-8") as f:
-                context = f.read()
-        except OSError as e:
-            raise CLIError(f"--context: cannot read {context[1:]}: {e.strerror}") from None
+    context = text_or_file(args.context, "--context")
     questions = _texts(args)
     answers = _pipeline("question-answering", args)(questions, [context] * len(questions), top_k=args.top_k,
-                                                    max_answer_len=args.max_answer_len, doc_stride=args.doc_stride)
+                                                    max_answer_len=args.max_answer_len, doc_stride=args.doc_stride,
+                                                    max_seq_len=args.max_seq_len)
     for a in answers:
         _print_json(a)
     return 0

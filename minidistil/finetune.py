@@ -35,7 +35,6 @@ Shapes: B batch, T tokens, K labels or choices, N examples.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import time
@@ -47,6 +46,7 @@ import numpy as np
 from . import functional as F
 from . import losses as L
 from . import metrics as M
+from . import qa as QA
 from . import taskdata as TD
 from .autograd import no_grad
 from .device import check_device, describe
@@ -98,8 +98,8 @@ class FinetuneConfig:
     limit: int | None = None             # use the first `limit` training examples
     eval_limit: int | None = None        # and the first `eval_limit` validation examples
     max_length: int = 128
-    stride: int = 32                     # qa: tokens shared by consecutive windows
-    max_answer_len: int = 30             # qa: tokens
+    stride: int | None = None            # qa: tokens shared by consecutive windows (None: min(128, max_length // 2))
+    max_answer_len: int = QA.DEFAULTS["max_answer_len"]  # qa: tokens (evaluation: minidistil.qa's decoding)
     epochs: int = 3
     batch_size: int = 16
     lr: float = 5e-5
@@ -244,7 +244,8 @@ def encode(task: str, examples: list, tokenizer, names: list[str] | None, cfg: F
         has_pair = any(p is not None for p in pairs)
         if has_pair and any(p is None for p in pairs):
             raise ValueError("text_pair: some examples have a text pair and some do not")
-        enc = tokenizer([e.text for e in examples], pairs if has_pair else None, truncation=True, max_length=L_)
+        enc = tokenizer([e.text for e in examples], pairs if has_pair else None, truncation=True, max_length=L_,
+                        return_token_type_ids=True, return_attention_mask=True)
         feats = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
         if examples and examples[0].label is not None:
             if task == "classification":
@@ -267,21 +268,21 @@ def encode(task: str, examples: list, tokenizer, names: list[str] | None, cfg: F
         return {"input_ids": input_ids, "attention_mask": _pad([np.ones(len(i), np.int64) for i in ids], 0),
                 "token_type_ids": np.zeros_like(input_ids), "labels": _pad(labels, TD.IGNORE_INDEX),
                 "word_ids": _pad(word_ids, -1)}
-    if task == "qa":
-        windows = TD.qa_windows(examples, tokenizer, L_, cfg.stride)
-        input_ids = _pad([w.input_ids for w in windows], tokenizer.pad_token_id)
-        return {"input_ids": input_ids, "attention_mask": _pad([np.ones(len(w.input_ids), np.int64)
-                                                                 for w in windows], 0),
-                "token_type_ids": _pad([w.token_type_ids for w in windows], 0),
-                "start_positions": np.array([w.start_position for w in windows], dtype=np.int64),
-                "end_positions": np.array([w.end_position for w in windows], dtype=np.int64),
-                "windows": windows}
+    if task == "qa":  # the windows and targets of minidistil.qa; the first answer is the training target
+        max_seq_len, stride = QA.resolve(L_, cfg.stride, L_)
+        enc = QA.windows(tokenizer, [e.question for e in examples], [e.context for e in examples], max_seq_len,
+                         stride)
+        spans = [(e.answers[0][1], e.answers[0][1] + len(e.answers[0][0])) if e.answers else None for e in examples]
+        starts, ends = QA.answer_positions(enc, spans)
+        return {**{k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")},
+                "start_positions": starts, "end_positions": ends, "windows": enc}
     if task == "choice":
         K = {len(e.choices) for e in examples}
         if len(K) > 1:
             raise ValueError(f"choices: every question needs the same number of choices, got {sorted(K)}")
         K = K.pop() if K else 2
-        encs = [tokenizer([e.question] * K, e.choices, truncation=True, max_length=L_) for e in examples]
+        encs = [tokenizer([e.question] * K, e.choices, truncation=True, max_length=L_, return_token_type_ids=True,
+                          return_attention_mask=True) for e in examples]
         T = max((x["input_ids"].shape[1] for x in encs), default=0)
         feats = {}
         for key, pad in (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
@@ -316,9 +317,7 @@ def batch(feats: dict, idx: np.ndarray) -> dict:
 
 def forward(model, b: dict, with_labels: bool = True):
     """The model on one batch (labels / positions passed when present and with_labels)."""
-    kwargs = {"attention_mask": b["attention_mask"]}
-    if "token_type_ids" in inspect.signature(model.forward).parameters:
-        kwargs["token_type_ids"] = b["token_type_ids"]
+    kwargs = {"attention_mask": b["attention_mask"], "token_type_ids": b["token_type_ids"]}   # DistilBERT ignores
     if with_labels:
         for k in ("labels", "start_positions", "end_positions"):
             if k in b:
@@ -395,15 +394,10 @@ def word_predictions(logits_rows, feats: dict, examples: list, names: list[str])
 
 
 def qa_predictions(out: dict, feats: dict, examples: list, max_answer_len: int) -> list[dict]:
-    by_example: dict[int, list[int]] = {}
-    for j, w in enumerate(feats["windows"]):
-        by_example.setdefault(w.example, []).append(j)
-    answers = []
-    for i, e in enumerate(examples):
-        js = by_example.get(i, [])
-        answers.append(TD.best_span([feats["windows"][j] for j in js], [out["start_logits"][j] for j in js],
-                                    [out["end_logits"][j] for j in js], e.context, max_answer_len))
-    return answers
+    """The best answer of each question over its windows (minidistil.qa.decode, as the pipeline decodes)."""
+    answers = QA.decode(feats["windows"], out["start_logits"], out["end_logits"], [e.context for e in examples],
+                        max_answer_len=max_answer_len)
+    return [a[0] for a in answers]
 
 
 def evaluate(task: str, model, examples: list, feats: dict, names: list[str] | None, cfg: FinetuneConfig) -> dict:
@@ -754,7 +748,8 @@ def add_command(sub, name: str = "finetune", help: str = "fine-tune on a task"):
                    help="share of --train held out for validation when there is no --validation (default %(default)s)")
     p.add_argument("--limit", type=int, help="use only the first N training examples")
     p.add_argument("--eval-limit", type=int, help="evaluate on N validation examples (a fixed random sample)")
-    for flag, kind, help_ in (("max-length", int, "tokens"), ("stride", int, "qa window overlap, tokens"),
+    for flag, kind, help_ in (("max-length", int, "tokens"),
+                              ("stride", int, "qa window overlap, tokens; None: min(128, half of --max-length)"),
                               ("max-answer-len", int, "qa, tokens"), ("epochs", int, ""), ("batch-size", int, ""),
                               ("lr", float, "peak learning rate"), ("warmup", float, "warm-up share of updates"),
                               ("weight-decay", float, ""), ("max-grad-norm", float, ""), ("seed", int, ""),

@@ -4,8 +4,8 @@ The task comes from the checkpoint's head (config.json `architectures`):
     *ForSequenceClassification   {"label", "score"} per text (top_k > 1: a list, best first); softmax scores,
                                  sigmoid for multi-label, the raw value for regression ({"score"} only)
     *ForTokenClassification      the entities of each text, grouped as transformers' "simple" aggregation does
-    *ForQuestionAnswering        {"answer", "start", "end", "score"} per question, over EVERY window of a long
-                                 context (minidistil.taskdata.qa_windows / best_span, as fine-tuning evaluates)
+    *ForQuestionAnswering        {"score", "start", "end", "answer"} per question, over every window of a long
+                                 context: the question-answering pipeline (minidistil.qa), as `minidistil qa`
     *ForMultipleChoice           {"choice", "index", "score", "scores"} per question
 
 Inputs: texts as arguments, --file (one per line) or standard input. Sentence pairs: "first<TAB>second" with
@@ -19,6 +19,7 @@ import json
 
 import numpy as np
 
+from . import qa as QA
 from .pipelines import softmax
 
 HEADS = {"ForSequenceClassification": "classification", "ForTokenClassification": "token",
@@ -35,20 +36,24 @@ def task_of(model) -> str:
 
 
 def load(model_path, device: str | None = None):
-    """(model, tokenizer) of a fine-tuned checkpoint (its own head class)."""
-    from .loading import from_pretrained, resolve  # noqa: PLC0415
+    """(model, tokenizer) of a fine-tuned checkpoint (its own head class); a checkpoint that lacks weights of its
+    head is refused, naming them."""
+    from .loading import resolve  # noqa: PLC0415
+    from .pipelines import load_model  # noqa: PLC0415
     from .tokenizer import Tokenizer  # noqa: PLC0415
     folder = resolve(model_path)
-    return from_pretrained(folder, device=device), Tokenizer.from_pretrained(folder)
+    return load_model(folder, None, device, require_head=True), Tokenizer.from_pretrained(folder)
 
 
 def predict(model, tokenizer, inputs: list, *, top_k: int = 1, batch_size: int = 32, max_length: int | None = None,
-            stride: int | None = None, max_answer_len: int = 30) -> list:
+            stride: int | None = None, max_answer_len: int = QA.DEFAULTS["max_answer_len"]) -> list:
     """One result per input. inputs: texts or (text, text_pair) tuples (classification), texts (token),
-    {"question", "context"} dicts (qa), {"question", "choices"} dicts (choice)."""
+    {"question", "context"} dicts (qa: max_length tokens per window, consecutive windows sharing `stride`),
+    {"question", "choices"} dicts (choice)."""
     from . import finetune as FT  # noqa: PLC0415
     from . import taskdata as TD  # noqa: PLC0415
-    from .pipelines import TextClassificationPipeline, TokenClassificationPipeline  # noqa: PLC0415
+    from .pipelines import (QuestionAnsweringPipeline, TextClassificationPipeline,  # noqa: PLC0415
+                            TokenClassificationPipeline)
     task = task_of(model)
     max_length = int(min(max_length or tokenizer.model_max_length, model.config.max_position_embeddings))
     if task == "classification":
@@ -62,13 +67,11 @@ def predict(model, tokenizer, inputs: list, *, top_k: int = 1, batch_size: int =
         return pipe(texts, pairs, top_k=top_k or None)
     if task == "token":
         return TokenClassificationPipeline(model, tokenizer, batch_size=batch_size, max_length=max_length)(inputs)
-    stride = max_length // 4 if stride is None else stride              # qa: windows overlap by a quarter
-    cfg = FT.FinetuneConfig(task=task, max_length=max_length, stride=stride, batch_size=batch_size,
-                            max_answer_len=max_answer_len)
     if task == "qa":
-        examples = [TD.QAExample(str(i), x["question"], x["context"]) for i, x in enumerate(inputs)]
-        feats = FT.encode("qa", examples, tokenizer, None, cfg)
-        return FT.qa_predictions(FT.predict_arrays(model, feats, batch_size), feats, examples, max_answer_len)
+        pipe = QuestionAnsweringPipeline(model, tokenizer, batch_size=batch_size, max_length=max_length)
+        return pipe([x["question"] for x in inputs], [x["context"] for x in inputs], top_k=top_k or 1,
+                    max_answer_len=max_answer_len, doc_stride=stride)
+    cfg = FT.FinetuneConfig(task=task, max_length=max_length, batch_size=batch_size)
     examples = [TD.ChoiceExample(x["question"], list(x["choices"])) for x in inputs]
     out = []
     for ex in examples:  # one question at a time: the number of choices may differ between questions
@@ -89,14 +92,16 @@ def add_command(sub, name: str = "predict", help: str = "predict with a fine-tun
                        epilog="The task comes from the checkpoint's head. Inputs: arguments, --file or stdin.")
     _text_args(p)
     _model_args(p)
-    p.add_argument("--top-k", type=int, default=1, help="classification: labels per text (0: all)")
+    p.add_argument("--top-k", type=int, default=1, help="classification: labels per text (0: all); qa: answers "
+                   "per question")
     p.add_argument("--pair-sep", help="classification: split each input into a sentence pair at this string")
     p.add_argument("--context", help="qa: the passage (or @file) every question is about")
     p.add_argument("--choices", help="choice: the choices of every question, separated by '|'")
     p.add_argument("--max-length", type=int, help="tokens per sequence / window")
-    p.add_argument("--stride", type=int, help="qa: tokens shared by consecutive windows (default: a quarter of "
-                   "--max-length)")
-    p.add_argument("--max-answer-len", type=int, default=30, help="qa: tokens")
+    p.add_argument("--stride", type=int, help="qa: tokens shared by consecutive windows (default "
+                   f"{QA.DEFAULTS['doc_stride']}, at most half a window, as `minidistil qa --doc-stride`)")
+    p.add_argument("--max-answer-len", type=int, default=QA.DEFAULTS["max_answer_len"],
+                   help="qa: tokens (default %(default)s)")
     p.set_defaults(run=run_cli)
     return p
 
@@ -117,7 +122,7 @@ def _json_inputs(texts: list[str], keys: tuple[str, str]) -> list[dict]:
 
 
 def run_cli(args) -> int:
-    from .cli import CLIError, _print_json, _texts  # noqa: PLC0415
+    from .cli import CLIError, _print_json, _texts, text_or_file  # noqa: PLC0415
     model, tokenizer = load(args.model, args.device)
     task = task_of(model)
     texts = _texts(args)
@@ -129,13 +134,7 @@ def run_cli(args) -> int:
         inputs = [tuple(t.split(sep, 1)) for t in texts]
     elif task == "qa":
         if args.context:
-            context = args.context
-            if context.startswith("@"):
-                try:
-                    with open(context[1:], encoding="utf-8") as f:
-                        context = f.read()
-                except OSError as e:
-                    raise CLIError(f"--context: cannot read {context[1:]}: {e.strerror}") from None
+            context = text_or_file(args.context, "--context")
             inputs = [{"question": q, "context": context} for q in texts]
         else:
             inputs = _json_inputs(texts, ("question", "context"))

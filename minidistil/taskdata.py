@@ -20,10 +20,7 @@ reports how many and which.
 Encoders:
     align_word_labels      words + word tags -> word pieces with the FIRST piece of each word labelled and every
                            other piece (and [CLS]/[SEP]) labelled -100, so that the loss sees one label per word
-    qa_windows             [CLS] question [SEP] context-window [SEP] for every window of a long context (windows
-                           overlap by `stride` tokens); the answer's character span becomes token start/end
-                           positions, and a window that does not hold the whole answer points both at [CLS] (0)
-    best_span              the best answer over all windows of one example, mapped back to characters
+(Question answering's windows and answer positions are minidistil.qa's, shared with the pipeline.)
 """
 from __future__ import annotations
 
@@ -423,86 +420,3 @@ def align_word_labels(words: Sequence[str], label_ids: Sequence[int] | None, tok
             labels[t] = label_ids[w]                                             # first piece of word w
         prev = w
     return ids, labels, word_ids
-
-
-@dataclass
-class QAWindow:
-    example: int                 # index of the QAExample
-    input_ids: np.ndarray        # (T,) [CLS] question [SEP] context window [SEP]
-    token_type_ids: np.ndarray   # (T,) 0 for [CLS] question [SEP], 1 for the window and its [SEP]
-    offsets: np.ndarray          # (T, 2) character [start, end) in the context of each context token; -1 elsewhere
-    start_position: int          # token index of the answer's first token, 0 ([CLS]) when not in this window
-    end_position: int
-
-
-def _pieces(tokenizer, text: str):
-    enc = tokenizer(text, truncation=False, padding=False, return_offsets_mapping=True)
-    keep = enc["sequence_ids"][0] == 0                                           # drop [CLS]/[SEP]
-    return enc["input_ids"][0][keep], enc["offset_mapping"][0][keep]
-
-
-def answer_tokens(offsets: np.ndarray, start: int, end: int) -> tuple[int, int] | None:
-    """First and last context token overlapping the characters [start, end); None when no token does."""
-    hit = np.flatnonzero((offsets[:, 0] < end) & (offsets[:, 1] > start))
-    return (int(hit[0]), int(hit[-1])) if hit.size else None
-
-
-def qa_windows(examples: Sequence[QAExample], tokenizer, max_length: int = 384, stride: int = 128,
-               max_question_len: int = 64) -> list[QAWindow]:
-    """Cut each context into windows of at most max_length tokens with the question in front.
-
-    Consecutive windows overlap by `stride` tokens, so an answer cut by one window's edge lies whole in the next
-    (as long as it is shorter than stride). Training positions come from the first answer.
-    """
-    windows = []
-    for i, ex in enumerate(examples):
-        q_ids = _pieces(tokenizer, ex.question)[0][:max_question_len]
-        c_ids, c_off = _pieces(tokenizer, ex.context)
-        L = max_length - len(q_ids) - 3                                           # room for context tokens
-        if L <= stride:
-            raise ValueError(f"max_length: {max_length} leaves {L} context tokens per window after the question "
-                             f"({len(q_ids)} tokens), not more than stride={stride}; raise max_length or lower "
-                             "stride")
-        span = None
-        if ex.answers:
-            text, a0 = ex.answers[0]
-            span = answer_tokens(c_off, a0, a0 + len(text))
-        head = np.concatenate([[tokenizer.cls_token_id], q_ids, [tokenizer.sep_token_id]]).astype(np.int64)
-        w0 = 0
-        while True:
-            w1 = min(w0 + L, len(c_ids))
-            ids = np.concatenate([head, c_ids[w0:w1], [tokenizer.sep_token_id]]).astype(np.int64)
-            types = np.concatenate([np.zeros(len(head), np.int64), np.ones(w1 - w0 + 1, np.int64)])
-            offsets = np.full((len(ids), 2), -1, dtype=np.int64)
-            offsets[len(head):len(head) + w1 - w0] = c_off[w0:w1]
-            s = e = 0
-            if span is not None and w0 <= span[0] and span[1] < w1:
-                s, e = span[0] - w0 + len(head), span[1] - w0 + len(head)
-            windows.append(QAWindow(i, ids, types, offsets, s, e))
-            if w1 >= len(c_ids):
-                break
-            w0 += L - stride
-    return windows
-
-
-def best_span(windows: Sequence[QAWindow], start_logits: Sequence[np.ndarray], end_logits: Sequence[np.ndarray],
-              context: str, max_answer_len: int = 30, n_best: int = 20) -> dict:
-    """The answer with the highest start_logit + end_logit over all windows of one example (HF's rule): start and
-    end are context tokens of the same window, start <= end < start + max_answer_len (tokens). Returns
-    {"answer", "start", "end", "score"} with character offsets into context."""
-    best = None
-    for w, sl, el in zip(windows, start_logits, end_logits):
-        T = len(w.input_ids)
-        ctx = w.offsets[:, 0] >= 0                                               # (T,) context tokens
-        sl, el = np.asarray(sl, np.float64)[:T], np.asarray(el, np.float64)[:T]
-        cand_s = [t for t in np.argsort(-sl, kind="stable")[:n_best] if ctx[t]]
-        cand_e = [t for t in np.argsort(-el, kind="stable")[:n_best] if ctx[t]]
-        for s in cand_s:
-            for e in cand_e:
-                if s <= e < s + max_answer_len:
-                    score = sl[s] + el[e]
-                    if best is None or score > best[0]:
-                        best = (score, int(w.offsets[s, 0]), int(w.offsets[e, 1]))
-    if best is None:
-        return {"answer": "", "start": 0, "end": 0, "score": float("-inf")}
-    return {"answer": context[best[1]:best[2]], "start": best[1], "end": best[2], "score": float(best[0])}
