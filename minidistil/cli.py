@@ -44,6 +44,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("distill", "minidistil.distill", "add_command", "distil a smaller student from a teacher (the main job)"),
     ("finetune", "minidistil.finetune", "add_command", "fine-tune on a task (classification, token, qa, choice)"),
     ("predict", "minidistil.predict", "add_command", "predict with a fine-tuned checkpoint"),
+    ("evaluate", "minidistil.predict", "add_evaluate_command", "metrics of a saved model on a labelled file"),
     ("bench", "minidistil.bench", "add_command", "time minidistil beside PyTorch and ONNX Runtime"),
     ("grade", "minidistil.grading", "add_command", "grade an exercise answer (tutorials/exercises)"),
 ]
@@ -141,12 +142,28 @@ def add_embed(sub, name, help):
     _model_args(p, DEFAULT_EMBED_MODEL)
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
     p.add_argument("--precision", type=int, default=6, help="decimals printed (default: 6)")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise each embedding")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--npy", metavar="OUT", help="write the (N, C) float32 embeddings to OUT (.npy), row i for "
+                     "text i, instead of printing them")
+    out.add_argument("--json", metavar="OUT", help='write {"model", "texts", "embeddings"} to OUT (JSON) instead '
+                     "of printing them")
     p.set_defaults(run=run_embed)
 
 
 def run_embed(args) -> int:
+    from .safetensors_io import atomic_write  # noqa: PLC0415
     texts = _texts(args)
-    emb = _pipeline("sentence-embeddings", args)(texts)                        # (N, C)
+    emb = _pipeline("sentence-embeddings", args).encode(texts, batch_size=args.batch_size,  # (N, C) input order;
+                                                        normalize_embeddings=args.normalize)  # a bar on a tty
+    if args.npy or args.json:
+        if args.npy:
+            atomic_write(args.npy, lambda f: np.save(f, emb))
+        else:
+            atomic_write(args.json, json.dumps({"model": str(args.model), "texts": texts,
+                                                "embeddings": emb.tolist()}) + "\n")
+        print(f"{emb.shape[0]} embeddings of {emb.shape[1]} floats written to {args.npy or args.json}")
+        return 0
     np.set_printoptions(precision=args.precision, suppress=True, linewidth=160)
     if args.similarity:
         unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)

@@ -1,4 +1,5 @@
-"""Predict with a fine-tuned checkpoint: `minidistil predict --model sentiment "I loved it."`.
+"""Predict with a fine-tuned checkpoint, `minidistil predict --model sentiment "I loved it."`, or measure it on
+labelled data without training, `minidistil evaluate --model sentiment --data test.tsv --text-field sentence`.
 
 The task comes from the checkpoint's head (config.json `architectures`):
     *ForSequenceClassification   {"label", "score"} per text (top_k > 1: a list, best first); softmax scores,
@@ -16,6 +17,7 @@ Inputs: texts as arguments, --file (one per line) or standard input. Sentence pa
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -80,6 +82,84 @@ def predict(model, tokenizer, inputs: list, *, top_k: int = 1, batch_size: int =
         k = int(np.argmax(p))
         out.append({"choice": ex.choices[k], "index": k, "score": float(p[k]), "scores": [float(v) for v in p]})
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluation of a saved model
+
+
+def task_for_metrics(model) -> str:
+    """The fine-tuning task whose metrics fit this model: its head, and for a classification head its problem type
+    (regression, multilabel); "similarity" for a model without a task head (sentence-pair similarity)."""
+    try:
+        task = task_of(model)
+    except ValueError:
+        return "similarity"
+    if task == "classification":
+        cfg = model.config
+        if cfg.problem_type == "regression" or cfg.num_labels == 1 and cfg.problem_type is None:
+            return "regression"
+        if cfg.problem_type == "multi_label_classification":
+            return "multilabel"
+    return task
+
+
+def evaluate(model, data, *, task: str | None = None, held_out: float | None = None, device=None,
+             compute_metrics=None, **settings) -> dict:
+    """The metrics of a saved model on labelled data, without training, computed as fine-tuning computes them
+    (minidistil.finetune.evaluate, minidistil.metrics).
+
+    model:    a checkpoint folder or name (a task head without trained weights is refused)
+    data:     a file (GLUE-style TSV, CSV, JSONL, CoNLL, SQuAD JSON, IMDb folder) or data in memory
+    task:     default from the checkpoint's head ("similarity" for a bare encoder: Spearman and Pearson of the
+              cosine similarity of the two sentences' embeddings against the pair's score)
+    held_out: evaluate only the share of `data` that `finetune --held-out` (same seed and limit) held out
+    settings: any FinetuneConfig field that reads or encodes the data (text_field, text_pair_field, label_field,
+              max_length, stride, batch_size, seed, limit, ...), as the fine-tuning run had them
+    """
+    from . import finetune as FT  # noqa: PLC0415
+    from . import metrics as M  # noqa: PLC0415
+    from .evaluation import cosine  # noqa: PLC0415
+    from .loading import resolve  # noqa: PLC0415
+    from .pipelines import SentenceEncoder, load_model  # noqa: PLC0415
+    from .tokenizer import Tokenizer  # noqa: PLC0415
+    folder = resolve(model)
+    if task is None:
+        task = task_for_metrics(load_model(folder, None))
+    if task not in (*FT.TASKS, "similarity"):
+        raise ValueError(f"task: expected one of {sorted((*FT.TASKS, 'similarity'))}, got {task!r}")
+    in_memory = not isinstance(data, (str, os.PathLike))
+    cfg = FT.FinetuneConfig(task="regression" if task == "similarity" else task, model=str(folder),
+                            train="<data in memory>" if in_memory else str(data), held_out=held_out or 0.0,
+                            **settings)
+    if held_out:
+        _, examples, skipped = FT.load_data(cfg, {"train": data} if in_memory else None)
+    else:
+        cfg.train = FT.data_path(cfg.train)
+        examples, skipped = FT.read_split(cfg, data if in_memory else cfg.train, "test")
+        skipped = list(skipped)
+    if not examples:
+        raise ValueError(f"data: no usable examples in {cfg.train}" + (f" ({len(skipped)} rows skipped, first: "
+                                                                       f"{skipped[0]})" if skipped else ""))
+    if task == "similarity":
+        if any(e.text_pair is None for e in examples):
+            raise ValueError("data: sentence-pair similarity needs two texts per row (give --text-pair-field)")
+        enc = SentenceEncoder.from_pretrained(folder, device=device, batch_size=cfg.batch_size)
+        sim = cosine(enc.encode([e.text for e in examples], batch_size=cfg.batch_size),
+                     enc.encode([e.text_pair for e in examples], batch_size=cfg.batch_size))     # (N,)
+        gold = np.array([e.label for e in examples], dtype=np.float64)
+        result = {"main": "spearman", "n": len(examples), "spearman": M.spearman(gold, sim),
+                  "pearson": M.pearson(gold, sim)}
+    else:
+        model_ = load_model(folder, None, device, require_head=True)
+        tokenizer = Tokenizer.from_pretrained(folder)
+        names = None
+        if task in ("classification", "multilabel", "token"):
+            names = [model_.config.id2label[i] for i in range(model_.config.num_labels)]
+            examples = FT.drop_unknown_labels(cfg, examples, names, skipped)
+        feats = FT.encode(task, examples, tokenizer, names, cfg)
+        result = FT.evaluate(task, model_, examples, feats, names, cfg, compute_metrics)
+    return {"task": task, **result, "skipped_rows": len(skipped)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -148,4 +228,53 @@ def run_cli(args) -> int:
     for r in predict(model, tokenizer, inputs, top_k=args.top_k, batch_size=args.batch_size,
                      max_length=args.max_length, stride=args.stride, max_answer_len=args.max_answer_len):
         _print_json(r)
+    return 0
+
+
+def add_evaluate_command(sub, name: str = "evaluate", help: str = "metrics of a saved model on a labelled file"):
+    from .cli import _model_args  # noqa: PLC0415
+    from .finetune import FORMATS, FinetuneConfig, _positive_int  # noqa: PLC0415
+    d = FinetuneConfig()
+    p = sub.add_parser(name, help=help, description="The metrics of a saved model on a labelled file, computed as "
+                       "fine-tuning computes them, without training. The task comes from the checkpoint's head "
+                       "(sentence-pair similarity for a model without one).",
+                       epilog="example: minidistil evaluate --model sentiment --data resource:sentiment_small.tsv "
+                              "--text-field sentence --held-out 0.25   (the share `finetune --held-out 0.25` held out)")
+    _model_args(p)
+    p.add_argument("--data", required=True, help="labelled file (GLUE-style tsv, csv, jsonl, conll, squad json) or "
+                   "IMDb folder; resource:NAME for a file shipped with minidistil")
+    p.add_argument("--task", choices=["classification", "multilabel", "regression", "token", "qa", "choice",
+                                      "similarity"], help="default: from the checkpoint's head")
+    p.add_argument("--held-out", type=float, help="evaluate only the share of --data that `finetune --held-out` "
+                   "held out (give the run's --seed and --limit too)")
+    p.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
+    p.add_argument("--limit", type=_positive_int, help="as the fine-tuning run's --limit")
+    p.add_argument("--data-format", choices=FORMATS, help="default: from the file suffix and the task")
+    p.add_argument("--text-field", default=d.text_field, help="(default %(default)s)")
+    p.add_argument("--text-pair-field", help="second text of a sentence pair")
+    p.add_argument("--label-field", default=d.label_field, help="(default %(default)s)")
+    p.add_argument("--label-sep", default=d.label_sep, help="multilabel separator (default %(default)r)")
+    p.add_argument("--no-header", dest="header", action="store_false", help="the table has no header row")
+    p.add_argument("--question-field", default=d.question_field, help="choice (default %(default)s)")
+    p.add_argument("--choices-field", default=d.choices_field, help="choice: a list field, or comma-separated columns")
+    p.add_argument("--context-field", help="choice: text put before the question")
+    p.add_argument("--tag-column", type=int, default=d.tag_column, help="conll (default: the last)")
+    p.add_argument("--on-error", choices=("skip", "fail"), default=d.on_error, help="malformed rows (default "
+                   "%(default)s)")
+    p.add_argument("--max-length", type=_positive_int, default=d.max_length, help="tokens (default %(default)s)")
+    p.add_argument("--stride", type=int, help="qa: tokens shared by consecutive windows")
+    p.add_argument("--max-answer-len", type=_positive_int, default=d.max_answer_len, help="qa: tokens (default "
+                   "%(default)s)")
+    p.set_defaults(run=run_evaluate)
+    return p
+
+
+def run_evaluate(args) -> int:
+    from .cli import _print_json  # noqa: PLC0415
+    settings = {k: getattr(args, k) for k in ("seed", "limit", "data_format", "text_field", "text_pair_field",
+                                              "label_field", "label_sep", "header", "question_field",
+                                              "choices_field", "context_field", "tag_column", "on_error",
+                                              "max_length", "stride", "max_answer_len", "batch_size")}
+    _print_json(evaluate(args.model, args.data, task=args.task, held_out=args.held_out, device=args.device,
+                         **settings))
     return 0
