@@ -239,6 +239,8 @@ def from_pretrained(name_or_path: str | os.PathLike, cls=None, device=None, *, o
         if "num_labels" in config_overrides and "id2label" not in config_overrides:
             config_dict.pop("id2label", None)
             config_dict.pop("label2id", None)
+        if "id2label" in config_overrides and "label2id" not in config_overrides:
+            config_dict.pop("label2id", None)                    # derived from the new id2label
     config = config_from_dict(config_dict)
     model_cls = _pick_class(config, cls, folder)
     model = model_cls.from_config(config)

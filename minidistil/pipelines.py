@@ -390,7 +390,7 @@ class SentenceEncoder(Pipeline):
             from tqdm import tqdm  # noqa: PLC0415
             bar = tqdm(total=len(sentences), desc="encode", unit="sentence", leave=False,
                        disable=None if show_progress_bar is None else False)
-        emb = np.zeros((len(sentences), self.get_sentence_embedding_dimension()), dtype=np.float32)
+        emb = np.zeros((len(sentences), self.get_embedding_dimension()), dtype=np.float32)
         for i in starts:
             idx = order[i:i + batch_size]
             enc = self._encode([sentences[j] for j in idx])
@@ -408,7 +408,7 @@ class SentenceEncoder(Pipeline):
             return _torch().from_numpy(emb)
         return emb if convert_to_numpy else list(emb)
 
-    def get_sentence_embedding_dimension(self) -> int:
+    def get_embedding_dimension(self) -> int:
         return int(self.model.config.hidden_size) * len(self.modes)
 
     @staticmethod
