@@ -90,6 +90,17 @@ def _texts(args) -> list[str]:
     return texts
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (anything else is a usage error naming the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def text_or_file(value: str, flag: str) -> str:
     """The text given with a flag, or the contents of FILE when it is "@FILE" (e.g. --context @passage.txt)."""
     if not value.startswith("@"):
@@ -219,7 +230,7 @@ def add_qa(sub, name, help):
     p.add_argument("--doc-stride", type=int, default=QA.DEFAULTS["doc_stride"],
                    help="a long context is read in windows sharing this many tokens (default %(default)s, at most "
                    "half a window)")
-    p.add_argument("--max-seq-len", type=int, help="tokens per window (default: 384, or the model's limit)")
+    p.add_argument("--max-seq-len", type=positive_int, help="tokens per window (default: 384, or the model's limit)")
     p.set_defaults(run=run_qa)
 
 

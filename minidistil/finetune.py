@@ -35,7 +35,6 @@ Shapes: B batch, T tokens, K labels or choices, N examples.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -804,7 +803,8 @@ def add_command(sub, name: str = "finetune", help: str = "fine-tune on a task"):
                    help="malformed rows: skip them (listed) or stop (default %(default)s)")
     p.add_argument("--held-out", type=float, default=d.held_out,
                    help="share of --train held out for validation when there is no --validation (default %(default)s)")
-    p.add_argument("--limit", type=_positive_int, help="use N training examples (a sample chosen by --seed)")
+    from .cli import positive_int  # noqa: PLC0415
+    p.add_argument("--limit", type=positive_int, help="use N training examples (a sample chosen by --seed)")
     p.add_argument("--eval-limit", type=int, help="evaluate on N validation examples (a fixed random sample)")
     for flag, kind, help_ in (("max-length", int, "tokens"),
                               ("stride", int, "qa window overlap, tokens; None: min(128, half of --max-length)"),
@@ -825,17 +825,6 @@ def add_command(sub, name: str = "finetune", help: str = "fine-tune on a task"):
                    help="cuda: model, teacher and optimiser on the GPU (numba.cuda kernels; default %(default)s)")
     p.set_defaults(run=run_cli)
     return p
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a bad value is a usage error naming it)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def run_cli(args) -> int:

@@ -123,6 +123,8 @@ def evaluate(model, data, *, task: str | None = None, held_out: float | None = N
     from .loading import resolve  # noqa: PLC0415
     from .pipelines import SentenceEncoder, load_model  # noqa: PLC0415
     from .tokenizer import Tokenizer  # noqa: PLC0415
+    if held_out is not None and not 0.0 < held_out < 1.0:
+        raise ValueError(f"held_out: expected a share between 0 and 1, got {held_out}")
     folder = resolve(model)
     if task is None:
         task = task_for_metrics(load_model(folder, None))
@@ -232,8 +234,8 @@ def run_cli(args) -> int:
 
 
 def add_evaluate_command(sub, name: str = "evaluate", help: str = "metrics of a saved model on a labelled file"):
-    from .cli import _model_args  # noqa: PLC0415
-    from .finetune import FORMATS, FinetuneConfig, _positive_int  # noqa: PLC0415
+    from .cli import _model_args, positive_int  # noqa: PLC0415
+    from .finetune import FORMATS, FinetuneConfig  # noqa: PLC0415
     d = FinetuneConfig()
     p = sub.add_parser(name, help=help, description="The metrics of a saved model on a labelled file, computed as "
                        "fine-tuning computes them, without training. The task comes from the checkpoint's head "
@@ -248,7 +250,7 @@ def add_evaluate_command(sub, name: str = "evaluate", help: str = "metrics of a 
     p.add_argument("--held-out", type=float, help="evaluate only the share of --data that `finetune --held-out` "
                    "held out (give the run's --seed and --limit too)")
     p.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
-    p.add_argument("--limit", type=_positive_int, help="as the fine-tuning run's --limit")
+    p.add_argument("--limit", type=positive_int, help="as the fine-tuning run's --limit")
     p.add_argument("--data-format", choices=FORMATS, help="default: from the file suffix and the task")
     p.add_argument("--text-field", default=d.text_field, help="(default %(default)s)")
     p.add_argument("--text-pair-field", help="second text of a sentence pair")
@@ -261,9 +263,9 @@ def add_evaluate_command(sub, name: str = "evaluate", help: str = "metrics of a 
     p.add_argument("--tag-column", type=int, default=d.tag_column, help="conll (default: the last)")
     p.add_argument("--on-error", choices=("skip", "fail"), default=d.on_error, help="malformed rows (default "
                    "%(default)s)")
-    p.add_argument("--max-length", type=_positive_int, default=d.max_length, help="tokens (default %(default)s)")
+    p.add_argument("--max-length", type=positive_int, default=d.max_length, help="tokens (default %(default)s)")
     p.add_argument("--stride", type=int, help="qa: tokens shared by consecutive windows")
-    p.add_argument("--max-answer-len", type=_positive_int, default=d.max_answer_len, help="qa: tokens (default "
+    p.add_argument("--max-answer-len", type=positive_int, default=d.max_answer_len, help="qa: tokens (default "
                    "%(default)s)")
     p.set_defaults(run=run_evaluate)
     return p
