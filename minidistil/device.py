@@ -27,8 +27,8 @@ def check_device(device) -> str:
     if device == "cuda:0":
         device = "cuda"
     if device not in DEVICES:
-        raise ValueError(f"device: expected 'cpu', 'cuda' (or 'cuda:0', 0) or -1 for the CPU, got {device!r}"
-                         + (" (minidistil uses one GPU, cuda:0)" if device.startswith("cuda:") else ""))
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r} (also accepted: 'cuda:0' or 0 for the "
+                         "GPU, -1 for the CPU; minidistil uses one GPU)")
     if device == "cuda":
         _cuda.require_cuda()  # a RuntimeError saying what is missing
     return device
