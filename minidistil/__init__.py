@@ -33,7 +33,7 @@ _EXPORTS = {
     # checkpoint I/O, tokenizer, pipelines
     "minidistil.loading": ["from_pretrained", "save_pretrained"],
     "minidistil.tokenizer": ["Tokenizer"],
-    "minidistil.pipelines": ["pipeline"],
+    "minidistil.pipelines": ["pipeline", "SentenceEncoder"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 MODEL_ARCHITECTURES = _EXPORTS["minidistil.bert"] + _EXPORTS["minidistil.distilbert"]

@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 
+from . import qa as QA
 from .files import check_unicode, decode_utf8, read_text
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
@@ -44,6 +45,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("distill", "minidistil.distill", "add_command", "distil a smaller student from a teacher (the main job)"),
     ("finetune", "minidistil.finetune", "add_command", "fine-tune on a task (classification, token, qa, choice)"),
     ("predict", "minidistil.predict", "add_command", "predict with a fine-tuned checkpoint"),
+    ("evaluate", "minidistil.predict", "add_evaluate_command", "metrics of a saved model on a labelled file"),
     ("bench", "minidistil.bench", "add_command", "time minidistil beside PyTorch and ONNX Runtime"),
     ("grade", "minidistil.grading", "add_command", "grade an exercise answer (tutorials/exercises)"),
 ]
@@ -98,8 +100,29 @@ def _read_file(flag: str, path: str) -> str:
         raise CLIError(f"{flag}: {e}") from None
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (anything else is a usage error naming the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def text_or_file(value: str, flag: str) -> str:
+    """The text given with a flag, or the contents of FILE when it is "@FILE" (e.g. --context @passage.txt)."""
+    text = _read_file(flag, value[1:]) if value.startswith("@") else value
+    check_unicode(text, flag)
+    return text
+
+
 def _pipeline(task: str, args, **kwargs):
+    """The pipeline of --model for `task`; a task head without trained weights is refused, naming them."""
     from .pipelines import pipeline
+    if task != "sentence-embeddings":
+        kwargs["require_head"] = True
     return pipeline(task, args.model, device=args.device, batch_size=args.batch_size, **kwargs)
 
 
@@ -152,15 +175,31 @@ def add_embed(sub, name, help):
     _model_args(p, DEFAULT_EMBED_MODEL)
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
     p.add_argument("--precision", type=int, default=6, help="decimals printed (default: 6)")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise each embedding")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--npy", metavar="OUT", help="write the (N, C) float32 embeddings to OUT (.npy), row i for "
+                     "text i, instead of printing them")
+    out.add_argument("--json", metavar="OUT", help='write {"model", "texts", "embeddings"} to OUT (JSON) instead '
+                     "of printing them")
     p.set_defaults(run=run_embed)
 
 
 def run_embed(args) -> int:
+    from .safetensors_io import atomic_write  # noqa: PLC0415
     texts = _texts(args)
-    emb = _pipeline("sentence-embeddings", args)(texts)                        # (N, C)
+    emb = _pipeline("sentence-embeddings", args).encode(texts, batch_size=args.batch_size,  # (N, C) input order;
+                                                        normalize_embeddings=args.normalize)  # a bar on a tty
     bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
     if bad.size:
         raise CLIError(f"input {bad[0] + 1}: {NON_FINITE}")
+    if args.npy or args.json:
+        if args.npy:
+            atomic_write(args.npy, lambda f: np.save(f, emb))
+        else:
+            atomic_write(args.json, json.dumps({"model": str(args.model), "texts": texts,
+                                                "embeddings": emb.tolist()}) + "\n")
+        print(f"{emb.shape[0]} embeddings of {emb.shape[1]} floats written to {args.npy or args.json}")
+        return 0
     np.set_printoptions(precision=args.precision, suppress=True, linewidth=160)
     if args.similarity:
         unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
@@ -210,21 +249,22 @@ def add_qa(sub, name, help):
     _text_args(p)
     _model_args(p)
     p.add_argument("--context", required=True, help="the passage to answer from (or @file to read it)")
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--max-answer-len", type=int, default=15)
-    p.add_argument("--doc-stride", type=int, default=128,
-                   help="a long context is read in windows sharing this many tokens (default 128)")
+    p.add_argument("--top-k", type=int, default=QA.DEFAULTS["top_k"], help="answers per question (default 1)")
+    p.add_argument("--max-answer-len", type=int, default=QA.DEFAULTS["max_answer_len"],
+                   help="tokens (default %(default)s)")
+    p.add_argument("--doc-stride", type=int, default=QA.DEFAULTS["doc_stride"],
+                   help="a long context is read in windows sharing this many tokens (default %(default)s, at most "
+                   "half a window)")
+    p.add_argument("--max-seq-len", type=positive_int, help="tokens per window (default: 384, or the model's limit)")
     p.set_defaults(run=run_qa)
 
 
 def run_qa(args) -> int:
-    context = args.context
-    if context.startswith("@"):
-        context = _read_file("--context", context[1:])
-    check_unicode(context, "--context")
+    context = text_or_file(args.context, "--context")
     questions = _texts(args)
     answers = _pipeline("question-answering", args)(questions, [context] * len(questions), top_k=args.top_k,
-                                                    max_answer_len=args.max_answer_len, doc_stride=args.doc_stride)
+                                                    max_answer_len=args.max_answer_len, doc_stride=args.doc_stride,
+                                                    max_seq_len=args.max_seq_len)
     _print_json_lines(answers)
     return 0
 

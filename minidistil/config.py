@@ -286,6 +286,8 @@ def config_from_json_file(path, overrides: dict | None = None):
         if "num_labels" in overrides and "id2label" not in overrides:
             d.pop("id2label", None)
             d.pop("label2id", None)
+        if "id2label" in overrides and "label2id" not in overrides:
+            d.pop("label2id", None)                                     # derived from the new id2label
     return _from_file(config_from_dict, path, d)
 
 

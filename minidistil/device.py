@@ -19,12 +19,16 @@ DEVICES = ("cpu", "cuda")
 
 
 def check_device(device) -> str:
-    """"cpu" or "cuda" (None means "cpu"); "cuda" also checks that a GPU (or the simulator) is there."""
+    """"cpu" or "cuda"; "cuda" also checks that a GPU (or the simulator) is there. Accepted as in transformers:
+    None and -1 mean "cpu"; "cuda:0" and 0 (the GPU's index) mean "cuda" (minidistil uses one GPU)."""
+    if isinstance(device, int) and not isinstance(device, bool):
+        device = "cpu" if device == -1 else f"cuda:{device}"
     device = "cpu" if device is None else str(device).lower()
-    if device.startswith("cuda:"):
-        device = "cuda" if device == "cuda:0" else device
+    if device == "cuda:0":
+        device = "cuda"
     if device not in DEVICES:
-        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r} (also accepted: 'cuda:0' or 0 for the "
+                         "GPU, -1 for the CPU; minidistil uses one GPU)")
     if device == "cuda":
         _cuda.require_cuda()  # a RuntimeError saying what is missing
     return device

@@ -108,6 +108,11 @@ class DistilBertPreTrainedModel(PreTrainedModel):
             emb.position_embeddings.weight.data[...] = sinusoidal_table(self.config.max_position_embeddings,
                                                                         self.config.dim)
 
+    def __call__(self, *args, token_type_ids=None, **kwargs):
+        """token_type_ids are accepted and ignored (DistilBERT has no token types), as transformers' DistilBERT
+        does, so that model(**tok(texts)) works with a BERT tokenizer's output."""
+        return super().__call__(*args, **kwargs)
+
     def _embeddings_path(self) -> str:
         return "embeddings" if isinstance(self, DistilBertModel) else "distilbert.embeddings"
 

@@ -35,18 +35,19 @@ Shapes: B batch, T tokens, K labels or choices, N examples.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from . import functional as F
 from . import losses as L
 from . import metrics as M
+from . import qa as QA
 from . import taskdata as TD
 from .autograd import no_grad
 from .device import check_device, describe
@@ -95,11 +96,11 @@ class FinetuneConfig:
     tag_column: int = -1                 # conll
     on_error: str = "skip"               # malformed rows: "skip" (listed and counted) or "fail"
     held_out: float = 0.1
-    limit: int | None = None             # use the first `limit` training examples
+    limit: int | None = None             # use `limit` training examples (a sample chosen by the seed)
     eval_limit: int | None = None        # and the first `eval_limit` validation examples
     max_length: int = 128
-    stride: int = 32                     # qa: tokens shared by consecutive windows
-    max_answer_len: int = 30             # qa: tokens
+    stride: int | None = None            # qa: tokens shared by consecutive windows (None: min(128, max_length // 2))
+    max_answer_len: int = QA.DEFAULTS["max_answer_len"]  # qa: tokens (evaluation: minidistil.qa's decoding)
     epochs: int = 3
     batch_size: int = 16
     lr: float = 5e-5
@@ -122,7 +123,9 @@ class FinetuneConfig:
 # data
 
 
-def _format(cfg: FinetuneConfig, path: str) -> str:
+def _format(cfg: FinetuneConfig, path) -> str:
+    if TD.is_in_memory(path):
+        return "memory"
     if cfg.data_format:
         if cfg.data_format not in FORMATS:
             raise ValueError(f"data_format: expected one of {FORMATS}, got {cfg.data_format!r}")
@@ -136,9 +139,11 @@ def _format(cfg: FinetuneConfig, path: str) -> str:
     return TD.table_format(Path(path))
 
 
-def read_split(cfg: FinetuneConfig, path: str, split: str = "train") -> TD.Loaded:
-    """The examples of one file (or IMDb split) for cfg.task."""
+def read_split(cfg: FinetuneConfig, path, split: str = "train") -> TD.Loaded:
+    """The examples of one file (or IMDb split, or data in memory: see taskdata.in_memory) for cfg.task."""
     fmt = _format(cfg, path)
+    if fmt == "memory":
+        fmt = None
     kind = {"regression": "regression", "multilabel": "multi"}.get(cfg.task, "class")
     if cfg.task in ("classification", "multilabel", "regression"):
         if fmt == "imdb":
@@ -158,17 +163,20 @@ def read_split(cfg: FinetuneConfig, path: str, split: str = "train") -> TD.Loade
     raise ValueError(f"task: expected one of {sorted(TASKS)}, got {cfg.task!r}")
 
 
-def load_data(cfg: FinetuneConfig) -> tuple[list, list, list[str]]:
-    """(train examples, validation examples, skipped rows) as cfg says."""
+def load_data(cfg: FinetuneConfig, data: dict | None = None) -> tuple[list, list, list[str]]:
+    """(train examples, validation examples, skipped rows) as cfg says; data["train"] / data["validation"], when
+    given, hold data in memory that replaces cfg.train / cfg.validation (see taskdata.in_memory)."""
+    data = data or {}
     cfg.train, cfg.validation = data_path(cfg.train), data_path(cfg.validation)
-    train, skipped = read_split(cfg, cfg.train, "train")
+    train, skipped = read_split(cfg, data.get("train", cfg.train), "train")
     skipped = list(skipped)
-    if cfg.limit:
-        train = train[: cfg.limit]
-    if cfg.validation:
-        val, s = read_split(cfg, cfg.validation, "test")
+    if cfg.limit and cfg.limit < len(train):  # a seeded sample, in file order (a file may be sorted by label)
+        pick = np.sort(np.random.default_rng([cfg.seed, 9]).permutation(len(train))[: cfg.limit])
+        train = [train[i] for i in pick]
+    if "validation" in data or cfg.validation:
+        val, s = read_split(cfg, data.get("validation", cfg.validation), "test")
         skipped += s
-    elif _format(cfg, cfg.train) == "imdb" and (Path(cfg.train) / "test").is_dir():
+    elif "train" not in data and _format(cfg, cfg.train) == "imdb" and (Path(cfg.train) / "test").is_dir():
         val, s = read_split(cfg, cfg.train, "test")
         skipped += s
     else:  # hold out a fixed share of the training examples, chosen by the seed
@@ -198,7 +206,12 @@ def label_names(cfg: FinetuneConfig, train: list) -> list[str] | None:
     if cfg.labels:
         return list(cfg.labels)
     if cfg.task == "classification":
-        return _sorted_names(e.label for e in train)
+        names = _sorted_names(e.label for e in train)
+        if len(names) < 2:
+            raise ValueError(f"train: classification needs at least two labels, but the {len(train)} training "
+                             f"examples{' (--limit ' + str(cfg.limit) + ')' if cfg.limit else ''} all have "
+                             f"{names or 'no label'}; check --label-field, or use more rows")
+        return names
     if cfg.task == "multilabel":
         return _sorted_names(x for e in train for x in e.label)
     if cfg.task == "token":
@@ -244,7 +257,8 @@ def encode(task: str, examples: list, tokenizer, names: list[str] | None, cfg: F
         has_pair = any(p is not None for p in pairs)
         if has_pair and any(p is None for p in pairs):
             raise ValueError("text_pair: some examples have a text pair and some do not")
-        enc = tokenizer([e.text for e in examples], pairs if has_pair else None, truncation=True, max_length=L_)
+        enc = tokenizer([e.text for e in examples], pairs if has_pair else None, truncation=True, max_length=L_,
+                        return_token_type_ids=True, return_attention_mask=True)
         feats = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
         if examples and examples[0].label is not None:
             if task == "classification":
@@ -267,21 +281,21 @@ def encode(task: str, examples: list, tokenizer, names: list[str] | None, cfg: F
         return {"input_ids": input_ids, "attention_mask": _pad([np.ones(len(i), np.int64) for i in ids], 0),
                 "token_type_ids": np.zeros_like(input_ids), "labels": _pad(labels, TD.IGNORE_INDEX),
                 "word_ids": _pad(word_ids, -1)}
-    if task == "qa":
-        windows = TD.qa_windows(examples, tokenizer, L_, cfg.stride)
-        input_ids = _pad([w.input_ids for w in windows], tokenizer.pad_token_id)
-        return {"input_ids": input_ids, "attention_mask": _pad([np.ones(len(w.input_ids), np.int64)
-                                                                 for w in windows], 0),
-                "token_type_ids": _pad([w.token_type_ids for w in windows], 0),
-                "start_positions": np.array([w.start_position for w in windows], dtype=np.int64),
-                "end_positions": np.array([w.end_position for w in windows], dtype=np.int64),
-                "windows": windows}
+    if task == "qa":  # the windows and targets of minidistil.qa; the first answer is the training target
+        max_seq_len, stride = QA.resolve(L_, cfg.stride, L_)
+        enc = QA.windows(tokenizer, [e.question for e in examples], [e.context for e in examples], max_seq_len,
+                         stride)
+        spans = [(e.answers[0][1], e.answers[0][1] + len(e.answers[0][0])) if e.answers else None for e in examples]
+        starts, ends = QA.answer_positions(enc, spans)
+        return {**{k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")},
+                "start_positions": starts, "end_positions": ends, "windows": enc}
     if task == "choice":
         K = {len(e.choices) for e in examples}
         if len(K) > 1:
             raise ValueError(f"choices: every question needs the same number of choices, got {sorted(K)}")
         K = K.pop() if K else 2
-        encs = [tokenizer([e.question] * K, e.choices, truncation=True, max_length=L_) for e in examples]
+        encs = [tokenizer([e.question] * K, e.choices, truncation=True, max_length=L_, return_token_type_ids=True,
+                          return_attention_mask=True) for e in examples]
         T = max((x["input_ids"].shape[1] for x in encs), default=0)
         feats = {}
         for key, pad in (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
@@ -316,9 +330,7 @@ def batch(feats: dict, idx: np.ndarray) -> dict:
 
 def forward(model, b: dict, with_labels: bool = True):
     """The model on one batch (labels / positions passed when present and with_labels)."""
-    kwargs = {"attention_mask": b["attention_mask"]}
-    if "token_type_ids" in inspect.signature(model.forward).parameters:
-        kwargs["token_type_ids"] = b["token_type_ids"]
+    kwargs = {"attention_mask": b["attention_mask"], "token_type_ids": b["token_type_ids"]}   # DistilBERT ignores
     if with_labels:
         for k in ("labels", "start_positions", "end_positions"):
             if k in b:
@@ -395,23 +407,53 @@ def word_predictions(logits_rows, feats: dict, examples: list, names: list[str])
 
 
 def qa_predictions(out: dict, feats: dict, examples: list, max_answer_len: int) -> list[dict]:
-    by_example: dict[int, list[int]] = {}
-    for j, w in enumerate(feats["windows"]):
-        by_example.setdefault(w.example, []).append(j)
-    answers = []
-    for i, e in enumerate(examples):
-        js = by_example.get(i, [])
-        answers.append(TD.best_span([feats["windows"][j] for j in js], [out["start_logits"][j] for j in js],
-                                    [out["end_logits"][j] for j in js], e.context, max_answer_len))
-    return answers
+    """The best answer of each question over its windows (minidistil.qa.decode, as the pipeline decodes)."""
+    answers = QA.decode(feats["windows"], out["start_logits"], out["end_logits"], [e.context for e in examples],
+                        max_answer_len=max_answer_len)
+    return [a[0] for a in answers]
 
 
-def evaluate(task: str, model, examples: list, feats: dict, names: list[str] | None, cfg: FinetuneConfig) -> dict:
+class EvalPrediction(NamedTuple):
+    """What compute_metrics receives, as in transformers: predictions are the logits (N, K) (token: (N, T, K),
+    padded; qa: the decoded answers, {"answer", ...} per question), label_ids the gold labels (N,) or (N, K)
+    (token: (N, T) with -100 where no label is scored; qa: the gold answer texts of each question)."""
+    predictions: object
+    label_ids: object
+
+
+def evaluate(task: str, model, examples: list, feats: dict, names: list[str] | None, cfg: FinetuneConfig,
+             compute_metrics=None) -> dict:
     """The task's metrics on labelled examples (see minidistil.metrics); "main" names the one that picks the
-    best epoch."""
+    best epoch. compute_metrics(EvalPrediction) -> {name: number} adds metrics of the caller's own."""
     if not examples:
         return {"main": TASKS[task][2], TASKS[task][2]: float("nan"), "n": 0}
     out = predict_arrays(model, feats, cfg.batch_size)
+    r = _task_metrics(task, out, examples, feats, names, cfg)
+    if compute_metrics is not None:
+        extra = compute_metrics(_eval_prediction(task, out, examples, feats, cfg))
+        if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+            raise ValueError(f"compute_metrics: expected a dict {{name: value}}, got {type(extra).__name__}")
+        clash = sorted(set(extra) & {"main", "n"})
+        if clash:
+            raise ValueError(f"compute_metrics: {clash} are names the evaluation itself uses; rename them")
+        r.update({k: float(v) if isinstance(v, (int, float, np.number)) else v for k, v in extra.items()})
+    return {"main": TASKS[task][2], "n": len(examples), **r}
+
+
+def _eval_prediction(task: str, out: dict, examples: list, feats: dict, cfg: FinetuneConfig) -> EvalPrediction:
+    if task == "qa":
+        answers = qa_predictions(out, feats, examples, cfg.max_answer_len)
+        return EvalPrediction(answers, [[t for t, _ in e.answers] for e in examples])
+    if task == "token":
+        labels = feats["labels"]                                                   # (N, T)
+        logits = np.zeros((*labels.shape, out["logits"][0].shape[-1]), dtype=np.float32)   # (N, T, K)
+        for i, row in enumerate(out["logits"]):
+            logits[i, : len(row)] = row
+        return EvalPrediction(logits, labels)
+    return EvalPrediction(np.stack(out["logits"]), feats["labels"])
+
+
+def _task_metrics(task: str, out: dict, examples: list, feats: dict, names, cfg: FinetuneConfig) -> dict:
     if task == "classification":
         pred = np.argmax(np.stack(out["logits"]), axis=-1)
         r = M.classification_report(feats["labels"], pred, names)
@@ -428,7 +470,7 @@ def evaluate(task: str, model, examples: list, feats: dict, names: list[str] | N
         r = M.squad_report([p for p, _ in scored], [g for _, g in scored])   # questions with a gold answer
     else:
         r = {"accuracy": M.accuracy(feats["labels"], np.argmax(np.stack(out["logits"]), axis=-1))}
-    return {"main": TASKS[task][2], "n": len(examples), **r}
+    return r
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -515,12 +557,21 @@ def _better(new: float, old: float | None) -> bool:
     return old is None or (math.isfinite(new) and (not math.isfinite(old) or new > old))
 
 
-def finetune(task: str | None = None, model: str | None = None, train: str | None = None,
-             out_dir: str | None = None, *, config: FinetuneConfig | None = None, **overrides) -> dict:
-    """Run a fine-tuning; returns the report (also out_dir/report.json). Any FinetuneConfig field is a keyword."""
+def finetune(task: str | None = None, model: str | None = None, train=None, out_dir: str | None = None, *,
+             config: FinetuneConfig | None = None, compute_metrics=None, **overrides) -> dict:
+    """Run a fine-tuning; returns the report (also out_dir/report.json). Any FinetuneConfig field is a keyword.
+
+    train, validation: a file or folder, or data in memory (taskdata.in_memory: rows, columns, a (texts, labels)
+    pair, a datasets.Dataset). compute_metrics(EvalPrediction(predictions, label_ids)) -> {name: value}: more
+    metrics for each evaluation, as transformers' Trainer takes them (see `evaluate`)."""
     from . import checkpoint as ckpt  # noqa: PLC0415
     from .loading import save_pretrained  # noqa: PLC0415
     given = {k: v for k, v in dict(task=task, model=model, train=train, out_dir=out_dir).items() if v is not None}
+    data = {}                                   # data in memory stays out of the config (and its checkpoint copy)
+    for key, source in (("train", given), ("validation", overrides)):
+        if TD.is_in_memory(source.get(key)):
+            data[key] = source[key]
+            source[key] = f"<{type(data[key]).__name__} in memory>"
     cfg = FinetuneConfig(**{**asdict(config or FinetuneConfig()), **given, **overrides})
     if cfg.task not in TASKS:
         raise ValueError(f"task: expected one of {sorted(TASKS)}, got {cfg.task!r}")
@@ -533,7 +584,7 @@ def finetune(task: str | None = None, model: str | None = None, train: str | Non
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    train_ex, val_ex, skipped = load_data(cfg)
+    train_ex, val_ex, skipped = load_data(cfg, data)
     names = label_names(cfg, train_ex)
     train_ex = drop_unknown_labels(cfg, train_ex, names, skipped)
     val_ex = drop_unknown_labels(cfg, val_ex, names, skipped)
@@ -632,7 +683,7 @@ def finetune(task: str | None = None, model: str | None = None, train: str | Non
             break
         # end of the epoch: evaluate, keep the best, maybe stop
         model_.eval()
-        r = evaluate(cfg.task, model_, val_ex, va, names, cfg) if va is not None else {"main": None}
+        r = evaluate(cfg.task, model_, val_ex, va, names, cfg, compute_metrics) if va is not None else {"main": None}
         score = r.get(r["main"]) if r["main"] else None
         log({"step": state["step"], "epoch": epoch + 1, "eval": r})
         state["history"].append({"epoch": epoch + 1, "step": state["step"], "score": score,
@@ -752,9 +803,11 @@ def add_command(sub, name: str = "finetune", help: str = "fine-tune on a task"):
                    help="malformed rows: skip them (listed) or stop (default %(default)s)")
     p.add_argument("--held-out", type=float, default=d.held_out,
                    help="share of --train held out for validation when there is no --validation (default %(default)s)")
-    p.add_argument("--limit", type=int, help="use only the first N training examples")
+    from .cli import positive_int  # noqa: PLC0415
+    p.add_argument("--limit", type=positive_int, help="use N training examples (a sample chosen by --seed)")
     p.add_argument("--eval-limit", type=int, help="evaluate on N validation examples (a fixed random sample)")
-    for flag, kind, help_ in (("max-length", int, "tokens"), ("stride", int, "qa window overlap, tokens"),
+    for flag, kind, help_ in (("max-length", int, "tokens"),
+                              ("stride", int, "qa window overlap, tokens; None: min(128, half of --max-length)"),
                               ("max-answer-len", int, "qa, tokens"), ("epochs", int, ""), ("batch-size", int, ""),
                               ("lr", float, "peak learning rate"), ("warmup", float, "warm-up share of updates"),
                               ("weight-decay", float, ""), ("max-grad-norm", float, ""), ("seed", int, ""),

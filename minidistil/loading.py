@@ -24,6 +24,7 @@ Pickle checkpoints (pytorch_model.bin) are refused: unpickling runs arbitrary co
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -226,25 +227,36 @@ def _pick_class(config, cls, folder: Path):
 # from_pretrained / save_pretrained
 
 
-def from_pretrained(name_or_path: str | os.PathLike, cls=None, device: str | None = None, *,
-                    output_loading_info: bool = False, config_overrides: dict | None = None):
+def from_pretrained(name_or_path: str | os.PathLike, cls=None, device=None, *, output_loading_info: bool = False,
+                    config_overrides: dict | None = None, **config_kwargs):
     """Load a model from a checkpoint folder, a fetched checkpoint name, or (when online) the Hub.
 
     cls:                 the class (or its name) to build; default: the first of config.json's `architectures`
                          that minidistil implements (the bare BertModel / DistilBertModel when none is listed)
-    device:              None or "cpu" (weights stay NumPy arrays); "cuda" moves them to the GPU where the model
-                         supports it
+    device:              None or "cpu" (weights stay NumPy arrays); "cuda" ("cuda:0", 0) moves them to the GPU
     output_loading_info: also return {"missing_keys": [...], "unexpected_keys": [...]}
-    config_overrides:    fields to change in config.json's values (e.g. {"num_labels": 3} for a new head)
+    config_overrides, **config_kwargs:  config fields to change from config.json's values, as transformers'
+                         from_pretrained(path, num_labels=3, id2label={0: "neg", ...}) does for a new head
     """
-    from .config import config_from_json_file
+    from .config import CONFIG_CLASSES, config_from_json_file
 
     folder = resolve(name_or_path)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(f"{folder}: no {CONFIG_NAME} (not a checkpoint folder in Hugging Face layout)")
     try:
-        config = config_from_json_file(config_path, config_overrides)
+        config_dict = read_json_object(config_path)
+    except ValueError as e:                                                     # names the file
+        raise CheckpointError(str(e)) from None
+    if config_kwargs:  # keywords must name config fields (anything else is a typo, not a setting to keep)
+        fields = {f.name for f in dataclasses.fields(CONFIG_CLASSES.get(config_dict.get("model_type"),
+                                                                         CONFIG_CLASSES["bert"]))} - {"extra"}
+        unknown = sorted(set(config_kwargs) - fields)
+        if unknown:
+            raise TypeError(f"from_pretrained: unexpected keyword(s) {unknown}: neither a from_pretrained argument "
+                            f"nor a config field of {config_path}")
+    try:
+        config = config_from_json_file(config_path, {**(config_overrides or {}), **config_kwargs})
     except ValueError as e:                                                     # names the file and the field
         raise CheckpointError(str(e)) from None
     model_cls = _pick_class(config, cls, folder)
@@ -286,14 +298,9 @@ def _warn_non_finite(state: dict[str, np.ndarray], folder: Path) -> None:
 
 
 def _to_device(model, device):
-    if device in (None, "cpu"):
-        return model
-    if device == "cuda":
-        to = getattr(model, "to", None)
-        if to is None:
-            raise ValueError("device: 'cuda' is not supported by this model class yet (it has no .to()); use 'cpu'")
-        return to("cuda") or model
-    raise ValueError(f"device: expected None, 'cpu' or 'cuda', got {device!r}")
+    from .device import check_device  # noqa: PLC0415
+    device = check_device(device)
+    return model if device == "cpu" else model.to(device)
 
 
 def save_pretrained(model, folder: str | os.PathLike, tokenizer=None) -> Path:
@@ -311,7 +318,7 @@ def save_pretrained(model, folder: str | os.PathLike, tokenizer=None) -> Path:
     save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt"})
     atomic_write(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
-        tokenizer.save(folder)
+        tokenizer.save_pretrained(folder)
     return folder
 
 

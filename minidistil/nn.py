@@ -227,6 +227,25 @@ class PreTrainedModel(Module):
                              f"got {type(config).__name__}")
         object.__setattr__(self, "config", config)
 
+    def __call__(self, *args, return_dict: bool | None = None, **kwargs):
+        """forward(...); return_dict=False gives the output's fields as a tuple (out.to_tuple()), as transformers."""
+        out = self.forward(*args, **kwargs)
+        return out.to_tuple() if return_dict is False else out
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, device=None, **kwargs):
+        """BertForSequenceClassification.from_pretrained(path, num_labels=3): this class from a checkpoint (a
+        folder, or a name as minidistil.from_pretrained resolves it). Keywords: output_loading_info,
+        config_overrides, and any config field (num_labels, id2label, ...) to change."""
+        from minidistil.loading import from_pretrained  # noqa: PLC0415
+        return from_pretrained(name_or_path, cls=None if cls is PreTrainedModel else cls, device=device, **kwargs)
+
+    def save_pretrained(self, folder, tokenizer=None):
+        """Write config.json, model.safetensors (and the tokenizer's files when given) into `folder`, atomically;
+        transformers loads the folder. Returns its path."""
+        from minidistil.loading import save_pretrained  # noqa: PLC0415
+        return save_pretrained(self, folder, tokenizer)
+
     @classmethod
     def from_config(cls, config, seed: int | None = None):
         """A model with HF-like random weights: Linear and Embedding weights ~ normal(0, initializer_range), the

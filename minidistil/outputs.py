@@ -2,7 +2,8 @@
 
 Shapes: B batch, T tokens, C width, H heads, V vocabulary, K labels / choices. `hidden_states` is a tuple of
 n_layers + 1 Tensors (B, T, C) (the embeddings first) and `attentions` one (B, H, T, T) per layer, present only when
-asked for. `out[0]` / `out["logits"]` index the fields that are set, as in HF.
+asked for. As in HF, `out[0]` / `out["logits"]` index the fields that are set, `out.keys()` names them and
+`out.to_tuple()` (or calling the model with return_dict=False) gives them as a tuple.
 """
 from __future__ import annotations
 
@@ -16,8 +17,26 @@ class _Output:
     def to_tuple(self) -> tuple:
         return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None)
 
+    def keys(self) -> list[str]:
+        """The names of the fields that are set, in order (dict(out) and out.keys() work as in transformers)."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def values(self) -> list:
+        return [getattr(self, k) for k in self.keys()]
+
+    def items(self) -> list[tuple]:
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def __contains__(self, key) -> bool:
+        return key in self.keys()
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
     def __getitem__(self, key):
         if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(f"{key!r}: not set in this {type(self).__name__} (set: {self.keys()})")
             return getattr(self, key)
         return self.to_tuple()[key]
 

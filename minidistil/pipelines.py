@@ -10,21 +10,24 @@ Tasks:
     "token-classification"  *ForTokenClassification ("ner"): per-token labels grouped into entities with HF's
                             "simple" aggregation (B-X I-X I-X -> one X entity, mean score, character offsets)
     "question-answering"    *ForQuestionAnswering: the best span start <= end < start + max_answer_len inside the
-                            context, with its text and score
-    "feature-extraction"    the bare encoder + sentence-transformers pooling ("sentence-embeddings"): mean / CLS /
-                            max pooling as 1_Pooling/config.json says, L2-normalised when modules.json lists a
-                            Normalize module (as all-MiniLM-L6-v2 does)
+                            context, with its text and score (minidistil.qa: windows, decoding, defaults)
+    "feature-extraction"    the bare encoder's token features, (1, T, C) per text, as transformers returns them
+    "sentence-embeddings"   SentenceEncoder, sentence-transformers' encoder + pooling: mean / CLS / max pooling as
+                            1_Pooling/config.json says, L2-normalised when modules.json lists a Normalize module (as
+                            all-MiniLM-L6-v2 does); encode() and similarity() as in sentence-transformers
 
 Every pipeline runs the model under no_grad(), in batches of `batch_size` texts padded to the longest of the batch.
+`device="cuda"` (or "cuda:0", 0) moves the model to the GPU, or raises an error saying why it cannot.
 Shapes: B batch, T tokens, C width, V vocabulary, K labels.
 """
 from __future__ import annotations
 
-import inspect
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from . import qa as QA
 from .autograd import no_grad
 from .config import config_from_json_file
 from .files import brief, read_json
@@ -60,37 +63,61 @@ class Pipeline:
     task = ""
     head = ""  # class name suffix this task needs: "ForMaskedLM", ... ("Model" for the bare encoder)
 
-    def __init__(self, model, tokenizer: Tokenizer, batch_size: int = 32, max_length: int | None = None):
+    def __init__(self, model, tokenizer: Tokenizer, batch_size: int = 32, max_length: int | None = None,
+                 device=None):
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+        if device is not None:
+            from .device import check_device  # noqa: PLC0415
+            model.to(check_device(device))    # no GPU: a RuntimeError saying what is missing, never a silent CPU
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
         max_pos = getattr(model.config, "max_position_embeddings", tokenizer.model_max_length)
         self.max_length = int(min(max_length or tokenizer.model_max_length, max_pos))
-        self._takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
 
     @classmethod
-    def from_pretrained(cls, name_or_path, device: str | None = None, **kwargs) -> "Pipeline":
-        from .loading import from_pretrained, model_classes, resolve
+    def from_pretrained(cls, name_or_path, device=None, require_head: bool = False, **kwargs) -> Pipeline:
+        """The pipeline of a checkpoint (folder or name), with the model class its task needs. require_head=True
+        refuses a checkpoint without trained weights for that head (the command line's choice); otherwise the head
+        starts from random weights with a warning, as in transformers."""
+        from .loading import model_classes, resolve  # noqa: PLC0415
         folder = resolve(name_or_path)
-        model_cls = _class_for(folder, cls.head, model_classes())
-        model = from_pretrained(folder, cls=model_cls, device=device)
+        model = load_model(folder, _class_for(folder, cls.head, model_classes()), device, require_head)
         return cls(model, Tokenizer.from_pretrained(folder), **kwargs)
 
     def _encode(self, texts, pairs=None, **kw):
-        return self.tokenizer(texts, pairs, padding=True, max_length=kw.pop("max_length", self.max_length), **kw)
+        return self.tokenizer(texts, pairs, padding=True, max_length=kw.pop("max_length", self.max_length),
+                              return_token_type_ids=True, return_attention_mask=True, **kw)
 
     def _forward(self, enc: dict):
-        kwargs = {"attention_mask": enc["attention_mask"]}
-        if self._takes_types:
-            kwargs["token_type_ids"] = enc["token_type_ids"]
-        with no_grad():
-            return self.model(enc["input_ids"], **kwargs)
+        with no_grad():  # DistilBERT takes token_type_ids and ignores them, as transformers' does
+            return self.model(enc["input_ids"], attention_mask=enc["attention_mask"],
+                              token_type_ids=enc["token_type_ids"])
 
     def _batches(self, n: int):
         for i in range(0, n, self.batch_size):
             yield slice(i, min(n, i + self.batch_size))
+
+
+def load_model(folder: Path, model_cls: type, device=None, require_head: bool = False):
+    """The checkpoint in `folder` as `model_cls` (None: its own architecture), on `device`. require_head=True
+    raises a CheckpointError naming the weights the checkpoint lacks instead of starting them at random."""
+    from .loading import CheckpointError, from_pretrained  # noqa: PLC0415
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        model, info = from_pretrained(folder, cls=model_cls, output_loading_info=True)
+    if require_head and info["missing_keys"]:
+        missing = info["missing_keys"]
+        raise CheckpointError(f"{folder}: no trained weights for {type(model).__name__}'s head ({len(missing)} "
+                              f"missing: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}); fine-tune "
+                              "it first (`minidistil finetune`) or give a checkpoint that has this head")
+    for w in said:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if device is not None:
+        from .device import check_device  # noqa: PLC0415
+        model.to(check_device(device))
+    return model
 
 
 def _class_for(folder: Path, head: str, classes: dict[str, type]) -> type:
@@ -257,84 +284,76 @@ class TokenClassificationPipeline(Pipeline):
 class QuestionAnsweringPipeline(Pipeline):
     task, head = "question-answering", "ForQuestionAnswering"
 
-    def __call__(self, question, context, top_k: int = 1, max_answer_len: int = 15, doc_stride: int = 128,
-                 max_seq_len: int | None = None):
+    def __call__(self, question, context, top_k: int = QA.DEFAULTS["top_k"],
+                 max_answer_len: int = QA.DEFAULTS["max_answer_len"], doc_stride: int | None = None,
+                 max_seq_len: int | None = None,
+                 handle_impossible_answer: bool = QA.DEFAULTS["handle_impossible_answer"],
+                 align_to_words: bool = QA.DEFAULTS["align_to_words"]):
         """For each (question, context): {"score", "start", "end", "answer"} (a list of top_k when top_k > 1).
 
-        Only context tokens can be chosen. p_start and p_end are softmaxes over the context tokens plus [CLS] (which
-        stands for "no answer", as in transformers, but is never returned); a span (s, e) scores p_start[s] *
-        p_end[e] with s <= e < s + max_answer_len. A context too long for max_seq_len tokens (default
-        min(384, max_length), as transformers) is read in overlapping windows, each holding the whole question
-        and consecutive windows sharing doc_stride context tokens (at most half a window); every window is scored
-        on its own and the best spans over all windows are returned (start/end index the original context).
+        Defaults and rules are transformers' (minidistil.qa): only context tokens can be chosen; a span (s, e)
+        scores p_start[s] * p_end[e] (softmaxes over the context tokens and [CLS]) with s <= e < s +
+        max_answer_len; a context too long for max_seq_len tokens (default min(384, max_length)) is read in
+        windows sharing doc_stride tokens (default 128, at most half a window) and the best spans over all
+        windows win. start/end index characters of the context. One context may serve several questions.
         """
         _check_count("top_k", top_k)
         _check_count("max_answer_len", max_answer_len)
-        _check_count("doc_stride", doc_stride, minimum=0)
+        if doc_stride is not None:
+            _check_count("doc_stride", doc_stride, minimum=0)
         questions, single = _as_list(question)
         contexts = _as_list(context)[0]
         if len(contexts) == 1 and len(questions) > 1:
             contexts = contexts * len(questions)
         if len(contexts) != len(questions):
             raise ValueError(f"context: expected 1 or {len(questions)} contexts, got {len(contexts)}")
-        max_seq_len = int(max_seq_len or min(384, self.max_length))
-        if not 3 <= max_seq_len <= self.max_length:
-            raise ValueError(f"max_seq_len: expected 3 to {self.max_length} tokens, got {max_seq_len}")
-        doc_stride = min(int(doc_stride), max_seq_len // 2)
+        max_seq_len, doc_stride = QA.resolve(max_seq_len, doc_stride, self.max_length)
         results = []
         for sl in self._batches(len(questions)):
             try:
-                enc = self._encode(questions[sl], contexts[sl], truncation="only_second",
-                                   return_offsets_mapping=True, max_length=max_seq_len, stride=doc_stride,
-                                   return_overflowing_tokens=True)
+                enc = QA.windows(self.tokenizer, questions[sl], contexts[sl], max_seq_len, doc_stride)
             except ValueError as e:  # the tokenizer's words: first text = question, second = context
                 raise ValueError(f"question answering with max_seq_len={max_seq_len}, doc_stride={doc_stride}: "
                                  f"{e}") from None
             out = self._forward(enc)
-            starts, ends = _numpy(out.start_logits), _numpy(out.end_logits)        # (W, T): W windows
-            candidates = [[] for _ in range(sl.stop - sl.start)]                   # per question of the batch
-            for w in range(starts.shape[0]):
-                i = int(enc["overflow_to_sample_mapping"][w])
-                for score, s, e in self._best_spans(starts[w], ends[w], enc["sequence_ids"][w] == 1, top_k,
-                                                    max_answer_len):
-                    c0, c1 = int(enc["offset_mapping"][w, s, 0]), int(enc["offset_mapping"][w, e, 1])
-                    candidates[i].append({"score": score, "start": c0, "end": c1,
-                                          "answer": contexts[sl.start + i][c0:c1]})
-            for i, found in enumerate(candidates):
-                if not found:
-                    raise ValueError(f"context[{sl.start + i}]: no context token left after tokenisation")
-                answers = sorted(found, key=lambda a: -a["score"])[:top_k]        # stable: windows in order
-                results.append(answers[0] if top_k == 1 else answers)
+            answers = QA.decode(enc, _numpy(out.start_logits), _numpy(out.end_logits), contexts[sl], top_k=top_k,
+                                max_answer_len=max_answer_len, handle_impossible_answer=handle_impossible_answer,
+                                align_to_words=align_to_words)
+            results += [a[0] if top_k == 1 else a for a in answers]
         return results[0] if single else results
 
-    @staticmethod
-    def _best_spans(start_logits, end_logits, context_tok, top_k: int, max_answer_len: int):
-        """The top_k spans (score, s, e) of one window; start/end_logits (T,), context_tok (T,) bool."""
-        allowed = context_tok.copy()
-        allowed[0] = True                                                          # [CLS] joins the softmax
-        p_start = np.where(allowed, softmax(np.where(allowed, start_logits, -np.inf).astype(np.float64)), 0.0)
-        p_end = np.where(allowed, softmax(np.where(allowed, end_logits, -np.inf).astype(np.float64)), 0.0)
-        p_start[~context_tok] = 0.0                                                # ... but is never an answer
-        p_end[~context_tok] = 0.0
-        span = np.outer(p_start, p_end)                                            # (T, T) score of (s, e)
-        span = np.triu(np.tril(span, max_answer_len - 1))                          # s <= e < s + max_answer_len
-        spans = []
-        for flat in np.argsort(-span.reshape(-1), kind="stable")[:top_k]:
-            s, e = divmod(int(flat), span.shape[1])
-            if span[s, e] <= 0:
-                break
-            spans.append((float(span[s, e]), s, e))
-        return spans
 
-
-class SentenceEmbeddingPipeline(Pipeline):
-    """Sentence embeddings (N, C) as sentence-transformers computes them: encoder -> pooling -> (normalise)."""
+class FeatureExtractionPipeline(Pipeline):
+    """Token features as transformers' feature-extraction pipeline gives them: for each text, the encoder's last
+    hidden states as a float32 array (1, T, C), T that text's tokens with [CLS] and [SEP] (no padding). Sentence
+    embeddings come from the "sentence-embeddings" pipeline (SentenceEncoder)."""
 
     task, head = "feature-extraction", "Model"
 
+    def __call__(self, texts):
+        texts, single = _as_list(texts)
+        results = []
+        for sl in self._batches(len(texts)):
+            enc = self._encode(texts[sl])
+            h = _numpy(self._forward(enc).last_hidden_state)                       # (B, T, C)
+            for b, n in enumerate(enc["attention_mask"].sum(axis=1)):
+                results.append(np.ascontiguousarray(h[b:b + 1, :int(n)], dtype=np.float32))   # (1, T_b, C)
+        return results[0] if single else results
+
+
+class SentenceEncoder(Pipeline):
+    """Sentence embeddings (N, C) as sentence-transformers computes them: encoder -> pooling -> (normalise).
+
+        model = SentenceEncoder.from_pretrained("all-MiniLM-L6-v2")
+        emb = model.encode(sentences)                       # (N, C) float32, in the order of `sentences`
+        model.similarity(emb[:1], emb)                      # (1, N) cosine similarities
+    """
+
+    task, head = "sentence-embeddings", "Model"
+
     def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int | None = None,
-                 pooling: dict | None = None, normalize: bool = False):
-        super().__init__(model, tokenizer, batch_size, max_length)
+                 pooling: dict | None = None, normalize: bool = False, device=None):
+        super().__init__(model, tokenizer, batch_size, max_length, device)
         self.pooling = pooling or {"pooling_mode_mean_tokens": True}
         modes = [k for k in ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
                              "pooling_mode_mean_sqrt_len_tokens") if self.pooling.get(k)]
@@ -344,12 +363,13 @@ class SentenceEmbeddingPipeline(Pipeline):
         self.normalize = bool(normalize)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, device: str | None = None, **kwargs) -> "SentenceEmbeddingPipeline":
+    def from_pretrained(cls, name_or_path, device=None, **kwargs) -> SentenceEncoder:
         """Reads the sentence-transformers files when present: 1_Pooling/config.json (pooling; mean when absent),
         modules.json (Normalize), sentence_bert_config.json (max_seq_length)."""
-        from .loading import from_pretrained, model_classes, resolve
+        from .loading import model_classes, resolve  # noqa: PLC0415
+        kwargs.pop("require_head", None)                # the bare encoder has no head to require
         folder = resolve(name_or_path)
-        model = from_pretrained(folder, cls=_class_for(folder, "Model", model_classes()), device=device)
+        model = load_model(folder, _class_for(folder, "Model", model_classes()), device)
         modules = _json(folder / "modules.json", list) or []
         if not all(isinstance(m, dict) and isinstance(m.get("type", ""), str) and isinstance(m.get("path", ""), str)
                    for m in modules):
@@ -369,15 +389,67 @@ class SentenceEmbeddingPipeline(Pipeline):
 
     def __call__(self, texts) -> np.ndarray:
         """float32 (N, C) embeddings (C times the number of pooling modes); a single text gives (C,)."""
-        texts, single = _as_list(texts)
-        rows = []
-        for sl in self._batches(len(texts)):
-            enc = self._encode(texts[sl])
-            out = self._forward(enc)
-            h = _numpy(out.last_hidden_state).astype(np.float32)                  # (B, T, C)
-            rows.append(self.pool(h, enc["attention_mask"]))
-        emb = np.concatenate(rows, axis=0) if rows else np.zeros((0, self.model.config.hidden_size), np.float32)
-        return emb[0] if single else emb
+        return self.encode(texts, batch_size=self.batch_size, show_progress_bar=False)
+
+    def encode(self, sentences, batch_size: int = 32, show_progress_bar: bool | None = None,
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False, normalize_embeddings: bool = False):
+        """Embeddings of `sentences` as sentence-transformers' encode() returns them: float32 (N, C) (a single
+        string gives (C,)), row i for sentences[i].
+
+        The sentences are batched longest first (by characters, as sentence-transformers does), so that each
+        batch pads little; the rows come back in input order. show_progress_bar: None shows a tqdm bar on a
+        terminal when there are 20 batches or more. normalize_embeddings: L2-normalise each row (on top of the
+        checkpoint's own Normalize module). convert_to_numpy=False gives a list of (C,) arrays;
+        convert_to_tensor=True a torch tensor (torch must be installed).
+        """
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        single = isinstance(sentences, str)
+        sentences = [sentences] if single else list(sentences)
+        for i, t in enumerate(sentences):
+            if not isinstance(t, str):
+                raise ValueError(f"sentences[{i}]: expected a string, got {type(t).__name__}")
+        order = np.argsort([-len(t) for t in sentences], kind="stable")           # longest first
+        starts = range(0, len(sentences), batch_size)
+        if show_progress_bar is None:
+            show_progress_bar = None if len(starts) >= 20 else False              # None: tqdm shows it on a tty
+        bar = None
+        if show_progress_bar is not False:
+            from tqdm import tqdm  # noqa: PLC0415
+            bar = tqdm(total=len(sentences), desc="encode", unit="sentence", leave=False,
+                       disable=None if show_progress_bar is None else False)
+        emb = np.zeros((len(sentences), self.get_embedding_dimension()), dtype=np.float32)
+        for i in starts:
+            idx = order[i:i + batch_size]
+            enc = self._encode([sentences[j] for j in idx])
+            h = _numpy(self._forward(enc).last_hidden_state).astype(np.float32)      # (B, T, C)
+            emb[idx] = self.pool(h, enc["attention_mask"])                             # back to input order
+            if bar is not None:
+                bar.update(len(idx))
+        if bar is not None:
+            bar.close()
+        if normalize_embeddings:
+            emb /= np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), np.float32(1e-12))
+        if single:
+            emb = emb[0]
+        if convert_to_tensor:
+            return _torch().from_numpy(emb)
+        return emb if convert_to_numpy else list(emb)
+
+    def get_embedding_dimension(self) -> int:
+        return int(self.model.config.hidden_size) * len(self.modes)
+
+    @staticmethod
+    def similarity(a, b) -> np.ndarray:
+        """Cosine similarities (N, M) of embeddings a (N, C) and b (M, C) (a single (C,) counts as one row), as
+        sentence-transformers' similarity() with its default cosine."""
+        a = np.atleast_2d(np.asarray(a, dtype=np.float32))                            # (N, C)
+        b = np.atleast_2d(np.asarray(b, dtype=np.float32))                            # (M, C)
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+            raise ValueError(f"similarity: expected embeddings (N, C) and (M, C), got {a.shape} and {b.shape}")
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), np.float32(1e-12))
+        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), np.float32(1e-12))
+        return a @ b.T                                                                # (N, M)
 
     def pool(self, h: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         m = attention_mask[..., None].astype(np.float32)                          # (B, T, 1)
@@ -396,6 +468,15 @@ class SentenceEmbeddingPipeline(Pipeline):
         if self.normalize:
             emb /= np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), np.float32(1e-12))
         return emb
+
+
+def _torch():
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:
+        raise ValueError("convert_to_tensor=True needs torch, which is not installed; the default returns a NumPy "
+                         "array") from None
+    return torch
 
 
 def _json(path: Path, kind: type):
@@ -417,13 +498,14 @@ TASKS = {
     "token-classification": TokenClassificationPipeline,
     "ner": TokenClassificationPipeline,
     "question-answering": QuestionAnsweringPipeline,
-    "feature-extraction": SentenceEmbeddingPipeline,
-    "sentence-embeddings": SentenceEmbeddingPipeline,
+    "feature-extraction": FeatureExtractionPipeline,
+    "sentence-embeddings": SentenceEncoder,
 }
 
 
-def pipeline(task: str, model, tokenizer: Tokenizer | None = None, device: str | None = None, **kwargs) -> Pipeline:
-    """Build the pipeline for `task` from a checkpoint name / folder, or from a loaded model + tokenizer."""
+def pipeline(task: str, model, tokenizer: Tokenizer | str | None = None, device=None, **kwargs) -> Pipeline:
+    """Build the pipeline for `task` from a checkpoint name / folder, or from a loaded model + tokenizer (a
+    Tokenizer or its folder). device: None / "cpu", or "cuda" ("cuda:0", 0): the model moves to the GPU."""
     if task not in TASKS:
         raise ValueError(f"task: expected one of {sorted(TASKS)}, got {task!r}")
     cls = TASKS[task]
@@ -431,9 +513,12 @@ def pipeline(task: str, model, tokenizer: Tokenizer | None = None, device: str |
         if tokenizer is not None:
             raise ValueError("tokenizer: give it only with a loaded model (a checkpoint folder brings its own)")
         return cls.from_pretrained(model, device=device, **kwargs)
+    kwargs.pop("require_head", None)                  # a loaded model is taken as it is
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = Tokenizer.from_pretrained(tokenizer)
     if tokenizer is None:
         folder = getattr(model, "name_or_path", None)
         if folder is None:
             raise ValueError("tokenizer: required with a model that was not loaded from a checkpoint folder")
         tokenizer = Tokenizer.from_pretrained(folder)
-    return cls(model, tokenizer, **kwargs)
+    return cls(model, tokenizer, device=device, **kwargs)

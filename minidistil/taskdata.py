@@ -12,6 +12,9 @@ Readers (each returns Loaded(examples, skipped)):
                                between sentences, -DOCSTART- lines ignored.
     read_squad(path)           SQuAD v1.1 JSON: data[].paragraphs[].{context, qas[].{id, question, answers[]}}.
     read_choice(path, ...)     multiple choice, JSONL (a list field of choices) or CSV/TSV (one column per choice).
+read_table, read_conll, read_squad and read_choice also take data in memory instead of a path (see in_memory):
+a list of dicts, a dict of equal-length columns, a (texts, labels) pair, or a `datasets.Dataset` (its class-label
+integers become their names); each row is then located as "data[i]".
 
 Malformed rows are never dropped silently. With on_error="fail" the first one raises a DataError naming the file
 and line; with on_error="skip" each is recorded in `skipped` as "file:line: why" and left out, and the caller
@@ -20,16 +23,14 @@ reports how many and which.
 Encoders:
     align_word_labels      words + word tags -> word pieces with the FIRST piece of each word labelled and every
                            other piece (and [CLS]/[SEP]) labelled -100, so that the loss sees one label per word
-    qa_windows             [CLS] question [SEP] context-window [SEP] for every window of a long context (windows
-                           overlap by `stride` tokens); the answer's character span becomes token start/end
-                           positions, and a window that does not hold the whole answer points both at [CLS] (0)
-    best_span              the best answer over all windows of one example, mapped back to characters
+(Question answering's windows and answer positions are minidistil.qa's, shared with the pipeline.)
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -161,6 +162,52 @@ def iter_records(path, fmt: str | None = None, header: bool = True, problems: _P
                 yield where, row
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# data in memory
+
+
+def is_in_memory(data) -> bool:
+    """True for data given as Python objects rather than a file or folder path."""
+    return data is not None and not isinstance(data, (str, os.PathLike))
+
+
+def in_memory(data, text_field: str = "text", label_field: str | None = "label"):
+    """Yield ("data[i]", row dict) for in-memory data:
+    - a list of dicts (rows), or of strings (texts without labels, under text_field);
+    - a dict of equal-length columns, e.g. {"text": [...], "label": [...]};
+    - a pair (texts, labels) of equal length, named text_field and label_field;
+    - a `datasets.Dataset`: its rows, with the integers of a ClassLabel column (or of a sequence of them, such as
+      conll2003's ner_tags) replaced by their names."""
+    names = {}
+    if hasattr(data, "features") and hasattr(data, "column_names"):                # a datasets.Dataset
+        for col, feat in data.features.items():
+            inner = getattr(feat, "feature", None)
+            if hasattr(feat, "names"):
+                names[col] = (feat.names, False)
+            elif hasattr(inner, "names"):
+                names[col] = (inner.names, True)
+        data = data.to_list()
+    if isinstance(data, tuple) and len(data) == 2 and label_field is not None:
+        data = {text_field: list(data[0]), label_field: list(data[1])}
+    if isinstance(data, dict):
+        lengths = {k: len(v) for k, v in data.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"data: the columns have different lengths {lengths}")
+        data = [dict(zip(data, row, strict=True)) for row in zip(*data.values(), strict=True)]
+    if not isinstance(data, (list, tuple)):
+        raise ValueError(f"data: expected a path, a list of rows, a dict of columns, a (texts, labels) pair or a "
+                         f"datasets.Dataset, got {type(data).__name__}")
+    for i, row in enumerate(data):
+        if isinstance(row, str):
+            row = {text_field: row}
+        if not isinstance(row, dict):
+            raise ValueError(f"data[{i}]: expected a dict (a row) or a string, got {type(row).__name__}")
+        for col, (label_names, is_seq) in names.items():
+            if col in row and row[col] is not None:
+                row = {**row, col: [label_names[v] for v in row[col]] if is_seq else label_names[row[col]]}
+        yield f"data[{i}]", row
+
+
 def _get(rec, key, where):
     """A field by name (dict records) or by column number (list records); KeyError with a clear message."""
     if isinstance(rec, dict):
@@ -195,12 +242,15 @@ def parse_label(value, kind: str, label_sep: str = ","):
 def read_table(path, text_field="text", label_field: str | None = "label", text_pair_field: str | None = None, *,
                fmt: str | None = None, header: bool = True, label_kind: str = "class", label_sep: str = ",",
                on_error: str = "skip") -> Loaded:
-    """Text (or text-pair) examples from CSV / TSV / JSONL. label_field None reads unlabelled text."""
+    """Text (or text-pair) examples from CSV / TSV / JSONL (or data in memory). label_field None reads unlabelled
+    text."""
     if label_kind not in ("class", "regression", "multi"):
         raise ValueError(f"label_kind: expected 'class', 'regression' or 'multi', got {label_kind!r}")
     problems = _Problems(on_error)
     out = []
-    for where, rec in iter_records(path, fmt, header, problems):
+    records = (in_memory(path, text_field, label_field) if is_in_memory(path)
+               else iter_records(path, fmt, header, problems))
+    for where, rec in records:
         try:
             text = _get(rec, text_field, where)
             pair = _get(rec, text_pair_field, where) if text_pair_field is not None else None
@@ -259,9 +309,12 @@ def read_imdb(folder, split: str = "train", on_error: str = "skip") -> Loaded:
 
 
 def read_conll(path, tag_column: int = -1, on_error: str = "skip") -> Loaded:
-    """Sentences of (word, tag) from a CoNLL-style file; a sentence with a malformed line is left out whole."""
-    path = _check_file(path)
+    """Sentences of (word, tag) from a CoNLL-style file; a sentence with a malformed line is left out whole.
+    In memory: rows with the words under "tokens" (or "words") and their tags under "ner_tags" (or "tags")."""
     problems = _Problems(on_error)
+    if is_in_memory(path):
+        return _token_rows(path, problems)
+    path = _check_file(path)
     out, words, tags, start, bad = [], [], [], None, None
 
     def flush():
@@ -292,6 +345,20 @@ def read_conll(path, tag_column: int = -1, on_error: str = "skip") -> Loaded:
     return Loaded(out, problems.skipped)
 
 
+def _token_rows(data, problems: _Problems) -> Loaded:
+    out = []
+    for where, rec in in_memory(data, "tokens", None):
+        words = next((rec[k] for k in ("tokens", "words") if k in rec), None)
+        tags = next((rec[k] for k in ("ner_tags", "tags") if k in rec), None)
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
+            problems(where, "expected a non-empty list of words under 'tokens' (or 'words')")
+        elif tags is not None and (not isinstance(tags, list) or len(tags) != len(words)):
+            problems(where, f"expected one tag per word under 'ner_tags' (or 'tags'): {len(words)} words")
+        else:
+            out.append(TokenExample(list(words), None if tags is None else [str(t) for t in tags], where))
+    return Loaded(out, problems.skipped)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # SQuAD v1.1
 
@@ -302,9 +369,24 @@ def _line_of(raw: str, needle: str) -> int:
 
 
 def read_squad(path, on_error: str = "skip") -> Loaded:
-    """Questions with their context and answers; an answer whose text is not at answer_start is malformed."""
-    path = _check_file(path)
+    """Questions with their context and answers; an answer whose text is not at answer_start is malformed.
+    In memory: rows {"id", "question", "context", "answers"} with the answers as the SQuAD data set on the Hub
+    holds them ({"text": [...], "answer_start": [...]}) or as a list of {"text", "answer_start"}."""
     problems = _Problems(on_error)
+    if is_in_memory(path):
+        out = []
+        for where, rec in in_memory(path, "question", None):
+            answers = rec.get("answers") or []
+            if isinstance(answers, dict):
+                answers = [{"text": t, "answer_start": s} for t, s in zip(answers.get("text", []),
+                                                                          answers.get("answer_start", []),
+                                                                          strict=True)]
+            ex = _qa_example(str(rec.get("id", where)), rec.get("question"), rec.get("context"), answers, where,
+                             problems)
+            if ex is not None:
+                out.append(ex)
+        return Loaded(out, problems.skipped)
+    path = _check_file(path)
     raw = path.read_text(encoding="utf-8")
     try:
         doc = json.loads(raw)
@@ -317,29 +399,30 @@ def read_squad(path, on_error: str = "skip") -> Loaded:
             context = para.get("context")
             for qa in para.get("qas", []):
                 qid = str(qa.get("id", ""))
-                where = f"{path}:{_line_of(raw, json.dumps(qid))}"
-                if not isinstance(context, str) or not context.strip():
-                    problems(where, f"question {qid!r}: empty context")
-                    continue
-                question = qa.get("question")
-                if not isinstance(question, str) or not question.strip():
-                    problems(where, f"question {qid!r}: empty question")
-                    continue
-                answers, why = [], None
-                for a in qa.get("answers", []):
-                    text, start = a.get("text"), a.get("answer_start")
-                    if not isinstance(text, str) or not text.strip() or not isinstance(start, int):
-                        why = f"answer {a!r} needs a non-empty 'text' and an integer 'answer_start'"
-                    elif context[start:start + len(text)] != text:
-                        why = (f"answer {text!r} is not at answer_start {start} (the context has "
-                               f"{context[start:start + len(text)]!r} there)")
-                    else:
-                        answers.append((text, start))
-                if why is not None:
-                    problems(where, f"question {qid!r}: {why}")
-                    continue
-                out.append(QAExample(qid, question, context, answers, where))
+                ex = _qa_example(qid, qa.get("question"), context, qa.get("answers", []),
+                                 f"{path}:{_line_of(raw, json.dumps(qid))}", problems)
+                if ex is not None:
+                    out.append(ex)
     return Loaded(out, problems.skipped)
+
+
+def _qa_example(qid: str, question, context, raw_answers: list, where: str, problems: _Problems):
+    """A QAExample, or None after recording why the question is malformed."""
+    if not isinstance(context, str) or not context.strip():
+        return problems(where, f"question {qid!r}: empty context")
+    if not isinstance(question, str) or not question.strip():
+        return problems(where, f"question {qid!r}: empty question")
+    answers = []
+    for a in raw_answers:
+        text, start = a.get("text"), a.get("answer_start")
+        if not isinstance(text, str) or not text.strip() or not isinstance(start, int):
+            return problems(where, f"question {qid!r}: answer {a!r} needs a non-empty 'text' and an integer "
+                            "'answer_start'")
+        if context[start:start + len(text)] != text:
+            return problems(where, f"question {qid!r}: answer {text!r} is not at answer_start {start} (the context "
+                            f"has {context[start:start + len(text)]!r} there)")
+        answers.append((text, start))
+    return QAExample(qid, question, context, answers, where)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -353,7 +436,9 @@ def read_choice(path, question_field="question", choices_field: str | Sequence[s
     ending0..ending3). The label is the index of the right choice. A context_field is put before the question."""
     problems = _Problems(on_error)
     out = []
-    for where, rec in iter_records(path, fmt, header, problems):
+    records = (in_memory(path, question_field, label_field) if is_in_memory(path)
+               else iter_records(path, fmt, header, problems))
+    for where, rec in records:
         try:
             question = _get(rec, question_field, where)
             if context_field is not None:
@@ -423,86 +508,3 @@ def align_word_labels(words: Sequence[str], label_ids: Sequence[int] | None, tok
             labels[t] = label_ids[w]                                             # first piece of word w
         prev = w
     return ids, labels, word_ids
-
-
-@dataclass
-class QAWindow:
-    example: int                 # index of the QAExample
-    input_ids: np.ndarray        # (T,) [CLS] question [SEP] context window [SEP]
-    token_type_ids: np.ndarray   # (T,) 0 for [CLS] question [SEP], 1 for the window and its [SEP]
-    offsets: np.ndarray          # (T, 2) character [start, end) in the context of each context token; -1 elsewhere
-    start_position: int          # token index of the answer's first token, 0 ([CLS]) when not in this window
-    end_position: int
-
-
-def _pieces(tokenizer, text: str):
-    enc = tokenizer(text, truncation=False, padding=False, return_offsets_mapping=True)
-    keep = enc["sequence_ids"][0] == 0                                           # drop [CLS]/[SEP]
-    return enc["input_ids"][0][keep], enc["offset_mapping"][0][keep]
-
-
-def answer_tokens(offsets: np.ndarray, start: int, end: int) -> tuple[int, int] | None:
-    """First and last context token overlapping the characters [start, end); None when no token does."""
-    hit = np.flatnonzero((offsets[:, 0] < end) & (offsets[:, 1] > start))
-    return (int(hit[0]), int(hit[-1])) if hit.size else None
-
-
-def qa_windows(examples: Sequence[QAExample], tokenizer, max_length: int = 384, stride: int = 128,
-               max_question_len: int = 64) -> list[QAWindow]:
-    """Cut each context into windows of at most max_length tokens with the question in front.
-
-    Consecutive windows overlap by `stride` tokens, so an answer cut by one window's edge lies whole in the next
-    (as long as it is shorter than stride). Training positions come from the first answer.
-    """
-    windows = []
-    for i, ex in enumerate(examples):
-        q_ids = _pieces(tokenizer, ex.question)[0][:max_question_len]
-        c_ids, c_off = _pieces(tokenizer, ex.context)
-        L = max_length - len(q_ids) - 3                                           # room for context tokens
-        if L <= stride:
-            raise ValueError(f"max_length: {max_length} leaves {L} context tokens per window after the question "
-                             f"({len(q_ids)} tokens), not more than stride={stride}; raise max_length or lower "
-                             "stride")
-        span = None
-        if ex.answers:
-            text, a0 = ex.answers[0]
-            span = answer_tokens(c_off, a0, a0 + len(text))
-        head = np.concatenate([[tokenizer.cls_token_id], q_ids, [tokenizer.sep_token_id]]).astype(np.int64)
-        w0 = 0
-        while True:
-            w1 = min(w0 + L, len(c_ids))
-            ids = np.concatenate([head, c_ids[w0:w1], [tokenizer.sep_token_id]]).astype(np.int64)
-            types = np.concatenate([np.zeros(len(head), np.int64), np.ones(w1 - w0 + 1, np.int64)])
-            offsets = np.full((len(ids), 2), -1, dtype=np.int64)
-            offsets[len(head):len(head) + w1 - w0] = c_off[w0:w1]
-            s = e = 0
-            if span is not None and w0 <= span[0] and span[1] < w1:
-                s, e = span[0] - w0 + len(head), span[1] - w0 + len(head)
-            windows.append(QAWindow(i, ids, types, offsets, s, e))
-            if w1 >= len(c_ids):
-                break
-            w0 += L - stride
-    return windows
-
-
-def best_span(windows: Sequence[QAWindow], start_logits: Sequence[np.ndarray], end_logits: Sequence[np.ndarray],
-              context: str, max_answer_len: int = 30, n_best: int = 20) -> dict:
-    """The answer with the highest start_logit + end_logit over all windows of one example (HF's rule): start and
-    end are context tokens of the same window, start <= end < start + max_answer_len (tokens). Returns
-    {"answer", "start", "end", "score"} with character offsets into context."""
-    best = None
-    for w, sl, el in zip(windows, start_logits, end_logits):
-        T = len(w.input_ids)
-        ctx = w.offsets[:, 0] >= 0                                               # (T,) context tokens
-        sl, el = np.asarray(sl, np.float64)[:T], np.asarray(el, np.float64)[:T]
-        cand_s = [t for t in np.argsort(-sl, kind="stable")[:n_best] if ctx[t]]
-        cand_e = [t for t in np.argsort(-el, kind="stable")[:n_best] if ctx[t]]
-        for s in cand_s:
-            for e in cand_e:
-                if s <= e < s + max_answer_len:
-                    score = sl[s] + el[e]
-                    if best is None or score > best[0]:
-                        best = (score, int(w.offsets[s, 0]), int(w.offsets[e, 1]))
-    if best is None:
-        return {"answer": "", "start": 0, "end": 0, "score": float("-inf")}
-    return {"answer": context[best[1]:best[2]], "start": best[1], "end": best[2], "score": float(best[0])}

@@ -9,8 +9,10 @@ BERT tokenisation is four steps, all done by `tokenizers` exactly as transformer
   4. post-process:   [CLS] A [SEP]  (token_type 0)   or   [CLS] A [SEP] B [SEP]  (types 0...0 1...1).
 
 `Tokenizer.from_pretrained(folder)` reads tokenizer.json when present, else builds the same pipeline from vocab.txt
-(+ do_lower_case from tokenizer_config.json). Calling the tokenizer returns a dict of int64 arrays of shape (B, T):
-input_ids, token_type_ids, attention_mask (and offset_mapping (B, T, 2) when asked).
+(+ do_lower_case from tokenizer_config.json). Calling the tokenizer returns a BatchEncoding, a dict of int64 arrays
+of shape (B, T) named as `model_input_names` says: input_ids, token_type_ids (not for a DistilBERT tokenizer,
+whose model has no token types), attention_mask (and offset_mapping (B, T, 2) when asked), so that
+`model(**tok(texts))` works as in transformers.
 """
 from __future__ import annotations
 
@@ -29,17 +31,60 @@ from .safetensors_io import atomic_write
 SPECIAL = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
            "mask_token": "[MASK]"}
 DEFAULT_MAX_LENGTH = 512
+BERT_INPUTS = ["input_ids", "token_type_ids", "attention_mask"]
+DISTILBERT_INPUTS = ["input_ids", "attention_mask"]                # DistilBERT has no token types
+TOKENIZER_CLASSES = {"BertTokenizer": BERT_INPUTS, "BertTokenizerFast": BERT_INPUTS,
+                     "DistilBertTokenizer": DISTILBERT_INPUTS, "DistilBertTokenizerFast": DISTILBERT_INPUTS}
+
+
+class BatchEncoding(dict):
+    """What calling the tokenizer returns: a dict of arrays (enc["input_ids"], or enc.input_ids as in transformers),
+    with the word and sequence of each token of row b: enc.word_ids(b), enc.sequence_ids(b), enc.tokens(b)."""
+
+    def __init__(self, data: dict, encodings: list):
+        super().__init__(data)
+        self._encodings = encodings
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"BatchEncoding has no {name!r} (keys: {sorted(self)})") from None
+
+    def _row(self, b: int):
+        if not 0 <= b < len(self._encodings):
+            raise IndexError(f"batch_index: expected 0 to {len(self._encodings) - 1}, got {b}")
+        return self._encodings[b]
+
+    def word_ids(self, batch_index: int = 0) -> list[int | None]:
+        """The index of the word (in its own text) each token of row batch_index came from; None for special
+        tokens and padding."""
+        e = self._row(batch_index)
+        T = self["input_ids"].shape[1]
+        return list(e.word_ids) + [None] * (T - len(e.ids))
+
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
+        """0 for a token of the first text, 1 for one of text_pair, None for special tokens and padding."""
+        e = self._row(batch_index)
+        return list(e.sequence_ids) + [None] * (self["input_ids"].shape[1] - len(e.ids))
+
+    def tokens(self, batch_index: int = 0) -> list[str]:
+        return list(self._row(batch_index).tokens)
 
 
 class Tokenizer:
     """A BERT WordPiece tokenizer.
 
-    tok(texts, text_pair=None, padding=True, truncation=True, max_length=None, return_offsets_mapping=False)
-    -> {"input_ids": (B, T) int64, "token_type_ids": (B, T) int64, "attention_mask": (B, T) int64}
+    tok(texts, text_pair=None, padding=True, truncation=True, max_length=None, return_offsets_mapping=False,
+        return_tensors=None)
+    -> BatchEncoding {"input_ids": (B, T) int64, "token_type_ids": (B, T) int64, "attention_mask": (B, T) int64}
     """
 
+    model_input_names = BERT_INPUTS
+
     def __init__(self, backend: _RustTokenizer, *, model_max_length: int = DEFAULT_MAX_LENGTH,
-                 special_tokens: dict[str, str] | None = None, do_lower_case: bool | None = None):
+                 special_tokens: dict[str, str] | None = None, do_lower_case: bool | None = None,
+                 tokenizer_class: str = "BertTokenizer", model_input_names: list[str] | None = None):
         self._tk = backend
         # tokenizer.json files may carry a fixed truncation / padding (sentence-transformers' do): we decide per call
         self._tk.no_truncation()
@@ -51,6 +96,13 @@ class Tokenizer:
             if token not in vocab:
                 raise ValueError(f"special token {key}={token!r} is not in the vocabulary")
         self.do_lower_case = do_lower_case
+        self.tokenizer_class = tokenizer_class
+        names = model_input_names or TOKENIZER_CLASSES.get(tokenizer_class, BERT_INPUTS)
+        unknown = sorted(set(names) - set(BERT_INPUTS))
+        if unknown or "input_ids" not in names:
+            raise ValueError(f"model_input_names: expected input_ids and any of token_type_ids, attention_mask, got "
+                             f"{names}")
+        self.model_input_names = list(names)
 
     # ------------------------------------------------------------------------------------------------------------
     # construction
@@ -73,24 +125,28 @@ class Tokenizer:
         max_len = config.get("model_max_length", DEFAULT_MAX_LENGTH)
         if not isinstance(max_len, int) or max_len > 10**6:  # transformers writes 1e30 for "no limit"
             max_len = DEFAULT_MAX_LENGTH
+        kinds = {"tokenizer_class": str(config.get("tokenizer_class") or "BertTokenizer"),
+                 "model_input_names": config.get("model_input_names")}
         if (path / "tokenizer.json").is_file():
             try:
                 backend = _RustTokenizer.from_file(str(path / "tokenizer.json"))
             except Exception as e:
                 raise ValueError(f"{path / 'tokenizer.json'}: cannot be read by tokenizers ({e})") from None
             lower = config.get("do_lower_case")
-            return cls(backend, model_max_length=max_len, special_tokens=special, do_lower_case=lower)
+            return cls(backend, model_max_length=max_len, special_tokens=special, do_lower_case=lower, **kinds)
         if (path / "vocab.txt").is_file():
             lower = bool(config.get("do_lower_case", True))
             return cls.from_vocab(path / "vocab.txt", do_lower_case=lower, model_max_length=max_len,
                                   special_tokens=special, strip_accents=config.get("strip_accents"),
-                                  tokenize_chinese_chars=config.get("tokenize_chinese_chars", True))
+                                  tokenize_chinese_chars=config.get("tokenize_chinese_chars", True), **kinds)
         raise FileNotFoundError(f"{path}: no tokenizer.json nor vocab.txt")
 
     @classmethod
     def from_vocab(cls, vocab_file: str | Path, *, do_lower_case: bool = True,
                    model_max_length: int = DEFAULT_MAX_LENGTH, special_tokens: dict[str, str] | None = None,
-                   strip_accents: bool | None = None, tokenize_chinese_chars: bool = True) -> "Tokenizer":
+                   strip_accents: bool | None = None, tokenize_chinese_chars: bool = True,
+                   tokenizer_class: str = "BertTokenizer", model_input_names: list[str] | None = None
+                   ) -> Tokenizer:
         """Build the BERT pipeline from a vocab.txt (one token per line, the line number is the id)."""
         special = dict(SPECIAL, **(special_tokens or {}))
         vocab: dict[str, int] = {}
@@ -110,14 +166,17 @@ class Tokenizer:
             special_tokens=[(cls_, vocab[cls_]), (sep, vocab[sep])])
         tk.decoder = decoders.WordPiece(prefix="##")
         tk.add_special_tokens(list(dict.fromkeys(special.values())))  # never split nor lowercased
-        return cls(tk, model_max_length=model_max_length, special_tokens=special, do_lower_case=do_lower_case)
+        return cls(tk, model_max_length=model_max_length, special_tokens=special, do_lower_case=do_lower_case,
+                   tokenizer_class=tokenizer_class, model_input_names=model_input_names)
 
     # ------------------------------------------------------------------------------------------------------------
     # encoding
 
     def __call__(self, texts, text_pair=None, *, padding: bool | str = True, truncation: bool | str = True,
                  max_length: int | None = None, return_offsets_mapping: bool = False, stride: int = 0,
-                 return_overflowing_tokens: bool = False) -> dict[str, np.ndarray]:
+                 return_overflowing_tokens: bool = False, return_tensors: str | None = None,
+                 return_token_type_ids: bool | None = None, return_attention_mask: bool | None = None
+                 ) -> BatchEncoding:
         """Tokenise one text or a list of texts (optionally paired with text_pair, for QA / sentence pairs).
 
         padding:    True pads to the longest sequence in the batch, "max_length" to max_length, False not at all
@@ -133,8 +192,14 @@ class Tokenizer:
                     context for "only_second"); each window is a row of its own, with the special tokens (and the
                     whole first text for "only_second"), and overflow_to_sample_mapping (B,) gives the index of
                     the text each row came from. This is how question answering reads a long context.
-        Returns int64 arrays of shape (B, T) (a single text gives B=1).
+        return_tensors: None or "np": NumPy arrays (what minidistil's models take); "pt": torch tensors (torch
+                    must be installed).
+        return_token_type_ids, return_attention_mask: None returns them when model_input_names lists them.
+        Returns a BatchEncoding of int64 arrays of shape (B, T) (a single text gives B=1).
         """
+        if return_tensors not in (None, "np", "pt"):
+            raise ValueError(f"return_tensors: expected None, 'np' or 'pt', got {return_tensors!r} (minidistil's "
+                             "models take NumPy arrays)")
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         if text_pair is not None:
@@ -221,7 +286,17 @@ class Tokenizer:
         if return_offsets_mapping:
             out["sequence_ids"] = np.array([[-1 if s is None else s for s in e.sequence_ids] + [-1] * (T - len(e.ids))
                                             for e in encs], dtype=np.int64).reshape(B, T)
-        return out
+        for name, wanted in (("token_type_ids", return_token_type_ids), ("attention_mask", return_attention_mask)):
+            if not (name in self.model_input_names if wanted is None else wanted):
+                del out[name]
+        if return_tensors == "pt":
+            try:
+                import torch  # noqa: PLC0415
+            except ImportError:
+                raise ValueError("return_tensors='pt' needs torch, which is not installed; minidistil's models "
+                                 "take NumPy arrays: return_tensors='np'") from None
+            out = {k: torch.from_numpy(v) for k, v in out.items()}
+        return BatchEncoding(out, encs)
 
     def _check_windows(self, texts: list[str], pairs: list[str] | None, max_length: int, stride: int,
                        strategy: str) -> None:
@@ -281,8 +356,13 @@ class Tokenizer:
     # decoding and the vocabulary
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """The text of a sequence of ids (special tokens left out unless skip_special_tokens=False)."""
         ids = [int(i) for i in np.asarray(ids).reshape(-1)]
         return self._tk.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = True) -> list[str]:
+        """decode() of each row of a (B, T) array or of each list of ids."""
+        return [self.decode(ids, skip_special_tokens=skip_special_tokens) for ids in sequences]
 
     def convert_ids_to_tokens(self, ids):
         if np.ndim(ids) == 0:
@@ -330,7 +410,7 @@ class Tokenizer:
     # ------------------------------------------------------------------------------------------------------------
     # saving
 
-    def save(self, path: str | Path) -> Path:
+    def save_pretrained(self, path: str | Path) -> Path:
         """Write tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json (atomically)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -339,13 +419,17 @@ class Tokenizer:
         by_id = sorted(vocab.items(), key=lambda kv: kv[1])
         if [i for _, i in by_id] == list(range(len(by_id))):  # vocab.txt needs ids 0..V-1 without holes
             atomic_write(path / "vocab.txt", "".join(t + "\n" for t, _ in by_id))
-        config = {"tokenizer_class": "BertTokenizer", "model_max_length": self.model_max_length,
+        config = {"tokenizer_class": self.tokenizer_class, "model_max_length": self.model_max_length,
                   **self.special_tokens}
+        if self.model_input_names != TOKENIZER_CLASSES.get(self.tokenizer_class, BERT_INPUTS):
+            config["model_input_names"] = self.model_input_names
         if self.do_lower_case is not None:
             config["do_lower_case"] = bool(self.do_lower_case)
         atomic_write(path / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
         atomic_write(path / "special_tokens_map.json", json.dumps(self.special_tokens, indent=2) + "\n")
         return path
+
+    save = save_pretrained
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, model_max_length={self.model_max_length})"

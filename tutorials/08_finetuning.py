@@ -131,7 +131,7 @@ source = inspect.getsource(FT.finetune)
 step_lines = ["b = batch(tr, idx)", "s_out = forward(model_, b)", "loss.backward()",
               "clip_grad_norm(opt.parameters(), cfg.max_grad_norm)", 'lr = sched(state["step"])',
               "opt.step(lr=lr)", "opt.zero_grad()",
-              "r = evaluate(cfg.task, model_, val_ex, va, names, cfg)", "save_pretrained(model_, out"]
+              "r = evaluate(cfg.task, model_, val_ex, va, names, cfg", "save_pretrained(model_, out"]
 positions = [source.find(line) for line in step_lines]
 print("in this order in finetune():", all(p >= 0 for p in positions) and positions == sorted(positions))
 assert all(p >= 0 for p in positions) and positions == sorted(positions)
