@@ -84,19 +84,19 @@ def predict(model, tokenizer, inputs: list, *, top_k: int = 1, batch_size: int =
 
 
 def add_command(sub, name: str = "predict", help: str = "predict with a fine-tuned checkpoint"):
-    from .cli import _model_args, _text_args  # noqa: PLC0415
+    from .cli import COUNT, POSITIVE_INT, _model_args, _text_args, bounded  # noqa: PLC0415
     p = sub.add_parser(name, help=help, description=__doc__.split("\n\n")[0],
                        epilog="The task comes from the checkpoint's head. Inputs: arguments, --file or stdin.")
     _text_args(p)
     _model_args(p)
-    p.add_argument("--top-k", type=int, default=1, help="classification: labels per text (0: all)")
+    p.add_argument("--top-k", type=COUNT, default=1, help="classification: labels per text (0: all)")
     p.add_argument("--pair-sep", help="classification: split each input into a sentence pair at this string")
     p.add_argument("--context", help="qa: the passage (or @file) every question is about")
     p.add_argument("--choices", help="choice: the choices of every question, separated by '|'")
-    p.add_argument("--max-length", type=int, help="tokens per sequence / window")
-    p.add_argument("--stride", type=int, help="qa: tokens shared by consecutive windows (default: a quarter of "
+    p.add_argument("--max-length", type=bounded(int, 8), help="tokens per sequence / window")
+    p.add_argument("--stride", type=COUNT, help="qa: tokens shared by consecutive windows (default: a quarter of "
                    "--max-length)")
-    p.add_argument("--max-answer-len", type=int, default=30, help="qa: tokens")
+    p.add_argument("--max-answer-len", type=POSITIVE_INT, default=30, help="qa: tokens")
     p.set_defaults(run=run_cli)
     return p
 
