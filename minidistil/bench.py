@@ -685,7 +685,8 @@ def _add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--scenarios", default="", help="comma-separated scenario names (default: all)")
     p.add_argument("--repeat", type=POSITIVE_INT, default=5, help="timed rounds after warm-up (default: 5)")
     p.add_argument("--warmup", type=COUNT, default=2, help="untimed steps per framework first (default: 2)")
-    p.add_argument("--pause", type=NON_NEGATIVE, default=0.3, help="seconds of sleep before each timed step (default: 0.3)")
+    p.add_argument("--pause", type=NON_NEGATIVE, default=0.3,
+                   help="seconds of sleep before each timed step (default: 0.3)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--fast-math", action="store_true", help="also time minidistil with MINIDISTIL_FAST_MATH=1")
     p.add_argument("--json", help="write the results to this JSON file")

@@ -62,7 +62,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not path.exists():
         raise ValueError(f"checkpoint: {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             if "meta" not in z.files:
                 raise ValueError(f"checkpoint: {path} is not a minidistil checkpoint (no meta entry)")
             meta = json.loads(z["meta"].tobytes().decode("utf-8"))

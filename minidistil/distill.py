@@ -62,7 +62,8 @@ from .device import check_device, describe
 from .kernels import _cuda
 from .masking import IGNORE_INDEX, mask_tokens, selection_weights
 from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
-from .run import BudgetPlan, Run, RunState, plot_curves, schedule_summary, schedule_text
+from .run import (BudgetPlan, Run, RunState, plot_curves, quiet_overflow, schedule_complete, schedule_summary,
+                  schedule_text)
 
 DEFAULT_TEACHER = "all-MiniLM-L6-v2"
 DEFAULT_MAPS = {(12, 6): [0, 2, 4, 7, 9, 11], (6, 3): [0, 2, 4]}
@@ -344,7 +345,7 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
     check_fields(cfg, FIELD_TYPES)
     say = functools.partial(print, flush=True)  # the set-up lines and the final report; --no-progress hides the bar only
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
-    with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=say) as run:
+    with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=say) as run, quiet_overflow():
         return _distill(teacher, tokenizer, cfg, run, say, t_begin)
 
 
@@ -402,7 +403,7 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     student.train()
     setup_seconds = time.perf_counter() - t_begin
     t_start = time.perf_counter()
-    lr, planned, finished = None, state.total_steps, False
+    lr, planned, complete = None, state.total_steps, False
     try:
         while True:
             elapsed = state.seconds + time.perf_counter() - t_start
@@ -457,9 +458,9 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
                 save()
             if plan is not None:
                 plan.record(time.perf_counter() - t_step)
-        finished = True
+        complete = schedule_complete(state.step, planned)
     finally:
-        progress.close(finished)
+        progress.close(complete)
     state.seconds += time.perf_counter() - t_start
     if plan is not None:
         state.total_steps = state.step    # the plan ends here
@@ -511,10 +512,10 @@ class _Progress:
                              | ({"left": f"{left:.0f}s"} if left is not None else {}), refresh=False)
         self.bar.update(1)
 
-    def close(self, finished: bool):
+    def close(self, complete: bool):
         if self.bar is None:
             return
-        if finished:  # the schedule ended where the plan did: the bar shows it whole
+        if complete:  # the schedule ended where the plan did: the bar shows it whole
             self.bar.total = self.bar.n
             self.bar.refresh()
         self.bar.close()

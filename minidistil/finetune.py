@@ -57,7 +57,7 @@ from .cli import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, WEIGHT, bou
 from .device import check_device, describe
 from .kernels import _cuda
 from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
-from .run import Run, RunState, plot_curves, schedule_summary, schedule_text
+from .run import Run, RunState, plot_curves, quiet_overflow, schedule_summary, schedule_text
 from .safetensors_io import atomic_write
 
 TASKS = {  # task -> (head class suffix, problem_type, main metric)
@@ -548,7 +548,7 @@ def finetune(task: str | None = None, model: str | None = None, train: str | Non
     check_fields(cfg, FIELD_TYPES)
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
     say = print if cfg.progress else (lambda *a, **k: None)
-    with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=say) as run:
+    with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=say) as run, quiet_overflow():
         out = run.out
         train_ex, val_ex, skipped = load_data(cfg)
         names = label_names(cfg, train_ex)
@@ -728,7 +728,7 @@ def add_command(sub, name: str = "finetune", help: str = "fine-tune on a task"):
     p.add_argument("--choices-field", default=d.choices_field,
                    help="choice: a list field, or comma-separated columns such as ending0,ending1,ending2,ending3")
     p.add_argument("--context-field", help="choice: text put before the question")
-    p.add_argument("--tag-column", type=int, default=d.tag_column, help="conll: column number, -1 the last "
+    p.add_argument("--tag-column", type=bounded(int), default=d.tag_column, help="conll: column number, -1 the last "
                    "(default: the last)")
     p.add_argument("--on-error", choices=("skip", "fail"), default=d.on_error,
                    help="malformed rows: skip them (listed) or stop (default %(default)s)")

@@ -30,11 +30,13 @@ Two folders per run:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
 import statistics
+import warnings
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -324,24 +326,29 @@ class Run:
         return None
 
     def _cut_metrics(self, n: int):
-        """Keep the first n lines of metrics.jsonl (those written before the checkpoint); a torn or damaged line
-        ends what is kept."""
+        """Keep the first n lines of metrics.jsonl (those written before the checkpoint). A line that does not
+        parse (a write torn by a crash, a damaged file) is named, and only the complete lines before it are kept."""
         if n == 0 or not self.metrics.exists():
             self.metrics.unlink(missing_ok=True)
             self.lines = 0
             return
-        kept = []
         raw = self.metrics.read_bytes().split(b"\n")
-        for i, line in enumerate(raw[:n]):
+        if raw[-1] == b"":
+            raw.pop()                                   # the newline that ends the last line
+        good = 0
+        for line in raw:
             try:
                 json.loads(line)
             except ValueError:
-                what = "is cut short (a torn write)" if i == len(raw) - 1 else "is damaged"
-                self.say(f"{self.metrics}: line {i + 1} {what}; keeping the {i} complete lines before it")
+                what = "is cut short (a torn write)" if good == len(raw) - 1 else "is damaged"
+                self.say(f"{self.metrics}: line {good + 1} {what}; keeping the {min(good, n)} complete lines "
+                         "before it that the checkpoint counts")
                 break
-            kept.append(line)
-        if len(kept) == len(raw[:n]) < n:
-            self.say(f"{self.metrics}: holds {len(kept)} of the {n} lines written before the checkpoint")
+            good += 1
+        if good < n:
+            self.say(f"{self.metrics}: holds {good} of the {n} lines written before the checkpoint; the log "
+                     "continues after them")
+        kept = raw[:min(good, n)]
         atomic_write(self.metrics, b"".join(x + b"\n" for x in kept))
         self.lines = len(kept)
 
@@ -395,6 +402,15 @@ class Run:
         atomic_write(self.out / "report.json", json.dumps(report, indent=2) + "\n")
 
 
+@contextlib.contextmanager
+def quiet_overflow():
+    """Silence numpy's overflow / invalid-value warnings (also those of the kernels' worker threads) while a run
+    trains: a diverging step is caught by Run.check_step and named, and the warnings would only come before it."""
+    with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"(overflow|invalid value) encountered", RuntimeWarning)
+        yield
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the schedule under a time budget
 
@@ -422,9 +438,16 @@ class BudgetPlan:
         return max(0, int((self.budget - elapsed) / statistics.fmean(self.durations)))
 
 
+def schedule_complete(steps: int, planned: int) -> bool:
+    """Whether a run took its schedule to the end: its last update was within 1% (at least one update) of the
+    plan's end, so the learning rate had decayed to its last steps. A time budget is planned from estimated
+    speeds, so the last plan may have held one update more than the time allowed."""
+    return planned > 0 and planned - steps <= max(1, planned // 100)
+
+
 def schedule_summary(steps: int, planned: int, last_lr: float | None, peak_lr: float, why: str = "") -> dict:
     """The report's account of the learning-rate schedule: complete, or cut (ended before its planned end)."""
-    complete = planned > 0 and steps >= planned
+    complete = schedule_complete(steps, planned)
     return {"steps": steps, "planned_steps": planned, "complete": complete, "ended_early": "" if complete else why,
             "last_lr": last_lr, "last_lr_share_of_peak": (last_lr / peak_lr) if last_lr is not None and peak_lr
             else None}
