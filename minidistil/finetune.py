@@ -127,7 +127,7 @@ class FinetuneConfig:
 
 
 # the range of each numeric setting, checked at parse time on the command line and when finetune() starts
-FIELD_TYPES = {"held_out": SHARE, "limit": POSITIVE_INT, "eval_limit": POSITIVE_INT, "max_length": bounded(int, 8),
+FIELD_TYPES = {"held_out": SHARE, "limit": POSITIVE_INT, "eval_limit": POSITIVE_INT, "max_length": bounded(int, 3),
                "stride": COUNT, "max_answer_len": POSITIVE_INT, "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT,
                "lr": POSITIVE, "warmup": SHARE, "weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE,
                "seed": COUNT, "early_stopping": POSITIVE_INT, "alpha": WEIGHT, "temperature": POSITIVE,

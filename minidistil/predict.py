@@ -93,7 +93,7 @@ def add_command(sub, name: str = "predict", help: str = "predict with a fine-tun
     p.add_argument("--pair-sep", help="classification: split each input into a sentence pair at this string")
     p.add_argument("--context", help="qa: the passage (or @file) every question is about")
     p.add_argument("--choices", help="choice: the choices of every question, separated by '|'")
-    p.add_argument("--max-length", type=bounded(int, 8), help="tokens per sequence / window")
+    p.add_argument("--max-length", type=bounded(int, 3), help="tokens per sequence / window")
     p.add_argument("--stride", type=COUNT, help="qa: tokens shared by consecutive windows (default: a quarter of "
                    "--max-length)")
     p.add_argument("--max-answer-len", type=POSITIVE_INT, default=30, help="qa: tokens")

@@ -202,6 +202,11 @@ def remove_stale_temporaries(folder: Path):
 # the run
 
 
+def _host(a) -> np.ndarray:
+    """A parameter (a Tensor, on the host or a GPU) or an array, as a host numpy array."""
+    return a.numpy() if hasattr(a, "numpy") else np.asarray(a)
+
+
 def _max_abs(arrays: dict[str, np.ndarray]) -> tuple[float, str]:
     """(largest |value| over all arrays, the array holding it); NaN when any value is NaN."""
     worst, where = 0.0, ""
@@ -293,7 +298,7 @@ class Run:
     def resume(self, params: dict) -> ckpt.Checkpoint | None:
         """Fix the parameter limit from `params` (the model before training), then, when resuming, return the
         newest sound checkpoint (None for a new run) and cut metrics.jsonl back to its lines."""
-        top, _ = _max_abs({n: getattr(p, "data", p) for n, p in params.items()})
+        top, _ = _max_abs({n: _host(p) for n, p in params.items()})
         self.limit = PARAM_GROWTH * max(1.0, top)
         if not self.resuming:
             self._cut_metrics(0)
@@ -377,8 +382,7 @@ class Run:
 
     def check_parameters(self, step: int, arrays: dict):
         """Stop with Diverged when a parameter is not finite or beyond the limit (see the module docstring)."""
-        worst, where = _max_abs({n: getattr(a, "data", a) if not isinstance(a, np.ndarray) else a
-                                 for n, a in arrays.items()})
+        worst, where = _max_abs({n: _host(a) for n, a in arrays.items()})
         if not worst <= self.limit:
             raise Diverged(f"step {step}: the parameters have diverged ({where}: |w| up to {worst:.3g}, more than "
                            f"{PARAM_GROWTH:g}x the largest at the start); not saved, stopping. " + self.kept())
@@ -387,7 +391,7 @@ class Run:
              config: Any = None) -> Path:
         """Check the parameters, write checkpoint-<step>.npz atomically, then delete all but it and the newest
         older one (a write that fails leaves the previous checkpoints as they were)."""
-        arrays = {n: np.asarray(a) for n, a in model.items()}          # device arrays come to the host here
+        arrays = {n: _host(a) for n, a in model.items()}               # device arrays come to the host here
         self.check_parameters(step, arrays)
         path = self.state_dir / f"checkpoint-{step:08d}.npz"
         ckpt.save_checkpoint(path, step=step, model=arrays, optimizer=optimizer, data=data,

@@ -461,7 +461,7 @@ BAD_FLAGS = [
     ("distill", ["--steps", "2.5"], "argument --steps: invalid int value: '2.5'"),
     ("finetune", ["--epochs", "0"], "argument --epochs: must be >= 1"),
     ("finetune", ["--lr", "-1"], "argument --lr: must be > 0"),
-    ("finetune", ["--max-length", "0"], "argument --max-length: must be >= 8"),
+    ("finetune", ["--max-length", "2"], "argument --max-length: must be >= 3"),
     ("finetune", ["--stride", "-1"], "argument --stride: must be >= 0"),
     ("finetune", ["--max-answer-len", "0"], "argument --max-answer-len: must be >= 1"),
     ("finetune", ["--batch-size", "0"], "argument --batch-size: must be >= 1"),
