@@ -321,9 +321,10 @@ def error_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
         return f"{where}: {e.strerror}"
-    if type(e).__name__ == "PanicException":
-        return "the tokenizers library failed (a panic in its Rust code): " + (str(e).strip() or "no message")
-    return " ".join(str(e).split()) or type(e).__name__
+    text = " ".join(str(e).split())
+    if _is_panic(e):
+        return "the tokenizers library failed (a panic in its Rust code): " + (text or "no message")
+    return text or type(e).__name__
 
 
 def _is_panic(e: BaseException) -> bool:

@@ -462,8 +462,6 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     finally:
         progress.close(complete)
     state.seconds += time.perf_counter() - t_start
-    if plan is not None:
-        state.total_steps = state.step    # the plan ends here
     if run.saved is None or run.saved[0] != state.step:
         save()
     student.eval()

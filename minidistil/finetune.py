@@ -548,7 +548,8 @@ def finetune(task: str | None = None, model: str | None = None, train: str | Non
     check_fields(cfg, FIELD_TYPES)
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
     say = print if cfg.progress else (lambda *a, **k: None)
-    with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=say) as run, quiet_overflow():
+    # the run's notices (a lock taken over, a damaged checkpoint passed over) are printed even without progress
+    with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=print) as run, quiet_overflow():
         out = run.out
         train_ex, val_ex, skipped = load_data(cfg)
         names = label_names(cfg, train_ex)

@@ -287,7 +287,7 @@ class Run:
         c = self.checkpoints()
         if c:
             return f"a run (checkpoint of step {c[0][0]} in {self.state_dir})"
-        logs = [n for n in LOGS[:2] if (self.out / n).exists()]
+        logs = [n for n in ("metrics.jsonl", "report.json") if (self.out / n).exists()]
         if logs:
             return f"a run ({' and '.join(logs)})"
         model = [n for n in MODEL_FILES if (self.out / n).exists()]
