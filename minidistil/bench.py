@@ -674,6 +674,7 @@ def plot(results: list[Result], path: str):
 
 
 def _add_arguments(p: argparse.ArgumentParser):
+    from minidistil.cli import COUNT, NON_NEGATIVE, POSITIVE_INT  # noqa: PLC0415
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test: seconds); --size quick")
     p.add_argument("--size", choices=list(SIZES), default=None,
                    help="model size: full (DistilBERT-base, the default), quick, or tiny (for the CUDA simulator)")
@@ -682,9 +683,10 @@ def _add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                    help=f"comma-separated subset of {','.join(FRAMEWORKS)} (default: all installed)")
     p.add_argument("--scenarios", default="", help="comma-separated scenario names (default: all)")
-    p.add_argument("--repeat", type=int, default=5, help="timed rounds after warm-up (default: 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per framework first (default: 2)")
-    p.add_argument("--pause", type=float, default=0.3, help="seconds of sleep before each timed step (default: 0.3)")
+    p.add_argument("--repeat", type=POSITIVE_INT, default=5, help="timed rounds after warm-up (default: 5)")
+    p.add_argument("--warmup", type=COUNT, default=2, help="untimed steps per framework first (default: 2)")
+    p.add_argument("--pause", type=NON_NEGATIVE, default=0.3,
+                   help="seconds of sleep before each timed step (default: 0.3)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--fast-math", action="store_true", help="also time minidistil with MINIDISTIL_FAST_MATH=1")
     p.add_argument("--json", help="write the results to this JSON file")

@@ -7,20 +7,24 @@ A checkpoint is one .npz file (no pickle) holding
                         PCG64 states are plain integers), the data position (`Batches.state()`), and anything the
                         caller adds (the run's settings, the loss history so far, ...).
 
-Atomic: the file is written to a temporary name in the same folder, flushed and fsync'ed, then renamed over the
-old checkpoint with os.replace (atomic on POSIX and Windows), and the folder is fsync'ed so the rename itself is
-durable. A crash (even SIGKILL, even a power cut) at any moment leaves either the old checkpoint or the new one,
-never a half-written file.
+Atomic (minidistil.safetensors_io.atomic_write): the file is written to a temporary name in the same folder,
+flushed and fsync'ed, then renamed over the old checkpoint with os.replace (atomic on POSIX and Windows), and the
+folder is fsync'ed so the rename itself is durable. A crash (even SIGKILL, even a power cut) at any moment leaves
+either the old checkpoint or the new one, never a half-written file. A file damaged some other way (copied in
+part, a disk fault) is refused on loading with a ValueError naming it.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from .safetensors_io import atomic_write
 
 FORMAT = "minidistil-checkpoint-1"
 
@@ -32,32 +36,6 @@ class Checkpoint(NamedTuple):
     rng: dict[str, dict]               # generator name -> bit_generator.state
     data: dict | None                  # Batches.state()
     extra: dict                        # anything else the caller saved (JSON-serialisable)
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call write(f) on a temporary file beside `path`, fsync it, and rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(path.name + ".*.tmp"):  # left by a writer killed mid-write (one writer per file)
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename durable (POSIX); Windows has no directory fsync
-        dfd = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return path
 
 
 def save_checkpoint(path: str | os.PathLike, *, step: int, model: dict[str, np.ndarray], optimizer: dict | None = None,
@@ -79,23 +57,32 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, model: dict[str, np.n
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint back; a missing, truncated or otherwise damaged file raises a ValueError naming it."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"checkpoint: {path} does not exist")
-    with np.load(path, allow_pickle=False) as z:
-        if "meta" not in z.files:
-            raise ValueError(f"checkpoint: {path} is not a minidistil checkpoint (no meta entry)")
-        meta = json.loads(z["meta"].tobytes().decode("utf-8"))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"checkpoint: {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-        model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
-        optimizer = None
-        if meta["optimizer"] is not None:
-            optimizer = dict(meta["optimizer"])
-            optimizer["m"] = {k[len("optim/m/"):]: z[k] for k in z.files if k.startswith("optim/m/")}
-            optimizer["v"] = {k[len("optim/v/"):]: z[k] for k in z.files if k.startswith("optim/v/")}
-    return Checkpoint(step=meta["step"], model=model, optimizer=optimizer, rng=meta["rng"], data=meta["data"],
-                      extra=meta["extra"])
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
+            if "meta" not in z.files:
+                raise ValueError(f"checkpoint: {path} is not a minidistil checkpoint (no meta entry)")
+            meta = json.loads(z["meta"].tobytes().decode("utf-8"))
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"checkpoint: {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+            model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
+            optimizer = None
+            if meta["optimizer"] is not None:
+                optimizer = dict(meta["optimizer"])
+                optimizer["m"] = {k[len("optim/m/"):]: z[k] for k in z.files if k.startswith("optim/m/")}
+                optimizer["v"] = {k[len("optim/v/"):]: z[k] for k in z.files if k.startswith("optim/v/")}
+        return Checkpoint(step=meta["step"], model=model, optimizer=optimizer, rng=meta["rng"], data=meta["data"],
+                          extra=meta["extra"])
+    except (zipfile.BadZipFile, EOFError, zlib.error, KeyError, TypeError, UnicodeDecodeError,
+            json.JSONDecodeError) as e:
+        raise ValueError(f"checkpoint: {path} is damaged ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if str(e).startswith("checkpoint: "):
+            raise
+        raise ValueError(f"checkpoint: {path} is damaged ({e})") from None
 
 
 def restore_rng(generator: np.random.Generator, state: dict[str, Any]) -> np.random.Generator:

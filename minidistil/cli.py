@@ -8,8 +8,13 @@
     minidistil qa --model path/to/squad-model --context "..." "Who wrote it?"
 
 Texts come from the arguments, from --file (one per line), or from standard input when neither is given.
-Results print as JSON lines (one per text) unless said otherwise. Errors print one line, without a traceback,
-and exit with status 1 (2 for bad usage).
+Results print as JSON lines (one per text) unless said otherwise.
+
+Errors: every user error prints one line on standard error, `minidistil COMMAND: error: WHAT`, without a
+traceback (`minidistil --debug COMMAND ...` shows it), and exits with status 1; a bad argument (a number out of
+range, a missing option) exits with status 2 before any work. User errors are the ValueErrors the library raises
+(CLIError, DataError, CheckpointError, SafetensorsError, RunError, ...), FetchError, any OSError (a missing or
+unreadable file, a full disk, a read-only folder: the file is named), and a panic of the tokenizers library.
 
 Commands are registered in COMMANDS below as (name, module, function, help); a module is imported only when the
 parser is built, and its function adds the command's sub-parser.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 import warnings
 
@@ -34,7 +40,6 @@ DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 # The function receives (subparsers, name, help) and must add its sub-parser with set_defaults(run=callable);
 # `run(args)` returns the exit status. Modules are imported lazily, when the command line is parsed, so a broken or
 # slow import in one command cannot break `minidistil --help` for the others (it shows as "unavailable").
-# The lead registers distill, finetune, bench, grade here.
 COMMANDS: list[tuple[str, str, str, str]] = [
     ("fetch", "minidistil.cli", "add_fetch", "download a checkpoint into the weights folder"),
     ("embed", "minidistil.cli", "add_embed", "sentence embeddings (or a cosine similarity matrix)"),
@@ -56,6 +61,80 @@ class CLIError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# argument types: every numeric option of every command is parsed by one of these, so a value out of range is
+# refused at parse time ("argument --steps: must be >= 1") instead of hanging or training on nonsense
+
+
+def bounded(kind: type, at_least: float | None = None, *, above: float | None = None,
+            at_most: float | None = None, below: float | None = None):
+    """An argparse type: `kind(value)` (int or float; finite), refused unless it lies in the stated range. Also
+    accepts numbers, so a config check can apply the same rule to an API argument."""
+    rules = [(f">= {at_least:g}", lambda v: v >= at_least) if at_least is not None else None,
+             (f"> {above:g}", lambda v: v > above) if above is not None else None,
+             (f"<= {at_most:g}", lambda v: v <= at_most) if at_most is not None else None,
+             (f"< {below:g}", lambda v: v < below) if below is not None else None]
+    rules = [r for r in rules if r]
+    need = "must be " + " and ".join(text for text, _ in rules) if rules else ""
+
+    def parse(value):
+        if isinstance(value, bool):
+            raise argparse.ArgumentTypeError(f"expected {'an int' if kind is int else 'a number'}, got {value!r}")
+        if isinstance(value, str):
+            try:
+                value = kind(value.strip())
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {value!r}") from None
+        elif kind is int and value != int(value):
+            raise argparse.ArgumentTypeError(f"expected an int, got {value!r}")
+        value = kind(value)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+        if not all(ok(value) for _, ok in rules):
+            raise argparse.ArgumentTypeError(f"{need}, got {value:g}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE_INT = bounded(int, 1)              # counts that must be at least one: --steps, --batch-size, --epochs
+COUNT = bounded(int, 0)                     # counts that may be 0: --checkpoint-every, --stride, --seed
+POSITIVE = bounded(float, above=0)          # --lr, --time-budget, --temperature, --max-grad-norm
+NON_NEGATIVE = bounded(float, 0)            # --weight-decay, loss weights
+SHARE = bounded(float, 0, below=1)          # shares of a whole that leave something: --warmup, --held-out
+WEIGHT = bounded(float, 0, at_most=1)       # mixing weights: --alpha
+
+
+def int_list(value: str) -> list[int]:
+    """An argparse type: comma-separated ints >= 0 ("0,2,4")."""
+    try:
+        out = [int(x) for x in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0,2,4, got {value!r}") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"must be numbers >= 0, got {value!r}")
+    return out
+
+
+def check_fields(config, types: dict) -> None:
+    """Apply the argument types to a config's fields (None is left alone): a ValueError names the field."""
+    for name, parse in types.items():
+        value = getattr(config, name)
+        if value is not None:
+            try:
+                parse(value)
+            except argparse.ArgumentTypeError as e:
+                raise ValueError(f"{name}: {e}") from None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported in one line as the other errors are: `PROG: error: WHAT`."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # shared helpers
 
 
@@ -64,7 +143,7 @@ def _model_args(p: argparse.ArgumentParser, default: str | None = None):
                    help="checkpoint folder or name in the weights folder" + (f" (default: {default})" if default
                                                                               else ""))
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default: cpu)")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="texts per forward pass (default: 32)")
 
 
 def _text_args(p: argparse.ArgumentParser):
@@ -98,17 +177,6 @@ def _read_file(flag: str, path: str) -> str:
         raise CLIError(f"{flag}: cannot read {path}: {e.strerror}") from None
     except ValueError as e:
         raise CLIError(f"{flag}: {e}") from None
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (anything else is a usage error naming the value)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def text_or_file(value: str, flag: str) -> str:
@@ -174,7 +242,7 @@ def add_embed(sub, name, help):
     _text_args(p)
     _model_args(p, DEFAULT_EMBED_MODEL)
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
-    p.add_argument("--precision", type=int, default=6, help="decimals printed (default: 6)")
+    p.add_argument("--precision", type=bounded(int, 0, at_most=17), default=6, help="decimals printed (default: 6)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise each embedding")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--npy", metavar="OUT", help="write the (N, C) float32 embeddings to OUT (.npy), row i for "
@@ -219,7 +287,7 @@ def add_fill_mask(sub, name, help):
     p = sub.add_parser(name, help=help)
     _text_args(p)
     _model_args(p)
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=POSITIVE_INT, default=5, help="tokens per [MASK] (default: 5)")
     p.set_defaults(run=lambda a: _run_each(a, "fill-mask", lambda pl, t: pl(t, top_k=a.top_k)))
 
 
@@ -227,7 +295,7 @@ def add_classify(sub, name, help):
     p = sub.add_parser(name, help=help)
     _text_args(p)
     _model_args(p)
-    p.add_argument("--top-k", type=int, default=1, help="labels per text (0: all)")
+    p.add_argument("--top-k", type=COUNT, default=1, help="labels per text (0: all)")
     p.set_defaults(run=lambda a: _run_each(a, "text-classification",
                                            lambda pl, t: pl(t, top_k=a.top_k or None)))
 
@@ -237,7 +305,7 @@ def add_ner(sub, name, help):
     _text_args(p)
     _model_args(p)
     p.add_argument("--aggregation", default="simple", choices=["simple", "none"])
-    p.add_argument("--stride", type=int, default=None,
+    p.add_argument("--stride", type=COUNT, default=None,
                    help="read a long text in windows sharing this many tokens (default: truncate, with a warning)")
     p.set_defaults(run=lambda a: _run_each(a, "token-classification",
                                            lambda pl, t: pl(t, aggregation_strategy=a.aggregation,
@@ -249,13 +317,14 @@ def add_qa(sub, name, help):
     _text_args(p)
     _model_args(p)
     p.add_argument("--context", required=True, help="the passage to answer from (or @file to read it)")
-    p.add_argument("--top-k", type=int, default=QA.DEFAULTS["top_k"], help="answers per question (default 1)")
-    p.add_argument("--max-answer-len", type=int, default=QA.DEFAULTS["max_answer_len"],
+    p.add_argument("--top-k", type=POSITIVE_INT, default=QA.DEFAULTS["top_k"], help="answers per question (default 1)")
+    p.add_argument("--max-answer-len", type=POSITIVE_INT, default=QA.DEFAULTS["max_answer_len"],
                    help="tokens (default %(default)s)")
-    p.add_argument("--doc-stride", type=int, default=QA.DEFAULTS["doc_stride"],
+    p.add_argument("--doc-stride", type=COUNT, default=QA.DEFAULTS["doc_stride"],
                    help="a long context is read in windows sharing this many tokens (default %(default)s, at most "
                    "half a window)")
-    p.add_argument("--max-seq-len", type=positive_int, help="tokens per window (default: 384, or the model's limit)")
+    p.add_argument("--max-seq-len", type=bounded(int, 3), help="tokens per window (default: 384, or the model's "
+                   "limit)")
     p.set_defaults(run=run_qa)
 
 
@@ -291,7 +360,7 @@ def _register(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="minidistil", description="DistilBERT from scratch in NumPy and Numba: inference, fetching, "
         "distillation.", epilog="`minidistil COMMAND --help` describes a command.")
     parser.add_argument("--version", action="version", version=f"minidistil {__version__}")
@@ -301,6 +370,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(e: BaseException) -> str:
+    """One line saying what went wrong: an OSError names its file(s)."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+        return f"{where}: {e.strerror}"
+    text = " ".join(str(e).split())
+    if _is_panic(e):
+        return "the tokenizers library failed (a panic in its Rust code): " + (text or "no message")
+    return text or type(e).__name__
+
+
+def _is_panic(e: BaseException) -> bool:
+    """A Rust panic from the tokenizers library: pyo3's PanicException derives from BaseException."""
+    return type(e).__name__ == "PanicException" and "pyo3" in (type(e).__module__ or "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -308,7 +393,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from .hub import FetchError
-    from .safetensors_io import SafetensorsError
     if getattr(args, "device", None) == "cuda":  # every command's --device: no GPU -> one line, before any work
         from .device import check_device  # noqa: PLC0415
         try:
@@ -320,16 +404,20 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return int(args.run(args) or 0)
-    except (CLIError, FetchError, SafetensorsError, FileNotFoundError, ValueError) as e:
-        if args.debug:
-            raise
-        msg = str(e) if not isinstance(e, FileNotFoundError) or not e.filename else f"{e.filename}: {e.strerror}"
-        print(f"minidistil {args.command}: error: {msg}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `minidistil embed ... | head`
         return 0
+    except (ValueError, FetchError, OSError) as e:  # user errors (see the module docstring)
+        if args.debug:
+            raise
+        print(f"minidistil {args.command}: error: {error_line(e)}", file=sys.stderr)
+        return 1
+    except BaseException as e:
+        if not _is_panic(e) or args.debug:
+            raise
+        print(f"minidistil {args.command}: error: {error_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

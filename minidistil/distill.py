@@ -23,20 +23,26 @@
    on unmasked text. The teacher runs under no_grad, in eval mode.
 
 3. The loop: AdamW (minidistil.optim) with warm-up and linear decay, gradient clipping at norm 5, gradient
-   accumulation; an atomic checkpoint every `checkpoint_every` steps and at the end (minidistil.checkpoint);
+   accumulation. With `steps` the schedule has that many updates. With a time budget instead, the number of
+   updates is re-planned after every update from the time left and the recent speed (minidistil.run.BudgetPlan),
+   so the decay ends when the budget does; the budget counts the updates and checkpoints, while loading, the
+   corpus and the evaluation come on top (the report gives each time, and says when the schedule was cut).
+   An atomic checkpoint every `checkpoint_every` steps and at the end (minidistil.run, the last two kept);
    `resume=True` continues from it with the SAME loss sequence an uninterrupted run has (every random choice of
-   step s, masking and dropout, comes from generators seeded by (seed, s), and the data position is saved);
-   a NaN / inf loss stops the run with a message naming the step, keeping the last good checkpoint.
+   step s, masking and dropout, comes from generators seeded by (seed, s), and the data position is saved).
+   A non-finite loss or gradient norm, or exploded parameters, stop the run (minidistil.run.Diverged) with a
+   message naming the step, keeping the last good checkpoint.
 
-4. The output folder: the student (config.json, model.safetensors, tokenizer files) that `transformers` loads,
-   metrics.jsonl (one line per step), loss_curve.png (when matplotlib is installed), report.json.
+4. The output folders: OUT holds the student (config.json, model.safetensors, tokenizer files) that
+   `transformers` loads, metrics.jsonl (one line per step), loss_curve.png and report.json; the training state
+   (checkpoints: parameters, AdamW's moments, the data position) lives apart in OUT.training, so that copying OUT
+   ships the model only. A folder that already holds a run is refused unless `resume` or `overwrite` is given.
 """
 from __future__ import annotations
 
 import argparse
 import functools
-import json
-import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,11 +56,14 @@ from . import evaluation as E
 from . import functional as F
 from . import losses as L
 from .autograd import Tensor, no_grad
+from .cli import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, bounded, check_fields, int_list
+from .config import BertConfig, DistilBertConfig
 from .device import check_device, describe
 from .kernels import _cuda
-from .config import BertConfig, DistilBertConfig
 from .masking import IGNORE_INDEX, mask_tokens, selection_weights
 from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
+from .run import (BudgetPlan, Run, RunState, plot_curves, quiet_overflow, schedule_complete, schedule_summary,
+                  schedule_text)
 
 DEFAULT_TEACHER = "all-MiniLM-L6-v2"
 DEFAULT_MAPS = {(12, 6): [0, 2, 4, 7, 9, 11], (6, 3): [0, 2, 4]}
@@ -74,10 +83,6 @@ MLM_HEAD_MAP = {
     "cls.predictions.transform.dense": "vocab_transform",
     "cls.predictions.transform.LayerNorm": "vocab_layer_norm",
 }
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the checkpoint that was kept."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,20 +285,22 @@ class DistillConfig:
     weights: LossWeights | None = None  # None: LossWeights.defaults(teacher has an MLM head)
     mask_smoothing: float = 0.7
     seed: int = 0
-    checkpoint_every: int = 200
-    resume: bool = False
+    checkpoint_every: int = 200        # steps between checkpoints (0: at the end only)
+    resume: bool = False               # continue the run in out_dir (its state in out_dir.training)
+    overwrite: bool = False            # start again in a folder that holds a run (its checkpoints and logs go)
     eval_texts: int = 64               # held-out texts for the mean-cosine figure
     progress: bool = True
     evaluate: bool = True
     device: str = "cpu"                # "cuda": teacher, student, gradients and AdamW state in GPU memory
 
 
-@dataclass
-class RunState:
-    step: int = 0
-    total_steps: int = 0
-    elapsed: float = 0.0               # seconds of training before this process
-    tokens: int = 0                    # real (non-padding) tokens seen
+# the range of each numeric setting, checked at parse time on the command line and when distill() starts
+FIELD_TYPES = {"student_layers": POSITIVE_INT, "held_out": SHARE, "max_len": bounded(int, 10),
+               "batch_size": POSITIVE_INT, "grad_accum": POSITIVE_INT, "steps": POSITIVE_INT, "time_budget": POSITIVE,
+               "lr": POSITIVE, "warmup": SHARE, "weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE,
+               "mask_smoothing": NON_NEGATIVE, "seed": COUNT, "checkpoint_every": COUNT, "eval_texts": POSITIVE_INT}
+LOSS_TERMS = ("loss", "ce", "mlm", "cos", "mse", "pool_cos", "pool_mse")   # the curves drawn and shown
+PROVISIONAL_STEPS = 1_000_000  # the schedule's length before the first updates are timed: a slow start of warm-up
 
 
 def _step_seed(seed: int, step: int, micro: int = 0) -> int:
@@ -320,33 +327,30 @@ def _corpus(cfg: DistillConfig):
     return D.split_held_out(docs, cfg.held_out)
 
 
-def _write_jsonl_upto(path: Path, step: int) -> list[dict]:
-    """Keep the metrics lines of steps <= step (a resumed run rewrites what came after its checkpoint)."""
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["step"] <= step]
-    ckpt.atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
-    return rows
-
-
 def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, config: DistillConfig | None = None,
             **overrides) -> dict:
     """Run a distillation; returns the final report (also written to out_dir/report.json).
 
     teacher: a checkpoint folder / name (loaded with minidistil.loading), or a model object (then `tokenizer` is
-    required). Any DistillConfig field may be passed as a keyword (e.g. steps=100, batch_size=8).
+    required). Any DistillConfig field may be passed as a keyword (e.g. steps=100, batch_size=8). The student
+    goes to out_dir and its training state to out_dir.training (see the module docstring); a folder that holds a
+    run is refused unless resume=True or overwrite=True, and one that another run is using is refused.
     """
+    t_begin = time.perf_counter()
     cfg = config or DistillConfig()
     cfg = DistillConfig(**{**asdict(cfg), **overrides, "out_dir": str(out_dir),
                            "teacher": teacher if isinstance(teacher, (str, Path)) else cfg.teacher})
     if isinstance(cfg.weights, dict):
         cfg.weights = LossWeights(**cfg.weights)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_fields(cfg, FIELD_TYPES)
     say = functools.partial(print, flush=True)  # the set-up lines and the final report; --no-progress hides the bar only
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
+    with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=say) as run, quiet_overflow():
+        return _distill(teacher, tokenizer, cfg, run, say, t_begin)
 
+
+def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: float) -> dict:
+    out = run.out
     teacher_model, tokenizer, teacher_name = _load(teacher, tokenizer)
     teacher_model.eval()
     layers = cfg.layer_map or default_layer_map(teacher_model.config.num_hidden_layers,
@@ -376,53 +380,56 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
 
     opt = AdamW(student.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = dict(student.named_parameters())
-    run = RunState()
-    ckpt_path = out / "checkpoint.npz"
-    metrics_path = out / "metrics.jsonl"
-    if cfg.resume and ckpt_path.exists():
-        c = ckpt.load_checkpoint(ckpt_path)
+    state = RunState()
+    c = run.resume(params)
+    if c is not None:
         ckpt.load_model_arrays(params, c.model)
         opt.load_state_dict(c.optimizer)
         batches.load_state(c.data)
-        run = RunState(**c.extra["run"])
-        _write_jsonl_upto(metrics_path, run.step)
-        say(f"resumed from {ckpt_path} at step {run.step}")
-    elif metrics_path.exists():
-        metrics_path.unlink()
+        state = RunState(**c.extra["run"])
     if cfg.steps is not None:
-        run.total_steps = int(cfg.steps)
+        state.total_steps = int(cfg.steps)
 
     def save():
-        ckpt.save_checkpoint(ckpt_path, step=run.step, model=student.state_dict(), optimizer=opt.state_dict(),
-                             data=batches.state(), extra={"run": asdict(run), "config": _jsonable(cfg)})
+        run.save(state.step, model=student.state_dict(), optimizer=opt.state_dict(), data=batches.state(),
+                 state=state, config=cfg)
 
     if cfg.device != "cpu":  # after any resume (loaded on the host); AdamW moves its moments on its first step
         teacher_model.to(cfg.device)
         student.to(cfg.device)
         say(describe(cfg.device))
-    progress = _progress(cfg, run)
+    progress = _Progress(cfg, state)
+    plan = BudgetPlan(cfg.time_budget) if cfg.steps is None else None
     student.train()
-    t_start = t_probe = time.perf_counter()
-    last_saved = run.step
+    setup_seconds = time.perf_counter() - t_begin
+    t_start = time.perf_counter()
+    lr, planned, complete = None, state.total_steps, False
     try:
         while True:
-            elapsed = run.elapsed + time.perf_counter() - t_start
-            if run.total_steps and run.step >= run.total_steps:
+            elapsed = state.seconds + time.perf_counter() - t_start
+            if plan is not None:  # re-plan: the updates done plus those the time left still holds
+                left = plan.steps_left(elapsed)
+                if left is not None:
+                    state.total_steps = state.step + left
+                if left == 0:
+                    break
+            elif state.step >= state.total_steps:
                 break
-            if cfg.steps is None and elapsed >= cfg.time_budget:
-                break
+            planned = state.total_steps
+            lr = LinearWarmupDecay(cfg.lr, planned or PROVISIONAL_STEPS, cfg.warmup)(state.step)
+            t_step = time.perf_counter()
             terms_sum: dict[str, float] = {}
             loss_sum = 0.0
             n_tokens = 0
             for micro in range(cfg.grad_accum):
                 input_ids, attention_mask = batches.next()
                 n_tokens += int(attention_mask.sum())
-                rng = np.random.default_rng(_step_seed(cfg.seed, run.step, micro))
+                rng = np.random.default_rng(_step_seed(cfg.seed, state.step, micro))
                 if mlm:
                     inputs, labels = mask_tokens(input_ids, attention_mask, rng, special, weights=mask_weights)
                 else:
                     inputs, labels = input_ids, None
-                F.manual_seed(_step_seed(cfg.seed + 1, run.step, micro))  # dropout masks of this micro-batch
+                F.manual_seed(_step_seed(cfg.seed + 1, state.step, micro))  # dropout masks of this micro-batch
                 with no_grad():
                     t_logits, t_hidden = forward_outputs(teacher_model, inputs, attention_mask)
                     t_logits = None if t_logits is None else t_logits.numpy()
@@ -430,122 +437,86 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
                 s_logits, s_hidden = forward_outputs(student, inputs, attention_mask)
                 loss, terms = distillation_loss(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask, w)
                 value = float(loss.item())
-                if not math.isfinite(value):
-                    raise NonFiniteLoss(f"step {run.step + 1}: the loss is {value} ({terms}); stopping. "
-                                        + _kept(ckpt_path, last_saved))
+                run.check_step(state.step + 1, loss=value, detail=f" ({terms})")
                 (loss * (1.0 / cfg.grad_accum)).backward()
                 loss_sum += value / cfg.grad_accum
                 for k, v in terms.items():
                     terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum
             norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)
-            if not math.isfinite(norm):
-                raise NonFiniteLoss(f"step {run.step + 1}: the gradient norm is {norm}; stopping. "
-                                    + _kept(ckpt_path, last_saved))
-            if not run.total_steps:  # time budget: fix the schedule's length from the speed of steps 3 to 6
-                if run.step == 2:   # (the first ones include the JIT compilation)
-                    t_probe = time.perf_counter()
-                elif run.step == 5:
-                    per_step = (time.perf_counter() - t_probe) / 3
-                    left = cfg.time_budget - (run.elapsed + time.perf_counter() - t_start)
-                    run.total_steps = run.step + 1 + max(0, int(left / per_step))
-            sched = LinearWarmupDecay(cfg.lr, run.total_steps or 1_000_000, cfg.warmup)
-            lr = sched(run.step)
+            run.check_step(state.step + 1, grad_norm=norm)
             opt.step(lr=lr)
             opt.zero_grad()
-            run.step += 1
-            run.tokens += n_tokens
-            row = {"step": run.step, "loss": loss_sum, **terms_sum, "lr": lr, "grad_norm": norm,
-                   "tokens": run.tokens}
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            progress(row, run.elapsed + time.perf_counter() - t_start)
-            if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0:
-                run.elapsed += time.perf_counter() - t_start
+            state.step += 1
+            state.tokens += n_tokens
+            row = {"step": state.step, "loss": loss_sum, **terms_sum, "lr": lr, "grad_norm": norm,
+                   "tokens": state.tokens}
+            run.log(row)
+            progress.update(row, state.seconds + time.perf_counter() - t_start, state.total_steps)
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                state.seconds += time.perf_counter() - t_start
                 t_start = time.perf_counter()
                 save()
-                last_saved = run.step
+            if plan is not None:
+                plan.record(time.perf_counter() - t_step)
+        complete = schedule_complete(state.step, planned)
     finally:
-        progress(None, 0)
-    run.elapsed += time.perf_counter() - t_start
-    if run.step != last_saved or not ckpt_path.exists():
+        progress.close(complete)
+    state.seconds += time.perf_counter() - t_start
+    if run.saved is None or run.saved[0] != state.step:
         save()
     student.eval()
+    t_after = time.perf_counter()
 
     # 4. the output folder
     from .loading import save_pretrained  # noqa: PLC0415
     save_pretrained(student, out, tokenizer=tokenizer)
-    curve = plot_losses(metrics_path, out / "loss_curve.png")
-    report = {"teacher": teacher_name, "student_dir": str(out), "layers": list(layers), "steps": run.step,
-              "train_seconds": round(run.elapsed, 1), "tokens": run.tokens, "mlm": mlm, "weights": asdict(w),
-              "loss_curve": curve}
+    curve = plot_curves(run.metrics, out / "loss_curve.png", LOSS_TERMS, "distillation losses", say)
+    schedule = schedule_summary(state.step, planned, lr, cfg.lr,
+                                "" if plan is None else "the time budget ran out before the planned updates")
+    report = {"teacher": teacher_name, "student_dir": str(out), "layers": list(layers), "steps": state.step,
+              "train_seconds": round(state.seconds, 1), "tokens": state.tokens, "mlm": mlm, "weights": asdict(w),
+              "loss_curve": curve, "schedule": schedule, "state_dir": str(run.state_dir),
+              "time_budget_seconds": None if plan is None else cfg.time_budget,
+              "setup_seconds": round(setup_seconds, 1)}
     if cfg.evaluate:
         report.update(compare(teacher_model, student, tokenizer, held_texts, batches, cfg.max_len))
         report["sts_spearman_student_init"] = sts_init
         report["sts_kept_init"] = sts_init / report["sts_spearman_teacher"]
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["eval_seconds"] = round(time.perf_counter() - t_after, 1)   # saving, the curve and the comparison
+    report["total_seconds"] = round(time.perf_counter() - t_begin, 1)
+    run.write_report(report)
     say(format_report(report))
     return report
 
 
-def _kept(path: Path, step: int) -> str:
-    if path.exists():
-        return f"The last good checkpoint (step {step}) is kept at {path}; fix the cause and use --resume."
-    return "No checkpoint had been written yet."
+class _Progress:
+    """A tqdm bar (step, loss terms, tokens/s, time left) whose length follows the planned number of updates and
+    which ends at 100% when the run ends normally; nothing when progress is off."""
 
+    def __init__(self, cfg: DistillConfig, state: RunState):
+        self.cfg, self.bar = cfg, None
+        if cfg.progress:
+            from tqdm import tqdm  # noqa: PLC0415
+            self.bar = tqdm(total=state.total_steps or None, initial=state.step, unit="step", dynamic_ncols=True)
 
-def _jsonable(cfg: DistillConfig) -> dict:
-    return json.loads(json.dumps(asdict(cfg), default=str))
-
-
-def _progress(cfg: DistillConfig, run: RunState):
-    """A tqdm bar (step, loss terms, tokens/s, time left), or nothing when progress is off / tqdm is missing."""
-    if not cfg.progress:
-        return lambda row, elapsed: None
-    try:
-        from tqdm import tqdm  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return lambda row, elapsed: None
-    bar = tqdm(total=cfg.steps, initial=run.step, unit="step", dynamic_ncols=True)
-
-    def update(row, elapsed):
-        if row is None:
-            bar.close()
+    def update(self, row: dict, elapsed: float, total: int):
+        if self.bar is None:
             return
-        if bar.total is None and run.total_steps:
-            bar.total = run.total_steps
-        left = (cfg.time_budget - elapsed) if cfg.steps is None else None
-        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("loss", "ce", "mlm", "cos", "mse",
-                                                                         "pool_cos", "pool_mse")}
-                        | {"tok/s": f"{row['tokens'] / max(elapsed, 1e-9):.0f}"}
-                        | ({"left": f"{left:.0f}s"} if left is not None else {}), refresh=False)
-        bar.update(1)
+        if total:
+            self.bar.total = total
+        left = (self.cfg.time_budget - elapsed) if self.cfg.steps is None else None
+        self.bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in LOSS_TERMS}
+                             | {"tok/s": f"{row['tokens'] / max(elapsed, 1e-9):.0f}"}
+                             | ({"left": f"{left:.0f}s"} if left is not None else {}), refresh=False)
+        self.bar.update(1)
 
-    return update
-
-
-def plot_losses(metrics_path: Path, png: Path) -> str:
-    """Loss curves (total and each term) from metrics.jsonl; returns the PNG path, or a note when matplotlib is
-    missing."""
-    try:
-        import matplotlib  # noqa: PLC0415
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
-        return f"matplotlib is not installed: the loss curve would have been {png}"
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("loss", "ce", "mlm", "cos", "mse", "pool_cos", "pool_mse"):
-        if rows and key in rows[0]:
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=key, lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("distillation losses")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return str(png)
+    def close(self, complete: bool):
+        if self.bar is None:
+            return
+        if complete:  # the schedule ended where the plan did: the bar shows it whole
+            self.bar.total = self.bar.n
+            self.bar.refresh()
+        self.bar.close()
 
 
 def compare(teacher, student, tokenizer, held_texts: Sequence[str], batches: D.Batches, max_len: int = 128) -> dict:
@@ -586,7 +557,14 @@ def compare(teacher, student, tokenizer, held_texts: Sequence[str], batches: D.B
 
 def format_report(r: dict) -> str:
     lines = [f"student written to {r['student_dir']} after {r['steps']} steps ({r['train_seconds']} s, "
-             f"{r['tokens']} tokens); loss curve: {r['loss_curve']}"]
+             f"{r['tokens']} tokens); loss curve: {r['loss_curve'] or 'not drawn'}"]
+    if "schedule" in r:
+        budget = (f" (the budget: {r['time_budget_seconds']:.0f} s, which counts the updates and checkpoints only)"
+                  if r.get("time_budget_seconds") else "")
+        lines += [schedule_text(r["schedule"]),
+                  f"time: set-up {r['setup_seconds']} s, training {r['train_seconds']} s{budget}, saving and "
+                  f"evaluation {r.get('eval_seconds', 0)} s; {r.get('total_seconds', 0)} s in all",
+                  f"training state (for --resume; not part of the model): {r['state_dir']}"]
     if "teacher_params" in r:
         lines += [
             f"{'':24}{'teacher':>12}{'student':>12}",
@@ -605,43 +583,64 @@ def format_report(r: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# command line (the lead wires add_cli into minidistil.cli)
+# command line
 
 
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("distill", help="distil a smaller DistilBERT student from a BERT/DistilBERT teacher",
-                              description=__doc__.split("\n\n")[0])
+def add_command(subparsers, name: str = "distill", help: str | None = None) -> argparse.ArgumentParser:
+    """The `minidistil distill` sub-parser (the registry hook of minidistil/cli.py)."""
+    p = subparsers.add_parser(name, help=help or "distil a smaller DistilBERT student from a BERT/DistilBERT teacher",
+                              description=__doc__.split("\n\n")[0],
+                              epilog="Output: OUT holds the student (config.json, model.safetensors, tokenizer) and "
+                                     "small logs (metrics.jsonl, loss_curve.png, report.json); the training state "
+                                     "(checkpoints, the last two kept) lives apart in OUT.training, which --resume "
+                                     "reads. One run at a time per folder (a lock).")
     d = DistillConfig()
+    T = FIELD_TYPES
     p.add_argument("--teacher", default=d.teacher, help=f"checkpoint folder or name (default {d.teacher})")
     p.add_argument("--out", dest="out_dir", default=d.out_dir, help="output folder (default %(default)s)")
-    p.add_argument("--student-layers", type=int, default=None, help="student depth (default: half the teacher's)")
-    p.add_argument("--layer-map", type=lambda s: [int(x) for x in s.split(",")], default=None,
+    p.add_argument("--student-layers", type=T["student_layers"], default=None,
+                   help="student depth (default: half the teacher's)")
+    p.add_argument("--layer-map", type=int_list, default=None,
                    help="teacher layers to copy, comma-separated, e.g. 0,2,4 (overrides --student-layers)")
     p.add_argument("--corpus", nargs="+", default=None,
                    help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings)")
     p.add_argument("--text-field", default=d.text_field, help="JSONL field holding the text (default %(default)s)")
-    p.add_argument("--held-out", type=float, default=d.held_out, help="share of documents held out (default %(default)s)")
-    p.add_argument("--max-len", type=int, default=d.max_len, help="sequence length in tokens (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per batch (default %(default)s)")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="batches per update (default %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="number of updates (default: fill --time-budget)")
-    p.add_argument("--time-budget", type=float, default=d.time_budget / 60,
-                   help="minutes of training when --steps is not given (default %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
-    p.add_argument("--warmup", type=float, default=d.warmup, help="warm-up share of the steps (default %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default %(default)s)")
-    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="(default %(default)s)")
+    p.add_argument("--held-out", type=T["held_out"], default=d.held_out,
+                   help="share of documents held out, in [0, 1) (default %(default)s)")
+    p.add_argument("--max-len", type=T["max_len"], default=d.max_len,
+                   help="sequence length in tokens (default %(default)s)")
+    p.add_argument("--batch-size", type=T["batch_size"], default=d.batch_size,
+                   help="sequences per batch (default %(default)s)")
+    p.add_argument("--grad-accum", type=T["grad_accum"], default=d.grad_accum,
+                   help="batches per update (default %(default)s)")
+    p.add_argument("--steps", type=T["steps"], default=None, help="number of updates (default: fill --time-budget)")
+    p.add_argument("--time-budget", type=T["time_budget"], default=d.time_budget / 60,
+                   help="minutes of training when --steps is not given: the updates and checkpoints; loading, the "
+                        "corpus and the evaluation come on top (the report gives each). The number of updates is "
+                        "re-planned as the speed changes, so the learning-rate decay ends with the budget "
+                        "(default %(default)s)")
+    p.add_argument("--lr", type=T["lr"], default=d.lr, help="peak learning rate (default %(default)s)")
+    p.add_argument("--warmup", type=T["warmup"], default=d.warmup,
+                   help="warm-up share of the steps, in [0, 1) (default %(default)s)")
+    p.add_argument("--weight-decay", type=T["weight_decay"], default=d.weight_decay, help="(default %(default)s)")
+    p.add_argument("--max-grad-norm", type=T["max_grad_norm"], default=d.max_grad_norm, help="(default %(default)s)")
     for name, help_ in [("alpha-ce", "KL on softened MLM logits"), ("alpha-mlm", "masked-token cross-entropy"),
                         ("alpha-cos", "1 - cos of hidden states"), ("alpha-mse", "MSE of hidden states"),
                         ("alpha-pool-cos", "1 - cos of mean-pooled embeddings"),
                         ("alpha-pool-mse", "MSE of mean-pooled embeddings")]:
-        p.add_argument(f"--{name}", type=float, default=None,
+        p.add_argument(f"--{name}", type=NON_NEGATIVE, default=None,
                        help=f"weight of the {help_} term (default: 5/2/1/0/0/0 with an MLM head, else 0/0/1/0/1/1)")
-    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature (default %(default)s)")
+    p.add_argument("--temperature", type=POSITIVE, default=2.0, help="softmax temperature (default %(default)s)")
     p.add_argument("--kl-masked-only", action="store_true", help="KL on the masked positions only")
-    p.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps (default %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--seed", type=T["seed"], default=d.seed, help="(default %(default)s)")
+    p.add_argument("--checkpoint-every", type=T["checkpoint_every"], default=d.checkpoint_every,
+                   help="steps between checkpoints, 0: at the end only (default %(default)s)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in OUT from its newest sound checkpoint in OUT.training (a damaged one "
+                            "is named and the one before it used)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start again in an OUT that holds a run (its checkpoints and logs are deleted)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--no-eval", dest="evaluate", action="store_false", help="skip the final comparison")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -650,23 +649,14 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def add_command(subparsers, name: str = "distill", help: str | None = None) -> argparse.ArgumentParser:
-    """The registry hook of minidistil/cli.py."""
-    return add_cli(subparsers)
-
-
 def run_cli(args) -> int:
-    try:
-        check_device(args.device)
-    except RuntimeError as e:  # no GPU: say what to install or set, no traceback
-        print(f"error: {e}")
-        return 2
+    """`minidistil distill`: errors (a diverged run included) reach minidistil.cli.main, which prints them."""
     alphas = {k: getattr(args, k) for k in ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse", "alpha_pool_cos",
                                            "alpha_pool_mse")}
     weights = None
     if any(v is not None for v in alphas.values()) or args.temperature != 2.0 or args.kl_masked_only:
-        from .loading import resolve  # noqa: PLC0415
         from .config import config_from_json_file  # noqa: PLC0415
+        from .loading import resolve  # noqa: PLC0415
         arch = (config_from_json_file(resolve(args.teacher) / "config.json").architectures or [""])[0]
         base = LossWeights.defaults(mlm=arch.endswith("ForMaskedLM"))
         weights = LossWeights(**{**asdict(base), **{k: v for k, v in alphas.items() if v is not None},
@@ -677,23 +667,16 @@ def run_cli(args) -> int:
                         grad_accum=args.grad_accum, steps=args.steps, time_budget=args.time_budget * 60,
                         lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
                         max_grad_norm=args.max_grad_norm, weights=weights, seed=args.seed,
-                        checkpoint_every=args.checkpoint_every, resume=args.resume, progress=args.progress,
-                        evaluate=args.evaluate, device=args.device)
-    try:
-        distill(cfg.teacher, cfg.out_dir, config=cfg)
-    except NonFiniteLoss as e:
-        print(f"error: {e}")
-        return 1
+                        checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
+                        progress=args.progress, evaluate=args.evaluate, device=args.device)
+    distill(cfg.teacher, cfg.out_dir, config=cfg)
     return 0
 
 
 def main(argv=None) -> int:
-    """`python -m minidistil.distill ...` (the same flags as `minidistil distill`)."""
-    parser = argparse.ArgumentParser(prog="minidistil")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cli(sub)
-    args = parser.parse_args(["distill", *(argv if argv is not None else __import__("sys").argv[1:])])
-    return args.run(args)
+    """`python -m minidistil.distill ...`: the same as `minidistil distill ...`."""
+    from .cli import main as cli_main  # noqa: PLC0415
+    return cli_main(["distill", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

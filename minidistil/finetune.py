@@ -18,9 +18,12 @@ The run (one epoch = one pass over the shuffled training examples):
     after each epoch (10% of the training set is held out when none is given); the best model so far (by the
     task's main metric) saved to out_dir as a Hugging Face checkpoint that `transformers` loads; early stopping
     after `early_stopping` epochs without improvement; metrics.jsonl (one line per update and one per evaluation),
-    training_curve.png (matplotlib optional), report.json; an atomic training checkpoint (out_dir/checkpoint.npz)
-    at the end of each epoch and every `checkpoint_every` updates, which `resume=True` continues from exactly (the
-    batch order of an epoch depends only on (seed, epoch), the dropout masks only on (seed, update)).
+    training_curve.png, report.json (its "schedule" says whether the run ended early); an atomic training
+    checkpoint at the end of each epoch and every `checkpoint_every` updates, kept apart from the model in
+    out_dir.training (minidistil.run: the last two kept, a lock against a second run on the folder), which
+    `resume=True` continues from exactly (the batch order of an epoch depends only on (seed, epoch), the dropout
+    masks only on (seed, update)). A non-finite loss or gradient norm, or exploded parameters, stop the run
+    (minidistil.run.Diverged) naming the update; nothing diverged is saved.
     device="cuda" (--device cuda): the model, a teacher, the gradients and AdamW's moments live in GPU memory
     (minidistil.device); each batch's ids and labels are copied over, losses and evaluation logits come back.
 
@@ -44,15 +47,19 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import checkpoint as ckpt
 from . import functional as F
 from . import losses as L
 from . import metrics as M
 from . import qa as QA
 from . import taskdata as TD
 from .autograd import no_grad
+from .cli import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, WEIGHT, bounded, check_fields
 from .device import check_device, describe
 from .kernels import _cuda
 from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
+from .run import Run, RunState, plot_curves, quiet_overflow, schedule_summary, schedule_text
+from .safetensors_io import atomic_write
 
 TASKS = {  # task -> (head class suffix, problem_type, main metric)
     "classification": ("ForSequenceClassification", "single_label_classification", "accuracy"),
@@ -114,9 +121,18 @@ class FinetuneConfig:
     temperature: float = 2.0
     checkpoint_every: int = 0            # also checkpoint every N updates (0: at the end of each epoch only)
     stop_after: int | None = None        # end this session after N updates in all (resume=True continues)
-    resume: bool = False
+    resume: bool = False                 # continue the run in out_dir (its state in out_dir.training)
+    overwrite: bool = False              # start again in a folder that holds a run (its checkpoints and logs go)
     progress: bool = True
     device: str = "cpu"                  # "cuda": model, teacher, gradients and AdamW state in GPU memory
+
+
+# the range of each numeric setting, checked at parse time on the command line and when finetune() starts
+FIELD_TYPES = {"held_out": SHARE, "limit": POSITIVE_INT, "eval_limit": POSITIVE_INT, "max_length": bounded(int, 3),
+               "stride": COUNT, "max_answer_len": POSITIVE_INT, "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT,
+               "lr": POSITIVE, "warmup": SHARE, "weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE,
+               "seed": COUNT, "early_stopping": POSITIVE_INT, "alpha": WEIGHT, "temperature": POSITIVE,
+               "checkpoint_every": COUNT, "stop_after": POSITIVE_INT}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -563,10 +579,18 @@ def finetune(task: str | None = None, model: str | None = None, train=None, out_
 
     train, validation: a file or folder, or data in memory (taskdata.in_memory: rows, columns, a (texts, labels)
     pair, a datasets.Dataset). compute_metrics(EvalPrediction(predictions, label_ids)) -> {name: value}: more
-    metrics for each evaluation, as transformers' Trainer takes them (see `evaluate`)."""
-    from . import checkpoint as ckpt  # noqa: PLC0415
+    metrics for each evaluation, as transformers' Trainer takes them (see `evaluate`).
+
+    The best model and the small logs go to out_dir, the training state to out_dir.training (minidistil.run); a
+    folder that holds a run is refused unless resume=True or overwrite=True, and one that another run is using
+    is refused."""
     from .loading import save_pretrained  # noqa: PLC0415
     given = {k: v for k, v in dict(task=task, model=model, train=train, out_dir=out_dir).items() if v is not None}
+    data = {}                                   # data in memory stays out of the config (and its checkpoint copy)
+    for key, source in (("train", given), ("validation", overrides)):
+        if TD.is_in_memory(source.get(key)):
+            data[key] = source[key]
+            source[key] = f"<{type(data[key]).__name__} in memory>"
     data = {}                                   # data in memory stays out of the config (and its checkpoint copy)
     for key, source in (("train", given), ("validation", overrides)):
         if TD.is_in_memory(source.get(key)):
@@ -577,160 +601,148 @@ def finetune(task: str | None = None, model: str | None = None, train=None, out_
         raise ValueError(f"task: expected one of {sorted(TASKS)}, got {cfg.task!r}")
     if not cfg.model or not cfg.train:
         raise ValueError("model, train: both are required (a checkpoint folder and a training file)")
-    if not 0.0 <= cfg.alpha <= 1.0:
-        raise ValueError(f"alpha: expected a weight in [0, 1], got {cfg.alpha}")
+    check_fields(cfg, FIELD_TYPES)
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
     say = print if cfg.progress else (lambda *a, **k: None)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # the run's notices (a lock taken over, a damaged checkpoint passed over) are printed even without progress
+    with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=print) as run, quiet_overflow():
+        out = run.out
+        train_ex, val_ex, skipped = load_data(cfg, data)
+        names = label_names(cfg, train_ex)
+        train_ex = drop_unknown_labels(cfg, train_ex, names, skipped)
+        val_ex = drop_unknown_labels(cfg, val_ex, names, skipped)
+        if skipped:
+            say(f"skipped {len(skipped)} malformed row(s):")
+            for s in skipped[:10]:
+                say(f"  {s}")
+            if len(skipped) > 10:
+                say(f"  ... and {len(skipped) - 10} more (all listed in {out / 'skipped.txt'})")
+            atomic_write(out / "skipped.txt", "".join(s + "\n" for s in skipped))
+        say(f"{cfg.task}: {len(train_ex)} training and {len(val_ex)} validation examples"
+            + (f", labels {names}" if names else ""))
 
-    train_ex, val_ex, skipped = load_data(cfg, data)
-    names = label_names(cfg, train_ex)
-    train_ex = drop_unknown_labels(cfg, train_ex, names, skipped)
-    val_ex = drop_unknown_labels(cfg, val_ex, names, skipped)
-    if skipped:
-        say(f"skipped {len(skipped)} malformed row(s):")
-        for s in skipped[:10]:
-            say(f"  {s}")
-        if len(skipped) > 10:
-            say(f"  ... and {len(skipped) - 10} more (all listed in {out / 'skipped.txt'})")
-        (out / "skipped.txt").write_text("".join(s + "\n" for s in skipped), encoding="utf-8")
-    say(f"{cfg.task}: {len(train_ex)} training and {len(val_ex)} validation examples"
-        + (f", labels {names}" if names else ""))
+        model_, tokenizer, missing = load_model(cfg, names, say)
+        teacher = load_teacher(cfg, model_, tokenizer, names) if cfg.teacher else None
+        tr = encode(cfg.task, train_ex, tokenizer, names, cfg)
+        va = encode(cfg.task, val_ex, tokenizer, names, cfg) if val_ex else None
 
-    model_, tokenizer, missing = load_model(cfg, names, say)
-    teacher = load_teacher(cfg, model_, tokenizer, names) if cfg.teacher else None
-    tr = encode(cfg.task, train_ex, tokenizer, names, cfg)
-    va = encode(cfg.task, val_ex, tokenizer, names, cfg) if val_ex else None
-
-    N = n_rows(tr)
-    per_epoch = math.ceil(N / cfg.batch_size)
-    total = per_epoch * cfg.epochs
-    sched = LinearWarmupDecay(cfg.lr, total, cfg.warmup)
-    opt = AdamW(model_.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    params = dict(model_.named_parameters())
-    state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_epoch": None, "bad_epochs": 0,
-             "history": [], "seconds": 0.0}
-    ckpt_path, metrics_path = out / "checkpoint.npz", out / "metrics.jsonl"
-    if cfg.resume and ckpt_path.exists():
-        c = ckpt.load_checkpoint(ckpt_path)
-        ckpt.load_model_arrays(params, c.model)
-        opt.load_state_dict(c.optimizer)
-        state.update(c.extra["state"])
-        rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] \
-            if metrics_path.exists() else []
-        keep = [r for r in rows if r.get("step", 0) <= state["step"]]               # drop what came after it
-        ckpt.atomic_write(metrics_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in keep).encode()))
-        say(f"resumed from {ckpt_path}: epoch {state['epoch'] + 1}, update {state['step']}")
-    elif metrics_path.exists():
-        metrics_path.unlink()
-    if cfg.device != "cpu":  # after any resume (loaded on the host); AdamW moves its moments on its first step
-        model_.to(cfg.device)
-        if teacher is not None:
-            teacher.to(cfg.device)
-        say(describe(cfg.device))
-
-    def save_state():  # the parameters as Tensors: np.asarray copies device arrays to the host
-        ckpt.save_checkpoint(ckpt_path, step=state["step"], model=params,
-                             optimizer=opt.state_dict(), extra={"state": state, "config": _jsonable(cfg)})
-
-    def log(row):
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-    t0 = time.perf_counter()
-    stopped, done_early = None, False
-    while state["epoch"] < cfg.epochs and not done_early:
-        epoch = state["epoch"]
-        order = np.random.default_rng(_seed(cfg.seed, epoch)).permutation(N)
-        bar = _bar(cfg, per_epoch, state["batch"], f"epoch {epoch + 1}/{cfg.epochs}")
-        model_.train()
-        while state["batch"] < per_epoch:
-            if cfg.stop_after is not None and state["step"] >= cfg.stop_after:
-                stopped = state["step"]
-                break
-            idx = order[state["batch"] * cfg.batch_size:(state["batch"] + 1) * cfg.batch_size]
-            b = batch(tr, idx)
-            F.manual_seed(_seed(cfg.seed, 1, state["step"]))                       # this update's dropout masks
-            s_out = forward(model_, b)
-            loss, row = s_out.loss, {"step": state["step"] + 1, "epoch": epoch + 1, "task_loss": float(s_out.loss)}
+        N = n_rows(tr)
+        per_epoch = math.ceil(N / cfg.batch_size)
+        total = per_epoch * cfg.epochs
+        sched = LinearWarmupDecay(cfg.lr, total, cfg.warmup)
+        opt = AdamW(model_.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        params = dict(model_.named_parameters())
+        state = RunState(total_steps=total)
+        c = run.resume(params)
+        if c is not None:
+            ckpt.load_model_arrays(params, c.model)
+            opt.load_state_dict(c.optimizer)
+            state = RunState(**c.extra["run"])
+            say(f"continuing with epoch {state.epoch + 1}, update {state.step + 1}")
+        if cfg.device != "cpu":  # after any resume (loaded on the host); AdamW moves its moments on its first step
+            model_.to(cfg.device)
             if teacher is not None:
-                with no_grad():
-                    t_out = forward(teacher, b, with_labels=False)
-                kd = teacher_loss(cfg.task, s_out, t_out, b, cfg.temperature)
-                loss = loss * (1.0 - cfg.alpha) + kd * cfg.alpha
-                row["teacher_loss"] = float(kd)
-            value = float(loss)
-            if not math.isfinite(value):
-                raise FloatingPointError(f"update {state['step'] + 1}: the loss is {value}; lower lr (now {cfg.lr})"
-                                         f" or check the labels. The last checkpoint is {ckpt_path}")
-            loss.backward()
-            norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)
-            lr = sched(state["step"])
-            opt.step(lr=lr)
-            opt.zero_grad()
-            state["step"] += 1
-            state["batch"] += 1
-            log({**row, "loss": value, "lr": lr, "grad_norm": norm})
-            if bar is not None:
-                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-                bar.update(1)
-            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
-                save_state()
-        if bar is not None:
-            bar.close()
-        if stopped is not None:
-            break
-        # end of the epoch: evaluate, keep the best, maybe stop
-        model_.eval()
-        r = evaluate(cfg.task, model_, val_ex, va, names, cfg, compute_metrics) if va is not None else {"main": None}
-        score = r.get(r["main"]) if r["main"] else None
-        log({"step": state["step"], "epoch": epoch + 1, "eval": r})
-        state["history"].append({"epoch": epoch + 1, "step": state["step"], "score": score,
-                                 **({"metric": r["main"]} if r["main"] else {})})
-        if score is None or _better(score, state["best"]):
-            state["best"], state["best_epoch"], state["bad_epochs"] = score, epoch + 1, 0
-            save_pretrained(model_, out, tokenizer=tokenizer)
-            say(f"epoch {epoch + 1}: {_summary(r)}  -> best so far, saved to {out}")
-        else:
-            state["bad_epochs"] += 1
-            say(f"epoch {epoch + 1}: {_summary(r)}  (best {state['best']:.4f} at epoch {state['best_epoch']})")
-            if cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping:
-                say(f"early stopping: {state['bad_epochs']} epoch(s) without improvement")
-                done_early = True
-        state["epoch"] += 1
-        state["batch"] = 0
-        state["seconds"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        save_state()
-    if stopped is not None:
-        state["seconds"] += time.perf_counter() - t0
-        save_state()
-        say(f"stopped after {stopped} updates (stop_after); continue with resume=True / --resume")
+                teacher.to(cfg.device)
+            say(describe(cfg.device))
 
-    report = {"task": cfg.task, "model": cfg.model, "out_dir": str(out), "labels": names,
-              "train_examples": len(train_ex), "validation_examples": len(val_ex), "skipped_rows": len(skipped),
-              "new_head_weights": missing, "updates": state["step"], "epochs_done": state["epoch"],
-              "train_seconds": round(state["seconds"], 1), "best_epoch": state["best_epoch"],
-              "best_score": state["best"], "metric": TASKS[cfg.task][2], "history": state["history"],
-              "finished": stopped is None, "teacher": cfg.teacher, "curve": None}
-    if stopped is None:
-        report["curve"] = plot_curves(metrics_path, out / "training_curve.png")
-        if state["history"] and state["history"][-1].get("score") is not None:
-            final = [json.loads(x) for x in metrics_path.read_text().splitlines() if '"eval"' in x]
-            best_row = next((r["eval"] for r in final if r["epoch"] == state["best_epoch"]), None)
-            report["best_eval"] = best_row
-    ckpt.atomic_write(out / "report.json", lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
+        def save_state():  # the parameters as Tensors: np.asarray copies device arrays to the host
+            run.save(state.step, model=params, optimizer=opt.state_dict(), state=state, config=cfg)
+
+        t0 = time.perf_counter()
+        stopped, done_early, lr = None, False, None
+        while state.epoch < cfg.epochs and not done_early:
+            epoch = state.epoch
+            order = np.random.default_rng(_seed(cfg.seed, epoch)).permutation(N)
+            bar = _bar(cfg, per_epoch, state.batch, f"epoch {epoch + 1}/{cfg.epochs}")
+            model_.train()
+            while state.batch < per_epoch:
+                if cfg.stop_after is not None and state.step >= cfg.stop_after:
+                    stopped = state.step
+                    break
+                idx = order[state.batch * cfg.batch_size:(state.batch + 1) * cfg.batch_size]
+                b = batch(tr, idx)
+                F.manual_seed(_seed(cfg.seed, 1, state.step))                          # this update's dropout masks
+                s_out = forward(model_, b)
+                loss, row = s_out.loss, {"step": state.step + 1, "epoch": epoch + 1, "task_loss": float(s_out.loss)}
+                if teacher is not None:
+                    with no_grad():
+                        t_out = forward(teacher, b, with_labels=False)
+                    kd = teacher_loss(cfg.task, s_out, t_out, b, cfg.temperature)
+                    loss = loss * (1.0 - cfg.alpha) + kd * cfg.alpha
+                    row["teacher_loss"] = float(kd)
+                value = float(loss)
+                run.check_step(state.step + 1, loss=value, detail=f" (lr {cfg.lr}; check the labels)")
+                loss.backward()
+                norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)
+                run.check_step(state.step + 1, grad_norm=norm)
+                lr = sched(state.step)
+                opt.step(lr=lr)
+                opt.zero_grad()
+                state.step += 1
+                state.batch += 1
+                run.log({**row, "loss": value, "lr": lr, "grad_norm": norm})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                    bar.update(1)
+                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                    save_state()
+            if bar is not None:
+                bar.close()
+            if stopped is not None:
+                break
+            # end of the epoch: evaluate, keep the best, maybe stop
+            model_.eval()
+            r = (evaluate(cfg.task, model_, val_ex, va, names, cfg, compute_metrics) if va is not None
+                 else {"main": None})
+            score = r.get(r["main"]) if r["main"] else None
+            run.log({"step": state.step, "epoch": epoch + 1, "eval": r})
+            state.history.append({"epoch": epoch + 1, "step": state.step, "score": score,
+                                  **({"metric": r["main"]} if r["main"] else {})})
+            if score is None or _better(score, state.best):
+                state.best, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+                run.check_parameters(state.step, params)
+                save_pretrained(model_, out, tokenizer=tokenizer)
+                say(f"epoch {epoch + 1}: {_summary(r)}  -> best so far, saved to {out}")
+            else:
+                state.bad_epochs += 1
+                say(f"epoch {epoch + 1}: {_summary(r)}  (best {state.best:.4f} at epoch {state.best_epoch})")
+                if cfg.early_stopping and state.bad_epochs >= cfg.early_stopping:
+                    say(f"early stopping: {state.bad_epochs} epoch(s) without improvement")
+                    done_early = True
+            state.epoch += 1
+            state.batch = 0
+            state.seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save_state()
+        if stopped is not None:
+            state.seconds += time.perf_counter() - t0
+            save_state()
+            say(f"stopped after {stopped} updates (stop_after); continue with resume=True / --resume")
+
+        why = (f"stop_after {cfg.stop_after}: continue with --resume" if stopped is not None else
+               f"early stopping after {state.bad_epochs} epochs without improvement" if done_early else "")
+        report = {"task": cfg.task, "model": cfg.model, "out_dir": str(out), "labels": names,
+                  "train_examples": len(train_ex), "validation_examples": len(val_ex), "skipped_rows": len(skipped),
+                  "new_head_weights": missing, "updates": state.step, "epochs_done": state.epoch,
+                  "train_seconds": round(state.seconds, 1), "best_epoch": state.best_epoch,
+                  "best_score": state.best, "metric": TASKS[cfg.task][2], "history": state.history,
+                  "finished": stopped is None, "teacher": cfg.teacher, "curve": None,
+                  "schedule": schedule_summary(state.step, total, lr, cfg.lr, why), "state_dir": str(run.state_dir)}
+        if stopped is None:
+            report["curve"] = plot_curves(run.metrics, out / "training_curve.png", ("loss",), "fine-tuning", say)
+            if state.history and state.history[-1].get("score") is not None:
+                final = [json.loads(x) for x in run.metrics.read_text().splitlines() if '"eval"' in x]
+                best_row = next((r["eval"] for r in final if r["epoch"] == state.best_epoch), None)
+                report["best_eval"] = best_row
+        if not report["schedule"]["complete"]:
+            say(schedule_text(report["schedule"]))
+        run.write_report(report)
     return report
 
 
 def _summary(r: dict) -> str:
     keys = ("accuracy", "f1_macro", "f1_micro", "pearson", "spearman", "precision", "recall", "f1", "exact_match")
     return "  ".join(f"{k} {r[k]:.4f}" for k in keys if isinstance(r.get(k), float)) or "no validation set"
-
-
-def _jsonable(cfg: FinetuneConfig) -> dict:
-    return json.loads(json.dumps(asdict(cfg), default=str))
 
 
 def _bar(cfg: FinetuneConfig, total: int, initial: int, desc: str):
@@ -743,34 +755,6 @@ def _bar(cfg: FinetuneConfig, total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
 
 
-def plot_curves(metrics_path: Path, png: Path) -> str | None:
-    """Training loss per update and the validation score per epoch; None when matplotlib is not installed."""
-    try:
-        import matplotlib  # noqa: PLC0415
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
-        return None
-    rows = [json.loads(x) for x in Path(metrics_path).read_text().splitlines() if x.strip()]
-    steps = [r for r in rows if "loss" in r]
-    evals = [r for r in rows if "eval" in r and isinstance(r["eval"].get(r["eval"]["main"]), float)]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="training loss")
-    ax.set_xlabel("update")
-    ax.set_ylabel("loss")
-    if evals:
-        ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in evals], [r["eval"][r["eval"]["main"]] for r in evals], "o-", color="C1",
-                 label=f"validation {evals[0]['eval']['main']}")
-        ax2.set_ylabel(evals[0]["eval"]["main"])
-        ax2.legend(loc="upper right")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return str(png)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # command line
 
@@ -778,7 +762,11 @@ def plot_curves(metrics_path: Path, png: Path) -> str | None:
 def add_command(sub, name: str = "finetune", help: str = "fine-tune on a task"):
     p = sub.add_parser(name, help=help, description=__doc__.split("\n\n")[0],
                        epilog="example: minidistil finetune --task classification --model student --train "
-                              "reviews.csv --text-field review --label-field stars --out sentiment")
+                              "reviews.csv --text-field review --label-field stars --out sentiment. Output: OUT "
+                              "holds the best model (config.json, model.safetensors, tokenizer) and small logs "
+                              "(metrics.jsonl, training_curve.png, report.json); the training state (checkpoints, "
+                              "the last two kept) lives apart in OUT.training, which --resume reads. One run at a "
+                              "time per folder (a lock).")
     d = FinetuneConfig()
     p.add_argument("--task", required=True, choices=sorted(TASKS))
     p.add_argument("--model", required=True, help="checkpoint folder or name to start from")
@@ -798,28 +786,34 @@ def add_command(sub, name: str = "finetune", help: str = "fine-tune on a task"):
     p.add_argument("--choices-field", default=d.choices_field,
                    help="choice: a list field, or comma-separated columns such as ending0,ending1,ending2,ending3")
     p.add_argument("--context-field", help="choice: text put before the question")
-    p.add_argument("--tag-column", type=int, default=d.tag_column, help="conll (default: the last)")
+    p.add_argument("--tag-column", type=bounded(int), default=d.tag_column, help="conll: column number, -1 the last "
+                   "(default: the last)")
     p.add_argument("--on-error", choices=("skip", "fail"), default=d.on_error,
                    help="malformed rows: skip them (listed) or stop (default %(default)s)")
-    p.add_argument("--held-out", type=float, default=d.held_out,
+    T = FIELD_TYPES
+    p.add_argument("--held-out", type=T["held_out"], default=d.held_out,
                    help="share of --train held out for validation when there is no --validation (default %(default)s)")
-    from .cli import positive_int  # noqa: PLC0415
-    p.add_argument("--limit", type=positive_int, help="use N training examples (a sample chosen by --seed)")
-    p.add_argument("--eval-limit", type=int, help="evaluate on N validation examples (a fixed random sample)")
-    for flag, kind, help_ in (("max-length", int, "tokens"),
-                              ("stride", int, "qa window overlap, tokens; None: min(128, half of --max-length)"),
-                              ("max-answer-len", int, "qa, tokens"), ("epochs", int, ""), ("batch-size", int, ""),
-                              ("lr", float, "peak learning rate"), ("warmup", float, "warm-up share of updates"),
-                              ("weight-decay", float, ""), ("max-grad-norm", float, ""), ("seed", int, ""),
-                              ("alpha", float, "weight of the teacher term"),
-                              ("temperature", float, "distillation temperature"),
-                              ("checkpoint-every", int, "updates between checkpoints (0: per epoch)")):
+    p.add_argument("--limit", type=T["limit"], help="use N training examples (a sample chosen by --seed)")
+    p.add_argument("--eval-limit", type=T["eval_limit"],
+                   help="evaluate on N validation examples (a fixed random sample)")
+    for flag, help_ in (("max-length", "tokens"), ("stride", "qa window overlap, tokens; None: min(128, half of --max-length)"),
+                        ("max-answer-len", "qa, tokens"), ("epochs", ""), ("batch-size", ""),
+                        ("lr", "peak learning rate"), ("warmup", "warm-up share of updates, in [0, 1)"),
+                        ("weight-decay", ""), ("max-grad-norm", ""), ("seed", ""),
+                        ("alpha", "weight of the teacher term, in [0, 1]"),
+                        ("temperature", "distillation temperature"),
+                        ("checkpoint-every", "updates between checkpoints (0: per epoch)")):
         dest = flag.replace("-", "_")
-        p.add_argument(f"--{flag}", type=kind, default=getattr(d, dest), help=f"{help_} (default %(default)s)")
-    p.add_argument("--early-stopping", type=int, help="stop after N epochs without improvement")
+        p.add_argument(f"--{flag}", type=T[dest], default=getattr(d, dest), help=f"{help_} (default %(default)s)")
+    p.add_argument("--early-stopping", type=T["early_stopping"], help="stop after N epochs without improvement")
     p.add_argument("--teacher", help="a checkpoint fine-tuned on the same task: task-level distillation")
-    p.add_argument("--stop-after", type=int, help="end after N updates in all (continue later with --resume)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--stop-after", type=T["stop_after"],
+                   help="end after N updates in all (continue later with --resume)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in OUT from its newest sound checkpoint in OUT.training")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start again in an OUT that holds a run (its checkpoints and logs are deleted)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
                    help="cuda: model, teacher and optimiser on the GPU (numba.cuda kernels; default %(default)s)")

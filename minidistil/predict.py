@@ -171,20 +171,20 @@ def evaluate(model, data, *, task: str | None = None, held_out: float | None = N
 
 
 def add_command(sub, name: str = "predict", help: str = "predict with a fine-tuned checkpoint"):
-    from .cli import _model_args, _text_args  # noqa: PLC0415
+    from .cli import COUNT, POSITIVE_INT, _model_args, _text_args, bounded  # noqa: PLC0415
     p = sub.add_parser(name, help=help, description=__doc__.split("\n\n")[0],
                        epilog="The task comes from the checkpoint's head. Inputs: arguments, --file or stdin.")
     _text_args(p)
     _model_args(p)
-    p.add_argument("--top-k", type=int, default=1, help="classification: labels per text (0: all); qa: answers "
+    p.add_argument("--top-k", type=COUNT, default=1, help="classification: labels per text (0: all); qa: answers "
                    "per question")
     p.add_argument("--pair-sep", help="classification: split each input into a sentence pair at this string")
     p.add_argument("--context", help="qa: the passage (or @file) every question is about")
     p.add_argument("--choices", help="choice: the choices of every question, separated by '|'")
-    p.add_argument("--max-length", type=int, help="tokens per sequence / window")
-    p.add_argument("--stride", type=int, help="qa: tokens shared by consecutive windows (default "
+    p.add_argument("--max-length", type=bounded(int, 3), help="tokens per sequence / window")
+    p.add_argument("--stride", type=COUNT, help="qa: tokens shared by consecutive windows (default "
                    f"{QA.DEFAULTS['doc_stride']}, at most half a window, as `minidistil qa --doc-stride`)")
-    p.add_argument("--max-answer-len", type=int, default=QA.DEFAULTS["max_answer_len"],
+    p.add_argument("--max-answer-len", type=POSITIVE_INT, default=QA.DEFAULTS["max_answer_len"],
                    help="qa: tokens (default %(default)s)")
     p.set_defaults(run=run_cli)
     return p
@@ -235,7 +235,7 @@ def run_cli(args) -> int:
 
 
 def add_evaluate_command(sub, name: str = "evaluate", help: str = "metrics of a saved model on a labelled file"):
-    from .cli import _model_args, positive_int  # noqa: PLC0415
+    from .cli import COUNT, POSITIVE_INT, SHARE, _model_args, bounded  # noqa: PLC0415
     from .finetune import FORMATS, FinetuneConfig  # noqa: PLC0415
     d = FinetuneConfig()
     p = sub.add_parser(name, help=help, description="The metrics of a saved model on a labelled file, computed as "
@@ -248,10 +248,10 @@ def add_evaluate_command(sub, name: str = "evaluate", help: str = "metrics of a 
                    "IMDb folder; resource:NAME for a file shipped with minidistil")
     p.add_argument("--task", choices=["classification", "multilabel", "regression", "token", "qa", "choice",
                                       "similarity"], help="default: from the checkpoint's head")
-    p.add_argument("--held-out", type=float, help="evaluate only the share of --data that `finetune --held-out` "
+    p.add_argument("--held-out", type=SHARE, help="evaluate only the share of --data that `finetune --held-out` "
                    "held out (give the run's --seed and --limit too)")
-    p.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
-    p.add_argument("--limit", type=positive_int, help="as the fine-tuning run's --limit")
+    p.add_argument("--seed", type=COUNT, default=d.seed, help="(default %(default)s)")
+    p.add_argument("--limit", type=POSITIVE_INT, help="as the fine-tuning run's --limit")
     p.add_argument("--data-format", choices=FORMATS, help="default: from the file suffix and the task")
     p.add_argument("--text-field", default=d.text_field, help="(default %(default)s)")
     p.add_argument("--text-pair-field", help="second text of a sentence pair")
@@ -261,12 +261,12 @@ def add_evaluate_command(sub, name: str = "evaluate", help: str = "metrics of a 
     p.add_argument("--question-field", default=d.question_field, help="choice (default %(default)s)")
     p.add_argument("--choices-field", default=d.choices_field, help="choice: a list field, or comma-separated columns")
     p.add_argument("--context-field", help="choice: text put before the question")
-    p.add_argument("--tag-column", type=int, default=d.tag_column, help="conll (default: the last)")
+    p.add_argument("--tag-column", type=bounded(int), default=d.tag_column, help="conll (default: the last)")
     p.add_argument("--on-error", choices=("skip", "fail"), default=d.on_error, help="malformed rows (default "
                    "%(default)s)")
-    p.add_argument("--max-length", type=positive_int, default=d.max_length, help="tokens (default %(default)s)")
-    p.add_argument("--stride", type=int, help="qa: tokens shared by consecutive windows")
-    p.add_argument("--max-answer-len", type=positive_int, default=d.max_answer_len, help="qa: tokens (default "
+    p.add_argument("--max-length", type=POSITIVE_INT, default=d.max_length, help="tokens (default %(default)s)")
+    p.add_argument("--stride", type=COUNT, help="qa: tokens shared by consecutive windows")
+    p.add_argument("--max-answer-len", type=POSITIVE_INT, default=d.max_answer_len, help="qa: tokens (default "
                    "%(default)s)")
     p.set_defaults(run=run_evaluate)
     return p

@@ -99,7 +99,9 @@ def test_classification_from_a_distilled_student(base, tmp_path, capsys):
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert sum("eval" in r for r in rows) == 6 and sum("loss" in r for r in rows) == report["updates"]
     out = tmp_path / "out"
-    assert (out / "model.safetensors").is_file() and (out / "checkpoint.npz").is_file()
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.npz"))       # no training state here
+    assert sorted(p.name for p in (tmp_path / "out.training").iterdir()) == ["checkpoint-00000075.npz",
+                                                                          "checkpoint-00000090.npz"]  # the last two
     assert (out / "training_curve.png").is_file() and json.loads((out / "report.json").read_text())["finished"]
     model = from_pretrained(out)                                                       # the saved best model
     assert type(model).__name__ == "DistilBertForSequenceClassification"
@@ -246,8 +248,8 @@ def test_resume_gives_the_uninterrupted_weights(base, tmp_path):
     assert not part["finished"] and part["updates"] == 7                 # stopped mid-epoch 2 (5 batches per epoch)
     rest = finetune("classification", str(base), str(train), str(tmp_path / "b"), resume=True, **kw)
     assert rest["updates"] == whole["updates"] == 10
-    a = np.load(tmp_path / "a" / "checkpoint.npz")
-    b = np.load(tmp_path / "b" / "checkpoint.npz")
+    a = np.load(tmp_path / "a.training" / "checkpoint-00000010.npz")
+    b = np.load(tmp_path / "b.training" / "checkpoint-00000010.npz")
     for k in a.files:
         if k != "meta":
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -424,7 +424,7 @@ def _csv(path, rows):
 @pytest.mark.cuda
 def test_two_finetuning_steps_on_device_equal_cpu(tmp_path, monkeypatch):
     """`finetune(device=...)` itself: 2 updates (B = 2, dropout on, clipping, AdamW) of a classification head on a
-    student checkpoint, stopped before the epoch's end (stop_after), so its checkpoint.npz holds the weights and
+    student checkpoint, stopped before the epoch's end (stop_after), so its checkpoint holds the weights and
     AdamW's moments after exactly those updates and metrics.jsonl their losses and gradient norms."""
     import functools
     import json
@@ -445,7 +445,7 @@ def test_two_finetuning_steps_on_device_equal_cpu(tmp_path, monkeypatch):
                     batch_size=2, lr=lr, warmup=0.0, max_grad_norm=clip, max_length=6, stop_after=steps,
                     progress=False)
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        return rows, ckpt.load_checkpoint(out / "checkpoint.npz")
+        return rows, ckpt.load_checkpoint(tmp_path / f"{device}.training" / f"checkpoint-{steps:08d}.npz")
 
     cpu_rows, cpu = run("cpu")
     gpu_rows, gpu = run("cuda")

@@ -72,7 +72,8 @@ corpus = OUT / "08_corpus.jsonl"                 # a small corpus: Python's help
 corpus.write_text("".join(json.dumps({"text": d.text}) + "\n" for d in D.pydoc_topics()), encoding="utf-8")
 student_dir = OUT / "08_student"
 dist = distill(folder, student_dir, layer_map=[0, 2, 4], corpus=[str(corpus)], steps=12, max_len=32, batch_size=8,
-               lr=5e-4, checkpoint_every=0, evaluate=False, progress=False)
+               lr=5e-4, checkpoint_every=0, evaluate=False, progress=False,
+               overwrite=True)                  # running the chapter again into the same folder starts again
 student_cfg = json.loads((student_dir / "config.json").read_text())
 print(f"student: {student_cfg['n_layers']} layers of width {student_cfg['dim']}, {dist['steps']} distillation "
       f"updates in {dist['train_seconds']} s")
@@ -92,7 +93,7 @@ assert student_cfg["n_layers"] == 3 and dist["steps"] == 12 and (student_dir / "
 # %%
 cfg = FT.FinetuneConfig(task="classification", model=str(student_dir), train="resource:sentiment_small.tsv",
                         out_dir=str(OUT / "08_sentiment"), text_field="sentence", label_field="label",
-                        held_out=0.25, max_length=32, epochs=5, batch_size=16, lr=3e-4, seed=0)
+                        held_out=0.25, max_length=32, epochs=5, batch_size=16, lr=3e-4, seed=0, overwrite=True)
 train_ex, val_ex, skipped = FT.load_data(FT.FinetuneConfig(**vars(cfg)))     # a copy: load_data fills in the path
 for e in train_ex[:3]:
     print(f"{e.label}  {e.text}")
@@ -116,7 +117,7 @@ assert min(count["held out"].values()) >= 15                       # both classe
 # s_out = forward(model_, b)              # forward: logits (B, K) and the cross-entropy loss, s_out.loss
 # loss.backward()                         # backward over the autograd tape (chapter 04)
 # norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)   # rescale when the global norm exceeds 1.0
-# lr = sched(state["step"])               # linear warm-up (10% of the updates), then linear decay to 0
+# lr = sched(state.step)                  # linear warm-up (10% of the updates), then linear decay to 0
 # opt.step(lr=lr)                         # AdamW (minidistil.optim), weight decay 0.01
 # opt.zero_grad()
 # ```
@@ -129,7 +130,7 @@ import inspect
 
 source = inspect.getsource(FT.finetune)
 step_lines = ["b = batch(tr, idx)", "s_out = forward(model_, b)", "loss.backward()",
-              "clip_grad_norm(opt.parameters(), cfg.max_grad_norm)", 'lr = sched(state["step"])',
+              "clip_grad_norm(opt.parameters(), cfg.max_grad_norm)", "lr = sched(state.step)",
               "opt.step(lr=lr)", "opt.zero_grad()",
               "r = evaluate(cfg.task, model_, val_ex, va, names, cfg", "save_pretrained(model_, out"]
 positions = [source.find(line) for line in step_lines]
@@ -285,7 +286,8 @@ print(command)
 args = build_parser().parse_args(command.split()[1:])
 fields = {k: v for k, v in vars(args).items() if k in FT.FinetuneConfig.__dataclass_fields__}
 parsed = FT.FinetuneConfig(**fields)
-ours = FT.FinetuneConfig(**{**vars(cfg), "model": "student", "out_dir": "sentiment", "progress": True})
+ours = FT.FinetuneConfig(**{**vars(cfg), "model": "student", "out_dir": "sentiment", "progress": True,
+                            "overwrite": False})
 print("same config as the run above:", parsed == ours)
 imdb = build_parser().parse_args("finetune --task classification --model student --train aclImdb --text-field text "
                                  "--max-length 256 --epochs 2 --lr 5e-5 --out imdb".split())
