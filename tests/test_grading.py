@@ -11,7 +11,9 @@ answers (tests/exercise_answers/).
   failing answer, 0 on a passing one, --list).
 """
 import argparse
+import importlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +68,20 @@ def test_every_exercise_has_a_stub_and_a_reference_answer():
         assert (ANSWERS / f"{name}.py").is_file(), name
     # every exercise has at least one buggy answer tested below
     assert {b.split("__")[0] for b, _ in BUGGY} == set(grading.EXERCISES)
+
+
+@pytest.mark.parametrize("exercise", [n for n in grading.EXERCISES if n != "autograd_ops"])
+def test_stub_names_a_reference_that_exists(exercise):
+    """The docstring's "Reference" names a module of minidistil.kernels, its *_ref functions, and a command that
+    prints the module's file (the same in a checkout and in an installed package)."""
+    doc = (STUBS / f"{exercise}.py").read_text(encoding="utf-8")
+    ref = doc[doc.index("Reference, to read once you are done:"):]
+    module = re.search(r"in the module (minidistil\.kernels\.\w+)", ref).group(1)
+    mod = importlib.import_module(module)
+    functions = re.findall(r"\b(\w+_ref)\b", ref.split(" in the module ")[0])
+    assert functions and all(callable(getattr(mod, f, None)) for f in functions), (module, functions)
+    command = re.search(r'python -c "(.*)"', ref).group(1)
+    assert command == f"import {module} as m; print(m.__file__)"
 
 
 @pytest.mark.parametrize("exercise", list(grading.EXERCISES))
