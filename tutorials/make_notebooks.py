@@ -5,14 +5,91 @@
 
 The .py files are the source of truth: edit them, then regenerate. The notebooks are written without outputs
 (run them in Jupyter or Colab). Needs `pip install jupytext`.
+
+Every chapter's first code cell is the same Colab set-up cell, written here (COLAB_CELL) with the version and the
+repository URL read from pyproject.toml: this script puts it into each chapter (.py) before writing the notebooks,
+and --check reports a chapter whose copy differs.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+PYPROJECT = HERE.parent / "pyproject.toml"
+
+COLAB_MARKER = "# Set-up for Colab, the same in every chapter"
+# The first code cell of every chapter. Outside Colab it only checks that minidistil can be imported; in Colab it
+# installs minidistil (the index's release of this version, else the repository) and says whether the runtime must
+# restart: when pip replaced a package the runtime had already imported, the old one stays loaded until a restart.
+COLAB_CELL = """\
+# %%
+{marker} (written by tutorials/make_notebooks.py). In a checkout or after
+# `pip install minidistil` it does nothing; in Colab it installs minidistil and says whether to restart the runtime.
+import importlib.metadata
+import importlib.util
+import sys
+
+MINIDISTIL = {{"version": "{version}", "repository": "{repository}"}}
+if importlib.util.find_spec("minidistil") is None and "google.colab" not in sys.modules:
+    raise ModuleNotFoundError("minidistil is not installed for this kernel's Python: run `pip install -e .` in the "
+                              "repository's folder (see tutorials/README.md), then restart the kernel")
+if importlib.util.find_spec("minidistil") is None:
+    import os
+    import subprocess
+
+    def _version(dist):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    MODULE_OF = {{"numpy": "numpy", "numba": "numba", "numba-cuda": "numba", "scipy": "scipy",
+                 "tokenizers": "tokenizers", "safetensors": "safetensors", "tqdm": "tqdm"}}
+    before = {{d: _version(d) for d in MODULE_OF}}
+    extra = "[gpu]" if os.path.exists("/dev/nvidiactl") else ""        # a GPU runtime: numba-cuda as well
+    for spec in (f"minidistil{{extra}}=={{MINIDISTIL['version']}}",           # the package index, once published there
+                 f"minidistil{{extra}} @ git+{{MINIDISTIL['repository']}}"):  # else the repository
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], capture_output=True, text=True)
+        if pip.returncode == 0:
+            break
+    else:
+        raise RuntimeError(f"pip could not install minidistil:\\n{{pip.stderr[-3000:]}}")
+    importlib.invalidate_caches()
+    stale = sorted({{MODULE_OF[d] for d in MODULE_OF if _version(d) != before[d] and MODULE_OF[d] in sys.modules}})
+    print(f"installed minidistil {{importlib.metadata.version('minidistil')}} with: pip install '{{spec}}'")
+    if stale:
+        raise RuntimeError(f"restart needed: pip replaced {{', '.join(stale)}}, already imported by this runtime. "
+                           "Runtime > Restart session, then run the notebook again (this cell will do nothing).")
+    print("no restart needed")
+
+"""
+
+
+def project_metadata(pyproject: Path = PYPROJECT) -> dict[str, str]:
+    """The project's version and repository URL, read from pyproject.toml (the one place that names them)."""
+    text = pyproject.read_text(encoding="utf-8")
+    version = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+    repository = re.search(r'^Repository\s*=\s*"([^"]+)"', text, re.M)
+    if not (version and repository):
+        sys.exit(f"make_notebooks: {pyproject} has no version or no [project.urls] Repository")
+    return {"version": version.group(1), "repository": repository.group(1)}
+
+
+def colab_cell() -> str:
+    return COLAB_CELL.format(marker=COLAB_MARKER, **project_metadata())
+
+
+def with_colab_cell(text: str) -> str:
+    """The chapter source `text` with its first code cell replaced by (or preceded with) the Colab set-up cell."""
+    lines = text.splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if line.rstrip("\n") == "# %%")
+    end = first
+    if first + 1 < len(lines) and lines[first + 1].startswith(COLAB_MARKER):
+        end = next((i for i in range(first + 1, len(lines)) if lines[i].startswith("# %%")), len(lines))
+    return "".join(lines[:first]) + colab_cell() + "".join(lines[end:])
 
 
 def chapters(folder: Path = HERE) -> list[Path]:
@@ -41,15 +118,19 @@ def notebook_for(py: Path):
 
 
 def out_of_date(py: Path) -> str | None:
-    """None when py's notebook exists and has the same cells, else the reason."""
+    """None when py carries the current Colab cell and its notebook exists and has the same cells, else the
+    reason."""
     import nbformat  # noqa: PLC0415 (a jupytext dependency)
+    text = py.read_text(encoding="utf-8")
+    if with_colab_cell(text) != text:
+        return f"{py.name}: its Colab set-up cell is missing or out of date"
     ipynb = py.with_suffix(".ipynb")
     if not ipynb.is_file():
         return f"{ipynb.name} is missing"
     want = cells(notebook_for(py))
     have = cells(nbformat.read(ipynb, as_version=4))
     if want != have:
-        n = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
+        n = next((i for i, (a, b) in enumerate(zip(want, have, strict=False)) if a != b), min(len(want), len(have)))
         return f"{ipynb.name} differs from {py.name} at cell {n} ({len(have)} cells vs {len(want)})"
     return None
 
@@ -67,6 +148,10 @@ def main(argv=None) -> int:
                 print("out of date:", why)
                 bad += 1
             continue
+        text = py.read_text(encoding="utf-8")
+        if with_colab_cell(text) != text:
+            py.write_text(with_colab_cell(text), encoding="utf-8")
+            print("wrote the Colab set-up cell into", py.name)
         if out_of_date(py) is None:  # rewriting would only churn the random cell ids
             continue
         jupytext.write(notebook_for(py), py.with_suffix(".ipynb"), fmt="ipynb")
