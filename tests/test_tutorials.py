@@ -103,12 +103,9 @@ def run_notebook(ipynb: Path, out_dir: Path, cwd: Path = TUTORIALS):
     nbclient = oracle("nbclient")
     oracle("ipykernel")
     nb = nbformat.read(ipynb, as_version=4)
-    os.environ["MINIDISTIL_TUTORIAL_OUT"] = str(out_dir)       # the kernel inherits this process's environment
-    try:
-        nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, startup_timeout=120, kernel_name="python3",
-                                resources={"metadata": {"path": str(cwd)}}).execute()
-    finally:
-        del os.environ["MINIDISTIL_TUTORIAL_OUT"]
+    env = dict(os.environ, MINIDISTIL_TUTORIAL_OUT=str(out_dir))    # the kernel's environment
+    nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, startup_timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd)}}).execute(env=env)
     return nb
 
 
@@ -227,3 +224,44 @@ def test_colab_cell_asks_for_a_restart_when_pip_replaced_an_imported_package(mon
     import numpy  # noqa: F401 (imported, as in a Colab runtime)
     with pytest.raises(RuntimeError, match="restart needed: pip replaced numpy"):
         _exec_colab_cell(monkeypatch, colab=True, installed=False, pip=_FakePip([0], upgrades={"numpy"}))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the figures: one command redraws them, the README shows them
+
+
+def _make_figures():
+    spec = importlib.util.spec_from_file_location("make_figures", TUTORIALS / "make_figures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_shows_a_thumbnail_of_each_chapters_figure():
+    readme = (TUTORIALS / "README.md").read_text(encoding="utf-8")
+    for chapter in CHAPTERS:
+        names = re.findall(r'savefig\(OUT / "([^"]+\.png)"', chapter.read_text(encoding="utf-8"))
+        assert names, f"{chapter.name} saves no figure into OUT"
+        if chapter.name[:2] == "10":      # drawn only on a real GPU
+            continue
+        for name in names:
+            thumb = TUTORIALS / "figures" / name
+            assert f"(figures/{name})" in readme, f"tutorials/README.md shows no thumbnail of {name}"
+            assert thumb.is_file() and thumb.stat().st_size < 100_000, thumb
+
+
+def test_make_figures_redraws_a_chapter_with_its_thumbnail(tmp_path, monkeypatch, capsys):
+    mk = _make_figures()
+    if not os.path.exists("/dev/nvidiactl"):
+        monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    assert mk.main([str(tmp_path / "figs"), "--chapters", "04", "--thumbnails", str(tmp_path / "thumbs")]) == 0
+    figures = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert figures == re.findall(r'savefig\(OUT / "([^"]+\.png)"', (TUTORIALS / "04_autograd.py").read_text())
+    thumb = tmp_path / "thumbs" / figures[0]
+    from PIL import Image
+    with Image.open(thumb) as im:
+        assert im.width <= mk.THUMB_WIDTH
+    assert thumb.stat().st_size < (tmp_path / "figs" / figures[0]).stat().st_size
+    assert "04_autograd.py" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="the chapters are 00"):
+        mk.main([str(tmp_path / "figs"), "--chapters", "99"])

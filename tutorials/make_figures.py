@@ -6,7 +6,7 @@
 
 Each chapter runs as a script (`python NN_name.py`, in this folder, matplotlib's Agg backend) with
 MINIDISTIL_TUTORIAL_OUT=OUTDIR, where it saves its figures as NN_*.png. --thumbnails also writes a small copy of each
-figure (at most 480 pixels wide, 64 colours) into the given folder: the pictures tutorials/README.md shows.
+figure (at most 640 pixels wide, 128 colours) into the given folder: the pictures tutorials/README.md shows.
 Chapter 10 draws its figure only on a real GPU (on the CUDA simulator its timings would mean nothing).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-THUMB_WIDTH = 480
+THUMB_WIDTH = 640
 
 
 def chapters(folder: Path = HERE) -> list[Path]:
@@ -40,7 +40,7 @@ def run_chapter(py: Path, out: Path, timeout: float = 1800) -> list[Path]:
 
 
 def thumbnail(png: Path, dest: Path, width: int = THUMB_WIDTH) -> Path:
-    """A small copy of png in the folder dest: at most `width` pixels wide, 64 colours (a few tens of KB)."""
+    """A small copy of png in the folder dest: at most `width` pixels wide, 128 colours (a few tens of KB)."""
     from PIL import Image  # a dependency of matplotlib
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,7 @@ def thumbnail(png: Path, dest: Path, width: int = THUMB_WIDTH) -> Path:
         im = im.convert("RGB")
         if im.width > width:
             im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
-        im = im.quantize(colors=64, method=Image.Quantize.MEDIANCUT)
+        im = im.quantize(colors=128, method=Image.Quantize.MEDIANCUT)
         path = dest / png.name
         im.save(path, optimize=True)
     return path
