@@ -71,14 +71,18 @@ def test_sync_check_detects_a_stale_notebook(tmp_path):
     jupytext = oracle("jupytext")
     mk = _make_notebooks()
     src = tmp_path / "00_demo.py"
-    bare = "# %% [markdown]\n# # Demo\n\n# %%\nx = 1\nassert x == 1\n"
-    src.write_text(bare, encoding="utf-8")
-    assert "Colab set-up cell is missing" in mk.out_of_date(src)
-    src.write_text(mk.with_colab_cell(bare), encoding="utf-8")
-    assert mk.with_colab_cell(src.read_text(encoding="utf-8")) == src.read_text(encoding="utf-8")   # idempotent
+    src.write_text("# %% [markdown]\n# # Demo\n\n# %%\nx = 1\nassert x == 1\n", encoding="utf-8")
     jupytext.write(mk.notebook_for(src), src.with_suffix(".ipynb"), fmt="ipynb")
     assert mk.out_of_date(src) is None
-    src.write_text(mk.with_colab_cell(bare.replace("1", "2")), encoding="utf-8")
+    # the notebook: the markdown cell, the Colab cell, then the chapter's code
+    assert [c[0] for c in mk.cells(mk.notebook_for(src))] == ["markdown", "code", "code"]
+    assert mk.cells(mk.notebook_for(src))[1][1] == mk.colab_cell().removeprefix("# %%\n").strip()
+    # a chapter that a notebook editor synced the Colab cell into gives the same notebook
+    synced = mk.with_colab_cell(src.read_text(encoding="utf-8"))
+    assert mk.with_colab_cell(synced) == synced
+    src.write_text(synced, encoding="utf-8")
+    assert mk.out_of_date(src) is None
+    src.write_text("# %% [markdown]\n# # Demo\n\n# %%\nx = 2\nassert x == 2\n", encoding="utf-8")
     assert "differs" in mk.out_of_date(src)
     src.with_suffix(".ipynb").unlink()
     assert "missing" in mk.out_of_date(src)

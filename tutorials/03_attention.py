@@ -22,46 +22,6 @@
 # `transformers` does (`masked_fill(torch.finfo.min)`).
 
 # %%
-# Set-up for Colab, the same in every chapter (written by tutorials/make_notebooks.py). In a checkout or after
-# `pip install minidistil` it does nothing; in Colab it installs minidistil and says whether to restart the runtime.
-import importlib.metadata
-import importlib.util
-import sys
-
-MINIDISTIL = {"version": "0.1.0", "repository": "https://github.com/minidistil/minidistil"}
-if importlib.util.find_spec("minidistil") is None and "google.colab" not in sys.modules:
-    raise ModuleNotFoundError("minidistil is not installed for this kernel's Python: run `pip install -e .` in the "
-                              "repository's folder (see tutorials/README.md), then restart the kernel")
-if importlib.util.find_spec("minidistil") is None:
-    import os
-    import subprocess
-
-    def _version(dist):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    MODULE_OF = {"numpy": "numpy", "numba": "numba", "numba-cuda": "numba", "scipy": "scipy",
-                 "tokenizers": "tokenizers", "safetensors": "safetensors", "tqdm": "tqdm"}
-    before = {d: _version(d) for d in MODULE_OF}
-    extra = "[gpu]" if os.path.exists("/dev/nvidiactl") else ""        # a GPU runtime: numba-cuda as well
-    for spec in (f"minidistil{extra}=={MINIDISTIL['version']}",           # the package index, once published there
-                 f"minidistil{extra} @ git+{MINIDISTIL['repository']}"):  # else the repository
-        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], capture_output=True, text=True)
-        if pip.returncode == 0:
-            break
-    else:
-        raise RuntimeError(f"pip could not install minidistil:\n{pip.stderr[-3000:]}")
-    importlib.invalidate_caches()
-    stale = sorted({MODULE_OF[d] for d in MODULE_OF if _version(d) != before[d] and MODULE_OF[d] in sys.modules})
-    print(f"installed minidistil {importlib.metadata.version('minidistil')} with: pip install '{spec}'")
-    if stale:
-        raise RuntimeError(f"restart needed: pip replaced {', '.join(stale)}, already imported by this runtime. "
-                           "Runtime > Restart session, then run the notebook again (this cell will do nothing).")
-    print("no restart needed")
-
-# %%
 # Setup shared by every chapter.
 import os
 import sys

@@ -6,9 +6,9 @@
 The .py files are the source of truth: edit them, then regenerate. The notebooks are written without outputs
 (run them in Jupyter or Colab). Needs `pip install jupytext`.
 
-Every chapter's first code cell is the same Colab set-up cell, written here (COLAB_CELL) with the version and the
-repository URL read from pyproject.toml: this script puts it into each chapter (.py) before writing the notebooks,
-and --check reports a chapter whose copy differs.
+Every notebook's first code cell is the same Colab set-up cell, written here (COLAB_CELL) with the version and the
+repository URL read from pyproject.toml. The chapters (.py) do not carry it: they run in a checkout, where it has
+nothing to do; the notebooks get it when they are written, and --check reports a notebook whose copy differs.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PYPROJECT = HERE.parent / "pyproject.toml"
 
-COLAB_MARKER = "# Set-up for Colab, the same in every chapter"
-# The first code cell of every chapter. Outside Colab it only checks that minidistil can be imported; in Colab it
+COLAB_MARKER = "# Set-up for Colab, the same in every notebook"
+# The first code cell of every notebook. Outside Colab it only checks that minidistil can be imported; in Colab it
 # installs minidistil (the index's release of this version, else the repository) and says whether the runtime must
 # restart: when pip replaced a package the runtime had already imported, the old one stays loaded until a restart.
 COLAB_CELL = """\
@@ -83,7 +83,8 @@ def colab_cell() -> str:
 
 
 def with_colab_cell(text: str) -> str:
-    """The chapter source `text` with its first code cell replaced by (or preceded with) the Colab set-up cell."""
+    """The chapter source `text` with the Colab set-up cell as its first code cell (inserted; or replaced, when a
+    notebook editor synced it into the chapter)."""
     lines = text.splitlines(keepends=True)
     first = next(i for i, line in enumerate(lines) if line.rstrip("\n") == "# %%")
     end = first
@@ -111,19 +112,17 @@ def cells(nb) -> list[tuple[str, str]]:
 
 
 def notebook_for(py: Path):
+    """The notebook of chapter py: its cells, after the Colab set-up cell."""
     jupytext = _jupytext()
-    nb = jupytext.read(py, fmt="py:percent")
+    nb = jupytext.reads(with_colab_cell(py.read_text(encoding="utf-8")), fmt="py:percent")
     nb.metadata.setdefault("kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"})
     return nb
 
 
 def out_of_date(py: Path) -> str | None:
-    """None when py carries the current Colab cell and its notebook exists and has the same cells, else the
+    """None when py's notebook exists and has the same cells (the Colab cell, then the chapter's), else the
     reason."""
     import nbformat  # noqa: PLC0415 (a jupytext dependency)
-    text = py.read_text(encoding="utf-8")
-    if with_colab_cell(text) != text:
-        return f"{py.name}: its Colab set-up cell is missing or out of date"
     ipynb = py.with_suffix(".ipynb")
     if not ipynb.is_file():
         return f"{ipynb.name} is missing"
@@ -148,10 +147,6 @@ def main(argv=None) -> int:
                 print("out of date:", why)
                 bad += 1
             continue
-        text = py.read_text(encoding="utf-8")
-        if with_colab_cell(text) != text:
-            py.write_text(with_colab_cell(text), encoding="utf-8")
-            print("wrote the Colab set-up cell into", py.name)
         if out_of_date(py) is None:  # rewriting would only churn the random cell ids
             continue
         jupytext.write(notebook_for(py), py.with_suffix(".ipynb"), fmt="ipynb")
