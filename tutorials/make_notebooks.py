@@ -33,10 +33,12 @@ import importlib.util
 import sys
 
 MINIDISTIL = {{"version": "{version}", "repository": "{repository}"}}
-if importlib.util.find_spec("minidistil") is None and "google.colab" not in sys.modules:
+found = importlib.util.find_spec("minidistil")
+installed = found is not None and found.origin is not None           # not a bare folder that pip uninstall left
+if not installed and "google.colab" not in sys.modules:
     raise ModuleNotFoundError("minidistil is not installed for this kernel's Python: run `pip install -e .` in the "
                               "repository's folder (see tutorials/README.md), then restart the kernel")
-if importlib.util.find_spec("minidistil") is None:
+if not installed:
     import os
     import subprocess
 
