@@ -52,7 +52,8 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("predict", "minidistil.predict", "add_command", "predict with a fine-tuned checkpoint"),
     ("evaluate", "minidistil.predict", "add_evaluate_command", "metrics of a saved model on a labelled file"),
     ("bench", "minidistil.bench", "add_command", "time minidistil beside PyTorch and ONNX Runtime"),
-    ("grade", "minidistil.grading", "add_command", "grade an exercise answer (tutorials/exercises)"),
+    ("grade", "minidistil.grading.cli", "add_command", "grade an exercise answer (tutorials/exercises)"),
+    ("exercises", "minidistil.grading.stubs", "add_command", "copy the exercise stubs into a folder of your own"),
 ]
 
 

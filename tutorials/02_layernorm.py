@@ -22,7 +22,7 @@
 # BERT uses $\varepsilon = 10^{-12}$ *inside* the square root and the biased variance (divide by $C$).
 
 # %%
-# Setup shared by every chapter (in Colab: `!pip install -e /path/to/minidistil` first, then restart).
+# Setup shared by every chapter.
 import os
 import sys
 import tempfile

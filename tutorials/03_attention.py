@@ -22,7 +22,7 @@
 # `transformers` does (`masked_fill(torch.finfo.min)`).
 
 # %%
-# Setup shared by every chapter (in Colab: `!pip install -e /path/to/minidistil` first, then restart).
+# Setup shared by every chapter.
 import os
 import sys
 import tempfile

@@ -25,7 +25,7 @@
 # `.attention`, `.layer_norm`, ...), each backed by the kernel pairs of the earlier chapters.
 
 # %%
-# Setup shared by every chapter (in Colab: `!pip install -e /path/to/minidistil` first, then restart).
+# Setup shared by every chapter.
 import os
 import sys
 import tempfile

@@ -25,7 +25,7 @@
 # Here we write the same algorithm in plain Python and check that both agree.
 
 # %%
-# Setup shared by every chapter (in Colab: `!pip install -e /path/to/minidistil` first, then restart).
+# Setup shared by every chapter.
 import os
 import re
 import sys

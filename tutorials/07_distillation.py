@@ -27,7 +27,7 @@
 # pair (`kernels/distill_kl.py`, `cross_entropy.py`, `cosine.py`).
 
 # %%
-# Setup shared by every chapter (in Colab: `!pip install -e /path/to/minidistil` first, then restart).
+# Setup shared by every chapter.
 import os
 import sys
 import tempfile

@@ -26,7 +26,7 @@
 # It ends with the shell commands that do the same, and the one for IMDb.
 
 # %%
-# Setup shared by every chapter (in Colab: `!pip install -e /path/to/minidistil` first, then restart).
+# Setup shared by every chapter.
 import json
 import os
 import sys

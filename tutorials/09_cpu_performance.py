@@ -30,7 +30,7 @@
 # the scheduler's time slice (often ~10 ms): run the chapter on an idle machine to see the real ratios.
 
 # %%
-# Setup shared by every chapter (in Colab: `!pip install -e /path/to/minidistil` first, then restart).
+# Setup shared by every chapter.
 import os
 import sys
 import tempfile

@@ -13,7 +13,8 @@ Update param, m and v IN PLACE (param -= ..., m[...] = ...); `param = ...` only 
 caller never sees it. Do not modify grad. Return nothing.
 
 Shapes: param, grad, m, v all the same shape. Dtype rule: they stay float32 (in-place updates keep the dtype).
-Reference: minidistil/kernels/adamw.py (adamw_step_ref).
+Reference, to read once you are done: adamw_step_ref in the module minidistil.kernels.adamw; open its file with
+    python -c "import minidistil.kernels.adamw as m; print(m.__file__)"
 """
 import numpy as np  # noqa: F401 (for your answer)
 

@@ -16,7 +16,9 @@ Given dout = dL/dout (B, T, C), return (dq, dk, dv), each (B, T, C). Go line by 
 
 Shapes: dout, q, k, v (B, T, C); mask (B, T) int; probs (B, H, T, T); n_heads = H (an int).
 Dtype rule: float32 in, float32 out (and float64 in, float64 out for the finite-difference check).
-Reference: minidistil/kernels/attention.py (attention_backward_ref).
+Reference, to read once you are done: attention_backward_ref
+in the module minidistil.kernels.attention; open its file with
+    python -c "import minidistil.kernels.attention as m; print(m.__file__)"
 """
 import numpy as np  # noqa: F401 (for your answer)
 

@@ -1,4 +1,4 @@
-"""Exercise: cross-entropy with ignore_index, the loss and its gradient.   Grade it:  minidistil grade cross_entropy FILE
+"""Exercise: cross-entropy with ignore_index, the loss and its gradient.  Grade it: minidistil grade cross_entropy FILE
 
 For logits x (N, V) and integer targets t (N,), rows whose target equals ignore_index (-100: the positions a masked
 language model does not predict) do not count:
@@ -14,7 +14,9 @@ rows get zeros; do not forget the 1/n of the mean; all zeros when n = 0.
 
 Shapes: x (N, V), t (N,) int64. Dtype rule: the gradient is float32 for float32 logits (float64 for float64).
 Careful: x[i, -100] is a valid NumPy index when V >= 100 (it counts from the end): skip ignored rows explicitly.
-Reference: minidistil/kernels/cross_entropy.py (cross_entropy_forward_ref / cross_entropy_backward_ref).
+Reference, to read once you are done: cross_entropy_forward_ref / cross_entropy_backward_ref
+in the module minidistil.kernels.cross_entropy; open its file with
+    python -c "import minidistil.kernels.cross_entropy as m; print(m.__file__)"
 """
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""Exercise: DistilBERT's distillation loss, the temperature-scaled KL divergence.   Grade it:  minidistil grade distill_kl FILE
+"""Exercise: DistilBERT's distillation loss, a temperature-scaled KL.   Grade it:  minidistil grade distill_kl FILE
 
 Student logits s (N, V), teacher logits z (N, V), temperature T > 0. Soften both distributions with T:
 
@@ -14,7 +14,9 @@ distill_kl_grad returns d loss / d s, shape (N, V); the teacher gets no gradient
 s / T.
 
 Dtype rule: the gradient is float32 for float32 logits (float64 for float64).
-Reference: minidistil/kernels/distill_kl.py (distill_kl_forward_ref / distill_kl_backward_ref).
+Reference, to read once you are done: distill_kl_forward_ref / distill_kl_backward_ref
+in the module minidistil.kernels.distill_kl; open its file with
+    python -c "import minidistil.kernels.distill_kl as m; print(m.__file__)"
 """
 import numpy as np
 

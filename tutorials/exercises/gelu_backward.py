@@ -1,4 +1,4 @@
-"""Exercise: the backward pass of GELU.        Grade it:  minidistil grade gelu_backward tutorials/exercises/gelu_backward.py
+"""Exercise: the backward pass of GELU.        Grade it:  minidistil grade gelu_backward FILE
 
 BERT's feed-forward block uses the exact GELU (not the tanh approximation):
 
@@ -12,7 +12,8 @@ Dtype rule: float32 in, float32 out (NumPy promotes to float64 if you mix in a f
 wrap constants in np.float32(...)). The grader also calls it with float64 inputs for a finite-difference check:
 return the dtype of x.
 Do not modify x or dy.  NumPy has no erf: use `from scipy.special import erf`.
-The reference to compare your maths with afterwards: minidistil/kernels/gelu.py (gelu_backward_ref).
+Reference, to read once you are done: gelu_backward_ref in the module minidistil.kernels.gelu; open its file with
+    python -c "import minidistil.kernels.gelu as m; print(m.__file__)"
 """
 import numpy as np
 from scipy.special import erf  # noqa: F401

@@ -13,7 +13,10 @@ Given dy = dL/dy (same shape as x) and the forward's mean and rstd, return (dx, 
 
 Shapes: dy, x (..., C); w (C,); mean, rstd (N,), N = x.size // C. Return dx (..., C), dw (C,), db (C,).
 Dtype rule: float32 in, float32 out (the grader also sends float64 for a finite-difference check: follow x.dtype).
-Do not modify the inputs.  Reference: minidistil/kernels/layernorm.py (layernorm_backward_ref).
+Do not modify the inputs.
+Reference, to read once you are done: layernorm_backward_ref
+in the module minidistil.kernels.layernorm; open its file with
+    python -c "import minidistil.kernels.layernorm as m; print(m.__file__)"
 """
 import numpy as np
 

@@ -15,7 +15,9 @@ Shapes: x (..., C), w (C,), b (C,), eps a Python float.
 Dtype rule: float32 in, float32 out for all three outputs.
 Watch out: compute the mean first and then the mean of the centred squares; the one-pass E[x^2] - E[x]^2
 loses every digit in float32 for rows far from zero mean (the grader has one).
-Reference: minidistil/kernels/layernorm.py (layernorm_forward_ref).
+Reference, to read once you are done: layernorm_forward_ref
+in the module minidistil.kernels.layernorm; open its file with
+    python -c "import minidistil.kernels.layernorm as m; print(m.__file__)"
 """
 import numpy as np
 

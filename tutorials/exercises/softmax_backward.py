@@ -10,7 +10,8 @@ multiply it out with dy and you get one elementwise product and one sum per row.
 Shapes: dy and y (..., N); dx (..., N). Rows may contain exact zeros (masked entries) or be uniform (a fully padded
 row): your formula needs no special case for them.
 Dtype rule: float32 in, float32 out (and float64 in, float64 out for the finite-difference check).
-Reference: minidistil/kernels/softmax.py (softmax_backward_ref).
+Reference, to read once you are done: softmax_backward_ref in the module minidistil.kernels.softmax; open its file with
+    python -c "import minidistil.kernels.softmax as m; print(m.__file__)"
 """
 import numpy as np
 
