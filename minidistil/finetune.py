@@ -591,11 +591,6 @@ def finetune(task: str | None = None, model: str | None = None, train=None, out_
         if TD.is_in_memory(source.get(key)):
             data[key] = source[key]
             source[key] = f"<{type(data[key]).__name__} in memory>"
-    data = {}                                   # data in memory stays out of the config (and its checkpoint copy)
-    for key, source in (("train", given), ("validation", overrides)):
-        if TD.is_in_memory(source.get(key)):
-            data[key] = source[key]
-            source[key] = f"<{type(data[key]).__name__} in memory>"
     cfg = FinetuneConfig(**{**asdict(config or FinetuneConfig()), **given, **overrides})
     if cfg.task not in TASKS:
         raise ValueError(f"task: expected one of {sorted(TASKS)}, got {cfg.task!r}")
