@@ -47,9 +47,9 @@ Versions:
     attention_forward_blas / attention_backward_blas  the DEFAULT CPU version (attention_forward_cpu): the head
                                                       products go to numpy's BLAS on strided (B, H, T, D) views of
                                                       q, k, v, out (no copies; BLAS takes a leading dimension C),
-                                                      one OpenBLAS thread per core (minidistil._runtime
-                                                      .run_blas_tasks: threaded OpenBLAS on 128 x 64 GEMMs was 4-30x
-                                                      slower); scale, mask, softmax and dropout fused in one Numba
+                                                      one OpenBLAS thread per core (_blas.run_blas_tasks:
+                                                      threaded OpenBLAS on 128 x 64 GEMMs was 4-30x slower);
+                                                      scale, mask, softmax and dropout fused in one Numba
                                                       pass over the rows of the scores, written in place
     (both CPU versions)                               softmax's exp by _common.exp_f32: the correctly rounded
                                                       float32 exp (<= 1 ulp, only within ~1e-14 of a tie), computed
@@ -67,7 +67,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _blas, _common, _cuda
 from . import dropout as _dropout
 from ._common import exp_f32, exp_fast, row_dot, row_max, row_sum
 
@@ -369,8 +369,6 @@ def _heads(a, H):
 def _blas_by_blocks(B, H, *products):
     """Run the head products (a, b, out) as out = a @ b over (batch, head) blocks, in parallel (see the module
     docstring: one OpenBLAS thread per core); a, b, out are (B, H, ., .) arrays or views."""
-    from minidistil import _runtime  # noqa: PLC0415
-
     def task(bs, hs):
         def run():
             for a, b, out in products:
@@ -378,8 +376,8 @@ def _blas_by_blocks(B, H, *products):
         return run
 
     # several blocks per core, taken in turn by the pool's threads: one that the OS delays holds back only its own
-    parts = _runtime.GEMM_BLOCKS_PER_CORE * _runtime.n_cores()
-    _runtime.run_blas_tasks(task(bs, hs) for bs, hs in _runtime.split_pairs(B, H, parts))
+    parts = _blas.GEMM_BLOCKS_PER_CORE * _blas.n_cores()
+    _blas.run_blas_tasks(task(bs, hs) for bs, hs in _blas.split_pairs(B, H, parts))
 
 
 def attention_forward_blas(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _blas, _common, _cuda
 
 ZERO = np.float32(0.0)
 
@@ -88,16 +88,11 @@ def _check_backward(dy, cache):
     _common.check_array("dy", dy, shape=tuple(x.shape)[:-1] + (tuple(w.shape)[0],))
 
 
-def _gemm(a, b, out):
-    from minidistil import _runtime  # noqa: PLC0415
-    return _runtime.matmul(a, b, out)
-
-
 def linear_forward_cpu(x, w, b=None):
     _check_forward(x, w, b)
     cin, cout = w.shape[1], w.shape[0]
     x2 = x.reshape(-1, cin)                        # (N, Cin)
-    y2 = _gemm(x2, w.T, np.empty((x2.shape[0], cout), np.float32))  # (N, Cout)  y = x W^T   (sgemm)
+    y2 = _blas.matmul(x2, w.T, np.empty((x2.shape[0], cout), np.float32))  # (N, Cout)  y = x W^T   (sgemm)
     if b is not None:
         y2 += b                                    #            y += b   (in place, broadcast over rows)
     return y2.reshape(tuple(x.shape)[:-1] + (cout,)), LinearCache(x, w, b)
@@ -140,8 +135,8 @@ def linear_backward_cpu(dy, cache):
     x2 = x.reshape(n, cin)
     dyk = dy2[keep]                                # (K, Cout) the nonzero rows
     dx2 = np.zeros((n, cin), np.float32)
-    dx2[keep] = _gemm(dyk, w, np.empty((keep.size, cin), np.float32))   # from y = x W^T: dx = dy W (0 elsewhere)
-    dw = _gemm(dyk.T, x2[keep], np.empty((cout, cin), np.float32))      # dW = dy^T x (zero rows add nothing)
+    dx2[keep] = _blas.matmul(dyk, w, np.empty((keep.size, cin), np.float32))   # from y = x W^T: dx = dy W (0 elsewhere)
+    dw = _blas.matmul(dyk.T, x2[keep], np.empty((cout, cin), np.float32))      # dW = dy^T x (zero rows add nothing)
     db = dyk.sum(axis=0, dtype=np.float64).astype(np.float32) if b is not None else None
     return dx2.reshape(x.shape), np.ascontiguousarray(dw), db
 
@@ -152,8 +147,8 @@ def linear_backward_cpu_dense(dy, cache):
     cin, cout = w.shape[1], w.shape[0]
     x2 = x.reshape(-1, cin)                        # (N, Cin)
     dy2 = dy.reshape(-1, cout)                     # (N, Cout)
-    dx = _gemm(dy2, w, np.empty((dy2.shape[0], cin), np.float32)).reshape(x.shape)  # from y = x W^T: dx = dy W
-    dw = _gemm(dy2.T, x2, np.empty((cout, cin), np.float32))                         # dW = dy^T x  (Cout, Cin)
+    dx = _blas.matmul(dy2, w, np.empty((dy2.shape[0], cin), np.float32)).reshape(x.shape)  # from y = x W^T: dx = dy W
+    dw = _blas.matmul(dy2.T, x2, np.empty((cout, cin), np.float32))                         # dW = dy^T x  (Cout, Cin)
     # from y = ... + b: db = sum over rows of dy. numpy sums along axis 0 row by row (not pairwise), so a float32
     # accumulator's error grows like N eps; we accumulate in float64 and round once (N*Cout adds, negligible time)
     db = dy2.sum(axis=0, dtype=np.float64).astype(np.float32) if b is not None else None

@@ -485,9 +485,10 @@ def environment(device: str = "cpu") -> dict:
 
     from minidistil import _runtime  # noqa: PLC0415
     from minidistil import device as D  # noqa: PLC0415
-    blas = _runtime.openblas()
+    from minidistil.kernels import _blas  # noqa: PLC0415
+    blas = _blas.openblas()
     return {"device": D.describe(device),  # on cuda: the GPU's name and the GEMM (cuBLAS through CuPy, or tiled)
-            "cores": _runtime.n_cores(), "loadavg": list(os.getloadavg()), "numpy": np.__version__,
+            "cores": _blas.n_cores(), "loadavg": list(os.getloadavg()), "numpy": np.__version__,
             "numba": numba.__version__, "numba_threads": numba.config.NUMBA_NUM_THREADS,
             "openblas_core": blas.corename(), "openblas_threads": blas.get_num_threads(),
             "runtime": _runtime.report(), "fast_math": os.environ.get("MINIDISTIL_FAST_MATH", "0"),

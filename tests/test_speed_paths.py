@@ -21,7 +21,7 @@ import pytest
 from conftest import oracle
 
 from minidistil import _runtime
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _blas, _common, _cuda
 from minidistil.kernels import attention as KA
 from minidistil.kernels import dropout as KD
 from minidistil.kernels import gelu as KG
@@ -291,7 +291,7 @@ def test_openblas_coretype_rule():
 
 def test_openblas_core_in_use_is_the_one_chosen():
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "MINIDISTIL_OPENBLAS_CORETYPE")}
-    code = "import minidistil; from minidistil import _runtime as r; b = r.openblas(); print(b.ok, b.corename())"
+    code = "from minidistil.kernels import _blas; b = _blas.openblas(); print(b.ok, b.corename())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120).stdout.split()
     if out[0] != "True":
@@ -329,20 +329,20 @@ def test_large_arrays_come_from_the_heap_unless_turned_off():
 @pytest.mark.parametrize("B,H,parts", [(8, 12, 2), (1, 12, 2), (1, 1, 2), (3, 2, 4), (2, 5, 3)])
 def test_split_pairs_covers_every_batch_head_pair_once(B, H, parts):
     seen = np.zeros((B, H), int)
-    for bs, hs in _runtime.split_pairs(B, H, parts):
+    for bs, hs in _blas.split_pairs(B, H, parts):
         seen[bs, hs] += 1
     assert np.all(seen == 1)
 
 
 def test_run_blas_tasks_runs_everything_and_restores_the_thread_count():
-    blas = _runtime.openblas()
+    blas = _blas.openblas()
     before = blas.get_num_threads()
     r = np.random.default_rng(0)
     a = r.standard_normal((6, 40, 30)).astype(np.float32)
     b = r.standard_normal((6, 30, 20)).astype(np.float32)
     out = np.zeros((6, 40, 20), np.float32)
     tasks = [lambda i=i: np.matmul(a[i], b[i], out=out[i]) for i in range(6)]
-    _runtime.run_blas_tasks(tasks)
+    _blas.run_blas_tasks(tasks)
     _common.assert_close(out, a.astype(np.float64) @ b, atol=_common.f32_tol(30, scale=float(np.abs(a).max() *
                                                                                           np.abs(b).max())))
     assert blas.get_num_threads() == before
@@ -525,8 +525,8 @@ def test_second_gradient_is_added_in_place_only_into_an_unshared_array(rng, monk
 @pytest.mark.parametrize("layout", ["plain", "b transposed", "a transposed, out strided"])
 def test_blocked_matmul_matches_reference(rng, monkeypatch, M, K, N, layout):
     monkeypatch.setenv("MINIDISTIL_GEMM", "blocks")                # the opt-in mode (one BLAS call is the default)
-    monkeypatch.setattr(_runtime, "GEMM_SPLIT_MIN_FLOPS", 0)      # split even these small products
-    assert _runtime.gemm_mode() == "blocks"
+    monkeypatch.setattr(_blas, "GEMM_SPLIT_MIN_FLOPS", 0)      # split even these small products
+    assert _blas.gemm_mode() == "blocks"
     a = rng.standard_normal((M, K)).astype(np.float32)
     b = rng.standard_normal((K, N)).astype(np.float32)
     if layout == "b transposed":
@@ -535,7 +535,7 @@ def test_blocked_matmul_matches_reference(rng, monkeypatch, M, K, N, layout):
     out = out_full[:, 2:N + 2] if "strided" in layout else np.empty((M, N), np.float32)
     if "a transposed" in layout:
         a = np.ascontiguousarray(a.T).T
-    res = _runtime.matmul(a, b, out)
+    res = _blas.matmul(a, b, out)
     assert res is out
     _common.assert_close(out, a.astype(np.float64) @ b,
                          atol=_common.f32_tol(K, scale=float(np.abs(a).max() * np.abs(b).max())))
