@@ -138,6 +138,21 @@ def gemm_backend() -> str:
     return "cublas (cupy)" if _cupy() else "numba tiled GEMM"
 
 
+def describe() -> str:
+    """One line naming the CUDA device (or the simulator), the GEMM in use and the block size."""
+    cuda = require_cuda()
+    if SIMULATOR:
+        where = "the numba.cuda simulator (NUMBA_ENABLE_CUDASIM=1: every GPU thread is a Python thread, slow)"
+    else:
+        try:
+            d = cuda.get_current_device()
+            name = d.name.decode() if isinstance(d.name, bytes) else str(d.name)
+            where = f"{name} (compute capability {d.compute_capability[0]}.{d.compute_capability[1]})"
+        except Exception as e:  # pragma: no cover - depends on the driver
+            where = f"a GPU ({type(e).__name__} reading its name)"
+    return f"device: cuda on {where}; GEMM: {gemm_backend()}; {THREADS} threads per block"
+
+
 def cublas_matmul(a, b, trans_a: bool = False, trans_b: bool = False):
     """c = op(a) @ op(b) by cuBLAS (CuPy), for 2-d float32 numba device arrays; returns a numba device array.
 

@@ -426,8 +426,7 @@ def copy_peak_gbps(nbytes: int, repeat=20):
 
 
 def run_cuda(size="base", names=None, repeat=50, peak_gbps=4800.0, copy_mb=None, log=print):
-    from minidistil.device import describe  # noqa: PLC0415
-    log(describe("cuda"))
+    log(_cuda.describe())
     copy_bytes = int((copy_mb if copy_mb is not None else (1024 if size == "base" else 1)) * 2**20)
     practical = copy_peak_gbps(copy_bytes, repeat=max(3, repeat // 5))
     log(f"peak bandwidth: {peak_gbps:.0f} GB/s (--peak-gbps); practical peak, a device-to-device copy of "
@@ -447,7 +446,7 @@ def run_cuda(size="base", names=None, repeat=50, peak_gbps=4800.0, copy_mb=None,
         log(f"{name:<34} {p:<4} {nbytes / 1e6:8.2f} {wall:9.4f} {dstr} {gbps:8.1f} {row['of_peak']:8.1%} "
             f"{row['of_copy']:8.1%} {fstr}" + ("  host-bound: the device time is an upper bound" if host_bound
                                               else ""))
-    return dict(device=describe("cuda"), peak_gbps=peak_gbps, copy_gbps=practical, copy_bytes=copy_bytes,
+    return dict(device=_cuda.describe(), peak_gbps=peak_gbps, copy_gbps=practical, copy_bytes=copy_bytes,
                 rows=rows)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from minidistil import functional as F
 from minidistil.autograd import Tensor
+from minidistil.device import check_device, device_of, to_device
 from minidistil.kernels import _cuda
 
 
@@ -99,14 +100,16 @@ class Module:
     def to(self, device: str):
         """Move every parameter (and gradient) to "cpu" or "cuda", in place, bit for bit. Returns self.
         Without a GPU (or NUMBA_ENABLE_CUDASIM=1), "cuda" raises a RuntimeError saying what is missing."""
-        from minidistil.device import module_to  # noqa: PLC0415
-        return module_to(self, device)
+        device = check_device(device)
+        for p in self.parameters():  # tied parameters are one object, listed (and moved) once
+            to_device(p, device)
+        return self
 
     @property
     def device(self) -> str:
         """"cuda" when the parameters live in GPU memory, else "cpu"."""
-        from minidistil.device import device_of  # noqa: PLC0415
-        return device_of(self)
+        params = self.parameters()
+        return device_of(params[0]) if params else "cpu"
 
 
 class ModuleList(Module):
