@@ -288,3 +288,169 @@ def test_losses_compose_with_generic_ops(rng):
     g = (K_ce.cross_entropy_backward_ref(0.5, K_ce.cross_entropy_forward_ref(logits.data, np.array([0, 1, 2, 0]))[1])
          + K_ce.cross_entropy_backward_ref(0.5, K_ce.cross_entropy_forward_ref(logits.data, np.array([1, 1, 1, 1]))[1]))
     _common.assert_close(logits.grad, g, atol=_common.f32_tol(3, scale=1))
+
+
+# ---- gradient ownership: in-place adds and uncopied leaf gradients never alias ----------------------------------
+#
+# backward() adds a second gradient into the first in place, and hands a gradient to a leaf without a copy, only
+# when it is the sole holder of that array: every op made with make_result(..., fresh_grads=True) promises that its
+# backward returns new arrays (or views of its dout) and keeps none of them. The tests check that promise for every
+# such op, and that the results never depend on it: the same graphs with every in-place add and uncopied handover
+# turned off (autograd._sole -> False) give the same bits, no two leaves share memory, and the caller's array is
+# never written.
+
+def _arrays_held_by(fn) -> list:
+    """The numpy arrays a backward closure can reach: its free variables, their fields (caches are NamedTuples)
+    and the .data of the Tensors among them."""
+    found, todo = [], [c.cell_contents for c in (fn.__closure__ or ())]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, np.ndarray):
+            found.append(v)
+        elif isinstance(v, Tensor):
+            todo.append(v.data)
+        elif isinstance(v, tuple):
+            todo.extend(v)
+    return found
+
+
+def _fresh_ops(rng):
+    """(name, output Tensor) for every op that declares fresh gradients, on small float32 inputs."""
+    t = lambda *shape: Tensor(_f32(rng, *shape), requires_grad=True)  # noqa: E731
+    x, r, w, b, v = t(3, 4), t(3, 4), t(5, 4), t(5), t(4)
+    q, k, vv = t(2, 3, 4), t(2, 3, 4), t(2, 3, 4)
+    ids, mask = np.array([[0, 2, 2]]), np.array([[1, 1, 0], [1, 1, 1]])
+    return [
+        ("add", x + r), ("add_broadcast", x + v), ("neg", -x), ("mul", x * r), ("sum", x.sum(axis=1)),
+        ("reshape", x.reshape(4, 3)), ("getitem", x[np.array([0, 0, 2])]), ("matmul", x @ t(4, 2)),
+        ("linear", F.linear(x, w, b)), ("gelu", F.gelu(x)), ("bias_gelu", F.bias_gelu(x, v)),
+        ("layer_norm", F.layer_norm(x, v, v, 1e-5)), ("residual_layer_norm", F.residual_layer_norm(x, r, v, v, 1e-5)),
+        ("attention", F.attention(q, k, vv, mask, 2, 0.2, training=True, seed=3)[0]),
+        ("embedding", F.embedding(ids, t(3, 4), padding_idx=0)), ("tanh", F.tanh(x)), ("relu", F.relu(x)),
+        ("softmax", F.softmax(x)), ("log_softmax", F.log_softmax(x)), ("dropout", F.dropout(x, 0.3, True, seed=1)),
+        ("cross_entropy", losses.cross_entropy(x, np.array([0, 3, -100]))),
+        ("distill_kl", losses.distill_kl(x, r, 2.0)), ("cosine", losses.cosine_embedding_loss(x, r)),
+        ("mse", losses.mse(x, r)), ("bce", losses.bce_with_logits(x, (rng.random((3, 4)) < 0.5).astype(np.float32))),
+    ]
+
+
+def test_every_op_that_declares_fresh_gradients_returns_fresh_gradients(rng):
+    for name, out in _fresh_ops(rng):
+        assert out._fresh_grads, name
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        held = _arrays_held_by(out._backward) + [out.data]
+        first = [g for g in out._backward(dout) if isinstance(g, np.ndarray)]
+        second = [g for g in out._backward(dout) if isinstance(g, np.ndarray)]
+        assert first, name
+        for g in first + second:  # new, or a view of dout: never something the op keeps
+            assert not any(np.shares_memory(g, h) for h in held), name
+        for g, g2 in zip(first, second):  # a second call returns new arrays again
+            assert np.shares_memory(g, dout) or not np.shares_memory(g, g2), name
+
+
+def _random_graph(seed: int):
+    """A random graph over three leaves mixing the ops whose gradients alias (add passes dout on, residual layer
+    norm hands one array to two inputs, reshape returns a view) with ops that make new arrays."""
+    r = np.random.default_rng(seed)
+    leaves = [Tensor(r.standard_normal((3, 4)).astype(np.float32), requires_grad=True) for _ in range(3)]
+    g, b = Tensor(np.ones(4, np.float32), requires_grad=True), Tensor(np.zeros(4, np.float32), requires_grad=True)
+    w = Tensor(r.standard_normal((4, 4)).astype(np.float32), requires_grad=True)
+    ops = [lambda a, c: a + c, lambda a, c: a * c, lambda a, c: F.tanh(a), lambda a, c: F.linear(a, w),
+           lambda a, c: F.residual_layer_norm(a, c, g, b, 1e-5),
+           lambda a, c: (a.reshape(4, 3) * 0.5).reshape(3, 4), lambda a, c: a + 1.0]
+    nodes = list(leaves)
+    for _ in range(12):
+        i, j, op = (int(v) for v in r.integers(0, [len(nodes), len(nodes), len(ops)]))
+        nodes.append(ops[op](nodes[i], nodes[j]))
+    out = nodes[-1] + nodes[-2] + nodes[-3]
+    return out, leaves + [g, b, w]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_gradients_never_alias_and_do_not_depend_on_in_place_adds(seed, monkeypatch):
+    from minidistil import autograd as A
+    dout = np.random.default_rng(100 + seed).standard_normal((3, 4)).astype(np.float32)
+    kept = dout.copy()
+    out, params = _random_graph(seed)
+    out.backward(dout)
+    out.backward(dout)                                          # the second pass adds into the leaves' .grad
+    fast = [None if p.grad is None else p.grad.copy() for p in params]
+    np.testing.assert_array_equal(dout, kept)                   # the caller's array is never written
+    grads = [p.grad for p in params if p.grad is not None]
+    for i, gi in enumerate(grads):
+        assert not np.shares_memory(gi, dout)
+        assert not any(np.shares_memory(gi, gj) for gj in grads[i + 1:])
+    monkeypatch.setattr(A, "_sole", lambda a, holders: False)   # every add into a new array, every leaf a copy
+    out, params = _random_graph(seed)
+    out.backward(dout)
+    out.backward(dout)
+    for p, f in zip(params, fast):
+        assert (p.grad is None) == (f is None)
+        if f is not None:
+            np.testing.assert_array_equal(p.grad, f)
+
+
+def test_leaf_gradients_are_never_aliased_and_fresh_ones_are_not_copied(rng, monkeypatch):
+    from minidistil import autograd as A
+    copies = []
+    real_copy = A._copy
+    monkeypatch.setattr(A, "_copy", lambda a: copies.append(a.shape) or real_copy(a))
+    x = Tensor(_f32(rng, 4, 6), requires_grad=True)
+    r = Tensor(_f32(rng, 4, 6), requires_grad=True)
+    w = Tensor(_f32(rng, 5, 6), requires_grad=True)
+    g, b = Tensor(np.ones(6, np.float32), requires_grad=True), Tensor(np.zeros(6, np.float32), requires_grad=True)
+    y = F.linear(F.residual_layer_norm(x, r, g, b, 1e-5), w)    # LN's backward hands ONE array to both x and r
+    dy = _f32(rng, 4, 5)
+    y.backward(dy)
+    assert x.grad is not r.grad and not np.shares_memory(x.grad, r.grad)
+    np.testing.assert_array_equal(x.grad, r.grad)
+    assert copies == [(4, 6)]                                  # only the shared one was copied (w, g, b were not)
+    before = r.grad.copy()
+    x.grad += 1.0                                              # accumulating into one leaves the other alone
+    np.testing.assert_array_equal(r.grad, before)
+    assert not np.shares_memory(dy, w.grad)
+
+
+def test_second_gradient_is_added_in_place_only_into_an_unshared_array(rng, monkeypatch):
+    from minidistil import autograd as A
+    calls = []
+    real = A._accumulate
+    monkeypatch.setattr(A, "_accumulate", lambda acc, g, in_place=False: calls.append(in_place) or
+                        real(acc, g, in_place))
+    # h feeds two linears: their fresh dx arrays meet at h, the first is added to in place
+    x = Tensor(_f32(rng, 3, 4), requires_grad=True)
+    w1, w2 = Tensor(_f32(rng, 5, 4), requires_grad=True), Tensor(_f32(rng, 5, 4), requires_grad=True)
+    h = F.tanh(x)
+    y = F.linear(h, w1) + F.linear(h, w2)
+    dy = _f32(rng, 3, 5)
+    y.backward(dy)
+    dh = dy @ w1.data + dy @ w2.data                           # from y = h W1^T + h W2^T
+    _common.assert_close(x.grad, dh * (1 - np.tanh(x.data) ** 2), atol=1e-5)
+    assert calls == [True]
+    # residual LN hands ONE array to x and r; when both then meet again, neither may be written in place
+    calls.clear()
+    g, b = Tensor(np.ones(4, np.float32), requires_grad=True), Tensor(np.zeros(4, np.float32), requires_grad=True)
+    x.grad = None
+    t = F.tanh(x)
+    z = F.residual_layer_norm(t, t, g, b, 1e-5)                # x + r with x = r = t: dt = dh + dh
+    dz = _f32(rng, 3, 4)
+    z.backward(dz)
+    assert calls == [False]
+    t64 = np.tanh(x.data.astype(np.float64))
+    h64 = 2 * t64
+    mu, var = h64.mean(1, keepdims=True), h64.var(1, keepdims=True)
+    xh = (h64 - mu) / np.sqrt(var + 1e-5)
+    dh64 = (dz - dz.mean(1, keepdims=True) - xh * (dz * xh).mean(1, keepdims=True)) / np.sqrt(var + 1e-5)
+    _common.assert_close(x.grad, 2 * dh64 * (1 - t64 ** 2), atol=1e-4)
+
+
+def test_an_op_without_the_promise_has_its_gradients_copied():
+    from minidistil.autograd import make_result
+    kept = np.full(3, 2.0, np.float32)                         # a backward that returns an array it holds
+    x = Tensor(np.zeros(3, np.float32), requires_grad=True)
+    y = make_result(np.zeros(3, np.float32), (x,), lambda dout: (kept,), "constant_grad")
+    (y + y).backward(np.ones(3, np.float32))                   # y gets two gradients; x gets `kept`
+    y.backward(np.ones(3, np.float32))
+    x.grad += 1.0
+    np.testing.assert_array_equal(kept, 2.0)                   # never written through x.grad
+    np.testing.assert_array_equal(x.grad, 5.0)
