@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import hub
-from .safetensors_io import SafetensorsError, atomic_write, load_file, read_header, save_file
+from .safetensors_io import SafetensorsError, atomic_write, load_file, save_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -287,15 +287,6 @@ def _host(a) -> np.ndarray:
     if hasattr(a, "copy_to_host"):
         a = a.copy_to_host()
     return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def checkpoint_tensors(folder: str | os.PathLike) -> dict[str, dict]:
-    """The header of each safetensors file in `folder`: {name: {"dtype", "shape", "data_offsets"}} (no data read)."""
-    folder = Path(folder)
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(read_header(f)[0])
-    return out
 
 
 __all__ = ["from_pretrained", "save_pretrained", "resolve", "read_state_dict", "map_state_dict", "model_classes",
