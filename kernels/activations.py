@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _checks, _cuda
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -98,23 +98,23 @@ def _elementwise_cpu(kernel, *arrays):
 
 
 def tanh_forward_cpu(x):
-    _common.check_array("x", x)
+    _checks.check_array("x", x)
     y = _elementwise_cpu(_tanh_fwd, x)
     return y, TanhCache(y)
 
 
 def tanh_backward_cpu(dy, cache):
-    _common.check_array("dy", dy, shape=tuple(cache.y.shape))
+    _checks.check_array("dy", dy, shape=tuple(cache.y.shape))
     return _elementwise_cpu(_tanh_bwd, dy, cache.y)
 
 
 def relu_forward_cpu(x):
-    _common.check_array("x", x)
+    _checks.check_array("x", x)
     return _elementwise_cpu(_relu_fwd, x), ReluCache(x)
 
 
 def relu_backward_cpu(dy, cache):
-    _common.check_array("dy", dy, shape=tuple(cache.x.shape))
+    _checks.check_array("dy", dy, shape=tuple(cache.x.shape))
     return _elementwise_cpu(_relu_bwd, dy, cache.x)
 
 
@@ -166,23 +166,23 @@ def _elementwise_cuda(name, *arrays):
 
 
 def tanh_forward_cuda(x):
-    _common.check_array("x", x)
+    _checks.check_array("x", x)
     y = _elementwise_cuda("tanh_fwd", x)
     return y, TanhCache(y)
 
 
 def tanh_backward_cuda(dy, cache):
-    _common.check_array("dy", dy, shape=tuple(cache.y.shape))
+    _checks.check_array("dy", dy, shape=tuple(cache.y.shape))
     return _elementwise_cuda("tanh_bwd", dy, cache.y)
 
 
 def relu_forward_cuda(x):
-    _common.check_array("x", x)
+    _checks.check_array("x", x)
     return _elementwise_cuda("relu_fwd", x), ReluCache(x)
 
 
 def relu_backward_cuda(dy, cache):
-    _common.check_array("dy", dy, shape=tuple(cache.x.shape))
+    _checks.check_array("dy", dy, shape=tuple(cache.x.shape))
     return _elementwise_cuda("relu_bwd", dy, cache.x)
 
 
@@ -208,19 +208,19 @@ def relu_backward(dy, cache):
 
 # tolerances: tanh is one float32 libm call (a few ulp of |y| <= 1); its backward one product and one 1 - y^2,
 # whose y carries the forward's error: |d(1 - y^2)| = 2|y| * err(y) <= 2 * TANH_TOL, times |dy|. ReLU is exact.
-TANH_TOL = _common.f32_tol(1)
+TANH_TOL = _checks.f32_tol(1)
 
 
 def tanh_backward_tol(dymax):
-    return 3 * _common.f32_tol(1, scale=dymax)
+    return 3 * _checks.f32_tol(1, scale=dymax)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def main():
-    rep = _common.Report("activations")
-    r = _common.rng(0)
+    rep = _checks.Report("activations")
+    r = _checks.rng(0)
     N, C = 8 * 128, 768  # the pooler / classifier input at DistilBERT-base size, (B*T, C)
     x = (r.standard_normal((N, C)) * 2).astype(np.float32)
     x[0, :5] = 0.0  # ReLU's kink

@@ -51,10 +51,10 @@ Versions:
                                                       threaded OpenBLAS on 128 x 64 GEMMs was 4-30x slower);
                                                       scale, mask, softmax and dropout fused in one Numba
                                                       pass over the rows of the scores, written in place
-    (both CPU versions)                               softmax's exp by _common.exp_f32: the correctly rounded
+    (both CPU versions)                               softmax's exp by _f32math.exp_f32: the correctly rounded
                                                       float32 exp (<= 1 ulp, only within ~1e-14 of a tie), computed
                                                       in float64 in a loop that vectorises (libm's expf does not)
-    fast=True (the BLAS version)                      opt-in: exp by _common.exp_fast (relative error <= 2.5e-7,
+    fast=True (the BLAS version)                      opt-in: exp by _f32math.exp_fast (relative error <= 2.5e-7,
                                                       float32, fewer operations); MINIDISTIL_FAST_MATH=1 chooses it
 Cache: AttentionCache(q, k, v, mask, probs, n_heads, p, seed). Backward returns fresh arrays.
 """
@@ -67,9 +67,9 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _blas, _common, _cuda
+from . import _blas, _checks, _cuda, _f32math
 from . import dropout as _dropout
-from ._common import exp_f32, exp_fast, row_dot, row_max, row_sum
+from ._f32math import exp_f32, exp_fast, row_dot, row_max, row_sum
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -306,17 +306,17 @@ def _apply_dropout_rows(P, Pd, k1, k2, threshold, pscale):
 
 
 def _check(q, k, v, mask, n_heads, p=0.0, seed=0):
-    _common.check_array("q", q, ndim=3)
-    _common.check_array("k", k, ndim=3)
-    _common.check_same_shape("q", q, "k", k)
-    _common.check_array("v", v, ndim=3)
-    _common.check_same_shape("q", q, "v", v)
+    _checks.check_array("q", q, ndim=3)
+    _checks.check_array("k", k, ndim=3)
+    _checks.check_same_shape("q", q, "k", k)
+    _checks.check_array("v", v, ndim=3)
+    _checks.check_same_shape("q", q, "v", v)
     B, T, C = tuple(q.shape)
     if not hasattr(mask, "dtype") or not (np.issubdtype(np.dtype(mask.dtype), np.integer)
                                           or np.dtype(mask.dtype) == np.bool_):
         raise ValueError(f"mask: expected an integer or bool array (nonzero = real token), got "
                          f"{getattr(mask, 'dtype', type(mask).__name__)}")
-    _common.check_array("mask", mask, dtype=None, shape=(B, T), contiguous=False)
+    _checks.check_array("mask", mask, dtype=None, shape=(B, T), contiguous=False)
     if not isinstance(n_heads, (int, np.integer)) or isinstance(n_heads, bool) or n_heads < 1:
         raise ValueError(f"n_heads: expected a positive int, got {n_heads!r}")
     if C % n_heads:
@@ -351,7 +351,7 @@ def attention_forward_numba(q, k, v, mask, n_heads, p=0.0, seed=0):
 
 def attention_backward_numba(dout, cache):
     q, k, v, mask, probs, H, p, seed = cache
-    _common.check_array("dout", dout, shape=q.shape)
+    _checks.check_array("dout", dout, shape=q.shape)
     dq, dk, dv = np.empty_like(q), np.empty_like(q), np.empty_like(q)
     if q.size:
         D = q.shape[2] // H
@@ -383,7 +383,7 @@ def _blas_by_blocks(B, H, *products):
 def attention_forward_blas(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):
     B, T, C, D = _check(q, k, v, mask, n_heads, p, seed)
     H = int(n_heads)
-    fast = _common.fast_math_default() if fast is None else bool(fast)
+    fast = _f32math.fast_math_default() if fast is None else bool(fast)
     out = np.empty_like(q)
     probs = np.empty((B, H, T, T), np.float32)
     if q.size:
@@ -399,7 +399,7 @@ def attention_forward_blas(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):
 
 def attention_backward_blas(dout, cache):
     q, k, v, mask, probs, H, p, seed = cache
-    _common.check_array("dout", dout, shape=q.shape)
+    _checks.check_array("dout", dout, shape=q.shape)
     dq, dk, dv = np.empty_like(q), np.empty_like(q), np.empty_like(q)
     if q.size:
         B, T, C = q.shape
@@ -614,7 +614,7 @@ def _keep_device(mask):
 
 def attention_backward_cuda(dout, cache):
     q, k, v, mask, probs, H, p, seed = cache
-    _common.check_array("dout", dout, shape=tuple(q.shape))
+    _checks.check_array("dout", dout, shape=tuple(q.shape))
     _, bwd_rows, bwd_cols = _cuda_kernels()
     B, T, C = tuple(q.shape)
     dq, dk, dv = (_cuda.device_empty((B, T, C)) for _ in range(3))
@@ -651,7 +651,7 @@ def attention_backward(dout, cache):
 
 def tolerances(q, k, v, dout, probs64, dP64):
     """Absolute tolerances (out, probs, dq, dk, dv) of a float32 version against the float64 reference, derived
-    from f32_tol(n, scale) = 16 eps sqrt(n) scale (see _common.f32_tol), with the magnitudes of this data (the
+    from f32_tol(n, scale) = 16 eps sqrt(n) scale (see _checks.f32_tol), with the magnitudes of this data (the
     reference's P, dP and dS = P (dP - r) give the sizes of the terms each sum adds up):
       es: error of a score, a D-term dot product. By Cauchy-Schwarz the mean |q_d k_d| of a (query, key) pair is at
           most rms(q_i) rms(k_j), the per-(row, head) root-mean-squares; the 1/sqrt(D) <= 1 only shrinks it
@@ -668,7 +668,7 @@ def tolerances(q, k, v, dout, probs64, dP64):
     B, T, C = q.shape
     H = probs64.shape[1]
     D = C // H
-    f = _common.f32_tol
+    f = _checks.f32_tol
 
     def row_rms(a):  # max over (b, t, h) of the root-mean-square of the D-wide head block
         return float(np.sqrt((a.astype(np.float64).reshape(B, T, H, D) ** 2).mean(axis=-1)).max(initial=0.0))
@@ -709,8 +709,8 @@ def make_data(rng, B, T, C, n_pad_rows=0):
 
 
 def main():
-    rep = _common.Report("attention")
-    r = _common.rng(0)
+    rep = _checks.Report("attention")
+    r = _checks.rng(0)
 
     def validate(version, fwd, bwd, q, k, v, dout, mask, H, to_dev=lambda a: a, to_host=lambda a: a):
         out64, c64 = attention_forward_ref(*(a.astype(np.float64) for a in (q, k, v)), mask, H)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _checks, _cuda
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -38,9 +38,9 @@ class BCECache(NamedTuple):
 
 
 def _check(logits, targets):
-    _common.check_array("logits", logits, ndim=2)
-    _common.check_array("targets", targets, ndim=2)
-    _common.check_same_shape("logits", logits, "targets", targets)
+    _checks.check_array("logits", logits, ndim=2)
+    _checks.check_array("targets", targets, ndim=2)
+    _checks.check_same_shape("logits", logits, "targets", targets)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,13 +216,13 @@ def tolerances(logits, dloss):
     """
     K = int(logits.shape[-1])
     big = max(1.0, float(np.abs(logits).max(initial=0.0)))
-    loss_tol = _common.f32_tol(1, scale=big) + _common.f32_tol(K, scale=2 * big + 1)
-    return loss_tol, _common.f32_tol(1) * abs(dloss) / max(logits.size, 1)
+    loss_tol = _checks.f32_tol(1, scale=big) + _checks.f32_tol(K, scale=2 * big + 1)
+    return loss_tol, _checks.f32_tol(1) * abs(dloss) / max(logits.size, 1)
 
 
 def main():
-    rep = _common.Report("bce_with_logits")
-    r = _common.rng(0)
+    rep = _checks.Report("bce_with_logits")
+    r = _checks.rng(0)
     N, K = 8 * 128, 64  # a multi-label head: one row per example, K labels
     x = (r.standard_normal((N, K)) * 4).astype(np.float32)
     y = (r.random((N, K)) < 0.3).astype(np.float32)

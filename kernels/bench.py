@@ -33,7 +33,7 @@ import sys
 
 import numpy as np
 
-from . import _common, _cuda
+from . import _checks, _cuda
 
 B, T, C, F, H, V = 8, 128, 768, 3072, 12, 30522
 N = B * T
@@ -277,9 +277,9 @@ def run(names=None, repeat=10, warmup=2):
         for p in ("fwd", "bwd"):
             if f"cpu_{p}" not in d:
                 continue
-            ref = _common.bench(d[f"ref_{p}"], warmup=warmup, repeat=repeat)
-            cpu = _common.bench(d[f"cpu_{p}"], warmup=warmup, repeat=repeat)
-            tor = _common.bench(d[f"torch_{p}"], warmup=warmup, repeat=repeat) if f"torch_{p}" in d else None
+            ref = _checks.bench(d[f"ref_{p}"], warmup=warmup, repeat=repeat)
+            cpu = _checks.bench(d[f"cpu_{p}"], warmup=warmup, repeat=repeat)
+            tor = _checks.bench(d[f"torch_{p}"], warmup=warmup, repeat=repeat) if f"torch_{p}" in d else None
             rate = ""
             if d.get(f"flops_{p}"):
                 rate = f"{d[f'flops_{p}'] / cpu / 1e6:8.1f} GFLOP/s"

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _checks, _cuda
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -55,10 +55,10 @@ class MSECache(NamedTuple):
 
 
 def _check(a, b, mask):
-    _common.check_array("a", a, ndim=2)
-    _common.check_array("b", b, ndim=2)
-    _common.check_same_shape("a", a, "b", b)
-    sel = _common.check_row_mask("mask", mask, tuple(a.shape)[0])
+    _checks.check_array("a", a, ndim=2)
+    _checks.check_array("b", b, ndim=2)
+    _checks.check_same_shape("a", a, "b", b)
+    sel = _checks.check_row_mask("mask", mask, tuple(a.shape)[0])
     return sel, int(np.count_nonzero(sel))
 
 
@@ -392,7 +392,7 @@ def cosine_tolerances(a, b, dloss, n):
     (|b_c| / (|a| |b|) <= 1 / |a| and |cos a_c / A| <= 1 / |a|), and each is good to f32_tol(C) relative to that.
     """
     C = int(a.shape[-1])
-    tol = _common.f32_tol(C)
+    tol = _checks.f32_tol(C)
     na = np.sqrt((a.astype(np.float64) ** 2).sum(axis=-1) + 1e-12)
     nb = np.sqrt((b.astype(np.float64) ** 2).sum(axis=-1) + 1e-12)
     bound = abs(dloss) / max(n, 1) * 2.0 / min(na.min(initial=np.inf), nb.min(initial=np.inf)) if a.size else 0.0
@@ -408,12 +408,12 @@ def mse_tolerances(a, b, dloss, n):
     """
     C = int(a.shape[-1])
     d = float(np.abs(a.astype(np.float64) - b).max(initial=0.0))
-    return _common.f32_tol(C), _common.f32_tol(1, scale=2 * d * abs(dloss) / max(n * C, 1))
+    return _checks.f32_tol(C), _checks.f32_tol(1, scale=2 * d * abs(dloss) / max(n * C, 1))
 
 
 def main():
-    rep = _common.Report("cosine + mse")
-    r = _common.rng(0)
+    rep = _checks.Report("cosine + mse")
+    r = _checks.rng(0)
     N, C = 8 * 128, 768
     a = r.standard_normal((N, C)).astype(np.float32)
     b = (a + r.standard_normal((N, C))).astype(np.float32)  # student hidden states near the teacher's

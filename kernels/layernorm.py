@@ -44,7 +44,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _checks, _cuda
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -170,15 +170,15 @@ def _ln_bwd(dy, x, w, mean, rstd, dx, dw_part, db_part):
 
 
 def _check_ln(x, w, b, eps, r=None):
-    _common.check_array("x", x, ndim=tuple(range(1, 8)))
+    _checks.check_array("x", x, ndim=tuple(range(1, 8)))
     C = tuple(x.shape)[-1]
     if C < 1:
         raise ValueError(f"x: expected a last axis of at least 1 element, got shape {tuple(x.shape)}")
     if r is not None:
-        _common.check_array("r", r)
-        _common.check_same_shape("x", x, "r", r)
-    _common.check_array("w", w, ndim=1, shape=(C,))
-    _common.check_array("b", b, ndim=1, shape=(C,))
+        _checks.check_array("r", r)
+        _checks.check_same_shape("x", x, "r", r)
+    _checks.check_array("w", w, ndim=1, shape=(C,))
+    _checks.check_array("b", b, ndim=1, shape=(C,))
     if not (isinstance(eps, (float, int, np.floating)) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps: expected a positive finite float, got {eps!r}")
 
@@ -211,7 +211,7 @@ def residual_layernorm_forward_cpu(x, r, w, b, eps):
 
 def layernorm_backward_cpu(dy, cache):
     x, w, mean, rstd = cache
-    _common.check_array("dy", dy, shape=tuple(x.shape))
+    _checks.check_array("dy", dy, shape=tuple(x.shape))
     C = x.shape[-1]
     N = x.size // C
     K = max(1, min(N, N_CHUNKS))
@@ -355,7 +355,7 @@ def residual_layernorm_forward_cuda(x, r, w, b, eps):
 
 def layernorm_backward_cuda(dy, cache):
     x, w, mean, rstd = cache
-    _common.check_array("dy", dy, shape=tuple(x.shape))
+    _checks.check_array("dy", dy, shape=tuple(x.shape))
     _, bwd_dx, bwd_dwdb = _cuda_kernels()
     C = tuple(x.shape)[-1]
     N = x.size // C
@@ -420,10 +420,10 @@ def tolerances(x64, w64, b64, dy64, eps):
     xhat = np.abs((x2 - c.mean[:, None]) * c.rstd[:, None]).max()
     mean_over_std = (np.abs(c.mean) * c.rstd).max()
     wmax, bmax, dymax, rsmax = np.abs(w64).max(), np.abs(b64).max(), np.abs(dy64).max(), c.rstd.max()
-    tol_y = _common.f32_tol(C, scale=(xhat + mean_over_std + 1) * wmax + bmax)
-    tol_dx = _common.f32_tol(C, scale=rsmax * dymax * wmax * (2 + xhat + mean_over_std) ** 2)
-    tol_dw = _common.f32_tol(N * C, scale=dymax * (1 + xhat + mean_over_std))
-    tol_db = _common.f32_tol(N, scale=dymax)
+    tol_y = _checks.f32_tol(C, scale=(xhat + mean_over_std + 1) * wmax + bmax)
+    tol_dx = _checks.f32_tol(C, scale=rsmax * dymax * wmax * (2 + xhat + mean_over_std) ** 2)
+    tol_dw = _checks.f32_tol(N * C, scale=dymax * (1 + xhat + mean_over_std))
+    tol_db = _checks.f32_tol(N, scale=dymax)
     return tol_y, tol_dx, tol_dw, tol_db
 
 
@@ -431,8 +431,8 @@ def tolerances(x64, w64, b64, dy64, eps):
 
 
 def main():
-    rep = _common.Report("layernorm")
-    r = _common.rng(0)
+    rep = _checks.Report("layernorm")
+    r = _checks.rng(0)
     N, C = 8 * 128, 768  # (B*T, C) at DistilBERT-base size
     x = (r.standard_normal((N, C)) * 2 + 0.5).astype(np.float32)
     res = r.standard_normal((N, C)).astype(np.float32)

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _blas, _common, _cuda
+from . import _blas, _checks, _cuda
 
 ZERO = np.float32(0.0)
 
@@ -72,20 +72,20 @@ def linear_backward_ref(dy, cache):
 
 
 def _check_forward(x, w, b):
-    _common.check_array("x", x)
+    _checks.check_array("x", x)
     if len(x.shape) < 1:
         raise ValueError(f"x: expected an array (..., Cin) with at least one axis, got shape {tuple(x.shape)}")
-    _common.check_array("w", w, ndim=2)
+    _checks.check_array("w", w, ndim=2)
     if tuple(w.shape)[1] != tuple(x.shape)[-1]:
         raise ValueError(f"w: expected shape (Cout, {tuple(x.shape)[-1]}) to match the last axis of x "
                          f"{tuple(x.shape)}, got {tuple(w.shape)}")
     if b is not None:
-        _common.check_array("b", b, ndim=1, shape=(tuple(w.shape)[0],))
+        _checks.check_array("b", b, ndim=1, shape=(tuple(w.shape)[0],))
 
 
 def _check_backward(dy, cache):
     x, w, _ = cache
-    _common.check_array("dy", dy, shape=tuple(x.shape)[:-1] + (tuple(w.shape)[0],))
+    _checks.check_array("dy", dy, shape=tuple(x.shape)[:-1] + (tuple(w.shape)[0],))
 
 
 def linear_forward_cpu(x, w, b=None):
@@ -232,8 +232,8 @@ def _cuda_kernels():
 def matmul_cuda(a, b, trans_a=False, trans_b=False):
     """c = op(a) @ op(b) for 2-d float32 device arrays, op(x) = x.T when the flag is set; returns a new device
     array (M, N). Transposes are read in place (no transposed copies)."""
-    _common.check_array("a", a, ndim=2)
-    _common.check_array("b", b, ndim=2)
+    _checks.check_array("a", a, ndim=2)
+    _checks.check_array("b", b, ndim=2)
     M, Ka = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
     Kb, N = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
     if Ka != Kb:
@@ -307,19 +307,19 @@ def linear_backward(dy, cache):
 def tolerances(x, w, dy):
     """Absolute tolerances (y, dx, dw, db) for float32 results against a float64 reference.
     Each output is a dot product: y sums Cin terms |x||w|, dx sums Cout terms |dy||w|, dW and db sum N rows of
-    |dy||x| and |dy|. f32_tol(n, scale) = 16 eps sqrt(n) * scale (see _common.f32_tol)."""
+    |dy||x| and |dy|. f32_tol(n, scale) = 16 eps sqrt(n) * scale (see _checks.f32_tol)."""
     cin, cout = w.shape[1], w.shape[0]
     n = x.size // cin if cin else 0
     xm, wm, gm = (float(np.abs(a).max(initial=0.0)) for a in (x, w, dy))
-    return (_common.f32_tol(cin, scale=xm * wm) + _common.f32_tol(1, scale=xm * wm),  # + 1 rounding for the bias add
-            _common.f32_tol(cout, scale=gm * wm),
-            _common.f32_tol(n, scale=gm * xm),
-            _common.f32_tol(n, scale=gm))
+    return (_checks.f32_tol(cin, scale=xm * wm) + _checks.f32_tol(1, scale=xm * wm),  # + 1 rounding for the bias add
+            _checks.f32_tol(cout, scale=gm * wm),
+            _checks.f32_tol(n, scale=gm * xm),
+            _checks.f32_tol(n, scale=gm))
 
 
 def main():
-    rep = _common.Report("linear")
-    r = _common.rng(0)
+    rep = _checks.Report("linear")
+    r = _checks.rng(0)
 
     def data(n, cin, cout):
         x = r.standard_normal((n, cin)).astype(np.float32)

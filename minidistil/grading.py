@@ -18,7 +18,7 @@ tolerance, the grader names that mistake. A stub that still raises NotImplemente
 implemented yet". `grade()` returns a GradeReport; the command exits 0 only when every check passes, so a classroom
 CI can run it.
 
-Tolerances are the kernels' own derived bounds (each kernel file's `tolerances()`, built from `_common.f32_tol`
+Tolerances are the kernels' own derived bounds (each kernel file's `tolerances()`, built from `_checks.f32_tol`
 with the reduction lengths and the data's magnitudes): a float32 answer that rounds like a careful float32 kernel
 passes, anything further off fails. Finite differences use h = 1e-6 in float64 (truncation ~ h^2, rounding
 ~ eps64 |L| / h ~ 1e-10): they are compared with atol = rtol = 1e-6, a 1000x margin over that error.
@@ -44,7 +44,7 @@ from typing import Callable
 
 import numpy as np
 
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 
 EXERCISES_DIR = Path(__file__).resolve().parents[1] / "tutorials" / "exercises"
 FD_TOL = 1e-6  # finite differences in float64: see the module docstring
@@ -294,11 +294,11 @@ class _Session:
             c.fail(f"{what}: with float64 inputs your function returned "
                    f"{type(analytic).__name__} {getattr(analytic, 'shape', '')}, expected shape {x64.shape}")
             return
-        numeric = _common.numerical_gradient(f64, x64)
+        numeric = _checks.numerical_gradient(f64, x64)
         atol = rtol = FD_TOL
         if analytic.dtype != np.float64:
             # float32 output from float64 inputs: only float32 accuracy can be asked of it
-            atol = rtol = _common.f32_tol(x64.shape[-1], scale=1 + float(np.abs(numeric).max()))
+            atol = rtol = _checks.f32_tol(x64.shape[-1], scale=1 + float(np.abs(numeric).max()))
             c.lines.append(f"note: {what} came back {analytic.dtype} for float64 inputs; follow the input's dtype "
                            "(x.dtype) to get the full float64 finite-difference check")
         err, idx = _worst(analytic.astype(np.float64), numeric, atol, rtol)
@@ -387,14 +387,14 @@ def _run_gelu_backward(s: _Session):
         x64, dy64 = _f64(x32, dy32)
         expect = K.gelu_backward_ref(dy64, K.GeluCache(x64))
         # elementwise: erf, exp and ~6 roundings per element, |dx| <= 1.13 |dy|: f32_tol(1) relative and absolute
-        atol = _common.f32_tol(1, scale=float(np.abs(dy64).max()) * 1.2)
+        atol = _checks.f32_tol(1, scale=float(np.abs(dy64).max()) * 1.2)
         cdf = 0.5 * (1 + erf(x64 / np.sqrt(2)))
         pdf = np.exp(-0.5 * x64 ** 2) / np.sqrt(2 * np.pi)
         with s.case(label):
             before = x32.copy()
             dx = s.call("gelu_backward", dy32, x32)
             s.expect_unchanged("x", before, x32)
-            s.expect_array("dx", dx, expect, atol, _common.f32_tol(1), variants={
+            s.expect_array("dx", dx, expect, atol, _checks.f32_tol(1), variants={
                 "your dx equals dy * Phi(x): GELU is x * Phi(x), so by the product rule its derivative also has the "
                 "term x * phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi)": lambda: dy64 * cdf,
                 "your dx is gelu'(x) without the factor dy: the chain rule multiplies by the incoming gradient":
@@ -472,9 +472,9 @@ def _run_layernorm_forward(s: _Session):
                           "(catastrophic cancellation in float32): compute the mean first, then mean((x - mean)^2)"
                           if "1000" in label else None))
             N = x2.shape[0]
-            s.expect_array("mean", got[1], c64.mean, _common.f32_tol(C, scale=float(np.abs(x64).max())),
+            s.expect_array("mean", got[1], c64.mean, _checks.f32_tol(C, scale=float(np.abs(x64).max())),
                            otherwise=f"mean and rstd have one value per row: shape ({N},) = x.reshape(-1, C) rows")
-            s.expect_array("rstd", got[2], c64.rstd, 0.0, _common.f32_tol(C, scale=2 + float(
+            s.expect_array("rstd", got[2], c64.rstd, 0.0, _checks.f32_tol(C, scale=2 + float(
                 (np.abs(c64.mean) * c64.rstd).max())), variants={
                 "rstd is 1 / sqrt(var + eps), not sqrt(var + eps)": lambda: np.sqrt(var[:, 0] + eps),
             })
@@ -837,9 +837,9 @@ def _run_adamw(s: _Session):
         K.adamw_step_ref(state[0], g32.astype(np.float64), state[1], state[2], weight_decay=wd, step=step, **HP)
         # as in tests/test_kernel_adamw.py: ~10 roundings of the parameter and of the update
         upd = float(np.abs(state[0] - p32 * (1 - HP["lr"] * wd)).max())
-        tol_p = _common.f32_tol(1, scale=float(np.abs(state[0]).max()) + upd)
-        tol_m = _common.f32_tol(1, scale=float(np.abs(state[1]).max()))
-        tol_v = _common.f32_tol(1, scale=float(np.abs(state[2]).max()))
+        tol_p = _checks.f32_tol(1, scale=float(np.abs(state[0]).max()) + upd)
+        tol_m = _checks.f32_tol(1, scale=float(np.abs(state[1]).max()))
+        tol_v = _checks.f32_tol(1, scale=float(np.abs(state[2]).max()))
         kw = dict(weight_decay=wd, step=step, **HP)
         args = (p32, g32, m32, v32)
         with s.case(label):
@@ -892,7 +892,7 @@ def _run_autograd(s: _Session):
     def fd(f):
         """Finite differences of the numpy function f(a, b) -> scalar, wrt a and b."""
         a, b = a0.copy(), b0.copy()
-        return (_common.numerical_gradient(lambda: f(a, b), a), _common.numerical_gradient(lambda: f(a, b), b))
+        return (_checks.numerical_gradient(lambda: f(a, b), a), _checks.numerical_gradient(lambda: f(a, b), b))
 
     for label, build, f, extra in [
         ("mul: sum(a * b)", lambda a, b: mod.sum_(mod.mul(a, b)), lambda a, b: np.sum(a * b),

@@ -168,9 +168,9 @@ class Embedding(Module):
     def forward(self, ids: np.ndarray, name: str = "ids", checked: bool = False) -> Tensor:
         """ids: a host array, or a device array when the weight is on the device. checked=True: the caller has
         checked 0 <= ids < V already (a model checks its host ids before moving them over once per batch)."""
-        from minidistil.kernels import _common, _cuda
+        from minidistil.kernels import _checks, _cuda
         if not checked:
-            _common.check_ids(name, _cuda.to_host(ids), self.weight.shape[0])
+            _checks.check_ids(name, _cuda.to_host(ids), self.weight.shape[0])
         return F.embedding(ids, self.weight, self.padding_idx, checked=True)
 
 
@@ -327,13 +327,13 @@ class PreTrainedModel(Module):
 
 def extend_mask(attention_mask, shape: tuple[int, int]) -> np.ndarray:
     """attention_mask (B, T) with 1 = token, 0 = padding (all ones when None), checked; returned as int32."""
-    from minidistil.kernels import _common
+    from minidistil.kernels import _checks
     if attention_mask is None:
         return np.ones(shape, dtype=np.int32)
     m = np.asarray(attention_mask)
     if tuple(m.shape) != tuple(shape):
         raise ValueError(f"attention_mask: expected shape {tuple(shape)} (that of input_ids), got {tuple(m.shape)}")
-    _common.check_ids("attention_mask", m.astype(np.int64) if m.dtype == bool else m, 2)
+    _checks.check_ids("attention_mask", m.astype(np.int64) if m.dtype == bool else m, 2)
     return np.ascontiguousarray(m, dtype=np.int32)
 
 
@@ -352,12 +352,12 @@ def position_ids(batch: int, length: int, max_positions: int) -> np.ndarray:
 
 
 def check_input_ids(input_ids, vocab_size: int, ndim: int = 2) -> np.ndarray:
-    from minidistil.kernels import _common
+    from minidistil.kernels import _checks
     if isinstance(input_ids, Tensor):
         input_ids = input_ids.numpy()
     ids = np.asarray(input_ids)
     if ids.ndim != ndim:
         raise ValueError(f"input_ids: expected a {ndim}-d integer array, got shape {tuple(ids.shape)}")
-    _common.check_ids("input_ids", ids, vocab_size)
+    _checks.check_ids("input_ids", ids, vocab_size)
     return np.ascontiguousarray(ids, dtype=np.int64)
 

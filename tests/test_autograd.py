@@ -5,7 +5,7 @@ kernel's float64 NumPy reference forward.
 Tolerances. Generic ops run in float64: finite differences with h = 1e-6 have truncation error O(h^2) ~ 1e-12 and
 rounding error O(eps64 / h) ~ 1e-10, so 1e-7 relative is loose. Kernel ops run in float32 (the kernels accept
 nothing else) and are compared with the float64 truth: the error of a float32 gradient that sums R terms of size
-<= S is bounded by f32_tol(R, S) = 16 eps32 sqrt(R) S (see kernels/_common.f32_tol); each test names its R and S.
+<= S is bounded by f32_tol(R, S) = 16 eps32 sqrt(R) S (see kernels/_checks.f32_tol); each test names its R and S.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from minidistil import functional as F
 from minidistil import losses
 from minidistil.autograd import Tensor, no_grad
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 from minidistil.kernels import activations as K_act
 from minidistil.kernels import attention as K_att
 from minidistil.kernels import bce as K_bce
@@ -144,9 +144,9 @@ def test_generic_op_matches_finite_differences(name, rng):
     (out * w).sum().backward()
     for x, t in zip(xs, ts):
         objective = lambda: float((np.asarray(f(*[Tensor(v) for v in xs])) * w).sum())  # noqa: E731
-        expected = _common.numerical_gradient(objective, x)
+        expected = _checks.numerical_gradient(objective, x)
         assert t.grad.dtype == np.float64
-        assert _common.relative_error(t.grad, expected) <= FD64_RTOL, name
+        assert _checks.relative_error(t.grad, expected) <= FD64_RTOL, name
 
 
 # ---- coarse ops: float32 kernels, against finite differences of the float64 reference forward --------------------
@@ -160,16 +160,16 @@ def _check_coarse(ours, reference, arrays: dict, wrt: list[str], R: int, S: floa
     w = None if scalar else rng.standard_normal(out.shape).astype(np.float32)
     (out if scalar else (out * w).sum()).backward()
     a64 = {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in arrays.items()}
-    tol = _common.f32_tol(R, scale=S)
+    tol = _checks.f32_tol(R, scale=S)
     for k in wrt:
         if scalar:
             objective = lambda: float(reference(**a64))  # noqa: E731
         else:
             objective = lambda: float((np.asarray(reference(**a64)) * w).sum())  # noqa: E731
-        expected = _common.numerical_gradient(objective, a64[k])
+        expected = _checks.numerical_gradient(objective, a64[k])
         got = tensors[k].grad
         assert got is not None and got.dtype == np.float32, k
-        _common.assert_close(got, expected, atol=tol, name=f"d/d{k}")
+        _checks.assert_close(got, expected, atol=tol, name=f"d/d{k}")
 
 
 def _f32(rng, *shape, scale=1.0):
@@ -287,7 +287,7 @@ def test_losses_compose_with_generic_ops(rng):
     total.backward()
     g = (K_ce.cross_entropy_backward_ref(0.5, K_ce.cross_entropy_forward_ref(logits.data, np.array([0, 1, 2, 0]))[1])
          + K_ce.cross_entropy_backward_ref(0.5, K_ce.cross_entropy_forward_ref(logits.data, np.array([1, 1, 1, 1]))[1]))
-    _common.assert_close(logits.grad, g, atol=_common.f32_tol(3, scale=1))
+    _checks.assert_close(logits.grad, g, atol=_checks.f32_tol(3, scale=1))
 
 
 # ---- gradient ownership: in-place adds and uncopied leaf gradients never alias ----------------------------------
@@ -425,7 +425,7 @@ def test_second_gradient_is_added_in_place_only_into_an_unshared_array(rng, monk
     dy = _f32(rng, 3, 5)
     y.backward(dy)
     dh = dy @ w1.data + dy @ w2.data                           # from y = h W1^T + h W2^T
-    _common.assert_close(x.grad, dh * (1 - np.tanh(x.data) ** 2), atol=1e-5)
+    _checks.assert_close(x.grad, dh * (1 - np.tanh(x.data) ** 2), atol=1e-5)
     assert calls == [True]
     # residual LN hands ONE array to x and r; when both then meet again, neither may be written in place
     calls.clear()
@@ -441,7 +441,7 @@ def test_second_gradient_is_added_in_place_only_into_an_unshared_array(rng, monk
     mu, var = h64.mean(1, keepdims=True), h64.var(1, keepdims=True)
     xh = (h64 - mu) / np.sqrt(var + 1e-5)
     dh64 = (dz - dz.mean(1, keepdims=True) - xh * (dz * xh).mean(1, keepdims=True)) / np.sqrt(var + 1e-5)
-    _common.assert_close(x.grad, 2 * dh64 * (1 - t64 ** 2), atol=1e-4)
+    _checks.assert_close(x.grad, 2 * dh64 * (1 - t64 ** 2), atol=1e-4)
 
 
 def test_an_op_without_the_promise_has_its_gradients_copied():

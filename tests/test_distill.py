@@ -19,7 +19,7 @@ from conftest import oracle
 
 from minidistil import data as D
 from minidistil import evaluation as E
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 
 @pytest.fixture(autouse=True)
 def one_numba_thread():
@@ -52,7 +52,7 @@ def test_mean_pool_and_spearman():
     m = np.array([[1, 1, 0, 0], [1, 1, 1, 1]])
     pooled = E.mean_pool(h, m)
     assert pooled.dtype == np.float32
-    _common.assert_close(pooled, np.stack([h[0, :2].mean(0), h[1].mean(0)]), atol=_common.f32_tol(4, scale=4))
+    _checks.assert_close(pooled, np.stack([h[0, :2].mean(0), h[1].mean(0)]), atol=_checks.f32_tol(4, scale=4))
 
     # a bag-of-words "encoder" (one-hot rows): its cosine tracks word overlap, which the human scores follow
     tok = D.train_wordpiece([p.sentence1 + " " + p.sentence2 for p in E.load_sts_pairs()], vocab_size=600)
@@ -114,10 +114,10 @@ def test_student_copies_the_teacher(rng, mlm):
     full = make_student(teacher, layers=[0, 1, 2, 3])
     t_logits, t_h = forward_outputs(teacher, ids, mask)
     s_logits, s_h = forward_outputs(full, ids, mask)
-    tol = _common.f32_tol(32 * 4, scale=2 / 0.02)
-    _common.assert_close(s_h.numpy(), t_h.numpy(), atol=tol, name="last hidden")
+    tol = _checks.f32_tol(32 * 4, scale=2 / 0.02)
+    _checks.assert_close(s_h.numpy(), t_h.numpy(), atol=tol, name="last hidden")
     if mlm:
-        _common.assert_close(s_logits.numpy(), t_logits.numpy(), atol=tol, name="logits")
+        _checks.assert_close(s_logits.numpy(), t_logits.numpy(), atol=tol, name="logits")
     assert not any("token_type" in n or "pooler" in n for n, _ in full.named_parameters())
 
 
@@ -133,7 +133,7 @@ def test_student_saved_loads_in_transformers(tmp_path, rng):
     with torch.no_grad():
         ref = hf(torch.tensor(ids), attention_mask=torch.ones(2, 7, dtype=torch.long)).logits.numpy()
     ours = student(ids, np.ones_like(ids)).logits.numpy()
-    _common.assert_close(ours, ref, atol=_common.f32_tol(32 * 2, scale=2 / 0.02), name="logits vs transformers")
+    _checks.assert_close(ours, ref, atol=_checks.f32_tol(32 * 2, scale=2 / 0.02), name="logits vs transformers")
 
 
 # ---- the loss against torch -------------------------------------------------------------------------------------
@@ -183,12 +183,12 @@ def test_triple_loss_and_gradients_match_torch(torch, rng):
     ref_total, ref_terms = _torch_triple(torch, tsl, t_logits, tsh, t_h, labels, mask, w)
     ref_total.backward()
     # float32 losses are means of sums over V (or C) terms of size ~|logits| / T: f32_tol(V, scale=10)
-    tol = _common.f32_tol(V * B * T, scale=10)
+    tol = _checks.f32_tol(V * B * T, scale=10)
     for k in ref_terms:
         assert terms[k] == pytest.approx(ref_terms[k], abs=tol), k
     assert float(total.item()) == pytest.approx(float(ref_total), abs=tol * 10)
-    _common.assert_close(sl.grad, tsl.grad.numpy(), atol=_common.f32_tol(V, scale=5), name="dlogits")
-    _common.assert_close(sh.grad, tsh.grad.numpy(), atol=_common.f32_tol(C * T, scale=5), name="dhidden")
+    _checks.assert_close(sl.grad, tsl.grad.numpy(), atol=_checks.f32_tol(V, scale=5), name="dlogits")
+    _checks.assert_close(sh.grad, tsh.grad.numpy(), atol=_checks.f32_tol(C * T, scale=5), name="dhidden")
     # padding gets no gradient at all
     assert not sl.grad[0, 4:].any() and not sh.grad[2, 1:].any()
 

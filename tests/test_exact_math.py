@@ -1,8 +1,8 @@
-"""The exact vectorisable float32 exp and erf of kernels/_common.py (exp_f32, erf_f32), the default in the CPU
+"""The exact vectorisable float32 exp and erf of kernels/_f32math.py (exp_f32, erf_f32), the default in the CPU
 kernels, against the correctly rounded float32 value: np.float32 of the float64 result (numpy's exp, math.exp,
 math.erf and scipy's erf are accurate to about 1 float64 ulp, 1e-16 relative).
 
-What "exact" means here, and the bounds asserted (derived in the comment block of _common.py):
+What "exact" means here, and the bounds asserted (derived in the comment block of _f32math.py):
 - every output is within 1 float32 ulp of the correctly rounded value;
 - it differs from it only where the true value lies within ~1e-14 relative of a midpoint between two float32
   numbers: a fraction of inputs of order 1e-14 / 2^-24 ~ 2e-7 at most, asserted <= EXACT_MATH_MAX_MISMATCH_FRACTION
@@ -18,32 +18,32 @@ import numpy as np
 import pytest
 from numba import njit, prange
 
-from minidistil.kernels import _common
+from minidistil.kernels import _f32math
 from minidistil.kernels import gelu as KG
 
 
 @njit(cache=True, parallel=True)
 def _exp_all(x, y):
     for i in prange(x.size):
-        y[i] = _common.exp_f32(x[i])
+        y[i] = _f32math.exp_f32(x[i])
 
 
 @njit(cache=True, parallel=True)
 def _erf_all(x, y):
     for i in prange(x.size):
-        y[i] = _common.erf_f32(x[i])
+        y[i] = _f32math.erf_f32(x[i])
 
 
 @njit(cache=False)
 def _exp_serial(x, y):      # a plain loop, for reading its LLVM IR (not cached: inspect_llvm needs the module)
     for i in range(x.size):
-        y[i] = _common.exp_f32(x[i])
+        y[i] = _f32math.exp_f32(x[i])
 
 
 @njit(cache=False)
 def _erf_serial(x, y):
     for i in range(x.size):
-        y[i] = _common.erf_f32(x[i])
+        y[i] = _f32math.erf_f32(x[i])
 
 
 def _run(kernel, x):
@@ -107,7 +107,7 @@ def test_exp_f32_is_correctly_rounded_on_dense_grids(rng):
     ]).astype(np.float32)
     got = _run(_exp_all, x)
     mismatches = _compare(got, _exp_reference(x), "exp_f32")
-    assert mismatches <= _common.EXACT_MATH_MAX_MISMATCH_FRACTION * x.size, f"{mismatches} of {x.size} differ"
+    assert mismatches <= _f32math.EXACT_MATH_MAX_MISMATCH_FRACTION * x.size, f"{mismatches} of {x.size} differ"
 
 
 def test_exp_f32_edges_are_exact():
@@ -148,7 +148,7 @@ def test_erf_f32_is_correctly_rounded_on_dense_grids(rng):
     ]).astype(np.float32)
     got = _run(_erf_all, x)
     mismatches = _compare(got, _erf_reference(x), "erf_f32")
-    assert mismatches <= _common.EXACT_MATH_MAX_MISMATCH_FRACTION * x.size, f"{mismatches} of {x.size} differ"
+    assert mismatches <= _f32math.EXACT_MATH_MAX_MISMATCH_FRACTION * x.size, f"{mismatches} of {x.size} differ"
     np.testing.assert_array_equal(_run(_erf_all, -x), -got)           # odd, exactly
 
 
@@ -168,9 +168,9 @@ def test_erfcx_coefficients_meet_their_error_bound():
     # eps is 2.2e-16; exp_f32/erf_f32 round once to float32, whose eps is 1.2e-7). Both the stored coefficients and
     # a fresh fit on this machine's BLAS must meet it.
     a = np.linspace(1.0, 4.0, 3001)
-    t = (a - _common._ERFCX_MID) * _common._ERFCX_INV_HALF
+    t = (a - _f32math._ERFCX_MID) * _f32math._ERFCX_INV_HALF
     exact = np.array([math.erfc(v) * math.exp(v * v) for v in a])
-    for coefficients in (np.array(_common._ERFCX_POLY), np.array(_common.erfcx_coefficients())):
+    for coefficients in (np.array(_f32math._ERFCX_POLY), np.array(_f32math.erfcx_coefficients())):
         assert coefficients.shape == (23,)
         g = np.polynomial.polynomial.polyval(t, coefficients)
         assert np.abs(g / exact - 1).max() < 1e-14
@@ -201,4 +201,4 @@ def test_gelu_cpu_default_is_the_float32_formula_with_correctly_rounded_erf(rng)
     want = KG.HALF * x * (KG.ONE + _erf_reference(u))
     got, _ = KG.gelu_forward_cpu(x, fast=False)
     diff = np.count_nonzero(got != want)
-    assert diff <= _common.EXACT_MATH_MAX_MISMATCH_FRACTION * x.size, f"{diff} of {x.size} differ"
+    assert diff <= _f32math.EXACT_MATH_MAX_MISMATCH_FRACTION * x.size, f"{diff} of {x.size} differ"

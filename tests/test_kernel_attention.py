@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import attention as K
 
 # (B, T, C, H, fully padded sequences): T=1, T=7, C=13 (D=13, H=1), a fully padded sequence, BERT's D=64
@@ -31,10 +31,10 @@ def _assert_matches(out, probs, grads, ref, factor=1.0):
     out64, probs64, grads64, tols = ref
     t_out, t_p, t_dq, t_dk, t_dv = (factor * t for t in tols)
     assert out.dtype == probs.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
-    _common.assert_close(out, out64, atol=t_out, name="out")
-    _common.assert_close(probs, probs64, atol=t_p, name="probs")
+    _checks.assert_close(out, out64, atol=t_out, name="out")
+    _checks.assert_close(probs, probs64, atol=t_p, name="probs")
     for name, g, g64, tol in zip(("dq", "dk", "dv"), grads, grads64, (t_dq, t_dk, t_dv)):
-        _common.assert_close(g, g64, atol=tol, name=name)
+        _checks.assert_close(g, g64, atol=tol, name=name)
 
 
 def _assert_padded_rows(out, probs, grads, mask):
@@ -43,7 +43,7 @@ def _assert_padded_rows(out, probs, grads, mask):
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(probs))
     for b in np.flatnonzero(~np.asarray(mask).astype(bool).any(axis=1)):
         T = mask.shape[1]
-        _common.assert_close(probs[b], np.full_like(probs[b], 1.0 / T), atol=_common.f32_tol(T), name="uniform P")
+        _checks.assert_close(probs[b], np.full_like(probs[b], 1.0 / T), atol=_checks.f32_tol(T), name="uniform P")
         assert np.all(dq[b] == 0) and np.all(dk[b] == 0)
 
 
@@ -58,7 +58,7 @@ def test_ref_backward_matches_finite_differences(rng):
     _, cache = K.attention_forward_ref(q, k, v, mask, H)
     dq, dk, dv = K.attention_backward_ref(g, cache)
     for name, analytic, x in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
-        assert _common.relative_error(analytic, _common.numerical_gradient(loss, x)) <= 1e-6, name
+        assert _checks.relative_error(analytic, _checks.numerical_gradient(loss, x)) <= 1e-6, name
 
 
 # (b) every float32 version against the reference ----------------------------------------------------------------

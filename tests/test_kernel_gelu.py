@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import gelu as K
 
 SHAPES = [(1, 1), (1, 13), (7, 13), (2, 7, 13), (3, 1, 768)]
@@ -25,8 +25,8 @@ def test_ref_backward_matches_finite_differences(rng):
     w = rng.standard_normal((3, 5))  # loss = sum(w * gelu(x + b)), so dL/dy = w
     loss = lambda: float((w * K.bias_gelu_forward_ref(x, b)[0]).sum())
     dx, db = K.bias_gelu_backward_ref(w, K.BiasGeluCache(x, b))
-    assert _common.relative_error(dx, _common.numerical_gradient(loss, x)) <= 1e-6
-    assert _common.relative_error(db, _common.numerical_gradient(loss, b)) <= 1e-6
+    assert _checks.relative_error(dx, _checks.numerical_gradient(loss, x)) <= 1e-6
+    assert _checks.relative_error(db, _checks.numerical_gradient(loss, b)) <= 1e-6
 
 
 # (b) every float32 version against the reference ----------------------------------------------------------------
@@ -42,17 +42,17 @@ def test_cpu_matches_reference(rng, shape):
     y, cache = K.bias_gelu_forward(x, b)
     dx, db = K.bias_gelu_backward(dy, cache)
     assert y.dtype == dx.dtype == db.dtype == np.float32
-    tol = _common.f32_tol(1, scale=8)
-    _common.assert_close(y, y_ref, atol=tol, rtol=tol, name="y")
-    _common.assert_close(dx, dx_ref, atol=tol, rtol=tol, name="dx")
+    tol = _checks.f32_tol(1, scale=8)
+    _checks.assert_close(y, y_ref, atol=tol, rtol=tol, name="y")
+    _checks.assert_close(dx, dx_ref, atol=tol, rtol=tol, name="dx")
     n = int(np.prod(shape[:-1]))
-    _common.assert_close(db, db_ref, atol=_common.f32_tol(n, scale=4), rtol=tol, name="db")
+    _checks.assert_close(db, db_ref, atol=_checks.f32_tol(n, scale=4), rtol=tol, name="db")
 
     y2, c2 = K.gelu_forward(x)
     dx2 = K.gelu_backward(dy, c2)
     assert y2.dtype == dx2.dtype == np.float32
-    _common.assert_close(y2, K.gelu_forward_ref(x.astype(np.float64))[0], atol=tol, rtol=tol, name="gelu y")
-    _common.assert_close(dx2, K.gelu_backward_ref(dy.astype(np.float64), K.GeluCache(x.astype(np.float64))),
+    _checks.assert_close(y2, K.gelu_forward_ref(x.astype(np.float64))[0], atol=tol, rtol=tol, name="gelu y")
+    _checks.assert_close(dx2, K.gelu_backward_ref(dy.astype(np.float64), K.GeluCache(x.astype(np.float64))),
                          atol=tol, rtol=tol, name="gelu dx")
 
 
@@ -61,10 +61,10 @@ def test_cpu_matches_reference(rng, shape):
                   elements=st.floats(-20, 20, width=32)))
 def test_cpu_matches_reference_hypothesis(x):
     y, c = K.gelu_forward(x)
-    tol = _common.f32_tol(1, scale=20)
-    _common.assert_close(y, K.gelu_forward_ref(x.astype(np.float64))[0], atol=tol, rtol=tol)
+    tol = _checks.f32_tol(1, scale=20)
+    _checks.assert_close(y, K.gelu_forward_ref(x.astype(np.float64))[0], atol=tol, rtol=tol)
     dx = K.gelu_backward(np.ones_like(x), c)
-    _common.assert_close(dx, K.gelu_backward_ref(np.ones_like(x, dtype=np.float64),
+    _checks.assert_close(dx, K.gelu_backward_ref(np.ones_like(x, dtype=np.float64),
                                                  K.GeluCache(x.astype(np.float64))), atol=tol, rtol=tol)
 
 
@@ -80,13 +80,13 @@ def test_cuda_matches_reference(rng, shape):
     dx, db = K.bias_gelu_backward(dyd, cache)
     y, dx, db = (_cuda.to_host(a) for a in (y, dx, db))
     assert y.dtype == dx.dtype == db.dtype == np.float32
-    tol = _common.f32_tol(1, scale=8)
-    _common.assert_close(y, y_ref, atol=tol, rtol=tol, name="y")
-    _common.assert_close(dx, dx_ref, atol=tol, rtol=tol, name="dx")
-    _common.assert_close(db, db_ref, atol=_common.f32_tol(int(np.prod(shape[:-1])), scale=4), rtol=tol, name="db")
+    tol = _checks.f32_tol(1, scale=8)
+    _checks.assert_close(y, y_ref, atol=tol, rtol=tol, name="y")
+    _checks.assert_close(dx, dx_ref, atol=tol, rtol=tol, name="dx")
+    _checks.assert_close(db, db_ref, atol=_checks.f32_tol(int(np.prod(shape[:-1])), scale=4), rtol=tol, name="db")
     y2, c2 = K.gelu_forward(xd)
-    _common.assert_close(_cuda.to_host(y2), K.gelu_forward_ref(x.astype(np.float64))[0], atol=tol, rtol=tol)
-    _common.assert_close(_cuda.to_host(K.gelu_backward(dyd, c2)),
+    _checks.assert_close(_cuda.to_host(y2), K.gelu_forward_ref(x.astype(np.float64))[0], atol=tol, rtol=tol)
+    _checks.assert_close(_cuda.to_host(K.gelu_backward(dyd, c2)),
                          K.gelu_backward_ref(dy.astype(np.float64), K.GeluCache(x.astype(np.float64))),
                          atol=tol, rtol=tol)
 
@@ -101,10 +101,10 @@ def test_matches_torch(torch, rng):
     yt.backward(torch.tensor(dy))
     y, cache = K.bias_gelu_forward(x, b)
     dx, db = K.bias_gelu_backward(dy, cache)
-    tol = _common.f32_tol(1, scale=8)
-    _common.assert_close(y, yt.detach().numpy(), atol=tol, rtol=tol, name="y")
-    _common.assert_close(dx, xt.grad.numpy(), atol=tol, rtol=tol, name="dx")
-    _common.assert_close(db, bt.grad.numpy(), atol=_common.f32_tol(28, scale=4), rtol=tol, name="db")
+    tol = _checks.f32_tol(1, scale=8)
+    _checks.assert_close(y, yt.detach().numpy(), atol=tol, rtol=tol, name="y")
+    _checks.assert_close(dx, xt.grad.numpy(), atol=tol, rtol=tol, name="dx")
+    _checks.assert_close(db, bt.grad.numpy(), atol=_checks.f32_tol(28, scale=4), rtol=tol, name="db")
 
 
 # bad input -------------------------------------------------------------------------------------------------------

@@ -179,7 +179,7 @@ def test_no_weights_is_a_clear_error(tmp_path):
 import minidistil  # noqa: E402
 from minidistil import hub, no_grad  # noqa: E402
 from minidistil.config import BertConfig, DistilBertConfig  # noqa: E402
-from minidistil.kernels._common import f32_tol  # noqa: E402
+from minidistil.kernels._checks import f32_tol  # noqa: E402
 
 BERT = dict(vocab_size=61, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
             max_position_embeddings=24, type_vocab_size=2)

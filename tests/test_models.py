@@ -25,7 +25,7 @@ import make_reference_dumps as ref
 from conftest import oracle
 from minidistil import autograd, config as cfgmod, nn
 from minidistil.autograd import Tensor, no_grad
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 
 OUT_ATOL = 1e-5
 GRAD_RTOL = 1e-4
@@ -53,15 +53,15 @@ def _check_against(model, arch: str, rec: dict[str, np.ndarray]):
     for name in ref.output_names(arch):
         y = getattr(out, name)
         assert isinstance(y, Tensor) and y.dtype == np.float32, name
-        _common.assert_close(np.asarray(y), rec[f"out/{name}"], atol=OUT_ATOL, name=f"{arch} {name}")
+        _checks.assert_close(np.asarray(y), rec[f"out/{name}"], atol=OUT_ATOL, name=f"{arch} {name}")
         term = (y * rec[f"w/{name}"]).sum()
         objective = term if objective is None else objective + term
     n_hidden = sum(k.startswith("hidden/") for k in rec)
     assert len(out.hidden_states) == n_hidden
     for i, h in enumerate(out.hidden_states):
-        _common.assert_close(np.asarray(h), rec[f"hidden/{i}"], atol=OUT_ATOL, name=f"{arch} hidden_states[{i}]")
+        _checks.assert_close(np.asarray(h), rec[f"hidden/{i}"], atol=OUT_ATOL, name=f"{arch} hidden_states[{i}]")
     for i, a in enumerate(out.attentions):
-        _common.assert_close(np.asarray(a), rec[f"attention/{i}"], atol=OUT_ATOL, name=f"{arch} attentions[{i}]")
+        _checks.assert_close(np.asarray(a), rec[f"attention/{i}"], atol=OUT_ATOL, name=f"{arch} attentions[{i}]")
 
     objective.backward()
     ours = dict(model.named_parameters())
@@ -101,7 +101,7 @@ def _check_grad(p, expected, what, all_expected):
     got = np.zeros_like(expected) if p.grad is None else np.asarray(p.grad)
     assert got.dtype == np.float32, what
     scale = np.abs(expected).max(initial=0.0)
-    _common.assert_close(got, expected, atol=max(GRAD_RTOL * scale, _grad_floor(all_expected)), name=what)
+    _checks.assert_close(got, expected, atol=max(GRAD_RTOL * scale, _grad_floor(all_expected)), name=what)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import pytest
 from conftest import oracle
 
 from minidistil.autograd import Tensor
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 from minidistil.optim import AdamW, LinearWarmupDecay, clip_grad_norm, decays, global_grad_norm
 
 SHAPES = {  # a DistilBERT-like set of names: matrices decay, biases and LayerNorm weights do not
@@ -56,9 +56,9 @@ def test_clipping_matches_torch(torch, rng):
         ref_norm = float(torch.nn.utils.clip_grad_norm_(tp, 5.0))
         norm = clip_grad_norm(params.values(), 5.0)
         n_el = sum(p.size for p in params.values())
-        assert norm == pytest.approx(ref_norm, rel=_common.f32_tol(n_el))
+        assert norm == pytest.approx(ref_norm, rel=_checks.f32_tol(n_el))
         for t, p in zip(tp, params.values()):
-            _common.assert_close(p.grad, t.grad.numpy(), atol=_common.f32_tol(1, scale=scale * 4), name="clipped")
+            _checks.assert_close(p.grad, t.grad.numpy(), atol=_checks.f32_tol(1, scale=scale * 4), name="clipped")
         if scale > 1:
             assert global_grad_norm(params.values()) == pytest.approx(5.0, rel=1e-5)
     inf = _params(rng)
@@ -95,7 +95,7 @@ def test_adamw_matches_torch(torch, rng):
     for n, p in params.items():
         assert p.data.dtype == np.float32
         ref = tp[n].detach().numpy()
-        _common.assert_close(p.data, ref, atol=_common.f32_tol(20, scale=np.abs(ref).max()), name=n)
+        _checks.assert_close(p.data, ref, atol=_checks.f32_tol(20, scale=np.abs(ref).max()), name=n)
     # the parameters really moved (the comparison is not of two untouched copies)
     assert any(np.abs(p.data - _params(np.random.default_rng(1234))[n].data).max() > 1e-3 for n, p in params.items())
 

@@ -10,7 +10,7 @@ import minidistil
 from conftest import oracle
 from minidistil import no_grad
 from minidistil.config import BertConfig, DistilBertConfig
-from minidistil.kernels._common import f32_tol
+from minidistil.kernels._checks import f32_tol
 from minidistil.pipelines import TokenClassificationPipeline, pipeline, sigmoid, softmax
 from minidistil.tokenizer import Tokenizer
 
@@ -70,7 +70,7 @@ def test_fill_mask(tok):
         assert [x["token"] for x in r] == list(best)
         # the pipeline runs batches of 2, the direct call all 3 texts at once: another padded length, so another
         # BLAS path. Logits are float32 sums of C=16 terms through 2 layers, each ~1 in size: they agree within
-        # f32_tol(16) ~ 9e-6 (a few ulps, derivation in kernels/_common.py), and p = softmax(logits) changes by a
+        # f32_tol(16) ~ 9e-6 (a few ulps, derivation in kernels/_checks.py), and p = softmax(logits) changes by a
         # relative 2 max|dlogit| at most
         np.testing.assert_allclose([x["score"] for x in r], p[best], rtol=2 * f32_tol(16, scale=4.0))
         assert all(x["token_str"] == tok.convert_ids_to_tokens(x["token"]).lstrip("#") or x["token_str"]

@@ -21,12 +21,12 @@ import pytest
 from conftest import oracle
 
 from minidistil import _runtime
-from minidistil.kernels import _blas, _common, _cuda
+from minidistil.kernels import _blas, _checks, _cuda, _f32math
 from minidistil.kernels import attention as KA
 from minidistil.kernels import dropout as KD
 from minidistil.kernels import gelu as KG
 
-EPS = _common.EPS32
+EPS = _checks.EPS32
 
 
 # ---- fast math: the stated maximum errors, measured on dense grids ----------------------------------------------
@@ -37,13 +37,13 @@ from numba import njit, prange  # noqa: E402
 @njit(cache=True, parallel=True)
 def _exp_fast_all(x, y):
     for i in prange(x.size):
-        y[i] = _common.exp_fast(x[i])
+        y[i] = _f32math.exp_fast(x[i])
 
 
 @njit(cache=True, parallel=True)
 def _erf_fast_all(x, y):
     for i in prange(x.size):
-        y[i] = _common.erf_fast(x[i])
+        y[i] = _f32math.erf_fast(x[i])
 
 
 def test_exp_fast_relative_error_is_within_the_stated_bound():
@@ -54,7 +54,7 @@ def test_exp_fast_relative_error_is_within_the_stated_bound():
     exact = np.exp(x.astype(np.float64))
     rel = np.abs(y - exact) / exact
     assert y.dtype == np.float32
-    assert rel.max() <= _common.EXP_FAST_MAX_REL_ERR, f"max relative error {rel.max():.3e}"
+    assert rel.max() <= _f32math.EXP_FAST_MAX_REL_ERR, f"max relative error {rel.max():.3e}"
     # below the smallest normal it returns exactly 0 (softmax's filled scores), and exp(0) is 1
     lo = np.array([-3.4e38, -1000.0, -87.5, 0.0], np.float32)
     out = np.empty_like(lo)
@@ -68,7 +68,7 @@ def test_erf_fast_absolute_error_is_within_the_stated_bound():
     y = np.empty_like(x)
     _erf_fast_all(x, y)
     err = np.abs(y - erf(x.astype(np.float64)))
-    assert err.max() <= _common.ERF_FAST_MAX_ABS_ERR, f"max absolute error {err.max():.3e}"
+    assert err.max() <= _f32math.ERF_FAST_MAX_ABS_ERR, f"max absolute error {err.max():.3e}"
     neg = np.empty_like(x)
     _erf_fast_all(-x, neg)
     np.testing.assert_array_equal(neg, -y)      # odd
@@ -87,9 +87,9 @@ def _gelu_fast_bounds(h, dy):
       dx = dy (Phi + h phi):            |dy| (0.5 E_erf + |h| phi E_exp) + the same rounding budget on |dy| (1 + |h|)"""
     h64 = h.astype(np.float64)
     phi = np.exp(-0.5 * h64 * h64) / math.sqrt(2 * math.pi)
-    r = _common.f32_tol(1, scale=8)
-    ty = 0.5 * np.abs(h64) * _common.ERF_FAST_MAX_ABS_ERR + r * (1 + np.abs(h64))
-    tdx = np.abs(dy) * (0.5 * _common.ERF_FAST_MAX_ABS_ERR + np.abs(h64) * phi * _common.EXP_FAST_MAX_REL_ERR
+    r = _checks.f32_tol(1, scale=8)
+    ty = 0.5 * np.abs(h64) * _f32math.ERF_FAST_MAX_ABS_ERR + r * (1 + np.abs(h64))
+    tdx = np.abs(dy) * (0.5 * _f32math.ERF_FAST_MAX_ABS_ERR + np.abs(h64) * phi * _f32math.EXP_FAST_MAX_REL_ERR
                         + r * (1 + np.abs(h64)))
     return ty, tdx
 
@@ -109,7 +109,7 @@ def test_bias_gelu_fast_matches_reference(rng, shape):
     assert np.all(np.abs(dx - dx64) <= tdx), f"dx: worst excess {np.max(np.abs(dx - dx64) - tdx):.3e}"
     # db sums the rows of dx: the sum of their bounds plus the float32 sum's own rounding
     n = dx.size // shape[-1]
-    tdb = tdx.reshape(n, -1).sum(axis=0) + _common.f32_tol(n, scale=float(np.abs(dx).max()))
+    tdb = tdx.reshape(n, -1).sum(axis=0) + _checks.f32_tol(n, scale=float(np.abs(dx).max()))
     assert np.all(np.abs(db - db64) <= tdb)
 
 
@@ -154,7 +154,7 @@ def _assert_matches(out, probs, grads, ref, factor=1.0):
     assert out.dtype == probs.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
     for name, a, e, t in zip(("out", "probs", "dq", "dk", "dv"), (out, probs, *grads), (out64, probs64, *grads64),
                              tols):
-        _common.assert_close(a, e, atol=factor * t, name=name)
+        _checks.assert_close(a, e, atol=factor * t, name=name)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -179,7 +179,7 @@ def test_attention_fast_exp_matches_reference(rng, B, T, C, H, n_pad):
     ep = ref[3][1]
     out, cache = KA.attention_forward_blas(q, k, v, mask, H, fast=True)
     grads = KA.attention_backward_blas(dout, cache)
-    _assert_matches(out, cache.probs, grads, ref, factor=(ep + 2 * _common.EXP_FAST_MAX_REL_ERR) / ep)
+    _assert_matches(out, cache.probs, grads, ref, factor=(ep + 2 * _f32math.EXP_FAST_MAX_REL_ERR) / ep)
 
 
 def test_attention_dropout_mask_is_the_dropout_kernels():
@@ -204,9 +204,9 @@ def test_attention_reference_backward_with_dropout_matches_finite_differences(rn
     _, cache = KA.attention_forward_ref(q, k, v, mask, H, p, seed)
     grads = KA.attention_backward_ref(dout, cache)
     for x, g in zip((q, k, v), grads):
-        num = _common.numerical_gradient(
+        num = _checks.numerical_gradient(
             lambda: float((dout * KA.attention_forward_ref(q, k, v, mask, H, p, seed)[0]).sum()), x)
-        _common.assert_close(g, num, atol=1e-7, rtol=1e-6, name="grad")   # O(h^2) + O(eps64 / h) with h = 1e-6
+        _checks.assert_close(g, num, atol=1e-7, rtol=1e-6, name="grad")   # O(h^2) + O(eps64 / h) with h = 1e-6
 
 
 def test_attention_rejects_bad_dropout_arguments(rng):
@@ -243,7 +243,7 @@ def test_functional_attention_dropout_gradients_match_the_reference(rng):
     _assert_matches(out.numpy(), KA.attention_forward_ref(q, k, v, mask, H, p, seed)[1].probs,
                     (tq.grad, tk.grad, tv.grad), ref)
     out_eval, _ = F.attention(tq, tk, tv, mask, H, p, training=False)   # eval: no dropout at all
-    _common.assert_close(out_eval.numpy(), KA.attention_forward_ref(q, k, v, mask, H)[0], atol=ref[3][0])
+    _checks.assert_close(out_eval.numpy(), KA.attention_forward_ref(q, k, v, mask, H)[0], atol=ref[3][0])
 
 
 def test_models_apply_attention_dropout_in_training_only():
@@ -343,7 +343,7 @@ def test_run_blas_tasks_runs_everything_and_restores_the_thread_count():
     out = np.zeros((6, 40, 20), np.float32)
     tasks = [lambda i=i: np.matmul(a[i], b[i], out=out[i]) for i in range(6)]
     _blas.run_blas_tasks(tasks)
-    _common.assert_close(out, a.astype(np.float64) @ b, atol=_common.f32_tol(30, scale=float(np.abs(a).max() *
+    _checks.assert_close(out, a.astype(np.float64) @ b, atol=_checks.f32_tol(30, scale=float(np.abs(a).max() *
                                                                                           np.abs(b).max())))
     assert blas.get_num_threads() == before
 
@@ -403,7 +403,7 @@ def test_bench_torch_forward_matches_minidistil_on_shared_weights(torch):
     a = np.asarray(bench.minidistil_step(s, sc, mm)())
     b = bench.torch_step(s, sc, tm)().detach().numpy()
     # layer-normed outputs of O(1): a float32 tolerance over the longest reduction (F) and the depth
-    _common.assert_close(a, b, atol=_common.f32_tol(s.hidden_dim, scale=4.0) * s.n_layers)
+    _checks.assert_close(a, b, atol=_checks.f32_tol(s.hidden_dim, scale=4.0) * s.n_layers)
 
 
 # ---- fast distillation KL ------------------------------------------------------------------------------------------
@@ -424,14 +424,14 @@ def test_distill_kl_fast_matches_reference(rng, N, V, T):
     # (a sum of terms each off by E relative), each p gains 2E relative (its lse and its own exp). The row KL then
     # gains 2E (the two lse in d, weighted by sum p_t = 1) + 2E W, W = max_i sum_v p_t |d|; dstudent gains 2 * 2E
     # on each of p_s, p_t, times T |dloss| / n.
-    E = _common.EXP_FAST_MAX_REL_ERR
+    E = _f32math.EXP_FAST_MAX_REL_ERR
     tol_l, tol_g = KL.tolerances(s, z, T, dloss, n)
     logp_s, _ = KL._log_softmax_ref(s.astype(np.float64) / T)
     logp_t, _ = KL._log_softmax_ref(z.astype(np.float64) / T)
     W = float((np.exp(logp_t) * np.abs(logp_t - logp_s))[mask].sum(axis=-1).max(initial=0.0))
     assert ds.dtype == np.float32
-    _common.assert_close(loss, loss64, atol=tol_l + T * T * E * (2 + 2 * W), name="loss")
-    _common.assert_close(ds, ds64, atol=tol_g + 4 * E * T * dloss / n, name="dstudent")
+    _checks.assert_close(loss, loss64, atol=tol_l + T * T * E * (2 + 2 * W), name="loss")
+    _checks.assert_close(ds, ds64, atol=tol_g + 4 * E * T * dloss / n, name="dstudent")
 
 
 # ---- linear backward that skips the zero rows of dy ----------------------------------------------------------------
@@ -451,13 +451,13 @@ def test_linear_backward_skipping_zero_rows_matches_reference(rng, n, cin, cout,
     dx64, dw64, db64 = KL.linear_backward_ref(dy.astype(np.float64), c64)
     _, tdx, tdw, tdb = KL.tolerances(x, w, dy)
     assert dx.dtype == dw.dtype == db.dtype == np.float32 and dx.shape == x.shape
-    _common.assert_close(dx, dx64, atol=tdx, name="dx")
-    _common.assert_close(dw, dw64, atol=tdw, name="dw")
-    _common.assert_close(db, db64, atol=tdb, name="db")
+    _checks.assert_close(dx, dx64, atol=tdx, name="dx")
+    _checks.assert_close(dw, dw64, atol=tdw, name="dw")
+    _checks.assert_close(db, db64, atol=tdb, name="db")
     assert np.all(dx[~dy.any(axis=1)] == 0)             # zero rows of dy give zero rows of dx
     # and the same as the dense version within the same tolerances
     dxd, dwd, dbd = KL.linear_backward_cpu_dense(dy, cache)
-    _common.assert_close(dw, dwd, atol=2 * tdw, name="dw vs dense")
+    _checks.assert_close(dw, dwd, atol=2 * tdw, name="dw vs dense")
 
 
 # ---- GEMM as column blocks on the pool (MINIDISTIL_GEMM=blocks) ------------------------------------------------------------------------------
@@ -478,13 +478,13 @@ def test_blocked_matmul_matches_reference(rng, monkeypatch, M, K, N, layout):
         a = np.ascontiguousarray(a.T).T
     res = _blas.matmul(a, b, out)
     assert res is out
-    _common.assert_close(out, a.astype(np.float64) @ b,
-                         atol=_common.f32_tol(K, scale=float(np.abs(a).max() * np.abs(b).max())))
+    _checks.assert_close(out, a.astype(np.float64) @ b,
+                         atol=_checks.f32_tol(K, scale=float(np.abs(a).max() * np.abs(b).max())))
     if "strided" in layout:                                        # nothing written outside the view
         assert np.isnan(out_full[:, :2]).all() and np.isnan(out_full[:, N + 2:]).all()
 
 
-# ---- vectorised row reductions (_common.row_sum / row_dot / row_max) ---------------------------------------------
+# ---- vectorised row reductions (_f32math.row_sum / row_dot / row_max) ---------------------------------------------
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 31, 128, 30522])
 def test_row_reductions(rng, n):
@@ -493,27 +493,27 @@ def test_row_reductions(rng, n):
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     # reassociated float32 sums: any order of n adds errs by at most (n - 1) eps sum|terms| (first-order bound)
     eps = float(np.finfo(np.float32).eps)
-    s = _common.row_sum(a)
+    s = _f32math.row_sum(a)
     assert float(np.float32(s)) == s                           # a float32 result (numba returns a Python float)
-    assert abs(float(_common.row_sum(a)) - a64.sum()) <= max(n - 1, 0) * eps * np.abs(a64).sum() + 1e-30
-    assert abs(float(_common.row_dot(a, b)) - a64 @ b64) <= n * eps * np.abs(a64 * b64).sum() + 1e-30
+    assert abs(float(_f32math.row_sum(a)) - a64.sum()) <= max(n - 1, 0) * eps * np.abs(a64).sum() + 1e-30
+    assert abs(float(_f32math.row_dot(a, b)) - a64 @ b64) <= n * eps * np.abs(a64 * b64).sum() + 1e-30
     # the maximum is exact whatever the order; -inf for an empty row
-    assert _common.row_max(a) == (a.max() if n else -np.inf)
+    assert _f32math.row_max(a) == (a.max() if n else -np.inf)
     if n >= 9:
         for pos in (0, n // 2, n - 1):                           # the maximum anywhere, in any lane or the tail
             c = a.copy()
             c[pos] = 1e30
-            assert _common.row_max(c) == np.float32(1e30)
+            assert _f32math.row_max(c) == np.float32(1e30)
         c = a.copy()
         c[n // 3] = np.nan                                       # NaN is skipped by the compares ...
-        assert _common.row_max(c) == np.nanmax(c)
-        assert np.isnan(_common.row_sum(c))                      # ... and propagates through a sum
+        assert _f32math.row_max(c) == np.nanmax(c)
+        assert np.isnan(_f32math.row_sum(c))                      # ... and propagates through a sum
         c = np.full(n, -np.inf, np.float32)
-        assert _common.row_max(c) == -np.inf
+        assert _f32math.row_max(c) == -np.inf
         c[5] = np.inf
-        assert _common.row_max(c) == np.inf and np.isnan(_common.row_sum(c))   # inf + -inf
+        assert _f32math.row_max(c) == np.inf and np.isnan(_f32math.row_sum(c))   # inf + -inf
         c[c == -np.inf] = 0.0
-        assert _common.row_sum(c) == np.inf
+        assert _f32math.row_sum(c) == np.inf
 
 
 def test_bench_runs_torch_and_onnxruntime_alone_under_their_own_defaults():

@@ -24,7 +24,7 @@
 # 4. **Loops that vectorise** (section 5): libm's `exp`/`erf` and ordered float32 sums run one element at a time.
 # 5. **Memory that is already mapped** (section 6): a fresh large array costs a page fault per page.
 #
-# Time is a median after warm-up (`_common.bench`); the first call of a Numba kernel compiles it.
+# Time is a median after warm-up (`_checks.bench`); the first call of a Numba kernel compiles it.
 #
 # On a machine shared with other jobs the parallel kernels wait for free cores, and their times jump in steps of
 # the scheduler's time slice (often ~10 ms): run the chapter on an idle machine to see the real ratios.
@@ -50,7 +50,7 @@ from numba import njit, prange
 OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
 OUT.mkdir(parents=True, exist_ok=True)
 
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 from minidistil.kernels import gelu as G
 from minidistil.kernels import layernorm as LN
 from minidistil.kernels import linear as LIN
@@ -88,12 +88,12 @@ wt = np.ascontiguousarray(w.T)
 y_blas, _ = LIN.linear_forward(x, w, None)
 y_loop = matmul_loops(x, wt)
 y64 = x.astype(np.float64) @ w.T.astype(np.float64)
-tol = _common.f32_tol(Cin, scale=np.abs(x).max() * np.abs(w).max() * np.sqrt(Cin))
-_common.assert_close(y_blas, y64, atol=tol, name="BLAS")
-_common.assert_close(y_loop, y64, atol=tol, name="loops")
+tol = _checks.f32_tol(Cin, scale=np.abs(x).max() * np.abs(w).max() * np.sqrt(Cin))
+_checks.assert_close(y_blas, y64, atol=tol, name="BLAS")
+_checks.assert_close(y_loop, y64, atol=tol, name="loops")
 flops = 2 * N * Cin * Cout
-timings["matmul: Numba loops"] = _common.bench(lambda: matmul_loops(x, wt), warmup=1, repeat=5)
-timings["matmul: BLAS (linear kernel)"] = _common.bench(lambda: LIN.linear_forward(x, w, None), warmup=1, repeat=5)
+timings["matmul: Numba loops"] = _checks.bench(lambda: matmul_loops(x, wt), warmup=1, repeat=5)
+timings["matmul: BLAS (linear kernel)"] = _checks.bench(lambda: LIN.linear_forward(x, w, None), warmup=1, repeat=5)
 for k in ("matmul: Numba loops", "matmul: BLAS (linear kernel)"):
     print(f"{k:32s} {timings[k]:8.3f} ms  {flops / timings[k] / 1e6:6.1f} GFLOP/s")
 
@@ -112,10 +112,10 @@ fused, _ = G.bias_gelu_forward(h, b)
 unfused, _ = G.gelu_forward(h + b)
 numpy_ref, _ = G.gelu_forward_ref(h + b)
 assert np.array_equal(fused, unfused)                                   # same float32 arithmetic, same bits
-_common.assert_close(fused, numpy_ref, atol=_common.f32_tol(1, scale=8), rtol=_common.f32_tol(1, scale=8))
-timings["bias+GELU: NumPy"] = _common.bench(lambda: G.gelu_forward_ref(h + b), warmup=1, repeat=5)
-timings["bias+GELU: Numba unfused"] = _common.bench(lambda: G.gelu_forward(h + b), warmup=1, repeat=5)
-timings["bias+GELU: Numba fused"] = _common.bench(lambda: G.bias_gelu_forward(h, b), warmup=1, repeat=5)
+_checks.assert_close(fused, numpy_ref, atol=_checks.f32_tol(1, scale=8), rtol=_checks.f32_tol(1, scale=8))
+timings["bias+GELU: NumPy"] = _checks.bench(lambda: G.gelu_forward_ref(h + b), warmup=1, repeat=5)
+timings["bias+GELU: Numba unfused"] = _checks.bench(lambda: G.gelu_forward(h + b), warmup=1, repeat=5)
+timings["bias+GELU: Numba fused"] = _checks.bench(lambda: G.bias_gelu_forward(h, b), warmup=1, repeat=5)
 
 xr = rng.standard_normal((N2, C2)).astype(np.float32)
 rr = rng.standard_normal((N2, C2)).astype(np.float32)
@@ -123,11 +123,11 @@ lw, lb = np.ones(C2, np.float32), np.zeros(C2, np.float32)
 y_f, _ = LN.residual_layernorm_forward(xr, rr, lw, lb, 1e-12)
 y_u, _ = LN.layernorm_forward(xr + rr, lw, lb, 1e-12)
 assert np.allclose(y_f, y_u, rtol=0, atol=1e-5)
-timings["residual+LN: NumPy"] = _common.bench(lambda: LN.layernorm_forward_ref(xr + rr, lw, lb, 1e-12), warmup=1,
+timings["residual+LN: NumPy"] = _checks.bench(lambda: LN.layernorm_forward_ref(xr + rr, lw, lb, 1e-12), warmup=1,
                                               repeat=5)
-timings["residual+LN: Numba unfused"] = _common.bench(lambda: LN.layernorm_forward(xr + rr, lw, lb, 1e-12),
+timings["residual+LN: Numba unfused"] = _checks.bench(lambda: LN.layernorm_forward(xr + rr, lw, lb, 1e-12),
                                                       warmup=1, repeat=5)
-timings["residual+LN: Numba fused"] = _common.bench(lambda: LN.residual_layernorm_forward(xr, rr, lw, lb, 1e-12),
+timings["residual+LN: Numba fused"] = _checks.bench(lambda: LN.residual_layernorm_forward(xr, rr, lw, lb, 1e-12),
                                                     warmup=1, repeat=5)
 for k in [k for k in timings if k.startswith(("bias", "resid"))]:
     print(f"{k:32s} {timings[k]:8.3f} ms")
@@ -147,7 +147,7 @@ for n in sorted({1, max_threads}):
     numba.set_num_threads(n)
     out, _ = G.bias_gelu_forward(h, b)
     assert np.array_equal(out, fused)                                   # elementwise: identical for any n
-    results[n] = _common.bench(lambda: G.bias_gelu_forward(h, b), warmup=1, repeat=5)
+    results[n] = _checks.bench(lambda: G.bias_gelu_forward(h, b), warmup=1, repeat=5)
     timings[f"bias+GELU fused, {n} thread(s)"] = results[n]
     print(f"bias+GELU fused with {n} thread(s): {results[n]:.3f} ms")
 numba.set_num_threads(max_threads)
@@ -180,7 +180,7 @@ layer = {
     "bias + GELU": lambda: G.bias_gelu_forward(f1, bF),
     "2 x residual + LN": lambda: [LN.residual_layernorm_forward(xs, a, lw, lb, 1e-12) for _ in range(2)],
 }
-layer_ms = {name: _common.bench(fn, warmup=1, repeat=5) for name, fn in layer.items()}
+layer_ms = {name: _checks.bench(fn, warmup=1, repeat=5) for name, fn in layer.items()}
 total = sum(layer_ms.values())
 for name, ms in layer_ms.items():
     print(f"{name:26s} {ms:7.3f} ms  {ms / total:5.1%}")
@@ -203,7 +203,7 @@ plt.show()
 # instructions. Two things stop it:
 #
 # * **A call to libm.** Numba (>= 0.62) compiles `math.exp(x)` and `math.erf(x)` into calls to the C library's
-#   scalar `expf`/`erff`: one element per call. `_common.exp_f32` and `_common.erf_f32` compute the same functions
+#   scalar `expf`/`erff`: one element per call. `_f32math.exp_f32` and `_f32math.erf_f32` compute the same functions
 #   with only `+`, `*`, compares and bit tricks (range reduction `x = n ln2 + r` and a polynomial, 2^n built from
 #   its exponent bits), in **float64**, and round once to float32: the float64 value is so accurate (~1e-15) that
 #   the rounding gives the correctly rounded float32, so the result is as exact as float32 allows, and the loop
@@ -215,7 +215,7 @@ plt.show()
 #   usual float32 bound.
 
 # %%
-from minidistil.kernels._common import exp_f32, row_sum
+from minidistil.kernels._f32math import exp_f32, row_sum
 
 
 @njit(cache=True, parallel=True)
@@ -246,14 +246,14 @@ exact = np.exp(xe.astype(np.float64)).astype(np.float32)          # the correctl
 print("libm expf  differs from the correctly rounded exp at", int(np.sum(y1 != exact)), "of", xe.size, "inputs")
 print("exp_f32    differs from the correctly rounded exp at", int(np.sum(y2 != exact)), "of", xe.size, "inputs")
 assert np.sum(y2 != exact) <= 2                                   # as exact as float32 allows
-timings["exp, 2M: libm loop"] = _common.bench(lambda: exp_libm(xe, y1), warmup=1, repeat=5)
-timings["exp, 2M: exp_f32 loop"] = _common.bench(lambda: exp_vectorised(xe, y2), warmup=1, repeat=5)
+timings["exp, 2M: libm loop"] = _checks.bench(lambda: exp_libm(xe, y1), warmup=1, repeat=5)
+timings["exp, 2M: exp_f32 loop"] = _checks.bench(lambda: exp_vectorised(xe, y2), warmup=1, repeat=5)
 row = rng.standard_normal(30522).astype(np.float32)               # one row of vocabulary logits
 s_ordered, s_reassoc = sum_ordered(row), row_sum(row)
 bound = row.size * np.finfo(np.float32).eps * np.abs(row.astype(np.float64)).sum()
 assert abs(s_reassoc - row.astype(np.float64).sum()) <= bound and abs(s_ordered - row.astype(np.float64).sum()) <= bound
-timings["sum of 30522: ordered"] = _common.bench(lambda: sum_ordered(row), warmup=1, repeat=20)
-timings["sum of 30522: reassociated"] = _common.bench(lambda: row_sum(row), warmup=1, repeat=20)
+timings["sum of 30522: ordered"] = _checks.bench(lambda: sum_ordered(row), warmup=1, repeat=20)
+timings["sum of 30522: reassociated"] = _checks.bench(lambda: row_sum(row), warmup=1, repeat=20)
 for k in [k for k in timings if k.startswith(("exp,", "sum of"))]:
     print(f"{k:32s} {timings[k]:8.3f} ms")
 
