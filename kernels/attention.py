@@ -30,7 +30,7 @@ Backward (dO the (T, D) block of dout):
 
 Versions:
     attention_forward_ref / attention_backward_ref    NumPy, unfused: transposes to (B, H, T, D) and batched matmuls
-    attention_forward_numba / attention_backward_numba  (the first CPU version, kept beside the default one)
+    attention_forward_numba / attention_backward_numba  (a CPU version without BLAS, kept to compare)
                                                       Numba, prange over the B*H (batch, head) pairs, read and write
                                                       the (B, T, C) layout directly: each thread gathers its head's
                                                       blocks into small contiguous buffers and multiplies them with

@@ -31,7 +31,6 @@ DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 # The function receives (subparsers, name, help) and must add its sub-parser with set_defaults(run=callable);
 # `run(args)` returns the exit status. Modules are imported lazily, when the command line is parsed, so a broken or
 # slow import in one command cannot break `minidistil --help` for the others (it shows as "unavailable").
-# The lead registers distill, finetune, bench, grade here.
 COMMANDS: list[tuple[str, str, str, str]] = [
     ("fetch", "minidistil.cli", "add_fetch", "download a checkpoint into the weights folder"),
     ("embed", "minidistil.cli", "add_embed", "sentence embeddings (or a cosine similarity matrix)"),

@@ -605,7 +605,7 @@ def format_report(r: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# command line (the lead wires add_cli into minidistil.cli)
+# command line
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:

@@ -642,7 +642,7 @@ def test_kernel_bandwidth_bench_runs_and_counts_the_bytes(tmp_path, capsys):
 
 @pytest.mark.cuda
 def test_distilbert_base_cpu_and_gpu_agree_within_1e4():
-    """The issue's criterion at full size (python -m minidistil.gpu_check): forward logits, the loss, every gradient
+    """The GPU acceptance check at full size (python -m minidistil.gpu_check): forward logits, the loss, every gradient
     and the parameters after one AdamW step within 1e-4 of their scale. Far too slow for the simulator, so it runs
     only on a real GPU (`pytest -m cuda` there)."""
     if _cuda.SIMULATOR:

@@ -18,7 +18,7 @@ from conftest import oracle
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
 
-# 1e-4 (the bound): 6 layers of float32 matmuls of length 384 / 1536 with |activations| up to ~10 give
+# 1e-4: 6 layers of float32 matmuls of length 384 / 1536 with |activations| up to ~10 give
 # per-layer errors around f32_tol(1536, 10) ~ 7e-4 before the LayerNorms rescale them; we measure ~1e-5.
 HIDDEN_ATOL = 1e-4
 COSINE_MIN = 0.99999

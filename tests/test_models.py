@@ -7,7 +7,7 @@
 2. The same checks against the committed dumps in tests/data/tiny (written by make_reference_dumps.py): no torch.
 3. The model plumbing: names, tied weights, state dicts, shape errors, train / eval, no_grad, config round trips.
 
-Tolerances (the issue's): outputs 1e-5 absolute, gradients 1e-4 relative to the gradient's max abs. Why they hold:
+Tolerances: outputs 1e-5 absolute, gradients 1e-4 relative to the gradient's max abs. Why they hold:
 float32 rounds at eps = 1.2e-7; a 2-layer width-32 encoder chains ~30 kernels, each with reductions of <= 37 terms
 of magnitude <= ~3 (LayerNorm output), i.e. errors ~16 eps sqrt(37) * 3 ~ 3.5e-5 worst case per reduction by the
 f32_tol rule, far less in practice (random signs); torch's float32 has the same rounding, so the two differ by a
