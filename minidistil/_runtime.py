@@ -18,29 +18,25 @@ before numpy loads OpenBLAS. Once numpy is imported, OpenBLAS has read its envir
 
 2. Spinning threads. After a GEMM, OpenBLAS's worker threads busy-wait for up to 2^28 cycles (~0.1 s) for more
    work, and the Numba kernel that runs next (layer norm, GELU, softmax) wants the same cores; Numba's OpenMP
-   workers (GNU libgomp) likewise spin after each parallel loop. Measured on the 2-core machine shared with other
-   jobs: a whole tiny-model forward (a dozen small Numba kernels) took 150 ms with the default OpenMP waiting and
-   0.8 ms with OMP_WAIT_POLICY=PASSIVE; a layer norm right after a GEMM took 8-20x longer than alone. So, unless
-   the user set them or MINIDISTIL_THREAD_ENV=0:
+   workers (GNU libgomp) likewise spin after each parallel loop. Measured on the 2-core machine: a tiny-model
+   forward (a dozen small Numba kernels) took 150 ms with the default OpenMP waiting, 0.8 ms with
+   OMP_WAIT_POLICY=PASSIVE. So, unless the user set them or MINIDISTIL_THREAD_ENV=0:
        OMP_WAIT_POLICY=PASSIVE          OpenMP workers sleep when idle (a wake-up costs microseconds)
        OPENBLAS_THREAD_TIMEOUT=4        OpenBLAS workers sleep after 2^4 cycles (only before numpy's import)
    Attention's many small GEMMs avoid OpenBLAS's threads altogether (kernels/_blas.py).
 
 3. Fresh memory. glibc's malloc serves every allocation above 32 MB (its largest mmap threshold) with a fresh
    mmap and unmaps it on free, so each such array is new memory whose first touch faults every page in, zeroed by
-   the kernel. A DistilBERT-base MLM training step allocates ~450 MB of them per step (the (B T, V) logits and
-   their gradient, 125 MB each; the (V, C) gradients of the tied word embeddings, 94 MB each), and a T = 512
-   forward 100 MB of attention scores per layer. Measured here: the first fill of a new 125 MB array took 62 ms,
-   a second fill 17 ms. So, unless MINIDISTIL_MALLOC=0 or the user set MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_,
-   configure() calls glibc's mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2^31 - 1): large arrays come from
-   the heap, and freed memory stays in the process for the next step instead of going back to the kernel.
-   Measured (minidistil bench, minidistil only, same machine, one run each): training step 1959 -> 1418 ms,
-   forward at T = 512 1782 -> 1622 ms, peak resident memory unchanged (1849 -> 1843 MB, 809 -> 821 MB). The cost:
-   memory once used is not returned to the system until the process ends (the peak stays resident). This is a
-   process-wide setting, so in `minidistil bench` PyTorch and ONNX Runtime run under it too. Only on Linux with
-   glibc; elsewhere nothing is done.
+   the kernel; a DistilBERT-base MLM training step allocates ~450 MB of them. So, unless MINIDISTIL_MALLOC=0 or the
+   user set MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_, configure() calls glibc's mallopt(M_MMAP_MAX, 0) and
+   mallopt(M_TRIM_THRESHOLD, 2^31 - 1): large arrays come from the heap, and freed memory stays in the process for
+   the next step instead of going back to the kernel. Measured (minidistil bench, 2-core machine): training step
+   1959 -> 1418 ms, the same peak resident memory. The cost: memory once used is not returned to the system until
+   the process ends (the peak stays resident). This is a process-wide setting, so in `minidistil bench` PyTorch and
+   ONNX Runtime run under it too. Only on Linux with glibc; elsewhere nothing is done.
 
-`report()` says what was decided (the bench command prints it).
+tutorials/09_cpu_performance.py measures each of these on the machine it runs on. `report()` says what was decided
+(the bench command prints it).
 """
 from __future__ import annotations
 

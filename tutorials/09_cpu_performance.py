@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 09 · Making it fast on the CPU: BLAS, fusion, threads (measured)
 #
-# Three levers, each measured here on this machine (numbers vary with the hardware and with whatever else runs
+# The levers, each measured here on this machine (numbers vary with the hardware and with whatever else runs
 # on it, so the chapter **prints** timings and **asserts** only that the fast versions compute the same thing):
 #
 # 1. **BLAS for the matrix products.** `linear` is ~90% of a transformer's FLOPs. A hand-written loop nest, even
@@ -23,6 +23,7 @@
 # 3. **Threads.** Numba's `prange` spreads rows over cores; BLAS has its own pool. They must not fight.
 # 4. **Loops that vectorise** (section 5): libm's `exp`/`erf` and ordered float32 sums run one element at a time.
 # 5. **Memory that is already mapped** (section 6): a fresh large array costs a page fault per page.
+# 6. **Threads that wait, and who runs the small GEMMs** (section 7): what `import minidistil` sets, and why.
 #
 # Time is a median after warm-up (`_checks.bench`); the first call of a Numba kernel compiles it.
 #
@@ -265,9 +266,12 @@ for k in [k for k in timings if k.startswith(("exp,", "sum of"))]:
 # ~450 MB of such arrays (the logits over 30522 words and their gradient, the word-embedding gradients), every step.
 # `import minidistil` therefore asks glibc (`mallopt`) to serve large blocks from its heap and keep freed memory for
 # the next step (`MINIDISTIL_MALLOC=0` turns this off; see `minidistil/_runtime.py`). Measured on the project's
-# machine: a training step went from 1.96 s to 1.42 s, with the same peak memory. Below: the first fill of a new
-# 64 MB array against a second fill of the same one; then the same for the next new array, which gets the freed
-# memory back (no faults) when minidistil's setting is on.
+# 2-core machine (`minidistil bench`, minidistil only, one run each setting): the first fill of a new 125 MB array
+# (the logits of B=8, T=128 over 30522 words) took 62 ms and a second fill 17 ms; a training step went from 1959 ms
+# to 1418 ms and a forward at T = 512 (100 MB of attention scores per layer) from 1782 ms to 1622 ms, with the same
+# peak resident memory (1849 -> 1843 MB and 809 -> 821 MB). Below: the first fill of a new 64 MB array against a
+# second fill of the same one; then the same for the next new array, which gets the freed memory back (no faults)
+# when minidistil's setting is on.
 
 # %%
 import time
@@ -288,3 +292,73 @@ print(f"a new 64 MB array:             first fill {first:.1f} ms, second fill {a
 first2, again2 = fill_twice(16 * 2**20)   # the first one was freed: with minidistil's setting its memory is reused
 print(f"the next new 64 MB array:      first fill {first2:.1f} ms, second fill {again2:.1f} ms")
 assert min(first, again, first2, again2) > 0
+
+
+# %% [markdown]
+# ## 7. Threads that wait, and who runs the small GEMMs
+#
+# Three decisions in `minidistil/_runtime.py` and `kernels/_blas.py`, each measured on the project's 2-core machine
+# (most of them while other jobs shared it, which is where threads matter most):
+#
+# * **Sleeping workers.** After a GEMM, OpenBLAS's threads busy-wait for up to ~0.1 s for more work, and Numba's
+#   OpenMP workers spin after each parallel loop, while the next kernel wants the same cores. A tiny-model forward
+#   (a dozen small Numba kernels) took 150 ms with the default OpenMP waiting and 0.8 ms with
+#   `OMP_WAIT_POLICY=PASSIVE`; a layer norm right after a GEMM took 8-20x longer than alone. `import minidistil`
+#   therefore sets `OMP_WAIT_POLICY=PASSIVE` and `OPENBLAS_THREAD_TIMEOUT=4` unless you set them.
+# * **Many small GEMMs.** Attention multiplies 12 heads x 8 sequences of `(128 x 64) @ (64 x 128)`. OpenBLAS
+#   threads each of them across the cores, and waking its threads costs more than the product: the 96 head
+#   products of one DistilBERT-base layer took 10-90 ms that way and 2.4 ms as single-threaded OpenBLAS calls spread
+#   over the cores by a Python thread pool (`_blas.run_blas_tasks`; numpy releases the GIL inside BLAS).
+# * **One large GEMM: one call or blocks?** `MINIDISTIL_GEMM=blocks` cuts a product into row or column blocks that
+#   the pool's threads take in turn, so a thread the OS delays holds back only its own blocks; OpenBLAS splits once
+#   and waits for its slowest part. Whole DistilBERT-base forwards at B=8 (median of 6-8 interleaved runs):
+#
+#   | machine | T=32: one call | T=32: blocks | T=128: one call | T=128: blocks |
+#   | --- | --- | --- | --- | --- |
+#   | shared with other jobs (first measurement) | 900-1700 ms | 250-460 ms | about even | about even |
+#   | idle | 115 ms | 137 ms | 433 ms | 484 ms |
+#   | two other jobs on the cores | 128 ms | 156 ms | 529 ms | 659 ms |
+#
+#   and at B=8, T=512 the blocks were 25% slower (each block repacks its share of the other operand). So one call
+#   is the default, and the blocks stay available for a machine whose cores are often taken away.
+#
+# Below: the same head products through the pool and as plain threaded calls, and one product both ways. The
+# results agree to float32 rounding; the times are this machine's, now.
+
+# %%
+from minidistil.kernels import _blas
+
+heads = [(rng.standard_normal((128, 64)).astype(np.float32), rng.standard_normal((64, 128)).astype(np.float32))
+         for _ in range(24)]
+pooled = [np.empty((128, 128), np.float32) for _ in heads]
+plain = [np.empty((128, 128), np.float32) for _ in heads]
+
+
+def products_pooled():
+    _blas.run_blas_tasks([lambda a=a, b=b, o=o: np.matmul(a, b, out=o) for (a, b), o in zip(heads, pooled)])
+
+
+def products_plain():
+    for (a, b), o in zip(heads, plain):
+        np.matmul(a, b, out=o)
+
+
+products_pooled()
+products_plain()
+for o1, o2 in zip(pooled, plain):
+    _checks.assert_close(o1, o2, atol=_checks.f32_tol(64, scale=16.0))   # the same products, maybe other rounding
+timings["24 head GEMMs: OpenBLAS threads"] = _checks.bench(products_plain, warmup=1, repeat=5)
+timings["24 head GEMMs: thread pool"] = _checks.bench(products_pooled, warmup=1, repeat=5)
+
+ga = rng.standard_normal((256, 768)).astype(np.float32)
+gb = rng.standard_normal((768, 768)).astype(np.float32)
+g_one, g_blocks = np.empty((256, 768), np.float32), np.empty((256, 768), np.float32)
+os.environ["MINIDISTIL_GEMM"] = "blocks"
+_blas.matmul(ga, gb, g_blocks)
+timings["GEMM 256x768x768: blocks"] = _checks.bench(lambda: _blas.matmul(ga, gb, g_blocks), warmup=1, repeat=5)
+del os.environ["MINIDISTIL_GEMM"]
+_blas.matmul(ga, gb, g_one)
+timings["GEMM 256x768x768: one call"] = _checks.bench(lambda: _blas.matmul(ga, gb, g_one), warmup=1, repeat=5)
+_checks.assert_close(g_blocks, g_one, atol=_checks.f32_tol(768, scale=16.0))
+for k in [k for k in timings if k.startswith(("24 head", "GEMM 256"))]:
+    print(f"{k:34s} {timings[k]:8.3f} ms")
