@@ -6,10 +6,10 @@ into a chain of dependent adds: a loop over either runs one element at a time. T
 +, *, compare/select and bit casts only, so a prange loop over them runs 16 float32 lanes per AVX-512 instruction.
 
     exp_f32, erf_f32        the DEFAULT: evaluated in float64 and rounded once, so the correctly rounded float32
-                            value except within ~1e-14 of a rounding tie (then 1 ulp off); tests/test_exact_math.py
+                            value except within ~1e-14 of a rounding tie (then 1 ulp off); tests/test_f32math.py
     exp_fast, erf_fast      opt-in fast math (fast=True or MINIDISTIL_FAST_MATH=1, read at every call): float32
                             throughout, fewer operations, with stated maximum errors EXP_FAST_MAX_REL_ERR and
-                            ERF_FAST_MAX_ABS_ERR (measured over dense grids in tests/test_exact_math.py)
+                            ERF_FAST_MAX_ABS_ERR (measured over dense grids in tests/test_f32math.py)
     row_sum, row_dot        float32 sums in a reassociated (vectorised) order
     row_max                 exact maximum, eight running maxima instead of one chain
 
@@ -120,7 +120,7 @@ def erf_fast(x):
 # each polynomial; Horner's rule in float64 adds a few 1e-16). Its float32 rounding is therefore the correctly
 # rounded float32 of the true value unless the true value lies within ~1e-14 relative of a midpoint between two
 # float32 numbers (whose spacing is 2^-23 relative): a fraction ~1e-14 / 2^-24 ~ 2e-7 of the inputs at most,
-# and then the result is the other neighbour, 1 ulp away. tests/test_exact_math.py measures this against
+# and then the result is the other neighbour, 1 ulp away. tests/test_f32math.py measures this against
 # float32(math.exp / math.erf of the float64 input) over dense grids: max error <= 1 ulp, and the fraction of
 # inputs that differ from the correctly rounded value (see EXACT_MATH_MAX_MISMATCH_FRACTION).
 # The float64 range also makes the edges free: float32's overflow (x > 88.72...) and its denormals and underflow
@@ -155,7 +155,7 @@ def erfcx_coefficients(degree: int = 22, nodes: int = 256):
     least-squares Chebyshev fit of erfcx(a) = erfc(a) exp(a^2) on a in [1, 4], sampled at `nodes` Chebyshev points
     and computed in float64 with math.erfc * math.exp (relative error ~2e-16 each). erfcx is entire, so the
     Chebyshev coefficients fall geometrically: degree 22 leaves a relative error ~3e-15 (the sampling's own
-    rounding floor); degree 16 would leave 7e-12. tests/test_exact_math.py checks the stored numbers against this."""
+    rounding floor); degree 16 would leave 7e-12. tests/test_f32math.py checks that the stored numbers meet it."""
     from numpy.polynomial import chebyshev  # noqa: PLC0415
 
     t = np.cos(np.pi * (np.arange(nodes) + 0.5) / nodes)

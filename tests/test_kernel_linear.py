@@ -156,3 +156,29 @@ def test_bad_input_names_the_argument():
         K.linear_forward(np.ones((), np.float32), w, b)
     with pytest.raises(ValueError, match=r"dy: expected shape \(2, 4\)"):
         K.linear_backward(np.zeros((2, 3), np.float32), K.linear_forward(x, w, b)[1])
+
+
+# the backward that skips the zero rows of dy (an MLM loss ignores most positions) ---------------------------------
+
+@pytest.mark.parametrize("n,cin,cout,frac", [(2, 3, 5, 0.0), (16, 7, 11, 0.15), (64, 32, 300, 0.15),
+                                            (64, 32, 30, 0.5), (64, 32, 30, 0.9)])
+def test_linear_backward_skipping_zero_rows_matches_reference(rng, n, cin, cout, frac):
+    x = rng.standard_normal((n, cin)).astype(np.float32)
+    w = (rng.standard_normal((cout, cin)) * 0.02).astype(np.float32)
+    b = (rng.standard_normal(cout) * 0.02).astype(np.float32)
+    dy = rng.standard_normal((n, cout)).astype(np.float32)
+    dy[rng.random(n) >= frac] = 0.0                     # the rows an MLM loss ignores
+    _, cache = K.linear_forward(x, w, b)
+    dx, dw, db = K.linear_backward(dy, cache)
+    _, c64 = K.linear_forward_ref(*(a.astype(np.float64) for a in (x, w, b)))
+    dx64, dw64, db64 = K.linear_backward_ref(dy.astype(np.float64), c64)
+    _, tdx, tdw, tdb = K.tolerances(x, w, dy)
+    assert dx.dtype == dw.dtype == db.dtype == np.float32 and dx.shape == x.shape
+    _checks.assert_close(dx, dx64, atol=tdx, name="dx")
+    _checks.assert_close(dw, dw64, atol=tdw, name="dw")
+    _checks.assert_close(db, db64, atol=tdb, name="db")
+    assert np.all(dx[~dy.any(axis=1)] == 0)             # zero rows of dy give zero rows of dx
+    # and the same as the dense version: each within its tolerance of the reference, so within twice it of each other
+    for name, a, dense, tol in zip(("dx", "dw", "db"), (dx, dw, db), K.linear_backward_cpu_dense(dy, cache),
+                                   (tdx, tdw, tdb)):
+        _checks.assert_close(a, dense, atol=2 * tol, name=f"{name} vs dense")

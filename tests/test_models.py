@@ -351,3 +351,26 @@ def test_parameter_is_a_leaf_tensor():
     p = nn.Parameter(np.ones(3))
     assert p.dtype == np.float32 and p.requires_grad and p.is_leaf and p.grad is None
     assert autograd.is_grad_enabled()
+
+
+def test_models_apply_attention_dropout_in_training_only():
+    from minidistil import BertConfig, BertModel, DistilBertConfig, DistilBertModel, no_grad
+    from minidistil import functional as F
+    ids = np.array([[5, 6, 7, 8, 9, 10]])
+    for model in (DistilBertModel.from_config(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
+                                                               hidden_dim=32, dropout=0.0, attention_dropout=0.5),
+                                              seed=0),
+                  BertModel.from_config(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=32,
+                                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5),
+                                        seed=0)):
+        with no_grad():
+            e1 = model.eval()(ids).last_hidden_state.numpy().copy()
+            e2 = model(ids).last_hidden_state.numpy()
+            F.manual_seed(3)
+            t1 = model.train()(ids).last_hidden_state.numpy().copy()
+            F.manual_seed(3)
+            t2 = model(ids).last_hidden_state.numpy()
+        np.testing.assert_array_equal(e1, e2)              # eval: deterministic, no dropout
+        np.testing.assert_array_equal(t1, t2)              # training: the seed generator replays the masks
+        assert np.abs(t1 - e1).max() > 1e-3                # and the only dropout there is on the probabilities

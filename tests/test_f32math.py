@@ -1,6 +1,8 @@
-"""The exact vectorisable float32 exp and erf of kernels/_f32math.py (exp_f32, erf_f32), the default in the CPU
-kernels, against the correctly rounded float32 value: np.float32 of the float64 result (numpy's exp, math.exp,
-math.erf and scipy's erf are accurate to about 1 float64 ulp, 1e-16 relative).
+"""The float32 maths of kernels/_f32math.py.
+
+The exact vectorisable exp and erf (exp_f32, erf_f32), the default in the CPU kernels, against the correctly rounded
+float32 value: np.float32 of the float64 result (numpy's exp, math.exp, math.erf and scipy's erf are accurate to
+about 1 float64 ulp, 1e-16 relative).
 
 What "exact" means here, and the bounds asserted (derived in the comment block of _f32math.py):
 - every output is within 1 float32 ulp of the correctly rounded value;
@@ -10,6 +12,8 @@ What "exact" means here, and the bounds asserted (derived in the comment block o
   below 1e-7. (The reference itself is a float64 result rounded once more, so near a tie either side may be the
   one that is off by 1 ulp; the bound covers both.)
 - the edges are exact: 0, -0, denormals, +-inf, NaN, the overflow and underflow thresholds, the branch boundaries.
+
+Also: the opt-in fast exp and erf against their stated maximum errors, and the vectorised row reductions.
 """
 import math
 import re
@@ -20,6 +24,8 @@ from numba import njit, prange
 
 from minidistil.kernels import _f32math
 from minidistil.kernels import gelu as KG
+
+EPS32 = float(np.finfo(np.float32).eps)
 
 
 @njit(cache=True, parallel=True)
@@ -202,3 +208,81 @@ def test_gelu_cpu_default_is_the_float32_formula_with_correctly_rounded_erf(rng)
     got, _ = KG.gelu_forward_cpu(x, fast=False)
     diff = np.count_nonzero(got != want)
     assert diff <= _f32math.EXACT_MATH_MAX_MISMATCH_FRACTION * x.size, f"{diff} of {x.size} differ"
+
+
+# ---- opt-in fast math: the stated maximum errors, measured on dense grids ---------------------------------------
+
+@njit(cache=True, parallel=True)
+def _exp_fast_all(x, y):
+    for i in prange(x.size):
+        y[i] = _f32math.exp_fast(x[i])
+
+
+@njit(cache=True, parallel=True)
+def _erf_fast_all(x, y):
+    for i in prange(x.size):
+        y[i] = _f32math.erf_fast(x[i])
+
+
+def test_exp_fast_relative_error_is_within_the_stated_bound():
+    # every float32 spacing matters near 0 and at the ends: 4M points over the whole range plus [-1, 1] densely
+    x = np.concatenate([np.linspace(-87.3, 88.3, 4_000_001), np.linspace(-1, 1, 1_000_001)]).astype(np.float32)
+    y = np.empty_like(x)
+    _exp_fast_all(x, y)
+    exact = np.exp(x.astype(np.float64))
+    rel = np.abs(y - exact) / exact
+    assert y.dtype == np.float32
+    assert rel.max() <= _f32math.EXP_FAST_MAX_REL_ERR, f"max relative error {rel.max():.3e}"
+    # below the smallest normal it returns exactly 0 (softmax's filled scores), and exp(0) is 1
+    lo = np.array([-3.4e38, -1000.0, -87.5, 0.0], np.float32)
+    out = np.empty_like(lo)
+    _exp_fast_all(lo, out)
+    assert out.tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_erf_fast_absolute_error_is_within_the_stated_bound():
+    from scipy.special import erf
+    x = np.concatenate([np.linspace(-10, 10, 4_000_001), np.linspace(-0.6, 0.6, 1_000_001)]).astype(np.float32)
+    y = np.empty_like(x)
+    _erf_fast_all(x, y)
+    err = np.abs(y - erf(x.astype(np.float64)))
+    assert err.max() <= _f32math.ERF_FAST_MAX_ABS_ERR, f"max absolute error {err.max():.3e}"
+    neg = np.empty_like(x)
+    _erf_fast_all(-x, neg)
+    np.testing.assert_array_equal(neg, -y)      # odd
+    # near 0 the Maclaurin branch keeps the RELATIVE error small too (|x| < 0.5)
+    small = (np.abs(x) > 1e-30) & (np.abs(x) < 0.5)
+    rel = err[small] / np.abs(erf(x[small].astype(np.float64)))
+    assert rel.max() <= 8 * EPS32, f"max relative error near 0: {rel.max():.3e}"
+
+
+# ---- vectorised row reductions (row_sum, row_dot, row_max) --------------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 31, 128, 30522])
+def test_row_reductions(rng, n):
+    a = (rng.standard_normal(n) * 10).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    # reassociated float32 sums: any order of n adds errs by at most (n - 1) eps sum|terms| (first-order bound)
+    eps = float(np.finfo(np.float32).eps)
+    s = _f32math.row_sum(a)
+    assert float(np.float32(s)) == s                           # a float32 result (numba returns a Python float)
+    assert abs(float(_f32math.row_sum(a)) - a64.sum()) <= max(n - 1, 0) * eps * np.abs(a64).sum() + 1e-30
+    assert abs(float(_f32math.row_dot(a, b)) - a64 @ b64) <= n * eps * np.abs(a64 * b64).sum() + 1e-30
+    # the maximum is exact whatever the order; -inf for an empty row
+    assert _f32math.row_max(a) == (a.max() if n else -np.inf)
+    if n >= 9:
+        for pos in (0, n // 2, n - 1):                           # the maximum anywhere, in any lane or the tail
+            c = a.copy()
+            c[pos] = 1e30
+            assert _f32math.row_max(c) == np.float32(1e30)
+        c = a.copy()
+        c[n // 3] = np.nan                                       # NaN is skipped by the compares ...
+        assert _f32math.row_max(c) == np.nanmax(c)
+        assert np.isnan(_f32math.row_sum(c))                      # ... and propagates through a sum
+        c = np.full(n, -np.inf, np.float32)
+        assert _f32math.row_max(c) == -np.inf
+        c[5] = np.inf
+        assert _f32math.row_max(c) == np.inf and np.isnan(_f32math.row_sum(c))   # inf + -inf
+        c[c == -np.inf] = 0.0
+        assert _f32math.row_sum(c) == np.inf
