@@ -235,7 +235,20 @@ def test_tiny_run_lowers_every_loss_term(tmp_path):
         assert (tmp_path / "out" / f).exists(), f
     assert report["student_layers"] == 2 and report["teacher_layers"] == 4
     assert report["student_params"] < report["teacher_params"]
-    assert -1 <= report["sts_spearman_student"] <= 1 and 0 < report["held_out_mean_cosine"] <= 1
+    assert 0 < report["held_out_mean_cosine"] <= 1
+
+
+def test_distilled_student_beats_its_initial_sts_score(tmp_path, minilm_dir):
+    """The real teacher (all-MiniLM-L6-v2: STS Spearman 0.915 on the bundled pairs) and a 1-layer student copied
+    from its layer 0 (0.809 before training): 20 steps that pull the student's hidden states and mean-pooled
+    embeddings towards the teacher's raise the student's score (measured: 0.824; 40 steps: 0.831). The run is
+    deterministic (fixed seed, data order and masks), so the margin asserted only has to cover float32 rounding."""
+    from minidistil.distill import distill
+    corpus = _corpus_dir(tmp_path)
+    report = distill(str(minilm_dir), tmp_path / "out", corpus=[str(corpus)], steps=20, student_layers=1, seed=1,
+                     **{**RUN, "evaluate": True, "lr": 1e-3})
+    assert report["sts_spearman_teacher"] > report["sts_spearman_student_init"] + 0.05
+    assert report["sts_spearman_student"] > report["sts_spearman_student_init"] + 0.005, report
 
 
 def test_no_mlm_teacher_trains_hidden_terms(tmp_path, capsys):
@@ -322,17 +335,30 @@ def test_resume_after_sigkill_gives_the_same_losses(tmp_path):
     assert resumed == straight
 
 
-def test_time_budget_and_cli_flags(tmp_path):
+def test_time_budget_and_cli_flags(tmp_path, monkeypatch):
     import argparse
+    import types
+
+    from minidistil import distill as M
     from minidistil.distill import add_cli, distill
     corpus = _corpus_dir(tmp_path, 20)
     tok = _tiny_tokenizer(corpus)
-    t0 = time.perf_counter()
+    # the run's clock advances 0.5 s per student forward (one per step), so the budget's arithmetic is exact: the
+    # speed of steps 3 to 6 (0.5 s each) fits 2 more steps into the 1.0 s left of a 4.0 s budget after 6 steps
+    clock = {"now": 100.0}
+    real_forward = M.forward_outputs
+
+    def forward(model, ids, mask):
+        if model.training:
+            clock["now"] += 0.5
+        return real_forward(model, ids, mask)
+
+    monkeypatch.setattr(M, "forward_outputs", forward)
+    monkeypatch.setattr(M, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
     report = distill(_tiny_teacher(), tmp_path / "out", tokenizer=tok, corpus=[str(corpus)], time_budget=4.0,
                      **{**RUN, "checkpoint_every": 0})
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
-    assert report["steps"] == len(rows) >= 3 and report["train_seconds"] < 4.0 + 5 * max(1.0, 4.0 / len(rows))
-    assert time.perf_counter() - t0 < 120
+    assert report["steps"] == len(rows) == 8 and report["train_seconds"] == 4.0
     assert rows[-1]["lr"] < max(r["lr"] for r in rows)  # the schedule was fitted to the budget: it decays
 
     parser = argparse.ArgumentParser()
