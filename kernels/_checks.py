@@ -9,8 +9,8 @@ that
 """
 from __future__ import annotations
 
+import argparse
 import math
-import sys
 import time
 from typing import Callable, Sequence
 
@@ -183,8 +183,21 @@ def assert_close(actual, expected, atol: float, rtol: float = 0.0, name: str = "
 # validation and benchmark lines for `python -m minidistil.kernels.<op>`
 
 
+def lab_options(op: str, argv=None) -> argparse.Namespace:
+    """The command line of `python -m minidistil.kernels.<op>`: --size base (DistilBERT-base sizes, the default) or
+    tiny (a few rows of awkward widths: every validation in seconds, as tests/test_kernel_labs.py runs it), and
+    --no-bench (validate only)."""
+    ap = argparse.ArgumentParser(prog=f"python -m minidistil.kernels.{op}",
+                                 description=f"Validate every version of {op} against its NumPy reference, then "
+                                             "benchmark them. Exit status 1 when a validation fails.")
+    ap.add_argument("--size", choices=("base", "tiny"), default="base",
+                    help="base: DistilBERT-base sizes (B=8, T=128, C=768, F=3072, V=30522); tiny: a few rows")
+    ap.add_argument("--no-bench", action="store_true", help="validate only")
+    return ap.parse_args(argv)
+
+
 class Report:
-    """Collects validation results; `finish()` exits with status 1 if any failed."""
+    """Collects validation results; `finish()` returns the exit status: 1 if any failed, else 0."""
 
     def __init__(self, op: str):
         self.op = op
@@ -217,11 +230,12 @@ class Report:
     def skip(self, version: str, why: str):
         print(f"  skip     {version:<14} {why}")
 
-    def finish(self):
+    def finish(self) -> int:
         if self.failures:
             print(f"{self.op}: {self.failures} validation(s) FAILED")
-            sys.exit(1)
+            return 1
         print(f"{self.op}: all validations passed")
+        return 0
 
 
 def bench(fn: Callable[[], object], warmup: int = 2, repeat: int = 10,

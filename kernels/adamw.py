@@ -277,13 +277,14 @@ def _run_steps(fn, p, g_seq, hp, to_dev=None, to_host=None):
     return [to_host(a) for a in arrs] if to_host else arrs
 
 
-def main():
+def main(argv=None):
+    args = _checks.lab_options("adamw", argv)
     rep = _checks.Report("adamw")
     r = _checks.rng(0)
     hp = dict(lr=1e-3, beta1=0.9, beta2=0.98, eps=1e-6, weight_decay=0.01)
     steps = 5
     # validation: 5 steps on 1M parameters against the float64 reference, tolerances from adamw_tolerances()
-    N = 1 << 20
+    N = (1 << 20) if args.size == "base" else 1000
     p0 = r.standard_normal(N).astype(np.float32)
     gs = [r.standard_normal(N).astype(np.float32) for _ in range(steps)]
     p64, m64, v64 = _run_steps(adamw_step_ref, p0.astype(np.float64), [g.astype(np.float64) for g in gs], hp)
@@ -310,6 +311,9 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
+
     # benchmark: DistilBERT-base has 66M parameters; one array of them. Bytes: read param, grad, m, v, write
     # param, m, v (7 x 4 bytes per parameter); sum of squares reads 4 bytes per parameter.
     del p64, m64, v64, gs
@@ -329,8 +333,8 @@ def main():
         rep.bench("cuda", lambda: adamw_step_cuda(pd, gd, md, vd, step=1, **hp), nbytes=nbytes,
                   sync=cu.synchronize)
         rep.bench("cuda sumsq", lambda: sum_of_squares_cuda(gd), nbytes=4 * N, sync=cu.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -708,7 +708,8 @@ def make_data(rng, B, T, C, n_pad_rows=0):
     return q, k, v, dout, mask
 
 
-def main():
+def main(argv=None):
+    args = _checks.lab_options("attention", argv)
     rep = _checks.Report("attention")
     r = _checks.rng(0)
 
@@ -725,17 +726,20 @@ def main():
             rep.check(version, name, to_host(g), g64, atol=tol)
 
     # validation at DistilBERT-base size, one sequence fully padded
-    B, T, C, H = 8, 128, 768, 12
+    B, T, C, H = (8, 128, 768, 12) if args.size == "base" else (2, 7, 12, 3)
     q, k, v, dout, mask = make_data(r, B, T, C, n_pad_rows=1)
     validate("cpu(blas)", attention_forward_cpu, attention_backward_cpu, q, k, v, dout, mask, H)
     validate("numba", attention_forward_numba, attention_backward_numba, q, k, v, dout, mask, H)
     if _cuda.available():
-        small = (2, 7, 12, 3) if _cuda.SIMULATOR else (B, T, C, H)
+        small = (2, 7, 12, 3) if _cuda.SIMULATOR or args.size == "tiny" else (B, T, C, H)
         qs, ks, vs, dos, ms = make_data(r, *small[:3], n_pad_rows=1)
         validate("cuda", attention_forward_cuda, attention_backward_cuda, qs, ks, vs, dos, ms, small[3],
                  to_dev=_cuda.to_device, to_host=_cuda.to_host)
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
+
+    if args.no_bench:
+        return rep.finish()
 
     # benchmark: B=8, T=128, H=12, D=64. Flops: forward two products of 2 B H T^2 D, backward four
     flops = 2 * 2.0 * B * H * T * T * (C // H)
@@ -755,8 +759,8 @@ def main():
         _, cd = attention_forward_cuda(qd, kd, vd, mask, H)
         rep.bench("cuda", lambda: attention_forward_cuda(qd, kd, vd, mask, H), flops=flops, sync=cu.synchronize)
         rep.bench("cuda bwd", lambda: attention_backward_cuda(dod, cd), flops=2 * flops, sync=cu.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -220,10 +220,11 @@ def tolerances(logits, dloss):
     return loss_tol, _checks.f32_tol(1) * abs(dloss) / max(logits.size, 1)
 
 
-def main():
+def main(argv=None):
+    args = _checks.lab_options("bce", argv)
     rep = _checks.Report("bce_with_logits")
     r = _checks.rng(0)
-    N, K = 8 * 128, 64  # a multi-label head: one row per example, K labels
+    N, K = (8 * 128, 64) if args.size == "base" else (7, 5)  # a multi-label head: one row per example, K labels
     x = (r.standard_normal((N, K)) * 4).astype(np.float32)
     y = (r.random((N, K)) < 0.3).astype(np.float32)
     loss64, c64 = bce_with_logits_forward_ref(x.astype(np.float64), y.astype(np.float64))
@@ -245,6 +246,9 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
+
     # benchmark: forward reads x and y; backward reads x, y and writes dx
     rep.bench("ref(numpy)", lambda: bce_with_logits_forward_ref(x, y), nbytes=2 * x.nbytes)
     rep.bench("cpu", lambda: bce_with_logits_forward_cpu(x, y), nbytes=2 * x.nbytes)
@@ -254,8 +258,8 @@ def main():
         cuda_ = _cuda.get_cuda()
         xd, yd = _cuda.to_device(x), _cuda.to_device(y)
         rep.bench("cuda", lambda: bce_with_logits_forward_cuda(xd, yd), nbytes=2 * x.nbytes, sync=cuda_.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -411,10 +411,11 @@ def mse_tolerances(a, b, dloss, n):
     return _checks.f32_tol(C), _checks.f32_tol(1, scale=2 * d * abs(dloss) / max(n * C, 1))
 
 
-def main():
+def main(argv=None):
+    args = _checks.lab_options("cosine", argv)
     rep = _checks.Report("cosine + mse")
     r = _checks.rng(0)
-    N, C = 8 * 128, 768
+    N, C = (8 * 128, 768) if args.size == "base" else (7, 13)
     a = r.standard_normal((N, C)).astype(np.float32)
     b = (a + r.standard_normal((N, C))).astype(np.float32)  # student hidden states near the teacher's
     mask = r.random(N) < 0.9
@@ -448,6 +449,9 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
+
     # benchmark at (B*T, C) = (1024, 768): forward reads a and b; backward reads a, b and writes da, db
     cc = cosine_loss_forward_cpu(a, b)[1]
     cr = cosine_loss_forward_ref(a, b)[1]
@@ -467,8 +471,8 @@ def main():
         rep.bench("cos cuda bwd", lambda: cosine_loss_backward_cuda(1.0, cd), nbytes=4 * a.nbytes,
                   sync=cuda_.synchronize)
         rep.bench("mse cuda", lambda: mse_forward_cuda(ad, bd), nbytes=2 * a.nbytes, sync=cuda_.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -279,10 +279,11 @@ def tolerances(logits, dloss, n):
     return tol, tol * abs(dloss) / max(n, 1)
 
 
-def main():
+def main(argv=None):
+    args = _checks.lab_options("cross_entropy", argv)
     rep = _checks.Report("cross_entropy")
     r = _checks.rng(0)
-    N, V = 8 * 128, 30522
+    N, V = (8 * 128, 30522) if args.size == "base" else (32, 301)
     x = (r.standard_normal((N, V)) * 3).astype(np.float32)
     t = r.integers(0, V, N).astype(np.int64)
     t[r.random(N) < 0.85] = -100  # masked LM: 15% of the positions count
@@ -307,6 +308,9 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
+
     # benchmark at (B*T, V) = (1024, 30522). forward reads x (only the counted rows in cpu); backward reads x and
     # writes dx. The GB/s figures count the full (N, V) traffic for both, so cpu's skipping shows as a higher rate.
     t_all = r.integers(0, V, N).astype(np.int64)
@@ -324,8 +328,8 @@ def main():
         rep.bench("cuda", lambda: cross_entropy_forward_cuda(xd, td), nbytes=x.nbytes, sync=cuda_.synchronize)
         rep.bench("cuda bwd", lambda: cross_entropy_backward_cuda(1.0, cd), nbytes=2 * x.nbytes,
                   sync=cuda_.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

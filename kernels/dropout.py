@@ -242,14 +242,16 @@ def dropout_backward(dy, cache):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main():
+def main(argv=None):
+    args = _checks.lab_options("dropout", argv)
     rep = _checks.Report("dropout")
     r = _checks.rng(0)
     # DistilBERT-base FFN activations (B*T, F) = (1024, 3072), p = 0.1 as in BERT's hidden dropout. The float32
     # versions compute the same mask and the same single float32 product x * scale as the float32 reference, so
     # they must agree exactly (atol 0); against float64 two roundings (1/(1-p) to float32, then the product),
     # each within a factor (1 + eps/2).
-    N, F, p, seed = 1024, 3072, 0.1, 1234
+    N, F = (1024, 3072) if args.size == "base" else (7, 13)
+    p, seed = 0.1, 1234
     x = r.standard_normal((N, F)).astype(np.float32)
     dy = r.standard_normal((N, F)).astype(np.float32)
     y32, _ = dropout_forward_ref(x, p, seed)
@@ -274,6 +276,9 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
+
     nbytes = 2 * x.nbytes  # read x, write y
     rep.bench("ref(numpy)", lambda: dropout_forward_ref(x, p, seed), nbytes=nbytes, repeat=5)
     rep.bench("cpu", lambda: dropout_forward_cpu(x, p, seed), nbytes=nbytes)
@@ -282,8 +287,8 @@ def main():
         cu = _cuda.get_cuda()
         xd = _cuda.to_device(x)
         rep.bench("cuda", lambda: dropout_forward_cuda(xd, p, seed), nbytes=nbytes, sync=cu.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -471,14 +471,14 @@ def single_axis_index(index, ndim: int):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main():
+def main(argv=None):
+    args = _checks.lab_options("elementwise", argv)
     rep = _checks.Report("elementwise")
     r = _checks.rng(0)
     if not _cuda.available():
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set (the CPU path is NumPy itself)")
-        rep.finish()
-        return
-    N, C = (8, 13) if _cuda.SIMULATOR else (8 * 128, 768)
+        return rep.finish()
+    N, C = (8, 13) if _cuda.SIMULATOR or args.size == "tiny" else (8 * 128, 768)
     x = r.standard_normal((2, N, C)).astype(np.float32)
     b = r.standard_normal(C).astype(np.float32)
     m = r.standard_normal((2, N, 1)).astype(np.float32)
@@ -489,13 +489,13 @@ def main():
     rep.check("cuda", "sum_to", _cuda.to_host(sum_to(xd, (C,))), x.astype(np.float64).sum(axis=(0, 1)),
               atol=_checks.f32_tol(2 * N, scale=float(np.abs(x).max())))
     rep.check("cuda", "take", _cuda.to_host(take(xd, 1, 0)), x[:, 0], atol=0)
-    if not _cuda.SIMULATOR:
+    if not _cuda.SIMULATOR and not args.no_bench:
         cuda = _cuda.get_cuda()
         rep.bench("cuda add", lambda: add(xd, bd), nbytes=3 * x.nbytes, sync=cuda.synchronize)
         rep.bench("cuda sum_to", lambda: sum_to(xd, (C,)), nbytes=x.nbytes, sync=cuda.synchronize)
         rep.bench("cuda axpy_", lambda: axpy_(xd, xd, 0.5), nbytes=3 * x.nbytes, sync=cuda.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -302,12 +302,13 @@ def bias_gelu_backward(dy, cache, fast=None):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main():
+def main(argv=None):
+    args = _checks.lab_options("gelu", argv)
     rep = _checks.Report("gelu")
     r = _checks.rng(0)
     # validation: every version against the float64 reference, tolerance from float32 epsilon (no reduction for
     # the elementwise outputs, a reduction over N rows for db)
-    N, F = 8 * 128, 3072
+    N, F = (8 * 128, 3072) if args.size == "base" else (7, 13)
     x = r.standard_normal((N, F)).astype(np.float32) * 3
     b = r.standard_normal(F).astype(np.float32)
     dy = r.standard_normal((N, F)).astype(np.float32)
@@ -346,6 +347,9 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
+
     # benchmark at DistilBERT-base FFN size: (B*T, F) = (1024, 3072); bytes = read x + write y (+ read b)
     nbytes_f = 2 * x.nbytes
     nbytes_b = 3 * x.nbytes
@@ -359,8 +363,8 @@ def main():
         cuda = _cuda.get_cuda()
         xd, bd = _cuda.to_device(x), _cuda.to_device(b)
         rep.bench("cuda", lambda: bias_gelu_forward_cuda(xd, bd), nbytes=nbytes_f, sync=cuda.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -317,7 +317,8 @@ def tolerances(x, w, dy):
             _checks.f32_tol(n, scale=gm))
 
 
-def main():
+def main(argv=None):
+    args = _checks.lab_options("linear", argv)
     rep = _checks.Report("linear")
     r = _checks.rng(0)
 
@@ -341,14 +342,20 @@ def main():
 
     # validation at both DistilBERT FFN sizes (N = B*T = 1024)
     sizes = [(1024, 768, 3072), (1024, 3072, 768)]
+    if args.size == "tiny":
+        sizes = [(7, 13, 17), (7, 17, 13)]
     for n, cin, cout in sizes:
         validate(f"cpu {cin}->{cout}", linear_forward_cpu, linear_backward_cpu, *data(n, cin, cout))
     if _cuda.available():
-        small = (37, 29, 21) if _cuda.SIMULATOR else sizes[0]   # awkward sizes: not multiples of TILE
+        # awkward sizes: not multiples of TILE
+        small = (37, 29, 21) if _cuda.SIMULATOR or args.size == "tiny" else sizes[0]
         validate("cuda", linear_forward_cuda, linear_backward_cuda, *data(*small),
                  to_dev=_cuda.to_device, to_host=_cuda.to_host)
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
+
+    if args.no_bench:
+        return rep.finish()
 
     # benchmark: forward is one GEMM (2 N Cin Cout flops), backward two (dx, dW) plus the column sum
     for n, cin, cout in sizes:
@@ -364,8 +371,8 @@ def main():
             _, cd = linear_forward_cuda(xd, wd, bd)
             rep.bench("cuda", lambda: linear_forward_cuda(xd, wd, bd), flops=flops, sync=cu.synchronize)
             rep.bench("cuda bwd", lambda: linear_backward_cuda(dyd, cd), flops=2 * flops, sync=cu.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

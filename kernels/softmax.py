@@ -355,14 +355,16 @@ def _validate(rep, version, fwd, bwd, lfwd, lbwd, x, dy, to_dev=lambda a: a, to_
     rep.check(version, "logsm dx", to_host(lbwd(dyd, c)), log_softmax_backward_ref(dy64, lc64), atol=tol_ls_dx)
 
 
-def main():
+def main(argv=None):
+    args = _checks.lab_options("softmax", argv)
     rep = _checks.Report("softmax")
     r = _checks.rng(0)
     cpu = (softmax_forward_cpu, softmax_backward_cpu, log_softmax_forward_cpu, log_softmax_backward_cpu)
-    att = (r.standard_normal((8 * 12 * 128, 128)) * 3).astype(np.float32)  # attention scores (B*H*T, T)
-    att[:, 100:] = F32_MIN                                                  # the last 28 keys are padding
+    T, V = (128, 30522) if args.size == "base" else (13, 301)
+    att = (r.standard_normal((8 * 12 * T, T)) * 3).astype(np.float32)      # attention scores (B*H*T, T)
+    att[:, T * 100 // 128:] = F32_MIN                                       # the last 28 of 128 keys are padding
     dat = r.standard_normal(att.shape).astype(np.float32)
-    logits = (r.standard_normal((1024, 30522)) * 3).astype(np.float32)    # MLM logits (B*T, V)
+    logits = (r.standard_normal((1024 if T == 128 else 7, V)) * 3).astype(np.float32)  # MLM logits (B*T, V)
     dlog = r.standard_normal(logits.shape).astype(np.float32)
     _validate(rep, "cpu att", *cpu, att, dat)
     _validate(rep, "cpu vocab", *cpu, logits[:64], dlog[:64])  # 64 rows: the float64 reference is 16 MB a row block
@@ -375,6 +377,9 @@ def main():
         _validate(rep, "cuda vocab", *cu, *vocab, _cuda.to_device, _cuda.to_host)
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
+
+    if args.no_bench:
+        return rep.finish()
 
     # benchmark: bytes = read x + write y (forward), read dy + y, write dx (backward)
     for name, x, dy in (("att", att, dat), ("vocab", logits, dlog)):
@@ -389,8 +394,8 @@ def main():
             xd = _cuda.to_device(x)
             rep.bench(f"cuda {name}", lambda: softmax_forward_cuda(xd), nbytes=2 * x.nbytes,
                       sync=cuda_mod.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
