@@ -23,8 +23,9 @@ import pytest  # noqa: E402
 REQUIRE_ORACLES = os.environ.get("MINIDISTIL_REQUIRE_ORACLES") == "1" or os.environ.get("CI") == "true"
 
 
-def oracle(name: str):
-    """Import a test oracle (torch, transformers, ...); skip when missing, fail instead in CI."""
+def import_oracle(name: str):
+    """Import a test oracle (torch, transformers, jupytext, ...); skip when missing, fail instead in CI. Tests use
+    the `oracle` fixture; this function is for code outside a test (a module-level import, a helper script)."""
     try:
         return importlib.import_module(name)
     except ImportError:
@@ -34,8 +35,14 @@ def oracle(name: str):
 
 
 @pytest.fixture
+def oracle():
+    """`oracle("transformers")` imports a test oracle: skipped when it is missing, a failure in CI."""
+    return import_oracle
+
+
+@pytest.fixture
 def torch():
-    t = oracle("torch")
+    t = import_oracle("torch")
     t.manual_seed(0)
     return t
 

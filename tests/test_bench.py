@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from conftest import oracle
 from minidistil import _runtime, bench
 from minidistil.kernels import _checks
 
@@ -50,7 +49,7 @@ def test_bench_rejects_bad_arguments():
         bench.main(["--quick", "--frameworks", "minidistil", "--scenarios", "nope"])
 
 
-def test_bench_torch_forward_matches_minidistil_on_shared_weights(torch):
+def test_bench_torch_forward_matches_minidistil_on_shared_weights(oracle, torch):
     oracle("transformers")  # required in CI, like torch
     s, sc = bench.QUICK, bench.scenarios(True)[0]
     tm = bench._torch_models(s, sc.kind)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import oracle
 
 from minidistil import data as D
 from minidistil import evaluation as E
@@ -121,7 +120,7 @@ def test_student_copies_the_teacher(rng, mlm):
     assert not any("token_type" in n or "pooler" in n for n, _ in full.named_parameters())
 
 
-def test_student_saved_loads_in_transformers(tmp_path, rng):
+def test_student_saved_loads_in_transformers(oracle, tmp_path, rng):
     transformers = oracle("transformers")
     torch = oracle("torch")
     from minidistil.distill import make_student

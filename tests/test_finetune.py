@@ -10,7 +10,6 @@ import random
 
 import numpy as np
 import pytest
-from conftest import oracle
 
 import minidistil
 from minidistil.config import BertConfig, DistilBertConfig
@@ -273,7 +272,7 @@ def test_bad_arguments(base, tmp_path):
 @pytest.mark.torch
 @pytest.mark.parametrize("arch,task", [("DistilBertForSequenceClassification", "classification"),
                                        ("BertForTokenClassification", "token")])
-def test_finetuned_checkpoint_predicts_the_same_in_transformers(torch, tmp_path, arch, task):
+def test_finetuned_checkpoint_predicts_the_same_in_transformers(oracle, torch, tmp_path, arch, task):
     transformers = oracle("transformers")
     start = tmp_path / "start"
     start.mkdir()

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import oracle
 from minidistil import safetensors_io as st
 from minidistil.loading import CheckpointError, read_state_dict
 
@@ -445,7 +444,7 @@ def _hf_out(hf, ids, mask):
 @pytest.mark.torch
 @pytest.mark.parametrize("arch", ["BertForMaskedLM", "BertForSequenceClassification", "BertModel",
                                   "DistilBertForMaskedLM", "DistilBertForQuestionAnswering"])
-def test_transformers_checkpoints_load_and_match(tmp_path, rng, torch, arch):
+def test_transformers_checkpoints_load_and_match(oracle, tmp_path, rng, torch, arch):
     transformers = oracle("transformers")
     hf = _hf_model(transformers, arch)
     hf.save_pretrained(tmp_path)
@@ -463,7 +462,7 @@ def test_transformers_checkpoints_load_and_match(tmp_path, rng, torch, arch):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("arch", ["BertForMaskedLM", "DistilBertForMaskedLM", "BertForTokenClassification"])
-def test_our_save_pretrained_loads_in_transformers(tmp_path, rng, torch, arch):
+def test_our_save_pretrained_loads_in_transformers(oracle, tmp_path, rng, torch, arch):
     transformers = oracle("transformers")
     model = _model(arch, seed=9, num_labels=3)
     minidistil.save_pretrained(model, tmp_path)
@@ -480,7 +479,7 @@ def test_our_save_pretrained_loads_in_transformers(tmp_path, rng, torch, arch):
 
 
 @pytest.mark.torch
-def test_transformers_bfloat16_checkpoint(tmp_path, rng, torch):
+def test_transformers_bfloat16_checkpoint(oracle, tmp_path, rng, torch):
     transformers = oracle("transformers")
     hf = _hf_model(transformers, "BertForMaskedLM", seed=1).to(torch.bfloat16)
     hf.save_pretrained(tmp_path)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import oracle
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
 
@@ -38,7 +37,7 @@ def test_loads_as_bert_model_without_prefix(minilm_dir):
     assert model.num_parameters() == 22_713_216                      # 22,713,728 tensors - 512 position ids
 
 
-def test_hidden_states_match_transformers(minilm_dir, reference, torch):
+def test_hidden_states_match_transformers(oracle, minilm_dir, reference, torch):
     transformers = oracle("transformers")
     import minidistil
     from minidistil import no_grad

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 
 import make_reference_dumps as ref
-from conftest import oracle
 from minidistil import autograd, config as cfgmod, nn
 from minidistil.autograd import Tensor, no_grad
 from minidistil.kernels import _checks
@@ -117,7 +116,7 @@ PARITY_CASES = [(a, None) for a in ref.ARCHS] + [
 
 @pytest.mark.torch
 @pytest.mark.parametrize("arch,problem_type", PARITY_CASES, ids=[f"{a}-{p}" if p else a for a, p in PARITY_CASES])
-def test_parity_with_transformers(torch, tmp_path, arch, problem_type):
+def test_parity_with_transformers(oracle, torch, tmp_path, arch, problem_type):
     tf = oracle("transformers")
     hf = ref.build_hf(torch, tf, arch, ref.TEST_SIZE, problem_type)
     hf.save_pretrained(tmp_path, safe_serialization=True)
@@ -335,7 +334,7 @@ def test_config_json_round_trip(tmp_path):
     assert cfgmod.config_from_dict({"architectures": ["BertForMaskedLM"]}).model_type == "bert"
 
 
-def test_config_reads_real_hf_config(tmp_path):
+def test_config_reads_real_hf_config(oracle, tmp_path):
     tf = oracle("transformers")
     for hf_cfg in (tf.BertConfig(num_labels=4), tf.DistilBertConfig(problem_type="regression", num_labels=1)):
         hf_cfg.save_pretrained(tmp_path)

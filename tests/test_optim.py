@@ -1,7 +1,6 @@
 """AdamW (over the adamw_step kernel), the warm-up/decay schedule and gradient clipping, against PyTorch."""
 import numpy as np
 import pytest
-from conftest import oracle
 
 from minidistil.autograd import Tensor
 from minidistil.kernels import _checks
@@ -30,7 +29,7 @@ def test_no_decay_rule():
                                                  "transformer.layer.0.ffn.lin1.weight"]
 
 
-def test_schedule_matches_transformers(torch):
+def test_schedule_matches_transformers(oracle, torch):
     transformers = oracle("transformers")
     for total, frac in [(100, 0.05), (7, 0.05), (40, 0.0), (1000, 0.1)]:
         sched = LinearWarmupDecay(1e-3, total, frac)

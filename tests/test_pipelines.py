@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import minidistil
-from conftest import oracle
 from minidistil import no_grad
 from minidistil.config import BertConfig, DistilBertConfig
 from minidistil.kernels._checks import f32_tol
@@ -307,7 +306,7 @@ SCORE_ATOL = 1e-5
 
 
 @pytest.mark.torch
-def test_fill_mask_matches_transformers(tmp_path, vocab_dir, torch):
+def test_fill_mask_matches_transformers(oracle, tmp_path, vocab_dir, torch):
     transformers = oracle("transformers")
     folder = _hf_folder(transformers, torch, tmp_path, vocab_dir, "BertForMaskedLM")
     texts = ["the [MASK] sat on the mat.", "ada lovelace [MASK] in london."]
@@ -321,7 +320,7 @@ def test_fill_mask_matches_transformers(tmp_path, vocab_dir, torch):
 
 
 @pytest.mark.torch
-def test_text_classification_matches_transformers(tmp_path, vocab_dir, torch):
+def test_text_classification_matches_transformers(oracle, tmp_path, vocab_dir, torch):
     transformers = oracle("transformers")
     folder = _hf_folder(transformers, torch, tmp_path, vocab_dir, "DistilBertForSequenceClassification",
                         id2label={0: "neg", 1: "neu", 2: "pos"}, label2id={"neg": 0, "neu": 1, "pos": 2})
@@ -333,7 +332,7 @@ def test_text_classification_matches_transformers(tmp_path, vocab_dir, torch):
 
 
 @pytest.mark.torch
-def test_token_classification_matches_transformers(tmp_path, vocab_dir, torch):
+def test_token_classification_matches_transformers(oracle, tmp_path, vocab_dir, torch):
     transformers = oracle("transformers")
     id2label = dict(enumerate(NER_LABELS))
     folder = _hf_folder(transformers, torch, tmp_path, vocab_dir, "BertForTokenClassification",
@@ -351,7 +350,7 @@ def test_token_classification_matches_transformers(tmp_path, vocab_dir, torch):
 
 
 @pytest.mark.torch
-def test_question_answering_matches_transformers(tmp_path, vocab_dir, torch):
+def test_question_answering_matches_transformers(oracle, tmp_path, vocab_dir, torch):
     transformers = oracle("transformers")
     folder = _hf_folder(transformers, torch, tmp_path, vocab_dir, "DistilBertForQuestionAnswering")
     # transformers 5 removed its question-answering pipeline: the reference is its model's logits + _best_span
