@@ -220,6 +220,42 @@ def block_reductions():
 
 
 @functools.cache
+def _column_sum_kernel():
+    global cuda
+    cuda = get_cuda()
+    from numba import float32  # noqa: PLC0415
+    block_sum, _ = block_reductions()
+
+    @cuda.jit
+    def colsum(a, rows, width, out):
+        # out[col] = sum over rows of a[row, col] (a flat, row-major): one block per column, threads stride over
+        # the rows, then a shared-memory tree reduction
+        col = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        buf = cuda.shared.array(THREADS, float32)
+        acc = float32(0.0)
+        r = t
+        while r < rows:
+            acc += a[r * width + col]
+            r += THREADS
+        total = block_sum(buf, acc)
+        if t == 0:
+            out[col] = total
+
+    return colsum
+
+
+def column_sum(a):
+    """The column sums (width,) of a C-contiguous float32 (rows, width) device array, accumulated in float32 per
+    thread and then by a tree: the bias gradients of linear and of bias + GELU."""
+    rows, width = a.shape
+    out = device_empty((width,))
+    if width:
+        _column_sum_kernel()[width, THREADS](a.reshape(-1), rows, width, out)
+    return out
+
+
+@functools.cache
 def _fill_kernel():
     global cuda
     cuda = get_cuda()

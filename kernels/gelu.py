@@ -195,9 +195,6 @@ cuda = None  # numba.cuda, bound on first use: the simulator swaps this module g
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float32  # noqa: PLC0415
-    THREADS = _cuda.THREADS
-    block_sum, _ = _cuda.block_reductions()
 
     @cuda.jit
     def fwd(x, b, y, width, has_bias):
@@ -215,22 +212,7 @@ def _cuda_kernels():
             pdf = math.exp(-HALF * h * h) * INV_SQRT_2PI
             dx[i] = dy[i] * (cdf + h * pdf)
 
-    @cuda.jit
-    def colsum(dx, rows, width, db):
-        # one block per column: threads stride over rows, then a shared-memory tree reduction
-        col = cuda.blockIdx.x
-        t = cuda.threadIdx.x
-        buf = cuda.shared.array(THREADS, float32)
-        acc = float32(0.0)
-        r = t
-        while r < rows:
-            acc += dx[r * width + col]
-            r += THREADS
-        total = block_sum(buf, acc)  # shared-memory tree reduction (_cuda.block_reductions)
-        if t == 0:
-            db[col] = total
-
-    return fwd, bwd, colsum
+    return fwd, bwd
 
 
 def _launch(kernel, n, *args):
@@ -239,7 +221,7 @@ def _launch(kernel, n, *args):
 
 def gelu_forward_cuda(x):
     _checks.check_array("x", x)
-    fwd, _, _ = _cuda_kernels()
+    fwd, _ = _cuda_kernels()
     y = _cuda.device_empty(x.shape)
     _launch(fwd, x.size, x.reshape(-1), _cuda.to_device(_NO_BIAS), y.reshape(-1), 1, False)
     return y, GeluCache(x)
@@ -248,7 +230,7 @@ def gelu_forward_cuda(x):
 def gelu_backward_cuda(dy, cache):
     x = cache.x
     _checks.check_array("dy", dy, shape=x.shape)
-    _, bwd, _ = _cuda_kernels()
+    _, bwd = _cuda_kernels()
     dx = _cuda.device_empty(x.shape)
     _launch(bwd, x.size, dy.reshape(-1), x.reshape(-1), _cuda.to_device(_NO_BIAS), dx.reshape(-1), 1, False)
     return dx
@@ -256,7 +238,7 @@ def gelu_backward_cuda(dy, cache):
 
 def bias_gelu_forward_cuda(x, b):
     _check_bias(x, b)
-    fwd, _, _ = _cuda_kernels()
+    fwd, _ = _cuda_kernels()
     y = _cuda.device_empty(x.shape)
     _launch(fwd, x.size, x.reshape(-1), b, y.reshape(-1), tuple(x.shape)[-1], True)
     return y, BiasGeluCache(x, b)
@@ -265,12 +247,11 @@ def bias_gelu_forward_cuda(x, b):
 def bias_gelu_backward_cuda(dy, cache):
     x, b = cache
     _checks.check_array("dy", dy, shape=x.shape)
-    _, bwd, colsum = _cuda_kernels()
+    _, bwd = _cuda_kernels()
     width = tuple(x.shape)[-1]
     dx = _cuda.device_empty(x.shape)
     _launch(bwd, x.size, dy.reshape(-1), x.reshape(-1), b, dx.reshape(-1), width, True)
-    db = _cuda.device_empty((width,))
-    colsum[width, _cuda.THREADS](dx.reshape(-1), x.size // width, width, db)
+    db = _cuda.column_sum(dx.reshape(x.size // width, width))  # db = sum over rows of dx
     return dx, db
 
 

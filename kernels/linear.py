@@ -21,8 +21,8 @@ Versions:
                                                 nonzero element decides); linear_backward_cpu_dense never skips
     linear_forward_cuda / linear_backward_cuda  numba.cuda: `matmul_cuda`, a tiled shared-memory GEMM (TILE x TILE
                                                 threads per block, any M, N, K, optional transposes of either
-                                                operand, reusable by other GPU code), plus a bias-add kernel and a
-                                                column-sum kernel (one block per column, shared-memory reduction)
+                                                operand, reusable by other GPU code), plus a bias-add kernel; db is
+                                                _cuda.column_sum (one block per column, shared-memory reduction)
 Cache: LinearCache(x, w, b): the input, the weight and the bias (or None); nothing is recomputed in backward.
 Backward returns fresh arrays (it never adds into existing gradients).
 """
@@ -168,8 +168,6 @@ def _cuda_kernels():
     cuda = _cuda.get_cuda()
     from numba import float32  # noqa: PLC0415
     TILE = _cuda.TILE
-    THREADS = _cuda.THREADS
-    block_sum, _ = _cuda.block_reductions()
 
     @cuda.jit
     def matmul(a, b, c, M, N, K, trans_a, trans_b):
@@ -210,23 +208,7 @@ def _cuda_kernels():
         if e < y.size:
             y[e] += b[e % width]
 
-    @cuda.jit
-    def colsum(dy, rows, width, db):
-        # db[col] = sum over rows of dy[row, col]: one block per column, threads stride over rows, then a
-        # shared-memory tree reduction
-        col = cuda.blockIdx.x
-        t = cuda.threadIdx.x
-        buf = cuda.shared.array(THREADS, float32)
-        acc = float32(0.0)
-        r = t
-        while r < rows:
-            acc += dy[r * width + col]
-            r += THREADS
-        total = block_sum(buf, acc)  # shared-memory tree reduction (_cuda.block_reductions)
-        if t == 0:
-            db[col] = total
-
-    return matmul, add_bias, colsum
+    return matmul, add_bias
 
 
 def matmul_cuda(a, b, trans_a=False, trans_b=False):
@@ -239,7 +221,7 @@ def matmul_cuda(a, b, trans_a=False, trans_b=False):
     if Ka != Kb:
         raise ValueError(f"b: op(b) must have {Ka} rows to match op(a) {(M, Ka)}, got op(b) {(Kb, N)} "
                          f"(trans_a={trans_a}, trans_b={trans_b})")
-    matmul, _, _ = _cuda_kernels()
+    matmul, _ = _cuda_kernels()
     c = _cuda.device_empty((M, N))
     T = _cuda.TILE
     if M and N:
@@ -256,18 +238,9 @@ def gemm_cuda(a, b, trans_a=False, trans_b=False):
     return matmul_cuda(a, b, trans_a, trans_b)
 
 
-def _colsum_cuda(dy2):
-    _, _, colsum = _cuda_kernels()
-    rows, width = dy2.shape
-    db = _cuda.device_empty((width,))
-    if width:
-        colsum[width, _cuda.THREADS](dy2.reshape(-1), rows, width, db)
-    return db
-
-
 def linear_forward_cuda(x, w, b=None):
     _check_forward(x, w, b)
-    _, add_bias, _ = _cuda_kernels()
+    _, add_bias = _cuda_kernels()
     cin, cout = w.shape[1], w.shape[0]
     x2 = x.reshape(x.size // cin if cin else 0, cin)   # (N, Cin)
     y2 = gemm_cuda(x2, w, trans_b=True)                # (N, Cout)  y = x W^T
@@ -285,7 +258,7 @@ def linear_backward_cuda(dy, cache):
     dy2 = dy.reshape(n, cout)                          # (N, Cout)
     dx = gemm_cuda(dy2, w).reshape(x.shape)            # from y = x W^T:  dx = dy W     (N, Cin)
     dw = gemm_cuda(dy2, x2, trans_a=True)              # from y = x W^T:  dW = dy^T x   (Cout, Cin)
-    db = _colsum_cuda(dy2) if b is not None else None  # from y = ... + b: db = sum_n dy
+    db = _cuda.column_sum(dy2) if b is not None else None  # from y = ... + b: db = sum_n dy
     return dx, dw, db
 
 

@@ -48,6 +48,18 @@ def torch():
 
 
 @pytest.fixture
+def one_numba_thread():
+    """Numba's kernels on one thread for the test: at tiny shapes one thread is faster than several (no fork and
+    join per kernel), and the machine is shared. Files of tiny end-to-end runs use it for every test
+    (`pytestmark = pytest.mark.usefixtures("one_numba_thread")`)."""
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(before)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)
 

@@ -20,14 +20,7 @@ from minidistil import data as D
 from minidistil import evaluation as E
 from minidistil.kernels import _checks
 
-@pytest.fixture(autouse=True)
-def one_numba_thread():
-    """Tiny shapes: one Numba thread is faster than several (no fork/join per kernel), and the CI box is shared."""
-    import numba
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see conftest
 
 
 TINY = dict(vocab_size=300, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,

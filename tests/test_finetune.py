@@ -28,14 +28,7 @@ VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!"] + PO
          + COLORS + QA_WORDS)
 
 
-@pytest.fixture(autouse=True)
-def one_numba_thread():
-    """Tiny shapes: one Numba thread is faster than several, and the machine is shared."""
-    import numba
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see conftest
 
 
 def tiny_checkpoint(folder, arch="DistilBertForMaskedLM", seed=0, layers=2):

@@ -18,13 +18,7 @@ from minidistil.pipelines import softmax
 from minidistil.tokenizer import Tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_numba_thread():
-    import numba
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see conftest
 
 
 def run(argv, capsys, stdin=None, monkeypatch=None):
