@@ -30,7 +30,7 @@ TILE = 8 if SIMULATOR else 16
 def get_cuda():
     """Return the numba.cuda module, or raise a clear error when it cannot be used."""
     try:
-        from numba import cuda  # noqa: PLC0415  (the one CUDA import)
+        from numba import cuda  # the one CUDA import
     except ImportError as e:  # pragma: no cover - depends on the install
         raise RuntimeError(
             "numba.cuda is not installed: `pip install minidistil[gpu]` (numba-cuda), "
@@ -66,7 +66,7 @@ def is_device_array(a) -> bool:
     """True for a numba.cuda device array (real or simulated). Never imports numba.cuda itself."""
     if isinstance(a, np.ndarray) or "numba.cuda" not in sys.modules:
         return False
-    from numba.cuda.cudadrv import devicearray  # noqa: PLC0415 (already imported: numba.cuda is in sys.modules)
+    from numba.cuda.cudadrv import devicearray  # already imported: numba.cuda is in sys.modules
     return bool(devicearray.is_cuda_ndarray(a))
 
 
@@ -124,7 +124,7 @@ def _cupy():
         _CUPY = False
         if not SIMULATOR and os.environ.get("MINIDISTIL_NO_CUBLAS") != "1":
             try:
-                import cupy  # noqa: PLC0415 (optional: `pip install cupy-cuda12x`)
+                import cupy  # optional: `pip install cupy-cuda12x`
                 cupy.cuda.runtime.getDeviceCount()
                 _CUPY = cupy
             except Exception:  # not installed, or no driver it can use
@@ -223,7 +223,7 @@ def block_reductions():
 def _column_sum_kernel():
     global cuda
     cuda = get_cuda()
-    from numba import float32  # noqa: PLC0415
+    from numba import float32
     block_sum, _ = block_reductions()
 
     @cuda.jit

@@ -66,7 +66,7 @@ _T1, _T3, _T5, _T7, _T9, _T11, _T13 = (
 def _int32_bits_as_float32(typingctx, i):
     """Reinterpret the low 32 bits of an integer as a float32 (LLVM trunc + bitcast: free, and it vectorises).
     Numba widens int32 arithmetic to int64, so any integer type is accepted and truncated to its low 32 bits."""
-    from llvmlite import ir  # noqa: PLC0415
+    from llvmlite import ir
 
     if not isinstance(i, types.Integer):
         return None
@@ -156,7 +156,7 @@ def erfcx_coefficients(degree: int = 22, nodes: int = 256):
     and computed in float64 with math.erfc * math.exp (relative error ~2e-16 each). erfcx is entire, so the
     Chebyshev coefficients fall geometrically: degree 22 leaves a relative error ~3e-15 (the sampling's own
     rounding floor); degree 16 would leave 7e-12. tests/test_f32math.py checks that the stored numbers meet it."""
-    from numpy.polynomial import chebyshev  # noqa: PLC0415
+    from numpy.polynomial import chebyshev
 
     t = np.cos(np.pi * (np.arange(nodes) + 0.5) / nodes)
     a = _ERFCX_MID + t / _ERFCX_INV_HALF
@@ -202,7 +202,7 @@ def _float64_bits_as_int64(typingctx, x):
         return None
 
     def codegen(context, builder, signature, args):
-        from llvmlite import ir  # noqa: PLC0415
+        from llvmlite import ir
         return builder.bitcast(args[0], ir.IntType(64))
 
     return types.int64(x), codegen
@@ -215,7 +215,7 @@ def _int64_bits_as_float64(typingctx, i):
         return None
 
     def codegen(context, builder, signature, args):
-        from llvmlite import ir  # noqa: PLC0415
+        from llvmlite import ir
         return builder.bitcast(args[0], ir.DoubleType())
 
     return types.float64(i), codegen
@@ -230,7 +230,7 @@ def _muladd(typingctx, a, b, c):
         return None
 
     def codegen(context, builder, signature, args):
-        from llvmlite import ir  # noqa: PLC0415
+        from llvmlite import ir
         f64 = ir.DoubleType()
         fn = builder.module.declare_intrinsic("llvm.fmuladd", [f64], ir.FunctionType(f64, [f64, f64, f64]))
         return builder.call(fn, list(args))

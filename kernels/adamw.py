@@ -160,7 +160,7 @@ _SUMSQ_MAX_BLOCKS = 8 if _cuda.SIMULATOR else 1024  # grid-stride: at most this 
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float64  # noqa: PLC0415
+    from numba import float64
     THREADS = _cuda.THREADS
     block_sum, _ = _cuda.block_reductions()
 

@@ -41,7 +41,7 @@ N = B * T
 
 def _try_torch():
     try:
-        import torch  # noqa: PLC0415
+        import torch
     except ImportError:
         return None
     return torch
@@ -318,7 +318,8 @@ def cuda_cases(size="base", names=None):
         x, res, w, bb, dy = dev(n, c_), dev(n, c_), dev(c_), dev(c_), dev(n, c_)
         _, cache = KL.residual_layernorm_forward_cuda(x, res, w, bb, 1e-12)
         # fwd reads x, r (N, C) and w, b (C); writes y and the cache's h = x + r (N, C), mean and rstd (N)
-        yield (f"residual+layernorm ({n}x{c_})", "fwd", lambda: KL.residual_layernorm_forward_cuda(x, res, w, bb, 1e-12),
+        yield (f"residual+layernorm ({n}x{c_})", "fwd",
+               lambda: KL.residual_layernorm_forward_cuda(x, res, w, bb, 1e-12),
                F32 * (4 * n * c_ + 2 * c_ + 2 * n), 0)
         # bwd reads dy, h (N, C), w (C), mean, rstd (N); writes dh (N, C), dw, db (C)
         yield (f"residual+layernorm ({n}x{c_})", "bwd", lambda: KL.residual_layernorm_backward_cuda(dy, cache),
@@ -378,7 +379,7 @@ cuda = None  # numba.cuda, bound by _spin_kernel() (the simulator swaps this mod
 
 def time_cuda(fn, repeat=50, warmup=3):
     """(wall ms, device ms or None, host_bound) per call of fn, as the module docstring defines them."""
-    import time  # noqa: PLC0415
+    import time
     cu = _cuda.require_cuda()
     if _cuda.SIMULATOR:
         warmup = min(warmup, 1)  # compiles nothing there; each call is seconds

@@ -84,7 +84,7 @@ cuda = None  # numba.cuda, bound on first use: the simulator swaps this module g
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float32  # noqa: PLC0415
+    from numba import float32
     THREADS = _cuda.THREADS
     block_sum, _ = _cuda.block_reductions()
 
@@ -422,7 +422,7 @@ def sum_to(g, shape):
     return sum_to_cuda(g, shape) if _cuda.is_device_array(g) else sum_to_ref(g, shape)
 
 
-def sum(a, axis=None, keepdims: bool = False):  # noqa: A001 (numpy's name)
+def sum(a, axis=None, keepdims: bool = False):  # numpy's name
     """a summed over `axis` (an int, a tuple or None for all), as numpy's a.sum."""
     if not _cuda.is_device_array(a):
         return np.asarray(np.asarray(a).sum(axis=axis, keepdims=keepdims))

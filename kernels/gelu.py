@@ -43,7 +43,7 @@ from ._f32math import erf_f32, erf_fast, exp_f32, exp_fast
 
 def _erf(x):
     """scipy's erf, imported on first use (scipy costs ~0.3 s of start-up and only the references need it)."""
-    from scipy.special import erf  # noqa: PLC0415
+    from scipy.special import erf
     return erf(x)
 
 HALF = np.float32(0.5)
@@ -294,7 +294,8 @@ def main(argv=None):
     b = r.standard_normal(F).astype(np.float32)
     dy = r.standard_normal((N, F)).astype(np.float32)
     y64, _ = bias_gelu_forward_ref(x.astype(np.float64), b.astype(np.float64))
-    dx64, db64 = bias_gelu_backward_ref(dy.astype(np.float64), BiasGeluCache(x.astype(np.float64), b.astype(np.float64)))
+    dx64, db64 = bias_gelu_backward_ref(dy.astype(np.float64),
+                                        BiasGeluCache(x.astype(np.float64), b.astype(np.float64)))
     tol = _checks.f32_tol(1, scale=8)
     y, c = bias_gelu_forward_cpu(x, b)
     rep.check("cpu", "y", y, y64, atol=tol, rtol=tol)

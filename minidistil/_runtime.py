@@ -108,8 +108,8 @@ def _configure_malloc():
     if "MALLOC_MMAP_MAX_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         _DECISION["malloc"] = "left alone (MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ set by the user)"
         return
-    import ctypes  # noqa: PLC0415
-    import platform  # noqa: PLC0415
+    import ctypes
+    import platform
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         _DECISION["malloc"] = "left alone (not Linux with glibc)"
         return

@@ -20,7 +20,7 @@ are written here in NumPy.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -126,11 +126,11 @@ class Tensor:
         r = ", requires_grad=True" if self.requires_grad and self._backward is None else ""
         return f"Tensor({self.numpy()!r}{r}{g})"
 
-    def detach(self) -> "Tensor":
+    def detach(self) -> Tensor:
         """The same data, cut from the graph."""
         return Tensor(self.data)
 
-    def retain_grad(self) -> "Tensor":
+    def retain_grad(self) -> Tensor:
         """Keep this (non-leaf) Tensor's gradient in `.grad` during backward(); it accumulates like a leaf's."""
         self._retain = True
         return self
@@ -497,7 +497,7 @@ def _getitem_device(a: Tensor, index) -> Tensor:
 
 def _matmul_device(a: Tensor, b: Tensor) -> Tensor:
     """a @ b for 2-d operands on the device (the GEMM of minidistil.kernels.linear)."""
-    from minidistil.kernels.linear import gemm_cuda as matmul_cuda  # noqa: PLC0415 (cuBLAS or the tiled GEMM)
+    from minidistil.kernels.linear import gemm_cuda as matmul_cuda  # cuBLAS or the tiled GEMM
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"b: on the device matmul takes 2-d operands, got {a.shape} @ {b.shape}")
     ad, bd = _cuda.to_device(_contiguous(a.data)), _cuda.to_device(_contiguous(b.data))

@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     from .hub import FetchError
     from .safetensors_io import SafetensorsError
     if getattr(args, "device", None) == "cuda":  # every command's --device: no GPU -> one line, before any work
-        from .device import check_device  # noqa: PLC0415
+        from .device import check_device
         try:
             check_device("cuda")
         except RuntimeError as e:

@@ -40,7 +40,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -158,7 +158,7 @@ def student_state(teacher, layers: Sequence[int]) -> tuple[DistilBertConfig, dic
 
 def make_student(teacher, layers: Sequence[int] | None = None, n_layers: int | None = None):
     """A DistilBERT student initialised from the teacher (see the module docstring). Eval mode."""
-    from .distilbert import DistilBertForMaskedLM, DistilBertModel  # noqa: PLC0415
+    from .distilbert import DistilBertForMaskedLM, DistilBertModel
     n_teacher = teacher.config.num_hidden_layers
     if layers is None:
         layers = default_layer_map(n_teacher, n_layers or max(1, n_teacher // 2))
@@ -185,7 +185,7 @@ class LossWeights:
     kl_masked_only: bool = False  # KL over the masked positions only (DistilBERT: every real token)
 
     @classmethod
-    def defaults(cls, mlm: bool) -> "LossWeights":
+    def defaults(cls, mlm: bool) -> LossWeights:
         if mlm:
             return cls()
         return cls(alpha_ce=0.0, alpha_mlm=0.0, alpha_cos=1.0, alpha_mse=0.0, alpha_pool_cos=1.0, alpha_pool_mse=1.0)
@@ -301,8 +301,8 @@ def _step_seed(seed: int, step: int, micro: int = 0) -> int:
 
 
 def _load(teacher, tokenizer):
-    from .loading import from_pretrained, resolve  # noqa: PLC0415
-    from .tokenizer import Tokenizer  # noqa: PLC0415
+    from .loading import from_pretrained, resolve
+    from .tokenizer import Tokenizer
     if isinstance(teacher, (str, Path)):
         folder = resolve(teacher)
         model = from_pretrained(folder)
@@ -344,13 +344,13 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
         cfg.weights = LossWeights(**cfg.weights)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    say = functools.partial(print, flush=True)  # the set-up lines and the final report; --no-progress hides the bar only
+    say = functools.partial(print, flush=True)  # set-up lines and the final report; --no-progress hides the bar only
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
 
     teacher_model, tokenizer, teacher_name = _load(teacher, tokenizer)
     teacher_model.eval()
-    layers = cfg.layer_map or default_layer_map(teacher_model.config.num_hidden_layers,
-                                                cfg.student_layers or max(1, teacher_model.config.num_hidden_layers // 2))
+    n_teacher = teacher_model.config.num_hidden_layers
+    layers = cfg.layer_map or default_layer_map(n_teacher, cfg.student_layers or max(1, n_teacher // 2))
     student = make_student(teacher_model, layers)
     mlm = has_mlm_head(student)
     w = cfg.weights or LossWeights.defaults(mlm)
@@ -472,7 +472,7 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
     student.eval()
 
     # 4. the output folder
-    from .loading import save_pretrained  # noqa: PLC0415
+    from .loading import save_pretrained
     save_pretrained(student, out, tokenizer=tokenizer)
     curve = plot_losses(metrics_path, out / "loss_curve.png")
     report = {"teacher": teacher_name, "student_dir": str(out), "layers": list(layers), "steps": run.step,
@@ -502,7 +502,7 @@ def _progress(cfg: DistillConfig, run: RunState):
     if not cfg.progress:
         return lambda row, elapsed: None
     try:
-        from tqdm import tqdm  # noqa: PLC0415
+        from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return lambda row, elapsed: None
     bar = tqdm(total=cfg.steps, initial=run.step, unit="step", dynamic_ncols=True)
@@ -527,9 +527,9 @@ def plot_losses(metrics_path: Path, png: Path) -> str:
     """Loss curves (total and each term) from metrics.jsonl; returns the PNG path, or a note when matplotlib is
     missing."""
     try:
-        import matplotlib  # noqa: PLC0415
+        import matplotlib
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt
     except ImportError:
         return f"matplotlib is not installed: the loss curve would have been {png}"
     rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
@@ -620,7 +620,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--corpus", nargs="+", default=None,
                    help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings)")
     p.add_argument("--text-field", default=d.text_field, help="JSONL field holding the text (default %(default)s)")
-    p.add_argument("--held-out", type=float, default=d.held_out, help="share of documents held out (default %(default)s)")
+    p.add_argument("--held-out", type=float, default=d.held_out,
+                   help="share of documents held out (default %(default)s)")
     p.add_argument("--max-len", type=int, default=d.max_len, help="sequence length in tokens (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per batch (default %(default)s)")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="batches per update (default %(default)s)")
@@ -665,8 +666,8 @@ def run_cli(args) -> int:
                                            "alpha_pool_mse")}
     weights = None
     if any(v is not None for v in alphas.values()) or args.temperature != 2.0 or args.kl_masked_only:
-        from .loading import resolve  # noqa: PLC0415
-        from .config import config_from_json_file  # noqa: PLC0415
+        from .loading import resolve
+        from .config import config_from_json_file
         arch = (config_from_json_file(resolve(args.teacher) / "config.json").architectures or [""])[0]
         base = LossWeights.defaults(mlm=arch.endswith("ForMaskedLM"))
         weights = LossWeights(**{**asdict(base), **{k: v for k, v in alphas.items() if v is not None},

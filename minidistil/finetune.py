@@ -436,8 +436,8 @@ def evaluate(task: str, model, examples: list, feats: dict, names: list[str] | N
 
 
 def head_class(model_path, task: str):
-    from .loading import model_classes, resolve  # noqa: PLC0415
-    from .pipelines import _class_for  # noqa: PLC0415  (the checkpoint's own head class, else model type + head)
+    from .loading import model_classes, resolve
+    from .pipelines import _class_for  # the checkpoint's own head class, else model type + head
     return _class_for(resolve(model_path), TASKS[task][0], model_classes())
 
 
@@ -458,10 +458,10 @@ def reinit(model, names: list[str], seed: int):
 
 def load_model(cfg: FinetuneConfig, names: list[str] | None, say=print):
     """The checkpoint in cfg.model with the task's head; returns (model, tokenizer, missing keys)."""
-    import warnings  # noqa: PLC0415
+    import warnings
 
-    from .loading import from_pretrained, resolve  # noqa: PLC0415
-    from .tokenizer import Tokenizer  # noqa: PLC0415
+    from .loading import from_pretrained, resolve
+    from .tokenizer import Tokenizer
     folder = resolve(cfg.model)
     cls = head_class(folder, cfg.task)
     overrides = {}
@@ -489,8 +489,8 @@ def load_model(cfg: FinetuneConfig, names: list[str] | None, say=print):
 
 
 def load_teacher(cfg: FinetuneConfig, student, tokenizer, names):
-    from .loading import from_pretrained, resolve  # noqa: PLC0415
-    from .tokenizer import Tokenizer  # noqa: PLC0415
+    from .loading import from_pretrained, resolve
+    from .tokenizer import Tokenizer
     folder = resolve(cfg.teacher)
     teacher, info = from_pretrained(folder, cls=head_class(folder, cfg.task), output_loading_info=True)
     if info["missing_keys"]:
@@ -518,8 +518,8 @@ def _better(new: float, old: float | None) -> bool:
 def finetune(task: str | None = None, model: str | None = None, train: str | None = None,
              out_dir: str | None = None, *, config: FinetuneConfig | None = None, **overrides) -> dict:
     """Run a fine-tuning; returns the report (also out_dir/report.json). Any FinetuneConfig field is a keyword."""
-    from . import checkpoint as ckpt  # noqa: PLC0415
-    from .loading import save_pretrained  # noqa: PLC0415
+    from . import checkpoint as ckpt
+    from .loading import save_pretrained
     given = {k: v for k, v in dict(task=task, model=model, train=train, out_dir=out_dir).items() if v is not None}
     cfg = FinetuneConfig(**{**asdict(config or FinetuneConfig()), **given, **overrides})
     if cfg.task not in TASKS:
@@ -686,7 +686,7 @@ def _bar(cfg: FinetuneConfig, total: int, initial: int, desc: str):
     if not cfg.progress:
         return None
     try:
-        from tqdm import tqdm  # noqa: PLC0415
+        from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
@@ -695,9 +695,9 @@ def _bar(cfg: FinetuneConfig, total: int, initial: int, desc: str):
 def plot_curves(metrics_path: Path, png: Path) -> str | None:
     """Training loss per update and the validation score per epoch; None when matplotlib is not installed."""
     try:
-        import matplotlib  # noqa: PLC0415
+        import matplotlib
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt
     except ImportError:
         return None
     rows = [json.loads(x) for x in Path(metrics_path).read_text().splitlines() if x.strip()]

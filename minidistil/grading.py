@@ -40,7 +40,7 @@ import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -143,7 +143,7 @@ def _student_frame(tb, path: str) -> str:
 
 
 class _Session:
-    def __init__(self, report: GradeReport, module, exercise: "Exercise"):
+    def __init__(self, report: GradeReport, module, exercise: Exercise):
         self.report = report
         self.module = module
         self.exercise = exercise
@@ -172,7 +172,7 @@ class _Session:
                 return fn(*args, **kwargs)
         except NotImplementedError:
             raise _NotImplemented(fname) from None
-        except Exception as e:  # noqa: BLE001 (any error of the student's code is a failed check)
+        except Exception as e:  # any error of the student's code is a failed check
             where = _student_frame(e.__traceback__, self.report.path)
             msg = f"{fname} raised {type(e).__name__}: {e}{where}"
             self.check.fail(msg, self.exercise.hint_for_exception(e))
@@ -237,7 +237,7 @@ class _Session:
         for hint, variant in (variants or {}).items():
             try:
                 wrong = np.asarray(variant(), dtype=np.float64)
-            except Exception:  # noqa: BLE001 (a variant that does not apply to this input)
+            except Exception:  # a variant that does not apply to this input
                 continue
             # a match: within 4x the tolerance of the variant, and 10x closer to it than to the truth
             if wrong.shape == g.shape and _worst(g, wrong, 4 * atol, 4 * rtol)[0] is None \
@@ -271,7 +271,7 @@ class _Session:
         for hint, variant in (variants or {}).items():
             try:
                 wrong = float(variant())
-            except Exception:  # noqa: BLE001
+            except Exception:
                 continue
             if abs(g - wrong) <= 4 * atol + 1e-6 * abs(wrong) and abs(g - wrong) < 0.1 * abs(g - expected):
                 c.hints.append(hint)
@@ -919,7 +919,7 @@ def _run_autograd(s: _Session):
                     ga, gb, value = graph(build)
             except NotImplementedError:
                 raise _NotImplemented("the _backward of mul or tanh") from None
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 s.check.fail(f"building the graph or backward() raised {type(e).__name__}: {e}"
                              f"{_student_frame(e.__traceback__, s.report.path)}", s.exercise.hint_for_exception(e))
                 raise _CaseOver from None
@@ -1001,7 +1001,7 @@ def grade(exercise: str, path) -> GradeReport:
         report.checks = [Check("import your file", passed=False, lines=[
             f"not implemented yet: importing {path} raises NotImplementedError"])]
         return report
-    except Exception as e:  # noqa: BLE001 (a syntax error or an import error in the student's file)
+    except Exception as e:  # a syntax error or an import error in the student's file
         c = Check("import your file")
         detail = f"{type(e).__name__}: {e}"
         if isinstance(e, SyntaxError):

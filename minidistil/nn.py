@@ -8,7 +8,7 @@ Gradients ACCUMULATE into `Parameter.grad` across backward() calls until `zero_g
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -56,7 +56,7 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} has no forward()")
 
     # ---- traversal ------------------------------------------------------------------------------------------
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
         stack = [(prefix, self)]
         while stack:
             name, m = stack.pop()

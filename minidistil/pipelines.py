@@ -65,7 +65,7 @@ class Pipeline:
         self._takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
 
     @classmethod
-    def from_pretrained(cls, name_or_path, device: str | None = None, **kwargs) -> "Pipeline":
+    def from_pretrained(cls, name_or_path, device: str | None = None, **kwargs) -> Pipeline:
         from .loading import from_pretrained, model_classes, resolve
         folder = resolve(name_or_path)
         model_cls = _class_for(folder, cls.head, model_classes())
@@ -324,7 +324,7 @@ class SentenceEmbeddingPipeline(Pipeline):
         self.normalize = bool(normalize)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, device: str | None = None, **kwargs) -> "SentenceEmbeddingPipeline":
+    def from_pretrained(cls, name_or_path, device: str | None = None, **kwargs) -> SentenceEmbeddingPipeline:
         """Reads the sentence-transformers files when present: 1_Pooling/config.json (pooling; mean when absent),
         modules.json (Normalize), sentence_bert_config.json (max_seq_length)."""
         from .loading import from_pretrained, model_classes, resolve

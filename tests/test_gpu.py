@@ -366,7 +366,8 @@ def test_autograd_generic_ops_on_device(rng):
         cls = xt[:, 0]                                         # (2, 4)
         y = (pooled - cls) @ wt                                # (2, 2)
         out = (-y).mean(axis=0)                                # (2,)
-        out.backward(np.array([1.0, -2.0], np.float32) if not dev else _cuda.to_device(np.array([1.0, -2.0], np.float32)))
+        g = np.array([1.0, -2.0], np.float32)
+        out.backward(_cuda.to_device(g) if dev else g)
         return out.numpy(), _cuda.to_host(xt.grad), _cuda.to_host(wt.grad)
 
     for got, want in zip(run(True), run(False)):

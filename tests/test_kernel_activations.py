@@ -45,7 +45,7 @@ def test_ref_backward_matches_finite_differences(rng):
     x[np.abs(x) < 1e-3] = 0.5  # finite differences across ReLU's kink are meaningless: keep |x| >> h
     g = rng.standard_normal((3, 5))  # loss = sum(g * y), so dL/dy = g
     for fwd, bwd in ((K.tanh_forward_ref, K.tanh_backward_ref), (K.relu_forward_ref, K.relu_backward_ref)):
-        loss = lambda: float((g * fwd(x)[0]).sum())
+        loss = lambda fwd=fwd: float((g * fwd(x)[0]).sum())
         dx = bwd(g, fwd(x)[1])
         assert _checks.relative_error(dx, _checks.numerical_gradient(loss, x)) <= 1e-6
 

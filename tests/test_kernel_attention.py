@@ -28,7 +28,7 @@ def _reference(q, k, v, dout, mask, H, p=0.0, seed=0):
     version against it: K.tolerances' derivation with the dropped-out dP; dropout multiplies every term of every
     sum by keep / (1 - p) <= 1 / (1 - p), and each bound is linear in those magnitudes, so the bounds are scaled by
     1 / (1 - p)."""
-    f64 = lambda a: a.astype(np.float64)  # noqa: E731
+    f64 = lambda a: a.astype(np.float64)
     out, c = K.attention_forward_ref(f64(q), f64(k), f64(v), mask, H, p, seed)
     grads = K.attention_backward_ref(f64(dout), c)
     dP = K._drop_ref(K._split_heads(f64(dout), H) @ K._split_heads(f64(v), H).transpose(0, 1, 3, 2), p, seed)

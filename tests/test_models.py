@@ -215,7 +215,8 @@ def test_old_checkpoint_with_tied_copy_loads():
     fresh = _tiny("BertForMaskedLM")
     missing, unexpected = fresh.load_state_dict(state)
     assert missing == [] and unexpected == []
-    assert np.array_equal(fresh.get_parameter("cls.predictions.decoder.bias").data, state["cls.predictions.decoder.bias"])
+    bias = "cls.predictions.decoder.bias"
+    assert np.array_equal(fresh.get_parameter(bias).data, state[bias])
 
 
 def test_init_is_hf_like():

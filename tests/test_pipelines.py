@@ -232,8 +232,8 @@ def test_question_answering_reads_a_long_context_in_windows(tok):
         np.testing.assert_array_equal(ctx[w][:S], ctx[w - 1][-S:])
     # the answer: the best span of any window, scored within its window
     out = _raw(model, enc, token_type_ids=enc["token_type_ids"])
-    best = max((_best_span(np.array(out.start_logits)[w], np.array(out.end_logits)[w],
-                           {k: v[w:w + 1] for k, v in enc.items()}, 4) + (w,) for w in range(W)))
+    best = max(_best_span(np.array(out.start_logits)[w], np.array(out.end_logits)[w],
+                           {k: v[w:w + 1] for k, v in enc.items()}, 4) + (w,) for w in range(W))
     score, s, e, w = best
     ans = qa(q, c, max_answer_len=4, max_seq_len=L, doc_stride=S)
     np.testing.assert_allclose(ans["score"], score, rtol=1e-12)

@@ -93,7 +93,7 @@ G = rng.standard_normal((N, C))                               # loss = sum(G * y
 loss = lambda: float((G * layernorm(x, w, b, 1e-12)[0]).sum())  # noqa: E731
 dx, dw, db = layernorm_backward(G, xhat, rstd, w)
 errs = [_checks.relative_error(g, _checks.numerical_gradient(loss, a)) for g, a in ((dx, x), (dw, w), (db, b))]
-print("relative error vs central finite differences (dx, dw, db):", ["%.1e" % e for e in errs])
+print("relative error vs central finite differences (dx, dw, db):", [f"{e:.1e}" for e in errs])
 assert max(errs) < 1e-7
 for ours, lib in zip((dx, dw, db), K.layernorm_backward_ref(G, cache_lib)):
     assert np.allclose(ours, lib, rtol=0, atol=1e-12)

@@ -66,7 +66,8 @@ assert OUT.is_dir()
 # ## 1. The triple loss, term by term, on a tiny MLM teacher
 #
 # The three terms need a teacher with a masked-LM head. A tiny random `BertForMaskedLM` (4 layers, width 32) is
-# enough to check the arithmetic (a large init range gives it peaked, non-uniform outputs): we recompute every term in NumPy from the logits and hidden states.
+# enough to check the arithmetic (a large init range gives it peaked, non-uniform outputs): we recompute every
+# term in NumPy from the logits and hidden states.
 
 # %%
 tcfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,

@@ -1,4 +1,5 @@
-"""Exercise: cross-entropy with ignore_index, the loss and its gradient.   Grade it:  minidistil grade cross_entropy FILE
+"""Exercise: cross-entropy with ignore_index, the loss and its gradient.
+Grade it:  minidistil grade cross_entropy FILE
 
 For logits x (N, V) and integer targets t (N,), rows whose target equals ignore_index (-100: the positions a masked
 language model does not predict) do not count:

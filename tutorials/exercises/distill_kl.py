@@ -1,4 +1,5 @@
-"""Exercise: DistilBERT's distillation loss, the temperature-scaled KL divergence.   Grade it:  minidistil grade distill_kl FILE
+"""Exercise: DistilBERT's distillation loss, the temperature-scaled KL divergence.
+Grade it:  minidistil grade distill_kl FILE
 
 Student logits s (N, V), teacher logits z (N, V), temperature T > 0. Soften both distributions with T:
 

@@ -1,4 +1,5 @@
-"""Exercise: the backward pass of GELU.        Grade it:  minidistil grade gelu_backward tutorials/exercises/gelu_backward.py
+"""Exercise: the backward pass of GELU.
+Grade it:  minidistil grade gelu_backward tutorials/exercises/gelu_backward.py
 
 BERT's feed-forward block uses the exact GELU (not the tanh approximation):
 
