@@ -30,7 +30,7 @@ TILE = 8 if SIMULATOR else 16
 def get_cuda():
     """Return the numba.cuda module, or raise a clear error when it cannot be used."""
     try:
-        from numba import cuda  # noqa: PLC0415  (the one CUDA import)
+        from numba import cuda  # the one CUDA import
     except ImportError as e:  # pragma: no cover - depends on the install
         raise RuntimeError(
             "numba.cuda is not installed: `pip install minidistil[gpu]` (numba-cuda), "
@@ -66,7 +66,7 @@ def is_device_array(a) -> bool:
     """True for a numba.cuda device array (real or simulated). Never imports numba.cuda itself."""
     if isinstance(a, np.ndarray) or "numba.cuda" not in sys.modules:
         return False
-    from numba.cuda.cudadrv import devicearray  # noqa: PLC0415 (already imported: numba.cuda is in sys.modules)
+    from numba.cuda.cudadrv import devicearray  # already imported: numba.cuda is in sys.modules
     return bool(devicearray.is_cuda_ndarray(a))
 
 
@@ -124,7 +124,7 @@ def _cupy():
         _CUPY = False
         if not SIMULATOR and os.environ.get("MINIDISTIL_NO_CUBLAS") != "1":
             try:
-                import cupy  # noqa: PLC0415 (optional: `pip install cupy-cuda12x`)
+                import cupy  # optional: `pip install cupy-cuda12x`
                 cupy.cuda.runtime.getDeviceCount()
                 _CUPY = cupy
             except Exception:  # not installed, or no driver it can use
@@ -136,6 +136,21 @@ def gemm_backend() -> str:
     """The name of the GPU matrix product in use: "cublas (cupy)" or "numba tiled GEMM".
     MINIDISTIL_NO_CUBLAS=1 forces the tiled GEMM (to compare the two)."""
     return "cublas (cupy)" if _cupy() else "numba tiled GEMM"
+
+
+def describe() -> str:
+    """One line naming the CUDA device (or the simulator), the GEMM in use and the block size."""
+    cuda = require_cuda()
+    if SIMULATOR:
+        where = "the numba.cuda simulator (NUMBA_ENABLE_CUDASIM=1: every GPU thread is a Python thread, slow)"
+    else:
+        try:
+            d = cuda.get_current_device()
+            name = d.name.decode() if isinstance(d.name, bytes) else str(d.name)
+            where = f"{name} (compute capability {d.compute_capability[0]}.{d.compute_capability[1]})"
+        except Exception as e:  # pragma: no cover - depends on the driver
+            where = f"a GPU ({type(e).__name__} reading its name)"
+    return f"device: cuda on {where}; GEMM: {gemm_backend()}; {THREADS} threads per block"
 
 
 def cublas_matmul(a, b, trans_a: bool = False, trans_b: bool = False):
@@ -202,6 +217,42 @@ def block_reductions():
         return out
 
     return block_sum, block_max
+
+
+@functools.cache
+def _column_sum_kernel():
+    global cuda
+    cuda = get_cuda()
+    from numba import float32
+    block_sum, _ = block_reductions()
+
+    @cuda.jit
+    def colsum(a, rows, width, out):
+        # out[col] = sum over rows of a[row, col] (a flat, row-major): one block per column, threads stride over
+        # the rows, then a shared-memory tree reduction
+        col = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        buf = cuda.shared.array(THREADS, float32)
+        acc = float32(0.0)
+        r = t
+        while r < rows:
+            acc += a[r * width + col]
+            r += THREADS
+        total = block_sum(buf, acc)
+        if t == 0:
+            out[col] = total
+
+    return colsum
+
+
+def column_sum(a):
+    """The column sums (width,) of a C-contiguous float32 (rows, width) device array, accumulated in float32 per
+    thread and then by a tree: the bias gradients of linear and of bias + GELU."""
+    rows, width = a.shape
+    out = device_empty((width,))
+    if width:
+        _column_sum_kernel()[width, THREADS](a.reshape(-1), rows, width, out)
+    return out
 
 
 @functools.cache

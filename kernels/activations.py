@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _checks, _cuda
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -98,23 +98,23 @@ def _elementwise_cpu(kernel, *arrays):
 
 
 def tanh_forward_cpu(x):
-    _common.check_array("x", x)
+    _checks.check_array("x", x)
     y = _elementwise_cpu(_tanh_fwd, x)
     return y, TanhCache(y)
 
 
 def tanh_backward_cpu(dy, cache):
-    _common.check_array("dy", dy, shape=tuple(cache.y.shape))
+    _checks.check_array("dy", dy, shape=tuple(cache.y.shape))
     return _elementwise_cpu(_tanh_bwd, dy, cache.y)
 
 
 def relu_forward_cpu(x):
-    _common.check_array("x", x)
+    _checks.check_array("x", x)
     return _elementwise_cpu(_relu_fwd, x), ReluCache(x)
 
 
 def relu_backward_cpu(dy, cache):
-    _common.check_array("dy", dy, shape=tuple(cache.x.shape))
+    _checks.check_array("dy", dy, shape=tuple(cache.x.shape))
     return _elementwise_cpu(_relu_bwd, dy, cache.x)
 
 
@@ -166,23 +166,23 @@ def _elementwise_cuda(name, *arrays):
 
 
 def tanh_forward_cuda(x):
-    _common.check_array("x", x)
+    _checks.check_array("x", x)
     y = _elementwise_cuda("tanh_fwd", x)
     return y, TanhCache(y)
 
 
 def tanh_backward_cuda(dy, cache):
-    _common.check_array("dy", dy, shape=tuple(cache.y.shape))
+    _checks.check_array("dy", dy, shape=tuple(cache.y.shape))
     return _elementwise_cuda("tanh_bwd", dy, cache.y)
 
 
 def relu_forward_cuda(x):
-    _common.check_array("x", x)
+    _checks.check_array("x", x)
     return _elementwise_cuda("relu_fwd", x), ReluCache(x)
 
 
 def relu_backward_cuda(dy, cache):
-    _common.check_array("dy", dy, shape=tuple(cache.x.shape))
+    _checks.check_array("dy", dy, shape=tuple(cache.x.shape))
     return _elementwise_cuda("relu_bwd", dy, cache.x)
 
 
@@ -208,20 +208,21 @@ def relu_backward(dy, cache):
 
 # tolerances: tanh is one float32 libm call (a few ulp of |y| <= 1); its backward one product and one 1 - y^2,
 # whose y carries the forward's error: |d(1 - y^2)| = 2|y| * err(y) <= 2 * TANH_TOL, times |dy|. ReLU is exact.
-TANH_TOL = _common.f32_tol(1)
+TANH_TOL = _checks.f32_tol(1)
 
 
 def tanh_backward_tol(dymax):
-    return 3 * _common.f32_tol(1, scale=dymax)
+    return 3 * _checks.f32_tol(1, scale=dymax)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main():
-    rep = _common.Report("activations")
-    r = _common.rng(0)
-    N, C = 8 * 128, 768  # the pooler / classifier input at DistilBERT-base size, (B*T, C)
+def main(argv=None):
+    args = _checks.lab_options("activations", argv)
+    rep = _checks.Report("activations")
+    r = _checks.rng(0)
+    N, C = (8 * 128, 768) if args.size == "base" else (7, 13)  # the pooler / classifier input, (B*T, C)
     x = (r.standard_normal((N, C)) * 2).astype(np.float32)
     x[0, :5] = 0.0  # ReLU's kink
     dy = r.standard_normal((N, C)).astype(np.float32)
@@ -245,6 +246,9 @@ def main():
         rep.check(name, "relu y", host(y), relu_forward_ref(x[:n])[0], atol=0.0)
         rep.check(name, "relu dx", host(rb(dyd, c)), relu_backward_ref(dy[:n], relu_forward_ref(x[:n])[1]), atol=0.0)
 
+    if args.no_bench:
+        return rep.finish()
+
     # benchmark: bytes = read x + write y (forward), read dy + cache, write dx (backward)
     _, tc = tanh_forward_cpu(x)
     _, rc = relu_forward_cpu(x)
@@ -264,8 +268,8 @@ def main():
         xd = _cuda.to_device(x)
         rep.bench("cuda tanh", lambda: tanh_forward_cuda(xd), nbytes=2 * x.nbytes, sync=cu.synchronize)
         rep.bench("cuda relu", lambda: relu_forward_cuda(xd), nbytes=2 * x.nbytes, sync=cu.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -33,7 +33,7 @@ import numbers
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _checks, _cuda
 
 EPS64 = float(np.finfo(np.float64).eps)
 
@@ -60,9 +60,9 @@ def _check_hparams(lr, beta1, beta2, eps, weight_decay, step):
 def _check_arrays(param, grad, m, v):
     device = _cuda.is_device_array(param)
     for name, a in (("param", param), ("grad", grad), ("m", m), ("v", v)):
-        _common.check_array(name, a)
+        _checks.check_array(name, a)
         if name != "param":
-            _common.check_same_shape("param", param, name, a)
+            _checks.check_same_shape("param", param, name, a)
             if _cuda.is_device_array(a) != device:
                 where = "a device array" if device else "a numpy array"
                 raise ValueError(f"{name}: expected {where} like param, got {type(a).__name__}")
@@ -143,7 +143,7 @@ def adamw_step_cpu(param, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, st
 
 
 def sum_of_squares_cpu(a) -> float:
-    _common.check_array("a", a)
+    _checks.check_array("a", a)
     return float(_sum_of_squares_cpu(a.reshape(-1)))
 
 
@@ -160,7 +160,7 @@ _SUMSQ_MAX_BLOCKS = 8 if _cuda.SIMULATOR else 1024  # grid-stride: at most this 
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float64  # noqa: PLC0415
+    from numba import float64
     THREADS = _cuda.THREADS
     block_sum, _ = _cuda.block_reductions()
 
@@ -206,7 +206,7 @@ def adamw_step_cuda(param, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, s
 
 
 def sum_of_squares_cuda(a) -> float:
-    _common.check_array("a", a)
+    _checks.check_array("a", a)
     n = a.size
     if n == 0:
         return 0.0
@@ -260,10 +260,10 @@ def adamw_tolerances(p64, m64, v64, lr, beta1, beta2, steps):
     m or v and grow at most linearly: steps * f32_tol(1, |param| + bound).
     m, v: a few roundings per step, damped by beta < 1: f32_tol(steps, max|m|) and f32_tol(steps, max|v|).
     """
-    tol_p = steps * _common.f32_tol(1, scale=float(np.abs(p64).max(initial=0.0))
+    tol_p = steps * _checks.f32_tol(1, scale=float(np.abs(p64).max(initial=0.0))
                                     + update_bound(lr, beta1, beta2, steps))
-    tol_m = _common.f32_tol(steps, scale=float(np.abs(m64).max(initial=0.0)))
-    tol_v = _common.f32_tol(steps, scale=float(np.abs(v64).max(initial=0.0)))
+    tol_m = _checks.f32_tol(steps, scale=float(np.abs(m64).max(initial=0.0)))
+    tol_v = _checks.f32_tol(steps, scale=float(np.abs(v64).max(initial=0.0)))
     return tol_p, tol_m, tol_v
 
 
@@ -277,13 +277,14 @@ def _run_steps(fn, p, g_seq, hp, to_dev=None, to_host=None):
     return [to_host(a) for a in arrs] if to_host else arrs
 
 
-def main():
-    rep = _common.Report("adamw")
-    r = _common.rng(0)
+def main(argv=None):
+    args = _checks.lab_options("adamw", argv)
+    rep = _checks.Report("adamw")
+    r = _checks.rng(0)
     hp = dict(lr=1e-3, beta1=0.9, beta2=0.98, eps=1e-6, weight_decay=0.01)
     steps = 5
     # validation: 5 steps on 1M parameters against the float64 reference, tolerances from adamw_tolerances()
-    N = 1 << 20
+    N = (1 << 20) if args.size == "base" else 1000
     p0 = r.standard_normal(N).astype(np.float32)
     gs = [r.standard_normal(N).astype(np.float32) for _ in range(steps)]
     p64, m64, v64 = _run_steps(adamw_step_ref, p0.astype(np.float64), [g.astype(np.float64) for g in gs], hp)
@@ -310,6 +311,9 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
+
     # benchmark: DistilBERT-base has 66M parameters; one array of them. Bytes: read param, grad, m, v, write
     # param, m, v (7 x 4 bytes per parameter); sum of squares reads 4 bytes per parameter.
     del p64, m64, v64, gs
@@ -329,8 +333,8 @@ def main():
         rep.bench("cuda", lambda: adamw_step_cuda(pd, gd, md, vd, step=1, **hp), nbytes=nbytes,
                   sync=cu.synchronize)
         rep.bench("cuda sumsq", lambda: sum_of_squares_cuda(gd), nbytes=4 * N, sync=cu.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -30,7 +30,7 @@ Backward (dO the (T, D) block of dout):
 
 Versions:
     attention_forward_ref / attention_backward_ref    NumPy, unfused: transposes to (B, H, T, D) and batched matmuls
-    attention_forward_numba / attention_backward_numba  (the first CPU version, kept beside the default one)
+    attention_forward_numba / attention_backward_numba  (a CPU version without BLAS, kept to compare)
                                                       Numba, prange over the B*H (batch, head) pairs, read and write
                                                       the (B, T, C) layout directly: each thread gathers its head's
                                                       blocks into small contiguous buffers and multiplies them with
@@ -47,14 +47,14 @@ Versions:
     attention_forward_blas / attention_backward_blas  the DEFAULT CPU version (attention_forward_cpu): the head
                                                       products go to numpy's BLAS on strided (B, H, T, D) views of
                                                       q, k, v, out (no copies; BLAS takes a leading dimension C),
-                                                      one OpenBLAS thread per core (minidistil._runtime
-                                                      .run_blas_tasks: threaded OpenBLAS on 128 x 64 GEMMs was 4-30x
-                                                      slower); scale, mask, softmax and dropout fused in one Numba
+                                                      one OpenBLAS thread per core (_blas.run_blas_tasks:
+                                                      threaded OpenBLAS on 128 x 64 GEMMs was 4-30x slower);
+                                                      scale, mask, softmax and dropout fused in one Numba
                                                       pass over the rows of the scores, written in place
-    (both CPU versions)                               softmax's exp by _common.exp_f32: the correctly rounded
+    (both CPU versions)                               softmax's exp by _f32math.exp_f32: the correctly rounded
                                                       float32 exp (<= 1 ulp, only within ~1e-14 of a tie), computed
                                                       in float64 in a loop that vectorises (libm's expf does not)
-    fast=True (the BLAS version)                      opt-in: exp by _common.exp_fast (relative error <= 2.5e-7,
+    fast=True (the BLAS version)                      opt-in: exp by _f32math.exp_fast (relative error <= 2.5e-7,
                                                       float32, fewer operations); MINIDISTIL_FAST_MATH=1 chooses it
 Cache: AttentionCache(q, k, v, mask, probs, n_heads, p, seed). Backward returns fresh arrays.
 """
@@ -67,9 +67,9 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _blas, _checks, _cuda, _f32math
 from . import dropout as _dropout
-from ._common import exp_f32, exp_fast, row_dot, row_max, row_sum
+from ._f32math import exp_f32, exp_fast, row_dot, row_max, row_sum
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -306,17 +306,17 @@ def _apply_dropout_rows(P, Pd, k1, k2, threshold, pscale):
 
 
 def _check(q, k, v, mask, n_heads, p=0.0, seed=0):
-    _common.check_array("q", q, ndim=3)
-    _common.check_array("k", k, ndim=3)
-    _common.check_same_shape("q", q, "k", k)
-    _common.check_array("v", v, ndim=3)
-    _common.check_same_shape("q", q, "v", v)
+    _checks.check_array("q", q, ndim=3)
+    _checks.check_array("k", k, ndim=3)
+    _checks.check_same_shape("q", q, "k", k)
+    _checks.check_array("v", v, ndim=3)
+    _checks.check_same_shape("q", q, "v", v)
     B, T, C = tuple(q.shape)
     if not hasattr(mask, "dtype") or not (np.issubdtype(np.dtype(mask.dtype), np.integer)
                                           or np.dtype(mask.dtype) == np.bool_):
         raise ValueError(f"mask: expected an integer or bool array (nonzero = real token), got "
                          f"{getattr(mask, 'dtype', type(mask).__name__)}")
-    _common.check_array("mask", mask, dtype=None, shape=(B, T), contiguous=False)
+    _checks.check_array("mask", mask, dtype=None, shape=(B, T), contiguous=False)
     if not isinstance(n_heads, (int, np.integer)) or isinstance(n_heads, bool) or n_heads < 1:
         raise ValueError(f"n_heads: expected a positive int, got {n_heads!r}")
     if C % n_heads:
@@ -351,7 +351,7 @@ def attention_forward_numba(q, k, v, mask, n_heads, p=0.0, seed=0):
 
 def attention_backward_numba(dout, cache):
     q, k, v, mask, probs, H, p, seed = cache
-    _common.check_array("dout", dout, shape=q.shape)
+    _checks.check_array("dout", dout, shape=q.shape)
     dq, dk, dv = np.empty_like(q), np.empty_like(q), np.empty_like(q)
     if q.size:
         D = q.shape[2] // H
@@ -369,8 +369,6 @@ def _heads(a, H):
 def _blas_by_blocks(B, H, *products):
     """Run the head products (a, b, out) as out = a @ b over (batch, head) blocks, in parallel (see the module
     docstring: one OpenBLAS thread per core); a, b, out are (B, H, ., .) arrays or views."""
-    from minidistil import _runtime  # noqa: PLC0415
-
     def task(bs, hs):
         def run():
             for a, b, out in products:
@@ -378,14 +376,14 @@ def _blas_by_blocks(B, H, *products):
         return run
 
     # several blocks per core, taken in turn by the pool's threads: one that the OS delays holds back only its own
-    parts = _runtime.GEMM_BLOCKS_PER_CORE * _runtime.n_cores()
-    _runtime.run_blas_tasks(task(bs, hs) for bs, hs in _runtime.split_pairs(B, H, parts))
+    parts = _blas.GEMM_BLOCKS_PER_CORE * _blas.n_cores()
+    _blas.run_blas_tasks(task(bs, hs) for bs, hs in _blas.split_pairs(B, H, parts))
 
 
 def attention_forward_blas(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):
     B, T, C, D = _check(q, k, v, mask, n_heads, p, seed)
     H = int(n_heads)
-    fast = _common.fast_math_default() if fast is None else bool(fast)
+    fast = _f32math.fast_math_default() if fast is None else bool(fast)
     out = np.empty_like(q)
     probs = np.empty((B, H, T, T), np.float32)
     if q.size:
@@ -401,7 +399,7 @@ def attention_forward_blas(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):
 
 def attention_backward_blas(dout, cache):
     q, k, v, mask, probs, H, p, seed = cache
-    _common.check_array("dout", dout, shape=q.shape)
+    _checks.check_array("dout", dout, shape=q.shape)
     dq, dk, dv = np.empty_like(q), np.empty_like(q), np.empty_like(q)
     if q.size:
         B, T, C = q.shape
@@ -441,7 +439,7 @@ cuda = None  # numba.cuda, bound on first use: the simulator swaps this module g
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float32  # noqa: PLC0415
+    from numba import float32
     THREADS = _cuda.THREADS
     MAXT = MAX_T_CUDA
 
@@ -616,7 +614,7 @@ def _keep_device(mask):
 
 def attention_backward_cuda(dout, cache):
     q, k, v, mask, probs, H, p, seed = cache
-    _common.check_array("dout", dout, shape=tuple(q.shape))
+    _checks.check_array("dout", dout, shape=tuple(q.shape))
     _, bwd_rows, bwd_cols = _cuda_kernels()
     B, T, C = tuple(q.shape)
     dq, dk, dv = (_cuda.device_empty((B, T, C)) for _ in range(3))
@@ -653,7 +651,7 @@ def attention_backward(dout, cache):
 
 def tolerances(q, k, v, dout, probs64, dP64):
     """Absolute tolerances (out, probs, dq, dk, dv) of a float32 version against the float64 reference, derived
-    from f32_tol(n, scale) = 16 eps sqrt(n) scale (see _common.f32_tol), with the magnitudes of this data (the
+    from f32_tol(n, scale) = 16 eps sqrt(n) scale (see _checks.f32_tol), with the magnitudes of this data (the
     reference's P, dP and dS = P (dP - r) give the sizes of the terms each sum adds up):
       es: error of a score, a D-term dot product. By Cauchy-Schwarz the mean |q_d k_d| of a (query, key) pair is at
           most rms(q_i) rms(k_j), the per-(row, head) root-mean-squares; the 1/sqrt(D) <= 1 only shrinks it
@@ -670,7 +668,7 @@ def tolerances(q, k, v, dout, probs64, dP64):
     B, T, C = q.shape
     H = probs64.shape[1]
     D = C // H
-    f = _common.f32_tol
+    f = _checks.f32_tol
 
     def row_rms(a):  # max over (b, t, h) of the root-mean-square of the D-wide head block
         return float(np.sqrt((a.astype(np.float64).reshape(B, T, H, D) ** 2).mean(axis=-1)).max(initial=0.0))
@@ -710,9 +708,10 @@ def make_data(rng, B, T, C, n_pad_rows=0):
     return q, k, v, dout, mask
 
 
-def main():
-    rep = _common.Report("attention")
-    r = _common.rng(0)
+def main(argv=None):
+    args = _checks.lab_options("attention", argv)
+    rep = _checks.Report("attention")
+    r = _checks.rng(0)
 
     def validate(version, fwd, bwd, q, k, v, dout, mask, H, to_dev=lambda a: a, to_host=lambda a: a):
         out64, c64 = attention_forward_ref(*(a.astype(np.float64) for a in (q, k, v)), mask, H)
@@ -727,17 +726,20 @@ def main():
             rep.check(version, name, to_host(g), g64, atol=tol)
 
     # validation at DistilBERT-base size, one sequence fully padded
-    B, T, C, H = 8, 128, 768, 12
+    B, T, C, H = (8, 128, 768, 12) if args.size == "base" else (2, 7, 12, 3)
     q, k, v, dout, mask = make_data(r, B, T, C, n_pad_rows=1)
     validate("cpu(blas)", attention_forward_cpu, attention_backward_cpu, q, k, v, dout, mask, H)
     validate("numba", attention_forward_numba, attention_backward_numba, q, k, v, dout, mask, H)
     if _cuda.available():
-        small = (2, 7, 12, 3) if _cuda.SIMULATOR else (B, T, C, H)
+        small = (2, 7, 12, 3) if _cuda.SIMULATOR or args.size == "tiny" else (B, T, C, H)
         qs, ks, vs, dos, ms = make_data(r, *small[:3], n_pad_rows=1)
         validate("cuda", attention_forward_cuda, attention_backward_cuda, qs, ks, vs, dos, ms, small[3],
                  to_dev=_cuda.to_device, to_host=_cuda.to_host)
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
+
+    if args.no_bench:
+        return rep.finish()
 
     # benchmark: B=8, T=128, H=12, D=64. Flops: forward two products of 2 B H T^2 D, backward four
     flops = 2 * 2.0 * B * H * T * T * (C // H)
@@ -757,8 +759,8 @@ def main():
         _, cd = attention_forward_cuda(qd, kd, vd, mask, H)
         rep.bench("cuda", lambda: attention_forward_cuda(qd, kd, vd, mask, H), flops=flops, sync=cu.synchronize)
         rep.bench("cuda bwd", lambda: attention_backward_cuda(dod, cd), flops=2 * flops, sync=cu.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

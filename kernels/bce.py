@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _checks, _cuda
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -38,9 +38,9 @@ class BCECache(NamedTuple):
 
 
 def _check(logits, targets):
-    _common.check_array("logits", logits, ndim=2)
-    _common.check_array("targets", targets, ndim=2)
-    _common.check_same_shape("logits", logits, "targets", targets)
+    _checks.check_array("logits", logits, ndim=2)
+    _checks.check_array("targets", targets, ndim=2)
+    _checks.check_same_shape("logits", logits, "targets", targets)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ cuda = None  # numba.cuda, bound on first use: the simulator swaps this module g
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float32  # noqa: PLC0415
+    from numba import float32
     THREADS = _cuda.THREADS
 
     @cuda.jit
@@ -216,14 +216,15 @@ def tolerances(logits, dloss):
     """
     K = int(logits.shape[-1])
     big = max(1.0, float(np.abs(logits).max(initial=0.0)))
-    loss_tol = _common.f32_tol(1, scale=big) + _common.f32_tol(K, scale=2 * big + 1)
-    return loss_tol, _common.f32_tol(1) * abs(dloss) / max(logits.size, 1)
+    loss_tol = _checks.f32_tol(1, scale=big) + _checks.f32_tol(K, scale=2 * big + 1)
+    return loss_tol, _checks.f32_tol(1) * abs(dloss) / max(logits.size, 1)
 
 
-def main():
-    rep = _common.Report("bce_with_logits")
-    r = _common.rng(0)
-    N, K = 8 * 128, 64  # a multi-label head: one row per example, K labels
+def main(argv=None):
+    args = _checks.lab_options("bce", argv)
+    rep = _checks.Report("bce_with_logits")
+    r = _checks.rng(0)
+    N, K = (8 * 128, 64) if args.size == "base" else (7, 5)  # a multi-label head: one row per example, K labels
     x = (r.standard_normal((N, K)) * 4).astype(np.float32)
     y = (r.random((N, K)) < 0.3).astype(np.float32)
     loss64, c64 = bce_with_logits_forward_ref(x.astype(np.float64), y.astype(np.float64))
@@ -245,6 +246,9 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
+
     # benchmark: forward reads x and y; backward reads x, y and writes dx
     rep.bench("ref(numpy)", lambda: bce_with_logits_forward_ref(x, y), nbytes=2 * x.nbytes)
     rep.bench("cpu", lambda: bce_with_logits_forward_cpu(x, y), nbytes=2 * x.nbytes)
@@ -254,8 +258,8 @@ def main():
         cuda_ = _cuda.get_cuda()
         xd, yd = _cuda.to_device(x), _cuda.to_device(y)
         rep.bench("cuda", lambda: bce_with_logits_forward_cuda(xd, yd), nbytes=2 * x.nbytes, sync=cuda_.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -33,7 +33,7 @@ import sys
 
 import numpy as np
 
-from . import _common, _cuda
+from . import _checks, _cuda
 
 B, T, C, F, H, V = 8, 128, 768, 3072, 12, 30522
 N = B * T
@@ -41,7 +41,7 @@ N = B * T
 
 def _try_torch():
     try:
-        import torch  # noqa: PLC0415
+        import torch
     except ImportError:
         return None
     return torch
@@ -277,9 +277,9 @@ def run(names=None, repeat=10, warmup=2):
         for p in ("fwd", "bwd"):
             if f"cpu_{p}" not in d:
                 continue
-            ref = _common.bench(d[f"ref_{p}"], warmup=warmup, repeat=repeat)
-            cpu = _common.bench(d[f"cpu_{p}"], warmup=warmup, repeat=repeat)
-            tor = _common.bench(d[f"torch_{p}"], warmup=warmup, repeat=repeat) if f"torch_{p}" in d else None
+            ref = _checks.bench(d[f"ref_{p}"], warmup=warmup, repeat=repeat)
+            cpu = _checks.bench(d[f"cpu_{p}"], warmup=warmup, repeat=repeat)
+            tor = _checks.bench(d[f"torch_{p}"], warmup=warmup, repeat=repeat) if f"torch_{p}" in d else None
             rate = ""
             if d.get(f"flops_{p}"):
                 rate = f"{d[f'flops_{p}'] / cpu / 1e6:8.1f} GFLOP/s"
@@ -318,7 +318,8 @@ def cuda_cases(size="base", names=None):
         x, res, w, bb, dy = dev(n, c_), dev(n, c_), dev(c_), dev(c_), dev(n, c_)
         _, cache = KL.residual_layernorm_forward_cuda(x, res, w, bb, 1e-12)
         # fwd reads x, r (N, C) and w, b (C); writes y and the cache's h = x + r (N, C), mean and rstd (N)
-        yield (f"residual+layernorm ({n}x{c_})", "fwd", lambda: KL.residual_layernorm_forward_cuda(x, res, w, bb, 1e-12),
+        yield (f"residual+layernorm ({n}x{c_})", "fwd",
+               lambda: KL.residual_layernorm_forward_cuda(x, res, w, bb, 1e-12),
                F32 * (4 * n * c_ + 2 * c_ + 2 * n), 0)
         # bwd reads dy, h (N, C), w (C), mean, rstd (N); writes dh (N, C), dw, db (C)
         yield (f"residual+layernorm ({n}x{c_})", "bwd", lambda: KL.residual_layernorm_backward_cuda(dy, cache),
@@ -378,7 +379,7 @@ cuda = None  # numba.cuda, bound by _spin_kernel() (the simulator swaps this mod
 
 def time_cuda(fn, repeat=50, warmup=3):
     """(wall ms, device ms or None, host_bound) per call of fn, as the module docstring defines them."""
-    import time  # noqa: PLC0415
+    import time
     cu = _cuda.require_cuda()
     if _cuda.SIMULATOR:
         warmup = min(warmup, 1)  # compiles nothing there; each call is seconds
@@ -426,8 +427,7 @@ def copy_peak_gbps(nbytes: int, repeat=20):
 
 
 def run_cuda(size="base", names=None, repeat=50, peak_gbps=4800.0, copy_mb=None, log=print):
-    from minidistil.device import describe  # noqa: PLC0415
-    log(describe("cuda"))
+    log(_cuda.describe())
     copy_bytes = int((copy_mb if copy_mb is not None else (1024 if size == "base" else 1)) * 2**20)
     practical = copy_peak_gbps(copy_bytes, repeat=max(3, repeat // 5))
     log(f"peak bandwidth: {peak_gbps:.0f} GB/s (--peak-gbps); practical peak, a device-to-device copy of "
@@ -447,7 +447,7 @@ def run_cuda(size="base", names=None, repeat=50, peak_gbps=4800.0, copy_mb=None,
         log(f"{name:<34} {p:<4} {nbytes / 1e6:8.2f} {wall:9.4f} {dstr} {gbps:8.1f} {row['of_peak']:8.1%} "
             f"{row['of_copy']:8.1%} {fstr}" + ("  host-bound: the device time is an upper bound" if host_bound
                                               else ""))
-    return dict(device=describe("cuda"), peak_gbps=peak_gbps, copy_gbps=practical, copy_bytes=copy_bytes,
+    return dict(device=_cuda.describe(), peak_gbps=peak_gbps, copy_gbps=practical, copy_bytes=copy_bytes,
                 rows=rows)
 
 

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _checks, _cuda
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -55,10 +55,10 @@ class MSECache(NamedTuple):
 
 
 def _check(a, b, mask):
-    _common.check_array("a", a, ndim=2)
-    _common.check_array("b", b, ndim=2)
-    _common.check_same_shape("a", a, "b", b)
-    sel = _common.check_row_mask("mask", mask, tuple(a.shape)[0])
+    _checks.check_array("a", a, ndim=2)
+    _checks.check_array("b", b, ndim=2)
+    _checks.check_same_shape("a", a, "b", b)
+    sel = _checks.check_row_mask("mask", mask, tuple(a.shape)[0])
     return sel, int(np.count_nonzero(sel))
 
 
@@ -223,7 +223,7 @@ cuda = None  # numba.cuda, bound on first use: the simulator swaps this module g
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float32  # noqa: PLC0415
+    from numba import float32
     THREADS = _cuda.THREADS
     block_sum, block_max = _cuda.block_reductions()  # shared-memory tree reductions
 
@@ -392,7 +392,7 @@ def cosine_tolerances(a, b, dloss, n):
     (|b_c| / (|a| |b|) <= 1 / |a| and |cos a_c / A| <= 1 / |a|), and each is good to f32_tol(C) relative to that.
     """
     C = int(a.shape[-1])
-    tol = _common.f32_tol(C)
+    tol = _checks.f32_tol(C)
     na = np.sqrt((a.astype(np.float64) ** 2).sum(axis=-1) + 1e-12)
     nb = np.sqrt((b.astype(np.float64) ** 2).sum(axis=-1) + 1e-12)
     bound = abs(dloss) / max(n, 1) * 2.0 / min(na.min(initial=np.inf), nb.min(initial=np.inf)) if a.size else 0.0
@@ -408,13 +408,14 @@ def mse_tolerances(a, b, dloss, n):
     """
     C = int(a.shape[-1])
     d = float(np.abs(a.astype(np.float64) - b).max(initial=0.0))
-    return _common.f32_tol(C), _common.f32_tol(1, scale=2 * d * abs(dloss) / max(n * C, 1))
+    return _checks.f32_tol(C), _checks.f32_tol(1, scale=2 * d * abs(dloss) / max(n * C, 1))
 
 
-def main():
-    rep = _common.Report("cosine + mse")
-    r = _common.rng(0)
-    N, C = 8 * 128, 768
+def main(argv=None):
+    args = _checks.lab_options("cosine", argv)
+    rep = _checks.Report("cosine + mse")
+    r = _checks.rng(0)
+    N, C = (8 * 128, 768) if args.size == "base" else (7, 13)
     a = r.standard_normal((N, C)).astype(np.float32)
     b = (a + r.standard_normal((N, C))).astype(np.float32)  # student hidden states near the teacher's
     mask = r.random(N) < 0.9
@@ -448,6 +449,9 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
+
     # benchmark at (B*T, C) = (1024, 768): forward reads a and b; backward reads a, b and writes da, db
     cc = cosine_loss_forward_cpu(a, b)[1]
     cr = cosine_loss_forward_ref(a, b)[1]
@@ -467,8 +471,8 @@ def main():
         rep.bench("cos cuda bwd", lambda: cosine_loss_backward_cuda(1.0, cd), nbytes=4 * a.nbytes,
                   sync=cuda_.synchronize)
         rep.bench("mse cuda", lambda: mse_forward_cuda(ad, bd), nbytes=2 * a.nbytes, sync=cuda_.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

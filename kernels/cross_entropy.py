@@ -16,7 +16,7 @@ Versions:
     cross_entropy_forward_ref / _backward_ref     NumPy, float32 or float64, written for reading
     cross_entropy_forward_cpu / _backward_cpu     Numba, prange over rows; ignored rows are skipped (in masked-LM
                                                   training ~85% of rows are ignored); float32 sums; exp by
-                                                  _common.exp_f32 (the correctly rounded float32 exp, <= 1 ulp and
+                                                  _f32math.exp_f32 (the correctly rounded float32 exp, <= 1 ulp and
                                                   only within ~1e-14 of a tie) in loops that vectorise: the
                                                   forward writes exp(x - m) to a row buffer, then sums it in order
     cross_entropy_forward_cuda / _backward_cuda   numba.cuda, one block per row, shared-memory reductions for the
@@ -33,8 +33,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
-from ._common import exp_f32, row_max, row_sum
+from . import _checks, _cuda
+from ._f32math import exp_f32, row_max, row_sum
 
 ZERO = np.float32(0.0)
 NEG_INF = np.float32(-np.inf)
@@ -53,15 +53,15 @@ class CrossEntropyCache(NamedTuple):
 
 
 def _check(logits, targets, ignore_index):
-    _common.check_array("logits", logits, ndim=2)
+    _checks.check_array("logits", logits, ndim=2)
     N, V = tuple(logits.shape)
     if V < 1:
         raise ValueError(f"logits: expected at least one class (V >= 1), got shape {(N, V)}")
     if not isinstance(ignore_index, (int, np.integer)):
         raise ValueError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
     t = _cuda.to_host(targets) if _cuda.is_device_array(targets) else targets
-    _common.check_array("targets", t, dtype=(np.int32, np.int64), ndim=1, shape=(N,), contiguous=False)
-    _common.check_ids("targets", t, V, ignore=int(ignore_index))
+    _checks.check_array("targets", t, dtype=(np.int32, np.int64), ndim=1, shape=(N,), contiguous=False)
+    _checks.check_ids("targets", t, V, ignore=int(ignore_index))
     t = np.ascontiguousarray(t, dtype=np.int64)
     return t, int(np.count_nonzero(t != ignore_index))
 
@@ -164,7 +164,7 @@ cuda = None  # numba.cuda, bound on first use: the simulator swaps this module g
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float32  # noqa: PLC0415
+    from numba import float32
     THREADS = _cuda.THREADS
     block_sum, block_max = _cuda.block_reductions()  # shared-memory tree reductions
 
@@ -275,14 +275,15 @@ def tolerances(logits, dloss, n):
     """
     V = int(logits.shape[-1])
     big = max(1.0, float(np.abs(logits).max(initial=0.0)))
-    tol = _common.f32_tol(V) + _common.f32_tol(1, scale=big)
+    tol = _checks.f32_tol(V) + _checks.f32_tol(1, scale=big)
     return tol, tol * abs(dloss) / max(n, 1)
 
 
-def main():
-    rep = _common.Report("cross_entropy")
-    r = _common.rng(0)
-    N, V = 8 * 128, 30522
+def main(argv=None):
+    args = _checks.lab_options("cross_entropy", argv)
+    rep = _checks.Report("cross_entropy")
+    r = _checks.rng(0)
+    N, V = (8 * 128, 30522) if args.size == "base" else (32, 301)
     x = (r.standard_normal((N, V)) * 3).astype(np.float32)
     t = r.integers(0, V, N).astype(np.int64)
     t[r.random(N) < 0.85] = -100  # masked LM: 15% of the positions count
@@ -307,6 +308,9 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
+
     # benchmark at (B*T, V) = (1024, 30522). forward reads x (only the counted rows in cpu); backward reads x and
     # writes dx. The GB/s figures count the full (N, V) traffic for both, so cpu's skipping shows as a higher rate.
     t_all = r.integers(0, V, N).astype(np.int64)
@@ -324,8 +328,8 @@ def main():
         rep.bench("cuda", lambda: cross_entropy_forward_cuda(xd, td), nbytes=x.nbytes, sync=cuda_.synchronize)
         rep.bench("cuda bwd", lambda: cross_entropy_backward_cuda(1.0, cd), nbytes=2 * x.nbytes,
                   sync=cuda_.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

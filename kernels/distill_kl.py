@@ -15,11 +15,11 @@ When no row is selected, loss = 0.0 and the gradient is zero (torch returns NaN 
 Versions:
     distill_kl_forward_ref / _backward_ref     NumPy, float32 or float64, written for reading
     distill_kl_forward_cpu / _backward_cpu     Numba, prange over rows, unselected rows skipped, float32 sums;
-                                               exp by _common.exp_f32 (the correctly rounded float32 exp, <= 1 ulp
+                                               exp by _f32math.exp_f32 (the correctly rounded float32 exp, <= 1 ulp
                                                and only within ~1e-14 of a tie), written to a row buffer in loops
-                                               that vectorise, then summed (_common.row_sum, vectorised)
+                                               that vectorise, then summed (_f32math.row_sum, vectorised)
     (fast=True on the CPU versions)            opt-in fast math (MINIDISTIL_FAST_MATH=1 or fast=True): exp by
-                                               _common.exp_fast (relative error E <= 2.5e-7, float32, fewer
+                                               _f32math.exp_fast (relative error E <= 2.5e-7, float32, fewer
                                                operations than exp_f32), the same kernels and row buffers. Error
                                                bounds: each lse within E, p within 2E relative, so the row KL
                                                within 2E (sum_v p_t |log p_t - log p_s| + 1) and ds within
@@ -39,8 +39,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
-from ._common import exp_f32, exp_fast, row_max, row_sum
+from . import _checks, _cuda, _f32math
+from ._f32math import exp_f32, exp_fast, row_max, row_sum
 
 ZERO = np.float32(0.0)
 NEG_INF = np.float32(-np.inf)
@@ -57,16 +57,16 @@ class DistillKLCache(NamedTuple):
 
 
 def _check(student, teacher, temperature, mask):
-    _common.check_array("student", student, ndim=2)
-    _common.check_array("teacher", teacher, ndim=2)
-    _common.check_same_shape("student", student, "teacher", teacher)
+    _checks.check_array("student", student, ndim=2)
+    _checks.check_array("teacher", teacher, ndim=2)
+    _checks.check_same_shape("student", student, "teacher", teacher)
     N, V = tuple(student.shape)
     if V < 1:
         raise ValueError(f"student: expected at least one class (V >= 1), got shape {(N, V)}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating, np.integer)) \
             or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
-    sel = _common.check_row_mask("mask", mask, N)
+    sel = _checks.check_row_mask("mask", mask, N)
     return sel, int(np.count_nonzero(sel))
 
 
@@ -168,7 +168,7 @@ def _bwd_cpu(s, z, inv_t, sel, lse_s, lse_t, scale, ds, fast):
 
 
 def _fast(fast):
-    return _common.fast_math_default() if fast is None else bool(fast)
+    return _f32math.fast_math_default() if fast is None else bool(fast)
 
 
 def _finish(row_kl_host, T, n):
@@ -203,7 +203,7 @@ cuda = None  # numba.cuda, bound on first use: the simulator swaps this module g
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float32  # noqa: PLC0415
+    from numba import float32
     THREADS = _cuda.THREADS
     block_sum, block_max = _cuda.block_reductions()  # shared-memory tree reductions
 
@@ -327,19 +327,21 @@ def tolerances(student, teacher, temperature, dloss, n):
     V = int(student.shape[-1])
     T = float(temperature)
     big = max(1.0, float(max(np.abs(student).max(initial=0.0), np.abs(teacher).max(initial=0.0))) / T)
-    lse_tol = _common.f32_tol(V) + _common.f32_tol(1, scale=big)
+    lse_tol = _checks.f32_tol(V) + _checks.f32_tol(1, scale=big)
     logp_s, _ = _log_softmax_ref(student.astype(np.float64) / T)
     logp_t, _ = _log_softmax_ref(teacher.astype(np.float64) / T)
     W = float((np.exp(logp_t) * np.abs(logp_t - logp_s)).sum(axis=-1).max(initial=0.0))
-    loss_tol = T * T * (lse_tol * (2 + W) + _common.f32_tol(V, scale=W))
+    loss_tol = T * T * (lse_tol * (2 + W) + _checks.f32_tol(V, scale=W))
     grad_tol = 2 * lse_tol * T * abs(dloss) / max(n, 1)
     return loss_tol, grad_tol
 
 
-def main():
-    rep = _common.Report("distill_kl")
-    r = _common.rng(0)
-    N, V, T = 8 * 128, 30522, 2.0
+def main(argv=None):
+    args = _checks.lab_options("distill_kl", argv)
+    rep = _checks.Report("distill_kl")
+    r = _checks.rng(0)
+    N, V = (8 * 128, 30522) if args.size == "base" else (16, 301)
+    T = 2.0
     s = (r.standard_normal((N, V)) * 3).astype(np.float32)
     z = (s + r.standard_normal((N, V)) * 2).astype(np.float32)  # a teacher that roughly agrees with the student
     mask = r.random(N) < 0.9  # padding rows do not count
@@ -363,6 +365,9 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
+
     # benchmark at (B*T, V) = (1024, 30522), every row selected. forward reads s and z; backward reads s, z, writes ds
     c_ref = distill_kl_forward_ref(s, z, T)[1]
     c_cpu = distill_kl_forward_cpu(s, z, T)[1]
@@ -377,8 +382,8 @@ def main():
         rep.bench("cuda", lambda: distill_kl_forward_cuda(sd, zd, T), nbytes=2 * s.nbytes, sync=cuda_.synchronize)
         rep.bench("cuda bwd", lambda: distill_kl_backward_cuda(1.0, cd), nbytes=3 * s.nbytes,
                   sync=cuda_.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _checks, _cuda
 
 _MASK32 = 0xFFFFFFFF
 _U24 = 1 << 24  # the uniform has 24 bits
@@ -91,7 +91,7 @@ def _scalars(p: float, seed: int):
 
 
 def _check_x(name, x):
-    _common.check_array(name, x)
+    _checks.check_array(name, x)
     if x.size >= 2 ** 32:
         raise ValueError(f"{name}: the dropout counter is 32 bits, so at most 2^32 elements per call, got {x.size}")
 
@@ -169,7 +169,7 @@ def dropout_forward_cpu(x, p, seed):
 
 def dropout_backward_cpu(dy, cache):
     _check_x("dy", dy)
-    _common.check_array("dy", dy, shape=cache.shape)
+    _checks.check_array("dy", dy, shape=cache.shape)
     return _run_cpu(dy, cache.p, cache.seed)
 
 
@@ -223,7 +223,7 @@ def dropout_forward_cuda(x, p, seed):
 
 def dropout_backward_cuda(dy, cache):
     _check_x("dy", dy)
-    _common.check_array("dy", dy, shape=cache.shape)
+    _checks.check_array("dy", dy, shape=cache.shape)
     return _run_cuda(dy, cache.p, cache.seed)
 
 
@@ -242,14 +242,16 @@ def dropout_backward(dy, cache):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main():
-    rep = _common.Report("dropout")
-    r = _common.rng(0)
+def main(argv=None):
+    args = _checks.lab_options("dropout", argv)
+    rep = _checks.Report("dropout")
+    r = _checks.rng(0)
     # DistilBERT-base FFN activations (B*T, F) = (1024, 3072), p = 0.1 as in BERT's hidden dropout. The float32
     # versions compute the same mask and the same single float32 product x * scale as the float32 reference, so
     # they must agree exactly (atol 0); against float64 two roundings (1/(1-p) to float32, then the product),
     # each within a factor (1 + eps/2).
-    N, F, p, seed = 1024, 3072, 0.1, 1234
+    N, F = (1024, 3072) if args.size == "base" else (7, 13)
+    p, seed = 0.1, 1234
     x = r.standard_normal((N, F)).astype(np.float32)
     dy = r.standard_normal((N, F)).astype(np.float32)
     y32, _ = dropout_forward_ref(x, p, seed)
@@ -257,7 +259,7 @@ def main():
     dx64 = dropout_backward_ref(dy.astype(np.float64), c64)
     y, c = dropout_forward_cpu(x, p, seed)
     rep.check("cpu", "y (f32)", y, y32, atol=0.0)
-    two_roundings = (1 + _common.EPS32 / 2) ** 2 - 1
+    two_roundings = (1 + _checks.EPS32 / 2) ** 2 - 1
     rep.check("cpu", "y", y, y64, atol=0.0, rtol=two_roundings)
     rep.check("cpu", "dx", dropout_backward_cpu(dy, c), dx64, atol=0.0, rtol=two_roundings)
     print(f"  dropped fraction {1 - np.count_nonzero(y) / y.size:.5f} (p = {p}, binomial std "
@@ -274,6 +276,9 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
+
     nbytes = 2 * x.nbytes  # read x, write y
     rep.bench("ref(numpy)", lambda: dropout_forward_ref(x, p, seed), nbytes=nbytes, repeat=5)
     rep.bench("cpu", lambda: dropout_forward_cpu(x, p, seed), nbytes=nbytes)
@@ -282,8 +287,8 @@ def main():
         cu = _cuda.get_cuda()
         xd = _cuda.to_device(x)
         rep.bench("cuda", lambda: dropout_forward_cuda(xd, p, seed), nbytes=nbytes, sync=cu.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

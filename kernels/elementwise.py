@@ -32,7 +32,7 @@ import functools
 
 import numpy as np
 
-from . import _common, _cuda
+from . import _checks, _cuda
 
 _OPS = {"add": 0, "sub": 1, "mul": 2, "rsub": 3, "copy": 4}
 
@@ -84,7 +84,7 @@ cuda = None  # numba.cuda, bound on first use: the simulator swaps this module g
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float32  # noqa: PLC0415
+    from numba import float32
     THREADS = _cuda.THREADS
     block_sum, _ = _cuda.block_reductions()
 
@@ -227,7 +227,7 @@ def broadcast_shape(a_shape, b_shape, names=("a", "b")) -> tuple:
 
 
 def _check_float(name, a):
-    return _common.check_array(name, a, dtype=(np.float32, np.float64))
+    return _checks.check_array(name, a, dtype=(np.float32, np.float64))
 
 
 def binary_cuda(op: str, a, b):
@@ -270,7 +270,7 @@ def axpy_cuda(y, x, alpha: float = 1.0):
     """y += alpha * x in place (same shapes); returns y."""
     _check_float("y", y)
     _check_float("x", x)
-    _common.check_same_shape("y", y, "x", x)
+    _checks.check_same_shape("y", y, "x", x)
     _launch("axpy", y.size, _flat(y), _flat(x), y.dtype.type(alpha))
     return y
 
@@ -422,7 +422,7 @@ def sum_to(g, shape):
     return sum_to_cuda(g, shape) if _cuda.is_device_array(g) else sum_to_ref(g, shape)
 
 
-def sum(a, axis=None, keepdims: bool = False):  # noqa: A001 (numpy's name)
+def sum(a, axis=None, keepdims: bool = False):  # numpy's name
     """a summed over `axis` (an int, a tuple or None for all), as numpy's a.sum."""
     if not _cuda.is_device_array(a):
         return np.asarray(np.asarray(a).sum(axis=axis, keepdims=keepdims))
@@ -471,31 +471,31 @@ def single_axis_index(index, ndim: int):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main():
-    rep = _common.Report("elementwise")
-    r = _common.rng(0)
+def main(argv=None):
+    args = _checks.lab_options("elementwise", argv)
+    rep = _checks.Report("elementwise")
+    r = _checks.rng(0)
     if not _cuda.available():
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set (the CPU path is NumPy itself)")
-        rep.finish()
-        return
-    N, C = (8, 13) if _cuda.SIMULATOR else (8 * 128, 768)
+        return rep.finish()
+    N, C = (8, 13) if _cuda.SIMULATOR or args.size == "tiny" else (8 * 128, 768)
     x = r.standard_normal((2, N, C)).astype(np.float32)
     b = r.standard_normal(C).astype(np.float32)
     m = r.standard_normal((2, N, 1)).astype(np.float32)
     xd, bd, md = (_cuda.to_device(a) for a in (x, b, m))
-    tol = _common.f32_tol(1)  # one rounding per element
+    tol = _checks.f32_tol(1)  # one rounding per element
     rep.check("cuda", "add", _cuda.to_host(add(xd, bd)), x.astype(np.float64) + b, atol=0, rtol=tol)
     rep.check("cuda", "mul", _cuda.to_host(mul(xd, md)), x.astype(np.float64) * m, atol=0, rtol=tol)
     rep.check("cuda", "sum_to", _cuda.to_host(sum_to(xd, (C,))), x.astype(np.float64).sum(axis=(0, 1)),
-              atol=_common.f32_tol(2 * N, scale=float(np.abs(x).max())))
+              atol=_checks.f32_tol(2 * N, scale=float(np.abs(x).max())))
     rep.check("cuda", "take", _cuda.to_host(take(xd, 1, 0)), x[:, 0], atol=0)
-    if not _cuda.SIMULATOR:
+    if not _cuda.SIMULATOR and not args.no_bench:
         cuda = _cuda.get_cuda()
         rep.bench("cuda add", lambda: add(xd, bd), nbytes=3 * x.nbytes, sync=cuda.synchronize)
         rep.bench("cuda sum_to", lambda: sum_to(xd, (C,)), nbytes=x.nbytes, sync=cuda.synchronize)
         rep.bench("cuda axpy_", lambda: axpy_(xd, xd, 0.5), nbytes=3 * x.nbytes, sync=cuda.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -13,12 +13,12 @@ reference (`gelu_tanh_ref`) for the tutorial that plots the two side by side.
 Versions:
     gelu_forward_ref / gelu_backward_ref             NumPy + scipy.special.erf, float32 or float64
     gelu_forward_cpu / gelu_backward_cpu             Numba, parallel over rows (no `i % width` per element),
-                                                     float32 throughout; erf and exp by _common.erf_f32 / exp_f32:
+                                                     float32 throughout; erf and exp by _f32math.erf_f32 / exp_f32:
                                                      the correctly rounded float32 values (computed in float64,
                                                      off by 1 ulp only within ~1e-14 of a rounding tie), written
                                                      so that the row loop vectorises (libm's erff/expf do not in
                                                      Numba >= 0.62): the exact default, no accuracy traded
-    (fast=True on the CPU versions)                  opt-in fast math: the same loops with _common.erf_fast and
+    (fast=True on the CPU versions)                  opt-in fast math: the same loops with _f32math.erf_fast and
                                                      exp_fast in float32 (fewer operations than the exact float64
                                                      ones). Max error: |erf_fast - erf| <=
                                                      ERF_FAST_MAX_ABS_ERR (4e-7), so |dy| <= 0.5 |x| 4e-7 + rounding
@@ -37,13 +37,13 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
-from ._common import erf_f32, erf_fast, exp_f32, exp_fast
+from . import _checks, _cuda, _f32math
+from ._f32math import erf_f32, erf_fast, exp_f32, exp_fast
 
 
 def _erf(x):
     """scipy's erf, imported on first use (scipy costs ~0.3 s of start-up and only the references need it)."""
-    from scipy.special import erf  # noqa: PLC0415
+    from scipy.special import erf
     return erf(x)
 
 HALF = np.float32(0.5)
@@ -135,7 +135,7 @@ def _gelu_bwd(dy, x, b, dx, fast):
 
 
 def _fast(fast):
-    return _common.fast_math_default() if fast is None else bool(fast)
+    return _f32math.fast_math_default() if fast is None else bool(fast)
 
 
 def _rows(a):
@@ -148,50 +148,39 @@ _NO_BIAS = np.zeros(0, dtype=np.float32)
 
 
 def gelu_forward_cpu(x, fast=None):
-    _common.check_array("x", x)
+    _checks.check_array("x", x)
     y = np.empty_like(x)
-    if not x.size:
-        pass
-    else:
-        _gelu_fwd(_rows(x), _NO_BIAS, _rows(y), _fast(fast))
+    _gelu_fwd(_rows(x), _NO_BIAS, _rows(y), _fast(fast))
     return y, GeluCache(x)
 
 
 def gelu_backward_cpu(dy, cache, fast=None):
     x = cache.x
-    _common.check_array("dy", dy, shape=x.shape)
+    _checks.check_array("dy", dy, shape=x.shape)
     dx = np.empty_like(x)
-    if not x.size:
-        pass
-    else:
-        _gelu_bwd(_rows(dy), _rows(x), _NO_BIAS, _rows(dx), _fast(fast))
+    _gelu_bwd(_rows(dy), _rows(x), _NO_BIAS, _rows(dx), _fast(fast))
     return dx
 
 
 def _check_bias(x, b):
-    _common.check_array("x", x, ndim=tuple(range(1, 8)))
-    _common.check_array("b", b, ndim=1, shape=(tuple(x.shape)[-1],))
+    _checks.check_array("x", x, ndim=tuple(range(1, 8)))
+    _checks.check_array("b", b, ndim=1, shape=(tuple(x.shape)[-1],))
 
 
 def bias_gelu_forward_cpu(x, b, fast=None):
     _check_bias(x, b)
     y = np.empty_like(x)
-    if not x.size:
-        pass
-    else:
-        _gelu_fwd(_rows(x), b, _rows(y), _fast(fast))
+    _gelu_fwd(_rows(x), b, _rows(y), _fast(fast))
     return y, BiasGeluCache(x, b)
 
 
 def bias_gelu_backward_cpu(dy, cache, fast=None):
     x, b = cache
-    _common.check_array("dy", dy, shape=x.shape)
+    _checks.check_array("dy", dy, shape=x.shape)
     dx = np.empty_like(x)
-    if not x.size:
-        pass
-    else:
-        _gelu_bwd(_rows(dy), _rows(x), b, _rows(dx), _fast(fast))
-    db = dx.reshape(-1, tuple(x.shape)[-1]).sum(axis=0)  # numpy's pairwise float32 sum: error ~ eps * log(N)
+    _gelu_bwd(_rows(dy), _rows(x), b, _rows(dx), _fast(fast))
+    F = tuple(x.shape)[-1]
+    db = dx.reshape(dx.size // max(F, 1), F).sum(axis=0)  # numpy's pairwise float32 sum: error ~ eps * log(N)
     return dx, db
 
 
@@ -206,9 +195,6 @@ cuda = None  # numba.cuda, bound on first use: the simulator swaps this module g
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float32  # noqa: PLC0415
-    THREADS = _cuda.THREADS
-    block_sum, _ = _cuda.block_reductions()
 
     @cuda.jit
     def fwd(x, b, y, width, has_bias):
@@ -226,22 +212,7 @@ def _cuda_kernels():
             pdf = math.exp(-HALF * h * h) * INV_SQRT_2PI
             dx[i] = dy[i] * (cdf + h * pdf)
 
-    @cuda.jit
-    def colsum(dx, rows, width, db):
-        # one block per column: threads stride over rows, then a shared-memory tree reduction
-        col = cuda.blockIdx.x
-        t = cuda.threadIdx.x
-        buf = cuda.shared.array(THREADS, float32)
-        acc = float32(0.0)
-        r = t
-        while r < rows:
-            acc += dx[r * width + col]
-            r += THREADS
-        total = block_sum(buf, acc)  # shared-memory tree reduction (_cuda.block_reductions)
-        if t == 0:
-            db[col] = total
-
-    return fwd, bwd, colsum
+    return fwd, bwd
 
 
 def _launch(kernel, n, *args):
@@ -249,8 +220,8 @@ def _launch(kernel, n, *args):
 
 
 def gelu_forward_cuda(x):
-    _common.check_array("x", x)
-    fwd, _, _ = _cuda_kernels()
+    _checks.check_array("x", x)
+    fwd, _ = _cuda_kernels()
     y = _cuda.device_empty(x.shape)
     _launch(fwd, x.size, x.reshape(-1), _cuda.to_device(_NO_BIAS), y.reshape(-1), 1, False)
     return y, GeluCache(x)
@@ -258,8 +229,8 @@ def gelu_forward_cuda(x):
 
 def gelu_backward_cuda(dy, cache):
     x = cache.x
-    _common.check_array("dy", dy, shape=x.shape)
-    _, bwd, _ = _cuda_kernels()
+    _checks.check_array("dy", dy, shape=x.shape)
+    _, bwd = _cuda_kernels()
     dx = _cuda.device_empty(x.shape)
     _launch(bwd, x.size, dy.reshape(-1), x.reshape(-1), _cuda.to_device(_NO_BIAS), dx.reshape(-1), 1, False)
     return dx
@@ -267,7 +238,7 @@ def gelu_backward_cuda(dy, cache):
 
 def bias_gelu_forward_cuda(x, b):
     _check_bias(x, b)
-    fwd, _, _ = _cuda_kernels()
+    fwd, _ = _cuda_kernels()
     y = _cuda.device_empty(x.shape)
     _launch(fwd, x.size, x.reshape(-1), b, y.reshape(-1), tuple(x.shape)[-1], True)
     return y, BiasGeluCache(x, b)
@@ -275,13 +246,12 @@ def bias_gelu_forward_cuda(x, b):
 
 def bias_gelu_backward_cuda(dy, cache):
     x, b = cache
-    _common.check_array("dy", dy, shape=x.shape)
-    _, bwd, colsum = _cuda_kernels()
+    _checks.check_array("dy", dy, shape=x.shape)
+    _, bwd = _cuda_kernels()
     width = tuple(x.shape)[-1]
     dx = _cuda.device_empty(x.shape)
     _launch(bwd, x.size, dy.reshape(-1), x.reshape(-1), b, dx.reshape(-1), width, True)
-    db = _cuda.device_empty((width,))
-    colsum[width, _cuda.THREADS](dx.reshape(-1), x.size // width, width, db)
+    db = _cuda.column_sum(dx.reshape(x.size // width, width))  # db = sum over rows of dx
     return dx, db
 
 
@@ -313,35 +283,37 @@ def bias_gelu_backward(dy, cache, fast=None):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main():
-    rep = _common.Report("gelu")
-    r = _common.rng(0)
+def main(argv=None):
+    args = _checks.lab_options("gelu", argv)
+    rep = _checks.Report("gelu")
+    r = _checks.rng(0)
     # validation: every version against the float64 reference, tolerance from float32 epsilon (no reduction for
     # the elementwise outputs, a reduction over N rows for db)
-    N, F = 8 * 128, 3072
+    N, F = (8 * 128, 3072) if args.size == "base" else (7, 13)
     x = r.standard_normal((N, F)).astype(np.float32) * 3
     b = r.standard_normal(F).astype(np.float32)
     dy = r.standard_normal((N, F)).astype(np.float32)
     y64, _ = bias_gelu_forward_ref(x.astype(np.float64), b.astype(np.float64))
-    dx64, db64 = bias_gelu_backward_ref(dy.astype(np.float64), BiasGeluCache(x.astype(np.float64), b.astype(np.float64)))
-    tol = _common.f32_tol(1, scale=8)
+    dx64, db64 = bias_gelu_backward_ref(dy.astype(np.float64),
+                                        BiasGeluCache(x.astype(np.float64), b.astype(np.float64)))
+    tol = _checks.f32_tol(1, scale=8)
     y, c = bias_gelu_forward_cpu(x, b)
     rep.check("cpu", "y", y, y64, atol=tol, rtol=tol)
     dx, db = bias_gelu_backward_cpu(dy, c)
     rep.check("cpu", "dx", dx, dx64, atol=tol, rtol=tol)
-    rep.check("cpu", "db", db, db64, atol=_common.f32_tol(N, scale=4), rtol=tol)
+    rep.check("cpu", "db", db, db64, atol=_checks.f32_tol(N, scale=4), rtol=tol)
 
     # the opt-in fast version: its own tolerance from the stated erf/exp errors (|h| <= 3 max|x| + max|b| here)
     hmax = float(np.abs(x).max() + np.abs(b).max())
-    t_fast_y = 0.5 * hmax * _common.ERF_FAST_MAX_ABS_ERR + tol * (1 + hmax)
+    t_fast_y = 0.5 * hmax * _f32math.ERF_FAST_MAX_ABS_ERR + tol * (1 + hmax)
     # |h| phi(h) <= phi(1) = 0.242 at its maximum |h| = 1
-    t_fast_dx = float(np.abs(dy).max()) * (0.5 * _common.ERF_FAST_MAX_ABS_ERR + 0.242 * _common.EXP_FAST_MAX_REL_ERR
+    t_fast_dx = float(np.abs(dy).max()) * (0.5 * _f32math.ERF_FAST_MAX_ABS_ERR + 0.242 * _f32math.EXP_FAST_MAX_REL_ERR
                                            + tol * (1 + hmax))
     yf, cf = bias_gelu_forward_cpu(x, b, fast=True)
     rep.check("cpu fast", "y", yf, y64, atol=t_fast_y)
     dxf, dbf = bias_gelu_backward_cpu(dy, cf, fast=True)
     rep.check("cpu fast", "dx", dxf, dx64, atol=t_fast_dx)
-    rep.check("cpu fast", "db", dbf, db64, atol=N * t_fast_dx + _common.f32_tol(N, scale=4))
+    rep.check("cpu fast", "db", dbf, db64, atol=N * t_fast_dx + _checks.f32_tol(N, scale=4))
 
     if _cuda.available():
         n_small = 64 if _cuda.SIMULATOR else N
@@ -353,9 +325,12 @@ def main():
         rep.check("cuda", "y", _cuda.to_host(yd), y64[:n_small], atol=tol, rtol=tol)
         dxd, dbd = bias_gelu_backward_cuda(dyd, cd)
         rep.check("cuda", "dx", _cuda.to_host(dxd), dx64s, atol=tol, rtol=tol)
-        rep.check("cuda", "db", _cuda.to_host(dbd), db64s, atol=_common.f32_tol(n_small, scale=4), rtol=tol)
+        rep.check("cuda", "db", _cuda.to_host(dbd), db64s, atol=_checks.f32_tol(n_small, scale=4), rtol=tol)
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
+
+    if args.no_bench:
+        return rep.finish()
 
     # benchmark at DistilBERT-base FFN size: (B*T, F) = (1024, 3072); bytes = read x + write y (+ read b)
     nbytes_f = 2 * x.nbytes
@@ -370,8 +345,8 @@ def main():
         cuda = _cuda.get_cuda()
         xd, bd = _cuda.to_device(x), _cuda.to_device(b)
         rep.bench("cuda", lambda: bias_gelu_forward_cuda(xd, bd), nbytes=nbytes_f, sync=cuda.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

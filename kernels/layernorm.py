@@ -44,7 +44,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _checks, _cuda
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -170,15 +170,15 @@ def _ln_bwd(dy, x, w, mean, rstd, dx, dw_part, db_part):
 
 
 def _check_ln(x, w, b, eps, r=None):
-    _common.check_array("x", x, ndim=tuple(range(1, 8)))
+    _checks.check_array("x", x, ndim=tuple(range(1, 8)))
     C = tuple(x.shape)[-1]
     if C < 1:
         raise ValueError(f"x: expected a last axis of at least 1 element, got shape {tuple(x.shape)}")
     if r is not None:
-        _common.check_array("r", r)
-        _common.check_same_shape("x", x, "r", r)
-    _common.check_array("w", w, ndim=1, shape=(C,))
-    _common.check_array("b", b, ndim=1, shape=(C,))
+        _checks.check_array("r", r)
+        _checks.check_same_shape("x", x, "r", r)
+    _checks.check_array("w", w, ndim=1, shape=(C,))
+    _checks.check_array("b", b, ndim=1, shape=(C,))
     if not (isinstance(eps, (float, int, np.floating)) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps: expected a positive finite float, got {eps!r}")
 
@@ -211,7 +211,7 @@ def residual_layernorm_forward_cpu(x, r, w, b, eps):
 
 def layernorm_backward_cpu(dy, cache):
     x, w, mean, rstd = cache
-    _common.check_array("dy", dy, shape=tuple(x.shape))
+    _checks.check_array("dy", dy, shape=tuple(x.shape))
     C = x.shape[-1]
     N = x.size // C
     K = max(1, min(N, N_CHUNKS))
@@ -237,7 +237,7 @@ cuda = None  # numba.cuda, bound on first use: the simulator swaps this module g
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float32  # noqa: PLC0415
+    from numba import float32
     THREADS = _cuda.THREADS
 
     block_sum, _ = _cuda.block_reductions()  # shared-memory tree reduction; every thread gets the total
@@ -355,7 +355,7 @@ def residual_layernorm_forward_cuda(x, r, w, b, eps):
 
 def layernorm_backward_cuda(dy, cache):
     x, w, mean, rstd = cache
-    _common.check_array("dy", dy, shape=tuple(x.shape))
+    _checks.check_array("dy", dy, shape=tuple(x.shape))
     _, bwd_dx, bwd_dwdb = _cuda_kernels()
     C = tuple(x.shape)[-1]
     N = x.size // C
@@ -420,20 +420,21 @@ def tolerances(x64, w64, b64, dy64, eps):
     xhat = np.abs((x2 - c.mean[:, None]) * c.rstd[:, None]).max()
     mean_over_std = (np.abs(c.mean) * c.rstd).max()
     wmax, bmax, dymax, rsmax = np.abs(w64).max(), np.abs(b64).max(), np.abs(dy64).max(), c.rstd.max()
-    tol_y = _common.f32_tol(C, scale=(xhat + mean_over_std + 1) * wmax + bmax)
-    tol_dx = _common.f32_tol(C, scale=rsmax * dymax * wmax * (2 + xhat + mean_over_std) ** 2)
-    tol_dw = _common.f32_tol(N * C, scale=dymax * (1 + xhat + mean_over_std))
-    tol_db = _common.f32_tol(N, scale=dymax)
+    tol_y = _checks.f32_tol(C, scale=(xhat + mean_over_std + 1) * wmax + bmax)
+    tol_dx = _checks.f32_tol(C, scale=rsmax * dymax * wmax * (2 + xhat + mean_over_std) ** 2)
+    tol_dw = _checks.f32_tol(N * C, scale=dymax * (1 + xhat + mean_over_std))
+    tol_db = _checks.f32_tol(N, scale=dymax)
     return tol_y, tol_dx, tol_dw, tol_db
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main():
-    rep = _common.Report("layernorm")
-    r = _common.rng(0)
-    N, C = 8 * 128, 768  # (B*T, C) at DistilBERT-base size
+def main(argv=None):
+    args = _checks.lab_options("layernorm", argv)
+    rep = _checks.Report("layernorm")
+    r = _checks.rng(0)
+    N, C = (8 * 128, 768) if args.size == "base" else (7, 13)  # (B*T, C)
     x = (r.standard_normal((N, C)) * 2 + 0.5).astype(np.float32)
     res = r.standard_normal((N, C)).astype(np.float32)
     w = (1 + 0.1 * r.standard_normal(C)).astype(np.float32)
@@ -480,6 +481,9 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
+
     # benchmark at (B*T, C) = (1024, 768). Bytes: LN fwd reads x, writes y (+ w, b negligible); residual LN reads
     # x and r, writes h and y; backward reads dy and x, writes dx.
     eps = 1e-12
@@ -499,8 +503,8 @@ def main():
         rep.bench("cuda res", lambda: residual_layernorm_forward_cuda(xd, rd, wd, bd, eps), nbytes=4 * x.nbytes,
                   sync=cu.synchronize)
         rep.bench("cuda bwd", lambda: layernorm_backward_cuda(dyd, cd), nbytes=3 * x.nbytes, sync=cu.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

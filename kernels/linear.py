@@ -21,8 +21,8 @@ Versions:
                                                 nonzero element decides); linear_backward_cpu_dense never skips
     linear_forward_cuda / linear_backward_cuda  numba.cuda: `matmul_cuda`, a tiled shared-memory GEMM (TILE x TILE
                                                 threads per block, any M, N, K, optional transposes of either
-                                                operand, reusable by other GPU code), plus a bias-add kernel and a
-                                                column-sum kernel (one block per column, shared-memory reduction)
+                                                operand, reusable by other GPU code), plus a bias-add kernel; db is
+                                                _cuda.column_sum (one block per column, shared-memory reduction)
 Cache: LinearCache(x, w, b): the input, the weight and the bias (or None); nothing is recomputed in backward.
 Backward returns fresh arrays (it never adds into existing gradients).
 """
@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
+from . import _blas, _checks, _cuda
 
 ZERO = np.float32(0.0)
 
@@ -72,32 +72,27 @@ def linear_backward_ref(dy, cache):
 
 
 def _check_forward(x, w, b):
-    _common.check_array("x", x)
+    _checks.check_array("x", x)
     if len(x.shape) < 1:
         raise ValueError(f"x: expected an array (..., Cin) with at least one axis, got shape {tuple(x.shape)}")
-    _common.check_array("w", w, ndim=2)
+    _checks.check_array("w", w, ndim=2)
     if tuple(w.shape)[1] != tuple(x.shape)[-1]:
         raise ValueError(f"w: expected shape (Cout, {tuple(x.shape)[-1]}) to match the last axis of x "
                          f"{tuple(x.shape)}, got {tuple(w.shape)}")
     if b is not None:
-        _common.check_array("b", b, ndim=1, shape=(tuple(w.shape)[0],))
+        _checks.check_array("b", b, ndim=1, shape=(tuple(w.shape)[0],))
 
 
 def _check_backward(dy, cache):
     x, w, _ = cache
-    _common.check_array("dy", dy, shape=tuple(x.shape)[:-1] + (tuple(w.shape)[0],))
-
-
-def _gemm(a, b, out):
-    from minidistil import _runtime  # noqa: PLC0415
-    return _runtime.matmul(a, b, out)
+    _checks.check_array("dy", dy, shape=tuple(x.shape)[:-1] + (tuple(w.shape)[0],))
 
 
 def linear_forward_cpu(x, w, b=None):
     _check_forward(x, w, b)
     cin, cout = w.shape[1], w.shape[0]
     x2 = x.reshape(-1, cin)                        # (N, Cin)
-    y2 = _gemm(x2, w.T, np.empty((x2.shape[0], cout), np.float32))  # (N, Cout)  y = x W^T   (sgemm)
+    y2 = _blas.matmul(x2, w.T, np.empty((x2.shape[0], cout), np.float32))  # (N, Cout)  y = x W^T   (sgemm)
     if b is not None:
         y2 += b                                    #            y += b   (in place, broadcast over rows)
     return y2.reshape(tuple(x.shape)[:-1] + (cout,)), LinearCache(x, w, b)
@@ -140,8 +135,8 @@ def linear_backward_cpu(dy, cache):
     x2 = x.reshape(n, cin)
     dyk = dy2[keep]                                # (K, Cout) the nonzero rows
     dx2 = np.zeros((n, cin), np.float32)
-    dx2[keep] = _gemm(dyk, w, np.empty((keep.size, cin), np.float32))   # from y = x W^T: dx = dy W (0 elsewhere)
-    dw = _gemm(dyk.T, x2[keep], np.empty((cout, cin), np.float32))      # dW = dy^T x (zero rows add nothing)
+    dx2[keep] = _blas.matmul(dyk, w, np.empty((keep.size, cin), np.float32))   # from y = x W^T: dx = dy W (0 elsewhere)
+    dw = _blas.matmul(dyk.T, x2[keep], np.empty((cout, cin), np.float32))      # dW = dy^T x (zero rows add nothing)
     db = dyk.sum(axis=0, dtype=np.float64).astype(np.float32) if b is not None else None
     return dx2.reshape(x.shape), np.ascontiguousarray(dw), db
 
@@ -152,8 +147,8 @@ def linear_backward_cpu_dense(dy, cache):
     cin, cout = w.shape[1], w.shape[0]
     x2 = x.reshape(-1, cin)                        # (N, Cin)
     dy2 = dy.reshape(-1, cout)                     # (N, Cout)
-    dx = _gemm(dy2, w, np.empty((dy2.shape[0], cin), np.float32)).reshape(x.shape)  # from y = x W^T: dx = dy W
-    dw = _gemm(dy2.T, x2, np.empty((cout, cin), np.float32))                         # dW = dy^T x  (Cout, Cin)
+    dx = _blas.matmul(dy2, w, np.empty((dy2.shape[0], cin), np.float32)).reshape(x.shape)  # from y = x W^T: dx = dy W
+    dw = _blas.matmul(dy2.T, x2, np.empty((cout, cin), np.float32))                         # dW = dy^T x  (Cout, Cin)
     # from y = ... + b: db = sum over rows of dy. numpy sums along axis 0 row by row (not pairwise), so a float32
     # accumulator's error grows like N eps; we accumulate in float64 and round once (N*Cout adds, negligible time)
     db = dy2.sum(axis=0, dtype=np.float64).astype(np.float32) if b is not None else None
@@ -171,10 +166,8 @@ cuda = None  # numba.cuda, bound on first use: the simulator swaps this module g
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float32  # noqa: PLC0415
+    from numba import float32
     TILE = _cuda.TILE
-    THREADS = _cuda.THREADS
-    block_sum, _ = _cuda.block_reductions()
 
     @cuda.jit
     def matmul(a, b, c, M, N, K, trans_a, trans_b):
@@ -215,36 +208,20 @@ def _cuda_kernels():
         if e < y.size:
             y[e] += b[e % width]
 
-    @cuda.jit
-    def colsum(dy, rows, width, db):
-        # db[col] = sum over rows of dy[row, col]: one block per column, threads stride over rows, then a
-        # shared-memory tree reduction
-        col = cuda.blockIdx.x
-        t = cuda.threadIdx.x
-        buf = cuda.shared.array(THREADS, float32)
-        acc = float32(0.0)
-        r = t
-        while r < rows:
-            acc += dy[r * width + col]
-            r += THREADS
-        total = block_sum(buf, acc)  # shared-memory tree reduction (_cuda.block_reductions)
-        if t == 0:
-            db[col] = total
-
-    return matmul, add_bias, colsum
+    return matmul, add_bias
 
 
 def matmul_cuda(a, b, trans_a=False, trans_b=False):
     """c = op(a) @ op(b) for 2-d float32 device arrays, op(x) = x.T when the flag is set; returns a new device
     array (M, N). Transposes are read in place (no transposed copies)."""
-    _common.check_array("a", a, ndim=2)
-    _common.check_array("b", b, ndim=2)
+    _checks.check_array("a", a, ndim=2)
+    _checks.check_array("b", b, ndim=2)
     M, Ka = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
     Kb, N = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
     if Ka != Kb:
         raise ValueError(f"b: op(b) must have {Ka} rows to match op(a) {(M, Ka)}, got op(b) {(Kb, N)} "
                          f"(trans_a={trans_a}, trans_b={trans_b})")
-    matmul, _, _ = _cuda_kernels()
+    matmul, _ = _cuda_kernels()
     c = _cuda.device_empty((M, N))
     T = _cuda.TILE
     if M and N:
@@ -261,18 +238,9 @@ def gemm_cuda(a, b, trans_a=False, trans_b=False):
     return matmul_cuda(a, b, trans_a, trans_b)
 
 
-def _colsum_cuda(dy2):
-    _, _, colsum = _cuda_kernels()
-    rows, width = dy2.shape
-    db = _cuda.device_empty((width,))
-    if width:
-        colsum[width, _cuda.THREADS](dy2.reshape(-1), rows, width, db)
-    return db
-
-
 def linear_forward_cuda(x, w, b=None):
     _check_forward(x, w, b)
-    _, add_bias, _ = _cuda_kernels()
+    _, add_bias = _cuda_kernels()
     cin, cout = w.shape[1], w.shape[0]
     x2 = x.reshape(x.size // cin if cin else 0, cin)   # (N, Cin)
     y2 = gemm_cuda(x2, w, trans_b=True)                # (N, Cout)  y = x W^T
@@ -290,7 +258,7 @@ def linear_backward_cuda(dy, cache):
     dy2 = dy.reshape(n, cout)                          # (N, Cout)
     dx = gemm_cuda(dy2, w).reshape(x.shape)            # from y = x W^T:  dx = dy W     (N, Cin)
     dw = gemm_cuda(dy2, x2, trans_a=True)              # from y = x W^T:  dW = dy^T x   (Cout, Cin)
-    db = _colsum_cuda(dy2) if b is not None else None  # from y = ... + b: db = sum_n dy
+    db = _cuda.column_sum(dy2) if b is not None else None  # from y = ... + b: db = sum_n dy
     return dx, dw, db
 
 
@@ -312,19 +280,20 @@ def linear_backward(dy, cache):
 def tolerances(x, w, dy):
     """Absolute tolerances (y, dx, dw, db) for float32 results against a float64 reference.
     Each output is a dot product: y sums Cin terms |x||w|, dx sums Cout terms |dy||w|, dW and db sum N rows of
-    |dy||x| and |dy|. f32_tol(n, scale) = 16 eps sqrt(n) * scale (see _common.f32_tol)."""
+    |dy||x| and |dy|. f32_tol(n, scale) = 16 eps sqrt(n) * scale (see _checks.f32_tol)."""
     cin, cout = w.shape[1], w.shape[0]
     n = x.size // cin if cin else 0
     xm, wm, gm = (float(np.abs(a).max(initial=0.0)) for a in (x, w, dy))
-    return (_common.f32_tol(cin, scale=xm * wm) + _common.f32_tol(1, scale=xm * wm),  # + 1 rounding for the bias add
-            _common.f32_tol(cout, scale=gm * wm),
-            _common.f32_tol(n, scale=gm * xm),
-            _common.f32_tol(n, scale=gm))
+    return (_checks.f32_tol(cin, scale=xm * wm) + _checks.f32_tol(1, scale=xm * wm),  # + 1 rounding for the bias add
+            _checks.f32_tol(cout, scale=gm * wm),
+            _checks.f32_tol(n, scale=gm * xm),
+            _checks.f32_tol(n, scale=gm))
 
 
-def main():
-    rep = _common.Report("linear")
-    r = _common.rng(0)
+def main(argv=None):
+    args = _checks.lab_options("linear", argv)
+    rep = _checks.Report("linear")
+    r = _checks.rng(0)
 
     def data(n, cin, cout):
         x = r.standard_normal((n, cin)).astype(np.float32)
@@ -346,14 +315,20 @@ def main():
 
     # validation at both DistilBERT FFN sizes (N = B*T = 1024)
     sizes = [(1024, 768, 3072), (1024, 3072, 768)]
+    if args.size == "tiny":
+        sizes = [(7, 13, 17), (7, 17, 13)]
     for n, cin, cout in sizes:
         validate(f"cpu {cin}->{cout}", linear_forward_cpu, linear_backward_cpu, *data(n, cin, cout))
     if _cuda.available():
-        small = (37, 29, 21) if _cuda.SIMULATOR else sizes[0]   # awkward sizes: not multiples of TILE
+        # awkward sizes: not multiples of TILE
+        small = (37, 29, 21) if _cuda.SIMULATOR or args.size == "tiny" else sizes[0]
         validate("cuda", linear_forward_cuda, linear_backward_cuda, *data(*small),
                  to_dev=_cuda.to_device, to_host=_cuda.to_host)
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
+
+    if args.no_bench:
+        return rep.finish()
 
     # benchmark: forward is one GEMM (2 N Cin Cout flops), backward two (dx, dW) plus the column sum
     for n, cin, cout in sizes:
@@ -369,8 +344,8 @@ def main():
             _, cd = linear_forward_cuda(xd, wd, bd)
             rep.bench("cuda", lambda: linear_forward_cuda(xd, wd, bd), flops=flops, sync=cu.synchronize)
             rep.bench("cuda bwd", lambda: linear_backward_cuda(dyd, cd), flops=2 * flops, sync=cu.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

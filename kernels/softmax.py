@@ -21,7 +21,7 @@ Versions:
     softmax_forward_cpu / ..._backward_cpu, log_softmax_*_cpu          Numba, prange over rows; both write
                                                                        exp(x - m) into y, sum it, then scale it
                                                                        (or overwrite it) in place; exp by
-                                                                       _common.exp_f32: the correctly rounded
+                                                                       _f32math.exp_f32: the correctly rounded
                                                                        float32 exp (<= 1 ulp, and only within
                                                                        ~1e-14 of a tie), in a loop that vectorises
     softmax_forward_cuda / ..._backward_cuda, log_softmax_*_cuda       numba.cuda, one block per row, max and sums
@@ -37,8 +37,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _common, _cuda
-from ._common import exp_f32, row_dot, row_max, row_sum
+from . import _checks, _cuda
+from ._f32math import exp_f32, row_dot, row_max, row_sum
 
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
@@ -120,7 +120,7 @@ def _softmax_bwd(dy, y, dx, log):
 
 
 def _check_x(x):
-    _common.check_array("x", x, ndim=tuple(range(1, 8)))
+    _checks.check_array("x", x, ndim=tuple(range(1, 8)))
     if tuple(x.shape)[-1] < 1:
         raise ValueError(f"x: expected a last axis of at least 1 element, got shape {tuple(x.shape)}")
 
@@ -138,7 +138,7 @@ def _forward_cpu(x, log):
 
 
 def _backward_cpu(dy, y, log):
-    _common.check_array("dy", dy, shape=tuple(y.shape))
+    _checks.check_array("dy", dy, shape=tuple(y.shape))
     dx = np.empty_like(y)
     _softmax_bwd(_rows(dy), _rows(y), _rows(dx), log)
     return dx
@@ -173,7 +173,7 @@ cuda = None  # numba.cuda, bound on first use: the simulator swaps this module g
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float32  # noqa: PLC0415
+    from numba import float32
     THREADS = _cuda.THREADS
 
     @cuda.jit(device=True)
@@ -253,7 +253,7 @@ def _forward_cuda(x, log):
 
 
 def _backward_cuda(dy, y, log):
-    _common.check_array("dy", dy, shape=tuple(y.shape))
+    _checks.check_array("dy", dy, shape=tuple(y.shape))
     _, bwd = _cuda_kernels()
     N = tuple(y.shape)[-1]
     dx = _cuda.device_empty(y.shape)
@@ -331,10 +331,10 @@ def tolerances(x64, dy64):
     ymax = float(y64.max())
     dymax = float(np.abs(dy64).max(initial=0.0))
     smax = float(np.abs(dy64.sum(axis=-1)).max(initial=0.0))
-    tol_sm = _common.f32_tol(N, scale=yz)
-    tol_sm_dx = 2 * dymax * tol_sm + ymax * _common.f32_tol(N, scale=dymax * (yz + ymax))
-    tol_ls = _common.f32_tol(N) + _common.f32_tol(1, scale=spread)
-    tol_ls_dx = ymax * (tol_ls * smax + _common.f32_tol(N, scale=dymax)) + _common.f32_tol(1, scale=dymax + smax)
+    tol_sm = _checks.f32_tol(N, scale=yz)
+    tol_sm_dx = 2 * dymax * tol_sm + ymax * _checks.f32_tol(N, scale=dymax * (yz + ymax))
+    tol_ls = _checks.f32_tol(N) + _checks.f32_tol(1, scale=spread)
+    tol_ls_dx = ymax * (tol_ls * smax + _checks.f32_tol(N, scale=dymax)) + _checks.f32_tol(1, scale=dymax + smax)
     return tol_sm, tol_sm_dx, tol_ls, tol_ls_dx
 
 
@@ -351,18 +351,20 @@ def _validate(rep, version, fwd, bwd, lfwd, lbwd, x, dy, to_dev=lambda a: a, to_
     rep.check(version, "softmax y", to_host(y), y64, atol=tol_sm)
     rep.check(version, "softmax dx", to_host(bwd(dyd, c)), softmax_backward_ref(dy64, c64), atol=tol_sm_dx)
     y, c = lfwd(xd)
-    rep.check(version, "logsm y", to_host(y), l64, atol=tol_ls, rtol=_common.f32_tol(1))
+    rep.check(version, "logsm y", to_host(y), l64, atol=tol_ls, rtol=_checks.f32_tol(1))
     rep.check(version, "logsm dx", to_host(lbwd(dyd, c)), log_softmax_backward_ref(dy64, lc64), atol=tol_ls_dx)
 
 
-def main():
-    rep = _common.Report("softmax")
-    r = _common.rng(0)
+def main(argv=None):
+    args = _checks.lab_options("softmax", argv)
+    rep = _checks.Report("softmax")
+    r = _checks.rng(0)
     cpu = (softmax_forward_cpu, softmax_backward_cpu, log_softmax_forward_cpu, log_softmax_backward_cpu)
-    att = (r.standard_normal((8 * 12 * 128, 128)) * 3).astype(np.float32)  # attention scores (B*H*T, T)
-    att[:, 100:] = F32_MIN                                                  # the last 28 keys are padding
+    T, V = (128, 30522) if args.size == "base" else (13, 301)
+    att = (r.standard_normal((8 * 12 * T, T)) * 3).astype(np.float32)      # attention scores (B*H*T, T)
+    att[:, T * 100 // 128:] = F32_MIN                                       # the last 28 of 128 keys are padding
     dat = r.standard_normal(att.shape).astype(np.float32)
-    logits = (r.standard_normal((1024, 30522)) * 3).astype(np.float32)    # MLM logits (B*T, V)
+    logits = (r.standard_normal((1024 if T == 128 else 7, V)) * 3).astype(np.float32)  # MLM logits (B*T, V)
     dlog = r.standard_normal(logits.shape).astype(np.float32)
     _validate(rep, "cpu att", *cpu, att, dat)
     _validate(rep, "cpu vocab", *cpu, logits[:64], dlog[:64])  # 64 rows: the float64 reference is 16 MB a row block
@@ -375,6 +377,9 @@ def main():
         _validate(rep, "cuda vocab", *cu, *vocab, _cuda.to_device, _cuda.to_host)
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
+
+    if args.no_bench:
+        return rep.finish()
 
     # benchmark: bytes = read x + write y (forward), read dy + y, write dx (backward)
     for name, x, dy in (("att", att, dat), ("vocab", logits, dlog)):
@@ -389,8 +394,8 @@ def main():
             xd = _cuda.to_device(x)
             rep.bench(f"cuda {name}", lambda: softmax_forward_cuda(xd), nbytes=2 * x.nbytes,
                       sync=cuda_mod.synchronize)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

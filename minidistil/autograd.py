@@ -20,8 +20,7 @@ are written here in NumPy.
 from __future__ import annotations
 
 import contextlib
-import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -66,11 +65,11 @@ class Tensor:
     `np.asarray(t)` gives the data as a host numpy array.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op", "_retain")
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op", "_retain", "_fresh_grads")
     __array_ufunc__ = None  # `ndarray * Tensor` calls Tensor.__rmul__ (numpy does not try to loop over a Tensor)
 
     def __init__(self, data, requires_grad: bool = False, _parents: tuple = (), _backward: Backward | None = None,
-                 _op: str = ""):
+                 _op: str = "", _fresh_grads: bool = False):
         if isinstance(data, Tensor):
             data = data.data
         if not (isinstance(data, np.ndarray) or _cuda.is_device_array(data)):
@@ -82,6 +81,7 @@ class Tensor:
         self._backward = _backward  # dout -> one gradient per parent (None where not needed)
         self._op = _op
         self._retain = False
+        self._fresh_grads = _fresh_grads  # the backward returns new arrays (or views of its dout) and keeps none
 
     # ---- array-like surface -------------------------------------------------------------------------------
     @property
@@ -126,11 +126,11 @@ class Tensor:
         r = ", requires_grad=True" if self.requires_grad and self._backward is None else ""
         return f"Tensor({self.numpy()!r}{r}{g})"
 
-    def detach(self) -> "Tensor":
+    def detach(self) -> Tensor:
         """The same data, cut from the graph."""
         return Tensor(self.data)
 
-    def retain_grad(self) -> "Tensor":
+    def retain_grad(self) -> Tensor:
         """Keep this (non-leaf) Tensor's gradient in `.grad` during backward(); it accumulates like a leaf's."""
         self._retain = True
         return self
@@ -160,37 +160,49 @@ class Tensor:
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward(): grad: expected shape {self.shape}, got {tuple(grad.shape)}")
 
-        grads: dict[int, np.ndarray] = {id(self): grad}  # `grad` stays referenced here: never handed over
+        # each pending gradient is (array, holders): `holders` counts the pending gradients that share the array's
+        # memory, when the pass knows them all (None: an array someone else may hold, e.g. `grad` above). The pass
+        # writes into an array, or hands it to a leaf without a copy, only when it is the sole holder.
+        grads: dict[int, tuple] = {id(self): (grad, None)}
         for node in _topological_order(self):  # the output first, every node before its inputs
-            g = grads.pop(id(node), None)
+            g, holders = grads.pop(id(node), (None, None))
             if g is None:  # nothing flowed here (e.g. an input of an op that needs no gradient for it)
                 continue
             if node._backward is None or node._retain:
                 if node.grad is None:
                     # a leaf takes a gradient array nobody else holds as it is (no copy: the parameters' gradients
-                    # of a DistilBERT-base step are 265 MB); anything shared or a view is copied
-                    node.grad = g if node._backward is None and _sole_owner(g) else _copy(g)
+                    # of a DistilBERT-base step are 265 MB); anything shared is copied
+                    node.grad = g if node._backward is None and _sole(g, holders) and g.flags.c_contiguous \
+                        else _copy(g)
                 else:
                     node.grad = _accumulate(node.grad, g, in_place=True)
             if node._backward is None:
+                _release(holders)
                 continue
-            parent_grads = node._backward(_contiguous(g))
-            for parent, pg in zip(node._parents, parent_grads):
-                if parent is None or pg is None or not parent.requires_grad:
-                    continue
+            dout = _contiguous(g)
+            if dout is not g:  # a copy the pass made: held by nobody else
+                _release(holders)
+                holders = _Holders(1)
+            taken = [(parent, pg) for parent, pg in zip(node._parents, node._backward(dout))
+                     if parent is not None and pg is not None and parent.requires_grad]
+            owners = _holders_of([pg for _, pg in taken], dout, holders) if node._fresh_grads else [None] * len(taken)
+            _release(holders)  # the pass is done with dout
+            for (parent, pg), pg_holders in zip(taken, owners):
                 k = id(parent)
                 if k not in grads:
-                    grads[k] = pg
+                    grads[k] = (pg, pg_holders)
                     continue
-                # a second gradient for the same input: add it in place when nobody else holds the first one (a
-                # fresh array from a backward), else into a new array. Measured: the tied word embeddings of an
-                # MLM model get (V, C) = 94 MB from the vocabulary projection and from the embedding lookup;
-                # `acc + g` into a new array took 25-250 ms of a training step, `acc += g` 10 ms
-                acc = grads.pop(k)
-                in_place = _unshared(acc)  # (before the call below, whose own argument would count as a holder)
-                grads[k] = _accumulate(acc, pg, in_place=in_place)
-                acc = None
-            parent_grads = pg = None  # so that the reference counts of _sole_owner see only the dictionary's
+                # a second gradient for the same input: add it in place into the first when the pass is its sole
+                # holder, else into a new array. Measured: the tied word embeddings of an MLM model get (V, C) =
+                # 94 MB from the vocabulary projection and from the embedding lookup; `acc + g` into a new array
+                # took 25-250 ms of a training step, `acc += g` 10 ms
+                acc, acc_holders = grads.pop(k)
+                if _sole(acc, acc_holders):
+                    grads[k] = (_accumulate(acc, pg, in_place=True), acc_holders)
+                else:
+                    grads[k] = (_accumulate(acc, pg), _Holders(1))
+                    _release(acc_holders)
+                _release(pg_holders)
 
     def zero_grad(self):
         self.grad = None
@@ -268,23 +280,52 @@ def _contiguous(a):
     return np.ascontiguousarray(a).reshape(np.shape(a))
 
 
-def _sole_owner(a) -> bool:
-    """True when `a` is a numpy array owning its memory that only the caller's variable references: the caller's
-    name, this function's argument and getrefcount's own argument make 3 (CPython reference counts)."""
-    return (isinstance(a, np.ndarray) and a.base is None and a.flags.writeable and a.flags.c_contiguous
-            and sys.getrefcount(a) <= 3)
+class _Holders:
+    """How many pending gradients of one backward pass share an array's memory."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int):
+        self.n = n
 
 
-def _unshared(a) -> bool:
-    """True when writing into `a` cannot change anything another object sees: a writeable numpy array that only
-    the caller references, owning its memory or a view (e.g. a reshape) of an array owning its memory that nothing
-    but this view references (getrefcount: the view's base pointer and getrefcount's own argument)."""
-    if not isinstance(a, np.ndarray) or not a.flags.writeable or sys.getrefcount(a) > 3:
-        return False
-    base = a.base
-    if base is None:
-        return True
-    return isinstance(base, np.ndarray) and base.base is None and sys.getrefcount(base) <= 3  # + `base` here
+def _release(holders: _Holders | None):
+    """One holder is done with the array (consumed by its node, added into another, or handed to a leaf)."""
+    if holders is not None:
+        holders.n -= 1
+
+
+def _sole(a, holders: _Holders | None) -> bool:
+    """True when the pass may write into `a`: a writeable host array that no other pending gradient, and nothing
+    outside the pass, holds."""
+    return holders is not None and holders.n == 1 and isinstance(a, np.ndarray) and a.flags.writeable
+
+
+def _holders_of(pgs: list, dout, dout_holders: _Holders | None) -> list[_Holders | None]:
+    """The holders of each gradient an op's backward returned, for an op that promises fresh gradients
+    (`make_result(..., fresh_grads=True)`): every array it returns is new, or a view of its dout, and it keeps
+    none of them. Arrays returned for several inputs (residual layer norm hands one dh to x and r) share one count;
+    a view of dout joins dout's count (None when dout's holders are unknown); device arrays get None (never written
+    in place, as before). The memory test is np.may_share_memory (bounds only: it may say yes for two disjoint
+    views of one array, never no for two that overlap)."""
+    out: list[_Holders | None] = [None] * len(pgs)
+    host = [i for i, a in enumerate(pgs) if isinstance(a, np.ndarray)]
+    label = {i: i for i in host}  # connected components of "may share memory"
+    for i in host:
+        for j in host:
+            if j > i and label[j] != label[i] and np.may_share_memory(pgs[i], pgs[j]):
+                old = label[j]
+                label.update({m: label[i] for m in host if label[m] == old})
+    for group in {lab: [i for i in host if label[i] == lab] for lab in label.values()}.values():
+        if isinstance(dout, np.ndarray) and any(np.may_share_memory(pgs[i], dout) for i in group):
+            shared = dout_holders
+        else:
+            shared = _Holders(0)
+        if shared is not None:
+            shared.n += len(group)
+            for i in group:
+                out[i] = shared
+    return out
 
 
 def _copy(a):
@@ -308,10 +349,15 @@ def _as_tensor(x, like: Tensor | None = None) -> Tensor:
     return Tensor(np.asarray(x, dtype=dtype))
 
 
-def make_result(data, parents: tuple, backward: Backward, op: str) -> Tensor:
-    """The output of an op: attached to the graph when recording and some input needs a gradient."""
+def make_result(data, parents: tuple, backward: Backward, op: str, fresh_grads: bool = False) -> Tensor:
+    """The output of an op: attached to the graph when recording and some input needs a gradient.
+
+    fresh_grads=True is the op's promise that every array its backward returns is new or a view of its dout, and
+    that it keeps none of them (the kernels' backwards return fresh arrays): backward() may then add into them in
+    place and hand them to leaves without a copy. Leave it False for a backward that returns an array it holds (a
+    cached constant, a buffer it reuses): its gradients are then copied before anything writes into them."""
     if _GRAD_ENABLED and any(p is not None and p.requires_grad for p in parents):
-        return Tensor(data, True, parents, backward, op)
+        return Tensor(data, True, parents, backward, op, fresh_grads)
     return Tensor(data)
 
 
@@ -337,7 +383,7 @@ def add(a, b) -> Tensor:
         # out = a + b  ->  da = dout, db = dout (summed over broadcast axes)
         return _unbroadcast(dout, a.shape), _unbroadcast(dout, b.shape)
 
-    return make_result(out, (a, b), backward, "add")
+    return make_result(out, (a, b), backward, "add", fresh_grads=True)
 
 
 def neg(a: Tensor) -> Tensor:
@@ -345,7 +391,7 @@ def neg(a: Tensor) -> Tensor:
         # out = -a
         return (_ew.neg(dout) if _cuda.is_device_array(dout) else -dout,)
 
-    return make_result(_ew.neg(a.data) if _on_device(a) else -a.data, (a,), backward, "neg")
+    return make_result(_ew.neg(a.data) if _on_device(a) else -a.data, (a,), backward, "neg", fresh_grads=True)
 
 
 def mul(a, b) -> Tensor:
@@ -361,7 +407,7 @@ def mul(a, b) -> Tensor:
         db = _unbroadcast(times(dout, a.data), b.shape) if b.requires_grad else None
         return da, db
 
-    return make_result(out, (a, b), backward, "mul")
+    return make_result(out, (a, b), backward, "mul", fresh_grads=True)
 
 
 def sum_(a: Tensor, axis=None, keepdims=False) -> Tensor:
@@ -376,7 +422,7 @@ def sum_(a: Tensor, axis=None, keepdims=False) -> Tensor:
             dout = np.expand_dims(dout, axis)
         return (np.broadcast_to(dout, a.shape),)
 
-    return make_result(out, (a,), backward, "sum")
+    return make_result(out, (a,), backward, "sum", fresh_grads=True)
 
 
 def mean(a: Tensor, axis=None, keepdims=False) -> Tensor:
@@ -391,7 +437,7 @@ def reshape(a: Tensor, shape) -> Tensor:
         # out = a.reshape(shape)
         return (dout.reshape(a.shape),)
 
-    return make_result(out, (a,), backward, "reshape")
+    return make_result(out, (a,), backward, "reshape", fresh_grads=True)
 
 
 def getitem(a: Tensor, index) -> Tensor:
@@ -406,7 +452,7 @@ def getitem(a: Tensor, index) -> Tensor:
         np.add.at(da, index, dout)
         return (da,)
 
-    return make_result(out, (a,), backward, "getitem")
+    return make_result(out, (a,), backward, "getitem", fresh_grads=True)
 
 
 def matmul(a, b) -> Tensor:
@@ -423,7 +469,7 @@ def matmul(a, b) -> Tensor:
         db = _unbroadcast(np.swapaxes(a.data, -1, -2) @ dout, b.shape) if b.requires_grad else None
         return da, db
 
-    return make_result(out, (a, b), backward, "matmul")
+    return make_result(out, (a, b), backward, "matmul", fresh_grads=True)
 
 
 # ---- the generic ops on device arrays (numba.cuda kernels of minidistil.kernels.elementwise) -------------------
@@ -446,12 +492,12 @@ def _getitem_device(a: Tensor, index) -> Tensor:
         # out = a[:, ..., i, ...]  ->  da = zeros with dout at position i along that axis
         return (_ew.take_backward(dout, a.shape, axis, i),)
 
-    return make_result(out, (a,), backward, "getitem")
+    return make_result(out, (a,), backward, "getitem", fresh_grads=True)
 
 
 def _matmul_device(a: Tensor, b: Tensor) -> Tensor:
     """a @ b for 2-d operands on the device (the GEMM of minidistil.kernels.linear)."""
-    from minidistil.kernels.linear import gemm_cuda as matmul_cuda  # noqa: PLC0415 (cuBLAS or the tiled GEMM)
+    from minidistil.kernels.linear import gemm_cuda as matmul_cuda  # cuBLAS or the tiled GEMM
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"b: on the device matmul takes 2-d operands, got {a.shape} @ {b.shape}")
     ad, bd = _cuda.to_device(_contiguous(a.data)), _cuda.to_device(_contiguous(b.data))
@@ -463,4 +509,4 @@ def _matmul_device(a: Tensor, b: Tensor) -> Tensor:
         db = matmul_cuda(ad, dout, trans_a=True) if b.requires_grad else None
         return da, db
 
-    return make_result(out, (a, b), backward, "matmul")
+    return make_result(out, (a, b), backward, "matmul", fresh_grads=True)

@@ -138,7 +138,7 @@ def flops(s: Sizes, sc: Scenario) -> float:
 
 
 def make_inputs(s: Sizes, sc: Scenario, seed: int = 0):
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, s.vocab_size, size=(sc.B, sc.T)).astype(np.int64)        # no padding id
     mask = np.ones((sc.B, sc.T), np.int64)
@@ -162,9 +162,9 @@ def _hf_configs(s: Sizes):
 
 
 def _md_models(s: Sizes, kind: str):
-    from minidistil.bert import BertForMaskedLM  # noqa: PLC0415
-    from minidistil.config import BertConfig, DistilBertConfig  # noqa: PLC0415
-    from minidistil.distilbert import DistilBertForMaskedLM, DistilBertModel  # noqa: PLC0415
+    from minidistil.bert import BertForMaskedLM
+    from minidistil.config import BertConfig, DistilBertConfig
+    from minidistil.distilbert import DistilBertForMaskedLM, DistilBertModel
     scfg, tcfg = _hf_configs(s)
     if kind == "forward":
         return DistilBertModel.from_config(DistilBertConfig(**scfg), seed=0), None
@@ -176,11 +176,11 @@ def _md_models(s: Sizes, kind: str):
 def minidistil_step(s: Sizes, sc: Scenario, models=None, device: str = "cpu"):
     """A zero-argument callable running one step of the scenario with minidistil, its models on `device` (the
     inputs stay numpy arrays: the models copy each batch to the device once per forward)."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
-    from minidistil import losses as L  # noqa: PLC0415
-    from minidistil.autograd import no_grad  # noqa: PLC0415
-    from minidistil.optim import AdamW  # noqa: PLC0415
+    from minidistil import losses as L
+    from minidistil.autograd import no_grad
+    from minidistil.optim import AdamW
     ids, mask, labels = make_inputs(s, sc)
     model, teacher = models or _md_models(s, sc.kind)
     for m in (model, teacher):
@@ -232,7 +232,7 @@ def minidistil_step(s: Sizes, sc: Scenario, models=None, device: str = "cpu"):
 
 
 def _torch_models(s: Sizes, kind: str):
-    import transformers as tf  # noqa: PLC0415
+    import transformers as tf
     scfg, tcfg = _hf_configs(s)
     if kind == "forward":
         return tf.DistilBertModel(tf.DistilBertConfig(**scfg)), None
@@ -244,8 +244,8 @@ def _torch_models(s: Sizes, kind: str):
 def torch_step(s: Sizes, sc: Scenario, models=None, device: str = "cpu"):
     """One step with torch, its models on `device`; the batch is moved there inside each step (.to(device), a
     no-op on the CPU), as a user's training loop does."""
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as TF  # noqa: PLC0415
+    import torch
+    import torch.nn.functional as TF
     host = [torch.from_numpy(a) for a in make_inputs(s, sc)]
     model, teacher = models or _torch_models(s, sc.kind)
     for m in (model, teacher):
@@ -303,14 +303,14 @@ def torch_step(s: Sizes, sc: Scenario, models=None, device: str = "cpu"):
 def export_onnx(s: Sizes, sc: Scenario, path: str, torch_model=None) -> str:
     """Export transformers' DistilBertModel to `path`, traced at the scenario's (B, T): the legacy exporter bakes
     some shapes of transformers' mask code into the graph (measured: a model traced at T=16 was wrong at T=32)."""
-    import torch  # noqa: PLC0415
+    import torch
     model = torch_model or _torch_models(s, "forward")[0]
     model.eval()
     ids = torch.ones((sc.B, sc.T), dtype=torch.int64)
     kwargs = dict(input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
                   dynamic_axes={"input_ids": {0: "B", 1: "T"}, "attention_mask": {0: "B", 1: "T"},
                                 "last_hidden_state": {0: "B", 1: "T"}}, opset_version=17)
-    import warnings  # noqa: PLC0415
+    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
         try:
@@ -322,7 +322,7 @@ def export_onnx(s: Sizes, sc: Scenario, path: str, torch_model=None) -> str:
 
 def onnx_step(s: Sizes, sc: Scenario, path: str, device: str = "cpu"):
     """ONNX Runtime's forward; on "cuda" with CUDAExecutionProvider only (no silent fallback to the CPU)."""
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
@@ -337,7 +337,7 @@ def onnx_step(s: Sizes, sc: Scenario, path: str, device: str = "cpu"):
 def available(device: str = "cpu") -> dict[str, str]:
     """framework -> version, or 'missing: ...' (without importing the heavy modules when not installed). On "cuda",
     torch needs a CUDA build that sees a GPU and ONNX Runtime its CUDAExecutionProvider."""
-    import importlib.metadata as md  # noqa: PLC0415
+    import importlib.metadata as md
     out = {"minidistil": __import__("minidistil").__version__}
     for fw, pkgs in (("torch", ("torch", "transformers")), ("onnxruntime", ("onnxruntime", "onnx", "torch",
                                                                               "transformers"))):
@@ -347,11 +347,11 @@ def available(device: str = "cpu") -> dict[str, str]:
             out[fw] = f"missing: pip install {e.name}"
     if device == "cuda":
         if not out["torch"].startswith("missing"):
-            import torch  # noqa: PLC0415
+            import torch
             if not torch.cuda.is_available():
                 out["torch"] = f"missing: torch {torch.__version__} sees no CUDA GPU (a CUDA build of torch and a GPU)"
         if not out["onnxruntime"].startswith("missing"):
-            import onnxruntime as ort  # noqa: PLC0415
+            import onnxruntime as ort
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 out["onnxruntime"] = (f"missing: onnxruntime {ort.__version__} has no CUDAExecutionProvider "
                                       "(pip install onnxruntime-gpu)")
@@ -372,7 +372,7 @@ def _rss_mb(field_name: str) -> float:
 
 def _gpu_in_use_mb() -> float:
     """The device's memory in use, all processes and allocators (cudaMemGetInfo: total - free), in MB."""
-    from minidistil.kernels import _cuda  # noqa: PLC0415
+    from minidistil.kernels import _cuda
     free, total = _cuda.require_cuda().current_context().get_memory_info()
     return (total - free) / 2**20
 
@@ -383,13 +383,13 @@ def _memory_child(fw: str, quick, name: str, onnx_path: str | None, steps: int, 
     if device == "cuda":
         return _gpu_memory_child(fw, s, sc, onnx_path, steps)
     if fw.startswith("minidistil"):
-        import minidistil.functional  # noqa: F401, PLC0415  (numpy, numba and the kernels)
+        import minidistil.functional  # noqa: F401  (numpy, numba and the kernels)
     elif fw == "torch":
-        import torch  # noqa: F401, PLC0415
-        import transformers  # noqa: F401, PLC0415
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
     else:
-        import numpy  # noqa: F401, PLC0415
-        import onnxruntime  # noqa: F401, PLC0415
+        import numpy  # noqa: F401
+        import onnxruntime  # noqa: F401
     base = _rss_mb("VmRSS")
     step = (minidistil_step(s, sc) if fw.startswith("minidistil") else torch_step(s, sc) if fw == "torch"
             else onnx_step(s, sc, onnx_path))
@@ -405,9 +405,9 @@ def _memory_child(fw: str, quick, name: str, onnx_path: str | None, steps: int, 
 
 def _gpu_memory_child(fw: str, s: Sizes, sc: Scenario, onnx_path: str | None, steps: int) -> dict:
     """GPU memory of `steps` steps in this fresh process (see the module docstring for what each number is)."""
-    from minidistil import device as D  # noqa: PLC0415
+    from minidistil import device as D
     if fw == "torch":
-        import torch  # noqa: PLC0415
+        import torch
         torch.cuda.init()
         base = torch.cuda.memory_allocated() / 2**20
         step = torch_step(s, sc, device="cuda")
@@ -436,7 +436,7 @@ def child_env(fw: str) -> dict:
     if fw == "minidistil-fast":
         env["MINIDISTIL_FAST_MATH"] = "1"
     if not fw.startswith("minidistil"):  # torch and ONNX Runtime as their users run them: none of our settings
-        from minidistil import _runtime  # noqa: PLC0415
+        from minidistil import _runtime
         for k, v in _runtime.set_by_minidistil().items():  # what our import put into this process's environment
             if env.get(k) == v:
                 del env[k]
@@ -480,14 +480,15 @@ class Result:
 
 
 def environment(device: str = "cpu") -> dict:
-    import numba  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import numba
+    import numpy as np
 
-    from minidistil import _runtime  # noqa: PLC0415
-    from minidistil import device as D  # noqa: PLC0415
-    blas = _runtime.openblas()
+    from minidistil import _runtime
+    from minidistil import device as D
+    from minidistil.kernels import _blas
+    blas = _blas.openblas()
     return {"device": D.describe(device),  # on cuda: the GPU's name and the GEMM (cuBLAS through CuPy, or tiled)
-            "cores": _runtime.n_cores(), "loadavg": list(os.getloadavg()), "numpy": np.__version__,
+            "cores": _blas.n_cores(), "loadavg": list(os.getloadavg()), "numpy": np.__version__,
             "numba": numba.__version__, "numba_threads": numba.config.NUMBA_NUM_THREADS,
             "openblas_core": blas.corename(), "openblas_threads": blas.get_num_threads(),
             "runtime": _runtime.report(), "fast_math": os.environ.get("MINIDISTIL_FAST_MATH", "0"),
@@ -518,15 +519,15 @@ def _synchronizer(fw: str, device: str):
     if device != "cuda" or fw == "onnxruntime":
         return lambda: None
     if fw == "torch":
-        import torch  # noqa: PLC0415
+        import torch
         return torch.cuda.synchronize
-    from minidistil import device as D  # noqa: PLC0415
+    from minidistil import device as D
     return D.synchronize
 
 
 def _host(o):
     """A step's output as a numpy array (torch tensor, minidistil Tensor on either device, or an array)."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
     if type(o).__module__.startswith("torch"):
         return o.detach().cpu().numpy()
     return o.numpy() if hasattr(o, "numpy") else np.asarray(o)
@@ -536,7 +537,7 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
         memory: bool = True, fast_math: bool = False, pause: float = 0.3, log=print,
         device: str = "cpu") -> tuple[dict, list[Result]]:
     """quick: False (DistilBERT-base), True (small) or a size name ("tiny": for the CUDA simulator)."""
-    from minidistil import device as D  # noqa: PLC0415
+    from minidistil import device as D
     device = D.check_device(device)  # "cuda" without a GPU: the RuntimeError that says what is missing, at once
     s = sizes(quick)
     have = available(device)
@@ -584,7 +585,7 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
                     outs[fw] = step()
                 sync[fw]()
         if sc.kind == "forward" and "minidistil" in outs:
-            import numpy as np  # noqa: PLC0415
+            import numpy as np
             ref = _host(outs["minidistil"])
             for fw, o in outs.items():
                 if fw != "minidistil":
@@ -640,9 +641,9 @@ def format_table(results: list[Result]) -> str:
 
 
 def plot(results: list[Result], path: str):
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
     names = list(dict.fromkeys(r.scenario for r in results))
     fws = list(dict.fromkeys(r.framework for r in results))
     fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(names), 4))
@@ -674,7 +675,7 @@ def plot(results: list[Result], path: str):
 
 
 def _add_arguments(p: argparse.ArgumentParser):
-    from minidistil.cli import COUNT, NON_NEGATIVE, POSITIVE_INT  # noqa: PLC0415
+    from minidistil.cli import COUNT, NON_NEGATIVE, POSITIVE_INT
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test: seconds); --size quick")
     p.add_argument("--size", choices=list(SIZES), default=None,
                    help="model size: full (DistilBERT-base, the default), quick, or tiny (for the CUDA simulator)")
@@ -747,7 +748,7 @@ def main(argv=None) -> int:
     _add_arguments(p)
     args = p.parse_args(argv)
     if args.device == "cuda":  # as the `minidistil` commands do: no GPU -> one line, before any work
-        from minidistil.device import check_device  # noqa: PLC0415
+        from minidistil.device import check_device
         try:
             check_device("cuda")
         except RuntimeError as e:

@@ -22,15 +22,11 @@ from minidistil import functional as F
 from minidistil import losses
 from minidistil.autograd import Tensor
 from minidistil.config import BertConfig
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 from minidistil.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, PreTrainedModel,
                            Tanh, check_input_ids, extend_mask, position_ids, to_device_of)
 from minidistil.outputs import (BaseModelOutputWithPooling, MaskedLMOutput, MultipleChoiceModelOutput,
                                 QuestionAnsweringModelOutput, SequenceClassifierOutput, TokenClassifierOutput)
-
-
-def warn_attention_dropout(p: float, training: bool):
-    """Kept for code that imported it: attention-probability dropout is applied now, so there is nothing to say."""
 
 
 class BertEmbeddings(Module):
@@ -170,7 +166,7 @@ class BertModel(BertPreTrainedModel):
         if token_type_ids.shape != (B, T):
             raise ValueError(f"token_type_ids: expected shape {(B, T)} (that of input_ids), got "
                              f"{token_type_ids.shape}")
-        _common.check_ids("token_type_ids", token_type_ids, cfg.type_vocab_size)
+        _checks.check_ids("token_type_ids", token_type_ids, cfg.type_vocab_size)
         token_type_ids = np.ascontiguousarray(token_type_ids, dtype=np.int64)
         # on a GPU, ids, token types and mask go to the device here, once per batch; the kernels use them in place
         input_ids, token_type_ids, mask = (to_device_of(a, self) for a in (input_ids, token_type_ids, mask))

@@ -254,7 +254,7 @@ def add_embed(sub, name, help):
 
 
 def run_embed(args) -> int:
-    from .safetensors_io import atomic_write  # noqa: PLC0415
+    from .safetensors_io import atomic_write
     texts = _texts(args)
     emb = _pipeline("sentence-embeddings", args).encode(texts, batch_size=args.batch_size,  # (N, C) input order;
                                                         normalize_embeddings=args.normalize)  # a bar on a tty
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .hub import FetchError
     if getattr(args, "device", None) == "cuda":  # every command's --device: no GPU -> one line, before any work
-        from .device import check_device  # noqa: PLC0415
+        from .device import check_device
         try:
             check_device("cuda")
         except RuntimeError as e:

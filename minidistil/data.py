@@ -28,7 +28,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class Document:
 
 def pydoc_topics() -> list[Document]:
     """CPython's help topics (pydoc_data.topics): one document per topic, ~470 000 characters in all."""
-    from pydoc_data.topics import topics  # noqa: PLC0415  (shipped with CPython itself)
+    from pydoc_data.topics import topics  # shipped with CPython itself
     return [Document(f"pydoc:{name}", text) for name, text in sorted(topics.items()) if text.strip()]
 
 
@@ -208,7 +208,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 1000):
     special tokens [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4. For tests and tutorials that build a tiny model from
     scratch; a real teacher brings its own tokenizer. The trainer breaks ties between equally frequent merges in
     hash order, so two processes may get different vocabularies: save it (`.save(path)`) to reuse one."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers  # noqa: PLC0415
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

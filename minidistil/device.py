@@ -13,6 +13,7 @@ RuntimeError, which says what to install or set.
 """
 from __future__ import annotations
 
+from minidistil.autograd import Tensor
 from minidistil.kernels import _cuda
 
 DEVICES = ("cpu", "cuda")
@@ -35,12 +36,7 @@ def check_device(device) -> str:
 
 
 def device_of(x) -> str:
-    """"cuda" for a device array or a Tensor / Module holding one, else "cpu"."""
-    from minidistil.autograd import Tensor  # noqa: PLC0415
-    from minidistil.nn import Module  # noqa: PLC0415
-    if isinstance(x, Module):
-        params = x.parameters()
-        return device_of(params[0]) if params else "cpu"
+    """"cuda" for a device array or a Tensor holding one, else "cpu" (a Module says it as `module.device`)."""
     if isinstance(x, Tensor):
         x = x.data
     return "cuda" if _cuda.is_device_array(x) else "cpu"
@@ -55,31 +51,14 @@ def move_array(a, device: str):
 
 
 def to_device(x, device: str):
-    """Move a Tensor (in place: its data and gradient; returned), a Module (every parameter, in place; returned)
-    or an array (a moved copy returned) to `device`."""
-    from minidistil.autograd import Tensor  # noqa: PLC0415
-    from minidistil.nn import Module  # noqa: PLC0415
-    if isinstance(x, Module):
-        return module_to(x, device)
+    """Move a Tensor (in place: its data and gradient; returned) or an array (a moved copy returned) to `device`.
+    A Module moves with `module.to(device)`."""
     if isinstance(x, Tensor):
         x.data = move_array(x.data, device)
         if x.grad is not None:
             x.grad = move_array(x.grad, device)
         return x
     return move_array(x, device)
-
-
-def module_to(module, device: str):
-    """Every parameter of `module` (tied ones once: they are one object) moved to `device` in place. Parameters are
-    moved bit for bit (a copy of the bytes, no arithmetic). Returns the module."""
-    device = check_device(device)
-    seen = set()
-    for _, m in module.named_modules():
-        for p in m._parameters.values():
-            if p is not None and id(p) not in seen:
-                seen.add(id(p))
-                to_device(p, device)
-    return module
 
 
 def synchronize():
@@ -92,14 +71,4 @@ def describe(device: str = "cuda") -> str:
     """One line naming the device and the GEMM in use, e.g. for `minidistil bench --device cuda`."""
     if device == "cpu":
         return "device: cpu (numpy arrays, Numba CPU kernels, BLAS GEMM)"
-    cuda = _cuda.require_cuda()
-    if _cuda.SIMULATOR:
-        where = "the numba.cuda simulator (NUMBA_ENABLE_CUDASIM=1: every GPU thread is a Python thread, slow)"
-    else:
-        try:
-            d = cuda.get_current_device()
-            name = d.name.decode() if isinstance(d.name, bytes) else str(d.name)
-            where = f"{name} (compute capability {d.compute_capability[0]}.{d.compute_capability[1]})"
-        except Exception as e:  # pragma: no cover - depends on the driver
-            where = f"a GPU ({type(e).__name__} reading its name)"
-    return f"device: cuda on {where}; GEMM: {_cuda.gemm_backend()}; {_cuda.THREADS} threads per block"
+    return _cuda.describe()

@@ -46,7 +46,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -163,7 +163,7 @@ def student_state(teacher, layers: Sequence[int]) -> tuple[DistilBertConfig, dic
 
 def make_student(teacher, layers: Sequence[int] | None = None, n_layers: int | None = None):
     """A DistilBERT student initialised from the teacher (see the module docstring). Eval mode."""
-    from .distilbert import DistilBertForMaskedLM, DistilBertModel  # noqa: PLC0415
+    from .distilbert import DistilBertForMaskedLM, DistilBertModel
     n_teacher = teacher.config.num_hidden_layers
     if layers is None:
         layers = default_layer_map(n_teacher, n_layers or max(1, n_teacher // 2))
@@ -190,7 +190,7 @@ class LossWeights:
     kl_masked_only: bool = False  # KL over the masked positions only (DistilBERT: every real token)
 
     @classmethod
-    def defaults(cls, mlm: bool) -> "LossWeights":
+    def defaults(cls, mlm: bool) -> LossWeights:
         if mlm:
             return cls()
         return cls(alpha_ce=0.0, alpha_mlm=0.0, alpha_cos=1.0, alpha_mse=0.0, alpha_pool_cos=1.0, alpha_pool_mse=1.0)
@@ -308,8 +308,8 @@ def _step_seed(seed: int, step: int, micro: int = 0) -> int:
 
 
 def _load(teacher, tokenizer):
-    from .loading import from_pretrained, resolve  # noqa: PLC0415
-    from .tokenizer import Tokenizer  # noqa: PLC0415
+    from .loading import from_pretrained, resolve
+    from .tokenizer import Tokenizer
     if isinstance(teacher, (str, Path)):
         folder = resolve(teacher)
         model = from_pretrained(folder)
@@ -343,7 +343,7 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
     if isinstance(cfg.weights, dict):
         cfg.weights = LossWeights(**cfg.weights)
     check_fields(cfg, FIELD_TYPES)
-    say = functools.partial(print, flush=True)  # the set-up lines and the final report; --no-progress hides the bar only
+    say = functools.partial(print, flush=True)  # set-up lines and the final report; --no-progress hides the bar only
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
     with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=say) as run, quiet_overflow():
         return _distill(teacher, tokenizer, cfg, run, say, t_begin)
@@ -353,8 +353,8 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     out = run.out
     teacher_model, tokenizer, teacher_name = _load(teacher, tokenizer)
     teacher_model.eval()
-    layers = cfg.layer_map or default_layer_map(teacher_model.config.num_hidden_layers,
-                                                cfg.student_layers or max(1, teacher_model.config.num_hidden_layers // 2))
+    n_teacher = teacher_model.config.num_hidden_layers
+    layers = cfg.layer_map or default_layer_map(n_teacher, cfg.student_layers or max(1, n_teacher // 2))
     student = make_student(teacher_model, layers)
     mlm = has_mlm_head(student)
     w = cfg.weights or LossWeights.defaults(mlm)
@@ -468,7 +468,7 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     t_after = time.perf_counter()
 
     # 4. the output folder
-    from .loading import save_pretrained  # noqa: PLC0415
+    from .loading import save_pretrained
     save_pretrained(student, out, tokenizer=tokenizer)
     curve = plot_curves(run.metrics, out / "loss_curve.png", LOSS_TERMS, "distillation losses", say)
     schedule = schedule_summary(state.step, planned, lr, cfg.lr,
@@ -496,7 +496,7 @@ class _Progress:
     def __init__(self, cfg: DistillConfig, state: RunState):
         self.cfg, self.bar = cfg, None
         if cfg.progress:
-            from tqdm import tqdm  # noqa: PLC0415
+            from tqdm import tqdm
             self.bar = tqdm(total=state.total_steps or None, initial=state.step, unit="step", dynamic_ncols=True)
 
     def update(self, row: dict, elapsed: float, total: int):
@@ -655,8 +655,8 @@ def run_cli(args) -> int:
                                            "alpha_pool_mse")}
     weights = None
     if any(v is not None for v in alphas.values()) or args.temperature != 2.0 or args.kl_masked_only:
-        from .config import config_from_json_file  # noqa: PLC0415
-        from .loading import resolve  # noqa: PLC0415
+        from .config import config_from_json_file
+        from .loading import resolve
         arch = (config_from_json_file(resolve(args.teacher) / "config.json").architectures or [""])[0]
         base = LossWeights.defaults(mlm=arch.endswith("ForMaskedLM"))
         weights = LossWeights(**{**asdict(base), **{k: v for k, v in alphas.items() if v is not None},
@@ -675,7 +675,7 @@ def run_cli(args) -> int:
 
 def main(argv=None) -> int:
     """`python -m minidistil.distill ...`: the same as `minidistil distill ...`."""
-    from .cli import main as cli_main  # noqa: PLC0415
+    from .cli import main as cli_main
     return cli_main(["distill", *(argv if argv is not None else sys.argv[1:])])
 
 

@@ -16,7 +16,8 @@ An "encoder" here is any function (input_ids (B, T), attention_mask (B, T)) -> l
 from __future__ import annotations
 
 from importlib import resources
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def model_encoder(model) -> Encoder:
     """Wrap a minidistil model (its last hidden state, with or without a head) as an encoder, run in
     eval mode (no dropout) under no_grad."""
-    from .autograd import no_grad  # noqa: PLC0415
+    from .autograd import no_grad
 
     def encode(input_ids, attention_mask):
         was_training = getattr(model, "training", False)
@@ -89,7 +90,7 @@ def embed(encoder: Encoder, tokenizer, texts: Sequence[str], batch_size: int = 3
 
 def sts_spearman(encoder: Encoder, tokenizer, pairs: Sequence[Pair] | None = None, max_len: int = 128) -> float:
     """Spearman correlation between cos(embedding 1, embedding 2) and the human scores."""
-    from scipy.stats import spearmanr  # noqa: PLC0415
+    from scipy.stats import spearmanr
     pairs = load_sts_pairs() if pairs is None else pairs
     e1 = embed(encoder, tokenizer, [p.sentence1 for p in pairs], max_len=max_len)
     e2 = embed(encoder, tokenizer, [p.sentence2 for p in pairs], max_len=max_len)

@@ -494,8 +494,8 @@ def _task_metrics(task: str, out: dict, examples: list, feats: dict, names, cfg:
 
 
 def head_class(model_path, task: str):
-    from .loading import model_classes, resolve  # noqa: PLC0415
-    from .pipelines import _class_for  # noqa: PLC0415  (the checkpoint's own head class, else model type + head)
+    from .loading import model_classes, resolve
+    from .pipelines import _class_for  # the checkpoint's own head class, else model type + head
     return _class_for(resolve(model_path), TASKS[task][0], model_classes())
 
 
@@ -516,10 +516,10 @@ def reinit(model, names: list[str], seed: int):
 
 def load_model(cfg: FinetuneConfig, names: list[str] | None, say=print):
     """The checkpoint in cfg.model with the task's head; returns (model, tokenizer, missing keys)."""
-    import warnings  # noqa: PLC0415
+    import warnings
 
-    from .loading import from_pretrained, resolve  # noqa: PLC0415
-    from .tokenizer import Tokenizer  # noqa: PLC0415
+    from .loading import from_pretrained, resolve
+    from .tokenizer import Tokenizer
     folder = resolve(cfg.model)
     cls = head_class(folder, cfg.task)
     overrides = {}
@@ -547,8 +547,8 @@ def load_model(cfg: FinetuneConfig, names: list[str] | None, say=print):
 
 
 def load_teacher(cfg: FinetuneConfig, student, tokenizer, names):
-    from .loading import from_pretrained, resolve  # noqa: PLC0415
-    from .tokenizer import Tokenizer  # noqa: PLC0415
+    from .loading import from_pretrained, resolve
+    from .tokenizer import Tokenizer
     folder = resolve(cfg.teacher)
     teacher, info = from_pretrained(folder, cls=head_class(folder, cfg.task), output_loading_info=True)
     if info["missing_keys"]:
@@ -584,7 +584,7 @@ def finetune(task: str | None = None, model: str | None = None, train=None, out_
     The best model and the small logs go to out_dir, the training state to out_dir.training (minidistil.run); a
     folder that holds a run is refused unless resume=True or overwrite=True, and one that another run is using
     is refused."""
-    from .loading import save_pretrained  # noqa: PLC0415
+    from .loading import save_pretrained
     given = {k: v for k, v in dict(task=task, model=model, train=train, out_dir=out_dir).items() if v is not None}
     data = {}                                   # data in memory stays out of the config (and its checkpoint copy)
     for key, source in (("train", given), ("validation", overrides)):
@@ -744,7 +744,7 @@ def _bar(cfg: FinetuneConfig, total: int, initial: int, desc: str):
     if not cfg.progress:
         return None
     try:
-        from tqdm import tqdm  # noqa: PLC0415
+        from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
@@ -791,7 +791,8 @@ def add_command(sub, name: str = "finetune", help: str = "fine-tune on a task"):
     p.add_argument("--limit", type=T["limit"], help="use N training examples (a sample chosen by --seed)")
     p.add_argument("--eval-limit", type=T["eval_limit"],
                    help="evaluate on N validation examples (a fixed random sample)")
-    for flag, help_ in (("max-length", "tokens"), ("stride", "qa window overlap, tokens; None: min(128, half of --max-length)"),
+    for flag, help_ in (("max-length", "tokens"),
+                        ("stride", "qa window overlap, tokens; None: min(128, half of --max-length)"),
                         ("max-answer-len", "qa, tokens"), ("epochs", ""), ("batch-size", ""),
                         ("lr", "peak learning rate"), ("warmup", "warm-up share of updates, in [0, 1)"),
                         ("weight-decay", ""), ("max-grad-norm", ""), ("seed", ""),

@@ -30,7 +30,7 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
         # y = x @ w^T + b  ->  dx = dy @ w,  dw = dy^T @ x,  db = sum(dy) over all rows
         return _linear.linear_backward(dy, cache)
 
-    return make_result(y, (x, w, b), backward, "linear")
+    return make_result(y, (x, w, b), backward, "linear", fresh_grads=True)
 
 
 def gelu(x: Tensor) -> Tensor:
@@ -41,7 +41,7 @@ def gelu(x: Tensor) -> Tensor:
         # y = 0.5 * x * (1 + erf(x / sqrt(2)))  ->  dx = dy * (Phi(x) + x * phi(x))
         return (_gelu.gelu_backward(dy, cache),)
 
-    return make_result(y, (x,), backward, "gelu")
+    return make_result(y, (x,), backward, "gelu", fresh_grads=True)
 
 
 def bias_gelu(x: Tensor, b: Tensor) -> Tensor:
@@ -52,7 +52,7 @@ def bias_gelu(x: Tensor, b: Tensor) -> Tensor:
         # y = gelu(x + b)  ->  dx = dy * gelu'(x + b),  db = sum(dx) over all rows
         return _gelu.bias_gelu_backward(dy, cache)
 
-    return make_result(y, (x, b), backward, "bias_gelu")
+    return make_result(y, (x, b), backward, "bias_gelu", fresh_grads=True)
 
 
 def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
@@ -63,7 +63,7 @@ def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
         # y = (x - mean) * rstd * w + b  ->  (dx, dw, db)
         return _layernorm.layernorm_backward(dy, cache)
 
-    return make_result(y, (x, w, b), backward, "layer_norm")
+    return make_result(y, (x, w, b), backward, "layer_norm", fresh_grads=True)
 
 
 def residual_layer_norm(x: Tensor, r: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
@@ -75,7 +75,7 @@ def residual_layer_norm(x: Tensor, r: Tensor, w: Tensor, b: Tensor, eps: float) 
         dh, dw, db = _layernorm.residual_layernorm_backward(dy, cache)
         return dh, dh, dw, db
 
-    return make_result(y, (x, r, w, b), backward, "residual_layer_norm")
+    return make_result(y, (x, r, w, b), backward, "residual_layer_norm", fresh_grads=True)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray, n_heads: int, p: float = 0.0,
@@ -100,7 +100,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray, n_heads: int, p
         # out = dropout(softmax(q k^T / sqrt(D) + mask)) @ v, per head  ->  (dq, dk, dv)
         return _attention.attention_backward(dout, cache)
 
-    return make_result(out, (q, k, v), backward, "attention"), Tensor(cache.probs)
+    return make_result(out, (q, k, v), backward, "attention", fresh_grads=True), Tensor(cache.probs)
 
 
 def embedding(ids: np.ndarray, table: Tensor, padding_idx: int | None = None, checked: bool = False) -> Tensor:
@@ -119,7 +119,7 @@ def embedding(ids: np.ndarray, table: Tensor, padding_idx: int | None = None, ch
                 dtable[padding_idx] = 0.0
         return (dtable,)
 
-    return make_result(out, (table,), backward, "embedding")
+    return make_result(out, (table,), backward, "embedding", fresh_grads=True)
 
 
 def tanh(x: Tensor) -> Tensor:
@@ -129,7 +129,7 @@ def tanh(x: Tensor) -> Tensor:
         # y = tanh(x)  ->  dx = dy * (1 - y^2)
         return (_act.tanh_backward(dy, cache),)
 
-    return make_result(y, (x,), backward, "tanh")
+    return make_result(y, (x,), backward, "tanh", fresh_grads=True)
 
 
 def relu(x: Tensor) -> Tensor:
@@ -139,7 +139,7 @@ def relu(x: Tensor) -> Tensor:
         # y = max(x, 0)  ->  dx = dy * (x > 0)
         return (_act.relu_backward(dy, cache),)
 
-    return make_result(y, (x,), backward, "relu")
+    return make_result(y, (x,), backward, "relu", fresh_grads=True)
 
 
 def softmax(x: Tensor) -> Tensor:
@@ -150,7 +150,7 @@ def softmax(x: Tensor) -> Tensor:
         # y = exp(x) / sum(exp(x))  ->  dx = y * (dy - sum(dy * y))
         return (_softmax.softmax_backward(dy, cache),)
 
-    return make_result(y, (x,), backward, "softmax")
+    return make_result(y, (x,), backward, "softmax", fresh_grads=True)
 
 
 def log_softmax(x: Tensor) -> Tensor:
@@ -161,7 +161,7 @@ def log_softmax(x: Tensor) -> Tensor:
         # y = x - log(sum(exp(x)))  ->  dx = dy - softmax(x) * sum(dy)
         return (_softmax.log_softmax_backward(dy, cache),)
 
-    return make_result(y, (x,), backward, "log_softmax")
+    return make_result(y, (x,), backward, "log_softmax", fresh_grads=True)
 
 
 # ---- dropout --------------------------------------------------------------------------------------------------
@@ -191,4 +191,4 @@ def dropout(x: Tensor, p: float, training: bool, seed: int | None = None) -> Ten
         # y = x * keep(seed, i) / (1 - p)  ->  dx = dy * keep / (1 - p)
         return (_dropout.dropout_backward(dy, cache),)
 
-    return make_result(y, (x,), backward, "dropout")
+    return make_result(y, (x,), backward, "dropout", fresh_grads=True)

@@ -10,7 +10,7 @@ V 30522) and random weights, then runs the same work on the CPU and on the GPU a
                parameter's gradient, and the parameters after one AdamW update
 Each comparison is max |gpu - cpu| / scale, with scale the largest |cpu| of that array (for a bias gradient, also
 that of its weight's gradient: the key bias's gradient is 0 up to rounding, see tests/test_gpu.py), and must be
-<= --tol (1e-4, the issue's criterion). AdamW runs with eps = 1e-3 instead of 1e-6: its first update is
+<= --tol (1e-4 by default). AdamW runs with eps = 1e-3 instead of 1e-6: its first update is
 lr * g / (|g| + eps), which for eps << |g| is lr * sign(g), decided by rounding where g is near 0.
 
 Both devices compute in float32 and differ only in the order of their sums, so 1e-4 of the scale is what a few

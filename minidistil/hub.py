@@ -237,7 +237,7 @@ def _member_target(wheel: Path, info: zipfile.ZipInfo, rel: str, staging: Path) 
 
 
 def _fetch_hub(repo_id: str, target: Path) -> Path:
-    from huggingface_hub import snapshot_download  # noqa: PLC0415 (a dependency of tokenizers; slow to import)
+    from huggingface_hub import snapshot_download  # a dependency of tokenizers; slow to import
     try:
         path = snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_dir=str(target))
     except Exception as e:  # network errors, unknown repository, gated model ...

@@ -34,7 +34,7 @@ import numpy as np
 
 from . import hub
 from .files import read_json_object
-from .safetensors_io import SafetensorsError, atomic_write, load_file, read_header, save_file
+from .safetensors_io import SafetensorsError, atomic_write, load_file, save_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -298,7 +298,7 @@ def _warn_non_finite(state: dict[str, np.ndarray], folder: Path) -> None:
 
 
 def _to_device(model, device):
-    from .device import check_device  # noqa: PLC0415
+    from .device import check_device
     device = check_device(device)
     return model if device == "cpu" else model.to(device)
 
@@ -326,15 +326,6 @@ def _host(a) -> np.ndarray:
     if hasattr(a, "copy_to_host"):
         a = a.copy_to_host()
     return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def checkpoint_tensors(folder: str | os.PathLike) -> dict[str, dict]:
-    """The header of each safetensors file in `folder`: {name: {"dtype", "shape", "data_offsets"}} (no data read)."""
-    folder = Path(folder)
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(read_header(f)[0])
-    return out
 
 
 __all__ = ["from_pretrained", "save_pretrained", "resolve", "read_state_dict", "map_state_dict", "model_classes",

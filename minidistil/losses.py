@@ -30,7 +30,7 @@ def cross_entropy(logits: Tensor, targets: np.ndarray, ignore_index: int = -100)
         # loss = mean_n -log_softmax(logits_n)[t_n]  ->  dlogits_n = (softmax(logits_n) - onehot(t_n)) / count
         return (_ce.cross_entropy_backward(float(dloss), cache),)
 
-    return make_result(_scalar(loss, logits), (logits,), backward, "cross_entropy")
+    return make_result(_scalar(loss, logits), (logits,), backward, "cross_entropy", fresh_grads=True)
 
 
 def distill_kl(student: Tensor, teacher, temperature: float, mask: np.ndarray | None = None) -> Tensor:
@@ -44,7 +44,7 @@ def distill_kl(student: Tensor, teacher, temperature: float, mask: np.ndarray | 
         # loss = T^2 mean_n KL(p_t || p_s)  ->  dstudent_n = T (p_s - p_t) / count
         return (_kl.distill_kl_backward(float(dloss), cache),)
 
-    return make_result(_scalar(loss, student), (student,), backward, "distill_kl")
+    return make_result(_scalar(loss, student), (student,), backward, "distill_kl", fresh_grads=True)
 
 
 def cosine_embedding_loss(a: Tensor, b, mask: np.ndarray | None = None) -> Tensor:
@@ -57,7 +57,7 @@ def cosine_embedding_loss(a: Tensor, b, mask: np.ndarray | None = None) -> Tenso
         # loss = mean_n (1 - a_n.b_n / (|a_n| |b_n|))  ->  (da, db)
         return _cosine.cosine_loss_backward(float(dloss), cache)
 
-    return make_result(_scalar(loss, a), (a, b_t), backward, "cosine_embedding_loss")
+    return make_result(_scalar(loss, a), (a, b_t), backward, "cosine_embedding_loss", fresh_grads=True)
 
 
 def mse(a: Tensor, b, mask: np.ndarray | None = None) -> Tensor:
@@ -69,7 +69,7 @@ def mse(a: Tensor, b, mask: np.ndarray | None = None) -> Tensor:
         # loss = mean (a - b)^2  ->  da = 2 (a - b) / count,  db = -da
         return _cosine.mse_backward(float(dloss), cache)
 
-    return make_result(_scalar(loss, a), (a, b_t), backward, "mse")
+    return make_result(_scalar(loss, a), (a, b_t), backward, "mse", fresh_grads=True)
 
 
 def bce_with_logits(logits: Tensor, targets: np.ndarray) -> Tensor:
@@ -80,7 +80,7 @@ def bce_with_logits(logits: Tensor, targets: np.ndarray) -> Tensor:
         # loss = mean softplus(x) - t x  ->  dx = (sigmoid(x) - t) / (N K)
         return (_bce.bce_with_logits_backward(float(dloss), cache),)
 
-    return make_result(_scalar(loss, logits), (logits,), backward, "bce_with_logits")
+    return make_result(_scalar(loss, logits), (logits,), backward, "bce_with_logits", fresh_grads=True)
 
 
 # ---- the task losses of the head models (Hugging Face's rules) --------------------------------------------------

@@ -9,12 +9,13 @@ Gradients ACCUMULATE into `Parameter.grad` across backward() calls until `zero_g
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
 from minidistil import functional as F
 from minidistil.autograd import Tensor
+from minidistil.device import check_device, device_of, to_device
 from minidistil.kernels import _cuda
 
 
@@ -56,7 +57,7 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} has no forward()")
 
     # ---- traversal ------------------------------------------------------------------------------------------
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
         stack = [(prefix, self)]
         while stack:
             name, m = stack.pop()
@@ -100,14 +101,16 @@ class Module:
     def to(self, device: str):
         """Move every parameter (and gradient) to "cpu" or "cuda", in place, bit for bit. Returns self.
         Without a GPU (or NUMBA_ENABLE_CUDASIM=1), "cuda" raises a RuntimeError saying what is missing."""
-        from minidistil.device import module_to  # noqa: PLC0415
-        return module_to(self, device)
+        device = check_device(device)
+        for p in self.parameters():  # tied parameters are one object, listed (and moved) once
+            to_device(p, device)
+        return self
 
     @property
     def device(self) -> str:
         """"cuda" when the parameters live in GPU memory, else "cpu"."""
-        from minidistil.device import device_of  # noqa: PLC0415
-        return device_of(self)
+        params = self.parameters()
+        return device_of(params[0]) if params else "cpu"
 
 
 class ModuleList(Module):
@@ -166,9 +169,9 @@ class Embedding(Module):
     def forward(self, ids: np.ndarray, name: str = "ids", checked: bool = False) -> Tensor:
         """ids: a host array, or a device array when the weight is on the device. checked=True: the caller has
         checked 0 <= ids < V already (a model checks its host ids before moving them over once per batch)."""
-        from minidistil.kernels import _common, _cuda
+        from minidistil.kernels import _checks, _cuda
         if not checked:
-            _common.check_ids(name, _cuda.to_host(ids), self.weight.shape[0])
+            _checks.check_ids(name, _cuda.to_host(ids), self.weight.shape[0])
         return F.embedding(ids, self.weight, self.padding_idx, checked=True)
 
 
@@ -237,13 +240,13 @@ class PreTrainedModel(Module):
         """BertForSequenceClassification.from_pretrained(path, num_labels=3): this class from a checkpoint (a
         folder, or a name as minidistil.from_pretrained resolves it). Keywords: output_loading_info,
         config_overrides, and any config field (num_labels, id2label, ...) to change."""
-        from minidistil.loading import from_pretrained  # noqa: PLC0415
+        from minidistil.loading import from_pretrained
         return from_pretrained(name_or_path, cls=None if cls is PreTrainedModel else cls, device=device, **kwargs)
 
     def save_pretrained(self, folder, tokenizer=None):
         """Write config.json, model.safetensors (and the tokenizer's files when given) into `folder`, atomically;
         transformers loads the folder. Returns its path."""
-        from minidistil.loading import save_pretrained  # noqa: PLC0415
+        from minidistil.loading import save_pretrained
         return save_pretrained(self, folder, tokenizer)
 
     @classmethod
@@ -344,13 +347,13 @@ class PreTrainedModel(Module):
 
 def extend_mask(attention_mask, shape: tuple[int, int]) -> np.ndarray:
     """attention_mask (B, T) with 1 = token, 0 = padding (all ones when None), checked; returned as int32."""
-    from minidistil.kernels import _common
+    from minidistil.kernels import _checks
     if attention_mask is None:
         return np.ones(shape, dtype=np.int32)
     m = np.asarray(attention_mask)
     if tuple(m.shape) != tuple(shape):
         raise ValueError(f"attention_mask: expected shape {tuple(shape)} (that of input_ids), got {tuple(m.shape)}")
-    _common.check_ids("attention_mask", m.astype(np.int64) if m.dtype == bool else m, 2)
+    _checks.check_ids("attention_mask", m.astype(np.int64) if m.dtype == bool else m, 2)
     return np.ascontiguousarray(m, dtype=np.int32)
 
 
@@ -369,7 +372,7 @@ def position_ids(batch: int, length: int, max_positions: int) -> np.ndarray:
 
 
 def check_input_ids(input_ids, vocab_size: int, ndim: int = 2) -> np.ndarray:
-    from minidistil.kernels import _common
+    from minidistil.kernels import _checks
     if isinstance(input_ids, Tensor):
         input_ids = input_ids.numpy()
     ids = np.asarray(input_ids)
@@ -378,6 +381,6 @@ def check_input_ids(input_ids, vocab_size: int, ndim: int = 2) -> np.ndarray:
     if ids.shape[-1] == 0 and math.prod(ids.shape[:-1]) > 0:
         raise ValueError(f"input_ids: shape {tuple(ids.shape)} holds sequences of no tokens; each needs at least one "
                          "([CLS] ... [SEP] from the tokenizer)")
-    _common.check_ids("input_ids", ids, vocab_size)
+    _checks.check_ids("input_ids", ids, vocab_size)
     return np.ascontiguousarray(ids, dtype=np.int64)
 

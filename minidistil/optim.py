@@ -18,7 +18,7 @@ to matrices only: biases and LayerNorm weights (every 1-D parameter, and any nam
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -64,7 +64,7 @@ class AdamW:
 
     def step(self, lr: float | None = None):
         """One update of every parameter that has a gradient, at learning rate `lr` (default: self.lr)."""
-        from minidistil.kernels.adamw import adamw_step  # noqa: PLC0415
+        from minidistil.kernels.adamw import adamw_step
         lr = self.lr if lr is None else float(lr)
         self.t += 1
         for n, p in self.named:
@@ -127,7 +127,7 @@ class LinearWarmupDecay:
 def global_grad_norm(params) -> float:
     """sqrt(sum over all parameters of sum(g^2)), accumulated in float64 (on the GPU: the sum_of_squares kernel,
     one float back per parameter)."""
-    from minidistil.kernels.adamw import sum_of_squares  # noqa: PLC0415
+    from minidistil.kernels.adamw import sum_of_squares
     total = 0.0
     for p in params:
         if p.grad is not None and _cuda.is_device_array(p.grad):

@@ -68,7 +68,7 @@ class Pipeline:
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         if device is not None:
-            from .device import check_device  # noqa: PLC0415
+            from .device import check_device
             model.to(check_device(device))    # no GPU: a RuntimeError saying what is missing, never a silent CPU
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -81,7 +81,7 @@ class Pipeline:
         """The pipeline of a checkpoint (folder or name), with the model class its task needs. require_head=True
         refuses a checkpoint without trained weights for that head (the command line's choice); otherwise the head
         starts from random weights with a warning, as in transformers."""
-        from .loading import model_classes, resolve  # noqa: PLC0415
+        from .loading import model_classes, resolve
         folder = resolve(name_or_path)
         model = load_model(folder, _class_for(folder, cls.head, model_classes()), device, require_head)
         return cls(model, Tokenizer.from_pretrained(folder), **kwargs)
@@ -103,7 +103,7 @@ class Pipeline:
 def load_model(folder: Path, model_cls: type, device=None, require_head: bool = False):
     """The checkpoint in `folder` as `model_cls` (None: its own architecture), on `device`. require_head=True
     raises a CheckpointError naming the weights the checkpoint lacks instead of starting them at random."""
-    from .loading import CheckpointError, from_pretrained  # noqa: PLC0415
+    from .loading import CheckpointError, from_pretrained
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         model, info = from_pretrained(folder, cls=model_cls, output_loading_info=True)
@@ -115,7 +115,7 @@ def load_model(folder: Path, model_cls: type, device=None, require_head: bool = 
     for w in said:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if device is not None:
-        from .device import check_device  # noqa: PLC0415
+        from .device import check_device
         model.to(check_device(device))
     return model
 
@@ -366,7 +366,7 @@ class SentenceEncoder(Pipeline):
     def from_pretrained(cls, name_or_path, device=None, **kwargs) -> SentenceEncoder:
         """Reads the sentence-transformers files when present: 1_Pooling/config.json (pooling; mean when absent),
         modules.json (Normalize), sentence_bert_config.json (max_seq_length)."""
-        from .loading import model_classes, resolve  # noqa: PLC0415
+        from .loading import model_classes, resolve
         kwargs.pop("require_head", None)                # the bare encoder has no head to require
         folder = resolve(name_or_path)
         model = load_model(folder, _class_for(folder, "Model", model_classes()), device)
@@ -415,7 +415,7 @@ class SentenceEncoder(Pipeline):
             show_progress_bar = None if len(starts) >= 20 else False              # None: tqdm shows it on a tty
         bar = None
         if show_progress_bar is not False:
-            from tqdm import tqdm  # noqa: PLC0415
+            from tqdm import tqdm
             bar = tqdm(total=len(sentences), desc="encode", unit="sentence", leave=False,
                        disable=None if show_progress_bar is None else False)
         emb = np.zeros((len(sentences), self.get_embedding_dimension()), dtype=np.float32)
@@ -472,7 +472,7 @@ class SentenceEncoder(Pipeline):
 
 def _torch():
     try:
-        import torch  # noqa: PLC0415
+        import torch
     except ImportError:
         raise ValueError("convert_to_tensor=True needs torch, which is not installed; the default returns a NumPy "
                          "array") from None

@@ -40,9 +40,9 @@ def task_of(model) -> str:
 def load(model_path, device: str | None = None):
     """(model, tokenizer) of a fine-tuned checkpoint (its own head class); a checkpoint that lacks weights of its
     head is refused, naming them."""
-    from .loading import resolve  # noqa: PLC0415
-    from .pipelines import load_model  # noqa: PLC0415
-    from .tokenizer import Tokenizer  # noqa: PLC0415
+    from .loading import resolve
+    from .pipelines import load_model
+    from .tokenizer import Tokenizer
     folder = resolve(model_path)
     return load_model(folder, None, device, require_head=True), Tokenizer.from_pretrained(folder)
 
@@ -52,9 +52,9 @@ def predict(model, tokenizer, inputs: list, *, top_k: int = 1, batch_size: int =
     """One result per input. inputs: texts or (text, text_pair) tuples (classification), texts (token),
     {"question", "context"} dicts (qa: max_length tokens per window, consecutive windows sharing `stride`),
     {"question", "choices"} dicts (choice)."""
-    from . import finetune as FT  # noqa: PLC0415
-    from . import taskdata as TD  # noqa: PLC0415
-    from .pipelines import (QuestionAnsweringPipeline, TextClassificationPipeline,  # noqa: PLC0415
+    from . import finetune as FT
+    from . import taskdata as TD
+    from .pipelines import (QuestionAnsweringPipeline, TextClassificationPipeline,
                             TokenClassificationPipeline)
     task = task_of(model)
     if task == "qa" and (not isinstance(max_answer_len, int) or max_answer_len < 1):
@@ -119,12 +119,12 @@ def evaluate(model, data, *, task: str | None = None, held_out: float | None = N
     settings: any FinetuneConfig field that reads or encodes the data (text_field, text_pair_field, label_field,
               max_length, stride, batch_size, seed, limit, ...), as the fine-tuning run had them
     """
-    from . import finetune as FT  # noqa: PLC0415
-    from . import metrics as M  # noqa: PLC0415
-    from .evaluation import cosine  # noqa: PLC0415
-    from .loading import resolve  # noqa: PLC0415
-    from .pipelines import SentenceEncoder, load_model  # noqa: PLC0415
-    from .tokenizer import Tokenizer  # noqa: PLC0415
+    from . import finetune as FT
+    from . import metrics as M
+    from .evaluation import cosine
+    from .loading import resolve
+    from .pipelines import SentenceEncoder, load_model
+    from .tokenizer import Tokenizer
     if held_out is not None and not 0.0 < held_out < 1.0:
         raise ValueError(f"held_out: expected a share between 0 and 1, got {held_out}")
     folder = resolve(model)
@@ -171,7 +171,7 @@ def evaluate(model, data, *, task: str | None = None, held_out: float | None = N
 
 
 def add_command(sub, name: str = "predict", help: str = "predict with a fine-tuned checkpoint"):
-    from .cli import COUNT, POSITIVE_INT, _model_args, _text_args, bounded  # noqa: PLC0415
+    from .cli import COUNT, POSITIVE_INT, _model_args, _text_args, bounded
     p = sub.add_parser(name, help=help, description=__doc__.split("\n\n")[0],
                        epilog="The task comes from the checkpoint's head. Inputs: arguments, --file or stdin.")
     _text_args(p)
@@ -191,7 +191,7 @@ def add_command(sub, name: str = "predict", help: str = "predict with a fine-tun
 
 
 def _json_inputs(texts: list[str], keys: tuple[str, str]) -> list[dict]:
-    from .cli import CLIError  # noqa: PLC0415
+    from .cli import CLIError
     out = []
     for i, t in enumerate(texts, 1):
         try:
@@ -206,7 +206,7 @@ def _json_inputs(texts: list[str], keys: tuple[str, str]) -> list[dict]:
 
 
 def run_cli(args) -> int:
-    from .cli import CLIError, _print_json_lines, _texts, text_or_file  # noqa: PLC0415
+    from .cli import CLIError, _print_json_lines, _texts, text_or_file
     model, tokenizer = load(args.model, args.device)
     task = task_of(model)
     texts = _texts(args)
@@ -235,8 +235,8 @@ def run_cli(args) -> int:
 
 
 def add_evaluate_command(sub, name: str = "evaluate", help: str = "metrics of a saved model on a labelled file"):
-    from .cli import COUNT, POSITIVE_INT, SHARE, _model_args, bounded  # noqa: PLC0415
-    from .finetune import FORMATS, FinetuneConfig  # noqa: PLC0415
+    from .cli import COUNT, POSITIVE_INT, SHARE, _model_args, bounded
+    from .finetune import FORMATS, FinetuneConfig
     d = FinetuneConfig()
     p = sub.add_parser(name, help=help, description="The metrics of a saved model on a labelled file, computed as "
                        "fine-tuning computes them, without training. The task comes from the checkpoint's head "
@@ -273,7 +273,7 @@ def add_evaluate_command(sub, name: str = "evaluate", help: str = "metrics of a 
 
 
 def run_evaluate(args) -> int:
-    from .cli import _print_json  # noqa: PLC0415
+    from .cli import _print_json
     settings = {k: getattr(args, k) for k in ("seed", "limit", "data_format", "text_field", "text_pair_field",
                                               "label_field", "label_sep", "header", "question_field",
                                               "choices_field", "context_field", "tag_column", "on_error",

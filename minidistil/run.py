@@ -476,9 +476,9 @@ def plot_curves(metrics_path: Path, png: Path, terms: tuple[str, ...] = ("loss",
     """Draw the per-update values `terms` of metrics.jsonl (log scale when every value is positive) and, on a
     second axis, the validation score of each evaluation row; return the PNG's path (None without matplotlib)."""
     try:
-        import matplotlib  # noqa: PLC0415
+        import matplotlib
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt
     except ImportError:
         say(f"matplotlib is not installed: no curves drawn to {png} (pip install matplotlib)")
         return None

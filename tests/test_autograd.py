@@ -5,7 +5,7 @@ kernel's float64 NumPy reference forward.
 Tolerances. Generic ops run in float64: finite differences with h = 1e-6 have truncation error O(h^2) ~ 1e-12 and
 rounding error O(eps64 / h) ~ 1e-10, so 1e-7 relative is loose. Kernel ops run in float32 (the kernels accept
 nothing else) and are compared with the float64 truth: the error of a float32 gradient that sums R terms of size
-<= S is bounded by f32_tol(R, S) = 16 eps32 sqrt(R) S (see kernels/_common.f32_tol); each test names its R and S.
+<= S is bounded by f32_tol(R, S) = 16 eps32 sqrt(R) S (see kernels/_checks.f32_tol); each test names its R and S.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from minidistil import functional as F
 from minidistil import losses
 from minidistil.autograd import Tensor, no_grad
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 from minidistil.kernels import activations as K_act
 from minidistil.kernels import attention as K_att
 from minidistil.kernels import bce as K_bce
@@ -143,10 +143,10 @@ def test_generic_op_matches_finite_differences(name, rng):
     w = rng.standard_normal(out.shape)
     (out * w).sum().backward()
     for x, t in zip(xs, ts):
-        objective = lambda: float((np.asarray(f(*[Tensor(v) for v in xs])) * w).sum())  # noqa: E731
-        expected = _common.numerical_gradient(objective, x)
+        objective = lambda: float((np.asarray(f(*[Tensor(v) for v in xs])) * w).sum())
+        expected = _checks.numerical_gradient(objective, x)
         assert t.grad.dtype == np.float64
-        assert _common.relative_error(t.grad, expected) <= FD64_RTOL, name
+        assert _checks.relative_error(t.grad, expected) <= FD64_RTOL, name
 
 
 # ---- coarse ops: float32 kernels, against finite differences of the float64 reference forward --------------------
@@ -160,16 +160,16 @@ def _check_coarse(ours, reference, arrays: dict, wrt: list[str], R: int, S: floa
     w = None if scalar else rng.standard_normal(out.shape).astype(np.float32)
     (out if scalar else (out * w).sum()).backward()
     a64 = {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in arrays.items()}
-    tol = _common.f32_tol(R, scale=S)
+    tol = _checks.f32_tol(R, scale=S)
     for k in wrt:
         if scalar:
-            objective = lambda: float(reference(**a64))  # noqa: E731
+            objective = lambda: float(reference(**a64))
         else:
-            objective = lambda: float((np.asarray(reference(**a64)) * w).sum())  # noqa: E731
-        expected = _common.numerical_gradient(objective, a64[k])
+            objective = lambda: float((np.asarray(reference(**a64)) * w).sum())
+        expected = _checks.numerical_gradient(objective, a64[k])
         got = tensors[k].grad
         assert got is not None and got.dtype == np.float32, k
-        _common.assert_close(got, expected, atol=tol, name=f"d/d{k}")
+        _checks.assert_close(got, expected, atol=tol, name=f"d/d{k}")
 
 
 def _f32(rng, *shape, scale=1.0):
@@ -207,8 +207,8 @@ def test_attention(rng):
     B, T, C, H = 2, 4, 6, 2
     q, k, v = _f32(rng, B, T, C), _f32(rng, B, T, C), _f32(rng, B, T, C)
     mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=np.int64)
-    ours = lambda q, k, v, mask: F.attention(q, k, v, mask, H)[0]  # noqa: E731
-    ref = lambda q, k, v, mask: K_att.attention_forward_ref(q, k, v, mask, H)[0]  # noqa: E731
+    ours = lambda q, k, v, mask: F.attention(q, k, v, mask, H)[0]
+    ref = lambda q, k, v, mask: K_att.attention_forward_ref(q, k, v, mask, H)[0]
     # scores sum D=3 products, the backward sums T=4 keys; terms ~ |q||k||v||dout| <= ~3^4 / sqrt(D)
     _check_coarse(ours, ref, dict(q=q, k=k, v=v, mask=mask), ["q", "k", "v"], R=T * C, S=50, rng=rng)
     out, probs = F.attention(Tensor(q), Tensor(k), Tensor(v), mask, H)
@@ -219,7 +219,8 @@ def test_attention(rng):
 def test_embedding_and_padding_row(rng):
     ids = np.array([[1, 3, 3], [0, 1, 6]])
     table = _f32(rng, 7, 4)
-    _check_coarse(lambda table, ids: F.embedding(ids, table), lambda table, ids: K_emb.embedding_forward_ref(ids, table)[0],
+    _check_coarse(lambda table, ids: F.embedding(ids, table),
+                  lambda table, ids: K_emb.embedding_forward_ref(ids, table)[0],
                   dict(table=table, ids=ids), ["table"], R=3, S=3, rng=rng)
     t = Tensor(table, requires_grad=True)
     F.embedding(ids, t, padding_idx=0).sum().backward()
@@ -287,4 +288,170 @@ def test_losses_compose_with_generic_ops(rng):
     total.backward()
     g = (K_ce.cross_entropy_backward_ref(0.5, K_ce.cross_entropy_forward_ref(logits.data, np.array([0, 1, 2, 0]))[1])
          + K_ce.cross_entropy_backward_ref(0.5, K_ce.cross_entropy_forward_ref(logits.data, np.array([1, 1, 1, 1]))[1]))
-    _common.assert_close(logits.grad, g, atol=_common.f32_tol(3, scale=1))
+    _checks.assert_close(logits.grad, g, atol=_checks.f32_tol(3, scale=1))
+
+
+# ---- gradient ownership: in-place adds and uncopied leaf gradients never alias ----------------------------------
+#
+# backward() adds a second gradient into the first in place, and hands a gradient to a leaf without a copy, only
+# when it is the sole holder of that array: every op made with make_result(..., fresh_grads=True) promises that its
+# backward returns new arrays (or views of its dout) and keeps none of them. The tests check that promise for every
+# such op, and that the results never depend on it: the same graphs with every in-place add and uncopied handover
+# turned off (autograd._sole -> False) give the same bits, no two leaves share memory, and the caller's array is
+# never written.
+
+def _arrays_held_by(fn) -> list:
+    """The numpy arrays a backward closure can reach: its free variables, their fields (caches are NamedTuples)
+    and the .data of the Tensors among them."""
+    found, todo = [], [c.cell_contents for c in (fn.__closure__ or ())]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, np.ndarray):
+            found.append(v)
+        elif isinstance(v, Tensor):
+            todo.append(v.data)
+        elif isinstance(v, tuple):
+            todo.extend(v)
+    return found
+
+
+def _fresh_ops(rng):
+    """(name, output Tensor) for every op that declares fresh gradients, on small float32 inputs."""
+    t = lambda *shape: Tensor(_f32(rng, *shape), requires_grad=True)
+    x, r, w, b, v = t(3, 4), t(3, 4), t(5, 4), t(5), t(4)
+    q, k, vv = t(2, 3, 4), t(2, 3, 4), t(2, 3, 4)
+    ids, mask = np.array([[0, 2, 2]]), np.array([[1, 1, 0], [1, 1, 1]])
+    return [
+        ("add", x + r), ("add_broadcast", x + v), ("neg", -x), ("mul", x * r), ("sum", x.sum(axis=1)),
+        ("reshape", x.reshape(4, 3)), ("getitem", x[np.array([0, 0, 2])]), ("matmul", x @ t(4, 2)),
+        ("linear", F.linear(x, w, b)), ("gelu", F.gelu(x)), ("bias_gelu", F.bias_gelu(x, v)),
+        ("layer_norm", F.layer_norm(x, v, v, 1e-5)), ("residual_layer_norm", F.residual_layer_norm(x, r, v, v, 1e-5)),
+        ("attention", F.attention(q, k, vv, mask, 2, 0.2, training=True, seed=3)[0]),
+        ("embedding", F.embedding(ids, t(3, 4), padding_idx=0)), ("tanh", F.tanh(x)), ("relu", F.relu(x)),
+        ("softmax", F.softmax(x)), ("log_softmax", F.log_softmax(x)), ("dropout", F.dropout(x, 0.3, True, seed=1)),
+        ("cross_entropy", losses.cross_entropy(x, np.array([0, 3, -100]))),
+        ("distill_kl", losses.distill_kl(x, r, 2.0)), ("cosine", losses.cosine_embedding_loss(x, r)),
+        ("mse", losses.mse(x, r)), ("bce", losses.bce_with_logits(x, (rng.random((3, 4)) < 0.5).astype(np.float32))),
+    ]
+
+
+def test_every_op_that_declares_fresh_gradients_returns_fresh_gradients(rng):
+    for name, out in _fresh_ops(rng):
+        assert out._fresh_grads, name
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        held = _arrays_held_by(out._backward) + [out.data]
+        first = [g for g in out._backward(dout) if isinstance(g, np.ndarray)]
+        second = [g for g in out._backward(dout) if isinstance(g, np.ndarray)]
+        assert first, name
+        for g in first + second:  # new, or a view of dout: never something the op keeps
+            assert not any(np.shares_memory(g, h) for h in held), name
+        for g, g2 in zip(first, second):  # a second call returns new arrays again
+            assert np.shares_memory(g, dout) or not np.shares_memory(g, g2), name
+
+
+def _random_graph(seed: int):
+    """A random graph over three leaves mixing the ops whose gradients alias (add passes dout on, residual layer
+    norm hands one array to two inputs, reshape returns a view) with ops that make new arrays."""
+    r = np.random.default_rng(seed)
+    leaves = [Tensor(r.standard_normal((3, 4)).astype(np.float32), requires_grad=True) for _ in range(3)]
+    g, b = Tensor(np.ones(4, np.float32), requires_grad=True), Tensor(np.zeros(4, np.float32), requires_grad=True)
+    w = Tensor(r.standard_normal((4, 4)).astype(np.float32), requires_grad=True)
+    ops = [lambda a, c: a + c, lambda a, c: a * c, lambda a, c: F.tanh(a), lambda a, c: F.linear(a, w),
+           lambda a, c: F.residual_layer_norm(a, c, g, b, 1e-5),
+           lambda a, c: (a.reshape(4, 3) * 0.5).reshape(3, 4), lambda a, c: a + 1.0]
+    nodes = list(leaves)
+    for _ in range(12):
+        i, j, op = (int(v) for v in r.integers(0, [len(nodes), len(nodes), len(ops)]))
+        nodes.append(ops[op](nodes[i], nodes[j]))
+    out = nodes[-1] + nodes[-2] + nodes[-3]
+    return out, leaves + [g, b, w]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_gradients_never_alias_and_do_not_depend_on_in_place_adds(seed, monkeypatch):
+    from minidistil import autograd as A
+    dout = np.random.default_rng(100 + seed).standard_normal((3, 4)).astype(np.float32)
+    kept = dout.copy()
+    out, params = _random_graph(seed)
+    out.backward(dout)
+    out.backward(dout)                                          # the second pass adds into the leaves' .grad
+    fast = [None if p.grad is None else p.grad.copy() for p in params]
+    np.testing.assert_array_equal(dout, kept)                   # the caller's array is never written
+    grads = [p.grad for p in params if p.grad is not None]
+    for i, gi in enumerate(grads):
+        assert not np.shares_memory(gi, dout)
+        assert not any(np.shares_memory(gi, gj) for gj in grads[i + 1:])
+    monkeypatch.setattr(A, "_sole", lambda a, holders: False)   # every add into a new array, every leaf a copy
+    out, params = _random_graph(seed)
+    out.backward(dout)
+    out.backward(dout)
+    for p, f in zip(params, fast):
+        assert (p.grad is None) == (f is None)
+        if f is not None:
+            np.testing.assert_array_equal(p.grad, f)
+
+
+def test_leaf_gradients_are_never_aliased_and_fresh_ones_are_not_copied(rng, monkeypatch):
+    from minidistil import autograd as A
+    copies = []
+    real_copy = A._copy
+    monkeypatch.setattr(A, "_copy", lambda a: copies.append(a.shape) or real_copy(a))
+    x = Tensor(_f32(rng, 4, 6), requires_grad=True)
+    r = Tensor(_f32(rng, 4, 6), requires_grad=True)
+    w = Tensor(_f32(rng, 5, 6), requires_grad=True)
+    g, b = Tensor(np.ones(6, np.float32), requires_grad=True), Tensor(np.zeros(6, np.float32), requires_grad=True)
+    y = F.linear(F.residual_layer_norm(x, r, g, b, 1e-5), w)    # LN's backward hands ONE array to both x and r
+    dy = _f32(rng, 4, 5)
+    y.backward(dy)
+    assert x.grad is not r.grad and not np.shares_memory(x.grad, r.grad)
+    np.testing.assert_array_equal(x.grad, r.grad)
+    assert copies == [(4, 6)]                                  # only the shared one was copied (w, g, b were not)
+    before = r.grad.copy()
+    x.grad += 1.0                                              # accumulating into one leaves the other alone
+    np.testing.assert_array_equal(r.grad, before)
+    assert not np.shares_memory(dy, w.grad)
+
+
+def test_second_gradient_is_added_in_place_only_into_an_unshared_array(rng, monkeypatch):
+    from minidistil import autograd as A
+    calls = []
+    real = A._accumulate
+    monkeypatch.setattr(A, "_accumulate", lambda acc, g, in_place=False: calls.append(in_place) or
+                        real(acc, g, in_place))
+    # h feeds two linears: their fresh dx arrays meet at h, the first is added to in place
+    x = Tensor(_f32(rng, 3, 4), requires_grad=True)
+    w1, w2 = Tensor(_f32(rng, 5, 4), requires_grad=True), Tensor(_f32(rng, 5, 4), requires_grad=True)
+    h = F.tanh(x)
+    y = F.linear(h, w1) + F.linear(h, w2)
+    dy = _f32(rng, 3, 5)
+    y.backward(dy)
+    dh = dy @ w1.data + dy @ w2.data                           # from y = h W1^T + h W2^T
+    _checks.assert_close(x.grad, dh * (1 - np.tanh(x.data) ** 2), atol=1e-5)
+    assert calls == [True]
+    # residual LN hands ONE array to x and r; when both then meet again, neither may be written in place
+    calls.clear()
+    g, b = Tensor(np.ones(4, np.float32), requires_grad=True), Tensor(np.zeros(4, np.float32), requires_grad=True)
+    x.grad = None
+    t = F.tanh(x)
+    z = F.residual_layer_norm(t, t, g, b, 1e-5)                # x + r with x = r = t: dt = dh + dh
+    dz = _f32(rng, 3, 4)
+    z.backward(dz)
+    assert calls == [False]
+    t64 = np.tanh(x.data.astype(np.float64))
+    h64 = 2 * t64
+    mu, var = h64.mean(1, keepdims=True), h64.var(1, keepdims=True)
+    xh = (h64 - mu) / np.sqrt(var + 1e-5)
+    dh64 = (dz - dz.mean(1, keepdims=True) - xh * (dz * xh).mean(1, keepdims=True)) / np.sqrt(var + 1e-5)
+    _checks.assert_close(x.grad, 2 * dh64 * (1 - t64 ** 2), atol=1e-4)
+
+
+def test_an_op_without_the_promise_has_its_gradients_copied():
+    from minidistil.autograd import make_result
+    kept = np.full(3, 2.0, np.float32)                         # a backward that returns an array it holds
+    x = Tensor(np.zeros(3, np.float32), requires_grad=True)
+    y = make_result(np.zeros(3, np.float32), (x,), lambda dout: (kept,), "constant_grad")
+    (y + y).backward(np.ones(3, np.float32))                   # y gets two gradients; x gets `kept`
+    y.backward(np.ones(3, np.float32))
+    x.grad += 1.0
+    np.testing.assert_array_equal(kept, 2.0)                   # never written through x.grad
+    np.testing.assert_array_equal(x.grad, 5.0)

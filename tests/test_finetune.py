@@ -10,7 +10,6 @@ import random
 
 import numpy as np
 import pytest
-from conftest import oracle
 
 import minidistil
 from minidistil.config import BertConfig, DistilBertConfig
@@ -29,14 +28,7 @@ VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!"] + PO
          + COLORS + QA_WORDS)
 
 
-@pytest.fixture(autouse=True)
-def one_numba_thread():
-    """Tiny shapes: one Numba thread is faster than several, and the machine is shared."""
-    import numba
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see conftest
 
 
 def tiny_checkpoint(folder, arch="DistilBertForMaskedLM", seed=0, layers=2):
@@ -275,7 +267,7 @@ def test_bad_arguments(base, tmp_path):
 @pytest.mark.torch
 @pytest.mark.parametrize("arch,task", [("DistilBertForSequenceClassification", "classification"),
                                        ("BertForTokenClassification", "token")])
-def test_finetuned_checkpoint_predicts_the_same_in_transformers(torch, tmp_path, arch, task):
+def test_finetuned_checkpoint_predicts_the_same_in_transformers(oracle, torch, tmp_path, arch, task):
     transformers = oracle("transformers")
     start = tmp_path / "start"
     start.mkdir()

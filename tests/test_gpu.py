@@ -6,7 +6,7 @@ same tests run with `pytest -m cuda`.
 
 Tolerances. The CPU and GPU runs are both float32 and differ only in the order of their sums, so each result's
 difference is at most twice the error of one run. One reduction of length K over terms of size `scale` is off by
-at most f32_tol(K, scale) (see _common.f32_tol); a network is a chain of such reductions, and LayerNorm
+at most f32_tol(K, scale) (see _checks.f32_tol); a network is a chain of such reductions, and LayerNorm
 re-normalises after every block, so errors add (they are not amplified by more than the O(1) gain of each block).
 `chain_tol(n, K, scale)` = 2 * n * f32_tol(K, scale), with n the number of chained reductions (per layer: q/k/v,
 scores, softmax, probs @ v, out_lin, LayerNorm, lin1, lin2, LayerNorm = 9; plus embeddings LN and the MLM head's
@@ -25,7 +25,7 @@ import pytest
 from minidistil import functional as F
 from minidistil.autograd import Tensor, no_grad
 from minidistil.config import BertConfig, DistilBertConfig
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import elementwise as E
 
 V, C, H, FF, B, T = 24, 8, 2, 16, 2, 4
@@ -35,7 +35,7 @@ N_PER_LAYER, N_HEAD = 9, 5
 def chain_tol(n_reductions: int, K: int, scale: float) -> float:
     """Bound on |GPU - CPU| for a result at the end of a chain of n float32 reductions of length <= K (module
     docstring): each run is off by <= n f32_tol(K, scale), so the two differ by at most twice that."""
-    return 2 * n_reductions * _common.f32_tol(K, scale=scale)
+    return 2 * n_reductions * _checks.f32_tol(K, scale=scale)
 
 
 def _data(seed=0):
@@ -195,17 +195,17 @@ def test_model_forward_backward_on_device_equals_cpu():
     n_fwd = L * N_PER_LAYER + N_HEAD
     logits = out.logits.numpy()
     assert logits.dtype == np.float32
-    _common.assert_close(logits, cpu_logits, atol=chain_tol(n_fwd, K, float(np.abs(cpu_logits).max())),
+    _checks.assert_close(logits, cpu_logits, atol=chain_tol(n_fwd, K, float(np.abs(cpu_logits).max())),
                          name="logits")
     for i, (h, h_cpu) in enumerate(zip(out.hidden_states, cpu_hidden)):
-        _common.assert_close(h.numpy(), h_cpu, atol=chain_tol(i * N_PER_LAYER + 1, K, float(np.abs(h_cpu).max())),
+        _checks.assert_close(h.numpy(), h_cpu, atol=chain_tol(i * N_PER_LAYER + 1, K, float(np.abs(h_cpu).max())),
                              name=f"hidden_states[{i}]")
     assert abs(float(out.loss.item()) - cpu_loss) <= chain_tol(n_fwd + 1, max(K, B * T), abs(cpu_loss))
     # every parameter's gradient: the backward doubles the chain, and dW sums the B*T rows
     assert set(grads) == set(cpu_grads) and len(grads) == len(list(model.named_parameters()))
     for n, g in grads.items():
         scale = _grad_scale(n, cpu_grads)
-        _common.assert_close(g, cpu_grads[n], atol=chain_tol(2 * n_fwd, max(K, B * T), scale), name=n)
+        _checks.assert_close(g, cpu_grads[n], atol=chain_tol(2 * n_fwd, max(K, B * T), scale), name=n)
 
 
 def _grad_scale(name: str, grads: dict) -> float:
@@ -285,15 +285,15 @@ def test_three_distillation_steps_on_device_equal_cpu():
     # lr, over 3 steps; each update is also rounded (~10 float32 roundings of a change <= update_bound).
     lr, eps, steps = 1e-2, 1e-3, 3
     e = chain_tol(2 * n_fwd, K, 0.05)
-    tol_p = steps * lr * e / eps + _common.f32_tol(10 * steps, scale=update_bound(lr, 0.9, 0.98, steps) + 1.0)
+    tol_p = steps * lr * e / eps + _checks.f32_tol(10 * steps, scale=update_bound(lr, 0.9, 0.98, steps) + 1.0)
     assert set(gpu_params) == set(cpu_params)
     for n in cpu_params:
-        _common.assert_close(gpu_params[n], cpu_params[n], atol=tol_p, name=n)
+        _checks.assert_close(gpu_params[n], cpu_params[n], atol=tol_p, name=n)
     for key in ("m", "v"):
         for n in cpu_state[key]:
             # m: a mix of the gradients (each off by <= e); v of their squares (off by <= 2 * 0.05 * e)
-            tol = e if key == "m" else 2 * 0.05 * e + _common.f32_tol(steps, scale=0.05 ** 2)
-            _common.assert_close(gpu_state[key][n], cpu_state[key][n], atol=tol, name=f"{key}[{n}]")
+            tol = e if key == "m" else 2 * 0.05 * e + _checks.f32_tol(steps, scale=0.05 ** 2)
+            _checks.assert_close(gpu_state[key][n], cpu_state[key][n], atol=tol, name=f"{key}[{n}]")
     assert gpu_state["t"] == cpu_state["t"] == steps
 
 
@@ -320,7 +320,7 @@ def test_elementwise_binary_and_sum_to_match_numpy(rng, a_shape, b_shape):
         got = _cuda.to_host(E.sum_to(_cuda.to_device(g), shape))
         want = E.sum_to_ref(g.astype(np.float64), shape)
         n = max(1, int(np.prod(full)) // max(1, int(np.prod(shape))))  # terms per output element
-        _common.assert_close(got, want, atol=_common.f32_tol(n, scale=float(np.abs(g).max(initial=0))),
+        _checks.assert_close(got, want, atol=_checks.f32_tol(n, scale=float(np.abs(g).max(initial=0))),
                              name=f"sum_to {shape}")
         assert got.shape == tuple(shape) and got.dtype == np.float32
 
@@ -345,7 +345,7 @@ def test_elementwise_take_axpy_fill_copy_and_sum(rng):
     assert np.array_equal(_cuda.to_host(E.full((2, 2), 3.0, like=xd)), np.full((2, 2), 3.0, np.float32))
     assert _cuda.to_host(E.copy(xd, np.float64)).dtype == np.float64
     s = _cuda.to_host(E.sum(xd, axis=1))
-    _common.assert_close(s, x.astype(np.float64).sum(1), atol=_common.f32_tol(3, scale=float(np.abs(x).max())))
+    _checks.assert_close(s, x.astype(np.float64).sum(1), atol=_checks.f32_tol(3, scale=float(np.abs(x).max())))
     with pytest.raises(ValueError, match="index: expected an index in"):
         E.take(xd, 1, 3)
     with pytest.raises(ValueError, match=r"b: shape \(4,\) does not broadcast"):
@@ -366,11 +366,12 @@ def test_autograd_generic_ops_on_device(rng):
         cls = xt[:, 0]                                         # (2, 4)
         y = (pooled - cls) @ wt                                # (2, 2)
         out = (-y).mean(axis=0)                                # (2,)
-        out.backward(np.array([1.0, -2.0], np.float32) if not dev else _cuda.to_device(np.array([1.0, -2.0], np.float32)))
+        g = np.array([1.0, -2.0], np.float32)
+        out.backward(_cuda.to_device(g) if dev else g)
         return out.numpy(), _cuda.to_host(xt.grad), _cuda.to_host(wt.grad)
 
     for got, want in zip(run(True), run(False)):
-        _common.assert_close(got, want, atol=_common.f32_tol(12, scale=8.0))
+        _checks.assert_close(got, want, atol=_checks.f32_tol(12, scale=8.0))
 
 
 @pytest.mark.cuda
@@ -468,17 +469,17 @@ def test_two_finetuning_steps_on_device_equal_cpu(tmp_path, monkeypatch):
     g = {n: float(np.sqrt(v.max() / ((1 - b2) * b2 ** (steps - 1)))) for n, v in cpu.optimizer["v"].items()}
     g = {n: max(s, g.get(n[: -len("bias")] + "weight", 0.0)) if n.endswith(".bias") else s for n, s in g.items()}
     e = {n: chain_tol(2 * n_fwd, K, s) for n, s in g.items()}
-    rounding = _common.f32_tol(10 * steps, scale=update_bound(lr, 0.9, b2, steps) + 1.0)
+    rounding = _checks.f32_tol(10 * steps, scale=update_bound(lr, 0.9, b2, steps) + 1.0)
     tol_p = {n: steps * lr * e[n] / eps + rounding for n in e}
     assert set(gpu.model) == set(cpu.model) == set(tol_p)
     for n, w in cpu.model.items():
         assert gpu.model[n].dtype == np.float32
-        _common.assert_close(gpu.model[n], w, atol=tol_p[n], name=n)
+        _checks.assert_close(gpu.model[n], w, atol=tol_p[n], name=n)
     for n in cpu.optimizer["m"]:
         # m mixes the gradients (each off by <= e_n); v their squares (off by <= 2 g_n e_n, then rounded)
-        _common.assert_close(gpu.optimizer["m"][n], cpu.optimizer["m"][n], atol=e[n], name=f"m[{n}]")
-        _common.assert_close(gpu.optimizer["v"][n], cpu.optimizer["v"][n],
-                             atol=2 * g[n] * e[n] + _common.f32_tol(steps, scale=g[n] ** 2), name=f"v[{n}]")
+        _checks.assert_close(gpu.optimizer["m"][n], cpu.optimizer["m"][n], atol=e[n], name=f"m[{n}]")
+        _checks.assert_close(gpu.optimizer["v"][n], cpu.optimizer["v"][n],
+                             atol=2 * g[n] * e[n] + _checks.f32_tol(steps, scale=g[n] ** 2), name=f"v[{n}]")
     # and the comparison says something: the updates moved the weights by far more than the tolerance
     from minidistil.loading import from_pretrained
     name = "distilbert.transformer.layer.0.ffn.lin1.weight"
@@ -642,7 +643,7 @@ def test_kernel_bandwidth_bench_runs_and_counts_the_bytes(tmp_path, capsys):
 
 @pytest.mark.cuda
 def test_distilbert_base_cpu_and_gpu_agree_within_1e4():
-    """The issue's criterion at full size (python -m minidistil.gpu_check): forward logits, the loss, every gradient
+    """The GPU acceptance check at full size (python -m minidistil.gpu_check): forward logits, the loss, every gradient
     and the parameters after one AdamW step within 1e-4 of their scale. Far too slow for the simulator, so it runs
     only on a real GPU (`pytest -m cuda` there)."""
     if _cuda.SIMULATOR:

@@ -21,13 +21,13 @@ import minidistil
 from minidistil import (BertModel, DistilBertForSequenceClassification, DistilBertModel, SentenceEncoder, Tokenizer,
                         cli, no_grad, pipeline)
 from minidistil.finetune import finetune
-from minidistil.kernels._common import f32_tol
+from minidistil.kernels._checks import f32_tol
 from minidistil.predict import evaluate
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TEXTS = ["the film was very good", "a bad plot", "we saw it on the movie"]
 # two float32 forwards of the same tiny model (width 32, activations |h| <~ 10 after LayerNorm) that pad or batch
-# differently sum in different orders: f32_tol(32, 10) bounds the difference (derivation in kernels/_common.py)
+# differently sum in different orders: f32_tol(32, 10) bounds the difference (derivation in kernels/_checks.py)
 TOL = f32_tol(32, 10.0)
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import activations as K
 
 SHAPES = [(1, 1), (7, 1), (1, 13), (7, 13), (2, 7, 13), (3, 1, 768), (13,)]
@@ -25,9 +25,9 @@ def _check_against_ref(x, dy, ty, tdx, ry, rdx):
     x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
     assert ty.dtype == tdx.dtype == ry.dtype == rdx.dtype == np.float32
     y_ref, c_ref = K.tanh_forward_ref(x64)
-    _common.assert_close(ty, y_ref, atol=K.TANH_TOL, name="tanh y")
+    _checks.assert_close(ty, y_ref, atol=K.TANH_TOL, name="tanh y")
     dymax = float(np.abs(dy).max(initial=0.0))
-    _common.assert_close(tdx, K.tanh_backward_ref(dy64, c_ref), atol=K.tanh_backward_tol(dymax), name="tanh dx")
+    _checks.assert_close(tdx, K.tanh_backward_ref(dy64, c_ref), atol=K.tanh_backward_tol(dymax), name="tanh dx")
     assert np.array_equal(ry, np.maximum(x, 0)), "relu y"
     assert np.array_equal(rdx, np.where(x > 0, dy, 0)), "relu dx"
 
@@ -45,9 +45,9 @@ def test_ref_backward_matches_finite_differences(rng):
     x[np.abs(x) < 1e-3] = 0.5  # finite differences across ReLU's kink are meaningless: keep |x| >> h
     g = rng.standard_normal((3, 5))  # loss = sum(g * y), so dL/dy = g
     for fwd, bwd in ((K.tanh_forward_ref, K.tanh_backward_ref), (K.relu_forward_ref, K.relu_backward_ref)):
-        loss = lambda: float((g * fwd(x)[0]).sum())
+        loss = lambda fwd=fwd: float((g * fwd(x)[0]).sum())
         dx = bwd(g, fwd(x)[1])
-        assert _common.relative_error(dx, _common.numerical_gradient(loss, x)) <= 1e-6
+        assert _checks.relative_error(dx, _checks.numerical_gradient(loss, x)) <= 1e-6
 
 
 # (b) every float32 version against the reference ----------------------------------------------------------------
@@ -92,8 +92,8 @@ def test_matches_torch(torch, rng):
     xt = torch.tensor(x, requires_grad=True)
     torch.tanh(xt).backward(torch.tensor(dy))
     # torch is float32 too: each side is within the tolerance of the exact result, so twice it between them
-    _common.assert_close(ty, torch.tanh(torch.tensor(x)).numpy(), atol=2 * K.TANH_TOL, name="tanh y")
-    _common.assert_close(tdx, xt.grad.numpy(), atol=2 * K.tanh_backward_tol(float(np.abs(dy).max())), name="tanh dx")
+    _checks.assert_close(ty, torch.tanh(torch.tensor(x)).numpy(), atol=2 * K.TANH_TOL, name="tanh y")
+    _checks.assert_close(tdx, xt.grad.numpy(), atol=2 * K.tanh_backward_tol(float(np.abs(dy).max())), name="tanh dx")
     xr = torch.tensor(x, requires_grad=True)
     torch.relu(xr).backward(torch.tensor(dy))
     assert np.array_equal(ry, torch.relu(torch.tensor(x)).numpy())

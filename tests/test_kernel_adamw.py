@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import adamw as K
 
 HP = dict(lr=1e-2, beta1=0.9, beta2=0.98, eps=1e-6)
@@ -47,9 +47,9 @@ def test_ref_first_step_closed_form(rng):
     expected = p * (1 - HP["lr"] * wd) - HP["lr"] * g / (np.abs(g) + HP["eps"])
     m, v = np.zeros(50), np.zeros(50)
     K.adamw_step_ref(p, g, m, v, weight_decay=wd, step=1, **HP)
-    assert _common.relative_error(p, expected) <= 1e-12
-    assert _common.relative_error(m, (1 - HP["beta1"]) * g) <= 1e-15
-    assert _common.relative_error(v, (1 - HP["beta2"]) * g * g) <= 1e-15
+    assert _checks.relative_error(p, expected) <= 1e-12
+    assert _checks.relative_error(m, (1 - HP["beta1"]) * g) <= 1e-15
+    assert _checks.relative_error(v, (1 - HP["beta2"]) * g * g) <= 1e-15
 
 
 def test_update_bound_holds(rng):
@@ -80,9 +80,9 @@ def test_cpu_matches_reference(rng, shape, weight_decay):
     p32, m32, v32 = _run(K.adamw_step, p0, grads, weight_decay)
     assert p32.dtype == m32.dtype == v32.dtype == np.float32
     tol_p, tol_m, tol_v = K.adamw_tolerances(p64, m64, v64, HP["lr"], HP["beta1"], HP["beta2"], steps)
-    _common.assert_close(p32, p64, atol=tol_p, name="param")
-    _common.assert_close(m32, m64, atol=tol_m, name="m")
-    _common.assert_close(v32, v64, atol=tol_v, name="v")
+    _checks.assert_close(p32, p64, atol=tol_p, name="param")
+    _checks.assert_close(m32, m64, atol=tol_m, name="m")
+    _checks.assert_close(v32, v64, atol=tol_v, name="v")
     # the step really moved every parameter by about lr per step (the test cannot pass with a no-op kernel)
     assert np.all(np.abs(p32 - p0) > 0)
 
@@ -105,10 +105,10 @@ def test_cpu_matches_reference_hypothesis(g, weight_decay, step):
     # from an arbitrary state the update is bounded by lr sqrt(bc2)/bc1 |m| / (sqrt(v) + eps sqrt(bc2)), at most
     # lr / bc1 * max|m| / eps: we use the float64 update itself as the scale (~10 roundings of it)
     upd = float(np.abs(state64[0] - p0.astype(np.float64) * (1 - HP["lr"] * weight_decay)).max(initial=0.0))
-    tol_p = _common.f32_tol(1, scale=float(np.abs(state64[0]).max(initial=0.0)) + upd)
-    _common.assert_close(state32[0], state64[0], atol=tol_p, name="param")
-    _common.assert_close(state32[1], state64[1], atol=_common.f32_tol(1, scale=float(np.abs(state64[1]).max())))
-    _common.assert_close(state32[2], state64[2], atol=_common.f32_tol(1, scale=float(np.abs(state64[2]).max())))
+    tol_p = _checks.f32_tol(1, scale=float(np.abs(state64[0]).max(initial=0.0)) + upd)
+    _checks.assert_close(state32[0], state64[0], atol=tol_p, name="param")
+    _checks.assert_close(state32[1], state64[1], atol=_checks.f32_tol(1, scale=float(np.abs(state64[1]).max())))
+    _checks.assert_close(state32[2], state64[2], atol=_checks.f32_tol(1, scale=float(np.abs(state64[2]).max())))
 
 
 @pytest.mark.cuda
@@ -121,9 +121,9 @@ def test_cuda_matches_reference(rng, shape):
     pc, mc, vc = _run(K.adamw_step, p0, grads, 0.01, device=True)   # device arrays dispatch to CUDA
     assert pc.dtype == mc.dtype == vc.dtype == np.float32
     tol_p, tol_m, tol_v = K.adamw_tolerances(p64, m64, v64, HP["lr"], HP["beta1"], HP["beta2"], steps)
-    _common.assert_close(pc, p64, atol=tol_p, name="param")
-    _common.assert_close(mc, m64, atol=tol_m, name="m")
-    _common.assert_close(vc, v64, atol=tol_v, name="v")
+    _checks.assert_close(pc, p64, atol=tol_p, name="param")
+    _checks.assert_close(mc, m64, atol=tol_m, name="m")
+    _checks.assert_close(vc, v64, atol=tol_v, name="v")
     g = grads[0]
     # float32 squares are exact in float64 and all terms are positive: N * eps64 relative, whatever the order
     assert abs(K.sum_of_squares(_cuda.to_device(g)) - K.sum_of_squares_ref(g)) <= g.size * EPS64 * \
@@ -167,10 +167,10 @@ def test_matches_torch_adamw_20_steps(torch, rng, weight_decay):
                          weight_decay)
     tol_p, tol_m, tol_v = K.adamw_tolerances(p64, m64, v64, HP["lr"], HP["beta1"], HP["beta2"], steps)
     # torch and we both sit within the one-sided float32 tolerance of the float64 result: twice it between us
-    _common.assert_close(p32, pt.detach().numpy(), atol=2 * tol_p, name="param vs torch")
-    _common.assert_close(m32, state["exp_avg"].numpy(), atol=2 * tol_m, name="m vs torch")
-    _common.assert_close(v32, state["exp_avg_sq"].numpy(), atol=2 * tol_v, name="v vs torch")
-    _common.assert_close(pt.detach().numpy(), p64, atol=tol_p, name="torch vs float64")
+    _checks.assert_close(p32, pt.detach().numpy(), atol=2 * tol_p, name="param vs torch")
+    _checks.assert_close(m32, state["exp_avg"].numpy(), atol=2 * tol_m, name="m vs torch")
+    _checks.assert_close(v32, state["exp_avg_sq"].numpy(), atol=2 * tol_v, name="v vs torch")
+    _checks.assert_close(pt.detach().numpy(), p64, atol=tol_p, name="torch vs float64")
 
 
 def test_sum_of_squares_matches_torch_clip_norm(torch, rng):
@@ -182,7 +182,7 @@ def test_sum_of_squares_matches_torch_clip_norm(torch, rng):
     norm_t = float(torch.nn.utils.clip_grad_norm_(params, max_norm=1e9))
     norm = math.sqrt(sum(K.sum_of_squares(g) for g in gs))
     n = sum(g.size for g in gs)
-    assert abs(norm - norm_t) <= _common.f32_tol(n, scale=norm)   # torch accumulates in float32
+    assert abs(norm - norm_t) <= _checks.f32_tol(n, scale=norm)   # torch accumulates in float32
 
 
 # bad input -------------------------------------------------------------------------------------------------------

@@ -10,31 +10,38 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda, _f32math
 from minidistil.kernels import attention as K
+from minidistil.kernels.dropout import dropout_keep_ref
 
 # (B, T, C, H, fully padded sequences): T=1, T=7, C=13 (D=13, H=1), a fully padded sequence, BERT's D=64
 SHAPES = [(1, 1, 13, 1, 0), (1, 1, 4, 2, 1), (2, 7, 13, 1, 0), (3, 7, 12, 3, 1), (2, 5, 8, 2, 2),
           (2, 9, 128, 2, 1)]
 
 
-def _reference(q, k, v, dout, mask, H):
-    """float64 reference forward and backward, and the tolerances of a float32 version against it."""
+VERSIONS = {"blas": (K.attention_forward_blas, K.attention_backward_blas),
+            "numba": (K.attention_forward_numba, K.attention_backward_numba)}
+
+
+def _reference(q, k, v, dout, mask, H, p=0.0, seed=0):
+    """float64 reference forward and backward (with the same dropout mask), and the tolerances of a float32
+    version against it: K.tolerances' derivation with the dropped-out dP; dropout multiplies every term of every
+    sum by keep / (1 - p) <= 1 / (1 - p), and each bound is linear in those magnitudes, so the bounds are scaled by
+    1 / (1 - p)."""
     f64 = lambda a: a.astype(np.float64)
-    out, c = K.attention_forward_ref(f64(q), f64(k), f64(v), mask, H)
+    out, c = K.attention_forward_ref(f64(q), f64(k), f64(v), mask, H, p, seed)
     grads = K.attention_backward_ref(f64(dout), c)
-    dP = K._split_heads(f64(dout), H) @ K._split_heads(f64(v), H).transpose(0, 1, 3, 2)  # dP = dO V^T
-    return out, c.probs, grads, K.tolerances(q, k, v, dout, c.probs, dP)
+    dP = K._drop_ref(K._split_heads(f64(dout), H) @ K._split_heads(f64(v), H).transpose(0, 1, 3, 2), p, seed)
+    tols = tuple(t / (1.0 - p) for t in K.tolerances(q, k, v, dout, c.probs, dP))   # dP = dO V^T, dropped out
+    return out, c.probs, grads, tols
 
 
 def _assert_matches(out, probs, grads, ref, factor=1.0):
     out64, probs64, grads64, tols = ref
-    t_out, t_p, t_dq, t_dk, t_dv = (factor * t for t in tols)
     assert out.dtype == probs.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
-    _common.assert_close(out, out64, atol=t_out, name="out")
-    _common.assert_close(probs, probs64, atol=t_p, name="probs")
-    for name, g, g64, tol in zip(("dq", "dk", "dv"), grads, grads64, (t_dq, t_dk, t_dv)):
-        _common.assert_close(g, g64, atol=tol, name=name)
+    for name, a, e, t in zip(("out", "probs", "dq", "dk", "dv"), (out, probs, *grads), (out64, probs64, *grads64),
+                             tols):
+        _checks.assert_close(a, e, atol=factor * t, name=name)
 
 
 def _assert_padded_rows(out, probs, grads, mask):
@@ -43,7 +50,7 @@ def _assert_padded_rows(out, probs, grads, mask):
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(probs))
     for b in np.flatnonzero(~np.asarray(mask).astype(bool).any(axis=1)):
         T = mask.shape[1]
-        _common.assert_close(probs[b], np.full_like(probs[b], 1.0 / T), atol=_common.f32_tol(T), name="uniform P")
+        _checks.assert_close(probs[b], np.full_like(probs[b], 1.0 / T), atol=_checks.f32_tol(T), name="uniform P")
         assert np.all(dq[b] == 0) and np.all(dk[b] == 0)
 
 
@@ -58,7 +65,19 @@ def test_ref_backward_matches_finite_differences(rng):
     _, cache = K.attention_forward_ref(q, k, v, mask, H)
     dq, dk, dv = K.attention_backward_ref(g, cache)
     for name, analytic, x in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
-        assert _common.relative_error(analytic, _common.numerical_gradient(loss, x)) <= 1e-6, name
+        assert _checks.relative_error(analytic, _checks.numerical_gradient(loss, x)) <= 1e-6, name
+
+
+def test_ref_backward_with_dropout_matches_finite_differences(rng):
+    B, T, C, H, p, seed = 2, 4, 6, 2, 0.4, 7
+    q, k, v, dout, mask = (a.astype(np.float64) if a.dtype == np.float32 else a
+                           for a in K.make_data(rng, B, T, C, n_pad_rows=0))
+    _, cache = K.attention_forward_ref(q, k, v, mask, H, p, seed)
+    grads = K.attention_backward_ref(dout, cache)
+    for x, g in zip((q, k, v), grads):
+        num = _checks.numerical_gradient(
+            lambda: float((dout * K.attention_forward_ref(q, k, v, mask, H, p, seed)[0]).sum()), x)
+        _checks.assert_close(g, num, atol=1e-7, rtol=1e-6, name="grad")   # O(h^2) + O(eps64 / h) with h = 1e-6
 
 
 # (b) every float32 version against the reference ----------------------------------------------------------------
@@ -71,6 +90,46 @@ def test_cpu_matches_reference(rng, B, T, C, H, n_pad):
     assert out.shape == q.shape and cache.probs.shape == (B, H, T, T)
     _assert_matches(out, cache.probs, grads, _reference(q, k, v, dout, mask, H))
     _assert_padded_rows(out, cache.probs, grads, mask)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("B,T,C,H,n_pad", SHAPES)
+def test_cpu_versions_with_dropout_match_reference(rng, version, p, B, T, C, H, n_pad):
+    fwd, bwd = VERSIONS[version]
+    q, k, v, dout, mask = K.make_data(rng, B, T, C, n_pad_rows=n_pad)
+    seed = 12345
+    out, cache = fwd(q, k, v, mask, H, p, seed)
+    grads = bwd(dout, cache)
+    _assert_matches(out, cache.probs, grads, _reference(q, k, v, dout, mask, H, p, seed))
+
+
+@pytest.mark.parametrize("B,T,C,H,n_pad", SHAPES)
+def test_fast_exp_matches_reference(rng, B, T, C, H, n_pad):
+    # exp_fast adds a relative error <= E to each exp of the softmax: the probability error ep of K.tolerances
+    # grows to ep + 2E (numerator and sum); every bound is a combination of terms each at most proportional to ep
+    # or free of it, so scaling all of them by (ep + 2E) / ep bounds the fast version
+    q, k, v, dout, mask = K.make_data(rng, B, T, C, n_pad_rows=n_pad)
+    ref = _reference(q, k, v, dout, mask, H, 0.0, 0)
+    ep = ref[3][1]
+    out, cache = K.attention_forward_blas(q, k, v, mask, H, fast=True)
+    grads = K.attention_backward_blas(dout, cache)
+    _assert_matches(out, cache.probs, grads, ref, factor=(ep + 2 * _f32math.EXP_FAST_MAX_REL_ERR) / ep)
+
+
+def test_dropout_mask_is_the_dropout_kernels():
+    # H = 1, V = the identity (T = C): out = P~ itself, so its zeros are exactly the dropped entries
+    B, T, p, seed = 2, 16, 0.25, 99
+    r = np.random.default_rng(0)
+    q, k = (r.standard_normal((B, T, T)).astype(np.float32) for _ in range(2))
+    v = np.ascontiguousarray(np.broadcast_to(np.eye(T, dtype=np.float32), (B, T, T)))
+    mask = np.ones((B, T), np.int64)
+    keep = dropout_keep_ref((B, 1, T, T), p, seed)[:, 0]       # (B, T, T)
+    for fwd in (K.attention_forward_blas, K.attention_forward_numba):
+        out, cache = fwd(q, k, v, mask, 1, p, seed)
+        assert np.array_equal(out != 0, keep)                     # softmax probabilities are > 0 here
+        np.testing.assert_allclose(out[keep], (cache.probs[:, 0][keep] / (1 - p)), rtol=4 * _checks.EPS32)
+    assert 0.1 < 1 - keep.mean() < 0.4                            # about p of them dropped
 
 
 @pytest.mark.parametrize("dtype", [np.bool_, np.int32, np.int64, np.uint8])
@@ -124,6 +183,18 @@ def test_cuda_matches_reference(rng, B, T, C, H, n_pad):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("B,T,C,H,n_pad", [(1, 1, 4, 1, 0), (2, 5, 6, 2, 1), (1, 7, 13, 1, 0)])
+def test_cuda_dropout_matches_reference(rng, B, T, C, H, n_pad):
+    q, k, v, dout, mask = K.make_data(rng, B, T, C, n_pad_rows=n_pad)
+    p, seed = 0.3, 2024
+    qd, kd, vd, dod = (_cuda.to_device(a) for a in (q, k, v, dout))
+    out, cache = K.attention_forward(qd, kd, vd, mask, H, p, seed)
+    grads = tuple(_cuda.to_host(g) for g in K.attention_backward(dod, cache))
+    _assert_matches(_cuda.to_host(out), _cuda.to_host(cache.probs), grads,
+                    _reference(q, k, v, dout, mask, H, p, seed))
+
+
+@pytest.mark.cuda
 def test_cuda_rejects_long_sequences():
     T = K.MAX_T_CUDA + 1
     x = _cuda.device_zeros((1, T, 1))
@@ -162,6 +233,23 @@ def test_matches_torch(torch, rng, n_pad):
     assert np.all(np.isfinite(expected[0]))            # torch's fully padded row is finite too
 
 
+# (d) through the autograd ---------------------------------------------------------------------------------------
+
+def test_functional_attention_dropout_gradients_match_the_reference(rng):
+    from minidistil import functional as F
+    from minidistil.autograd import Tensor
+    B, T, C, H, p, seed = 2, 6, 8, 2, 0.3, 5
+    q, k, v, dout, mask = K.make_data(rng, B, T, C, n_pad_rows=1)
+    tq, tk, tv = (Tensor(a, requires_grad=True) for a in (q, k, v))
+    out, _ = F.attention(tq, tk, tv, mask, H, p, training=True, seed=seed)
+    out.backward(dout)
+    ref = _reference(q, k, v, dout, mask, H, p, seed)
+    _assert_matches(out.numpy(), K.attention_forward_ref(q, k, v, mask, H, p, seed)[1].probs,
+                    (tq.grad, tk.grad, tv.grad), ref)
+    out_eval, _ = F.attention(tq, tk, tv, mask, H, p, training=False)   # eval: no dropout at all
+    _checks.assert_close(out_eval.numpy(), K.attention_forward_ref(q, k, v, mask, H)[0], atol=ref[3][0])
+
+
 # bad input -------------------------------------------------------------------------------------------------------
 
 def test_bad_input_names_the_argument(rng):
@@ -186,3 +274,13 @@ def test_bad_input_names_the_argument(rng):
         K.attention_forward(q, k, v, mask, 0)
     with pytest.raises(ValueError, match=r"dout: expected shape \(2, 3, 4\)"):
         K.attention_backward(dout[:, :2].copy(), K.attention_forward(q, k, v, mask, 2)[1])
+
+
+def test_bad_dropout_arguments_name_the_argument(rng):
+    q, k, v, _, mask = K.make_data(rng, 1, 3, 4)
+    with pytest.raises(ValueError, match="p:"):
+        K.attention_forward(q, k, v, mask, 2, 1.0, 0)
+    with pytest.raises(ValueError, match="p:"):
+        K.attention_forward(q, k, v, mask, 2, -0.1, 0)
+    with pytest.raises(ValueError, match="seed:"):
+        K.attention_forward(q, k, v, mask, 2, 0.1, -3)

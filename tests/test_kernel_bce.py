@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import bce as K
 
 
@@ -28,8 +28,8 @@ def test_ref_backward_matches_finite_differences(rng):
     y = rng.random((4, 5))  # soft targets in [0, 1]: the formula holds for them too
     dloss = 1.4
     dx = K.bce_with_logits_backward_ref(dloss, K.bce_with_logits_forward_ref(x, y)[1])
-    num = _common.numerical_gradient(lambda: dloss * K.bce_with_logits_forward_ref(x, y)[0], x)
-    assert _common.relative_error(dx, num) <= 1e-6
+    num = _checks.numerical_gradient(lambda: dloss * K.bce_with_logits_forward_ref(x, y)[0], x)
+    assert _checks.relative_error(dx, num) <= 1e-6
 
 
 # (b) every float32 version against the reference ----------------------------------------------------------------
@@ -44,8 +44,8 @@ def test_cpu_matches_reference(rng, N, Kl, soft):
     dx = K.bce_with_logits_backward(dloss, cache)
     assert isinstance(loss, float) and dx.dtype == np.float32
     tol_l, tol_g = K.tolerances(x, dloss)
-    _common.assert_close(loss, loss_ref, atol=tol_l, name="loss")
-    _common.assert_close(dx, dx_ref, atol=tol_g, name="dlogits")
+    _checks.assert_close(loss, loss_ref, atol=tol_l, name="loss")
+    _checks.assert_close(dx, dx_ref, atol=tol_g, name="dlogits")
 
 
 # dloss away from 0: a float32 gradient cannot hold dloss / (N K) below float32's smallest normal
@@ -59,8 +59,8 @@ def test_cpu_matches_reference_hypothesis(N, Kl, scale, seed, dloss):
     loss_ref, dx_ref = _reference(x, y, dloss)
     loss, cache = K.bce_with_logits_forward(x, y)
     tol_l, tol_g = K.tolerances(x, dloss)
-    _common.assert_close(loss, loss_ref, atol=tol_l, name="loss")
-    _common.assert_close(K.bce_with_logits_backward(dloss, cache), dx_ref, atol=tol_g, name="dlogits")
+    _checks.assert_close(loss, loss_ref, atol=tol_l, name="loss")
+    _checks.assert_close(K.bce_with_logits_backward(dloss, cache), dx_ref, atol=tol_g, name="dlogits")
 
 
 @pytest.mark.cuda
@@ -73,8 +73,8 @@ def test_cuda_matches_reference(rng, N, Kl):
     dx = _cuda.to_host(K.bce_with_logits_backward(dloss, cache))
     assert isinstance(loss, float) and dx.dtype == np.float32
     tol_l, tol_g = K.tolerances(x, dloss)
-    _common.assert_close(loss, loss_ref, atol=tol_l, name="loss")
-    _common.assert_close(dx, dx_ref, atol=tol_g, name="dlogits")
+    _checks.assert_close(loss, loss_ref, atol=tol_l, name="loss")
+    _checks.assert_close(dx, dx_ref, atol=tol_g, name="dlogits")
 
 
 def test_large_logits_do_not_overflow():
@@ -84,7 +84,7 @@ def test_large_logits_do_not_overflow():
     loss, cache = K.bce_with_logits_forward(x, y)
     assert abs(loss - (100 + 100 + math.log(2)) / 3) < 1e-4
     dx = K.bce_with_logits_backward(3.0, cache)
-    _common.assert_close(dx, [[1.0, -1.0, -0.5]], atol=_common.f32_tol(1))
+    _checks.assert_close(dx, [[1.0, -1.0, -0.5]], atol=_checks.f32_tol(1))
 
 
 # (c) against torch autograd ---------------------------------------------------------------------------------------
@@ -97,8 +97,8 @@ def test_matches_torch(torch, rng):
     loss, cache = K.bce_with_logits_forward(x, y)
     dx = K.bce_with_logits_backward(2.0, cache)
     tol_l, tol_g = K.tolerances(x, 2.0)
-    _common.assert_close(loss, lt.item(), atol=2 * tol_l, name="loss")  # both sides float32: twice the bound
-    _common.assert_close(dx, xt.grad.numpy(), atol=2 * tol_g, name="dlogits")
+    _checks.assert_close(loss, lt.item(), atol=2 * tol_l, name="loss")  # both sides float32: twice the bound
+    _checks.assert_close(dx, xt.grad.numpy(), atol=2 * tol_g, name="dlogits")
 
 
 # bad input -------------------------------------------------------------------------------------------------------

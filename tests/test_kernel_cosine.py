@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import cosine as K
 
 
@@ -31,11 +31,11 @@ def _check_both(a, b, mask, dloss, cos_out, mse_out):
     # tolerances: K.cosine_tolerances / K.mse_tolerances derive them (docstrings there)
     tol_l, tol_g = K.cosine_tolerances(a, b, dloss, n)
     for what, got, want, tol in zip(("cos loss", "cos da", "cos db"), cos_out, cos_ref, (tol_l, tol_g, tol_g)):
-        _common.assert_close(got, want, atol=tol, name=what)
+        _checks.assert_close(got, want, atol=tol, name=what)
     rtol_l, tol_g = K.mse_tolerances(a, b, dloss, n)
-    _common.assert_close(mse_out[0], mse_ref[0], atol=0.0, rtol=rtol_l, name="mse loss")
-    _common.assert_close(mse_out[1], mse_ref[1], atol=tol_g, name="mse da")
-    _common.assert_close(mse_out[2], mse_ref[2], atol=tol_g, name="mse db")
+    _checks.assert_close(mse_out[0], mse_ref[0], atol=0.0, rtol=rtol_l, name="mse loss")
+    _checks.assert_close(mse_out[1], mse_ref[1], atol=tol_g, name="mse da")
+    _checks.assert_close(mse_out[2], mse_ref[2], atol=tol_g, name="mse db")
 
 
 # (a) the reference backwards against central finite differences in float64 --------------------------------------
@@ -50,8 +50,8 @@ def test_ref_backward_matches_finite_differences(rng, op):
     dloss = 1.9
     da, db = bwd(dloss, fwd(a, b, mask)[1])
     loss = lambda: dloss * fwd(a, b, mask)[0]
-    assert _common.relative_error(da, _common.numerical_gradient(loss, a)) <= 1e-6
-    assert _common.relative_error(db, _common.numerical_gradient(loss, b)) <= 1e-6
+    assert _checks.relative_error(da, _checks.numerical_gradient(loss, a)) <= 1e-6
+    assert _checks.relative_error(db, _checks.numerical_gradient(loss, b)) <= 1e-6
     assert np.all(da[2] == 0.0) and np.all(db[2] == 0.0)  # an unselected row gets no gradient
 
 
@@ -122,11 +122,11 @@ def test_matches_torch(torch, rng):
     n = int(mask.sum())
     tol_l, tol_g = K.cosine_tolerances(a, b, dloss, n)
     for got, want, tol in zip((lc, *K.cosine_loss_backward(dloss, cc)), cos_ref, (tol_l, tol_g, tol_g)):
-        _common.assert_close(got, want, atol=2 * tol)  # both sides float32: twice the bound
+        _checks.assert_close(got, want, atol=2 * tol)  # both sides float32: twice the bound
     rtol_l, tol_g = K.mse_tolerances(a, b, dloss, n)
-    _common.assert_close(lm, mse_ref[0], atol=0.0, rtol=2 * rtol_l)
+    _checks.assert_close(lm, mse_ref[0], atol=0.0, rtol=2 * rtol_l)
     for got, want in zip(K.mse_backward(dloss, cm), mse_ref[1:]):
-        _common.assert_close(got, want, atol=2 * tol_g)
+        _checks.assert_close(got, want, atol=2 * tol_g)
 
 
 def test_zero_vector_follows_torch_epsilon(torch, rng):
@@ -142,7 +142,7 @@ def test_zero_vector_follows_torch_epsilon(torch, rng):
     assert abs(loss - lt.item()) <= 2 * K.cosine_tolerances(a[1:], b[1:], 1.0, 2)[0]
     da, _ = K.cosine_loss_backward(1.0, cache)
     assert np.all(np.isfinite(da))
-    _common.assert_close(da, at.grad.numpy(), atol=0.0, rtol=_common.f32_tol(6))  # huge (~1e6 / |b|) but equal
+    _checks.assert_close(da, at.grad.numpy(), atol=0.0, rtol=_checks.f32_tol(6))  # huge (~1e6 / |b|) but equal
 
 
 def test_no_selected_row_gives_zero_where_torch_gives_nan(torch, rng):

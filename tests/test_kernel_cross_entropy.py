@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import cross_entropy as K
 
 IGNORE = -100
@@ -32,8 +32,8 @@ def test_ref_backward_matches_finite_differences(rng):
     t = np.array([3, IGNORE, 0, 6, 2])
     dloss = 1.7  # a scalar loss L = dloss * loss, so dL/dx = backward(dloss)
     dx = K.cross_entropy_backward_ref(dloss, K.cross_entropy_forward_ref(x, t)[1])
-    num = _common.numerical_gradient(lambda: dloss * K.cross_entropy_forward_ref(x, t)[0], x)
-    assert _common.relative_error(dx, num) <= 1e-6
+    num = _checks.numerical_gradient(lambda: dloss * K.cross_entropy_forward_ref(x, t)[0], x)
+    assert _checks.relative_error(dx, num) <= 1e-6
     assert np.all(dx[1] == 0.0)  # the ignored row gets no gradient
 
 
@@ -53,8 +53,8 @@ def test_cpu_matches_reference(rng, N, V, ignored):
     assert isinstance(loss, float)
     assert dx.dtype == cache.lse.dtype == np.float32
     tol_l, tol_g = K.tolerances(x, dloss, n)
-    _common.assert_close(loss, loss_ref, atol=tol_l, name="loss")
-    _common.assert_close(dx, dx_ref, atol=tol_g, name="dlogits")
+    _checks.assert_close(loss, loss_ref, atol=tol_l, name="loss")
+    _checks.assert_close(dx, dx_ref, atol=tol_g, name="dlogits")
     # int32 targets give the same result
     loss32, c32 = K.cross_entropy_forward(x, t.astype(np.int32))
     assert loss32 == loss
@@ -73,8 +73,8 @@ def test_cpu_matches_reference_hypothesis(N, V, scale, seed, dloss):
     loss_ref, dx_ref, n = _reference(x, t, dloss)
     loss, cache = K.cross_entropy_forward(x, t)
     tol_l, tol_g = K.tolerances(x, dloss, n)
-    _common.assert_close(loss, loss_ref, atol=tol_l, name="loss")
-    _common.assert_close(K.cross_entropy_backward(dloss, cache), dx_ref, atol=tol_g, name="dlogits")
+    _checks.assert_close(loss, loss_ref, atol=tol_l, name="loss")
+    _checks.assert_close(K.cross_entropy_backward(dloss, cache), dx_ref, atol=tol_g, name="dlogits")
 
 
 @pytest.mark.cuda
@@ -88,8 +88,8 @@ def test_cuda_matches_reference(rng, N, V, ignored):
     dx = _cuda.to_host(K.cross_entropy_backward(dloss, cache))
     assert isinstance(loss, float) and dx.dtype == np.float32
     tol_l, tol_g = K.tolerances(x, dloss, n)
-    _common.assert_close(loss, loss_ref, atol=tol_l, name="loss")
-    _common.assert_close(dx, dx_ref, atol=tol_g, name="dlogits")
+    _checks.assert_close(loss, loss_ref, atol=tol_l, name="loss")
+    _checks.assert_close(dx, dx_ref, atol=tol_g, name="dlogits")
 
 
 # (c) against torch autograd ---------------------------------------------------------------------------------------
@@ -104,8 +104,8 @@ def test_matches_torch(torch, rng, ignore_index):
     loss, cache = K.cross_entropy_forward(x, t, ignore_index=ignore_index)
     dx = K.cross_entropy_backward(2.0, cache)
     tol_l, tol_g = K.tolerances(x, 2.0, cache.n_counted)
-    _common.assert_close(loss, lt.item(), atol=2 * tol_l, name="loss")  # both sides float32: twice the bound
-    _common.assert_close(dx, xt.grad.numpy(), atol=2 * tol_g, name="dlogits")
+    _checks.assert_close(loss, lt.item(), atol=2 * tol_l, name="loss")  # both sides float32: twice the bound
+    _checks.assert_close(dx, xt.grad.numpy(), atol=2 * tol_g, name="dlogits")
 
 
 def test_no_counted_row_gives_zero_where_torch_gives_nan(torch, rng):

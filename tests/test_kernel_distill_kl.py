@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda, _f32math
 from minidistil.kernels import distill_kl as K
 
 
@@ -32,8 +32,8 @@ def test_ref_backward_matches_finite_differences(rng, T):
     mask = np.array([True, False, True, True])
     dloss = -0.8
     ds = K.distill_kl_backward_ref(dloss, K.distill_kl_forward_ref(s, z, T, mask)[1])
-    num = _common.numerical_gradient(lambda: dloss * K.distill_kl_forward_ref(s, z, T, mask)[0], s)
-    assert _common.relative_error(ds, num) <= 1e-6
+    num = _checks.numerical_gradient(lambda: dloss * K.distill_kl_forward_ref(s, z, T, mask)[0], s)
+    assert _checks.relative_error(ds, num) <= 1e-6
     assert np.all(ds[1] == 0.0)  # an unselected row gets no gradient
 
 
@@ -61,8 +61,8 @@ def test_cpu_matches_reference(rng, N, V, selected, T):
     assert isinstance(loss, float)
     assert ds.dtype == cache.lse_s.dtype == cache.lse_t.dtype == np.float32
     tol_l, tol_g = K.tolerances(s, z, T, dloss, n)
-    _common.assert_close(loss, loss_ref, atol=tol_l, name="loss")
-    _common.assert_close(ds, ds_ref, atol=tol_g, name="dstudent")
+    _checks.assert_close(loss, loss_ref, atol=tol_l, name="loss")
+    _checks.assert_close(ds, ds_ref, atol=tol_g, name="dstudent")
     if mask is not None:  # an integer mask (1 = counts) selects the same rows
         loss_i, _ = K.distill_kl_forward(s, z, T, mask.astype(np.int64))
         assert loss_i == loss
@@ -80,8 +80,8 @@ def test_cpu_matches_reference_hypothesis(N, V, scale, T, seed, dloss):
     loss_ref, ds_ref, n = _reference(s, z, T, mask, dloss)
     loss, cache = K.distill_kl_forward(s, z, T, mask)
     tol_l, tol_g = K.tolerances(s, z, T, dloss, n)
-    _common.assert_close(loss, loss_ref, atol=tol_l, name="loss")
-    _common.assert_close(K.distill_kl_backward(dloss, cache), ds_ref, atol=tol_g, name="dstudent")
+    _checks.assert_close(loss, loss_ref, atol=tol_l, name="loss")
+    _checks.assert_close(K.distill_kl_backward(dloss, cache), ds_ref, atol=tol_g, name="dstudent")
 
 
 @pytest.mark.cuda
@@ -95,8 +95,8 @@ def test_cuda_matches_reference(rng, N, V, selected):
     ds = _cuda.to_host(K.distill_kl_backward(dloss, cache))
     assert isinstance(loss, float) and ds.dtype == np.float32
     tol_l, tol_g = K.tolerances(s, z, T, dloss, n)
-    _common.assert_close(loss, loss_ref, atol=tol_l, name="loss")
-    _common.assert_close(ds, ds_ref, atol=tol_g, name="dstudent")
+    _checks.assert_close(loss, loss_ref, atol=tol_l, name="loss")
+    _checks.assert_close(ds, ds_ref, atol=tol_g, name="dstudent")
 
 
 # (c) against torch autograd: the line from DistilBERT's training code -----------------------------------------------
@@ -113,8 +113,8 @@ def test_matches_torch(torch, rng, T):
     loss, cache = K.distill_kl_forward(s, z, T, mask)
     ds = K.distill_kl_backward(1.5, cache)
     tol_l, tol_g = K.tolerances(s, z, T, 1.5, cache.n_selected)
-    _common.assert_close(loss, lt.item(), atol=2 * tol_l, name="loss")  # both sides float32: twice the bound
-    _common.assert_close(ds, st_.grad.numpy(), atol=2 * tol_g, name="dstudent")
+    _checks.assert_close(loss, lt.item(), atol=2 * tol_l, name="loss")  # both sides float32: twice the bound
+    _checks.assert_close(ds, st_.grad.numpy(), atol=2 * tol_g, name="dstudent")
 
 
 def test_no_selected_row_gives_zero_where_torch_gives_nan(torch, rng):
@@ -155,3 +155,30 @@ def test_bad_input_names_the_argument():
         K.distill_kl_forward(s, s, 1.0, np.ones(4, bool))
     with pytest.raises(ValueError, match="mask: expected None or a bool/integer array"):
         K.distill_kl_forward(s, s, 1.0, np.ones(3, np.float32))
+
+
+# opt-in fast math (fast=True) -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("N,V,T", [(1, 1, 1.0), (5, 7, 2.0), (37, 301, 2.0), (8, 2000, 4.0)])
+def test_distill_kl_fast_matches_reference(rng, N, V, T):
+    s = (rng.standard_normal((N, V)) * 3).astype(np.float32)
+    z = (rng.standard_normal((N, V)) * 3).astype(np.float32)
+    mask = rng.random(N) < 0.7
+    mask[0] = True
+    n, dloss = int(mask.sum()), 1.5
+    loss, cache = K.distill_kl_forward(s, z, T, mask, fast=True)
+    ds = K.distill_kl_backward(dloss, cache, fast=True)
+    loss64, c64 = K.distill_kl_forward_ref(s.astype(np.float64), z.astype(np.float64), T, mask)
+    ds64 = K.distill_kl_backward_ref(dloss, c64)
+    # K.tolerances' derivation with exp_fast's relative error E added where an exp is taken: each lse gains E
+    # (a sum of terms each off by E relative), each p gains 2E relative (its lse and its own exp). The row KL then
+    # gains 2E (the two lse in d, weighted by sum p_t = 1) + 2E W, W = max_i sum_v p_t |d|; dstudent gains 2 * 2E
+    # on each of p_s, p_t, times T |dloss| / n.
+    E = _f32math.EXP_FAST_MAX_REL_ERR
+    tol_l, tol_g = K.tolerances(s, z, T, dloss, n)
+    logp_s, _ = K._log_softmax_ref(s.astype(np.float64) / T)
+    logp_t, _ = K._log_softmax_ref(z.astype(np.float64) / T)
+    W = float((np.exp(logp_t) * np.abs(logp_t - logp_s))[mask].sum(axis=-1).max(initial=0.0))
+    assert ds.dtype == np.float32
+    _checks.assert_close(loss, loss64, atol=tol_l + T * T * E * (2 + 2 * W), name="loss")
+    _checks.assert_close(ds, ds64, atol=tol_g + 4 * E * T * dloss / n, name="dstudent")

@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import dropout as K
 
 SHAPES = [(1,), (1, 13), (7, 13), (2, 7, 13), (3, 1, 768), ()]
 PS = [0.0, 0.1, 0.5, 0.9, 1.0]
 # y = x * scale in float32 against x / (1 - p) in float64: two roundings (scale to float32, then the product), each
 # within a factor (1 + eps/2)
-TWO_ROUNDINGS = (1 + _common.EPS32 / 2) ** 2 - 1
+TWO_ROUNDINGS = (1 + _checks.EPS32 / 2) ** 2 - 1
 
 
 # (a) the reference backward against central finite differences in float64 ---------------------------------------
@@ -23,7 +23,7 @@ def test_ref_backward_matches_finite_differences(rng):
     w = rng.standard_normal((4, 6))                  # loss = sum(w * dropout(x)), so dL/dy = w
     loss = lambda: float((w * K.dropout_forward_ref(x, 0.3, 7)[0]).sum())
     dx = K.dropout_backward_ref(w, K.DropoutCache(0.3, 7, x.shape))
-    assert _common.relative_error(dx, _common.numerical_gradient(loss, x)) <= 1e-6
+    assert _checks.relative_error(dx, _checks.numerical_gradient(loss, x)) <= 1e-6
     assert 0 < np.count_nonzero(dx) < dx.size       # the mask at this seed drops some and keeps some
 
 
@@ -42,7 +42,7 @@ def test_cpu_matches_reference_exactly(rng, shape, p):
     assert np.array_equal(dx, K.dropout_backward_ref(dy, c_ref))
     # the float64 reference: scale rounded to float32 then one product
     y64, _ = K.dropout_forward_ref(x.astype(np.float64), p, 42)
-    _common.assert_close(y, y64, atol=0.0, rtol=TWO_ROUNDINGS, name="y vs float64")
+    _checks.assert_close(y, y64, atol=0.0, rtol=TWO_ROUNDINGS, name="y vs float64")
 
 
 def test_masks_are_identical_and_backward_follows_forward(rng):
@@ -145,11 +145,11 @@ def test_matches_torch_scaling_and_gradient_relation(torch, rng):
     x64, y_t, dy = x.astype(np.float64), yt.detach().numpy().astype(np.float64), dyt.numpy().astype(np.float64)
     kept_t = y_t != 0
     kept = y != 0
-    _common.assert_close(y_t[kept_t], x64[kept_t] / (1 - p), atol=0, rtol=2 * TWO_ROUNDINGS, name="torch kept")
-    _common.assert_close(y[kept], x64[kept] / (1 - p), atol=0, rtol=TWO_ROUNDINGS, name="our kept")
+    _checks.assert_close(y_t[kept_t], x64[kept_t] / (1 - p), atol=0, rtol=2 * TWO_ROUNDINGS, name="torch kept")
+    _checks.assert_close(y[kept], x64[kept] / (1 - p), atol=0, rtol=TWO_ROUNDINGS, name="our kept")
     # the gradient relation of both: dx = dy * y / x (y / x is the scaled mask; y and dx each round once more)
-    _common.assert_close(xt.grad.numpy(), dy * (y_t / x64), atol=0, rtol=2 * TWO_ROUNDINGS, name="torch dx")
-    _common.assert_close(dx, dy * (y / x64), atol=0, rtol=TWO_ROUNDINGS, name="our dx")
+    _checks.assert_close(xt.grad.numpy(), dy * (y_t / x64), atol=0, rtol=2 * TWO_ROUNDINGS, name="torch dx")
+    _checks.assert_close(dx, dy * (y / x64), atol=0, rtol=TWO_ROUNDINGS, name="our dx")
     # both drop about p of the elements (5 binomial std)
     sd = math.sqrt(x.size * p * (1 - p))
     assert abs((~kept_t).sum() - x.size * p) <= 5 * sd and abs((~kept).sum() - x.size * p) <= 5 * sd

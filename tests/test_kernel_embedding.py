@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import embedding as K
 
 # (ids shape, V, C): T=1, T=7, C=13, a 0-d id, a single-row table, ids of 3 dims, empty ids
@@ -21,7 +21,7 @@ def _data(rng, ids_shape, V, C, dtype=np.int64):
 def _bwd_tol(ids, dout):
     # dtable[v] sums the k rows of dout whose id is v, in float32: f32_tol(k, max|dout|) with k the largest count
     k = int(np.bincount(np.asarray(ids).reshape(-1)).max(initial=1)) if np.size(ids) else 1
-    return _common.f32_tol(k, scale=float(np.abs(dout).max(initial=1.0)))
+    return _checks.f32_tol(k, scale=float(np.abs(dout).max(initial=1.0)))
 
 
 # (a) the reference backward against central finite differences in float64 ---------------------------------------
@@ -32,7 +32,7 @@ def test_ref_backward_matches_finite_differences(rng):
     w = rng.standard_normal((2, 3, 4))               # loss = sum(w * table[ids]), so dL/dout = w
     loss = lambda: float((w * K.embedding_forward_ref(ids, table)[0]).sum())
     dtable = K.embedding_backward_ref(w, K.EmbeddingCache(ids, 5))
-    assert _common.relative_error(dtable, _common.numerical_gradient(loss, table)) <= 1e-6
+    assert _checks.relative_error(dtable, _checks.numerical_gradient(loss, table)) <= 1e-6
     assert np.all(dtable[[1, 3]] == 0.0)             # ids that never occur get no gradient
 
 
@@ -47,10 +47,10 @@ def test_cpu_matches_reference(rng, ids_shape, V, C, id_dtype):
     dtable = K.embedding_backward(dout, cache)
     assert out.dtype == dtable.dtype == np.float32
     assert out.shape == (*ids_shape, C) and dtable.shape == (V, C)
-    _common.assert_close(out, K.embedding_forward_ref(ids, table.astype(np.float64))[0], atol=0.0, name="out")
+    _checks.assert_close(out, K.embedding_forward_ref(ids, table.astype(np.float64))[0], atol=0.0, name="out")
     ref = K.embedding_backward_ref(dout.astype(np.float64), K.EmbeddingCache(ids, V))
-    _common.assert_close(dtable, ref, atol=_bwd_tol(ids, dout), name="dtable")
-    _common.assert_close(K.embedding_backward_cpu_colblocks(dout, cache), ref, atol=_bwd_tol(ids, dout),
+    _checks.assert_close(dtable, ref, atol=_bwd_tol(ids, dout), name="dtable")
+    _checks.assert_close(K.embedding_backward_cpu_colblocks(dout, cache), ref, atol=_bwd_tol(ids, dout),
                          name="dtable colblocks")
 
 
@@ -60,7 +60,7 @@ def test_repeated_ids_are_summed(rng):
     dout = rng.standard_normal((4, 7, 130)).astype(np.float32)
     _, cache = K.embedding_forward(ids, rng.standard_normal((6, 130)).astype(np.float32))
     for dtable in (K.embedding_backward(dout, cache), K.embedding_backward_cpu_colblocks(dout, cache)):
-        _common.assert_close(dtable[3], dout.astype(np.float64).sum(axis=(0, 1)), atol=_common.f32_tol(28, scale=4))
+        _checks.assert_close(dtable[3], dout.astype(np.float64).sum(axis=(0, 1)), atol=_checks.f32_tol(28, scale=4))
         assert np.all(np.delete(dtable, 3, axis=0) == 0.0)
 
 
@@ -77,8 +77,8 @@ def test_backward_returns_a_fresh_array(rng):
 def test_cpu_matches_reference_hypothesis(B, T, V, C, seed):
     ids, table, dout = _data(np.random.default_rng(seed), (B, T), V, C)
     out, cache = K.embedding_forward(ids, table)
-    _common.assert_close(out, table.astype(np.float64)[ids], atol=0.0)
-    _common.assert_close(K.embedding_backward(dout, cache),
+    _checks.assert_close(out, table.astype(np.float64)[ids], atol=0.0)
+    _checks.assert_close(K.embedding_backward(dout, cache),
                          K.embedding_backward_ref(dout.astype(np.float64), K.EmbeddingCache(ids, V)),
                          atol=_bwd_tol(ids, dout))
 
@@ -93,8 +93,8 @@ def test_cuda_matches_reference(rng, ids_shape, V, C):
     dtable = _cuda.to_host(K.embedding_backward(_cuda.to_device(dout), cache))
     out = _cuda.to_host(out_d)
     assert out.dtype == dtable.dtype == np.float32
-    _common.assert_close(out, table.astype(np.float64)[ids], atol=0.0, name="out")
-    _common.assert_close(dtable, K.embedding_backward_ref(dout.astype(np.float64), K.EmbeddingCache(ids, V)),
+    _checks.assert_close(out, table.astype(np.float64)[ids], atol=0.0, name="out")
+    _checks.assert_close(dtable, K.embedding_backward_ref(dout.astype(np.float64), K.EmbeddingCache(ids, V)),
                          atol=_bwd_tol(ids, dout), name="dtable")
     # device ids work too, and an out-of-range device id is still caught (checked on a host copy)
     out2, _ = K.embedding_forward(_cuda.to_device(ids.astype(np.int32)), _cuda.to_device(table))
@@ -115,9 +115,9 @@ def test_matches_torch(torch, rng):
     yt.backward(torch.tensor(dout))
     out, cache = K.embedding_forward(ids, table)
     dtable = K.embedding_backward(dout, cache)
-    _common.assert_close(out, yt.detach().numpy(), atol=0.0, name="out")
+    _checks.assert_close(out, yt.detach().numpy(), atol=0.0, name="out")
     # torch and we sum the repeats in float32 in possibly different orders: twice the one-sided bound
-    _common.assert_close(dtable, tt.grad.numpy(), atol=2 * _bwd_tol(ids, dout), name="dtable")
+    _checks.assert_close(dtable, tt.grad.numpy(), atol=2 * _bwd_tol(ids, dout), name="dtable")
 
 
 # bad input -------------------------------------------------------------------------------------------------------

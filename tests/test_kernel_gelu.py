@@ -1,10 +1,12 @@
 """GELU and bias+GELU: the three test levels (finite differences, float32 versions vs reference, torch)."""
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda, _f32math
 from minidistil.kernels import gelu as K
 
 SHAPES = [(1, 1), (1, 13), (7, 13), (2, 7, 13), (3, 1, 768)]
@@ -25,8 +27,8 @@ def test_ref_backward_matches_finite_differences(rng):
     w = rng.standard_normal((3, 5))  # loss = sum(w * gelu(x + b)), so dL/dy = w
     loss = lambda: float((w * K.bias_gelu_forward_ref(x, b)[0]).sum())
     dx, db = K.bias_gelu_backward_ref(w, K.BiasGeluCache(x, b))
-    assert _common.relative_error(dx, _common.numerical_gradient(loss, x)) <= 1e-6
-    assert _common.relative_error(db, _common.numerical_gradient(loss, b)) <= 1e-6
+    assert _checks.relative_error(dx, _checks.numerical_gradient(loss, x)) <= 1e-6
+    assert _checks.relative_error(db, _checks.numerical_gradient(loss, b)) <= 1e-6
 
 
 # (b) every float32 version against the reference ----------------------------------------------------------------
@@ -42,17 +44,17 @@ def test_cpu_matches_reference(rng, shape):
     y, cache = K.bias_gelu_forward(x, b)
     dx, db = K.bias_gelu_backward(dy, cache)
     assert y.dtype == dx.dtype == db.dtype == np.float32
-    tol = _common.f32_tol(1, scale=8)
-    _common.assert_close(y, y_ref, atol=tol, rtol=tol, name="y")
-    _common.assert_close(dx, dx_ref, atol=tol, rtol=tol, name="dx")
+    tol = _checks.f32_tol(1, scale=8)
+    _checks.assert_close(y, y_ref, atol=tol, rtol=tol, name="y")
+    _checks.assert_close(dx, dx_ref, atol=tol, rtol=tol, name="dx")
     n = int(np.prod(shape[:-1]))
-    _common.assert_close(db, db_ref, atol=_common.f32_tol(n, scale=4), rtol=tol, name="db")
+    _checks.assert_close(db, db_ref, atol=_checks.f32_tol(n, scale=4), rtol=tol, name="db")
 
     y2, c2 = K.gelu_forward(x)
     dx2 = K.gelu_backward(dy, c2)
     assert y2.dtype == dx2.dtype == np.float32
-    _common.assert_close(y2, K.gelu_forward_ref(x.astype(np.float64))[0], atol=tol, rtol=tol, name="gelu y")
-    _common.assert_close(dx2, K.gelu_backward_ref(dy.astype(np.float64), K.GeluCache(x.astype(np.float64))),
+    _checks.assert_close(y2, K.gelu_forward_ref(x.astype(np.float64))[0], atol=tol, rtol=tol, name="gelu y")
+    _checks.assert_close(dx2, K.gelu_backward_ref(dy.astype(np.float64), K.GeluCache(x.astype(np.float64))),
                          atol=tol, rtol=tol, name="gelu dx")
 
 
@@ -61,10 +63,10 @@ def test_cpu_matches_reference(rng, shape):
                   elements=st.floats(-20, 20, width=32)))
 def test_cpu_matches_reference_hypothesis(x):
     y, c = K.gelu_forward(x)
-    tol = _common.f32_tol(1, scale=20)
-    _common.assert_close(y, K.gelu_forward_ref(x.astype(np.float64))[0], atol=tol, rtol=tol)
+    tol = _checks.f32_tol(1, scale=20)
+    _checks.assert_close(y, K.gelu_forward_ref(x.astype(np.float64))[0], atol=tol, rtol=tol)
     dx = K.gelu_backward(np.ones_like(x), c)
-    _common.assert_close(dx, K.gelu_backward_ref(np.ones_like(x, dtype=np.float64),
+    _checks.assert_close(dx, K.gelu_backward_ref(np.ones_like(x, dtype=np.float64),
                                                  K.GeluCache(x.astype(np.float64))), atol=tol, rtol=tol)
 
 
@@ -80,13 +82,13 @@ def test_cuda_matches_reference(rng, shape):
     dx, db = K.bias_gelu_backward(dyd, cache)
     y, dx, db = (_cuda.to_host(a) for a in (y, dx, db))
     assert y.dtype == dx.dtype == db.dtype == np.float32
-    tol = _common.f32_tol(1, scale=8)
-    _common.assert_close(y, y_ref, atol=tol, rtol=tol, name="y")
-    _common.assert_close(dx, dx_ref, atol=tol, rtol=tol, name="dx")
-    _common.assert_close(db, db_ref, atol=_common.f32_tol(int(np.prod(shape[:-1])), scale=4), rtol=tol, name="db")
+    tol = _checks.f32_tol(1, scale=8)
+    _checks.assert_close(y, y_ref, atol=tol, rtol=tol, name="y")
+    _checks.assert_close(dx, dx_ref, atol=tol, rtol=tol, name="dx")
+    _checks.assert_close(db, db_ref, atol=_checks.f32_tol(int(np.prod(shape[:-1])), scale=4), rtol=tol, name="db")
     y2, c2 = K.gelu_forward(xd)
-    _common.assert_close(_cuda.to_host(y2), K.gelu_forward_ref(x.astype(np.float64))[0], atol=tol, rtol=tol)
-    _common.assert_close(_cuda.to_host(K.gelu_backward(dyd, c2)),
+    _checks.assert_close(_cuda.to_host(y2), K.gelu_forward_ref(x.astype(np.float64))[0], atol=tol, rtol=tol)
+    _checks.assert_close(_cuda.to_host(K.gelu_backward(dyd, c2)),
                          K.gelu_backward_ref(dy.astype(np.float64), K.GeluCache(x.astype(np.float64))),
                          atol=tol, rtol=tol)
 
@@ -101,10 +103,10 @@ def test_matches_torch(torch, rng):
     yt.backward(torch.tensor(dy))
     y, cache = K.bias_gelu_forward(x, b)
     dx, db = K.bias_gelu_backward(dy, cache)
-    tol = _common.f32_tol(1, scale=8)
-    _common.assert_close(y, yt.detach().numpy(), atol=tol, rtol=tol, name="y")
-    _common.assert_close(dx, xt.grad.numpy(), atol=tol, rtol=tol, name="dx")
-    _common.assert_close(db, bt.grad.numpy(), atol=_common.f32_tol(28, scale=4), rtol=tol, name="db")
+    tol = _checks.f32_tol(1, scale=8)
+    _checks.assert_close(y, yt.detach().numpy(), atol=tol, rtol=tol, name="y")
+    _checks.assert_close(dx, xt.grad.numpy(), atol=tol, rtol=tol, name="dx")
+    _checks.assert_close(db, bt.grad.numpy(), atol=_checks.f32_tol(28, scale=4), rtol=tol, name="db")
 
 
 # bad input -------------------------------------------------------------------------------------------------------
@@ -119,3 +121,54 @@ def test_bad_input_names_the_argument():
         K.bias_gelu_forward(x, np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="dy: expected shape"):
         K.gelu_backward(np.zeros((2, 4), np.float32), K.gelu_forward(x)[1])
+
+
+# opt-in fast math (fast=True, or MINIDISTIL_FAST_MATH=1) ----------------------------------------------------------
+
+def _gelu_fast_bounds(h, dy):
+    """Per-element error bounds of the fast versions against the float64 maths, from the stated errors:
+      y = 0.5 h (1 + erf(h / sqrt 2)):  0.5 |h| E_erf + the exact version's rounding budget (f32_tol, 8 roundings)
+      dx = dy (Phi + h phi):            |dy| (0.5 E_erf + |h| phi E_exp) + the same rounding budget on |dy| (1 + |h|)"""
+    h64 = h.astype(np.float64)
+    phi = np.exp(-0.5 * h64 * h64) / math.sqrt(2 * math.pi)
+    r = _checks.f32_tol(1, scale=8)
+    ty = 0.5 * np.abs(h64) * _f32math.ERF_FAST_MAX_ABS_ERR + r * (1 + np.abs(h64))
+    tdx = np.abs(dy) * (0.5 * _f32math.ERF_FAST_MAX_ABS_ERR + np.abs(h64) * phi * _f32math.EXP_FAST_MAX_REL_ERR
+                        + r * (1 + np.abs(h64)))
+    return ty, tdx
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 13), (64, 257)])
+def test_bias_gelu_fast_matches_reference(rng, shape):
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    b = rng.standard_normal(shape[-1]).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    y, cache = K.bias_gelu_forward(x, b, fast=True)
+    dx, db = K.bias_gelu_backward(dy, cache, fast=True)
+    y64, c64 = K.bias_gelu_forward_ref(x.astype(np.float64), b.astype(np.float64))
+    dx64, db64 = K.bias_gelu_backward_ref(dy.astype(np.float64), c64)
+    ty, tdx = _gelu_fast_bounds((x.astype(np.float64) + b).astype(np.float32), dy)
+    assert y.dtype == dx.dtype == db.dtype == np.float32
+    assert np.all(np.abs(y - y64) <= ty), f"y: worst excess {np.max(np.abs(y - y64) - ty):.3e}"
+    assert np.all(np.abs(dx - dx64) <= tdx), f"dx: worst excess {np.max(np.abs(dx - dx64) - tdx):.3e}"
+    # db sums the rows of dx: the sum of their bounds plus the float32 sum's own rounding
+    n = dx.size // shape[-1]
+    tdb = tdx.reshape(n, -1).sum(axis=0) + _checks.f32_tol(n, scale=float(np.abs(dx).max()))
+    assert np.all(np.abs(db - db64) <= tdb)
+
+
+def test_gelu_fast_without_bias_and_the_environment_switch(rng, monkeypatch):
+    x = (rng.standard_normal((5, 33)) * 4).astype(np.float32)
+    dy = rng.standard_normal((5, 33)).astype(np.float32)
+    y_fast, c = K.gelu_forward(x, fast=True)
+    y64, c64 = K.gelu_forward_ref(x.astype(np.float64))
+    ty, tdx = _gelu_fast_bounds(x, dy)
+    assert np.all(np.abs(y_fast - y64) <= ty)
+    assert np.all(np.abs(K.gelu_backward(dy, c, fast=True) - K.gelu_backward_ref(dy.astype(np.float64), c64))
+                  <= tdx)
+    y_exact, _ = K.gelu_forward(x, fast=False)
+    monkeypatch.setenv("MINIDISTIL_FAST_MATH", "1")
+    y_env, _ = K.gelu_forward(x)                     # fast=None follows the environment
+    np.testing.assert_array_equal(y_env, y_fast)
+    monkeypatch.setenv("MINIDISTIL_FAST_MATH", "0")
+    np.testing.assert_array_equal(K.gelu_forward(x)[0], y_exact)

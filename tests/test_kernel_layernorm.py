@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import layernorm as K
 
 SHAPES = [(1, 1), (7, 1), (1, 13), (7, 13), (2, 7, 13), (3, 1, 768), (1, 768)]
@@ -37,10 +37,10 @@ def _check_against_ref(x, r, w, b, dy, eps, y, dx, dw, db):
     dx_ref, dw_ref, db_ref = K.layernorm_backward_ref(dy64, c_ref)
     tol_y, tol_dx, tol_dw, tol_db = K.tolerances(h64, w64, b64, dy64, eps)
     assert y.dtype == dx.dtype == dw.dtype == db.dtype == np.float32
-    _common.assert_close(y, y_ref, atol=tol_y, name="y")
-    _common.assert_close(dx, dx_ref, atol=tol_dx, name="dx")
-    _common.assert_close(dw, dw_ref, atol=tol_dw, name="dw")
-    _common.assert_close(db, db_ref, atol=tol_db, name="db")
+    _checks.assert_close(y, y_ref, atol=tol_y, name="y")
+    _checks.assert_close(dx, dx_ref, atol=tol_dx, name="dx")
+    _checks.assert_close(dw, dw_ref, atol=tol_dw, name="dw")
+    _checks.assert_close(db, db_ref, atol=tol_db, name="db")
 
 
 # (a) the reference backward against central finite differences in float64 ---------------------------------------
@@ -54,14 +54,14 @@ def test_ref_backward_matches_finite_differences(rng, eps):
     g = rng.standard_normal((3, 6))  # loss = sum(g * y), so dL/dy = g
     loss = lambda: float((g * K.layernorm_forward_ref(x, w, b, eps)[0]).sum())
     dx, dw, db = K.layernorm_backward_ref(g, K.layernorm_forward_ref(x, w, b, eps)[1])
-    assert _common.relative_error(dx, _common.numerical_gradient(loss, x)) <= 1e-6
-    assert _common.relative_error(dw, _common.numerical_gradient(loss, w)) <= 1e-6
-    assert _common.relative_error(db, _common.numerical_gradient(loss, b)) <= 1e-6
+    assert _checks.relative_error(dx, _checks.numerical_gradient(loss, x)) <= 1e-6
+    assert _checks.relative_error(dw, _checks.numerical_gradient(loss, w)) <= 1e-6
+    assert _checks.relative_error(db, _checks.numerical_gradient(loss, b)) <= 1e-6
 
     res_loss = lambda: float((g * K.residual_layernorm_forward_ref(x, r, w, b, eps)[0]).sum())
     dh, _, _ = K.residual_layernorm_backward_ref(g, K.residual_layernorm_forward_ref(x, r, w, b, eps)[1])
-    assert _common.relative_error(dh, _common.numerical_gradient(res_loss, x)) <= 1e-6
-    assert _common.relative_error(dh, _common.numerical_gradient(res_loss, r)) <= 1e-6
+    assert _checks.relative_error(dh, _checks.numerical_gradient(res_loss, x)) <= 1e-6
+    assert _checks.relative_error(dh, _checks.numerical_gradient(res_loss, r)) <= 1e-6
 
 
 # (b) every float32 version against the reference ----------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_fully_padded_rows(rng, eps):
     # in the zero row xhat = 0, so dx = rstd * (dy*w - mean(dy*w)): compared relative to its own size (~1/sqrt(eps))
     g = dy[1].astype(np.float64) * w
     expect = (g - g.mean()) / np.sqrt(eps)
-    _common.assert_close(dx[1], expect, atol=0, rtol=_common.f32_tol(13, scale=4), name="dx of the zero row")
+    _checks.assert_close(dx[1], expect, atol=0, rtol=_checks.f32_tol(13, scale=4), name="dx of the zero row")
 
 
 @settings(max_examples=25, deadline=None)
@@ -141,11 +141,11 @@ def test_matches_torch(torch, rng, eps):
     dh, dw, db = K.residual_layernorm_backward(dy, cache)
     # torch is float32 too: each side is within the derived tolerance of the exact result, so twice it between them
     tol_y, tol_dx, tol_dw, tol_db = (2 * t for t in K.tolerances(*_f64(x + r, w, b, dy), eps))
-    _common.assert_close(y, yt.detach().numpy(), atol=tol_y, name="y")
-    _common.assert_close(dh, xt.grad.numpy(), atol=tol_dx, name="dx")
-    _common.assert_close(dh, rt.grad.numpy(), atol=tol_dx, name="dr")
-    _common.assert_close(dw, wt.grad.numpy(), atol=tol_dw, name="dw")
-    _common.assert_close(db, bt.grad.numpy(), atol=tol_db, name="db")
+    _checks.assert_close(y, yt.detach().numpy(), atol=tol_y, name="y")
+    _checks.assert_close(dh, xt.grad.numpy(), atol=tol_dx, name="dx")
+    _checks.assert_close(dh, rt.grad.numpy(), atol=tol_dx, name="dr")
+    _checks.assert_close(dw, wt.grad.numpy(), atol=tol_dw, name="dw")
+    _checks.assert_close(db, bt.grad.numpy(), atol=tol_db, name="db")
 
 
 # bad input -------------------------------------------------------------------------------------------------------

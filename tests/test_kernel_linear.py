@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import linear as K
 
 # (x shape, Cout): T=1, T=7, C=13, an empty batch of rows, a row of zeros (a padded position), BERT's width
@@ -32,14 +32,14 @@ def _assert_matches_reference(y, dx, dw, db, x, w, b, dy):
     y64, dx64, dw64, db64 = _reference(x, w, b, dy)
     ty, tdx, tdw, tdb = K.tolerances(x, w, dy)
     assert y.dtype == dx.dtype == dw.dtype == np.float32
-    _common.assert_close(y, y64, atol=ty, name="y")
-    _common.assert_close(dx, dx64, atol=tdx, name="dx")
-    _common.assert_close(dw, dw64, atol=tdw, name="dw")
+    _checks.assert_close(y, y64, atol=ty, name="y")
+    _checks.assert_close(dx, dx64, atol=tdx, name="dx")
+    _checks.assert_close(dw, dw64, atol=tdw, name="dw")
     if b is None:
         assert db is None
     else:
         assert db.dtype == np.float32
-        _common.assert_close(db, db64, atol=tdb, name="db")
+        _checks.assert_close(db, db64, atol=tdb, name="db")
 
 
 # (a) the reference backward against central finite differences in float64 ---------------------------------------
@@ -52,10 +52,10 @@ def test_ref_backward_matches_finite_differences(rng, bias):
     g = rng.standard_normal((2, 3, 5))                 # loss = sum(g * y), so dL/dy = g
     loss = lambda: float((g * K.linear_forward_ref(x, w, b)[0]).sum())
     dx, dw, db = K.linear_backward_ref(g, K.LinearCache(x, w, b))
-    assert _common.relative_error(dx, _common.numerical_gradient(loss, x)) <= 1e-6
-    assert _common.relative_error(dw, _common.numerical_gradient(loss, w)) <= 1e-6
+    assert _checks.relative_error(dx, _checks.numerical_gradient(loss, x)) <= 1e-6
+    assert _checks.relative_error(dw, _checks.numerical_gradient(loss, w)) <= 1e-6
     if bias:
-        assert _common.relative_error(db, _common.numerical_gradient(loss, b)) <= 1e-6
+        assert _checks.relative_error(db, _checks.numerical_gradient(loss, b)) <= 1e-6
     else:
         assert db is None
 
@@ -108,7 +108,7 @@ def test_matmul_cuda_transposes(rng, trans_a, trans_b):
     ref = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
     assert c.dtype == np.float32
     # a K-term dot product of terms up to max|a| max|b|
-    _common.assert_close(c, ref, atol=_common.f32_tol(Kd, scale=np.abs(a).max() * np.abs(b).max()))
+    _checks.assert_close(c, ref, atol=_checks.f32_tol(Kd, scale=np.abs(a).max() * np.abs(b).max()))
     with pytest.raises(ValueError, match="b: op\\(b\\) must have"):
         K.matmul_cuda(_cuda.to_device(a), _cuda.to_device(np.zeros((Kd + 1, 3), np.float32)), trans_a=trans_a)
 
@@ -127,11 +127,11 @@ def test_matches_torch(torch, rng, bias):
     dx, dw, db = K.linear_backward(dy, cache)
     # two float32 results, each within K.tolerances of the exact value: they agree within twice that
     ty, tdx, tdw, tdb = (2 * t for t in K.tolerances(x, w, dy))
-    _common.assert_close(y, yt.detach().numpy(), atol=ty, name="y")
-    _common.assert_close(dx, xt.grad.numpy(), atol=tdx, name="dx")
-    _common.assert_close(dw, wt.grad.numpy(), atol=tdw, name="dw")
+    _checks.assert_close(y, yt.detach().numpy(), atol=ty, name="y")
+    _checks.assert_close(dx, xt.grad.numpy(), atol=tdx, name="dx")
+    _checks.assert_close(dw, wt.grad.numpy(), atol=tdw, name="dw")
     if bias:
-        _common.assert_close(db, bt.grad.numpy(), atol=tdb, name="db")
+        _checks.assert_close(db, bt.grad.numpy(), atol=tdb, name="db")
 
 
 # bad input -------------------------------------------------------------------------------------------------------
@@ -156,3 +156,29 @@ def test_bad_input_names_the_argument():
         K.linear_forward(np.ones((), np.float32), w, b)
     with pytest.raises(ValueError, match=r"dy: expected shape \(2, 4\)"):
         K.linear_backward(np.zeros((2, 3), np.float32), K.linear_forward(x, w, b)[1])
+
+
+# the backward that skips the zero rows of dy (an MLM loss ignores most positions) ---------------------------------
+
+@pytest.mark.parametrize("n,cin,cout,frac", [(2, 3, 5, 0.0), (16, 7, 11, 0.15), (64, 32, 300, 0.15),
+                                            (64, 32, 30, 0.5), (64, 32, 30, 0.9)])
+def test_linear_backward_skipping_zero_rows_matches_reference(rng, n, cin, cout, frac):
+    x = rng.standard_normal((n, cin)).astype(np.float32)
+    w = (rng.standard_normal((cout, cin)) * 0.02).astype(np.float32)
+    b = (rng.standard_normal(cout) * 0.02).astype(np.float32)
+    dy = rng.standard_normal((n, cout)).astype(np.float32)
+    dy[rng.random(n) >= frac] = 0.0                     # the rows an MLM loss ignores
+    _, cache = K.linear_forward(x, w, b)
+    dx, dw, db = K.linear_backward(dy, cache)
+    _, c64 = K.linear_forward_ref(*(a.astype(np.float64) for a in (x, w, b)))
+    dx64, dw64, db64 = K.linear_backward_ref(dy.astype(np.float64), c64)
+    _, tdx, tdw, tdb = K.tolerances(x, w, dy)
+    assert dx.dtype == dw.dtype == db.dtype == np.float32 and dx.shape == x.shape
+    _checks.assert_close(dx, dx64, atol=tdx, name="dx")
+    _checks.assert_close(dw, dw64, atol=tdw, name="dw")
+    _checks.assert_close(db, db64, atol=tdb, name="db")
+    assert np.all(dx[~dy.any(axis=1)] == 0)             # zero rows of dy give zero rows of dx
+    # and the same as the dense version: each within its tolerance of the reference, so within twice it of each other
+    for name, a, dense, tol in zip(("dx", "dw", "db"), (dx, dw, db), K.linear_backward_cpu_dense(dy, cache),
+                                   (tdx, tdw, tdb)):
+        _checks.assert_close(a, dense, atol=2 * tol, name=f"{name} vs dense")

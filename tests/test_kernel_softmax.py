@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import softmax as K
 
 SHAPES = [(1, 1), (7, 1), (1, 13), (7, 13), (2, 7, 13), (3, 1, 768), (1, 768)]
@@ -28,10 +28,10 @@ def _check_against_ref(x, dy, y, dx, ly, ldx):
     y_ref, c_ref = K.softmax_forward_ref(x64)
     ly_ref, lc_ref = K.log_softmax_forward_ref(x64)
     assert y.dtype == dx.dtype == ly.dtype == ldx.dtype == np.float32
-    _common.assert_close(y, y_ref, atol=tol_sm, name="softmax y")
-    _common.assert_close(dx, K.softmax_backward_ref(dy64, c_ref), atol=tol_sm_dx, name="softmax dx")
-    _common.assert_close(ly, ly_ref, atol=tol_ls, rtol=_common.f32_tol(1), name="log_softmax y")
-    _common.assert_close(ldx, K.log_softmax_backward_ref(dy64, lc_ref), atol=tol_ls_dx, name="log_softmax dx")
+    _checks.assert_close(y, y_ref, atol=tol_sm, name="softmax y")
+    _checks.assert_close(dx, K.softmax_backward_ref(dy64, c_ref), atol=tol_sm_dx, name="softmax dx")
+    _checks.assert_close(ly, ly_ref, atol=tol_ls, rtol=_checks.f32_tol(1), name="log_softmax y")
+    _checks.assert_close(ldx, K.log_softmax_backward_ref(dy64, lc_ref), atol=tol_ls_dx, name="log_softmax dx")
 
 
 def _run(x, dy):
@@ -49,10 +49,10 @@ def test_ref_backward_matches_finite_differences(rng):
     g = rng.standard_normal((3, 5))  # loss = sum(g * y), so dL/dy = g
     loss = lambda: float((g * K.softmax_forward_ref(x)[0]).sum())
     dx = K.softmax_backward_ref(g, K.softmax_forward_ref(x)[1])
-    assert _common.relative_error(dx, _common.numerical_gradient(loss, x)) <= 1e-6
+    assert _checks.relative_error(dx, _checks.numerical_gradient(loss, x)) <= 1e-6
     loss = lambda: float((g * K.log_softmax_forward_ref(x)[0]).sum())
     dx = K.log_softmax_backward_ref(g, K.log_softmax_forward_ref(x)[1])
-    assert _common.relative_error(dx, _common.numerical_gradient(loss, x)) <= 1e-6
+    assert _checks.relative_error(dx, _checks.numerical_gradient(loss, x)) <= 1e-6
 
 
 # (b) every float32 version against the reference ----------------------------------------------------------------
@@ -74,8 +74,8 @@ def test_masking_values_give_no_nan(rng):
     for name, a in (("y", y), ("dx", dx), ("log y", ly), ("log dx", ldx)):
         assert np.isfinite(a).all(), f"{name} is not finite"
     assert (y[0, 5:] == 0).all() and (dx[0, 5:] == 0).all()      # exp(min - m) underflows to exactly 0
-    _common.assert_close(y[0, :5].sum(), 1.0, atol=_common.f32_tol(5))
-    _common.assert_close(y[1:3], np.full((2, 13), 1 / 13), atol=_common.f32_tol(13, scale=1 / 13))  # uniform
+    _checks.assert_close(y[0, :5].sum(), 1.0, atol=_checks.f32_tol(5))
+    _checks.assert_close(y[1:3], np.full((2, 13), 1 / 13), atol=_checks.f32_tol(13, scale=1 / 13))  # uniform
     _check_against_ref(x, dy, y, dx, ly, ldx)
 
 
@@ -109,11 +109,11 @@ def test_matches_torch(torch, rng):
     torch.log_softmax(xl, dim=-1).backward(torch.tensor(dy))
     # torch is float32 too: each side is within the derived tolerance of the exact result, so twice it between them
     tol_sm, tol_sm_dx, tol_ls, tol_ls_dx = (2 * t for t in K.tolerances(x.astype(np.float64), dy.astype(np.float64)))
-    _common.assert_close(y, torch.softmax(torch.tensor(x), -1).numpy(), atol=tol_sm, name="softmax y")
-    _common.assert_close(dx, xt.grad.numpy(), atol=tol_sm_dx, name="softmax dx")
-    _common.assert_close(ly, torch.log_softmax(torch.tensor(x), -1).numpy(), atol=tol_ls,
-                         rtol=2 * _common.f32_tol(1), name="log_softmax y")
-    _common.assert_close(ldx, xl.grad.numpy(), atol=tol_ls_dx, name="log_softmax dx")
+    _checks.assert_close(y, torch.softmax(torch.tensor(x), -1).numpy(), atol=tol_sm, name="softmax y")
+    _checks.assert_close(dx, xt.grad.numpy(), atol=tol_sm_dx, name="softmax dx")
+    _checks.assert_close(ly, torch.log_softmax(torch.tensor(x), -1).numpy(), atol=tol_ls,
+                         rtol=2 * _checks.f32_tol(1), name="log_softmax y")
+    _checks.assert_close(ldx, xl.grad.numpy(), atol=tol_ls_dx, name="log_softmax dx")
 
 
 # bad input -------------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import oracle
 from minidistil import safetensors_io as st
 from minidistil.loading import CheckpointError, read_state_dict
 
@@ -179,7 +178,7 @@ def test_no_weights_is_a_clear_error(tmp_path):
 import minidistil  # noqa: E402
 from minidistil import hub, no_grad  # noqa: E402
 from minidistil.config import BertConfig, DistilBertConfig  # noqa: E402
-from minidistil.kernels._common import f32_tol  # noqa: E402
+from minidistil.kernels._checks import f32_tol  # noqa: E402
 
 BERT = dict(vocab_size=61, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
             max_position_embeddings=24, type_vocab_size=2)
@@ -477,7 +476,7 @@ def _hf_out(hf, ids, mask):
 @pytest.mark.torch
 @pytest.mark.parametrize("arch", ["BertForMaskedLM", "BertForSequenceClassification", "BertModel",
                                   "DistilBertForMaskedLM", "DistilBertForQuestionAnswering"])
-def test_transformers_checkpoints_load_and_match(tmp_path, rng, torch, arch):
+def test_transformers_checkpoints_load_and_match(oracle, tmp_path, rng, torch, arch):
     transformers = oracle("transformers")
     hf = _hf_model(transformers, arch)
     hf.save_pretrained(tmp_path)
@@ -495,7 +494,7 @@ def test_transformers_checkpoints_load_and_match(tmp_path, rng, torch, arch):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("arch", ["BertForMaskedLM", "DistilBertForMaskedLM", "BertForTokenClassification"])
-def test_our_save_pretrained_loads_in_transformers(tmp_path, rng, torch, arch):
+def test_our_save_pretrained_loads_in_transformers(oracle, tmp_path, rng, torch, arch):
     transformers = oracle("transformers")
     model = _model(arch, seed=9, num_labels=3)
     minidistil.save_pretrained(model, tmp_path)
@@ -512,7 +511,7 @@ def test_our_save_pretrained_loads_in_transformers(tmp_path, rng, torch, arch):
 
 
 @pytest.mark.torch
-def test_transformers_bfloat16_checkpoint(tmp_path, rng, torch):
+def test_transformers_bfloat16_checkpoint(oracle, tmp_path, rng, torch):
     transformers = oracle("transformers")
     hf = _hf_model(transformers, "BertForMaskedLM", seed=1).to(torch.bfloat16)
     hf.save_pretrained(tmp_path)

@@ -7,7 +7,7 @@
 2. The same checks against the committed dumps in tests/data/tiny (written by make_reference_dumps.py): no torch.
 3. The model plumbing: names, tied weights, state dicts, shape errors, train / eval, no_grad, config round trips.
 
-Tolerances (the issue's): outputs 1e-5 absolute, gradients 1e-4 relative to the gradient's max abs. Why they hold:
+Tolerances: outputs 1e-5 absolute, gradients 1e-4 relative to the gradient's max abs. Why they hold:
 float32 rounds at eps = 1.2e-7; a 2-layer width-32 encoder chains ~30 kernels, each with reductions of <= 37 terms
 of magnitude <= ~3 (LayerNorm output), i.e. errors ~16 eps sqrt(37) * 3 ~ 3.5e-5 worst case per reduction by the
 f32_tol rule, far less in practice (random signs); torch's float32 has the same rounding, so the two differ by a
@@ -22,10 +22,9 @@ import numpy as np
 import pytest
 
 import make_reference_dumps as ref
-from conftest import oracle
 from minidistil import autograd, config as cfgmod, nn
 from minidistil.autograd import Tensor, no_grad
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 
 OUT_ATOL = 1e-5
 GRAD_RTOL = 1e-4
@@ -53,15 +52,15 @@ def _check_against(model, arch: str, rec: dict[str, np.ndarray]):
     for name in ref.output_names(arch):
         y = getattr(out, name)
         assert isinstance(y, Tensor) and y.dtype == np.float32, name
-        _common.assert_close(np.asarray(y), rec[f"out/{name}"], atol=OUT_ATOL, name=f"{arch} {name}")
+        _checks.assert_close(np.asarray(y), rec[f"out/{name}"], atol=OUT_ATOL, name=f"{arch} {name}")
         term = (y * rec[f"w/{name}"]).sum()
         objective = term if objective is None else objective + term
     n_hidden = sum(k.startswith("hidden/") for k in rec)
     assert len(out.hidden_states) == n_hidden
     for i, h in enumerate(out.hidden_states):
-        _common.assert_close(np.asarray(h), rec[f"hidden/{i}"], atol=OUT_ATOL, name=f"{arch} hidden_states[{i}]")
+        _checks.assert_close(np.asarray(h), rec[f"hidden/{i}"], atol=OUT_ATOL, name=f"{arch} hidden_states[{i}]")
     for i, a in enumerate(out.attentions):
-        _common.assert_close(np.asarray(a), rec[f"attention/{i}"], atol=OUT_ATOL, name=f"{arch} attentions[{i}]")
+        _checks.assert_close(np.asarray(a), rec[f"attention/{i}"], atol=OUT_ATOL, name=f"{arch} attentions[{i}]")
 
     objective.backward()
     ours = dict(model.named_parameters())
@@ -101,7 +100,7 @@ def _check_grad(p, expected, what, all_expected):
     got = np.zeros_like(expected) if p.grad is None else np.asarray(p.grad)
     assert got.dtype == np.float32, what
     scale = np.abs(expected).max(initial=0.0)
-    _common.assert_close(got, expected, atol=max(GRAD_RTOL * scale, _grad_floor(all_expected)), name=what)
+    _checks.assert_close(got, expected, atol=max(GRAD_RTOL * scale, _grad_floor(all_expected)), name=what)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -117,7 +116,7 @@ PARITY_CASES = [(a, None) for a in ref.ARCHS] + [
 
 @pytest.mark.torch
 @pytest.mark.parametrize("arch,problem_type", PARITY_CASES, ids=[f"{a}-{p}" if p else a for a, p in PARITY_CASES])
-def test_parity_with_transformers(torch, tmp_path, arch, problem_type):
+def test_parity_with_transformers(oracle, torch, tmp_path, arch, problem_type):
     tf = oracle("transformers")
     hf = ref.build_hf(torch, tf, arch, ref.TEST_SIZE, problem_type)
     hf.save_pretrained(tmp_path, safe_serialization=True)
@@ -216,7 +215,8 @@ def test_old_checkpoint_with_tied_copy_loads():
     fresh = _tiny("BertForMaskedLM")
     missing, unexpected = fresh.load_state_dict(state)
     assert missing == [] and unexpected == []
-    assert np.array_equal(fresh.get_parameter("cls.predictions.decoder.bias").data, state["cls.predictions.decoder.bias"])
+    bias = "cls.predictions.decoder.bias"
+    assert np.array_equal(fresh.get_parameter(bias).data, state[bias])
 
 
 def test_init_is_hf_like():
@@ -335,7 +335,7 @@ def test_config_json_round_trip(tmp_path):
     assert cfgmod.config_from_dict({"architectures": ["BertForMaskedLM"]}).model_type == "bert"
 
 
-def test_config_reads_real_hf_config(tmp_path):
+def test_config_reads_real_hf_config(oracle, tmp_path):
     tf = oracle("transformers")
     for hf_cfg in (tf.BertConfig(num_labels=4), tf.DistilBertConfig(problem_type="regression", num_labels=1)):
         hf_cfg.save_pretrained(tmp_path)
@@ -351,3 +351,26 @@ def test_parameter_is_a_leaf_tensor():
     p = nn.Parameter(np.ones(3))
     assert p.dtype == np.float32 and p.requires_grad and p.is_leaf and p.grad is None
     assert autograd.is_grad_enabled()
+
+
+def test_models_apply_attention_dropout_in_training_only():
+    from minidistil import BertConfig, BertModel, DistilBertConfig, DistilBertModel, no_grad
+    from minidistil import functional as F
+    ids = np.array([[5, 6, 7, 8, 9, 10]])
+    for model in (DistilBertModel.from_config(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
+                                                               hidden_dim=32, dropout=0.0, attention_dropout=0.5),
+                                              seed=0),
+                  BertModel.from_config(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=32,
+                                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5),
+                                        seed=0)):
+        with no_grad():
+            e1 = model.eval()(ids).last_hidden_state.numpy().copy()
+            e2 = model(ids).last_hidden_state.numpy()
+            F.manual_seed(3)
+            t1 = model.train()(ids).last_hidden_state.numpy().copy()
+            F.manual_seed(3)
+            t2 = model(ids).last_hidden_state.numpy()
+        np.testing.assert_array_equal(e1, e2)              # eval: deterministic, no dropout
+        np.testing.assert_array_equal(t1, t2)              # training: the seed generator replays the masks
+        assert np.abs(t1 - e1).max() > 1e-3                # and the only dropout there is on the probabilities

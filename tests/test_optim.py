@@ -1,10 +1,9 @@
 """AdamW (over the adamw_step kernel), the warm-up/decay schedule and gradient clipping, against PyTorch."""
 import numpy as np
 import pytest
-from conftest import oracle
 
 from minidistil.autograd import Tensor
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 from minidistil.optim import AdamW, LinearWarmupDecay, clip_grad_norm, decays, global_grad_norm
 
 SHAPES = {  # a DistilBERT-like set of names: matrices decay, biases and LayerNorm weights do not
@@ -30,7 +29,7 @@ def test_no_decay_rule():
                                                  "transformer.layer.0.ffn.lin1.weight"]
 
 
-def test_schedule_matches_transformers(torch):
+def test_schedule_matches_transformers(oracle, torch):
     transformers = oracle("transformers")
     for total, frac in [(100, 0.05), (7, 0.05), (40, 0.0), (1000, 0.1)]:
         sched = LinearWarmupDecay(1e-3, total, frac)
@@ -56,9 +55,9 @@ def test_clipping_matches_torch(torch, rng):
         ref_norm = float(torch.nn.utils.clip_grad_norm_(tp, 5.0))
         norm = clip_grad_norm(params.values(), 5.0)
         n_el = sum(p.size for p in params.values())
-        assert norm == pytest.approx(ref_norm, rel=_common.f32_tol(n_el))
+        assert norm == pytest.approx(ref_norm, rel=_checks.f32_tol(n_el))
         for t, p in zip(tp, params.values()):
-            _common.assert_close(p.grad, t.grad.numpy(), atol=_common.f32_tol(1, scale=scale * 4), name="clipped")
+            _checks.assert_close(p.grad, t.grad.numpy(), atol=_checks.f32_tol(1, scale=scale * 4), name="clipped")
         if scale > 1:
             assert global_grad_norm(params.values()) == pytest.approx(5.0, rel=1e-5)
     inf = _params(rng)
@@ -95,7 +94,7 @@ def test_adamw_matches_torch(torch, rng):
     for n, p in params.items():
         assert p.data.dtype == np.float32
         ref = tp[n].detach().numpy()
-        _common.assert_close(p.data, ref, atol=_common.f32_tol(20, scale=np.abs(ref).max()), name=n)
+        _checks.assert_close(p.data, ref, atol=_checks.f32_tol(20, scale=np.abs(ref).max()), name=n)
     # the parameters really moved (the comparison is not of two untouched copies)
     assert any(np.abs(p.data - _params(np.random.default_rng(1234))[n].data).max() > 1e-3 for n, p in params.items())
 

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 import minidistil
-from conftest import oracle
 from minidistil import no_grad
 from minidistil.config import BertConfig, DistilBertConfig
-from minidistil.kernels._common import f32_tol
+from minidistil.kernels._checks import f32_tol
 from minidistil.pipelines import TokenClassificationPipeline, pipeline, sigmoid, softmax
 from minidistil.tokenizer import Tokenizer
 
@@ -70,7 +69,7 @@ def test_fill_mask(tok):
         assert [x["token"] for x in r] == list(best)
         # the pipeline runs batches of 2, the direct call all 3 texts at once: another padded length, so another
         # BLAS path. Logits are float32 sums of C=16 terms through 2 layers, each ~1 in size: they agree within
-        # f32_tol(16) ~ 9e-6 (a few ulps, derivation in kernels/_common.py), and p = softmax(logits) changes by a
+        # f32_tol(16) ~ 9e-6 (a few ulps, derivation in kernels/_checks.py), and p = softmax(logits) changes by a
         # relative 2 max|dlogit| at most
         np.testing.assert_allclose([x["score"] for x in r], p[best], rtol=2 * f32_tol(16, scale=4.0))
         assert all(x["token_str"] == tok.convert_ids_to_tokens(x["token"]).lstrip("#") or x["token_str"]
@@ -233,8 +232,8 @@ def test_question_answering_reads_a_long_context_in_windows(tok):
         np.testing.assert_array_equal(ctx[w][:S], ctx[w - 1][-S:])
     # the answer: the best span of any window, scored within its window
     out = _raw(model, enc, token_type_ids=enc["token_type_ids"])
-    best = max((_best_span(np.array(out.start_logits)[w], np.array(out.end_logits)[w],
-                           {k: v[w:w + 1] for k, v in enc.items()}, 4) + (w,) for w in range(W)))
+    best = max(_best_span(np.array(out.start_logits)[w], np.array(out.end_logits)[w],
+                           {k: v[w:w + 1] for k, v in enc.items()}, 4) + (w,) for w in range(W))
     score, s, e, w = best
     ans = qa(q, c, max_answer_len=4, max_seq_len=L, doc_stride=S, align_to_words=False)
     np.testing.assert_allclose(ans["score"], score, rtol=1e-12)
@@ -307,7 +306,7 @@ SCORE_ATOL = 1e-5
 
 
 @pytest.mark.torch
-def test_fill_mask_matches_transformers(tmp_path, vocab_dir, torch):
+def test_fill_mask_matches_transformers(oracle, tmp_path, vocab_dir, torch):
     transformers = oracle("transformers")
     folder = _hf_folder(transformers, torch, tmp_path, vocab_dir, "BertForMaskedLM")
     texts = ["the [MASK] sat on the mat.", "ada lovelace [MASK] in london."]
@@ -321,7 +320,7 @@ def test_fill_mask_matches_transformers(tmp_path, vocab_dir, torch):
 
 
 @pytest.mark.torch
-def test_text_classification_matches_transformers(tmp_path, vocab_dir, torch):
+def test_text_classification_matches_transformers(oracle, tmp_path, vocab_dir, torch):
     transformers = oracle("transformers")
     folder = _hf_folder(transformers, torch, tmp_path, vocab_dir, "DistilBertForSequenceClassification",
                         id2label={0: "neg", 1: "neu", 2: "pos"}, label2id={"neg": 0, "neu": 1, "pos": 2})
@@ -333,7 +332,7 @@ def test_text_classification_matches_transformers(tmp_path, vocab_dir, torch):
 
 
 @pytest.mark.torch
-def test_token_classification_matches_transformers(tmp_path, vocab_dir, torch):
+def test_token_classification_matches_transformers(oracle, tmp_path, vocab_dir, torch):
     transformers = oracle("transformers")
     id2label = dict(enumerate(NER_LABELS))
     folder = _hf_folder(transformers, torch, tmp_path, vocab_dir, "BertForTokenClassification",
@@ -351,7 +350,7 @@ def test_token_classification_matches_transformers(tmp_path, vocab_dir, torch):
 
 
 @pytest.mark.torch
-def test_question_answering_matches_transformers(tmp_path, vocab_dir, torch):
+def test_question_answering_matches_transformers(oracle, tmp_path, vocab_dir, torch):
     transformers = oracle("transformers")
     folder = _hf_folder(transformers, torch, tmp_path, vocab_dir, "DistilBertForQuestionAnswering")
     # transformers 5 removed its question-answering pipeline: the reference is its model's logits + _best_span

@@ -13,18 +13,12 @@ import minidistil
 from minidistil import cli
 from minidistil import predict as P
 from minidistil.loading import from_pretrained, save_pretrained
-from minidistil.kernels._common import f32_tol
+from minidistil.kernels._checks import f32_tol
 from minidistil.pipelines import softmax
 from minidistil.tokenizer import Tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_numba_thread():
-    import numba
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see conftest
 
 
 def run(argv, capsys, stdin=None, monkeypatch=None):
@@ -88,7 +82,7 @@ def test_sentence_pairs_and_regression(tmp_path, capsys):
         want = model(enc["input_ids"], attention_mask=enc["attention_mask"]).logits.numpy()[:, 0]
     # the raw value, no sigmoid. Each call pads to its own length and may take another BLAS path, so two float32
     # results agree to a few ulps of the activations that made them (|h| ~ 1 at width C), not of a score that
-    # happens to lie near 0: an absolute tolerance, f32_tol(C) (derivation in kernels/_common.py)
+    # happens to lie near 0: an absolute tolerance, f32_tol(C) (derivation in kernels/_checks.py)
     tol = f32_tol(model.config.dim, scale=4.0)
     np.testing.assert_allclose([r["score"] for r in res], want, rtol=0, atol=tol)
     code, out, _ = run(["predict", "--model", str(folder), "--pair-sep", "\\t", "the film\ta movie"], capsys)

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import oracle
 from minidistil.tokenizer import Tokenizer
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
@@ -75,7 +74,7 @@ def test_truncation_warns_and_padding_modes(vocab_dir):
         tok([1, 2])
 
 
-def test_vocab_txt_matches_transformers(vocab_dir):
+def test_vocab_txt_matches_transformers(oracle, vocab_dir):
     transformers = oracle("transformers")
     hf = transformers.BertTokenizerFast.from_pretrained(str(vocab_dir))     # reads vocab.txt + tokenizer_config
     ours = Tokenizer.from_pretrained(vocab_dir)
@@ -88,7 +87,7 @@ def test_vocab_txt_matches_transformers(vocab_dir):
     np.testing.assert_array_equal(ours_off["offset_mapping"], np.asarray(hf_off["offset_mapping"]))
 
 
-def test_cased_vocab_matches_transformers(vocab_dir):
+def test_cased_vocab_matches_transformers(oracle, vocab_dir):
     transformers = oracle("transformers")
     (vocab_dir / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
     hf = transformers.BertTokenizerFast.from_pretrained(str(vocab_dir))
@@ -133,7 +132,7 @@ def test_minilm_ids_equal_reference(minilm_dir):
     assert tok.vocab_size == 30522 and tok.mask_token_id == 103
 
 
-def test_minilm_matches_transformers(minilm_dir):
+def test_minilm_matches_transformers(oracle, minilm_dir):
     transformers = oracle("transformers")
     hf = transformers.BertTokenizerFast.from_pretrained(str(minilm_dir))
     ours = Tokenizer.from_pretrained(minilm_dir)

@@ -60,7 +60,7 @@ def test_chapter_runs(chapter, tmp_path):
         assert figures, f"{chapter.name} saved no figure to MINIDISTIL_TUTORIAL_OUT"
 
 
-def test_notebooks_in_sync_with_chapters():
+def test_notebooks_in_sync_with_chapters(oracle):
     oracle("jupytext")                    # required in CI (MINIDISTIL_REQUIRE_ORACLES / CI), skipped locally
     mk = _make_notebooks()
     assert [p.name for p in mk.chapters()] == [p.name for p in CHAPTERS]
@@ -68,7 +68,7 @@ def test_notebooks_in_sync_with_chapters():
     assert not stale, "regenerate with `python tutorials/make_notebooks.py`: " + "; ".join(stale)
 
 
-def test_sync_check_detects_a_stale_notebook(tmp_path):
+def test_sync_check_detects_a_stale_notebook(oracle, tmp_path):
     jupytext = oracle("jupytext")
     mk = _make_notebooks()
     src = tmp_path / "00_demo.py"

@@ -45,7 +45,7 @@ import numpy as np
 OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
 OUT.mkdir(parents=True, exist_ok=True)
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import gelu as K
 
 print("figures go to", OUT, "| CUDA kernels on", "the simulator" if _cuda.SIMULATOR else "a GPU")
@@ -166,8 +166,8 @@ bs = rng.standard_normal(5)
 ws = rng.standard_normal((3, 5))
 loss = lambda: float((ws * K.bias_gelu_forward_ref(xs, bs)[0]).sum())  # noqa: E731
 dx, db = K.bias_gelu_backward_ref(ws, K.BiasGeluCache(xs, bs))
-err_dx = _common.relative_error(dx, _common.numerical_gradient(loss, xs))
-err_db = _common.relative_error(db, _common.numerical_gradient(loss, bs))
+err_dx = _checks.relative_error(dx, _checks.numerical_gradient(loss, xs))
+err_db = _checks.relative_error(db, _checks.numerical_gradient(loss, bs))
 print(f"relative error vs finite differences: dx {err_dx:.1e}, db {err_db:.1e}")
 assert err_dx < 1e-7 and err_db < 1e-7
 
@@ -182,7 +182,7 @@ assert err_dx < 1e-7 and err_db < 1e-7
 # float64).
 #
 # Float32 results are compared with the float64 reference using a tolerance *derived* from float32's epsilon
-# (`_common.f32_tol`): an elementwise op has no reduction, so a few roundings per element of a value up to ~8.
+# (`_checks.f32_tol`): an elementwise op has no reduction, so a few roundings per element of a value up to ~8.
 
 # %%
 N, F = 1024, 3072
@@ -194,10 +194,10 @@ dx_cpu, db_cpu = K.bias_gelu_backward(dy32, cache)
 x64, b64 = x32.astype(np.float64), b32.astype(np.float64)
 y_ref = gelu(x64 + b64)
 dx_ref = dy32 * gelu_grad(x64 + b64)
-tol = _common.f32_tol(1, scale=8)
-_common.assert_close(y_cpu, y_ref, atol=tol, rtol=tol, name="y")
-_common.assert_close(dx_cpu, dx_ref, atol=tol, rtol=tol, name="dx")
-_common.assert_close(db_cpu, dx_ref.sum(0), atol=_common.f32_tol(N, scale=4), rtol=tol, name="db")
+tol = _checks.f32_tol(1, scale=8)
+_checks.assert_close(y_cpu, y_ref, atol=tol, rtol=tol, name="y")
+_checks.assert_close(dx_cpu, dx_ref, atol=tol, rtol=tol, name="dx")
+_checks.assert_close(db_cpu, dx_ref.sum(0), atol=_checks.f32_tol(N, scale=4), rtol=tol, name="db")
 assert y_cpu.dtype == dx_cpu.dtype == db_cpu.dtype == np.float32
 print(f"Numba float32 vs float64 reference: max |err| y {np.abs(y_cpu - y_ref).max():.1e}, "
       f"dx {np.abs(dx_cpu - dx_ref).max():.1e} (tolerance {tol:.1e})")
@@ -217,9 +217,9 @@ yd, cd = K.bias_gelu_forward(xd, bd)
 dxd, dbd = K.bias_gelu_backward(dyd, cd)
 y_gpu, dx_gpu, db_gpu = (_cuda.to_host(a) for a in (yd, dxd, dbd))
 ref_dx = dys32 * gelu_grad(xs32.astype(np.float64) + bs32)
-_common.assert_close(y_gpu, gelu(xs32.astype(np.float64) + bs32), atol=tol, rtol=tol, name="cuda y")
-_common.assert_close(dx_gpu, ref_dx, atol=tol, rtol=tol, name="cuda dx")
-_common.assert_close(db_gpu, ref_dx.sum(0), atol=_common.f32_tol(4, scale=4), rtol=tol, name="cuda db")
+_checks.assert_close(y_gpu, gelu(xs32.astype(np.float64) + bs32), atol=tol, rtol=tol, name="cuda y")
+_checks.assert_close(dx_gpu, ref_dx, atol=tol, rtol=tol, name="cuda dx")
+_checks.assert_close(db_gpu, ref_dx.sum(0), atol=_checks.f32_tol(4, scale=4), rtol=tol, name="cuda db")
 print("CUDA kernels agree with the reference", "(simulator)" if _cuda.SIMULATOR else "(GPU)")
 
 # %% [markdown]
@@ -232,8 +232,8 @@ print("CUDA kernels agree with the reference", "(simulator)" if _cuda.SIMULATOR 
 
 # %%
 nbytes = 2 * x32.nbytes + b32.nbytes
-t_ref = _common.bench(lambda: K.bias_gelu_forward_ref(x32, b32), warmup=1, repeat=5)
-t_cpu = _common.bench(lambda: K.bias_gelu_forward(x32, b32), warmup=1, repeat=5)
+t_ref = _checks.bench(lambda: K.bias_gelu_forward_ref(x32, b32), warmup=1, repeat=5)
+t_cpu = _checks.bench(lambda: K.bias_gelu_forward(x32, b32), warmup=1, repeat=5)
 print(f"bias+GELU forward (1024 x 3072): NumPy {t_ref:.2f} ms ({nbytes / t_ref / 1e6:.1f} GB/s), "
       f"Numba {t_cpu:.2f} ms ({nbytes / t_cpu / 1e6:.1f} GB/s): {t_ref / t_cpu:.1f}x")
 assert t_ref > 0 and t_cpu > 0

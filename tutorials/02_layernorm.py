@@ -40,7 +40,7 @@ import numpy as np
 OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
 OUT.mkdir(parents=True, exist_ok=True)
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import layernorm as K
 
 assert OUT.is_dir()
@@ -92,8 +92,8 @@ def layernorm_backward(dy, xhat, rstd, w):
 G = rng.standard_normal((N, C))                               # loss = sum(G * y), so dy = G
 loss = lambda: float((G * layernorm(x, w, b, 1e-12)[0]).sum())  # noqa: E731
 dx, dw, db = layernorm_backward(G, xhat, rstd, w)
-errs = [_common.relative_error(g, _common.numerical_gradient(loss, a)) for g, a in ((dx, x), (dw, w), (db, b))]
-print("relative error vs central finite differences (dx, dw, db):", ["%.1e" % e for e in errs])
+errs = [_checks.relative_error(g, _checks.numerical_gradient(loss, a)) for g, a in ((dx, x), (dw, w), (db, b))]
+print("relative error vs central finite differences (dx, dw, db):", [f"{e:.1e}" for e in errs])
 assert max(errs) < 1e-7
 for ours, lib in zip((dx, dw, db), K.layernorm_backward_ref(G, cache_lib)):
     assert np.allclose(ours, lib, rtol=0, atol=1e-12)
@@ -176,7 +176,7 @@ y32, c32 = K.residual_layernorm_forward(x32, r32, w32, b32, 1e-12)
 dh32, dw32, db32 = K.residual_layernorm_backward(dy32, c32)
 for name, got, want, t in (("y", y32, y64, tol_y), ("dh", dh32, dh64, tol_dx),
                            ("dw", dw32, dw64, tol_dw), ("db", db32, db64, tol_db)):
-    _common.assert_close(got, want, atol=t, name=name)
+    _checks.assert_close(got, want, atol=t, name=name)
     print(f"Numba {name}: max |err| {np.abs(got - want).max():.1e} <= tolerance {t:.1e}")
 assert y32.dtype == dh32.dtype == np.float32
 
@@ -197,21 +197,21 @@ dhd, dwd, dbd = K.residual_layernorm_backward(dyd, cd)
 t_y, t_dx, t_dw, t_db = K.tolerances(*f64(xs + rs, ws, bs, dys), 1e-12)
 y64s, c64s = K.residual_layernorm_forward_ref(*f64(xs, rs, ws, bs), 1e-12)
 dh64s, dw64s, db64s = K.residual_layernorm_backward_ref(dys.astype(np.float64), c64s)
-_common.assert_close(_cuda.to_host(yd), y64s, atol=t_y, name="cuda y")
-_common.assert_close(_cuda.to_host(dhd), dh64s, atol=t_dx, name="cuda dh")
-_common.assert_close(_cuda.to_host(dwd), dw64s, atol=t_dw, name="cuda dw")
-_common.assert_close(_cuda.to_host(dbd), db64s, atol=t_db, name="cuda db")
+_checks.assert_close(_cuda.to_host(yd), y64s, atol=t_y, name="cuda y")
+_checks.assert_close(_cuda.to_host(dhd), dh64s, atol=t_dx, name="cuda dh")
+_checks.assert_close(_cuda.to_host(dwd), dw64s, atol=t_dw, name="cuda dw")
+_checks.assert_close(_cuda.to_host(dbd), db64s, atol=t_db, name="cuda db")
 print("CUDA layer norm agrees with the reference", "(simulator)" if _cuda.SIMULATOR else "(GPU)")
 
 # %% [markdown]
 # ## 7. Benchmark (median ms after warm-up; printed, not asserted: the machine may be busy)
 
 # %%
-t_ref = _common.bench(lambda: K.residual_layernorm_forward_ref(x32, r32, w32, b32, 1e-12), warmup=1, repeat=5)
-t_unf = _common.bench(lambda: K.layernorm_forward(x32 + r32, w32, b32, 1e-12), warmup=1, repeat=5)
-t_fus = _common.bench(lambda: K.residual_layernorm_forward(x32, r32, w32, b32, 1e-12), warmup=1, repeat=5)
-t_bwd_ref = _common.bench(lambda: K.layernorm_backward_ref(dy32, c32), warmup=1, repeat=5)
-t_bwd = _common.bench(lambda: K.layernorm_backward(dy32, c32), warmup=1, repeat=5)
+t_ref = _checks.bench(lambda: K.residual_layernorm_forward_ref(x32, r32, w32, b32, 1e-12), warmup=1, repeat=5)
+t_unf = _checks.bench(lambda: K.layernorm_forward(x32 + r32, w32, b32, 1e-12), warmup=1, repeat=5)
+t_fus = _checks.bench(lambda: K.residual_layernorm_forward(x32, r32, w32, b32, 1e-12), warmup=1, repeat=5)
+t_bwd_ref = _checks.bench(lambda: K.layernorm_backward_ref(dy32, c32), warmup=1, repeat=5)
+t_bwd = _checks.bench(lambda: K.layernorm_backward(dy32, c32), warmup=1, repeat=5)
 print(f"residual + LN forward ({N2} x {C2}): NumPy {t_ref:.2f} ms, Numba unfused {t_unf:.2f} ms, "
       f"Numba fused {t_fus:.2f} ms")
 print(f"LN backward: NumPy {t_bwd_ref:.2f} ms, Numba {t_bwd:.2f} ms")

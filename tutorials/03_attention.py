@@ -40,7 +40,7 @@ import numpy as np
 OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
 OUT.mkdir(parents=True, exist_ok=True)
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import attention as K
 
 assert OUT.is_dir()
@@ -111,7 +111,7 @@ G = rng.standard_normal((B, T, C))                           # loss = sum(G * ou
 loss = lambda: float((G * attention(q, k, v, mask, H)[0]).sum())  # noqa: E731
 grads = attention_backward(G, q, k, v, mask, P, H)
 for name, g, a in zip(("dq", "dk", "dv"), grads, (q, k, v)):
-    err = _common.relative_error(g, _common.numerical_gradient(loss, a))
+    err = _checks.relative_error(g, _checks.numerical_gradient(loss, a))
     print(f"{name}: relative error vs finite differences {err:.1e}")
     assert err < 1e-7
 for g, g_lib in zip(grads, K.attention_backward_ref(G, cache_lib)):
@@ -159,10 +159,10 @@ dP64 = split(dout32.astype(np.float64), H2) @ split(v32.astype(np.float64), H2).
 t_out, t_p, t_dq, t_dk, t_dv = K.tolerances(q32, k32, v32, dout32, c64.probs, dP64)
 o32, c32 = K.attention_forward(q32, k32, v32, mask32, H2)
 g32 = K.attention_backward(dout32, c32)
-_common.assert_close(o32, out64, atol=t_out, name="out")
-_common.assert_close(c32.probs, c64.probs, atol=t_p, name="probs")
+_checks.assert_close(o32, out64, atol=t_out, name="out")
+_checks.assert_close(c32.probs, c64.probs, atol=t_p, name="probs")
 for name, g, gr, t in zip(("dq", "dk", "dv"), g32, g64, (t_dq, t_dk, t_dv)):
-    _common.assert_close(g, gr, atol=t, name=name)
+    _checks.assert_close(g, gr, atol=t, name=name)
     print(f"Numba {name}: max |err| {np.abs(g - gr).max():.1e} <= tolerance {t:.1e}")
 assert o32.dtype == np.float32
 
@@ -181,19 +181,19 @@ dP64s = split(ds.astype(np.float64), 2) @ split(vs.astype(np.float64), 2).swapax
 tols = K.tolerances(qs, ks, vs, ds, c64s.probs, dP64s)
 od, cd = K.attention_forward(*(_cuda.to_device(a) for a in (qs, ks, vs)), ms, 2)
 gd = K.attention_backward(_cuda.to_device(ds), cd)
-_common.assert_close(_cuda.to_host(od), o64s, atol=tols[0], name="cuda out")
+_checks.assert_close(_cuda.to_host(od), o64s, atol=tols[0], name="cuda out")
 for name, g, gr, t in zip(("dq", "dk", "dv"), gd, g64s, tols[2:]):
-    _common.assert_close(_cuda.to_host(g), gr, atol=t, name="cuda " + name)
+    _checks.assert_close(_cuda.to_host(g), gr, atol=t, name="cuda " + name)
 print("CUDA attention agrees with the reference", "(simulator)" if _cuda.SIMULATOR else "(GPU)")
 
 # %% [markdown]
 # ## 6. Benchmark (median ms; printed, not asserted)
 
 # %%
-t_ref = _common.bench(lambda: K.attention_forward_ref(q32, k32, v32, mask32, H2), warmup=1, repeat=5)
-t_cpu = _common.bench(lambda: K.attention_forward(q32, k32, v32, mask32, H2), warmup=1, repeat=5)
-t_bref = _common.bench(lambda: K.attention_backward_ref(dout32, c32), warmup=1, repeat=5)
-t_bcpu = _common.bench(lambda: K.attention_backward(dout32, c32), warmup=1, repeat=5)
+t_ref = _checks.bench(lambda: K.attention_forward_ref(q32, k32, v32, mask32, H2), warmup=1, repeat=5)
+t_cpu = _checks.bench(lambda: K.attention_forward(q32, k32, v32, mask32, H2), warmup=1, repeat=5)
+t_bref = _checks.bench(lambda: K.attention_backward_ref(dout32, c32), warmup=1, repeat=5)
+t_bcpu = _checks.bench(lambda: K.attention_backward(dout32, c32), warmup=1, repeat=5)
 print(f"attention (B={B2}, T={T2}, C={C2}, H={H2}): forward NumPy {t_ref:.2f} ms, Numba {t_cpu:.2f} ms; "
       f"backward NumPy {t_bref:.2f} ms, Numba {t_bcpu:.2f} ms")
 assert min(t_ref, t_cpu, t_bref, t_bcpu) > 0

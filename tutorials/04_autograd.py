@@ -46,7 +46,7 @@ OUT.mkdir(parents=True, exist_ok=True)
 from minidistil import functional as F
 from minidistil import no_grad
 from minidistil.autograd import Tensor, _topological_order
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 
 assert OUT.is_dir()
 
@@ -140,8 +140,8 @@ def f():
         return float((np.asarray(net()).astype(np.float64) * G).sum())
 
 
-num = _common.numerical_gradient(f, W1.data, h=1e-2)
-err = _common.relative_error(W1.grad, num)
+num = _checks.numerical_gradient(f, W1.data, h=1e-2)
+err = _checks.relative_error(W1.grad, num)
 print(f"dW1: relative error vs finite differences {err:.1e}")
 assert err < 1e-3
 
@@ -165,7 +165,7 @@ if torch is not None:
         e = np.abs(ours.grad - theirs.grad.numpy()).max()
         print(f"d{name}: max |ours - torch| = {e:.1e} (largest entry {scale:.1e})")
         # each entry sums at most B*T*F float32 products of size <= the largest entry: f32_tol of that sum
-        assert e <= _common.f32_tol(B * T * Fh, scale=scale)
+        assert e <= _checks.f32_tol(B * T * Fh, scale=scale)
 
 # %% [markdown]
 # ## 6. The graph of a real layer

@@ -52,7 +52,7 @@ from minidistil import BertConfig, BertForMaskedLM, hub, no_grad
 from minidistil import data as D
 from minidistil import losses as L
 from minidistil.autograd import Tensor
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 from minidistil.distill import LossWeights, distillation_loss, forward_outputs, make_student
 from minidistil.loading import from_pretrained
 from minidistil.masking import IGNORE_INDEX, mask_tokens
@@ -66,7 +66,8 @@ assert OUT.is_dir()
 # ## 1. The triple loss, term by term, on a tiny MLM teacher
 #
 # The three terms need a teacher with a masked-LM head. A tiny random `BertForMaskedLM` (4 layers, width 32) is
-# enough to check the arithmetic (a large init range gives it peaked, non-uniform outputs): we recompute every term in NumPy from the logits and hidden states.
+# enough to check the arithmetic (a large init range gives it peaked, non-uniform outputs): we recompute every
+# term in NumPy from the logits and hidden states.
 
 # %%
 tcfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
@@ -121,7 +122,7 @@ expected = T * (np.exp(lps) - np.exp(lpt)) * real[:, None] / real.sum()
 err = np.abs(zs_leaf.grad - expected).max()
 print(f"dKL/dz_s: max |autograd - closed form| = {err:.1e} (largest entry {np.abs(expected).max():.1e})")
 # each entry comes from two float32 softmaxes over V logits: f32_tol(V) of the largest entry
-assert err <= _common.f32_tol(tok.vocab_size, scale=np.abs(expected).max())
+assert err <= _checks.f32_tol(tok.vocab_size, scale=np.abs(expected).max())
 
 # %% [markdown]
 # ## 2. The student's initialisation

@@ -219,7 +219,7 @@ new = [("The waiter was friendly and the pizza was delicious.", "pos"),
        ("I loved this phone, the screen is wonderful.", "pos"),
        ("A boring film with a terrible ending.", "neg")]
 preds = P.predict(model, tok, [text for text, _ in new], max_length=32)
-for (text, want), p in zip(new, preds):
+for (text, _), p in zip(new, preds):
     print(f"{p['label']} ({p['score']:.2f})  {text}")
 right = sum(p["label"] == want for (_, want), p in zip(new, preds))
 print(f"{right} of {len(new)} as a reader would label them")

@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 09 · Making it fast on the CPU: BLAS, fusion, threads (measured)
 #
-# Three levers, each measured here on this machine (numbers vary with the hardware and with whatever else runs
+# The levers, each measured here on this machine (numbers vary with the hardware and with whatever else runs
 # on it, so the chapter **prints** timings and **asserts** only that the fast versions compute the same thing):
 #
 # 1. **BLAS for the matrix products.** `linear` is ~90% of a transformer's FLOPs. A hand-written loop nest, even
@@ -23,8 +23,9 @@
 # 3. **Threads.** Numba's `prange` spreads rows over cores; BLAS has its own pool. They must not fight.
 # 4. **Loops that vectorise** (section 5): libm's `exp`/`erf` and ordered float32 sums run one element at a time.
 # 5. **Memory that is already mapped** (section 6): a fresh large array costs a page fault per page.
+# 6. **Threads that wait, and who runs the small GEMMs** (section 7): what `import minidistil` sets, and why.
 #
-# Time is a median after warm-up (`_common.bench`); the first call of a Numba kernel compiles it.
+# Time is a median after warm-up (`_checks.bench`); the first call of a Numba kernel compiles it.
 #
 # On a machine shared with other jobs the parallel kernels wait for free cores, and their times jump in steps of
 # the scheduler's time slice (often ~10 ms): run the chapter on an idle machine to see the real ratios.
@@ -50,7 +51,7 @@ from numba import njit, prange
 OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
 OUT.mkdir(parents=True, exist_ok=True)
 
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 from minidistil.kernels import gelu as G
 from minidistil.kernels import layernorm as LN
 from minidistil.kernels import linear as LIN
@@ -88,12 +89,12 @@ wt = np.ascontiguousarray(w.T)
 y_blas, _ = LIN.linear_forward(x, w, None)
 y_loop = matmul_loops(x, wt)
 y64 = x.astype(np.float64) @ w.T.astype(np.float64)
-tol = _common.f32_tol(Cin, scale=np.abs(x).max() * np.abs(w).max() * np.sqrt(Cin))
-_common.assert_close(y_blas, y64, atol=tol, name="BLAS")
-_common.assert_close(y_loop, y64, atol=tol, name="loops")
+tol = _checks.f32_tol(Cin, scale=np.abs(x).max() * np.abs(w).max() * np.sqrt(Cin))
+_checks.assert_close(y_blas, y64, atol=tol, name="BLAS")
+_checks.assert_close(y_loop, y64, atol=tol, name="loops")
 flops = 2 * N * Cin * Cout
-timings["matmul: Numba loops"] = _common.bench(lambda: matmul_loops(x, wt), warmup=1, repeat=5)
-timings["matmul: BLAS (linear kernel)"] = _common.bench(lambda: LIN.linear_forward(x, w, None), warmup=1, repeat=5)
+timings["matmul: Numba loops"] = _checks.bench(lambda: matmul_loops(x, wt), warmup=1, repeat=5)
+timings["matmul: BLAS (linear kernel)"] = _checks.bench(lambda: LIN.linear_forward(x, w, None), warmup=1, repeat=5)
 for k in ("matmul: Numba loops", "matmul: BLAS (linear kernel)"):
     print(f"{k:32s} {timings[k]:8.3f} ms  {flops / timings[k] / 1e6:6.1f} GFLOP/s")
 
@@ -112,10 +113,10 @@ fused, _ = G.bias_gelu_forward(h, b)
 unfused, _ = G.gelu_forward(h + b)
 numpy_ref, _ = G.gelu_forward_ref(h + b)
 assert np.array_equal(fused, unfused)                                   # same float32 arithmetic, same bits
-_common.assert_close(fused, numpy_ref, atol=_common.f32_tol(1, scale=8), rtol=_common.f32_tol(1, scale=8))
-timings["bias+GELU: NumPy"] = _common.bench(lambda: G.gelu_forward_ref(h + b), warmup=1, repeat=5)
-timings["bias+GELU: Numba unfused"] = _common.bench(lambda: G.gelu_forward(h + b), warmup=1, repeat=5)
-timings["bias+GELU: Numba fused"] = _common.bench(lambda: G.bias_gelu_forward(h, b), warmup=1, repeat=5)
+_checks.assert_close(fused, numpy_ref, atol=_checks.f32_tol(1, scale=8), rtol=_checks.f32_tol(1, scale=8))
+timings["bias+GELU: NumPy"] = _checks.bench(lambda: G.gelu_forward_ref(h + b), warmup=1, repeat=5)
+timings["bias+GELU: Numba unfused"] = _checks.bench(lambda: G.gelu_forward(h + b), warmup=1, repeat=5)
+timings["bias+GELU: Numba fused"] = _checks.bench(lambda: G.bias_gelu_forward(h, b), warmup=1, repeat=5)
 
 xr = rng.standard_normal((N2, C2)).astype(np.float32)
 rr = rng.standard_normal((N2, C2)).astype(np.float32)
@@ -123,11 +124,11 @@ lw, lb = np.ones(C2, np.float32), np.zeros(C2, np.float32)
 y_f, _ = LN.residual_layernorm_forward(xr, rr, lw, lb, 1e-12)
 y_u, _ = LN.layernorm_forward(xr + rr, lw, lb, 1e-12)
 assert np.allclose(y_f, y_u, rtol=0, atol=1e-5)
-timings["residual+LN: NumPy"] = _common.bench(lambda: LN.layernorm_forward_ref(xr + rr, lw, lb, 1e-12), warmup=1,
+timings["residual+LN: NumPy"] = _checks.bench(lambda: LN.layernorm_forward_ref(xr + rr, lw, lb, 1e-12), warmup=1,
                                               repeat=5)
-timings["residual+LN: Numba unfused"] = _common.bench(lambda: LN.layernorm_forward(xr + rr, lw, lb, 1e-12),
+timings["residual+LN: Numba unfused"] = _checks.bench(lambda: LN.layernorm_forward(xr + rr, lw, lb, 1e-12),
                                                       warmup=1, repeat=5)
-timings["residual+LN: Numba fused"] = _common.bench(lambda: LN.residual_layernorm_forward(xr, rr, lw, lb, 1e-12),
+timings["residual+LN: Numba fused"] = _checks.bench(lambda: LN.residual_layernorm_forward(xr, rr, lw, lb, 1e-12),
                                                     warmup=1, repeat=5)
 for k in [k for k in timings if k.startswith(("bias", "resid"))]:
     print(f"{k:32s} {timings[k]:8.3f} ms")
@@ -147,7 +148,7 @@ for n in sorted({1, max_threads}):
     numba.set_num_threads(n)
     out, _ = G.bias_gelu_forward(h, b)
     assert np.array_equal(out, fused)                                   # elementwise: identical for any n
-    results[n] = _common.bench(lambda: G.bias_gelu_forward(h, b), warmup=1, repeat=5)
+    results[n] = _checks.bench(lambda: G.bias_gelu_forward(h, b), warmup=1, repeat=5)
     timings[f"bias+GELU fused, {n} thread(s)"] = results[n]
     print(f"bias+GELU fused with {n} thread(s): {results[n]:.3f} ms")
 numba.set_num_threads(max_threads)
@@ -180,7 +181,7 @@ layer = {
     "bias + GELU": lambda: G.bias_gelu_forward(f1, bF),
     "2 x residual + LN": lambda: [LN.residual_layernorm_forward(xs, a, lw, lb, 1e-12) for _ in range(2)],
 }
-layer_ms = {name: _common.bench(fn, warmup=1, repeat=5) for name, fn in layer.items()}
+layer_ms = {name: _checks.bench(fn, warmup=1, repeat=5) for name, fn in layer.items()}
 total = sum(layer_ms.values())
 for name, ms in layer_ms.items():
     print(f"{name:26s} {ms:7.3f} ms  {ms / total:5.1%}")
@@ -203,7 +204,7 @@ plt.show()
 # instructions. Two things stop it:
 #
 # * **A call to libm.** Numba (>= 0.62) compiles `math.exp(x)` and `math.erf(x)` into calls to the C library's
-#   scalar `expf`/`erff`: one element per call. `_common.exp_f32` and `_common.erf_f32` compute the same functions
+#   scalar `expf`/`erff`: one element per call. `_f32math.exp_f32` and `_f32math.erf_f32` compute the same functions
 #   with only `+`, `*`, compares and bit tricks (range reduction `x = n ln2 + r` and a polynomial, 2^n built from
 #   its exponent bits), in **float64**, and round once to float32: the float64 value is so accurate (~1e-15) that
 #   the rounding gives the correctly rounded float32, so the result is as exact as float32 allows, and the loop
@@ -215,7 +216,7 @@ plt.show()
 #   usual float32 bound.
 
 # %%
-from minidistil.kernels._common import exp_f32, row_sum
+from minidistil.kernels._f32math import exp_f32, row_sum
 
 
 @njit(cache=True, parallel=True)
@@ -246,14 +247,14 @@ exact = np.exp(xe.astype(np.float64)).astype(np.float32)          # the correctl
 print("libm expf  differs from the correctly rounded exp at", int(np.sum(y1 != exact)), "of", xe.size, "inputs")
 print("exp_f32    differs from the correctly rounded exp at", int(np.sum(y2 != exact)), "of", xe.size, "inputs")
 assert np.sum(y2 != exact) <= 2                                   # as exact as float32 allows
-timings["exp, 2M: libm loop"] = _common.bench(lambda: exp_libm(xe, y1), warmup=1, repeat=5)
-timings["exp, 2M: exp_f32 loop"] = _common.bench(lambda: exp_vectorised(xe, y2), warmup=1, repeat=5)
+timings["exp, 2M: libm loop"] = _checks.bench(lambda: exp_libm(xe, y1), warmup=1, repeat=5)
+timings["exp, 2M: exp_f32 loop"] = _checks.bench(lambda: exp_vectorised(xe, y2), warmup=1, repeat=5)
 row = rng.standard_normal(30522).astype(np.float32)               # one row of vocabulary logits
 s_ordered, s_reassoc = sum_ordered(row), row_sum(row)
 bound = row.size * np.finfo(np.float32).eps * np.abs(row.astype(np.float64)).sum()
 assert abs(s_reassoc - row.astype(np.float64).sum()) <= bound and abs(s_ordered - row.astype(np.float64).sum()) <= bound
-timings["sum of 30522: ordered"] = _common.bench(lambda: sum_ordered(row), warmup=1, repeat=20)
-timings["sum of 30522: reassociated"] = _common.bench(lambda: row_sum(row), warmup=1, repeat=20)
+timings["sum of 30522: ordered"] = _checks.bench(lambda: sum_ordered(row), warmup=1, repeat=20)
+timings["sum of 30522: reassociated"] = _checks.bench(lambda: row_sum(row), warmup=1, repeat=20)
 for k in [k for k in timings if k.startswith(("exp,", "sum of"))]:
     print(f"{k:32s} {timings[k]:8.3f} ms")
 
@@ -265,9 +266,12 @@ for k in [k for k in timings if k.startswith(("exp,", "sum of"))]:
 # ~450 MB of such arrays (the logits over 30522 words and their gradient, the word-embedding gradients), every step.
 # `import minidistil` therefore asks glibc (`mallopt`) to serve large blocks from its heap and keep freed memory for
 # the next step (`MINIDISTIL_MALLOC=0` turns this off; see `minidistil/_runtime.py`). Measured on the project's
-# machine: a training step went from 1.96 s to 1.42 s, with the same peak memory. Below: the first fill of a new
-# 64 MB array against a second fill of the same one; then the same for the next new array, which gets the freed
-# memory back (no faults) when minidistil's setting is on.
+# 2-core machine (`minidistil bench`, minidistil only, one run each setting): the first fill of a new 125 MB array
+# (the logits of B=8, T=128 over 30522 words) took 62 ms and a second fill 17 ms; a training step went from 1959 ms
+# to 1418 ms and a forward at T = 512 (100 MB of attention scores per layer) from 1782 ms to 1622 ms, with the same
+# peak resident memory (1849 -> 1843 MB and 809 -> 821 MB). Below: the first fill of a new 64 MB array against a
+# second fill of the same one; then the same for the next new array, which gets the freed memory back (no faults)
+# when minidistil's setting is on.
 
 # %%
 import time
@@ -288,3 +292,73 @@ print(f"a new 64 MB array:             first fill {first:.1f} ms, second fill {a
 first2, again2 = fill_twice(16 * 2**20)   # the first one was freed: with minidistil's setting its memory is reused
 print(f"the next new 64 MB array:      first fill {first2:.1f} ms, second fill {again2:.1f} ms")
 assert min(first, again, first2, again2) > 0
+
+
+# %% [markdown]
+# ## 7. Threads that wait, and who runs the small GEMMs
+#
+# Three decisions in `minidistil/_runtime.py` and `kernels/_blas.py`, each measured on the project's 2-core machine
+# (most of them while other jobs shared it, which is where threads matter most):
+#
+# * **Sleeping workers.** After a GEMM, OpenBLAS's threads busy-wait for up to ~0.1 s for more work, and Numba's
+#   OpenMP workers spin after each parallel loop, while the next kernel wants the same cores. A tiny-model forward
+#   (a dozen small Numba kernels) took 150 ms with the default OpenMP waiting and 0.8 ms with
+#   `OMP_WAIT_POLICY=PASSIVE`; a layer norm right after a GEMM took 8-20x longer than alone. `import minidistil`
+#   therefore sets `OMP_WAIT_POLICY=PASSIVE` and `OPENBLAS_THREAD_TIMEOUT=4` unless you set them.
+# * **Many small GEMMs.** Attention multiplies 12 heads x 8 sequences of `(128 x 64) @ (64 x 128)`. OpenBLAS
+#   threads each of them across the cores, and waking its threads costs more than the product: the 96 head
+#   products of one DistilBERT-base layer took 10-90 ms that way and 2.4 ms as single-threaded OpenBLAS calls spread
+#   over the cores by a Python thread pool (`_blas.run_blas_tasks`; numpy releases the GIL inside BLAS).
+# * **One large GEMM: one call or blocks?** `MINIDISTIL_GEMM=blocks` cuts a product into row or column blocks that
+#   the pool's threads take in turn, so a thread the OS delays holds back only its own blocks; OpenBLAS splits once
+#   and waits for its slowest part. Whole DistilBERT-base forwards at B=8 (median of 6-8 interleaved runs):
+#
+#   | machine | T=32: one call | T=32: blocks | T=128: one call | T=128: blocks |
+#   | --- | --- | --- | --- | --- |
+#   | shared with other jobs (first measurement) | 900-1700 ms | 250-460 ms | about even | about even |
+#   | idle | 115 ms | 137 ms | 433 ms | 484 ms |
+#   | two other jobs on the cores | 128 ms | 156 ms | 529 ms | 659 ms |
+#
+#   and at B=8, T=512 the blocks were 25% slower (each block repacks its share of the other operand). So one call
+#   is the default, and the blocks stay available for a machine whose cores are often taken away.
+#
+# Below: the same head products through the pool and as plain threaded calls, and one product both ways. The
+# results agree to float32 rounding; the times are this machine's, now.
+
+# %%
+from minidistil.kernels import _blas
+
+heads = [(rng.standard_normal((128, 64)).astype(np.float32), rng.standard_normal((64, 128)).astype(np.float32))
+         for _ in range(24)]
+pooled = [np.empty((128, 128), np.float32) for _ in heads]
+plain = [np.empty((128, 128), np.float32) for _ in heads]
+
+
+def products_pooled():
+    _blas.run_blas_tasks([lambda a=a, b=b, o=o: np.matmul(a, b, out=o) for (a, b), o in zip(heads, pooled)])
+
+
+def products_plain():
+    for (a, b), o in zip(heads, plain):
+        np.matmul(a, b, out=o)
+
+
+products_pooled()
+products_plain()
+for o1, o2 in zip(pooled, plain):
+    _checks.assert_close(o1, o2, atol=_checks.f32_tol(64, scale=16.0))   # the same products, maybe other rounding
+timings["24 head GEMMs: OpenBLAS threads"] = _checks.bench(products_plain, warmup=1, repeat=5)
+timings["24 head GEMMs: thread pool"] = _checks.bench(products_pooled, warmup=1, repeat=5)
+
+ga = rng.standard_normal((256, 768)).astype(np.float32)
+gb = rng.standard_normal((768, 768)).astype(np.float32)
+g_one, g_blocks = np.empty((256, 768), np.float32), np.empty((256, 768), np.float32)
+os.environ["MINIDISTIL_GEMM"] = "blocks"
+_blas.matmul(ga, gb, g_blocks)
+timings["GEMM 256x768x768: blocks"] = _checks.bench(lambda: _blas.matmul(ga, gb, g_blocks), warmup=1, repeat=5)
+del os.environ["MINIDISTIL_GEMM"]
+_blas.matmul(ga, gb, g_one)
+timings["GEMM 256x768x768: one call"] = _checks.bench(lambda: _blas.matmul(ga, gb, g_one), warmup=1, repeat=5)
+_checks.assert_close(g_blocks, g_one, atol=_checks.f32_tol(768, scale=16.0))
+for k in [k for k in timings if k.startswith(("24 head", "GEMM 256"))]:
+    print(f"{k:34s} {timings[k]:8.3f} ms")

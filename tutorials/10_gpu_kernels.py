@@ -46,7 +46,7 @@ from numba import cuda, float32
 OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
 OUT.mkdir(parents=True, exist_ok=True)
 
-from minidistil.kernels import _common, _cuda
+from minidistil.kernels import _checks, _cuda
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 print("running on", "the CUDA simulator" if SIM else "a GPU:", "" if SIM else cuda.get_current_device().name)
@@ -82,8 +82,8 @@ y = y_dev.copy_to_host()                                         # device -> hos
 from scipy.special import erf
 
 ref = 0.5 * x.astype(np.float64) * (1 + erf(x.astype(np.float64) / np.sqrt(2)))
-tol = _common.f32_tol(1, scale=4)
-_common.assert_close(y, ref, atol=tol, rtol=tol, name="gelu")
+tol = _checks.f32_tol(1, scale=4)
+_checks.assert_close(y, ref, atol=tol, rtol=tol, name="gelu")
 print(f"{blocks} blocks x {THREADS} threads for {x.size} elements; max |err| {np.abs(y - ref).max():.1e}")
 
 # %% [markdown]
@@ -123,7 +123,7 @@ sums_dev = cuda.device_array(5, dtype=np.float32)
 row_sum_kernel[5, THREADS](cuda.to_device(A), sums_dev)
 sums = sums_dev.copy_to_host()
 ref = A.astype(np.float64).sum(1)
-_common.assert_close(sums, ref, atol=_common.f32_tol(77, scale=np.abs(A).max()), name="row sums")
+_checks.assert_close(sums, ref, atol=_checks.f32_tol(77, scale=np.abs(A).max()), name="row sums")
 print("row sums:", np.round(sums, 4), "max |err|", f"{np.abs(sums - ref).max():.1e}")
 
 # %% [markdown]
@@ -164,7 +164,7 @@ y_gpu = _cuda.to_host(y_gpu_dev)
 err = np.abs(y_gpu - y_cpu).max()
 print(f"FFN block: max |GPU - CPU| = {err:.1e}")
 # two float32 implementations, sums of up to F = 32 terms in different orders, then a normalisation by rstd ~ 1
-assert err <= 2 * _common.f32_tol(Fh, scale=8)
+assert err <= 2 * _checks.f32_tol(Fh, scale=8)
 
 # %% [markdown]
 # ## 4. Gradients on the device too
@@ -180,7 +180,7 @@ grads_cpu = LN.layernorm_backward(dy, c_cpu)
 grads_gpu = [_cuda.to_host(a) for a in LN.layernorm_backward(_cuda.to_device(dy), c_gpu)]
 t_y, t_dx, t_dw, t_db = LN.tolerances(*(a.astype(np.float64) for a in (xs, g, beta, dy)), 1e-12)
 for name, a, b_, t in zip(("dx", "dw", "db"), grads_gpu, grads_cpu, (t_dx, t_dw, t_db)):
-    _common.assert_close(a, b_, atol=2 * t, name=name)           # each within t of the exact value
+    _checks.assert_close(a, b_, atol=2 * t, name=name)           # each within t of the exact value
     print(f"layer norm {name}: max |GPU - CPU| = {np.abs(a - b_).max():.1e}")
 
 # %% [markdown]
@@ -197,10 +197,10 @@ else:
     n = 1 << 24
     xb = cuda.to_device(np.random.default_rng(0).standard_normal(n).astype(np.float32))
     yb = cuda.device_array_like(xb)
-    ms = _common.bench(lambda: gelu_kernel[(n + THREADS - 1) // THREADS, THREADS](xb, yb), warmup=2, repeat=10,
+    ms = _checks.bench(lambda: gelu_kernel[(n + THREADS - 1) // THREADS, THREADS](xb, yb), warmup=2, repeat=10,
                        sync=cuda.synchronize)
     xh = xb.copy_to_host()
-    ms_cpu = _common.bench(lambda: G.gelu_forward(xh), warmup=1, repeat=5)
+    ms_cpu = _checks.bench(lambda: G.gelu_forward(xh), warmup=1, repeat=5)
     print(f"GELU on 16 M floats: GPU {ms:.3f} ms ({2 * 4 * n / ms / 1e6:.0f} GB/s), Numba CPU {ms_cpu:.2f} ms")
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar(["GPU", "CPU"], [ms, ms_cpu])

@@ -102,7 +102,7 @@ def chapters(folder: Path = HERE) -> list[Path]:
 
 def _jupytext():
     try:
-        import jupytext  # noqa: PLC0415
+        import jupytext
     except ImportError:
         sys.exit("make_notebooks: jupytext is not installed (pip install jupytext)")
     return jupytext
@@ -124,7 +124,7 @@ def notebook_for(py: Path):
 def out_of_date(py: Path) -> str | None:
     """None when py's notebook exists and has the same cells (the Colab cell, then the chapter's), else the
     reason."""
-    import nbformat  # noqa: PLC0415 (a jupytext dependency)
+    import nbformat  # a jupytext dependency
     ipynb = py.with_suffix(".ipynb")
     if not ipynb.is_file():
         return f"{ipynb.name} is missing"

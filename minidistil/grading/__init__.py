@@ -19,7 +19,7 @@ tolerance, the grader names that mistake. A stub that still raises NotImplemente
 implemented yet". `grade()` returns a GradeReport; the command exits 0 only when every check passes, so a classroom
 CI can run it, and `--json` prints one object per check (name, passed, error, where, hint) for autograders.
 
-Tolerances are the kernels' own derived bounds (each kernel file's `tolerances()`, built from `_common.f32_tol`
+Tolerances are the kernels' own derived bounds (each kernel file's `tolerances()`, built from `_checks.f32_tol`
 with the reduction lengths and the data's magnitudes): a float32 answer that rounds like a careful float32 kernel
 passes, anything further off fails. Finite differences use h = 1e-6 in float64 (truncation ~ h^2, rounding
 ~ eps64 |L| / h ~ 1e-10): they are compared with atol = rtol = 1e-6, a 1000x margin over that error.

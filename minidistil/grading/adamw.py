@@ -3,7 +3,7 @@ minidistil.kernels.adamw's reference in float64.
 """
 import numpy as np
 
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 
 from .engine import CaseOver, Exercise, Session, f32
 
@@ -47,9 +47,9 @@ def run(s: Session):
         K.adamw_step_ref(state[0], g32.astype(np.float64), state[1], state[2], weight_decay=wd, step=step, **HP)
         # as in tests/test_kernel_adamw.py: ~10 roundings of the parameter and of the update
         upd = float(np.abs(state[0] - p32 * (1 - HP["lr"] * wd)).max())
-        tol_p = _common.f32_tol(1, scale=float(np.abs(state[0]).max()) + upd)
-        tol_m = _common.f32_tol(1, scale=float(np.abs(state[1]).max()))
-        tol_v = _common.f32_tol(1, scale=float(np.abs(state[2]).max()))
+        tol_p = _checks.f32_tol(1, scale=float(np.abs(state[0]).max()) + upd)
+        tol_m = _checks.f32_tol(1, scale=float(np.abs(state[1]).max()))
+        tol_v = _checks.f32_tol(1, scale=float(np.abs(state[2]).max()))
         kw = dict(weight_decay=wd, step=step, **HP)
         args = (p32, g32, m32, v32)
         with s.case(label):

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 
 from .engine import FD_TOL, CaseOver, Exercise, NotImplementedYet, Session, student_frame
 
@@ -26,7 +26,7 @@ def run(s: Session):
     def fd(f):
         """Finite differences of the numpy function f(a, b) -> scalar, wrt a and b."""
         a, b = a0.copy(), b0.copy()
-        return (_common.numerical_gradient(lambda: f(a, b), a), _common.numerical_gradient(lambda: f(a, b), b))
+        return (_checks.numerical_gradient(lambda: f(a, b), a), _checks.numerical_gradient(lambda: f(a, b), b))
 
     for label, build, f, extra in [
         ("mul: sum(a * b)", lambda a, b: mod.sum_(mod.mul(a, b)), lambda a, b: np.sum(a * b),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 
 from .stubs import exercises_dir
 
@@ -294,11 +294,11 @@ class Session:
                    f"{type(analytic).__name__} {getattr(analytic, 'shape', '')}, expected shape {x64.shape}",
                    where=what)
             return
-        numeric = _common.numerical_gradient(loss, x64)
+        numeric = _checks.numerical_gradient(loss, x64)
         atol = rtol = FD_TOL
         if analytic.dtype != np.float64:
             # float32 output from float64 inputs: only float32 accuracy can be asked of it
-            atol = rtol = _common.f32_tol(x64.shape[-1], scale=1 + float(np.abs(numeric).max()))
+            atol = rtol = _checks.f32_tol(x64.shape[-1], scale=1 + float(np.abs(numeric).max()))
             c.lines.append(f"note: {what} came back {analytic.dtype} for float64 inputs; follow the input's dtype "
                            "(x.dtype) to get the full float64 finite-difference check")
         err, idx = _worst(analytic.astype(np.float64), numeric, atol, rtol)

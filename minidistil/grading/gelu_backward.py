@@ -3,7 +3,7 @@ minidistil.kernels.gelu's reference in float64 and against finite differences.
 """
 import numpy as np
 
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 
 from .engine import Exercise, Session, f32, f64
 
@@ -24,14 +24,14 @@ def run(s: Session):
         x64, dy64 = f64(x32, dy32)
         expect = K.gelu_backward_ref(dy64, K.GeluCache(x64))
         # elementwise: erf, exp and ~6 roundings per element, |dx| <= 1.13 |dy|: f32_tol(1) relative and absolute
-        atol = _common.f32_tol(1, scale=float(np.abs(dy64).max()) * 1.2)
+        atol = _checks.f32_tol(1, scale=float(np.abs(dy64).max()) * 1.2)
         cdf = 0.5 * (1 + erf(x64 / np.sqrt(2)))
         pdf = np.exp(-0.5 * x64 ** 2) / np.sqrt(2 * np.pi)
         with s.case(label):
             before = x32.copy()
             dx = s.call("gelu_backward", dy32, x32)
             s.expect_unchanged("x", before, x32)
-            s.expect_array("dx", dx, expect, atol, _common.f32_tol(1), variants={
+            s.expect_array("dx", dx, expect, atol, _checks.f32_tol(1), variants={
                 "your dx equals dy * Phi(x): GELU is x * Phi(x), so by the product rule its derivative also has the "
                 "term x * phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi)": lambda: dy64 * cdf,
                 "your dx is gelu'(x) without the factor dy: the chain rule multiplies by the incoming gradient":

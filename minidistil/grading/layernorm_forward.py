@@ -3,7 +3,7 @@ minidistil.kernels.layernorm's reference in float64 on the awkward rows (T=1, C=
 """
 import numpy as np
 
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 
 from .engine import Exercise, Session, f32, f64
 
@@ -55,9 +55,9 @@ def run(s: Session):
                           "(catastrophic cancellation in float32): compute the mean first, then mean((x - mean)^2)"
                           if "1000" in label else None))
             N = x2.shape[0]
-            s.expect_array("mean", got[1], c64.mean, _common.f32_tol(C, scale=float(np.abs(x64).max())),
+            s.expect_array("mean", got[1], c64.mean, _checks.f32_tol(C, scale=float(np.abs(x64).max())),
                            otherwise=f"mean and rstd have one value per row: shape ({N},) = x.reshape(-1, C) rows")
-            s.expect_array("rstd", got[2], c64.rstd, 0.0, _common.f32_tol(C, scale=2 + float(
+            s.expect_array("rstd", got[2], c64.rstd, 0.0, _checks.f32_tol(C, scale=2 + float(
                 (np.abs(c64.mean) * c64.rstd).max())), variants={
                 "rstd is 1 / sqrt(var + eps), not sqrt(var + eps)": lambda: np.sqrt(var[:, 0] + eps),
             })

@@ -1,4 +1,5 @@
-"""Deliberately buggy answer (tests only): distill_kl where the gradient carries T^2 (the chain rule's 1/T forgotten)."""
+"""Deliberately buggy answer (tests only): distill_kl where the gradient carries T^2 (the chain rule's 1/T
+forgotten)."""
 import numpy as np
 
 

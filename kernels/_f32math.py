@@ -1,281 +1,41 @@
-"""Shared helpers for the kernel files: input checks, tolerances, finite differences, validation and benchmarks.
+"""float32 maths shared by the Numba CPU kernels: exp and erf written so that loops over them vectorise, and row
+reductions (sum, dot, max) that vectorise.
 
-Nothing here computes an op. Every kernel file uses these so that
-- bad input raises a ValueError naming the argument and what was expected (never a Numba typing dump);
-- tolerances are derived from float32's epsilon and the length of the reduction, in one place;
-- `python -m minidistil.kernels.<op>` prints the same validation and benchmark lines for every op and exits
-  non-zero when any version disagrees with the NumPy reference.
+Numba >= 0.62 compiles math.exp / math.erf into calls to libm's scalar expf/erff, and an IEEE-ordered float32 sum
+into a chain of dependent adds: a loop over either runs one element at a time. The functions here compute with
++, *, compare/select and bit casts only, so a prange loop over them runs 16 float32 lanes per AVX-512 instruction.
+
+    exp_f32, erf_f32        the DEFAULT: evaluated in float64 and rounded once, so the correctly rounded float32
+                            value except within ~1e-14 of a rounding tie (then 1 ulp off); tests/test_f32math.py
+    exp_fast, erf_fast      opt-in fast math (fast=True or MINIDISTIL_FAST_MATH=1, read at every call): float32
+                            throughout, fewer operations, with stated maximum errors EXP_FAST_MAX_REL_ERR and
+                            ERF_FAST_MAX_ABS_ERR (measured over dense grids in tests/test_f32math.py)
+    row_sum, row_dot        float32 sums in a reassociated (vectorised) order
+    row_max                 exact maximum, eight running maxima instead of one chain
+
+Caution when editing: Numba's on-disk cache (cache=True) of a kernel that inlines these functions is keyed on the
+kernel's own file, not on this one, so delete kernels/__pycache__/*.nbi and *.nbc after a change here.
 """
 from __future__ import annotations
 
 import math
-import sys
-import time
-from typing import Callable, Iterable, Sequence
+import os
 
 import numpy as np
-
-EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-07, the spacing of float32 numbers near 1.0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# input checks
+from numba import njit
+from numba import types
+from numba.extending import intrinsic
 
 
-def _describe(a) -> str:
-    shape = getattr(a, "shape", None)
-    dtype = getattr(a, "dtype", None)
-    return f"{type(a).__name__} with shape {shape} and dtype {dtype}"
-
-
-def check_array(name: str, a, *, dtype=np.float32, ndim: int | Sequence[int] | None = None,
-                shape: Sequence[int | None] | None = None, contiguous: bool = True):
-    """Check one kernel argument and return it unchanged.
-
-    dtype:  required dtype (np.float32 by default; a tuple allows several; None skips the check)
-    ndim:   required rank (an int or a tuple of allowed ranks)
-    shape:  required shape, None entries are free (checked only when given)
-    Works on numpy arrays and on numba.cuda device arrays (which have .shape, .dtype and .flags).
-    """
-    if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-        raise ValueError(f"{name}: expected an array, got {type(a).__name__}")
-    if dtype is not None:
-        allowed = dtype if isinstance(dtype, tuple) else (dtype,)
-        if np.dtype(a.dtype) not in [np.dtype(d) for d in allowed]:
-            want = " or ".join(np.dtype(d).name for d in allowed)
-            raise ValueError(f"{name}: expected dtype {want}, got {np.dtype(a.dtype).name} (shape {tuple(a.shape)})")
-    if ndim is not None:
-        allowed_nd = ndim if isinstance(ndim, tuple) else (ndim,)
-        if len(a.shape) not in allowed_nd:
-            want = " or ".join(str(n) for n in allowed_nd)
-            raise ValueError(f"{name}: expected a {want}-d array, got shape {tuple(a.shape)}")
-    if shape is not None:
-        if len(a.shape) != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
-            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-            raise ValueError(f"{name}: expected shape {want}, got {tuple(a.shape)}")
-    if contiguous:
-        flags = getattr(a, "flags", None)
-        if flags is not None and not flags["C_CONTIGUOUS"]:
-            raise ValueError(f"{name}: expected a C-contiguous array (use np.ascontiguousarray), got strides "
-                             f"{getattr(a, 'strides', '?')} for shape {tuple(a.shape)}")
-    return a
-
-
-def check_same_shape(name_a: str, a, name_b: str, b):
-    if tuple(a.shape) != tuple(b.shape):
-        raise ValueError(f"{name_b}: expected the shape of {name_a} {tuple(a.shape)}, got {tuple(b.shape)}")
-
-
-def check_ids(name: str, ids, upper: int, *, ignore: int | None = None):
-    """Integer ids must lie in [0, upper) (or equal `ignore`). Names the first bad id and where it is."""
-    if not np.issubdtype(np.dtype(ids.dtype), np.integer):
-        raise ValueError(f"{name}: expected an integer array, got dtype {np.dtype(ids.dtype).name}")
-    a = np.asarray(ids)
-    bad = (a < 0) | (a >= upper)
-    if ignore is not None:
-        bad &= a != ignore
-    if bad.any():
-        pos = tuple(int(i) for i in np.argwhere(bad)[0])
-        extra = f" or {ignore}" if ignore is not None else ""
-        raise ValueError(f"{name}: id {int(a[pos])} at position {pos} is out of range [0, {upper}){extra}")
-    return ids
+def fast_math_default() -> bool:
+    """True when MINIDISTIL_FAST_MATH=1 asks the kernels for their fast-math versions (read at every call)."""
+    return os.environ.get("MINIDISTIL_FAST_MATH", "0") == "1"
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# tolerances
-
-
-def f32_tol(reduction_length: int = 1, scale: float = 1.0, safety: float = 16.0) -> float:
-    """Tolerance for comparing a float32 result with a float64-accurate reference.
-
-    Each float32 operation rounds with relative error at most eps/2. A sum of n terms accumulated in float32 has a
-    worst-case error of about n*eps*sum|terms|, but rounding errors of random sign grow like sqrt(n) in practice.
-    We use  safety * eps * sqrt(n) * scale,  with `scale` the magnitude of the terms being summed (for example
-    max|x| * max|w| * ... ) and safety = 16 to cover the few extra roundings per element (exp, division, erf) and
-    the difference between the order of summation of BLAS and of our loops.
-    """
-    return safety * EPS32 * math.sqrt(max(1, reduction_length)) * scale
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# finite differences (float64)
-
-
-def numerical_gradient(f: Callable[[], float], x: np.ndarray, h: float = 1e-6) -> np.ndarray:
-    """Central differences of the scalar function f() with respect to every element of x (changed in place
-    and restored). Use float64 arrays: the truncation error is O(h^2) and the rounding error O(eps64 / h)."""
-    g = np.zeros_like(x, dtype=np.float64)
-    flat = x.reshape(-1)
-    gflat = g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        fp = float(f())
-        flat[i] = old - h
-        fm = float(f())
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * h)
-    return g
-
-
-def relative_error(a, b) -> float:
-    """max|a - b| / max(max|a|, max|b|, tiny): one number for a whole array."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    denom = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0), 1e-30)
-    return float(np.abs(a - b).max(initial=0.0) / denom)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# comparison with a message that points at the worst element
-
-
-def max_error(actual, expected):
-    """(max abs error, index of it) between two arrays of the same shape."""
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    if a.shape != e.shape:
-        raise AssertionError(f"shape {a.shape} != expected {e.shape}")
-    if a.size == 0:
-        return 0.0, ()
-    d = np.abs(a - e)
-    d = np.where(np.isnan(a) != np.isnan(e), np.inf, np.nan_to_num(d, nan=0.0))
-    idx = np.unravel_index(int(np.argmax(d)), d.shape)
-    return float(d[idx]), tuple(int(i) for i in idx)
-
-
-def assert_close(actual, expected, atol: float, rtol: float = 0.0, name: str = "output"):
-    """Assert |actual - expected| <= atol + rtol*|expected| everywhere; the message names the worst element."""
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    if a.shape != e.shape:
-        raise AssertionError(f"{name}: shape {a.shape} != expected {e.shape}")
-    if not np.all(np.isfinite(a) == np.isfinite(e)):
-        bad = tuple(int(i) for i in np.argwhere(np.isfinite(a) != np.isfinite(e))[0])
-        raise AssertionError(f"{name}: non-finite mismatch at {bad}: got {a[bad]}, expected {e[bad]}")
-    fin = np.isfinite(e)
-    excess = np.where(fin, np.abs(a - e) - (atol + rtol * np.abs(e)), 0.0)
-    if a.size and excess.max() > 0:
-        idx = np.unravel_index(int(np.argmax(excess)), a.shape)
-        raise AssertionError(
-            f"{name}: max error {abs(a[idx] - e[idx]):.3e} at {tuple(int(i) for i in idx)} "
-            f"(got {a[idx]:.8g}, expected {e[idx]:.8g}) exceeds atol {atol:.3e} + rtol {rtol:.3e}*|expected|")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# validation and benchmark lines for `python -m minidistil.kernels.<op>`
-
-
-class Report:
-    """Collects validation results; `finish()` exits with status 1 if any failed."""
-
-    def __init__(self, op: str):
-        self.op = op
-        self.failures = 0
-        print(f"== {op}")
-
-    def check(self, version: str, what: str, actual, expected, atol: float, rtol: float = 0.0) -> bool:
-        err, where = max_error(actual, expected)
-        try:
-            assert_close(actual, expected, atol, rtol, name=what)
-            ok = True
-        except AssertionError:
-            ok = False
-        self.failures += not ok
-        print(f"  validate {version:<14} {what:<10} max abs err {err:.2e} at {where} "
-              f"(atol {atol:.1e}, rtol {rtol:.1e})  {'ok' if ok else 'FAIL'}")
-        return ok
-
-    def bench(self, version: str, fn: Callable[[], object], *, nbytes: float = 0.0, flops: float = 0.0,
-              warmup: int = 2, repeat: int = 10, sync: Callable[[], None] | None = None) -> float:
-        ms = bench(fn, warmup=warmup, repeat=repeat, sync=sync)
-        rate = []
-        if nbytes:
-            rate.append(f"{nbytes / ms / 1e6:8.2f} GB/s")
-        if flops:
-            rate.append(f"{flops / ms / 1e6:8.2f} GFLOP/s")
-        print(f"  bench    {version:<14} {ms:9.3f} ms  " + "  ".join(rate))
-        return ms
-
-    def skip(self, version: str, why: str):
-        print(f"  skip     {version:<14} {why}")
-
-    def finish(self):
-        if self.failures:
-            print(f"{self.op}: {self.failures} validation(s) FAILED")
-            sys.exit(1)
-        print(f"{self.op}: all validations passed")
-
-
-def bench(fn: Callable[[], object], warmup: int = 2, repeat: int = 10,
-          sync: Callable[[], None] | None = None) -> float:
-    """Median wall time of fn() in milliseconds, after `warmup` untimed calls (JIT compilation happens there)."""
-    for _ in range(warmup):
-        fn()
-    if sync:
-        sync()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
-
-
-def cuda_ready() -> bool:
-    """True when the CUDA versions can run (real GPU or simulator)."""
-    from . import _cuda
-    return _cuda.available()
-
-
-def rng(seed: int = 0) -> np.random.Generator:
-    return np.random.default_rng(seed)
-
-
-def as_f32(*arrays: Iterable[np.ndarray]):
-    return tuple(np.ascontiguousarray(a, dtype=np.float32) for a in arrays)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# row masks of the losses
-
-
-def check_row_mask(name: str, mask, n_rows: int) -> np.ndarray:
-    """A loss's row selection: None (every row counts) or an (n_rows,) bool or integer array (nonzero = counts).
-
-    Returns a host bool array of shape (n_rows,); a numba.cuda device array is copied back (n_rows values).
-    """
-    if mask is None:
-        return np.ones(n_rows, dtype=np.bool_)
-    from . import _cuda  # noqa: PLC0415 (never imports numba.cuda itself)
-    m = _cuda.to_host(mask) if _cuda.is_device_array(mask) else mask
-    if not hasattr(m, "dtype") or not (np.dtype(m.dtype) == np.bool_ or np.issubdtype(np.dtype(m.dtype), np.integer)):
-        raise ValueError(f"{name}: expected None or a bool/integer array of shape ({n_rows},), got {_describe(m)}")
-    check_array(name, m, dtype=None, ndim=1, shape=(n_rows,), contiguous=False)
-    return np.asarray(m) != 0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# opt-in fast math: float32 exp and erf that LLVM can vectorise (appended for the speed work; see gelu.py and
-# attention.py for the kernel versions that use them)
-#
-# Numba >= 0.62 calls libm's scalar expf/erff, so a loop over exp or erf runs one element at a time. These two are
-# written with +, *, /, floor, compare/select and a bit cast only, so a prange loop over them runs 16 float32 lanes
-# per AVX-512 instruction. They are NOT the default: the exact versions (exp_f32 / erf_f32 below, which vectorise
-# too, in float64) stay the default everywhere, and the fast ones are chosen by MINIDISTIL_FAST_MATH=1 (read at
-# call time) or a `fast=True` argument, each with its own tolerance. Maximum errors, MEASURED over a dense grid in tests/test_speed_paths.py:
+# opt-in fast math: float32 exp and erf (see gelu.py and attention.py for the kernel versions that use them)
 #     exp_fast: relative error <= EXP_FAST_MAX_REL_ERR over [-87.3, 88.3]; exactly 0 below EXP_FAST_LO
 #     erf_fast: absolute error <= ERF_FAST_MAX_ABS_ERR over the whole real line
-# Caution when editing them: Numba's on-disk cache (cache=True) of a kernel that inlines them is keyed on the
-# kernel's own file, not on this one, so delete the kernels' __pycache__/*.nbi/*.nbc files after a change here.
-
-import os as _os
-
-from numba import njit as _njit
-from numba import types as _types
-from numba.extending import intrinsic as _intrinsic
 
 EXP_FAST_MAX_REL_ERR = 2.5e-7   # about 2 ulp: Taylor truncation 5e-9 plus the float32 roundings of Horner's rule
 ERF_FAST_MAX_ABS_ERR = 4.0e-7   # Abramowitz & Stegun 7.1.26's 1.5e-7 plus float32 roundings (measured 3.5e-7)
@@ -302,13 +62,13 @@ _T1, _T3, _T5, _T7, _T9, _T11, _T13 = (
     np.float32(2.0 / math.sqrt(math.pi) * (-1) ** k / (math.factorial(k) * (2 * k + 1))) for k in range(7))
 
 
-@_intrinsic
+@intrinsic
 def _int32_bits_as_float32(typingctx, i):
     """Reinterpret the low 32 bits of an integer as a float32 (LLVM trunc + bitcast: free, and it vectorises).
     Numba widens int32 arithmetic to int64, so any integer type is accepted and truncated to its low 32 bits."""
-    from llvmlite import ir  # noqa: PLC0415
+    from llvmlite import ir
 
-    if not isinstance(i, _types.Integer):
+    if not isinstance(i, types.Integer):
         return None
 
     def codegen(context, builder, signature, args):
@@ -317,10 +77,10 @@ def _int32_bits_as_float32(typingctx, i):
             v = builder.trunc(v, ir.IntType(32))
         return builder.bitcast(v, ir.FloatType())
 
-    return _types.float32(i), codegen
+    return types.float32(i), codegen
 
 
-@_njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def exp_fast(x):
     """float32 exp(x), written to vectorise: x = n ln2 + r with |r| <= ln2/2, exp(r) by its Taylor series to r^7,
     2^n built from its bits. Relative error <= EXP_FAST_MAX_REL_ERR; 0 for x < EXP_FAST_LO (and NaN stays NaN
@@ -333,7 +93,7 @@ def exp_fast(x):
     return p * scale if x >= EXP_FAST_LO else _F0
 
 
-@_njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def erf_fast(x):
     """float32 erf(x) by Abramowitz & Stegun 7.1.26 with exp_fast: absolute error <= ERF_FAST_MAX_ABS_ERR."""
     a = abs(x)
@@ -348,31 +108,23 @@ def erf_fast(x):
     return y if x >= _F0 else -y
 
 
-def fast_math_default() -> bool:
-    """True when MINIDISTIL_FAST_MATH=1 asks the kernels for their fast-math versions (read at every call)."""
-    return _os.environ.get("MINIDISTIL_FAST_MATH", "0") == "1"
-
 
 # ----------------------------------------------------------------------------------------------------------------
-# exact float32 exp and erf that vectorise: the DEFAULT in the Numba CPU kernels (issue #7)
+# exact float32 exp and erf that vectorise: the DEFAULT in the Numba CPU kernels
 #
-# The CPU kernels used to call math.exp / math.erf, which Numba >= 0.62 lowers to libm's scalar expf/erff: a loop
-# over them runs one element at a time (~3 ns each). exp_f32 and erf_f32 below give the same answers and vectorise:
-# they widen the float32 argument to float64, compute with +, *, compare/select and bit casts only (no call, no
-# division, no branch that LLVM cannot turn into a select), and round the float64 value to float32 once.
+# exp_f32 and erf_f32 widen the float32 argument to float64, compute with +, *, compare/select and bit casts only
+# (no call, no division, no branch that LLVM cannot turn into a select), and round the float64 value to float32
+# once.
 #
 # Why that is exact: the float64 value has relative error below ~1e-14 (the truncation bounds are given beside
 # each polynomial; Horner's rule in float64 adds a few 1e-16). Its float32 rounding is therefore the correctly
 # rounded float32 of the true value unless the true value lies within ~1e-14 relative of a midpoint between two
 # float32 numbers (whose spacing is 2^-23 relative): a fraction ~1e-14 / 2^-24 ~ 2e-7 of the inputs at most,
-# and then the result is the other neighbour, 1 ulp away. tests/test_exact_math.py measures this against
+# and then the result is the other neighbour, 1 ulp away. tests/test_f32math.py measures this against
 # float32(math.exp / math.erf of the float64 input) over dense grids: max error <= 1 ulp, and the fraction of
 # inputs that differ from the correctly rounded value (see EXACT_MATH_MAX_MISMATCH_FRACTION).
 # The float64 range also makes the edges free: float32's overflow (x > 88.72...) and its denormals and underflow
 # to 0 (x < -87.3 ... -103.97) come from the one final rounding, exactly as float32(exp(x)) would give them.
-#
-# The same caution as for the fast versions: a kernel's on-disk Numba cache is keyed on its own file, so delete
-# kernels/__pycache__/*.nbi and *.nbc after changing anything here.
 
 EXACT_MATH_MAX_MISMATCH_FRACTION = 1e-6  # bound asserted by the tests; measured fractions are stated there
 
@@ -403,8 +155,8 @@ def erfcx_coefficients(degree: int = 22, nodes: int = 256):
     least-squares Chebyshev fit of erfcx(a) = erfc(a) exp(a^2) on a in [1, 4], sampled at `nodes` Chebyshev points
     and computed in float64 with math.erfc * math.exp (relative error ~2e-16 each). erfcx is entire, so the
     Chebyshev coefficients fall geometrically: degree 22 leaves a relative error ~3e-15 (the sampling's own
-    rounding floor); degree 16 would leave 7e-12. tests/test_exact_math.py checks the stored numbers against this."""
-    from numpy.polynomial import chebyshev  # noqa: PLC0415
+    rounding floor); degree 16 would leave 7e-12. tests/test_f32math.py checks that the stored numbers meet it."""
+    from numpy.polynomial import chebyshev
 
     t = np.cos(np.pi * (np.arange(nodes) + 0.5) / nodes)
     a = _ERFCX_MID + t / _ERFCX_INV_HALF
@@ -443,50 +195,50 @@ _ERFCX_POLY = (
  _G21, _G22) = _ERFCX_POLY
 
 
-@_intrinsic
+@intrinsic
 def _float64_bits_as_int64(typingctx, x):
     """Reinterpret a float64's 64 bits as an int64 (LLVM bitcast: free, and it vectorises)."""
-    if not isinstance(x, _types.Float) or x.bitwidth != 64:
+    if not isinstance(x, types.Float) or x.bitwidth != 64:
         return None
 
     def codegen(context, builder, signature, args):
-        from llvmlite import ir  # noqa: PLC0415
+        from llvmlite import ir
         return builder.bitcast(args[0], ir.IntType(64))
 
-    return _types.int64(x), codegen
+    return types.int64(x), codegen
 
 
-@_intrinsic
+@intrinsic
 def _int64_bits_as_float64(typingctx, i):
     """Reinterpret an int64's 64 bits as a float64 (LLVM bitcast)."""
-    if not isinstance(i, _types.Integer) or i.bitwidth != 64:
+    if not isinstance(i, types.Integer) or i.bitwidth != 64:
         return None
 
     def codegen(context, builder, signature, args):
-        from llvmlite import ir  # noqa: PLC0415
+        from llvmlite import ir
         return builder.bitcast(args[0], ir.DoubleType())
 
-    return _types.float64(i), codegen
+    return types.float64(i), codegen
 
 
-@_intrinsic
+@intrinsic
 def _muladd(typingctx, a, b, c):
     """a * b + c on float64 by LLVM's llvm.fmuladd: one fused multiply-add where the CPU has one (then rounded
     once, more accurate than two roundings), a multiply and an add otherwise. Both fit the error bounds above;
     the choice is the compiler's, per machine, never a libm call."""
-    if not all(isinstance(v, _types.Float) and v.bitwidth == 64 for v in (a, b, c)):
+    if not all(isinstance(v, types.Float) and v.bitwidth == 64 for v in (a, b, c)):
         return None
 
     def codegen(context, builder, signature, args):
-        from llvmlite import ir  # noqa: PLC0415
+        from llvmlite import ir
         f64 = ir.DoubleType()
         fn = builder.module.declare_intrinsic("llvm.fmuladd", [f64], ir.FunctionType(f64, [f64, f64, f64]))
         return builder.call(fn, list(args))
 
-    return _types.float64(a, b, c), codegen
+    return types.float64(a, b, c), codegen
 
 
-@_njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _exp_f64(x):
     """exp(x) for a float64 x with relative error < ~5e-16 on [-708, 709] (x is clamped to that range; a NaN
     becomes -708: callers test for NaN themselves). Cody-Waite: x = n ln2 + r, |r| <= ln2/2, exp(x) = 2^n exp(r)."""
@@ -504,7 +256,7 @@ def _exp_f64(x):
     return p * _int64_bits_as_float64((ni + 1023) << 52)   # times 2^n, built from its biased exponent bits
 
 
-@_njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def exp_f32(x):
     """float32 exp(x), correctly rounded except within ~1e-14 of a rounding tie (then 1 ulp off), and vectorisable.
     Overflow gives inf (x > 88.7228), underflow float32 denormals then 0, exp(-inf) = 0, exp(nan) = nan."""
@@ -513,7 +265,7 @@ def exp_f32(x):
     return y if xd == xd else x
 
 
-@_njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def erf_f32(x):
     """float32 erf(x), correctly rounded except within ~1e-14 of a rounding tie (then 1 ulp off), and vectorisable.
     Both branches are computed and one is selected, so a loop over it has no branch; erf(-0) = -0, erf(nan) = nan."""
@@ -550,7 +302,7 @@ def erf_f32(x):
 
 # ----------------------------------------------------------------------------------------------------------------
 # row reductions that vectorise (used by the CPU kernels of softmax, attention, cross-entropy and the distillation
-# KL; appended for the speed work)
+# KL)
 #
 # An IEEE-ordered float32 sum `s += a[j]` is a chain of dependent adds (4 cycles each): LLVM may not reorder it,
 # so it runs one element at a time. `row_sum` lets LLVM reassociate (fastmath flag "reassoc" only: no finite-math
@@ -562,10 +314,9 @@ def erf_f32(x):
 # gives NaN in the softmax through its exp and sum). These are separate, non-inlined functions ON PURPOSE: fastmath
 # flags apply to every instruction of the function they are set on, and must never reach exp_f32's Cody-Waite
 # reduction, whose (x - n ln2_hi) - n ln2_lo reassociation would lose its precision.
-# Measured per row, 1 core: 30522 float32 (in cache) sum 17.2 -> 1.7 us, max (out of cache) 36.7 -> 8.6 us;
-# 128 float32: max 0.086 -> 0.050 us.
+# Measured per row of 30522 float32, 1 core: sum 17.2 -> 1.7 us, max 36.7 -> 8.6 us.
 
-@_njit(cache=True, fastmath={"reassoc"})
+@njit(cache=True, fastmath={"reassoc"})
 def row_sum(a):
     """sum(a) of a 1-d float32 array, in float32 with a vectorised (reassociated) order."""
     s = np.float32(0.0)
@@ -574,7 +325,7 @@ def row_sum(a):
     return s
 
 
-@_njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, fastmath={"reassoc", "contract"})
 def row_dot(a, b):
     """sum(a * b) of two 1-d float32 arrays of the same length, vectorised as row_sum (and with FMAs)."""
     s = np.float32(0.0)
@@ -583,7 +334,7 @@ def row_dot(a, b):
     return s
 
 
-@_njit(cache=True)
+@njit(cache=True)
 def row_max(a):
     """max(a) of a 1-d float32 array (-inf when empty or all NaN); exact (any order gives the same maximum).
     Eight independent running maxima (compare and select) instead of one chain, merged at the end."""

@@ -1,8 +1,10 @@
-"""The exact vectorisable float32 exp and erf of kernels/_common.py (exp_f32, erf_f32), the default in the CPU
-kernels, against the correctly rounded float32 value: np.float32 of the float64 result (numpy's exp, math.exp,
-math.erf and scipy's erf are accurate to about 1 float64 ulp, 1e-16 relative).
+"""The float32 maths of kernels/_f32math.py.
 
-What "exact" means here, and the bounds asserted (derived in the comment block of _common.py):
+The exact vectorisable exp and erf (exp_f32, erf_f32), the default in the CPU kernels, against the correctly rounded
+float32 value: np.float32 of the float64 result (numpy's exp, math.exp, math.erf and scipy's erf are accurate to
+about 1 float64 ulp, 1e-16 relative).
+
+What "exact" means here, and the bounds asserted (derived in the comment block of _f32math.py):
 - every output is within 1 float32 ulp of the correctly rounded value;
 - it differs from it only where the true value lies within ~1e-14 relative of a midpoint between two float32
   numbers: a fraction of inputs of order 1e-14 / 2^-24 ~ 2e-7 at most, asserted <= EXACT_MATH_MAX_MISMATCH_FRACTION
@@ -10,6 +12,8 @@ What "exact" means here, and the bounds asserted (derived in the comment block o
   below 1e-7. (The reference itself is a float64 result rounded once more, so near a tie either side may be the
   one that is off by 1 ulp; the bound covers both.)
 - the edges are exact: 0, -0, denormals, +-inf, NaN, the overflow and underflow thresholds, the branch boundaries.
+
+Also: the opt-in fast exp and erf against their stated maximum errors, and the vectorised row reductions.
 """
 import math
 import re
@@ -18,32 +22,34 @@ import numpy as np
 import pytest
 from numba import njit, prange
 
-from minidistil.kernels import _common
+from minidistil.kernels import _f32math
 from minidistil.kernels import gelu as KG
+
+EPS32 = float(np.finfo(np.float32).eps)
 
 
 @njit(cache=True, parallel=True)
 def _exp_all(x, y):
     for i in prange(x.size):
-        y[i] = _common.exp_f32(x[i])
+        y[i] = _f32math.exp_f32(x[i])
 
 
 @njit(cache=True, parallel=True)
 def _erf_all(x, y):
     for i in prange(x.size):
-        y[i] = _common.erf_f32(x[i])
+        y[i] = _f32math.erf_f32(x[i])
 
 
 @njit(cache=False)
 def _exp_serial(x, y):      # a plain loop, for reading its LLVM IR (not cached: inspect_llvm needs the module)
     for i in range(x.size):
-        y[i] = _common.exp_f32(x[i])
+        y[i] = _f32math.exp_f32(x[i])
 
 
 @njit(cache=False)
 def _erf_serial(x, y):
     for i in range(x.size):
-        y[i] = _common.erf_f32(x[i])
+        y[i] = _f32math.erf_f32(x[i])
 
 
 def _run(kernel, x):
@@ -107,7 +113,7 @@ def test_exp_f32_is_correctly_rounded_on_dense_grids(rng):
     ]).astype(np.float32)
     got = _run(_exp_all, x)
     mismatches = _compare(got, _exp_reference(x), "exp_f32")
-    assert mismatches <= _common.EXACT_MATH_MAX_MISMATCH_FRACTION * x.size, f"{mismatches} of {x.size} differ"
+    assert mismatches <= _f32math.EXACT_MATH_MAX_MISMATCH_FRACTION * x.size, f"{mismatches} of {x.size} differ"
 
 
 def test_exp_f32_edges_are_exact():
@@ -148,7 +154,7 @@ def test_erf_f32_is_correctly_rounded_on_dense_grids(rng):
     ]).astype(np.float32)
     got = _run(_erf_all, x)
     mismatches = _compare(got, _erf_reference(x), "erf_f32")
-    assert mismatches <= _common.EXACT_MATH_MAX_MISMATCH_FRACTION * x.size, f"{mismatches} of {x.size} differ"
+    assert mismatches <= _f32math.EXACT_MATH_MAX_MISMATCH_FRACTION * x.size, f"{mismatches} of {x.size} differ"
     np.testing.assert_array_equal(_run(_erf_all, -x), -got)           # odd, exactly
 
 
@@ -168,9 +174,9 @@ def test_erfcx_coefficients_meet_their_error_bound():
     # eps is 2.2e-16; exp_f32/erf_f32 round once to float32, whose eps is 1.2e-7). Both the stored coefficients and
     # a fresh fit on this machine's BLAS must meet it.
     a = np.linspace(1.0, 4.0, 3001)
-    t = (a - _common._ERFCX_MID) * _common._ERFCX_INV_HALF
+    t = (a - _f32math._ERFCX_MID) * _f32math._ERFCX_INV_HALF
     exact = np.array([math.erfc(v) * math.exp(v * v) for v in a])
-    for coefficients in (np.array(_common._ERFCX_POLY), np.array(_common.erfcx_coefficients())):
+    for coefficients in (np.array(_f32math._ERFCX_POLY), np.array(_f32math.erfcx_coefficients())):
         assert coefficients.shape == (23,)
         g = np.polynomial.polynomial.polyval(t, coefficients)
         assert np.abs(g / exact - 1).max() < 1e-14
@@ -201,4 +207,82 @@ def test_gelu_cpu_default_is_the_float32_formula_with_correctly_rounded_erf(rng)
     want = KG.HALF * x * (KG.ONE + _erf_reference(u))
     got, _ = KG.gelu_forward_cpu(x, fast=False)
     diff = np.count_nonzero(got != want)
-    assert diff <= _common.EXACT_MATH_MAX_MISMATCH_FRACTION * x.size, f"{diff} of {x.size} differ"
+    assert diff <= _f32math.EXACT_MATH_MAX_MISMATCH_FRACTION * x.size, f"{diff} of {x.size} differ"
+
+
+# ---- opt-in fast math: the stated maximum errors, measured on dense grids ---------------------------------------
+
+@njit(cache=True, parallel=True)
+def _exp_fast_all(x, y):
+    for i in prange(x.size):
+        y[i] = _f32math.exp_fast(x[i])
+
+
+@njit(cache=True, parallel=True)
+def _erf_fast_all(x, y):
+    for i in prange(x.size):
+        y[i] = _f32math.erf_fast(x[i])
+
+
+def test_exp_fast_relative_error_is_within_the_stated_bound():
+    # every float32 spacing matters near 0 and at the ends: 4M points over the whole range plus [-1, 1] densely
+    x = np.concatenate([np.linspace(-87.3, 88.3, 4_000_001), np.linspace(-1, 1, 1_000_001)]).astype(np.float32)
+    y = np.empty_like(x)
+    _exp_fast_all(x, y)
+    exact = np.exp(x.astype(np.float64))
+    rel = np.abs(y - exact) / exact
+    assert y.dtype == np.float32
+    assert rel.max() <= _f32math.EXP_FAST_MAX_REL_ERR, f"max relative error {rel.max():.3e}"
+    # below the smallest normal it returns exactly 0 (softmax's filled scores), and exp(0) is 1
+    lo = np.array([-3.4e38, -1000.0, -87.5, 0.0], np.float32)
+    out = np.empty_like(lo)
+    _exp_fast_all(lo, out)
+    assert out.tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_erf_fast_absolute_error_is_within_the_stated_bound():
+    from scipy.special import erf
+    x = np.concatenate([np.linspace(-10, 10, 4_000_001), np.linspace(-0.6, 0.6, 1_000_001)]).astype(np.float32)
+    y = np.empty_like(x)
+    _erf_fast_all(x, y)
+    err = np.abs(y - erf(x.astype(np.float64)))
+    assert err.max() <= _f32math.ERF_FAST_MAX_ABS_ERR, f"max absolute error {err.max():.3e}"
+    neg = np.empty_like(x)
+    _erf_fast_all(-x, neg)
+    np.testing.assert_array_equal(neg, -y)      # odd
+    # near 0 the Maclaurin branch keeps the RELATIVE error small too (|x| < 0.5)
+    small = (np.abs(x) > 1e-30) & (np.abs(x) < 0.5)
+    rel = err[small] / np.abs(erf(x[small].astype(np.float64)))
+    assert rel.max() <= 8 * EPS32, f"max relative error near 0: {rel.max():.3e}"
+
+
+# ---- vectorised row reductions (row_sum, row_dot, row_max) --------------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 31, 128, 30522])
+def test_row_reductions(rng, n):
+    a = (rng.standard_normal(n) * 10).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    # reassociated float32 sums: any order of n adds errs by at most (n - 1) eps sum|terms| (first-order bound)
+    eps = float(np.finfo(np.float32).eps)
+    s = _f32math.row_sum(a)
+    assert float(np.float32(s)) == s                           # a float32 result (numba returns a Python float)
+    assert abs(float(_f32math.row_sum(a)) - a64.sum()) <= max(n - 1, 0) * eps * np.abs(a64).sum() + 1e-30
+    assert abs(float(_f32math.row_dot(a, b)) - a64 @ b64) <= n * eps * np.abs(a64 * b64).sum() + 1e-30
+    # the maximum is exact whatever the order; -inf for an empty row
+    assert _f32math.row_max(a) == (a.max() if n else -np.inf)
+    if n >= 9:
+        for pos in (0, n // 2, n - 1):                           # the maximum anywhere, in any lane or the tail
+            c = a.copy()
+            c[pos] = 1e30
+            assert _f32math.row_max(c) == np.float32(1e30)
+        c = a.copy()
+        c[n // 3] = np.nan                                       # NaN is skipped by the compares ...
+        assert _f32math.row_max(c) == np.nanmax(c)
+        assert np.isnan(_f32math.row_sum(c))                      # ... and propagates through a sum
+        c = np.full(n, -np.inf, np.float32)
+        assert _f32math.row_max(c) == -np.inf
+        c[5] = np.inf
+        assert _f32math.row_max(c) == np.inf and np.isnan(_f32math.row_sum(c))   # inf + -inf
+        c[c == -np.inf] = 0.0
+        assert _f32math.row_sum(c) == np.inf

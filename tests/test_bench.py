@@ -1,0 +1,72 @@
+"""`minidistil bench` (minidistil/bench.py): FLOP counts, a quick in-process run, the JSON and plot output, the
+peak-memory child, the other frameworks' process environment, and torch's forward against ours on shared
+weights. No timed assertion anywhere: times are only checked to be positive."""
+import json
+
+import numpy as np
+import pytest
+
+from minidistil import _runtime, bench
+from minidistil.kernels import _checks
+
+
+def test_bench_flop_count_is_distilbert_base():
+    sc = next(s for s in bench.scenarios(False) if s.name == "fwd_T128")
+    assert (sc.B, sc.T) == (8, 128)
+    # q, k, v, out projections 4 C^2, FFN 2 C F, two attention products: ~89 GFLOP
+    assert 88.0e9 < bench.flops(bench.FULL, sc) < 89.5e9
+
+
+def test_bench_quick_runs_and_writes_json_and_plot(tmp_path):
+    out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
+    rc = bench.main(["--quick", "--frameworks", "minidistil", "--no-memory", "--repeat", "1", "--warmup", "1",
+                     "--fast-math", "--json", str(out_json), "--plot", str(out_png)])
+    assert rc == 0
+    data = json.loads(out_json.read_text())
+    rows = {(r["scenario"], r["framework"]) for r in data["results"]}
+    assert rows == {(s.name, fw) for s in bench.scenarios(True) for fw in ("minidistil", "minidistil-fast")}
+    assert all(r["ms"] > 0 and r["gflops"] > 0 for r in data["results"])
+    assert all(r["ratio"] == 1.0 for r in data["results"] if r["framework"] == "minidistil")
+    assert out_png.stat().st_size > 1000
+
+
+def test_bench_memory_child_reports_a_peak_and_a_time(tmp_path):
+    sc = bench.scenarios(True)[0]
+    mem = bench.measure_memory("minidistil", True, sc, None, steps=2)
+    assert "error" not in mem, mem
+    assert 0 < mem["base_mb"] <= mem["peak_mb"]
+    assert mem["alone_ms"] > 0                                     # the second step, timed alone
+    results = [bench.Result(sc.name, "minidistil", 5.0, alone_ms=mem["alone_ms"]),
+               bench.Result(sc.name, "torch", 4.0)]                # no alone time: no dash
+    bench.plot(results, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_bench_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="--frameworks"):
+        bench.main(["--quick", "--frameworks", "tensorflow"])
+    with pytest.raises(ValueError, match="--scenarios"):
+        bench.main(["--quick", "--frameworks", "minidistil", "--scenarios", "nope"])
+
+
+def test_bench_torch_forward_matches_minidistil_on_shared_weights(oracle, torch):
+    oracle("transformers")  # required in CI, like torch
+    s, sc = bench.QUICK, bench.scenarios(True)[0]
+    tm = bench._torch_models(s, sc.kind)
+    mm = bench._md_models(s, sc.kind)
+    mm[0].load_state_dict({k: v.detach().numpy() for k, v in tm[0].state_dict().items()}, strict=False)
+    a = np.asarray(bench.minidistil_step(s, sc, mm)())
+    b = bench.torch_step(s, sc, tm)().detach().numpy()
+    # layer-normed outputs of O(1): a float32 tolerance over the longest reduction (F) and the depth
+    _checks.assert_close(a, b, atol=_checks.f32_tol(s.hidden_dim, scale=4.0) * s.n_layers)
+
+
+def test_bench_runs_torch_and_onnxruntime_alone_under_their_own_defaults():
+    ours = _runtime.set_by_minidistil()
+    assert ours                                                   # import minidistil set something (this process)
+    for fw in ("torch", "onnxruntime"):
+        env = bench.child_env(fw)
+        assert all(env.get(k) != v for k, v in ours.items())     # none of our settings leak into their process
+        assert env["MINIDISTIL_MALLOC"] == env["MINIDISTIL_THREAD_ENV"] == "0"
+    assert bench.child_env("minidistil").get("MINIDISTIL_MALLOC") != "0"
+    assert bench.child_env("minidistil-fast")["MINIDISTIL_FAST_MATH"] == "1"
