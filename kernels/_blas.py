@@ -9,6 +9,10 @@ numpy has no API for OpenBLAS's thread count, so `openblas()` finds the library 
 - `matmul`: one large product as one BLAS call (the default), or as row or column blocks on the same pool
   (MINIDISTIL_GEMM=blocks) for a machine whose cores other jobs often take (tutorials/09_cpu_performance.py).
 
+`kernel_report` says which OpenBLAS kernels numpy runs (its core name), the sgemm rate they reach on a model-shaped
+product, and `kernel_warning` whether OPENBLAS_CORETYPE holds them below what the CPU supports (the benchmarks
+print both).
+
 Process set-up that must happen before numpy loads (OPENBLAS_CORETYPE, OMP_WAIT_POLICY, malloc) is not here: it is
 `minidistil/_runtime.py`, run by `import minidistil`.
 """
@@ -17,9 +21,12 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from . import _cpuinfo
 
 
 class _OpenBLAS:
@@ -184,3 +191,76 @@ def _matmul_rows(a, b, out, i0, i1):
 
 def _matmul_cols(a, b, out, j0, j1):
     return lambda: np.matmul(a, b[:, j0:j1], out=out[:, j0:j1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# which kernels numpy's OpenBLAS runs, how fast, and whether a variable holds it back
+
+FORCING_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # read by OpenBLAS when numpy loads it
+
+
+def sgemm_gflops(M: int = 1024, K: int = 768, N: int = 3072, repeat: int = 5) -> float:
+    """GFLOP/s of numpy's float32 GEMM on one (M, K) @ (K, N) product, the median of `repeat` calls after one
+    warm-up. The default is DistilBERT-base's first FFN product at B*T = 1024 (4.8 GFLOP, ~10 ms at 460 GFLOP/s)."""
+    r = np.random.default_rng(0)
+    a = r.standard_normal((M, K), dtype=np.float32)
+    b = r.standard_normal((K, N), dtype=np.float32)
+    out = np.empty((M, N), np.float32)
+    np.matmul(a, b, out=out)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * M * K * N / float(np.median(times)) / 1e9
+
+
+def kernel_warning(corename: str, environ=None, flags=None, command: str = "minidistil bench") -> str | None:
+    """One paragraph when numpy's OpenBLAS runs kernels of a lower SIMD level than the CPU has (kernels/_cpuinfo.py:
+    e.g. Haswell's AVX2 kernels on an AVX-512 CPU), saying which variable forced it and how to run without it;
+    None when the kernels match the CPU, or when the core name or the CPU is not one we can judge."""
+    environ = os.environ if environ is None else environ
+    have, want = _cpuinfo.core_level(corename), _cpuinfo.cpu_level(flags)
+    if have is None or have >= want:
+        return None
+    best = _cpuinfo.BEST_CORE[want]
+    forced = [f"{k}={environ[k]}" for k in FORCING_VARIABLES if k in environ]
+    simd = "AVX-512" if want == 2 else "AVX2"
+    if "OPENBLAS_CORETYPE" in environ:
+        unset = " ".join(f"-u {k}" for k in FORCING_VARIABLES if k in environ)
+        why = (f"because the environment sets {' and '.join(forced)}. OPENBLAS_CORETYPE makes OpenBLAS load that "
+               f"core's kernels whatever the CPU (OPENBLAS_L2_SIZE overrides the cache size it detected); both are "
+               f"read once, when numpy loads OpenBLAS, and import minidistil respects a core type you set. To "
+               f"measure what this CPU can do, run without them: env {unset} {command}")
+    else:
+        why = (f"without OPENBLAS_CORETYPE in the environment: OpenBLAS did not recognise this CPU, or numpy was "
+               f"imported before minidistil could choose its core. Run with OPENBLAS_CORETYPE={best} (or import "
+               f"minidistil before numpy)")
+    return (f"warning: numpy's OpenBLAS runs its {corename} kernels on a CPU with {simd} ({best} kernels), "
+            f"{why}. Every GEMM that goes through numpy (all of minidistil's) runs slower under it (a DistilBERT-base "
+            f"FFN product on an idle AVX-512 CPU: ~245 GFLOP/s with Haswell's kernels, ~460 with SkylakeX's), while "
+            f"PyTorch and ONNX Runtime bring their own GEMMs and do not read the variable: these figures are not "
+            f"what a user of this CPU gets, and the ratios are unfair to minidistil.")
+
+
+def kernel_report(measure: bool = True, command: str = "minidistil bench") -> dict:
+    """numpy's BLAS as it runs: the OpenBLAS library and core, its threads, the CPU's SIMD level, the forcing
+    variables present, the measured sgemm rate (when `measure`) and `kernel_warning`'s paragraph (or None), whose
+    advice names `command`."""
+    blas = openblas()
+    core = blas.corename()
+    shape = (1024, 768, 3072)
+    return {"openblas": blas.path, "core": core, "threads": blas.get_num_threads(),
+            "cpu_simd": {2: "AVX-512", 1: "AVX2", 0: "other"}[_cpuinfo.cpu_level()],
+            "variables": {k: os.environ[k] for k in FORCING_VARIABLES if k in os.environ},
+            "sgemm_shape": f"({shape[0]}x{shape[1]})@({shape[1]}x{shape[2]})",
+            "sgemm_gflops": sgemm_gflops(*shape) if measure else None,
+            "warning": kernel_warning(core, command=command)}
+
+
+def kernel_line(report: dict) -> str:
+    """kernel_report() in one line, for a benchmark's header."""
+    var = ", ".join(f"{k}={v}" for k, v in report["variables"].items()) or "no OPENBLAS_CORETYPE/L2_SIZE set"
+    rate = f"{report['sgemm_gflops']:.0f} GFLOP/s" if report["sgemm_gflops"] is not None else "not measured"
+    return (f"BLAS: numpy's OpenBLAS runs its {report['core']} kernels ({report['threads']} threads; "
+            f"{var}; CPU: {report['cpu_simd']}); sgemm {report['sgemm_shape']}: {rate}")

@@ -50,7 +50,10 @@ Versions:
                                                       one OpenBLAS thread per core (_blas.run_blas_tasks:
                                                       threaded OpenBLAS on 128 x 64 GEMMs was 4-30x slower);
                                                       scale, mask, softmax and dropout fused in one Numba
-                                                      pass over the rows of the scores, written in place
+                                                      pass over the rows of the scores, written in place;
+                                                      q, k, v may be strided (B, T, C) views, e.g. the column
+                                                      blocks of one fused projection's (B, T, 3C) output (the
+                                                      other versions want them C-contiguous)
     (both CPU versions)                               softmax's exp by _f32math.exp_f32: the correctly rounded
                                                       float32 exp (<= 1 ulp, only within ~1e-14 of a tie), computed
                                                       in float64 in a loop that vectorises (libm's expf does not)
@@ -305,11 +308,13 @@ def _apply_dropout_rows(P, Pd, k1, k2, threshold, pscale):
             Pd[b, h, i, j] = P[b, h, i, j] * _keep_scale(r * T + j, k1, k2, threshold, pscale)
 
 
-def _check(q, k, v, mask, n_heads, p=0.0, seed=0):
-    _checks.check_array("q", q, ndim=3)
-    _checks.check_array("k", k, ndim=3)
+def _check(q, k, v, mask, n_heads, p=0.0, seed=0, contiguous=True):
+    # contiguous=False (the BLAS version): q, k, v may be strided views, e.g. the three column blocks of one
+    # fused projection's output (B, T, 3C); numpy hands BLAS their (T, D) head blocks with the right leading dimension
+    _checks.check_array("q", q, ndim=3, contiguous=contiguous)
+    _checks.check_array("k", k, ndim=3, contiguous=contiguous)
     _checks.check_same_shape("q", q, "k", k)
-    _checks.check_array("v", v, ndim=3)
+    _checks.check_array("v", v, ndim=3, contiguous=contiguous)
     _checks.check_same_shape("q", q, "v", v)
     B, T, C = tuple(q.shape)
     if not hasattr(mask, "dtype") or not (np.issubdtype(np.dtype(mask.dtype), np.integer)
@@ -381,10 +386,10 @@ def _blas_by_blocks(B, H, *products):
 
 
 def attention_forward_blas(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):
-    B, T, C, D = _check(q, k, v, mask, n_heads, p, seed)
+    B, T, C, D = _check(q, k, v, mask, n_heads, p, seed, contiguous=False)
     H = int(n_heads)
     fast = _f32math.fast_math_default() if fast is None else bool(fast)
-    out = np.empty_like(q)
+    out = np.empty((B, T, C), np.float32)
     probs = np.empty((B, H, T, T), np.float32)
     if q.size:
         has_drop, k1, k2, threshold, pscale = _drop_args(p, seed)
@@ -400,7 +405,7 @@ def attention_forward_blas(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):
 def attention_backward_blas(dout, cache):
     q, k, v, mask, probs, H, p, seed = cache
     _checks.check_array("dout", dout, shape=q.shape)
-    dq, dk, dv = np.empty_like(q), np.empty_like(q), np.empty_like(q)
+    dq, dk, dv = (np.empty(q.shape, np.float32) for _ in range(3))
     if q.size:
         B, T, C = q.shape
         has_drop, k1, k2, threshold, pscale = _drop_args(p, seed)

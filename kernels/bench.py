@@ -9,6 +9,9 @@ warm-up (JIT compilation happens in the warm-up), forward and backward separatel
 version to the reference and to torch (below 1.0 means minidistil is faster). torch is optional: without it its
 column is empty. The torch backward is timed with torch.autograd.grad on a graph built once (retain_graph=True).
 
+On the CPU it first prints which OpenBLAS kernels numpy runs and their sgemm GFLOP/s on a (1024x768)@(768x3072)
+product, and warns on stderr when OPENBLAS_CORETYPE forces slower kernels than the CPU supports (kernels/_blas.py).
+
 --device cuda: the memory-bound CUDA kernels (residual+layernorm, bias+GELU, softmax and attention, forward and
 backward) on device arrays, and the bandwidth each reaches: its minimum bytes (every input read once, every output
 written once, counted per kernel in `cuda_cases`) over its time, as GB/s and as a fraction of the device's peak
@@ -33,7 +36,7 @@ import sys
 
 import numpy as np
 
-from . import _checks, _cuda
+from . import _blas, _checks, _cuda
 
 B, T, C, F, H, V = 8, 128, 768, 3072, 12, 30522
 N = B * T
@@ -488,6 +491,10 @@ def main(argv=None):
                 json.dump(out, f, indent=1)
         return 0
     args.repeat = args.repeat or 10
+    blas = _blas.kernel_report(command="python -m minidistil.kernels.bench")
+    print(_blas.kernel_line(blas))
+    if blas["warning"]:
+        print(blas["warning"], file=sys.stderr, flush=True)
     torch = _try_torch()
     if torch:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

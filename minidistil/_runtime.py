@@ -1,8 +1,9 @@
 """Process set-up that must happen BEFORE numpy is imported: which OpenBLAS kernels to use and how its threads wait.
 
-This module imports nothing heavy (only os and sys): `minidistil/__init__.py` calls `configure()` first thing, so
-that `import minidistil` (or `import minidistil.kernels.X`, which imports the package first) sets the environment
-before numpy loads OpenBLAS. Once numpy is imported, OpenBLAS has read its environment and nothing here changes it.
+This module imports nothing heavy (os, sys and kernels/_cpuinfo.py, which uses only the standard library):
+`minidistil/__init__.py` calls `configure()` first thing, so that `import minidistil` (or
+`import minidistil.kernels.X`, which imports the package first) sets the environment before numpy loads OpenBLAS.
+Once numpy is imported, OpenBLAS has read its environment and nothing here changes it.
 
 1. OpenBLAS core type. numpy's wheel bundles OpenBLAS built with DYNAMIC_ARCH: at load time it picks the kernels
    for the CPU model it recognises. On some AVX-512 machines (new or virtualised CPU models) it falls back to its
@@ -14,7 +15,9 @@ before numpy loads OpenBLAS. Once numpy is imported, OpenBLAS has read its envir
        - MINIDISTIL_OPENBLAS_CORETYPE is not "0".
    MINIDISTIL_OPENBLAS_CORETYPE=0 turns this off; MINIDISTIL_OPENBLAS_CORETYPE=<name> (e.g. Haswell) sets that core
    type instead (subject to the same first two conditions). The numbers change only by float32 rounding (another
-   order of summation in the GEMM), within the parity tests' derived tolerances.
+   order of summation in the GEMM), within the parity tests' derived tolerances. A core type the user set is
+   respected, even a slower one than the CPU supports: `minidistil bench` then says so on stderr
+   (kernels/_blas.py `kernel_warning`).
 
 2. Spinning threads. After a GEMM, OpenBLAS's worker threads busy-wait for up to 2^28 cycles (~0.1 s) for more
    work, and the Numba kernel that runs next (layer norm, GELU, softmax) wants the same cores; Numba's OpenMP
@@ -43,21 +46,10 @@ from __future__ import annotations
 import os
 import sys
 
+from .kernels._cpuinfo import AVX512_FLAGS, cpu_flags  # standard library only: safe before numpy
+
 _DECISION: dict[str, str] = {}
 _SET_BY_US: dict[str, str] = {}
-_NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl")
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of the first processor in /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def _set_default(name: str, value: str, why: str):
@@ -90,7 +82,7 @@ def configure() -> dict[str, str]:
         _DECISION["OPENBLAS_CORETYPE"] = f"{os.environ['OPENBLAS_CORETYPE']} (set by the user)"
     elif wish and wish not in ("1", "auto"):
         _set_default("OPENBLAS_CORETYPE", wish, "MINIDISTIL_OPENBLAS_CORETYPE")
-    elif all(f in cpu_flags() for f in _NEEDED_FLAGS):
+    elif all(f in cpu_flags() for f in AVX512_FLAGS):
         _set_default("OPENBLAS_CORETYPE", "SkylakeX", "the CPU has AVX-512 F/BW/DQ/VL")
     else:
         _DECISION["OPENBLAS_CORETYPE"] = "not set (no AVX-512 F/BW/DQ/VL in /proc/cpuinfo)"

@@ -24,6 +24,12 @@ step counted as 3 forwards). Peak memory: tracemalloc does not
 see numpy's or torch's allocations, so each (framework, scenario) runs once more in a FRESH subprocess that reports
 its VmHWM (peak resident set) from /proc/self/status, and its resident set after the imports (`base`).
 
+BLAS kernels: numpy's OpenBLAS picks its kernels when it loads, and OPENBLAS_CORETYPE (with OPENBLAS_L2_SIZE) in the
+environment overrides that choice. The run first prints which core's kernels numpy runs and the sgemm GFLOP/s they
+reach on a (1024x768)@(768x3072) product, and warns on stderr when a variable forces slower kernels than the CPU
+supports (e.g. Haswell's on an AVX-512 CPU: about half the rate), with the command that runs without it. PyTorch and
+ONNX Runtime use their own GEMMs, so such a variable slows only minidistil.
+
 Process settings: `import minidistil` sets up its process (minidistil/_runtime.py: OMP_WAIT_POLICY=PASSIVE, OpenBLAS's
 thread timeout and core type, glibc malloc keeping large arrays for reuse), and in the interleaved run PyTorch and
 ONNX Runtime share that process, so they run under minidistil's settings too (measured: they speed up PyTorch's
@@ -550,7 +556,12 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
     env = environment(device)
     env["versions"] = have
     env["pause_s"] = pause
+    from minidistil.kernels import _blas  # noqa: PLC0415
+    env["blas"] = _blas.kernel_report()  # the kernels numpy's OpenBLAS really runs, and its sgemm rate
     log("environment: " + json.dumps(env))
+    log(_blas.kernel_line(env["blas"]))
+    if env["blas"]["warning"]:
+        print(env["blas"]["warning"], file=sys.stderr, flush=True)
     results: list[Result] = []
     tmp = tempfile.mkdtemp(prefix="minidistil-bench-")
     for sc in scenarios(quick):
@@ -717,6 +728,9 @@ def run_args(args) -> int:
     print()
     print(format_table(results))
     print(f"load average before {env['loadavg']}, after {env['loadavg_end']} on {env['cores']} cores")
+    from minidistil.kernels import _blas  # noqa: PLC0415
+    print(_blas.kernel_line(env["blas"]) + (" (slower than this CPU supports: see the warning above)"
+                                            if env["blas"]["warning"] else ""))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"environment": env, "sizes": asdict(sizes(size)), "device": args.device,

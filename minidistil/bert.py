@@ -24,7 +24,7 @@ from minidistil.autograd import Tensor
 from minidistil.config import BertConfig
 from minidistil.kernels import _checks
 from minidistil.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, PreTrainedModel,
-                           Tanh, check_input_ids, extend_mask, position_ids, to_device_of)
+                           Tanh, check_input_ids, extend_mask, position_ids, stack_linears, to_device_of)
 from minidistil.outputs import (BaseModelOutputWithPooling, MaskedLMOutput, MultipleChoiceModelOutput,
                                 QuestionAnsweringModelOutput, SequenceClassifierOutput, TokenClassifierOutput)
 
@@ -61,12 +61,14 @@ class BertSelfAttention(Module):
         self.query = Linear(C, C)
         self.key = Linear(C, C)
         self.value = Linear(C, C)
+        stack_linears(self.query, self.key, self.value)                         # one (3C, C) weight underneath
         self.attention_dropout = config.attention_probs_dropout_prob
 
     def forward(self, x: Tensor, mask: np.ndarray) -> tuple[Tensor, Tensor]:
-        q, k, v = self.query(x), self.key(x), self.value(x)                     # (B, T, C) each
-        return F.attention(q, k, v, mask, self.n_heads, self.attention_dropout,  # (B, T, C), probs (B, H, T, T)
-                           self.training)
+        # q, k, v = query(x), key(x), value(x) (B, T, C) each, as one GEMM; then attention over the H heads
+        return F.projected_attention(x, (self.query.weight, self.key.weight, self.value.weight),
+                                     (self.query.bias, self.key.bias, self.value.bias), mask, self.n_heads,
+                                     self.attention_dropout, self.training)  # (B, T, C), probs (B, H, T, T)
 
 
 class BertSelfOutput(Module):

@@ -20,7 +20,8 @@ from minidistil import losses
 from minidistil.autograd import Tensor
 from minidistil.config import DistilBertConfig
 from minidistil.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, PreTrainedModel, ReLU,
-                           check_input_ids, extend_mask, position_ids, sinusoidal_table, to_device_of)
+                           check_input_ids, extend_mask, position_ids, sinusoidal_table, stack_linears,
+                           to_device_of)
 from minidistil.outputs import (BaseModelOutput, MaskedLMOutput, MultipleChoiceModelOutput,
                                 QuestionAnsweringModelOutput, SequenceClassifierOutput, TokenClassifierOutput)
 
@@ -56,13 +57,15 @@ class MultiHeadSelfAttention(Module):
         self.q_lin = Linear(C, C)
         self.k_lin = Linear(C, C)
         self.v_lin = Linear(C, C)
+        stack_linears(self.q_lin, self.k_lin, self.v_lin)                       # one (3C, C) weight underneath
         self.out_lin = Linear(C, C)
         self.attention_dropout = config.attention_dropout
 
     def forward(self, x: Tensor, mask: np.ndarray) -> tuple[Tensor, Tensor]:
-        q, k, v = self.q_lin(x), self.k_lin(x), self.v_lin(x)                   # (B, T, C) each
-        h, probs = F.attention(q, k, v, mask, self.n_heads, self.attention_dropout,  # (B, T, C), (B, H, T, T)
-                               self.training)
+        # q, k, v = q_lin(x), k_lin(x), v_lin(x) (B, T, C) each, as one GEMM; then attention over the H heads
+        h, probs = F.projected_attention(x, (self.q_lin.weight, self.k_lin.weight, self.v_lin.weight),
+                                         (self.q_lin.bias, self.k_lin.bias, self.v_lin.bias), mask, self.n_heads,
+                                         self.attention_dropout, self.training)   # (B, T, C), (B, H, T, T)
         return self.out_lin(h), probs                                           # (B, T, C)
 
 

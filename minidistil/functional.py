@@ -103,6 +103,58 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray, n_heads: int, p
     return make_result(out, (q, k, v), backward, "attention", fresh_grads=True), Tensor(cache.probs)
 
 
+def projected_attention(x: Tensor, w: tuple[Tensor, Tensor, Tensor], b: tuple[Tensor, Tensor, Tensor],
+                        mask: np.ndarray, n_heads: int, p: float = 0.0, training: bool = False,
+                        seed: int | None = None) -> tuple[Tensor, Tensor]:
+    """attention(x wq^T + bq, x wk^T + bk, x wv^T + bv, mask, ...) with the three projections as ONE GEMM.
+
+    x (B, T, C); w = (wq, wk, wv), each (C, C); b = (bq, bk, bv), each (C,). On the CPU the weights are stacked
+    into W = [wq; wk; wv] (3C, C) (no copy when they are consecutive row blocks of one array, as the models keep
+    them: `stack_rows`), qkv = x W^T + [bq; bk; bv] is one (B*T, C) x (C, 3C) product, and attention reads q, k and
+    v as strided column blocks of qkv (no copies between heads). On a GPU: three products, as `linear` does.
+    Returns what `attention` returns; the gradient reaches x and the six parameters separately."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p: expected a dropout probability in [0, 1), got {p}")
+    if not training:
+        p = 0.0
+    if p > 0.0 and seed is None:
+        seed = int(_SEEDS.integers(0, 2**31 - 1))
+    if _cuda.is_device_array(x.data):
+        q, k, v = (linear(x, wi, bi) for wi, bi in zip(w, b, strict=True))
+        return attention(q, k, v, mask, n_heads, p, training, seed)
+    C = w[0].shape[0]
+    W, bias = stack_rows([t.data for t in w]), stack_rows([t.data for t in b])
+    qkv, lin_cache = _linear.linear_forward(x.data, W, bias)                      # (B, T, 3C)  [q | k | v]
+    out, cache = _attention.attention_forward(qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:], mask, n_heads,
+                                              p, seed or 0)                       # (B, T, C)
+
+    def backward(dout):
+        # out = attention(q, k, v), [q | k | v] = x W^T + b  ->  (dq, dk, dv), then dx = dqkv W,
+        # dW = dqkv^T x and db = sum(dqkv) over the rows, W's and b's row blocks going to (wq, wk, wv), (bq, bk, bv)
+        dqkv = np.concatenate(_attention.attention_backward(dout, cache), axis=-1)  # (B, T, 3C)
+        dx, dW, db = _linear.linear_backward(dqkv, lin_cache)
+        blocks = [slice(0, C), slice(C, 2 * C), slice(2 * C, 3 * C)]
+        return (dx, *(dW[s] for s in blocks), *(db[s] for s in blocks))
+
+    return (make_result(out, (x, *w, *b), backward, "projected_attention", fresh_grads=True),
+            Tensor(cache.probs))
+
+
+def stack_rows(arrays: list[np.ndarray]) -> np.ndarray:
+    """[a0; a1; ...] along axis 0: the array they are consecutive, contiguous row blocks of when they are (no copy),
+    else a new concatenation (e.g. after a parameter's .data was replaced by another array)."""
+    base = arrays[0].base
+    if base is not None and base.flags.c_contiguous and base.shape[0] == sum(a.shape[0] for a in arrays):
+        at = base.ctypes.data
+        for a in arrays:
+            if a.base is not base or not a.flags.c_contiguous or a.ctypes.data != at:
+                break
+            at += a.nbytes
+        else:
+            return base
+    return np.concatenate(arrays)
+
+
 def embedding(ids: np.ndarray, table: Tensor, padding_idx: int | None = None, checked: bool = False) -> Tensor:
     """out[..., :] = table[ids[...], :];  ids any shape (int, a host or device array), table (V, C) -> (*ids.shape, C).
     As torch's nn.Embedding(padding_idx=...), the row padding_idx receives no gradient (it stays as loaded).

@@ -143,6 +143,25 @@ class Linear(Module):
         return F.linear(x, self.weight, self.bias)
 
 
+def stack_linears(*layers: Linear):
+    """Make the weights (and biases) of Linear layers of one input width consecutive row blocks of one array, so
+    that F.projected_attention multiplies by all of them in one GEMM without copying them together. The
+    parameters keep their names and shapes; loading and optimiser steps write into them in place."""
+    W = np.concatenate([lin.weight.data for lin in layers])                    # (sum Cout, Cin)
+    at = 0
+    for lin in layers:
+        n = lin.weight.shape[0]
+        lin.weight.data = W[at:at + n]
+        at += n
+    if all(lin.bias is not None for lin in layers):
+        b = np.concatenate([lin.bias.data for lin in layers])                 # (sum Cout,)
+        at = 0
+        for lin in layers:
+            n = lin.bias.shape[0]
+            lin.bias.data = b[at:at + n]
+            at += n
+
+
 class LayerNorm(Module):
     """y = LN(x) or, with a residual, y = LN(x + residual) in one fused kernel (the Post-LN step)."""
 

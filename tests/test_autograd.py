@@ -216,6 +216,21 @@ def test_attention(rng):
     np.testing.assert_allclose(np.asarray(probs)[1, :, :, 2:], 0.0)  # padding keys get no attention
 
 
+def test_projected_attention(rng):
+    B, T, C, H = 2, 4, 6, 2
+    arrays = dict(x=_f32(rng, B, T, C), wq=_f32(rng, C, C), wk=_f32(rng, C, C), wv=_f32(rng, C, C),
+                  bq=_f32(rng, C), bk=_f32(rng, C), bv=_f32(rng, C), mask=np.array([[1, 1, 1, 1], [1, 1, 0, 0]]))
+
+    def ours(x, wq, wk, wv, bq, bk, bv, mask):
+        return F.projected_attention(x, (wq, wk, wv), (bq, bk, bv), mask, H)[0]
+
+    def ref(x, wq, wk, wv, bq, bk, bv, mask):
+        q, k, v = x @ wq.T + bq, x @ wk.T + bk, x @ wv.T + bv
+        return K_att.attention_forward_ref(q, k, v, mask, H)[0]
+    # as test_attention, with q, k, v themselves C-term sums (|q| up to ~C |x||w|): a coarser scale
+    _check_coarse(ours, ref, arrays, ["x", "wq", "wk", "wv", "bq", "bk", "bv"], R=T * C * C, S=500, rng=rng)
+
+
 def test_embedding_and_padding_row(rng):
     ids = np.array([[1, 3, 3], [0, 1, 6]])
     table = _f32(rng, 7, 4)

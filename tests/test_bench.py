@@ -1,13 +1,17 @@
 """`minidistil bench` (minidistil/bench.py): FLOP counts, a quick in-process run, the JSON and plot output, the
 peak-memory child, the other frameworks' process environment, and torch's forward against ours on shared
-weights. No timed assertion anywhere: times are only checked to be positive."""
+weights; the BLAS kernel line and its warning under a forced slower core. No timed assertion anywhere: times are
+only checked to be positive."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from minidistil import _runtime, bench
-from minidistil.kernels import _checks
+from minidistil.kernels import _blas, _checks, _cpuinfo
 
 
 def test_bench_flop_count_is_distilbert_base():
@@ -70,3 +74,29 @@ def test_bench_runs_torch_and_onnxruntime_alone_under_their_own_defaults():
         assert env["MINIDISTIL_MALLOC"] == env["MINIDISTIL_THREAD_ENV"] == "0"
     assert bench.child_env("minidistil").get("MINIDISTIL_MALLOC") != "0"
     assert bench.child_env("minidistil-fast")["MINIDISTIL_FAST_MATH"] == "1"
+
+
+def _bench_in_fresh_python(env_extra: dict) -> subprocess.CompletedProcess:
+    """The tiny bench (minidistil only, one forward) in a fresh process: OpenBLAS reads its variables at load."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in (*_blas.FORCING_VARIABLES, "MINIDISTIL_OPENBLAS_CORETYPE")}
+    env.update(env_extra)
+    cmd = [sys.executable, "-m", "minidistil.bench", "--size", "tiny", "--frameworks", "minidistil", "--scenarios",
+           "fwd_T4", "--no-memory", "--repeat", "1", "--warmup", "0", "--pause", "0"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.mark.skipif(_cpuinfo.cpu_level() < 2, reason="no AVX-512 F/BW/DQ/VL here: Haswell's kernels are not slower "
+                    "than what this CPU supports, so there is nothing to warn about")
+def test_bench_warns_when_openblas_coretype_forces_slower_kernels():
+    forced = _bench_in_fresh_python({"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"})
+    if "runs its unknown kernels" in forced.stdout:
+        pytest.skip("numpy's BLAS is not an OpenBLAS with a readable core name here")
+    assert "runs its Haswell kernels" in forced.stdout and "GFLOP/s" in forced.stdout
+    assert "warning: numpy's OpenBLAS runs its Haswell kernels on a CPU with AVX-512" in forced.stderr
+    assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE minidistil bench" in forced.stderr
+    free = _bench_in_fresh_python({})                                   # as users run it: neither variable set
+    assert "runs its Haswell kernels" not in free.stdout
+    assert "numpy's OpenBLAS runs its" not in free.stderr, free.stderr

@@ -48,3 +48,32 @@ def test_blocked_matmul_matches_reference(rng, monkeypatch, M, K, N, layout):
                          atol=_checks.f32_tol(K, scale=float(np.abs(a).max() * np.abs(b).max())))
     if "strided" in layout:                                        # nothing written outside the view
         assert np.isnan(out_full[:, :2]).all() and np.isnan(out_full[:, N + 2:]).all()
+
+
+AVX512_CPU = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma"}
+AVX2_CPU = {"avx2", "fma", "avx"}
+
+
+@pytest.mark.parametrize("core,flags,warns", [
+    ("Haswell", AVX512_CPU, True), ("Zen", AVX512_CPU, True), ("Sandybridge", AVX2_CPU, True),
+    ("SkylakeX", AVX512_CPU, False), ("Cooperlake", AVX512_CPU, False), ("Haswell", AVX2_CPU, False),
+    ("Zen", AVX2_CPU, False), ("Haswell", set(), False), ("unknown", AVX512_CPU, False),
+    ("NeoverseN1", AVX512_CPU, False)])
+def test_kernel_warning_only_for_a_core_below_the_cpu(core, flags, warns):
+    msg = _blas.kernel_warning(core, {"OPENBLAS_CORETYPE": core, "OPENBLAS_L2_SIZE": "512"}, flags)
+    assert (msg is not None) == warns
+    if warns:
+        assert f"runs its {core} kernels" in msg
+        assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE minidistil bench" in msg
+
+
+def test_kernel_warning_without_the_variable_says_which_core_to_ask_for():
+    msg = _blas.kernel_warning("Haswell", {}, AVX512_CPU, command="python -m minidistil.kernels.bench")
+    assert "OPENBLAS_CORETYPE=SkylakeX" in msg and "env -u" not in msg
+
+
+def test_kernel_report_names_the_core_and_measures_sgemm():
+    rep = _blas.kernel_report()
+    assert rep["core"] == _blas.openblas().corename()
+    assert rep["sgemm_gflops"] > 0
+    assert rep["core"] in _blas.kernel_line(rep) and "GFLOP/s" in _blas.kernel_line(rep)

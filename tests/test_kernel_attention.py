@@ -261,7 +261,7 @@ def test_bad_input_names_the_argument(rng):
     with pytest.raises(ValueError, match=r"k: expected the shape of q \(2, 3, 4\)"):
         K.attention_forward(q, k[:, :2].copy(), v, mask, 2)
     with pytest.raises(ValueError, match="v: expected a C-contiguous"):
-        K.attention_forward(q, k, np.swapaxes(np.swapaxes(v, 1, 2).copy(), 1, 2), mask, 2)
+        K.attention_forward_numba(q, k, np.swapaxes(np.swapaxes(v, 1, 2).copy(), 1, 2), mask, 2)
     with pytest.raises(ValueError, match="mask: expected an integer or bool array"):
         K.attention_forward(q, k, v, mask.astype(np.float32), 2)
     with pytest.raises(ValueError, match="mask: expected an integer or bool array"):
@@ -284,3 +284,20 @@ def test_bad_dropout_arguments_name_the_argument(rng):
         K.attention_forward(q, k, v, mask, 2, -0.1, 0)
     with pytest.raises(ValueError, match="seed:"):
         K.attention_forward(q, k, v, mask, 2, 0.1, -3)
+
+
+@pytest.mark.parametrize("layout", ["column blocks of one (B, T, 3C) array", "v transposed in memory"])
+def test_blas_version_takes_strided_q_k_v(rng, layout):
+    """The BLAS version reads q, k, v through numpy (no contiguity needed): the models hand it the three column
+    blocks of one fused projection's output."""
+    B, T, C, H = 2, 7, 12, 3
+    q, k, v, dout, mask = K.make_data(rng, B, T, C)
+    if layout.startswith("column"):
+        qkv = np.concatenate([q, k, v], axis=-1)                    # (B, T, 3C)
+        q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
+    else:
+        v = np.swapaxes(np.swapaxes(v, 1, 2).copy(), 1, 2)
+    assert not v.flags.c_contiguous
+    out, c = K.attention_forward_blas(q, k, v, mask, H)
+    grads = K.attention_backward_blas(dout, c)
+    _assert_matches(out, c.probs, grads, _reference(q, k, v, dout, mask, H))

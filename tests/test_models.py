@@ -374,3 +374,22 @@ def test_models_apply_attention_dropout_in_training_only():
         np.testing.assert_array_equal(e1, e2)              # eval: deterministic, no dropout
         np.testing.assert_array_equal(t1, t2)              # training: the seed generator replays the masks
         assert np.abs(t1 - e1).max() > 1e-3                # and the only dropout there is on the probabilities
+
+
+def test_distilbert_qkv_projection_is_one_stacked_weight_and_falls_back_to_a_copy():
+    from minidistil import functional as F
+    m = _tiny("DistilBertModel")
+    att = m.transformer.layer[0].attention
+    ws = [att.q_lin.weight.data, att.k_lin.weight.data, att.v_lin.weight.data]
+    W = F.stack_rows(ws)
+    assert W.shape == (48, 16) and all(w.base is W for w in ws)              # the three weights, no copy
+    ids = np.array([[1, 2, 3, 4], [5, 6, 7, 0]])
+    mask = np.array([[1, 1, 1, 1], [1, 1, 1, 0]])
+    with no_grad():
+        before = np.asarray(m(ids, attention_mask=mask).last_hidden_state).copy()
+    att.k_lin.weight.data = att.k_lin.weight.data.copy()                     # no longer a view: stacked by a copy
+    assert F.stack_rows([att.q_lin.weight.data, att.k_lin.weight.data, att.v_lin.weight.data]) is not W
+    with no_grad():
+        after = np.asarray(m(ids, attention_mask=mask).last_hidden_state)
+    # the same products, maybe summed in another order: layer-normed outputs of O(1), a C-term float32 tolerance
+    _checks.assert_close(after, before, atol=_checks.f32_tol(16, scale=4.0))

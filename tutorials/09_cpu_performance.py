@@ -24,6 +24,7 @@
 # 4. **Loops that vectorise** (section 5): libm's `exp`/`erf` and ordered float32 sums run one element at a time.
 # 5. **Memory that is already mapped** (section 6): a fresh large array costs a page fault per page.
 # 6. **Threads that wait, and who runs the small GEMMs** (section 7): what `import minidistil` sets, and why.
+# 7. **Which BLAS kernels numpy runs** (section 8): one environment variable can halve every GEMM.
 #
 # Time is a median after warm-up (`_checks.bench`); the first call of a Numba kernel compiles it.
 #
@@ -362,3 +363,65 @@ timings["GEMM 256x768x768: one call"] = _checks.bench(lambda: _blas.matmul(ga, g
 _checks.assert_close(g_blocks, g_one, atol=_checks.f32_tol(768, scale=16.0))
 for k in [k for k in timings if k.startswith(("24 head", "GEMM 256"))]:
     print(f"{k:34s} {timings[k]:8.3f} ms")
+
+
+# %% [markdown]
+# ## 8. Which BLAS kernels numpy runs
+#
+# numpy's wheel ships OpenBLAS built for many CPUs at once (`DYNAMIC_ARCH`): when numpy loads it, OpenBLAS reads
+# the CPU's model and picks one "core" of kernels, e.g. `Haswell` (AVX2: 8 floats per instruction) or `SkylakeX`
+# (AVX-512: 16). Two environment variables override that choice, and both are read **once, when numpy loads
+# OpenBLAS**; changing them afterwards does nothing:
+#
+# * `OPENBLAS_CORETYPE=Haswell` makes OpenBLAS load that core's kernels whatever the CPU. Some machines set it as a
+#   safeguard for old OpenBLAS builds that misdetect new CPUs; on an AVX-512 CPU it halves the float32 GEMM rate.
+# * `OPENBLAS_L2_SIZE=512` overrides the L2 cache size (in KB) OpenBLAS detected, which some cores' blocking uses.
+#
+# To see which kernels numpy runs: `threadpoolctl.threadpool_info()` lists each BLAS with its `architecture`, and
+# `kernels/_blas.py` asks OpenBLAS directly (`openblas_get_corename`): `_blas.openblas().corename()`, or
+# `_blas.kernel_report()`, which also measures sgemm on one model-shaped product (DistilBERT-base's first FFN GEMM
+# at B*T = 1024: `(1024 x 768) @ (768 x 3072)`). `import minidistil` sets `OPENBLAS_CORETYPE=SkylakeX` on an
+# AVX-512 CPU when you have not set it (`minidistil/_runtime.py`, for CPUs OpenBLAS does not recognise), and
+# respects a value you set, even a slower one: `minidistil bench` then prints a warning with the command that runs
+# without it (`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE minidistil bench`). PyTorch and ONNX Runtime bring
+# their own GEMMs and do not read these variables, so under a forced slower core only minidistil slows down.
+#
+# Below: this process's kernels, then the same product in two fresh processes, one with the variables unset and one
+# with `OPENBLAS_CORETYPE=Haswell` (a fresh process each, since OpenBLAS reads them only at load).
+
+# %%
+import json
+import subprocess
+
+from minidistil.kernels import _cpuinfo
+
+print(_blas.kernel_line(_blas.kernel_report()))
+
+PROBE = ("import json, minidistil; from minidistil.kernels import _blas; r = _blas.kernel_report(); "
+         "print(json.dumps({'core': r['core'], 'gflops': r['sgemm_gflops']}))")
+
+
+def sgemm_in_fresh_python(**variables):
+    """The OpenBLAS core and sgemm GFLOP/s of a fresh Python started with `variables` (and no other OpenBLAS
+    variables) in its environment."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in (*_blas.FORCING_VARIABLES, "MINIDISTIL_OPENBLAS_CORETYPE")}
+    env.update(variables)
+    r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+settings = {"variables unset": {}}
+if _cpuinfo.cpu_level() >= 1:  # Haswell's kernels need AVX2 and FMA: forcing them on an older CPU would crash
+    settings["OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512"] = {"OPENBLAS_CORETYPE": "Haswell",
+                                                                  "OPENBLAS_L2_SIZE": "512"}
+measured = {name: sgemm_in_fresh_python(**v) for name, v in settings.items()}
+for name, m in measured.items():
+    print(f"{name:48s} {m['core']:>10s} kernels  {m['gflops']:7.1f} GFLOP/s")
+assert all(m["gflops"] > 0 for m in measured.values())
+forced = measured.get("OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512")
+if forced and forced["core"] != "unknown":
+    assert forced["core"].lower() == "haswell"      # the variable decides, whatever the CPU
+    print(f"unset / forced Haswell: x{measured['variables unset']['gflops'] / forced['gflops']:.2f} "
+          f"(on an idle AVX-512 CPU about x1.9; on a loaded machine the ratio is noise)")
