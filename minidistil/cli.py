@@ -44,6 +44,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("predict", "minidistil.predict", "add_command", "predict with a fine-tuned checkpoint"),
     ("bench", "minidistil.bench", "add_command", "time minidistil beside PyTorch and ONNX Runtime"),
     ("grade", "minidistil.grading", "add_command", "grade an exercise answer (tutorials/exercises)"),
+    ("quantize", "minidistil.quantization", "add_command", "quantise a checkpoint to int8 for CPU inference"),
 ]
 
 

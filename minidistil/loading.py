@@ -230,6 +230,9 @@ def from_pretrained(name_or_path: str | os.PathLike, cls=None, device: str | Non
         if "num_labels" in config_overrides and "id2label" not in config_overrides:
             config_dict.pop("id2label", None)
             config_dict.pop("label2id", None)
+    if config_dict.get("quantization_config") is not None:   # an int8 checkpoint (minidistil.quantization)
+        from .quantization import load_quantized  # noqa: PLC0415
+        return load_quantized(folder, config_dict, cls, device, output_loading_info)
     config = config_from_dict(config_dict)
     model_cls = _pick_class(config, cls, folder)
     model = model_cls.from_config(config)
@@ -267,8 +270,12 @@ def _to_device(model, device):
 def save_pretrained(model, folder: str | os.PathLike, tokenizer=None) -> Path:
     """Write config.json (with `architectures`), model.safetensors and the tokenizer files, each atomically.
 
-    Tied weights are written once, under their source name, as transformers does.
+    Tied weights are written once, under their source name, as transformers does. A quantised model is written
+    as int8 tensors and float32 scales (minidistil.quantization.save_quantized).
     """
+    if getattr(model, "quantization_config", None) is not None:
+        from .quantization import save_quantized  # noqa: PLC0415
+        return save_quantized(model, folder, tokenizer)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
