@@ -45,9 +45,9 @@ Versions:
                                                it runs once, offline)
     int8_matmul_ref                            int64 NumPy product: the exact integer result
     int8_linear_ref                            float64 NumPy of the quantised computation (the maths above)
-    quantize_rows_cpu                          Numba, prange over rows; min/max with 8 independent running values
-                                               (a single running min is one dependent chain), the quantising loop
-                                               vectorised; writes the padded buffer the GEMM reads
+    quantize_rows_cpu                          Numba, prange over rows; the row's min and max by LLVM's
+                                               llvm.minimum / llvm.maximum (they vectorise; NaN propagates), the
+                                               quantising loop vectorised; writes the padded buffer the GEMM reads
     int8 GEMM, CPU "vnni"                      AVX-512 VNNI: `vpdpbusd` reached through an LLVM intrinsic
                                                (`llvm.x86.avx512.vpdpbusd.512`, declared by `_vnni_tile` below).
                                                A 6 x 64 register tile (24 zmm accumulators of 16 int32 lanes): per
@@ -137,8 +137,10 @@ def quantize_rows_ref(x):
     lo = np.minimum(x.min(axis=1, initial=np.inf), _F0)                # (N,)
     hi = np.maximum(x.max(axis=1, initial=-np.inf), _F0)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        s = np.maximum((hi - lo) / _F255, _FLT_MIN).astype(np.float32)  # s_x = (hi - lo) / 255
-        s[~np.isfinite(x).all(axis=1)] = np.nan                        # a row with inf or NaN: NaN outputs
+        s = (hi - lo) / _F255                                          # s_x = (hi - lo) / 255
+        bad = ~np.isfinite(s)                          # NaN or inf in the row, or a range beyond float32
+        s = np.maximum(s, _FLT_MIN).astype(np.float32)
+        s[bad] = np.nan                                                # ... gives NaN outputs
         inv = (np.float32(1.0) / s).astype(np.float32)
         z = np.clip(np.floor(-lo * inv + _HALF), _F0, _F255)           # zero point round(-lo / s_x)
         v = np.clip(np.floor(x * inv[:, None] + _HALF) + z[:, None], _F0, _F255)
@@ -252,6 +254,7 @@ def quantize_weight(w) -> Int8Weight:
 KERNELS = ("vnni", "portable")
 
 
+@functools.cache
 def vnni_available() -> bool:
     """True when Numba compiles for a CPU with AVX-512 VNNI: the features Numba's code generator uses (its
     NUMBA_CPU_FEATURES setting when given, else llvmlite's host features)."""
@@ -279,42 +282,35 @@ def cpu_kernel(kernel: str | None = None) -> str:
 # Numba CPU: row quantisation
 
 
-@njit(cache=True, inline="always")
-def _row_range(a):
-    """(min(0, min a), max(0, max a), finite) of a 1-d float32 array; `finite` is False when a holds inf or NaN
-    (0 * a[k] is NaN exactly then). Four independent running minima and maxima (compare and select) instead of
-    one dependent chain, so the loop runs several elements per step."""
-    n = a.shape[0]
-    l0 = l1 = l2 = l3 = h0 = h1 = h2 = h3 = p0 = p1 = _F0
-    j = 0
-    while j + 4 <= n:
-        v0, v1, v2, v3 = a[j], a[j + 1], a[j + 2], a[j + 3]
-        l0 = v0 if v0 < l0 else l0
-        l1 = v1 if v1 < l1 else l1
-        l2 = v2 if v2 < l2 else l2
-        l3 = v3 if v3 < l3 else l3
-        h0 = v0 if v0 > h0 else h0
-        h1 = v1 if v1 > h1 else h1
-        h2 = v2 if v2 > h2 else h2
-        h3 = v3 if v3 > h3 else h3
-        p0 += v0 * _F0 + v1 * _F0
-        p1 += v2 * _F0 + v3 * _F0
-        j += 4
-    for k in range(j, n):
-        v = a[k]
-        l0 = v if v < l0 else l0
-        h0 = v if v > h0 else h0
-        p0 += v * _F0
-    l0 = l1 if l1 < l0 else l0
-    l2 = l3 if l3 < l2 else l2
-    h0 = h1 if h1 > h0 else h0
-    h2 = h3 if h3 > h2 else h2
-    return (l2 if l2 < l0 else l0), (h2 if h2 > h0 else h0), p0 + p1 == _F0
+def _float32_intrinsic(name):
+    """A Numba function of two float32 numbers that calls the LLVM intrinsic `name` (llvm.minimum / llvm.maximum:
+    IEEE minimum and maximum that propagate NaN). A loop reducing with them vectorises (minps/maxps on 16
+    lanes); a compare-and-select reduction does not (measured: 3072 floats, min and max, 1.7 -> 0.57 us)."""
+    @intrinsic
+    def fn(typingctx, a, b):
+        if not (a == types.float32 and b == types.float32):
+            return None
+
+        def codegen(context, builder, sig, args):
+            from llvmlite import ir
+            f32 = ir.FloatType()
+            f = builder.module.declare_intrinsic(name, [f32], ir.FunctionType(f32, [f32, f32]))
+            return builder.call(f, list(args))
+
+        return types.float32(a, b), codegen
+    return fn
+
+
+_fminimum = _float32_intrinsic("llvm.minimum")
+_fmaximum = _float32_intrinsic("llvm.maximum")
+_INF = np.float32(np.inf)
+_NAN = np.float32(np.nan)
 
 
 @njit(cache=True, parallel=True)
 def _quantize_rows(x, q, scale, zp):
-    """x (N, K) float32 -> q (Np, Kp) uint8 (padding rows and columns set to 0), scale (N,), zp (N,) int32."""
+    """x (N, K) float32 -> q (Np, Kp) uint8 (padding rows and columns set to 0), scale (N,), zp (N,) int32.
+    A row holding NaN or inf (or whose range overflows float32) gets scale NaN, so its outputs are NaN."""
     N, K = x.shape
     Np, Kp = q.shape
     for n in prange(Np):
@@ -322,17 +318,24 @@ def _quantize_rows(x, q, scale, zp):
             for k in range(Kp):
                 q[n, k] = 0
             continue
-        lo, hi, finite = _row_range(x[n])
-        s = (hi - lo) / _F255                                     # s_x = (hi - lo) / 255
+        lo = _F0
+        hi = _F0
+        for k in range(K):                                          # min(0, x), max(0, x); NaN propagates
+            lo = _fminimum(lo, x[n, k])
+            hi = _fmaximum(hi, x[n, k])
+        s = (hi - lo) / _F255                                       # s_x = (hi - lo) / 255
+        bad = not s < _INF                                          # NaN or inf
         s = s if s > _FLT_MIN else _FLT_MIN
-        s = s if finite else np.float32(np.nan)
+        s = _NAN if bad else s
         inv = np.float32(1.0) / s
-        z = np.floor(-lo * inv + _HALF)                             # round(-lo / s_x)
-        z = min(max(z, _F0), _F255) if z == z else _F0
+        z = np.floor(-lo * inv + _HALF)                             # round(-lo / s_x); NaN -> 0 below
+        z = z if z > _F0 else _F0
+        z = z if z < _F255 else _F255
         for k in range(K):
-            v = np.floor(x[n, k] * inv + _HALF) + z                 # round(x / s_x) + z
-            v = min(max(v, _F0), _F255)
-            q[n, k] = np.uint8(v) if v == v else np.uint8(0)
+            v = np.floor(x[n, k] * inv + _HALF) + z                 # round(x / s_x) + z, clipped to [0, 255]
+            v = v if v > _F0 else _F0
+            v = v if v < _F255 else _F255
+            q[n, k] = np.uint8(np.int32(v))
         for k in range(K, Kp):
             q[n, k] = 0
         scale[n] = s
