@@ -268,3 +268,29 @@ def test_minilm_quantised(minilm_dir, tmp_path):
     fresh = minidistil.quantize(model)                                        # the file = quantising in memory
     np.testing.assert_array_equal(E.embed(E.model_encoder(q), tok, texts),
                                   E.embed(E.model_encoder(fresh), tok, texts))
+
+
+# ---- `minidistil bench`: the int8 rows --------------------------------------------------------------------------
+
+def test_bench_int8_rows(tmp_path, capsys):
+    import importlib.util
+
+    from minidistil import bench
+    have_ort = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx", "torch", "transformers"))
+    fws = "minidistil,minidistil-int8" + (",onnxruntime,onnxruntime-int8" if have_ort else ",onnxruntime-int8")
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--frameworks", fws, "--scenarios", "fwd_T16,train_mlm", "--no-memory",
+                       "--repeat", "1", "--warmup", "1", "--pause", "0", "--json", str(out)]) == 0
+    rows = {(r["scenario"], r["framework"]): r for r in json.loads(out.read_text())["results"]}
+    assert ("train_mlm", "minidistil-int8") not in rows                      # int8 is inference only
+    f32, i8 = rows["fwd_T16", "minidistil"], rows["fwd_T16", "minidistil-int8"]
+    assert i8["ms"] > 0 and 0 < i8["file_mb"] < 0.5 * f32["file_mb"]
+    text = capsys.readouterr().out
+    assert "fwd_T16: max |minidistil-int8 - minidistil|" in text and "file" in text
+    if have_ort:
+        o32, o8 = rows["fwd_T16", "onnxruntime"], rows["fwd_T16", "onnxruntime-int8"]
+        assert o8["ms"] > 0 and 0 < o8["file_mb"] < o32["file_mb"]
+    else:
+        assert "skip onnxruntime-int8: missing" in text
+    mem = bench.measure_memory("minidistil-int8", True, bench.scenarios(True)[0], None, steps=2)
+    assert "error" not in mem and mem["alone_ms"] > 0                       # the fresh process runs int8 too
