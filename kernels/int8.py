@@ -449,13 +449,24 @@ def _vnni_tile(typingctx, a, row0, packed, woff, kg, t):
 
 
 @njit(cache=True, inline="always")
-def _epilogue(acc, n, o, raw, out_i32, y, sx, zp, ws, wsum, bias, has_bias):
-    # y = float32(acc - z r) (s_x s_w) + b   (or the raw int32 sum, for the tests of the integer product)
+def _store_row(acc, n, col0, cols, raw, out_i32, y, sx, zp, ws, wsum, bias, has_bias):
+    """Row n, columns col0 .. col0 + cols of the output from the int32 sums acc (cols,):
+        y = float32(acc - z r) (s_x s_w) + b      (or the raw sums, for the tests of the integer product)
+    One branch per row, and loops over contiguous columns that vectorise."""
     if raw:
-        out_i32[n, o] = acc
+        for j in range(cols):
+            out_i32[n, col0 + j] = acc[j]
+        return
+    z = zp[n]
+    s = sx[n]
+    if has_bias:
+        for j in range(cols):
+            o = col0 + j
+            y[n, o] = np.float32(np.int32(acc[j] - z * wsum[o])) * (s * ws[o]) + bias[o]
     else:
-        v = np.float32(np.int32(acc - zp[n] * wsum[o])) * (sx[n] * ws[o])
-        y[n, o] = v + bias[o] if has_bias else v
+        for j in range(cols):
+            o = col0 + j
+            y[n, o] = np.float32(np.int32(acc[j] - z * wsum[o])) * (s * ws[o])
 
 
 @njit(cache=True, parallel=True)
@@ -476,12 +487,9 @@ def _gemm_vnni(a, packed, N, cout, nchunks, raw, out_i32, y, sx, zp, ws, wsum, b
             row0 = rb * MR
             col0 = cb * TILE_COLS
             _vnni_tile(a, row0, packed, cb * kg * KGROUP * TILE_COLS, kg, t)
-            rows = min(MR, N - row0)
             cols = min(TILE_COLS, cout - col0)
-            for r in range(rows):
-                n = row0 + r
-                for j in range(cols):
-                    _epilogue(t[r, j], n, col0 + j, raw, out_i32, y, sx, zp, ws, wsum, bias, has_bias)
+            for r in range(min(MR, N - row0)):
+                _store_row(t[r], row0 + r, col0, cols, raw, out_i32, y, sx, zp, ws, wsum, bias, has_bias)
 
 
 @njit(cache=True, parallel=True)
@@ -489,11 +497,13 @@ def _gemm_portable(a, q, N, raw, out_i32, y, sx, zp, ws, wsum, bias, has_bias):
     """a (>= N, >= K) uint8, q (Cout, K) int8: one int32 dot product per output, prange over rows."""
     cout, K = q.shape
     for n in prange(N):
+        acc = np.empty(cout, np.int32)
         for o in range(cout):
             s = np.int32(0)
             for k in range(K):
                 s = np.int32(s + np.int32(a[n, k]) * np.int32(q[o, k]))
-            _epilogue(s, n, o, raw, out_i32, y, sx, zp, ws, wsum, bias, has_bias)
+            acc[o] = s
+        _store_row(acc, n, 0, cout, raw, out_i32, y, sx, zp, ws, wsum, bias, has_bias)
 
 
 _EMPTY_I32 = np.zeros((0, 0), np.int32)
