@@ -44,8 +44,9 @@ FORMAT_VERSION = 1
 SCALE_SUFFIX = ".weight_scale"
 
 
-class QuantizedModelError(RuntimeError):
-    """A quantised model was asked for something only a float32 model can do (a gradient, training)."""
+class QuantizedModelError(RuntimeError, ValueError):
+    """A quantised model was asked for something only a float32 model can do (a gradient, training). Also a
+    ValueError, so that the command line reports it in one line."""
 
 
 class QuantizedWeight(Tensor):

@@ -230,6 +230,14 @@ def test_quantize_command(folders, tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_training_commands_refuse_a_quantised_model(folders, tmp_path, capsys):
+    _, qdir = folders["fill-mask"]
+    assert cli.main(["distill", "--teacher", str(qdir), "--out", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err
+    assert "is an int8 checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert issubclass(QuantizedModelError, ValueError)        # a backward in any command: one line, exit 1
+
+
 # ---- on numba.cuda (the simulator without a GPU) ---------------------------------------------------------------
 
 @pytest.mark.cuda
