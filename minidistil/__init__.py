@@ -34,6 +34,8 @@ _EXPORTS = {
     "minidistil.loading": ["from_pretrained", "save_pretrained"],
     "minidistil.tokenizer": ["Tokenizer"],
     "minidistil.pipelines": ["pipeline", "SentenceEncoder"],
+    # int8 inference
+    "minidistil.quantization": ["quantize"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 MODEL_ARCHITECTURES = _EXPORTS["minidistil.bert"] + _EXPORTS["minidistil.distilbert"]

@@ -13,6 +13,8 @@ Scenarios (random weights; the config of distilbert-base-uncased: C 768, 6 layer
                                    gradients, student (the DistilBERT MLM) forward/backward on
                                    5 KL(T=2) + 2 MLM + 1 cosine (minidistil.losses), AdamW step
 ONNX Runtime runs the forward scenarios only (a model exported from transformers with torch.onnx).
+minidistil-int8 and onnxruntime-int8: the int8 models (minidistil.quantize, ONNX Runtime's quantize_dynamic QInt8)
+of the forward scenarios, on the CPU, with their file sizes (minidistil/bench_int8.py).
 
 Timing: every framework's step is built first, warmed up (JIT compilation, caches), then the frameworks are timed
 INTERLEAVED (one step of each in turn, `--repeat` rounds), so that a change of machine load hits all of them
@@ -61,7 +63,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
-FRAMEWORKS = ("minidistil", "torch", "onnxruntime")
+from minidistil import bench_int8
+from minidistil.bench_int8 import INT8_FRAMEWORKS
+
+FRAMEWORKS = ("minidistil", "torch", "onnxruntime") + INT8_FRAMEWORKS
 
 
 @dataclass(frozen=True)
@@ -361,7 +366,7 @@ def available(device: str = "cpu") -> dict[str, str]:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 out["onnxruntime"] = (f"missing: onnxruntime {ort.__version__} has no CUDAExecutionProvider "
                                       "(pip install onnxruntime-gpu)")
-    return out
+    return bench_int8.available(out, device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -397,7 +402,8 @@ def _memory_child(fw: str, quick, name: str, onnx_path: str | None, steps: int, 
         import numpy  # noqa: F401
         import onnxruntime  # noqa: F401
     base = _rss_mb("VmRSS")
-    step = (minidistil_step(s, sc) if fw.startswith("minidistil") else torch_step(s, sc) if fw == "torch"
+    step = (bench_int8.step(fw, s, sc, onnx_path=onnx_path) if fw in INT8_FRAMEWORKS
+            else minidistil_step(s, sc) if fw.startswith("minidistil") else torch_step(s, sc) if fw == "torch"
             else onnx_step(s, sc, onnx_path))
     times = []
     for i in range(steps):
@@ -483,6 +489,7 @@ class Result:
     note: str = ""
     device: str = "cpu"
     memory: str = ""        # what peak_mb measures (VmHWM, or a GPU figure: see the module docstring)
+    file_mb: float | None = None  # the model file (forward scenarios): safetensors for minidistil, .onnx for ORT
 
 
 def environment(device: str = "cpu") -> dict:
@@ -556,7 +563,7 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
     env = environment(device)
     env["versions"] = have
     env["pause_s"] = pause
-    from minidistil.kernels import _blas  # noqa: PLC0415
+    from minidistil.kernels import _blas
     env["blas"] = _blas.kernel_report()  # the kernels numpy's OpenBLAS really runs, and its sgemm rate
     log("environment: " + json.dumps(env))
     log(_blas.kernel_line(env["blas"]))
@@ -564,15 +571,31 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
         print(env["blas"]["warning"], file=sys.stderr, flush=True)
     results: list[Result] = []
     tmp = tempfile.mkdtemp(prefix="minidistil-bench-")
+    files: dict[str, float | None] = {}  # framework -> model file size in MB (the same for every T)
     for sc in scenarios(quick):
         if names and sc.name not in names:
             continue
         steps: dict[str, object] = {}
         onnx_path = None
-        torch_models = _torch_models(s, sc.kind) if ("torch" in fws or "onnxruntime" in fws) else None
+        torch_models = _torch_models(s, sc.kind) if any(f in fws for f in ("torch", "onnxruntime",
+                                                                             "onnxruntime-int8")) else None
         # torch's step last: on "cuda" it moves torch's models to the GPU, after minidistil has copied their weights
         # and the ONNX export has traced them on the CPU
         for fw in sorted(fws, key=lambda f: f == "torch"):
+            if fw in INT8_FRAMEWORKS:  # int8 forwards (bench_int8.py), from the float32 models of this run
+                if sc.kind == "forward":
+                    models = _md_models(s, sc.kind)
+                    if torch_models is not None:
+                        models[0].load_state_dict({k: v.detach().numpy() for k, v in
+                                                   torch_models[0].state_dict().items()}, strict=False)
+                    if fw == "onnxruntime-int8" and onnx_path is None:
+                        onnx_path = export_onnx(s, sc, os.path.join(tmp, f"distilbert_{sc.name}.onnx"),
+                                                torch_models[0])
+                    steps[fw] = bench_int8.step(fw, s, sc, models, onnx_path)
+                    if fw == "minidistil-int8" and fw not in files:
+                        files["minidistil"] = bench_int8.file_mb("minidistil", models[0], folder=tmp)
+                        files[fw] = bench_int8.file_mb(fw, bench_int8.quantized_models(models)[0], folder=tmp)
+                continue
             if fw.startswith("minidistil"):
                 if "minidistil" not in steps or fw == "minidistil":
                     models = _md_models(s, sc.kind)
@@ -616,6 +639,8 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
             ms = statistics.median(ts)
             r = Result(sc.name, fw, ms, [round(t, 3) for t in ts], ratio=(ms / base if base else None),
                        gflops=fl / ms / 1e6, device=device)
+            if sc.kind == "forward" and (fw in files or fw.startswith("onnxruntime")):
+                r.file_mb = files.get(fw) or bench_int8.file_mb(fw, onnx_path=onnx_path)
             if memory:
                 mem = measure_memory(fw, quick, sc, onnx_path, device=device)
                 r.base_mb, r.peak_mb, r.alone_ms = mem.get("base_mb"), mem.get("peak_mb"), mem.get("alone_ms")
@@ -640,6 +665,7 @@ def format_row(r: Result) -> str:
     return (f"{r.scenario:<10} {r.framework:<16} {r.ms:10.1f} ms  x{f(r.ratio, '5.2f')}  {f(r.gflops, '7.1f')} GFLOP/s"
             f"  {where}peak {f(r.peak_mb, '7.0f')} MB (base {f(r.base_mb, '5.0f')}){what}"
             + (f"  alone {r.alone_ms:8.1f} ms x{f(r.alone_ratio, '5.2f')}" if r.alone_ms else "")
+            + (f"  file {r.file_mb:6.1f} MB" if r.file_mb else "")
             + (f"  [{r.note}]" if r.note else ""))
 
 
@@ -728,7 +754,7 @@ def run_args(args) -> int:
     print()
     print(format_table(results))
     print(f"load average before {env['loadavg']}, after {env['loadavg_end']} on {env['cores']} cores")
-    from minidistil.kernels import _blas  # noqa: PLC0415
+    from minidistil.kernels import _blas
     print(_blas.kernel_line(env["blas"]) + (" (slower than this CPU supports: see the warning above)"
                                             if env["blas"]["warning"] else ""))
     if args.json:

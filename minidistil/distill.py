@@ -313,6 +313,9 @@ def _load(teacher, tokenizer):
     if isinstance(teacher, (str, Path)):
         folder = resolve(teacher)
         model = from_pretrained(folder)
+        if getattr(model, "quantization_config", None) is not None:
+            raise ValueError(f"teacher: {folder} is an int8 checkpoint (minidistil quantize); the student starts "
+                             "from the teacher's float32 weights: distil from the float32 checkpoint")
         tokenizer = tokenizer or Tokenizer.from_pretrained(folder)
         return model, tokenizer, str(folder)
     if tokenizer is None:

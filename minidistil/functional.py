@@ -23,7 +23,11 @@ from minidistil.kernels import softmax as _softmax
 
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-    """y = x @ w^T + b;  x (..., Cin), w (Cout, Cin), b (Cout,) -> y (..., Cout)."""
+    """y = x @ w^T + b;  x (..., Cin), w (Cout, Cin), b (Cout,) -> y (..., Cout).
+    An int8 weight (minidistil.quantization.QuantizedWeight) runs the int8 kernel instead (inference only)."""
+    if getattr(w, "int8", None) is not None:
+        from minidistil.quantization import int8_linear
+        return int8_linear(x, w, b)
     y, cache = _linear.linear_forward(x.data, w.data, None if b is None else b.data)
 
     def backward(dy):

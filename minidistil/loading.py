@@ -255,8 +255,12 @@ def from_pretrained(name_or_path: str | os.PathLike, cls=None, device=None, *, o
         if unknown:
             raise TypeError(f"from_pretrained: unexpected keyword(s) {unknown}: neither a from_pretrained argument "
                             f"nor a config field of {config_path}")
+    overrides = {**(config_overrides or {}), **config_kwargs}
+    if config_dict.get("quantization_config") is not None:   # an int8 checkpoint (minidistil.quantization)
+        from .quantization import load_quantized
+        return load_quantized(folder, {**config_dict, **overrides}, cls, device, output_loading_info)
     try:
-        config = config_from_json_file(config_path, {**(config_overrides or {}), **config_kwargs})
+        config = config_from_json_file(config_path, overrides)
     except ValueError as e:                                                     # names the file and the field
         raise CheckpointError(str(e)) from None
     model_cls = _pick_class(config, cls, folder)
@@ -306,8 +310,12 @@ def _to_device(model, device):
 def save_pretrained(model, folder: str | os.PathLike, tokenizer=None) -> Path:
     """Write config.json (with `architectures`), model.safetensors and the tokenizer files, each atomically.
 
-    Tied weights are written once, under their source name, as transformers does.
+    Tied weights are written once, under their source name, as transformers does. A quantised model is written
+    as int8 tensors and float32 scales (minidistil.quantization.save_quantized).
     """
+    if getattr(model, "quantization_config", None) is not None:
+        from .quantization import save_quantized
+        return save_quantized(model, folder, tokenizer)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
