@@ -115,7 +115,8 @@ def projected_attention(x: Tensor, w: tuple[Tensor, Tensor, Tensor], b: tuple[Te
     x (B, T, C); w = (wq, wk, wv), each (C, C); b = (bq, bk, bv), each (C,). On the CPU the weights are stacked
     into W = [wq; wk; wv] (3C, C) (no copy when they are consecutive row blocks of one array, as the models keep
     them: `stack_rows`), qkv = x W^T + [bq; bk; bv] is one (B*T, C) x (C, 3C) product, and attention reads q, k and
-    v as strided column blocks of qkv (no copies between heads). On a GPU: three products, as `linear` does.
+    v as strided column blocks of qkv (no copies between heads). On a GPU, or with int8 weights
+    (minidistil.quantization): three products, as `linear` does.
     Returns what `attention` returns; the gradient reaches x and the six parameters separately."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"p: expected a dropout probability in [0, 1), got {p}")
@@ -123,8 +124,8 @@ def projected_attention(x: Tensor, w: tuple[Tensor, Tensor, Tensor], b: tuple[Te
         p = 0.0
     if p > 0.0 and seed is None:
         seed = int(_SEEDS.integers(0, 2**31 - 1))
-    if _cuda.is_device_array(x.data):
-        q, k, v = (linear(x, wi, bi) for wi, bi in zip(w, b, strict=True))
+    if _cuda.is_device_array(x.data) or any(getattr(wi, "int8", None) is not None for wi in w):
+        q, k, v = (linear(x, wi, bi) for wi, bi in zip(w, b, strict=True))    # GPU, or int8 weights
         return attention(q, k, v, mask, n_heads, p, training, seed)
     C = w[0].shape[0]
     W, bias = stack_rows([t.data for t in w]), stack_rows([t.data for t in b])
