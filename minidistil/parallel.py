@@ -134,7 +134,7 @@ def set_threads(comm) -> str:
     local = host.Get_size()
     host.Free()
     cores = os.cpu_count() or 1
-    n = int(os.environ.get("MINIDISTIL_RANK_THREADS", 0)) or max(1, cores // local)
+    n = int(os.environ.get("MINIDISTIL_RANK_THREADS", "0")) or max(1, cores // local)
     _runtime.openblas().set_num_threads(n)
     try:
         import numba  # noqa: PLC0415

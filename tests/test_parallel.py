@@ -44,7 +44,7 @@ def _launch(script, args, ranks, timeout=300):
     cmd = [sys.executable, str(script), *map(str, args)]
     if ranks > 1:
         cmd = [MPIEXEC, "-n", str(ranks), "--oversubscribe", *cmd]
-    r = subprocess.run(cmd, env=_env(), timeout=timeout, capture_output=True, text=True)
+    r = subprocess.run(cmd, check=False, env=_env(), timeout=timeout, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
 
@@ -121,6 +121,32 @@ def test_a_failing_rank_brings_the_job_down(tmp_path, distill_setup):
     (tmp_path / "busy" / "config.json").write_text("{}")
     cmd = [MPIEXEC, "-n", "2", "--oversubscribe", sys.executable, str(script), str(corpus), str(tmp_path / "busy"),
            "6", "0"]
-    r = subprocess.run(cmd, env=_env(), timeout=300, capture_output=True, text=True)
+    r = subprocess.run(cmd, check=False, env=_env(), timeout=300, capture_output=True, text=True)
     assert r.returncode != 0
     assert "holds a model" in r.stderr
+
+
+FINETUNE_SCRIPT = textwrap.dedent("""
+    import sys
+    from minidistil.finetune import finetune
+    base, train, out = sys.argv[1:4]
+    finetune("classification", base, train, out, epochs=1, lr=2e-3, batch_size=16, max_length=48, progress=False,
+             seed=4)
+""")
+
+
+@needs_mpi
+def test_two_ranks_finetune_as_one_process(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_finetune import sentiment_rows, tiny_checkpoint, write_csv
+    base = tiny_checkpoint(tmp_path / "base")
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(96, 0))
+    script = tmp_path / "finetune_run.py"
+    script.write_text(FINETUNE_SCRIPT)
+    _launch(script, [base, train, tmp_path / "one"], 1)
+    _launch(script, [base, train, tmp_path / "two"], 2)
+    one = [r for r in _rows(tmp_path / "one") if "loss" in r]
+    two = [r for r in _rows(tmp_path / "two") if "loss" in r]
+    assert len(one) >= 5
+    _assert_rows_close(two, one, ("loss", "task_loss", "grad_norm"))
+    _assert_models_close(tmp_path / "two", tmp_path / "one")
