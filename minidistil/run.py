@@ -24,6 +24,9 @@ Two folders per run:
 - Saving refuses a diverged state: every step's loss and gradient norm must be finite, and before each checkpoint
   every parameter must be finite and within PARAM_GROWTH times the largest magnitude at the start of the run.
   A diverged run stops with `Diverged`, naming the step, and the previous checkpoints are untouched.
+- Under MPI (minidistil.parallel) rank 0 alone writes: the other ranks open their Run with writer=False, which
+  takes no lock and writes nothing but still checks every step and the parameters; rank 0 reads the checkpoint on
+  resume and hands it to the others.
 - Resuming loads the newest checkpoint that reads back whole and holds sound parameters; a damaged one (a
   truncated file, a torn zip) or one with exploded parameters is named and the one before it is used. metrics.jsonl
   is cut back to the lines written when that checkpoint was saved (a torn last line is named and dropped).
