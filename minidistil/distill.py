@@ -470,7 +470,7 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
                 if world.size > 1:  # the global loss and terms: the sums of the ranks' shares
                     names = list(terms)
                     total = world.sum([value] + [terms[k] * scale[k] for k in names])
-                    value, terms = float(total[0]), dict(zip(names, map(float, total[1:])))
+                    value, terms = float(total[0]), dict(zip(names, map(float, total[1:]), strict=True))
                 run.check_step(state.step + 1, loss=value, detail=f" ({terms})")
                 (loss * (1.0 / cfg.grad_accum)).backward()
                 loss_sum += value / cfg.grad_accum

@@ -68,14 +68,14 @@ class World:
         buf = np.zeros(sum(sizes) + len(params), dtype=np.float32)   # the gradients, then one has-grad flag each
         flags = buf[sum(sizes):]
         off = 0
-        for i, (p, n) in enumerate(zip(params, sizes)):
+        for i, (p, n) in enumerate(zip(params, sizes, strict=True)):
             if p.grad is not None:
                 buf[off:off + n] = np.asarray(p.grad, dtype=np.float32).reshape(-1)
                 flags[i] = 1.0
             off += n
         self.comm.Allreduce(self.mpi.IN_PLACE, buf, op=self.mpi.SUM)
         off = 0
-        for i, (p, n) in enumerate(zip(params, sizes)):
+        for i, (p, n) in enumerate(zip(params, sizes, strict=True)):
             if flags[i] > 0:
                 p.grad = buf[off:off + n].reshape(p.shape).copy()
             off += n
@@ -131,8 +131,10 @@ def world() -> World:
 def set_threads(comm) -> str:
     """Give each rank floor(cores / ranks on this host) BLAS and Numba threads (at least 1), so that ranks x threads
     fits the cores; MINIDISTIL_RANK_THREADS overrides. Returns what was chosen, for the run header."""
+    from mpi4py import MPI  # noqa: PLC0415
+
     from . import _runtime  # noqa: PLC0415
-    host = comm.Split_type(__import__("mpi4py").MPI.COMM_TYPE_SHARED)
+    host = comm.Split_type(MPI.COMM_TYPE_SHARED)
     local = host.Get_size()
     host.Free()
     cores = os.cpu_count() or 1

@@ -54,7 +54,7 @@ def _rows(out):
 
 def _assert_rows_close(a, b, keys):
     assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         for k in keys:
             if k in ra:
                 assert ra[k] == pytest.approx(rb[k], rel=REL, abs=1e-7), (ra["step"], k, ra[k], rb[k])

@@ -332,7 +332,8 @@ RANK_SCRIPT = textwrap.dedent("""
         lo, hi = world.shard(8)                                  # this rank's sequences [lo, hi)
         F.manual_seed(7, first_example=lo)                       # dropout keyed by the global example index
         h = model(ids[lo:hi], mask[lo:hi]).last_hidden_state     # (hi - lo, T, C)
-        loss = L.mse(h.reshape((hi - lo) * 16, 32), target[lo:hi].reshape(-1, 32)) * ((hi - lo) / 8)   # partial sum / global M
+        # this rank's partial sum over the GLOBAL count: its local mean times (hi - lo) / 8
+        loss = L.mse(h.reshape((hi - lo) * 16, 32), target[lo:hi].reshape(-1, 32)) * ((hi - lo) / 8)
         loss.backward()
         params = [p for _, p in model.named_parameters()]
         world.allreduce_grads(params)                            # sum over the ranks, in place
