@@ -153,3 +153,42 @@ def test_two_ranks_finetune_as_one_process(tmp_path):
     assert len(one) >= 5
     _assert_rows_close(two, one, ("loss", "task_loss", "grad_norm"))
     _assert_models_close(tmp_path / "two", tmp_path / "one")
+
+
+# ---- without MPI: the pieces the ranks rely on --------------------------------------------------------------------
+
+def test_shards_cover_the_batch_in_order():
+    from minidistil.parallel import World
+    for n, size in ((8, 2), (7, 2), (9, 4), (4, 4)):
+        parts = [World(rank=r, size=size).shard(n) for r in range(size)]
+        assert parts[0][0] == 0 and parts[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:], strict=False))
+        assert max(h - lo for lo, h in parts) - min(h - lo for lo, h in parts) <= 1
+    with pytest.raises(ValueError, match="--batch-size >= 4"):
+        World(rank=0, size=4).shard(3)
+
+
+def test_a_slice_with_its_offset_draws_the_global_batch_masks():
+    """Dropout and attention dropout on examples [lo, hi) with the counter offset equal the whole batch's, rows
+    lo..hi. Dropout exactly (the same hash, the same single float32 product); attention to float32 summation order
+    (a sum over T keys of products of C-wide rows: f32_tol(T * C) at the size of the values)."""
+    from minidistil.kernels import _common
+    from minidistil.kernels import attention as AT
+    from minidistil.kernels import dropout as DR
+    rng = np.random.default_rng(0)
+    B, T, C, H, lo, hi = 5, 7, 8, 2, 2, 4
+    x = rng.standard_normal((B, T, C)).astype(np.float32)
+    whole, _ = DR.dropout_forward(x, 0.3, 11)
+    part, cache = DR.dropout_forward(np.ascontiguousarray(x[lo:hi]), 0.3, 11, offset=lo * T * C)
+    np.testing.assert_array_equal(part, whole[lo:hi])
+    np.testing.assert_array_equal(DR.dropout_backward(part, cache) != 0, whole[lo:hi] != 0)
+    q, k, v = (rng.standard_normal((B, T, C)).astype(np.float32) for _ in range(3))
+    mask = np.ones((B, T), np.int64)
+    out, c_all = AT.attention_forward(q, k, v, mask, H, 0.3, 5)
+    sl = lambda a: np.ascontiguousarray(a[lo:hi])
+    out_part, c_part = AT.attention_forward(sl(q), sl(k), sl(v), sl(mask), H, 0.3, 5, offset=lo * H * T * T)
+    _common.assert_close(out_part, out[lo:hi], atol=_common.f32_tol(T * C, scale=float(np.abs(v).max())))
+    dout = rng.standard_normal((B, T, C)).astype(np.float32)
+    for g_part, g_all in zip(AT.attention_backward(sl(dout), c_part), AT.attention_backward(dout, c_all),
+                             strict=True):
+        _common.assert_close(g_part, g_all[lo:hi], atol=_common.f32_tol(T * C, scale=float(np.abs(g_all).max())))
