@@ -185,7 +185,10 @@ def test_a_slice_with_its_offset_draws_the_global_batch_masks():
     q, k, v = (rng.standard_normal((B, T, C)).astype(np.float32) for _ in range(3))
     mask = np.ones((B, T), np.int64)
     out, c_all = AT.attention_forward(q, k, v, mask, H, 0.3, 5)
-    sl = lambda a: np.ascontiguousarray(a[lo:hi])
+
+    def sl(a):
+        return np.ascontiguousarray(a[lo:hi])
+
     out_part, c_part = AT.attention_forward(sl(q), sl(k), sl(v), sl(mask), H, 0.3, 5, offset=lo * H * T * T)
     _common.assert_close(out_part, out[lo:hi], atol=_common.f32_tol(T * C, scale=float(np.abs(v).max())))
     dout = rng.standard_normal((B, T, C)).astype(np.float32)
