@@ -89,6 +89,7 @@ class AttentionCache(NamedTuple):
     n_heads: int        # H
     p: float = 0.0      # attention-probability dropout
     seed: int = 0       # its seed (the mask is regenerated from it in backward)
+    offset: int = 0     # the mask's flat index of probs[0, 0, 0, 0] (a slice of a larger batch: its first element)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -105,15 +106,15 @@ def _merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)       # (B, H, T, D) -> (B, T, C)
 
 
-def _drop_ref(P, p, seed):
-    """P * keep / (1 - p) with kernels/dropout.py's mask over the flat index of P (B, H, T, T)."""
+def _drop_ref(P, p, seed, offset=0):
+    """P * keep / (1 - p) with kernels/dropout.py's mask over the flat index (plus offset) of P (B, H, T, T)."""
     if p == 0:
         return P
-    keep = _dropout.dropout_keep_ref(P.shape, p, seed)
+    keep = _dropout.dropout_keep_ref(P.shape, p, seed, offset)
     return np.where(keep, P / (1.0 - p), 0.0).astype(P.dtype, copy=False)
 
 
-def attention_forward_ref(q, k, v, mask, n_heads, p=0.0, seed=0):
+def attention_forward_ref(q, k, v, mask, n_heads, p=0.0, seed=0, offset=0):
     B, T, C = q.shape
     D = C // n_heads
     Q, K, V = (_split_heads(a, n_heads) for a in (q, k, v))   # (B, H, T, D)
@@ -122,19 +123,19 @@ def attention_forward_ref(q, k, v, mask, n_heads, p=0.0, seed=0):
     S = np.where(pad, np.finfo(S.dtype).min, S)                 # fill masked keys with finfo.min
     E = np.exp(S - S.max(axis=-1, keepdims=True))
     P = E / E.sum(axis=-1, keepdims=True)                       # P = softmax(S)           (B, H, T, T)
-    O = _drop_ref(P, p, seed) @ V                               # O = dropout(P) V         (B, H, T, D)
+    O = _drop_ref(P, p, seed, offset) @ V                               # O = dropout(P) V         (B, H, T, D)
     out = _merge_heads(O).astype(q.dtype, copy=False)
     return np.ascontiguousarray(out), AttentionCache(q, k, v, mask, P.astype(q.dtype, copy=False), n_heads,
-                                                     float(p), int(seed))
+                                                     float(p), int(seed), int(offset))
 
 
 def attention_backward_ref(dout, cache):
-    q, k, v, mask, P, H, p, seed = cache
+    q, k, v, mask, P, H, p, seed, offset = cache
     B, T, C = q.shape
     D = C // H
     Q, K, V, dO = (_split_heads(a, H) for a in (q, k, v, dout))  # (B, H, T, D)
-    dP = _drop_ref(dO @ V.transpose(0, 1, 3, 2), p, seed)        # dP = dropout'(dO V^T)             (B, H, T, T)
-    dV = _drop_ref(P, p, seed).transpose(0, 1, 3, 2) @ dO        # dV = dropout(P)^T dO              (B, H, T, D)
+    dP = _drop_ref(dO @ V.transpose(0, 1, 3, 2), p, seed, offset)       # dP = dropout'(dO V^T)             (B, H, T, T)
+    dV = _drop_ref(P, p, seed, offset).transpose(0, 1, 3, 2) @ dO       # dV = dropout(P)^T dO              (B, H, T, D)
     dS = P * (dP - (dP * P).sum(axis=-1, keepdims=True))         # dS = P * (dP - rowsum(dP * P))
     dS = np.where((np.asarray(mask) == 0)[:, None, None, :], 0.0, dS)  # filled scores pass no gradient
     dQ = dS @ K / np.sqrt(D)                                     # dQ = dS K / sqrt(D)
@@ -160,14 +161,14 @@ def _matmul_acc(a, b, c):
 
 
 @njit(cache=True, inline="always")
-def _keep_scale(idx, k1, k2, threshold, pscale):
-    # kernels/dropout.py's counter hash at flat index idx of probs: keep / (1 - p), or 0 where dropped
-    m = _dropout._fmix32_nb(_dropout._fmix32_nb(np.uint64(idx) ^ k1) ^ k2) >> _dropout.S8
+def _keep_scale(idx, k1, k2, threshold, pscale, off):
+    # kernels/dropout.py's counter hash at flat index off + idx of probs: keep / (1 - p), or 0 where dropped
+    m = _dropout._fmix32_nb(_dropout._fmix32_nb(np.uint64(idx + off) ^ k1) ^ k2) >> _dropout.S8
     return pscale if m >= threshold else ZERO
 
 
 @njit(cache=True, parallel=True)
-def _attn_fwd(q, k, v, keep, H, scale, out, probs, has_drop, k1, k2, threshold, pscale):
+def _attn_fwd(q, k, v, keep, H, scale, out, probs, has_drop, k1, k2, threshold, pscale, off):
     # q, k, v, out (B, T, C); keep (B, T) bool; probs (B, H, T, T); scale = 1/sqrt(D); dropout keys k1, k2,
     # threshold (uint64) and pscale = 1/(1-p) used when has_drop
     B, T, C = q.shape
@@ -198,7 +199,7 @@ def _attn_fwd(q, k, v, keep, H, scale, out, probs, has_drop, k1, k2, threshold, 
             for j in range(T):
                 P[i, j] *= inv
                 # P~ = dropout(P), kept in S (free now) for the product
-                S[i, j] = P[i, j] * _keep_scale((bh * T + i) * T + j, k1, k2, threshold, pscale) if has_drop \
+                S[i, j] = P[i, j] * _keep_scale((bh * T + i) * T + j, k1, k2, threshold, pscale, off) if has_drop \
                     else P[i, j]
         O = np.zeros((T, D), np.float32)
         _matmul_acc(S, Vh, O)                                   # O = P~ V           (T, D)
@@ -206,7 +207,7 @@ def _attn_fwd(q, k, v, keep, H, scale, out, probs, has_drop, k1, k2, threshold, 
 
 
 @njit(cache=True, parallel=True)
-def _attn_bwd(dout, q, k, v, keep, probs, H, scale, dq, dk, dv, has_drop, k1, k2, threshold, pscale):
+def _attn_bwd(dout, q, k, v, keep, probs, H, scale, dq, dk, dv, has_drop, k1, k2, threshold, pscale, off):
     B, T, C = q.shape
     D = C // H
     for bh in prange(B * H):
@@ -221,7 +222,7 @@ def _attn_bwd(dout, q, k, v, keep, probs, H, scale, dq, dk, dv, has_drop, k1, k2
         Pt = np.empty((T, T), np.float32)                       # P~^T, P~ = dropout(P) regenerated
         for i in range(T):
             for j in range(T):
-                Pt[j, i] = P[i, j] * _keep_scale((bh * T + i) * T + j, k1, k2, threshold, pscale) if has_drop \
+                Pt[j, i] = P[i, j] * _keep_scale((bh * T + i) * T + j, k1, k2, threshold, pscale, off) if has_drop \
                     else P[i, j]
         dP = np.zeros((T, T), np.float32)
         _matmul_acc(dO, Vt, dP)                                 # from O = P~ V:  dP~ = dO V^T   (T, T)
@@ -231,7 +232,7 @@ def _attn_bwd(dout, q, k, v, keep, probs, H, scale, dq, dk, dv, has_drop, k1, k2
         for i in range(T):                                      # from P = softmax(S):
             if has_drop:                                        #   (from P~ = dropout(P): dP = dP~ keep / (1-p))
                 for j in range(T):
-                    dP[i, j] *= _keep_scale((bh * T + i) * T + j, k1, k2, threshold, pscale)
+                    dP[i, j] *= _keep_scale((bh * T + i) * T + j, k1, k2, threshold, pscale, off)
             r = ZERO
             for j in range(T):
                 r += dP[i, j] * P[i, j]                         #   rowsum(dP * P)
@@ -250,7 +251,7 @@ def _attn_bwd(dout, q, k, v, keep, probs, H, scale, dq, dk, dv, has_drop, k1, k2
 
 
 @njit(cache=True, parallel=True)
-def _softmax_rows(S, keep, scale, fast, Pd, has_drop, k1, k2, threshold, pscale):
+def _softmax_rows(S, keep, scale, fast, Pd, has_drop, k1, k2, threshold, pscale, off):
     # S (B, H, T, T): the raw scores Q K^T on entry, P = softmax(S * scale, masked) on exit (in place);
     # Pd (B, H, T, T): P~ = dropout(P) when has_drop (else untouched). One row (b, h, i) per iteration.
     B, H, T, _ = S.shape
@@ -275,11 +276,11 @@ def _softmax_rows(S, keep, scale, fast, Pd, has_drop, k1, k2, threshold, pscale)
         if has_drop:
             drow = Pd[b, h, i]
             for j in range(T):                                  # P~ = P * keep / (1 - p)
-                drow[j] = row[j] * _keep_scale(r * T + j, k1, k2, threshold, pscale)
+                drow[j] = row[j] * _keep_scale(r * T + j, k1, k2, threshold, pscale, off)
 
 
 @njit(cache=True, parallel=True)
-def _softmax_rows_bwd(dP, P, keep, scale, has_drop, k1, k2, threshold, pscale):
+def _softmax_rows_bwd(dP, P, keep, scale, has_drop, k1, k2, threshold, pscale, off):
     # dP (B, H, T, T): dP~ = dO V^T on entry, dS (times 1/sqrt(D)) on exit (in place); P the forward's probs
     B, H, T, _ = P.shape
     for r in prange(B * H * T):
@@ -290,14 +291,14 @@ def _softmax_rows_bwd(dP, P, keep, scale, has_drop, k1, k2, threshold, pscale):
         p = P[b, h, i]
         if has_drop:                                            # from P~ = dropout(P): dP = dP~ keep / (1 - p)
             for j in range(T):
-                g[j] *= _keep_scale(r * T + j, k1, k2, threshold, pscale)
+                g[j] *= _keep_scale(r * T + j, k1, k2, threshold, pscale, off)
         rs = row_dot(g, p)                                      # rowsum(dP * P)
         for j in range(T):                                      # dS = P (dP - rowsum), 0 at filled keys, / sqrt(D)
             g[j] = p[j] * (g[j] - rs) * scale if keep[b, j] else ZERO
 
 
 @njit(cache=True, parallel=True)
-def _apply_dropout_rows(P, Pd, k1, k2, threshold, pscale):
+def _apply_dropout_rows(P, Pd, k1, k2, threshold, pscale, off):
     # Pd = dropout(P) over the flat index of P (B, H, T, T): regenerates the forward's P~ in backward
     B, H, T, _ = P.shape
     for r in prange(B * H * T):
@@ -305,7 +306,7 @@ def _apply_dropout_rows(P, Pd, k1, k2, threshold, pscale):
         h = (r // T) % H
         i = r % T
         for j in range(T):
-            Pd[b, h, i, j] = P[b, h, i, j] * _keep_scale(r * T + j, k1, k2, threshold, pscale)
+            Pd[b, h, i, j] = P[b, h, i, j] * _keep_scale(r * T + j, k1, k2, threshold, pscale, off)
 
 
 def _check(q, k, v, mask, n_heads, p=0.0, seed=0, contiguous=True):
@@ -344,24 +345,24 @@ def _drop_args(p, seed):
     return p > 0, np.uint64(k1), np.uint64(k2), np.uint64(threshold), np.float32(pscale)
 
 
-def attention_forward_numba(q, k, v, mask, n_heads, p=0.0, seed=0):
+def attention_forward_numba(q, k, v, mask, n_heads, p=0.0, seed=0, offset=0):
     B, T, C, D = _check(q, k, v, mask, n_heads, p, seed)
     out = np.empty_like(q)
     probs = np.empty((B, n_heads, T, T), np.float32)
     if q.size:
         _attn_fwd(q, k, v, _keep(mask), int(n_heads), np.float32(1.0 / math.sqrt(D)), out, probs,
-                  *_drop_args(p, seed))
-    return out, AttentionCache(q, k, v, mask, probs, int(n_heads), float(p), int(seed))
+                  *_drop_args(p, seed), np.uint64(offset))
+    return out, AttentionCache(q, k, v, mask, probs, int(n_heads), float(p), int(seed), int(offset))
 
 
 def attention_backward_numba(dout, cache):
-    q, k, v, mask, probs, H, p, seed = cache
+    q, k, v, mask, probs, H, p, seed, offset = cache
     _checks.check_array("dout", dout, shape=q.shape)
     dq, dk, dv = np.empty_like(q), np.empty_like(q), np.empty_like(q)
     if q.size:
         D = q.shape[2] // H
         _attn_bwd(dout, q, k, v, _keep(mask), probs, H, np.float32(1.0 / math.sqrt(D)), dq, dk, dv,
-                  *_drop_args(p, seed))
+                  *_drop_args(p, seed), np.uint64(offset))
     return dq, dk, dv
 
 
@@ -385,7 +386,7 @@ def _blas_by_blocks(B, H, *products):
     _blas.run_blas_tasks(task(bs, hs) for bs, hs in _blas.split_pairs(B, H, parts))
 
 
-def attention_forward_blas(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):
+def attention_forward_blas(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None, offset=0):
     B, T, C, D = _check(q, k, v, mask, n_heads, p, seed, contiguous=False)
     H = int(n_heads)
     fast = _f32math.fast_math_default() if fast is None else bool(fast)
@@ -397,13 +398,13 @@ def attention_forward_blas(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):
         _blas_by_blocks(B, H, (Q, K.transpose(0, 1, 3, 2), probs))  # S = Q K^T           (B, H, T, T)
         Pd = np.empty_like(probs) if has_drop else probs
         _softmax_rows(probs, _keep(mask), np.float32(1.0 / math.sqrt(D)), fast, Pd, has_drop, k1, k2, threshold,
-                      pscale)                                   # P = softmax(S / sqrt(D)), P~ = dropout(P)
+                      pscale, np.uint64(offset))                                   # P = softmax(S / sqrt(D)), P~ = dropout(P)
         _blas_by_blocks(B, H, (Pd, V, O))                       # O = P~ V             (B, H, T, D) -> out
-    return out, AttentionCache(q, k, v, mask, probs, H, float(p), int(seed))
+    return out, AttentionCache(q, k, v, mask, probs, H, float(p), int(seed), int(offset))
 
 
 def attention_backward_blas(dout, cache):
-    q, k, v, mask, probs, H, p, seed = cache
+    q, k, v, mask, probs, H, p, seed, offset = cache
     _checks.check_array("dout", dout, shape=q.shape)
     dq, dk, dv = (np.empty(q.shape, np.float32) for _ in range(3))
     if q.size:
@@ -413,20 +414,20 @@ def attention_backward_blas(dout, cache):
         Pd = probs
         if has_drop:
             Pd = np.empty_like(probs)
-            _apply_dropout_rows(probs, Pd, k1, k2, threshold, pscale)  # P~ regenerated from (p, seed)
+            _apply_dropout_rows(probs, Pd, k1, k2, threshold, pscale, np.uint64(offset))  # P~ regenerated from (p, seed)
         dP = np.empty_like(probs)
         _blas_by_blocks(B, H, (dO, V.transpose(0, 1, 3, 2), dP),       # from O = P~ V:  dP~ = dO V^T
                         (Pd.transpose(0, 1, 3, 2), dO, dV))             #                 dV = P~^T dO
         _softmax_rows_bwd(dP, probs, _keep(mask), np.float32(1.0 / math.sqrt(C // H)), has_drop, k1, k2,
-                          threshold, pscale)                            # dS = P (dP - rowsum(dP P)) / sqrt(D)
+                          threshold, pscale, np.uint64(offset))                            # dS = P (dP - rowsum(dP P)) / sqrt(D)
         _blas_by_blocks(B, H, (dP, K, dQ),                              # from S = Q K^T / sqrt(D): dQ = dS K
                         (dP.transpose(0, 1, 3, 2), Q, dK))              #                           dK = dS^T Q
     return dq, dk, dv
 
 
 # the default CPU version
-def attention_forward_cpu(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):
-    return attention_forward_blas(q, k, v, mask, n_heads, p, seed, fast)
+def attention_forward_cpu(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None, offset=0):
+    return attention_forward_blas(q, k, v, mask, n_heads, p, seed, fast, offset)
 
 
 def attention_backward_cpu(dout, cache):
@@ -618,7 +619,7 @@ def _keep_device(mask):
 
 
 def attention_backward_cuda(dout, cache):
-    q, k, v, mask, probs, H, p, seed = cache
+    q, k, v, mask, probs, H, p, seed, _ = cache
     _checks.check_array("dout", dout, shape=tuple(q.shape))
     _, bwd_rows, bwd_cols = _cuda_kernels()
     B, T, C = tuple(q.shape)
@@ -637,12 +638,15 @@ def attention_backward_cuda(dout, cache):
 # public entry points: device arrays go to CUDA, numpy arrays to the Numba CPU kernels
 
 
-def attention_forward(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None):
+def attention_forward(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None, offset=0):
     """p, seed: attention-probability dropout (p = 0: none); fast: opt-in fast exp on the CPU (None: follow
-    MINIDISTIL_FAST_MATH)."""
+    MINIDISTIL_FAST_MATH); offset: the dropout mask's flat index of probs[0, 0, 0, 0], so that a slice of a larger
+    batch gets that batch's mask (b0 * H * T * T for a slice from example b0; the CPU versions only)."""
     if _cuda.is_device_array(q):
+        if offset:
+            raise ValueError("offset: the CUDA attention draws its dropout mask from index 0 only")
         return attention_forward_cuda(q, k, v, mask, n_heads, p, seed)
-    return attention_forward_cpu(q, k, v, mask, n_heads, p, seed, fast)
+    return attention_forward_cpu(q, k, v, mask, n_heads, p, seed, fast, offset)
 
 
 def attention_backward(dout, cache):

@@ -57,6 +57,7 @@ class DropoutCache(NamedTuple):
     p: float            # drop probability in [0, 1]
     seed: int           # the mask's seed, in [0, 2^64)
     shape: tuple        # shape of x (and of dy)
+    offset: int = 0     # the counter of x's first element (a slice of a larger array: its flat start)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,11 +101,11 @@ def _check_x(name, x):
 # NumPy reference
 
 
-def dropout_keep_ref(shape, p, seed):
-    """The keep mask (bool, `shape`) for (p, seed): the hash written out on whole arrays."""
+def dropout_keep_ref(shape, p, seed, offset=0):
+    """The keep mask (bool, `shape`) for (p, seed), counters offset, offset + 1, ...: the hash on whole arrays."""
     p, seed = _check_p_seed(p, seed)
     k1, k2, threshold, _ = _scalars(p, seed)
-    i = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.uint64)
+    i = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.uint64) + np.uint64(offset)
 
     def fmix32(h):  # the same finaliser, elementwise on uint64 arrays holding 32-bit values
         h = h ^ (h >> S16)
@@ -117,17 +118,17 @@ def dropout_keep_ref(shape, p, seed):
     return ((h >> S8) >= np.uint64(threshold)).reshape(shape)     # keep iff u = (h >> 8) / 2^24 >= p
 
 
-def dropout_forward_ref(x, p, seed):
+def dropout_forward_ref(x, p, seed, offset=0):
     p, seed = _check_p_seed(p, seed)
-    keep = dropout_keep_ref(x.shape, p, seed)
+    keep = dropout_keep_ref(x.shape, p, seed, offset)
     scale = x.dtype.type(_scalars(p, seed)[3])
     # y = x * keep / (1 - p)
-    return np.where(keep, x * scale, x.dtype.type(0)), DropoutCache(p, seed, tuple(x.shape))
+    return np.where(keep, x * scale, x.dtype.type(0)), DropoutCache(p, seed, tuple(x.shape), int(offset))
 
 
 def dropout_backward_ref(dy, cache):
     # y = x * keep / (1 - p)  ->  dx = dy * keep / (1 - p)
-    keep = dropout_keep_ref(cache.shape, cache.p, cache.seed)
+    keep = dropout_keep_ref(cache.shape, cache.p, cache.seed, cache.offset)
     scale = dy.dtype.type(_scalars(cache.p, cache.seed)[3])
     return np.where(keep, dy * scale, dy.dtype.type(0))
 
@@ -146,31 +147,31 @@ def _fmix32_nb(h):
 
 
 @njit(cache=True, parallel=True)
-def _dropout_cpu(x, y, k1, k2, threshold, scale):
-    # x, y flat (N,); k1, k2, threshold uint64; scale float32. y = x * keep * scale (also dx = dy * keep * scale)
+def _dropout_cpu(x, y, k1, k2, threshold, scale, off):
+    # x, y flat (N,); k1, k2, threshold, off uint64; scale float32. y = x * keep * scale (also dx = dy * keep * scale)
     for i in prange(x.size):
-        m = _fmix32_nb(_fmix32_nb(np.uint64(i) ^ k1) ^ k2) >> S8
+        m = _fmix32_nb(_fmix32_nb((np.uint64(i) + off) ^ k1) ^ k2) >> S8
         y[i] = x[i] * scale if m >= threshold else ZERO
 
 
-def _run_cpu(x, p, seed):
+def _run_cpu(x, p, seed, offset=0):
     k1, k2, threshold, scale = _scalars(p, seed)
     y = np.empty_like(x)
     _dropout_cpu(x.reshape(-1), y.reshape(-1), np.uint64(k1), np.uint64(k2), np.uint64(threshold),
-                 np.float32(scale))
+                 np.float32(scale), np.uint64(offset))
     return y
 
 
-def dropout_forward_cpu(x, p, seed):
+def dropout_forward_cpu(x, p, seed, offset=0):
     p, seed = _check_p_seed(p, seed)
     _check_x("x", x)
-    return _run_cpu(x, p, seed), DropoutCache(p, seed, tuple(x.shape))
+    return _run_cpu(x, p, seed, offset), DropoutCache(p, seed, tuple(x.shape), int(offset))
 
 
 def dropout_backward_cpu(dy, cache):
     _check_x("dy", dy)
     _checks.check_array("dy", dy, shape=cache.shape)
-    return _run_cpu(dy, cache.p, cache.seed)
+    return _run_cpu(dy, cache.p, cache.seed, cache.offset)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -231,8 +232,14 @@ def dropout_backward_cuda(dy, cache):
 # public entry points: device arrays go to CUDA, numpy arrays to the Numba CPU kernels
 
 
-def dropout_forward(x, p, seed):
-    return dropout_forward_cuda(x, p, seed) if _cuda.is_device_array(x) else dropout_forward_cpu(x, p, seed)
+def dropout_forward(x, p, seed, offset=0):
+    """offset: the counter of x's first element, so that a slice of a larger array (from flat index offset) gets
+    that array's mask (the CPU versions only)."""
+    if _cuda.is_device_array(x):
+        if offset:
+            raise ValueError("offset: the CUDA dropout draws its mask from counter 0 only")
+        return dropout_forward_cuda(x, p, seed)
+    return dropout_forward_cpu(x, p, seed, offset)
 
 
 def dropout_backward(dy, cache):

@@ -55,6 +55,7 @@ from . import data as D
 from . import evaluation as E
 from . import functional as F
 from . import losses as L
+from . import parallel
 from .autograd import Tensor, no_grad
 from .cli import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, bounded, check_fields, int_list
 from .config import BertConfig, DistilBertConfig
@@ -218,8 +219,10 @@ def _teacher_array(t):
 
 
 def distillation_loss(s_logits: Tensor | None, t_logits, s_hidden: Tensor, t_hidden, labels: np.ndarray | None,
-                      attention_mask: np.ndarray, w: LossWeights) -> tuple[Tensor, dict[str, float]]:
-    """The weighted sum of the terms (a scalar Tensor) and each term's value (unweighted floats)."""
+                      attention_mask: np.ndarray, w: LossWeights, scale: dict[str, float] | None = None
+                      ) -> tuple[Tensor, dict[str, float]]:
+    """The weighted sum of the terms (a scalar Tensor) and each term's value (unweighted floats). `scale`: a
+    factor per term on top of its alpha (an MPI rank's share of the global count, see minidistil.parallel)."""
     B, T, C = s_hidden.shape
     rows = np.ascontiguousarray(np.asarray(attention_mask).reshape(-1) != 0)    # (B*T,) real tokens
     t_hidden = _teacher_array(t_hidden)                                         # stays on the GPU when there
@@ -255,7 +258,7 @@ def distillation_loss(s_logits: Tensor | None, t_logits, s_hidden: Tensor, t_hid
         raise ValueError("loss weights: every alpha is 0, nothing to learn")
     total = None
     for name, t in terms.items():
-        part = t * float(alphas[name])
+        part = t * (float(alphas[name]) * (scale[name] if scale else 1.0))
         total = part if total is None else total + part
     return total, {name: float(t.item()) for name, t in terms.items()}
 
@@ -303,6 +306,15 @@ LOSS_TERMS = ("loss", "ce", "mlm", "cos", "mse", "pool_cos", "pool_mse")   # the
 PROVISIONAL_STEPS = 1_000_000  # the schedule's length before the first updates are timed: a slow start of warm-up
 
 
+def _term_counts(labels, attention_mask, w: LossWeights, lo: int = 0, hi: int | None = None) -> dict[str, int]:
+    """The positions each loss term averages over, in examples [lo, hi) of the batch."""
+    real = int(np.count_nonzero(np.asarray(attention_mask)[lo:hi]))
+    masked = 0 if labels is None else int(np.count_nonzero(np.asarray(labels)[lo:hi] != IGNORE_INDEX))
+    examples = len(np.asarray(attention_mask)[lo:hi])
+    return {"ce": masked if w.kl_masked_only else real, "mlm": masked, "cos": real, "mse": real,
+            "pool_cos": examples, "pool_mse": examples}
+
+
 def _step_seed(seed: int, step: int, micro: int = 0) -> int:
     return int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0])
 
@@ -348,8 +360,17 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
     check_fields(cfg, FIELD_TYPES)
     say = functools.partial(print, flush=True)  # set-up lines and the final report; --no-progress hides the bar only
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
-    with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=say) as run, quiet_overflow():
-        return _distill(teacher, tokenizer, cfg, run, say, t_begin)
+    with parallel.abort_on_error() as world:
+        if world.size > 1:
+            if cfg.device != "cpu":
+                raise ValueError("--device cuda: data parallelism on MPI runs on the CPU only")
+            if world.writer:
+                say(world.describe())
+            else:  # rank 0 prints, logs, saves and evaluates
+                say, cfg.progress, cfg.evaluate = (lambda *a, **k: None), False, False
+        with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=say, writer=world.writer) as run, \
+                quiet_overflow():
+            return _distill(teacher, tokenizer, cfg, run, say, t_begin)
 
 
 def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: float) -> dict:
@@ -384,7 +405,8 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     opt = AdamW(student.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = dict(student.named_parameters())
     state = RunState()
-    c = run.resume(params)
+    world = parallel.world()
+    c = world.bcast(run.resume(params))   # rank 0 reads the checkpoint: any rank count resumes any other's
     if c is not None:
         ckpt.load_model_arrays(params, c.model)
         opt.load_state_dict(c.optimizer)
@@ -411,7 +433,7 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
         while True:
             elapsed = state.seconds + time.perf_counter() - t_start
             if plan is not None:  # re-plan: the updates done plus those the time left still holds
-                left = plan.steps_left(elapsed)
+                left = world.bcast(plan.steps_left(elapsed))     # rank 0's clock decides for every rank
                 if left is not None:
                     state.total_steps = state.step + left
                 if left == 0:
@@ -425,26 +447,39 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
             loss_sum = 0.0
             n_tokens = 0
             for micro in range(cfg.grad_accum):
-                input_ids, attention_mask = batches.next()
+                input_ids, attention_mask = batches.next()          # the global batch (B, T), on every rank
                 n_tokens += int(attention_mask.sum())
                 rng = np.random.default_rng(_step_seed(cfg.seed, state.step, micro))
                 if mlm:
                     inputs, labels = mask_tokens(input_ids, attention_mask, rng, special, weights=mask_weights)
                 else:
                     inputs, labels = input_ids, None
-                F.manual_seed(_step_seed(cfg.seed + 1, state.step, micro))  # dropout masks of this micro-batch
+                scale = None
+                lo, hi = world.shard(len(inputs))                   # this rank's examples [lo, hi)
+                if world.size > 1:  # each term: this rank's partial sum over the GLOBAL count
+                    every, mine = (_term_counts(labels, attention_mask, w, a, b) for a, b in ((0, None), (lo, hi)))
+                    scale = {k: mine[k] / max(every[k], 1) for k in every}
+                    inputs, attention_mask = inputs[lo:hi], attention_mask[lo:hi]
+                    labels = None if labels is None else labels[lo:hi]
+                F.manual_seed(_step_seed(cfg.seed + 1, state.step, micro), first_example=lo)  # dropout masks
                 with no_grad():
                     t_logits, t_hidden = forward_outputs(teacher_model, inputs, attention_mask)
                     t_logits = None if t_logits is None else t_logits.numpy()
                     t_hidden = t_hidden.numpy()
                 s_logits, s_hidden = forward_outputs(student, inputs, attention_mask)
-                loss, terms = distillation_loss(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask, w)
+                loss, terms = distillation_loss(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask, w,
+                                                scale)
                 value = float(loss.item())
+                if world.size > 1:  # the global loss and terms: the sums of the ranks' shares
+                    names = list(terms)
+                    total = world.sum([value] + [terms[k] * scale[k] for k in names])
+                    value, terms = float(total[0]), dict(zip(names, map(float, total[1:]), strict=True))
                 run.check_step(state.step + 1, loss=value, detail=f" ({terms})")
                 (loss * (1.0 / cfg.grad_accum)).backward()
                 loss_sum += value / cfg.grad_accum
                 for k, v in terms.items():
                     terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum
+            world.allreduce_grads(opt.parameters())                # the global batch's gradient on every rank
             norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)
             run.check_step(state.step + 1, grad_norm=norm)
             opt.step(lr=lr)
@@ -471,6 +506,8 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     t_after = time.perf_counter()
 
     # 4. the output folder
+    if not run.writer:
+        return {}
     from .loading import save_pretrained
     save_pretrained(student, out, tokenizer=tokenizer)
     curve = plot_curves(run.metrics, out / "loss_curve.png", LOSS_TERMS, "distillation losses", say)

@@ -51,6 +51,7 @@ from . import checkpoint as ckpt
 from . import functional as F
 from . import losses as L
 from . import metrics as M
+from . import parallel
 from . import qa as QA
 from . import taskdata as TD
 from .autograd import no_grad
@@ -599,139 +600,177 @@ def finetune(task: str | None = None, model: str | None = None, train=None, out_
     check_fields(cfg, FIELD_TYPES)
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
     say = print if cfg.progress else (lambda *a, **k: None)
-    # the run's notices (a lock taken over, a damaged checkpoint passed over) are printed even without progress
-    with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=print) as run, quiet_overflow():
-        out = run.out
-        train_ex, val_ex, skipped = load_data(cfg, data)
-        names = label_names(cfg, train_ex)
-        train_ex = drop_unknown_labels(cfg, train_ex, names, skipped)
-        val_ex = drop_unknown_labels(cfg, val_ex, names, skipped)
-        if skipped:
-            say(f"skipped {len(skipped)} malformed row(s):")
-            for s in skipped[:10]:
-                say(f"  {s}")
-            if len(skipped) > 10:
-                say(f"  ... and {len(skipped) - 10} more (all listed in {out / 'skipped.txt'})")
+    notice = print   # the run's notices (a lock taken over, a damaged checkpoint passed over): even without progress
+    with parallel.abort_on_error() as world:
+        if world.size > 1:
+            if cfg.device != "cpu" or cfg.teacher:
+                raise ValueError("data parallelism on MPI: fine-tuning runs on the CPU and without a teacher")
+            if world.writer:
+                say(world.describe())
+            else:  # rank 0 prints, logs and saves
+                say = notice = (lambda *a, **k: None)
+                cfg.progress = False
+        with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=notice, writer=world.writer) as run, \
+                quiet_overflow():
+            return _finetune(cfg, data, compute_metrics, run, world, say, save_pretrained)
+
+
+def _share(task: str, b: dict, lo: int, hi: int) -> float:
+    """The share of the batch's loss positions in examples [lo, hi): tagged tokens (token), answers inside the
+    window (qa), else examples."""
+    if task == "token":
+        counted = np.asarray(b["labels"]) != -100
+    elif task == "qa":
+        counted = np.asarray(b["start_positions"]) < b["input_ids"].shape[-1]
+    else:
+        counted = np.ones(len(b["input_ids"]), dtype=bool)
+    return float(np.count_nonzero(counted[lo:hi])) / max(1, int(np.count_nonzero(counted)))
+
+
+def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained) -> dict:
+    out = run.out
+    train_ex, val_ex, skipped = load_data(cfg, data)
+    names = label_names(cfg, train_ex)
+    train_ex = drop_unknown_labels(cfg, train_ex, names, skipped)
+    val_ex = drop_unknown_labels(cfg, val_ex, names, skipped)
+    if skipped:
+        say(f"skipped {len(skipped)} malformed row(s):")
+        for s in skipped[:10]:
+            say(f"  {s}")
+        if len(skipped) > 10:
+            say(f"  ... and {len(skipped) - 10} more (all listed in {out / 'skipped.txt'})")
+        if run.writer:
             atomic_write(out / "skipped.txt", "".join(s + "\n" for s in skipped))
-        say(f"{cfg.task}: {len(train_ex)} training and {len(val_ex)} validation examples"
-            + (f", labels {names}" if names else ""))
+    say(f"{cfg.task}: {len(train_ex)} training and {len(val_ex)} validation examples"
+        + (f", labels {names}" if names else ""))
 
-        model_, tokenizer, missing = load_model(cfg, names, say)
-        teacher = load_teacher(cfg, model_, tokenizer, names) if cfg.teacher else None
-        tr = encode(cfg.task, train_ex, tokenizer, names, cfg)
-        va = encode(cfg.task, val_ex, tokenizer, names, cfg) if val_ex else None
+    model_, tokenizer, missing = load_model(cfg, names, say)
+    teacher = load_teacher(cfg, model_, tokenizer, names) if cfg.teacher else None
+    tr = encode(cfg.task, train_ex, tokenizer, names, cfg)
+    va = encode(cfg.task, val_ex, tokenizer, names, cfg) if val_ex else None
 
-        N = n_rows(tr)
-        per_epoch = math.ceil(N / cfg.batch_size)
-        total = per_epoch * cfg.epochs
-        sched = LinearWarmupDecay(cfg.lr, total, cfg.warmup)
-        opt = AdamW(model_.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        params = dict(model_.named_parameters())
-        state = RunState(total_steps=total)
-        c = run.resume(params)
-        if c is not None:
-            ckpt.load_model_arrays(params, c.model)
-            opt.load_state_dict(c.optimizer)
-            state = RunState(**c.extra["run"])
-            say(f"continuing with epoch {state.epoch + 1}, update {state.step + 1}")
-        if cfg.device != "cpu":  # after any resume (loaded on the host); AdamW moves its moments on its first step
-            model_.to(cfg.device)
-            if teacher is not None:
-                teacher.to(cfg.device)
-            say(describe(cfg.device))
+    N = n_rows(tr)
+    per_epoch = math.ceil(N / cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    sched = LinearWarmupDecay(cfg.lr, total, cfg.warmup)
+    opt = AdamW(model_.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = dict(model_.named_parameters())
+    state = RunState(total_steps=total)
+    c = world.bcast(run.resume(params))   # rank 0 reads the checkpoint: any rank count resumes any other's
+    if c is not None:
+        ckpt.load_model_arrays(params, c.model)
+        opt.load_state_dict(c.optimizer)
+        state = RunState(**c.extra["run"])
+        say(f"continuing with epoch {state.epoch + 1}, update {state.step + 1}")
+    if cfg.device != "cpu":  # after any resume (loaded on the host); AdamW moves its moments on its first step
+        model_.to(cfg.device)
+        if teacher is not None:
+            teacher.to(cfg.device)
+        say(describe(cfg.device))
 
-        def save_state():  # the parameters as Tensors: np.asarray copies device arrays to the host
-            run.save(state.step, model=params, optimizer=opt.state_dict(), state=state, config=cfg)
+    def save_state():  # the parameters as Tensors: np.asarray copies device arrays to the host
+        run.save(state.step, model=params, optimizer=opt.state_dict(), state=state, config=cfg)
 
-        t0 = time.perf_counter()
-        stopped, done_early, lr = None, False, None
-        while state.epoch < cfg.epochs and not done_early:
-            epoch = state.epoch
-            order = np.random.default_rng(_seed(cfg.seed, epoch)).permutation(N)
-            bar = _bar(cfg, per_epoch, state.batch, f"epoch {epoch + 1}/{cfg.epochs}")
-            model_.train()
-            while state.batch < per_epoch:
-                if cfg.stop_after is not None and state.step >= cfg.stop_after:
-                    stopped = state.step
-                    break
-                idx = order[state.batch * cfg.batch_size:(state.batch + 1) * cfg.batch_size]
-                b = batch(tr, idx)
-                F.manual_seed(_seed(cfg.seed, 1, state.step))                          # this update's dropout masks
-                s_out = forward(model_, b)
-                loss, row = s_out.loss, {"step": state.step + 1, "epoch": epoch + 1, "task_loss": float(s_out.loss)}
-                if teacher is not None:
-                    with no_grad():
-                        t_out = forward(teacher, b, with_labels=False)
-                    kd = teacher_loss(cfg.task, s_out, t_out, b, cfg.temperature)
-                    loss = loss * (1.0 - cfg.alpha) + kd * cfg.alpha
-                    row["teacher_loss"] = float(kd)
-                value = float(loss)
-                run.check_step(state.step + 1, loss=value, detail=f" (lr {cfg.lr}; check the labels)")
-                loss.backward()
-                norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)
-                run.check_step(state.step + 1, grad_norm=norm)
-                lr = sched(state.step)
-                opt.step(lr=lr)
-                opt.zero_grad()
-                state.step += 1
-                state.batch += 1
-                run.log({**row, "loss": value, "lr": lr, "grad_norm": norm})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-                    bar.update(1)
-                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                    save_state()
-            if bar is not None:
-                bar.close()
-            if stopped is not None:
+    t0 = time.perf_counter()
+    stopped, done_early, lr = None, False, None
+    while state.epoch < cfg.epochs and not done_early:
+        epoch = state.epoch
+        order = np.random.default_rng(_seed(cfg.seed, epoch)).permutation(N)
+        bar = _bar(cfg, per_epoch, state.batch, f"epoch {epoch + 1}/{cfg.epochs}")
+        model_.train()
+        while state.batch < per_epoch:
+            if cfg.stop_after is not None and state.step >= cfg.stop_after:
+                stopped = state.step
                 break
-            # end of the epoch: evaluate, keep the best, maybe stop
-            model_.eval()
-            r = (evaluate(cfg.task, model_, val_ex, va, names, cfg, compute_metrics) if va is not None
-                 else {"main": None})
-            score = r.get(r["main"]) if r["main"] else None
-            run.log({"step": state.step, "epoch": epoch + 1, "eval": r})
-            state.history.append({"epoch": epoch + 1, "step": state.step, "score": score,
-                                  **({"metric": r["main"]} if r["main"] else {})})
-            if score is None or _better(score, state.best):
-                state.best, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
-                run.check_parameters(state.step, params)
-                save_pretrained(model_, out, tokenizer=tokenizer)
-                say(f"epoch {epoch + 1}: {_summary(r)}  -> best so far, saved to {out}")
-            else:
-                state.bad_epochs += 1
-                say(f"epoch {epoch + 1}: {_summary(r)}  (best {state.best:.4f} at epoch {state.best_epoch})")
-                if cfg.early_stopping and state.bad_epochs >= cfg.early_stopping:
-                    say(f"early stopping: {state.bad_epochs} epoch(s) without improvement")
-                    done_early = True
-            state.epoch += 1
-            state.batch = 0
-            state.seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            save_state()
+            idx = order[state.batch * cfg.batch_size:(state.batch + 1) * cfg.batch_size]
+            b = batch(tr, idx)                                  # the global batch, on every rank
+            lo, hi = world.shard(len(idx))                      # this rank's examples [lo, hi)
+            share = 1.0
+            if world.size > 1:  # the loss: this rank's partial sum over the GLOBAL count
+                share = _share(cfg.task, b, lo, hi)
+                b = {k: v[lo:hi] for k, v in b.items()}
+            per_example = b["input_ids"].shape[1] if cfg.task == "choice" else 1   # (B, K, T): K rows each
+            F.manual_seed(_seed(cfg.seed, 1, state.step), first_example=lo * per_example)  # dropout masks
+            s_out = forward(model_, b)
+            loss, row = s_out.loss, {"step": state.step + 1, "epoch": epoch + 1, "task_loss": float(s_out.loss)}
+            if teacher is not None:
+                with no_grad():
+                    t_out = forward(teacher, b, with_labels=False)
+                kd = teacher_loss(cfg.task, s_out, t_out, b, cfg.temperature)
+                loss = loss * (1.0 - cfg.alpha) + kd * cfg.alpha
+                row["teacher_loss"] = float(kd)
+            value = float(loss)
+            if world.size > 1:  # the global loss: the sum of the ranks' shares
+                loss = loss * share
+                value, row["task_loss"] = (float(x) for x in world.sum([value * share, row["task_loss"] * share]))
+            run.check_step(state.step + 1, loss=value, detail=f" (lr {cfg.lr}; check the labels)")
+            loss.backward()
+            world.allreduce_grads(opt.parameters())            # the global batch's gradient on every rank
+            norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)
+            run.check_step(state.step + 1, grad_norm=norm)
+            lr = sched(state.step)
+            opt.step(lr=lr)
+            opt.zero_grad()
+            state.step += 1
+            state.batch += 1
+            run.log({**row, "loss": value, "lr": lr, "grad_norm": norm})
+            if bar is not None:
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                bar.update(1)
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                save_state()
+        if bar is not None:
+            bar.close()
         if stopped is not None:
-            state.seconds += time.perf_counter() - t0
-            save_state()
-            say(f"stopped after {stopped} updates (stop_after); continue with resume=True / --resume")
+            break
+        # end of the epoch: evaluate, keep the best, maybe stop
+        model_.eval()
+        r = (evaluate(cfg.task, model_, val_ex, va, names, cfg, compute_metrics) if va is not None
+             else {"main": None})
+        score = r.get(r["main"]) if r["main"] else None
+        run.log({"step": state.step, "epoch": epoch + 1, "eval": r})
+        state.history.append({"epoch": epoch + 1, "step": state.step, "score": score,
+                              **({"metric": r["main"]} if r["main"] else {})})
+        if score is None or _better(score, state.best):
+            state.best, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+            run.check_parameters(state.step, params)
+            if run.writer:
+                save_pretrained(model_, out, tokenizer=tokenizer)
+            say(f"epoch {epoch + 1}: {_summary(r)}  -> best so far, saved to {out}")
+        else:
+            state.bad_epochs += 1
+            say(f"epoch {epoch + 1}: {_summary(r)}  (best {state.best:.4f} at epoch {state.best_epoch})")
+            if cfg.early_stopping and state.bad_epochs >= cfg.early_stopping:
+                say(f"early stopping: {state.bad_epochs} epoch(s) without improvement")
+                done_early = True
+        state.epoch += 1
+        state.batch = 0
+        state.seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        save_state()
+    if stopped is not None:
+        state.seconds += time.perf_counter() - t0
+        save_state()
+        say(f"stopped after {stopped} updates (stop_after); continue with resume=True / --resume")
 
-        why = (f"stop_after {cfg.stop_after}: continue with --resume" if stopped is not None else
-               f"early stopping after {state.bad_epochs} epochs without improvement" if done_early else "")
-        report = {"task": cfg.task, "model": cfg.model, "out_dir": str(out), "labels": names,
-                  "train_examples": len(train_ex), "validation_examples": len(val_ex), "skipped_rows": len(skipped),
-                  "new_head_weights": missing, "updates": state.step, "epochs_done": state.epoch,
-                  "train_seconds": round(state.seconds, 1), "best_epoch": state.best_epoch,
-                  "best_score": state.best, "metric": TASKS[cfg.task][2], "history": state.history,
-                  "finished": stopped is None, "teacher": cfg.teacher, "curve": None,
-                  "schedule": schedule_summary(state.step, total, lr, cfg.lr, why), "state_dir": str(run.state_dir)}
-        if stopped is None:
-            report["curve"] = plot_curves(run.metrics, out / "training_curve.png", ("loss",), "fine-tuning", say)
-            if state.history and state.history[-1].get("score") is not None:
-                final = [json.loads(x) for x in run.metrics.read_text().splitlines() if '"eval"' in x]
-                best_row = next((r["eval"] for r in final if r["epoch"] == state.best_epoch), None)
-                report["best_eval"] = best_row
-        if not report["schedule"]["complete"]:
-            say(schedule_text(report["schedule"]))
-        run.write_report(report)
+    why = (f"stop_after {cfg.stop_after}: continue with --resume" if stopped is not None else
+           f"early stopping after {state.bad_epochs} epochs without improvement" if done_early else "")
+    report = {"task": cfg.task, "model": cfg.model, "out_dir": str(out), "labels": names,
+              "train_examples": len(train_ex), "validation_examples": len(val_ex), "skipped_rows": len(skipped),
+              "new_head_weights": missing, "updates": state.step, "epochs_done": state.epoch,
+              "train_seconds": round(state.seconds, 1), "best_epoch": state.best_epoch,
+              "best_score": state.best, "metric": TASKS[cfg.task][2], "history": state.history,
+              "finished": stopped is None, "teacher": cfg.teacher, "curve": None,
+              "schedule": schedule_summary(state.step, total, lr, cfg.lr, why), "state_dir": str(run.state_dir)}
+    if stopped is None and run.writer:
+        report["curve"] = plot_curves(run.metrics, out / "training_curve.png", ("loss",), "fine-tuning", say)
+        if state.history and state.history[-1].get("score") is not None:
+            final = [json.loads(x) for x in run.metrics.read_text().splitlines() if '"eval"' in x]
+            best_row = next((r["eval"] for r in final if r["epoch"] == state.best_epoch), None)
+            report["best_eval"] = best_row
+    if not report["schedule"]["complete"]:
+        say(schedule_text(report["schedule"]))
+    run.write_report(report)
     return report
 
 

@@ -98,7 +98,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray, n_heads: int, p
         p = 0.0
     if p > 0.0 and seed is None:
         seed = int(_SEEDS.integers(0, 2**31 - 1))
-    out, cache = _attention.attention_forward(q.data, k.data, v.data, mask, n_heads, p, seed or 0)
+    T = q.shape[1]
+    offset = _FIRST_EXAMPLE * n_heads * T * T if p > 0.0 else 0   # this batch's mask within the global batch's
+    out, cache = _attention.attention_forward(q.data, k.data, v.data, mask, n_heads, p, seed or 0, offset=offset)
 
     def backward(dout):
         # out = dropout(softmax(q k^T / sqrt(D) + mask)) @ v, per head  ->  (dq, dk, dv)
@@ -224,14 +226,20 @@ def log_softmax(x: Tensor) -> Tensor:
 # ---- dropout --------------------------------------------------------------------------------------------------
 # The dropout kernel draws its mask from a counter-based hash of (seed, index), so a seed replays the same mask on
 # CPU and GPU. Each call takes a fresh seed from this generator; `manual_seed` makes a run reproducible.
+# A data-parallel rank that holds examples [b0, b0 + B) of a global batch sets first_example = b0: its masks are
+# then the slices of the global batch's masks (the counter of element i of example b is (b0 + b) * per_example + i),
+# so dropout depends on the seed and the global example index, never on how the batch is split.
 
 _SEEDS = np.random.default_rng()
+_FIRST_EXAMPLE = 0
 
 
-def manual_seed(seed: int):
-    """Seed the generator that hands out dropout seeds."""
-    global _SEEDS
+def manual_seed(seed: int, first_example: int = 0):
+    """Seed the generator that hands out dropout seeds; first_example: the global index of this batch's first
+    example (a data-parallel rank's share, see above)."""
+    global _SEEDS, _FIRST_EXAMPLE
     _SEEDS = np.random.default_rng(seed)
+    _FIRST_EXAMPLE = int(first_example)
 
 
 def dropout(x: Tensor, p: float, training: bool, seed: int | None = None) -> Tensor:
@@ -242,7 +250,8 @@ def dropout(x: Tensor, p: float, training: bool, seed: int | None = None) -> Ten
         raise ValueError(f"p: expected a dropout probability in [0, 1), got {p}")
     if seed is None:
         seed = int(_SEEDS.integers(0, 2**31 - 1))
-    y, cache = _dropout.dropout_forward(x.data, p, seed)
+    offset = _FIRST_EXAMPLE * (x.size // x.shape[0]) if x.ndim and x.shape[0] else 0   # (B, ...): per example
+    y, cache = _dropout.dropout_forward(x.data, p, seed, offset)
 
     def backward(dy):
         # y = x * keep(seed, i) / (1 - p)  ->  dx = dy * keep / (1 - p)

@@ -24,6 +24,9 @@ Two folders per run:
 - Saving refuses a diverged state: every step's loss and gradient norm must be finite, and before each checkpoint
   every parameter must be finite and within PARAM_GROWTH times the largest magnitude at the start of the run.
   A diverged run stops with `Diverged`, naming the step, and the previous checkpoints are untouched.
+- Under MPI (minidistil.parallel) rank 0 alone writes: the other ranks open their Run with writer=False, which
+  takes no lock and writes nothing but still checks every step and the parameters; rank 0 reads the checkpoint on
+  resume and hands it to the others.
 - Resuming loads the newest checkpoint that reads back whole and holds sound parameters; a damaged one (a
   truncated file, a torn zip) or one with exploded parameters is named and the one before it is used. metrics.jsonl
   is cut back to the lines written when that checkpoint was saved (a torn last line is named and dropped).
@@ -225,7 +228,8 @@ def _max_abs(arrays: dict[str, np.ndarray]) -> tuple[float, str]:
 class Run:
     """One training run's folders, lock, metrics log and checkpoints (see the module docstring)."""
 
-    def __init__(self, out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False, say=print):
+    def __init__(self, out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False, say=print,
+                 writer: bool = True):
         if resume and overwrite:
             raise RunError("resume and overwrite: choose one (--resume continues the run, --overwrite starts again)")
         self.out = Path(out_dir)
@@ -236,10 +240,13 @@ class Run:
         self.lines = 0                      # lines in metrics.jsonl
         self.saved: tuple[int, Path] | None = None   # (step, path) of the newest good checkpoint
         self.limit = math.inf               # largest sound parameter magnitude (set by resume())
+        self.writer = writer                # False: an MPI rank other than 0, which checks but writes nothing
 
     # -- opening ---------------------------------------------------------------------------------------------
 
     def __enter__(self) -> Run:
+        if not self.writer:
+            return self
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             self.state_dir.mkdir(exist_ok=True)
@@ -268,6 +275,8 @@ class Run:
         self.close()
 
     def close(self):
+        if not self.writer:
+            return
         self.lock.release()
         try:
             self.state_dir.rmdir()  # only when empty: a run that never saved leaves no folder behind
@@ -300,6 +309,8 @@ class Run:
         newest sound checkpoint (None for a new run) and cut metrics.jsonl back to its lines."""
         top, _ = _max_abs({n: _host(p) for n, p in params.items()})
         self.limit = PARAM_GROWTH * max(1.0, top)
+        if not self.writer:
+            return None                     # rank 0 reads the checkpoint and hands it on
         if not self.resuming:
             self._cut_metrics(0)
             return None
@@ -361,6 +372,9 @@ class Run:
 
     def log(self, row: dict):
         """Append one JSON line to metrics.jsonl."""
+        if not self.writer:
+            self.lines += 1
+            return
         try:
             with open(self.metrics, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
@@ -394,6 +408,9 @@ class Run:
         arrays = {n: _host(a) for n, a in model.items()}               # device arrays come to the host here
         self.check_parameters(step, arrays)
         path = self.state_dir / f"checkpoint-{step:08d}.npz"
+        if not self.writer:
+            self.saved = (step, path)
+            return path
         ckpt.save_checkpoint(path, step=step, model=arrays, optimizer=optimizer, data=data,
                              extra={"run": jsonable(state), "config": jsonable(config), "metrics_lines": self.lines})
         self.saved = (step, path)
@@ -403,6 +420,8 @@ class Run:
         return path
 
     def write_report(self, report: dict):
+        if not self.writer:
+            return
         atomic_write(self.out / "report.json", json.dumps(report, indent=2) + "\n")
 
 

