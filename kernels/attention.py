@@ -398,7 +398,7 @@ def attention_forward_blas(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None, off
         _blas_by_blocks(B, H, (Q, K.transpose(0, 1, 3, 2), probs))  # S = Q K^T           (B, H, T, T)
         Pd = np.empty_like(probs) if has_drop else probs
         _softmax_rows(probs, _keep(mask), np.float32(1.0 / math.sqrt(D)), fast, Pd, has_drop, k1, k2, threshold,
-                      pscale, np.uint64(offset))                                   # P = softmax(S / sqrt(D)), P~ = dropout(P)
+                      pscale, np.uint64(offset))                # P = softmax(S / sqrt(D)), P~ = dropout(P)
         _blas_by_blocks(B, H, (Pd, V, O))                       # O = P~ V             (B, H, T, D) -> out
     return out, AttentionCache(q, k, v, mask, probs, H, float(p), int(seed), int(offset))
 
@@ -414,12 +414,13 @@ def attention_backward_blas(dout, cache):
         Pd = probs
         if has_drop:
             Pd = np.empty_like(probs)
-            _apply_dropout_rows(probs, Pd, k1, k2, threshold, pscale, np.uint64(offset))  # P~ regenerated from (p, seed)
+            # P~ regenerated from (p, seed, offset)
+            _apply_dropout_rows(probs, Pd, k1, k2, threshold, pscale, np.uint64(offset))
         dP = np.empty_like(probs)
         _blas_by_blocks(B, H, (dO, V.transpose(0, 1, 3, 2), dP),       # from O = P~ V:  dP~ = dO V^T
                         (Pd.transpose(0, 1, 3, 2), dO, dV))             #                 dV = P~^T dO
         _softmax_rows_bwd(dP, probs, _keep(mask), np.float32(1.0 / math.sqrt(C // H)), has_drop, k1, k2,
-                          threshold, pscale, np.uint64(offset))                            # dS = P (dP - rowsum(dP P)) / sqrt(D)
+                          threshold, pscale, np.uint64(offset))       # dS = P (dP - rowsum(dP P)) / sqrt(D)
         _blas_by_blocks(B, H, (dP, K, dQ),                              # from S = Q K^T / sqrt(D): dQ = dS K
                         (dP.transpose(0, 1, 3, 2), Q, dK))              #                           dK = dS^T Q
     return dq, dk, dv

@@ -450,7 +450,6 @@ if forced and forced["core"] != "unknown":
 
 # %%
 import shutil
-import subprocess
 import textwrap
 
 RANK_SCRIPT = textwrap.dedent("""
