@@ -352,9 +352,8 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
     teacher_model, tokenizer, teacher_name = _load(teacher, tokenizer)
     teacher_model.eval()
     mlm = has_mlm_head(teacher_model)
-    layers = cfg.layer_map or default_layer_map(teacher_model.config.num_hidden_layers,
-                                                cfg.student_layers or max(1, teacher_model.config.num_hidden_layers // 2),
-                                                mlm=mlm)
+    n_teacher = teacher_model.config.num_hidden_layers
+    layers = cfg.layer_map or default_layer_map(n_teacher, cfg.student_layers or max(1, n_teacher // 2), mlm=mlm)
     cfg.max_len = cfg.max_len or (128 if mlm else 64)  # a sentence encoder's sentences are short: no padding
     student = make_student(teacher_model, layers)
     w = cfg.weights or LossWeights.defaults(mlm)
