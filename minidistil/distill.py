@@ -5,7 +5,8 @@
 
 1. The student (`make_student`): the teacher's width, half its depth. Word and position embeddings and the
    embedding LayerNorm are copied; each student layer is a copy of one teacher layer (12 -> 6 takes teacher layers
-   0, 2, 4, 7, 9, 11 as DistilBERT did; 6 -> 3 takes 0, 2, 4; any map can be given). The pooler and the token-type
+   0, 2, 4, 7, 9, 11 as DistilBERT did; 6 -> 3 takes 0, 2, 4, or 0, 3, 5 for a sentence encoder, whose student
+   must end on the layer its embeddings come from; any map can be given). The pooler and the token-type
    table are dropped: a BERT teacher adds token-type row 0 to every token, so that row is folded into the student's
    position table and the student's embedding output equals the teacher's at initialisation. The student is a
    DistilBertForMaskedLM when the teacher has an MLM head (its head is copied too), else a DistilBertModel.
@@ -20,7 +21,10 @@
    With an MLM head the defaults are DistilBERT's (5, 2, 1, 0, 0, 0; T = 2) and the inputs are masked
    (minidistil.masking, redrawn every batch). A teacher WITHOUT an MLM head (e.g. all-MiniLM-L6-v2, a sentence
    encoder) has no logits to match: the student learns from the hidden-state terms only (defaults 0, 0, 1, 0, 1, 1)
-   on unmasked text. The teacher runs under no_grad, in eval mode.
+   on unmasked text, 64-token sequences (its sentences are short), and an optional term on the structure of the
+   in-batch similarities of the pooled embeddings:
+     + alpha_sim * tau^2 mean_i KL(softmax(cos(t_i, t_j) / tau) || softmax(cos(s_i, s_j) / tau))  over j != i
+   The teacher runs under no_grad, in eval mode.
 
 3. The loop: AdamW (minidistil.optim) with warm-up and linear decay, gradient clipping at norm 5, gradient
    accumulation; an atomic checkpoint every `checkpoint_every` steps and at the end (minidistil.checkpoint);
@@ -28,7 +32,8 @@
    step s, masking and dropout, comes from generators seeded by (seed, s), and the data position is saved);
    a NaN / inf loss stops the run with a message naming the step, keeping the last good checkpoint.
 
-4. The output folder: the student (config.json, model.safetensors, tokenizer files) that `transformers` loads,
+4. The output folder: the student (config.json, model.safetensors, tokenizer files) that `transformers` loads
+   (and, for a sentence-transformers teacher, the files that make it a sentence-transformers model),
    metrics.jsonl (one line per step), loss_curve.png (when matplotlib is installed), report.json.
 """
 from __future__ import annotations
@@ -267,7 +272,7 @@ class DistillConfig:
     out_dir: str = "student"
     student_layers: int | None = None  # default: half the teacher's depth
     layer_map: list[int] | None = None  # teacher layer copied into each student layer (overrides student_layers)
-    corpus: list[str] | None = None    # files / folders / .jsonl; None: the default corpus (pydoc + stdlib)
+    corpus: list[str] | None = None    # files / folders / .jsonl; None: data.default_corpus() (general English)
     text_field: str = "text"
     held_out: float = 0.02             # share of documents kept for evaluation
     max_len: int | None = None         # tokens per sequence; None: 128 with an MLM head, 64 for a sentence encoder
@@ -679,7 +684,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--layer-map", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    help="teacher layers to copy, comma-separated, e.g. 0,2,4 (overrides --student-layers)")
     p.add_argument("--corpus", nargs="+", default=None,
-                   help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings)")
+                   help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings, "
+                        "the classic fortune files and GCIDE's dictionary definitions)")
     p.add_argument("--text-field", default=d.text_field, help="JSONL field holding the text (default %(default)s)")
     p.add_argument("--held-out", type=float, default=d.held_out, help="share of documents held out (default %(default)s)")
     p.add_argument("--max-len", type=int, default=None,
@@ -696,10 +702,13 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     for name, help_ in [("alpha-ce", "KL on softened MLM logits"), ("alpha-mlm", "masked-token cross-entropy"),
                         ("alpha-cos", "1 - cos of hidden states"), ("alpha-mse", "MSE of hidden states"),
                         ("alpha-pool-cos", "1 - cos of mean-pooled embeddings"),
-                        ("alpha-pool-mse", "MSE of mean-pooled embeddings")]:
+                        ("alpha-pool-mse", "MSE of mean-pooled embeddings"),
+                        ("alpha-sim", "KL between in-batch similarity rows of mean-pooled embeddings")]:
         p.add_argument(f"--{name}", type=float, default=None,
-                       help=f"weight of the {help_} term (default: 5/2/1/0/0/0 with an MLM head, else 0/0/1/0/1/1)")
+                       help=f"weight of the {help_} term (default: 5/2/1/0/0/0/0 with an MLM head, else 0/0/1/0/1/1/0)")
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature (default %(default)s)")
+    p.add_argument("--sim-temperature", type=float, default=LossWeights.sim_temperature,
+                   help="temperature of the similarity term (default %(default)s)")
     p.add_argument("--kl-masked-only", action="store_true", help="KL on the masked positions only")
     p.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps (default %(default)s)")
@@ -724,15 +733,17 @@ def run_cli(args) -> int:
         print(f"error: {e}")
         return 2
     alphas = {k: getattr(args, k) for k in ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse", "alpha_pool_cos",
-                                           "alpha_pool_mse")}
+                                           "alpha_pool_mse", "alpha_sim")}
     weights = None
-    if any(v is not None for v in alphas.values()) or args.temperature != 2.0 or args.kl_masked_only:
+    if (any(v is not None for v in alphas.values()) or args.temperature != 2.0 or args.kl_masked_only
+            or args.sim_temperature != LossWeights.sim_temperature):
         from .loading import resolve  # noqa: PLC0415
         from .config import config_from_json_file  # noqa: PLC0415
         arch = (config_from_json_file(resolve(args.teacher) / "config.json").architectures or [""])[0]
         base = LossWeights.defaults(mlm=arch.endswith("ForMaskedLM"))
         weights = LossWeights(**{**asdict(base), **{k: v for k, v in alphas.items() if v is not None},
-                                 "temperature": args.temperature, "kl_masked_only": args.kl_masked_only})
+                                 "temperature": args.temperature, "kl_masked_only": args.kl_masked_only,
+                                 "sim_temperature": args.sim_temperature})
     cfg = DistillConfig(teacher=args.teacher, out_dir=args.out_dir, student_layers=args.student_layers,
                         layer_map=args.layer_map, corpus=args.corpus, text_field=args.text_field,
                         held_out=args.held_out, max_len=args.max_len, batch_size=args.batch_size,
