@@ -5,7 +5,8 @@
 
 1. The student (`make_student`): the teacher's width, half its depth. Word and position embeddings and the
    embedding LayerNorm are copied; each student layer is a copy of one teacher layer (12 -> 6 takes teacher layers
-   0, 2, 4, 7, 9, 11 as DistilBERT did; 6 -> 3 takes 0, 2, 4; any map can be given). The pooler and the token-type
+   0, 2, 4, 7, 9, 11 as DistilBERT did; 6 -> 3 takes 0, 2, 4, or 0, 3, 5 for a sentence encoder, whose student
+   must end on the layer its embeddings come from; any map can be given). The pooler and the token-type
    table are dropped: a BERT teacher adds token-type row 0 to every token, so that row is folded into the student's
    position table and the student's embedding output equals the teacher's at initialisation. The student is a
    DistilBertForMaskedLM when the teacher has an MLM head (its head is copied too), else a DistilBertModel.
@@ -20,7 +21,10 @@
    With an MLM head the defaults are DistilBERT's (5, 2, 1, 0, 0, 0; T = 2) and the inputs are masked
    (minidistil.masking, redrawn every batch). A teacher WITHOUT an MLM head (e.g. all-MiniLM-L6-v2, a sentence
    encoder) has no logits to match: the student learns from the hidden-state terms only (defaults 0, 0, 1, 0, 1, 1)
-   on unmasked text. The teacher runs under no_grad, in eval mode.
+   on unmasked text, 64-token sequences (its sentences are short), and an optional term on the structure of the
+   in-batch similarities of the pooled embeddings:
+     + alpha_sim * tau^2 mean_i KL(softmax(cos(t_i, t_j) / tau) || softmax(cos(s_i, s_j) / tau))  over j != i
+   The teacher runs under no_grad, in eval mode.
 
 3. The loop: AdamW (minidistil.optim) with warm-up and linear decay, gradient clipping at norm 5, gradient
    accumulation. With `steps` the schedule has that many updates. With a time budget instead, the number of
@@ -34,14 +38,16 @@
    message naming the step, keeping the last good checkpoint.
 
 4. The output folders: OUT holds the student (config.json, model.safetensors, tokenizer files) that
-   `transformers` loads, metrics.jsonl (one line per step), loss_curve.png and report.json; the training state
-   (checkpoints: parameters, AdamW's moments, the data position) lives apart in OUT.training, so that copying OUT
-   ships the model only. A folder that already holds a run is refused unless `resume` or `overwrite` is given.
+   `transformers` loads (and, for a sentence-transformers teacher, the files that make it a sentence-transformers
+   model), metrics.jsonl (one line per step), loss_curve.png and report.json; the training state (checkpoints:
+   parameters, AdamW's moments, the data position) lives apart in OUT.training, so that copying OUT ships the model
+   only. A folder that already holds a run is refused unless `resume` or `overwrite` is given.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -68,6 +74,9 @@ from .run import (BudgetPlan, Run, RunState, plot_curves, quiet_overflow, schedu
 
 DEFAULT_TEACHER = "all-MiniLM-L6-v2"
 DEFAULT_MAPS = {(12, 6): [0, 2, 4, 7, 9, 11], (6, 3): [0, 2, 4]}
+# A sentence encoder's embeddings live in its LAST layer's output space: a student of one ends on that layer.
+# all-MiniLM-L6-v2, before any training, dev-set Spearman kept: 0, 2, 4 -> 94.9%; 0, 3, 5 -> 99.8%.
+ENCODER_MAPS = {(6, 3): [0, 3, 5]}
 
 # BERT layer -> DistilBERT layer parameter names (weight and bias of each)
 LAYER_MAP = {
@@ -90,12 +99,14 @@ MLM_HEAD_MAP = {
 # 1. the student
 
 
-def default_layer_map(n_teacher: int, n_student: int) -> list[int]:
-    """DistilBERT's choices for 12 -> 6 and 6 -> 3; otherwise layers evenly spaced from the first to the last."""
+def default_layer_map(n_teacher: int, n_student: int, mlm: bool = True) -> list[int]:
+    """DistilBERT's choices for 12 -> 6 and 6 -> 3 (with an MLM head; a sentence encoder's 6 -> 3 takes 0, 3, 5);
+    otherwise layers evenly spaced from the first to the last."""
     if not 1 <= n_student <= n_teacher:
         raise ValueError(f"student layers: expected 1 .. {n_teacher} (the teacher's depth), got {n_student}")
-    if (n_teacher, n_student) in DEFAULT_MAPS:
-        return list(DEFAULT_MAPS[(n_teacher, n_student)])
+    maps = DEFAULT_MAPS if mlm else {**DEFAULT_MAPS, **ENCODER_MAPS}
+    if (n_teacher, n_student) in maps:
+        return list(maps[(n_teacher, n_student)])
     return [int(i) for i in np.round(np.linspace(0, n_teacher - 1, n_student))]
 
 
@@ -167,7 +178,7 @@ def make_student(teacher, layers: Sequence[int] | None = None, n_layers: int | N
     from .distilbert import DistilBertForMaskedLM, DistilBertModel
     n_teacher = teacher.config.num_hidden_layers
     if layers is None:
-        layers = default_layer_map(n_teacher, n_layers or max(1, n_teacher // 2))
+        layers = default_layer_map(n_teacher, n_layers or max(1, n_teacher // 2), mlm=has_mlm_head(teacher))
     cfg, state, mlm = student_state(teacher, layers)
     cls = DistilBertForMaskedLM if mlm else DistilBertModel
     student = cls(cfg)
@@ -187,7 +198,9 @@ class LossWeights:
     alpha_mse: float = 0.0       # MSE between last hidden states
     alpha_pool_cos: float = 0.0  # 1 - cos between mean-pooled embeddings
     alpha_pool_mse: float = 0.0  # MSE between mean-pooled embeddings
+    alpha_sim: float = 0.0       # KL between the in-batch similarity rows of the pooled embeddings (x tau^2)
     temperature: float = 2.0
+    sim_temperature: float = 0.05  # tau of the similarity term (cosines lie in [-1, 1])
     kl_masked_only: bool = False  # KL over the masked positions only (DistilBERT: every real token)
 
     @classmethod
@@ -203,13 +216,6 @@ def forward_outputs(model, input_ids, attention_mask) -> tuple[Tensor | None, Te
         out = model(input_ids, attention_mask, output_hidden_states=True)
         return out.logits, out.hidden_states[-1]
     return None, model(input_ids, attention_mask).last_hidden_state
-
-
-def mean_pool(h: Tensor, attention_mask: np.ndarray) -> Tensor:
-    """Autograd mean over the real tokens: (B, T, C) -> (B, C)."""
-    m = np.asarray(attention_mask, dtype=np.float32)[..., None]                 # (B, T, 1)
-    inv = (1.0 / np.maximum(m.sum(axis=1), 1.0)).astype(np.float32)             # (B, 1)
-    return (h * m).sum(axis=1) * inv                                            # (B, C)
 
 
 def _teacher_array(t):
@@ -244,16 +250,18 @@ def distillation_loss(s_logits: Tensor | None, t_logits, s_hidden: Tensor, t_hid
         terms["cos"] = L.cosine_embedding_loss(sh, th, rows)
     if w.alpha_mse:
         terms["mse"] = L.mse(sh, th, rows)
-    if w.alpha_pool_cos or w.alpha_pool_mse:
-        sp = mean_pool(s_hidden, attention_mask)                                 # (B, C)
-        tp = (mean_pool(Tensor(t_hidden), attention_mask).data if _cuda.is_device_array(t_hidden)  # (B, C)
-              else np.ascontiguousarray(E.mean_pool(t_hidden, attention_mask)))
+    if w.alpha_pool_cos or w.alpha_pool_mse or w.alpha_sim:
+        sp = F.mean_pool(s_hidden, attention_mask)                               # (B, C)
+        tp = (F.mean_pool(Tensor(t_hidden), attention_mask).data if _cuda.is_device_array(t_hidden)  # (B, C)
+              else np.ascontiguousarray(F.mean_pool(t_hidden, attention_mask)))
         if w.alpha_pool_cos:
             terms["pool_cos"] = L.cosine_embedding_loss(sp, tp)
         if w.alpha_pool_mse:
             terms["pool_mse"] = L.mse(sp, tp)
+        if w.alpha_sim:
+            terms["sim"] = L.similarity_kl(sp, tp, w.sim_temperature)
     alphas = {"ce": w.alpha_ce, "mlm": w.alpha_mlm, "cos": w.alpha_cos, "mse": w.alpha_mse,
-              "pool_cos": w.alpha_pool_cos, "pool_mse": w.alpha_pool_mse}
+              "pool_cos": w.alpha_pool_cos, "pool_mse": w.alpha_pool_mse, "sim": w.alpha_sim}
     if not terms:
         raise ValueError("loss weights: every alpha is 0, nothing to learn")
     total = None
@@ -273,10 +281,10 @@ class DistillConfig:
     out_dir: str = "student"
     student_layers: int | None = None  # default: half the teacher's depth
     layer_map: list[int] | None = None  # teacher layer copied into each student layer (overrides student_layers)
-    corpus: list[str] | None = None    # files / folders / .jsonl; None: the default corpus (pydoc + stdlib)
+    corpus: list[str] | None = None    # files / folders / .jsonl; None: data.default_corpus() (general English)
     text_field: str = "text"
     held_out: float = 0.02             # share of documents kept for evaluation
-    max_len: int = 128
+    max_len: int | None = None         # tokens per sequence; None: 128 with an MLM head, 64 for a sentence encoder
     batch_size: int = 16
     grad_accum: int = 1
     steps: int | None = None           # total updates; None: as many as fit in time_budget
@@ -291,7 +299,7 @@ class DistillConfig:
     checkpoint_every: int = 200        # steps between checkpoints (0: at the end only)
     resume: bool = False               # continue the run in out_dir (its state in out_dir.training)
     overwrite: bool = False            # start again in a folder that holds a run (its checkpoints and logs go)
-    eval_texts: int = 64               # held-out texts for the mean-cosine figure
+    eval_texts: int = 512              # held-out texts for the label-free measures (mean cosine, similarity rho)
     progress: bool = True
     evaluate: bool = True
     device: str = "cpu"                # "cuda": teacher, student, gradients and AdamW state in GPU memory
@@ -302,7 +310,7 @@ FIELD_TYPES = {"student_layers": POSITIVE_INT, "held_out": SHARE, "max_len": bou
                "batch_size": POSITIVE_INT, "grad_accum": POSITIVE_INT, "steps": POSITIVE_INT, "time_budget": POSITIVE,
                "lr": POSITIVE, "warmup": SHARE, "weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE,
                "mask_smoothing": NON_NEGATIVE, "seed": COUNT, "checkpoint_every": COUNT, "eval_texts": POSITIVE_INT}
-LOSS_TERMS = ("loss", "ce", "mlm", "cos", "mse", "pool_cos", "pool_mse")   # the curves drawn and shown
+LOSS_TERMS = ("loss", "ce", "mlm", "cos", "mse", "pool_cos", "pool_mse", "sim")   # the curves drawn and shown
 PROVISIONAL_STEPS = 1_000_000  # the schedule's length before the first updates are timed: a slow start of warm-up
 
 
@@ -377,10 +385,11 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     out = run.out
     teacher_model, tokenizer, teacher_name = _load(teacher, tokenizer)
     teacher_model.eval()
+    mlm = has_mlm_head(teacher_model)
     n_teacher = teacher_model.config.num_hidden_layers
-    layers = cfg.layer_map or default_layer_map(n_teacher, cfg.student_layers or max(1, n_teacher // 2))
+    layers = cfg.layer_map or default_layer_map(n_teacher, cfg.student_layers or max(1, n_teacher // 2), mlm=mlm)
+    cfg.max_len = cfg.max_len or (128 if mlm else 64)  # a sentence encoder's sentences are short: no padding
     student = make_student(teacher_model, layers)
-    mlm = has_mlm_head(student)
     w = cfg.weights or LossWeights.defaults(mlm)
     if not mlm:
         say(f"teacher {teacher_name} has no MLM head: the student learns from the hidden-state terms only "
@@ -390,13 +399,15 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
             raise ValueError("alpha_ce / alpha_mlm: this teacher has no MLM head; set them to 0")
     say(f"student: {len(layers)} layers copied from teacher layers {list(layers)}")
     # the student's quality before any training (make_student is deterministic, so a resumed run gets the same)
-    sts_init = E.sts_spearman(E.model_encoder(student), tokenizer, max_len=cfg.max_len) if cfg.evaluate else None
+    eval_len = min(E.EVAL_MAX_LEN, teacher_model.config.max_position_embeddings)
+    sts_init = ({split: E.sts_spearman(E.model_encoder(student), tokenizer, split, max_len=eval_len)
+                 for split in E.STS_SETS} if cfg.evaluate else None)
 
     # data
     special = D.special_ids(tokenizer)
     train_docs, held_docs = _corpus(cfg)
     seqs = D.make_sequences(train_docs, tokenizer, cfg.max_len)
-    held_texts = [" ".join(d.text.split())[:1000] for d in held_docs][: cfg.eval_texts]
+    held_texts = E.sample_texts(held_docs, cfg.eval_texts, seed=cfg.seed)
     batches = D.Batches(seqs, cfg.batch_size, special.pad, seed=cfg.seed)
     mask_weights = selection_weights(D.token_counts(seqs, special.vocab_size), special.vocab_size, cfg.mask_smoothing)
     say(f"corpus: {len(train_docs)} documents -> {len(seqs)} sequences of <= {cfg.max_len} tokens "
@@ -510,6 +521,8 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
         return {}
     from .loading import save_pretrained
     save_pretrained(student, out, tokenizer=tokenizer)
+    if Path(teacher_name).is_dir():
+        write_sentence_transformers_files(teacher_name, out, student.config.dim)
     curve = plot_curves(run.metrics, out / "loss_curve.png", LOSS_TERMS, "distillation losses", say)
     schedule = schedule_summary(state.step, planned, lr, cfg.lr,
                                 "" if plan is None else "the time budget ran out before the planned updates")
@@ -519,14 +532,51 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
               "time_budget_seconds": None if plan is None else cfg.time_budget,
               "setup_seconds": round(setup_seconds, 1)}
     if cfg.evaluate:
-        report.update(compare(teacher_model, student, tokenizer, held_texts, batches, cfg.max_len))
-        report["sts_spearman_student_init"] = sts_init
-        report["sts_kept_init"] = sts_init / report["sts_spearman_teacher"]
+        report.update(compare(teacher_model, student, tokenizer, held_texts, batches, eval_len))
+        for split, rho in sts_init.items():
+            report[f"sts_{split}_student_init"] = rho
+            report[f"sts_{split}_kept_init"] = rho / report[f"sts_{split}_teacher"]
     report["eval_seconds"] = round(time.perf_counter() - t_after, 1)   # saving, the curve and the comparison
     report["total_seconds"] = round(time.perf_counter() - t_begin, 1)
     run.write_report(report)
     say(format_report(report))
     return report
+
+
+ST_MODULES = {"Transformer": "", "Pooling": "1_Pooling", "Normalize": "2_Normalize"}
+
+
+def write_sentence_transformers_files(teacher_dir: str | Path, student_dir: str | Path, dim: int) -> list[str]:
+    """Make the student folder a sentence-transformers model when the teacher folder is one (it has modules.json):
+    modules.json (Transformer -> Pooling -> Normalize when the teacher normalises), 1_Pooling/config.json with
+    MEAN pooling (the pooling every embedding term of the distillation is computed on, whatever the teacher
+    used), sentence_bert_config.json (the teacher's max_seq_length and casing) and
+    config_sentence_transformers.json. Returns the files written ([] for a plain teacher)."""
+    from .safetensors_io import atomic_write
+    teacher_dir, student_dir = Path(teacher_dir), Path(student_dir)
+    if not (teacher_dir / "modules.json").is_file():
+        return []
+    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in json.loads((teacher_dir / "modules.json").read_text())]
+    kinds = ["Transformer", "Pooling"] + (["Normalize"] if "Normalize" in kinds else [])
+    modules = [{"idx": i, "name": str(i), "path": ST_MODULES[k], "type": f"sentence_transformers.models.{k}"}
+               for i, k in enumerate(kinds)]
+    pooling = {"word_embedding_dimension": int(dim), "pooling_mode_cls_token": False,
+               "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+               "pooling_mode_mean_sqrt_len_tokens": False}
+    st_config = {"max_seq_length": 256, "do_lower_case": False}
+    if (teacher_dir / "sentence_bert_config.json").is_file():
+        st_config.update(json.loads((teacher_dir / "sentence_bert_config.json").read_text()))
+    versions = {"__version__": {}}
+    if (teacher_dir / "config_sentence_transformers.json").is_file():
+        versions = json.loads((teacher_dir / "config_sentence_transformers.json").read_text())
+    files = {"modules.json": modules, "1_Pooling/config.json": pooling, "sentence_bert_config.json": st_config,
+             "config_sentence_transformers.json": versions}
+    for name, obj in files.items():
+        (student_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(student_dir / name, json.dumps(obj, indent=2) + "\n")
+    if "Normalize" in kinds:
+        (student_dir / "2_Normalize").mkdir(exist_ok=True)  # the Normalize module has no parameters
+    return sorted(files)
 
 
 class _Progress:
@@ -559,9 +609,11 @@ class _Progress:
         self.bar.close()
 
 
-def compare(teacher, student, tokenizer, held_texts: Sequence[str], batches: D.Batches, max_len: int = 128) -> dict:
-    """Teacher beside student: layers, parameters, forward time on the same batch, mean cosine of sentence
-    embeddings on held-out text, STS Spearman of each and the share the student keeps."""
+def compare(teacher, student, tokenizer, held_texts: Sequence[str], batches: D.Batches,
+            max_len: int = E.EVAL_MAX_LEN) -> dict:
+    """Teacher beside student: layers, parameters, forward time on the same batch; the STS Spearman of each on the
+    test set and the development set and the share the student keeps; on held-out text, the mean cosine of their
+    sentence embeddings and the Spearman of their similarities over random pairs (evaluation's module doc)."""
     longest = sorted(batches.seqs, key=len)[-batches.batch_size:]  # a full-length batch
     input_ids, attention_mask = D.pad_batch(longest, batches.pad_id)
 
@@ -583,16 +635,22 @@ def compare(teacher, student, tokenizer, held_texts: Sequence[str], batches: D.B
         return enc
 
     t_enc, s_enc = encoder(teacher), encoder(student)
-    sts_t = E.sts_spearman(t_enc, tokenizer, max_len=max_len)
-    sts_s = E.sts_spearman(s_enc, tokenizer, max_len=max_len)
-    agreement = (E.embedding_agreement(s_enc, t_enc, tokenizer, held_texts, max_len=max_len) if held_texts
-                 else float("nan"))
-    return {"teacher_layers": teacher.config.num_hidden_layers, "student_layers": student.config.n_layers,
-            "teacher_params": teacher.num_parameters(), "student_params": student.num_parameters(),
-            "forward_batch": list(input_ids.shape), "teacher_forward_ms": timed(teacher),
-            "student_forward_ms": timed(student), "held_out_mean_cosine": agreement, "held_out_texts": len(held_texts),
-            "sts_spearman_teacher": sts_t, "sts_spearman_student": sts_s,
-            "sts_kept": sts_s / sts_t if sts_t else float("nan")}
+    r = {"teacher_layers": teacher.config.num_hidden_layers, "student_layers": student.config.n_layers,
+         "teacher_params": teacher.num_parameters(), "student_params": student.num_parameters(),
+         "forward_batch": list(input_ids.shape), "teacher_forward_ms": timed(teacher),
+         "student_forward_ms": timed(student)}
+    for split in E.STS_SETS:
+        r[f"sts_{split}_pairs"] = len(E.load_sts_pairs(split))
+        r[f"sts_{split}_teacher"] = E.sts_spearman(t_enc, tokenizer, split, max_len=max_len)
+        r[f"sts_{split}_student"] = E.sts_spearman(s_enc, tokenizer, split, max_len=max_len)
+        r[f"sts_{split}_kept"] = r[f"sts_{split}_student"] / r[f"sts_{split}_teacher"]
+    r["held_out_texts"] = len(held_texts)
+    if len(held_texts) >= 2:
+        r["held_out_mean_cosine"] = E.embedding_agreement(s_enc, t_enc, tokenizer, held_texts, max_len=max_len)
+        r["held_out_pairs"] = E.SIMILARITY_PAIRS
+        r["held_out_similarity_spearman"] = E.similarity_agreement(s_enc, t_enc, tokenizer, held_texts,
+                                                                   max_len=max_len)
+    return r
 
 
 def format_report(r: dict) -> str:
@@ -605,20 +663,29 @@ def format_report(r: dict) -> str:
                   f"time: set-up {r['setup_seconds']} s, training {r['train_seconds']} s{budget}, saving and "
                   f"evaluation {r.get('eval_seconds', 0)} s; {r.get('total_seconds', 0)} s in all",
                   f"training state (for --resume; not part of the model): {r['state_dir']}"]
-    if "teacher_params" in r:
-        lines += [
-            f"{'':24}{'teacher':>12}{'student':>12}",
-            f"{'layers':24}{r['teacher_layers']:>12}{r['student_layers']:>12}",
-            f"{'parameters':24}{r['teacher_params']:>12,}{r['student_params']:>12,}",
-            f"{'forward ms ' + 'x'.join(map(str, r['forward_batch'])):24}{r['teacher_forward_ms']:>12.1f}"
-            f"{r['student_forward_ms']:>12.1f}",
-            f"{'STS Spearman':24}{r['sts_spearman_teacher']:>12.3f}{r['sts_spearman_student']:>12.3f}"
-            f"   (student keeps {100 * r['sts_kept']:.1f}%)",
-            *([f"{'STS Spearman at init':24}{'':>12}{r['sts_spearman_student_init']:>12.3f}"
-               f"   (before distillation: {100 * r['sts_kept_init']:.1f}%)"] if "sts_kept_init" in r else []),
-            f"forward speed-up of the student: {r['teacher_forward_ms'] / r['student_forward_ms']:.2f}x",
-            f"mean cosine student/teacher embeddings on {r['held_out_texts']} held-out texts: "
-            f"{r['held_out_mean_cosine']:.3f}"]
+    if "teacher_params" not in r:
+        return "\n".join(lines)
+
+    def sts(split, name):
+        init = (f"; {100 * r[f'sts_{split}_kept_init']:.1f}% before distillation"
+                if f"sts_{split}_kept_init" in r else "")
+        return (f"{'STS Spearman, ' + split:24}{r[f'sts_{split}_teacher']:>12.3f}{r[f'sts_{split}_student']:>12.3f}"
+                f"   student keeps {100 * r[f'sts_{split}_kept']:.1f}%{init} ({r[f'sts_{split}_pairs']} pairs, "
+                f"{name})")
+
+    lines += [
+        f"{'':24}{'teacher':>12}{'student':>12}",
+        f"{'layers':24}{r['teacher_layers']:>12}{r['student_layers']:>12}",
+        f"{'parameters':24}{r['teacher_params']:>12,}{r['student_params']:>12,}",
+        f"{'forward ms ' + 'x'.join(map(str, r['forward_batch'])):24}{r['teacher_forward_ms']:>12.1f}"
+        f"{r['student_forward_ms']:>12.1f}   ({r['teacher_forward_ms'] / r['student_forward_ms']:.2f}x faster)",
+        sts("test", "the test set sts_test_pairs.tsv, never used to choose settings"),
+        sts("dev", "the development set sts_pairs.tsv, on which the settings were chosen"),
+    ]
+    if "held_out_mean_cosine" in r:
+        lines.append(f"held-out text ({r['held_out_texts']} texts): mean cosine of student and teacher embeddings "
+                     f"{r['held_out_mean_cosine']:.3f}; Spearman of their similarities over {r['held_out_pairs']} "
+                     f"random pairs {r['held_out_similarity_spearman']:.3f}")
     return "\n".join(lines)
 
 
@@ -643,12 +710,13 @@ def add_command(subparsers, name: str = "distill", help: str | None = None) -> a
     p.add_argument("--layer-map", type=int_list, default=None,
                    help="teacher layers to copy, comma-separated, e.g. 0,2,4 (overrides --student-layers)")
     p.add_argument("--corpus", nargs="+", default=None,
-                   help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings)")
+                   help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings, "
+                        "the classic fortune files and GCIDE's dictionary definitions)")
     p.add_argument("--text-field", default=d.text_field, help="JSONL field holding the text (default %(default)s)")
     p.add_argument("--held-out", type=T["held_out"], default=d.held_out,
                    help="share of documents held out, in [0, 1) (default %(default)s)")
-    p.add_argument("--max-len", type=T["max_len"], default=d.max_len,
-                   help="sequence length in tokens (default %(default)s)")
+    p.add_argument("--max-len", type=T["max_len"], default=None,
+                   help="sequence length in tokens (default 128 with an MLM head, 64 for a sentence encoder)")
     p.add_argument("--batch-size", type=T["batch_size"], default=d.batch_size,
                    help="sequences per batch (default %(default)s)")
     p.add_argument("--grad-accum", type=T["grad_accum"], default=d.grad_accum,
@@ -667,10 +735,14 @@ def add_command(subparsers, name: str = "distill", help: str | None = None) -> a
     for name, help_ in [("alpha-ce", "KL on softened MLM logits"), ("alpha-mlm", "masked-token cross-entropy"),
                         ("alpha-cos", "1 - cos of hidden states"), ("alpha-mse", "MSE of hidden states"),
                         ("alpha-pool-cos", "1 - cos of mean-pooled embeddings"),
-                        ("alpha-pool-mse", "MSE of mean-pooled embeddings")]:
+                        ("alpha-pool-mse", "MSE of mean-pooled embeddings"),
+                        ("alpha-sim", "KL between in-batch similarity rows of mean-pooled embeddings")]:
         p.add_argument(f"--{name}", type=NON_NEGATIVE, default=None,
-                       help=f"weight of the {help_} term (default: 5/2/1/0/0/0 with an MLM head, else 0/0/1/0/1/1)")
+                       help=f"weight of the {help_} term (default: 5/2/1/0/0/0/0 with an MLM head, else "
+                            "0/0/1/0/1/1/0)")
     p.add_argument("--temperature", type=POSITIVE, default=2.0, help="softmax temperature (default %(default)s)")
+    p.add_argument("--sim-temperature", type=POSITIVE, default=LossWeights.sim_temperature,
+                   help="temperature of the similarity term (default %(default)s)")
     p.add_argument("--kl-masked-only", action="store_true", help="KL on the masked positions only")
     p.add_argument("--seed", type=T["seed"], default=d.seed, help="(default %(default)s)")
     p.add_argument("--checkpoint-every", type=T["checkpoint_every"], default=d.checkpoint_every,
@@ -692,15 +764,17 @@ def add_command(subparsers, name: str = "distill", help: str | None = None) -> a
 def run_cli(args) -> int:
     """`minidistil distill`: errors (a diverged run included) reach minidistil.cli.main, which prints them."""
     alphas = {k: getattr(args, k) for k in ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse", "alpha_pool_cos",
-                                           "alpha_pool_mse")}
+                                           "alpha_pool_mse", "alpha_sim")}
     weights = None
-    if any(v is not None for v in alphas.values()) or args.temperature != 2.0 or args.kl_masked_only:
+    if (any(v is not None for v in alphas.values()) or args.temperature != 2.0 or args.kl_masked_only
+            or args.sim_temperature != LossWeights.sim_temperature):
         from .config import config_from_json_file
         from .loading import resolve
         arch = (config_from_json_file(resolve(args.teacher) / "config.json").architectures or [""])[0]
         base = LossWeights.defaults(mlm=arch.endswith("ForMaskedLM"))
         weights = LossWeights(**{**asdict(base), **{k: v for k, v in alphas.items() if v is not None},
-                                 "temperature": args.temperature, "kl_masked_only": args.kl_masked_only})
+                                 "temperature": args.temperature, "kl_masked_only": args.kl_masked_only,
+                                 "sim_temperature": args.sim_temperature})
     cfg = DistillConfig(teacher=args.teacher, out_dir=args.out_dir, student_layers=args.student_layers,
                         layer_map=args.layer_map, corpus=args.corpus, text_field=args.text_field,
                         held_out=args.held_out, max_len=args.max_len, batch_size=args.batch_size,

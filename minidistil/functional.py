@@ -258,3 +258,16 @@ def dropout(x: Tensor, p: float, training: bool, seed: int | None = None) -> Ten
         return (_dropout.dropout_backward(dy, cache),)
 
     return make_result(y, (x,), backward, "dropout", fresh_grads=True)
+
+
+def mean_pool(h, attention_mask: np.ndarray):
+    """Sentence embedding as sentence-transformers' mean pooling: the mean of h over the real tokens.
+
+    h (B, T, C) a Tensor (then the result carries gradients; it is composed of autograd ops, so it runs on GPU
+    arrays too) or a NumPy array; attention_mask (B, T), 1 = real token -> (B, C). A row with no real token gives 0.
+    """
+    m = np.asarray(attention_mask, dtype=np.float32)[..., None]                 # (B, T, 1)
+    inv = (1.0 / np.maximum(m.sum(axis=1), 1.0)).astype(np.float32)             # (B, 1) 1 / real tokens
+    if not isinstance(h, Tensor):
+        h = np.asarray(h, dtype=np.float32)
+    return (h * m).sum(axis=1) * inv                                            # (B, C)

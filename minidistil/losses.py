@@ -72,6 +72,35 @@ def mse(a: Tensor, b, mask: np.ndarray | None = None) -> Tensor:
     return make_result(_scalar(loss, a), (a, b_t), backward, "mse", fresh_grads=True)
 
 
+def similarity_kl(a: Tensor, b, temperature: float) -> Tensor:
+    """How much of the teacher's in-batch similarity structure the student keeps (a, b (N, C), N >= 2; b gets no
+    gradient): with S = cos(a_i, a_j) and S' = cos(b_i, b_j) over the pairs i != j (each row's N - 1 others),
+        loss = tau^2 mean_i KL(softmax(S'_i / tau) || softmax(S_i / tau))
+    which is distill_kl on the (N, N - 1) off-diagonal similarity rows: each sentence's ranking of the other
+    sentences of the batch is matched, the thing a retrieval or similarity user reads off the embeddings."""
+    x, y = _data(a), np.asarray(_data(b), dtype=np.float32)
+    N = x.shape[0]
+    if N < 2:
+        raise ValueError(f"similarity_kl: needs at least 2 rows, got {N}")
+    norm = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))   # (N, 1)
+    xn = x / norm                                                                      # (N, C)
+    yn = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), np.float32(1e-12))  # (N, C)
+    off = ~np.eye(N, dtype=bool)                                                       # (N, N) i != j
+    s = np.ascontiguousarray((xn @ xn.T)[off].reshape(N, N - 1), dtype=np.float32)    # (N, N-1) student
+    t = np.ascontiguousarray((yn @ yn.T)[off].reshape(N, N - 1), dtype=np.float32)    # (N, N-1) teacher
+    loss, cache = _kl.distill_kl_forward(s, t, temperature, None)
+
+    def backward(dloss):
+        # loss = tau^2 mean_i KL(p_t || p_s) over S = xn xn^T off the diagonal  ->  dS from distill_kl, then
+        # S = xn xn^T  ->  dxn = (dS + dS^T) xn;   xn = x / |x|  ->  dx = (dxn - xn (xn . dxn)) / |x|
+        ds = np.zeros((N, N), dtype=np.float32)
+        ds[off] = np.asarray(_kl.distill_kl_backward(float(dloss), cache)).reshape(-1)
+        dxn = (ds + ds.T) @ xn                                                        # (N, C)
+        return ((dxn - xn * (xn * dxn).sum(axis=1, keepdims=True)) / norm,)
+
+    return make_result(_scalar(loss, a), (a,), backward, "similarity_kl")
+
+
 def bce_with_logits(logits: Tensor, targets: np.ndarray) -> Tensor:
     """mean over all N*K entries of -[t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))];  logits, targets (N, K)."""
     loss, cache = _bce.bce_with_logits_forward(logits.data, _data(targets))  # targets get no gradient

