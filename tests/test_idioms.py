@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import oracle
 from test_finetune import FAST, sentiment_rows, tiny_checkpoint, write_csv
 
 import minidistil
@@ -84,7 +83,7 @@ def test_return_tensors_pt_with_torch_and_without(ckpt, torch, monkeypatch):
         tok(TEXTS, return_tensors="pt")
 
 
-def test_same_ids_and_input_names_as_transformers(ckpt, tmp_path):
+def test_same_ids_and_input_names_as_transformers(oracle, ckpt, tmp_path):
     transformers = oracle("transformers")
     for cls in ("BertTokenizer", "DistilBertTokenizer"):
         folder = tmp_path / cls
@@ -123,7 +122,7 @@ def test_model_call_on_the_tokenizer_output(ckpt):
         out["hidden_states"]                                            # not set: as transformers' ModelOutput
 
 
-def test_from_pretrained_with_config_changes_and_save_pretrained(ckpt, tmp_path):
+def test_from_pretrained_with_config_changes_and_save_pretrained(oracle, ckpt, tmp_path):
     with pytest.warns(UserWarning, match="newly initialized"):
         model = DistilBertForSequenceClassification.from_pretrained(
             ckpt, num_labels=3, id2label={0: "neg", 1: "neutral", 2: "pos"})
@@ -193,7 +192,7 @@ def test_task_commands_refuse_a_head_without_weights(ckpt, capsys):
 # ---- sentence-transformers ------------------------------------------------------------------------------------
 
 
-def test_encode_and_similarity_as_sentence_transformers(minilm_dir):
+def test_encode_and_similarity_as_sentence_transformers(oracle, minilm_dir):
     st = oracle("sentence_transformers")
     sentences = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
                  "A man is riding a horse.", "A woman is playing violin.", "Two men pushed carts through the woods."]
@@ -310,7 +309,7 @@ def test_limit_samples_rows_and_one_label_is_refused(ckpt, tmp_path):
         finetune("classification", str(ckpt), str(one), str(tmp_path / "out1"), **FAST)
 
 
-def test_data_in_memory_and_a_metrics_callback(ckpt, tmp_path):
+def test_data_in_memory_and_a_metrics_callback(oracle, ckpt, tmp_path):
     rows, val = sentiment_rows(160, 4), sentiment_rows(40, 5)
     seen = []
 

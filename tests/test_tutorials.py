@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import oracle
+from conftest import import_oracle
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
@@ -104,9 +104,9 @@ def _code_cells(ipynb: Path) -> list[str]:
 def run_notebook(ipynb: Path, out_dir: Path, cwd: Path = TUTORIALS):
     """Execute a notebook through a headless python3 Jupyter kernel (nbclient, as `jupyter nbconvert --execute`
     does), cell by cell, each within CELL_TIMEOUT_S; a cell that raises raises CellExecutionError here."""
-    nbformat = oracle("nbformat")
-    nbclient = oracle("nbclient")
-    oracle("ipykernel")
+    nbformat = import_oracle("nbformat")
+    nbclient = import_oracle("nbclient")
+    import_oracle("ipykernel")
     nb = nbformat.read(ipynb, as_version=4)
     env = dict(os.environ, MINIDISTIL_TUTORIAL_OUT=str(out_dir))    # the kernel's environment
     nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, startup_timeout=120, kernel_name="python3",
@@ -123,7 +123,7 @@ def test_notebook_runs_in_a_jupyter_kernel(notebook, tmp_path):
         assert sorted(tmp_path.glob(f"{notebook.name[:2]}_*.png")), f"{notebook.name} saved no figure"
 
 
-def test_a_raising_cell_fails_the_notebook_run(tmp_path):
+def test_a_raising_cell_fails_the_notebook_run(oracle, tmp_path):
     nbformat = oracle("nbformat")
     nbclient = oracle("nbclient")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"),
