@@ -11,7 +11,7 @@ from minidistil import evaluation as E
 from minidistil import functional as F
 from minidistil import metrics as M
 from minidistil.autograd import Tensor
-from minidistil.kernels import _common
+from minidistil.kernels import _checks
 
 PKG = Path(E.__file__).parent
 
@@ -37,14 +37,14 @@ def test_one_mean_pool_for_arrays_and_tensors(rng):
     ref = np.stack([h[0, :2].mean(0), h[1].mean(0), np.zeros(5)])              # an empty row gives 0
     pooled = F.mean_pool(h, m)
     assert isinstance(pooled, np.ndarray) and pooled.dtype == np.float32
-    _common.assert_close(pooled, ref, atol=_common.f32_tol(4, scale=4))
+    _checks.assert_close(pooled, ref, atol=_checks.f32_tol(4, scale=4))
     t = Tensor(h, requires_grad=True)
     out = F.mean_pool(t, m)
-    _common.assert_close(out.numpy(), ref, atol=_common.f32_tol(4, scale=4))
+    _checks.assert_close(out.numpy(), ref, atol=_checks.f32_tol(4, scale=4))
     out.sum().backward()
     # d mean / d h[b, t] = mask[b, t] / (real tokens of row b)
     expect = np.broadcast_to((m / np.maximum(m.sum(1, keepdims=True), 1))[..., None], h.shape)
-    _common.assert_close(t.grad, expect, atol=_common.f32_tol(1))
+    _checks.assert_close(t.grad, expect, atol=_checks.f32_tol(1))
 
 
 def _calls(module_file: Path, name: str) -> int:
@@ -132,7 +132,7 @@ def test_similarity_kl_value_and_gradient(rng):
     loss = L.similarity_kl(x, b.astype(np.float32), tau)
     loss.backward()
     # float32 inputs (relative rounding 6e-8 per entry, amplified by 1/tau through the softmax of N - 1 terms)
-    assert float(loss.item()) == pytest.approx(ref(a), abs=_common.f32_tol(C * N, scale=1 / tau))
+    assert float(loss.item()) == pytest.approx(ref(a), abs=_checks.f32_tol(C * N, scale=1 / tau))
     h = 1e-6
     num = np.zeros_like(a)
     for i in range(N):
@@ -140,8 +140,8 @@ def test_similarity_kl_value_and_gradient(rng):
             e = np.zeros_like(a)
             e[i, j] = h
             num[i, j] = (ref(a + e) - ref(a - e)) / (2 * h)
-    _common.assert_close(x.grad, num, atol=_common.f32_tol(C * N, scale=1 / tau))
+    _checks.assert_close(x.grad, num, atol=_checks.f32_tol(C * N, scale=1 / tau))
     assert L.similarity_kl(Tensor(b.astype(np.float32)), b.astype(np.float32), tau).item() == pytest.approx(
-        0.0, abs=_common.f32_tol(C * N))
+        0.0, abs=_checks.f32_tol(C * N))
     with pytest.raises(ValueError, match="at least 2"):
         L.similarity_kl(Tensor(a[:1].astype(np.float32)), b[:1], tau)
