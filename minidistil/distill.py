@@ -666,12 +666,11 @@ def format_report(r: dict) -> str:
     if "teacher_params" not in r:
         return "\n".join(lines)
 
-    def sts(split, name):
-        init = (f"; {100 * r[f'sts_{split}_kept_init']:.1f}% before distillation"
+    def sts(split):
+        init = (f" ({100 * r[f'sts_{split}_kept_init']:.1f}% before distillation)"
                 if f"sts_{split}_kept_init" in r else "")
-        return (f"{'STS Spearman, ' + split:24}{r[f'sts_{split}_teacher']:>12.3f}{r[f'sts_{split}_student']:>12.3f}"
-                f"   student keeps {100 * r[f'sts_{split}_kept']:.1f}%{init} ({r[f'sts_{split}_pairs']} pairs, "
-                f"{name})")
+        return (f"{'STS Spearman, ' + split + ' set':24}{r[f'sts_{split}_teacher']:>12.3f}"
+                f"{r[f'sts_{split}_student']:>12.3f}   student keeps {100 * r[f'sts_{split}_kept']:.1f}%{init}")
 
     lines += [
         f"{'':24}{'teacher':>12}{'student':>12}",
@@ -679,8 +678,10 @@ def format_report(r: dict) -> str:
         f"{'parameters':24}{r['teacher_params']:>12,}{r['student_params']:>12,}",
         f"{'forward ms ' + 'x'.join(map(str, r['forward_batch'])):24}{r['teacher_forward_ms']:>12.1f}"
         f"{r['student_forward_ms']:>12.1f}   ({r['teacher_forward_ms'] / r['student_forward_ms']:.2f}x faster)",
-        sts("test", "the test set sts_test_pairs.tsv, never used to choose settings"),
-        sts("dev", "the development set sts_pairs.tsv, on which the settings were chosen"),
+        sts("test"),
+        sts("dev"),
+        f"(test set: sts_test_pairs.tsv, {r['sts_test_pairs']} pairs, never used to choose settings; dev set: "
+        f"sts_pairs.tsv, {r['sts_dev_pairs']} pairs, the settings were chosen on it)",
     ]
     if "held_out_mean_cosine" in r:
         lines.append(f"held-out text ({r['held_out_texts']} texts): mean cosine of student and teacher embeddings "
@@ -710,8 +711,8 @@ def add_command(subparsers, name: str = "distill", help: str | None = None) -> a
     p.add_argument("--layer-map", type=int_list, default=None,
                    help="teacher layers to copy, comma-separated, e.g. 0,2,4 (overrides --student-layers)")
     p.add_argument("--corpus", nargs="+", default=None,
-                   help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings, "
-                        "the classic fortune files and GCIDE's dictionary definitions)")
+                   help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings "
+                        "and the classic Unix fortune files)")
     p.add_argument("--text-field", default=d.text_field, help="JSONL field holding the text (default %(default)s)")
     p.add_argument("--held-out", type=T["held_out"], default=d.held_out,
                    help="share of documents held out, in [0, 1) (default %(default)s)")

