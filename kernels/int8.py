@@ -95,6 +95,7 @@ MR = 6                                     # rows of the VNNI register tile
 NR = 4                                     # zmm vectors of 16 output channels per tile
 TILE_COLS = 16 * NR                        # 64 output channels per tile
 KGROUP = 4                                 # bytes of k per int32 lane of vpdpbusd
+PANEL_BYTES = 1024 * 1024                  # activation rows walked together by the VNNI GEMM (an L2 of 1 MB)
 _FLT_MIN = np.float32(np.finfo(np.float32).tiny)
 _F0 = np.float32(0.0)
 _F255 = np.float32(255.0)
@@ -471,20 +472,32 @@ def _store_row(acc, n, col0, cols, raw, out_i32, y, sx, zp, ws, wsum, bias, has_
 
 
 @njit(cache=True, parallel=True)
-def _gemm_vnni(a, packed, N, cout, nchunks, raw, out_i32, y, sx, zp, ws, wsum, bias, has_bias):
-    """a (Np, Kp) uint8, Np a multiple of MR, Kp of 4; packed the VNNI weight panels. The (column block, row block)
-    tiles are split into `nchunks` contiguous runs, one per thread: rows vary fastest, so a thread reuses one
-    weight panel over every row block before the next panel."""
+def _gemm_vnni(a, packed, N, cout, nchunks, panel_rb, raw, out_i32, y, sx, zp, ws, wsum, bias, has_bias):
+    """a (Np, Kp) uint8, Np a multiple of MR, Kp of 4; packed the VNNI weight panels. The tiles are ordered by
+    panels of `panel_rb` row blocks (an activation panel that stays in L2), then column block, then row block, and
+    split into `nchunks` contiguous runs, one per thread: a thread reuses one weight panel over the row blocks of
+    its activation panel, and reads each activation panel once (measured at N = 4096: without the panels every
+    64-column block re-read all of a from memory: 1 MiB panels gave +15-35% GOP per CPU-second on one core)."""
     Np, Kp = a.shape
     kg = Kp // KGROUP
     n_rb = Np // MR
     n_cb = (cout + TILE_COLS - 1) // TILE_COLS
     n_tiles = n_rb * n_cb
+    per_panel = panel_rb * n_cb                                    # tiles in a full panel
+    full = n_rb // panel_rb                                         # full panels; the last one holds the rest
+    last_rb = n_rb - full * panel_rb
     for c in prange(nchunks):
         t = np.empty((MR, TILE_COLS), np.int32)
         for idx in range(c * n_tiles // nchunks, (c + 1) * n_tiles // nchunks):
-            cb = idx // n_rb
-            rb = idx - cb * n_rb
+            if idx < full * per_panel:
+                panel = idx // per_panel
+                i = idx - panel * per_panel
+                cb = i // panel_rb
+                rb = panel * panel_rb + i - cb * panel_rb
+            else:
+                i = idx - full * per_panel
+                cb = i // last_rb
+                rb = full * panel_rb + i - cb * last_rb
             row0 = rb * MR
             col0 = cb * TILE_COLS
             _vnni_tile(a, row0, packed, cb * kg * KGROUP * TILE_COLS, kg, t)
@@ -563,8 +576,9 @@ def _run_gemm(qx, N, w, kernel, raw, sx=None, zp=None, bias=None):
         if kernel == "vnni":
             from numba import get_num_threads  # noqa: PLC0415
             n_tiles = (qx.shape[0] // MR) * (-(-cout // TILE_COLS))
-            _gemm_vnni(qx, w.packed, N, cout, max(1, min(get_num_threads(), n_tiles)), raw, out_i32, y, sx, zp,
-                       w.scale, w.row_sum, bias, has_bias)
+            panel_rb = max(1, PANEL_BYTES // (MR * qx.shape[1]))
+            _gemm_vnni(qx, w.packed, N, cout, max(1, min(get_num_threads(), n_tiles)), panel_rb, raw, out_i32, y,
+                       sx, zp, w.scale, w.row_sum, bias, has_bias)
         else:
             _gemm_portable(qx, w.q, N, raw, out_i32, y, sx, zp, w.scale, w.row_sum, bias, has_bias)
     return out_i32 if raw else y

@@ -202,7 +202,7 @@ def test_vnni_kernel_emits_vpdpbusd():
     wq = K.prepare_weight(np.ones((3, 8), np.int8), np.ones(3, np.float32))
     out = np.zeros((K.MR, 3), np.int32)
     e = np.zeros((0, 0), np.float32)
-    gemm(a, wq.packed, K.MR, 3, 1, True, out, e, np.zeros(K.MR, np.float32), np.zeros(K.MR, np.int32), wq.scale,
+    gemm(a, wq.packed, K.MR, 3, 1, 1, True, out, e, np.zeros(K.MR, np.float32), np.zeros(K.MR, np.int32), wq.scale,
          wq.row_sum, np.zeros(0, np.float32), False)
     asm = "\n".join(gemm.inspect_asm(sig) for sig in gemm.signatures)
     lines = [ln for ln in asm.splitlines() if "vpdpbusd" in ln]
