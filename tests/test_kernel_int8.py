@@ -143,11 +143,15 @@ def test_linear_within_bound(rng, kernel, n, cin, cout, bias):
     assert (np.abs(y - y_q) <= 5 * K.U32 * (_abs_products(x, wq) + (0 if b is None else np.abs(b)))).all()
 
 
-def test_linear_keeps_leading_axes_and_kernels_agree(rng):
-    x = rng.standard_normal((2, 5, 37)).astype(np.float32)
-    wq = K.quantize_weight(rng.standard_normal((19, 37)).astype(np.float32))
-    ys = [K.int8_linear_forward(x, wq, None, k) for k in CPU_KERNELS]
-    assert ys[0].shape == (2, 5, 19)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_keeps_leading_axes_and_kernels_agree(rng, bias):
+    # 2 x 13 = 26 rows and 130 outputs: whole 6 x 64 tiles (dequantised in registers by the VNNI kernel) and edge
+    # tiles (through memory) in both directions
+    x = rng.standard_normal((2, 13, 37)).astype(np.float32)
+    wq = K.quantize_weight(rng.standard_normal((130, 37)).astype(np.float32))
+    b = rng.standard_normal(130).astype(np.float32) if bias else None
+    ys = [K.int8_linear_forward(x, wq, b, k) for k in CPU_KERNELS]
+    assert ys[0].shape == (2, 13, 130)
     for y in ys[1:]:
         assert np.array_equal(y, ys[0])                        # the same integers and the same float epilogue
 
@@ -202,7 +206,7 @@ def test_vnni_kernel_emits_vpdpbusd():
     wq = K.prepare_weight(np.ones((3, 8), np.int8), np.ones(3, np.float32))
     out = np.zeros((K.MR, 3), np.int32)
     e = np.zeros((0, 0), np.float32)
-    gemm(a, wq.packed, K.MR, 3, 1, True, out, e, np.zeros(K.MR, np.float32), np.zeros(K.MR, np.int32), wq.scale,
+    gemm(a, wq.packed, K.MR, 3, 1, 1, True, out, e, np.zeros(K.MR, np.float32), np.zeros(K.MR, np.int32), wq.scale,
          wq.row_sum, np.zeros(0, np.float32), False)
     asm = "\n".join(gemm.inspect_asm(sig) for sig in gemm.signatures)
     lines = [ln for ln in asm.splitlines() if "vpdpbusd" in ln]
