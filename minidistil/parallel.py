@@ -133,13 +133,13 @@ def set_threads(comm) -> str:
     fits the cores; MINIDISTIL_RANK_THREADS overrides. Returns what was chosen, for the run header."""
     from mpi4py import MPI
 
-    from . import _runtime
+    from .kernels import _blas
     host = comm.Split_type(MPI.COMM_TYPE_SHARED)
     local = host.Get_size()
     host.Free()
     cores = os.cpu_count() or 1
     n = int(os.environ.get("MINIDISTIL_RANK_THREADS", "0")) or max(1, cores // local)
-    _runtime.openblas().set_num_threads(n)
+    _blas.openblas().set_num_threads(n)
     try:
         import numba
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
