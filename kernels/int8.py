@@ -579,6 +579,17 @@ def _gemm_vnni(a, packed, N, cout, nchunks, panel_rb, raw, out_i32, y, sx, zp, w
                 _store_row(t[r], row0 + r, col0, cols, raw, out_i32, y, sx, zp, ws, wsum, bias, has_bias)
 
 
+def vnni_assembly() -> str:
+    """The assembly of the VNNI GEMM driver, compiled afresh (code that Numba loaded from its on-disk cache cannot
+    be inspected), to check that `vpdpbusd` is in it. Needs a CPU with AVX-512 VNNI."""
+    from numba import njit
+    gemm = njit(parallel=True)(_gemm_vnni.py_func)
+    wq = prepare_weight(np.ones((3, 8), np.int8), np.ones(3, np.float32))
+    gemm(np.zeros((MR, 8), np.uint8), wq.packed, MR, 3, 1, 1, True, np.zeros((MR, 3), np.int32), _EMPTY_F32,
+         np.zeros(MR, np.float32), np.zeros(MR, np.int32), wq.scale, wq.row_sum, np.zeros(3, np.float32), False)
+    return "\n".join(gemm.inspect_asm(sig) for sig in gemm.signatures)
+
+
 @njit(cache=True, parallel=True)
 def _gemm_portable(a, q, N, raw, out_i32, y, sx, zp, ws, wsum, bias, has_bias):
     """a (N rounded up to 2 rows, >= K) uint8, q (Cout, K) int8: int32 dot products over k (LLVM vectorises them

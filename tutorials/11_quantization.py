@@ -154,8 +154,10 @@ assert (ratio <= 1).all()
 # int32 lanes: **64 multiply-adds per instruction**, on registers of the same width, and a quarter of the bytes
 # to load. minidistil's kernel keeps a 6-row x 64-column tile of int32 sums in 24 registers; for every 4 steps of
 # k it loads 4 vectors of weights (16 output channels x 4 bytes each, laid out that way once by `pack_weight`),
-# broadcasts 4 activation bytes per row, and issues 24 `vpdpbusd`. Numba has no vector types, so the tile is
-# written as an LLVM intrinsic (`K._vnni_tile`) that calls `llvm.x86.avx512.vpdpbusd.512` directly; on a CPU
+# broadcasts 4 activation bytes per row, and issues 24 `vpdpbusd`. When the tile is done, the 24 registers become
+# float32 outputs where they are (minus `z r`, times the two scales, plus the bias) and are stored: the int32 sums
+# never go to memory. Numba has no vector types, so the tile is written as an LLVM intrinsic
+# (`K._vnni_tile_dequant`) that calls `llvm.x86.avx512.vpdpbusd.512` directly; on a CPU
 # without VNNI the portable kernel (a plain int32 dot product that LLVM vectorises as it can) gives the same
 # integers.
 
@@ -188,13 +190,7 @@ for kernel in ["portable"] + (["vnni"] if K.vnni_available() else []):
 for name, ms in timings.items():
     print(f"{name:<22} {ms:7.2f} ms  {ops / ms / 1e6:6.0f} G(FL)OP/s")
 if K.vnni_available():
-    from numba import njit
-    g = njit(parallel=True)(K._gemm_vnni.py_func)                         # a fresh compile, to read its assembly
-    e = np.zeros((0, 0), np.float32)
-    g(np.zeros((K.MR, 8), np.uint8), K.prepare_weight(np.ones((2, 8), np.int8), np.ones(2, np.float32)).packed, 1,
-      2, 1, True, np.zeros((1, 2), np.int32), e, np.zeros(1, np.float32), np.zeros(1, np.int32),
-      np.ones(2, np.float32), np.ones(2, np.int32), np.zeros(0, np.float32), False)
-    lines = [ln.strip() for ln in g.inspect_asm(g.signatures[0]).splitlines() if "vpdpbusd" in ln]
+    lines = [ln.strip() for ln in K.vnni_assembly().splitlines() if "vpdpbusd" in ln]
     print(f"{len(lines)} vpdpbusd in the compiled kernel, e.g. `{lines[0]}`")
     assert len(lines) >= K.MR * K.NR
 y_int8 = K.int8_linear_forward(x, wq)
