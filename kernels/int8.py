@@ -915,7 +915,8 @@ def int8_embedding_forward(ids, q, scale, checked: bool = False):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main():
+def main(argv=None):
+    args = _checks.lab_options("int8", argv)
     rep = _checks.Report("int8")
     r = _checks.rng(0)
     kernels = ["portable"] + (["vnni"] if vnni_available() else [])
@@ -930,7 +931,8 @@ def main():
 
     # validation: the integer product exactly, the linear layer within its derived bound, at awkward and at
     # DistilBERT sizes
-    for n, cin, cout in [(7, 13, 5), (37, 130, 70), (1024, 768, 3072), (1024, 3072, 768)]:
+    shapes = [(7, 13, 5), (37, 130, 70)] + ([(1024, 768, 3072), (1024, 3072, 768)] if args.size == "base" else [])
+    for n, cin, cout in shapes:
         x, w, b = data(n, cin, cout)
         wq = quantize_weight(w)
         qx = quantize_rows_ref(x)[0]
@@ -945,7 +947,7 @@ def main():
             rep.check(f"{k} {cin}->{cout}", "> bound", excess, np.zeros_like(excess), atol=0)
             print(f"  {'':9}{k} {cin}->{cout}: max |y - x W^T - b| / bound = {(np.abs(y - y64) / bound).max():.3f}")
     if _cuda.available():
-        x, w, b = data(*((9, 21, 11) if _cuda.SIMULATOR else (1024, 768, 3072)))
+        x, w, b = data(*((9, 21, 11) if _cuda.SIMULATOR or args.size == "tiny" else (1024, 768, 3072)))
         wq = quantize_weight(w)
         qx, _, _ = quantize_rows_ref(x)
         wd = weight_to_device(wq)
@@ -958,6 +960,8 @@ def main():
     else:
         rep.skip("cuda", "no GPU and NUMBA_ENABLE_CUDASIM is not set")
 
+    if args.no_bench:
+        return rep.finish()
     # benchmark at DistilBERT-base sizes (N = B*T = 1024): int8 beside the float32 linear (numpy's sgemm)
     from . import linear as _linear  # noqa: PLC0415
     for n, cin, cout in [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768)]:
@@ -973,8 +977,8 @@ def main():
     ids = r.integers(0, 30522, (8, 128))
     qe = quantize_weight((r.standard_normal((30522, 768)) * 0.02).astype(np.float32))
     rep.bench("embedding", lambda: int8_embedding_cpu(ids, qe.q, qe.scale), nbytes=8 * 128 * 768 * 5.0)
-    rep.finish()
+    return rep.finish()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
