@@ -409,7 +409,7 @@ def test_student_is_a_sentence_transformers_model(tmp_path, oracle):
     assert (out / "2_Normalize").is_dir()
     texts = ["The cat sat on the mat.", "for loops and while loops", "x",
              "A much longer sentence about the import system, " * 6]
-    ours = pipeline("feature-extraction", str(out))(texts)                       # (N, C), normalised
+    ours = pipeline("sentence-embeddings", str(out))(texts)                       # (N, C), normalised
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)
     model = st.SentenceTransformer(str(out), device="cpu")
     assert model.max_seq_length == 48

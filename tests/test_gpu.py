@@ -99,8 +99,8 @@ def test_cuda_without_a_gpu_fails_with_a_clear_message(tmp_path):
     res = subprocess.run([sys.executable, "-m", "minidistil.distill", "--teacher", "missing-teacher", "--out",
                           str(tmp_path / "s"), "--device", "cuda", "--steps", "1"],
                          env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2
-    assert "error: no CUDA GPU is available" in res.stdout and "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == 2                                    # one line on standard error, as every error
+    assert "error: no CUDA GPU is available" in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
 # ---- data moves to the device once per batch ------------------------------------------------------------------
