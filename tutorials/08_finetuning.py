@@ -110,7 +110,7 @@ assert min(count["held out"].values()) >= 15                       # both classe
 # `finetune` loads the student with a `DistilBertForSequenceClassification` head (its four head weights are not
 # in the student, so they start from seeded random values, and it says so), encodes every example once
 # (`max_length=32` tokens), then for each epoch shuffles the examples and takes one step per batch. The step, in
-# the loop of `finetune()` in `minidistil/finetune.py`:
+# the loop of `finetune()` (its body, `_finetune()`) in `minidistil/finetune.py`:
 #
 # ```python
 # b = batch(tr, idx)                      # the batch's rows, trimmed to its longest sentence
@@ -128,13 +128,13 @@ assert min(count["held out"].values()) >= 15                       # both classe
 # %%
 import inspect
 
-source = inspect.getsource(FT.finetune)
+source = inspect.getsource(FT._finetune)     # finetune() checks its arguments and opens the run, then calls this
 step_lines = ["b = batch(tr, idx)", "s_out = forward(model_, b)", "loss.backward()",
               "clip_grad_norm(opt.parameters(), cfg.max_grad_norm)", "lr = sched(state.step)",
               "opt.step(lr=lr)", "opt.zero_grad()",
-              "r = evaluate(cfg.task, model_, val_ex, va, names, cfg", "save_pretrained(model_, out"]
+              "evaluate(cfg.task, model_, val_ex, va, names, cfg", "save_pretrained(model_, out"]
 positions = [source.find(line) for line in step_lines]
-print("in this order in finetune():", all(p >= 0 for p in positions) and positions == sorted(positions))
+print("in this order in _finetune():", all(p >= 0 for p in positions) and positions == sorted(positions))
 assert all(p >= 0 for p in positions) and positions == sorted(positions)
 
 # %% [markdown]
