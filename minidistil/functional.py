@@ -132,8 +132,10 @@ def projected_attention(x: Tensor, w: tuple[Tensor, Tensor, Tensor], b: tuple[Te
     C = w[0].shape[0]
     W, bias = stack_rows([t.data for t in w]), stack_rows([t.data for t in b])
     qkv, lin_cache = _linear.linear_forward(x.data, W, bias)                      # (B, T, 3C)  [q | k | v]
+    T = x.shape[1]
+    offset = _FIRST_EXAMPLE * n_heads * T * T if p > 0.0 else 0   # this batch's mask within the global batch's
     out, cache = _attention.attention_forward(qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:], mask, n_heads,
-                                              p, seed or 0)                       # (B, T, C)
+                                              p, seed or 0, offset=offset)        # (B, T, C)
 
     def backward(dout):
         # out = attention(q, k, v), [q | k | v] = x W^T + b  ->  (dq, dk, dv), then dx = dqkv W,
