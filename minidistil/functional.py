@@ -82,6 +82,20 @@ def residual_layer_norm(x: Tensor, r: Tensor, w: Tensor, b: Tensor, eps: float) 
     return make_result(y, (x, r, w, b), backward, "residual_layer_norm", fresh_grads=True)
 
 
+def _attention_dropout(p: float, training: bool, seed: int | None, n_heads: int, T: int) -> tuple[float, int, int]:
+    """(p, seed, offset) of attention-probability dropout: p = 0 outside training; a fresh seed per call from the
+    generator manual_seed sets unless one is given; offset, the flat index of this batch's first mask element within
+    the global batch's (a data-parallel rank's slice starts at example _FIRST_EXAMPLE)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p: expected a dropout probability in [0, 1), got {p}")
+    if not training:
+        p = 0.0
+    if p > 0.0 and seed is None:
+        seed = int(_SEEDS.integers(0, 2**31 - 1))
+    offset = _FIRST_EXAMPLE * n_heads * T * T if p > 0.0 else 0
+    return p, int(seed or 0), offset
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray, n_heads: int, p: float = 0.0,
               training: bool = False, seed: int | None = None) -> tuple[Tensor, Tensor]:
     """Multi-head scaled dot-product attention over all H heads in one kernel.
@@ -92,15 +106,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray, n_heads: int, p
     that manual_seed sets, unless `seed` is given); the kernel regenerates the mask in backward.
     Returns (out (B, T, C), probs (B, H, T, T)); probs (before dropout) is for output_attentions, no gradient.
     """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"p: expected a dropout probability in [0, 1), got {p}")
-    if not training:
-        p = 0.0
-    if p > 0.0 and seed is None:
-        seed = int(_SEEDS.integers(0, 2**31 - 1))
-    T = q.shape[1]
-    offset = _FIRST_EXAMPLE * n_heads * T * T if p > 0.0 else 0   # this batch's mask within the global batch's
-    out, cache = _attention.attention_forward(q.data, k.data, v.data, mask, n_heads, p, seed or 0, offset=offset)
+    p, seed, offset = _attention_dropout(p, training, seed, n_heads, q.shape[1])
+    out, cache = _attention.attention_forward(q.data, k.data, v.data, mask, n_heads, p, seed, offset=offset)
 
     def backward(dout):
         # out = dropout(softmax(q k^T / sqrt(D) + mask)) @ v, per head  ->  (dq, dk, dv)
@@ -120,22 +127,15 @@ def projected_attention(x: Tensor, w: tuple[Tensor, Tensor, Tensor], b: tuple[Te
     v as strided column blocks of qkv (no copies between heads). On a GPU, or with int8 weights
     (minidistil.quantization): three products, as `linear` does.
     Returns what `attention` returns; the gradient reaches x and the six parameters separately."""
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"p: expected a dropout probability in [0, 1), got {p}")
-    if not training:
-        p = 0.0
-    if p > 0.0 and seed is None:
-        seed = int(_SEEDS.integers(0, 2**31 - 1))
+    p, seed, offset = _attention_dropout(p, training, seed, n_heads, x.shape[1])
     if _cuda.is_device_array(x.data) or any(getattr(wi, "int8", None) is not None for wi in w):
         q, k, v = (linear(x, wi, bi) for wi, bi in zip(w, b, strict=True))    # GPU, or int8 weights
         return attention(q, k, v, mask, n_heads, p, training, seed)
     C = w[0].shape[0]
     W, bias = stack_rows([t.data for t in w]), stack_rows([t.data for t in b])
     qkv, lin_cache = _linear.linear_forward(x.data, W, bias)                      # (B, T, 3C)  [q | k | v]
-    T = x.shape[1]
-    offset = _FIRST_EXAMPLE * n_heads * T * T if p > 0.0 else 0   # this batch's mask within the global batch's
     out, cache = _attention.attention_forward(qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:], mask, n_heads,
-                                              p, seed or 0, offset=offset)        # (B, T, C)
+                                              p, seed, offset=offset)             # (B, T, C)
 
     def backward(dout):
         # out = attention(q, k, v), [q | k | v] = x W^T + b  ->  (dq, dk, dv), then dx = dqkv W,
