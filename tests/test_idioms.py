@@ -30,13 +30,7 @@ TEXTS = ["the film was very good", "a bad plot", "we saw it on the movie"]
 TOL = f32_tol(32, 10.0)
 
 
-@pytest.fixture(autouse=True)
-def one_numba_thread():
-    import numba
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see conftest
 
 
 @pytest.fixture(scope="module")

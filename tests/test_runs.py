@@ -29,14 +29,7 @@ from minidistil import cli
 from minidistil.run import Diverged, FolderLock, Run, RunError, schedule_complete
 
 
-@pytest.fixture(autouse=True)
-def one_numba_thread():
-    """Tiny shapes: one Numba thread is faster than several, and the machine is shared."""
-    import numba
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see conftest
 
 
 @pytest.fixture(scope="module")
