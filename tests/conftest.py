@@ -84,3 +84,39 @@ def minilm_dir():
                 pytest.fail(f"all-MiniLM-L6-v2 is required in CI and could not be fetched: {e}")
             pytest.skip(f"all-MiniLM-L6-v2 not available offline: {e}")
     return path
+
+
+# ---- tiny checkpoints and vocabularies, built in the test (nothing downloaded) ----------------------------------
+
+
+def write_vocab(folder, tokens, model_max_length=None):
+    """A WordPiece vocabulary folder: vocab.txt with `tokens` one per line (and a tokenizer_config.json that lower
+    cases and sets model_max_length, when given). Returns the folder."""
+    import json
+    from pathlib import Path
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in tokens))
+    if model_max_length is not None:
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps({"do_lower_case": True, "model_max_length": model_max_length}))
+    return folder
+
+
+def save_tiny_heads(root, tokens, max_positions, heads):
+    """Save one tiny checkpoint (width 8, one layer, 2 heads) per entry of `heads` under root/NAME, with the
+    vocabulary `tokens`; `heads` maps NAME -> (architecture, config changes), the family (BERT or DistilBERT)
+    read from the architecture's name. Returns {NAME: folder}."""
+    import minidistil
+    from minidistil.config import BertConfig, DistilBertConfig
+    from minidistil.tokenizer import Tokenizer
+    tok = Tokenizer.from_pretrained(write_vocab(root, tokens))
+    small = dict(vocab_size=len(tokens), max_position_embeddings=max_positions, initializer_range=0.3)
+    bert = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, **small)
+    distil = DistilBertConfig(dim=8, n_layers=1, n_heads=2, hidden_dim=16, **small)
+    out = {}
+    for name, (arch, changes) in heads.items():
+        config = (distil if arch.startswith("DistilBert") else bert).replace(**changes)
+        model = minidistil.MODEL_CLASSES[arch].from_config(config, seed=0)
+        out[name] = minidistil.save_pretrained(model, root / name, tok)
+    return out

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import minidistil
+from conftest import save_tiny_heads
+
 from minidistil import cli
-from minidistil.config import BertConfig, DistilBertConfig
-from minidistil.tokenizer import Tokenizer
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", "the", "cat", "sat", "on", "mat", "dog", "ran",
          "who", "where", "ada", "lived", "in", "london", "paris"]
@@ -21,20 +20,12 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    (root / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB))
-    tok = Tokenizer.from_pretrained(root)
-    small = dict(vocab_size=len(VOCAB), max_position_embeddings=32, initializer_range=0.3)
-    bert = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, **small)
-    distil = DistilBertConfig(dim=8, n_layers=1, n_heads=2, hidden_dim=16, **small)
-    out = {}
-    for name, cls, config in [
-            ("embed", "BertModel", bert), ("mlm", "DistilBertForMaskedLM", distil),
-            ("clf", "BertForSequenceClassification", bert.replace(id2label={0: "neg", 1: "pos"}, label2id=None)),
-            ("ner", "DistilBertForTokenClassification",
-             distil.replace(id2label={0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}, label2id=None)),
-            ("qa", "BertForQuestionAnswering", bert)]:
-        model = minidistil.MODEL_CLASSES[cls].from_config(config, seed=0)
-        out[name] = minidistil.save_pretrained(model, root / name, tok)
+    out = save_tiny_heads(root, VOCAB, 32, {
+        "embed": ("BertModel", {}), "mlm": ("DistilBertForMaskedLM", {}),
+        "clf": ("BertForSequenceClassification", dict(id2label={0: "neg", 1: "pos"}, label2id=None)),
+        "ner": ("DistilBertForTokenClassification",
+                dict(id2label={0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}, label2id=None)),
+        "qa": ("BertForQuestionAnswering", {})})
     (out["embed"] / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},

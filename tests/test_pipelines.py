@@ -1,12 +1,13 @@
 """Pipelines: each answer recomputed from the model's raw outputs (NumPy only), entity grouping on hand-made tags,
 and (oracle) the same answers as transformers' pipelines on tiny random checkpoints built in the test.
 """
-import json
 
 import numpy as np
 import pytest
 
 import minidistil
+from conftest import write_vocab
+
 from minidistil import no_grad
 from minidistil.config import BertConfig, DistilBertConfig
 from minidistil.kernels._checks import f32_tol
@@ -25,10 +26,7 @@ TEXTS = ["The cat sat on the mat.", "Ada Lovelace lived in London!", "John Smith
 
 @pytest.fixture(scope="module")
 def vocab_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vocab")
-    (d / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB))
-    (d / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 32}))
-    return d
+    return write_vocab(tmp_path_factory.mktemp("vocab"), VOCAB, model_max_length=32)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from conftest import write_vocab
+
 from minidistil import qa as QA
 from minidistil.tokenizer import Tokenizer
 
@@ -17,10 +19,7 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!", "(", 
 
 @pytest.fixture(scope="module")
 def vocab_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vocab")
-    (d / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB))
-    (d / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 64}))
-    return d
+    return write_vocab(tmp_path_factory.mktemp("vocab"), VOCAB, model_max_length=64)
 
 
 @pytest.fixture(scope="module")

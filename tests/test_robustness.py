@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import minidistil
+from conftest import save_tiny_heads
+
 from minidistil import cli, hub
 from minidistil import data as D
 from minidistil import safetensors_io as st
@@ -37,21 +38,11 @@ def tiny(tmp_path_factory):
     """Tiny checkpoints (width 8, one layer) of each head the CLI uses, with 512 positions, so that the window
     arithmetic of long inputs is that of a real BERT."""
     root = tmp_path_factory.mktemp("robust")
-    (root / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB))
-    tok = Tokenizer.from_pretrained(root)
-    small = dict(vocab_size=len(VOCAB), max_position_embeddings=512, initializer_range=0.3)
-    bert = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, **small)
-    distil = DistilBertConfig(dim=8, n_layers=1, n_heads=2, hidden_dim=16, **small)
-    out = {}
-    for name, cls, config in [
-            ("embed", "BertModel", bert), ("mlm", "BertForMaskedLM", bert.replace(max_position_embeddings=32)),
-            ("clf", "BertForSequenceClassification", bert.replace(id2label={0: "neg", 1: "pos"}, label2id=None)),
-            ("ner", "DistilBertForTokenClassification",
-             distil.replace(id2label={0: "O", 1: "B-PER", 2: "I-PER"}, label2id=None)),
-            ("qa", "BertForQuestionAnswering", bert)]:
-        model = minidistil.MODEL_CLASSES[cls].from_config(config, seed=0)
-        out[name] = minidistil.save_pretrained(model, root / name, tok)
-    return out
+    return save_tiny_heads(root, VOCAB, 512, {
+        "embed": ("BertModel", {}), "mlm": ("BertForMaskedLM", dict(max_position_embeddings=32)),
+        "clf": ("BertForSequenceClassification", dict(id2label={0: "neg", 1: "pos"}, label2id=None)),
+        "ner": ("DistilBertForTokenClassification", dict(id2label={0: "O", 1: "B-PER", 2: "I-PER"}, label2id=None)),
+        "qa": ("BertForQuestionAnswering", {})})
 
 
 def _copy(folder: Path, dest: Path) -> Path:

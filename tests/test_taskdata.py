@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from conftest import write_vocab
+
 from minidistil import taskdata as TD
 from minidistil.tokenizer import Tokenizer
 
@@ -16,10 +18,7 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!", "(", 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vocab")
-    (d / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB))
-    (d / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 64}))
-    return Tokenizer.from_pretrained(d)
+    return Tokenizer.from_pretrained(write_vocab(tmp_path_factory.mktemp("vocab"), VOCAB, model_max_length=64))
 
 
 # ---- tables ---------------------------------------------------------------------------------------------------
