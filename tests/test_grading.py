@@ -1,11 +1,12 @@
-"""The exercise grader (minidistil/grading/) on the reference answers, the untouched stubs and deliberately buggy
-answers (tests/exercise_answers/).
+"""The exercise grader (minidistil/grading/) on the reference answers (tests/exercise_answers/<exercise>.py), the
+untouched stubs and deliberately buggy answers (the table of planted bugs in tests/exercise_answers/bugs.py).
 
 - every reference answer passes (exit status 0), so the checks and their derived tolerances accept a correct
   float32 NumPy answer;
 - every untouched stub of tutorials/exercises/ fails with "not implemented yet" and no other check;
-- every buggy answer fails AND its report carries the hint that names its bug (the hint text is asserted, so a
-  grader that fails for the wrong reason does not pass this test);
+- every buggy answer (a reference answer with one bug planted, written to a temporary file) fails AND its report
+  carries the hint that names its bug (the hint text is asserted, so a grader that fails for the wrong reason does
+  not pass this test);
 - the command line: through the `grade` sub-parser in-process (the report, and --json: one object per check),
   `minidistil exercises copy`, and once as `python -m minidistil.grading` in a subprocess (exit status 1 on a
   failing answer, 0 on a passing one, --list).
@@ -24,39 +25,31 @@ from minidistil import cli as main_cli
 from minidistil import grading
 from minidistil.grading import cli as grading_cli
 
+from exercise_answers.bugs import BUGS, Bug   # tests/ is on sys.path: pytest puts each test module's folder there
+
 REPO = Path(__file__).resolve().parents[1]
 ANSWERS = REPO / "tests" / "exercise_answers"
 STUBS = REPO / "tutorials" / "exercises"
 
-# (buggy answer file, a piece of the hint that must name the bug)
-BUGGY = [
-    ("gelu_backward__missing_pdf_term", "product rule"),
-    ("gelu_backward__float64_leak", "float64 leaked out"),
-    ("layernorm_forward__unbiased_var", "unbiased variance"),
-    ("layernorm_forward__one_pass_var", "one-pass variance"),
-    ("layernorm_backward__missing_proj_term", "missing the term - xhat * mean(dxhat * xhat)"),
-    ("layernorm_backward__forgot_w", "dxhat = dy * w"),
-    ("softmax_backward__no_sum_term", "the sum over the row is missing"),
-    ("softmax_backward__log_softmax_formula", "log-softmax backward"),
-    ("attention_backward__dv_not_transposed", "TRANSPOSE of P"),
-    ("attention_backward__dk_not_transposed", "TRANSPOSE of dS"),
-    ("attention_backward__no_scale", "1/sqrt(D)"),
-    ("attention_backward__mask_not_zeroed", "masked keys pass no gradient"),
-    ("cross_entropy__divide_by_N", "not by all N"),
-    ("cross_entropy__no_ignore", "ignore_index (-100) must be skipped"),
-    ("cross_entropy__no_max_shift", "subtract each row's max"),
-    ("cross_entropy__zero_rows_nan", "every row is ignored n = 0"),
-    ("distill_kl__no_T2", "multiplied by T^2"),
-    ("distill_kl__T_not_T2", "multiply by T^2, not T"),
-    ("distill_kl__reversed_kl", "KL(student || teacher)"),
-    ("distill_kl__grad_T2", "yours has T^2"),
-    ("adamw__no_bias_correction", "no bias correction"),
-    ("adamw__l2_decay", "L2 regularisation"),
-    ("adamw__not_in_place", "only rebinds the local name"),
-    ("autograd_ops__overwrite_grad", "must ACCUMULATE"),
-    ("autograd_ops__mul_swapped", "mul's backward is swapped"),
-    ("autograd_ops__tanh_of_input", "not 1 - x**2"),
-]
+BUG = {bug.id: bug for bug in BUGS}
+
+
+def plant(bug: Bug, folder: Path) -> Path:
+    """Write the reference answer with `bug` planted to folder/<exercise>__<name>.py and return its path; the
+    docstring says which bug was planted. Each edit's old text must occur exactly once in the reference answer, so
+    an edit that no longer applies fails here instead of grading a correct answer."""
+    reference = (ANSWERS / f"{bug.exercise}.py").read_text(encoding="utf-8")
+    docstring, source = reference.split("\n", 1)
+    assert docstring.startswith('"""Reference answer (tests only):') and docstring.endswith('"""'), docstring
+    for old, new in bug.edits:
+        count = reference.count(old)
+        assert count == 1, f"{bug.id}: {old!r} occurs {count} times in {bug.exercise}.py, not exactly once"
+        assert source.count(old) == 1 and new != old, f"{bug.id}: the edits of {old!r} clash or change nothing"
+        source = source.replace(old, new)
+    path = folder / f"{bug.id}.py"
+    path.write_text(f'"""Deliberately buggy answer (tests only): {bug.exercise}.py with the bug {bug.name!r} planted: '
+                    f'{bug.what}."""\n{source}', encoding="utf-8")
+    return path
 
 
 def test_every_exercise_has_a_stub_and_a_reference_answer():
@@ -66,8 +59,9 @@ def test_every_exercise_has_a_stub_and_a_reference_answer():
         assert (STUBS / f"{name}.py").is_file(), name
         assert ex.stub.resolve() == (STUBS / f"{name}.py").resolve(), name
         assert (ANSWERS / f"{name}.py").is_file(), name
-    # every exercise has at least one buggy answer tested below
-    assert {b.split("__")[0] for b, _ in BUGGY} == set(grading.EXERCISES)
+    # every exercise has at least one buggy answer tested below, each under its own name
+    assert {bug.exercise for bug in BUGS} == set(grading.EXERCISES)
+    assert len(BUG) == len(BUGS)
 
 
 @pytest.mark.parametrize("exercise", [n for n in grading.EXERCISES if n != "autograd_ops"])
@@ -100,24 +94,23 @@ def test_untouched_stub_says_not_implemented(exercise):
     assert "not implemented yet" in text and "raise NotImplementedError" in text, text
 
 
-@pytest.mark.parametrize("buggy, hint", BUGGY, ids=[b for b, _ in BUGGY])
-def test_buggy_answer_fails_with_the_hint_that_names_the_bug(buggy, hint):
-    exercise = buggy.split("__")[0]
-    report = grading.grade(exercise, ANSWERS / f"{buggy}.py")
+@pytest.mark.parametrize("bug", BUGS, ids=[bug.id for bug in BUGS])
+def test_buggy_answer_fails_with_the_hint_that_names_the_bug(bug, tmp_path):
+    report = grading.grade(bug.exercise, plant(bug, tmp_path))
     assert not report.passed, report.text()
     assert not report.not_implemented
-    assert any(hint in h for h in report.hints), report.text()
+    assert any(bug.hint in h for h in report.hints), report.text()
 
 
-def test_failure_names_the_worst_element_and_the_tolerance():
-    report = grading.grade("softmax_backward", ANSWERS / "softmax_backward__no_sum_term.py")
+def test_failure_names_the_worst_element_and_the_tolerance(tmp_path):
+    report = grading.grade("softmax_backward", plant(BUG["softmax_backward__no_sum_term"], tmp_path))
     failed = [c for c in report.checks if not c.passed][0]
     line = failed.lines[0]
     assert line.startswith("dx: largest error") and "at index (" in line and "tolerance" in line, line
 
 
-def test_float64_leak_is_reported_as_a_dtype_error():
-    report = grading.grade("gelu_backward", ANSWERS / "gelu_backward__float64_leak.py")
+def test_float64_leak_is_reported_as_a_dtype_error(tmp_path):
+    report = grading.grade("gelu_backward", plant(BUG["gelu_backward__float64_leak"], tmp_path))
     lines = [ln for c in report.checks for ln in c.lines]
     assert any("dtype float64, expected float32 (float64 leaking out)" in ln for ln in lines), report.text()
     # the values themselves are right: only the dtype fails, and the float64 finite-difference case passes
@@ -172,23 +165,24 @@ def test_cli_in_process(capsys):
     assert args.run(args) == 0
 
 
-def test_cli_subprocess_exit_status():
+def test_cli_subprocess_exit_status(tmp_path):
     def run(*argv):
         return subprocess.run([sys.executable, "-m", "minidistil.grading", *argv], capture_output=True, text=True,
                               cwd=REPO, timeout=300)
     ok = run("softmax_backward", str(ANSWERS / "softmax_backward.py"))
     assert ok.returncode == 0 and "PASSED" in ok.stdout, ok.stdout + ok.stderr
-    bad = run("softmax_backward", str(ANSWERS / "softmax_backward__no_sum_term.py"))
+    bad = run("softmax_backward", str(plant(BUG["softmax_backward__no_sum_term"], tmp_path)))
     assert bad.returncode == 1 and "HINT: your dx is y * dy" in bad.stdout, bad.stdout + bad.stderr
     missing = run("softmax_backward", "no/such/file.py")
     assert missing.returncode == 1 and "no such file" in missing.stderr
 
 
-def test_cli_json_one_object_per_check(capsys):
-    args = _parse(["grade", "--json", "softmax_backward", str(ANSWERS / "softmax_backward__no_sum_term.py")])
+def test_cli_json_one_object_per_check(tmp_path, capsys):
+    buggy = plant(BUG["softmax_backward__no_sum_term"], tmp_path)
+    args = _parse(["grade", "--json", "softmax_backward", str(buggy)])
     assert args.run(args) == 1
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    report = grading.grade("softmax_backward", ANSWERS / "softmax_backward__no_sum_term.py")
+    report = grading.grade("softmax_backward", buggy)
     assert [r["name"] for r in records] == [c.name for c in report.checks]
     for r in records:
         assert set(r) == {"exercise", "name", "passed", "error", "where", "hint"}
