@@ -60,6 +60,51 @@ def test_chapter_runs(chapter, tmp_path):
         assert figures, f"{chapter.name} saved no figure to MINIDISTIL_TUTORIAL_OUT"
 
 
+SETUP_PROBE = """\
+import json, os, sys
+from minidistil.tutorial import setup
+early = sorted(m for m in ("numpy", "numba", "matplotlib") if m in sys.modules)
+out = setup()
+import matplotlib
+print(json.dumps({"early": early, "out": str(out), "sim": os.environ.get("NUMBA_ENABLE_CUDASIM"),
+                  "backend": matplotlib.get_backend().lower()}))
+"""
+
+
+def _setup_in_fresh_python(env):
+    proc = subprocess.run([sys.executable, "-c", SETUP_PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_setup_comes_before_numba_and_sets_what_the_chapters_need(tmp_path):
+    """`OUT = setup()`, every chapter's first lines: importing it loads neither numpy nor numba (numba reads
+    NUMBA_ENABLE_CUDASIM once, at import), and setup() picks the CUDA simulator where there is no GPU, matplotlib's
+    Agg backend outside Jupyter, and the output folder; a value the user set is kept."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "MPLBACKEND")}
+    env["MINIDISTIL_TUTORIAL_OUT"] = str(tmp_path / "figs" / "here")
+    got = _setup_in_fresh_python(env)
+    assert got["early"] == [], got
+    assert got["out"] == env["MINIDISTIL_TUTORIAL_OUT"] and Path(got["out"]).is_dir()
+    assert got["sim"] == (None if os.path.exists("/dev/nvidiactl") else "1")
+    assert got["backend"] == "agg"
+    del env["MINIDISTIL_TUTORIAL_OUT"]
+    env["NUMBA_ENABLE_CUDASIM"] = "0"
+    got = _setup_in_fresh_python(env)
+    assert got["sim"] == "0"
+    out = Path(got["out"])
+    assert out.is_dir() and out.name.startswith("minidistil_tutorial_") and not any(out.iterdir())
+    out.rmdir()
+
+
+def test_every_chapter_starts_with_the_shared_setup():
+    for chapter in CHAPTERS:
+        code = chapter.read_text(encoding="utf-8").split("\n# %%\n", 1)[1]
+        first = [line for line in code.splitlines() if line and not line.startswith("#")][:2]
+        assert first == ["from minidistil.tutorial import setup", "OUT = setup()"], (chapter.name, first)
+
+
 def test_notebooks_in_sync_with_chapters(oracle):
     oracle("jupytext")                    # required in CI (MINIDISTIL_REQUIRE_ORACLES / CI), skipped locally
     mk = _make_notebooks()

@@ -33,25 +33,19 @@
 # the scheduler's time slice (often ~10 ms): run the chapter on an idle machine to see the real ratios.
 
 # %%
-# Setup shared by every chapter.
+# Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
+from minidistil.tutorial import setup
+
+OUT = setup()
+
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-if not os.path.exists("/dev/nvidiactl"):
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-import matplotlib
-
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numba
 import numpy as np
 from numba import njit, prange
-
-OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
-OUT.mkdir(parents=True, exist_ok=True)
 
 from minidistil.kernels import _checks
 from minidistil.kernels import gelu as G
