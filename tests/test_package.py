@@ -65,9 +65,9 @@ def installed(tmp_path_factory):
 
 def test_imports_come_from_the_venv(installed):
     bin_dir, env, work = installed
-    code = ("import json, minidistil, minidistil.kernels.gelu, minidistil.exercises, minidistil.grading; "
-            "print(json.dumps([m.__file__ for m in (minidistil, minidistil.kernels.gelu, minidistil.exercises, "
-            "minidistil.grading)]))")
+    code = ("import json, minidistil, minidistil.kernels.gelu, minidistil.exercises, minidistil.grading, "
+            "minidistil.tutorial; print(json.dumps([m.__file__ for m in (minidistil, minidistil.kernels.gelu, "
+            "minidistil.exercises, minidistil.grading, minidistil.tutorial)]))")
     rc, out, err = _run([str(bin_dir / "python"), "-c", code], work, env)
     assert rc == 0, err
     venv_dir = bin_dir.parent.resolve()

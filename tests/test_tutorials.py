@@ -27,8 +27,9 @@ TIMEOUT_S = 600  # per chapter; each takes well under a minute on 2 idle cores (
 CELL_TIMEOUT_S = 600  # per notebook cell: a hung cell fails the notebook after this long
 
 
-def _make_notebooks():
-    spec = importlib.util.spec_from_file_location("make_notebooks", TUTORIALS / "make_notebooks.py")
+def _tutorials_script(name: str):
+    """tutorials/<name>.py (make_notebooks, make_figures) loaded as a module: tutorials/ is not a package."""
+    spec = importlib.util.spec_from_file_location(name, TUTORIALS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -60,9 +61,54 @@ def test_chapter_runs(chapter, tmp_path):
         assert figures, f"{chapter.name} saved no figure to MINIDISTIL_TUTORIAL_OUT"
 
 
+SETUP_PROBE = """\
+import json, os, sys
+from minidistil.tutorial import setup
+early = sorted(m for m in ("numpy", "numba", "matplotlib") if m in sys.modules)
+out = setup()
+import matplotlib
+print(json.dumps({"early": early, "out": str(out), "sim": os.environ.get("NUMBA_ENABLE_CUDASIM"),
+                  "backend": matplotlib.get_backend().lower()}))
+"""
+
+
+def _setup_in_fresh_python(env):
+    proc = subprocess.run([sys.executable, "-c", SETUP_PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_setup_comes_before_numba_and_sets_what_the_chapters_need(tmp_path):
+    """`OUT = setup()`, every chapter's first lines: importing it loads neither numpy nor numba (numba reads
+    NUMBA_ENABLE_CUDASIM once, at import), and setup() picks the CUDA simulator where there is no GPU, matplotlib's
+    Agg backend outside Jupyter, and the output folder; a value the user set is kept."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "MPLBACKEND")}
+    env["MINIDISTIL_TUTORIAL_OUT"] = str(tmp_path / "figs" / "here")
+    got = _setup_in_fresh_python(env)
+    assert got["early"] == [], got
+    assert got["out"] == env["MINIDISTIL_TUTORIAL_OUT"] and Path(got["out"]).is_dir()
+    assert got["sim"] == (None if os.path.exists("/dev/nvidiactl") else "1")
+    assert got["backend"] == "agg"
+    del env["MINIDISTIL_TUTORIAL_OUT"]
+    env["NUMBA_ENABLE_CUDASIM"] = "0"
+    got = _setup_in_fresh_python(env)
+    assert got["sim"] == "0"
+    out = Path(got["out"])
+    assert out.is_dir() and out.name.startswith("minidistil_tutorial_") and not any(out.iterdir())
+    out.rmdir()
+
+
+def test_every_chapter_starts_with_the_shared_setup():
+    for chapter in CHAPTERS:
+        code = chapter.read_text(encoding="utf-8").split("\n# %%\n", 1)[1]
+        first = [line for line in code.splitlines() if line and not line.startswith("#")][:2]
+        assert first == ["from minidistil.tutorial import setup", "OUT = setup()"], (chapter.name, first)
+
+
 def test_notebooks_in_sync_with_chapters(oracle):
     oracle("jupytext")                    # required in CI (MINIDISTIL_REQUIRE_ORACLES / CI), skipped locally
-    mk = _make_notebooks()
+    mk = _tutorials_script("make_notebooks")
     assert [p.name for p in mk.chapters()] == [p.name for p in CHAPTERS]
     stale = [why for why in (mk.out_of_date(p) for p in CHAPTERS) if why]
     assert not stale, "regenerate with `python tutorials/make_notebooks.py`: " + "; ".join(stale)
@@ -70,7 +116,7 @@ def test_notebooks_in_sync_with_chapters(oracle):
 
 def test_sync_check_detects_a_stale_notebook(oracle, tmp_path):
     jupytext = oracle("jupytext")
-    mk = _make_notebooks()
+    mk = _tutorials_script("make_notebooks")
     src = tmp_path / "00_demo.py"
     src.write_text("# %% [markdown]\n# # Demo\n\n# %%\nx = 1\nassert x == 1\n", encoding="utf-8")
     jupytext.write(mk.notebook_for(src), src.with_suffix(".ipynb"), fmt="ipynb")
@@ -149,7 +195,7 @@ def test_notebook_cells_are_plain_python(notebook):
 
 
 def test_every_notebook_starts_with_the_same_colab_cell():
-    mk = _make_notebooks()
+    mk = _tutorials_script("make_notebooks")
     first = {_code_cells(nb)[0] for nb in NOTEBOOKS}
     assert first == {mk.colab_cell().removeprefix("# %%\n").strip()}, "run `python tutorials/make_notebooks.py`"
 
@@ -211,7 +257,7 @@ def test_colab_cell_outside_colab_without_minidistil_says_how_to_install(monkeyp
 
 
 def test_colab_cell_installs_from_the_index_else_the_repository(monkeypatch, capsys):
-    mk = _make_notebooks()
+    mk = _tutorials_script("make_notebooks")
     meta = mk.project_metadata()
     # not on the index: the release spec fails, the repository's URL (from pyproject.toml) installs
     pip = _exec_colab_cell(monkeypatch, colab=True, installed=False, pip=_FakePip([1, 0]))
@@ -241,13 +287,6 @@ def test_colab_cell_asks_for_a_restart_when_pip_replaced_an_imported_package(mon
 # the figures: one command redraws them, the README shows them
 
 
-def _make_figures():
-    spec = importlib.util.spec_from_file_location("make_figures", TUTORIALS / "make_figures.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_readme_shows_a_thumbnail_of_each_chapters_figure():
     readme = (TUTORIALS / "README.md").read_text(encoding="utf-8")
     for chapter in CHAPTERS:
@@ -262,7 +301,7 @@ def test_readme_shows_a_thumbnail_of_each_chapters_figure():
 
 
 def test_make_figures_redraws_a_chapter_with_its_thumbnail(tmp_path, monkeypatch, capsys):
-    mk = _make_figures()
+    mk = _tutorials_script("make_figures")
     if not os.path.exists("/dev/nvidiactl"):
         monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
     assert mk.main([str(tmp_path / "figs"), "--chapters", "04", "--thumbnails", str(tmp_path / "thumbs")]) == 0

@@ -20,24 +20,16 @@
 # The later chapters open every piece used here.
 
 # %%
-# Setup shared by every chapter.
-import os
-import sys
-import tempfile
-from pathlib import Path
+# Every chapter starts with this set-up (minidistil/tutorial.py), before anything imports numba: without a GPU the
+# numba.cuda cells run on the CUDA simulator (NUMBA_ENABLE_CUDASIM=1, which numba reads once, at import); outside
+# Jupyter, matplotlib draws to files (its Agg backend); OUT is the folder the figures go to (MINIDISTIL_TUTORIAL_OUT,
+# else a new temporary folder).
+from minidistil.tutorial import setup
 
-if not os.path.exists("/dev/nvidiactl"):          # no GPU: numba.cuda kernels would run on the simulator
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-import matplotlib
+OUT = setup()
 
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")                        # plain `python 00_quick_tour.py`: figures go to files
 import matplotlib.pyplot as plt
 import numpy as np
-
-OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
-OUT.mkdir(parents=True, exist_ok=True)
-print("figures go to", OUT)
 
 # %% [markdown]
 # ## 1. Fetch and load the checkpoint

@@ -27,28 +27,18 @@
 # The kernel lives in `kernels/gelu.py` (`python -m minidistil.kernels.gelu` validates and benchmarks it).
 
 # %%
-# Setup shared by every chapter.
-import os
-import sys
-import tempfile
-from pathlib import Path
+# Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
+from minidistil.tutorial import setup
 
-if not os.path.exists("/dev/nvidiactl"):          # no GPU: run numba.cuda kernels on the simulator
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")  # must be set before numba is first imported
-import matplotlib
+OUT = setup()
 
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")                        # plain `python 01_gelu.py`: draw to files, never open windows
 import matplotlib.pyplot as plt
 import numpy as np
-
-OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
-OUT.mkdir(parents=True, exist_ok=True)
 
 from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import gelu as K
 
-print("figures go to", OUT, "| CUDA kernels on", "the simulator" if _cuda.SIMULATOR else "a GPU")
+print("CUDA kernels on", "the simulator" if _cuda.SIMULATOR else "a GPU")
 assert OUT.is_dir()
 
 # %% [markdown]

@@ -22,23 +22,13 @@
 # `transformers` does (`masked_fill(torch.finfo.min)`).
 
 # %%
-# Setup shared by every chapter.
-import os
-import sys
-import tempfile
-from pathlib import Path
+# Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
+from minidistil.tutorial import setup
 
-if not os.path.exists("/dev/nvidiactl"):          # no GPU: run numba.cuda kernels on the simulator
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")  # must be set before numba is first imported
-import matplotlib
+OUT = setup()
 
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-
-OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
-OUT.mkdir(parents=True, exist_ok=True)
 
 from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import attention as K

@@ -25,23 +25,13 @@
 # `.attention`, `.layer_norm`, ...), each backed by the kernel pairs of the earlier chapters.
 
 # %%
-# Setup shared by every chapter.
-import os
-import sys
-import tempfile
-from pathlib import Path
+# Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
+from minidistil.tutorial import setup
 
-if not os.path.exists("/dev/nvidiactl"):
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-import matplotlib
+OUT = setup()
 
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-
-OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
-OUT.mkdir(parents=True, exist_ok=True)
 
 from minidistil import functional as F
 from minidistil import no_grad

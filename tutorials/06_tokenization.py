@@ -25,23 +25,16 @@
 # Here we write the same algorithm in plain Python and check that both agree.
 
 # %%
-# Setup shared by every chapter.
-import os
+# Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
+from minidistil.tutorial import setup
+
+OUT = setup()
+
 import re
-import sys
-import tempfile
 import unicodedata
-from pathlib import Path
 
-import matplotlib
-
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-
-OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
-OUT.mkdir(parents=True, exist_ok=True)
 
 from minidistil import hub
 from minidistil.tokenizer import Tokenizer

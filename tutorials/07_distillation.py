@@ -27,24 +27,15 @@
 # pair (`kernels/distill_kl.py`, `cross_entropy.py`, `cosine.py`).
 
 # %%
-# Setup shared by every chapter.
-import os
-import sys
-import tempfile
+# Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
+from minidistil.tutorial import setup
+
+OUT = setup()
+
 import warnings
-from pathlib import Path
 
-if not os.path.exists("/dev/nvidiactl"):
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-import matplotlib
-
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-
-OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
-OUT.mkdir(parents=True, exist_ok=True)
 warnings.filterwarnings("ignore", message=".*truncated")          # long paragraphs are cut to max_length
 warnings.filterwarnings("ignore", message=".*dropout")
 

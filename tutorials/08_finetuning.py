@@ -26,26 +26,18 @@
 # It ends with the shell commands that do the same, and the one for IMDb.
 
 # %%
-# Setup shared by every chapter.
+# Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
+from minidistil.tutorial import setup
+
+OUT = setup()
+
 import json
-import os
-import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
-if not os.path.exists("/dev/nvidiactl"):
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-import matplotlib
-
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-
-OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
-OUT.mkdir(parents=True, exist_ok=True)
 warnings.filterwarnings("ignore", message=".*dropout")
 
 from minidistil import finetune as FT

@@ -33,25 +33,19 @@
 # the scheduler's time slice (often ~10 ms): run the chapter on an idle machine to see the real ratios.
 
 # %%
-# Setup shared by every chapter.
+# Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
+from minidistil.tutorial import setup
+
+OUT = setup()
+
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-if not os.path.exists("/dev/nvidiactl"):
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-import matplotlib
-
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numba
 import numpy as np
 from numba import njit, prange
-
-OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
-OUT.mkdir(parents=True, exist_ok=True)
 
 from minidistil.kernels import _checks
 from minidistil.kernels import gelu as G
@@ -507,8 +501,11 @@ else:
     one, two = np.load(OUT / "one.npz"), np.load(OUT / "two.npz")
     worst = 0.0
     for n in one.files:
-        # a weight's gradient sums over the B*T = 128 tokens; the two runs add those terms in another order
-        tol = _checks.f32_tol(128, scale=float(np.abs(one[n]).max()) or 1.0)
+        # a weight's gradient sums over the B*T = 128 tokens; the two runs add those terms in another order. The key
+        # bias's gradient is zero in exact arithmetic (it adds q_i . b to every score of query i, which the softmax
+        # ignores): both runs hold rounding noise, on the scale of the terms summed, which are like the query bias's
+        scale = np.abs(one[n.replace("k_lin.bias", "q_lin.bias")]).max()
+        tol = _checks.f32_tol(128, scale=float(scale) or 1.0)
         _checks.assert_close(two[n], one[n], atol=tol, name=n)
         worst = max(worst, float(np.abs(two[n] - one[n]).max()))
     print(f"2 ranks vs 1 process: {len(one.files)} gradients agree, largest difference {worst:.2e} "

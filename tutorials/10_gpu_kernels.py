@@ -25,30 +25,22 @@
 # the synchronisation and the results. In Colab, choose a GPU runtime to run them for real.
 
 # %%
-import os
-import sys
-import tempfile
-from pathlib import Path
+# Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
+from minidistil.tutorial import setup
 
-HAVE_GPU = os.path.exists("/dev/nvidiactl")
-if not HAVE_GPU:
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")           # before the first `import numba`
-import matplotlib
+OUT = setup()
 
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")
 import math
+import os
 
 import matplotlib.pyplot as plt
 import numpy as np
 from numba import cuda, float32
 
-OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
-OUT.mkdir(parents=True, exist_ok=True)
-
 from minidistil.kernels import _checks, _cuda
 
-SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+HAVE_GPU = os.path.exists("/dev/nvidiactl")
+SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"              # setup() set it when HAVE_GPU is False
 print("running on", "the CUDA simulator" if SIM else "a GPU:", "" if SIM else cuda.get_current_device().name)
 assert cuda.is_available()
 THREADS = _cuda.THREADS                                          # 32 on the simulator, 256 on a GPU

@@ -28,23 +28,13 @@
 # numbers it computes, never a speed.
 
 # %%
-# Setup shared by every chapter (in Colab: `!pip install -e /path/to/minidistil` first, then restart).
-import os
-import sys
-import tempfile
-from pathlib import Path
+# Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
+from minidistil.tutorial import setup
 
-if not os.path.exists("/dev/nvidiactl"):
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-import matplotlib
+OUT = setup()
 
-if "ipykernel" not in sys.modules:
-    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-
-OUT = Path(os.environ.get("MINIDISTIL_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minidistil_tutorial_"))
-OUT.mkdir(parents=True, exist_ok=True)
 
 from minidistil.kernels import int8 as K
 
