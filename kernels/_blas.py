@@ -237,10 +237,11 @@ def kernel_warning(corename: str, environ=None, flags=None, command: str = "mini
                f"imported before minidistil could choose its core. Run with OPENBLAS_CORETYPE={best} (or import "
                f"minidistil before numpy)")
     return (f"warning: numpy's OpenBLAS runs its {corename} kernels on a CPU with {simd} ({best} kernels), "
-            f"{why}. Every GEMM that goes through numpy (all of minidistil's) runs slower under it (a DistilBERT-base "
-            f"FFN product on an idle AVX-512 CPU: ~245 GFLOP/s with Haswell's kernels, ~460 with SkylakeX's), while "
-            f"PyTorch and ONNX Runtime bring their own GEMMs and do not read the variable: these figures are not "
-            f"what a user of this CPU gets, and the ratios are unfair to minidistil.")
+            f"{why}. Every GEMM that goes through numpy (all of minidistil's) may run slower under it (a "
+            f"DistilBERT-base FFN product, idle: on an Intel Xeon with AVX-512 ~245 GFLOP/s with Haswell's kernels "
+            f"against ~460 with SkylakeX's; on an AMD EPYC with AVX-512 both ~195), while PyTorch and ONNX Runtime "
+            f"bring their own GEMMs and do not read the variable: compare the sgemm rate printed with and without "
+            f"it before trusting the ratios.")
 
 
 def kernel_report(measure: bool = True, command: str = "minidistil bench") -> dict:
