@@ -421,7 +421,7 @@ forced = measured.get("OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512")
 if forced and forced["core"] != "unknown":
     assert forced["core"].lower() == "haswell"      # the variable decides, whatever the CPU
     print(f"unset / forced Haswell: x{measured['variables unset']['gflops'] / forced['gflops']:.2f} "
-          f"(idle: about x1.9 on an Intel Xeon with AVX-512, about x1.0 on an AMD EPYC; on a loaded machine it is noise)")
+          f"(idle: about x1.9 on an Intel Xeon with AVX-512, x1.0 on an AMD EPYC; on a loaded machine, noise)")
 
 
 # %% [markdown]
