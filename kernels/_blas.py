@@ -238,8 +238,9 @@ def kernel_warning(corename: str, environ=None, flags=None, command: str = "mini
                f"minidistil before numpy)")
     return (f"warning: numpy's OpenBLAS runs its {corename} kernels on a CPU with {simd} ({best} kernels), "
             f"{why}. Every GEMM that goes through numpy (all of minidistil's) may run slower under it (a "
-            f"DistilBERT-base FFN product, idle: on an Intel Xeon with AVX-512 ~245 GFLOP/s with Haswell's kernels "
-            f"against ~460 with SkylakeX's; on an AMD EPYC with AVX-512 both ~195), while PyTorch and ONNX Runtime "
+            f"DistilBERT-base FFN product, idle, 2 cores: on a CPU with full-width AVX-512 units ~245 GFLOP/s with "
+            f"Haswell's kernels against ~460 with SkylakeX's; on an AMD EPYC Zen 4, which runs 512-bit instructions "
+            f"as two 256-bit halves, both ~195), while PyTorch and ONNX Runtime "
             f"bring their own GEMMs and do not read the variable: compare the sgemm rate printed with and without "
             f"it before trusting the ratios.")
 

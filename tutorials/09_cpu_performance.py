@@ -369,9 +369,9 @@ for k in [k for k in timings if k.startswith(("24 head", "GEMM 256"))]:
 # OpenBLAS**; changing them afterwards does nothing:
 #
 # * `OPENBLAS_CORETYPE=Haswell` makes OpenBLAS load that core's kernels whatever the CPU. Some machines set it as a
-#   safeguard for old OpenBLAS builds that misdetect new CPUs. What it costs depends on the CPU: on an Intel Xeon
-#   with AVX-512 it halved the float32 GEMM rate (~245 against ~460 GFLOP/s); on an AMD EPYC with AVX-512, whose
-#   512-bit instructions run as two 256-bit halves, both cores measured ~195 GFLOP/s.
+#   safeguard for old OpenBLAS builds that misdetect new CPUs. What it costs depends on the CPU: on one with
+#   full-width AVX-512 units it halved the float32 GEMM rate of 2 cores (~245 against ~460 GFLOP/s); on an AMD
+#   EPYC Zen 4, which runs 512-bit instructions as two 256-bit halves, both kernels measured ~195 GFLOP/s.
 # * `OPENBLAS_L2_SIZE=512` overrides the L2 cache size (in KB) OpenBLAS detected, which some cores' blocking uses.
 #
 # To see which kernels numpy runs: `threadpoolctl.threadpool_info()` lists each BLAS with its `architecture`, and
@@ -421,7 +421,7 @@ forced = measured.get("OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512")
 if forced and forced["core"] != "unknown":
     assert forced["core"].lower() == "haswell"      # the variable decides, whatever the CPU
     print(f"unset / forced Haswell: x{measured['variables unset']['gflops'] / forced['gflops']:.2f} "
-          f"(idle: about x1.9 on an Intel Xeon with AVX-512, x1.0 on an AMD EPYC; on a loaded machine, noise)")
+          f"(idle: about x1.9 with full-width AVX-512 units, x1.0 on an AMD EPYC Zen 4; loaded: noise)")
 
 
 # %% [markdown]
