@@ -16,6 +16,8 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ:
 os.environ.setdefault("MINIDISTIL_SIM_THREADS", "8")
 
 import importlib
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,8 +94,6 @@ def minilm_dir():
 def write_vocab(folder, tokens, model_max_length=None):
     """A WordPiece vocabulary folder: vocab.txt with `tokens` one per line (and a tokenizer_config.json that lower
     cases and sets model_max_length, when given). Returns the folder."""
-    import json
-    from pathlib import Path
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("".join(t + "\n" for t in tokens))
