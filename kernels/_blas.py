@@ -18,6 +18,7 @@ Process set-up that must happen before numpy loads (OPENBLAS_CORETYPE, OMP_WAIT_
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -155,8 +156,51 @@ def gemm_mode() -> str:
     return "blocks" if os.environ.get("MINIDISTIL_GEMM", "blas") == "blocks" else "blas"
 
 
+class GemmTally:
+    """What `matmul` ran while `tally_gemms()` was active: the products counted, their flops (2 M N K each) and the
+    wall time spent inside them. The benchmark uses it to say how much of a step the linear layers' GEMMs take and
+    at what rate they run, beside the sgemm rate `kernel_report` measures on one product."""
+
+    def __init__(self):
+        self.calls, self.flops, self.seconds = 0, 0.0, 0.0
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+
+_TALLY: GemmTally | None = None
+
+
+@contextlib.contextmanager
+def tally_gemms():
+    """with tally_gemms() as t: ... -> t.calls, t.flops, t.seconds of the `matmul` calls made inside the block
+    (process-wide, for one calling thread at a time; an inner block counts its own products, which the outer
+    one then misses)."""
+    global _TALLY
+    outer, _TALLY = _TALLY, GemmTally()
+    try:
+        yield _TALLY
+    finally:
+        _TALLY = outer
+
+
 def matmul(a, b, out):
-    """out (M, N) = a (M, K) @ b (K, N), all 2-d float32 (b and out may be strided views BLAS accepts).
+    """out (M, N) = a (M, K) @ b (K, N), all 2-d float32 (b and out may be strided views BLAS accepts); inside
+    `tally_gemms()` the product is also counted and timed (two clock reads: nothing measurable beside a GEMM)."""
+    tally = _TALLY
+    if tally is None:
+        return _matmul(a, b, out)
+    t0 = time.perf_counter()
+    _matmul(a, b, out)
+    tally.seconds += time.perf_counter() - t0
+    tally.calls += 1
+    tally.flops += 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
+    return out
+
+
+def _matmul(a, b, out):
+    """out = a @ b: one BLAS call or, in 'blocks' mode, blocks on the pool.
 
     'blocks' mode, for products of GEMM_SPLIT_MIN_FLOPS to GEMM_SPLIT_MAX_FLOPS flops, splits the longer of M and N
     into GEMM_BLOCKS_PER_CORE x cores blocks (multiples of 16) that the pool's threads take one after the other,

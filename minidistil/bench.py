@@ -32,6 +32,11 @@ reach on a (1024x768)@(768x3072) product, and warns on stderr when a variable fo
 supports (e.g. Haswell's on an AVX-512 CPU: about half the rate), with the command that runs without it. PyTorch and
 ONNX Runtime use their own GEMMs, so such a variable slows only minidistil.
 
+Where minidistil's time goes: after the timed rounds, each minidistil step on the CPU runs GEMM_TALLY_STEPS more
+times with its linear layers' GEMMs counted and timed (kernels/_blas.py `tally_gemms`), and one line per scenario
+gives their time in a step, their share of the step's median, their GFLOP/s and that rate over the sgemm rate
+measured at the start. The rest of the step is everything else (attention, GELU, layer norm, Python).
+
 Process settings: `import minidistil` sets up its process (minidistil/_runtime.py: OMP_WAIT_POLICY=PASSIVE, OpenBLAS's
 thread timeout and core type, glibc malloc keeping large arrays for reuse), and in the interleaved run PyTorch and
 ONNX Runtime share that process, so they run under minidistil's settings too (measured: they speed up PyTorch's
@@ -490,6 +495,9 @@ class Result:
     device: str = "cpu"
     memory: str = ""        # what peak_mb measures (VmHWM, or a GPU figure: see the module docstring)
     file_mb: float | None = None  # the model file (forward scenarios): safetensors for minidistil, .onnx for ORT
+    gemm_ms: float | None = None      # minidistil on the CPU: its linear layers' GEMMs in one step (gemm_tally)
+    gemm_gflops: float | None = None  # ... and the rate they ran at
+    gemm_calls: int | None = None     # ... and how many products that is
 
 
 def environment(device: str = "cpu") -> dict:
@@ -633,12 +641,16 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
                     step()
                     sync[fw]()  # on a GPU the clock stops when the device has finished the step
                     times[fw].append((time.perf_counter() - t0) * 1e3)
+        gemm = {fw: gemm_tally(steps[fw], fw == "minidistil-fast") for fw in steps
+                if device == "cpu" and fw in ("minidistil", "minidistil-fast")}
         fl = flops(s, sc)
         base = statistics.median(times["minidistil"]) if "minidistil" in times else None
         for fw, ts in times.items():
             ms = statistics.median(ts)
             r = Result(sc.name, fw, ms, [round(t, 3) for t in ts], ratio=(ms / base if base else None),
                        gflops=fl / ms / 1e6, device=device)
+            if fw in gemm:
+                r.gemm_ms, r.gemm_gflops, r.gemm_calls = gemm[fw]
             if sc.kind == "forward" and (fw in files or fw.startswith("onnxruntime")):
                 r.file_mb = files.get(fw) or bench_int8.file_mb(fw, onnx_path=onnx_path)
             if memory:
@@ -652,9 +664,35 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
                 if r.alone_ms and alone.get("minidistil"):
                     r.alone_ratio = r.alone_ms / alone["minidistil"]
                 log(format_row(r))
+        for r in results:
+            if r.scenario == sc.name and r.gemm_ms:
+                log(format_gemm_line(r, env["blas"]["sgemm_gflops"]))
         del steps, torch_models
     env["loadavg_end"] = list(os.getloadavg())
     return env, results
+
+
+GEMM_TALLY_STEPS = 3
+
+
+def gemm_tally(step, fast: bool = False, steps: int = GEMM_TALLY_STEPS) -> tuple[float, float, int]:
+    """(ms, GFLOP/s, products) of the linear layers' GEMMs in one minidistil step on the CPU: `steps` more steps run
+    inside kernels._blas.tally_gemms(), which times every product of kernels/linear.py. The benchmark calls this
+    after its timed rounds, so the table's times never include the tally's clock reads."""
+    from minidistil.kernels import _blas
+    with _FastMath(fast), _blas.tally_gemms() as t:
+        for _ in range(steps):
+            step()
+    return t.seconds / steps * 1e3, t.gflops, t.calls // steps
+
+
+def format_gemm_line(r: Result, sgemm_gflops: float | None) -> str:
+    """Where a minidistil step's time goes: its GEMMs against the step's median and against numpy's sgemm rate."""
+    of_sgemm = f", {r.gemm_gflops / sgemm_gflops:.0%} of the sgemm rate above ({sgemm_gflops:.0f})" \
+        if sgemm_gflops else ""
+    return (f"  {r.scenario}: {r.framework}'s linear-layer GEMMs, {r.gemm_calls} products: {r.gemm_ms:.1f} ms a step "
+            f"({r.gemm_ms / r.ms:.0%} of its {r.ms:.1f} ms median) at {r.gemm_gflops:.0f} GFLOP/s{of_sgemm}; "
+            f"the rest of the step {max(r.ms - r.gemm_ms, 0.0):.1f} ms")
 
 
 def format_row(r: Result) -> str:

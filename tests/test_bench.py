@@ -31,7 +31,30 @@ def test_bench_quick_runs_and_writes_json_and_plot(tmp_path):
     assert rows == {(s.name, fw) for s in bench.scenarios(True) for fw in ("minidistil", "minidistil-fast")}
     assert all(r["ms"] > 0 and r["gflops"] > 0 for r in data["results"])
     assert all(r["ratio"] == 1.0 for r in data["results"] if r["framework"] == "minidistil")
+    assert all(r["gemm_calls"] > 0 and 0 < r["gemm_ms"] and r["gemm_gflops"] > 0 for r in data["results"])
     assert out_png.stat().st_size > 1000
+
+
+def test_gemm_tally_counts_every_linear_product_of_a_forward_once():
+    # per layer: the fused q|k|v projection (C -> 3C), the output projection (C -> C) and the two FFN products
+    # (C -> F -> C): 4 products and 2 N (3 C^2 + C^2 + 2 C F) flops; the attention products are not linear layers
+    s, sc = bench.QUICK, bench.Scenario("fwd_T16", "forward", 2, 16)
+    step = bench.minidistil_step(s, sc)
+    step()
+    N, C, F = sc.B * sc.T, s.dim, s.hidden_dim
+    with _blas.tally_gemms() as t:
+        step()
+        with _blas.tally_gemms() as inner:  # a nested tally counts its own block only
+            step()
+    assert t.calls == inner.calls == 4 * s.n_layers
+    assert t.flops == inner.flops == s.n_layers * 2.0 * N * (4 * C * C + 2 * C * F)
+    assert t.seconds > 0 and t.gflops > 0
+    assert _blas._TALLY is None                                    # the matmul path is back to plain
+    ms, gflops, calls = bench.gemm_tally(step, steps=2)
+    assert calls == 4 * s.n_layers and ms > 0 and gflops > 0
+    r = bench.Result(sc.name, "minidistil", 2 * ms, gemm_ms=ms, gemm_gflops=gflops, gemm_calls=calls)
+    line = bench.format_gemm_line(r, sgemm_gflops=4 * gflops)
+    assert f"{calls} products" in line and "(50% of its" in line and "25% of the sgemm rate" in line
 
 
 def test_bench_memory_child_reports_a_peak_and_a_time(tmp_path):
