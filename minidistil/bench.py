@@ -33,9 +33,10 @@ supports (e.g. Haswell's on an AVX-512 CPU: about half the rate), with the comma
 ONNX Runtime use their own GEMMs, so such a variable slows only minidistil.
 
 Where minidistil's time goes: after the timed rounds, each minidistil step on the CPU runs GEMM_TALLY_STEPS more
-times with its linear layers' GEMMs counted and timed (kernels/_blas.py `tally_gemms`), and one line per scenario
-gives their time in a step, their share of the step's median, their GFLOP/s and that rate over the sgemm rate
-measured at the start. The rest of the step is everything else (attention, GELU, layer norm, Python).
+times, each after the same pause, with its linear layers' GEMMs counted and timed (kernels/_blas.py
+`tally_gemms`). One line per scenario gives their time in a step, their share of the step's median, their GFLOP/s
+and that rate over the sgemm rate measured at the start. The rest of the step is everything else (attention,
+GELU, layer norm, Python).
 
 Process settings: `import minidistil` sets up its process (minidistil/_runtime.py: OMP_WAIT_POLICY=PASSIVE, OpenBLAS's
 thread timeout and core type, glibc malloc keeping large arrays for reuse), and in the interleaved run PyTorch and
@@ -641,7 +642,7 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
                     step()
                     sync[fw]()  # on a GPU the clock stops when the device has finished the step
                     times[fw].append((time.perf_counter() - t0) * 1e3)
-        gemm = {fw: gemm_tally(steps[fw], fw == "minidistil-fast") for fw in steps
+        gemm = {fw: gemm_tally(steps[fw], fw == "minidistil-fast", pause=pause) for fw in steps
                 if device == "cpu" and fw in ("minidistil", "minidistil-fast")}
         fl = flops(s, sc)
         base = statistics.median(times["minidistil"]) if "minidistil" in times else None
@@ -675,13 +676,16 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
 GEMM_TALLY_STEPS = 3
 
 
-def gemm_tally(step, fast: bool = False, steps: int = GEMM_TALLY_STEPS) -> tuple[float, float, int]:
-    """(ms, GFLOP/s, products) of the linear layers' GEMMs in one minidistil step on the CPU: `steps` more steps run
-    inside kernels._blas.tally_gemms(), which times every product of kernels/linear.py. The benchmark calls this
-    after its timed rounds, so the table's times never include the tally's clock reads."""
+def gemm_tally(step, fast: bool = False, steps: int = GEMM_TALLY_STEPS, pause: float = 0.0
+               ) -> tuple[float, float, int]:
+    """(ms, GFLOP/s, products) of the linear layers' GEMMs in one minidistil step on the CPU: `steps` more steps,
+    each after `pause` seconds of sleep as in the timed rounds, run inside kernels._blas.tally_gemms(), which times
+    every product of kernels/linear.py. The benchmark calls this after its timed rounds, so the table's times never
+    include the tally's clock reads."""
     from minidistil.kernels import _blas
     with _FastMath(fast), _blas.tally_gemms() as t:
         for _ in range(steps):
+            time.sleep(pause)
             step()
     return t.seconds / steps * 1e3, t.gflops, t.calls // steps
 
