@@ -133,8 +133,8 @@ def test_exp_f32_edges_are_exact():
 # ---- erf ---------------------------------------------------------------------------------------------------------
 
 ERF_EDGES = np.array([0.0, -0.0, 1e-45, -1e-45, 1.1754942e-38, -1.1754942e-38, 1e-20, -1e-20, 0.5, -0.5,
-                      1.0, -1.0,                                     # the series / erfcx split
-                      3.9, 3.92, 3.93, -3.92, 4.0, -4.0,              # erf rounds to 1 from ~3.92; the +-1 branch
+                      1.0, -1.0,
+                      3.9, 3.92, 3.925, -3.925, 3.93, -3.92, 4.0, -4.0,  # erf rounds to 1 from ~3.92; the +-1 clamp
                       10.0, -10.0, 3.4028235e38, -3.4028235e38, np.inf, -np.inf, np.nan], np.float32)
 
 
@@ -166,20 +166,23 @@ def test_erf_f32_edges_are_exact():
     np.testing.assert_array_equal(_run(_erf_all, x), np.array([math.erf(v) for v in x.astype(float)], np.float32))
 
 
-def test_erfcx_coefficients_meet_their_error_bound():
-    # The stored literals come from erfcx_coefficients(), a least-squares fit of degree 22 whose normal equations
-    # are ill-conditioned: the solve's last bits (and, through the conditioning, whole digits of individual
-    # coefficients) depend on the LAPACK/BLAS kernel that runs it. What the kernels rely on is the property, not the
-    # bits: the polynomial approximates erfcx(a) = exp(a^2) erfc(a) on [1, 4] within relative error 1e-14 (float64's
-    # eps is 2.2e-16; exp_f32/erf_f32 round once to float32, whose eps is 1.2e-7). Both the stored coefficients and
-    # a fresh fit on this machine's BLAS must meet it.
-    a = np.linspace(1.0, 4.0, 3001)
-    t = (a - _f32math._ERFCX_MID) * _f32math._ERFCX_INV_HALF
-    exact = np.array([math.erfc(v) * math.exp(v * v) for v in a])
-    for coefficients in (np.array(_f32math._ERFCX_POLY), np.array(_f32math.erfcx_coefficients())):
-        assert coefficients.shape == (23,)
-        g = np.polynomial.polynomial.polyval(t, coefficients)
-        assert np.abs(g / exact - 1).max() < 1e-14
+def test_erf_rational_coefficients_meet_their_error_bound():
+    # The stored literals come from erf_rational_coefficients(), an iterated least-squares fit whose last bits (and,
+    # through its conditioning, whole digits of individual coefficients) depend on the LAPACK/BLAS kernel that runs
+    # it. What erf_f32 relies on is the property, not the bits: x P(t) / Q(t) approximates erf(x) on [0, 3.925]
+    # within relative error ERF_RATIONAL_MAX_REL_ERR (5e-15, against 1.2e-7 for float32's eps), and Q has no zero
+    # there (the division never meets one). Both the stored coefficients and a fresh fit on this machine must meet
+    # it, on a grid ~25 times denser than the fit's nodes and reaching the ends of the range.
+    x = np.concatenate([np.linspace(1e-8, _f32math._ERF_CLAMP, 200_001), [1e-300, 1e-20, 1e-4]])
+    t = x * x * _f32math._ERF_T_SCALE - 1.0
+    exact = np.array([math.erf(v) for v in x])
+    fresh = _f32math.erf_rational_coefficients()
+    for p, q in ((_f32math._ERF_P, _f32math._ERF_Q), fresh):
+        assert (len(p), len(q)) == (15, 14)
+        qt = np.polynomial.polynomial.polyval(t, q)
+        assert qt.min() > 0.1
+        y = x * np.polynomial.polynomial.polyval(t, p) / qt
+        assert np.abs(y / exact - 1).max() < _f32math.ERF_RATIONAL_MAX_REL_ERR
 
 
 # ---- they vectorise ----------------------------------------------------------------------------------------------

@@ -201,8 +201,9 @@ plt.show()
 #
 # * **A call to libm.** Numba (>= 0.62) compiles `math.exp(x)` and `math.erf(x)` into calls to the C library's
 #   scalar `expf`/`erff`: one element per call. `_f32math.exp_f32` and `_f32math.erf_f32` compute the same functions
-#   with only `+`, `*`, compares and bit tricks (range reduction `x = n ln2 + r` and a polynomial, 2^n built from
-#   its exponent bits), in **float64**, and round once to float32: the float64 value is so accurate (~1e-15) that
+#   with only `+`, `*`, compares, bit tricks and (erf) one division: exp by range reduction `x = n ln2 + r` and a
+#   polynomial, 2^n built from its exponent bits; erf as x times a ratio of two polynomials in x^2. Both run in
+#   **float64** and round once to float32: the float64 value is so accurate (~1e-15) that
 #   the rounding gives the correctly rounded float32, so the result is as exact as float32 allows, and the loop
 #   vectorises. They are the default in GELU, softmax, attention, cross-entropy and the distillation KL.
 # * **A running sum.** `s += a[j]` in float32 is a chain: each add waits for the previous one (4 cycles), and the
