@@ -114,8 +114,8 @@ assert err <= _checks.f32_tol(Fd, scale=np.abs(y0).max() * 4)
 #
 # A token's first hidden vector is the **sum of embeddings**, one row of each table, then a layer norm:
 #
-# $$e_{b,t} = \mathrm{LN}\big(W_\text{word}[\mathrm{id}_{b,t}] + W_\text{pos}[t]\ \big(+\ W_\text{type}[\mathrm{type}_{b,t}]
-#   \text{ in BERT}\big)\big),\qquad x^{(0)} = \mathrm{dropout}(e).$$
+# $$e_{b,t} = \mathrm{LN}\big(W_\text{word}[\mathrm{id}_{b,t}] + W_\text{pos}[t]
+#   \ \big(+\ W_\text{type}[\mathrm{type}_{b,t}] \text{ in BERT}\big)\big),\qquad x^{(0)} = \mathrm{dropout}(e).$$
 #
 # DistilBERT dropped BERT's token-type table (chapter 07 folds its row 0 into the position table); the code below
 # takes any number of tables, so the BERT form is the same function with three. Then the blocks, one after
