@@ -380,9 +380,10 @@ assert len(fd_err) == len(lib_err) == len(P)
 #
 # ## Try it
 #
-# 1. Delete `da += ` (keep only the residual's gradient of `a`) in `block_backward`. Predict which parameters'
-#    finite-difference checks fail, then run section 4. (Only those *before* `lin1` in the backward: `lin1`'s own
-#    gradient does not depend on `da`.)
+# 1. In `block_backward`, drop `lin1`'s contribution to `da` (keep only the residual's). Predict which parameters'
+#    finite-difference checks fail, then run section 4. (Those the backward reaches after `lin1`: `sa_layer_norm`,
+#    the attention's projections, the embeddings and every earlier layer; `lin1`, `lin2` and `output_layer_norm`
+#    do not depend on `da`.)
 # 2. Replace `np.add.at` by assignment in your head: which entry of `grads["embeddings.word_embeddings.weight"]`
 #    would be wrong? (`ids[0, 1] == ids[0, 3]`: print that row of the gradient and of the finite differences.)
 # 3. Set `DROP = 0.5` and rerun sections 3–4. Does the check still pass? Why must the backward use the forward's
