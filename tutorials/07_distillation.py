@@ -19,7 +19,7 @@
 #
 # * the **distillation** term matches the teacher's *softened* output distribution over the vocabulary
 #   (temperature $T = 2$ lets the student learn from the small probabilities too; $T^2$ keeps the gradient's size
-#   independent of $T$), on every real token;
+#   independent of $T$, as chapter 14 derives), on every real token;
 # * the **masked-LM** term is BERT's own objective, on the masked tokens only;
 # * the **cosine** term aligns the directions of the last hidden states, on every real token.
 #
