@@ -378,8 +378,8 @@ def test_layer_maps_in_the_text_are_the_codes():
 
 
 def test_defaults_in_the_text_are_the_codes():
-    """The defaults chapter 07 and 08 state in their text: DistilBERT's loss weights and temperature, the clipping
-    norm, the distillation time budget."""
+    """The defaults chapters 07, 08 and 14 state in their text: DistilBERT's loss weights and temperature, the
+    clipping norm, the distillation time budget, the masking shares."""
     from minidistil.distill import DistillConfig, LossWeights
     w, cfg = LossWeights(), DistillConfig()
     ch07 = " ".join(_prose(TUTORIALS / "07_distillation.py").split())
@@ -392,6 +392,14 @@ def test_defaults_in_the_text_are_the_codes():
     ch08 = " ".join(_prose(TUTORIALS / "08_finetuning.py").split())
     budget = re.search(r"default (\d+)-minute budget", ch08)
     assert budget and 60 * int(budget.group(1)) == cfg.time_budget, budget
+    from minidistil.masking import MaskingConfig
+    m = MaskingConfig()
+    ch14 = " ".join(_prose(TUTORIALS / "14_training_maths.py").split())
+    shares = re.search(r"(\d+)% of the tokens, of which (\d+)% `\[MASK\]`, (\d+)% a random token, (\d+)% "
+                       r"unchanged", ch14)
+    assert shares, "chapter 14 no longer states the masking shares in its introduction"
+    got = [int(g) / 100 for g in shares.groups()]
+    assert got == [m.mask_prob, m.mask_frac, m.random_frac, round(1 - m.mask_frac - m.random_frac, 10)], got
 
 
 _TIMING = re.compile(r"\b\d+(?:\.\d+)?\s?(?:ms|µs|GFLOP/s|GOP/s|GB/s|G\(FL\)OP/s)\b")

@@ -258,8 +258,8 @@ print("gradients of", len(grads), "parameter arrays; |dW_word| of the unused row
 # Central differences $\big(L(\theta + h) - L(\theta - h)\big) / 2h$ with $h = 10^{-6}$ in float64: truncation
 # $O(h^2) \approx 10^{-12}$ times the third derivative, rounding $\approx \varepsilon_{64} |L| / h \approx 10^{-9}$
 # for $|L| \sim 10$. We ask for agreement within $10^{-6}$ (absolute plus relative), a 1000x margin, on **every
-# entry of every parameter**: dropout on, one padded sequence, a repeated id, every layer. That is about 1 300
-# numbers, two forward passes each.
+# entry of every parameter**: dropout on, one padded sequence, a repeated id, every layer: every number the model
+# has (the count is printed above), two forward passes each.
 
 # %%
 fd_err = {}
