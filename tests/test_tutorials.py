@@ -417,3 +417,19 @@ def test_measured_figures_in_the_text_name_their_machine():
                     f"{chapter.name}: {figures} in the text without the command, CPU and date: print it from the "
                     f"chapter's code instead\n  {para[:300]}")
     assert _TIMING.findall("forward times (115 ms at T=32, 433 ms at T=128)") == ["115 ms", "433 ms"]
+
+
+def test_chapters_name_real_exercises_and_end_with_try_it():
+    """Every chapter ends with a "Try it" section; every `minidistil grade NAME` a chapter names is an exercise, and
+    every exercise is named by a chapter (so a student finds it where the chapter teaches it)."""
+    from minidistil import grading
+    named = set()
+    for chapter in CHAPTERS:
+        prose = _prose(chapter)
+        assert "## Try it" in prose, f"{chapter.name} has no Try it section"
+        after = prose[prose.rindex("## Try it") + 1:]
+        assert not re.search(r"^#+ ", after, re.M), f"{chapter.name}: Try it is not the last section"
+        for name in re.findall(r"minidistil grade (\w+)", prose):
+            assert name in grading.EXERCISES, f"{chapter.name} names an exercise that does not exist: {name}"
+            named.add(name)
+    assert named == set(grading.EXERCISES), f"no chapter names {sorted(set(grading.EXERCISES) - named)}"
