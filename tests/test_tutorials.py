@@ -427,7 +427,7 @@ def test_chapters_name_real_exercises_and_end_with_try_it():
     for chapter in CHAPTERS:
         prose = _prose(chapter)
         assert "## Try it" in prose, f"{chapter.name} has no Try it section"
-        after = prose[prose.rindex("## Try it") + 1:]
+        after = prose[prose.rindex("## Try it") + len("## Try it"):]
         assert not re.search(r"^#+ ", after, re.M), f"{chapter.name}: Try it is not the last section"
         for name in re.findall(r"minidistil grade (\w+)", prose):
             assert name in grading.EXERCISES, f"{chapter.name} names an exercise that does not exist: {name}"
