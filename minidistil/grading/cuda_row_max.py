@@ -26,7 +26,7 @@ def run(s: Session):
         if not _cuda.available():
             s.check.fail("numba.cuda has no device here", SIM_HINT)
             return
-    threads = int(getattr(s.module, "THREADS", 0) or 0)
+    threads = int(getattr(s.module, "THREADS", 8) or 8)     # the stub's block size (for the hints' variants only)
     r = np.random.default_rng(10)
     cases = [
         ("random (3, 20): more columns than threads", r.standard_normal((3, 20)).astype(np.float32)),
