@@ -53,7 +53,7 @@ def plant(bug: Bug, folder: Path) -> Path:
 
 
 def test_every_exercise_has_a_stub_and_a_reference_answer():
-    assert len(grading.EXERCISES) >= 9
+    assert len(grading.EXERCISES) >= 14
     assert grading.exercises_dir() == STUBS.resolve()             # the package minidistil.exercises is this folder
     for name, ex in grading.EXERCISES.items():
         assert (STUBS / f"{name}.py").is_file(), name
@@ -64,7 +64,10 @@ def test_every_exercise_has_a_stub_and_a_reference_answer():
     assert len(BUG) == len(BUGS)
 
 
-@pytest.mark.parametrize("exercise", [n for n in grading.EXERCISES if n != "autograd_ops"])
+# autograd_ops, wordpiece and cuda_row_max have no *_ref in minidistil.kernels (their truths are finite differences,
+# the tokenizers library and NumPy)
+@pytest.mark.parametrize("exercise", [n for n in grading.EXERCISES
+                                      if n not in ("autograd_ops", "wordpiece", "cuda_row_max")])
 def test_stub_names_a_reference_that_exists(exercise):
     """The docstring's "Reference" names a module of minidistil.kernels, its *_ref functions, and a command that
     prints the module's file (the same in a checkout and in an installed package)."""

@@ -315,3 +315,121 @@ def test_make_figures_redraws_a_chapter_with_its_thumbnail(tmp_path, monkeypatch
     assert "04_autograd.py" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="the chapters are 00"):
         mk.main([str(tmp_path / "figs"), "--chapters", "99"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the chapters' prose against the code: layer maps, defaults and measured figures are read from the code or printed
+# by it, never typed where they can go stale
+
+def _prose(chapter: Path) -> str:
+    """The text of the chapter's markdown cells, comment marks removed (code cells are left out)."""
+    out, md = [], False
+    for line in chapter.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# %%"):
+            md = "[markdown]" in line
+            continue
+        if md and line.startswith("#"):
+            out.append(line[1:].strip())
+    return "\n".join(out)
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
+
+
+_INTS = r"(\d+(?:\s*,\s*\d+)*(?:,?\s+and\s+\d+)?)"
+
+
+def _layer_lists(text: str) -> list[tuple[bool, list[int]]]:
+    """(skipped?, [ints]) for every list of layer numbers the text states: "layers [0, 3, 5]", "layers 0, 2 and 4",
+    "skips layers 1, 3, 5", "layers `0, 2, 4, 7, 9, 11`"."""
+    found = []
+    for m in re.finditer(r"(skip\w*\s+(?:teacher\s+)?)?layers?\s+[`$]?\[?" + _INTS + r"\]?`?", " ".join(text.split())):
+        ints = [int(i) for i in re.findall(r"\d+", m.group(2))]
+        if len(ints) >= 2:
+            found.append((m.group(1) is not None, ints))
+    return found
+
+
+def test_layer_maps_in_the_text_are_the_codes():
+    """A teacher -> student layer map stated in a chapter's text is the one minidistil.distill gives: a 6-layer map
+    is DistilBERT's 12 -> 6, a 3-layer one all-MiniLM-L6-v2's (a sentence encoder) 6 -> 3, and "skips layers ..."
+    the complement; a chapter's code passes a map read from default_layer_map, never a typed list."""
+    from minidistil.distill import default_layer_map
+    maps = {6: default_layer_map(12, 6), 3: default_layer_map(6, 3, mlm=False)}
+    teacher_layers = {6: 12, 3: 6}
+    for chapter in CHAPTERS:
+        for skipped, ints in _layer_lists(_prose(chapter)):
+            if skipped:
+                n = next(k for k, v in teacher_layers.items() if v - k == len(ints))
+                expect = sorted(set(range(teacher_layers[n])) - set(maps[n]))
+            else:
+                assert len(ints) in maps, f"{chapter.name}: a layer map of {len(ints)} layers: {ints}"
+                expect = maps[len(ints)]
+            assert ints == expect, f"{chapter.name} states layers {ints}; the code gives {expect}"
+        code = "\n".join(line for line in chapter.read_text(encoding="utf-8").splitlines()
+                         if not line.lstrip().startswith("#"))            # the code, without text and comments
+        typed = re.findall(r"layer_map\s*=\s*\[[\d,\s]*\]|layers\s*=\s*\[[\d,\s]*\]", code)
+        assert not typed, f"{chapter.name} types a layer map ({typed}): read it from default_layer_map"
+    # the parser finds the forms the chapters used to state (so the test can fail)
+    assert _layer_lists("copies teacher layers `[0, 2, 4]` and skips layers 1, 3, 5") == [(False, [0, 2, 4]),
+                                                                                           (True, [1, 3, 5])]
+    assert _layer_lists("by copying teacher layers 0, 2 and 4 into") == [(False, [0, 2, 4])]
+
+
+def test_defaults_in_the_text_are_the_codes():
+    """The defaults chapters 07, 08 and 14 state in their text: DistilBERT's loss weights and temperature, the
+    clipping norm, the distillation time budget, the masking shares."""
+    from minidistil.distill import DistillConfig, LossWeights
+    w, cfg = LossWeights(), DistillConfig()
+    ch07 = " ".join(_prose(TUTORIALS / "07_distillation.py").split())
+    alpha = re.search(r"\\alpha = \((\d+), (\d+), (\d+)\)", ch07)
+    assert alpha and tuple(float(a) for a in alpha.groups()) == (w.alpha_ce, w.alpha_mlm, w.alpha_cos), alpha
+    temp = re.search(r"temperature \$T = (\d+(?:\.\d+)?)\$", ch07)
+    assert temp and float(temp.group(1)) == w.temperature, temp
+    clip = re.search(r"clipping at norm (\d+(?:\.\d+)?)", ch07)
+    assert clip and float(clip.group(1)) == cfg.max_grad_norm, clip
+    ch08 = " ".join(_prose(TUTORIALS / "08_finetuning.py").split())
+    budget = re.search(r"default (\d+)-minute budget", ch08)
+    assert budget and 60 * int(budget.group(1)) == cfg.time_budget, budget
+    from minidistil.masking import MaskingConfig
+    m = MaskingConfig()
+    ch14 = " ".join(_prose(TUTORIALS / "14_training_maths.py").split())
+    shares = re.search(r"(\d+)% of the tokens, of which (\d+)% `\[MASK\]`, (\d+)% a random token, (\d+)% "
+                       r"unchanged", ch14)
+    assert shares, "chapter 14 no longer states the masking shares in its introduction"
+    got = [int(g) / 100 for g in shares.groups()]
+    assert got == [m.mask_prob, m.mask_frac, m.random_frac, round(1 - m.mask_frac - m.random_frac, 10)], got
+
+
+_TIMING = re.compile(r"\b\d+(?:\.\d+)?\s?(?:ms|µs|GFLOP/s|GOP/s|GB/s|G\(FL\)OP/s)\b")
+_DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")
+
+
+def test_measured_figures_in_the_text_name_their_machine():
+    """A timing in a chapter's prose goes stale with the next CPU: the chapter's code prints it, or the paragraph
+    names the command, the CPU and the date it was measured (a YYYY-MM-DD date and "CPU")."""
+    for chapter in CHAPTERS:
+        for para in _paragraphs(_prose(chapter)):
+            figures = _TIMING.findall(para)
+            if figures:
+                assert _DATE.search(para) and "CPU" in para and "`" in para, (
+                    f"{chapter.name}: {figures} in the text without the command, CPU and date: print it from the "
+                    f"chapter's code instead\n  {para[:300]}")
+    assert _TIMING.findall("forward times (115 ms at T=32, 433 ms at T=128)") == ["115 ms", "433 ms"]
+
+
+def test_chapters_name_real_exercises_and_end_with_try_it():
+    """Every chapter ends with a "Try it" section; every `minidistil grade NAME` a chapter names is an exercise, and
+    every exercise is named by a chapter (so a student finds it where the chapter teaches it)."""
+    from minidistil import grading
+    named = set()
+    for chapter in CHAPTERS:
+        prose = _prose(chapter)
+        assert "## Try it" in prose, f"{chapter.name} has no Try it section"
+        after = prose[prose.rindex("## Try it") + len("## Try it"):]
+        assert not re.search(r"^#+ ", after, re.M), f"{chapter.name}: Try it is not the last section"
+        for name in re.findall(r"minidistil grade (\w+)", prose):
+            assert name in grading.EXERCISES, f"{chapter.name} names an exercise that does not exist: {name}"
+            named.add(name)
+    assert named == set(grading.EXERCISES), f"no chapter names {sorted(set(grading.EXERCISES) - named)}"

@@ -134,4 +134,17 @@ assert err < 1e-4   # float32 sums of a different length: a few eps of activatio
 # ## Where next
 #
 # Chapters 01–03 build the kernels (GELU, layer norm, attention), 04 the autograd, 05–06 loading and
-# tokenisation, 07 distillation, 08 fine-tuning, 09 CPU speed, 10 the GPU kernels.
+# tokenisation, 07 distillation, 08 fine-tuning, 09 CPU speed, 10 the GPU kernels, 11 int8 inference, 12 the GEMM,
+# 13 a transformer block and the whole model forward and backward, 14 the maths of training (cross-entropy, the T²
+# of distillation, AdamW, masking). Every chapter ends with things to try; the kernel chapters name a graded
+# exercise (`minidistil grade --list`).
+
+# %% [markdown]
+# ## Try it
+#
+# 1. Add a sixth sentence that paraphrases one of the five and predict which entry of the similarity matrix
+#    becomes the largest off the diagonal; then rerun section 2.
+# 2. Search section 3 with a query that shares no word with any sentence. Is the best match still the one you
+#    would pick? What does that say about what the embedding encodes?
+# 3. In section 5, pad "Hi!" into a batch with a much longer sentence. Does the difference printed stay below the
+#    asserted 1e-4? Why can it not be exactly zero (chapter 03 answers it)?

@@ -171,6 +171,13 @@ assert err_dx < 1e-7 and err_db < 1e-7
 # elements over the cores. Everything stays float32 (`np.float32(0.5)` constants: a bare `0.5` would promote to
 # float64).
 #
+# **How the kernel computes erf.** Numba compiles `math.erf` into a call to libm's scalar `erff`, one element at a
+# time, which stops the loop from vectorising. The kernel calls `erf_f32` from `kernels/_f32math.py` instead: the
+# float32 argument is widened to float64, erf is one rational function of x² (a fitted polynomial divided by
+# another) for |x| < 3.925 and ±1 beyond, evaluated with +, * and one division only, then rounded to float32 once.
+# So it is the correctly rounded float32 erf except within ~1e-14 of a rounding tie (then one ulp off), and LLVM
+# turns the loop into 16-lane AVX-512 instructions. The cell checks it against `math.erf` on a grid.
+#
 # Float32 results are compared with the float64 reference using a tolerance *derived* from float32's epsilon
 # (`_checks.f32_tol`): an elementwise op has no reduction, so a few roundings per element of a value up to ~8.
 
@@ -191,6 +198,17 @@ _checks.assert_close(db_cpu, dx_ref.sum(0), atol=_checks.f32_tol(N, scale=4), rt
 assert y_cpu.dtype == dx_cpu.dtype == db_cpu.dtype == np.float32
 print(f"Numba float32 vs float64 reference: max |err| y {np.abs(y_cpu - y_ref).max():.1e}, "
       f"dx {np.abs(dx_cpu - dx_ref).max():.1e} (tolerance {tol:.1e})")
+
+import math
+
+from minidistil.kernels._f32math import erf_f32
+
+grid = np.linspace(-5, 5, 2001).astype(np.float32)
+ulps = [abs(int(np.float32(erf_f32(v)).view(np.int32)) - int(np.float32(math.erf(float(v))).view(np.int32)))
+        for v in grid]
+print(f"erf_f32 vs float32(math.erf) on {grid.size} points in [-5, 5]: {sum(u > 0 for u in ulps)} differ, "
+      f"by at most {max(ulps)} ulp")
+assert max(ulps) <= 1
 
 # %% [markdown]
 # ## 7. The numba.cuda kernel
@@ -227,3 +245,21 @@ t_cpu = _checks.bench(lambda: K.bias_gelu_forward(x32, b32), warmup=1, repeat=5)
 print(f"bias+GELU forward (1024 x 3072): NumPy {t_ref:.2f} ms ({nbytes / t_ref / 1e6:.1f} GB/s), "
       f"Numba {t_cpu:.2f} ms ({nbytes / t_cpu / 1e6:.1f} GB/s): {t_ref / t_cpu:.1f}x")
 assert t_ref > 0 and t_cpu > 0
+
+# %% [markdown]
+# ## Exercise
+#
+# `minidistil grade gelu_backward`: write GELU's backward yourself (your own copy of the stubs: `minidistil
+# exercises copy my_exercises`); the grader compares it with `kernels/gelu.py`'s reference and with finite
+# differences, and names the missing product-rule term.
+#
+# ## Try it
+#
+# 1. Predict where the exact GELU and its tanh approximation differ most, then find it in section 2's arrays
+#    (`np.argmax` of the difference) and compare with the figure.
+# 2. In section 3 change the step `h` to 1e-2 and to 1e-10. Which one makes the finite-difference error worse,
+#    and which of the two error terms (truncation, rounding) explains each?
+# 3. Set `MINIDISTIL_FAST_MATH=1` before the chapter starts and rerun section 6: how large is the error of
+#    `erf_fast` against the float64 reference, and does it stay below `_f32math.ERF_FAST_MAX_ABS_ERR`?
+# 4. Why must the backward of `bias_gelu` return `db = dx.sum(0)` and not `dx.mean(0)`? (Check with the finite
+#    differences of section 5.)

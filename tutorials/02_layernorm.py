@@ -206,3 +206,19 @@ print(f"residual + LN forward ({N2} x {C2}): NumPy {t_ref:.2f} ms, Numba unfused
       f"Numba fused {t_fus:.2f} ms")
 print(f"LN backward: NumPy {t_bwd_ref:.2f} ms, Numba {t_bwd:.2f} ms")
 assert min(t_ref, t_unf, t_fus, t_bwd_ref, t_bwd) > 0
+
+# %% [markdown]
+# ## Exercise
+#
+# `minidistil grade layernorm_forward` and `minidistil grade layernorm_backward` (your own copy of the stubs:
+# `minidistil exercises copy my_exercises`): the grader names the one-pass variance, the unbiased variance and the
+# missing `mean(dxhat * xhat)` term.
+#
+# ## Try it
+#
+# 1. In section 4 add a mean of 1e4 to the rows: predict the relative error of the one-pass variance in float32,
+#    then measure it with the chapter's code.
+# 2. Remove the `- xhat * mean(dxhat * xhat)` term from section 2's backward and rerun the finite-difference check:
+#    which of dx, dw, db fails, and why do the other two still pass?
+# 3. Set `eps = 1e-5` (PyTorch's default) instead of BERT's 1e-12: on which rows does the output change visibly?
+#    (Try a row of constants.)

@@ -70,6 +70,11 @@ assert np.allclose(P.sum(-1), 1.0)                          # every row is a dis
 assert np.all(P[1, :, :, 3:] == 0)                          # padded keys get exactly zero weight
 assert np.allclose(P[2], 1 / T) and np.isfinite(out).all()  # fully padded: uniform rows, no NaN
 print("rows sum to 1, padded keys get 0, a fully padded sequence stays finite")
+# padded QUERY rows are not masked: the mask removes keys, so a padded position's query still attends over the real
+# keys and outputs a finite vector (a mix of the real tokens' values). Nothing downstream uses it: mean pooling
+# and the losses skip padding. In sequence 1, query 3 (a padding position) sees keys 0-2 only:
+assert np.allclose(P[1, :, 3, :3].sum(-1), 1.0) and np.allclose(out[1, 3], merge(P @ split(v, H))[1, 3])
+print("padded query row of sequence 1, head 0, weights over the keys:", np.round(P[1, 0, 3], 3))
 
 # %% [markdown]
 # ## 2. The backward, by hand (each line quotes the forward line it differentiates)
@@ -223,3 +228,18 @@ fig.tight_layout()
 fig.savefig(OUT / "03_attention_minilm.png", dpi=80)
 plt.show()
 print(f"{len(atts)} layers of {atts[0].shape} probabilities; padded keys of sequence 2 get exactly 0")
+
+# %% [markdown]
+# ## Exercise
+#
+# `minidistil grade softmax_backward` and `minidistil grade attention_backward` (your own copy of the stubs:
+# `minidistil exercises copy my_exercises`): the grader checks padded and fully padded sequences and names a missing
+# transpose or 1/sqrt(D).
+#
+# ## Try it
+#
+# 1. Print the output rows of a padded *query* position in section 1. Which keys did it attend to, and why is
+#    its output finite? (Padded queries still attend over the real keys; the mask only removes keys.)
+# 2. Make a whole sequence padding (`mask[1, :] = 0`): predict the attention probabilities of its rows, then
+#    print them. Why does the kernel fill masked scores with finfo.min rather than -inf?
+# 3. Drop the 1/sqrt(D) scale and compare the largest probability per row before and after, for D = 8 and 64.

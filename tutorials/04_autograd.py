@@ -41,6 +41,32 @@ from minidistil.kernels import _checks
 assert OUT.is_dir()
 
 # %% [markdown]
+# ## 0. The `Tensor`, and one op with its backward closure
+#
+# A `Tensor` is a NumPy array plus four things: `.grad`, `requires_grad`, the Tensors it was computed from
+# (`_parents`) and the closure that turns the gradient of its output into gradients for those parents
+# (`_backward`). Here are its constructor and the op `mul`, printed from the library's source (so this page cannot
+# drift from it). Read `mul` top to bottom: the forward maths, then the closure, written right under it and quoting
+# it (`out = a * b -> da = dout * b, db = dout * a`), then `make_result`, which records the node only when some
+# input needs a gradient. `_unbroadcast` sums the gradient back over axes that broadcasting stretched.
+
+# %%
+import inspect
+
+from minidistil import autograd
+
+print(inspect.getsource(Tensor.__init__))
+print(inspect.getsource(autograd.mul))
+# the closure is an ordinary function: call it by hand on a gradient of the output
+x1 = Tensor(np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32), requires_grad=True)
+x2 = Tensor(np.array([10.0, 20.0], dtype=np.float32), requires_grad=True)      # broadcast over the rows
+prod = autograd.mul(x1, x2)
+dprod = np.ones((2, 2), dtype=np.float32)
+g1, g2 = prod._backward(dprod)
+print("mul's parents:", [p is x for p, x in zip(prod._parents, (x1, x2))], " da =", g1.tolist(), " db =", g2.tolist())
+assert prod._op == "mul" and np.array_equal(g1, dprod * x2.data) and np.array_equal(g2, (dprod * x1.data).sum(0))
+
+# %% [markdown]
 # ## 1. A small graph, by hand
 #
 # `L = sum((a * b + a) * c)`: `a` is used twice, so its gradient has two contributions,
@@ -182,3 +208,18 @@ fig.tight_layout()
 fig.savefig(OUT / "04_autograd_ops.png", dpi=80)
 plt.show()
 assert ops.get("projected_attention", 0) + ops.get("attention", 0) == 2 and sum(ops.values()) < 60
+
+# %% [markdown]
+# ## Exercise
+#
+# `minidistil grade autograd_ops` (your own copy of the stubs: `minidistil exercises copy my_exercises`): write the
+# backward closures of `mul` and `tanh` in a tiny Tensor class; the grader checks a graph that uses a node twice.
+#
+# ## Try it
+#
+# 1. Rewrite section 1's `mul` closure so that it assigns `.grad` instead of returning gradients to be summed:
+#    which of section 1's asserts fails, and why only for `a`?
+# 2. Replace the 5000-op chain of section 3 by 50 000 ops. Does the iterative sort still work, and how long does
+#    `backward()` take?
+# 3. In section 4 change `h` to 1e-3: the error grows. Is it truncation or float32 rounding? (Compute both
+#    estimates as the text does.)

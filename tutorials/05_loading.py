@@ -175,3 +175,11 @@ fig.savefig(OUT / "05_loading_parameters.png", dpi=80)
 plt.show()
 print({k: f"{v / 1e6:.2f} M" for k, v in groups.items()})
 assert groups["word embeddings"] == 30522 * 384 and sum(groups.values()) == n_params
+
+# %% [markdown]
+# ## Try it
+#
+# 1. Read the header of section 1 and predict the byte offset at which the second tensor starts; check it
+#    against `data_offsets`.
+# 2. Change one byte of a copy of the file's header (a shape) and load it: what does the loader say?
+# 3. How many megabytes would all-MiniLM-L6-v2 take in float16? Compute it from section 6's parameter count.

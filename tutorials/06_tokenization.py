@@ -205,3 +205,16 @@ fig.savefig(OUT / "06_pieces_per_word.png", dpi=80)
 plt.show()
 print(f"{len(words)} words, {counts.mean():.2f} pieces per word, {np.mean(counts == 1):.0%} single-piece")
 assert counts.min() == 1 and 1.0 < counts.mean() < 2.0
+
+# %% [markdown]
+# ## Exercise
+#
+# `minidistil grade wordpiece` (your own copy of the stubs: `minidistil exercises copy my_exercises`): write
+# WordPiece for one word; the grader compares it with the `tokenizers` library and names shortest-first matching, a
+# missing `##` and a partial `[UNK]`.
+#
+# ## Try it
+#
+# 1. Predict the pieces of "untokenizable" before running `wordpiece` on it.
+# 2. Remove `"##"` from the continuation lookup: which words of section 3's awkward text change, and how?
+# 3. Section 5's histogram: which word of the corpus has the most pieces? Print it with its pieces.

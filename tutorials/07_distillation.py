@@ -19,7 +19,7 @@
 #
 # * the **distillation** term matches the teacher's *softened* output distribution over the vocabulary
 #   (temperature $T = 2$ lets the student learn from the small probabilities too; $T^2$ keeps the gradient's size
-#   independent of $T$), on every real token;
+#   independent of $T$, as chapter 14 derives), on every real token;
 # * the **masked-LM** term is BERT's own objective, on the masked tokens only;
 # * the **cosine** term aligns the directions of the last hidden states, on every real token.
 #
@@ -118,15 +118,23 @@ assert err <= _checks.f32_tol(tok.vocab_size, scale=np.abs(expected).max())
 # %% [markdown]
 # ## 2. The student's initialisation
 #
-# The student is the teacher with every other layer removed: `make_student` copies the embeddings and teacher
-# layers `[0, 2, 4]` into a 3-layer DistilBERT (DistilBERT took `0, 2, 4, 7, 9, 11` of BERT-base's 12). BERT adds a
-# token-type embedding that DistilBERT does not have; row 0 of that table (the one a single sentence uses) is
-# folded into the position table, so the student's embedding output equals the teacher's. Since its first layer
-# *is* the teacher's first layer, their first hidden states are equal too. Here with the real all-MiniLM-L6-v2.
+# The student is the teacher with layers removed: `make_student` copies the embeddings and the teacher layers that
+# `minidistil.distill.default_layer_map` picks into a smaller DistilBERT. For a 12-layer BERT with an MLM head that
+# is DistilBERT's own choice, every other layer; for a 6-layer *sentence encoder* such as all-MiniLM-L6-v2 the map
+# keeps the last layer, because the sentence embeddings live in the last layer's output space (both maps are printed
+# below, read from the code). BERT adds a token-type embedding that DistilBERT does not have; row 0 of that table
+# (the one a single sentence uses) is folded into the position table, so the student's embedding output equals the
+# teacher's. Since its first layer *is* the teacher's first layer, their first hidden states are equal too. Here
+# with the real all-MiniLM-L6-v2.
 
 # %%
+from minidistil.distill import default_layer_map, has_mlm_head
+
 teacher = from_pretrained(folder)
 student = make_student(teacher, n_layers=3)
+LAYERS = default_layer_map(teacher.config.num_hidden_layers, 3, mlm=has_mlm_head(teacher))
+print(f"12 -> 6 with an MLM head: teacher layers {default_layer_map(12, 6)}; this 6-layer sentence encoder -> 3: "
+      f"{LAYERS}")
 n_t = sum(p.size for _, p in teacher.named_parameters())
 n_s = sum(p.size for _, p in student.named_parameters())
 print(f"teacher {teacher.config.num_hidden_layers} layers, {n_t / 1e6:.1f} M parameters -> "
@@ -141,7 +149,9 @@ for i in (0, 1):
     print(f"hidden state {i}: max |teacher - student| = {e:.1e}")
     assert e < 1e-4                                        # only float32 rounding of the folded table
 e_last = np.abs(np.asarray(th[-1]) - np.asarray(sh[-1]))[real].max()
-print(f"last hidden state: {e_last:.2f} apart (the student skips layers 1, 3, 5): that is what training closes")
+skipped = sorted(set(range(teacher.config.num_hidden_layers)) - set(LAYERS))
+print(f"last hidden state: {e_last:.2f} apart (the student skips teacher layers {skipped}): that is what training "
+      "closes")
 assert e_last > 0.1
 
 # %% [markdown]
@@ -237,3 +247,18 @@ agree_before = float(np.mean(cosine(sentence_embeddings(fresh, held_out), t_emb)
 agree_after = float(np.mean(cosine(sentence_embeddings(student, held_out), t_emb)))
 print(f"mean cosine(student, teacher) on held-out paragraphs: {agree_before:.3f} -> {agree_after:.3f}")
 assert agree_after > agree_before
+
+# %% [markdown]
+# ## Exercise
+#
+# `minidistil grade distill_kl` (your own copy of the stubs: `minidistil exercises copy my_exercises`) (the $T^2$
+# factor is derived in chapter 14); `minidistil grade cross_entropy` for the masked-LM term.
+#
+# ## Try it
+#
+# 1. Set `T = 1` and then `T = 8` in section 1: how do the distillation term and its gradient change? (Chapter 14
+#    derives why the loss carries T^2.)
+# 2. Build the student with `make_student(teacher, layers=[0, 2, 4])` instead of the default map and compare the
+#    mean cosine of section 4 before training. Which map does `default_layer_map(6, 3, mlm=False)` return, and why
+#    (read `ENCODER_MAPS` in `minidistil/distill.py`)?
+# 3. Double `STEPS` in section 3: does the held-out loss keep falling?

@@ -51,9 +51,10 @@ assert (folder / "config.json").is_file() and OUT.is_dir()
 # %% [markdown]
 # ## 1. The student
 #
-# Chapter 07 built the student by copying teacher layers 0, 2 and 4 into a 3-layer DistilBERT and distilled it.
-# Here `minidistil.distill.distill` does both: `layer_map=[0, 2, 4]`, then a few updates against the teacher's
-# hidden states. Twelve updates on short sequences of Python's help topics are only a token run, to keep the
+# Chapter 07 built the student by copying the teacher layers `default_layer_map` picks into a 3-layer DistilBERT
+# and distilled it. Here `minidistil.distill.distill` does both, with the same map (printed below, read from the
+# code; `distill` picks it itself when no `layer_map` is given), then a few updates against the teacher's hidden
+# states. Twelve updates on short sequences of Python's help topics are only a token run, to keep the
 # chapter fast; a real one is `minidistil distill` with its default 15-minute budget (see the end). What matters
 # here is the folder it writes: a checkpoint that `finetune` starts from like any other.
 
@@ -63,7 +64,11 @@ from minidistil import data as D
 corpus = OUT / "08_corpus.jsonl"                 # a small corpus: Python's help topics, one document per line
 corpus.write_text("".join(json.dumps({"text": d.text}) + "\n" for d in D.pydoc_topics()), encoding="utf-8")
 student_dir = OUT / "08_student"
-dist = distill(folder, student_dir, layer_map=[0, 2, 4], corpus=[str(corpus)], steps=12, max_len=32, batch_size=8,
+from minidistil.distill import default_layer_map
+
+LAYERS = default_layer_map(6, 3, mlm=False)      # all-MiniLM-L6-v2: a 6-layer sentence encoder, no MLM head
+print("teacher layers copied into the student:", LAYERS)
+dist = distill(folder, student_dir, layer_map=LAYERS, corpus=[str(corpus)], steps=12, max_len=32, batch_size=8,
                lr=5e-4, checkpoint_every=0, evaluate=False, progress=False,
                overwrite=True)                  # running the chapter again into the same folder starts again
 student_cfg = json.loads((student_dir / "config.json").read_text())
@@ -285,3 +290,17 @@ imdb = build_parser().parse_args("finetune --task classification --model student
                                  "--max-length 256 --epochs 2 --lr 5e-5 --out imdb".split())
 print(f"the chapter ran in {time.perf_counter() - T0:.0f} s")
 assert parsed == ours and imdb.train == "aclImdb" and imdb.text_field == "text" and imdb.run is FT.run_cli
+
+# %% [markdown]
+# ## Exercise
+#
+# fine-tuning reuses the kernels and the training maths of chapters 13–14: `minidistil grade adamw` and `minidistil
+# grade cross_entropy` (your own copy of the stubs: `minidistil exercises copy my_exercises`).
+#
+# ## Try it
+#
+# 1. Set the learning rate ten times higher in section 4: predict the curves of section 6, then run it.
+# 2. Which class does the model confuse most (section 5's confusion matrix)? Print three misclassified
+#    sentences and say why.
+# 3. Fine-tune from a fresh random model (`DistilBertForSequenceClassification.from_config`) instead of the
+#    distilled student: how much accuracy does the pre-training give?

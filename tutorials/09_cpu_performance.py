@@ -27,10 +27,14 @@
 # 7. **Which BLAS kernels numpy runs** (section 8): one environment variable can halve every GEMM.
 # 8. **More processes** (section 9): data parallelism with MPI, the gradients summed by an all-reduce.
 #
+# Two parts, for two sittings: **Part A** (sections 1–4) the kernels' own levers, BLAS, fusion and threads, up to
+# where one encoder layer spends its time; **Part B** (sections 5–9) the machine under them: vectorised loops,
+# memory mapping, waiting threads, the BLAS kernels numpy loads, and more processes.
+#
 # Time is a median after warm-up (`_checks.bench`); the first call of a Numba kernel compiles it.
 #
 # On a machine shared with other jobs the parallel kernels wait for free cores, and their times jump in steps of
-# the scheduler's time slice (often ~10 ms): run the chapter on an idle machine to see the real ratios.
+# the scheduler's time slice (a few milliseconds): run the chapter on an idle machine to see the real ratios.
 
 # %%
 # Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
@@ -57,6 +61,8 @@ timings = {}
 assert numba.get_num_threads() >= 1
 
 # %% [markdown]
+# # Part A · The kernels' levers
+#
 # ## 1. BLAS vs a hand-written matmul
 #
 # A linear layer `y = x Wᵀ` at the size of one MiniLM projection on a short batch: `x (N=256, Cin=384)`,
@@ -194,6 +200,8 @@ fig.savefig(OUT / "09_cpu_timings.png", dpi=80)
 plt.show()
 
 # %% [markdown]
+# # Part B · The machine under the kernels
+#
 # ## 5. Loops that vectorise: exact exp and erf, reassociated sums
 #
 # An AVX-512 instruction works on 16 float32 at once, but only if the compiler can turn the loop into such
@@ -262,11 +270,9 @@ for k in [k for k in timings if k.startswith(("exp,", "sum of"))]:
 # new memory: the first write to each page faults, and the kernel zeroes the page first. An MLM training step makes
 # ~450 MB of such arrays (the logits over 30522 words and their gradient, the word-embedding gradients), every step.
 # `import minidistil` therefore asks glibc (`mallopt`) to serve large blocks from its heap and keep freed memory for
-# the next step (`MINIDISTIL_MALLOC=0` turns this off; see `minidistil/_runtime.py`). Measured on the project's
-# 2-core machine (`minidistil bench`, minidistil only, one run each setting): the first fill of a new 125 MB array
-# (the logits of B=8, T=128 over 30522 words) took 62 ms and a second fill 17 ms; a training step went from 1959 ms
-# to 1418 ms and a forward at T = 512 (100 MB of attention scores per layer) from 1782 ms to 1622 ms, with the same
-# peak resident memory (1849 -> 1843 MB and 809 -> 821 MB). Below: the first fill of a new 64 MB array against a
+# the next step (`MINIDISTIL_MALLOC=0` turns this off; see `minidistil/_runtime.py`). The effect on whole training
+# steps is measured by `minidistil bench` (run it with and without `MINIDISTIL_MALLOC=0` on your machine; the README
+# gives a measured run with its CPU). Below, measured here and now: the first fill of a new 64 MB array against a
 # second fill of the same one; then the same for the next new array, which gets the freed memory back (no faults)
 # when minidistil's setting is on.
 
@@ -299,25 +305,19 @@ assert min(first, again, first2, again2) > 0
 #
 # * **Sleeping workers.** After a GEMM, OpenBLAS's threads busy-wait for up to ~0.1 s for more work, and Numba's
 #   OpenMP workers spin after each parallel loop, while the next kernel wants the same cores. A tiny-model forward
-#   (a dozen small Numba kernels) took 150 ms with the default OpenMP waiting and 0.8 ms with
-#   `OMP_WAIT_POLICY=PASSIVE`; a layer norm right after a GEMM took 8-20x longer than alone. `import minidistil`
+#   (a dozen small Numba kernels) was many times slower with the default OpenMP waiting than with
+#   `OMP_WAIT_POLICY=PASSIVE`, and a layer norm right after a GEMM much slower than alone. `import minidistil`
 #   therefore sets `OMP_WAIT_POLICY=PASSIVE` and `OPENBLAS_THREAD_TIMEOUT=4` unless you set them.
 # * **Many small GEMMs.** Attention multiplies 12 heads x 8 sequences of `(128 x 64) @ (64 x 128)`. OpenBLAS
-#   threads each of them across the cores, and waking its threads costs more than the product: the 96 head
-#   products of one DistilBERT-base layer took 10-90 ms that way and 2.4 ms as single-threaded OpenBLAS calls spread
-#   over the cores by a Python thread pool (`_blas.run_blas_tasks`; numpy releases the GIL inside BLAS).
+#   threads each of them across the cores, and waking its threads costs more than the product, so the head products
+#   run as single-threaded OpenBLAS calls spread over the cores by a Python thread pool (`_blas.run_blas_tasks`;
+#   numpy releases the GIL inside BLAS). The cell below measures both ways on this machine.
 # * **One large GEMM: one call or blocks?** `MINIDISTIL_GEMM=blocks` cuts a product into row or column blocks that
 #   the pool's threads take in turn, so a thread the OS delays holds back only its own blocks; OpenBLAS splits once
-#   and waits for its slowest part. Whole DistilBERT-base forwards at B=8 (median of 6-8 interleaved runs):
-#
-#   | machine | T=32: one call | T=32: blocks | T=128: one call | T=128: blocks |
-#   | --- | --- | --- | --- | --- |
-#   | shared with other jobs (first measurement) | 900-1700 ms | 250-460 ms | about even | about even |
-#   | idle | 115 ms | 137 ms | 433 ms | 484 ms |
-#   | two other jobs on the cores | 128 ms | 156 ms | 529 ms | 659 ms |
-#
-#   and at B=8, T=512 the blocks were 25% slower (each block repacks its share of the other operand). So one call
-#   is the default, and the blocks stay available for a machine whose cores are often taken away.
+#   and waits for its slowest part; but each block repacks its share of the other operand. On an idle machine one
+#   call was the faster at every length the project measured, and the blocks won only while other jobs took the
+#   cores away. So one call is the default, and the blocks stay available for a machine whose cores are often
+#   taken away: time both on yours with `MINIDISTIL_GEMM=blocks minidistil bench` against `minidistil bench`.
 #
 # Below: the same head products through the pool and as plain threaded calls, and one product both ways. The
 # results agree to float32 rounding; the times are this machine's, now.
@@ -371,8 +371,9 @@ for k in [k for k in timings if k.startswith(("24 head", "GEMM 256"))]:
 #
 # * `OPENBLAS_CORETYPE=Haswell` makes OpenBLAS load that core's kernels whatever the CPU. Some machines set it as a
 #   safeguard for old OpenBLAS builds that misdetect new CPUs. What it costs depends on the CPU: on one with
-#   full-width AVX-512 units it halved the float32 GEMM rate of 2 cores (~245 against ~460 GFLOP/s); on an AMD
-#   EPYC Zen 4, which runs 512-bit instructions as two 256-bit halves, both kernels measured ~195 GFLOP/s.
+#   full-width AVX-512 units the AVX2 kernels reach about half the AVX-512 ones' float32 GEMM rate (16 floats per
+#   instruction against 8); on an AMD EPYC Zen 4, which runs 512-bit instructions as two 256-bit halves, the two
+#   kernels are about even. `_blas.kernel_report()` below measures the kernels this numpy runs, here.
 # * `OPENBLAS_L2_SIZE=512` overrides the L2 cache size (in KB) OpenBLAS detected, which some cores' blocking uses.
 #
 # To see which kernels numpy runs: `threadpoolctl.threadpool_info()` lists each BLAS with its `architecture`, and
@@ -513,3 +514,18 @@ else:
         worst = max(worst, float(np.abs(two[n] - one[n]).max()))
     print(f"2 ranks vs 1 process: {len(one.files)} gradients agree, largest difference {worst:.2e} "
           f"({time.perf_counter() - t0:.1f} s for both runs, mostly process start-up)")
+
+# %% [markdown]
+# ## Exercise
+#
+# `minidistil grade fused_bias_gelu` (your own copy of the stubs: `minidistil exercises copy my_exercises`): write
+# bias + GELU as one `@njit` loop; the grader checks it against `kernels/gelu.py` and names the bias added after
+# GELU and the tanh approximation.
+#
+# ## Try it
+#
+# 1. Before running section 1, predict how many times faster BLAS is than the Numba loop nest at the size used;
+#    then compare with the printed times (they are for this machine only).
+# 2. In section 3 run with 1 thread and with all of them: does the fused kernel scale with the threads? Why does
+#    a memory-bound kernel stop scaling before the core count?
+# 3. Set `OPENBLAS_CORETYPE=Haswell` before the chapter starts (section 8): which GEMM times change?

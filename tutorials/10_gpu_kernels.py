@@ -201,3 +201,18 @@ else:
     fig.savefig(OUT / "10_gpu_vs_cpu.png", dpi=80)
     plt.show()
     assert ms > 0
+
+# %% [markdown]
+# ## Exercise
+#
+# `minidistil grade cuda_row_max` (your own copy of the stubs: `minidistil exercises copy my_exercises`): write a
+# row-maximum kernel in the shape of section 2's row sum; on a machine without a GPU run it on the simulator,
+# `NUMBA_ENABLE_CUDASIM=1 minidistil grade cuda_row_max my_exercises/cuda_row_max.py`.
+#
+# ## Try it
+#
+# 1. Remove the `cuda.syncthreads()` inside section 2's tree loop. On the simulator, does the result change? Why
+#    is the code wrong all the same on a GPU?
+# 2. Change `THREADS` to 16 and the row length to 5 (fewer columns than threads): which threads sum nothing, and
+#    is the result still right?
+# 3. Turn the row sum into a row *maximum*: what must the running value start at? (That is the exercise.)

@@ -150,6 +150,11 @@ assert (ratio <= 1).all()
 # (`K._vnni_tile_dequant`) that calls `llvm.x86.avx512.vpdpbusd.512` directly; on a CPU
 # without VNNI the portable kernel (a plain int32 dot product that LLVM vectorises as it can) gives the same
 # integers.
+#
+# **Without VNNI, int8 is slower than float32.** The portable kernel has no instruction that multiplies bytes four
+# at a time into int32, while BLAS's float32 sgemm is hand-tuned assembly: on a CPU without VNNI the int8 path still
+# stores a quarter of the bytes, but it costs time instead of saving it. The cell below times both on this machine
+# and prints the ratio; `minidistil bench` does the same for the whole model.
 
 # %%
 import time
@@ -179,6 +184,7 @@ for kernel in ["portable"] + (["vnni"] if K.vnni_available() else []):
     timings[f"int8 {kernel}"] = best_ms(lambda k=kernel: K.int8_linear_forward(x, wq, None, k))
 for name, ms in timings.items():
     print(f"{name:<22} {ms:7.2f} ms  {ops / ms / 1e6:6.0f} G(FL)OP/s")
+print(f"int8 portable / float32 sgemm: {timings['int8 portable'] / timings['float32 (BLAS sgemm)']:.1f} x the time")
 if K.vnni_available():
     lines = [ln.strip() for ln in K.vnni_assembly().splitlines() if "vpdpbusd" in ln]
     print(f"{len(lines)} vpdpbusd in the compiled kernel, e.g. `{lines[0]}`")
@@ -250,3 +256,19 @@ plt.show()
 #   quarter of the file size. `minidistil quantize SRC OUT` does the same from the command line, and every
 #   pipeline takes the quantised folder as `--model`. `minidistil bench` times it beside ONNX Runtime's int8.
 # * A quantised model is for inference only: train in float32, then quantise.
+
+# %% [markdown]
+# ## Exercise
+#
+# `minidistil grade int8_rows` (your own copy of the stubs: `minidistil exercises copy my_exercises`): quantise rows
+# to uint8 with a scale and a zero point; the grader checks every element against the bound `s (1/2 + 2^-13)` and
+# names floor instead of round, a range without 0 and a symmetric scale.
+#
+# ## Try it
+#
+# 1. Quantise GELU's outputs of section 1 with `floor` instead of rounding to nearest: predict the maximum error
+#    in units of the step s, then measure it.
+# 2. In section 3 compute the error bound of one output for a row of 384 activations: which term dominates, the
+#    activations' rounding or the weights'?
+# 3. On this machine, is `K.vnni_available()` true? Time `int8_linear_forward` with `kernel="portable"` against the
+#    float32 `linear_forward` at the same size: is int8 faster here (section 4 says when it is not)?

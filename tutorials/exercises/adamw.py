@@ -13,6 +13,7 @@ Update param, m and v IN PLACE (param -= ..., m[...] = ...); `param = ...` only 
 caller never sees it. Do not modify grad. Return nothing.
 
 Shapes: param, grad, m, v all the same shape. Dtype rule: they stay float32 (in-place updates keep the dtype).
+Chapter 14 (tutorials/14_training_maths.py, section 3) derives the update and why the decay is decoupled.
 Reference, to read once you are done: adamw_step_ref in the module minidistil.kernels.adamw; open its file with
     python -c "import minidistil.kernels.adamw as m; print(m.__file__)"
 """

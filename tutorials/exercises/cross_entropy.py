@@ -14,6 +14,7 @@ rows get zeros; do not forget the 1/n of the mean; all zeros when n = 0.
 
 Shapes: x (N, V), t (N,) int64. Dtype rule: the gradient is float32 for float32 logits (float64 for float64).
 Careful: x[i, -100] is a valid NumPy index when V >= 100 (it counts from the end): skip ignored rows explicitly.
+Chapter 14 (tutorials/14_training_maths.py, section 1) derives the gradient p - onehot(t).
 Reference, to read once you are done: cross_entropy_forward_ref / cross_entropy_backward_ref
 in the module minidistil.kernels.cross_entropy; open its file with
     python -c "import minidistil.kernels.cross_entropy as m; print(m.__file__)"

@@ -14,6 +14,7 @@ distill_kl_grad returns d loss / d s, shape (N, V); the teacher gets no gradient
 s / T.
 
 Dtype rule: the gradient is float32 for float32 logits (float64 for float64).
+Chapter 14 (tutorials/14_training_maths.py, section 2) derives the gradient and why the loss carries T^2.
 Reference, to read once you are done: distill_kl_forward_ref / distill_kl_backward_ref
 in the module minidistil.kernels.distill_kl; open its file with
     python -c "import minidistil.kernels.distill_kl as m; print(m.__file__)"
