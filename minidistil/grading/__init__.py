@@ -35,10 +35,11 @@ from __future__ import annotations
 from . import (adamw, attention_backward, autograd_ops, cross_entropy, distill_kl, gelu_backward, layernorm_backward,
                layernorm_forward, softmax_backward)
 from .engine import Check, Exercise, GradeReport, grade_file, load_answer
+from .remote import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 from .stubs import copy_exercises, exercises_dir
 
 __all__ = ["EXERCISES", "Check", "Exercise", "GradeReport", "copy_exercises", "exercises_dir", "grade",
-           "list_exercises", "load_answer"]
+           "grade_check_name", "list_exercises", "load_answer"]
 
 EXERCISES: dict[str, Exercise] = {m.EXERCISE.name: m.EXERCISE for m in [
     gelu_backward, layernorm_forward, layernorm_backward, softmax_backward, attention_backward, cross_entropy,
@@ -49,11 +50,17 @@ def list_exercises() -> list[tuple[str, str]]:
     return [(e.name, e.title) for e in EXERCISES.values()]
 
 
-def grade(exercise: str, path) -> GradeReport:
-    """Grade the answer file at `path` for `exercise`; never raises for a student's mistake (an unknown exercise
-    raises ValueError, a missing file FileNotFoundError)."""
+def grade_check_name(exercise: str) -> str:
+    """The exercise's name, or ValueError naming the known ones (and the closest)."""
     if exercise not in EXERCISES:
         close = [n for n in EXERCISES if exercise.replace("-", "_") in n or n in exercise]
         raise ValueError(f"exercise: unknown exercise {exercise!r}; known: {', '.join(EXERCISES)}"
                          + (f" (did you mean {close[0]}?)" if close else ""))
-    return grade_file(EXERCISES[exercise], path)
+    return exercise
+
+
+def grade(exercise: str, path, *, timeout: float = DEFAULT_TIMEOUT, memory_mb: int = DEFAULT_MEMORY_MB) -> GradeReport:
+    """Grade the answer file at `path` for `exercise`, running it in a child process with `timeout` seconds per call
+    and `memory_mb` MiB of address space; never raises for a student's mistake (an unknown exercise raises
+    ValueError, a missing file FileNotFoundError)."""
+    return grade_file(EXERCISES[grade_check_name(exercise)], path, timeout=timeout, memory_mb=memory_mb)

@@ -137,10 +137,10 @@ def student_frame(tb, path: str) -> tuple[str, str | None]:
     ('', None) when the error happened elsewhere. An exception raised in the student's process carries its frames
     in remote.raise_remote's local `remote_frames`, found here by walking the traceback."""
     frames = []
-    while tb is not None:
-        remote = tb.tb_frame.f_locals.get("remote_frames") if tb.tb_frame.f_code.co_name == "raise_remote" else None
-        frames += remote or []
-        tb = tb.tb_next
+    for summary, (frame, _) in zip(traceback.extract_tb(tb), traceback.walk_tb(tb)):
+        frames.append((summary.filename, summary.lineno, summary.line))
+        if frame.f_code.co_name == "raise_remote":
+            frames += frame.f_locals.get("remote_frames") or []
     found = "", None
     for filename, lineno, line in frames:
         if os.path.abspath(filename) == os.path.abspath(path):
