@@ -96,10 +96,16 @@ def test_untouched_stub_says_not_implemented(exercise):
 
 @pytest.mark.parametrize("bug", BUGS, ids=[bug.id for bug in BUGS])
 def test_buggy_answer_fails_with_the_hint_that_names_the_bug(bug, tmp_path):
+    """The bug is caught, named, and named only: every hint of the report (over all its checks) is the bug's own."""
     report = grading.grade(bug.exercise, plant(bug, tmp_path))
     assert not report.passed, report.text()
     assert not report.not_implemented
-    assert any(bug.hint in h for h in report.hints), report.text()
+    assert report.hints and all(bug.hint in h for h in report.hints), report.text()
+
+
+def test_the_bug_table_covers_three_slips_per_exercise():
+    for name in grading.EXERCISES:
+        assert sum(bug.exercise == name for bug in BUGS) >= 3, name
 
 
 def test_failure_names_the_worst_element_and_the_tolerance(tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 
 from minidistil.kernels import _checks
 
-from .remote import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ChildFailure, StudentProcess
+from .remote import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ChildFailure, StudentProcess, mirror
 from .stubs import exercises_dir
 
 FD_TOL = 1e-6  # finite differences in float64: see minidistil.grading's docstring
@@ -188,16 +188,22 @@ class Session:
             self.check.fail(f"your file has no function `{fname}`",
                             f"keep the stub's name and signature: def {fname}(...)", where=self.report.path)
             raise CaseOver
+        process = getattr(self.module, "_process", None)
         try:
+            if process is not None:
+                process.mirror = False
             got = fn(*args, **kwargs)
         except NotImplementedError as e:
             raise NotImplementedYet(fname, student_frame(e.__traceback__, self.report.path)[1]) from None
         except Exception as e:  # noqa: BLE001 (any error of the student's code is a failed check)
             self.raised(f"{fname} raised", e)
-        changed = getattr(getattr(self.module, "_process", None), "last_changed", [])
+        finally:
+            if process is not None:
+                process.mirror = True
         allowed = self.exercise.in_place
-        for name in changed:
+        for name, sent, now in getattr(process, "last_changed", []):
             if (allowed is None and got is None) or (allowed is not None and name in allowed):
+                mirror(sent, now)   # an update in place the exercise asks for: the grader's array shows it
                 continue
             self.check.fail(f"your function changed its input `{name}` in place", _in_place_hint(name), where=name)
         return got
@@ -254,6 +260,7 @@ class Session:
                        f"return {np.dtype(dtype).name} arrays (.astype(np.{np.dtype(dtype).name}))", where=what)
         g = got.astype(np.float64)
         e = np.asarray(expected, dtype=np.float64)
+        atol = np.broadcast_to(np.asarray(atol, dtype=np.float64), g.shape)   # a number, or one per element
         bad_nan = ~np.isfinite(g) & np.isfinite(e)
         if bad_nan.any():
             idx = tuple(int(i) for i in np.argwhere(bad_nan)[0])
@@ -264,11 +271,11 @@ class Session:
         err, idx = _worst(g, e, atol, rtol)
         if err is None:
             return ok
-        tol = atol + rtol * abs(e[idx])
+        tol = atol[idx] + rtol * abs(e[idx])
         c.fail(f"{what}: largest error {abs(g[idx] - e[idx]):.3e} at index {idx}: got {g[idx]:.8g}, expected "
                f"{e[idx]:.8g} (tolerance {tol:.2e}; {int(_over(g, e, atol, rtol).sum())} of {g.size} entries "
                "are off)", where=_at(what, idx))
-        matched = False
+        matched = []
         for hint, variant in (variants or {}).items():
             try:
                 wrong = np.asarray(variant(), dtype=np.float64)
@@ -277,10 +284,8 @@ class Session:
             # a match: within 4x the tolerance of the variant, and 10x closer to it than to the truth
             if wrong.shape == g.shape and _worst(g, wrong, 4 * atol, 4 * rtol)[0] is None \
                     and np.abs(g - wrong).max() < 0.1 * np.abs(g - e).max():
-                c.hints.append(hint)
-                matched = True
-        if not matched and otherwise:
-            c.hints.append(otherwise)
+                matched.append((float(np.abs(g - wrong).max()), hint))
+        _add_closest(c, matched, otherwise)
         return False
 
     def expect_scalar(self, what: str, got, expected: float, atol: float, *,
@@ -303,17 +308,15 @@ class Session:
             return True
         c.fail(f"{what}: got {g:.8g}, expected {expected:.8g}: error {abs(g - expected):.3e} "
                f"(tolerance {atol:.2e})", where=what)
-        matched = False
+        matched = []
         for hint, variant in (variants or {}).items():
             try:
                 wrong = float(variant())
             except Exception:  # noqa: BLE001
                 continue
             if abs(g - wrong) <= 4 * atol + 1e-6 * abs(wrong) and abs(g - wrong) < 0.1 * abs(g - expected):
-                c.hints.append(hint)
-                matched = True
-        if not matched and otherwise:
-            c.hints.append(otherwise)
+                matched.append((abs(g - wrong), hint))
+        _add_closest(c, matched, otherwise)
         return False
 
     def expect_unchanged(self, name: str, before: np.ndarray, after: np.ndarray):
@@ -341,6 +344,20 @@ class Session:
             c.fail(f"{what}: differs from finite differences of the forward by {err:.3e} at index {idx}: got "
                    f"{float(analytic[idx]):.8g}, finite differences give {numeric[idx]:.8g} (tolerance "
                    f"{atol + rtol * abs(numeric[idx]):.1e})", where=_at(what, idx))
+
+
+def _add_closest(c: Check, matched: list[tuple[float, str]], otherwise: str | None):
+    """Add the hints of the known-wrong variants the answer matched, keeping only the closest (and any within 10x
+    of it): on an input where two variants nearly coincide (a padding row where xhat = 0), the farther one is
+    another mistake, not this one. With no match, the `otherwise` hint."""
+    if not matched:
+        if otherwise:
+            c.hints.append(otherwise)
+        return
+    best = min(d for d, _ in matched)
+    for d, hint in matched:
+        if d <= 10 * best + 1e-300 and hint not in c.hints:
+            c.hints.append(hint)
 
 
 def _in_place_hint(name: str) -> str:

@@ -65,7 +65,8 @@ class StudentProcess:
         self.generation = 0
         self.starts = 0
         self.timed_out: set[str] = set()
-        self.last_changed: list[str] = []          # inputs the last call changed in place
+        self.last_changed: list[tuple] = []        # (name, array sent, array after the call) changed in place
+        self.mirror = True                           # copy in-place changes back into the grader's arrays
         self.printed = 0                             # bytes the answer printed, over all its processes
         self.output = bytearray()                    # the first OUTPUT_KEPT of them
         self.module = RemoteModule(self)
@@ -294,12 +295,18 @@ class RemoteCallable(RemoteObject):
                 continue
             now = p.decode(back, reply["_blobs"]) if back is not None else None
             if not isinstance(now, np.ndarray) or now.shape != sent.shape or now.dtype != sent.dtype:
-                p.last_changed.append(name)
+                p.last_changed.append((name, sent, None))
             elif not np.array_equal(now, sent, equal_nan=True):
-                p.last_changed.append(name)
-                if sent.flags.writeable:
-                    np.copyto(sent, now)    # the change the function made, seen by the grader as in-process
+                p.last_changed.append((name, sent, now))
+                if p.mirror:
+                    mirror(sent, now)
         return value
+
+
+def mirror(sent: np.ndarray, now: np.ndarray | None):
+    """Copy the change a function made to its input back into the grader's array, as if it had run here."""
+    if now is not None and sent.flags.writeable:
+        np.copyto(sent, now)
 
 
 def getattr_safe(obj, name):
