@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def _submissions(targets: list[str]):
     from .gradebook import Submission, find_submissions
     exercise = None
     first = targets[0]
-    if not first.endswith(".py") and not Path(first).exists() or first in EXERCISES:
+    looks_like_path = first.endswith(".py") or "/" in first or os.sep in first or Path(first).exists()
+    if first in EXERCISES or not looks_like_path:
         exercise = grade_check_name(first)
         targets = targets[1:]
     if exercise and not targets:

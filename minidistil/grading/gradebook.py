@@ -3,7 +3,8 @@ Gradescope's results.json.
 
 A class folder holds one folder per student with the answer files named after their exercises
 (`class/<student>/<exercise>.py`); a single student's folder (`mine/<exercise>.py`) and explicit files work too. The
-student of a file is the name of the folder it is in.
+student of a file named after its exercise is the name of the folder it is in; of a file named otherwise (graded
+as the exercise named on the command line: `minidistil grade gelu_backward submissions/*.py`), its own name.
 
 Points: each exercise is worth `Exercise.points` (10 unless it says otherwise), shared equally by its checks, so a
 submission's points are points * passed checks / checks; a file that does not import, or is still the stub, scores 0.
@@ -38,7 +39,9 @@ def find_submissions(targets: list[str], exercises: dict, only: str | None = Non
             if exercise not in exercises:
                 raise ValueError(f"{path}: the file is not named after an exercise; name the exercise first: "
                                  f"minidistil grade EXERCISE {path}")
-            found.append(Submission(_student(path), exercise, path))
+            # named after its exercise: the student is the folder (class/alice/gelu_backward.py); else the file's
+            # own name is (submissions/alice.py graded as one exercise)
+            found.append(Submission(_student(path) if path.stem in exercises else path.stem, exercise, path))
         elif path.is_dir():
             names = [only] if only else list(exercises)
             subs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
@@ -82,9 +85,9 @@ def gradebook(results: list[tuple[Submission, GradeReport]], exercises: dict) ->
         subs = {s.exercise: r for s, r in results if s.student == student}
         out["students"].append({
             "student": student,
-            "total": round(sum(r.points for r in subs.values()), 2),
+            "total": round(sum(r.points for r in subs.values()), 4),
             "max_total": max_total,
-            "submissions": {n: {"file": r.path, "points": round(r.points, 2), "max_points": r.max_points,
+            "submissions": {n: {"file": r.path, "points": r.points, "max_points": r.max_points,
                                 "passed": r.passed, "not_implemented": r.not_implemented,
                                 "checks": check_records(r, student)} for n, r in subs.items()},
         })
@@ -117,7 +120,7 @@ def gradescope(results: list[tuple[Submission, GradeReport]]) -> dict:
             output = "\n".join(c.lines + [f"HINT: {h}" for h in c.hints]) or "passed"
             tests.append({"name": f"{r.exercise}: {c.name}", "score": round(each if c.passed else 0.0, 4),
                           "max_score": round(each, 4), "output": output, "visibility": "visible"})
-    score = round(sum(r.points for _, r in results), 2)
+    score = round(sum(r.points for _, r in results), 4)
     maximum = sum(r.max_points for _, r in results)
     return {"score": score, "output": f"{score:g} of {maximum:g} points", "visibility": "visible",
             "stdout_visibility": "hidden", "tests": tests}
