@@ -418,5 +418,10 @@ def test_a_class_folder_with_a_clash_or_nothing_in_it_is_refused(tmp_path, capsy
     (tmp_path / "empty").mkdir()
     assert main_cli.main(["grade", str(tmp_path / "empty")]) == 1
     assert "no answer files" in capsys.readouterr().err
+    odd = tmp_path / "my_answer.py"
+    odd.write_text("def f():\n    pass\n")
+    assert main_cli.main(["grade", "--json", str(odd)]) == 1
+    out = capsys.readouterr()
+    assert "not named after an exercise" in json.loads(out.out)["error"] and len(out.err.splitlines()) == 1
     assert main_cli.main(["grade", str(tmp_path / "nowhere")]) == 1
     assert "no such file or folder" in capsys.readouterr().err

@@ -87,7 +87,12 @@ def run(args) -> int:
             print("usage: minidistil grade EXERCISE [path/to/answer.py ... | class folder]")
             return 2
         return 0
-    exercise, subs = _submissions(args.targets)
+    try:
+        exercise, subs = _submissions(args.targets)
+    except (ValueError, FileNotFoundError) as e:
+        if args.json:    # an autograder reading stdout gets the error as JSON too (and the one line on stderr)
+            print(json.dumps({"error": str(e)}, ensure_ascii=False), flush=True)
+        raise
     inputs = [s.path for s in subs]
     if args.gradescope and len({s.student for s in subs}) != 1:
         raise ValueError("--gradescope writes the results of ONE submission: give one student's files")

@@ -110,5 +110,5 @@ def run_tutorials(args) -> int:
     for path in written:
         print(path)
     print(f"{len(written)} files in {args.dest}; open them with Jupyter: jupyter lab {args.dest} (start with "
-          "00_quick_tour.ipynb; 01_gelu.ipynb leads to the first exercise)")
+          "00_quick_tour.ipynb; 01_gelu.ipynb holds the maths of the gelu_backward exercise)")
     return 0
