@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minidistil import cli as main_cli
@@ -425,3 +426,36 @@ def test_a_class_folder_with_a_clash_or_nothing_in_it_is_refused(tmp_path, capsy
     assert "not named after an exercise" in json.loads(out.out)["error"] and len(out.err.splitlines()) == 1
     assert main_cli.main(["grade", str(tmp_path / "nowhere")]) == 1
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_a_grader_written_in_process_style_runs_unchanged(tmp_path):
+    """A new exercise's grader calls s.call / s.expect_* / s.module as if the answer were imported in the grader:
+    in-place updates of a function that returns None reach the grader's arrays, a changed input of a function that
+    returns a value is named, and objects of the student's module are used through attributes."""
+    from minidistil.grading.engine import Exercise, grade_file
+
+    def run(s):
+        p, g = np.ones(4, np.float32), np.full(4, 0.5, np.float32)
+        with s.case("sgd step in place"):
+            s.call("sgd_step", p, g, 0.1)
+            s.expect_array("param", p, np.full(4, 0.95), 1e-6)
+        with s.case("double, leaving x alone"):
+            x = np.arange(3, dtype=np.float32)
+            before = x.copy()
+            got = s.call("double", x)
+            s.expect_unchanged("x", before, x)
+            s.expect_array("y", got, 2 * before, 0.0, variants={"you tripled": lambda: 3 * before})
+        with s.case("a counter object"):
+            counter = s.module.Counter(3)
+            counter.add(np.float32(2))
+            s.expect_scalar("count", counter.count, 5.0, 0.0)
+
+    ex = Exercise("legacy", "a grader in the old style", ("sgd_step", "double"), run)
+    answer = tmp_path / "legacy.py"
+    answer.write_text("def sgd_step(p, g, lr):\n    p -= lr * g\n\ndef double(x):\n    x *= 2\n    return x\n\n"
+                      "class Counter:\n    def __init__(self, n):\n        self.count = n\n"
+                      "    def add(self, k):\n        self.count += float(k)\n")
+    report = grade_file(ex, answer, timeout=10)
+    assert [c.passed for c in report.checks] == [True, False, True], report.text()
+    assert report.checks[1].lines == ["your function changed its input `x` in place"], report.text()
+    assert report.hints == [report.checks[1].hints[0]] and "x.copy()" in report.hints[0]

@@ -1,6 +1,6 @@
-"""The grading engine: loads a student's answer file, calls its functions inside named cases, compares each output
-with the float64 truth and turns every difference into a located error and, where a known-wrong variant of the
-formula matches, a hint. The exercises themselves (their inputs, truths and variants) live one per module beside
+"""The grading engine: runs a student's answer file in a child process (remote.py), calls its functions inside named
+cases, compares each output here with the float64 truth and turns every difference into a located error and, where
+a known-wrong variant of the formula matches, a hint. The exercises themselves (their inputs, truths and variants) live one per module beside
 this one; `minidistil.grading` collects them.
 """
 from __future__ import annotations
@@ -116,7 +116,8 @@ class CaseOver(Exception):
 
 
 def load_answer(path) -> object:
-    """Import a Python file by its path as a fresh private module (never added to sys.modules for good)."""
+    """Import a Python file by its path as a fresh private module (never added to sys.modules for good), in THIS
+    process: for reading an answer interactively; grading never uses it (grade_file runs the answer in a child)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (give the path of your answer, e.g. "
