@@ -3,10 +3,11 @@
 A student fills in one stub of the exercises (`tutorials/exercises/` in a checkout, shipped in the package as
 `minidistil.exercises`; `minidistil exercises copy DIR` gives a student their own copies) and runs the grader on it.
 The file runs in a child process of its own (`child.py`, started and spoken to by `remote.py`): the grader's
-checks call the student's functions through a proxy of the module, on random and awkward inputs (T=1, C=13, a fully padded row, repeated ids, ignored rows, large logits), and compares
-every output with the NumPy reference of the matching kernel in `minidistil.kernels` run in float64, which is the
-ground truth. Backward exercises are also checked against central finite differences in float64 (the maths itself,
-independent of any reference). Each failed check prints what a student can act on:
+checks call the student's functions through a proxy of the module, on random and awkward inputs (T=1, C=13, a
+fully padded row, repeated ids, ignored rows, large logits), and compare every output with the NumPy reference of
+the matching kernel in `minidistil.kernels` run in float64, which is the ground truth. Backward exercises are also
+checked against central finite differences in float64 (the maths itself, independent of any reference). Each failed
+check prints what a student can act on:
 
     FAIL  random (2, 3, 13)
           dx: largest error 2.1e-01 at index (0, 1, 4): got 0.51, expected 0.72 (tolerance 3.5e-06)

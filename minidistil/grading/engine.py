@@ -1,7 +1,7 @@
 """The grading engine: runs a student's answer file in a child process (remote.py), calls its functions inside named
 cases, compares each output here with the float64 truth and turns every difference into a located error and, where
-a known-wrong variant of the formula matches, a hint. The exercises themselves (their inputs, truths and variants) live one per module beside
-this one; `minidistil.grading` collects them.
+a known-wrong variant of the formula matches, a hint. The exercises themselves (their inputs, truths and variants)
+live one per module beside this one; `minidistil.grading` collects them.
 """
 from __future__ import annotations
 
