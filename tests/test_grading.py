@@ -367,8 +367,10 @@ def test_hostile_answers_fail_and_the_json_stays_parseable(tmp_path):
         "SystemExit" in by_file["exit_at_import"][0]["error"]
     assert "the sum over the row is missing" in by_file["tampers"][0]["hint"]
     # printing 10 MB and os.system at import: contained in the child (its output never reaches the grader's), but
-    # they run: the child is not a sandbox
-    assert all(r["passed"] for r in by_file["prints_10mb"])
+    # they run: the child is not a sandbox. The values are right; the printing is one failed check with its hint.
+    *checks, printing = by_file["prints_10mb"]
+    assert checks and all(r["passed"] for r in checks)
+    assert not printing["passed"] and "printed 10485" in printing["error"] and "debug prints" in printing["hint"]
     assert (tmp_path / "ran_in_child").exists()
 
 

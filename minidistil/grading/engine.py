@@ -19,7 +19,7 @@ import numpy as np
 
 from minidistil.kernels import _checks
 
-from .remote import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ChildFailure, StudentProcess, mirror
+from .remote import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, PRINT_LIMIT, ChildFailure, StudentProcess, mirror
 from .stubs import exercises_dir
 
 FD_TOL = 1e-6  # finite differences in float64: see minidistil.grading's docstring
@@ -450,10 +450,14 @@ def grade_file(ex: Exercise, path, *, timeout: float = DEFAULT_TIMEOUT,
                                 f"my_exercises/{ex.name}.py)")
     report = GradeReport(ex.name, str(path), max_points=ex.points)
     with StudentProcess(path, timeout=timeout, memory_mb=memory_mb) as proc:
-        try:
-            _grade(ex, report, proc)
-        finally:
-            report.printed = proc.printed
+        _grade(ex, report, proc)
+    report.printed = proc.printed          # counted to the end: close() waits for the reader of the child's output
+    if report.printed > PRINT_LIMIT and not report.not_implemented:
+        c = Check("printing stays small")
+        c.fail(f"your code printed {report.printed} bytes (limit {PRINT_LIMIT}); the grader drops them",
+               "remove the debug prints (a print inside a loop, or of a whole array) before you hand in",
+               where=str(path))
+        report.checks.append(c)
     return report
 
 

@@ -35,6 +35,7 @@ CHILD = Path(wire.__file__).resolve()
 DEFAULT_TIMEOUT = 10.0        # seconds per call: the reference answers take milliseconds
 DEFAULT_MEMORY_MB = 2048      # address space of the child: NumPy and SciPy need ~200 MB, the exercises a few MB
 OUTPUT_KEPT = 64 << 10        # bytes of the child's printing kept (the rest is counted and dropped)
+PRINT_LIMIT = 1 << 20         # more printing than this is a failed check (debug prints left in a loop)
 MAX_RESTARTS = 8
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
@@ -204,6 +205,9 @@ def encode_arg(v, blobs: list, depth=0):
     if v is None or isinstance(v, bool) or type(v) in (int, float, str):
         return v
     if isinstance(v, RemoteObject):
+        p = object.__getattribute__(v, "_process")
+        if object.__getattribute__(v, "_generation") not in (0, p.generation):
+            raise ChildFailure("an object of your code's was lost with the process that ended")
         return {"obj": object.__getattribute__(v, "_id")}
     if isinstance(v, (np.ndarray, np.generic)) and np.asarray(v).dtype.kind in wire.ARRAY_KINDS:
         blobs.append(wire.array_bytes(np.asarray(v)))
