@@ -34,7 +34,6 @@ from . import child as wire
 CHILD = Path(wire.__file__).resolve()
 DEFAULT_TIMEOUT = 10.0        # seconds per call: the reference answers take milliseconds
 DEFAULT_MEMORY_MB = 2048      # address space of the child: NumPy and SciPy need ~200 MB, the exercises a few MB
-OUTPUT_KEPT = 64 << 10        # bytes of the child's printing kept (the rest is counted and dropped)
 PRINT_LIMIT = 1 << 20         # more printing than this is a failed check (debug prints left in a loop)
 MAX_RESTARTS = 8
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -45,6 +44,8 @@ EXIT_HINT = ("your code ended its own process: a function returns its result, it
              "quit() or os._exit(), or raises SystemExit")
 CRASH_HINT = ("the process running your code was killed: usually memory (an array that grows in a loop, or a "
               "broadcast that builds a huge array); look for a loop that allocates without end")
+NATIVE_CRASH_HINT = ("your code crashed the Python process (a segmentation fault or an abort): native code reading "
+                     "out of bounds, through ctypes, a C extension or a Numba function indexing past an array's end")
 
 
 class ChildFailure(Exception):
@@ -69,7 +70,6 @@ class StudentProcess:
         self.last_changed: list[tuple] = []        # (name, array sent, array after the call) changed in place
         self.mirror = True                           # copy in-place changes back into the grader's arrays
         self.printed = 0                             # bytes the answer printed, over all its processes
-        self.output = bytearray()                    # the first OUTPUT_KEPT of them
         self.module = RemoteModule(self)
 
     # -- the process ------------------------------------------------------------------------------------------
@@ -91,11 +91,10 @@ class StudentProcess:
         return self._wait("importing your file", self.import_timeout)
 
     def _drain(self, pipe):
-        """Read the answer's printing to the end, keeping only its first OUTPUT_KEPT bytes."""
+        """Read the answer's printing to the end, counting it and keeping none of it (the grader's output is
+        the report alone)."""
         while chunk := pipe.read1(1 << 16):
             self.printed += len(chunk)
-            if len(self.output) < OUTPUT_KEPT:
-                self.output += chunk[:OUTPUT_KEPT - len(self.output)]
 
     @staticmethod
     def _read(fd, replies):
@@ -121,11 +120,20 @@ class StudentProcess:
             raise ChildFailure(f"{what}: your code's process sent an unreadable reply ({got})",
                                "return plain NumPy arrays and numbers") from None
         if got is None:
-            rc = self.proc.wait(timeout=10)
+            try:
+                rc = self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:       # it closed its end of the pipe but lives on
+                rc = None
             self.close()
-            if rc is not None and rc < 0:
-                name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
-                raise ChildFailure(f"{what}: the process running your code was killed by {name}", CRASH_HINT)
+            if rc is None:
+                raise ChildFailure(f"{what}: your code closed the process's connection to the grader", EXIT_HINT)
+            if rc < 0:
+                try:
+                    name = signal.Signals(-rc).name
+                except ValueError:
+                    name = f"signal {-rc}"
+                hint = CRASH_HINT if name in ("SIGKILL", "SIGTERM") else NATIVE_CRASH_HINT
+                raise ChildFailure(f"{what}: the process running your code was killed by {name}", hint)
             raise ChildFailure(f"{what}: your code ended the process running it (exit status {rc})", EXIT_HINT)
         header, blobs = got
         if not isinstance(header, dict) or not isinstance(header.get("ok"), bool):
