@@ -335,6 +335,9 @@ def test_hostile_answers_fail_and_the_json_stays_parseable(tmp_path):
     files = {
         "raises_systemexit": hostile("softmax_backward", "    raise SystemExit(0)\n"),
         "os_exit": hostile("softmax_backward", "    import os\n    os._exit(0)\n"),
+        "kills_itself": hostile("softmax_backward",
+                                "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n"),
+        "segfaults": hostile("softmax_backward", "    import ctypes\n    ctypes.string_at(0)\n"),
         "exit_at_import": "import sys\nsys.exit(0)\n" + reference,
         "tampers": ("from minidistil.grading import engine\n"
                     "engine.GradeReport.passed = property(lambda self: True)\n"
@@ -355,7 +358,7 @@ def test_hostile_answers_fail_and_the_json_stays_parseable(tmp_path):
     for r in records:
         by_file.setdefault(Path(r["file"]).stem, []).append(r)
     assert set(by_file) == set(files)
-    for name in ("raises_systemexit", "os_exit", "exit_at_import", "tampers"):
+    for name in ("raises_systemexit", "os_exit", "kills_itself", "segfaults", "exit_at_import", "tampers"):
         assert not any(r["passed"] for r in by_file[name]), by_file[name]
         assert all(r["error"] for r in by_file[name])
     assert "raised SystemExit" in by_file["raises_systemexit"][0]["error"]
@@ -363,6 +366,8 @@ def test_hostile_answers_fail_and_the_json_stays_parseable(tmp_path):
     assert "ended the process running it (exit status 0)" in by_file["os_exit"][0]["error"]
     assert "os._exit()" in by_file["os_exit"][0]["hint"]
     assert len(by_file["os_exit"]) == 5                       # a fresh process for each check: grading went on
+    assert "killed by SIGKILL" in by_file["kills_itself"][0]["error"] and "memory" in by_file["kills_itself"][0]["hint"]
+    assert "killed by SIGSEGV" in by_file["segfaults"][0]["error"] and "crashed" in by_file["segfaults"][0]["hint"]
     assert by_file["exit_at_import"][0]["name"] == "import your file" and \
         "SystemExit" in by_file["exit_at_import"][0]["error"]
     assert "the sum over the row is missing" in by_file["tampers"][0]["hint"]
