@@ -54,6 +54,7 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("bench", "minidistil.bench", "add_command", "time minidistil beside PyTorch and ONNX Runtime"),
     ("grade", "minidistil.grading.cli", "add_command", "grade an exercise answer (tutorials/exercises)"),
     ("exercises", "minidistil.grading.stubs", "add_command", "copy the exercise stubs into a folder of your own"),
+    ("tutorials", "minidistil.grading.stubs", "add_tutorials_command", "copy the tutorial notebooks into a folder"),
     ("quantize", "minidistil.quantization", "add_command", "quantise a checkpoint to int8 for CPU inference"),
 ]
 

@@ -29,7 +29,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ANSWERS = REPO / "tests" / "exercise_answers"
 # what the wheel is built from: the files pyproject.toml maps (symlinks a checkout may add are left out)
-SOURCES = ["pyproject.toml", "README.md", "minidistil", "kernels", "tutorials/exercises"]
+SOURCES = ["pyproject.toml", "README.md", "minidistil", "kernels", "tutorials"]
 
 
 def _run(cmd, cwd, env, timeout=600):
@@ -215,3 +215,59 @@ def test_ci_runs_the_readme_test_command():
     lines = [line.strip() for line in readme.splitlines() if line.startswith("pip install torch==2.13.0 && ")]
     command = next(line for line in lines if line.endswith("&& pytest"))
     assert command in [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()], command
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a student with only the wheel: the notebooks, the stubs, a chapter that runs, the grader finding their file
+
+NOTEBOOK_RUNNER = """\
+import sys, nbformat, nbclient
+nb = nbformat.read(sys.argv[1], as_version=4)
+nb.cells.append(nbformat.v4.new_code_cell("import minidistil; print('MINIDISTIL_FROM', minidistil.__file__)"))
+nbclient.NotebookClient(nb, timeout=600, startup_timeout=120, kernel_name="minidistil-venv",
+                        resources={"metadata": {"path": sys.argv[2]}}).execute()
+print(nb.cells[-1].outputs[0]["text"].strip())
+"""
+
+
+def test_tutorials_copy_and_a_chapter_runs_from_the_copy(installed, tmp_path):
+    """`minidistil tutorials copy`, then chapter 01 (the one before the first exercise) executes as a notebook in a
+    Jupyter kernel running the venv's Python, from the copied folder."""
+    pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    bin_dir, env, work = installed
+    rc, out, err = _run([str(bin_dir / "minidistil"), "tutorials", "copy", "tut"], work, env)
+    assert rc == 0, out + err
+    copied = sorted(p.name for p in (work / "tut").iterdir())
+    assert copied == sorted([p.name for p in (REPO / "tutorials").glob("*.ipynb")] + ["README.md"]), copied
+    assert (work / "tut" / "01_gelu.ipynb").read_bytes() == (REPO / "tutorials" / "01_gelu.ipynb").read_bytes()
+    # a kernel spec naming the venv's python, so the notebook cannot run on another interpreter
+    spec = tmp_path / "jupyter" / "kernels" / "minidistil-venv"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [str(bin_dir / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "minidistil venv", "language": "python"}))
+    kenv = dict(env, JUPYTER_PATH=str(tmp_path / "jupyter"), MINIDISTIL_TUTORIAL_OUT=str(tmp_path / "figs"))
+    rc, out, err = _run([str(bin_dir / "python"), "-c", NOTEBOOK_RUNNER, str(work / "tut" / "01_gelu.ipynb"),
+                         str(work / "tut")], work / "tut", kenv, timeout=900)
+    assert rc == 0, out[-3000:] + err[-3000:]
+    where = out.strip().splitlines()[-1].split()[-1]
+    assert Path(where).resolve().is_relative_to(bin_dir.parent.resolve()), where
+    assert sorted((tmp_path / "figs").glob("01_*.png")), "chapter 01 saved no figure"
+
+
+def test_exercises_copy_then_grade_in_the_folder(installed):
+    """In the folder the stubs were copied to, `minidistil grade gelu_backward` grades ./gelu_backward.py (the
+    student's file, not the stub inside site-packages) and says which file it graded."""
+    bin_dir, env, work = installed
+    exe = str(bin_dir / "minidistil")
+    rc, out, err = _run([exe, "exercises", "copy", "class_ex"], work, env)
+    assert rc == 0, out + err
+    folder = work / "class_ex"
+    rc, out, err = _run([exe, "grade", "gelu_backward"], folder, env)
+    assert rc == 1 and out.startswith(f"grading gelu_backward: {folder / 'gelu_backward.py'}\n"), out + err
+    assert "not implemented yet" in out and "site-packages" not in out, out
+    shutil.copy(ANSWERS / "gelu_backward.py", folder / "gelu_backward.py")
+    rc, out, err = _run([exe, "grade", "gelu_backward", "--timeout", "60"], folder, env)
+    assert rc == 0 and out.startswith(f"grading gelu_backward: {folder / 'gelu_backward.py'}\n"), out + err
+    assert "10 of 10 points: PASSED" in out, out

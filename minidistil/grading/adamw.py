@@ -85,4 +85,5 @@ def run(s: Session):
 
 
 EXERCISE = Exercise("adamw", "one AdamW step in place (decoupled weight decay, bias correction)", ("adamw_step",), run,
+                    in_place=("param", "m", "v"),
                     nonfinite_hint="bias correction divides by 1 - beta^step: step starts at 1, never 0")

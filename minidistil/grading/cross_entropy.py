@@ -46,7 +46,8 @@ def run(s: Session):
         with s.case(label):
             loss = s.call("cross_entropy_loss", x32, t.copy(), -100)
             s.expect_scalar("loss", loss, loss64, tol_l, nonfinite=nonfinite, variants={
-                f"you divided by all N = {N} rows: the mean is over the COUNTED rows (target != ignore_index)":
+                f"the mean is over the COUNTED rows (target != ignore_index): divide by n = {n}, not by all "
+                f"N = {N} rows":
                     lambda: rows[keep].sum() / N,
                 "rows whose target is ignore_index (-100) must not count: skip them in the sum and the divisor":
                     lambda: rows.mean(),

@@ -1,18 +1,16 @@
-"""The grading engine: loads a student's answer file, calls its functions inside named cases, compares each output
-with the float64 truth and turns every difference into a located error and, where a known-wrong variant of the
-formula matches, a hint. The exercises themselves (their inputs, truths and variants) live one per module beside
-this one; `minidistil.grading` collects them.
+"""The grading engine: runs a student's answer file in a child process (remote.py), calls its functions inside named
+cases, compares each output here with the float64 truth and turns every difference into a located error and, where
+a known-wrong variant of the formula matches, a hint. The exercises themselves (their inputs, truths and variants)
+live one per module beside this one; `minidistil.grading` collects them.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import io
 import math
 import os
 import sys
 import traceback
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 
 from minidistil.kernels import _checks
 
+from .remote import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, PRINT_LIMIT, ChildFailure, StudentProcess, mirror
 from .stubs import exercises_dir
 
 FD_TOL = 1e-6  # finite differences in float64: see minidistil.grading's docstring
@@ -48,7 +47,8 @@ class Check:
 
     def fail(self, line: str, hint: str | None = None, where: str | None = None):
         self.passed = False
-        self.lines.append(line)
+        if line not in self.lines:
+            self.lines.append(line)
         if hint and hint not in self.hints:
             self.hints.append(hint)
         if self.where is None:
@@ -62,14 +62,27 @@ class Check:
 
 @dataclass
 class GradeReport:
+    """The checks of one answer file. Points: the exercise's `points` shared equally by its checks (a file that
+    does not import, or is not implemented yet, has one check worth them all), so every submission of an exercise
+    has the same maximum."""
     exercise: str
     path: str
     checks: list[Check] = field(default_factory=list)
     not_implemented: bool = False
+    max_points: float = 10.0
+    printed: int = 0                # bytes the answer printed (discarded: they never reach the grader's output)
 
     @property
     def passed(self) -> bool:
         return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def check_points(self) -> float:
+        """What one check is worth."""
+        return self.max_points / max(len(self.checks), 1)
+
+    @property
+    def points(self) -> float:
+        return round(self.check_points() * sum(c.passed for c in self.checks), 4)
 
     @property
     def hints(self) -> list[str]:
@@ -81,9 +94,12 @@ class GradeReport:
             out.append(f"  {'ok  ' if c.passed else 'FAIL'}  {c.name}")
             out += [f"        {line}" for line in c.lines]
             out += [f"        HINT: {h}" for h in c.hints]
+        if self.printed:
+            out.append(f"  (your code printed {self.printed} bytes; the grader does not show them)")
         n_ok = sum(c.passed for c in self.checks)
         verdict = "PASSED" if self.passed else "FAILED"
-        out.append(f"{self.exercise}: {n_ok} of {len(self.checks)} checks passed: {verdict}")
+        out.append(f"{self.exercise}: {n_ok} of {len(self.checks)} checks passed, {self.points:g} of "
+                   f"{self.max_points:g} points: {verdict}")
         return "\n".join(out)
 
 
@@ -100,7 +116,8 @@ class CaseOver(Exception):
 
 
 def load_answer(path) -> object:
-    """Import a Python file by its path as a fresh private module (never added to sys.modules for good)."""
+    """Import a Python file by its path as a fresh private module (never added to sys.modules for good), in THIS
+    process: for reading an answer interactively; grading never uses it (grade_file runs the answer in a child)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (give the path of your answer, e.g. "
@@ -118,11 +135,17 @@ def load_answer(path) -> object:
 
 def student_frame(tb, path: str) -> tuple[str, str | None]:
     """(' (your file, line N: code)', 'path:N') for the deepest traceback frame inside the student's file, or
-    ('', None) when the error happened elsewhere."""
+    ('', None) when the error happened elsewhere. An exception raised in the student's process carries its frames
+    in remote.raise_remote's local `remote_frames`, found here by walking the traceback."""
+    frames = []
+    for summary, (frame, _) in zip(traceback.extract_tb(tb), traceback.walk_tb(tb)):
+        frames.append((summary.filename, summary.lineno, summary.line))
+        if frame.f_code.co_name == "raise_remote":
+            frames += frame.f_locals.get("remote_frames") or []
     found = "", None
-    for frame in traceback.extract_tb(tb):
-        if os.path.abspath(frame.filename) == os.path.abspath(path):
-            found = f" (your file, line {frame.lineno}: {frame.line})", f"{path}:{frame.lineno}"
+    for filename, lineno, line in frames:
+        if os.path.abspath(filename) == os.path.abspath(path):
+            found = f" (your file, line {lineno}: {line})", f"{path}:{lineno}"
     return found
 
 
@@ -150,26 +173,47 @@ class Session:
             yield self.check
         except CaseOver:
             pass
+        except ChildFailure as e:   # the student's process timed out or ended while the case read from it
+            self.check.fail(e.line, e.hint, where=self.report.path)
 
     def call(self, fname: str, *args, **kwargs):
-        """Call the student's function; exceptions become a failed check (with a hint when one is known)."""
-        fn = getattr(self.module, fname, None)
+        """Call the student's function in its process (self.module is the proxy of remote.py); exceptions, time-outs
+        and exits become a failed check (with a hint when one is known), and so does a change of an input in place
+        (unless the exercise's `in_place` names it; with in_place None, a function returning None may change its
+        inputs: they are its outputs)."""
+        try:
+            fn = getattr(self.module, fname, None)
+        except Exception as e:  # noqa: BLE001 (ChildFailure, or an exception of a module-level __getattr__)
+            self.raised(f"reading {fname}", e)
         if not callable(fn):
             self.check.fail(f"your file has no function `{fname}`",
                             f"keep the stub's name and signature: def {fname}(...)", where=self.report.path)
             raise CaseOver
+        process = getattr(self.module, "_process", None)
         try:
-            # a student's debug prints and NumPy's overflow warnings do not drown the report (the checks say it)
-            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), np.errstate(all="ignore"):
-                warnings.simplefilter("ignore")
-                return fn(*args, **kwargs)
+            if process is not None:
+                process.mirror = False
+            got = fn(*args, **kwargs)
         except NotImplementedError as e:
             raise NotImplementedYet(fname, student_frame(e.__traceback__, self.report.path)[1]) from None
         except Exception as e:  # noqa: BLE001 (any error of the student's code is a failed check)
             self.raised(f"{fname} raised", e)
+        finally:
+            if process is not None:
+                process.mirror = True
+        allowed = self.exercise.in_place
+        for name, sent, now in getattr(process, "last_changed", []):
+            if (allowed is None and got is None) or (allowed is not None and name in allowed):
+                mirror(sent, now)   # an update in place the exercise asks for: the grader's array shows it
+                continue
+            self.check.fail(f"your function changed its input `{name}` in place", _in_place_hint(name), where=name)
+        return got
 
     def raised(self, what: str, e: Exception):
         """Fail the case for an exception of the student's code, pointing at its line in their file."""
+        if isinstance(e, ChildFailure):
+            self.check.fail(e.line, e.hint, where=self.report.path)
+            raise CaseOver from None
         text, where = student_frame(e.__traceback__, self.report.path)
         self.check.fail(f"{what} {type(e).__name__}: {e}{text}", self.exercise.hint_for_exception(e),
                         where=where)
@@ -217,6 +261,7 @@ class Session:
                        f"return {np.dtype(dtype).name} arrays (.astype(np.{np.dtype(dtype).name}))", where=what)
         g = got.astype(np.float64)
         e = np.asarray(expected, dtype=np.float64)
+        atol = np.broadcast_to(np.asarray(atol, dtype=np.float64), g.shape)   # a number, or one per element
         bad_nan = ~np.isfinite(g) & np.isfinite(e)
         if bad_nan.any():
             idx = tuple(int(i) for i in np.argwhere(bad_nan)[0])
@@ -227,11 +272,11 @@ class Session:
         err, idx = _worst(g, e, atol, rtol)
         if err is None:
             return ok
-        tol = atol + rtol * abs(e[idx])
+        tol = atol[idx] + rtol * abs(e[idx])
         c.fail(f"{what}: largest error {abs(g[idx] - e[idx]):.3e} at index {idx}: got {g[idx]:.8g}, expected "
                f"{e[idx]:.8g} (tolerance {tol:.2e}; {int(_over(g, e, atol, rtol).sum())} of {g.size} entries "
                "are off)", where=_at(what, idx))
-        matched = False
+        matched = []
         for hint, variant in (variants or {}).items():
             try:
                 wrong = np.asarray(variant(), dtype=np.float64)
@@ -240,10 +285,8 @@ class Session:
             # a match: within 4x the tolerance of the variant, and 10x closer to it than to the truth
             if wrong.shape == g.shape and _worst(g, wrong, 4 * atol, 4 * rtol)[0] is None \
                     and np.abs(g - wrong).max() < 0.1 * np.abs(g - e).max():
-                c.hints.append(hint)
-                matched = True
-        if not matched and otherwise:
-            c.hints.append(otherwise)
+                matched.append((float(np.abs(g - wrong).max()), hint))
+        _add_closest(c, matched, otherwise)
         return False
 
     def expect_scalar(self, what: str, got, expected: float, atol: float, *,
@@ -266,24 +309,20 @@ class Session:
             return True
         c.fail(f"{what}: got {g:.8g}, expected {expected:.8g}: error {abs(g - expected):.3e} "
                f"(tolerance {atol:.2e})", where=what)
-        matched = False
+        matched = []
         for hint, variant in (variants or {}).items():
             try:
                 wrong = float(variant())
             except Exception:  # noqa: BLE001
                 continue
             if abs(g - wrong) <= 4 * atol + 1e-6 * abs(wrong) and abs(g - wrong) < 0.1 * abs(g - expected):
-                c.hints.append(hint)
-                matched = True
-        if not matched and otherwise:
-            c.hints.append(otherwise)
+                matched.append((abs(g - wrong), hint))
+        _add_closest(c, matched, otherwise)
         return False
 
     def expect_unchanged(self, name: str, before: np.ndarray, after: np.ndarray):
         if not np.array_equal(before, after, equal_nan=True):
-            self.check.fail(f"your function changed its input `{name}` in place",
-                            f"work on new arrays (e.g. {name} = {name} - ... instead of {name} -= ...): "
-                            "the caller still needs its input", where=name)
+            self.check.fail(f"your function changed its input `{name}` in place", _in_place_hint(name), where=name)
 
     def finite_difference(self, what: str, analytic, loss: Callable[[], float], x64: np.ndarray):
         """Compare the student's gradient (computed on float64 inputs) with central differences of the scalar
@@ -306,6 +345,25 @@ class Session:
             c.fail(f"{what}: differs from finite differences of the forward by {err:.3e} at index {idx}: got "
                    f"{float(analytic[idx]):.8g}, finite differences give {numeric[idx]:.8g} (tolerance "
                    f"{atol + rtol * abs(numeric[idx]):.1e})", where=_at(what, idx))
+
+
+def _add_closest(c: Check, matched: list[tuple[float, str]], otherwise: str | None):
+    """Add the hints of the known-wrong variants the answer matched, keeping only the closest (and any within 10x
+    of it): on an input where two variants nearly coincide (a padding row where xhat = 0), the farther one is
+    another mistake, not this one. With no match, the `otherwise` hint."""
+    if not matched:
+        if otherwise:
+            c.hints.append(otherwise)
+        return
+    best = min(d for d, _ in matched)
+    for d, hint in matched:
+        if d <= 10 * best + 1e-300 and hint not in c.hints:
+            c.hints.append(hint)
+
+
+def _in_place_hint(name: str) -> str:
+    return (f"work on new arrays (e.g. {name} = {name} * ... instead of {name} *= ..., or {name}.copy() first): "
+            f"the caller still needs its input `{name}`")
 
 
 def _over(g, e, atol, rtol):
@@ -338,6 +396,8 @@ class Exercise:
     run: Callable[[Session], None]
     nonfinite_hint: str | None = None
     exception_hints: tuple[tuple[str, str], ...] = ()   # (text in the exception message, hint)
+    in_place: tuple[str, ...] | None = None     # inputs the functions update in place (None: those returning None)
+    points: float = 10.0                        # the exercise's total, shared equally by its checks
 
     def hint_for_exception(self, e: Exception) -> str | None:
         text = f"{type(e).__name__}: {e}"
@@ -358,6 +418,11 @@ GENERIC_EXCEPTION_HINTS = (
     ("matmul: Input operand", "matrix shapes do not chain: check which operand needs a transpose "
      "(.transpose(...) or .swapaxes(-1, -2))"),
     ("NameError", "a name is undefined: did you import numpy as np (and scipy.special's erf) at the top?"),
+    ("SystemExit", "your code raised SystemExit (sys.exit(), exit() or quit()): a function returns its result, it "
+     "never ends the program"),
+    ("MemoryError", "your code ran out of memory (the grader's limit): look for an array or list that grows in a "
+     "loop, or a broadcast that builds a huge array"),
+    ("KeyboardInterrupt", "your code raised KeyboardInterrupt: remove it, a function returns its result"),
 )
 
 
@@ -374,38 +439,70 @@ def f64(*arrays):
 # grading one file
 
 
-def grade_file(ex: Exercise, path) -> GradeReport:
-    """Grade the answer file at `path` for the exercise `ex`; never raises for a student's mistake (only a
-    missing file raises FileNotFoundError)."""
-    report = GradeReport(ex.name, str(path))
-    try:
-        module = load_answer(path)
-    except FileNotFoundError:
-        raise
-    except NotImplementedError:  # raised at import time: nothing to grade yet
-        report.not_implemented = True
-        report.checks = [Check("import your file", passed=False, where=str(path), lines=[
-            f"not implemented yet: importing {path} raises NotImplementedError"])]
-        return report
-    except Exception as e:  # noqa: BLE001 (a syntax error or an import error in the student's file)
-        c = Check("import your file")
-        detail = f"{type(e).__name__}: {e}"
-        text, where = student_frame(e.__traceback__, str(path))
-        if isinstance(e, SyntaxError):
-            detail, where = f"SyntaxError on line {e.lineno}: {e.msg}", f"{path}:{e.lineno}"
-        c.fail(f"could not import {path}: {detail}{text}", "run `python " + str(path) + "` to see the full error",
-               where=where or str(path))
+def grade_file(ex: Exercise, path, *, timeout: float = DEFAULT_TIMEOUT,
+               memory_mb: int = DEFAULT_MEMORY_MB) -> GradeReport:
+    """Grade the answer file at `path` for the exercise `ex`: the answer runs in a child process (remote.py), with
+    `timeout` seconds per call and `memory_mb` of address space; the checks run here. Never raises for a student's
+    mistake (only a missing file raises FileNotFoundError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (give the path of your answer, e.g. "
+                                f"my_exercises/{ex.name}.py)")
+    report = GradeReport(ex.name, str(path), max_points=ex.points)
+    with StudentProcess(path, timeout=timeout, memory_mb=memory_mb) as proc:
+        _grade(ex, report, proc)
+    report.printed = proc.printed          # counted to the end: close() waits for the reader of the child's output
+    if report.printed > PRINT_LIMIT and not report.not_implemented:
+        c = Check("printing stays small")
+        c.fail(f"your code printed {report.printed} bytes (limit {PRINT_LIMIT}); the grader drops them",
+               "remove the debug prints (a print inside a loop, or of a whole array) before you hand in",
+               where=str(path))
         report.checks.append(c)
-        return report
-    session = Session(report, module, ex)
+    return report
+
+
+def _grade(ex: Exercise, report: GradeReport, proc: StudentProcess):
+    path = report.path
+    c = Check("import your file")
+    try:
+        first = proc.start()
+    except ChildFailure as e:
+        c.fail(e.line, e.hint, where=path)
+        report.checks.append(c)
+        return
+    if not first["ok"]:
+        exc = first.get("exc") if isinstance(first.get("exc"), dict) else {}
+        try:
+            from .remote import raise_remote
+            raise_remote(exc)
+        except NotImplementedError:  # raised at import time: nothing to grade yet
+            report.not_implemented = True
+            report.checks = [Check("import your file", passed=False, where=path, lines=[
+                f"not implemented yet: importing {path} raises NotImplementedError"])]
+            return
+        except Exception as e:  # noqa: BLE001 (a syntax error, an import error, an exit in the student's file)
+            detail = f"{type(e).__name__}: {e}"
+            text, where = student_frame(e.__traceback__, path)
+            syntax = getattr(e, "remote_syntax", None)
+            if syntax:
+                detail, where = f"SyntaxError on line {syntax[0]}: {syntax[1]}", f"{path}:{syntax[0]}"
+            hint = ex.hint_for_exception(e) if type(e).__name__ in ("SystemExit", "MemoryError") else None
+            c.fail(f"could not import {path}: {detail}{text}", hint or "run `python " + path + "` to see the full "
+                   "error", where=where or path)
+            report.checks.append(c)
+            return
+    session = Session(report, proc.module, ex)
     try:
         ex.run(session)
     except NotImplementedYet as e:
         report.not_implemented = True
-        where = e.args[1] if len(e.args) > 1 and e.args[1] else str(path)
+        where = e.args[1] if len(e.args) > 1 and e.args[1] else path
         report.checks = [Check(f"{e.args[0]}", passed=False, where=where, lines=[
             f"not implemented yet: `{e.args[0]}` still raises NotImplementedError"],
             hints=[f"open {path}, read the docstring (the maths, the shapes, the dtype rule) and replace "
                    f"`raise NotImplementedError` with your NumPy code; then run `minidistil grade {ex.name} "
                    f"{path}` again"])]
-    return report
+    except ChildFailure as e:   # outside any case: one more failed check, and the grading stops
+        c = Check("running your code")
+        c.fail(e.line, e.hint, where=path)
+        report.checks.append(c)

@@ -38,6 +38,10 @@ def run(s: Session):
                     lambda: cdf + x64 * pdf,
                 "your dx is dy * gelu(x), the forward: the backward multiplies dy by the DERIVATIVE gelu'(x)":
                     lambda: dy64 * x64 * cdf,
+                "your Phi(x) is missing the 0.5: Phi(x) = 0.5 * (1 + erf(x / sqrt(2)))":
+                    lambda: dy64 * (2 * cdf + x64 * pdf),
+                "your GELU is missing its 0.5: gelu(x) = 0.5 * x * (1 + erf(x / sqrt(2))), so its derivative is "
+                "Phi(x) + x phi(x) with Phi(x) = 0.5 * (1 + erf(x / sqrt(2)))": lambda: 2 * dy64 * (cdf + x64 * pdf),
                 "your phi(x) is missing 1/sqrt(2 pi) (the normal density is exp(-x^2/2) / sqrt(2 pi))":
                     lambda: dy64 * (cdf + x64 * np.exp(-0.5 * x64 ** 2)),
                 "your phi uses exp(-x^2) instead of exp(-x^2 / 2)":

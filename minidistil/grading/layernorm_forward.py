@@ -46,7 +46,7 @@ def run(s: Session):
                     lambda: y_with(((x2 - mu) ** 2).sum(axis=1, keepdims=True) / (C - 1)),
                 "eps belongs inside the square root: rstd = 1 / sqrt(var + eps)":
                     lambda: y_with(var, lambda v: 1 / (np.sqrt(v) + eps)),
-                "you multiplied by the standard deviation: rstd is 1 / sqrt(var + eps)":
+                "you multiplied by the standard deviation: rstd is 1 / sqrt(var + eps), not sqrt(var + eps)":
                     lambda: y_with(var, lambda v: np.sqrt(v + eps)),
                 "you divided by the variance, not its square root": lambda: y_with(var, lambda v: 1 / (v + eps)),
                 "w and b are swapped: y = xhat * w + b":
