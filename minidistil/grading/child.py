@@ -93,6 +93,9 @@ def load_array(blob: bytes):
 # the child's side: encode what the answer returns, serve requests
 
 
+PLAIN_KEYS = (str, int, float, bool)   # the keys a dict may have on the wire (JSON keeps them apart as [key, value])
+
+
 def encode(v, blobs: list, objects: dict, depth: int = 0):
     """A JSON-ready value: plain data as itself, arrays and NumPy scalars as blob numbers, other objects as handles
     (kept alive in `objects`)."""
@@ -107,6 +110,8 @@ def encode(v, blobs: list, objects: dict, depth: int = 0):
         return {"nd" if isinstance(v, np.ndarray) else "sc": len(blobs) - 1}
     if isinstance(v, (tuple, list)) and type(v) in (tuple, list) and depth < MAX_DEPTH and len(v) <= MAX_ITEMS:
         return {type(v).__name__: [encode(x, blobs, objects, depth + 1) for x in v]}
+    if type(v) is dict and depth < MAX_DEPTH and len(v) <= MAX_ITEMS and all(type(k) in PLAIN_KEYS for k in v):
+        return {"dict": [[k, encode(x, blobs, objects, depth + 1)] for k, x in v.items()]}
     key = id(v)
     objects[key] = v
     return {"obj": key, "type": type(v).__name__[:100], "callable": callable(v)}
@@ -125,6 +130,8 @@ def decode_arg(v, blobs: list, objects: dict):
             return tuple(decode_arg(x, blobs, objects) for x in v["tuple"])
         if "list" in v:
             return [decode_arg(x, blobs, objects) for x in v["list"]]
+        if "dict" in v:
+            return {k: decode_arg(x, blobs, objects) for k, x in v["dict"]}
         raise WireError(f"unknown value {sorted(v)}")
     return v
 

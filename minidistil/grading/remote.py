@@ -200,12 +200,20 @@ class StudentProcess:
             if "tuple" in v or "list" in v:
                 items = [self.decode(x, blobs, depth + 1) for x in next(iter(v.values()))]
                 return tuple(items) if "tuple" in v else items
+            if "dict" in v and type(v["dict"]) is list:
+                return {_plain_key(k): self.decode(x, blobs, depth + 1) for k, x in v["dict"]}
             if "obj" in v and type(v["obj"]) is int and type(v.get("type")) is str:
                 cls = RemoteCallable if v.get("callable") is True else RemoteObject
                 return cls(self, v["obj"], v["type"], self.generation)
         except (wire.WireError, IndexError, TypeError) as e:
             raise ChildFailure(f"your code's process sent a value the grader cannot read ({e})") from None
         raise ChildFailure("your code's process sent a value the grader cannot read")
+
+
+def _plain_key(k):
+    if type(k) not in wire.PLAIN_KEYS:
+        raise TypeError(f"a dict key of type {type(k).__name__}")
+    return k
 
 
 def encode_arg(v, blobs: list, depth=0):
@@ -224,6 +232,8 @@ def encode_arg(v, blobs: list, depth=0):
         return v.__int__() if isinstance(v, int) else float(v)
     if isinstance(v, (tuple, list)) and depth < wire.MAX_DEPTH:
         return {"tuple" if isinstance(v, tuple) else "list": [encode_arg(x, blobs, depth + 1) for x in v]}
+    if isinstance(v, dict) and depth < wire.MAX_DEPTH and all(type(k) in wire.PLAIN_KEYS for k in v):
+        return {"dict": [[k, encode_arg(x, blobs, depth + 1)] for k, x in v.items()]}
     raise TypeError(f"the grader cannot send a {type(v).__name__} to the student's process")
 
 
