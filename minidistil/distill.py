@@ -376,6 +376,8 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
                 say(world.describe())
             else:  # rank 0 prints, logs, saves and evaluates
                 say, cfg.progress, cfg.evaluate = (lambda *a, **k: None), False, False
+        from .runchecks import check_output
+        check_output(cfg.out_dir, teacher=teacher if isinstance(teacher, (str, Path)) else None, corpus=cfg.corpus)
         with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=say, writer=world.writer) as run, \
                 quiet_overflow():
             return _distill(teacher, tokenizer, cfg, run, say, t_begin)
@@ -417,6 +419,8 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     params = dict(student.named_parameters())
     state = RunState()
     world = parallel.world()
+    from .runchecks import distill_identity
+    run.expect(**distill_identity(cfg, teacher_model, teacher_name, layers, seqs))   # --resume: the same run only
     c = world.bcast(run.resume(params))   # rank 0 reads the checkpoint: any rank count resumes any other's
     if c is not None:
         ckpt.load_model_arrays(params, c.model)

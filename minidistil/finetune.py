@@ -610,6 +610,9 @@ def finetune(task: str | None = None, model: str | None = None, train=None, out_
             else:  # rank 0 prints, logs and saves
                 say = notice = (lambda *a, **k: None)
                 cfg.progress = False
+        from .runchecks import check_output
+        check_output(cfg.out_dir, model=cfg.model, teacher=cfg.teacher, train=None if "train" in data else cfg.train,
+                     validation=None if "validation" in data else cfg.validation)
         with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=notice, writer=world.writer) as run, \
                 quiet_overflow():
             return _finetune(cfg, data, compute_metrics, run, world, say, save_pretrained)
@@ -656,6 +659,8 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
     opt = AdamW(model_.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = dict(model_.named_parameters())
     state = RunState(total_steps=total)
+    from .runchecks import finetune_identity
+    run.expect(**finetune_identity(cfg, params, names, tr, va, teacher))   # --resume: the same run only
     c = world.bcast(run.resume(params))   # rank 0 reads the checkpoint: any rank count resumes any other's
     if c is not None:
         ckpt.load_model_arrays(params, c.model)

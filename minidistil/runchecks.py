@@ -1,0 +1,65 @@
+"""Checks the two training loops (minidistil.distill, minidistil.finetune) make before they train: the output is
+apart from every input, and what a run is (inputs, student shape, settings), so that --resume continues only the
+run its checkpoint came from (minidistil.run.Run.expect)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .files import check_apart
+from .run import digest
+
+# settings that change the updates a run makes; how long it runs (steps, time budget, epochs to stop after), how
+# often it checkpoints, where it runs and what it prints may change between sessions
+DISTILL_SETTINGS = ("text_field", "held_out", "max_len", "batch_size", "grad_accum", "lr", "warmup", "weight_decay",
+                    "max_grad_norm", "weights", "mask_smoothing", "seed")
+FINETUNE_SETTINGS = ("task", "labels", "max_length", "stride", "epochs", "batch_size", "lr", "warmup",
+                     "weight_decay", "max_grad_norm", "seed", "alpha", "temperature", "limit", "held_out")
+
+
+def _local(name) -> str | None:
+    """The folder or file a name stands for (a path, or a checkpoint already in the weights folder); None for
+    data in memory or a name that is not here (nothing is fetched: loading it later says what is wrong)."""
+    if not isinstance(name, (str, os.PathLike)) or not str(name):
+        return None
+    if os.path.exists(name):
+        return str(name)
+    from .hub import local_path
+    try:
+        found = local_path(str(name))
+    except (ValueError, OSError):
+        return None
+    return None if found is None else str(found)
+
+
+def check_output(out, **inputs):
+    """A ValueError when `out` (or its state folder OUT.training) is, holds or lies in one of the inputs
+    ({what: path, list of paths or None}); names are resolved as the loaders resolve them."""
+    resolved = {}
+    for what, value in inputs.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        resolved[what] = [p for p in map(_local, values) if p is not None]
+    check_apart(out, resolved)
+    check_apart(Path(os.path.realpath(out)).parent / (Path(os.path.realpath(out)).name + ".training"), resolved,
+                flag="the training state of --out")
+
+
+def _named(name, arrays) -> dict:
+    return {"name": str(name), "digest": digest(arrays)}
+
+
+def distill_identity(cfg, teacher_model, teacher_name: str, layers, seqs) -> dict:
+    """What a distillation run is: the teacher's weights, the student's layers, the training sequences (corpus,
+    tokenizer and max length together) and the settings that change the updates."""
+    return {"teacher": _named(teacher_name, teacher_model.state_dict()), "student_layers": list(layers),
+            "corpus": _named(cfg.corpus or "the default corpus", seqs),
+            **{k: getattr(cfg, k) for k in DISTILL_SETTINGS}}
+
+
+def finetune_identity(cfg, params: dict, names, train_feats: dict, val_feats: dict | None, teacher=None) -> dict:
+    """What a fine-tuning run is: the starting weights (base model and new head), the label names, the encoded
+    training and validation data, the teacher's weights and the settings that change the updates."""
+    return {"model": _named(cfg.model, params), "label_names": names, "train": _named(cfg.train, train_feats),
+            "validation": _named(cfg.validation, val_feats or {}),
+            "teacher": _named(cfg.teacher, teacher.state_dict()) if teacher is not None else None,
+            **{k: getattr(cfg, k) for k in FINETUNE_SETTINGS}}
