@@ -36,6 +36,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from .files import JSON_LIMIT, read_lines, read_text
+
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
@@ -160,7 +162,7 @@ def read_corpus(paths: str | os.PathLike | Sequence[str | os.PathLike], text_fie
             if suffix in JSONL_SUFFIXES:
                 docs.extend(_read_jsonl(f, text_field))
             elif suffix in TEXT_SUFFIXES or (not p.is_dir() and suffix not in JSONL_SUFFIXES):
-                text = f.read_text(encoding="utf-8", errors="replace")
+                text = read_text(f, JSON_LIMIT)   # a bound; a byte that is not UTF-8 is named with its offset
                 if text.strip():
                     docs.append(Document(str(f), text))
     if not docs:
@@ -171,19 +173,18 @@ def read_corpus(paths: str | os.PathLike | Sequence[str | os.PathLike], text_fie
 
 def _read_jsonl(path: Path, text_field: str) -> list[Document]:
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"corpus: {path}:{lineno} is not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
-                raise ValueError(f"corpus: {path}:{lineno} has no string field '{text_field}' "
-                                 f"(set text_field / --text-field)")
-            if obj[text_field].strip():
-                docs.append(Document(f"{path}:{lineno}", obj[text_field]))
+    for lineno, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"corpus: {path}:{lineno} is not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
+            raise ValueError(f"corpus: {path}:{lineno} has no string field '{text_field}' "
+                             f"(set text_field / --text-field)")
+        if obj[text_field].strip():
+            docs.append(Document(f"{path}:{lineno}", obj[text_field]))
     return docs
 
 

@@ -69,7 +69,7 @@ from .device import check_device, describe
 from .kernels import _cuda
 from .masking import IGNORE_INDEX, mask_tokens, selection_weights
 from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
-from .run import (BudgetPlan, Run, RunState, plot_curves, quiet_overflow, schedule_complete, schedule_summary,
+from .run import (BudgetPlan, Run, RunError, RunState, plot_curves, quiet_overflow, schedule_complete, schedule_summary,
                   schedule_text)
 
 DEFAULT_TEACHER = "all-MiniLM-L6-v2"
@@ -515,6 +515,8 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     finally:
         progress.close(complete)
     state.seconds += time.perf_counter() - t_start
+    if state.step == 0:   # nothing learnt: no model written, no checkpoint
+        raise RunError(f"--time-budget {cfg.time_budget:g}: no update fitted in it; give a budget of seconds")
     if run.saved is None or run.saved[0] != state.step:
         save()
     student.eval()

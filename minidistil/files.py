@@ -18,6 +18,8 @@ MB = 2**20
 TEXT_LIMIT = 64 * MB     # a text file a user names: --file, standard input, --context @FILE, a corpus file
 JSON_LIMIT = 256 * MB    # a JSON data file (SQuAD's training set is 30-42 MB)
 CONFIG_LIMIT = 16 * MB   # config.json and the other small JSON files of a checkpoint
+DATA_LIMIT = 1024 * MB   # a table or CoNLL file, read line by line
+LINE_LIMIT = 16 * MB     # one line of such a file
 _PIECE = MB              # reads go in pieces of this size, so a file that never ends stops at its limit
 
 
@@ -40,15 +42,42 @@ def decode_utf8(raw: bytes, name: str) -> str:
 def read_limited(f, limit: int, name: str) -> bytes:
     """At most `limit` bytes of the binary file object `f`, read in pieces; a ValueError naming `name` when there
     are more (a device such as /dev/zero, or a file too large to hold in memory)."""
-    pieces, total = [], 0
+    buf = bytearray()
     while True:
-        piece = f.read(min(_PIECE, limit + 1 - total))
+        piece = f.read(min(_PIECE, limit + 1 - len(buf)))
         if not piece:
-            return b"".join(pieces)
-        pieces.append(piece)
-        total += len(piece)
-        if total > limit:
+            return bytes(buf)
+        buf += piece
+        if len(buf) > limit:
             raise ValueError(f"{name}: larger than the {limit / MB:g} MB this input may hold; give a smaller file")
+
+
+def read_lines(path: str | os.PathLike, line_limit: int = LINE_LIMIT, limit: int = DATA_LIMIT):
+    """Yield the lines of the UTF-8 text file `path`, each with its line ending (a leading byte-order mark
+    dropped), reading one line at a time: a ValueError names the file and the line when a line is longer than
+    `line_limit` bytes or the file longer than `limit`, and the byte offset when it is not UTF-8."""
+    name = str(path)
+    with open(path, "rb") as f:
+        offset, lineno = 0, 0
+        while True:
+            raw = f.readline(line_limit + 1)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > line_limit:
+                raise ValueError(f"{name}: line {lineno} is longer than {line_limit / MB:g} MB (a binary file or a "
+                                 "device?)")
+            if offset + len(raw) > limit:
+                raise ValueError(f"{name}: larger than the {limit / MB:g} MB this input may hold; split it")
+            bom = 3 if offset == 0 and raw.startswith(b"\xef\xbb\xbf") else 0
+            try:
+                text = str(memoryview(raw)[bom:], "utf-8")
+            except UnicodeDecodeError as e:
+                at = offset + bom + e.start
+                raise ValueError(f"{name}: not UTF-8 text (byte 0x{raw[bom + e.start]:02x} at offset {at}, line "
+                                 f"{lineno}); save it as UTF-8") from None
+            offset += len(raw)
+            yield text
 
 
 def read_text(path: str | os.PathLike, limit: int = TEXT_LIMIT) -> str:

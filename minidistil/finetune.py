@@ -634,8 +634,11 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
     out = run.out
     train_ex, val_ex, skipped = load_data(cfg, data)
     names = label_names(cfg, train_ex)
+    from .runchecks import check_examples, check_labels
+    check_labels(cfg, train_ex, names)
     train_ex = drop_unknown_labels(cfg, train_ex, names, skipped)
     val_ex = drop_unknown_labels(cfg, val_ex, names, skipped)
+    check_examples(cfg, train_ex, val_ex, bool(cfg.validation) or "validation" in data)
     if skipped:
         say(f"skipped {len(skipped)} malformed row(s):")
         for s in skipped[:10]:
@@ -781,7 +784,11 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
 
 def _summary(r: dict) -> str:
     keys = ("accuracy", "f1_macro", "f1_micro", "pearson", "spearman", "precision", "recall", "f1", "exact_match")
-    return "  ".join(f"{k} {r[k]:.4f}" for k in keys if isinstance(r.get(k), float)) or "no validation set"
+    undefined = [k for k in keys if k in r and r[k] is None]     # a correlation over one validation example
+    return "  ".join([f"{k} {r[k]:.4f}" for k in keys if isinstance(r.get(k), float)]
+                     + [f"{k} undefined (one validation example)" for k in undefined]
+                     + ([f"mse {r['mse']:.4f}"] if undefined and isinstance(r.get("mse"), float) else [])
+                     ) or "no validation set"
 
 
 def _bar(cfg: FinetuneConfig, total: int, initial: int, desc: str):

@@ -259,7 +259,10 @@ def load_quantized(folder, config_dict: dict, cls=None, device: str | None = Non
     if qc.get("version", FORMAT_VERSION) > FORMAT_VERSION:
         raise CheckpointError(f"{folder / 'config.json'}: quantization format version {qc['version']} is newer "
                               f"than this minidistil reads ({FORMAT_VERSION}); upgrade minidistil")
-    config = config_from_dict(config_dict)
+    try:
+        config = config_from_dict(config_dict)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
     model = _pick_class(config, cls, folder)(config)              # zero weights: every tensor comes from the file
     state = read_state_dict(folder)
     keys = set(state)

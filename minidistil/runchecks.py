@@ -63,3 +63,37 @@ def finetune_identity(cfg, params: dict, names, train_feats: dict, val_feats: di
             "validation": _named(cfg.validation, val_feats or {}),
             "teacher": _named(cfg.teacher, teacher.state_dict()) if teacher is not None else None,
             **{k: getattr(cfg, k) for k in FINETUNE_SETTINGS}}
+
+
+def _labels_of(task: str, examples) -> set[str]:
+    if task == "classification":
+        return {e.label for e in examples}
+    if task == "multilabel":
+        return {x for e in examples for x in e.label}
+    if task == "token":
+        return {t for e in examples for t in e.tags}
+    return set()
+
+
+def check_labels(cfg, train: list, names: list[str] | None):
+    """Before unknown labels are dropped: the label names are distinct, the training data has at least one of them,
+    and token classification has a tag besides O (a ValueError saying which)."""
+    if names is None:
+        return
+    seen = [n for i, n in enumerate(names) if n in names[:i]]
+    if seen:
+        raise ValueError(f"--labels: {seen[0]!r} is given twice ({','.join(names)}); each label once, in id order")
+    present = _labels_of(cfg.task, train)
+    if not present & set(names):
+        raise ValueError(f"--labels {','.join(names)}: none of them is a label of the training data "
+                         f"(its labels: {', '.join(sorted(present)[:10])})")
+    if cfg.task == "token" and not (present & set(names)) - {"O"}:
+        raise ValueError(f"train: every tag in {cfg.train} is O: token classification needs entity tags to learn")
+
+
+def check_examples(cfg, train: list, val: list, validation_given: bool):
+    """After unknown labels are dropped: examples are left to train on, and a validation file given holds some."""
+    if not train:
+        raise ValueError(f"train: no example of {cfg.train} is left once those with unknown labels are dropped")
+    if validation_given and not val:
+        raise ValueError(f"validation: no usable examples in {cfg.validation} (see the rows skipped above)")
