@@ -5,6 +5,7 @@ CLI cases run in-process through cli.main() on tiny checkpoints saved in the tes
 "minidistil COMMAND: error: ..." and the exit status be non-zero.
 """
 import dataclasses
+import os
 import hashlib
 import io
 import json
@@ -429,3 +430,202 @@ def test_random_bytes_corpus_warns_naming_the_file(tiny, tmp_path):
 def test_help_topics_are_text():
     docs = D.pydoc_topics()                                             # part of the default corpus
     assert docs and [d.source for d in docs if D.why_not_text(d.text, [], 0)] == []
+
+
+# ================================================================================================================
+# the second round: nothing replaced that is not ours, nothing destroyed by a flag, no read without a bound
+
+
+def _rows(path: Path, rows, header="sentence,label"):
+    path.write_text(header + "\n" + "".join(f"{t},{lab}\n" for t, lab in rows), encoding="utf-8")
+    return path
+
+
+SENTIMENT = [("the cat sat on the mat", "pos"), ("the dog ran", "neg"), ("the cat ran", "pos"),
+             ("the dog sat", "neg")] * 3
+
+
+# ---- 1. an output path that names a device, a FIFO or a link is written through or refused, never replaced -----
+
+
+def test_outputs_write_through_devices_and_links_and_refuse_the_rest(tiny, tmp_path, capsys):
+    fake = tmp_path / "fakedev"
+    fake.mkdir()
+    os.mknod(fake / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))          # a copy of /dev/null
+    os.mknod(fake / "loop", stat.S_IFBLK | 0o600, os.makedev(7, 0))          # a block device: never opened
+    (fake / "to-null").symlink_to(fake / "null")
+    (fake / "to-file").symlink_to(tmp_path / "real.json")
+    (fake / "dangling").symlink_to(tmp_path / "new.json")
+    (tmp_path / "real.json").write_text("old")
+    model = ["--model", tiny["embed"]]
+    assert _cli(capsys, "embed", *model, "--npy", fake / "null", "the cat")[0] == 0
+    assert _cli(capsys, "embed", *model, "--json", fake / "to-null", "the cat")[0] == 0
+    assert stat.S_ISCHR(os.lstat(fake / "null").st_mode) and (fake / "to-null").is_symlink()
+    assert _cli(capsys, "embed", *model, "--json", fake / "to-file", "the cat")[0] == 0
+    assert (fake / "to-file").is_symlink() and json.loads((tmp_path / "real.json").read_text())["texts"] == ["the cat"]
+    assert _cli(capsys, "embed", *model, "--json", fake / "dangling", "the cat")[0] == 0
+    assert (fake / "dangling").is_symlink() and (tmp_path / "new.json").is_file()
+    _fails_in_one_line(capsys, "embed", *model, "--npy", fake / "loop", "the cat", match="is a block device, not a "
+                       "file: refusing to write over it")
+    _fails_in_one_line(capsys, "embed", *model, "--npy", fake, "the cat", match="is a folder, not a file")
+    assert stat.S_ISBLK(os.lstat(fake / "loop").st_mode)
+    assert sorted(p.name for p in fake.iterdir()) == ["dangling", "loop", "null", "to-file", "to-null"]  # no temp
+
+
+def test_a_fifo_is_written_through(tiny, tmp_path, capsys):
+    import threading
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert _cli(capsys, "embed", "--model", tiny["embed"], "--json", fifo, "the cat")[0] == 0
+    reader.join(30)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and json.loads(got[0])["texts"] == ["the cat"]
+
+
+def test_the_replace_itself_never_lands_on_a_non_regular_file(tmp_path):
+    target = tmp_path / "x"
+
+    def swap(f):  # between the check and the replace, the name becomes a FIFO
+        f.write(b"data")
+        os.mkfifo(target)
+
+    with pytest.raises(ValueError, match="became a FIFO while it was written: not replaced"):
+        st.atomic_write(target, swap)
+    assert stat.S_ISFIFO(os.lstat(target).st_mode) and [p.name for p in tmp_path.iterdir()] == ["x"]
+
+
+# ---- 2. the lock is the real folder's ------------------------------------------------------------------------
+
+
+def test_a_link_to_a_running_folder_is_the_same_lock(tmp_path):
+    from minidistil.run import FolderLock, Run, RunError
+    (tmp_path / "o").mkdir()
+    (tmp_path / "link-to-o").symlink_to(tmp_path / "o")
+    with Run(tmp_path / "o", say=lambda *a: None):
+        (tmp_path / "o" / "metrics.jsonl").write_text('{"step": 1}\n')
+        with pytest.raises(RunError, match=r"is in use by another run \(PID"):
+            Run(tmp_path / "link-to-o", overwrite=True, say=lambda *a: None).__enter__()
+        assert (tmp_path / "o" / "metrics.jsonl").read_text() == '{"step": 1}\n'     # the flag deleted nothing
+        # two names that realpath cannot join (a bind mount) still share the folder itself: its flock is the guard
+        (tmp_path / "elsewhere").mkdir()
+        with pytest.raises(RunError, match="in use by another run"):
+            FolderLock(tmp_path / "elsewhere", guard=tmp_path / "o").acquire()
+
+
+# ---- 3-4. quantize refuses an occupied folder; no output over an input, whatever the flags -------------------
+
+
+def test_quantize_refuses_an_occupied_folder_and_its_source(tiny, tmp_path, capsys):
+    dest = tmp_path / "classifier"
+    dest.mkdir()
+    (dest / "config.json").write_text("{}")
+    _fails_in_one_line(capsys, "quantize", tiny["clf"], dest, match=r"classifier is not empty \(it holds "
+                       r"config\.json\); give a new folder, or --overwrite")
+    assert (dest / "config.json").read_text() == "{}"
+    for out in (tiny["clf"], tiny["clf"] / "sub", tmp_path.parent):
+        _fails_in_one_line(capsys, "quantize", tiny["clf"], out, "--overwrite",
+                           match="(is|is inside|contains) the source checkpoint .*an output never replaces an input")
+    assert _cli(capsys, "quantize", tiny["clf"], dest, "--overwrite")[0] == 0
+    assert json.loads((dest / "config.json").read_text())["model_type"] == "minidistil_int8"
+
+
+def test_an_output_over_an_input_is_refused_whatever_the_flags(tiny, tmp_path, capsys):
+    before = {p.name: p.read_bytes() for p in tiny["mlm"].iterdir()}
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        _fails_in_one_line(capsys, "distill", "--teacher", tiny["mlm"], "--out", tiny["mlm"], *flags,
+                           match="is the teacher .*an output never replaces an input")
+    _fails_in_one_line(capsys, "distill", "--teacher", tiny["mlm"], "--out", tiny["mlm"] / "student",
+                       match="is inside the teacher")
+    (tmp_path / "data").mkdir()
+    train = _rows(tmp_path / "data" / "train.csv", SENTIMENT)
+    base = ["finetune", "--task", "classification", "--model", tiny["clf"], "--train", train,
+            "--text-field", "sentence", "--overwrite"]
+    _fails_in_one_line(capsys, *base, "--out", tiny["clf"], match="is the model")
+    _fails_in_one_line(capsys, *base, "--out", tmp_path / "data", match="contains the train")
+    _fails_in_one_line(capsys, *base, "--out", train, match="is the train")
+    assert {p.name: p.read_bytes() for p in tiny["mlm"].iterdir()} == before
+    assert not (tiny["mlm"].parent / "mlm.training").exists()
+    assert not (tiny["mlm"] / "student").exists()
+
+
+# ---- 5. --resume continues only the run its checkpoint came from ---------------------------------------------
+
+
+def test_resume_names_a_different_teacher_corpus_or_setting(tmp_path):
+    from test_distill import RUN, _corpus_dir, _tiny_teacher, _tiny_tokenizer
+    from minidistil.distill import distill
+    from minidistil.run import RunError
+    corpus = _corpus_dir(tmp_path, 12)
+    tok = _tiny_tokenizer(corpus)
+    out = tmp_path / "student"
+    common = dict(tokenizer=tok, corpus=[str(corpus)], student_layers=1, **{**RUN, "checkpoint_every": 2})
+    distill(_tiny_teacher(seed=0), out, steps=2, **common)
+    metrics = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(RunError, match=r"--resume: checkpoint-00000002\.npz was made by another run than this one "
+                                       r"\(teacher: BertForMaskedLM \(digest \w+\), now BertForMaskedLM"):
+        distill(_tiny_teacher(seed=1), out, steps=4, resume=True, **common)
+    with pytest.raises(RunError, match=r"lr: 0\.003, now 0\.001"):
+        distill(_tiny_teacher(seed=0), out, steps=4, resume=True, **{**common, "lr": 1e-3})
+    (tmp_path / "other").mkdir()
+    other = _corpus_dir(tmp_path / "other", 14)
+    with pytest.raises(RunError, match=r"corpus: \['.*'\] \(digest \w+\), now"):
+        distill(_tiny_teacher(seed=0), out, steps=4, resume=True, **{**common, "corpus": [str(other)]})
+    assert (out / "metrics.jsonl").read_bytes() == metrics                     # the refused resumes changed nothing
+    r = distill(_tiny_teacher(seed=0), out, steps=4, resume=True, **common)    # the same run continues
+    assert r["steps"] == 4
+
+
+# ---- 6. regression with one validation example -----------------------------------------------------------------
+
+
+def test_regression_with_one_validation_example_reports_the_correlation_as_undefined(tiny, tmp_path, capsys):
+    train = _rows(tmp_path / "train.csv", [("the cat sat", 0.5), ("the dog ran", 1.5), ("the cat ran", 1.0)] * 2)
+    val = _rows(tmp_path / "val.csv", [("the dog sat", 0.7)])
+    rc, out, err = _cli(capsys, "finetune", "--task", "regression", "--model", tiny["embed"], "--train", train,
+                        "--validation", val, "--text-field", "sentence", "--out", tmp_path / "out", "--epochs", "1")
+    assert rc == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["best_epoch"] == 1 and (tmp_path / "out" / "model.safetensors").is_file()
+    assert report["history"] == [{"epoch": 1, "step": 1, "score": None, "metric": "pearson"}]   # 6 rows, batch 16
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    ev = [r["eval"] for r in rows if "eval" in r][0]
+    assert ev["pearson"] is None and ev["spearman"] is None and ev["mse"] >= 0
+    assert "pearson undefined (one validation example)" in out
+
+
+# ---- 10. checkpoint metadata of the wrong shape ----------------------------------------------------------------
+
+
+def _rewrite_meta(path: Path, change):
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    arrays["meta"] = np.frombuffer(json.dumps(change(meta)).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: [m], "its metadata is a JSON list, not an object"),
+    (lambda m: {**m, "step": "three"}, 'its step is "three", not a count'),
+    (lambda m: {**m, "extra": [1]}, "its extra is a list"),
+    (lambda m: {**m, "extra": {**m["extra"], "run": {**m["extra"]["run"], "step": "three"}}},
+     'run state step is "three", not a count'),
+    (lambda m: {**m, "data": {"epoch": "x"}}, "its data position is not a set of counts"),
+])
+def test_damaged_checkpoint_metadata_falls_back_to_the_one_before(tmp_path, change, match):
+    from minidistil.run import Run, RunState
+    said = []
+    params = {"w": np.ones(3, np.float32)}
+    with Run(tmp_path / "o", say=said.append) as run:
+        run.resume(params)
+        for step in (1, 2):
+            run.save(step, model=params, optimizer=None, state=RunState(step=step), data={"epoch": 0, "index": step})
+    newest = tmp_path / "o.training" / "checkpoint-00000002.npz"
+    _rewrite_meta(newest, change)
+    with Run(tmp_path / "o", resume=True, say=said.append) as run:
+        c = run.resume(params)
+    assert c.step == 1 and re.search(f"checkpoint: .*checkpoint-00000002.npz is damaged \\(.*{match}.*\\): falling "
+                                     "back to the one before it", " ".join(said)), said
