@@ -629,3 +629,96 @@ def test_damaged_checkpoint_metadata_falls_back_to_the_one_before(tmp_path, chan
         c = run.resume(params)
     assert c.step == 1 and re.search(f"checkpoint: .*checkpoint-00000002.npz is damaged \\(.*{match}.*\\): falling "
                                      "back to the one before it", " ".join(said)), said
+
+
+# ---- 7-8. every read of a user's file is bounded; memory follows what the model reads --------------------------
+
+MEASURED = """
+import resource, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from minidistil import cli
+try:
+    rc = cli.main(sys.argv[2:])
+except SystemExit as e:
+    rc = e.code
+sys.stderr.write(f"\\npeak resident KiB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n")
+sys.exit(rc)
+"""
+ADDRESS_SPACE = 1024 * 2**20  # `embed hello` alone maps ~600 MB of address space (Numba, SciPy, OpenBLAS): the
+RESIDENT = 500 * 2**10        # limit stops a runaway allocation; the bound asserted is the resident peak, in KiB
+
+
+def _measured(tiny, *argv, stdin=None):
+    """(exit status, stderr, peak resident KiB, seconds) of `minidistil ARGV` in a child under ADDRESS_SPACE."""
+    import subprocess
+    import time
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               PYTHONPATH=str(Path(__file__).parents[1]))
+    t = time.perf_counter()
+    with open(stdin or os.devnull, "rb") as f:
+        r = subprocess.run([sys.executable, "-c", MEASURED, str(ADDRESS_SPACE), *map(str, argv)], stdin=f,
+                           capture_output=True, text=True, env=env, timeout=120)
+    peak = int(re.search(r"peak resident KiB (\d+)", r.stderr).group(1))
+    return r.returncode, r.stderr.replace(re.search(r"\npeak resident.*", r.stderr).group(), ""), peak, \
+        time.perf_counter() - t
+
+
+@pytest.mark.parametrize("case", ["file", "stdin", "long line"])
+def test_embed_reads_are_bounded_in_memory_and_time(tiny, tmp_path, case):
+    out = tmp_path / "e.npy"
+    argv = ["embed", "--model", tiny["embed"], "--npy", out]
+    if case == "long line":                                    # 10 MB on one line: the first 512 tokens are read
+        line = tmp_path / "long.txt"
+        line.write_text("the cat sat on the mat. " * (10 * 2**20 // 24) + "\n")
+        rc, err, peak, seconds = _measured(tiny, *argv, "--file", line)
+        assert rc == 0 and np.load(out).shape == (1, 8), err
+        assert "longer than max_length=512 tokens and were truncated" in err
+    else:
+        rc, err, peak, seconds = _measured(tiny, *argv, *(["--file", "/dev/zero"] if case == "file" else []),
+                                           stdin="/dev/zero" if case == "stdin" else None)
+        assert rc == 1 and "Traceback" not in err and not out.exists(), err
+        assert err.strip().splitlines()[-1] == ("minidistil embed: error: " + ("--file: /dev/zero" if case == "file"
+                                                else "<stdin>") + ": larger than the 64 MB this input may hold; "
+                                                "give a smaller file")
+    assert peak < RESIDENT and seconds < 30, (peak, seconds)
+
+
+def test_a_long_text_is_tokenised_only_as_far_as_the_model_reads(tiny):
+    tok = Tokenizer.from_pretrained(tiny["embed"])
+    text = "the cat sat, on the mat. " * 40_000                              # 1 MB, 320,000 tokens
+    calls = []
+    real = tok._tk.encode_batch
+    tok._tk.encode_batch = lambda xs, *a, **k: calls.append([len(x) for x in xs]) or real(xs, *a, **k)
+    with pytest.warns(UserWarning, match="were truncated"):
+        ids = tok([text, "the dog"], max_length=64)["input_ids"]
+    assert max(calls[0]) < 64 * 64                                             # characters actually tokenised
+    tok._tk.encode_batch = real
+    tok._head = lambda t, n: t                                                  # tokenised whole, then truncated
+    with pytest.warns(UserWarning, match="were truncated"):
+        whole = tok([text, "the dog"], max_length=64)["input_ids"]
+    del tok._head
+    assert np.array_equal(ids, whole) and ids.shape[1] == 64
+    with pytest.warns(UserWarning, match="were truncated"):
+        pair = tok(["who sat?"], [text], max_length=32, truncation="only_second")["input_ids"]
+    assert pair.shape == (1, 32)
+
+
+@pytest.mark.parametrize("target", ["qa-context", "config", "corpus"])
+def test_reads_of_a_device_stop_at_their_bound(tiny, tmp_path, capsys, target):
+    if target == "qa-context":
+        _fails_in_one_line(capsys, "qa", "--model", tiny["qa"], "--context", "@/dev/zero", "who?",
+                           match="--context: /dev/zero: larger than the 64 MB this input may hold")
+    elif target == "config":
+        folder = _copy(tiny["embed"], tmp_path / "m")
+        (folder / "config.json").unlink()
+        (folder / "config.json").symlink_to("/dev/zero")
+        _fails_in_one_line(capsys, "embed", "--model", folder, "hello",
+                           match=r"m/config\.json: larger than the 16 MB this input may hold")
+    else:
+        with pytest.raises(ValueError, match="/dev/zero: larger than the 256 MB this input may hold"):
+            D.read_corpus("/dev/zero")
+        lines = tmp_path / "huge.jsonl"
+        lines.write_bytes(b'{"text": "' + b"a" * (17 * 2**20))
+        with pytest.raises(ValueError, match=r"huge\.jsonl: line 1 is longer than 16 MB"):
+            D.read_corpus(lines)
