@@ -516,7 +516,7 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
         progress.close(complete)
     state.seconds += time.perf_counter() - t_start
     if state.step == 0:   # nothing learnt: no model written, no checkpoint
-        raise RunError(f"--time-budget {cfg.time_budget:g}: no update fitted in it; give a budget of seconds")
+        raise RunError(f"the time budget ({cfg.time_budget:.3g} s) ended before the first update; give more time")
     if run.saved is None or run.saved[0] != state.step:
         save()
     student.eval()

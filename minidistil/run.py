@@ -338,6 +338,7 @@ class Run:
     def __enter__(self) -> Run:
         if not self.writer:
             return self
+        self.made_out = not self.out.exists()   # a run that fails before writing leaves no empty folder behind
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             self.state_dir.mkdir(exist_ok=True)
@@ -369,10 +370,11 @@ class Run:
         if not self.writer:
             return
         self.lock.release()
-        try:
-            self.state_dir.rmdir()  # only when empty: a run that never saved leaves no folder behind
-        except OSError:
-            pass
+        for folder in [self.state_dir] + ([self.out] if getattr(self, "made_out", False) else []):
+            try:
+                folder.rmdir()      # only when empty: a run that never saved leaves no folder behind
+            except OSError:
+                pass
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """(step, path) of the checkpoints in the state folder, newest first."""

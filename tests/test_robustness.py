@@ -410,14 +410,17 @@ def test_empty_sequences_are_a_value_error(tiny):
 # ---- a corpus that is not text -----------------------------------------------------------------------------------
 
 
-def test_random_bytes_corpus_warns_naming_the_file(tiny, tmp_path):
+def test_random_bytes_corpus_is_refused_and_control_characters_warn(tiny, tmp_path):
     tok = Tokenizer.from_pretrained(tiny["ner"])
     rng = np.random.default_rng(0)
     junk = tmp_path / "junk.txt"
     junk.write_bytes(rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes())
-    with pytest.warns(UserWarning, match=rf"corpus: 1 of 1 documents look like no text: {re.escape(str(junk))} "
+    with pytest.raises(ValueError, match=rf"{re.escape(str(junk))}: not UTF-8 text \(byte 0x[0-9a-f]{{2}} at offset "):
+        D.read_corpus(junk)
+    control = D.Document("junk.txt", "".join(map(chr, rng.integers(0, 32, 20_000))))
+    with pytest.warns(UserWarning, match=r"corpus: 1 of 1 documents look like no text: junk\.txt "
                                          r"\(\d+% control or undecodable characters\)"):
-        D.make_sequences(D.read_corpus(junk), tok, max_len=16)
+        D.make_sequences([control], tok, max_len=16)
     foreign = D.Document("greek.txt", "Η γρήγορη καφέ αλεπού πηδά πάνω από τον τεμπέλη σκύλο. " * 5)
     with pytest.warns(UserWarning, match=r"greek\.txt \(\d+% \[UNK\] tokens\)"):
         D.make_sequences([foreign], tok, max_len=16)
@@ -722,3 +725,188 @@ def test_reads_of_a_device_stop_at_their_bound(tiny, tmp_path, capsys, target):
         lines.write_bytes(b'{"text": "' + b"a" * (17 * 2**20))
         with pytest.raises(ValueError, match=r"huge\.jsonl: line 1 is longer than 16 MB"):
             D.read_corpus(lines)
+
+
+# ---- 9. SQuAD JSON of the wrong shape --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("doc, match", [
+    ({"data": "nope"}, "'data' must be a list of objects, got str"),
+    ({"data": [1, 2]}, "'data' must be a list of objects, got a list holding int"),
+    ({"data": [{"paragraphs": "p"}]}, "'paragraphs' must be a list of objects, got str"),
+    ({"data": [{"paragraphs": [{"context": "c", "qas": ["q"]}]}]}, "'qas' must be a list of objects, got a list "
+                                                                   "holding str"),
+])
+def test_squad_of_the_wrong_shape_is_one_line(tiny, tmp_path, capsys, doc, match):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(doc))
+    for cmd in (["finetune", "--task", "qa", "--model", tiny["qa"], "--train", path, "--out", tmp_path / "o"],
+                ["evaluate", "--model", tiny["qa"], "--task", "qa", "--data", path]):
+        _fails_in_one_line(capsys, *cmd, match=f"train.json: not a SQuAD file: {re.escape(match)}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_squad_answers_given_as_strings_are_skipped_rows():
+    from minidistil import taskdata as TD
+    doc = {"data": [{"paragraphs": [{"context": "the cat sat", "qas": [
+        {"id": "a", "question": "who?", "answers": "cat"},
+        {"id": "b", "question": "who?", "answers": ["cat"]},
+        {"id": "c", "question": "who?", "answers": [{"text": "cat", "answer_start": 4}]}]}]}]}
+    loaded = TD.read_squad(_json_file(doc))
+    assert [e.id for e in loaded.examples] == ["c"] and len(loaded.skipped) == 2
+    assert all("'answers' must be a list of {'text', 'answer_start'}" in s for s in loaded.skipped)
+
+
+def _json_file(doc) -> Path:
+    import tempfile
+    f = Path(tempfile.mkdtemp()) / "squad.json"
+    f.write_text(json.dumps(doc))
+    return f
+
+
+# ---- 11. no silent random weights; transformers refuses an int8 folder ------------------------------------------
+
+
+def test_a_checkpoint_without_tensors_is_refused(tiny, tmp_path, capsys):
+    folder = _copy(tiny["embed"], tmp_path / "empty")
+    st.save_file({}, folder / "model.safetensors")
+    _fails_in_one_line(capsys, "embed", "--model", folder, "the cat",
+                       match=r"empty: the checkpoint holds no tensors; refusing to load random weights")
+    st.save_file({"unrelated.weight": np.ones(2, np.float32)}, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="holds no tensor that BertModel uses"):
+        from_pretrained(folder)
+
+
+def test_int8_folders_are_refused_by_transformers_and_read_by_minidistil(tiny, tmp_path, capsys):
+    out = tmp_path / "i8"
+    assert _cli(capsys, "quantize", tiny["embed"], out)[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "minidistil_int8" and config["quantization_config"]["model_type"] == "bert"
+    ids = np.array([[2, 7, 8, 3]])
+    new = np.asarray(from_pretrained(out)(ids).last_hidden_state)
+    transformers = pytest.importorskip("transformers")                        # the refusal is transformers'
+    with pytest.raises(ValueError, match="model type `minidistil_int8` but Transformers does not recognize"):
+        transformers.AutoModel.from_pretrained(out)
+    # a folder written before (model_type "bert" beside the quantization_config) still loads, to the same outputs
+    old = _copy(out, tmp_path / "old")
+    config["model_type"] = "bert"
+    del config["quantization_config"]["model_type"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert np.array_equal(np.asarray(from_pretrained(old)(ids).last_hidden_state), new)
+    # an int8 word table stored as uint8 is refused, not read as float weights
+    state = st.load_file(out / "model.safetensors", to_float32=False)
+    state["embeddings.word_embeddings.weight"] = state["embeddings.word_embeddings.weight"].view(np.uint8)
+    st.save_file(state, out / "model.safetensors")
+    _fails_in_one_line(capsys, "embed", "--model", out, "the cat", match="embeddings.word_embeddings.weight' has "
+                       "dtype uint8, a quantised checkpoint stores int8 or float32 word embeddings")
+
+
+# ---- 12. labels, validation files and budgets that cannot work --------------------------------------------------
+
+
+def _finetune(tiny, tmp_path, *extra, task="classification", model="embed", train=None):
+    return ["finetune", "--task", task, "--model", tiny[model], "--train", train or _rows(tmp_path / "t.csv",
+            SENTIMENT), "--text-field", "sentence", "--out", tmp_path / "out", "--epochs", "1", "--no-progress",
+            *extra]
+
+
+def test_labels_that_cannot_work_are_named(tiny, tmp_path, capsys):
+    _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, "--labels", "foo,bar"),
+                       match=r"--labels foo,bar: none of them is a label of the training data \(its labels: neg, pos\)")
+    _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, "--labels", "pos,pos,neg"),
+                       match=r"--labels: 'pos' is given twice \(pos,pos,neg\)")
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text("".join(json.dumps({"sentence": t, "label": lab}) + "\n"
+                              for t, lab in [("the cat", ["a", "b"]), ("the dog", {"x": 1})] * 3))
+    _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, train=listed), match="train: no usable examples")
+    from minidistil import taskdata as TD
+    for bad in (["a", "b"], {"x": 1}):
+        with pytest.raises(ValueError, match="expected one name or number"):
+            TD.parse_label(bad, "class")
+    with pytest.raises(ValueError, match="expected a number"):
+        TD.parse_label([1.0], "regression")
+    # evaluate: a file whose labels the model (neg / pos) does not know
+    other = _rows(tmp_path / "other.csv", [("the cat", "happy"), ("the dog", "sad")])
+    _fails_in_one_line(capsys, "evaluate", "--model", tiny["clf"], "--data", other, "--text-field", "sentence",
+                       match=r"data: no example of .*other\.csv has labels the model knows \(neg, pos\)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_validation_file_is_refused_as_an_empty_training_file_is(tiny, tmp_path, capsys):
+    val = tmp_path / "val.csv"
+    val.write_text("sentence,label\n,pos\n")
+    _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, "--validation", val),
+                       match=r"validation: no usable examples in .*val\.csv")
+
+
+def test_conll_columns_and_only_o(tiny, tmp_path, capsys):
+    from minidistil import taskdata as TD
+    conll = tmp_path / "train.conll"
+    conll.write_text("ada B-PER\nlived O\n\nada B-PER col\nran O\n\nparis B-PER\n")
+    loaded = TD.read_conll(conll)
+    assert [e.tags for e in loaded.examples] == [["B-PER", "O"], ["B-PER"]]
+    assert "line 4: expected 2 columns as in the first word line, got 3" in loaded.skipped[0].replace(
+        f"{conll}:", "line ")
+    only_o = tmp_path / "o.conll"
+    only_o.write_text("the O\ncat O\n\nthe O\ndog O\n")
+    _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, task="token", model="ner", train=only_o),
+                       match=r"every tag in .*o\.conll is O: token classification needs entity tags")
+
+
+def test_a_time_budget_with_no_update_writes_no_model(tiny, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. the dog ran in london. " * 50)
+    out = tmp_path / "student"
+    _fails_in_one_line(capsys, "distill", "--teacher", tiny["mlm"], "--corpus", corpus, "--out", out,
+                       "--time-budget", "1e-9", "--no-eval", "--no-progress", "--batch-size", "2",
+                       match=r"the time budget \(6e-08 s\) ended before the first update; give more time")
+    assert not out.exists() and not (tmp_path / "student.training").exists()
+
+
+# ---- 13. byte-order marks, bad bytes, the command line's own spelling, long names -----------------------------
+
+
+def test_a_bom_before_a_csv_header_is_dropped(tmp_path):
+    from minidistil import taskdata as TD
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfsentence,label\nthe cat,pos\n")
+    assert [(e.text, e.label) for e in TD.read_table(path, "sentence").examples] == [("the cat", "pos")]
+
+
+def test_a_corpus_byte_that_is_not_utf8_is_named_with_its_offset(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"the cat sat\n\xffon the mat")
+    with pytest.raises(ValueError, match=r"bad\.txt: not UTF-8 text \(byte 0xff at offset 12\)"):
+        D.read_corpus(bad)
+    lines = tmp_path / "bad.jsonl"
+    lines.write_bytes(b'{"text": "a"}\n{"text": "\xfe"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl: not UTF-8 text \(byte 0xfe at offset 24, line 2\)"):
+        D.read_corpus(lines)
+
+
+def test_command_line_messages_use_its_own_spelling(tiny, tmp_path, capsys):
+    train = _rows(tmp_path / "t.csv", SENTIMENT)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.json").write_text("{}")
+    line = _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, train=train), match="continue it with --resume, "
+                              "or start again with --overwrite$")
+    assert "=" not in line
+    odd = tmp_path / "t.data"
+    odd.write_text("sentence,label\n")
+    line = _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, "--overwrite", train=odd),
+                              match="give the format: --data-format csv, tsv or jsonl$")
+    long = "a" * 5000
+    line = _fails_in_one_line(capsys, "fetch", long + "/" + long, match="is not a checkpoint name")
+    assert len(line) < 400
+    line = _fails_in_one_line(capsys, "embed", "--model", tmp_path / long[:200] / long[:200], "hi",
+                              match="no such checkpoint folder")
+    assert len(line) < 1000
+
+
+def test_an_int8_config_error_names_the_file(tiny, tmp_path, capsys):
+    out = tmp_path / "i8"
+    assert _cli(capsys, "quantize", tiny["embed"], out)[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    config["num_attention_heads"] = 0
+    (out / "config.json").write_text(json.dumps(config))
+    _fails_in_one_line(capsys, "embed", "--model", out, "hi", match=r"i8/config\.json: num_attention_heads: expected")
