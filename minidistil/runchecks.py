@@ -9,12 +9,13 @@ from pathlib import Path
 from .files import check_apart
 from .run import digest
 
-# settings that change the updates a run makes; how long it runs (steps, time budget, epochs to stop after), how
-# often it checkpoints, where it runs and what it prints may change between sessions
-DISTILL_SETTINGS = ("text_field", "held_out", "max_len", "batch_size", "grad_accum", "lr", "warmup", "weight_decay",
-                    "max_grad_norm", "weights", "mask_smoothing", "seed")
-FINETUNE_SETTINGS = ("task", "labels", "max_length", "stride", "epochs", "batch_size", "lr", "warmup",
-                     "weight_decay", "max_grad_norm", "seed", "alpha", "temperature", "limit", "held_out")
+# settings that change what a run learns from and how: a resume must keep them. How long it runs (steps, time
+# budget, stop_after), how often it checkpoints, where it runs and what it prints may change between sessions, and
+# so may the learning rate and the clipping norm: a diverged run is told to continue with a lower --lr
+DISTILL_SETTINGS = ("text_field", "held_out", "max_len", "batch_size", "grad_accum", "warmup", "weight_decay",
+                    "weights", "mask_smoothing", "seed")
+FINETUNE_SETTINGS = ("task", "labels", "max_length", "stride", "epochs", "batch_size", "warmup", "weight_decay",
+                     "seed", "alpha", "temperature", "limit", "held_out")
 
 
 def _local(name) -> str | None:
