@@ -258,6 +258,11 @@ def add_embed(sub, name, help):
 
 def run_embed(args) -> int:
     from .safetensors_io import atomic_write
+    if args.npy or args.json:  # an output never lands on an input (the model's files, the texts)
+        from .files import check_apart
+        from .runchecks import local_inputs
+        check_apart(args.npy or args.json, local_inputs(model=args.model, file=args.file),
+                    flag="--npy" if args.npy else "--json")
     texts = _texts(args)
     emb = _pipeline("sentence-embeddings", args).encode(texts, batch_size=args.batch_size,  # (N, C) input order;
                                                         normalize_embeddings=args.normalize)  # a bar on a tty

@@ -181,8 +181,8 @@ def _read_jsonl(path: Path, text_field: str) -> list[Document]:
         except json.JSONDecodeError as e:
             raise ValueError(f"corpus: {path}:{lineno} is not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
-            raise ValueError(f"corpus: {path}:{lineno} has no string field '{text_field}' "
-                             f"(set text_field / --text-field)")
+            raise ValueError(f"corpus: {path}:{lineno} has no string field '{text_field}'; set --text-field "
+                             "(text_field= in Python)")
         if obj[text_field].strip():
             docs.append(Document(f"{path}:{lineno}", obj[text_field]))
     return docs

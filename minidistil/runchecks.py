@@ -33,13 +33,19 @@ def _local(name) -> str | None:
     return None if found is None else str(found)
 
 
-def check_output(out, **inputs):
-    """A ValueError when `out` (or its state folder OUT.training) is, holds or lies in one of the inputs
-    ({what: path, list of paths or None}); names are resolved as the loaders resolve them."""
+def local_inputs(**inputs) -> dict[str, list[str]]:
+    """{what: [paths]} of the inputs given as paths, lists of paths or names (None and data in memory left out)."""
     resolved = {}
     for what, value in inputs.items():
         values = value if isinstance(value, (list, tuple)) else [value]
         resolved[what] = [p for p in map(_local, values) if p is not None]
+    return resolved
+
+
+def check_output(out, **inputs):
+    """A ValueError when `out` (or its state folder OUT.training) is, holds or lies in one of the inputs
+    ({what: path, list of paths or None}); names are resolved as the loaders resolve them."""
+    resolved = local_inputs(**inputs)
     check_apart(out, resolved)
     check_apart(Path(os.path.realpath(out)).parent / (Path(os.path.realpath(out)).name + ".training"), resolved,
                 flag="the training state of --out")

@@ -548,6 +548,13 @@ def test_an_output_over_an_input_is_refused_whatever_the_flags(tiny, tmp_path, c
     _fails_in_one_line(capsys, *base, "--out", tiny["clf"], match="is the model")
     _fails_in_one_line(capsys, *base, "--out", tmp_path / "data", match="contains the train")
     _fails_in_one_line(capsys, *base, "--out", train, match="is the train")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat\n")
+    _fails_in_one_line(capsys, "embed", "--model", tiny["embed"], "--npy", tiny["embed"] / "model.safetensors",
+                       "the cat", match="--npy .*model.safetensors: is inside the model")
+    _fails_in_one_line(capsys, "embed", "--model", tiny["embed"], "--file", texts, "--json", texts,
+                       match="--json .*texts.txt: is the file")
+    assert texts.read_text() == "the cat\n"
     assert {p.name: p.read_bytes() for p in tiny["mlm"].iterdir()} == before
     assert not (tiny["mlm"].parent / "mlm.training").exists()
     assert not (tiny["mlm"] / "student").exists()
