@@ -917,3 +917,14 @@ def test_an_int8_config_error_names_the_file(tiny, tmp_path, capsys):
     config["num_attention_heads"] = 0
     (out / "config.json").write_text(json.dumps(config))
     _fails_in_one_line(capsys, "embed", "--model", out, "hi", match=r"i8/config\.json: num_attention_heads: expected")
+
+
+def test_a_long_qa_context_goes_through_the_model_a_batch_of_windows_at_a_time(tiny, monkeypatch):
+    qa = pipeline("question-answering", tiny["qa"], batch_size=4)
+    context = "ada lived in london. the cat sat on the mat. " * 200                 # 10 windows of 384 tokens
+    expected = qa("who lived in london?", context)
+    rows = []
+    forward = qa._forward
+    monkeypatch.setattr(qa, "_forward", lambda enc: rows.append(len(enc["input_ids"])) or forward(enc))
+    assert qa("who lived in london?", context) == expected
+    assert sum(rows) == 10 and max(rows) == 4                    # the attention holds 4 windows, never all of them
