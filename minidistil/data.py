@@ -30,6 +30,7 @@ import re
 import sysconfig
 import warnings
 import zlib
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable, Sequence
@@ -173,18 +174,19 @@ def read_corpus(paths: str | os.PathLike | Sequence[str | os.PathLike], text_fie
 
 def _read_jsonl(path: Path, text_field: str) -> list[Document]:
     docs = []
-    for lineno, line in enumerate(read_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"corpus: {path}:{lineno} is not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
-            raise ValueError(f"corpus: {path}:{lineno} has no string field '{text_field}'; set --text-field "
-                             "(text_field= in Python)")
-        if obj[text_field].strip():
-            docs.append(Document(f"{path}:{lineno}", obj[text_field]))
+    with closing(read_lines(path)) as f:    # each line bounded; a byte that is not UTF-8 named
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"corpus: {path}:{lineno} is not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
+                raise ValueError(f"corpus: {path}:{lineno} has no string field '{text_field}'; set "
+                                 "--text-field (text_field= in Python)")
+            if obj[text_field].strip():
+                docs.append(Document(f"{path}:{lineno}", obj[text_field]))
     return docs
 
 

@@ -31,6 +31,7 @@ import csv
 import json
 import math
 import os
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -131,39 +132,39 @@ def iter_records(path, fmt: str | None = None, header: bool = True, problems: _P
     path = _check_file(path)
     fmt = table_format(path, fmt)
     problems = problems or _Problems("fail")
-    f = read_lines(path)         # line by line, each line bounded; a BOM dropped; a bad byte named
-    if fmt == "jsonl":
-        for i, line in enumerate(f, 1):
-            if not line.strip():
+    with closing(read_lines(path)) as f:     # line by line, each bounded; a BOM dropped; a bad byte named
+        if fmt == "jsonl":
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    problems(f"{path}:{i}", f"not valid JSON ({e.msg})")
+                    continue
+                if not isinstance(rec, dict):
+                    problems(f"{path}:{i}", f"expected a JSON object, got {type(rec).__name__}")
+                    continue
+                yield f"{path}:{i}", rec
+            return
+        # GLUE's TSV files are not quoted (a sentence may start with a quote mark): read tabs literally
+        reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(f))
+        names, line = None, 1
+        for row in reader:
+            where, line = f"{path}:{line}", reader.line_num + 1   # a quoted CSV field may span lines
+            if not row or (len(row) == 1 and not row[0].strip()) or row[0].startswith("#") and names is None \
+                    and header:
+                continue                                            # blank lines; comments before the header
+            if header and names is None:
+                names = [c.strip() for c in row]
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems(f"{path}:{i}", f"not valid JSON ({e.msg})")
-                continue
-            if not isinstance(rec, dict):
-                problems(f"{path}:{i}", f"expected a JSON object, got {type(rec).__name__}")
-                continue
-            yield f"{path}:{i}", rec
-        return
-    # GLUE's TSV files are not quoted (a sentence may start with a quote mark): read tabs literally
-    reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(f))
-    names, line = None, 1
-    for row in reader:
-        where, line = f"{path}:{line}", reader.line_num + 1   # a quoted CSV field may span lines
-        if not row or (len(row) == 1 and not row[0].strip()) or row[0].startswith("#") and names is None \
-                and header:
-            continue                                            # blank lines; comments before the header
-        if header and names is None:
-            names = [c.strip() for c in row]
-            continue
-        if names is not None:
-            if len(row) != len(names):
-                problems(where, f"expected {len(names)} columns (as the header), got {len(row)}")
-                continue
-            yield where, dict(zip(names, row))
-        else:
-            yield where, row
+            if names is not None:
+                if len(row) != len(names):
+                    problems(where, f"expected {len(names)} columns (as the header), got {len(row)}")
+                    continue
+                yield where, dict(zip(names, row))
+            else:
+                yield where, row
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -338,26 +339,27 @@ def read_conll(path, tag_column: int = -1, on_error: str = "skip") -> Loaded:
             problems(f"{path}:{bad[0]}", bad[1] + f" (the sentence starting at line {start} is left out)")
         words, tags, start, bad = [], [], None, None
 
-    width = None                     # columns of the file's first word line: every word line has as many
-    for i, line in enumerate(read_lines(path), 1):
-        cols = line.split()
-        if not cols:
-            flush()
-            continue
-        if cols[0] == "-DOCSTART-":
-            flush()
-            continue
-        if start is None:
-            start = i
-        if len(cols) < 2:
-            bad = bad or (i, f"expected 'word ... tag', got {line.strip()!r}")
-            continue
-        width = width or len(cols)
-        if len(cols) != width:
-            bad = bad or (i, f"expected {width} columns as in the first word line, got {len(cols)}")
-            continue
-        words.append(cols[0])
-        tags.append(cols[tag_column])
+    width = None                     # columns of the first word line: every word line has as many
+    with closing(read_lines(path)) as f:
+        for i, line in enumerate(f, 1):
+            cols = line.split()
+            if not cols:
+                flush()
+                continue
+            if cols[0] == "-DOCSTART-":
+                flush()
+                continue
+            if start is None:
+                start = i
+            if len(cols) < 2:
+                bad = bad or (i, f"expected 'word ... tag', got {line.strip()!r}")
+                continue
+            width = width or len(cols)
+            if len(cols) != width:
+                bad = bad or (i, f"expected {width} columns as in the first word line, got {len(cols)}")
+                continue
+            words.append(cols[0])
+            tags.append(cols[tag_column])
     flush()
     return Loaded(out, problems.skipped)
 
