@@ -562,7 +562,12 @@ def write_sentence_transformers_files(teacher_dir: str | Path, student_dir: str 
     teacher_dir, student_dir = Path(teacher_dir), Path(student_dir)
     if not (teacher_dir / "modules.json").is_file():
         return []
-    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in json.loads((teacher_dir / "modules.json").read_text())]
+    from .files import read_json, read_json_object   # bounded reads; an error names the file
+    listed = read_json(teacher_dir / "modules.json")
+    if not isinstance(listed, list) or not all(isinstance(m, dict) and isinstance(m.get("type", ""), str)
+                                               for m in listed):
+        raise ValueError(f"{teacher_dir / 'modules.json'}: expected a list of objects with a string 'type'")
+    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in listed]
     kinds = ["Transformer", "Pooling"] + (["Normalize"] if "Normalize" in kinds else [])
     modules = [{"idx": i, "name": str(i), "path": ST_MODULES[k], "type": f"sentence_transformers.models.{k}"}
                for i, k in enumerate(kinds)]
@@ -571,10 +576,10 @@ def write_sentence_transformers_files(teacher_dir: str | Path, student_dir: str 
                "pooling_mode_mean_sqrt_len_tokens": False}
     st_config = {"max_seq_length": 256, "do_lower_case": False}
     if (teacher_dir / "sentence_bert_config.json").is_file():
-        st_config.update(json.loads((teacher_dir / "sentence_bert_config.json").read_text()))
+        st_config.update(read_json_object(teacher_dir / "sentence_bert_config.json"))
     versions = {"__version__": {}}
     if (teacher_dir / "config_sentence_transformers.json").is_file():
-        versions = json.loads((teacher_dir / "config_sentence_transformers.json").read_text())
+        versions = read_json_object(teacher_dir / "config_sentence_transformers.json")
     files = {"modules.json": modules, "1_Pooling/config.json": pooling, "sentence_bert_config.json": st_config,
              "config_sentence_transformers.json": versions}
     for name, obj in files.items():
