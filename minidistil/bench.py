@@ -745,7 +745,8 @@ def plot(results: list[Result], path: str):
     ax.set_title("minidistil bench (lower is better): bars interleaved in one process, dashes alone")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from minidistil.safetensors_io import atomic_write
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format=os.path.splitext(path)[1][1:] or "png"))
     plt.close(fig)
 
 
@@ -800,9 +801,9 @@ def run_args(args) -> int:
     print(_blas.kernel_line(env["blas"]) + (" (slower than this CPU supports: see the warning above)"
                                             if env["blas"]["warning"] else ""))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"environment": env, "sizes": asdict(sizes(size)), "device": args.device,
-                       "results": [asdict(r) for r in results]}, f, indent=1)
+        from minidistil.safetensors_io import atomic_write
+        atomic_write(args.json, json.dumps({"environment": env, "sizes": asdict(sizes(size)), "device": args.device,
+                                            "results": [asdict(r) for r in results]}, indent=1))
         print(f"wrote {args.json}")
     if args.plot:
         plot(results, args.plot)

@@ -66,6 +66,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             if "meta" not in z.files:
                 raise ValueError(f"checkpoint: {path} is not a minidistil checkpoint (no meta entry)")
             meta = json.loads(z["meta"].tobytes().decode("utf-8"))
+            _check_meta(meta, path)
             if meta.get("format") != FORMAT:
                 raise ValueError(f"checkpoint: {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
             model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
@@ -83,6 +84,19 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if str(e).startswith("checkpoint: "):
             raise
         raise ValueError(f"checkpoint: {path} is damaged ({e})") from None
+
+
+def _check_meta(meta, path: Path):
+    """A ValueError naming the file when the metadata is not an object of the fields save_checkpoint writes."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"checkpoint: {path} is damaged (its metadata is a JSON {type(meta).__name__}, not an object)")
+    step = meta.get("step")
+    if type(step) is not int or step < 0:
+        raise ValueError(f"checkpoint: {path} is damaged (its step is {json.dumps(step)[:40]}, not a count)")
+    for key, kinds in (("optimizer", (dict, type(None))), ("rng", (dict,)), ("data", (dict, type(None))),
+                       ("extra", (dict,))):
+        if not isinstance(meta.get(key), kinds):
+            raise ValueError(f"checkpoint: {path} is damaged (its {key} is a {type(meta.get(key)).__name__})")
 
 
 def restore_rng(generator: np.random.Generator, state: dict[str, Any]) -> np.random.Generator:

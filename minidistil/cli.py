@@ -25,13 +25,14 @@ import argparse
 import importlib
 import json
 import math
+import re
 import sys
 import warnings
 
 import numpy as np
 
 from . import qa as QA
-from .files import check_unicode, decode_utf8, read_text
+from .files import TEXT_LIMIT, check_unicode, decode_utf8, read_limited, read_text
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 
@@ -163,7 +164,8 @@ def _texts(args) -> list[str]:
         if sys.stdin.isatty():
             raise CLIError("no texts: give them as arguments, with --file, or on standard input")
         raw = getattr(sys.stdin, "buffer", None)                             # bytes: a non-UTF-8 byte is named
-        text = decode_utf8(raw.read(), "<stdin>") if raw is not None else sys.stdin.read()
+        text = (decode_utf8(read_limited(raw, TEXT_LIMIT, "<stdin>"), "<stdin>") if raw is not None
+                else sys.stdin.read(TEXT_LIMIT))
         lines = check_unicode(text, "<stdin>").splitlines()
     texts = [t for t in lines if t.strip()]
     if not texts:
@@ -257,6 +259,11 @@ def add_embed(sub, name, help):
 
 def run_embed(args) -> int:
     from .safetensors_io import atomic_write
+    if args.npy or args.json:  # an output never lands on an input (the model's files, the texts)
+        from .files import check_apart
+        from .runchecks import local_inputs
+        check_apart(args.npy or args.json, local_inputs(model=args.model, file=args.file),
+                    flag="--npy" if args.npy else "--json")
     texts = _texts(args)
     emb = _pipeline("sentence-embeddings", args).encode(texts, batch_size=args.batch_size,  # (N, C) input order;
                                                         normalize_embeddings=args.normalize)  # a bar on a tty
@@ -373,12 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the library's messages name both spellings, "--resume (resume=True)"; the command line shows its own only
+_PYTHON_SPELLING = re.compile(r" \((?:[a-z_]+=[^()]*|[^()]* in Python)\)")
+_LONG_WORD = re.compile(r"\S{300,}")
+
+
 def error_line(e: BaseException) -> str:
     """One line saying what went wrong: an OSError names its file(s)."""
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
         return f"{where}: {e.strerror}"
-    text = " ".join(str(e).split())
+    text = _PYTHON_SPELLING.sub("", " ".join(str(e).split()))
+    text = _LONG_WORD.sub(lambda m: m.group()[:120] + "..." + m.group()[-40:], text)  # a 5,000-character name
     if _is_panic(e):
         return "the tokenizers library failed (a panic in its Rust code): " + (text or "no message")
     return text or type(e).__name__

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .files import brief, read_json_object
+from .files import brief, output_target, read_json_object
 
 SUPPORTED_ACTIVATIONS = ("gelu",)  # HF's "gelu" is x * Phi(x) with the exact erf; "gelu_new" etc. are other maths
 
@@ -137,7 +137,7 @@ class _ConfigBase:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, path):
-        with open(path, "w", encoding="utf-8") as f:
+        with open(output_target(path)[0], "w", encoding="utf-8") as f:   # a folder or block device is refused
             f.write(self.to_json_string())
 
     def replace(self, **changes):
@@ -262,6 +262,9 @@ def config_from_dict(d: dict[str, Any]):
     """Pick BertConfig or DistilBertConfig from d["model_type"] (or, failing that, from d["architectures"])."""
     if not isinstance(d, dict):
         raise ValueError(f"expected a JSON object {{...}}, got a {type(d).__name__}")
+    qc = d.get("quantization_config")   # a quantised checkpoint keeps its model type here: its top-level one is a
+    if isinstance(qc, dict) and isinstance(qc.get("model_type"), str):   # name transformers refuses to load
+        d = {**d, "model_type": qc["model_type"]}
     model_type = d.get("model_type")
     if model_type is None:
         archs = d.get("architectures")

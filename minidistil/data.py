@@ -30,11 +30,14 @@ import re
 import sysconfig
 import warnings
 import zlib
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from .files import JSON_LIMIT, read_lines, read_text
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -160,7 +163,7 @@ def read_corpus(paths: str | os.PathLike | Sequence[str | os.PathLike], text_fie
             if suffix in JSONL_SUFFIXES:
                 docs.extend(_read_jsonl(f, text_field))
             elif suffix in TEXT_SUFFIXES or (not p.is_dir() and suffix not in JSONL_SUFFIXES):
-                text = f.read_text(encoding="utf-8", errors="replace")
+                text = read_text(f, JSON_LIMIT)   # a bound; a byte that is not UTF-8 is named with its offset
                 if text.strip():
                     docs.append(Document(str(f), text))
     if not docs:
@@ -171,7 +174,7 @@ def read_corpus(paths: str | os.PathLike | Sequence[str | os.PathLike], text_fie
 
 def _read_jsonl(path: Path, text_field: str) -> list[Document]:
     docs = []
-    with open(path, encoding="utf-8") as f:
+    with closing(read_lines(path)) as f:    # each line bounded; a byte that is not UTF-8 named
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -180,8 +183,8 @@ def _read_jsonl(path: Path, text_field: str) -> list[Document]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"corpus: {path}:{lineno} is not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
-                raise ValueError(f"corpus: {path}:{lineno} has no string field '{text_field}' "
-                                 f"(set text_field / --text-field)")
+                raise ValueError(f"corpus: {path}:{lineno} has no string field '{text_field}'; set "
+                                 "--text-field (text_field= in Python)")
             if obj[text_field].strip():
                 docs.append(Document(f"{path}:{lineno}", obj[text_field]))
     return docs

@@ -69,7 +69,7 @@ from .device import check_device, describe
 from .kernels import _cuda
 from .masking import IGNORE_INDEX, mask_tokens, selection_weights
 from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
-from .run import (BudgetPlan, Run, RunState, plot_curves, quiet_overflow, schedule_complete, schedule_summary,
+from .run import (BudgetPlan, Run, RunError, RunState, plot_curves, quiet_overflow, schedule_complete, schedule_summary,
                   schedule_text)
 
 DEFAULT_TEACHER = "all-MiniLM-L6-v2"
@@ -376,6 +376,8 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
                 say(world.describe())
             else:  # rank 0 prints, logs, saves and evaluates
                 say, cfg.progress, cfg.evaluate = (lambda *a, **k: None), False, False
+        from .runchecks import check_output
+        check_output(cfg.out_dir, teacher=teacher if isinstance(teacher, (str, Path)) else None, corpus=cfg.corpus)
         with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=say, writer=world.writer) as run, \
                 quiet_overflow():
             return _distill(teacher, tokenizer, cfg, run, say, t_begin)
@@ -417,6 +419,8 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     params = dict(student.named_parameters())
     state = RunState()
     world = parallel.world()
+    from .runchecks import distill_identity
+    run.expect(**distill_identity(cfg, teacher_model, teacher_name, layers, seqs))   # --resume: the same run only
     c = world.bcast(run.resume(params))   # rank 0 reads the checkpoint: any rank count resumes any other's
     if c is not None:
         ckpt.load_model_arrays(params, c.model)
@@ -511,6 +515,8 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     finally:
         progress.close(complete)
     state.seconds += time.perf_counter() - t_start
+    if state.step == 0:   # nothing learnt: no model written, no checkpoint
+        raise RunError(f"the time budget ({cfg.time_budget:.3g} s) ended before the first update; give more time")
     if run.saved is None or run.saved[0] != state.step:
         save()
     student.eval()
@@ -556,7 +562,12 @@ def write_sentence_transformers_files(teacher_dir: str | Path, student_dir: str 
     teacher_dir, student_dir = Path(teacher_dir), Path(student_dir)
     if not (teacher_dir / "modules.json").is_file():
         return []
-    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in json.loads((teacher_dir / "modules.json").read_text())]
+    from .files import read_json, read_json_object   # bounded reads; an error names the file
+    listed = read_json(teacher_dir / "modules.json")
+    if not isinstance(listed, list) or not all(isinstance(m, dict) and isinstance(m.get("type", ""), str)
+                                               for m in listed):
+        raise ValueError(f"{teacher_dir / 'modules.json'}: expected a list of objects with a string 'type'")
+    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in listed]
     kinds = ["Transformer", "Pooling"] + (["Normalize"] if "Normalize" in kinds else [])
     modules = [{"idx": i, "name": str(i), "path": ST_MODULES[k], "type": f"sentence_transformers.models.{k}"}
                for i, k in enumerate(kinds)]
@@ -565,10 +576,10 @@ def write_sentence_transformers_files(teacher_dir: str | Path, student_dir: str 
                "pooling_mode_mean_sqrt_len_tokens": False}
     st_config = {"max_seq_length": 256, "do_lower_case": False}
     if (teacher_dir / "sentence_bert_config.json").is_file():
-        st_config.update(json.loads((teacher_dir / "sentence_bert_config.json").read_text()))
+        st_config.update(read_json_object(teacher_dir / "sentence_bert_config.json"))
     versions = {"__version__": {}}
     if (teacher_dir / "config_sentence_transformers.json").is_file():
-        versions = json.loads((teacher_dir / "config_sentence_transformers.json").read_text())
+        versions = read_json_object(teacher_dir / "config_sentence_transformers.json")
     files = {"modules.json": modules, "1_Pooling/config.json": pooling, "sentence_bert_config.json": st_config,
              "config_sentence_transformers.json": versions}
     for name, obj in files.items():

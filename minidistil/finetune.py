@@ -610,6 +610,9 @@ def finetune(task: str | None = None, model: str | None = None, train=None, out_
             else:  # rank 0 prints, logs and saves
                 say = notice = (lambda *a, **k: None)
                 cfg.progress = False
+        from .runchecks import check_output
+        check_output(cfg.out_dir, model=cfg.model, teacher=cfg.teacher, train=None if "train" in data else cfg.train,
+                     validation=None if "validation" in data else cfg.validation)
         with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=notice, writer=world.writer) as run, \
                 quiet_overflow():
             return _finetune(cfg, data, compute_metrics, run, world, say, save_pretrained)
@@ -631,8 +634,11 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
     out = run.out
     train_ex, val_ex, skipped = load_data(cfg, data)
     names = label_names(cfg, train_ex)
+    from .runchecks import check_examples, check_labels
+    check_labels(cfg, train_ex, names)
     train_ex = drop_unknown_labels(cfg, train_ex, names, skipped)
     val_ex = drop_unknown_labels(cfg, val_ex, names, skipped)
+    check_examples(cfg, train_ex, val_ex, bool(cfg.validation) or "validation" in data)
     if skipped:
         say(f"skipped {len(skipped)} malformed row(s):")
         for s in skipped[:10]:
@@ -656,6 +662,8 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
     opt = AdamW(model_.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = dict(model_.named_parameters())
     state = RunState(total_steps=total)
+    from .runchecks import finetune_identity
+    run.expect(**finetune_identity(cfg, params, names, tr, va, teacher))   # --resume: the same run only
     c = world.bcast(run.resume(params))   # rank 0 reads the checkpoint: any rank count resumes any other's
     if c is not None:
         ckpt.load_model_arrays(params, c.model)
@@ -776,7 +784,11 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
 
 def _summary(r: dict) -> str:
     keys = ("accuracy", "f1_macro", "f1_micro", "pearson", "spearman", "precision", "recall", "f1", "exact_match")
-    return "  ".join(f"{k} {r[k]:.4f}" for k in keys if isinstance(r.get(k), float)) or "no validation set"
+    undefined = [k for k in keys if k in r and r[k] is None]     # a correlation over one validation example
+    return "  ".join([f"{k} {r[k]:.4f}" for k in keys if isinstance(r.get(k), float)]
+                     + [f"{k} undefined (one validation example)" for k in undefined]
+                     + ([f"mse {r['mse']:.4f}"] if undefined and isinstance(r.get("mse"), float) else [])
+                     ) or "no validation set"
 
 
 def _bar(cfg: FinetuneConfig, total: int, initial: int, desc: str):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import minidistil
+from minidistil.files import brief
 
 
 class FetchError(RuntimeError):
@@ -100,7 +101,7 @@ def check_name(name: str) -> str:
     parts = name.split("/") if isinstance(name, str) else []
     if (not 1 <= len(parts) <= 2 or not all(_NAME_PART.fullmatch(p) for p in parts) or ".." in name
             or "--" in name):
-        raise FetchError(f"{name!r} is not a checkpoint name nor a Hub repository id (expected 'name' or "
+        raise FetchError(f"{brief(name)} is not a checkpoint name nor a Hub repository id (expected 'name' or "
                          "'org/name': letters, digits, '_', '-', '.', without '..' or '--')")
     return name
 

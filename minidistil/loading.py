@@ -269,6 +269,9 @@ def from_pretrained(name_or_path: str | os.PathLike, cls=None, device=None, *, o
     state = read_state_dict(folder)
     _warn_non_finite(state, folder)
     mapped, missing, unexpected = map_state_dict(model, state, source=str(folder))
+    if not mapped:  # random weights under a checkpoint's name: refused, not warned about
+        what = "no tensors" if not state else f"no tensor that {model_cls.__name__} uses"
+        raise CheckpointError(f"{folder}: the checkpoint holds {what}; refusing to load random weights")
     model.load_state_dict(mapped, strict=False)
     model.tie_weights()
     if missing:

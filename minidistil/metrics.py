@@ -144,7 +144,10 @@ def spearman(x, y) -> float:
 
 
 def regression_report(gold, pred) -> dict:
+    """Pearson, Spearman and the mean squared error; the two correlations are None (undefined) for one pair."""
     gold, pred = np.asarray(gold, dtype=np.float64).ravel(), np.asarray(pred, dtype=np.float64).ravel()
+    if gold.size == 1 == pred.size:
+        return {"pearson": None, "spearman": None, "mse": float(np.mean((gold - pred) ** 2))}
     return {"pearson": pearson(gold, pred), "spearman": spearman(gold, pred),
             "mse": float(np.mean((gold - pred) ** 2))}
 

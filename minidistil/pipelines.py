@@ -316,12 +316,23 @@ class QuestionAnsweringPipeline(Pipeline):
             except ValueError as e:  # the tokenizer's words: first text = question, second = context
                 raise ValueError(f"question answering with max_seq_len={max_seq_len}, doc_stride={doc_stride}: "
                                  f"{e}") from None
-            out = self._forward(enc)
-            answers = QA.decode(enc, _numpy(out.start_logits), _numpy(out.end_logits), contexts[sl], top_k=top_k,
+            start_logits, end_logits = self._window_logits(enc)
+            answers = QA.decode(enc, start_logits, end_logits, contexts[sl], top_k=top_k,
                                 max_answer_len=max_answer_len, handle_impossible_answer=handle_impossible_answer,
                                 align_to_words=align_to_words)
             results += [a[0] if top_k == 1 else a for a in answers]
         return results[0] if single else results
+
+
+    def _window_logits(self, enc) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end logits (W, T) of every window, the model run on batch_size windows at a time: the windows
+        of a long context do not all go through the model at once (their attention alone would be W x T x T)."""
+        starts, ends = [], []
+        for sl in self._batches(len(enc["input_ids"])):
+            out = self._forward({k: enc[k][sl] for k in ("input_ids", "attention_mask", "token_type_ids")})
+            starts.append(_numpy(out.start_logits))                                   # (batch, T)
+            ends.append(_numpy(out.end_logits))
+        return np.concatenate(starts), np.concatenate(ends)
 
 
 class FeatureExtractionPipeline(Pipeline):

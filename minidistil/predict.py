@@ -161,6 +161,9 @@ def evaluate(model, data, *, task: str | None = None, held_out: float | None = N
         if task in ("classification", "multilabel", "token"):
             names = [model_.config.id2label[i] for i in range(model_.config.num_labels)]
             examples = FT.drop_unknown_labels(cfg, examples, names, skipped)
+            if not examples:
+                raise ValueError(f"data: no example of {cfg.train} has labels the model knows ({', '.join(names)}); "
+                                 f"first: {skipped[-1]}")
         feats = FT.encode(task, examples, tokenizer, names, cfg)
         result = FT.evaluate(task, model_, examples, feats, names, cfg, compute_metrics)
     return {"task": task, **result, "skipped_rows": len(skipped)}

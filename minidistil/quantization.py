@@ -22,7 +22,9 @@ model, then quantise it).
 
 A saved quantised checkpoint holds, per quantised module `m`, `m.weight` (int8) and `m.weight_scale` (float32, one
 per row), every other tensor as float32 under its usual name, and in config.json a `quantization_config`
-({"quant_method": "minidistil_int8", ...}; transformers refuses an unknown quant_method rather than misreading it).
+({"quant_method": "minidistil_int8", "model_type": "bert", ...}) under the model_type "minidistil_int8", which
+transformers' AutoModel refuses ("does not recognize this architecture") instead of reading the int8 values as
+float weights. Folders written before (model_type "bert" or "distilbert") load as they did.
 """
 from __future__ import annotations
 
@@ -220,7 +222,11 @@ def save_quantized(model, folder, tokenizer=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
     config["architectures"] = [type(model).__name__]
-    config["quantization_config"] = model.quantization_config
+    # transformers loads an unknown quant_method as plain float weights (the int8 values as floats); under a
+    # model_type of its own, transformers' AutoModel refuses the folder instead ("does not recognize this
+    # architecture"); minidistil's config reader takes the model type back from quantization_config
+    config["quantization_config"] = {**model.quantization_config, "model_type": config["model_type"]}
+    config["model_type"] = QUANT_METHOD
     save_file(quantized_state_dict(model), folder / WEIGHTS_NAME, metadata={"format": "pt"})
     atomic_write(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
@@ -253,7 +259,10 @@ def load_quantized(folder, config_dict: dict, cls=None, device: str | None = Non
     if qc.get("version", FORMAT_VERSION) > FORMAT_VERSION:
         raise CheckpointError(f"{folder / 'config.json'}: quantization format version {qc['version']} is newer "
                               f"than this minidistil reads ({FORMAT_VERSION}); upgrade minidistil")
-    config = config_from_dict(config_dict)
+    try:
+        config = config_from_dict(config_dict)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
     model = _pick_class(config, cls, folder)(config)              # zero weights: every tensor comes from the file
     state = read_state_dict(folder)
     keys = set(state)
@@ -285,6 +294,9 @@ def load_quantized(folder, config_dict: dict, cls=None, device: str | None = Non
     for name in _word_embeddings(model):
         emb = model.get_submodule(name)
         k = _file_key(f"{name}.weight", keys, prefix)
+        if k is not None and state[k].dtype.kind != "f" and state[k].dtype != np.int8:
+            raise CheckpointError(f"{folder}: tensor {k!r} has dtype {state[k].dtype}, a quantised checkpoint "
+                                  "stores int8 or float32 word embeddings")
         if k is None or state[k].dtype != np.int8:
             continue                                               # a float32 table (embeddings=False)
         w = int8_weight(name, emb.weight.shape)
@@ -306,6 +318,9 @@ def load_quantized(folder, config_dict: dict, cls=None, device: str | None = Non
         if k is None:
             missing.append(name)
             continue
+        if state[k].dtype.kind != "f":
+            raise CheckpointError(f"{folder}: tensor {k!r} has dtype {state[k].dtype}, {name!r} is a float32 "
+                                  "parameter")
         if tuple(state[k].shape) != p.shape:
             raise CheckpointError(f"{folder}: tensor {k!r} has shape {tuple(state[k].shape)} but "
                                   f"{type(model).__name__} expects {p.shape} for {name!r}")
@@ -342,17 +357,24 @@ def file_size(folder) -> int:
     return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
 
 
-def quantize_folder(src, out) -> dict:
+def quantize_folder(src, out, overwrite: bool = False) -> dict:
     """Load the checkpoint `src`, quantise it, write it to `out` with the tokenizer and sentence-transformers files
-    (pooling, normalisation) copied over. Returns sizes and what was quantised."""
+    (pooling, normalisation) copied over. Returns sizes and what was quantised. `out` must not be, hold or lie in
+    the source folder; a folder that already holds files is refused unless overwrite=True (whose files of the same
+    names are then replaced)."""
+    from minidistil.files import check_apart, read_json_object
     from minidistil.loading import CheckpointError, from_pretrained, resolve, save_pretrained
     from minidistil.safetensors_io import atomic_write
     folder = resolve(src)
     out = Path(out)
-    if out.exists() and out.resolve() == folder.resolve():
-        raise ValueError(f"OUT: {out} is the source folder; write the quantised model to another folder")
-    if (folder / "config.json").is_file() and "quantization_config" in json.loads(
-            (folder / "config.json").read_text(encoding="utf-8")):
+    check_apart(out, {"source checkpoint": folder}, flag="OUT")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        held = sorted(f.name for f in out.iterdir())
+        raise ValueError(f"OUT: {out} is not empty (it holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''})"
+                         "; give a new folder, or --overwrite to replace the model files in it")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"OUT: {out} is a file, not a folder")
+    if (folder / "config.json").is_file() and "quantization_config" in read_json_object(folder / "config.json"):
         raise CheckpointError(f"{folder}: the checkpoint is quantised already")
     model = from_pretrained(folder)
     qmodel = quantize(model)
@@ -373,13 +395,15 @@ def add_command(subparsers, name: str, help: str):
                               "weights int8 per output channel, word embeddings int8 per row, activations quantised "
                               "per row at run time. OUT loads with --model like any checkpoint folder.")
     p.add_argument("src", metavar="SRC", help="checkpoint folder or name in the weights folder")
-    p.add_argument("out", metavar="OUT", help="folder to write the quantised checkpoint to")
+    p.add_argument("out", metavar="OUT", help="folder to write the quantised checkpoint to (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files, "
+                   "replacing the model's files there")
     p.set_defaults(run=run_command)
     return p
 
 
 def run_command(args) -> int:
-    r = quantize_folder(args.src, args.out)
+    r = quantize_folder(args.src, args.out, overwrite=args.overwrite)
     n = ", ".join(f"{v} {k}" for k, v in sorted(r["quantized"].items()))
     print(f"{r['out']}: {r['architecture']} with {n} layers int8; model.safetensors "
           f"{r['int8_bytes'] / 1e6:.1f} MB (float32: {r['float32_bytes'] / 1e6:.1f} MB, "

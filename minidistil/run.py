@@ -34,6 +34,7 @@ Two folders per run:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -79,8 +80,9 @@ def jsonable(obj) -> Any:
 
 
 def state_dir(out: str | os.PathLike) -> Path:
-    """The training-state folder of the model folder `out`: its sibling OUT.training."""
-    out = Path(os.path.abspath(out))
+    """The training-state folder of the model folder `out`: its sibling OUT.training, beside the real folder (a
+    symbolic link to OUT names the same state folder, so the same lock)."""
+    out = Path(os.path.realpath(out))
     return out.parent / (out.name + STATE_SUFFIX)
 
 
@@ -120,10 +122,27 @@ class FolderLock:
     a lock left by a killed run is free and is taken over. Where fcntl is missing the file is created exclusively,
     and the lock of a run that died must be deleted by hand (the message says which file)."""
 
-    def __init__(self, folder: Path, say=print):
+    def __init__(self, folder: Path, say=print, guard: Path | None = None):
         self.path = Path(folder) / "lock"
         self.say = say
         self.fd: int | None = None
+        self.guard = guard              # a folder also flock()ed: its identity (st_dev, st_ino), not its name
+        self.guard_fd: int | None = None
+
+    def _lock_guard(self):
+        """flock the guard folder itself: two names of one folder (a bind mount, a link) are one lock."""
+        if self.guard is None or fcntl is None:
+            return
+        try:
+            fd = os.open(self.guard, os.O_RDONLY)
+        except OSError as e:
+            raise named_os_error(e, self.guard) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            self._refuse(self._holder())
+        self.guard_fd = fd
 
     def _holder(self, fd: int | None = None) -> str:
         try:
@@ -144,6 +163,19 @@ class FolderLock:
                        + ("" if fcntl else f" (if it is gone, delete {self.path})"))
 
     def acquire(self) -> FolderLock:
+        self._lock_guard()
+        try:
+            return self._acquire()
+        except BaseException:
+            self._release_guard()
+            raise
+
+    def _release_guard(self):
+        if self.guard_fd is not None:
+            os.close(self.guard_fd)
+            self.guard_fd = None
+
+    def _acquire(self) -> FolderLock:
         me = f"{os.getpid()} {socket.gethostname()}\n".encode()
         if fcntl is None:
             try:
@@ -186,12 +218,14 @@ class FolderLock:
 
     def release(self):
         if self.fd is None:
+            self._release_guard()
             return
         try:
             self.path.unlink(missing_ok=True)  # first, while locked: a waiting run then locks a fresh file
         finally:
             os.close(self.fd)
             self.fd = None
+            self._release_guard()
 
 
 def remove_stale_temporaries(folder: Path):
@@ -199,6 +233,43 @@ def remove_stale_temporaries(folder: Path):
     so no other run is writing there."""
     for tmp in Path(folder).glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# what a run is: recorded in each checkpoint, compared on resume
+
+
+def digest(arrays) -> str:
+    """A short hash of arrays ({name: array} or a sequence of arrays): their names, dtypes, shapes and bytes. Two
+    teachers, two corpora or two base models that differ anywhere give different digests."""
+    h = hashlib.blake2b(digest_size=12)
+    items = sorted(arrays.items()) if isinstance(arrays, dict) else enumerate(arrays)
+    for name, a in items:
+        a = np.ascontiguousarray(_host(a))
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(repr(a.tolist()).encode() if a.dtype.hasobject else a.data)
+    return h.hexdigest()
+
+
+def _same(a, b) -> bool:
+    """Two recorded values agree: an input ({"name", "digest"}) by its digest alone, so a moved file still
+    matches; anything else as it is."""
+    if isinstance(a, dict) and isinstance(b, dict) and "digest" in a and "digest" in b:
+        return a["digest"] == b["digest"]
+    return a == b
+
+
+def _shown(v) -> str:
+    if isinstance(v, dict) and "digest" in v:
+        return f"{v.get('name')} (digest {v['digest'][:8]})"
+    r = json.dumps(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def identity_differences(recorded: dict, now: dict) -> list[str]:
+    """Each entry of `now` that `recorded` (a checkpoint's) holds with another value, as "KEY: RECORDED, now NOW"."""
+    return [f"{k}: {_shown(recorded[k])}, now {_shown(now[k])}" for k in now
+            if k in recorded and not _same(recorded[k], now[k])]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -225,6 +296,25 @@ def _max_abs(arrays: dict[str, np.ndarray]) -> tuple[float, str]:
     return worst, where
 
 
+def _state_problem(c: ckpt.Checkpoint) -> str | None:
+    """What is wrong with a checkpoint's run state and data position (None: they can be used)."""
+    run = c.extra.get("run")
+    if not isinstance(run, dict):
+        return "no run state"
+    fields = RunState.__dataclass_fields__
+    unknown = sorted(set(run) - set(fields))
+    if unknown:
+        return f"unknown run state fields {unknown[:3]}"
+    for name in ("step", "total_steps", "tokens", "epoch", "batch", "bad_epochs"):
+        if name in run and type(run[name]) is not int:
+            return f"run state {name} is {json.dumps(run[name])[:40]}, not a count"
+    if not isinstance(run.get("history", []), list) or type(c.extra.get("metrics_lines", 0)) is not int:
+        return "its history or log length is malformed"
+    if c.data is not None and not all(type(v) is int for v in c.data.values()):
+        return "its data position is not a set of counts"
+    return None
+
+
 class Run:
     """One training run's folders, lock, metrics log and checkpoints (see the module docstring)."""
 
@@ -236,17 +326,19 @@ class Run:
         self.state_dir = state_dir(self.out)
         self.metrics = self.out / "metrics.jsonl"
         self.resuming, self.overwrite, self.say = resume, overwrite, say
-        self.lock = FolderLock(self.state_dir, say)
+        self.lock = FolderLock(self.state_dir, say, guard=self.out)
         self.lines = 0                      # lines in metrics.jsonl
         self.saved: tuple[int, Path] | None = None   # (step, path) of the newest good checkpoint
         self.limit = math.inf               # largest sound parameter magnitude (set by resume())
         self.writer = writer                # False: an MPI rank other than 0, which checks but writes nothing
+        self.identity: dict = {}            # what this run is (see expect): recorded in each checkpoint
 
     # -- opening ---------------------------------------------------------------------------------------------
 
     def __enter__(self) -> Run:
         if not self.writer:
             return self
+        self.made_out = not self.out.exists()   # a run that fails before writing leaves no empty folder behind
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             self.state_dir.mkdir(exist_ok=True)
@@ -278,10 +370,11 @@ class Run:
         if not self.writer:
             return
         self.lock.release()
-        try:
-            self.state_dir.rmdir()  # only when empty: a run that never saved leaves no folder behind
-        except OSError:
-            pass
+        for folder in [self.state_dir] + ([self.out] if getattr(self, "made_out", False) else []):
+            try:
+                folder.rmdir()      # only when empty: a run that never saved leaves no folder behind
+            except OSError:
+                pass
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """(step, path) of the checkpoints in the state folder, newest first."""
@@ -304,6 +397,21 @@ class Run:
             return f"a model ({model[0]}) that this run would replace"
         return None
 
+    def expect(self, **identity):
+        """Say what this run is (its teacher or base model and its data as {"name", "digest"}, the student's shape,
+        the settings that change the updates): each checkpoint records it, and resume() refuses a checkpoint that
+        recorded something else, naming each difference. Call it before resume()."""
+        self.identity = jsonable(identity)
+
+    def _check_identity(self, path: Path, c: ckpt.Checkpoint):
+        recorded = c.extra.get("identity")
+        if not isinstance(recorded, dict) or not self.identity:
+            return                          # a checkpoint written before identities were recorded
+        diffs = identity_differences(recorded, self.identity)
+        if diffs:
+            raise RunError(f"--resume: {path.name} was made by another run than this one ({'; '.join(diffs)}); "
+                           "resume with the same inputs and settings, or start again with --overwrite")
+
     def resume(self, params: dict) -> ckpt.Checkpoint | None:
         """Fix the parameter limit from `params` (the model before training), then, when resuming, return the
         newest sound checkpoint (None for a new run) and cut metrics.jsonl back to its lines."""
@@ -323,11 +431,16 @@ class Run:
             except ValueError as e:
                 self.say(f"{e}: {older}")
                 continue
+            problem = _state_problem(c)
+            if problem:
+                self.say(f"checkpoint: {path} is damaged ({problem}): {older}")
+                continue
             worst, where = _max_abs(c.model)
             if not worst <= self.limit:
                 self.say(f"checkpoint: {path} holds diverged parameters ({where}: |w| up to {worst:.3g}, the limit "
                          f"is {self.limit:.3g}): {older}")
                 continue
+            self._check_identity(path, c)
             self.saved = (c.step, path)
             self._cut_metrics(int(c.extra.get("metrics_lines", 0)))
             self.say(f"resumed from {path} at step {c.step}")
@@ -412,7 +525,8 @@ class Run:
             self.saved = (step, path)
             return path
         ckpt.save_checkpoint(path, step=step, model=arrays, optimizer=optimizer, data=data,
-                             extra={"run": jsonable(state), "config": jsonable(config), "metrics_lines": self.lines})
+                             extra={"run": jsonable(state), "config": jsonable(config), "metrics_lines": self.lines,
+                                    "identity": self.identity})
         self.saved = (step, path)
         older = [p for s, p in self.checkpoints() if s < step]
         for p in [p for s, p in self.checkpoints() if s > step] + older[KEEP - 1:]:

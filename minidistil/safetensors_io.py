@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .files import brief
+from .files import brief, check_replaceable, output_target
 
 # safetensors dtype tag -> little-endian NumPy dtype ("BF16" has none: stored as uint16 and widened by hand)
 _DTYPES = {
@@ -213,8 +213,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None] | byte
     `write` is the bytes / text to write, or a function that receives the open binary file. The file gets the
     permissions a plain open() would give it (0666 less the umask; the temporary file starts as 0600). An OSError
     (a full disk, a read-only folder) names `path`; the file that was there before is left as it was.
+
+    Where it lands is files.output_target's answer: a symbolic link's target is replaced (the link stays), a
+    character device or FIFO (/dev/null, /dev/stdout) is written through, anything else that is not a regular file
+    is refused with a ValueError; os.replace never lands on something that is not a regular file.
     """
-    path = Path(path)
+    path, through = output_target(path)
+    if through:
+        return _write_through(path, write)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -230,6 +236,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None] | byte
                 f.write(write.encode("utf-8") if isinstance(write, str) else write)
             f.flush()
             os.fsync(f.fileno())
+        check_replaceable(path)
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -247,6 +254,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None] | byte
             os.close(dfd)
     except OSError:
         pass
+    return path
+
+
+def _write_through(path: Path, write) -> Path:
+    """Write into an existing character device or FIFO as it is (opened without creating or replacing)."""
+    try:
+        with os.fdopen(os.open(path, os.O_WRONLY), "wb") as f:
+            if callable(write):
+                write(f)
+            else:
+                f.write(write.encode("utf-8") if isinstance(write, str) else write)
+    except OSError as e:
+        raise named_os_error(e, path) from None
     return path
 
 

@@ -31,12 +31,15 @@ import csv
 import json
 import math
 import os
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 from collections.abc import Sequence
 
 import numpy as np
+
+from .files import JSON_LIMIT, brief, read_lines, read_text
 
 IGNORE_INDEX = -100          # label of a position the loss skips (HF's convention)
 ON_ERROR = ("skip", "fail")
@@ -111,7 +114,7 @@ def _check_file(path) -> Path:
 def table_format(path: Path, fmt: str | None = None) -> str:
     if fmt is not None:
         if fmt not in ("csv", "tsv", "jsonl"):
-            raise ValueError(f"fmt: expected 'csv', 'tsv' or 'jsonl', got {fmt!r}")
+            raise ValueError(f"--data-format: expected 'csv', 'tsv' or 'jsonl', got {fmt!r} (fmt= in Python)")
         return fmt
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
@@ -120,7 +123,8 @@ def table_format(path: Path, fmt: str | None = None) -> str:
         return "tsv"
     if suffix == ".csv":
         return "csv"
-    raise ValueError(f"{path}: cannot tell the format from the suffix {suffix!r}; give fmt='csv', 'tsv' or 'jsonl'")
+    raise ValueError(f"{path}: cannot tell the format from the suffix {suffix!r}; give the format: "
+                     "--data-format csv, tsv or jsonl (fmt='csv' in Python)")
 
 
 def iter_records(path, fmt: str | None = None, header: bool = True, problems: _Problems | None = None):
@@ -128,7 +132,7 @@ def iter_records(path, fmt: str | None = None, header: bool = True, problems: _P
     path = _check_file(path)
     fmt = table_format(path, fmt)
     problems = problems or _Problems("fail")
-    with open(path, encoding="utf-8", newline="") as f:
+    with closing(read_lines(path)) as f:     # line by line, each bounded; a BOM dropped; a bad byte named
         if fmt == "jsonl":
             for i, line in enumerate(f, 1):
                 if not line.strip():
@@ -227,14 +231,23 @@ def parse_label(value, kind: str, label_sep: str = ","):
     if value is None or (isinstance(value, str) and not value.strip()):
         raise ValueError("empty label")
     if kind == "regression":
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(f"label {brief(value)}: expected a number")
         x = float(value)
         if not math.isfinite(x):
             raise ValueError(f"label {value!r} is not a finite number")
         return x
     if kind == "multi":
         if isinstance(value, list):
+            if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"labels {brief(value)}: expected a list of names or numbers")
             return [str(v).strip() for v in value]
+        if isinstance(value, dict):
+            raise ValueError(f"labels {brief(value)}: expected a list of names or a {label_sep!r}-separated string")
         return [v.strip() for v in str(value).split(label_sep) if v.strip()]
+    if isinstance(value, (list, dict)):
+        raise ValueError(f"label {brief(value)}: expected one name or number (several labels per text is the "
+                         "multilabel task)")
     if isinstance(value, float) and value.is_integer():
         value = int(value)                                          # JSON 1.0 and CSV "1" name the same class
     return str(value).strip()
@@ -293,9 +306,9 @@ def read_imdb(folder, split: str = "train", on_error: str = "skip") -> Loaded:
     for lab in IMDB_LABELS:
         for p in sorted((base / lab).glob("*.txt")):
             try:
-                text = p.read_text(encoding="utf-8")
-            except UnicodeDecodeError as e:
-                problems(f"{p}:1", f"not UTF-8 ({e.reason})")
+                text = read_text(p)
+            except ValueError as e:                                 # not UTF-8 (the offset named), or too large
+                problems(f"{p}:1", str(e))
                 continue
             text = " ".join(text.replace("<br />", " ").split())
             if not text:
@@ -326,7 +339,8 @@ def read_conll(path, tag_column: int = -1, on_error: str = "skip") -> Loaded:
             problems(f"{path}:{bad[0]}", bad[1] + f" (the sentence starting at line {start} is left out)")
         words, tags, start, bad = [], [], None, None
 
-    with open(path, encoding="utf-8") as f:
+    width = None                     # columns of the first word line: every word line has as many
+    with closing(read_lines(path)) as f:
         for i, line in enumerate(f, 1):
             cols = line.split()
             if not cols:
@@ -339,6 +353,10 @@ def read_conll(path, tag_column: int = -1, on_error: str = "skip") -> Loaded:
                 start = i
             if len(cols) < 2:
                 bad = bad or (i, f"expected 'word ... tag', got {line.strip()!r}")
+                continue
+            width = width or len(cols)
+            if len(cols) != width:
+                bad = bad or (i, f"expected {width} columns as in the first word line, got {len(cols)}")
                 continue
             words.append(cols[0])
             tags.append(cols[tag_column])
@@ -388,23 +406,37 @@ def read_squad(path, on_error: str = "skip") -> Loaded:
                 out.append(ex)
         return Loaded(out, problems.skipped)
     path = _check_file(path)
-    raw = path.read_text(encoding="utf-8")
+    raw = read_text(path, JSON_LIMIT)
     try:
         doc = json.loads(raw)
         articles = doc["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
         raise DataError(f"{path}:1: not a SQuAD file (expected {{'data': [...]}}): {e}") from None
     out = []
-    for art in articles:
-        for para in art.get("paragraphs", []):
+    for art in _objects(articles, path, "data"):
+        for para in _objects(art.get("paragraphs", []), path, "paragraphs"):
             context = para.get("context")
-            for qa in para.get("qas", []):
+            for qa in _objects(para.get("qas", []), path, "qas"):
                 qid = str(qa.get("id", ""))
-                ex = _qa_example(qid, qa.get("question"), context, qa.get("answers", []),
-                                 f"{path}:{_line_of(raw, json.dumps(qid))}", problems)
+                answers = qa.get("answers", [])
+                where = f"{path}:{_line_of(raw, json.dumps(qid))}"
+                if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
+                    problems(where, f"question {qid!r}: 'answers' must be a list of {{'text', 'answer_start'}}")
+                    continue
+                ex = _qa_example(qid, qa.get("question"), context, answers, where, problems)
                 if ex is not None:
                     out.append(ex)
     return Loaded(out, problems.skipped)
+
+
+def _objects(value, path, key: str) -> list[dict]:
+    """`value` when it is a list of JSON objects, else a DataError naming the file and the key (SQuAD's shape is
+    {"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers": [...]}]}]}]})."""
+    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+        got = type(value).__name__ if not isinstance(value, list) else "a list holding " + next(
+            type(x).__name__ for x in value if not isinstance(x, dict))
+        raise DataError(f"{path}: not a SQuAD file: '{key}' must be a list of objects, got {got}")
+    return value
 
 
 def _qa_example(qid: str, question, context, raw_answers: list, where: str, problems: _Problems):

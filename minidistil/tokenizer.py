@@ -28,6 +28,8 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from .files import check_unicode, read_json_object, read_text
 from .safetensors_io import atomic_write
 
+HEAD_CHARS_PER_TOKEN = 1024   # a truncated text is tokenised over at most this many characters per token kept
+
 SPECIAL = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
            "mask_token": "[MASK]"}
 DEFAULT_MAX_LENGTH = 512
@@ -230,6 +232,10 @@ class Tokenizer:
         if truncation and (stride or (text_pair is not None and max_length < 5)):
             self._check_windows(texts, pairs if text_pair is not None else None, int(max_length), int(stride),
                                 strategy)
+        if truncation and not return_overflowing_tokens:  # the model reads max_length tokens: tokenise no more
+            texts = [self._head(t, int(max_length)) for t in texts]
+            if text_pair is not None:
+                pairs = [self._head(t, int(max_length)) for t in pairs]
         if truncation:
             self._tk.enable_truncation(max_length, stride=int(stride), strategy=strategy)
         else:
@@ -297,6 +303,26 @@ class Tokenizer:
                                  "take NumPy arrays: return_tensors='np'") from None
             out = {k: torch.from_numpy(v) for k, v in out.items()}
         return BatchEncoding(out, encs)
+
+    def _head(self, text: str, need: int) -> str:
+        """A prefix of `text` that tokenises to the same first `need` tokens and to more than `need` in all (so a
+        truncation is still seen and warned about), or `text` when it is short: a 10 MB line is not tokenised
+        whole to keep its first 512 tokens. The prefix ends where the pre-tokenizer starts a word (a space or a
+        punctuation mark), so no word is cut; it is searched in spans of 16, 64, ... characters per token, up to
+        HEAD_CHARS_PER_TOKEN, beyond which the text is cut there (a text with fewer than `need` tokens in its first
+        need * HEAD_CHARS_PER_TOKEN characters is mostly blanks or control characters)."""
+        size = need * 16
+        while len(text) > size:
+            head = text[:size]
+            pieces = self._tk.pre_tokenizer.pre_tokenize_str(head) if self._tk.pre_tokenizer is not None else []
+            cut = pieces[-1][1][0] if len(pieces) > 1 else size     # the last (perhaps cut) word starts here
+            head = text[:cut]
+            if size >= need * HEAD_CHARS_PER_TOKEN:
+                return head
+            if len(self._tk.encode(head, add_special_tokens=False).ids) > need:
+                return head
+            size *= 4
+        return text
 
     def _check_windows(self, texts: list[str], pairs: list[str] | None, max_length: int, stride: int,
                        strategy: str) -> None:

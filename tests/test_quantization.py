@@ -222,7 +222,7 @@ def test_quantize_command(folders, tmp_path, capsys):
     assert "int8" in line and "x)" in line and (tmp_path / "out" / "vocab.txt").is_file()
     assert cli.main(["classify", "--model", str(tmp_path / "out"), "the cat sat"]) == 0
     assert json.loads(capsys.readouterr().out)["label"] in ("neg", "pos")
-    for argv, message in [([str(src), str(src)], "is the source folder"),
+    for argv, message in [([str(src), str(src)], "is the source checkpoint"),
                           ([str(tmp_path / "out"), str(tmp_path / "o2")], "quantised already"),
                           ([str(tmp_path / "nowhere"), str(tmp_path / "o3")], "no such checkpoint folder")]:
         assert cli.main(["quantize", *argv]) == 1

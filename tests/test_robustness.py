@@ -5,6 +5,7 @@ CLI cases run in-process through cli.main() on tiny checkpoints saved in the tes
 "minidistil COMMAND: error: ..." and the exit status be non-zero.
 """
 import dataclasses
+import os
 import hashlib
 import io
 import json
@@ -409,14 +410,17 @@ def test_empty_sequences_are_a_value_error(tiny):
 # ---- a corpus that is not text -----------------------------------------------------------------------------------
 
 
-def test_random_bytes_corpus_warns_naming_the_file(tiny, tmp_path):
+def test_random_bytes_corpus_is_refused_and_control_characters_warn(tiny, tmp_path):
     tok = Tokenizer.from_pretrained(tiny["ner"])
     rng = np.random.default_rng(0)
     junk = tmp_path / "junk.txt"
     junk.write_bytes(rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes())
-    with pytest.warns(UserWarning, match=rf"corpus: 1 of 1 documents look like no text: {re.escape(str(junk))} "
+    with pytest.raises(ValueError, match=rf"{re.escape(str(junk))}: not UTF-8 text \(byte 0x[0-9a-f]{{2}} at offset "):
+        D.read_corpus(junk)
+    control = D.Document("junk.txt", "".join(map(chr, rng.integers(0, 32, 20_000))))
+    with pytest.warns(UserWarning, match=r"corpus: 1 of 1 documents look like no text: junk\.txt "
                                          r"\(\d+% control or undecodable characters\)"):
-        D.make_sequences(D.read_corpus(junk), tok, max_len=16)
+        D.make_sequences([control], tok, max_len=16)
     foreign = D.Document("greek.txt", "Η γρήγορη καφέ αλεπού πηδά πάνω από τον τεμπέλη σκύλο. " * 5)
     with pytest.warns(UserWarning, match=r"greek\.txt \(\d+% \[UNK\] tokens\)"):
         D.make_sequences([foreign], tok, max_len=16)
@@ -429,3 +433,498 @@ def test_random_bytes_corpus_warns_naming_the_file(tiny, tmp_path):
 def test_help_topics_are_text():
     docs = D.pydoc_topics()                                             # part of the default corpus
     assert docs and [d.source for d in docs if D.why_not_text(d.text, [], 0)] == []
+
+
+# ================================================================================================================
+# the second round: nothing replaced that is not ours, nothing destroyed by a flag, no read without a bound
+
+
+def _rows(path: Path, rows, header="sentence,label"):
+    path.write_text(header + "\n" + "".join(f"{t},{lab}\n" for t, lab in rows), encoding="utf-8")
+    return path
+
+
+SENTIMENT = [("the cat sat on the mat", "pos"), ("the dog ran", "neg"), ("the cat ran", "pos"),
+             ("the dog sat", "neg")] * 3
+
+
+# ---- 1. an output path that names a device, a FIFO or a link is written through or refused, never replaced -----
+
+
+def test_outputs_write_through_devices_and_links_and_refuse_the_rest(tiny, tmp_path, capsys):
+    fake = tmp_path / "fakedev"
+    fake.mkdir()
+    os.mknod(fake / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))          # a copy of /dev/null
+    os.mknod(fake / "loop", stat.S_IFBLK | 0o600, os.makedev(7, 0))          # a block device: never opened
+    (fake / "to-null").symlink_to(fake / "null")
+    (fake / "to-file").symlink_to(tmp_path / "real.json")
+    (fake / "dangling").symlink_to(tmp_path / "new.json")
+    (tmp_path / "real.json").write_text("old")
+    model = ["--model", tiny["embed"]]
+    assert _cli(capsys, "embed", *model, "--npy", fake / "null", "the cat")[0] == 0
+    assert _cli(capsys, "embed", *model, "--json", fake / "to-null", "the cat")[0] == 0
+    assert stat.S_ISCHR(os.lstat(fake / "null").st_mode) and (fake / "to-null").is_symlink()
+    assert _cli(capsys, "embed", *model, "--json", fake / "to-file", "the cat")[0] == 0
+    assert (fake / "to-file").is_symlink() and json.loads((tmp_path / "real.json").read_text())["texts"] == ["the cat"]
+    assert _cli(capsys, "embed", *model, "--json", fake / "dangling", "the cat")[0] == 0
+    assert (fake / "dangling").is_symlink() and (tmp_path / "new.json").is_file()
+    _fails_in_one_line(capsys, "embed", *model, "--npy", fake / "loop", "the cat", match="is a block device, not a "
+                       "file: refusing to write over it")
+    _fails_in_one_line(capsys, "embed", *model, "--npy", fake, "the cat", match="is a folder, not a file")
+    assert stat.S_ISBLK(os.lstat(fake / "loop").st_mode)
+    assert sorted(p.name for p in fake.iterdir()) == ["dangling", "loop", "null", "to-file", "to-null"]  # no temp
+
+
+def test_a_fifo_is_written_through(tiny, tmp_path, capsys):
+    import threading
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert _cli(capsys, "embed", "--model", tiny["embed"], "--json", fifo, "the cat")[0] == 0
+    reader.join(30)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and json.loads(got[0])["texts"] == ["the cat"]
+
+
+def test_the_replace_itself_never_lands_on_a_non_regular_file(tmp_path):
+    target = tmp_path / "x"
+
+    def swap(f):  # between the check and the replace, the name becomes a FIFO
+        f.write(b"data")
+        os.mkfifo(target)
+
+    with pytest.raises(ValueError, match="became a FIFO while it was written: not replaced"):
+        st.atomic_write(target, swap)
+    assert stat.S_ISFIFO(os.lstat(target).st_mode) and [p.name for p in tmp_path.iterdir()] == ["x"]
+
+
+# ---- 2. the lock is the real folder's ------------------------------------------------------------------------
+
+
+def test_a_link_to_a_running_folder_is_the_same_lock(tmp_path):
+    from minidistil.run import FolderLock, Run, RunError
+    (tmp_path / "o").mkdir()
+    (tmp_path / "link-to-o").symlink_to(tmp_path / "o")
+    with Run(tmp_path / "o", say=lambda *a: None):
+        (tmp_path / "o" / "metrics.jsonl").write_text('{"step": 1}\n')
+        with pytest.raises(RunError, match=r"is in use by another run \(PID"):
+            Run(tmp_path / "link-to-o", overwrite=True, say=lambda *a: None).__enter__()
+        assert (tmp_path / "o" / "metrics.jsonl").read_text() == '{"step": 1}\n'     # the flag deleted nothing
+        # two names that realpath cannot join (a bind mount) still share the folder itself: its flock is the guard
+        (tmp_path / "elsewhere").mkdir()
+        with pytest.raises(RunError, match="in use by another run"):
+            FolderLock(tmp_path / "elsewhere", guard=tmp_path / "o").acquire()
+
+
+# ---- 3-4. quantize refuses an occupied folder; no output over an input, whatever the flags -------------------
+
+
+def test_quantize_refuses_an_occupied_folder_and_its_source(tiny, tmp_path, capsys):
+    dest = tmp_path / "classifier"
+    dest.mkdir()
+    (dest / "config.json").write_text("{}")
+    _fails_in_one_line(capsys, "quantize", tiny["clf"], dest, match=r"classifier is not empty \(it holds "
+                       r"config\.json\); give a new folder, or --overwrite")
+    assert (dest / "config.json").read_text() == "{}"
+    for out in (tiny["clf"], tiny["clf"] / "sub", tmp_path.parent):
+        _fails_in_one_line(capsys, "quantize", tiny["clf"], out, "--overwrite",
+                           match="(is|is inside|contains) the source checkpoint .*an output never replaces an input")
+    assert _cli(capsys, "quantize", tiny["clf"], dest, "--overwrite")[0] == 0
+    assert json.loads((dest / "config.json").read_text())["model_type"] == "minidistil_int8"
+
+
+def test_an_output_over_an_input_is_refused_whatever_the_flags(tiny, tmp_path, capsys):
+    before = {p.name: p.read_bytes() for p in tiny["mlm"].iterdir()}
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        _fails_in_one_line(capsys, "distill", "--teacher", tiny["mlm"], "--out", tiny["mlm"], *flags,
+                           match="is the teacher .*an output never replaces an input")
+    _fails_in_one_line(capsys, "distill", "--teacher", tiny["mlm"], "--out", tiny["mlm"] / "student",
+                       match="is inside the teacher")
+    (tmp_path / "data").mkdir()
+    train = _rows(tmp_path / "data" / "train.csv", SENTIMENT)
+    base = ["finetune", "--task", "classification", "--model", tiny["clf"], "--train", train,
+            "--text-field", "sentence", "--overwrite"]
+    _fails_in_one_line(capsys, *base, "--out", tiny["clf"], match="is the model")
+    _fails_in_one_line(capsys, *base, "--out", tmp_path / "data", match="contains the train")
+    _fails_in_one_line(capsys, *base, "--out", train, match="is the train")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat\n")
+    _fails_in_one_line(capsys, "embed", "--model", tiny["embed"], "--npy", tiny["embed"] / "model.safetensors",
+                       "the cat", match="--npy .*model.safetensors: is inside the model")
+    _fails_in_one_line(capsys, "embed", "--model", tiny["embed"], "--file", texts, "--json", texts,
+                       match="--json .*texts.txt: is the file")
+    assert texts.read_text() == "the cat\n"
+    assert {p.name: p.read_bytes() for p in tiny["mlm"].iterdir()} == before
+    assert not (tiny["mlm"].parent / "mlm.training").exists()
+    assert not (tiny["mlm"] / "student").exists()
+
+
+# ---- 5. --resume continues only the run its checkpoint came from ---------------------------------------------
+
+
+def test_resume_names_a_different_teacher_corpus_or_setting(tmp_path):
+    from test_distill import RUN, _corpus_dir, _tiny_teacher, _tiny_tokenizer
+    from minidistil.distill import distill
+    from minidistil.run import RunError
+    corpus = _corpus_dir(tmp_path, 12)
+    tok = _tiny_tokenizer(corpus)
+    out = tmp_path / "student"
+    common = dict(tokenizer=tok, corpus=[str(corpus)], student_layers=1, **{**RUN, "checkpoint_every": 2})
+    distill(_tiny_teacher(seed=0), out, steps=2, **common)
+    metrics = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(RunError, match=r"--resume: checkpoint-00000002\.npz was made by another run than this one "
+                                       r"\(teacher: BertForMaskedLM \(digest \w+\), now BertForMaskedLM"):
+        distill(_tiny_teacher(seed=1), out, steps=4, resume=True, **common)
+    with pytest.raises(RunError, match=r"batch_size: 8, now 4"):
+        distill(_tiny_teacher(seed=0), out, steps=4, resume=True, **{**common, "batch_size": 4})
+    (tmp_path / "other").mkdir()
+    other = _corpus_dir(tmp_path / "other", 14)
+    with pytest.raises(RunError, match=r"corpus: \['.*'\] \(digest \w+\), now"):
+        distill(_tiny_teacher(seed=0), out, steps=4, resume=True, **{**common, "corpus": [str(other)]})
+    assert (out / "metrics.jsonl").read_bytes() == metrics                     # the refused resumes changed nothing
+    r = distill(_tiny_teacher(seed=0), out, steps=4, resume=True, **common)    # the same run continues
+    assert r["steps"] == 4
+
+
+# ---- 6. regression with one validation example -----------------------------------------------------------------
+
+
+def test_regression_with_one_validation_example_reports_the_correlation_as_undefined(tiny, tmp_path, capsys):
+    train = _rows(tmp_path / "train.csv", [("the cat sat", 0.5), ("the dog ran", 1.5), ("the cat ran", 1.0)] * 2)
+    val = _rows(tmp_path / "val.csv", [("the dog sat", 0.7)])
+    rc, out, err = _cli(capsys, "finetune", "--task", "regression", "--model", tiny["embed"], "--train", train,
+                        "--validation", val, "--text-field", "sentence", "--out", tmp_path / "out", "--epochs", "1")
+    assert rc == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["best_epoch"] == 1 and (tmp_path / "out" / "model.safetensors").is_file()
+    assert report["history"] == [{"epoch": 1, "step": 1, "score": None, "metric": "pearson"}]   # 6 rows, batch 16
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    ev = [r["eval"] for r in rows if "eval" in r][0]
+    assert ev["pearson"] is None and ev["spearman"] is None and ev["mse"] >= 0
+    assert "pearson undefined (one validation example)" in out
+
+
+# ---- 10. checkpoint metadata of the wrong shape ----------------------------------------------------------------
+
+
+def _rewrite_meta(path: Path, change):
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    arrays["meta"] = np.frombuffer(json.dumps(change(meta)).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: [m], "its metadata is a JSON list, not an object"),
+    (lambda m: {**m, "step": "three"}, 'its step is "three", not a count'),
+    (lambda m: {**m, "extra": [1]}, "its extra is a list"),
+    (lambda m: {**m, "extra": {**m["extra"], "run": {**m["extra"]["run"], "step": "three"}}},
+     'run state step is "three", not a count'),
+    (lambda m: {**m, "data": {"epoch": "x"}}, "its data position is not a set of counts"),
+])
+def test_damaged_checkpoint_metadata_falls_back_to_the_one_before(tmp_path, change, match):
+    from minidistil.run import Run, RunState
+    said = []
+    params = {"w": np.ones(3, np.float32)}
+    with Run(tmp_path / "o", say=said.append) as run:
+        run.resume(params)
+        for step in (1, 2):
+            run.save(step, model=params, optimizer=None, state=RunState(step=step), data={"epoch": 0, "index": step})
+    newest = tmp_path / "o.training" / "checkpoint-00000002.npz"
+    _rewrite_meta(newest, change)
+    with Run(tmp_path / "o", resume=True, say=said.append) as run:
+        c = run.resume(params)
+    assert c.step == 1 and re.search(f"checkpoint: .*checkpoint-00000002.npz is damaged \\(.*{match}.*\\): falling "
+                                     "back to the one before it", " ".join(said)), said
+
+
+# ---- 7-8. every read of a user's file is bounded; memory follows what the model reads --------------------------
+
+MEASURED = """
+import resource, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from minidistil import cli
+try:
+    rc = cli.main(sys.argv[2:])
+except SystemExit as e:
+    rc = e.code
+sys.stderr.write(f"\\npeak resident KiB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n")
+sys.exit(rc)
+"""
+ADDRESS_SPACE = 1024 * 2**20  # `embed hello` alone maps ~600 MB of address space (Numba, SciPy, OpenBLAS): the
+RESIDENT = 500 * 2**10        # limit stops a runaway allocation; the bound asserted is the resident peak, in KiB
+
+
+def _measured(tiny, *argv, stdin=None):
+    """(exit status, stderr, peak resident KiB, seconds) of `minidistil ARGV` in a child under ADDRESS_SPACE."""
+    import subprocess
+    import time
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               PYTHONPATH=str(Path(__file__).parents[1]))
+    t = time.perf_counter()
+    with open(stdin or os.devnull, "rb") as f:
+        r = subprocess.run([sys.executable, "-c", MEASURED, str(ADDRESS_SPACE), *map(str, argv)], stdin=f,
+                           capture_output=True, text=True, env=env, timeout=120)
+    peak = int(re.search(r"peak resident KiB (\d+)", r.stderr).group(1))
+    return r.returncode, r.stderr.replace(re.search(r"\npeak resident.*", r.stderr).group(), ""), peak, \
+        time.perf_counter() - t
+
+
+@pytest.mark.parametrize("case", ["file", "stdin", "long line"])
+def test_embed_reads_are_bounded_in_memory_and_time(tiny, tmp_path, case):
+    out = tmp_path / "e.npy"
+    argv = ["embed", "--model", tiny["embed"], "--npy", out]
+    if case == "long line":                                    # 10 MB on one line: the first 512 tokens are read
+        line = tmp_path / "long.txt"
+        line.write_text("the cat sat on the mat. " * (10 * 2**20 // 24) + "\n")
+        rc, err, peak, seconds = _measured(tiny, *argv, "--file", line)
+        assert rc == 0 and np.load(out).shape == (1, 8), err
+        assert "longer than max_length=512 tokens and were truncated" in err
+    else:
+        rc, err, peak, seconds = _measured(tiny, *argv, *(["--file", "/dev/zero"] if case == "file" else []),
+                                           stdin="/dev/zero" if case == "stdin" else None)
+        assert rc == 1 and "Traceback" not in err and not out.exists(), err
+        assert err.strip().splitlines()[-1] == ("minidistil embed: error: " + ("--file: /dev/zero" if case == "file"
+                                                else "<stdin>") + ": larger than the 64 MB this input may hold; "
+                                                "give a smaller file")
+    assert peak < RESIDENT and seconds < 30, (peak, seconds)
+
+
+def test_a_long_text_is_tokenised_only_as_far_as_the_model_reads(tiny):
+    tok = Tokenizer.from_pretrained(tiny["embed"])
+    text = "the cat sat, on the mat. " * 40_000                              # 1 MB, 320,000 tokens
+    calls = []
+    real = tok._tk.encode_batch
+    tok._tk.encode_batch = lambda xs, *a, **k: calls.append([len(x) for x in xs]) or real(xs, *a, **k)
+    with pytest.warns(UserWarning, match="were truncated"):
+        ids = tok([text, "the dog"], max_length=64)["input_ids"]
+    assert max(calls[0]) < 64 * 64                                             # characters actually tokenised
+    tok._tk.encode_batch = real
+    tok._head = lambda t, n: t                                                  # tokenised whole, then truncated
+    with pytest.warns(UserWarning, match="were truncated"):
+        whole = tok([text, "the dog"], max_length=64)["input_ids"]
+    del tok._head
+    assert np.array_equal(ids, whole) and ids.shape[1] == 64
+    with pytest.warns(UserWarning, match="were truncated"):
+        pair = tok(["who sat?"], [text], max_length=32, truncation="only_second")["input_ids"]
+    assert pair.shape == (1, 32)
+
+
+@pytest.mark.parametrize("target", ["qa-context", "config", "corpus"])
+def test_reads_of_a_device_stop_at_their_bound(tiny, tmp_path, capsys, target):
+    if target == "qa-context":
+        _fails_in_one_line(capsys, "qa", "--model", tiny["qa"], "--context", "@/dev/zero", "who?",
+                           match="--context: /dev/zero: larger than the 64 MB this input may hold")
+    elif target == "config":
+        folder = _copy(tiny["embed"], tmp_path / "m")
+        (folder / "config.json").unlink()
+        (folder / "config.json").symlink_to("/dev/zero")
+        _fails_in_one_line(capsys, "embed", "--model", folder, "hello",
+                           match=r"m/config\.json: larger than the 16 MB this input may hold")
+    else:
+        with pytest.raises(ValueError, match="/dev/zero: larger than the 256 MB this input may hold"):
+            D.read_corpus("/dev/zero")
+        lines = tmp_path / "huge.jsonl"
+        lines.write_bytes(b'{"text": "' + b"a" * (17 * 2**20))
+        with pytest.raises(ValueError, match=r"huge\.jsonl: line 1 is longer than 16 MB"):
+            D.read_corpus(lines)
+
+
+# ---- 9. SQuAD JSON of the wrong shape --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("doc, match", [
+    ({"data": "nope"}, "'data' must be a list of objects, got str"),
+    ({"data": [1, 2]}, "'data' must be a list of objects, got a list holding int"),
+    ({"data": [{"paragraphs": "p"}]}, "'paragraphs' must be a list of objects, got str"),
+    ({"data": [{"paragraphs": [{"context": "c", "qas": ["q"]}]}]}, "'qas' must be a list of objects, got a list "
+                                                                   "holding str"),
+])
+def test_squad_of_the_wrong_shape_is_one_line(tiny, tmp_path, capsys, doc, match):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(doc))
+    for cmd in (["finetune", "--task", "qa", "--model", tiny["qa"], "--train", path, "--out", tmp_path / "o"],
+                ["evaluate", "--model", tiny["qa"], "--task", "qa", "--data", path]):
+        _fails_in_one_line(capsys, *cmd, match=f"train.json: not a SQuAD file: {re.escape(match)}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_squad_answers_given_as_strings_are_skipped_rows():
+    from minidistil import taskdata as TD
+    doc = {"data": [{"paragraphs": [{"context": "the cat sat", "qas": [
+        {"id": "a", "question": "who?", "answers": "cat"},
+        {"id": "b", "question": "who?", "answers": ["cat"]},
+        {"id": "c", "question": "who?", "answers": [{"text": "cat", "answer_start": 4}]}]}]}]}
+    loaded = TD.read_squad(_json_file(doc))
+    assert [e.id for e in loaded.examples] == ["c"] and len(loaded.skipped) == 2
+    assert all("'answers' must be a list of {'text', 'answer_start'}" in s for s in loaded.skipped)
+
+
+def _json_file(doc) -> Path:
+    import tempfile
+    f = Path(tempfile.mkdtemp()) / "squad.json"
+    f.write_text(json.dumps(doc))
+    return f
+
+
+# ---- 11. no silent random weights; transformers refuses an int8 folder ------------------------------------------
+
+
+def test_a_checkpoint_without_tensors_is_refused(tiny, tmp_path, capsys):
+    folder = _copy(tiny["embed"], tmp_path / "empty")
+    st.save_file({}, folder / "model.safetensors")
+    _fails_in_one_line(capsys, "embed", "--model", folder, "the cat",
+                       match=r"empty: the checkpoint holds no tensors; refusing to load random weights")
+    st.save_file({"unrelated.weight": np.ones(2, np.float32)}, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="holds no tensor that BertModel uses"):
+        from_pretrained(folder)
+
+
+def test_int8_folders_are_refused_by_transformers_and_read_by_minidistil(tiny, tmp_path, capsys):
+    out = tmp_path / "i8"
+    assert _cli(capsys, "quantize", tiny["embed"], out)[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "minidistil_int8" and config["quantization_config"]["model_type"] == "bert"
+    ids = np.array([[2, 7, 8, 3]])
+    new = np.asarray(from_pretrained(out)(ids).last_hidden_state)
+    transformers = pytest.importorskip("transformers")                        # the refusal is transformers'
+    with pytest.raises(ValueError, match="model type `minidistil_int8` but Transformers does not recognize"):
+        transformers.AutoModel.from_pretrained(out)
+    # a folder written before (model_type "bert" beside the quantization_config) still loads, to the same outputs
+    old = _copy(out, tmp_path / "old")
+    config["model_type"] = "bert"
+    del config["quantization_config"]["model_type"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert np.array_equal(np.asarray(from_pretrained(old)(ids).last_hidden_state), new)
+    # an int8 word table stored as uint8 is refused, not read as float weights
+    state = st.load_file(out / "model.safetensors", to_float32=False)
+    state["embeddings.word_embeddings.weight"] = state["embeddings.word_embeddings.weight"].view(np.uint8)
+    st.save_file(state, out / "model.safetensors")
+    _fails_in_one_line(capsys, "embed", "--model", out, "the cat", match="embeddings.word_embeddings.weight' has "
+                       "dtype uint8, a quantised checkpoint stores int8 or float32 word embeddings")
+
+
+# ---- 12. labels, validation files and budgets that cannot work --------------------------------------------------
+
+
+def _finetune(tiny, tmp_path, *extra, task="classification", model="embed", train=None):
+    return ["finetune", "--task", task, "--model", tiny[model], "--train", train or _rows(tmp_path / "t.csv",
+            SENTIMENT), "--text-field", "sentence", "--out", tmp_path / "out", "--epochs", "1", "--no-progress",
+            *extra]
+
+
+def test_labels_that_cannot_work_are_named(tiny, tmp_path, capsys):
+    _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, "--labels", "foo,bar"),
+                       match=r"--labels foo,bar: none of them is a label of the training data \(its labels: neg, pos\)")
+    _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, "--labels", "pos,pos,neg"),
+                       match=r"--labels: 'pos' is given twice \(pos,pos,neg\)")
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text("".join(json.dumps({"sentence": t, "label": lab}) + "\n"
+                              for t, lab in [("the cat", ["a", "b"]), ("the dog", {"x": 1})] * 3))
+    _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, train=listed), match="train: no usable examples")
+    from minidistil import taskdata as TD
+    for bad in (["a", "b"], {"x": 1}):
+        with pytest.raises(ValueError, match="expected one name or number"):
+            TD.parse_label(bad, "class")
+    with pytest.raises(ValueError, match="expected a number"):
+        TD.parse_label([1.0], "regression")
+    # evaluate: a file whose labels the model (neg / pos) does not know
+    other = _rows(tmp_path / "other.csv", [("the cat", "happy"), ("the dog", "sad")])
+    _fails_in_one_line(capsys, "evaluate", "--model", tiny["clf"], "--data", other, "--text-field", "sentence",
+                       match=r"data: no example of .*other\.csv has labels the model knows \(neg, pos\)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_validation_file_is_refused_as_an_empty_training_file_is(tiny, tmp_path, capsys):
+    val = tmp_path / "val.csv"
+    val.write_text("sentence,label\n,pos\n")
+    _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, "--validation", val),
+                       match=r"validation: no usable examples in .*val\.csv")
+
+
+def test_conll_columns_and_only_o(tiny, tmp_path, capsys):
+    from minidistil import taskdata as TD
+    conll = tmp_path / "train.conll"
+    conll.write_text("ada B-PER\nlived O\n\nada B-PER col\nran O\n\nparis B-PER\n")
+    loaded = TD.read_conll(conll)
+    assert [e.tags for e in loaded.examples] == [["B-PER", "O"], ["B-PER"]]
+    assert "line 4: expected 2 columns as in the first word line, got 3" in loaded.skipped[0].replace(
+        f"{conll}:", "line ")
+    only_o = tmp_path / "o.conll"
+    only_o.write_text("the O\ncat O\n\nthe O\ndog O\n")
+    _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, task="token", model="ner", train=only_o),
+                       match=r"every tag in .*o\.conll is O: token classification needs entity tags")
+
+
+def test_a_time_budget_with_no_update_writes_no_model(tiny, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. the dog ran in london. " * 50)
+    out = tmp_path / "student"
+    _fails_in_one_line(capsys, "distill", "--teacher", tiny["mlm"], "--corpus", corpus, "--out", out,
+                       "--time-budget", "1e-9", "--no-eval", "--no-progress", "--batch-size", "2",
+                       match=r"the time budget \(6e-08 s\) ended before the first update; give more time")
+    assert not out.exists() and not (tmp_path / "student.training").exists()
+
+
+# ---- 13. byte-order marks, bad bytes, the command line's own spelling, long names -----------------------------
+
+
+def test_a_bom_before_a_csv_header_is_dropped(tmp_path):
+    from minidistil import taskdata as TD
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfsentence,label\nthe cat,pos\n")
+    assert [(e.text, e.label) for e in TD.read_table(path, "sentence").examples] == [("the cat", "pos")]
+
+
+def test_a_corpus_byte_that_is_not_utf8_is_named_with_its_offset(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"the cat sat\n\xffon the mat")
+    with pytest.raises(ValueError, match=r"bad\.txt: not UTF-8 text \(byte 0xff at offset 12\)"):
+        D.read_corpus(bad)
+    lines = tmp_path / "bad.jsonl"
+    lines.write_bytes(b'{"text": "a"}\n{"text": "\xfe"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl: not UTF-8 text \(byte 0xfe at offset 24, line 2\)"):
+        D.read_corpus(lines)
+
+
+def test_command_line_messages_use_its_own_spelling(tiny, tmp_path, capsys):
+    train = _rows(tmp_path / "t.csv", SENTIMENT)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.json").write_text("{}")
+    line = _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, train=train), match="continue it with --resume, "
+                              "or start again with --overwrite$")
+    assert "=" not in line
+    odd = tmp_path / "t.data"
+    odd.write_text("sentence,label\n")
+    line = _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, "--overwrite", train=odd),
+                              match="give the format: --data-format csv, tsv or jsonl$")
+    long = "a" * 5000
+    line = _fails_in_one_line(capsys, "fetch", long + "/" + long, match="is not a checkpoint name")
+    assert len(line) < 400
+    line = _fails_in_one_line(capsys, "embed", "--model", tmp_path / long[:200] / long[:200], "hi",
+                              match="no such checkpoint folder")
+    assert len(line) < 1000
+
+
+def test_an_int8_config_error_names_the_file(tiny, tmp_path, capsys):
+    out = tmp_path / "i8"
+    assert _cli(capsys, "quantize", tiny["embed"], out)[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    config["num_attention_heads"] = 0
+    (out / "config.json").write_text(json.dumps(config))
+    _fails_in_one_line(capsys, "embed", "--model", out, "hi", match=r"i8/config\.json: num_attention_heads: expected")
+
+
+def test_a_long_qa_context_goes_through_the_model_a_batch_of_windows_at_a_time(tiny, monkeypatch):
+    qa = pipeline("question-answering", tiny["qa"], batch_size=4)
+    context = "ada lived in london. the cat sat on the mat. " * 200                 # 10 windows of 384 tokens
+    expected = qa("who lived in london?", context)
+    rows = []
+    forward = qa._forward
+    monkeypatch.setattr(qa, "_forward", lambda enc: rows.append(len(enc["input_ids"])) or forward(enc))
+    assert qa("who lived in london?", context) == expected
+    assert sum(rows) == 10 and max(rows) == 4                    # the attention holds 4 windows, never all of them

@@ -199,8 +199,13 @@ def test_a_folder_holding_a_run_or_a_model_is_not_replaced_silently(setup, tmp_p
     assert rc == 0, err
     assert names(tmp_path / "student.training") == ["checkpoint-00000003.npz", "checkpoint-00000006.npz"]
     assert len(metrics(out)) == 6                                                 # the old log was replaced
-    # a folder that holds a model (here the teacher itself) is not a place to write a student
-    rc, _, err = run_cli(capsys, *distill_args(setup, setup[0], steps=4))
+    # a folder that holds a model is not a place to write a student; the teacher itself is refused whatever the flags
+    rc, _, err = run_cli(capsys, *distill_args(setup, setup[0], "--overwrite", steps=4))
+    assert rc == 1 and "is the teacher" in one_line_error(err)
+    other = tmp_path / "a-model"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    rc, _, err = run_cli(capsys, *distill_args(setup, other, steps=4))
     assert rc == 1 and "holds a model (config.json) that this run would replace" in one_line_error(err)
     with pytest.raises(SystemExit) as e:                                          # one or the other
         cli.main([str(a) for a in distill_args(setup, out, "--resume", "--overwrite")])
