@@ -334,12 +334,14 @@ def _ln_forward_cuda(x, r, w, b, eps):
     rstd = _cuda.device_empty((N,))
     if r is None:
         h = x
-        fwd[N, _cuda.THREADS](x.reshape(-1), x.reshape(-1), False, w, b, np.float32(eps), x.reshape(-1),
-                              y.reshape(-1), mean, rstd, C)
+        if N:  # an empty batch: no launch (a GPU rejects a grid of 0 blocks)
+            fwd[N, _cuda.THREADS](x.reshape(-1), x.reshape(-1), False, w, b, np.float32(eps), x.reshape(-1),
+                                  y.reshape(-1), mean, rstd, C)
     else:
         h = _cuda.device_empty(x.shape)
-        fwd[N, _cuda.THREADS](x.reshape(-1), r.reshape(-1), True, w, b, np.float32(eps), h.reshape(-1),
-                              y.reshape(-1), mean, rstd, C)
+        if N:
+            fwd[N, _cuda.THREADS](x.reshape(-1), r.reshape(-1), True, w, b, np.float32(eps), h.reshape(-1),
+                                  y.reshape(-1), mean, rstd, C)
     return y, LayerNormCache(h, w, mean, rstd)
 
 
@@ -360,10 +362,12 @@ def layernorm_backward_cuda(dy, cache):
     C = tuple(x.shape)[-1]
     N = x.size // C
     dx = _cuda.device_empty(x.shape)
-    bwd_dx[N, _cuda.THREADS](dy.reshape(-1), x.reshape(-1), w, mean, rstd, dx.reshape(-1), C)
+    if N:
+        bwd_dx[N, _cuda.THREADS](dy.reshape(-1), x.reshape(-1), w, mean, rstd, dx.reshape(-1), C)
     dw = _cuda.device_empty((C,))
     db = _cuda.device_empty((C,))
-    bwd_dwdb[C, _cuda.THREADS](dy.reshape(-1), x.reshape(-1), mean, rstd, dw, db, N, C)
+    if C:  # with N = 0 every block writes the empty sums, 0
+        bwd_dwdb[C, _cuda.THREADS](dy.reshape(-1), x.reshape(-1), mean, rstd, dw, db, N, C)
     return dx, dw, db
 
 
