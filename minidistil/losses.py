@@ -11,6 +11,7 @@ from minidistil.autograd import Tensor, make_result
 from minidistil.kernels import bce as _bce
 from minidistil.kernels import cosine as _cosine
 from minidistil.kernels import cross_entropy as _ce
+from minidistil.kernels import _cuda
 from minidistil.kernels import distill_kl as _kl
 
 
@@ -78,7 +79,11 @@ def similarity_kl(a: Tensor, b, temperature: float) -> Tensor:
         loss = tau^2 mean_i KL(softmax(S'_i / tau) || softmax(S_i / tau))
     which is distill_kl on the (N, N - 1) off-diagonal similarity rows: each sentence's ranking of the other
     sentences of the batch is matched, the thing a retrieval or similarity user reads off the embeddings."""
-    x, y = _data(a), np.asarray(_data(b), dtype=np.float32)
+    # The (N, C) pooled rows (N the batch) are small: on a GPU they are copied to the host explicitly, once, and
+    # the gradient copied back (a device array has no NumPy operations; calling np.linalg on one fails there).
+    on_device = _cuda.is_device_array(_data(a))
+    x = _cuda.to_host(_data(a))
+    y = np.asarray(_cuda.to_host(_data(b)), dtype=np.float32)
     N = x.shape[0]
     if N < 2:
         raise ValueError(f"similarity_kl: needs at least 2 rows, got {N}")
@@ -96,7 +101,8 @@ def similarity_kl(a: Tensor, b, temperature: float) -> Tensor:
         ds = np.zeros((N, N), dtype=np.float32)
         ds[off] = np.asarray(_kl.distill_kl_backward(float(dloss), cache)).reshape(-1)
         dxn = (ds + ds.T) @ xn                                                        # (N, C)
-        return ((dxn - xn * (xn * dxn).sum(axis=1, keepdims=True)) / norm,)
+        dx = np.ascontiguousarray((dxn - xn * (xn * dxn).sum(axis=1, keepdims=True)) / norm, dtype=np.float32)
+        return (_cuda.to_device(dx) if on_device else dx,)
 
     return make_result(_scalar(loss, a), (a,), backward, "similarity_kl")
 

@@ -178,8 +178,10 @@ def no_host_arrays(monkeypatch):
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
         yield
         return
+    from numba.cuda.simulator import kernel as sim_kernel
     from numba.cuda.simulator.cudadrv import devicearray as sim_da
     cls = sim_da.FakeCUDAArray
+    # inside a kernel (the simulator's threads) indexing a device array is a device read: allowed
     forward = cls.__getattr__
 
     def refuse(what):
@@ -188,13 +190,13 @@ def no_host_arrays(monkeypatch):
         return method
 
     def __getattr__(self, name):
-        if name not in DEVICE_ARRAY_ATTRIBUTES:
+        if name not in DEVICE_ARRAY_ATTRIBUTES and not sim_kernel._kernel_context:
             raise HostConversionError(f"device array: .{name} is a host (numpy) attribute, not a device one")
         return forward(self, name)
 
     def __getitem__(self, idx):
         out = cls_getitem(self, idx)
-        if not isinstance(out, cls):
+        if not isinstance(out, cls) and not sim_kernel._kernel_context:
             raise HostConversionError(f"device array: indexing with {idx!r} reads an element back to the host")
         return out
 

@@ -230,7 +230,7 @@ def _teacher():
     return BertForMaskedLM.from_config(cfg, seed=1)
 
 
-def _distill_steps(device: str, steps: int = 3):
+def _distill_steps(device: str, steps: int = 3, weights=None):
     """`steps` updates of the triple loss (+ MSE and the pooled terms) with clipping and AdamW, student in training
     mode (dropout on: the same masks on both devices, from the same seeds). Returns the per-step (loss, terms,
     grad norm), the final parameters and AdamW's moments, all on the host."""
@@ -240,7 +240,8 @@ def _distill_steps(device: str, steps: int = 3):
     student = make_student(teacher, layers=[0])  # then trained away from it
     teacher.to(device)
     student.to(device)
-    w = LossWeights(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, alpha_mse=1.0, alpha_pool_cos=1.0, alpha_pool_mse=1.0)
+    w = weights or LossWeights(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, alpha_mse=1.0, alpha_pool_cos=1.0,
+                               alpha_pool_mse=1.0)
     # eps 1e-3 (not DistilBERT's 1e-6) keeps the update a smooth function of the gradient: |d update / d g| <=
     # 1 / eps, so a float32 difference in a gradient near 0 cannot flip an update's sign (see the tolerance below)
     opt = AdamW(student.named_parameters(), lr=1e-2, eps=1e-3)
@@ -295,6 +296,25 @@ def test_three_distillation_steps_on_device_equal_cpu():
             tol = e if key == "m" else 2 * 0.05 * e + _checks.f32_tol(steps, scale=0.05 ** 2)
             _checks.assert_close(gpu_state[key][n], cpu_state[key][n], atol=tol, name=f"{key}[{n}]")
     assert gpu_state["t"] == cpu_state["t"] == steps
+
+
+@pytest.mark.cuda
+def test_every_loss_term_runs_on_device_arrays_without_host_numpy(no_host_arrays):
+    """One step with every term, the similarity KL (--alpha-sim) included, on device arrays that refuse host
+    conversion as a real GPU's do (conftest's no_host_arrays): no term may call NumPy on a device array. The step
+    equals the CPU one within the tolerance of test_three_distillation_steps_on_device_equal_cpu."""
+    from minidistil.distill import LossWeights
+    w = LossWeights(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, alpha_mse=1.0, alpha_pool_cos=1.0, alpha_pool_mse=1.0,
+                    alpha_sim=1.0, sim_temperature=0.5)
+    (l_c, t_c, g_c), = _distill_steps("cpu", steps=1, weights=w)[0]
+    (l_g, t_g, g_g), = _distill_steps("cuda", steps=1, weights=w)[0]
+    K = max(C, FF, V, B * T)
+    n_fwd = 2 * (N_PER_LAYER + N_HEAD)
+    assert set(t_g) == set(t_c) and "sim" in t_g
+    for k in t_c:
+        assert abs(t_g[k] - t_c[k]) <= chain_tol(n_fwd, K, max(abs(t_c[k]), 1.0)), (k, t_g[k], t_c[k])
+    assert abs(l_g - l_c) <= chain_tol(n_fwd, K, abs(l_c))
+    assert abs(g_g - g_c) <= chain_tol(2 * n_fwd, K, g_c)
 
 
 # ---- the small generic kernels the autograd uses on device arrays ---------------------------------------------
