@@ -183,7 +183,7 @@ def test_model_forward_backward_on_device_equals_cpu():
     model.to("cuda")
     out = model(ids, mask, labels=labels, output_hidden_states=True)
     assert _cuda.is_device_array(out.logits.data) and all(_cuda.is_device_array(h.data) for h in out.hidden_states)
-    assert isinstance(out.loss.data, np.ndarray)  # a loss is a host number
+    assert _cuda.is_device_array(out.loss.data) and out.loss.shape == ()  # a loss stays on the device
     out.loss.backward()
     grads = _grads(model)
     for n, p in model.named_parameters():
