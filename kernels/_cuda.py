@@ -273,39 +273,70 @@ def block_reductions():
     return block_sum, block_max
 
 
+# Column sums: a block covers COL_TILE adjacent columns with THREADS // COL_TILE row lanes, so the threads of a warp
+# read adjacent addresses of one row (coalesced); long columns are split over blocks (grid y) whose partial sums a
+# second launch adds, so a (B*T, C) gradient keeps the GPU busy with C far below the number of threads.
+COL_TILE = max(1, min(32, THREADS // 2))
+COL_CHUNK_ROWS = 8 * (THREADS // COL_TILE) if SIMULATOR else 1024  # rows per block before the partial sums split
+COL_MAX_CHUNKS = 4 if SIMULATOR else 256
+
+
 @functools.cache
 def _column_sum_kernel():
     global cuda
     cuda = get_cuda()
     from numba import float32
-    block_sum, _ = block_reductions()
+    lanes = THREADS // COL_TILE
 
     @cuda.jit
-    def colsum(a, rows, width, out):
-        # out[col] = sum over rows of a[row, col] (a flat, row-major): one block per column, threads stride over
-        # the rows, then a shared-memory tree reduction
-        col = cuda.blockIdx.x
+    def colsum(a, rows, width, chunk_rows, out):
+        # out[chunk, col] = sum of a[row, col] over the rows of chunk blockIdx.y, for the COL_TILE columns of block
+        # blockIdx.x; thread t reads column t % COL_TILE of rows t // COL_TILE, + lanes, ... (a flat, row-major)
         t = cuda.threadIdx.x
+        tx = t % COL_TILE
+        ty = t // COL_TILE
+        col = cuda.blockIdx.x * COL_TILE + tx
+        r0 = cuda.blockIdx.y * chunk_rows
+        r1 = min(rows, r0 + chunk_rows)
         buf = cuda.shared.array(THREADS, float32)
         acc = float32(0.0)
-        r = t
-        while r < rows:
-            acc += a[r * width + col]
-            r += THREADS
-        total = block_sum(buf, acc)
-        if t == 0:
-            out[col] = total
+        if col < width:
+            r = r0 + ty
+            while r < r1:
+                acc += a[r * width + col]
+                r += lanes
+        buf[t] = acc
+        cuda.syncthreads()
+        k = lanes // 2
+        while k > 0:  # tree over the row lanes of each column
+            if ty < k:
+                buf[t] += buf[t + k * COL_TILE]
+            cuda.syncthreads()
+            k //= 2
+        if ty == 0 and col < width:
+            out[cuda.blockIdx.y * width + col] = buf[tx]
 
     return colsum
 
 
 def column_sum(a):
     """The column sums (width,) of a C-contiguous float32 (rows, width) device array, accumulated in float32 per
-    thread and then by a tree: the bias gradients of linear and of bias + GELU."""
+    thread and then by trees: the bias gradients of linear and of bias + GELU. Coalesced reads (see COL_TILE);
+    more than COL_CHUNK_ROWS rows are summed in chunks, and the chunks' partial sums by a second launch."""
     rows, width = a.shape
     out = device_empty((width,))
-    if width:
-        _column_sum_kernel()[width, THREADS](a.reshape(-1), rows, width, out)
+    if not width:
+        return out
+    colsum = _column_sum_kernel()
+    gx = (width + COL_TILE - 1) // COL_TILE
+    chunks = min(COL_MAX_CHUNKS, max(1, (rows + COL_CHUNK_ROWS - 1) // COL_CHUNK_ROWS))
+    if chunks == 1:
+        colsum[(gx, 1), THREADS](a.reshape(-1), rows, width, max(rows, 1), out)
+        return out
+    chunk_rows = (rows + chunks - 1) // chunks
+    partial = device_empty((chunks, width))
+    colsum[(gx, chunks), THREADS](a.reshape(-1), rows, width, chunk_rows, partial.reshape(-1))
+    colsum[(gx, 1), THREADS](partial.reshape(-1), chunks, width, chunks, out)
     return out
 
 

@@ -242,7 +242,7 @@ def main(argv=None):
         ls64, cs64 = bce_with_logits_forward_ref(xs.astype(np.float64), ys.astype(np.float64))
         tol_l, tol_g = tolerances(xs, 1.0)
         ld, cd = bce_with_logits_forward_cuda(_cuda.to_device(xs), _cuda.to_device(ys))
-        rep.check("cuda", "loss", ld, ls64, atol=tol_l)
+        rep.check("cuda", "loss", float(_cuda.to_host(ld)), ls64, atol=tol_l)  # a 0-d device array
         rep.check("cuda", "dlogits", _cuda.to_host(bce_with_logits_backward_cuda(1.0, cd)),
                   bce_with_logits_backward_ref(1.0, cs64), atol=tol_g)
     else:

@@ -441,7 +441,7 @@ def main(argv=None):
             (cosine_loss_forward_cpu, cosine_loss_backward_cpu)
         loss, c = fwd(to_dev(a_), to_dev(b_), m_)
         da, db = bwd(1.0, c)
-        rep.check(version, "cos loss", loss, l64, atol=tl)
+        rep.check(version, "cos loss", float(to_host(loss)), l64, atol=tl)  # CUDA: a 0-d device array
         rep.check(version, "cos da", to_host(da), da64, atol=tg)
         rep.check(version, "cos db", to_host(db), db64, atol=tg)
         l64, c64 = mse_forward_ref(a_.astype(np.float64), b_.astype(np.float64), m_)
@@ -450,7 +450,7 @@ def main(argv=None):
         fwd, bwd = (mse_forward_cuda, mse_backward_cuda) if version == "cuda" else (mse_forward_cpu, mse_backward_cpu)
         loss, c = fwd(to_dev(a_), to_dev(b_), m_)
         da, db = bwd(1.0, c)
-        rep.check(version, "mse loss", loss, l64, atol=0.0, rtol=tl)
+        rep.check(version, "mse loss", float(to_host(loss)), l64, atol=0.0, rtol=tl)
         rep.check(version, "mse da", to_host(da), da64, atol=tg)
         rep.check(version, "mse db", to_host(db), db64, atol=tg)
 

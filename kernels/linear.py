@@ -22,7 +22,7 @@ Versions:
     linear_forward_cuda / linear_backward_cuda  numba.cuda: `matmul_cuda`, a tiled shared-memory GEMM (TILE x TILE
                                                 threads per block, any M, N, K, optional transposes of either
                                                 operand, reusable by other GPU code), plus a bias-add kernel; db is
-                                                _cuda.column_sum (one block per column, shared-memory reduction)
+                                                _cuda.column_sum (coalesced reads, shared-memory reduction)
 Cache: LinearCache(x, w, b): the input, the weight and the bias (or None); nothing is recomputed in backward.
 Backward returns fresh arrays (it never adds into existing gradients).
 """

@@ -1,5 +1,7 @@
-"""Loss functions as autograd ops, each backed by one kernel pair (the kernels return a Python float and take the
-upstream gradient `dloss` as a float). Every loss is a MEAN over the positions that count, 0 when none counts.
+"""Loss functions as autograd ops, each backed by one kernel pair. The CPU kernels return a Python float and take
+the upstream gradient `dloss` as a float; the CUDA kernels return a 0-d device array and take `dloss` as a float or
+a device scalar, so a GPU step never waits to read a loss back (`loss.item()` reads it, to log it). Every loss is a
+MEAN over the positions that count, 0 when none counts.
 
 Shapes: N rows (positions), V classes / vocabulary, K labels, C width.
 """

@@ -320,6 +320,32 @@ def test_every_loss_term_runs_on_device_arrays_without_host_numpy(no_host_arrays
 # ---- the small generic kernels the autograd uses on device arrays ---------------------------------------------
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(0, 5), (3, 1), (2 * _cuda.COL_CHUNK_ROWS + 1, 2 * _cuda.COL_TILE + 3),
+                                   ((_cuda.COL_MAX_CHUNKS + 1) * _cuda.COL_CHUNK_ROWS + 3, _cuda.COL_TILE + 1)])
+def test_column_sum_matches_numpy(rng, shape):
+    """The bias gradients' column sums: several column blocks (the last one partial), several row lanes and row
+    chunks (then a second launch adds the chunks' partial sums), at most COL_MAX_CHUNKS chunks. Float32 sums of
+    `rows` terms: within f32_tol(rows, max|a|) of the float64 sum."""
+    a = rng.standard_normal(shape).astype(np.float32)
+    got = _cuda.to_host(_cuda.column_sum(_cuda.to_device(a)))
+    assert got.dtype == np.float32 and got.shape == (shape[1],)
+    _checks.assert_close(got, a.astype(np.float64).sum(axis=0),
+                         atol=_checks.f32_tol(max(shape[0], 1), scale=float(np.abs(a).max(initial=1.0))),
+                         name="column sums")
+
+
+@pytest.mark.cuda
+def test_sum_to_sums_float64_in_float64():
+    """A float64 device array is summed in float64 (not through a float32 buffer). Every entry is 1 + 2^-40 and
+    there are 2 THREADS + 3 rows (several passes of the strided loop): each partial sum k (1 + 2^-40) is exact in
+    float64 (45 bits) whatever the order, while float32 (24 bits) would round every one to k."""
+    rows = 2 * _cuda.THREADS + 3
+    g = np.full((rows, 3), 1.0 + 2.0 ** -40, np.float64)
+    got = _cuda.to_host(E.sum_to(_cuda.to_device(g), (1, 3)))
+    assert got.dtype == np.float64
+    assert np.array_equal(got, np.full((1, 3), rows * (1.0 + 2.0 ** -40))), got - rows
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("a_shape,b_shape", [((2, 3, 5), (5,)), ((2, 3, 5), (2, 3, 1)), ((2, 3, 5), (2, 3, 5)),
                                              ((1, 5), (3, 1)), ((4,), ()), ((), ())])
 def test_elementwise_binary_and_sum_to_match_numpy(rng, a_shape, b_shape):
