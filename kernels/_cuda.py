@@ -119,7 +119,8 @@ def count_traffic():
         "sync"   waits of the host for the GPU: cuda.synchronize(), and every device->host copy (it waits for the
                  queued kernels before it copies)
         "d2h"    device->host copies (copy_to_host, whoever calls it)
-        "h2d"    host->device copies (cuda.to_device of a host array)
+        "h2d"    host->device copies (cuda.to_device of a host array; from pageable host memory on the default
+                 stream such a copy is also ordered after the queued kernels, so one made mid-step may wait too)
         "alloc"  device allocations (cuda.device_array, and the destination of each to_device)
     It wraps numba.cuda's own entry points (this module is the one that imports numba.cuda), so a copy counts
     wherever it is made; on the simulator and on a GPU alike. Not re-entrant; restores everything on exit."""
