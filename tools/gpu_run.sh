@@ -24,9 +24,10 @@ step() {  # step NAME DEFAULT_LIMIT COMMAND...
     local name=$1 limit_var="LIMIT_${1^^}" limit=$2
     shift 2
     limit=${!limit_var:-$limit}
-    echo "== $name (limit ${limit}s): $*" | tee -a "$OUT/summary.txt"
+    echo "== $name (limit ${limit}s)" | tee -a "$OUT/summary.txt"
     local t0=$SECONDS
-    timeout --signal=INT --kill-after=15 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    printf '$ %s\n' "$*" > "$OUT/$name.log"
+    timeout --signal=INT --kill-after=15 "$limit" "$@" >> "$OUT/$name.log" 2>&1
     local rc=$?
     local verdict=ok
     [ $rc -ne 0 ] && verdict=FAILED && failed=$((failed + 1))
