@@ -204,9 +204,12 @@ def no_host_arrays(monkeypatch):
     monkeypatch.setattr(cls, "__getattr__", __getattr__)
     monkeypatch.setattr(cls, "__getitem__", __getitem__)
     monkeypatch.setattr(cls, "__array__", refuse("np.asarray"), raising=False)
-    for op in ("__add__", "__sub__", "__mul__", "__truediv__", "__floordiv__", "__mod__", "__pow__", "__eq__",
-               "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__matmul__", "__neg__", "__float__", "__int__",
-               "__bool__", "__iter__", "__radd__", "__rsub__", "__rmul__", "__rtruediv__", "__rmatmul__"):
+    for op in ("__add__", "__sub__", "__mul__", "__truediv__", "__floordiv__", "__mod__", "__pow__", "__lt__",
+               "__le__", "__gt__", "__ge__", "__matmul__", "__neg__", "__float__", "__int__", "__iter__", "__radd__",
+               "__rsub__", "__rmul__", "__rtruediv__", "__rmatmul__"):
         monkeypatch.setattr(cls, op, refuse(op), raising=False)
+    # a real device array compares by identity (the fake one compares the host arrays elementwise)
+    monkeypatch.setattr(cls, "__eq__", object.__eq__)
+    monkeypatch.setattr(cls, "__ne__", object.__ne__)
     monkeypatch.setattr(cls, "__hash__", object.__hash__)
     yield
