@@ -98,6 +98,16 @@ def check_row_mask(name: str, mask, n_rows: int) -> np.ndarray:
     return np.asarray(m) != 0
 
 
+def check_device_row_mask(name: str, mask, n_rows: int):
+    """check_row_mask for a numba.cuda device array: its dtype and shape are checked, and it is returned as it is
+    (the kernels read nonzero = counts); its values are not copied back."""
+    dtype = np.dtype(mask.dtype)
+    if not (dtype == np.bool_ or np.issubdtype(dtype, np.integer)) or tuple(mask.shape) != (n_rows,):
+        raise ValueError(f"{name}: expected None or a bool/integer array of shape ({n_rows},), got a device array "
+                         f"of dtype {dtype} and shape {tuple(mask.shape)}")
+    return mask
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # tolerances
 

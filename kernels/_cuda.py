@@ -11,6 +11,8 @@ reduce through shared memory. It is slow: launchers use THREADS threads per bloc
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import os
 import sys
@@ -111,6 +113,57 @@ def blocks_for(n: int, threads: int = THREADS) -> int:
     return max(1, (n + threads - 1) // threads)
 
 
+@contextlib.contextmanager
+def count_traffic():
+    """Count what stalls or slows a GPU step, while inside: yields a Counter with
+        "sync"   waits of the host for the GPU: cuda.synchronize(), and every device->host copy (it waits for the
+                 queued kernels before it copies)
+        "d2h"    device->host copies (copy_to_host, whoever calls it)
+        "h2d"    host->device copies (cuda.to_device of a host array; from pageable host memory on the default
+                 stream such a copy is also ordered after the queued kernels, so one made mid-step may wait too)
+        "alloc"  device allocations (cuda.device_array, and the destination of each to_device)
+    It wraps numba.cuda's own entry points (this module is the one that imports numba.cuda), so a copy counts
+    wherever it is made; on the simulator and on a GPU alike. Not re-entrant; restores everything on exit."""
+    cuda = require_cuda()
+    counts = collections.Counter()
+    cls = type(cuda.device_array(1, dtype=np.float32))  # the device array class (real or simulated)
+    originals = {name: getattr(cuda, name) for name in ("device_array", "to_device", "synchronize")}
+    own_copy = cls.__dict__.get("copy_to_host")
+    copy_to_host = cls.copy_to_host
+
+    def device_array(*args, **kwargs):
+        counts["alloc"] += 1
+        return originals["device_array"](*args, **kwargs)
+
+    def to_device(a, *args, **kwargs):
+        if not is_device_array(a):
+            counts["h2d"] += 1
+            counts["alloc"] += 1
+        return originals["to_device"](a, *args, **kwargs)
+
+    def synchronize(*args, **kwargs):
+        counts["sync"] += 1
+        return originals["synchronize"](*args, **kwargs)
+
+    def counted_copy_to_host(self, *args, **kwargs):
+        counts["d2h"] += 1
+        counts["sync"] += 1
+        return copy_to_host(self, *args, **kwargs)
+
+    for name, fn in (("device_array", device_array), ("to_device", to_device), ("synchronize", synchronize)):
+        setattr(cuda, name, fn)
+    cls.copy_to_host = counted_copy_to_host
+    try:
+        yield counts
+    finally:
+        for name, fn in originals.items():
+            setattr(cuda, name, fn)
+        if own_copy is None:
+            del cls.copy_to_host
+        else:
+            cls.copy_to_host = own_copy
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # matrix products: cuBLAS through CuPy when it is installed (the fast path), else the tiled shared-memory GEMM of
 # kernels/linear.py (the teaching version). CuPy is imported here only, and only when a GPU product is asked for.
@@ -166,7 +219,9 @@ def cublas_matmul(a, b, trans_a: bool = False, trans_b: bool = False):
         raise RuntimeError("cublas_matmul: CuPy is not available (pip install cupy-cuda12x); use the tiled GEMM")
     A, B = cp.asarray(a), cp.asarray(b)
     C = cp.matmul(A.T if trans_a else A, B.T if trans_b else B)
-    return get_cuda().as_cuda_array(cp.ascontiguousarray(C))
+    # sync=False: the product is queued on the stream our kernels use, so nothing needs to wait for it here
+    # (as_cuda_array's default would synchronise the stream after every product)
+    return get_cuda().as_cuda_array(cp.ascontiguousarray(C), sync=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,39 +274,70 @@ def block_reductions():
     return block_sum, block_max
 
 
+# Column sums: a block covers COL_TILE adjacent columns with THREADS // COL_TILE row lanes, so the threads of a warp
+# read adjacent addresses of one row (coalesced); long columns are split over blocks (grid y) whose partial sums a
+# second launch adds, so a (B*T, C) gradient keeps the GPU busy with C far below the number of threads.
+COL_TILE = max(1, min(32, THREADS // 2))
+COL_CHUNK_ROWS = 8 * (THREADS // COL_TILE) if SIMULATOR else 1024  # rows per block before the partial sums split
+COL_MAX_CHUNKS = 4 if SIMULATOR else 256
+
+
 @functools.cache
 def _column_sum_kernel():
     global cuda
     cuda = get_cuda()
     from numba import float32
-    block_sum, _ = block_reductions()
+    lanes = THREADS // COL_TILE
 
     @cuda.jit
-    def colsum(a, rows, width, out):
-        # out[col] = sum over rows of a[row, col] (a flat, row-major): one block per column, threads stride over
-        # the rows, then a shared-memory tree reduction
-        col = cuda.blockIdx.x
+    def colsum(a, rows, width, chunk_rows, out):
+        # out[chunk, col] = sum of a[row, col] over the rows of chunk blockIdx.y, for the COL_TILE columns of block
+        # blockIdx.x; thread t reads column t % COL_TILE of rows t // COL_TILE, + lanes, ... (a flat, row-major)
         t = cuda.threadIdx.x
+        tx = t % COL_TILE
+        ty = t // COL_TILE
+        col = cuda.blockIdx.x * COL_TILE + tx
+        r0 = cuda.blockIdx.y * chunk_rows
+        r1 = min(rows, r0 + chunk_rows)
         buf = cuda.shared.array(THREADS, float32)
         acc = float32(0.0)
-        r = t
-        while r < rows:
-            acc += a[r * width + col]
-            r += THREADS
-        total = block_sum(buf, acc)
-        if t == 0:
-            out[col] = total
+        if col < width:
+            r = r0 + ty
+            while r < r1:
+                acc += a[r * width + col]
+                r += lanes
+        buf[t] = acc
+        cuda.syncthreads()
+        k = lanes // 2
+        while k > 0:  # tree over the row lanes of each column
+            if ty < k:
+                buf[t] += buf[t + k * COL_TILE]
+            cuda.syncthreads()
+            k //= 2
+        if ty == 0 and col < width:
+            out[cuda.blockIdx.y * width + col] = buf[tx]
 
     return colsum
 
 
 def column_sum(a):
     """The column sums (width,) of a C-contiguous float32 (rows, width) device array, accumulated in float32 per
-    thread and then by a tree: the bias gradients of linear and of bias + GELU."""
+    thread and then by trees: the bias gradients of linear and of bias + GELU. Coalesced reads (see COL_TILE);
+    more than COL_CHUNK_ROWS rows are summed in chunks, and the chunks' partial sums by a second launch."""
     rows, width = a.shape
     out = device_empty((width,))
-    if width:
-        _column_sum_kernel()[width, THREADS](a.reshape(-1), rows, width, out)
+    if not width:
+        return out
+    colsum = _column_sum_kernel()
+    gx = (width + COL_TILE - 1) // COL_TILE
+    chunks = min(COL_MAX_CHUNKS, max(1, (rows + COL_CHUNK_ROWS - 1) // COL_CHUNK_ROWS))
+    if chunks == 1:
+        colsum[(gx, 1), THREADS](a.reshape(-1), rows, width, max(rows, 1), out)
+        return out
+    chunk_rows = (rows + chunks - 1) // chunks
+    partial = device_empty((chunks, width))
+    colsum[(gx, chunks), THREADS](a.reshape(-1), rows, width, chunk_rows, partial.reshape(-1))
+    colsum[(gx, 1), THREADS](partial.reshape(-1), chunks, width, chunks, out)
     return out
 
 
@@ -268,3 +354,79 @@ def _fill_kernel():
             a[i] = value
 
     return fill
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# losses stay on the device: a loss is a 0-d device array and its gradient's scale is computed on the device, so a
+# training step never waits for the GPU to read a loss back (reading one, to log it, is the caller's choice)
+
+
+@functools.cache
+def _loss_kernels():
+    global cuda
+    cuda = get_cuda()
+    from numba import float32, float64
+    block_sum, _ = block_reductions()
+
+    @cuda.jit
+    def finish(row_loss, sel, use_sel, n, factor, out, count):
+        # one block: out[0] = factor * sum(row_loss) / count, count = #(sel != 0) (use_sel) or n; 0 when count is 0.
+        # Rows that do not count hold 0 in row_loss. Summed in float64, as the host versions sum.
+        t = cuda.threadIdx.x
+        buf = cuda.shared.array(THREADS, float64)
+        acc = float64(0.0)
+        cnt = float64(0.0)
+        i = t
+        while i < row_loss.size:
+            acc += float64(row_loss[i])
+            if use_sel and sel[i] != 0:
+                cnt += float64(1.0)
+            i += THREADS
+        total = block_sum(buf, acc)
+        cnt = block_sum(buf, cnt) if use_sel else float64(n)
+        if t == 0:
+            count[0] = cnt
+            out[0] = float32(factor * total / cnt) if cnt > float64(0.0) else float32(0.0)
+
+    @cuda.jit
+    def scale(dloss, count, factor, out):
+        # out[0] = dloss * factor / count (0 when count is 0): the gradient's scale, from the device's dloss
+        if cuda.threadIdx.x == 0 and cuda.blockIdx.x == 0:
+            c = count[0]
+            out[0] = float32(float64(dloss[0]) * factor / c) if c > float64(0.0) else float32(0.0)
+
+    return finish, scale
+
+
+def mean_loss(row_loss, factor: float, sel=None, n: int = 0):
+    """(loss, count): the 0-d float32 device array factor * sum(row_loss) / count, and the (1,) float64 device
+    count, where count = the number of nonzero entries of the device array `sel` (when given) or `n`. A loss over
+    no counted row is 0. Nothing is copied to the host."""
+    finish, _ = _loss_kernels()
+    out = device_empty((1,))
+    count = device_empty((1,), np.float64)
+    sel_arg = sel if sel is not None else row_loss
+    finish[1, THREADS](row_loss.reshape(row_loss.size), sel_arg, sel is not None, np.float64(n), np.float64(factor),
+                       out, count)
+    return out.reshape(()), count
+
+
+def loss_scale(dloss, count, factor: float):
+    """(1,) float32 device array dloss * factor / count (0 when count is 0): the scale a loss's backward kernel
+    reads. dloss: a host number (it travels as a kernel argument) or a one-element device array (the upstream
+    gradient of a device loss: read on the device, not copied back)."""
+    _, scale = _loss_kernels()
+    d = dloss.reshape(1) if is_device_array(dloss) else fill_(device_empty((1,)), float(dloss))
+    out = device_empty((1,))
+    scale[1, 1](d, count, np.float64(factor), out)
+    return out
+
+
+def ones_mask(n: int):
+    """(n,) uint8 device array of ones (every row counts), filled on the device."""
+    return fill_(device_empty((n,), np.uint8), 1)
+
+
+def device_scalar(value, dtype=np.float32):
+    """A 0-d device array holding `value` (filled by a kernel: no host copy)."""
+    return fill_(device_empty((1,), dtype), value).reshape(())

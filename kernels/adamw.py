@@ -176,7 +176,7 @@ def _cuda_kernels():
             param[i] = param[i] * decay - step_size * mi / (math.sqrt(vi) / bc2_sqrt + eps)
 
     @cuda.jit
-    def sumsq(a, partial):
+    def sumsq(a, partial, offset):
         # each thread sums a strided slice in float64, then the block reduces its THREADS sums in shared memory
         t = cuda.threadIdx.x
         buf = cuda.shared.array(THREADS, float64)
@@ -189,9 +189,23 @@ def _cuda_kernels():
             i += stride
         total = block_sum(buf, acc)  # shared-memory tree reduction (_cuda.block_reductions)
         if t == 0:
-            partial[cuda.blockIdx.x] = total
+            partial[offset + cuda.blockIdx.x] = total
 
-    return adamw, sumsq
+    @cuda.jit
+    def add_partials(partial, out):
+        # one block: out[0] = sum(partial), in float64
+        t = cuda.threadIdx.x
+        buf = cuda.shared.array(THREADS, float64)
+        acc = float64(0.0)
+        i = t
+        while i < partial.size:
+            acc += partial[i]
+            i += THREADS
+        total = block_sum(buf, acc)
+        if t == 0:
+            out[0] = total
+
+    return adamw, sumsq, add_partials
 
 
 def adamw_step_cuda(param, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, step):
@@ -199,7 +213,7 @@ def adamw_step_cuda(param, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, s
     _check_arrays(param, grad, m, v)
     n = param.size
     if n:
-        adamw, _ = _cuda_kernels()
+        adamw, _, _ = _cuda_kernels()
         s = _scalars(lr, beta1, beta2, eps, weight_decay, step)
         adamw[_cuda.blocks_for(n), _cuda.THREADS](param.reshape(n), grad.reshape(n), m.reshape(n), v.reshape(n),
                                                    *_f32_args(s))
@@ -210,11 +224,28 @@ def sum_of_squares_cuda(a) -> float:
     n = a.size
     if n == 0:
         return 0.0
-    _, sumsq = _cuda_kernels()
-    blocks = min(_cuda.blocks_for(n), _SUMSQ_MAX_BLOCKS)
-    partial = _cuda.device_empty((blocks,), dtype=np.float64)
-    sumsq[blocks, _cuda.THREADS](a.reshape(n), partial)
-    return float(partial.copy_to_host().sum())
+    return float(_cuda.to_host(sum_of_squares_device([a]))[0])
+
+
+def sum_of_squares_device(arrays):
+    """sum over the device arrays of sum(a^2), in float64, left on the GPU as a (1,) device array: every array's
+    blocks write their partial sums into one buffer, then one block adds them (gradient clipping reads one number
+    per step, not one per parameter)."""
+    arrays = [a for a in arrays if a.size]
+    for a in arrays:
+        _checks.check_array("a", a)
+    _, sumsq, add_partials = _cuda_kernels()
+    blocks = [min(_cuda.blocks_for(a.size), _SUMSQ_MAX_BLOCKS) for a in arrays]
+    partial = _cuda.device_empty((max(1, sum(blocks)),), dtype=np.float64)
+    out = _cuda.device_empty((1,), dtype=np.float64)
+    if not arrays:
+        return _cuda.fill_(out, 0.0)
+    offset = 0
+    for a, nb in zip(arrays, blocks):
+        sumsq[nb, _cuda.THREADS](a.reshape(a.size), partial, np.int64(offset))
+        offset += nb
+    add_partials[1, _cuda.THREADS](partial, out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ ONE = np.float32(1.0)
 class BCECache(NamedTuple):
     logits: np.ndarray   # (N, K) (a reference)
     targets: np.ndarray  # (N, K) float32 in [0, 1]
+    count: object = None  # CUDA: the divisor N K as a (1,) float64 device array (the backward reads it there)
 
 
 def _check(logits, targets):
@@ -55,7 +56,7 @@ def bce_with_logits_forward_ref(logits, targets):
 
 
 def bce_with_logits_backward_ref(dloss, cache):
-    x, y = cache
+    x, y = cache.logits, cache.targets
     # l = max(x, 0) - x y + log1p(exp(-|x|))  ->  dl/dx = sigmoid(x) - y
     e = np.exp(-np.abs(x))
     sig = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
@@ -109,7 +110,7 @@ def bce_with_logits_forward_cpu(logits, targets):
 
 
 def bce_with_logits_backward_cpu(dloss, cache):
-    x, y = cache
+    x, y = cache.logits, cache.targets
     dx = np.empty_like(x)
     _bwd_cpu(x, y, _scale(dloss, x.size), dx)
     return dx
@@ -154,10 +155,11 @@ def _cuda_kernels():
             row_loss[i] = buf[0]
 
     @cuda.jit
-    def bwd(x, y, scale, dx):
+    def bwd(x, y, scale_d, dx):
         # one thread per element of the flat (N * K,) arrays
         j = cuda.grid(1)
         if j < x.size:
+            scale = scale_d[0]  # dloss / (N K), computed on the device (_cuda.loss_scale)
             v = x[j]
             e = math.exp(-abs(v))
             sig = float32(1.0) / (float32(1.0) + e) if v >= float32(0.0) else e / (float32(1.0) + e)
@@ -174,17 +176,17 @@ def bce_with_logits_forward_cuda(logits, targets):
     row_loss = _cuda.device_empty((N,))
     if logits.size:
         fwd[N, _cuda.THREADS](logits, targets, row_loss)
-    loss = float(row_loss.copy_to_host().sum(dtype=np.float64) / logits.size) if logits.size else 0.0
-    return loss, BCECache(logits, targets)
+    loss, count = _cuda.mean_loss(row_loss, 1.0, n=logits.size)  # the mean over N K entries, on the device
+    return loss, BCECache(logits, targets, count)
 
 
 def bce_with_logits_backward_cuda(dloss, cache):
-    x, y = cache
+    x, y, count = cache
     _, bwd = _cuda_kernels()
     dx = _cuda.device_empty(tuple(x.shape))
     if x.size:
-        bwd[_cuda.blocks_for(x.size), _cuda.THREADS](x.reshape(-1), y.reshape(-1), _scale(dloss, x.size),
-                                                      dx.reshape(-1))
+        scale = _cuda.loss_scale(dloss, count, 1.0)  # dloss may be a device scalar: it is not read back
+        bwd[_cuda.blocks_for(x.size), _cuda.THREADS](x.reshape(-1), y.reshape(-1), scale, dx.reshape(-1))
     return dx
 
 
@@ -240,7 +242,7 @@ def main(argv=None):
         ls64, cs64 = bce_with_logits_forward_ref(xs.astype(np.float64), ys.astype(np.float64))
         tol_l, tol_g = tolerances(xs, 1.0)
         ld, cd = bce_with_logits_forward_cuda(_cuda.to_device(xs), _cuda.to_device(ys))
-        rep.check("cuda", "loss", ld, ls64, atol=tol_l)
+        rep.check("cuda", "loss", float(_cuda.to_host(ld)), ls64, atol=tol_l)  # a 0-d device array
         rep.check("cuda", "dlogits", _cuda.to_host(bce_with_logits_backward_cuda(1.0, cd)),
                   bce_with_logits_backward_ref(1.0, cs64), atol=tol_g)
     else:

@@ -40,18 +40,18 @@ NORM_EPS = np.float32(1e-12)  # added to |a|^2 and |b|^2, as torch's cosine_embe
 class CosineCache(NamedTuple):
     a: np.ndarray         # (N, C) (a reference)
     b: np.ndarray         # (N, C)
-    selected: np.ndarray  # (N,) bool (uint8 on the device): rows that count
+    selected: np.ndarray  # (N,) bool (on the device: uint8, or the caller's device mask): rows that count
     cos: np.ndarray       # (N,) float32 cos_i (0 on unselected rows in the fast versions)
     A: np.ndarray         # (N,) float32 |a_i|^2 + 1e-12
     B: np.ndarray         # (N,) float32 |b_i|^2 + 1e-12
-    n_selected: int
+    n_selected: int       # CUDA: a (1,) float64 device array
 
 
 class MSECache(NamedTuple):
     a: np.ndarray         # (N, C)
     b: np.ndarray         # (N, C)
-    selected: np.ndarray  # (N,) bool (uint8 on the device)
-    n_selected: int
+    selected: np.ndarray  # (N,) bool (on the device: uint8, or the caller's device mask)
+    n_selected: int       # CUDA: a (1,) float64 device array
 
 
 def _check(a, b, mask):
@@ -261,9 +261,10 @@ def _cuda_kernels():
             row_loss[i] = float32(1.0) - ci
 
     @cuda.jit
-    def cos_bwd(a, b, sel, cos, A, B, g, da, db):
+    def cos_bwd(a, b, sel, cos, A, B, g_d, da, db):
         i = cuda.blockIdx.x
         C = a.shape[1]
+        g = g_d[0]  # -dloss / n, computed on the device (_cuda.loss_scale)
         keep = sel[i] != 0
         inv_den = float32(1.0) / math.sqrt(A[i] * B[i])
         ca = cos[i] / A[i]
@@ -299,9 +300,10 @@ def _cuda_kernels():
             row_loss[i] = acc
 
     @cuda.jit
-    def mse_bwd(a, b, sel, scale, da, db):
+    def mse_bwd(a, b, sel, scale_d, da, db):
         i = cuda.blockIdx.x
         C = a.shape[1]
+        scale = scale_d[0]  # 2 dloss / (n C), computed on the device (_cuda.loss_scale)
         keep = sel[i] != 0
         c = cuda.threadIdx.x
         while c < C:
@@ -314,47 +316,58 @@ def _cuda_kernels():
 
 
 def cosine_loss_forward_cuda(a, b, mask=None):
-    sel, n = _check(a, b, mask)
+    sel_d = _check_cuda(a, b, mask)
     cos_fwd = _cuda_kernels()[0]
     N = a.shape[0]
-    sel_d = _cuda.to_device(sel.astype(np.uint8))
     cos, A, B, row_loss = (_cuda.device_empty((N,)) for _ in range(4))
     if N:
         cos_fwd[N, _cuda.THREADS](a, b, sel_d, cos, A, B, row_loss)
-    loss = float(row_loss.copy_to_host().sum(dtype=np.float64) / n) if n else 0.0
-    return loss, CosineCache(a, b, sel_d, cos, A, B, n)
+    loss, count = _cuda.mean_loss(row_loss, 1.0, sel=sel_d)  # on the device (unselected rows hold 0)
+    return loss, CosineCache(a, b, sel_d, cos, A, B, count)
+
+
+def _check_cuda(a, b, mask):
+    """The checks of _check, and the row selection as a device array: a device mask is used in place (no copy
+    back), a host one copied over once, None filled with ones on the device."""
+    if mask is None or not _cuda.is_device_array(mask):
+        sel, _ = _check(a, b, mask)
+        return _cuda.ones_mask(sel.size) if mask is None else _cuda.to_device(sel.astype(np.uint8))
+    _check(a, b, None)
+    return _checks.check_device_row_mask("mask", mask, tuple(a.shape)[0])
 
 
 def cosine_loss_backward_cuda(dloss, cache):
-    a, b, sel_d, cos, A, B, n = cache
+    a, b, sel_d, cos, A, B, count = cache
     cos_bwd = _cuda_kernels()[1]
     N = a.shape[0]
     da, db = _cuda.device_empty(tuple(a.shape)), _cuda.device_empty(tuple(b.shape))
-    g = np.float32(-float(dloss) / n) if n else ZERO
+    g = _cuda.loss_scale(dloss, count, -1.0)  # dloss may be a device scalar: it is not read back
     if N:
         cos_bwd[N, _cuda.THREADS](a, b, sel_d, cos, A, B, g, da, db)
     return da, db
 
 
 def mse_forward_cuda(a, b, mask=None):
-    sel, n = _check(a, b, mask)
+    sel_d = _check_cuda(a, b, mask)
     b = _cuda.to_device(b)  # host targets (regression labels) copied over once; a device b passes through
     mse_fwd = _cuda_kernels()[2]
-    N = a.shape[0]
-    sel_d = _cuda.to_device(sel.astype(np.uint8))
+    N, C = tuple(a.shape)
     row_loss = _cuda.device_empty((N,))
     if N:
         mse_fwd[N, _cuda.THREADS](a, b, sel_d, row_loss)
-    return _mse_mean(row_loss.copy_to_host(), n, a.shape[1]), MSECache(a, b, sel_d, n)
+    # sum / (n C) on the device; with C = 0 there is nothing to average: 0, as _mse_mean
+    loss, count = _cuda.mean_loss(row_loss, 1.0 / C if C else 0.0, sel=sel_d)
+    return loss, MSECache(a, b, sel_d, count)
 
 
 def mse_backward_cuda(dloss, cache):
-    a, b, sel_d, n = cache
+    a, b, sel_d, count = cache
     mse_bwd = _cuda_kernels()[3]
-    N = a.shape[0]
+    N, C = tuple(a.shape)
     da, db = _cuda.device_empty(tuple(a.shape)), _cuda.device_empty(tuple(b.shape))
     if N:
-        mse_bwd[N, _cuda.THREADS](a, b, sel_d, _mse_scale(dloss, n, a.shape[1]), da, db)
+        scale = _cuda.loss_scale(dloss, count, 2.0 / C if C else 0.0)  # 2 dloss / (n C), as _mse_scale
+        mse_bwd[N, _cuda.THREADS](a, b, sel_d, scale, da, db)
     return da, db
 
 
@@ -428,7 +441,7 @@ def main(argv=None):
             (cosine_loss_forward_cpu, cosine_loss_backward_cpu)
         loss, c = fwd(to_dev(a_), to_dev(b_), m_)
         da, db = bwd(1.0, c)
-        rep.check(version, "cos loss", loss, l64, atol=tl)
+        rep.check(version, "cos loss", float(to_host(loss)), l64, atol=tl)  # CUDA: a 0-d device array
         rep.check(version, "cos da", to_host(da), da64, atol=tg)
         rep.check(version, "cos db", to_host(db), db64, atol=tg)
         l64, c64 = mse_forward_ref(a_.astype(np.float64), b_.astype(np.float64), m_)
@@ -437,7 +450,7 @@ def main(argv=None):
         fwd, bwd = (mse_forward_cuda, mse_backward_cuda) if version == "cuda" else (mse_forward_cpu, mse_backward_cpu)
         loss, c = fwd(to_dev(a_), to_dev(b_), m_)
         da, db = bwd(1.0, c)
-        rep.check(version, "mse loss", loss, l64, atol=0.0, rtol=tl)
+        rep.check(version, "mse loss", float(to_host(loss)), l64, atol=0.0, rtol=tl)
         rep.check(version, "mse da", to_host(da), da64, atol=tg)
         rep.check(version, "mse db", to_host(db), db64, atol=tg)
 

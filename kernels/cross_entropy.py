@@ -45,7 +45,7 @@ class CrossEntropyCache(NamedTuple):
     targets: np.ndarray  # (N,) int64 target ids
     lse: np.ndarray      # (N,) float32 log-sum-exp of each row (0 on ignored rows in the fast versions)
     ignore_index: int    # target value of rows that do not count
-    n_counted: int       # number of rows that count (the divisor of the mean)
+    n_counted: int       # number of rows that count (the divisor of the mean); CUDA: a (1,) float64 device array
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,10 +199,11 @@ def _cuda_kernels():
             row_loss[i] = l - x[i, target]
 
     @cuda.jit
-    def bwd(x, targets, ignore_index, lse, scale, dx):
+    def bwd(x, targets, ignore_index, lse, scale_d, dx):
         i = cuda.blockIdx.x
         tid = cuda.threadIdx.x
         V = x.shape[1]
+        scale = scale_d[0]  # dloss / n, computed on the device (_cuda.loss_scale)
         target = targets[i]
         ignored = target == ignore_index
         l = lse[i]
@@ -230,16 +231,17 @@ def cross_entropy_forward_cuda(logits, targets, ignore_index=-100):
     row_loss = _cuda.device_empty((N,))
     if N:
         fwd[N, _cuda.THREADS](logits, td, np.int64(ignore_index), lse, row_loss)
-    loss = float(row_loss.copy_to_host().sum(dtype=np.float64) / n) if n else 0.0
-    return loss, CrossEntropyCache(logits, td, lse, int(ignore_index), n)
+    # the mean over the n counted rows, on the device: a 0-d device array (ignored rows hold 0)
+    loss, count = _cuda.mean_loss(row_loss, 1.0, n=n)
+    return loss, CrossEntropyCache(logits, td, lse, int(ignore_index), count)
 
 
 def cross_entropy_backward_cuda(dloss, cache):
-    x, td, lse, ignore_index, n = cache
+    x, td, lse, ignore_index, count = cache
     _, bwd = _cuda_kernels()
     N = x.shape[0]
     dx = _cuda.device_empty(tuple(x.shape))
-    scale = np.float32(float(dloss) / n) if n else ZERO
+    scale = _cuda.loss_scale(dloss, count, 1.0)  # dloss may be a device scalar: it is not read back
     if N:
         bwd[N, _cuda.THREADS](x, td, np.int64(ignore_index), lse, scale, dx)
     return dx
@@ -302,7 +304,7 @@ def main(argv=None):
         ls64, cs64 = cross_entropy_forward_ref(xs.astype(np.float64), ts)
         tol_l, tol_g = tolerances(xs, 1.0, cs64.n_counted)
         ld, cd = cross_entropy_forward_cuda(_cuda.to_device(xs), ts)
-        rep.check("cuda", "loss", ld, ls64, atol=tol_l)
+        rep.check("cuda", "loss", float(_cuda.to_host(ld)), ls64, atol=tol_l)  # a 0-d device array
         rep.check("cuda", "dlogits", _cuda.to_host(cross_entropy_backward_cuda(1.0, cd)),
                   cross_entropy_backward_ref(1.0, cs64), atol=tol_g)
     else:

@@ -50,10 +50,10 @@ class DistillKLCache(NamedTuple):
     student: np.ndarray   # (N, V) student logits (a reference)
     teacher: np.ndarray   # (N, V) teacher logits (a reference)
     temperature: float    # T
-    selected: np.ndarray  # (N,) bool (uint8 on the device): rows that count
+    selected: np.ndarray  # (N,) bool (on the device: uint8, or the caller's device mask): rows that count
     lse_s: np.ndarray     # (N,) float32 lse(s_i / T) (0 on unselected rows in the fast versions)
     lse_t: np.ndarray     # (N,) float32 lse(z_i / T)
-    n_selected: int       # the divisor of the mean
+    n_selected: int       # the divisor of the mean; CUDA: a (1,) float64 device array
 
 
 def _check(student, teacher, temperature, mask):
@@ -254,9 +254,10 @@ def _cuda_kernels():
             row_kl[i] = acc
 
     @cuda.jit
-    def bwd(s, z, inv_t, sel, lse_s, lse_t, scale, ds):
+    def bwd(s, z, inv_t, sel, lse_s, lse_t, scale_d, ds):
         i = cuda.blockIdx.x
         V = s.shape[1]
+        scale = scale_d[0]  # dloss T / n, computed on the device (_cuda.loss_scale)
         ls = lse_s[i]
         lt = lse_t[i]
         v = cuda.threadIdx.x
@@ -271,23 +272,34 @@ def _cuda_kernels():
 
 
 def distill_kl_forward_cuda(student, teacher, temperature, mask=None):
-    sel, n = _check(student, teacher, temperature, mask)
+    sel_d = _check_cuda(student, teacher, temperature, mask)
     fwd, _ = _cuda_kernels()
     N = student.shape[0]
-    sel_d = _cuda.to_device(sel.astype(np.uint8))
     lse_s, lse_t, row_kl = (_cuda.device_empty((N,)) for _ in range(3))
     if N:
         fwd[N, _cuda.THREADS](student, teacher, np.float32(1.0 / temperature), sel_d, lse_s, lse_t, row_kl)
     T = float(temperature)
-    return _finish(row_kl.copy_to_host(), T, n), DistillKLCache(student, teacher, T, sel_d, lse_s, lse_t, n)
+    # T^2 times the mean over the selected rows, on the device: a 0-d device array (unselected rows hold 0)
+    loss, count = _cuda.mean_loss(row_kl, T * T, sel=sel_d)
+    return loss, DistillKLCache(student, teacher, T, sel_d, lse_s, lse_t, count)
+
+
+def _check_cuda(student, teacher, temperature, mask):
+    """The checks of _check, and the row selection as a device array: a device mask is used in place (no copy
+    back), a host one copied over once, None filled with ones on the device."""
+    if mask is None or not _cuda.is_device_array(mask):
+        sel, _ = _check(student, teacher, temperature, mask)
+        return _cuda.ones_mask(sel.size) if mask is None else _cuda.to_device(sel.astype(np.uint8))
+    _check(student, teacher, temperature, None)
+    return _checks.check_device_row_mask("mask", mask, tuple(student.shape)[0])
 
 
 def distill_kl_backward_cuda(dloss, cache):
-    s, z, T, sel_d, lse_s, lse_t, n = cache
+    s, z, T, sel_d, lse_s, lse_t, count = cache
     _, bwd = _cuda_kernels()
     N = s.shape[0]
     ds = _cuda.device_empty(tuple(s.shape))
-    scale = np.float32(float(dloss) * T / n) if n else ZERO
+    scale = _cuda.loss_scale(dloss, count, T)  # dloss may be a device scalar: it is not read back
     if N:
         bwd[N, _cuda.THREADS](s, z, np.float32(1.0 / T), sel_d, lse_s, lse_t, scale, ds)
     return ds
@@ -359,7 +371,7 @@ def main(argv=None):
         ls64, cs64 = distill_kl_forward_ref(ss.astype(np.float64), zs.astype(np.float64), T, ms)
         tol_l, tol_g = tolerances(ss, zs, T, 1.0, cs64.n_selected)
         ld, cd = distill_kl_forward_cuda(_cuda.to_device(ss), _cuda.to_device(zs), T, ms)
-        rep.check("cuda", "loss", ld, ls64, atol=tol_l)
+        rep.check("cuda", "loss", float(_cuda.to_host(ld)), ls64, atol=tol_l)  # a 0-d device array
         rep.check("cuda", "dstudent", _cuda.to_host(distill_kl_backward_cuda(1.0, cd)),
                   distill_kl_backward_ref(1.0, cs64), atol=tol_g)
     else:

@@ -84,7 +84,7 @@ cuda = None  # numba.cuda, bound on first use: the simulator swaps this module g
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float32
+    from numba import float32, float64
     THREADS = _cuda.THREADS
     block_sum, _ = _cuda.block_reductions()
 
@@ -149,33 +149,40 @@ def _cuda_kernels():
         if i < out.size:
             out[i] = a[i]
 
-    @cuda.jit
-    def sum_to(a, strides, oshape, rshape, n_red, out):
-        # one block per output element o: out[o] = sum of a over the reduced coordinates (rshape), with the kept
-        # coordinates (oshape) fixed at o's. strides: a's element strides (C order).
-        o = cuda.blockIdx.x
-        t = cuda.threadIdx.x
-        buf = cuda.shared.array(THREADS, float32)
-        base = 0
-        rem = o
-        for d in range(len(oshape) - 1, -1, -1):
-            c = rem % oshape[d]
-            rem //= oshape[d]
-            base += c * strides[d]
-        acc = float32(0.0)
-        r = t
-        while r < n_red:
-            off = base
-            rem = r
-            for d in range(len(rshape) - 1, -1, -1):
-                c = rem % rshape[d]
-                rem //= rshape[d]
-                off += c * strides[d]
-            acc += a[off]
-            r += THREADS
-        total = block_sum(buf, acc)  # shared-memory tree reduction (_cuda.block_reductions)
-        if t == 0:
-            out[o] = total
+    def make_sum_to(acc_type):
+        # the accumulator and the shared buffer in the output's precision (a float64 array is summed in float64)
+        @cuda.jit
+        def sum_to(a, strides, oshape, rshape, n_red, out):
+            # one block per output element o: out[o] = sum of a over the reduced coordinates (rshape), with the
+            # kept coordinates (oshape) fixed at o's. strides: a's element strides (C order).
+            o = cuda.blockIdx.x
+            t = cuda.threadIdx.x
+            buf = cuda.shared.array(THREADS, acc_type)
+            base = 0
+            rem = o
+            for d in range(len(oshape) - 1, -1, -1):
+                c = rem % oshape[d]
+                rem //= oshape[d]
+                base += c * strides[d]
+            acc = acc_type(0.0)
+            r = t
+            while r < n_red:
+                off = base
+                rem = r
+                for d in range(len(rshape) - 1, -1, -1):
+                    c = rem % rshape[d]
+                    rem //= rshape[d]
+                    off += c * strides[d]
+                acc += a[off]
+                r += THREADS
+            total = block_sum(buf, acc)  # shared-memory tree reduction (_cuda.block_reductions)
+            if t == 0:
+                out[o] = total
+
+        return sum_to
+
+    sum_to = make_sum_to(float32)
+    sum_to64 = make_sum_to(float64)
 
     @cuda.jit
     def take(a, out, n, inner, index):
@@ -191,7 +198,8 @@ def _cuda_kernels():
         if i < dout.size:
             da[((i // inner) * n + index) * inner + i % inner] = dout[i]
 
-    return dict(binary=binary, scalar=scalar, axpy=axpy, fill=fill, copy=copy, sum_to=sum_to, take=take, put=put)
+    return dict(binary=binary, scalar=scalar, axpy=axpy, fill=fill, copy=copy, sum_to=sum_to, sum_to64=sum_to64,
+                take=take, put=put)
 
 
 def _launch(name, n, *args):
@@ -305,8 +313,8 @@ def sum_to_cuda(g, shape):
         if n_red == 0:
             _launch("fill", out.size, _flat(out), g.dtype.type(0))
         else:
-            _cuda_kernels()["sum_to"][out.size, _cuda.THREADS](_flat(g), _c_strides(gs) or (1,), oshape, rshape,
-                                                               n_red, _flat(out))
+            kernel = _cuda_kernels()["sum_to64" if np.dtype(g.dtype) == np.float64 else "sum_to"]
+            kernel[out.size, _cuda.THREADS](_flat(g), _c_strides(gs) or (1,), oshape, rshape, n_red, _flat(out))
     return out
 
 

@@ -846,16 +846,24 @@ def weight_to_device(w: Int8Weight) -> Int8Weight:
     return Int8Weight(*(_cuda.to_device(a) for a in (w.q, w.scale, w.row_sum)), None)
 
 
+@functools.cache
+def _zero_1(dtype):
+    """A (1,) device array holding 0 (filled by a kernel: no host copy), kept for the process."""
+    return _cuda.device_zeros((1,), dtype)
+
+
 def _gemm_cuda(qx, w, raw, sx=None, zp=None, bias=None):
     _, gemm, _ = _cuda_kernels()
     N, K = qx.shape
     cout = w.q.shape[0]
     out_i32 = _cuda.device_empty((N, cout) if raw else (1, 1), np.int32)
     y = _cuda.device_empty((1, 1) if raw else (N, cout), np.float32)
-    sx = _cuda.to_device(np.zeros(1, np.float32)) if sx is None else sx
-    zp = _cuda.to_device(np.zeros(1, np.int32)) if zp is None else zp
+    # unused arguments of the raw product / a layer without bias: one-element zero arrays made once on the device
+    # (not three host uploads per call)
+    sx = _zero_1(np.float32) if sx is None else sx
+    zp = _zero_1(np.int32) if zp is None else zp
     has_bias = bias is not None
-    bias = _cuda.to_device(np.zeros(1, np.float32)) if bias is None else bias
+    bias = _zero_1(np.float32) if bias is None else bias
     T = _cuda.TILE
     if N and cout:
         grid = ((cout + T - 1) // T, (N + T - 1) // T)

@@ -302,25 +302,44 @@ def _cuda_kernels():
             dx[base + j] = rs * (dy[base + j] * w[j] - s1 - xhat * s2)
             j += THREADS
 
+    COL_TILE = _cuda.COL_TILE
+    lanes = THREADS // COL_TILE
+
     @cuda.jit
-    def bwd_dwdb(dy, x, mean, rstd, dw, db, N, C):
-        # one block per column: threads stride over the rows, then two shared-memory reductions
-        col = cuda.blockIdx.x
+    def bwd_dwdb(dy, x, mean, rstd, pw, pb, N, C, chunk_rows):
+        # partial column sums, coalesced: a block covers COL_TILE adjacent columns (adjacent threads read adjacent
+        # addresses of a row) and the rows of chunk blockIdx.y, `lanes` rows at a time; pw[chunk, col] and
+        # pb[chunk, col] receive its sums of dy xhat and dy (_cuda.column_sum then adds the chunks)
         t = cuda.threadIdx.x
-        buf = cuda.shared.array(THREADS, float32)
+        tx = t % COL_TILE
+        ty = t // COL_TILE
+        col = cuda.blockIdx.x * COL_TILE + tx
+        r0 = cuda.blockIdx.y * chunk_rows
+        r1 = min(N, r0 + chunk_rows)
+        bw = cuda.shared.array(THREADS, float32)
+        bb = cuda.shared.array(THREADS, float32)
         aw = float32(0.0)
         ab = float32(0.0)
-        i = t
-        while i < N:
-            g = dy[i * C + col]
-            aw += g * (x[i * C + col] - mean[i]) * rstd[i]
-            ab += g
-            i += THREADS
-        aw = block_sum(buf, aw)
-        ab = block_sum(buf, ab)
-        if t == 0:
-            dw[col] = aw
-            db[col] = ab
+        if col < C:
+            i = r0 + ty
+            while i < r1:
+                g = dy[i * C + col]
+                aw += g * (x[i * C + col] - mean[i]) * rstd[i]
+                ab += g
+                i += lanes
+        bw[t] = aw
+        bb[t] = ab
+        cuda.syncthreads()
+        k = lanes // 2
+        while k > 0:  # tree over the row lanes of each column
+            if ty < k:
+                bw[t] += bw[t + k * COL_TILE]
+                bb[t] += bb[t + k * COL_TILE]
+            cuda.syncthreads()
+            k //= 2
+        if ty == 0 and col < C:
+            pw[cuda.blockIdx.y * C + col] = bw[tx]
+            pb[cuda.blockIdx.y * C + col] = bb[tx]
 
     return fwd, bwd_dx, bwd_dwdb
 
@@ -334,12 +353,14 @@ def _ln_forward_cuda(x, r, w, b, eps):
     rstd = _cuda.device_empty((N,))
     if r is None:
         h = x
-        fwd[N, _cuda.THREADS](x.reshape(-1), x.reshape(-1), False, w, b, np.float32(eps), x.reshape(-1),
-                              y.reshape(-1), mean, rstd, C)
+        if N:  # an empty batch: no launch (a GPU rejects a grid of 0 blocks)
+            fwd[N, _cuda.THREADS](x.reshape(-1), x.reshape(-1), False, w, b, np.float32(eps), x.reshape(-1),
+                                  y.reshape(-1), mean, rstd, C)
     else:
         h = _cuda.device_empty(x.shape)
-        fwd[N, _cuda.THREADS](x.reshape(-1), r.reshape(-1), True, w, b, np.float32(eps), h.reshape(-1),
-                              y.reshape(-1), mean, rstd, C)
+        if N:
+            fwd[N, _cuda.THREADS](x.reshape(-1), r.reshape(-1), True, w, b, np.float32(eps), h.reshape(-1),
+                                  y.reshape(-1), mean, rstd, C)
     return y, LayerNormCache(h, w, mean, rstd)
 
 
@@ -360,11 +381,20 @@ def layernorm_backward_cuda(dy, cache):
     C = tuple(x.shape)[-1]
     N = x.size // C
     dx = _cuda.device_empty(x.shape)
-    bwd_dx[N, _cuda.THREADS](dy.reshape(-1), x.reshape(-1), w, mean, rstd, dx.reshape(-1), C)
-    dw = _cuda.device_empty((C,))
-    db = _cuda.device_empty((C,))
-    bwd_dwdb[C, _cuda.THREADS](dy.reshape(-1), x.reshape(-1), mean, rstd, dw, db, N, C)
-    return dx, dw, db
+    if N:
+        bwd_dx[N, _cuda.THREADS](dy.reshape(-1), x.reshape(-1), w, mean, rstd, dx.reshape(-1), C)
+    if not C:
+        return dx, _cuda.device_empty((0,)), _cuda.device_empty((0,))
+    # dw, db: per-chunk column sums (coalesced), then the chunks added by _cuda.column_sum; with N = 0 one chunk
+    # of no rows gives 0
+    chunks = min(_cuda.COL_MAX_CHUNKS, max(1, (N + _cuda.COL_CHUNK_ROWS - 1) // _cuda.COL_CHUNK_ROWS))
+    chunk_rows = max(1, (N + chunks - 1) // chunks)
+    pw = _cuda.device_empty((chunks, C))
+    pb = _cuda.device_empty((chunks, C))
+    gx = (C + _cuda.COL_TILE - 1) // _cuda.COL_TILE
+    bwd_dwdb[(gx, chunks), _cuda.THREADS](dy.reshape(-1), x.reshape(-1), mean, rstd, pw.reshape(-1),
+                                          pb.reshape(-1), N, C, chunk_rows)
+    return dx, _cuda.column_sum(pw), _cuda.column_sum(pb)
 
 
 residual_layernorm_backward_cuda = layernorm_backward_cuda  # forward: h = x + r, so dx = dr = dh

@@ -22,7 +22,9 @@ Versions:
     linear_forward_cuda / linear_backward_cuda  numba.cuda: `matmul_cuda`, a tiled shared-memory GEMM (TILE x TILE
                                                 threads per block, any M, N, K, optional transposes of either
                                                 operand, reusable by other GPU code), plus a bias-add kernel; db is
-                                                _cuda.column_sum (one block per column, shared-memory reduction)
+                                                _cuda.column_sum (coalesced reads, shared-memory reduction). The
+                                                GEMM's loads are coalesced for both transposes and each thread
+                                                computes ROWS_PER_THREAD outputs
 Cache: LinearCache(x, w, b): the input, the weight and the bias (or None); nothing is recomputed in backward.
 Backward returns fresh arrays (it never adds into existing gradients).
 """
@@ -161,6 +163,8 @@ def linear_backward_cpu_dense(dy, cache):
 
 cuda = None  # numba.cuda, bound on first use: the simulator swaps this module global for its fake module
 
+ROWS_PER_THREAD = 2 if _cuda.SIMULATOR else 4  # outputs of c per thread of the tiled GEMM (one column, R rows)
+
 
 @functools.cache
 def _cuda_kernels():
@@ -169,37 +173,58 @@ def _cuda_kernels():
     from numba import float32
     TILE = _cuda.TILE
 
+    R = ROWS_PER_THREAD
+
     @cuda.jit
     def matmul(a, b, c, M, N, K, trans_a, trans_b):
         # c (M, N) = op(a) (M, K) @ op(b) (K, N), op = transpose when the flag is set:
         #   op(a)[i, k] = a[k, i] if trans_a else a[i, k];  op(b)[k, j] = b[j, k] if trans_b else b[k, j]
-        # Each block computes one TILE x TILE tile of c; each thread one element. The K axis is walked tile by
-        # tile: the block loads a TILE x TILE tile of op(a) and of op(b) into shared memory, then every thread
-        # does TILE multiply-adds from shared memory. Out-of-range loads read 0, so any M, N, K works.
-        sa = cuda.shared.array((TILE, TILE), float32)
-        sb = cuda.shared.array((TILE, TILE), float32)
+        # Each block (TILE x TILE threads) computes an (R TILE) x TILE tile of c; each thread R elements of one
+        # column, R rows TILE apart (each value of op(b) read from shared memory serves R products). The K axis is
+        # walked tile by tile: the block loads an (R TILE) x TILE tile of op(a) and a TILE x TILE tile of op(b)
+        # into shared memory, then every thread does R TILE multiply-adds from it. Out-of-range loads read 0, so
+        # any M, N, K works; every element still sums its K products in order k = 0, 1, ...
+        # Coalesced loads for both layouts: adjacent threads (tx) always read adjacent addresses of the stored
+        # array, so a transposed operand is written to shared memory transposed (sa[tx, ty] instead of sa[ty, tx]);
+        # the tiles are TILE + 1 wide so that such a column write does not hit one shared-memory bank.
+        sa = cuda.shared.array((R * TILE, TILE + 1), float32)   # sa[r, kk] = op(a)[i0 + r, k0 + kk]
+        sb = cuda.shared.array((TILE, TILE + 1), float32)       # sb[kk, c] = op(b)[k0 + kk, j0 + c]
+        acc = cuda.local.array(R, float32)
         tx = cuda.threadIdx.x                      # column inside the tile
-        ty = cuda.threadIdx.y                      # row inside the tile
-        i = cuda.blockIdx.y * TILE + ty            # row of c
-        j = cuda.blockIdx.x * TILE + tx            # column of c
-        acc = float32(0.0)
+        ty = cuda.threadIdx.y                      # row inside the tile (and + TILE, + 2 TILE, ...)
+        i0 = cuda.blockIdx.y * (R * TILE)
+        j0 = cuda.blockIdx.x * TILE
+        j = j0 + tx                                # column of c
+        for rr in range(R):
+            acc[rr] = float32(0.0)
         for k0 in range(0, K, TILE):
-            ka = k0 + tx                           # this thread loads op(a)[i, ka] ...
-            if i < M and ka < K:
-                sa[ty, tx] = a[ka, i] if trans_a else a[i, ka]
-            else:
-                sa[ty, tx] = float32(0.0)
-            kb = k0 + ty                           # ... and op(b)[kb, j]
-            if kb < K and j < N:
-                sb[ty, tx] = b[j, kb] if trans_b else b[kb, j]
-            else:
-                sb[ty, tx] = float32(0.0)
+            for rr in range(R):
+                if trans_a:                        # a stored (K, M): read a[k0 + ty, i0 + rr TILE + tx]
+                    r = i0 + rr * TILE + tx
+                    kk = k0 + ty
+                    sa[rr * TILE + tx, ty] = a[kk, r] if r < M and kk < K else float32(0.0)
+                else:                              # a stored (M, K): read a[i0 + rr TILE + ty, k0 + tx]
+                    r = i0 + rr * TILE + ty
+                    kk = k0 + tx
+                    sa[rr * TILE + ty, tx] = a[r, kk] if r < M and kk < K else float32(0.0)
+            if trans_b:                            # b stored (N, K): read b[j0 + ty, k0 + tx]
+                c_ = j0 + ty
+                kk = k0 + tx
+                sb[tx, ty] = b[c_, kk] if c_ < N and kk < K else float32(0.0)
+            else:                                  # b stored (K, N): read b[k0 + ty, j0 + tx]
+                kk = k0 + ty
+                sb[ty, tx] = b[kk, j] if kk < K and j < N else float32(0.0)
             cuda.syncthreads()
             for kk in range(TILE):
-                acc += sa[ty, kk] * sb[kk, tx]
+                bv = sb[kk, tx]
+                for rr in range(R):
+                    acc[rr] += sa[rr * TILE + ty, kk] * bv
             cuda.syncthreads()
-        if i < M and j < N:
-            c[i, j] = acc
+        if j < N:
+            for rr in range(R):
+                i = i0 + rr * TILE + ty            # row of c
+                if i < M:
+                    c[i, j] = acc[rr]
 
     @cuda.jit
     def add_bias(y, b, width):
@@ -225,7 +250,7 @@ def matmul_cuda(a, b, trans_a=False, trans_b=False):
     c = _cuda.device_empty((M, N))
     T = _cuda.TILE
     if M and N:
-        grid = ((N + T - 1) // T, (M + T - 1) // T)
+        grid = ((N + T - 1) // T, (M + ROWS_PER_THREAD * T - 1) // (ROWS_PER_THREAD * T))
         matmul[grid, (T, T)](a, b, c, M, N, Ka, bool(trans_a), bool(trans_b))
     return c
 

@@ -248,7 +248,9 @@ def _forward_cuda(x, log):
     fwd, _ = _cuda_kernels()
     N = tuple(x.shape)[-1]
     y = _cuda.device_empty(x.shape)
-    fwd[x.size // N, _cuda.THREADS](x.reshape(-1), y.reshape(-1), N, log)
+    rows = x.size // N if N else 0
+    if rows:  # an empty batch: no launch (a GPU rejects a grid of 0 blocks)
+        fwd[rows, _cuda.THREADS](x.reshape(-1), y.reshape(-1), N, log)
     return y
 
 
@@ -257,7 +259,9 @@ def _backward_cuda(dy, y, log):
     _, bwd = _cuda_kernels()
     N = tuple(y.shape)[-1]
     dx = _cuda.device_empty(y.shape)
-    bwd[y.size // N, _cuda.THREADS](dy.reshape(-1), y.reshape(-1), dx.reshape(-1), N, log)
+    rows = y.size // N if N else 0
+    if rows:
+        bwd[rows, _cuda.THREADS](dy.reshape(-1), y.reshape(-1), dx.reshape(-1), N, log)
     return dx
 
 

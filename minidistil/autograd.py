@@ -345,6 +345,8 @@ def _as_tensor(x, like: Tensor | None = None) -> Tensor:
     """Wrap a number or numpy array as a constant Tensor, in the dtype of `like` (no float64 leaks)."""
     if isinstance(x, Tensor):
         return x
+    if _cuda.is_device_array(x):  # a device constant stays where it is (np.asarray would copy it back)
+        return Tensor(x)
     dtype = like.dtype if like is not None else np.float32
     return Tensor(np.asarray(x, dtype=dtype))
 

@@ -228,13 +228,24 @@ def distillation_loss(s_logits: Tensor | None, t_logits, s_hidden: Tensor, t_hid
                       attention_mask: np.ndarray, w: LossWeights, scale: dict[str, float] | None = None
                       ) -> tuple[Tensor, dict[str, float]]:
     """The weighted sum of the terms (a scalar Tensor) and each term's value (unweighted floats). `scale`: a
-    factor per term on top of its alpha (an MPI rank's share of the global count, see minidistil.parallel)."""
+    factor per term on top of its alpha (an MPI rank's share of the global count, see minidistil.parallel).
+    On a GPU, reading the terms as floats copies each back: distillation_loss_terms leaves them where they are."""
+    total, terms = distillation_loss_terms(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask, w, scale)
+    return total, {name: float(t.item()) for name, t in terms.items()}
+
+
+def distillation_loss_terms(s_logits: Tensor | None, t_logits, s_hidden: Tensor, t_hidden, labels,
+                            attention_mask: np.ndarray, w: LossWeights, scale: dict[str, float] | None = None
+                            ) -> tuple[Tensor, dict[str, Tensor]]:
+    """distillation_loss with each term left a scalar Tensor on its device (nothing is read back)."""
     B, T, C = s_hidden.shape
     rows = np.ascontiguousarray(np.asarray(attention_mask).reshape(-1) != 0)    # (B*T,) real tokens
     t_hidden = _teacher_array(t_hidden)                                         # stays on the GPU when there
     terms: dict[str, Tensor] = {}
     if (w.alpha_ce or w.alpha_mlm) and s_logits is None:
         raise ValueError("alpha_ce / alpha_mlm: the MLM terms need a teacher and student with an MLM head")
+    if _cuda.is_device_array(s_hidden.data) and (w.alpha_ce or w.alpha_cos or w.alpha_mse):
+        rows = _cuda.to_device(rows)  # copied over once for the terms that read it
     if w.alpha_ce:
         V = s_logits.shape[-1]
         kl_rows = rows if not w.kl_masked_only else np.ascontiguousarray(np.asarray(labels).reshape(-1) != IGNORE_INDEX)
@@ -268,7 +279,7 @@ def distillation_loss(s_logits: Tensor | None, t_logits, s_hidden: Tensor, t_hid
     for name, t in terms.items():
         part = t * (float(alphas[name]) * (scale[name] if scale else 1.0))
         total = part if total is None else total + part
-    return total, {name: float(t.item()) for name, t in terms.items()}
+    return total, terms
 
 
 # ----------------------------------------------------------------------------------------------------------------

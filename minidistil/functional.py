@@ -272,4 +272,6 @@ def mean_pool(h, attention_mask: np.ndarray):
     inv = (1.0 / np.maximum(m.sum(axis=1), 1.0)).astype(np.float32)             # (B, 1) 1 / real tokens
     if not isinstance(h, Tensor):
         h = np.asarray(h, dtype=np.float32)
+    elif _cuda.is_device_array(h.data):  # the two constants copied over once (the backward reuses them)
+        m, inv = _cuda.to_device(m), _cuda.to_device(inv)
     return (h * m).sum(axis=1) * inv                                            # (B, C)

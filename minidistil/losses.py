@@ -1,5 +1,7 @@
-"""Loss functions as autograd ops, each backed by one kernel pair (the kernels return a Python float and take the
-upstream gradient `dloss` as a float). Every loss is a MEAN over the positions that count, 0 when none counts.
+"""Loss functions as autograd ops, each backed by one kernel pair. The CPU kernels return a Python float and take
+the upstream gradient `dloss` as a float; the CUDA kernels return a 0-d device array and take `dloss` as a float or
+a device scalar, so a GPU step never waits to read a loss back (`loss.item()` reads it, to log it). Every loss is a
+MEAN over the positions that count, 0 when none counts.
 
 Shapes: N rows (positions), V classes / vocabulary, K labels, C width.
 """
@@ -11,11 +13,24 @@ from minidistil.autograd import Tensor, make_result
 from minidistil.kernels import bce as _bce
 from minidistil.kernels import cosine as _cosine
 from minidistil.kernels import cross_entropy as _ce
+from minidistil.kernels import _cuda
 from minidistil.kernels import distill_kl as _kl
 
 
-def _scalar(loss: float, like: Tensor) -> np.ndarray:
+def _scalar(loss, like: Tensor):
+    """The loss as the data of a 0-d Tensor on `like`'s device. The CUDA kernels return a 0-d device array (the
+    loss never waits for the GPU to be read back); a host number beside device inputs is written on the device by
+    a kernel."""
+    if _cuda.is_device_array(loss):
+        return loss
+    if _cuda.is_device_array(like.data):
+        return _cuda.device_scalar(float(loss), like.dtype)
     return np.asarray(loss, dtype=like.dtype)
+
+
+def _dloss(dloss):
+    """The upstream gradient as the kernels take it: a device scalar stays on the device, a host one is a float."""
+    return dloss if _cuda.is_device_array(dloss) else float(dloss)
 
 
 def _data(t):
@@ -28,7 +43,7 @@ def cross_entropy(logits: Tensor, targets: np.ndarray, ignore_index: int = -100)
 
     def backward(dloss):
         # loss = mean_n -log_softmax(logits_n)[t_n]  ->  dlogits_n = (softmax(logits_n) - onehot(t_n)) / count
-        return (_ce.cross_entropy_backward(float(dloss), cache),)
+        return (_ce.cross_entropy_backward(_dloss(dloss), cache),)
 
     return make_result(_scalar(loss, logits), (logits,), backward, "cross_entropy", fresh_grads=True)
 
@@ -42,7 +57,7 @@ def distill_kl(student: Tensor, teacher, temperature: float, mask: np.ndarray | 
 
     def backward(dloss):
         # loss = T^2 mean_n KL(p_t || p_s)  ->  dstudent_n = T (p_s - p_t) / count
-        return (_kl.distill_kl_backward(float(dloss), cache),)
+        return (_kl.distill_kl_backward(_dloss(dloss), cache),)
 
     return make_result(_scalar(loss, student), (student,), backward, "distill_kl", fresh_grads=True)
 
@@ -55,7 +70,7 @@ def cosine_embedding_loss(a: Tensor, b, mask: np.ndarray | None = None) -> Tenso
 
     def backward(dloss):
         # loss = mean_n (1 - a_n.b_n / (|a_n| |b_n|))  ->  (da, db)
-        return _cosine.cosine_loss_backward(float(dloss), cache)
+        return _cosine.cosine_loss_backward(_dloss(dloss), cache)
 
     return make_result(_scalar(loss, a), (a, b_t), backward, "cosine_embedding_loss", fresh_grads=True)
 
@@ -67,7 +82,7 @@ def mse(a: Tensor, b, mask: np.ndarray | None = None) -> Tensor:
 
     def backward(dloss):
         # loss = mean (a - b)^2  ->  da = 2 (a - b) / count,  db = -da
-        return _cosine.mse_backward(float(dloss), cache)
+        return _cosine.mse_backward(_dloss(dloss), cache)
 
     return make_result(_scalar(loss, a), (a, b_t), backward, "mse", fresh_grads=True)
 
@@ -78,7 +93,11 @@ def similarity_kl(a: Tensor, b, temperature: float) -> Tensor:
         loss = tau^2 mean_i KL(softmax(S'_i / tau) || softmax(S_i / tau))
     which is distill_kl on the (N, N - 1) off-diagonal similarity rows: each sentence's ranking of the other
     sentences of the batch is matched, the thing a retrieval or similarity user reads off the embeddings."""
-    x, y = _data(a), np.asarray(_data(b), dtype=np.float32)
+    # The (N, C) pooled rows (N the batch) are small: on a GPU they are copied to the host explicitly, once, and
+    # the gradient copied back (a device array has no NumPy operations; calling np.linalg on one fails there).
+    on_device = _cuda.is_device_array(_data(a))
+    x = _cuda.to_host(_data(a))
+    y = np.asarray(_cuda.to_host(_data(b)), dtype=np.float32)
     N = x.shape[0]
     if N < 2:
         raise ValueError(f"similarity_kl: needs at least 2 rows, got {N}")
@@ -94,9 +113,11 @@ def similarity_kl(a: Tensor, b, temperature: float) -> Tensor:
         # loss = tau^2 mean_i KL(p_t || p_s) over S = xn xn^T off the diagonal  ->  dS from distill_kl, then
         # S = xn xn^T  ->  dxn = (dS + dS^T) xn;   xn = x / |x|  ->  dx = (dxn - xn (xn . dxn)) / |x|
         ds = np.zeros((N, N), dtype=np.float32)
-        ds[off] = np.asarray(_kl.distill_kl_backward(float(dloss), cache)).reshape(-1)
+        d = float(_cuda.to_host(dloss))  # a device dloss is read back: this term is computed on the host
+        ds[off] = np.asarray(_kl.distill_kl_backward(d, cache)).reshape(-1)
         dxn = (ds + ds.T) @ xn                                                        # (N, C)
-        return ((dxn - xn * (xn * dxn).sum(axis=1, keepdims=True)) / norm,)
+        dx = np.ascontiguousarray((dxn - xn * (xn * dxn).sum(axis=1, keepdims=True)) / norm, dtype=np.float32)
+        return (_cuda.to_device(dx) if on_device else dx,)
 
     return make_result(_scalar(loss, a), (a,), backward, "similarity_kl")
 
@@ -107,7 +128,7 @@ def bce_with_logits(logits: Tensor, targets: np.ndarray) -> Tensor:
 
     def backward(dloss):
         # loss = mean softplus(x) - t x  ->  dx = (sigmoid(x) - t) / (N K)
-        return (_bce.bce_with_logits_backward(float(dloss), cache),)
+        return (_bce.bce_with_logits_backward(_dloss(dloss), cache),)
 
     return make_result(_scalar(loss, logits), (logits,), backward, "bce_with_logits", fresh_grads=True)
 

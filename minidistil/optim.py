@@ -125,14 +125,15 @@ class LinearWarmupDecay:
 
 
 def global_grad_norm(params) -> float:
-    """sqrt(sum over all parameters of sum(g^2)), accumulated in float64 (on the GPU: the sum_of_squares kernel,
-    one float back per parameter)."""
-    from minidistil.kernels.adamw import sum_of_squares
-    total = 0.0
+    """sqrt(sum over all parameters of sum(g^2)), accumulated in float64 (on the GPU: one sum_of_squares_device
+    reduction over every gradient, one float back)."""
+    from minidistil.kernels.adamw import sum_of_squares_device
+    on_device = [p.grad for p in params if p.grad is not None and _cuda.is_device_array(p.grad)]
+    # every device gradient in one reduction on the GPU: one number comes back (one wait per step, not one per
+    # parameter)
+    total = float(_cuda.to_host(sum_of_squares_device(on_device))[0]) if on_device else 0.0
     for p in params:
-        if p.grad is not None and _cuda.is_device_array(p.grad):
-            total += sum_of_squares(p.grad)
-        elif p.grad is not None:
+        if p.grad is not None and not _cuda.is_device_array(p.grad):
             g = np.asarray(p.grad, dtype=np.float64)
             total += float(np.dot(g.reshape(-1), g.reshape(-1)))
     return math.sqrt(total)

@@ -120,3 +120,96 @@ def save_tiny_heads(root, tokens, max_positions, heads):
         model = minidistil.MODEL_CLASSES[arch].from_config(config, seed=0)
         out[name] = minidistil.save_pretrained(model, root / name, tok)
     return out
+
+
+# ---- the simulator made as strict as a GPU --------------------------------------------------------------------
+# numba's simulator runs a launch of 0 blocks as "nothing to do" and its fake device arrays forward any attribute
+# (np.asarray, arithmetic, .sum()) to a host numpy array. A real driver rejects the first with
+# CUDA_ERROR_INVALID_VALUE and a real DeviceNDArray has none of the second. `cuda` tests run with launches checked
+# (always) and may ask for device arrays that refuse host conversion (the `no_host_arrays` fixture).
+
+# The attributes a real numba DeviceNDArray has (numba.cuda.cudadrv.devicearray.DeviceNDArray): everything else
+# the simulator's FakeCUDAArray forwards to its host array is refused under `no_host_arrays`.
+DEVICE_ARRAY_ATTRIBUTES = frozenset({
+    "shape", "strides", "ndim", "size", "dtype", "nbytes", "alloc_size", "stream", "gpu_data", "T", "flags",
+    "copy_to_host", "copy_to_device", "reshape", "ravel", "view", "transpose", "squeeze", "bind", "split",
+    "is_c_contiguous", "is_f_contiguous", "__cuda_array_interface__", "_numba_type_", "device_ctypes_pointer",
+    "getitem", "setitem", "get_ipc_handle", "as_cuda_arg", "_dummy",
+})
+
+
+class HostConversionError(TypeError):
+    """A device array was used as a host array (a hidden device->host copy, or a crash on a real GPU)."""
+
+
+def _launch_checked(original):
+    def __getitem__(self, configuration):
+        kernel = original(self, configuration)
+        grid, block = tuple(self.grid_dim), tuple(self.block_dim)
+        name = getattr(self, "__name__", "kernel")
+        if min(grid) < 1 or min(block) < 1:
+            raise RuntimeError(f"{name}: launch with grid {grid}, block {block}: a GPU rejects a dimension of 0 "
+                               "(CUDA_ERROR_INVALID_VALUE); guard the launch")
+        if int(np.prod(block)) > 1024 or grid[0] > 2 ** 31 - 1 or max(grid[1:], default=1) > 65535:
+            raise RuntimeError(f"{name}: launch with grid {grid}, block {block} is over the CUDA limits")
+        return kernel
+    __getitem__.strict = True
+    return __getitem__
+
+
+@pytest.fixture(autouse=True)
+def _strict_launches(request):
+    """Every `cuda` test on the simulator: a kernel launch the driver would reject raises."""
+    if request.node.get_closest_marker("cuda") is None or os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        yield
+        return
+    from numba.cuda.simulator import kernel as sim_kernel
+    cls = sim_kernel.FakeCUDAKernel
+    if not getattr(cls.__getitem__, "strict", False):
+        cls.__getitem__ = _launch_checked(cls.__getitem__)
+    yield
+
+
+@pytest.fixture
+def no_host_arrays(monkeypatch):
+    """On the simulator: device arrays behave as a real DeviceNDArray, with no host conversion (np.asarray,
+    __array__, arithmetic, np.linalg on them, a scalar read by indexing): each raises HostConversionError, so a
+    hidden host copy fails here as it would fail (or silently copy) on a GPU. On a GPU: nothing to do."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        yield
+        return
+    from numba.cuda.simulator import kernel as sim_kernel
+    from numba.cuda.simulator.cudadrv import devicearray as sim_da
+    cls = sim_da.FakeCUDAArray
+    # inside a kernel (the simulator's threads) indexing a device array is a device read: allowed
+    forward = cls.__getattr__
+
+    def refuse(what):
+        def method(self, *args, **kwargs):
+            raise HostConversionError(f"device array {tuple(self._ary.shape)}: {what} would need a host copy")
+        return method
+
+    def __getattr__(self, name):
+        if name not in DEVICE_ARRAY_ATTRIBUTES and not sim_kernel._kernel_context:
+            raise HostConversionError(f"device array: .{name} is a host (numpy) attribute, not a device one")
+        return forward(self, name)
+
+    def __getitem__(self, idx):
+        out = cls_getitem(self, idx)
+        if not isinstance(out, cls) and not sim_kernel._kernel_context:
+            raise HostConversionError(f"device array: indexing with {idx!r} reads an element back to the host")
+        return out
+
+    cls_getitem = cls.__getitem__
+    monkeypatch.setattr(cls, "__getattr__", __getattr__)
+    monkeypatch.setattr(cls, "__getitem__", __getitem__)
+    monkeypatch.setattr(cls, "__array__", refuse("np.asarray"), raising=False)
+    for op in ("__add__", "__sub__", "__mul__", "__truediv__", "__floordiv__", "__mod__", "__pow__", "__lt__",
+               "__le__", "__gt__", "__ge__", "__matmul__", "__neg__", "__float__", "__int__", "__iter__", "__radd__",
+               "__rsub__", "__rmul__", "__rtruediv__", "__rmatmul__"):
+        monkeypatch.setattr(cls, op, refuse(op), raising=False)
+    # a real device array compares by identity (the fake one compares the host arrays elementwise)
+    monkeypatch.setattr(cls, "__eq__", object.__eq__)
+    monkeypatch.setattr(cls, "__ne__", object.__ne__)
+    monkeypatch.setattr(cls, "__hash__", object.__hash__)
+    yield

@@ -183,7 +183,7 @@ def test_model_forward_backward_on_device_equals_cpu():
     model.to("cuda")
     out = model(ids, mask, labels=labels, output_hidden_states=True)
     assert _cuda.is_device_array(out.logits.data) and all(_cuda.is_device_array(h.data) for h in out.hidden_states)
-    assert isinstance(out.loss.data, np.ndarray)  # a loss is a host number
+    assert _cuda.is_device_array(out.loss.data) and out.loss.shape == ()  # a loss stays on the device
     out.loss.backward()
     grads = _grads(model)
     for n, p in model.named_parameters():
@@ -230,7 +230,7 @@ def _teacher():
     return BertForMaskedLM.from_config(cfg, seed=1)
 
 
-def _distill_steps(device: str, steps: int = 3):
+def _distill_steps(device: str, steps: int = 3, weights=None):
     """`steps` updates of the triple loss (+ MSE and the pooled terms) with clipping and AdamW, student in training
     mode (dropout on: the same masks on both devices, from the same seeds). Returns the per-step (loss, terms,
     grad norm), the final parameters and AdamW's moments, all on the host."""
@@ -240,7 +240,8 @@ def _distill_steps(device: str, steps: int = 3):
     student = make_student(teacher, layers=[0])  # then trained away from it
     teacher.to(device)
     student.to(device)
-    w = LossWeights(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, alpha_mse=1.0, alpha_pool_cos=1.0, alpha_pool_mse=1.0)
+    w = weights or LossWeights(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, alpha_mse=1.0, alpha_pool_cos=1.0,
+                               alpha_pool_mse=1.0)
     # eps 1e-3 (not DistilBERT's 1e-6) keeps the update a smooth function of the gradient: |d update / d g| <=
     # 1 / eps, so a float32 difference in a gradient near 0 cannot flip an update's sign (see the tolerance below)
     opt = AdamW(student.named_parameters(), lr=1e-2, eps=1e-3)
@@ -297,7 +298,52 @@ def test_three_distillation_steps_on_device_equal_cpu():
     assert gpu_state["t"] == cpu_state["t"] == steps
 
 
+@pytest.mark.cuda
+def test_every_loss_term_runs_on_device_arrays_without_host_numpy(no_host_arrays):
+    """One step with every term, the similarity KL (--alpha-sim) included, on device arrays that refuse host
+    conversion as a real GPU's do (conftest's no_host_arrays): no term may call NumPy on a device array. The step
+    equals the CPU one within the tolerance of test_three_distillation_steps_on_device_equal_cpu."""
+    from minidistil.distill import LossWeights
+    w = LossWeights(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, alpha_mse=1.0, alpha_pool_cos=1.0, alpha_pool_mse=1.0,
+                    alpha_sim=1.0, sim_temperature=0.5)
+    (l_c, t_c, g_c), = _distill_steps("cpu", steps=1, weights=w)[0]
+    (l_g, t_g, g_g), = _distill_steps("cuda", steps=1, weights=w)[0]
+    K = max(C, FF, V, B * T)
+    n_fwd = 2 * (N_PER_LAYER + N_HEAD)
+    assert set(t_g) == set(t_c) and "sim" in t_g
+    for k in t_c:
+        assert abs(t_g[k] - t_c[k]) <= chain_tol(n_fwd, K, max(abs(t_c[k]), 1.0)), (k, t_g[k], t_c[k])
+    assert abs(l_g - l_c) <= chain_tol(n_fwd, K, abs(l_c))
+    assert abs(g_g - g_c) <= chain_tol(2 * n_fwd, K, g_c)
+
+
 # ---- the small generic kernels the autograd uses on device arrays ---------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(0, 5), (3, 1), (2 * _cuda.COL_CHUNK_ROWS + 1, 2 * _cuda.COL_TILE + 3),
+                                   ((_cuda.COL_MAX_CHUNKS + 1) * _cuda.COL_CHUNK_ROWS + 3, _cuda.COL_TILE + 1)])
+def test_column_sum_matches_numpy(rng, shape):
+    """The bias gradients' column sums: several column blocks (the last one partial), several row lanes and row
+    chunks (then a second launch adds the chunks' partial sums), at most COL_MAX_CHUNKS chunks. Float32 sums of
+    `rows` terms: within f32_tol(rows, max|a|) of the float64 sum."""
+    a = rng.standard_normal(shape).astype(np.float32)
+    got = _cuda.to_host(_cuda.column_sum(_cuda.to_device(a)))
+    assert got.dtype == np.float32 and got.shape == (shape[1],)
+    _checks.assert_close(got, a.astype(np.float64).sum(axis=0),
+                         atol=_checks.f32_tol(max(shape[0], 1), scale=float(np.abs(a).max(initial=1.0))),
+                         name="column sums")
+
+
+@pytest.mark.cuda
+def test_sum_to_sums_float64_in_float64():
+    """A float64 device array is summed in float64 (not through a float32 buffer). Every entry is 1 + 2^-40 and
+    there are 2 THREADS + 3 rows (several passes of the strided loop): each partial sum k (1 + 2^-40) is exact in
+    float64 (45 bits) whatever the order, while float32 (24 bits) would round every one to k."""
+    rows = 2 * _cuda.THREADS + 3
+    g = np.full((rows, 3), 1.0 + 2.0 ** -40, np.float64)
+    got = _cuda.to_host(E.sum_to(_cuda.to_device(g), (1, 3)))
+    assert got.dtype == np.float64
+    assert np.array_equal(got, np.full((1, 3), rows * (1.0 + 2.0 ** -40))), got - rows
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("a_shape,b_shape", [((2, 3, 5), (5,)), ((2, 3, 5), (2, 3, 1)), ((2, 3, 5), (2, 3, 5)),

@@ -112,7 +112,8 @@ def test_cpu_matches_reference_hypothesis(g, weight_decay, step):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("shape", [(1,), (7, 13), (2, 40)])
+# (the last shape: more elements than the sum of squares' grid holds threads, so its grid-stride loop loops)
+@pytest.mark.parametrize("shape", [(1,), (7, 13), (2, 40), (2 * K._SUMSQ_MAX_BLOCKS * _cuda.THREADS + 5,)])
 def test_cuda_matches_reference(rng, shape):
     steps = 3
     p0 = rng.standard_normal(shape).astype(np.float32)
@@ -131,6 +132,21 @@ def test_cuda_matches_reference(rng, shape):
 
 
 # sum of squares ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+def test_sum_of_squares_device_adds_every_array_in_one_reduction(rng):
+    """Gradient clipping's global norm: every array's partial sums in one buffer, one block adds them, the result
+    stays on the device ((1,) float64). Empty arrays and an empty list count 0. float32 squares are exact in float64
+    and every term is positive: total * N eps64 relative, whatever the order."""
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in ((3, 5), (0,), (2 * K._SUMSQ_MAX_BLOCKS *
+                                                                              _cuda.THREADS + 7,), (1,))]
+    got = K.sum_of_squares_device([_cuda.to_device(a) for a in arrays])
+    assert _cuda.is_device_array(got) and tuple(got.shape) == (1,) and np.dtype(got.dtype) == np.float64
+    want = sum(K.sum_of_squares_ref(a) for a in arrays)
+    n = sum(a.size for a in arrays)
+    assert abs(float(_cuda.to_host(got)[0]) - want) <= n * EPS64 * want
+    assert float(_cuda.to_host(K.sum_of_squares_device([]))[0]) == 0.0
+
 
 @pytest.mark.parametrize("n", [0, 1, 13, 1000, 1 << 17])
 def test_sum_of_squares_cpu(rng, n):

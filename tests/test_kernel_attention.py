@@ -169,7 +169,9 @@ def test_cpu_matches_reference_hypothesis(B, T, H, D, seed, data):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("B,T,C,H,n_pad", [(1, 1, 4, 1, 0), (2, 5, 6, 2, 1), (1, 7, 13, 1, 0), (2, 3, 8, 2, 2)])
+# (the last shape: T and the head width D above THREADS, so the loops over keys and over D take several passes)
+@pytest.mark.parametrize("B,T,C,H,n_pad", [(1, 1, 4, 1, 0), (2, 5, 6, 2, 1), (1, 7, 13, 1, 0), (2, 3, 8, 2, 2),
+                                           (1, _cuda.THREADS + 3, _cuda.THREADS + 2, 1, 1)])
 def test_cuda_matches_reference(rng, B, T, C, H, n_pad):
     q, k, v, dout, mask = K.make_data(rng, B, T, C, n_pad_rows=n_pad)
     qd, kd, vd, dod = (_cuda.to_device(a) for a in (q, k, v, dout))

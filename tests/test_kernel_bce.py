@@ -64,14 +64,18 @@ def test_cpu_matches_reference_hypothesis(N, Kl, scale, seed, dloss):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("N,Kl", [(1, 1), (7, 13), (3, 70)])
+# (the last shape takes several passes of every strided loop: rows of the loss's sum, the elements of the grid)
+@pytest.mark.parametrize("N,Kl", [(1, 1), (7, 13), (3, 70), (_cuda.THREADS + 3, 2 * _cuda.THREADS + 5)])
 def test_cuda_matches_reference(rng, N, Kl):
     x, y = _data(rng, N, Kl)
     dloss = 1.3
     loss_ref, dx_ref = _reference(x, y, dloss)
     loss, cache = K.bce_with_logits_forward(_cuda.to_device(x), _cuda.to_device(y))  # dispatches to CUDA
     dx = _cuda.to_host(K.bce_with_logits_backward(dloss, cache))
-    assert isinstance(loss, float) and dx.dtype == np.float32
+    assert np.array_equal(_cuda.to_host(K.bce_with_logits_backward(_cuda.device_scalar(dloss), cache)), dx)
+    assert dx.dtype == np.float32
+    assert _cuda.is_device_array(loss) and tuple(loss.shape) == () and np.dtype(loss.dtype) == np.float32
+    loss = float(_cuda.to_host(loss))  # the loss stays on the device: read back here to compare
     tol_l, tol_g = K.tolerances(x, dloss)
     _checks.assert_close(loss, loss_ref, atol=tol_l, name="loss")
     _checks.assert_close(dx, dx_ref, atol=tol_g, name="dlogits")

@@ -88,14 +88,25 @@ def test_cpu_matches_reference_hypothesis(N, C, scale, seed, dloss):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("N,C,selected", [(1, 1, "none"), (7, 13, "some"), (3, 70, "all"), (2, 5, "nothing")])
-def test_cuda_matches_reference(rng, N, C, selected):
+# (the last shape takes several passes of every strided loop: rows of the loss's sum, columns of a row)
+@pytest.mark.parametrize("N,C,selected", [(1, 1, "none"), (7, 13, "some"), (3, 70, "all"), (2, 5, "nothing"),
+                                          (_cuda.THREADS + 3, 2 * _cuda.THREADS + 5, "some")])
+@pytest.mark.parametrize("mask_on", ["host", "device"])
+def test_cuda_matches_reference(rng, N, C, selected, mask_on):
     a, b, mask = _data(rng, N, C, selected)
     dloss = 1.3
     ad, bd = _cuda.to_device(a), _cuda.to_device(b)
-    lc, cc = K.cosine_loss_forward(ad, bd, mask)  # dispatches to CUDA
-    lm, cm = K.mse_forward(ad, bd, mask)
+    m = _cuda.to_device(mask) if mask_on == "device" and mask is not None else mask  # a device mask: used in place
+    lc, cc = K.cosine_loss_forward(ad, bd, m)  # dispatches to CUDA
+    lm, cm = K.mse_forward(ad, bd, m)
     assert _cuda.is_device_array(cc.cos)
+    for loss in (lc, lm):  # the losses stay on the device: read back here to compare
+        assert _cuda.is_device_array(loss) and tuple(loss.shape) == () and np.dtype(loss.dtype) == np.float32
+    lc, lm = float(_cuda.to_host(lc)), float(_cuda.to_host(lm))
+    d = _cuda.device_scalar(dloss)  # the upstream gradient as a device scalar: the same gradients
+    for x, y in zip((*K.cosine_loss_backward(d, cc), *K.mse_backward(d, cm)),
+                    (*K.cosine_loss_backward(dloss, cc), *K.mse_backward(dloss, cm))):
+        assert np.array_equal(_cuda.to_host(x), _cuda.to_host(y))
     cos_out = (lc, *(_cuda.to_host(g) for g in K.cosine_loss_backward(dloss, cc)))
     mse_out = (lm, *(_cuda.to_host(g) for g in K.mse_backward(dloss, cm)))
     assert all(g.dtype == np.float32 for g in (*cos_out[1:], *mse_out[1:]))

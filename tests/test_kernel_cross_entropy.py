@@ -78,7 +78,9 @@ def test_cpu_matches_reference_hypothesis(N, V, scale, seed, dloss):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("N,V,ignored", [(1, 1, "none"), (7, 13, "some"), (3, 70, "none"), (2, 5, "all")])
+# (the last shape takes several passes of every strided loop: rows of the loss's sum, columns of a row)
+@pytest.mark.parametrize("N,V,ignored", [(1, 1, "none"), (7, 13, "some"), (3, 70, "none"), (2, 5, "all"),
+                                         (_cuda.THREADS + 3, 2 * _cuda.THREADS + 5, "some")])
 def test_cuda_matches_reference(rng, N, V, ignored):
     x, t = _data(rng, N, V, ignored)
     dloss = 1.3
@@ -86,7 +88,11 @@ def test_cuda_matches_reference(rng, N, V, ignored):
     loss, cache = K.cross_entropy_forward(_cuda.to_device(x), _cuda.to_device(t))  # dispatches to CUDA
     assert _cuda.is_device_array(cache.lse)
     dx = _cuda.to_host(K.cross_entropy_backward(dloss, cache))
-    assert isinstance(loss, float) and dx.dtype == np.float32
+    # the upstream gradient as a device scalar (a device loss's backward): read on the device, the same dx
+    assert np.array_equal(_cuda.to_host(K.cross_entropy_backward(_cuda.device_scalar(dloss), cache)), dx)
+    assert dx.dtype == np.float32
+    assert _cuda.is_device_array(loss) and tuple(loss.shape) == () and np.dtype(loss.dtype) == np.float32
+    loss = float(_cuda.to_host(loss))  # the loss stays on the device: read back here to compare
     tol_l, tol_g = K.tolerances(x, dloss, n)
     _checks.assert_close(loss, loss_ref, atol=tol_l, name="loss")
     _checks.assert_close(dx, dx_ref, atol=tol_g, name="dlogits")

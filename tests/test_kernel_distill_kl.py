@@ -85,15 +85,22 @@ def test_cpu_matches_reference_hypothesis(N, V, scale, T, seed, dloss):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("N,V,selected", [(1, 1, "none"), (7, 13, "some"), (3, 70, "all"), (2, 5, "nothing")])
-def test_cuda_matches_reference(rng, N, V, selected):
+# (the last shape takes several passes of every strided loop: rows of the loss's sum, columns of a row)
+@pytest.mark.parametrize("N,V,selected", [(1, 1, "none"), (7, 13, "some"), (3, 70, "all"), (2, 5, "nothing"),
+                                          (_cuda.THREADS + 3, 2 * _cuda.THREADS + 5, "some")])
+@pytest.mark.parametrize("mask_on", ["host", "device"])
+def test_cuda_matches_reference(rng, N, V, selected, mask_on):
     s, z, mask = _data(rng, N, V, selected)
     T, dloss = 2.0, 1.3
     loss_ref, ds_ref, n = _reference(s, z, T, mask, dloss)
-    loss, cache = K.distill_kl_forward(_cuda.to_device(s), _cuda.to_device(z), T, mask)  # dispatches to CUDA
+    m = _cuda.to_device(mask) if mask_on == "device" and mask is not None else mask  # a device mask: used in place
+    loss, cache = K.distill_kl_forward(_cuda.to_device(s), _cuda.to_device(z), T, m)  # dispatches to CUDA
     assert _cuda.is_device_array(cache.lse_s)
     ds = _cuda.to_host(K.distill_kl_backward(dloss, cache))
-    assert isinstance(loss, float) and ds.dtype == np.float32
+    assert np.array_equal(_cuda.to_host(K.distill_kl_backward(_cuda.device_scalar(dloss), cache)), ds)
+    assert ds.dtype == np.float32
+    assert _cuda.is_device_array(loss) and tuple(loss.shape) == () and np.dtype(loss.dtype) == np.float32
+    loss = float(_cuda.to_host(loss))  # the loss stays on the device: read back here to compare
     tol_l, tol_g = K.tolerances(s, z, T, dloss, n)
     _checks.assert_close(loss, loss_ref, atol=tol_l, name="loss")
     _checks.assert_close(ds, ds_ref, atol=tol_g, name="dstudent")

@@ -229,7 +229,9 @@ def test_bad_input_names_the_problem(rng):
 # ---- CUDA (the simulator without a GPU) ------------------------------------------------------------------------
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("n,cin,cout", [(1, 1, 1), (5, 13, 11), (9, 21, 17)])
+# (the last shape: a row's quantisation loop and the GEMM's tiles take several passes, whatever THREADS is)
+@pytest.mark.parametrize("n,cin,cout", [(1, 1, 1), (5, 13, 11), (9, 21, 17),
+                                         (2 * _cuda.TILE + 1, 2 * _cuda.THREADS + 3, _cuda.TILE + 2)])
 def test_cuda_matches(rng, n, cin, cout):
     if not _cuda.available():
         pytest.skip("no GPU and NUMBA_ENABLE_CUDASIM is not set")

@@ -116,7 +116,10 @@ def test_cpu_matches_reference_hypothesis(x, eps, seed):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("shape", [(1, 1), (3, 13), (2, 3, 40)])
+# the last shape takes several passes of every strided loop: a row's columns (THREADS apart), dw and db's column
+# blocks, row lanes and row chunks (three: a second launch adds them)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 13), (2, 3, 40),
+                                   (2 * _cuda.COL_CHUNK_ROWS + 3, _cuda.THREADS + 3)])
 def test_cuda_matches_reference(rng, shape):
     eps = 1e-12
     x, r, w, b, dy = _data(rng, shape)

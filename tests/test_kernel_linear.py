@@ -101,7 +101,8 @@ def test_cuda_matches_reference(rng, xshape, cout, bias):
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_matmul_cuda_transposes(rng, trans_a, trans_b):
-    M, Kd, N = 9, 11, 10                               # c (M, N) = op(a) (M, K) @ op(b) (K, N)
+    # c (M, N) = op(a) (M, K) @ op(b) (K, N), with several tiles in every direction (the last ones partial)
+    M, Kd, N = 2 * _cuda.TILE + 1, 2 * _cuda.TILE + 3, _cuda.TILE + 2
     a = rng.standard_normal((Kd, M) if trans_a else (M, Kd)).astype(np.float32)
     b = rng.standard_normal((N, Kd) if trans_b else (Kd, N)).astype(np.float32)
     c = _cuda.to_host(K.matmul_cuda(_cuda.to_device(a), _cuda.to_device(b), trans_a=trans_a, trans_b=trans_b))

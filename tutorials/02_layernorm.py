@@ -175,7 +175,8 @@ assert y32.dtype == dh32.dtype == np.float32
 #
 # Each block owns one row; its threads stride over the row, each summing its share, then a tree reduction in
 # `cuda.shared.array(THREADS)` halves the number of active threads each step (the simulator has no warp shuffles).
-# `dw`, `db` come from a second kernel with one block per column. Tiny shapes on the simulator.
+# `dw`, `db` come from a second kernel whose threads read adjacent columns of a row (coalesced), in chunks of rows
+# that a column sum then adds. Tiny shapes on the simulator.
 
 # %%
 n, c = 6, 40                                                  # the simulator runs one Python thread per GPU thread
