@@ -351,6 +351,14 @@ def onnx_step(s: Sizes, sc: Scenario, path: str, device: str = "cpu"):
     return lambda: sess.run(None, feeds)[0]
 
 
+def _int8_step(fw: str, s: Sizes, sc: Scenario, float_models=None, onnx_path: str | None = None):
+    """The zero-argument callable of one int8 forward: minidistil_step / onnx_step on the int8 models
+    (minidistil/bench_int8.py makes them)."""
+    if fw == "minidistil-int8":
+        return minidistil_step(s, sc, bench_int8.quantized_models(float_models or _md_models(s, sc.kind)))
+    return onnx_step(s, sc, bench_int8.quantize_onnx(onnx_path))
+
+
 def available(device: str = "cpu") -> dict[str, str]:
     """framework -> version, or 'missing: ...' (without importing the heavy modules when not installed). On "cuda",
     torch needs a CUDA build that sees a GPU and ONNX Runtime its CUDAExecutionProvider."""
@@ -408,7 +416,7 @@ def _memory_child(fw: str, quick, name: str, onnx_path: str | None, steps: int, 
         import numpy  # noqa: F401
         import onnxruntime  # noqa: F401
     base = _rss_mb("VmRSS")
-    step = (bench_int8.step(fw, s, sc, onnx_path=onnx_path) if fw in INT8_FRAMEWORKS
+    step = (_int8_step(fw, s, sc, onnx_path=onnx_path) if fw in INT8_FRAMEWORKS
             else minidistil_step(s, sc) if fw.startswith("minidistil") else torch_step(s, sc) if fw == "torch"
             else onnx_step(s, sc, onnx_path))
     times = []
@@ -600,7 +608,7 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
                     if fw == "onnxruntime-int8" and onnx_path is None:
                         onnx_path = export_onnx(s, sc, os.path.join(tmp, f"distilbert_{sc.name}.onnx"),
                                                 torch_models[0])
-                    steps[fw] = bench_int8.step(fw, s, sc, models, onnx_path)
+                    steps[fw] = _int8_step(fw, s, sc, models, onnx_path)
                     if fw == "minidistil-int8" and fw not in files:
                         files["minidistil"] = bench_int8.file_mb("minidistil", models[0], folder=tmp)
                         files[fw] = bench_int8.file_mb(fw, bench_int8.quantized_models(models)[0], folder=tmp)
@@ -754,7 +762,7 @@ def plot(results: list[Result], path: str):
 
 
 def _add_arguments(p: argparse.ArgumentParser):
-    from minidistil.cli import COUNT, NON_NEGATIVE, POSITIVE_INT
+    from minidistil.argtypes import COUNT, NON_NEGATIVE, POSITIVE_INT
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test: seconds); --size quick")
     p.add_argument("--size", choices=list(SIZES), default=None,
                    help="model size: full (DistilBERT-base, the default), quick, or tiny (for the CUDA simulator)")

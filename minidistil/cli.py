@@ -24,13 +24,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import sys
 import warnings
 
 import numpy as np
 
 from . import qa as QA
+# argument types: every numeric option of every command is parsed by one of the rules of minidistil/argtypes.py (the
+# library checks its configs with the same rules); the names stay importable from here
+from .argtypes import COUNT as COUNT, NON_NEGATIVE as NON_NEGATIVE, POSITIVE as POSITIVE
+from .argtypes import POSITIVE_INT as POSITIVE_INT, SHARE as SHARE, WEIGHT as WEIGHT
+from .argtypes import bounded as bounded, check_fields as check_fields, int_list as int_list
 from .files import check_unicode, decode_utf8, read_text
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
@@ -60,73 +64,6 @@ COMMANDS: list[tuple[str, str, str, str]] = [
 
 class CLIError(ValueError):
     """An error to report in one line (no traceback)."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# argument types: every numeric option of every command is parsed by one of these, so a value out of range is
-# refused at parse time ("argument --steps: must be >= 1") instead of hanging or training on nonsense
-
-
-def bounded(kind: type, at_least: float | None = None, *, above: float | None = None,
-            at_most: float | None = None, below: float | None = None):
-    """An argparse type: `kind(value)` (int or float; finite), refused unless it lies in the stated range. Also
-    accepts numbers, so a config check can apply the same rule to an API argument."""
-    rules = [(f">= {at_least:g}", lambda v: v >= at_least) if at_least is not None else None,
-             (f"> {above:g}", lambda v: v > above) if above is not None else None,
-             (f"<= {at_most:g}", lambda v: v <= at_most) if at_most is not None else None,
-             (f"< {below:g}", lambda v: v < below) if below is not None else None]
-    rules = [r for r in rules if r]
-    need = "must be " + " and ".join(text for text, _ in rules) if rules else ""
-
-    def parse(value):
-        if isinstance(value, bool):
-            raise argparse.ArgumentTypeError(f"expected {'an int' if kind is int else 'a number'}, got {value!r}")
-        if isinstance(value, str):
-            try:
-                value = kind(value.strip())
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {value!r}") from None
-        elif kind is int and value != int(value):
-            raise argparse.ArgumentTypeError(f"expected an int, got {value!r}")
-        value = kind(value)
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
-        if not all(ok(value) for _, ok in rules):
-            raise argparse.ArgumentTypeError(f"{need}, got {value:g}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-POSITIVE_INT = bounded(int, 1)              # counts that must be at least one: --steps, --batch-size, --epochs
-COUNT = bounded(int, 0)                     # counts that may be 0: --checkpoint-every, --stride, --seed
-POSITIVE = bounded(float, above=0)          # --lr, --time-budget, --temperature, --max-grad-norm
-NON_NEGATIVE = bounded(float, 0)            # --weight-decay, loss weights
-SHARE = bounded(float, 0, below=1)          # shares of a whole that leave something: --warmup, --held-out
-WEIGHT = bounded(float, 0, at_most=1)       # mixing weights: --alpha
-
-
-def int_list(value: str) -> list[int]:
-    """An argparse type: comma-separated ints >= 0 ("0,2,4")."""
-    try:
-        out = [int(x) for x in value.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0,2,4, got {value!r}") from None
-    if not out or min(out) < 0:
-        raise argparse.ArgumentTypeError(f"must be numbers >= 0, got {value!r}")
-    return out
-
-
-def check_fields(config, types: dict) -> None:
-    """Apply the argument types to a config's fields (None is left alone): a ValueError names the field."""
-    for name, parse in types.items():
-        value = getattr(config, name)
-        if value is not None:
-            try:
-                parse(value)
-            except argparse.ArgumentTypeError as e:
-                raise ValueError(f"{name}: {e}") from None
 
 
 class Parser(argparse.ArgumentParser):
@@ -255,7 +192,7 @@ def add_embed(sub, name, help):
 
 
 def run_embed(args) -> int:
-    from .safetensors_io import atomic_write
+    from .files import atomic_write
     texts = _texts(args)
     emb = _pipeline("sentence-embeddings", args).encode(texts, batch_size=args.batch_size,  # (N, C) input order;
                                                         normalize_embeddings=args.normalize)  # a bar on a tty

@@ -63,7 +63,7 @@ from . import functional as F
 from . import losses as L
 from . import parallel
 from .autograd import Tensor, no_grad
-from .cli import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, bounded, check_fields, int_list
+from .argtypes import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, bounded, check_fields, int_list
 from .config import BertConfig, DistilBertConfig
 from .device import check_device, describe
 from .kernels import _cuda
@@ -552,7 +552,7 @@ def write_sentence_transformers_files(teacher_dir: str | Path, student_dir: str 
     MEAN pooling (the pooling every embedding term of the distillation is computed on, whatever the teacher
     used), sentence_bert_config.json (the teacher's max_seq_length and casing) and
     config_sentence_transformers.json. Returns the files written ([] for a plain teacher)."""
-    from .safetensors_io import atomic_write
+    from .files import atomic_write
     teacher_dir, student_dir = Path(teacher_dir), Path(student_dir)
     if not (teacher_dir / "modules.json").is_file():
         return []

@@ -42,6 +42,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,12 +56,12 @@ from . import parallel
 from . import qa as QA
 from . import taskdata as TD
 from .autograd import no_grad
-from .cli import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, WEIGHT, bounded, check_fields
+from .argtypes import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, WEIGHT, bounded, check_fields
 from .device import check_device, describe
 from .kernels import _cuda
 from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
 from .run import Run, RunState, plot_curves, quiet_overflow, schedule_summary, schedule_text
-from .safetensors_io import atomic_write
+from .files import atomic_write
 
 TASKS = {  # task -> (head class suffix, problem_type, main metric)
     "classification": ("ForSequenceClassification", "single_label_classification", "accuracy"),
@@ -71,7 +72,8 @@ TASKS = {  # task -> (head class suffix, problem_type, main metric)
     "choice": ("ForMultipleChoice", None, "accuracy"),
 }
 FORMATS = ("csv", "tsv", "jsonl", "imdb", "conll", "squad")
-RESOURCES = Path(__file__).parent / "resources"   # "resource:sentiment_small.tsv" names a file shipped there
+# "resource:sentiment_small.tsv" names a file shipped in the package's resources/ folder
+RESOURCES = Path(str(resources.files("minidistil"))) / "resources"
 
 
 def data_path(path: str) -> str:
@@ -495,9 +497,8 @@ def _task_metrics(task: str, out: dict, examples: list, feats: dict, names, cfg:
 
 
 def head_class(model_path, task: str):
-    from .loading import model_classes, resolve
-    from .pipelines import _class_for  # the checkpoint's own head class, else model type + head
-    return _class_for(resolve(model_path), TASKS[task][0], model_classes())
+    from .loading import class_for, resolve  # the checkpoint's own head class, else model type + head
+    return class_for(resolve(model_path), TASKS[task][0])
 
 
 def reinit(model, names: list[str], seed: int):

@@ -22,7 +22,6 @@ Shapes: B batch, T tokens, C width, V vocabulary, K labels.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,9 @@ import numpy as np
 from . import qa as QA
 from . import functional as F
 from .autograd import no_grad
-from .config import config_from_json_file
 from .files import brief, read_json
+# the one model loader (minidistil/loading.py): a checkpoint as the class a task needs
+from .loading import class_for as _class_for, load_model as load_model
 from .tokenizer import Tokenizer
 
 
@@ -99,40 +99,6 @@ class Pipeline:
     def _batches(self, n: int):
         for i in range(0, n, self.batch_size):
             yield slice(i, min(n, i + self.batch_size))
-
-
-def load_model(folder: Path, model_cls: type, device=None, require_head: bool = False):
-    """The checkpoint in `folder` as `model_cls` (None: its own architecture), on `device`. require_head=True
-    raises a CheckpointError naming the weights the checkpoint lacks instead of starting them at random."""
-    from .loading import CheckpointError, from_pretrained
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
-        model, info = from_pretrained(folder, cls=model_cls, output_loading_info=True)
-    if require_head and info["missing_keys"]:
-        missing = info["missing_keys"]
-        raise CheckpointError(f"{folder}: no trained weights for {type(model).__name__}'s head ({len(missing)} "
-                              f"missing: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}); fine-tune "
-                              "it first (`minidistil finetune`) or give a checkpoint that has this head")
-    for w in said:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if device is not None:
-        from .device import check_device
-        model.to(check_device(device))
-    return model
-
-
-def _class_for(folder: Path, head: str, classes: dict[str, type]) -> type:
-    """The class for this task: the checkpoint's own architecture when it has the right head, else the model
-    type's prefix + head (a new, randomly initialised head then: the loader warns about it)."""
-    config = config_from_json_file(folder / "config.json")                    # a ValueError naming file and field
-    for arch in config.architectures or []:
-        if arch.endswith(head) and arch in classes:
-            return classes[arch]
-    model_type = config.model_type
-    name = {"bert": "Bert", "distilbert": "DistilBert"}.get(model_type, "Bert") + head
-    if name not in classes:
-        raise ValueError(f"{folder}: no {name} class in minidistil (available: {sorted(classes)})")
-    return classes[name]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def load(model_path, device: str | None = None):
     """(model, tokenizer) of a fine-tuned checkpoint (its own head class); a checkpoint that lacks weights of its
     head is refused, naming them."""
     from .loading import resolve
-    from .pipelines import load_model
+    from .loading import load_model
     from .tokenizer import Tokenizer
     folder = resolve(model_path)
     return load_model(folder, None, device, require_head=True), Tokenizer.from_pretrained(folder)
@@ -123,7 +123,8 @@ def evaluate(model, data, *, task: str | None = None, held_out: float | None = N
     from . import metrics as M
     from .evaluation import cosine
     from .loading import resolve
-    from .pipelines import SentenceEncoder, load_model
+    from .loading import load_model
+    from .pipelines import SentenceEncoder
     from .tokenizer import Tokenizer
     if held_out is not None and not 0.0 < held_out < 1.0:
         raise ValueError(f"held_out: expected a share between 0 and 1, got {held_out}")

@@ -73,6 +73,10 @@ class QuantizedWeight(Tensor):
             self._on_device = _int8.weight_to_device(self.int8)
         return self._on_device
 
+    def linear(self, x: Tensor, b: Tensor | None = None) -> Tensor:
+        """F.linear's hook for a weight with its own product: the int8 kernel."""
+        return int8_linear(x, self, b)
+
     def dequantize(self) -> np.ndarray:
         """W^ = s_w q (Cout, Cin) float32."""
         return _int8.dequantize(self.int8.q, self.int8.scale)
@@ -215,7 +219,8 @@ def save_quantized(model, folder, tokenizer=None) -> Path:
     """Write config.json (with `architectures` and `quantization_config`), model.safetensors and the tokenizer,
     each atomically (loading.save_pretrained calls this for a quantised model)."""
     from minidistil.loading import CONFIG_NAME, WEIGHTS_NAME
-    from minidistil.safetensors_io import atomic_write, save_file
+    from minidistil.files import atomic_write
+    from minidistil.safetensors_io import save_file
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
@@ -243,7 +248,7 @@ def load_quantized(folder, config_dict: dict, cls=None, device: str | None = Non
     `quantization_config`). Every tensor the model needs must be in the file: a quantised checkpoint cannot
     grow a new head (load the float32 model, add and train the head, then quantise)."""
     from minidistil.config import config_from_dict
-    from minidistil.loading import CheckpointError, _pick_class, _to_device, read_state_dict
+    from minidistil.loading import CheckpointError, pick_class, read_state_dict, to_device
     folder = Path(folder)
     qc = config_dict.get("quantization_config")
     if not isinstance(qc, dict) or qc.get("quant_method") != QUANT_METHOD:
@@ -254,7 +259,7 @@ def load_quantized(folder, config_dict: dict, cls=None, device: str | None = Non
         raise CheckpointError(f"{folder / 'config.json'}: quantization format version {qc['version']} is newer "
                               f"than this minidistil reads ({FORMAT_VERSION}); upgrade minidistil")
     config = config_from_dict(config_dict)
-    model = _pick_class(config, cls, folder)(config)              # zero weights: every tensor comes from the file
+    model = pick_class(config, cls, folder)(config)              # zero weights: every tensor comes from the file
     state = read_state_dict(folder)
     keys = set(state)
     prefix = getattr(model, "base_model_prefix", "") or ""
@@ -323,10 +328,15 @@ def load_quantized(folder, config_dict: dict, cls=None, device: str | None = Non
                for n, m in model.named_modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding))}
     object.__setattr__(model, "quantization_config", _config_entry(modules))
     object.__setattr__(model, "name_or_path", str(folder))
-    model = _to_device(model.eval(), device)
+    model = to_device(model.eval(), device)
     if output_loading_info:
         return model, {"missing_keys": [], "unexpected_keys": unexpected}
     return model
+
+
+# the plug-in format's hooks (minidistil/plugins.py): loading.from_pretrained / save_pretrained call them
+load_checkpoint = load_quantized
+save_checkpoint = save_quantized
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -346,7 +356,7 @@ def quantize_folder(src, out) -> dict:
     """Load the checkpoint `src`, quantise it, write it to `out` with the tokenizer and sentence-transformers files
     (pooling, normalisation) copied over. Returns sizes and what was quantised."""
     from minidistil.loading import CheckpointError, from_pretrained, resolve, save_pretrained
-    from minidistil.safetensors_io import atomic_write
+    from minidistil.files import atomic_write
     folder = resolve(src)
     out = Path(out)
     if out.exists() and out.resolve() == folder.resolve():

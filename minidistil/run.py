@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint as ckpt
-from .safetensors_io import atomic_write, named_os_error
+from .files import atomic_write, named_os_error
 
 try:
     import fcntl

@@ -25,8 +25,7 @@ import numpy as np
 from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from .files import check_unicode, read_json_object, read_text
-from .safetensors_io import atomic_write
+from .files import atomic_write, check_unicode, read_json_object, read_text
 
 SPECIAL = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
            "mask_token": "[MASK]"}

@@ -119,7 +119,7 @@ def test_model_folder_holds_no_training_state_and_files_follow_the_umask(setup, 
 
 
 def test_atomic_writes_honour_the_umask(tmp_path):
-    from minidistil.safetensors_io import atomic_write
+    from minidistil.files import atomic_write
     for mask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
         old = os.umask(mask)
         try:

@@ -32,7 +32,7 @@ def stub_files() -> list[Path]:
 def copy_exercises(dest, force: bool = False) -> list[Path]:
     """Copy the stubs and their README into the folder `dest` (made if missing); return the files written.
     Refuses (ValueError, before writing anything) when a file would be overwritten, unless force=True."""
-    from minidistil.safetensors_io import atomic_write
+    from minidistil.files import atomic_write
 
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
