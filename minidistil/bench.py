@@ -19,8 +19,7 @@ of the forward scenarios, on the CPU, with their file sizes (minidistil/bench_in
 Timing: every framework's step is built first, warmed up (JIT compilation, caches), then the frameworks are timed
 INTERLEAVED (one step of each in turn, `--repeat` rounds), so that a change of machine load hits all of them
 alike, with a `--pause` (0.3 s) before each timed step: a framework's worker threads may keep spinning after its
-step (measured: right after a torch step, minidistil's next forward took 2x longer than after a 0.3 s pause), and
-the pause keeps one framework's leftovers out of the next one's time. The table gives the median, the ratio to
+step, and the pause keeps one framework's leftovers out of the next one's time. The table gives the median, the ratio to
 minidistil's median and GFLOP/s from an analytic FLOP count (`flops()`: GEMMs and attention products; a training
 step counted as 3 forwards). Peak memory: tracemalloc does not
 see numpy's or torch's allocations, so each (framework, scenario) runs once more in a FRESH subprocess that reports
@@ -40,11 +39,11 @@ GELU, layer norm, Python).
 
 Process settings: `import minidistil` sets up its process (minidistil/_runtime.py: OMP_WAIT_POLICY=PASSIVE, OpenBLAS's
 thread timeout and core type, glibc malloc keeping large arrays for reuse), and in the interleaved run PyTorch and
-ONNX Runtime share that process, so they run under minidistil's settings too (measured: they speed up PyTorch's
-training step, e.g. 2.7-3.1 s -> 1.8 s). The fresh subprocess of each (framework, scenario) therefore also TIMES its
-steps ("alone" column: the median of ALONE_STEPS - 1 steps after one warm-up), with PyTorch and ONNX Runtime
-under their own defaults (MINIDISTIL_MALLOC=0 and MINIDISTIL_THREAD_ENV=0 there: as their users run them) and
-minidistil under its own; "alone x" is that time over minidistil's alone time. These runs are not interleaved.
+ONNX Runtime share that process, so they run under minidistil's settings too (which speed up PyTorch's training
+step: the README's "Performance" gives both times). The fresh subprocess of each (framework, scenario) therefore
+also TIMES its steps ("alone" column: the median of ALONE_STEPS - 1 steps after one warm-up), with PyTorch and
+ONNX Runtime under their own defaults (MINIDISTIL_MALLOC=0 and MINIDISTIL_THREAD_ENV=0 there: as their users run
+them) and minidistil under its own; "alone x" is that time over minidistil's alone time. These runs are not interleaved.
 
 --device cuda: minidistil's models are moved to the GPU (`.to("cuda")`) and are called with the host arrays, so
 each step copies its batch over once, as a user's step does; torch's models and inputs are moved with .to("cuda")
@@ -431,7 +430,7 @@ def _memory_child(fw: str, quick, name: str, onnx_path: str | None, steps: int, 
 
 def _gpu_memory_child(fw: str, s: Sizes, sc: Scenario, onnx_path: str | None, steps: int) -> dict:
     """GPU memory of `steps` steps in this fresh process (see the module docstring for what each number is)."""
-    from minidistil import device as D
+    from minidistil import device as devices
     if fw == "torch":
         import torch
         torch.cuda.init()
@@ -443,14 +442,14 @@ def _gpu_memory_child(fw: str, s: Sizes, sc: Scenario, onnx_path: str | None, st
         torch.cuda.synchronize()
         return {"base_mb": base, "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
                 "memory": "torch.cuda.max_memory_allocated"}
-    D.check_device("cuda")
+    devices.check_device("cuda")
     base = _gpu_in_use_mb()  # the CUDA context (numba's, which ONNX Runtime shares: the primary context)
     step = minidistil_step(s, sc, device="cuda") if fw.startswith("minidistil") else onnx_step(s, sc, onnx_path,
                                                                                                 "cuda")
     peak = base
     for _ in range(steps):
         step()
-        D.synchronize()
+        devices.synchronize()
         peak = max(peak, _gpu_in_use_mb())
     return {"base_mb": base, "peak_mb": peak, "memory": "cudaMemGetInfo in use after each step (max)"}
 
@@ -470,7 +469,7 @@ def child_env(fw: str) -> dict:
     return env
 
 
-ALONE_STEPS = 5  # in the fresh subprocess: 1 warm-up + 4 timed (2 timed were measured too noisy: +-30%)
+ALONE_STEPS = 5  # in the fresh subprocess: 1 warm-up + 4 timed (the median of 2 is too noisy to compare)
 
 
 def measure_memory(fw: str, quick, sc: Scenario, onnx_path: str | None, steps: int = ALONE_STEPS,
@@ -514,10 +513,10 @@ def environment(device: str = "cpu") -> dict:
     import numpy as np
 
     from minidistil import _runtime
-    from minidistil import device as D
+    from minidistil import device as devices
     from minidistil.kernels import _blas
     blas = _blas.openblas()
-    return {"device": D.describe(device),  # on cuda: the GPU's name and the GEMM (cuBLAS through CuPy, or tiled)
+    return {"device": devices.describe(device),  # on cuda: the GPU's name and the GEMM (cuBLAS through CuPy, or tiled)
             "cores": _blas.n_cores(), "loadavg": list(os.getloadavg()), "numpy": np.__version__,
             "numba": numba.__version__, "numba_threads": numba.config.NUMBA_NUM_THREADS,
             "openblas_core": blas.corename(), "openblas_threads": blas.get_num_threads(),
@@ -551,8 +550,8 @@ def _synchronizer(fw: str, device: str):
     if fw == "torch":
         import torch
         return torch.cuda.synchronize
-    from minidistil import device as D
-    return D.synchronize
+    from minidistil import device as devices
+    return devices.synchronize
 
 
 def _host(o):
@@ -567,8 +566,8 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
         memory: bool = True, fast_math: bool = False, pause: float = 0.3, log=print,
         device: str = "cpu") -> tuple[dict, list[Result]]:
     """quick: False (DistilBERT-base), True (small) or a size name ("tiny": for the CUDA simulator)."""
-    from minidistil import device as D
-    device = D.check_device(device)  # "cuda" without a GPU: the RuntimeError that says what is missing, at once
+    from minidistil import device as devices
+    device = devices.check_device(device)  # "cuda" without a GPU: the RuntimeError that says what is missing, at once
     s = sizes(quick)
     have = available(device)
     fws = [fw for fw in frameworks if not have.get(fw, "missing").startswith("missing")]

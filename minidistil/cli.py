@@ -51,14 +51,14 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("classify", "minidistil.cli", "add_classify", "text classification: labels with scores"),
     ("ner", "minidistil.cli", "add_ner", "token classification grouped into entities"),
     ("qa", "minidistil.cli", "add_qa", "extractive question answering over a context"),
-    ("distill", "minidistil.distill", "add_command", "distil a smaller student from a teacher (the main job)"),
-    ("finetune", "minidistil.finetune", "add_command", "fine-tune on a task (classification, token, qa, choice)"),
+    ("distill", "minidistil.commands", "add_distill", "distil a smaller student from a teacher (the main job)"),
+    ("finetune", "minidistil.commands", "add_finetune", "fine-tune on a task (classification, token, qa, choice)"),
     ("predict", "minidistil.predict", "add_command", "predict with a fine-tuned checkpoint"),
     ("evaluate", "minidistil.predict", "add_evaluate_command", "metrics of a saved model on a labelled file"),
     ("bench", "minidistil.bench", "add_command", "time minidistil beside PyTorch and ONNX Runtime"),
     ("grade", "minidistil.grading.cli", "add_command", "grade an exercise answer (tutorials/exercises)"),
     ("exercises", "minidistil.grading.stubs", "add_command", "copy the exercise stubs into a folder of your own"),
-    ("quantize", "minidistil.quantization", "add_command", "quantise a checkpoint to int8 for CPU inference"),
+    ("quantize", "minidistil.commands", "add_quantize", "quantise a checkpoint to int8 for CPU inference"),
 ]
 
 
@@ -193,6 +193,7 @@ def add_embed(sub, name, help):
 
 def run_embed(args) -> int:
     from .files import atomic_write
+    from .functional import l2_normalize
     texts = _texts(args)
     emb = _pipeline("sentence-embeddings", args).encode(texts, batch_size=args.batch_size,  # (N, C) input order;
                                                         normalize_embeddings=args.normalize)  # a bar on a tty
@@ -209,7 +210,7 @@ def run_embed(args) -> int:
         return 0
     np.set_printoptions(precision=args.precision, suppress=True, linewidth=160)
     if args.similarity:
-        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        unit = l2_normalize(emb, axis=1)
         sim = unit @ unit.T                                                    # (N, N) cosine similarities
         width = max(len(str(i)) for i in range(len(texts)))
         for i, t in enumerate(texts):

@@ -45,7 +45,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -57,13 +56,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import data as D
+from . import data
 from . import evaluation as E
 from . import functional as F
 from . import losses as L
 from . import parallel
 from .autograd import Tensor, no_grad
-from .argtypes import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, bounded, check_fields, int_list
+from .argtypes import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, bounded, check_fields
 from .config import BertConfig, DistilBertConfig
 from .device import check_device, describe
 from .kernels import _cuda
@@ -346,8 +345,8 @@ def _load(teacher, tokenizer):
 
 
 def _corpus(cfg: DistillConfig):
-    docs = D.default_corpus() if not cfg.corpus else D.read_corpus(cfg.corpus, cfg.text_field)
-    return D.split_held_out(docs, cfg.held_out)
+    docs = data.default_corpus() if not cfg.corpus else data.read_corpus(cfg.corpus, cfg.text_field)
+    return data.split_held_out(docs, cfg.held_out)
 
 
 def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, config: DistillConfig | None = None,
@@ -404,12 +403,13 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
                  for split in E.STS_SETS} if cfg.evaluate else None)
 
     # data
-    special = D.special_ids(tokenizer)
+    special = data.special_ids(tokenizer)
     train_docs, held_docs = _corpus(cfg)
-    seqs = D.make_sequences(train_docs, tokenizer, cfg.max_len)
+    seqs = data.make_sequences(train_docs, tokenizer, cfg.max_len)
     held_texts = E.sample_texts(held_docs, cfg.eval_texts, seed=cfg.seed)
-    batches = D.Batches(seqs, cfg.batch_size, special.pad, seed=cfg.seed)
-    mask_weights = selection_weights(D.token_counts(seqs, special.vocab_size), special.vocab_size, cfg.mask_smoothing)
+    batches = data.Batches(seqs, cfg.batch_size, special.pad, seed=cfg.seed)
+    counts = data.token_counts(seqs, special.vocab_size)
+    mask_weights = selection_weights(counts, special.vocab_size, cfg.mask_smoothing)
     say(f"corpus: {len(train_docs)} documents -> {len(seqs)} sequences of <= {cfg.max_len} tokens "
         f"({len(held_docs)} documents held out)")
 
@@ -609,13 +609,13 @@ class _Progress:
         self.bar.close()
 
 
-def compare(teacher, student, tokenizer, held_texts: Sequence[str], batches: D.Batches,
+def compare(teacher, student, tokenizer, held_texts: Sequence[str], batches: data.Batches,
             max_len: int = E.EVAL_MAX_LEN) -> dict:
     """Teacher beside student: layers, parameters, forward time on the same batch; the STS Spearman of each on the
     test set and the development set and the share the student keeps; on held-out text, the mean cosine of their
     sentence embeddings and the Spearman of their similarities over random pairs (evaluation's module doc)."""
     longest = sorted(batches.seqs, key=len)[-batches.batch_size:]  # a full-length batch
-    input_ids, attention_mask = D.pad_batch(longest, batches.pad_id)
+    input_ids, attention_mask = data.pad_batch(longest, batches.pad_id)
 
     def timed(model):
         model.eval()
@@ -688,104 +688,6 @@ def format_report(r: dict) -> str:
                      f"{r['held_out_mean_cosine']:.3f}; Spearman of their similarities over {r['held_out_pairs']} "
                      f"random pairs {r['held_out_similarity_spearman']:.3f}")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# command line
-
-
-def add_command(subparsers, name: str = "distill", help: str | None = None) -> argparse.ArgumentParser:
-    """The `minidistil distill` sub-parser (the registry hook of minidistil/cli.py)."""
-    p = subparsers.add_parser(name, help=help or "distil a smaller DistilBERT student from a BERT/DistilBERT teacher",
-                              description=__doc__.split("\n\n")[0],
-                              epilog="Output: OUT holds the student (config.json, model.safetensors, tokenizer) and "
-                                     "small logs (metrics.jsonl, loss_curve.png, report.json); the training state "
-                                     "(checkpoints, the last two kept) lives apart in OUT.training, which --resume "
-                                     "reads. One run at a time per folder (a lock).")
-    d = DistillConfig()
-    T = FIELD_TYPES
-    p.add_argument("--teacher", default=d.teacher, help=f"checkpoint folder or name (default {d.teacher})")
-    p.add_argument("--out", dest="out_dir", default=d.out_dir, help="output folder (default %(default)s)")
-    p.add_argument("--student-layers", type=T["student_layers"], default=None,
-                   help="student depth (default: half the teacher's)")
-    p.add_argument("--layer-map", type=int_list, default=None,
-                   help="teacher layers to copy, comma-separated, e.g. 0,2,4 (overrides --student-layers)")
-    p.add_argument("--corpus", nargs="+", default=None,
-                   help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings "
-                        "and the classic Unix fortune files)")
-    p.add_argument("--text-field", default=d.text_field, help="JSONL field holding the text (default %(default)s)")
-    p.add_argument("--held-out", type=T["held_out"], default=d.held_out,
-                   help="share of documents held out, in [0, 1) (default %(default)s)")
-    p.add_argument("--max-len", type=T["max_len"], default=None,
-                   help="sequence length in tokens (default 128 with an MLM head, 64 for a sentence encoder)")
-    p.add_argument("--batch-size", type=T["batch_size"], default=d.batch_size,
-                   help="sequences per batch (default %(default)s)")
-    p.add_argument("--grad-accum", type=T["grad_accum"], default=d.grad_accum,
-                   help="batches per update (default %(default)s)")
-    p.add_argument("--steps", type=T["steps"], default=None, help="number of updates (default: fill --time-budget)")
-    p.add_argument("--time-budget", type=T["time_budget"], default=d.time_budget / 60,
-                   help="minutes of training when --steps is not given: the updates and checkpoints; loading, the "
-                        "corpus and the evaluation come on top (the report gives each). The number of updates is "
-                        "re-planned as the speed changes, so the learning-rate decay ends with the budget "
-                        "(default %(default)s)")
-    p.add_argument("--lr", type=T["lr"], default=d.lr, help="peak learning rate (default %(default)s)")
-    p.add_argument("--warmup", type=T["warmup"], default=d.warmup,
-                   help="warm-up share of the steps, in [0, 1) (default %(default)s)")
-    p.add_argument("--weight-decay", type=T["weight_decay"], default=d.weight_decay, help="(default %(default)s)")
-    p.add_argument("--max-grad-norm", type=T["max_grad_norm"], default=d.max_grad_norm, help="(default %(default)s)")
-    for name, help_ in [("alpha-ce", "KL on softened MLM logits"), ("alpha-mlm", "masked-token cross-entropy"),
-                        ("alpha-cos", "1 - cos of hidden states"), ("alpha-mse", "MSE of hidden states"),
-                        ("alpha-pool-cos", "1 - cos of mean-pooled embeddings"),
-                        ("alpha-pool-mse", "MSE of mean-pooled embeddings"),
-                        ("alpha-sim", "KL between in-batch similarity rows of mean-pooled embeddings")]:
-        p.add_argument(f"--{name}", type=NON_NEGATIVE, default=None,
-                       help=f"weight of the {help_} term (default: 5/2/1/0/0/0/0 with an MLM head, else "
-                            "0/0/1/0/1/1/0)")
-    p.add_argument("--temperature", type=POSITIVE, default=2.0, help="softmax temperature (default %(default)s)")
-    p.add_argument("--sim-temperature", type=POSITIVE, default=LossWeights.sim_temperature,
-                   help="temperature of the similarity term (default %(default)s)")
-    p.add_argument("--kl-masked-only", action="store_true", help="KL on the masked positions only")
-    p.add_argument("--seed", type=T["seed"], default=d.seed, help="(default %(default)s)")
-    p.add_argument("--checkpoint-every", type=T["checkpoint_every"], default=d.checkpoint_every,
-                   help="steps between checkpoints, 0: at the end only (default %(default)s)")
-    again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue the run in OUT from its newest sound checkpoint in OUT.training (a damaged one "
-                            "is named and the one before it used)")
-    again.add_argument("--overwrite", action="store_true",
-                       help="start again in an OUT that holds a run (its checkpoints and logs are deleted)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--no-eval", dest="evaluate", action="store_false", help="skip the final comparison")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="cuda: teacher, student and optimiser on the GPU (numba.cuda kernels; default %(default)s)")
-    p.set_defaults(run=run_cli)
-    return p
-
-
-def run_cli(args) -> int:
-    """`minidistil distill`: errors (a diverged run included) reach minidistil.cli.main, which prints them."""
-    alphas = {k: getattr(args, k) for k in ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse", "alpha_pool_cos",
-                                           "alpha_pool_mse", "alpha_sim")}
-    weights = None
-    if (any(v is not None for v in alphas.values()) or args.temperature != 2.0 or args.kl_masked_only
-            or args.sim_temperature != LossWeights.sim_temperature):
-        from .config import config_from_json_file
-        from .loading import resolve
-        arch = (config_from_json_file(resolve(args.teacher) / "config.json").architectures or [""])[0]
-        base = LossWeights.defaults(mlm=arch.endswith("ForMaskedLM"))
-        weights = LossWeights(**{**asdict(base), **{k: v for k, v in alphas.items() if v is not None},
-                                 "temperature": args.temperature, "kl_masked_only": args.kl_masked_only,
-                                 "sim_temperature": args.sim_temperature})
-    cfg = DistillConfig(teacher=args.teacher, out_dir=args.out_dir, student_layers=args.student_layers,
-                        layer_map=args.layer_map, corpus=args.corpus, text_field=args.text_field,
-                        held_out=args.held_out, max_len=args.max_len, batch_size=args.batch_size,
-                        grad_accum=args.grad_accum, steps=args.steps, time_budget=args.time_budget * 60,
-                        lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
-                        max_grad_norm=args.max_grad_norm, weights=weights, seed=args.seed,
-                        checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
-                        progress=args.progress, evaluate=args.evaluate, device=args.device)
-    distill(cfg.teacher, cfg.out_dir, config=cfg)
-    return 0
 
 
 def main(argv=None) -> int:

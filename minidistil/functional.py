@@ -22,6 +22,13 @@ from minidistil.kernels import linear as _linear
 from minidistil.kernels import softmax as _softmax
 
 
+def l2_normalize(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    """a / max(||a||_2, 1e-12) along `axis` (a new array in a's float dtype): unit vectors; the clamp keeps a zero
+    vector zero instead of dividing by zero. On plain arrays (embeddings, similarity matrices), not Tensors."""
+    a = np.asarray(a)
+    return a / np.maximum(np.linalg.norm(a, axis=axis, keepdims=True), a.dtype.type(1e-12))
+
+
 def _own_linear(w) -> bool:
     """True for a weight Tensor subclass that computes x W^T + b itself (its `linear` method): the hook through which
     a plug-in weight format (int8) runs its own kernel without this module knowing it."""

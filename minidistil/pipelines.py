@@ -396,7 +396,7 @@ class SentenceEncoder(Pipeline):
         if bar is not None:
             bar.close()
         if normalize_embeddings:
-            emb /= np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), np.float32(1e-12))
+            emb = F.l2_normalize(emb)
         if single:
             emb = emb[0]
         if convert_to_tensor:
@@ -414,8 +414,7 @@ class SentenceEncoder(Pipeline):
         b = np.atleast_2d(np.asarray(b, dtype=np.float32))                            # (M, C)
         if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
             raise ValueError(f"similarity: expected embeddings (N, C) and (M, C), got {a.shape} and {b.shape}")
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), np.float32(1e-12))
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), np.float32(1e-12))
+        a, b = F.l2_normalize(a, axis=1), F.l2_normalize(b, axis=1)
         return a @ b.T                                                                # (N, M)
 
     def pool(self, h: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -433,7 +432,7 @@ class SentenceEncoder(Pipeline):
                 parts.append((h * m).sum(axis=1) / np.sqrt(count))                # (B, C)
         emb = np.concatenate(parts, axis=-1).astype(np.float32)
         if self.normalize:
-            emb /= np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), np.float32(1e-12))
+            emb = F.l2_normalize(emb)
         return emb
 
 

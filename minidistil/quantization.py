@@ -376,22 +376,3 @@ def quantize_folder(src, out) -> dict:
         counts[kind.split(",")[0]] = counts.get(kind.split(",")[0], 0) + 1
     return {"src": str(folder), "out": str(out), "architecture": type(model).__name__,
             "float32_bytes": file_size(folder), "int8_bytes": file_size(out), "quantized": counts}
-
-
-def add_command(subparsers, name: str, help: str):
-    p = subparsers.add_parser(name, help=help, description="Quantise a checkpoint to int8 for CPU inference: Linear "
-                              "weights int8 per output channel, word embeddings int8 per row, activations quantised "
-                              "per row at run time. OUT loads with --model like any checkpoint folder.")
-    p.add_argument("src", metavar="SRC", help="checkpoint folder or name in the weights folder")
-    p.add_argument("out", metavar="OUT", help="folder to write the quantised checkpoint to")
-    p.set_defaults(run=run_command)
-    return p
-
-
-def run_command(args) -> int:
-    r = quantize_folder(args.src, args.out)
-    n = ", ".join(f"{v} {k}" for k, v in sorted(r["quantized"].items()))
-    print(f"{r['out']}: {r['architecture']} with {n} layers int8; model.safetensors "
-          f"{r['int8_bytes'] / 1e6:.1f} MB (float32: {r['float32_bytes'] / 1e6:.1f} MB, "
-          f"{r['int8_bytes'] / max(r['float32_bytes'], 1):.2f}x)")
-    return 0

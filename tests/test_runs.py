@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_distill import RUN, _corpus_dir, _tiny_teacher, _tiny_tokenizer
+from conftest import RUN, _corpus_dir, _tiny_teacher, _tiny_tokenizer
 
 from minidistil import checkpoint as ck
 from minidistil import cli
@@ -209,7 +209,7 @@ def test_a_folder_holding_a_run_or_a_model_is_not_replaced_silently(setup, tmp_p
 
 
 def test_finetune_uses_the_same_run_rules(tmp_path):
-    from test_finetune import FAST, sentiment_rows, tiny_checkpoint, write_csv
+    from conftest import FAST, sentiment_rows, tiny_checkpoint, write_csv
 
     from minidistil.finetune import finetune
     base = tiny_checkpoint(tmp_path / "base")
@@ -251,7 +251,7 @@ def test_a_diverging_run_keeps_the_last_good_checkpoints(setup, tmp_path, capsys
 
 
 def test_a_non_finite_gradient_norm_stops_finetuning(tmp_path, monkeypatch):
-    from test_finetune import FAST, sentiment_rows, tiny_checkpoint, write_csv
+    from conftest import FAST, sentiment_rows, tiny_checkpoint, write_csv
 
     from minidistil import finetune as FT
     base = tiny_checkpoint(tmp_path / "base")

@@ -240,7 +240,8 @@ print("max |logit difference| after save and reload:", np.abs(a - b).max())
 assert np.array_equal(a, b)
 
 names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-r = FT.evaluate("classification", again, val_ex, FT.encode("classification", val_ex, tok, names, cfg), names, cfg)
+feats = FT.encode("classification", val_ex, tok, names, cfg)
+r = FT.evaluate_examples("classification", again, val_ex, feats, names, cfg)
 print(f"reloaded model on the held-out split: accuracy {r['accuracy']:.3f} (report: {best['accuracy']:.3f})")
 assert r["accuracy"] == best["accuracy"] and r["confusion_matrix"] == best["confusion_matrix"]
 
@@ -270,6 +271,7 @@ assert r["accuracy"] == best["accuracy"] and r["confusion_matrix"] == best["conf
 
 # %%
 from minidistil.cli import build_parser
+from minidistil.commands import run_finetune
 
 command = ("minidistil finetune --task classification --model student --train resource:sentiment_small.tsv "
            "--text-field sentence --label-field label --held-out 0.25 --max-length 32 --epochs 5 "
@@ -284,4 +286,4 @@ print("same config as the run above:", parsed == ours)
 imdb = build_parser().parse_args("finetune --task classification --model student --train aclImdb --text-field text "
                                  "--max-length 256 --epochs 2 --lr 5e-5 --out imdb".split())
 print(f"the chapter ran in {time.perf_counter() - T0:.0f} s")
-assert parsed == ours and imdb.train == "aclImdb" and imdb.text_field == "text" and imdb.run is FT.run_cli
+assert parsed == ours and imdb.train == "aclImdb" and imdb.text_field == "text" and imdb.run is run_finetune
