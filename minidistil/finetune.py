@@ -48,19 +48,18 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import checkpoint as ckpt
 from . import functional as F
 from . import losses as L
 from . import metrics as M
-from . import parallel
 from . import qa as QA
 from . import taskdata as TD
 from .autograd import no_grad
 from .argtypes import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, WEIGHT, bounded, check_fields
-from .device import check_device, describe
+from .device import check_device
 from .kernels import _cuda
-from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
-from .run import Run, RunState, plot_curves, quiet_overflow, schedule_summary, schedule_text
+from .optim import AdamW, LinearWarmupDecay
+from .run import (Run, RunState, models_to, open_run, plot_curves, resume, schedule_summary, schedule_text,
+                  step_seed, update)
 from .files import atomic_write
 
 TASKS = {  # task -> (head class suffix, problem_type, main metric)
@@ -567,10 +566,6 @@ def load_teacher(cfg: FinetuneConfig, student, tokenizer, names):
 # the run
 
 
-def _seed(*parts) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
 def _better(new: float, old: float | None) -> bool:
     return old is None or (math.isfinite(new) and (not math.isfinite(old) or new > old))
 
@@ -602,18 +597,10 @@ def finetune(task: str | None = None, model: str | None = None, train=None, out_
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
     say = print if cfg.progress else (lambda *a, **k: None)
     notice = print   # the run's notices (a lock taken over, a damaged checkpoint passed over): even without progress
-    with parallel.abort_on_error() as world:
-        if world.size > 1:
-            if cfg.device != "cpu" or cfg.teacher:
-                raise ValueError("data parallelism on MPI: fine-tuning runs on the CPU and without a teacher")
-            if world.writer:
-                say(world.describe())
-            else:  # rank 0 prints, logs and saves
-                say = notice = (lambda *a, **k: None)
-                cfg.progress = False
-        with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=notice, writer=world.writer) as run, \
-                quiet_overflow():
-            return _finetune(cfg, data, compute_metrics, run, world, say, save_pretrained)
+    refusal = ("data parallelism on MPI: fine-tuning runs on the CPU and without a teacher"
+               if cfg.device != "cpu" or cfg.teacher else None)
+    with open_run(cfg, say, notice, mpi_refusal=refusal) as (world, run, say):   # rank 0 prints, logs and saves
+        return _finetune(cfg, data, compute_metrics, run, world, say, save_pretrained)
 
 
 def _share(task: str, b: dict, lo: int, hi: int) -> float:
@@ -656,18 +643,12 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
     sched = LinearWarmupDecay(cfg.lr, total, cfg.warmup)
     opt = AdamW(model_.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = dict(model_.named_parameters())
-    state = RunState(total_steps=total)
-    c = world.bcast(run.resume(params))   # rank 0 reads the checkpoint: any rank count resumes any other's
-    if c is not None:
-        ckpt.load_model_arrays(params, c.model)
-        opt.load_state_dict(c.optimizer)
-        state = RunState(**c.extra["run"])
+    state = resume(run, world, params, opt)
+    if state is None:
+        state = RunState(total_steps=total)
+    else:
         say(f"continuing with epoch {state.epoch + 1}, update {state.step + 1}")
-    if cfg.device != "cpu":  # after any resume (loaded on the host); AdamW moves its moments on its first step
-        model_.to(cfg.device)
-        if teacher is not None:
-            teacher.to(cfg.device)
-        say(describe(cfg.device))
+    models_to(cfg.device, say, model_, teacher)
 
     def save_state():  # the parameters as Tensors: np.asarray copies device arrays to the host
         run.save(state.step, model=params, optimizer=opt.state_dict(), state=state, config=cfg)
@@ -676,7 +657,7 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
     stopped, done_early, lr = None, False, None
     while state.epoch < cfg.epochs and not done_early:
         epoch = state.epoch
-        order = np.random.default_rng(_seed(cfg.seed, epoch)).permutation(N)
+        order = np.random.default_rng(step_seed(cfg.seed, epoch)).permutation(N)
         bar = _bar(cfg, per_epoch, state.batch, f"epoch {epoch + 1}/{cfg.epochs}")
         model_.train()
         while state.batch < per_epoch:
@@ -691,7 +672,7 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
                 share = _share(cfg.task, b, lo, hi)
                 b = {k: v[lo:hi] for k, v in b.items()}
             per_example = b["input_ids"].shape[1] if cfg.task == "choice" else 1   # (B, K, T): K rows each
-            F.manual_seed(_seed(cfg.seed, 1, state.step), first_example=lo * per_example)  # dropout masks
+            F.manual_seed(step_seed(cfg.seed, 1, state.step), first_example=lo * per_example)  # dropout masks
             s_out = forward(model_, b)
             loss, row = s_out.loss, {"step": state.step + 1, "epoch": epoch + 1, "task_loss": float(s_out.loss)}
             if teacher is not None:
@@ -706,12 +687,8 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
                 value, row["task_loss"] = (float(x) for x in world.sum([value * share, row["task_loss"] * share]))
             run.check_step(state.step + 1, loss=value, detail=f" (lr {cfg.lr}; check the labels)")
             loss.backward()
-            world.allreduce_grads(opt.parameters())            # the global batch's gradient on every rank
-            norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)
-            run.check_step(state.step + 1, grad_norm=norm)
             lr = sched(state.step)
-            opt.step(lr=lr)
-            opt.zero_grad()
+            norm = update(run, world, opt, state.step, cfg.max_grad_norm, lr)   # the global batch's gradient
             state.step += 1
             state.batch += 1
             run.log({**row, "loss": value, "lr": lr, "grad_norm": norm})

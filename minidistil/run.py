@@ -49,6 +49,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .files import atomic_write, named_os_error
+from .optim import clip_grad_norm
 
 try:
     import fcntl
@@ -596,7 +597,6 @@ def update(run: Run, world, opt, step: int, max_grad_norm: float, lr: float) -> 
     """One optimiser update from the gradients backward() accumulated: summed over the ranks (the global batch's
     gradient on every rank), clipped to max_grad_norm, checked for divergence, applied at `lr`, then zeroed.
     Returns the gradient norm before clipping."""
-    from .optim import clip_grad_norm
     world.allreduce_grads(opt.parameters())
     norm = clip_grad_norm(opt.parameters(), max_grad_norm)
     run.check_step(step + 1, grad_norm=norm)

@@ -254,15 +254,16 @@ def test_a_non_finite_gradient_norm_stops_finetuning(tmp_path, monkeypatch):
     from conftest import FAST, sentiment_rows, tiny_checkpoint, write_csv
 
     from minidistil import finetune as FT
+    from minidistil import run as run_module                         # the optimiser update both loops share
     base = tiny_checkpoint(tmp_path / "base")
     train = write_csv(tmp_path / "train.csv", sentiment_rows(48, 0))
-    real, calls = FT.clip_grad_norm, []
+    real, calls = run_module.clip_grad_norm, []
 
     def poisoned(params, max_norm):
         calls.append(1)
         return float("inf") if len(calls) == 5 else real(params, max_norm)
 
-    monkeypatch.setattr(FT, "clip_grad_norm", poisoned)
+    monkeypatch.setattr(run_module, "clip_grad_norm", poisoned)
     with pytest.raises(Diverged, match=r"step 5: the gradient norm is inf.*\(step 4\)"):
         FT.finetune("classification", str(base), str(train), str(tmp_path / "ft"),
                     **dict(FAST, epochs=2, checkpoint_every=2))

@@ -108,9 +108,17 @@ assert min(count["held out"].values()) >= 15                       # both classe
 # b = batch(tr, idx)                      # the batch's rows, trimmed to its longest sentence
 # s_out = forward(model_, b)              # forward: logits (B, K) and the cross-entropy loss, s_out.loss
 # loss.backward()                         # backward over the autograd tape (chapter 04)
-# norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)   # rescale when the global norm exceeds 1.0
 # lr = sched(state.step)                  # linear warm-up (10% of the updates), then linear decay to 0
-# opt.step(lr=lr)                         # AdamW (minidistil.optim), weight decay 0.01
+# norm = update(run, world, opt, state.step, cfg.max_grad_norm, lr)   # the update distill's loop makes too
+# ```
+#
+# `update` (in `minidistil/run.py`, shared with `distill`) sums the gradients over the processes of a data-parallel
+# run, rescales them when their global norm exceeds `max_grad_norm` (1.0), takes AdamW's step (weight decay 0.01)
+# and zeroes them:
+#
+# ```python
+# norm = clip_grad_norm(opt.parameters(), max_grad_norm)
+# opt.step(lr=lr)
 # opt.zero_grad()
 # ```
 #
@@ -120,14 +128,18 @@ assert min(count["held out"].values()) >= 15                       # both classe
 # %%
 import inspect
 
+from minidistil import run as run_module
+
 source = inspect.getsource(FT._finetune)     # finetune() checks its arguments and opens the run, then calls this
-step_lines = ["b = batch(tr, idx)", "s_out = forward(model_, b)", "loss.backward()",
-              "clip_grad_norm(opt.parameters(), cfg.max_grad_norm)", "lr = sched(state.step)",
-              "opt.step(lr=lr)", "opt.zero_grad()",
-              "evaluate(cfg.task, model_, val_ex, va, names, cfg", "save_pretrained(model_, out"]
-positions = [source.find(line) for line in step_lines]
-print("in this order in _finetune():", all(p >= 0 for p in positions) and positions == sorted(positions))
-assert all(p >= 0 for p in positions) and positions == sorted(positions)
+step_lines = ["b = batch(tr, idx)", "s_out = forward(model_, b)", "loss.backward()", "lr = sched(state.step)",
+              "update(run, world, opt, state.step, cfg.max_grad_norm, lr)",
+              "evaluate_examples(cfg.task, model_, val_ex, va, names, cfg", "save_pretrained(model_, out"]
+update_lines = ["clip_grad_norm(opt.parameters(), max_grad_norm)", "opt.step(lr=lr)", "opt.zero_grad()"]
+for name, code, lines in (("_finetune()", source, step_lines),
+                          ("update()", inspect.getsource(run_module.update), update_lines)):
+    positions = [code.find(line) for line in lines]
+    print(f"in this order in {name}:", all(p >= 0 for p in positions) and positions == sorted(positions))
+    assert all(p >= 0 for p in positions) and positions == sorted(positions)
 
 # %% [markdown]
 # ## 4. Fine-tune
