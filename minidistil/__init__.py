@@ -19,6 +19,13 @@ from minidistil import _runtime
 
 _runtime.configure()
 
+# the plug-ins that lower layers find by name (minidistil/plugins.py): the checkpoint reader behind
+# Module.from_pretrained, and the int8 checkpoint format behind from_pretrained / save_pretrained
+from minidistil import plugins as _plugins  # noqa: E402
+
+_plugins.register_checkpoint_io("minidistil.loading")
+_plugins.register_format("minidistil_int8", "minidistil.quantization")
+
 import importlib  # noqa: E402
 
 _EXPORTS = {

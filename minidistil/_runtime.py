@@ -7,8 +7,8 @@ Once numpy is imported, OpenBLAS has read its environment and nothing here chang
 
 1. OpenBLAS core type. numpy's wheel bundles OpenBLAS built with DYNAMIC_ARCH: at load time it picks the kernels
    for the CPU model it recognises. On some AVX-512 machines (new or virtualised CPU models) it falls back to its
-   Haswell (AVX2) kernels: measured here, a (1024 x 768) @ (768 x 3072) float32 GEMM ran at ~240 GFLOP/s with the
-   default choice and ~460 GFLOP/s with OPENBLAS_CORETYPE=SkylakeX. We set OPENBLAS_CORETYPE=SkylakeX when
+   Haswell (AVX2) kernels, which reach about half the GEMM rate of its SkylakeX ones (the figures: README,
+   "Performance", and tutorial 09). We set OPENBLAS_CORETYPE=SkylakeX when
        - numpy is not imported yet (otherwise it is too late, and changing it would be a lie),
        - the user has not set OPENBLAS_CORETYPE themselves,
        - /proc/cpuinfo lists avx512f, avx512bw, avx512dq and avx512vl (what OpenBLAS's SkylakeX kernels use), and
@@ -21,9 +21,8 @@ Once numpy is imported, OpenBLAS has read its environment and nothing here chang
 
 2. Spinning threads. After a GEMM, OpenBLAS's worker threads busy-wait for up to 2^28 cycles (~0.1 s) for more
    work, and the Numba kernel that runs next (layer norm, GELU, softmax) wants the same cores; Numba's OpenMP
-   workers (GNU libgomp) likewise spin after each parallel loop. Measured on the 2-core machine: a tiny-model
-   forward (a dozen small Numba kernels) took 150 ms with the default OpenMP waiting, 0.8 ms with
-   OMP_WAIT_POLICY=PASSIVE. So, unless the user set them or MINIDISTIL_THREAD_ENV=0:
+   workers (GNU libgomp) likewise spin after each parallel loop, and a forward of many small kernels then waits
+   for cores that spin (tutorial 09 measures it). So, unless the user set them or MINIDISTIL_THREAD_ENV=0:
        OMP_WAIT_POLICY=PASSIVE          OpenMP workers sleep when idle (a wake-up costs microseconds)
        OPENBLAS_THREAD_TIMEOUT=4        OpenBLAS workers sleep after 2^4 cycles (only before numpy's import)
    Attention's many small GEMMs avoid OpenBLAS's threads altogether (kernels/_blas.py).
@@ -33,8 +32,8 @@ Once numpy is imported, OpenBLAS has read its environment and nothing here chang
    the kernel; a DistilBERT-base MLM training step allocates ~450 MB of them. So, unless MINIDISTIL_MALLOC=0 or the
    user set MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_, configure() calls glibc's mallopt(M_MMAP_MAX, 0) and
    mallopt(M_TRIM_THRESHOLD, 2^31 - 1): large arrays come from the heap, and freed memory stays in the process for
-   the next step instead of going back to the kernel. Measured (minidistil bench, 2-core machine): training step
-   1959 -> 1418 ms, the same peak resident memory. The cost: memory once used is not returned to the system until
+   the next step instead of going back to the kernel (faster training steps at the same peak resident memory:
+   `minidistil bench` and tutorial 09 measure it). The cost: memory once used is not returned to the system until
    the process ends (the peak stays resident). This is a process-wide setting, so in `minidistil bench` PyTorch and
    ONNX Runtime run under it too. Only on Linux with glibc; elsewhere nothing is done.
 

@@ -19,8 +19,7 @@ of the forward scenarios, on the CPU, with their file sizes (minidistil/bench_in
 Timing: every framework's step is built first, warmed up (JIT compilation, caches), then the frameworks are timed
 INTERLEAVED (one step of each in turn, `--repeat` rounds), so that a change of machine load hits all of them
 alike, with a `--pause` (0.3 s) before each timed step: a framework's worker threads may keep spinning after its
-step (measured: right after a torch step, minidistil's next forward took 2x longer than after a 0.3 s pause), and
-the pause keeps one framework's leftovers out of the next one's time. The table gives the median, the ratio to
+step, and the pause keeps one framework's leftovers out of the next one's time. The table gives the median, the ratio to
 minidistil's median and GFLOP/s from an analytic FLOP count (`flops()`: GEMMs and attention products; a training
 step counted as 3 forwards). Peak memory: tracemalloc does not
 see numpy's or torch's allocations, so each (framework, scenario) runs once more in a FRESH subprocess that reports
@@ -40,11 +39,11 @@ GELU, layer norm, Python).
 
 Process settings: `import minidistil` sets up its process (minidistil/_runtime.py: OMP_WAIT_POLICY=PASSIVE, OpenBLAS's
 thread timeout and core type, glibc malloc keeping large arrays for reuse), and in the interleaved run PyTorch and
-ONNX Runtime share that process, so they run under minidistil's settings too (measured: they speed up PyTorch's
-training step, e.g. 2.7-3.1 s -> 1.8 s). The fresh subprocess of each (framework, scenario) therefore also TIMES its
-steps ("alone" column: the median of ALONE_STEPS - 1 steps after one warm-up), with PyTorch and ONNX Runtime
-under their own defaults (MINIDISTIL_MALLOC=0 and MINIDISTIL_THREAD_ENV=0 there: as their users run them) and
-minidistil under its own; "alone x" is that time over minidistil's alone time. These runs are not interleaved.
+ONNX Runtime share that process, so they run under minidistil's settings too (which speed up PyTorch's training
+step: the README's "Performance" gives both times). The fresh subprocess of each (framework, scenario) therefore
+also TIMES its steps ("alone" column: the median of ALONE_STEPS - 1 steps after one warm-up), with PyTorch and
+ONNX Runtime under their own defaults (MINIDISTIL_MALLOC=0 and MINIDISTIL_THREAD_ENV=0 there: as their users run
+them) and minidistil under its own; "alone x" is that time over minidistil's alone time. These runs are not interleaved.
 
 --device cuda: minidistil's models are moved to the GPU (`.to("cuda")`) and are called with the host arrays, so
 each step copies its batch over once, as a user's step does; torch's models and inputs are moved with .to("cuda")
@@ -351,6 +350,14 @@ def onnx_step(s: Sizes, sc: Scenario, path: str, device: str = "cpu"):
     return lambda: sess.run(None, feeds)[0]
 
 
+def _int8_step(fw: str, s: Sizes, sc: Scenario, float_models=None, onnx_path: str | None = None):
+    """The zero-argument callable of one int8 forward: minidistil_step / onnx_step on the int8 models
+    (minidistil/bench_int8.py makes them)."""
+    if fw == "minidistil-int8":
+        return minidistil_step(s, sc, bench_int8.quantized_models(float_models or _md_models(s, sc.kind)))
+    return onnx_step(s, sc, bench_int8.quantize_onnx(onnx_path))
+
+
 def available(device: str = "cpu") -> dict[str, str]:
     """framework -> version, or 'missing: ...' (without importing the heavy modules when not installed). On "cuda",
     torch needs a CUDA build that sees a GPU and ONNX Runtime its CUDAExecutionProvider."""
@@ -408,7 +415,7 @@ def _memory_child(fw: str, quick, name: str, onnx_path: str | None, steps: int, 
         import numpy  # noqa: F401
         import onnxruntime  # noqa: F401
     base = _rss_mb("VmRSS")
-    step = (bench_int8.step(fw, s, sc, onnx_path=onnx_path) if fw in INT8_FRAMEWORKS
+    step = (_int8_step(fw, s, sc, onnx_path=onnx_path) if fw in INT8_FRAMEWORKS
             else minidistil_step(s, sc) if fw.startswith("minidistil") else torch_step(s, sc) if fw == "torch"
             else onnx_step(s, sc, onnx_path))
     times = []
@@ -423,7 +430,7 @@ def _memory_child(fw: str, quick, name: str, onnx_path: str | None, steps: int, 
 
 def _gpu_memory_child(fw: str, s: Sizes, sc: Scenario, onnx_path: str | None, steps: int) -> dict:
     """GPU memory of `steps` steps in this fresh process (see the module docstring for what each number is)."""
-    from minidistil import device as D
+    from minidistil import device as devices
     if fw == "torch":
         import torch
         torch.cuda.init()
@@ -435,14 +442,14 @@ def _gpu_memory_child(fw: str, s: Sizes, sc: Scenario, onnx_path: str | None, st
         torch.cuda.synchronize()
         return {"base_mb": base, "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
                 "memory": "torch.cuda.max_memory_allocated"}
-    D.check_device("cuda")
+    devices.check_device("cuda")
     base = _gpu_in_use_mb()  # the CUDA context (numba's, which ONNX Runtime shares: the primary context)
     step = minidistil_step(s, sc, device="cuda") if fw.startswith("minidistil") else onnx_step(s, sc, onnx_path,
                                                                                                 "cuda")
     peak = base
     for _ in range(steps):
         step()
-        D.synchronize()
+        devices.synchronize()
         peak = max(peak, _gpu_in_use_mb())
     return {"base_mb": base, "peak_mb": peak, "memory": "cudaMemGetInfo in use after each step (max)"}
 
@@ -462,7 +469,7 @@ def child_env(fw: str) -> dict:
     return env
 
 
-ALONE_STEPS = 5  # in the fresh subprocess: 1 warm-up + 4 timed (2 timed were measured too noisy: +-30%)
+ALONE_STEPS = 5  # in the fresh subprocess: 1 warm-up + 4 timed (the median of 2 is too noisy to compare)
 
 
 def measure_memory(fw: str, quick, sc: Scenario, onnx_path: str | None, steps: int = ALONE_STEPS,
@@ -506,10 +513,10 @@ def environment(device: str = "cpu") -> dict:
     import numpy as np
 
     from minidistil import _runtime
-    from minidistil import device as D
+    from minidistil import device as devices
     from minidistil.kernels import _blas
     blas = _blas.openblas()
-    return {"device": D.describe(device),  # on cuda: the GPU's name and the GEMM (cuBLAS through CuPy, or tiled)
+    return {"device": devices.describe(device),  # on cuda: the GPU's name and the GEMM (cuBLAS through CuPy, or tiled)
             "cores": _blas.n_cores(), "loadavg": list(os.getloadavg()), "numpy": np.__version__,
             "numba": numba.__version__, "numba_threads": numba.config.NUMBA_NUM_THREADS,
             "openblas_core": blas.corename(), "openblas_threads": blas.get_num_threads(),
@@ -543,8 +550,8 @@ def _synchronizer(fw: str, device: str):
     if fw == "torch":
         import torch
         return torch.cuda.synchronize
-    from minidistil import device as D
-    return D.synchronize
+    from minidistil import device as devices
+    return devices.synchronize
 
 
 def _host(o):
@@ -559,8 +566,8 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
         memory: bool = True, fast_math: bool = False, pause: float = 0.3, log=print,
         device: str = "cpu") -> tuple[dict, list[Result]]:
     """quick: False (DistilBERT-base), True (small) or a size name ("tiny": for the CUDA simulator)."""
-    from minidistil import device as D
-    device = D.check_device(device)  # "cuda" without a GPU: the RuntimeError that says what is missing, at once
+    from minidistil import device as devices
+    device = devices.check_device(device)  # "cuda" without a GPU: the RuntimeError that says what is missing, at once
     s = sizes(quick)
     have = available(device)
     fws = [fw for fw in frameworks if not have.get(fw, "missing").startswith("missing")]
@@ -600,7 +607,7 @@ def run(quick=False, frameworks=FRAMEWORKS, names=None, repeat: int = 5, warmup:
                     if fw == "onnxruntime-int8" and onnx_path is None:
                         onnx_path = export_onnx(s, sc, os.path.join(tmp, f"distilbert_{sc.name}.onnx"),
                                                 torch_models[0])
-                    steps[fw] = bench_int8.step(fw, s, sc, models, onnx_path)
+                    steps[fw] = _int8_step(fw, s, sc, models, onnx_path)
                     if fw == "minidistil-int8" and fw not in files:
                         files["minidistil"] = bench_int8.file_mb("minidistil", models[0], folder=tmp)
                         files[fw] = bench_int8.file_mb(fw, bench_int8.quantized_models(models)[0], folder=tmp)
@@ -755,7 +762,7 @@ def plot(results: list[Result], path: str):
 
 
 def _add_arguments(p: argparse.ArgumentParser):
-    from minidistil.cli import COUNT, NON_NEGATIVE, POSITIVE_INT
+    from minidistil.argtypes import COUNT, NON_NEGATIVE, POSITIVE_INT
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test: seconds); --size quick")
     p.add_argument("--size", choices=list(SIZES), default=None,
                    help="model size: full (DistilBERT-base, the default), quick, or tiny (for the CUDA simulator)")

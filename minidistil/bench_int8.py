@@ -49,14 +49,6 @@ def quantized_models(float_models):
     return quantize(float_models[0]), None
 
 
-def step(fw: str, s, sc, float_models=None, onnx_path: str | None = None):
-    """The zero-argument callable of one int8 forward (the bench's minidistil_step / onnx_step on int8 models)."""
-    from minidistil import bench
-    if fw == "minidistil-int8":
-        return bench.minidistil_step(s, sc, quantized_models(float_models or bench._md_models(s, sc.kind)))
-    return bench.onnx_step(s, sc, quantize_onnx(onnx_path))
-
-
 def file_mb(fw: str, model=None, onnx_path: str | None = None, folder: str | None = None) -> float | None:
     """The model's file size in MB: for minidistil (float32 or int8) the model.safetensors save_pretrained writes
     into `folder`; for ONNX Runtime the .onnx file (int8: its quantised sibling)."""
@@ -80,7 +72,7 @@ def available(out: dict, device: str) -> dict:
             out[fw] = "missing: the int8 rows run on the CPU only"
     if not out["onnxruntime-int8"].startswith("missing"):
         try:
-            import onnxruntime.quantization  # noqa: F401, PLC0415
+            import onnxruntime.quantization  # noqa: F401
         except ImportError as e:
             out["onnxruntime-int8"] = f"missing: onnxruntime.quantization ({e})"
     return out

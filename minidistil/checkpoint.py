@@ -7,7 +7,7 @@ A checkpoint is one .npz file (no pickle) holding
                         PCG64 states are plain integers), the data position (`Batches.state()`), and anything the
                         caller adds (the run's settings, the loss history so far, ...).
 
-Atomic (minidistil.safetensors_io.atomic_write): the file is written to a temporary name in the same folder,
+Atomic (minidistil.files.atomic_write): the file is written to a temporary name in the same folder,
 flushed and fsync'ed, then renamed over the old checkpoint with os.replace (atomic on POSIX and Windows), and the
 folder is fsync'ed so the rename itself is durable. A crash (even SIGKILL, even a power cut) at any moment leaves
 either the old checkpoint or the new one, never a half-written file. A file damaged some other way (copied in
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .safetensors_io import atomic_write
+from .files import atomic_write
 
 FORMAT = "minidistil-checkpoint-1"
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import re
 import sys
 import warnings
@@ -32,6 +31,11 @@ import warnings
 import numpy as np
 
 from . import qa as QA
+# argument types: every numeric option of every command is parsed by one of the rules of minidistil/argtypes.py (the
+# library checks its configs with the same rules); the names stay importable from here
+from .argtypes import COUNT as COUNT, NON_NEGATIVE as NON_NEGATIVE, POSITIVE as POSITIVE
+from .argtypes import POSITIVE_INT as POSITIVE_INT, SHARE as SHARE, WEIGHT as WEIGHT
+from .argtypes import bounded as bounded, check_fields as check_fields, int_list as int_list
 from .files import TEXT_LIMIT, check_unicode, decode_utf8, read_limited, read_text
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
@@ -48,87 +52,20 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("classify", "minidistil.cli", "add_classify", "text classification: labels with scores"),
     ("ner", "minidistil.cli", "add_ner", "token classification grouped into entities"),
     ("qa", "minidistil.cli", "add_qa", "extractive question answering over a context"),
-    ("distill", "minidistil.distill", "add_command", "distil a smaller student from a teacher (the main job)"),
-    ("finetune", "minidistil.finetune", "add_command", "fine-tune on a task (classification, token, qa, choice)"),
+    ("distill", "minidistil.commands", "add_distill", "distil a smaller student from a teacher (the main job)"),
+    ("finetune", "minidistil.commands", "add_finetune", "fine-tune on a task (classification, token, qa, choice)"),
     ("predict", "minidistil.predict", "add_command", "predict with a fine-tuned checkpoint"),
     ("evaluate", "minidistil.predict", "add_evaluate_command", "metrics of a saved model on a labelled file"),
     ("bench", "minidistil.bench", "add_command", "time minidistil beside PyTorch and ONNX Runtime"),
     ("grade", "minidistil.grading.cli", "add_command", "grade an exercise answer (tutorials/exercises)"),
     ("exercises", "minidistil.grading.stubs", "add_command", "copy the exercise stubs into a folder of your own"),
     ("tutorials", "minidistil.grading.stubs", "add_tutorials_command", "copy the tutorial notebooks into a folder"),
-    ("quantize", "minidistil.quantization", "add_command", "quantise a checkpoint to int8 for CPU inference"),
+    ("quantize", "minidistil.commands", "add_quantize", "quantise a checkpoint to int8 for CPU inference"),
 ]
 
 
 class CLIError(ValueError):
     """An error to report in one line (no traceback)."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# argument types: every numeric option of every command is parsed by one of these, so a value out of range is
-# refused at parse time ("argument --steps: must be >= 1") instead of hanging or training on nonsense
-
-
-def bounded(kind: type, at_least: float | None = None, *, above: float | None = None,
-            at_most: float | None = None, below: float | None = None):
-    """An argparse type: `kind(value)` (int or float; finite), refused unless it lies in the stated range. Also
-    accepts numbers, so a config check can apply the same rule to an API argument."""
-    rules = [(f">= {at_least:g}", lambda v: v >= at_least) if at_least is not None else None,
-             (f"> {above:g}", lambda v: v > above) if above is not None else None,
-             (f"<= {at_most:g}", lambda v: v <= at_most) if at_most is not None else None,
-             (f"< {below:g}", lambda v: v < below) if below is not None else None]
-    rules = [r for r in rules if r]
-    need = "must be " + " and ".join(text for text, _ in rules) if rules else ""
-
-    def parse(value):
-        if isinstance(value, bool):
-            raise argparse.ArgumentTypeError(f"expected {'an int' if kind is int else 'a number'}, got {value!r}")
-        if isinstance(value, str):
-            try:
-                value = kind(value.strip())
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {value!r}") from None
-        elif kind is int and value != int(value):
-            raise argparse.ArgumentTypeError(f"expected an int, got {value!r}")
-        value = kind(value)
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
-        if not all(ok(value) for _, ok in rules):
-            raise argparse.ArgumentTypeError(f"{need}, got {value:g}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-POSITIVE_INT = bounded(int, 1)              # counts that must be at least one: --steps, --batch-size, --epochs
-COUNT = bounded(int, 0)                     # counts that may be 0: --checkpoint-every, --stride, --seed
-POSITIVE = bounded(float, above=0)          # --lr, --time-budget, --temperature, --max-grad-norm
-NON_NEGATIVE = bounded(float, 0)            # --weight-decay, loss weights
-SHARE = bounded(float, 0, below=1)          # shares of a whole that leave something: --warmup, --held-out
-WEIGHT = bounded(float, 0, at_most=1)       # mixing weights: --alpha
-
-
-def int_list(value: str) -> list[int]:
-    """An argparse type: comma-separated ints >= 0 ("0,2,4")."""
-    try:
-        out = [int(x) for x in value.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0,2,4, got {value!r}") from None
-    if not out or min(out) < 0:
-        raise argparse.ArgumentTypeError(f"must be numbers >= 0, got {value!r}")
-    return out
-
-
-def check_fields(config, types: dict) -> None:
-    """Apply the argument types to a config's fields (None is left alone): a ValueError names the field."""
-    for name, parse in types.items():
-        value = getattr(config, name)
-        if value is not None:
-            try:
-                parse(value)
-            except argparse.ArgumentTypeError as e:
-                raise ValueError(f"{name}: {e}") from None
 
 
 class Parser(argparse.ArgumentParser):
@@ -258,7 +195,8 @@ def add_embed(sub, name, help):
 
 
 def run_embed(args) -> int:
-    from .safetensors_io import atomic_write
+    from .files import atomic_write
+    from .functional import l2_normalize
     if args.npy or args.json:  # an output never lands on an input (the model's files, the texts)
         from .files import check_apart
         from .runchecks import local_inputs
@@ -280,7 +218,7 @@ def run_embed(args) -> int:
         return 0
     np.set_printoptions(precision=args.precision, suppress=True, linewidth=160)
     if args.similarity:
-        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        unit = l2_normalize(emb, axis=1)
         sim = unit @ unit.T                                                    # (N, N) cosine similarities
         width = max(len(str(i)) for i in range(len(texts)))
         for i, t in enumerate(texts):

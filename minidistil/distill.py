@@ -45,32 +45,31 @@
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 from pathlib import Path
 from collections.abc import Sequence
 
 import numpy as np
 
-from . import checkpoint as ckpt
-from . import data as D
+from . import data
 from . import evaluation as E
 from . import functional as F
 from . import losses as L
 from . import parallel
 from .autograd import Tensor, no_grad
-from .cli import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, bounded, check_fields, int_list
+from .argtypes import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, bounded, check_fields
 from .config import BertConfig, DistilBertConfig
-from .device import check_device, describe
+from .device import check_device
 from .kernels import _cuda
 from .masking import IGNORE_INDEX, mask_tokens, selection_weights
-from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
-from .run import (BudgetPlan, Run, RunError, RunState, plot_curves, quiet_overflow, schedule_complete, schedule_summary,
-                  schedule_text)
+from .optim import AdamW, LinearWarmupDecay
+from .run import (BudgetPlan, Run, RunError, RunState, models_to, open_run, plot_curves, resume, schedule_complete,
+                  schedule_summary, schedule_text, step_seed, update)
 
 DEFAULT_TEACHER = "all-MiniLM-L6-v2"
 DEFAULT_MAPS = {(12, 6): [0, 2, 4, 7, 9, 11], (6, 3): [0, 2, 4]}
@@ -334,10 +333,6 @@ def _term_counts(labels, attention_mask, w: LossWeights, lo: int = 0, hi: int | 
             "pool_cos": examples, "pool_mse": examples}
 
 
-def _step_seed(seed: int, step: int, micro: int = 0) -> int:
-    return int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0])
-
-
 def _load(teacher, tokenizer):
     from .loading import from_pretrained, resolve
     from .tokenizer import Tokenizer
@@ -357,8 +352,8 @@ def _load(teacher, tokenizer):
 
 
 def _corpus(cfg: DistillConfig):
-    docs = D.default_corpus() if not cfg.corpus else D.read_corpus(cfg.corpus, cfg.text_field)
-    return D.split_held_out(docs, cfg.held_out)
+    docs = data.default_corpus() if not cfg.corpus else data.read_corpus(cfg.corpus, cfg.text_field)
+    return data.split_held_out(docs, cfg.held_out)
 
 
 def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, config: DistillConfig | None = None,
@@ -379,23 +374,64 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
     check_fields(cfg, FIELD_TYPES)
     say = functools.partial(print, flush=True)  # set-up lines and the final report; --no-progress hides the bar only
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
-    with parallel.abort_on_error() as world:
-        if world.size > 1:
-            if cfg.device != "cpu":
-                raise ValueError("--device cuda: data parallelism on MPI runs on the CPU only")
-            if world.writer:
-                say(world.describe())
-            else:  # rank 0 prints, logs, saves and evaluates
-                say, cfg.progress, cfg.evaluate = (lambda *a, **k: None), False, False
-        from .runchecks import check_output
-        check_output(cfg.out_dir, teacher=teacher if isinstance(teacher, (str, Path)) else None, corpus=cfg.corpus)
-        with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=say, writer=world.writer) as run, \
-                quiet_overflow():
-            return _distill(teacher, tokenizer, cfg, run, say, t_begin)
+    from .runchecks import check_output
+    check_output(cfg.out_dir, teacher=teacher if isinstance(teacher, (str, Path)) else None, corpus=cfg.corpus)
+    refusal = "--device cuda: data parallelism on MPI runs on the CPU only" if cfg.device != "cpu" else None
+    with open_run(cfg, say, mpi_refusal=refusal) as (world, run, say):
+        cfg.evaluate = cfg.evaluate and world.writer  # rank 0 prints, logs, saves and evaluates
+        return _distill(teacher, tokenizer, cfg, run, say, t_begin)
+
+
+@dataclass
+class _Job:
+    """What one distillation works with, set up by _models and _data; the loop and the report read it."""
+    teacher: Any                       # the teacher model (eval mode)
+    student: Any                       # the student, its layers copied from the teacher's
+    tokenizer: Any
+    teacher_name: str                  # the checkpoint folder or name (or "<model>")
+    mlm: bool                          # the teacher has an MLM head: masked inputs and the logit terms
+    layers: list                       # teacher layers copied into the student
+    weights: LossWeights
+    eval_len: int                      # tokens per text in the evaluations
+    sts_init: dict | None = None       # the student's STS Spearman before training, per split
+    special: Any = None                # data.special_ids of the tokenizer
+    batches: Any = None                # data.Batches over the training sequences
+    mask_weights: Any = None           # masking.selection_weights from the corpus' token counts
+    held_texts: list = field(default_factory=list)   # held-out texts for the final comparison
+    seqs: list = field(default_factory=list)         # the training sequences (their digest names the run)
 
 
 def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: float) -> dict:
-    out = run.out
+    """Set up, train, save, report: each step is one function below."""
+    job = _models(teacher, tokenizer, cfg, say)
+    _data(job, cfg, say)
+    opt = AdamW(job.student.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    world = parallel.world()
+    from .runchecks import distill_identity
+    run.expect(**distill_identity(cfg, job.teacher, job.teacher_name, job.layers, job.seqs))   # --resume: same run
+    state = resume(run, world, dict(job.student.named_parameters()), opt, job.batches) or RunState()
+    if cfg.steps is not None:
+        state.total_steps = int(cfg.steps)
+    models_to(cfg.device, say, job.teacher, job.student)
+
+    def save():
+        run.save(state.step, model=job.student.state_dict(), optimizer=opt.state_dict(), data=job.batches.state(),
+                 state=state, config=cfg)
+
+    setup_seconds = time.perf_counter() - t_begin
+    planned, lr, plan = _train(job, cfg, run, world, opt, state, save)
+    if state.step == 0:   # nothing learnt: no model written, no checkpoint
+        raise RunError(f"the time budget ({cfg.time_budget:.3g} s) ended before the first update; give more time")
+    if run.saved is None or run.saved[0] != state.step:
+        save()
+    job.student.eval()
+    if not run.writer:
+        return {}
+    return _finish(job, cfg, run, state, planned, lr, plan, setup_seconds, t_begin, say)
+
+
+def _models(teacher, tokenizer, cfg: DistillConfig, say) -> _Job:
+    """The teacher, the student made from it, the loss weights, and the student's quality before training."""
     teacher_model, tokenizer, teacher_name = _load(teacher, tokenizer)
     teacher_model.eval()
     mlm = has_mlm_head(teacher_model)
@@ -415,44 +451,29 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     eval_len = min(E.EVAL_MAX_LEN, teacher_model.config.max_position_embeddings)
     sts_init = ({split: E.sts_spearman(E.model_encoder(student), tokenizer, split, max_len=eval_len)
                  for split in E.STS_SETS} if cfg.evaluate else None)
+    return _Job(teacher_model, student, tokenizer, teacher_name, mlm, layers, w, eval_len, sts_init)
 
-    # data
-    special = D.special_ids(tokenizer)
+
+def _data(job: _Job, cfg: DistillConfig, say) -> None:
+    """The corpus cut into training sequences and batches, the masking weights, the held-out texts."""
+    job.special = data.special_ids(job.tokenizer)
     train_docs, held_docs = _corpus(cfg)
-    seqs = D.make_sequences(train_docs, tokenizer, cfg.max_len)
-    held_texts = E.sample_texts(held_docs, cfg.eval_texts, seed=cfg.seed)
-    batches = D.Batches(seqs, cfg.batch_size, special.pad, seed=cfg.seed)
-    mask_weights = selection_weights(D.token_counts(seqs, special.vocab_size), special.vocab_size, cfg.mask_smoothing)
+    seqs = data.make_sequences(train_docs, job.tokenizer, cfg.max_len)
+    job.held_texts = E.sample_texts(held_docs, cfg.eval_texts, seed=cfg.seed)
+    job.batches = data.Batches(seqs, cfg.batch_size, job.special.pad, seed=cfg.seed)
+    job.seqs = seqs
+    counts = data.token_counts(seqs, job.special.vocab_size)
+    job.mask_weights = selection_weights(counts, job.special.vocab_size, cfg.mask_smoothing)
     say(f"corpus: {len(train_docs)} documents -> {len(seqs)} sequences of <= {cfg.max_len} tokens "
         f"({len(held_docs)} documents held out)")
 
-    opt = AdamW(student.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    params = dict(student.named_parameters())
-    state = RunState()
-    world = parallel.world()
-    from .runchecks import distill_identity
-    run.expect(**distill_identity(cfg, teacher_model, teacher_name, layers, seqs))   # --resume: the same run only
-    c = world.bcast(run.resume(params))   # rank 0 reads the checkpoint: any rank count resumes any other's
-    if c is not None:
-        ckpt.load_model_arrays(params, c.model)
-        opt.load_state_dict(c.optimizer)
-        batches.load_state(c.data)
-        state = RunState(**c.extra["run"])
-    if cfg.steps is not None:
-        state.total_steps = int(cfg.steps)
 
-    def save():
-        run.save(state.step, model=student.state_dict(), optimizer=opt.state_dict(), data=batches.state(),
-                 state=state, config=cfg)
-
-    if cfg.device != "cpu":  # after any resume (loaded on the host); AdamW moves its moments on its first step
-        teacher_model.to(cfg.device)
-        student.to(cfg.device)
-        say(describe(cfg.device))
+def _train(job: _Job, cfg: DistillConfig, run: Run, world, opt, state: RunState, save):
+    """The updates, until cfg.steps or the time budget: returns (planned updates, last learning rate, the budget's
+    plan or None). Checkpoints every cfg.checkpoint_every updates."""
     progress = _Progress(cfg, state)
     plan = BudgetPlan(cfg.time_budget) if cfg.steps is None else None
-    student.train()
-    setup_seconds = time.perf_counter() - t_begin
+    job.student.train()
     t_start = time.perf_counter()
     lr, planned, complete = None, state.total_steps, False
     try:
@@ -469,47 +490,14 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
             planned = state.total_steps
             lr = LinearWarmupDecay(cfg.lr, planned or PROVISIONAL_STEPS, cfg.warmup)(state.step)
             t_step = time.perf_counter()
-            terms_sum: dict[str, float] = {}
-            loss_sum = 0.0
-            n_tokens = 0
+            loss_sum, terms_sum, n_tokens = 0.0, {}, 0
             for micro in range(cfg.grad_accum):
-                input_ids, attention_mask = batches.next()          # the global batch (B, T), on every rank
-                n_tokens += int(attention_mask.sum())
-                rng = np.random.default_rng(_step_seed(cfg.seed, state.step, micro))
-                if mlm:
-                    inputs, labels = mask_tokens(input_ids, attention_mask, rng, special, weights=mask_weights)
-                else:
-                    inputs, labels = input_ids, None
-                scale = None
-                lo, hi = world.shard(len(inputs))                   # this rank's examples [lo, hi)
-                if world.size > 1:  # each term: this rank's partial sum over the GLOBAL count
-                    every, mine = (_term_counts(labels, attention_mask, w, a, b) for a, b in ((0, None), (lo, hi)))
-                    scale = {k: mine[k] / max(every[k], 1) for k in every}
-                    inputs, attention_mask = inputs[lo:hi], attention_mask[lo:hi]
-                    labels = None if labels is None else labels[lo:hi]
-                F.manual_seed(_step_seed(cfg.seed + 1, state.step, micro), first_example=lo)  # dropout masks
-                with no_grad():
-                    t_logits, t_hidden = forward_outputs(teacher_model, inputs, attention_mask)
-                    t_logits = None if t_logits is None else t_logits.numpy()
-                    t_hidden = t_hidden.numpy()
-                s_logits, s_hidden = forward_outputs(student, inputs, attention_mask)
-                loss, terms = distillation_loss(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask, w,
-                                                scale)
-                value = float(loss.item())
-                if world.size > 1:  # the global loss and terms: the sums of the ranks' shares
-                    names = list(terms)
-                    total = world.sum([value] + [terms[k] * scale[k] for k in names])
-                    value, terms = float(total[0]), dict(zip(names, map(float, total[1:]), strict=True))
-                run.check_step(state.step + 1, loss=value, detail=f" ({terms})")
-                (loss * (1.0 / cfg.grad_accum)).backward()
+                value, terms, tokens = _micro_step(job, cfg, run, world, state.step, micro)
+                n_tokens += tokens
                 loss_sum += value / cfg.grad_accum
                 for k, v in terms.items():
                     terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum
-            world.allreduce_grads(opt.parameters())                # the global batch's gradient on every rank
-            norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)
-            run.check_step(state.step + 1, grad_norm=norm)
-            opt.step(lr=lr)
-            opt.zero_grad()
+            norm = update(run, world, opt, state.step, cfg.max_grad_norm, lr)   # the global batch's gradient
             state.step += 1
             state.tokens += n_tokens
             row = {"step": state.step, "loss": loss_sum, **terms_sum, "lr": lr, "grad_norm": norm,
@@ -526,31 +514,65 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     finally:
         progress.close(complete)
     state.seconds += time.perf_counter() - t_start
-    if state.step == 0:   # nothing learnt: no model written, no checkpoint
-        raise RunError(f"the time budget ({cfg.time_budget:.3g} s) ended before the first update; give more time")
-    if run.saved is None or run.saved[0] != state.step:
-        save()
-    student.eval()
-    t_after = time.perf_counter()
+    return planned, lr, plan
 
-    # 4. the output folder
-    if not run.writer:
-        return {}
+
+def _micro_step(job: _Job, cfg: DistillConfig, run: Run, world, step: int, micro: int):
+    """One micro-batch: mask, both forwards, the loss, its backward (scaled by 1 / grad_accum). Returns the global
+    loss, its terms and the batch's token count."""
+    input_ids, attention_mask = job.batches.next()          # the global batch (B, T), on every rank
+    n_tokens = int(attention_mask.sum())
+    rng = np.random.default_rng(step_seed(cfg.seed, step, micro))
+    if job.mlm:
+        inputs, labels = mask_tokens(input_ids, attention_mask, rng, job.special, weights=job.mask_weights)
+    else:
+        inputs, labels = input_ids, None
+    scale = None
+    lo, hi = world.shard(len(inputs))                   # this rank's examples [lo, hi)
+    if world.size > 1:  # each term: this rank's partial sum over the GLOBAL count
+        every, mine = (_term_counts(labels, attention_mask, job.weights, a, b) for a, b in ((0, None), (lo, hi)))
+        scale = {k: mine[k] / max(every[k], 1) for k in every}
+        inputs, attention_mask = inputs[lo:hi], attention_mask[lo:hi]
+        labels = None if labels is None else labels[lo:hi]
+    F.manual_seed(step_seed(cfg.seed + 1, step, micro), first_example=lo)  # dropout masks
+    with no_grad():
+        t_logits, t_hidden = forward_outputs(job.teacher, inputs, attention_mask)
+        t_logits = None if t_logits is None else t_logits.numpy()
+        t_hidden = t_hidden.numpy()
+    s_logits, s_hidden = forward_outputs(job.student, inputs, attention_mask)
+    loss, terms = distillation_loss(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask, job.weights,
+                                    scale)
+    value = float(loss.item())
+    if world.size > 1:  # the global loss and terms: the sums of the ranks' shares
+        names = list(terms)
+        total = world.sum([value] + [terms[k] * scale[k] for k in names])
+        value, terms = float(total[0]), dict(zip(names, map(float, total[1:]), strict=True))
+    run.check_step(step + 1, loss=value, detail=f" ({terms})")
+    (loss * (1.0 / cfg.grad_accum)).backward()
+    return value, terms, n_tokens
+
+
+def _finish(job: _Job, cfg: DistillConfig, run: Run, state: RunState, planned, lr, plan, setup_seconds: float,
+            t_begin: float, say) -> dict:
+    """The output folder (the student, the sentence-transformers files, the loss curve), the comparison with the
+    teacher, and the report."""
+    t_after = time.perf_counter()
+    out = run.out
     from .loading import save_pretrained
-    save_pretrained(student, out, tokenizer=tokenizer)
-    if Path(teacher_name).is_dir():
-        write_sentence_transformers_files(teacher_name, out, student.config.dim)
+    save_pretrained(job.student, out, tokenizer=job.tokenizer)
+    if Path(job.teacher_name).is_dir():
+        write_sentence_transformers_files(job.teacher_name, out, job.student.config.dim)
     curve = plot_curves(run.metrics, out / "loss_curve.png", LOSS_TERMS, "distillation losses", say)
     schedule = schedule_summary(state.step, planned, lr, cfg.lr,
                                 "" if plan is None else "the time budget ran out before the planned updates")
-    report = {"teacher": teacher_name, "student_dir": str(out), "layers": list(layers), "steps": state.step,
-              "train_seconds": round(state.seconds, 1), "tokens": state.tokens, "mlm": mlm, "weights": asdict(w),
-              "loss_curve": curve, "schedule": schedule, "state_dir": str(run.state_dir),
-              "time_budget_seconds": None if plan is None else cfg.time_budget,
+    report = {"teacher": job.teacher_name, "student_dir": str(out), "layers": list(job.layers), "steps": state.step,
+              "train_seconds": round(state.seconds, 1), "tokens": state.tokens, "mlm": job.mlm,
+              "weights": asdict(job.weights), "loss_curve": curve, "schedule": schedule,
+              "state_dir": str(run.state_dir), "time_budget_seconds": None if plan is None else cfg.time_budget,
               "setup_seconds": round(setup_seconds, 1)}
     if cfg.evaluate:
-        report.update(compare(teacher_model, student, tokenizer, held_texts, batches, eval_len))
-        for split, rho in sts_init.items():
+        report.update(compare(job.teacher, job.student, job.tokenizer, job.held_texts, job.batches, job.eval_len))
+        for split, rho in job.sts_init.items():
             report[f"sts_{split}_student_init"] = rho
             report[f"sts_{split}_kept_init"] = rho / report[f"sts_{split}_teacher"]
     report["eval_seconds"] = round(time.perf_counter() - t_after, 1)   # saving, the curve and the comparison
@@ -569,7 +591,7 @@ def write_sentence_transformers_files(teacher_dir: str | Path, student_dir: str 
     MEAN pooling (the pooling every embedding term of the distillation is computed on, whatever the teacher
     used), sentence_bert_config.json (the teacher's max_seq_length and casing) and
     config_sentence_transformers.json. Returns the files written ([] for a plain teacher)."""
-    from .safetensors_io import atomic_write
+    from .files import atomic_write
     teacher_dir, student_dir = Path(teacher_dir), Path(student_dir)
     if not (teacher_dir / "modules.json").is_file():
         return []
@@ -631,13 +653,13 @@ class _Progress:
         self.bar.close()
 
 
-def compare(teacher, student, tokenizer, held_texts: Sequence[str], batches: D.Batches,
+def compare(teacher, student, tokenizer, held_texts: Sequence[str], batches: data.Batches,
             max_len: int = E.EVAL_MAX_LEN) -> dict:
     """Teacher beside student: layers, parameters, forward time on the same batch; the STS Spearman of each on the
     test set and the development set and the share the student keeps; on held-out text, the mean cosine of their
     sentence embeddings and the Spearman of their similarities over random pairs (evaluation's module doc)."""
     longest = sorted(batches.seqs, key=len)[-batches.batch_size:]  # a full-length batch
-    input_ids, attention_mask = D.pad_batch(longest, batches.pad_id)
+    input_ids, attention_mask = data.pad_batch(longest, batches.pad_id)
 
     def timed(model):
         model.eval()
@@ -710,104 +732,6 @@ def format_report(r: dict) -> str:
                      f"{r['held_out_mean_cosine']:.3f}; Spearman of their similarities over {r['held_out_pairs']} "
                      f"random pairs {r['held_out_similarity_spearman']:.3f}")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# command line
-
-
-def add_command(subparsers, name: str = "distill", help: str | None = None) -> argparse.ArgumentParser:
-    """The `minidistil distill` sub-parser (the registry hook of minidistil/cli.py)."""
-    p = subparsers.add_parser(name, help=help or "distil a smaller DistilBERT student from a BERT/DistilBERT teacher",
-                              description=__doc__.split("\n\n")[0],
-                              epilog="Output: OUT holds the student (config.json, model.safetensors, tokenizer) and "
-                                     "small logs (metrics.jsonl, loss_curve.png, report.json); the training state "
-                                     "(checkpoints, the last two kept) lives apart in OUT.training, which --resume "
-                                     "reads. One run at a time per folder (a lock).")
-    d = DistillConfig()
-    T = FIELD_TYPES
-    p.add_argument("--teacher", default=d.teacher, help=f"checkpoint folder or name (default {d.teacher})")
-    p.add_argument("--out", dest="out_dir", default=d.out_dir, help="output folder (default %(default)s)")
-    p.add_argument("--student-layers", type=T["student_layers"], default=None,
-                   help="student depth (default: half the teacher's)")
-    p.add_argument("--layer-map", type=int_list, default=None,
-                   help="teacher layers to copy, comma-separated, e.g. 0,2,4 (overrides --student-layers)")
-    p.add_argument("--corpus", nargs="+", default=None,
-                   help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings "
-                        "and the classic Unix fortune files)")
-    p.add_argument("--text-field", default=d.text_field, help="JSONL field holding the text (default %(default)s)")
-    p.add_argument("--held-out", type=T["held_out"], default=d.held_out,
-                   help="share of documents held out, in [0, 1) (default %(default)s)")
-    p.add_argument("--max-len", type=T["max_len"], default=None,
-                   help="sequence length in tokens (default 128 with an MLM head, 64 for a sentence encoder)")
-    p.add_argument("--batch-size", type=T["batch_size"], default=d.batch_size,
-                   help="sequences per batch (default %(default)s)")
-    p.add_argument("--grad-accum", type=T["grad_accum"], default=d.grad_accum,
-                   help="batches per update (default %(default)s)")
-    p.add_argument("--steps", type=T["steps"], default=None, help="number of updates (default: fill --time-budget)")
-    p.add_argument("--time-budget", type=T["time_budget"], default=d.time_budget / 60,
-                   help="minutes of training when --steps is not given: the updates and checkpoints; loading, the "
-                        "corpus and the evaluation come on top (the report gives each). The number of updates is "
-                        "re-planned as the speed changes, so the learning-rate decay ends with the budget "
-                        "(default %(default)s)")
-    p.add_argument("--lr", type=T["lr"], default=d.lr, help="peak learning rate (default %(default)s)")
-    p.add_argument("--warmup", type=T["warmup"], default=d.warmup,
-                   help="warm-up share of the steps, in [0, 1) (default %(default)s)")
-    p.add_argument("--weight-decay", type=T["weight_decay"], default=d.weight_decay, help="(default %(default)s)")
-    p.add_argument("--max-grad-norm", type=T["max_grad_norm"], default=d.max_grad_norm, help="(default %(default)s)")
-    for name, help_ in [("alpha-ce", "KL on softened MLM logits"), ("alpha-mlm", "masked-token cross-entropy"),
-                        ("alpha-cos", "1 - cos of hidden states"), ("alpha-mse", "MSE of hidden states"),
-                        ("alpha-pool-cos", "1 - cos of mean-pooled embeddings"),
-                        ("alpha-pool-mse", "MSE of mean-pooled embeddings"),
-                        ("alpha-sim", "KL between in-batch similarity rows of mean-pooled embeddings")]:
-        p.add_argument(f"--{name}", type=NON_NEGATIVE, default=None,
-                       help=f"weight of the {help_} term (default: 5/2/1/0/0/0/0 with an MLM head, else "
-                            "0/0/1/0/1/1/0)")
-    p.add_argument("--temperature", type=POSITIVE, default=2.0, help="softmax temperature (default %(default)s)")
-    p.add_argument("--sim-temperature", type=POSITIVE, default=LossWeights.sim_temperature,
-                   help="temperature of the similarity term (default %(default)s)")
-    p.add_argument("--kl-masked-only", action="store_true", help="KL on the masked positions only")
-    p.add_argument("--seed", type=T["seed"], default=d.seed, help="(default %(default)s)")
-    p.add_argument("--checkpoint-every", type=T["checkpoint_every"], default=d.checkpoint_every,
-                   help="steps between checkpoints, 0: at the end only (default %(default)s)")
-    again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue the run in OUT from its newest sound checkpoint in OUT.training (a damaged one "
-                            "is named and the one before it used)")
-    again.add_argument("--overwrite", action="store_true",
-                       help="start again in an OUT that holds a run (its checkpoints and logs are deleted)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--no-eval", dest="evaluate", action="store_false", help="skip the final comparison")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="cuda: teacher, student and optimiser on the GPU (numba.cuda kernels; default %(default)s)")
-    p.set_defaults(run=run_cli)
-    return p
-
-
-def run_cli(args) -> int:
-    """`minidistil distill`: errors (a diverged run included) reach minidistil.cli.main, which prints them."""
-    alphas = {k: getattr(args, k) for k in ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse", "alpha_pool_cos",
-                                           "alpha_pool_mse", "alpha_sim")}
-    weights = None
-    if (any(v is not None for v in alphas.values()) or args.temperature != 2.0 or args.kl_masked_only
-            or args.sim_temperature != LossWeights.sim_temperature):
-        from .config import config_from_json_file
-        from .loading import resolve
-        arch = (config_from_json_file(resolve(args.teacher) / "config.json").architectures or [""])[0]
-        base = LossWeights.defaults(mlm=arch.endswith("ForMaskedLM"))
-        weights = LossWeights(**{**asdict(base), **{k: v for k, v in alphas.items() if v is not None},
-                                 "temperature": args.temperature, "kl_masked_only": args.kl_masked_only,
-                                 "sim_temperature": args.sim_temperature})
-    cfg = DistillConfig(teacher=args.teacher, out_dir=args.out_dir, student_layers=args.student_layers,
-                        layer_map=args.layer_map, corpus=args.corpus, text_field=args.text_field,
-                        held_out=args.held_out, max_len=args.max_len, batch_size=args.batch_size,
-                        grad_accum=args.grad_accum, steps=args.steps, time_budget=args.time_budget * 60,
-                        lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
-                        max_grad_norm=args.max_grad_norm, weights=weights, seed=args.seed,
-                        checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
-                        progress=args.progress, evaluate=args.evaluate, device=args.device)
-    distill(cfg.teacher, cfg.out_dir, config=cfg)
-    return 0
 
 
 def main(argv=None) -> int:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .data import encode_plain, pad_batch, special_ids
-from .functional import mean_pool
+from .functional import l2_normalize, mean_pool
 from .metrics import spearman
 
 Encoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -62,7 +62,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of (N, C) arrays, in float64."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+    return (l2_normalize(a) * l2_normalize(b)).sum(-1)
 
 
 def model_encoder(model) -> Encoder:

@@ -42,25 +42,25 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from . import checkpoint as ckpt
 from . import functional as F
 from . import losses as L
 from . import metrics as M
-from . import parallel
 from . import qa as QA
 from . import taskdata as TD
 from .autograd import no_grad
-from .cli import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, WEIGHT, bounded, check_fields
-from .device import check_device, describe
+from .argtypes import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, WEIGHT, bounded, check_fields
+from .device import check_device
 from .kernels import _cuda
-from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
-from .run import Run, RunState, plot_curves, quiet_overflow, schedule_summary, schedule_text
-from .safetensors_io import atomic_write
+from .optim import AdamW, LinearWarmupDecay
+from .run import (Run, RunState, models_to, open_run, plot_curves, resume, schedule_summary, schedule_text,
+                  step_seed, update)
+from .files import atomic_write
 
 TASKS = {  # task -> (head class suffix, problem_type, main metric)
     "classification": ("ForSequenceClassification", "single_label_classification", "accuracy"),
@@ -71,7 +71,8 @@ TASKS = {  # task -> (head class suffix, problem_type, main metric)
     "choice": ("ForMultipleChoice", None, "accuracy"),
 }
 FORMATS = ("csv", "tsv", "jsonl", "imdb", "conll", "squad")
-RESOURCES = Path(__file__).parent / "resources"   # "resource:sentiment_small.tsv" names a file shipped there
+# "resource:sentiment_small.tsv" names a file shipped in the package's resources/ folder
+RESOURCES = Path(str(resources.files("minidistil"))) / "resources"
 
 
 def data_path(path: str) -> str:
@@ -363,25 +364,25 @@ def _target(t) -> np.ndarray:
 def teacher_loss(task: str, s_out, t_out, b: dict, temperature: float):
     """The student-to-teacher term on one batch (see the module docstring). The teacher's logits stay on the
     device they were computed on (the student's)."""
-    T = float(temperature)
+    tau = float(temperature)                     # the distillation temperature (T is the token count below)
     if task in ("classification", "choice"):
-        return L.distill_kl(s_out.logits, _target(t_out.logits), T)
+        return L.distill_kl(s_out.logits, _target(t_out.logits), tau)
     if task == "regression":
         return L.mse(s_out.logits, _target(t_out.logits))
     if task == "multilabel":
-        soft = 1.0 / (1.0 + np.exp(-t_out.logits.numpy().astype(np.float64) / T))      # (B, K) soft targets
+        soft = 1.0 / (1.0 + np.exp(-t_out.logits.numpy().astype(np.float64) / tau))      # (B, K) soft targets
         soft = np.ascontiguousarray(soft, dtype=np.float32)
         if _cuda.is_device_array(s_out.logits.data):
             soft = _cuda.to_device(soft)                                              # (B*K floats: one copy)
-        return L.bce_with_logits(s_out.logits * (1.0 / T), soft) * (T * T)
+        return L.bce_with_logits(s_out.logits * (1.0 / tau), soft) * (tau * tau)
     if task == "token":
-        B, T_, K = s_out.logits.shape
+        B, T, K = s_out.logits.shape
         rows = np.ascontiguousarray(b["attention_mask"].reshape(-1) != 0)            # (B*T,) real tokens
-        t = _target(t_out.logits.reshape(B * T_, K))
-        return L.distill_kl(s_out.logits.reshape(B * T_, K), t, T, rows)
+        t = _target(t_out.logits.reshape(B * T, K))
+        return L.distill_kl(s_out.logits.reshape(B * T, K), t, tau, rows)
     if task == "qa":
-        start = L.distill_kl(s_out.start_logits, _target(t_out.start_logits), T)
-        end = L.distill_kl(s_out.end_logits, _target(t_out.end_logits), T)
+        start = L.distill_kl(s_out.start_logits, _target(t_out.start_logits), tau)
+        end = L.distill_kl(s_out.end_logits, _target(t_out.end_logits), tau)
         return (start + end) * 0.5
     raise ValueError(f"task: unknown {task!r}")
 
@@ -438,7 +439,7 @@ class EvalPrediction(NamedTuple):
     label_ids: object
 
 
-def evaluate(task: str, model, examples: list, feats: dict, names: list[str] | None, cfg: FinetuneConfig,
+def evaluate_examples(task: str, model, examples: list, feats: dict, names: list[str] | None, cfg: FinetuneConfig,
              compute_metrics=None) -> dict:
     """The task's metrics on labelled examples (see minidistil.metrics); "main" names the one that picks the
     best epoch. compute_metrics(EvalPrediction) -> {name: number} adds metrics of the caller's own."""
@@ -495,9 +496,8 @@ def _task_metrics(task: str, out: dict, examples: list, feats: dict, names, cfg:
 
 
 def head_class(model_path, task: str):
-    from .loading import model_classes, resolve
-    from .pipelines import _class_for  # the checkpoint's own head class, else model type + head
-    return _class_for(resolve(model_path), TASKS[task][0], model_classes())
+    from .loading import class_for, resolve  # the checkpoint's own head class, else model type + head
+    return class_for(resolve(model_path), TASKS[task][0])
 
 
 def reinit(model, names: list[str], seed: int):
@@ -515,7 +515,7 @@ def reinit(model, names: list[str], seed: int):
             p.data[...] = rng.normal(0.0, std, p.shape)
 
 
-def load_model(cfg: FinetuneConfig, names: list[str] | None, say=print):
+def load_student(cfg: FinetuneConfig, names: list[str] | None, say=print):
     """The checkpoint in cfg.model with the task's head; returns (model, tokenizer, missing keys)."""
     import warnings
 
@@ -566,10 +566,6 @@ def load_teacher(cfg: FinetuneConfig, student, tokenizer, names):
 # the run
 
 
-def _seed(*parts) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
 def _better(new: float, old: float | None) -> bool:
     return old is None or (math.isfinite(new) and (not math.isfinite(old) or new > old))
 
@@ -601,21 +597,13 @@ def finetune(task: str | None = None, model: str | None = None, train=None, out_
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
     say = print if cfg.progress else (lambda *a, **k: None)
     notice = print   # the run's notices (a lock taken over, a damaged checkpoint passed over): even without progress
-    with parallel.abort_on_error() as world:
-        if world.size > 1:
-            if cfg.device != "cpu" or cfg.teacher:
-                raise ValueError("data parallelism on MPI: fine-tuning runs on the CPU and without a teacher")
-            if world.writer:
-                say(world.describe())
-            else:  # rank 0 prints, logs and saves
-                say = notice = (lambda *a, **k: None)
-                cfg.progress = False
-        from .runchecks import check_output
-        check_output(cfg.out_dir, model=cfg.model, teacher=cfg.teacher, train=None if "train" in data else cfg.train,
-                     validation=None if "validation" in data else cfg.validation)
-        with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=notice, writer=world.writer) as run, \
-                quiet_overflow():
-            return _finetune(cfg, data, compute_metrics, run, world, say, save_pretrained)
+    from .runchecks import check_output
+    check_output(cfg.out_dir, model=cfg.model, teacher=cfg.teacher, train=None if "train" in data else cfg.train,
+                 validation=None if "validation" in data else cfg.validation)
+    refusal = ("data parallelism on MPI: fine-tuning runs on the CPU and without a teacher"
+               if cfg.device != "cpu" or cfg.teacher else None)
+    with open_run(cfg, say, notice, mpi_refusal=refusal) as (world, run, say):   # rank 0 prints, logs and saves
+        return _finetune(cfg, data, compute_metrics, run, world, say, save_pretrained)
 
 
 def _share(task: str, b: dict, lo: int, hi: int) -> float:
@@ -650,7 +638,7 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
     say(f"{cfg.task}: {len(train_ex)} training and {len(val_ex)} validation examples"
         + (f", labels {names}" if names else ""))
 
-    model_, tokenizer, missing = load_model(cfg, names, say)
+    model_, tokenizer, missing = load_student(cfg, names, say)
     teacher = load_teacher(cfg, model_, tokenizer, names) if cfg.teacher else None
     tr = encode(cfg.task, train_ex, tokenizer, names, cfg)
     va = encode(cfg.task, val_ex, tokenizer, names, cfg) if val_ex else None
@@ -661,20 +649,14 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
     sched = LinearWarmupDecay(cfg.lr, total, cfg.warmup)
     opt = AdamW(model_.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = dict(model_.named_parameters())
-    state = RunState(total_steps=total)
     from .runchecks import finetune_identity
     run.expect(**finetune_identity(cfg, params, names, tr, va, teacher))   # --resume: the same run only
-    c = world.bcast(run.resume(params))   # rank 0 reads the checkpoint: any rank count resumes any other's
-    if c is not None:
-        ckpt.load_model_arrays(params, c.model)
-        opt.load_state_dict(c.optimizer)
-        state = RunState(**c.extra["run"])
+    state = resume(run, world, params, opt)
+    if state is None:
+        state = RunState(total_steps=total)
+    else:
         say(f"continuing with epoch {state.epoch + 1}, update {state.step + 1}")
-    if cfg.device != "cpu":  # after any resume (loaded on the host); AdamW moves its moments on its first step
-        model_.to(cfg.device)
-        if teacher is not None:
-            teacher.to(cfg.device)
-        say(describe(cfg.device))
+    models_to(cfg.device, say, model_, teacher)
 
     def save_state():  # the parameters as Tensors: np.asarray copies device arrays to the host
         run.save(state.step, model=params, optimizer=opt.state_dict(), state=state, config=cfg)
@@ -683,7 +665,7 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
     stopped, done_early, lr = None, False, None
     while state.epoch < cfg.epochs and not done_early:
         epoch = state.epoch
-        order = np.random.default_rng(_seed(cfg.seed, epoch)).permutation(N)
+        order = np.random.default_rng(step_seed(cfg.seed, epoch)).permutation(N)
         bar = _bar(cfg, per_epoch, state.batch, f"epoch {epoch + 1}/{cfg.epochs}")
         model_.train()
         while state.batch < per_epoch:
@@ -698,7 +680,7 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
                 share = _share(cfg.task, b, lo, hi)
                 b = {k: v[lo:hi] for k, v in b.items()}
             per_example = b["input_ids"].shape[1] if cfg.task == "choice" else 1   # (B, K, T): K rows each
-            F.manual_seed(_seed(cfg.seed, 1, state.step), first_example=lo * per_example)  # dropout masks
+            F.manual_seed(step_seed(cfg.seed, 1, state.step), first_example=lo * per_example)  # dropout masks
             s_out = forward(model_, b)
             loss, row = s_out.loss, {"step": state.step + 1, "epoch": epoch + 1, "task_loss": float(s_out.loss)}
             if teacher is not None:
@@ -713,12 +695,8 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
                 value, row["task_loss"] = (float(x) for x in world.sum([value * share, row["task_loss"] * share]))
             run.check_step(state.step + 1, loss=value, detail=f" (lr {cfg.lr}; check the labels)")
             loss.backward()
-            world.allreduce_grads(opt.parameters())            # the global batch's gradient on every rank
-            norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)
-            run.check_step(state.step + 1, grad_norm=norm)
             lr = sched(state.step)
-            opt.step(lr=lr)
-            opt.zero_grad()
+            norm = update(run, world, opt, state.step, cfg.max_grad_norm, lr)   # the global batch's gradient
             state.step += 1
             state.batch += 1
             run.log({**row, "loss": value, "lr": lr, "grad_norm": norm})
@@ -733,7 +711,7 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
             break
         # end of the epoch: evaluate, keep the best, maybe stop
         model_.eval()
-        r = (evaluate(cfg.task, model_, val_ex, va, names, cfg, compute_metrics) if va is not None
+        r = (evaluate_examples(cfg.task, model_, val_ex, va, names, cfg, compute_metrics) if va is not None
              else {"main": None})
         score = r.get(r["main"]) if r["main"] else None
         run.log({"step": state.step, "epoch": epoch + 1, "eval": r})
@@ -744,10 +722,10 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
             run.check_parameters(state.step, params)
             if run.writer:
                 save_pretrained(model_, out, tokenizer=tokenizer)
-            say(f"epoch {epoch + 1}: {_summary(r)}  -> best so far, saved to {out}")
+            say(f"epoch {epoch + 1}: {metrics_summary(r)}  -> best so far, saved to {out}")
         else:
             state.bad_epochs += 1
-            say(f"epoch {epoch + 1}: {_summary(r)}  (best {state.best:.4f} at epoch {state.best_epoch})")
+            say(f"epoch {epoch + 1}: {metrics_summary(r)}  (best {state.best:.4f} at epoch {state.best_epoch})")
             if cfg.early_stopping and state.bad_epochs >= cfg.early_stopping:
                 say(f"early stopping: {state.bad_epochs} epoch(s) without improvement")
                 done_early = True
@@ -782,7 +760,7 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
     return report
 
 
-def _summary(r: dict) -> str:
+def metrics_summary(r: dict) -> str:
     keys = ("accuracy", "f1_macro", "f1_micro", "pearson", "spearman", "precision", "recall", "f1", "exact_match")
     undefined = [k for k in keys if k in r and r[k] is None]     # a correlation over one validation example
     return "  ".join([f"{k} {r[k]:.4f}" for k in keys if isinstance(r.get(k), float)]
@@ -799,80 +777,3 @@ def _bar(cfg: FinetuneConfig, total: int, initial: int, desc: str):
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# command line
-
-
-def add_command(sub, name: str = "finetune", help: str = "fine-tune on a task"):
-    p = sub.add_parser(name, help=help, description=__doc__.split("\n\n")[0],
-                       epilog="example: minidistil finetune --task classification --model student --train "
-                              "reviews.csv --text-field review --label-field stars --out sentiment. Output: OUT "
-                              "holds the best model (config.json, model.safetensors, tokenizer) and small logs "
-                              "(metrics.jsonl, training_curve.png, report.json); the training state (checkpoints, "
-                              "the last two kept) lives apart in OUT.training, which --resume reads. One run at a "
-                              "time per folder (a lock).")
-    d = FinetuneConfig()
-    p.add_argument("--task", required=True, choices=sorted(TASKS))
-    p.add_argument("--model", required=True, help="checkpoint folder or name to start from")
-    p.add_argument("--train", required=True, help="training file (csv/tsv/jsonl/conll/squad) or IMDb folder; "
-                   "resource:sentiment_small.tsv is the small sentiment set shipped with minidistil")
-    p.add_argument("--validation", help="validation file (default: IMDb's test split, else 10%% of --train)")
-    p.add_argument("--out", dest="out_dir", default=d.out_dir, help="output folder (default %(default)s)")
-    p.add_argument("--data-format", choices=FORMATS, help="default: from the file suffix and the task")
-    p.add_argument("--text-field", default=d.text_field, help="(default %(default)s)")
-    p.add_argument("--text-pair-field", help="second text of a sentence pair")
-    p.add_argument("--label-field", default=d.label_field, help="(default %(default)s)")
-    p.add_argument("--labels", type=lambda s: s.split(","), help="label names in id order, comma-separated")
-    p.add_argument("--label-sep", default=d.label_sep, help="multilabel separator (default %(default)r)")
-    p.add_argument("--no-header", dest="header", action="store_false",
-                   help="the table has no header row: fields are column numbers from 0")
-    p.add_argument("--question-field", default=d.question_field, help="choice (default %(default)s)")
-    p.add_argument("--choices-field", default=d.choices_field,
-                   help="choice: a list field, or comma-separated columns such as ending0,ending1,ending2,ending3")
-    p.add_argument("--context-field", help="choice: text put before the question")
-    p.add_argument("--tag-column", type=bounded(int), default=d.tag_column, help="conll: column number, -1 the last "
-                   "(default: the last)")
-    p.add_argument("--on-error", choices=("skip", "fail"), default=d.on_error,
-                   help="malformed rows: skip them (listed) or stop (default %(default)s)")
-    T = FIELD_TYPES
-    p.add_argument("--held-out", type=T["held_out"], default=d.held_out,
-                   help="share of --train held out for validation when there is no --validation (default %(default)s)")
-    p.add_argument("--limit", type=T["limit"], help="use N training examples (a sample chosen by --seed)")
-    p.add_argument("--eval-limit", type=T["eval_limit"],
-                   help="evaluate on N validation examples (a fixed random sample)")
-    for flag, help_ in (("max-length", "tokens"),
-                        ("stride", "qa window overlap, tokens; None: min(128, half of --max-length)"),
-                        ("max-answer-len", "qa, tokens"), ("epochs", ""), ("batch-size", ""),
-                        ("lr", "peak learning rate"), ("warmup", "warm-up share of updates, in [0, 1)"),
-                        ("weight-decay", ""), ("max-grad-norm", ""), ("seed", ""),
-                        ("alpha", "weight of the teacher term, in [0, 1]"),
-                        ("temperature", "distillation temperature"),
-                        ("checkpoint-every", "updates between checkpoints (0: per epoch)")):
-        dest = flag.replace("-", "_")
-        p.add_argument(f"--{flag}", type=T[dest], default=getattr(d, dest), help=f"{help_} (default %(default)s)")
-    p.add_argument("--early-stopping", type=T["early_stopping"], help="stop after N epochs without improvement")
-    p.add_argument("--teacher", help="a checkpoint fine-tuned on the same task: task-level distillation")
-    p.add_argument("--stop-after", type=T["stop_after"],
-                   help="end after N updates in all (continue later with --resume)")
-    again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue the run in OUT from its newest sound checkpoint in OUT.training")
-    again.add_argument("--overwrite", action="store_true",
-                       help="start again in an OUT that holds a run (its checkpoints and logs are deleted)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
-                   help="cuda: model, teacher and optimiser on the GPU (numba.cuda kernels; default %(default)s)")
-    p.set_defaults(run=run_cli)
-    return p
-
-
-def run_cli(args) -> int:
-    names = {f.name for f in FinetuneConfig.__dataclass_fields__.values()}
-    cfg = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names})
-    report = finetune(config=cfg)  # (minidistil.cli.main has checked --device cuda: no GPU -> exit status 2)
-    best = report.get("best_eval") or {}
-    print(f"{report['task']}: {report['updates']} updates in {report['train_seconds']} s; best epoch "
-          f"{report['best_epoch']}: {_summary(best) if best else 'no validation'}; model in {report['out_dir']}")
-    return 0

@@ -22,12 +22,24 @@ from minidistil.kernels import linear as _linear
 from minidistil.kernels import softmax as _softmax
 
 
+def l2_normalize(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    """a / max(||a||_2, 1e-12) along `axis` (a new array in a's float dtype): unit vectors; the clamp keeps a zero
+    vector zero instead of dividing by zero. On plain arrays (embeddings, similarity matrices), not Tensors."""
+    a = np.asarray(a)
+    return a / np.maximum(np.linalg.norm(a, axis=axis, keepdims=True), a.dtype.type(1e-12))
+
+
+def _own_linear(w) -> bool:
+    """True for a weight Tensor subclass that computes x W^T + b itself (its `linear` method): the hook through which
+    a plug-in weight format (int8) runs its own kernel without this module knowing it."""
+    return callable(getattr(type(w), "linear", None))
+
+
 def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     """y = x @ w^T + b;  x (..., Cin), w (Cout, Cin), b (Cout,) -> y (..., Cout).
-    An int8 weight (minidistil.quantization.QuantizedWeight) runs the int8 kernel instead (inference only)."""
-    if getattr(w, "int8", None) is not None:
-        from minidistil.quantization import int8_linear
-        return int8_linear(x, w, b)
+    A weight that brings its own product (`w.linear(x, b)`, e.g. an int8 weight) runs it instead."""
+    if _own_linear(w):
+        return w.linear(x, b)
     y, cache = _linear.linear_forward(x.data, w.data, None if b is None else b.data)
 
     def backward(dy):
@@ -125,11 +137,11 @@ def projected_attention(x: Tensor, w: tuple[Tensor, Tensor, Tensor], b: tuple[Te
     into W = [wq; wk; wv] (3C, C) (no copy when they are consecutive row blocks of one array, as the models keep
     them: `stack_rows`), qkv = x W^T + [bq; bk; bv] is one (B*T, C) x (C, 3C) product, and attention reads q, k and
     v as strided column blocks of qkv (no copies between heads). On a GPU, or with int8 weights
-    (minidistil.quantization): three products, as `linear` does.
+    (a weight with its own product): three products, as `linear` does.
     Returns what `attention` returns; the gradient reaches x and the six parameters separately."""
     p, seed, offset = _attention_dropout(p, training, seed, n_heads, x.shape[1])
-    if _cuda.is_device_array(x.data) or any(getattr(wi, "int8", None) is not None for wi in w):
-        q, k, v = (linear(x, wi, bi) for wi, bi in zip(w, b, strict=True))    # GPU, or int8 weights
+    if _cuda.is_device_array(x.data) or any(_own_linear(wi) for wi in w):
+        q, k, v = (linear(x, wi, bi) for wi, bi in zip(w, b, strict=True))    # GPU, or weights with own products
         return attention(q, k, v, mask, n_heads, p, training, seed)
     C = w[0].shape[0]
     W, bias = stack_rows([t.data for t in w]), stack_rows([t.data for t in b])

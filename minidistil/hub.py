@@ -17,6 +17,7 @@ Two ways to fill it:
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import os
 import re
 import shutil
@@ -28,7 +29,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-import minidistil
 from minidistil.files import brief
 
 
@@ -81,7 +81,7 @@ def weights_dir() -> Path:
     env = os.environ.get("MINIDISTIL_WEIGHTS")
     if env:
         return Path(env).expanduser()
-    checkout = Path(minidistil.__file__).resolve().parent.parent
+    checkout = Path(str(importlib.resources.files("minidistil"))).resolve().parent   # wherever this module sits
     if (checkout / "pyproject.toml").is_file() and (checkout / "weights").is_dir():
         return checkout / "weights"
     return Path.home() / ".cache" / "minidistil" / "weights"

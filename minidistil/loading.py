@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import hub
-from .files import read_json_object
-from .safetensors_io import SafetensorsError, atomic_write, load_file, save_file
+from . import hub, plugins
+from .files import atomic_write, read_json_object
+from .safetensors_io import SafetensorsError, load_file, save_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -196,11 +196,13 @@ def map_state_dict(model, state: dict[str, np.ndarray], source: str = "checkpoin
 
 def model_classes() -> dict[str, type]:
     """HF architecture name -> our class (BertModel, BertForMaskedLM, DistilBertForSequenceClassification, ...)."""
-    import minidistil
-    return dict(minidistil.MODEL_CLASSES)
+    from . import bert, distilbert
+    return {name: cls for module in (bert, distilbert) for name, cls in vars(module).items()
+            if isinstance(cls, type) and getattr(cls, "__module__", None) == module.__name__
+            and name.startswith(("Bert", "DistilBert")) and not name.endswith("PreTrainedModel")}
 
 
-def _pick_class(config, cls, folder: Path):
+def pick_class(config, cls, folder: Path):
     classes = model_classes()
     if cls is None:
         archs = list(getattr(config, "architectures", None) or [])
@@ -256,14 +258,20 @@ def from_pretrained(name_or_path: str | os.PathLike, cls=None, device=None, *, o
             raise TypeError(f"from_pretrained: unexpected keyword(s) {unknown}: neither a from_pretrained argument "
                             f"nor a config field of {config_path}")
     overrides = {**(config_overrides or {}), **config_kwargs}
-    if config_dict.get("quantization_config") is not None:   # an int8 checkpoint (minidistil.quantization)
-        from .quantization import load_quantized
-        return load_quantized(folder, {**config_dict, **overrides}, cls, device, output_loading_info)
+    qc = config_dict.get("quantization_config")
+    if qc is not None:                                    # a plug-in format (minidistil/plugins.py), e.g. int8
+        method = qc.get("quant_method") if isinstance(qc, dict) else qc
+        fmt = plugins.checkpoint_format(method)
+        if fmt is None:
+            raise CheckpointError(f"{config_path}: quantization_config.quant_method {method!r} is not minidistil's "
+                                  f"({', '.join(map(repr, plugins.formats()))}); minidistil reads only its own "
+                                  "quantised checkpoints")
+        return fmt.load_checkpoint(folder, {**config_dict, **overrides}, cls, device, output_loading_info)
     try:
         config = config_from_json_file(config_path, overrides)
     except ValueError as e:                                                     # names the file and the field
         raise CheckpointError(str(e)) from None
-    model_cls = _pick_class(config, cls, folder)
+    model_cls = pick_class(config, cls, folder)
     model = model_cls.from_config(config)
 
     state = read_state_dict(folder)
@@ -283,10 +291,44 @@ def from_pretrained(name_or_path: str | os.PathLike, cls=None, device=None, *, o
                       "architecture (e.g. a pre-training head into a bare encoder).", stacklevel=2)
     object.__setattr__(model, "name_or_path", str(folder))
     model.eval()
-    model = _to_device(model, device)
+    model = to_device(model, device)
     if output_loading_info:
         return model, {"missing_keys": missing, "unexpected_keys": unexpected}
     return model
+
+
+def load_model(folder: Path, model_cls: type, device=None, require_head: bool = False):
+    """The checkpoint in `folder` as `model_cls` (None: its own architecture), on `device`. require_head=True
+    raises a CheckpointError naming the weights the checkpoint lacks instead of starting them at random."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        model, info = from_pretrained(folder, cls=model_cls, output_loading_info=True)
+    if require_head and info["missing_keys"]:
+        missing = info["missing_keys"]
+        raise CheckpointError(f"{folder}: no trained weights for {type(model).__name__}'s head ({len(missing)} "
+                              f"missing: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}); fine-tune "
+                              "it first (`minidistil finetune`) or give a checkpoint that has this head")
+    for w in said:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if device is not None:
+        model = to_device(model, device)
+    return model
+
+
+def class_for(folder: Path, head: str, classes: dict[str, type] | None = None) -> type:
+    """The class for this task: the checkpoint's own architecture when it has the right head, else the model
+    type's prefix + head (a new, randomly initialised head then: the loader warns about it)."""
+    from .config import config_from_json_file
+    classes = model_classes() if classes is None else classes
+    config = config_from_json_file(folder / "config.json")                    # a ValueError naming file and field
+    for arch in config.architectures or []:
+        if arch.endswith(head) and arch in classes:
+            return classes[arch]
+    model_type = config.model_type
+    name = {"bert": "Bert", "distilbert": "DistilBert"}.get(model_type, "Bert") + head
+    if name not in classes:
+        raise ValueError(f"{folder}: no {name} class in minidistil (available: {sorted(classes)})")
+    return classes[name]
 
 
 def _warn_non_finite(state: dict[str, np.ndarray], folder: Path) -> None:
@@ -304,7 +346,8 @@ def _warn_non_finite(state: dict[str, np.ndarray], folder: Path) -> None:
                       "outputs will not be finite", stacklevel=3)
 
 
-def _to_device(model, device):
+def to_device(model, device):
+    """model on `device` (None / "cpu": left where it is; "cuda" moved), after checking the device exists."""
     from .device import check_device
     device = check_device(device)
     return model if device == "cpu" else model.to(device)
@@ -314,11 +357,15 @@ def save_pretrained(model, folder: str | os.PathLike, tokenizer=None) -> Path:
     """Write config.json (with `architectures`), model.safetensors and the tokenizer files, each atomically.
 
     Tied weights are written once, under their source name, as transformers does. A quantised model is written
-    as int8 tensors and float32 scales (minidistil.quantization.save_quantized).
+    is written by its format's plug-in (minidistil/plugins.py; int8: int8 tensors and float32 scales).
     """
-    if getattr(model, "quantization_config", None) is not None:
-        from .quantization import save_quantized
-        return save_quantized(model, folder, tokenizer)
+    qc = getattr(model, "quantization_config", None)
+    if qc is not None:
+        method = qc.get("quant_method") if isinstance(qc, dict) else qc
+        fmt = plugins.checkpoint_format(method)
+        if fmt is None:
+            raise ValueError(f"model: quantization_config.quant_method {method!r} has no registered writer")
+        return fmt.save_checkpoint(model, folder, tokenizer)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from minidistil.autograd import Tensor, make_result
+from minidistil.functional import l2_normalize
 from minidistil.kernels import bce as _bce
 from minidistil.kernels import cosine as _cosine
 from minidistil.kernels import cross_entropy as _ce
@@ -101,9 +102,9 @@ def similarity_kl(a: Tensor, b, temperature: float) -> Tensor:
     N = x.shape[0]
     if N < 2:
         raise ValueError(f"similarity_kl: needs at least 2 rows, got {N}")
-    norm = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))   # (N, 1)
+    norm = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))   # (N, 1), kept for backward
     xn = x / norm                                                                      # (N, C)
-    yn = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), np.float32(1e-12))  # (N, C)
+    yn = l2_normalize(y, axis=1)                                                       # (N, C)
     off = ~np.eye(N, dtype=bool)                                                       # (N, N) i != j
     s = np.ascontiguousarray((xn @ xn.T)[off].reshape(N, N - 1), dtype=np.float32)    # (N, N-1) student
     t = np.ascontiguousarray((yn @ yn.T)[off].reshape(N, N - 1), dtype=np.float32)    # (N, N-1) teacher

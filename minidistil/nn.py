@@ -259,13 +259,15 @@ class PreTrainedModel(Module):
         """BertForSequenceClassification.from_pretrained(path, num_labels=3): this class from a checkpoint (a
         folder, or a name as minidistil.from_pretrained resolves it). Keywords: output_loading_info,
         config_overrides, and any config field (num_labels, id2label, ...) to change."""
-        from minidistil.loading import from_pretrained
+        from minidistil import plugins
+        from_pretrained = plugins.checkpoint_io().from_pretrained
         return from_pretrained(name_or_path, cls=None if cls is PreTrainedModel else cls, device=device, **kwargs)
 
     def save_pretrained(self, folder, tokenizer=None):
         """Write config.json, model.safetensors (and the tokenizer's files when given) into `folder`, atomically;
         transformers loads the folder. Returns its path."""
-        from minidistil.loading import save_pretrained
+        from minidistil import plugins
+        save_pretrained = plugins.checkpoint_io().save_pretrained
         return save_pretrained(self, folder, tokenizer)
 
     @classmethod

@@ -22,7 +22,6 @@ Shapes: B batch, T tokens, C width, V vocabulary, K labels.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,9 @@ import numpy as np
 from . import qa as QA
 from . import functional as F
 from .autograd import no_grad
-from .config import config_from_json_file
 from .files import brief, read_json
+# the one model loader (minidistil/loading.py): a checkpoint as the class a task needs
+from .loading import class_for as _class_for, load_model as load_model
 from .tokenizer import Tokenizer
 
 
@@ -99,40 +99,6 @@ class Pipeline:
     def _batches(self, n: int):
         for i in range(0, n, self.batch_size):
             yield slice(i, min(n, i + self.batch_size))
-
-
-def load_model(folder: Path, model_cls: type, device=None, require_head: bool = False):
-    """The checkpoint in `folder` as `model_cls` (None: its own architecture), on `device`. require_head=True
-    raises a CheckpointError naming the weights the checkpoint lacks instead of starting them at random."""
-    from .loading import CheckpointError, from_pretrained
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
-        model, info = from_pretrained(folder, cls=model_cls, output_loading_info=True)
-    if require_head and info["missing_keys"]:
-        missing = info["missing_keys"]
-        raise CheckpointError(f"{folder}: no trained weights for {type(model).__name__}'s head ({len(missing)} "
-                              f"missing: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}); fine-tune "
-                              "it first (`minidistil finetune`) or give a checkpoint that has this head")
-    for w in said:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if device is not None:
-        from .device import check_device
-        model.to(check_device(device))
-    return model
-
-
-def _class_for(folder: Path, head: str, classes: dict[str, type]) -> type:
-    """The class for this task: the checkpoint's own architecture when it has the right head, else the model
-    type's prefix + head (a new, randomly initialised head then: the loader warns about it)."""
-    config = config_from_json_file(folder / "config.json")                    # a ValueError naming file and field
-    for arch in config.architectures or []:
-        if arch.endswith(head) and arch in classes:
-            return classes[arch]
-    model_type = config.model_type
-    name = {"bert": "Bert", "distilbert": "DistilBert"}.get(model_type, "Bert") + head
-    if name not in classes:
-        raise ValueError(f"{folder}: no {name} class in minidistil (available: {sorted(classes)})")
-    return classes[name]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -441,7 +407,7 @@ class SentenceEncoder(Pipeline):
         if bar is not None:
             bar.close()
         if normalize_embeddings:
-            emb /= np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), np.float32(1e-12))
+            emb = F.l2_normalize(emb)
         if single:
             emb = emb[0]
         if convert_to_tensor:
@@ -459,8 +425,7 @@ class SentenceEncoder(Pipeline):
         b = np.atleast_2d(np.asarray(b, dtype=np.float32))                            # (M, C)
         if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
             raise ValueError(f"similarity: expected embeddings (N, C) and (M, C), got {a.shape} and {b.shape}")
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), np.float32(1e-12))
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), np.float32(1e-12))
+        a, b = F.l2_normalize(a, axis=1), F.l2_normalize(b, axis=1)
         return a @ b.T                                                                # (N, M)
 
     def pool(self, h: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -478,7 +443,7 @@ class SentenceEncoder(Pipeline):
                 parts.append((h * m).sum(axis=1) / np.sqrt(count))                # (B, C)
         emb = np.concatenate(parts, axis=-1).astype(np.float32)
         if self.normalize:
-            emb /= np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), np.float32(1e-12))
+            emb = F.l2_normalize(emb)
         return emb
 
 

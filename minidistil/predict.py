@@ -41,7 +41,7 @@ def load(model_path, device: str | None = None):
     """(model, tokenizer) of a fine-tuned checkpoint (its own head class); a checkpoint that lacks weights of its
     head is refused, naming them."""
     from .loading import resolve
-    from .pipelines import load_model
+    from .loading import load_model
     from .tokenizer import Tokenizer
     folder = resolve(model_path)
     return load_model(folder, None, device, require_head=True), Tokenizer.from_pretrained(folder)
@@ -123,7 +123,8 @@ def evaluate(model, data, *, task: str | None = None, held_out: float | None = N
     from . import metrics as M
     from .evaluation import cosine
     from .loading import resolve
-    from .pipelines import SentenceEncoder, load_model
+    from .loading import load_model
+    from .pipelines import SentenceEncoder
     from .tokenizer import Tokenizer
     if held_out is not None and not 0.0 < held_out < 1.0:
         raise ValueError(f"held_out: expected a share between 0 and 1, got {held_out}")
@@ -165,7 +166,7 @@ def evaluate(model, data, *, task: str | None = None, held_out: float | None = N
                 raise ValueError(f"data: no example of {cfg.train} has labels the model knows ({', '.join(names)}); "
                                  f"first: {skipped[-1]}")
         feats = FT.encode(task, examples, tokenizer, names, cfg)
-        result = FT.evaluate(task, model_, examples, feats, names, cfg, compute_metrics)
+        result = FT.evaluate_examples(task, model_, examples, feats, names, cfg, compute_metrics)
     return {"task": task, **result, "skipped_rows": len(skipped)}
 
 
@@ -238,8 +239,10 @@ def run_cli(args) -> int:
 
 
 def add_evaluate_command(sub, name: str = "evaluate", help: str = "metrics of a saved model on a labelled file"):
-    from .cli import COUNT, POSITIVE_INT, SHARE, _model_args, bounded
-    from .finetune import FORMATS, FinetuneConfig
+    from .argtypes import COUNT, POSITIVE_INT, SHARE
+    from .cli import _model_args
+    from .commands import add_data_args, add_length_args
+    from .finetune import FinetuneConfig
     d = FinetuneConfig()
     p = sub.add_parser(name, help=help, description="The metrics of a saved model on a labelled file, computed as "
                        "fine-tuning computes them, without training. The task comes from the checkpoint's head "
@@ -255,22 +258,8 @@ def add_evaluate_command(sub, name: str = "evaluate", help: str = "metrics of a 
                    "held out (give the run's --seed and --limit too)")
     p.add_argument("--seed", type=COUNT, default=d.seed, help="(default %(default)s)")
     p.add_argument("--limit", type=POSITIVE_INT, help="as the fine-tuning run's --limit")
-    p.add_argument("--data-format", choices=FORMATS, help="default: from the file suffix and the task")
-    p.add_argument("--text-field", default=d.text_field, help="(default %(default)s)")
-    p.add_argument("--text-pair-field", help="second text of a sentence pair")
-    p.add_argument("--label-field", default=d.label_field, help="(default %(default)s)")
-    p.add_argument("--label-sep", default=d.label_sep, help="multilabel separator (default %(default)r)")
-    p.add_argument("--no-header", dest="header", action="store_false", help="the table has no header row")
-    p.add_argument("--question-field", default=d.question_field, help="choice (default %(default)s)")
-    p.add_argument("--choices-field", default=d.choices_field, help="choice: a list field, or comma-separated columns")
-    p.add_argument("--context-field", help="choice: text put before the question")
-    p.add_argument("--tag-column", type=bounded(int), default=d.tag_column, help="conll (default: the last)")
-    p.add_argument("--on-error", choices=("skip", "fail"), default=d.on_error, help="malformed rows (default "
-                   "%(default)s)")
-    p.add_argument("--max-length", type=POSITIVE_INT, default=d.max_length, help="tokens (default %(default)s)")
-    p.add_argument("--stride", type=COUNT, help="qa: tokens shared by consecutive windows")
-    p.add_argument("--max-answer-len", type=POSITIVE_INT, default=d.max_answer_len, help="qa: tokens (default "
-                   "%(default)s)")
+    add_data_args(p, d)
+    add_length_args(p, d)
     p.set_defaults(run=run_evaluate)
     return p
 

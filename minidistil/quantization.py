@@ -75,6 +75,10 @@ class QuantizedWeight(Tensor):
             self._on_device = _int8.weight_to_device(self.int8)
         return self._on_device
 
+    def linear(self, x: Tensor, b: Tensor | None = None) -> Tensor:
+        """F.linear's hook for a weight with its own product: the int8 kernel."""
+        return int8_linear(x, self, b)
+
     def dequantize(self) -> np.ndarray:
         """W^ = s_w q (Cout, Cin) float32."""
         return _int8.dequantize(self.int8.q, self.int8.scale)
@@ -217,7 +221,8 @@ def save_quantized(model, folder, tokenizer=None) -> Path:
     """Write config.json (with `architectures` and `quantization_config`), model.safetensors and the tokenizer,
     each atomically (loading.save_pretrained calls this for a quantised model)."""
     from minidistil.loading import CONFIG_NAME, WEIGHTS_NAME
-    from minidistil.safetensors_io import atomic_write, save_file
+    from minidistil.files import atomic_write
+    from minidistil.safetensors_io import save_file
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
@@ -249,7 +254,7 @@ def load_quantized(folder, config_dict: dict, cls=None, device: str | None = Non
     `quantization_config`). Every tensor the model needs must be in the file: a quantised checkpoint cannot
     grow a new head (load the float32 model, add and train the head, then quantise)."""
     from minidistil.config import config_from_dict
-    from minidistil.loading import CheckpointError, _pick_class, _to_device, read_state_dict
+    from minidistil.loading import CheckpointError, pick_class, read_state_dict, to_device
     folder = Path(folder)
     qc = config_dict.get("quantization_config")
     if not isinstance(qc, dict) or qc.get("quant_method") != QUANT_METHOD:
@@ -263,7 +268,7 @@ def load_quantized(folder, config_dict: dict, cls=None, device: str | None = Non
         config = config_from_dict(config_dict)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
-    model = _pick_class(config, cls, folder)(config)              # zero weights: every tensor comes from the file
+    model = pick_class(config, cls, folder)(config)              # zero weights: every tensor comes from the file
     state = read_state_dict(folder)
     keys = set(state)
     prefix = getattr(model, "base_model_prefix", "") or ""
@@ -338,10 +343,15 @@ def load_quantized(folder, config_dict: dict, cls=None, device: str | None = Non
                for n, m in model.named_modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding))}
     object.__setattr__(model, "quantization_config", _config_entry(modules))
     object.__setattr__(model, "name_or_path", str(folder))
-    model = _to_device(model.eval(), device)
+    model = to_device(model.eval(), device)
     if output_loading_info:
         return model, {"missing_keys": [], "unexpected_keys": unexpected}
     return model
+
+
+# the plug-in format's hooks (minidistil/plugins.py): loading.from_pretrained / save_pretrained call them
+load_checkpoint = load_quantized
+save_checkpoint = save_quantized
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -362,9 +372,8 @@ def quantize_folder(src, out, overwrite: bool = False) -> dict:
     (pooling, normalisation) copied over. Returns sizes and what was quantised. `out` must not be, hold or lie in
     the source folder; a folder that already holds files is refused unless overwrite=True (whose files of the same
     names are then replaced)."""
-    from minidistil.files import check_apart, read_json_object
+    from minidistil.files import atomic_write, check_apart, read_json_object
     from minidistil.loading import CheckpointError, from_pretrained, resolve, save_pretrained
-    from minidistil.safetensors_io import atomic_write
     folder = resolve(src)
     out = Path(out)
     check_apart(out, {"source checkpoint": folder}, flag="OUT")
@@ -388,24 +397,3 @@ def quantize_folder(src, out, overwrite: bool = False) -> dict:
         counts[kind.split(",")[0]] = counts.get(kind.split(",")[0], 0) + 1
     return {"src": str(folder), "out": str(out), "architecture": type(model).__name__,
             "float32_bytes": file_size(folder), "int8_bytes": file_size(out), "quantized": counts}
-
-
-def add_command(subparsers, name: str, help: str):
-    p = subparsers.add_parser(name, help=help, description="Quantise a checkpoint to int8 for CPU inference: Linear "
-                              "weights int8 per output channel, word embeddings int8 per row, activations quantised "
-                              "per row at run time. OUT loads with --model like any checkpoint folder.")
-    p.add_argument("src", metavar="SRC", help="checkpoint folder or name in the weights folder")
-    p.add_argument("out", metavar="OUT", help="folder to write the quantised checkpoint to (new or empty)")
-    p.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files, "
-                   "replacing the model's files there")
-    p.set_defaults(run=run_command)
-    return p
-
-
-def run_command(args) -> int:
-    r = quantize_folder(args.src, args.out, overwrite=args.overwrite)
-    n = ", ".join(f"{v} {k}" for k, v in sorted(r["quantized"].items()))
-    print(f"{r['out']}: {r['architecture']} with {n} layers int8; model.safetensors "
-          f"{r['int8_bytes'] / 1e6:.1f} MB (float32: {r['float32_bytes'] / 1e6:.1f} MB, "
-          f"{r['int8_bytes'] / max(r['float32_bytes'], 1):.2f}x)")
-    return 0

@@ -49,7 +49,8 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint as ckpt
-from .safetensors_io import atomic_write, named_os_error
+from .files import atomic_write, named_os_error
+from .optim import clip_grad_norm
 
 try:
     import fcntl
@@ -642,3 +643,77 @@ def plot_curves(metrics_path: Path, png: Path, terms: tuple[str, ...] = ("loss",
     atomic_write(png, lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
     return str(png)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the training loop's shared body: distill and finetune drive it (they differ in the data and the loss)
+
+
+def _silent(*_args, **_kwargs):
+    return None
+
+
+@contextlib.contextmanager
+def open_run(cfg, say, notice=None, mpi_refusal: str | None = None):
+    """The run's world and folder: the MPI world (one process without MPI), then the Run on cfg.out_dir (its lock,
+    resume or overwrite) with numpy's overflow warnings quiet. Yields (world, run, say): on the ranks that do not
+    write, `say` and the run's notices are silent and cfg.progress is False. mpi_refusal: the error to raise when
+    this run cannot be data-parallel (None: it can)."""
+    from . import parallel
+    notice = say if notice is None else notice
+    with parallel.abort_on_error() as world:
+        if world.size > 1:
+            if mpi_refusal:
+                raise ValueError(mpi_refusal)
+            if world.writer:
+                say(world.describe())
+            else:  # rank 0 prints, logs and saves
+                say = notice = _silent
+                cfg.progress = False
+        with Run(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, say=notice, writer=world.writer) as run, \
+                quiet_overflow():
+            yield world, run, say
+
+
+def step_seed(*parts) -> int:
+    """A 32-bit seed drawn from the integers `parts` (seed, step, micro-batch, ...): each step's masks and dropout
+    are a function of the step alone, so a resumed run draws what the uninterrupted one drew."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def resume(run: Run, world, params: dict, opt, batches=None) -> RunState | None:
+    """Continue from the run's newest sound checkpoint (rank 0 reads it; any rank count resumes any other's):
+    the parameters, the optimiser and (when given) the data position are restored; returns its RunState, or None
+    when the run starts fresh."""
+    c = world.bcast(run.resume(params))
+    if c is None:
+        return None
+    ckpt.load_model_arrays(params, c.model)
+    opt.load_state_dict(c.optimizer)
+    if batches is not None:
+        batches.load_state(c.data)
+    return RunState(**c.extra["run"])
+
+
+def models_to(device: str, say, *models) -> None:
+    """Move the models (None skipped) to `device` after any resume (checkpoints load on the host); AdamW moves its
+    moments on its first step."""
+    if device == "cpu":
+        return
+    from .device import describe
+    for m in models:
+        if m is not None:
+            m.to(device)
+    say(describe(device))
+
+
+def update(run: Run, world, opt, step: int, max_grad_norm: float, lr: float) -> float:
+    """One optimiser update from the gradients backward() accumulated: summed over the ranks (the global batch's
+    gradient on every rank), clipped to max_grad_norm, checked for divergence, applied at `lr`, then zeroed.
+    Returns the gradient norm before clipping."""
+    world.allreduce_grads(opt.parameters())
+    norm = clip_grad_norm(opt.parameters(), max_grad_norm)
+    run.check_step(step + 1, grad_norm=norm)
+    opt.step(lr=lr)
+    opt.zero_grad()
+    return norm

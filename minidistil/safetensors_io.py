@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
-from .files import brief, check_replaceable, output_target
+# atomic_write and named_os_error live in minidistil/files.py; they stay importable from here
+from .files import atomic_write as atomic_write, brief, named_os_error as named_os_error
 
 # safetensors dtype tag -> little-endian NumPy dtype ("BF16" has none: stored as uint16 and widened by hand)
 _DTYPES = {
@@ -183,91 +183,6 @@ def load_file(path: str | os.PathLike, *, to_float32: bool = True,
 
 # ----------------------------------------------------------------------------------------------------------------
 # writing
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux shows it (/proc/self/status), else set and
-    restored at once."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def named_os_error(e: OSError, path: str | os.PathLike) -> OSError:
-    """`e` with the file it concerns: a write that fails (a full disk) reports no file name of its own."""
-    if e.filename is not None and not str(e.filename).endswith(".tmp"):
-        return e
-    return OSError(e.errno, e.strerror or str(e), str(path))  # OSError(errno, ...) picks the matching subclass
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[object], None] | bytes | str) -> Path:
-    """Write a file atomically: temporary file in the same folder, flush + fsync, then os.replace.
-
-    `write` is the bytes / text to write, or a function that receives the open binary file. The file gets the
-    permissions a plain open() would give it (0666 less the umask; the temporary file starts as 0600). An OSError
-    (a full disk, a read-only folder) names `path`; the file that was there before is left as it was.
-
-    Where it lands is files.output_target's answer: a symbolic link's target is replaced (the link stays), a
-    character device or FIFO (/dev/null, /dev/stdout) is written through, anything else that is not a regular file
-    is refused with a ValueError; os.replace never lands on something that is not a regular file.
-    """
-    path, through = output_target(path)
-    if through:
-        return _write_through(path, write)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise named_os_error(e, path) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), 0o666 & ~_umask())
-            if callable(write):
-                write(f)
-            else:
-                f.write(write.encode("utf-8") if isinstance(write, str) else write)
-            f.flush()
-            os.fsync(f.fileno())
-        check_replaceable(path)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            raise named_os_error(e, path) from None
-        raise
-    try:  # make the rename itself durable (not possible on every OS / filesystem)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
-
-
-def _write_through(path: Path, write) -> Path:
-    """Write into an existing character device or FIFO as it is (opened without creating or replacing)."""
-    try:
-        with os.fdopen(os.open(path, os.O_WRONLY), "wb") as f:
-            if callable(write):
-                write(f)
-            else:
-                f.write(write.encode("utf-8") if isinstance(write, str) else write)
-    except OSError as e:
-        raise named_os_error(e, path) from None
-    return path
 
 
 def save_file(tensors: dict[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None,

@@ -25,8 +25,7 @@ import numpy as np
 from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from .files import check_unicode, read_json_object, read_text
-from .safetensors_io import atomic_write
+from .files import atomic_write, check_unicode, read_json_object, read_text
 
 HEAD_CHARS_PER_TOKEN = 1024   # a truncated text is tokenised over at most this many characters per token kept
 

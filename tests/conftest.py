@@ -213,3 +213,130 @@ def no_host_arrays(monkeypatch):
     monkeypatch.setattr(cls, "__ne__", object.__ne__)
     monkeypatch.setattr(cls, "__hash__", object.__hash__)
     yield
+# ---- helpers shared by several test files (import them: `from conftest import tiny_checkpoint`) -------------------
+# tiny fine-tuning data: a vocabulary, a random checkpoint that uses it, and files of each task
+
+POS = ["good", "great", "fine", "happy", "nice"]
+NEG = ["bad", "awful", "sad", "poor", "ugly"]
+FILL = ["the", "a", "film", "was", "is", "it", "movie", "very", "and", "this", "plot", "so", "we", "saw", "on"]
+CITIES = ["paris", "rome", "oslo", "zurich", "lon", "##don"]            # "london" is two pieces
+PEOPLE = ["ada", "alan", "grace", "smith", "turing", "hopper"]
+COLORS = ["red", "blue", "green", "gold"]
+QA_WORDS = ["what", "key", "door", "one", "pick"]
+VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!"] + POS + NEG + FILL + CITIES + PEOPLE
+         + COLORS + QA_WORDS)
+
+
+FAST = dict(epochs=6, lr=2e-3, batch_size=16, progress=False, max_length=48)
+
+
+def tiny_checkpoint(folder, arch="DistilBertForMaskedLM", seed=0, layers=2):
+    """A random tiny checkpoint with our vocabulary; DistilBertForMaskedLM stands for a student `distill` wrote."""
+    import minidistil
+    from minidistil.config import BertConfig, DistilBertConfig
+    from minidistil.loading import save_pretrained
+    from minidistil.tokenizer import Tokenizer
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 48}))
+    tok = Tokenizer.from_pretrained(folder)
+    common = dict(vocab_size=len(VOCAB), max_position_embeddings=48, initializer_range=0.1)
+    if arch.startswith("DistilBert"):
+        config = DistilBertConfig(dim=32, n_layers=layers, n_heads=2, hidden_dim=64, **common)
+    else:
+        config = BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
+                            **common)
+    save_pretrained(minidistil.MODEL_CLASSES[arch].from_config(config, seed=seed), folder, tokenizer=tok)
+    return folder
+
+
+def sentiment_rows(n, seed):
+    import random
+    r = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = r.choice(["pos", "neg"])
+        words = [r.choice(FILL) for _ in range(r.randint(2, 6))]
+        words.insert(r.randint(0, len(words)), r.choice(POS if label == "pos" else NEG))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path, rows, header=("text", "label")):
+    path.write_text(",".join(header) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+def conll_sentences(n, seed):
+    """Sentences with cities (B-LOC; "london" is two word pieces) and people (B-PER I-PER), IOB2 tags."""
+    import random
+    r = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words, tags = [], []
+        for _ in range(r.randint(3, 7)):
+            u = r.random()
+            if u < 0.2:
+                words.append(r.choice(["paris", "rome", "oslo", "zürich", "london"]))
+                tags.append("B-LOC")
+            elif u < 0.35:
+                words += [r.choice(PEOPLE[:3]), r.choice(PEOPLE[3:])]
+                tags += ["B-PER", "I-PER"]
+            else:
+                words.append(r.choice(FILL))
+                tags.append("O")
+        out.append((words, tags))
+    return out
+
+
+def write_conll(path, sents):
+    path.write_text("-DOCSTART- -X- O O\n\n" + "\n".join("".join(f"{w} X _ {t}\n" for w, t in zip(ws, ts))
+                                                          for ws, ts in sents))
+    return path
+
+
+def squad_file(path, n, seed):
+    """Contexts of filler sentences with "the key is COLOUR ." somewhere; question "what is the key ?". Long
+    contexts (up to ~45 tokens) are cut into several windows at max_length 32."""
+    import random
+    r = random.Random(seed)
+    paras = []
+    for i in range(n):
+        parts = [" ".join(r.choice(FILL) for _ in range(r.randint(3, 6))) + " ." for _ in range(r.randint(1, 6))]
+        color = r.choice(COLORS)
+        parts.insert(r.randint(0, len(parts)), f"the key is {color} .")
+        context = " ".join(parts)
+        start = context.index(f"the key is {color}") + len("the key is ")
+        paras.append({"context": context, "qas": [{"id": f"q{i}", "question": "what is the key ?",
+                                                   "answers": [{"text": color, "answer_start": start}]}]})
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paras}]}, indent=1))
+    return path
+
+
+# tiny distillation runs: a teacher, a corpus and its tokenizer, fast settings
+
+TINY = dict(vocab_size=300, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=64, type_vocab_size=2)
+RUN = dict(batch_size=8, max_len=32, lr=3e-3, checkpoint_every=5, progress=False, evaluate=False, held_out=0.1,
+           warmup=0.1)
+
+
+def _tiny_teacher(seed=0, mlm=True, init=0.02):
+    from minidistil.bert import BertForMaskedLM, BertModel
+    from minidistil.config import BertConfig
+    cfg = BertConfig(**TINY, initializer_range=init)
+    return (BertForMaskedLM if mlm else BertModel).from_config(cfg, seed=seed)
+
+
+def _corpus_dir(tmp_path, n_docs=40):
+    from minidistil import data as D
+    folder = tmp_path / "corpus"
+    folder.mkdir(exist_ok=True)
+    for d in D.pydoc_topics()[:n_docs]:
+        (folder / (d.source.replace(":", "_") + ".txt")).write_text(d.text)
+    return folder
+
+
+def _tiny_tokenizer(corpus):
+    from minidistil import data as D
+    return D.train_wordpiece([p.read_text() for p in sorted(Path(corpus).glob("*.txt"))], vocab_size=TINY["vocab_size"])

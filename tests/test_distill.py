@@ -20,11 +20,9 @@ from minidistil import data as D
 from minidistil import evaluation as E
 from minidistil.kernels import _checks
 
+from conftest import RUN, TINY, _corpus_dir, _tiny_teacher, _tiny_tokenizer
+
 pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see conftest
-
-
-TINY = dict(vocab_size=300, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=64, type_vocab_size=2)
 
 
 # ---- the evaluation set ---------------------------------------------------------------------------------------
@@ -58,12 +56,6 @@ def test_mean_pool_and_spearman():
 
 
 # ---- the student ------------------------------------------------------------------------------------------------
-
-def _tiny_teacher(seed=0, mlm=True, init=0.02):
-    from minidistil.bert import BertForMaskedLM, BertModel
-    from minidistil.config import BertConfig
-    cfg = BertConfig(**TINY, initializer_range=init)
-    return (BertForMaskedLM if mlm else BertModel).from_config(cfg, seed=seed)
 
 
 def test_default_layer_maps():
@@ -189,17 +181,6 @@ def test_triple_loss_and_gradients_match_torch(torch, rng):
 
 # ---- runs ----------------------------------------------------------------------------------------------------------
 
-def _corpus_dir(tmp_path, n_docs=40):
-    folder = tmp_path / "corpus"
-    folder.mkdir(exist_ok=True)
-    for d in D.pydoc_topics()[:n_docs]:
-        (folder / (d.source.replace(":", "_") + ".txt")).write_text(d.text)
-    return folder
-
-
-def _tiny_tokenizer(corpus):
-    return D.train_wordpiece([p.read_text() for p in sorted(Path(corpus).glob("*.txt"))], vocab_size=TINY["vocab_size"])
-
 
 def _assert_decreased(rows, term, k=10):
     """The mean of the last k steps is below that of the first k by more than 3 standard errors of the difference
@@ -209,10 +190,6 @@ def _assert_decreased(rows, term, k=10):
     last = np.array([r[term] for r in rows[-k:]])
     se = np.sqrt(2.0 / k) * last.std(ddof=1)
     assert last.mean() < first.mean() - 3 * se, (term, first.mean(), last.mean(), se)
-
-
-RUN = dict(batch_size=8, max_len=32, lr=3e-3, checkpoint_every=5, progress=False, evaluate=False, held_out=0.1,
-           warmup=0.1)
 
 
 def test_tiny_run_lowers_every_loss_term(tmp_path):
@@ -292,7 +269,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from tokenizers import Tokenizer
-    from test_distill import _tiny_teacher, RUN
+    from conftest import _tiny_teacher, RUN
     from minidistil.distill import distill
     corpus, out, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     tok = Tokenizer.from_file(corpus + "/../tokenizer.json")
@@ -340,7 +317,8 @@ def test_time_budget_and_cli_flags(tmp_path, monkeypatch):
     import argparse
     import math
 
-    from minidistil.distill import add_command, distill
+    from minidistil.commands import add_distill
+    from minidistil.distill import distill
     corpus = _corpus_dir(tmp_path, 20)
     tok = _tiny_tokenizer(corpus)
     report = distill(_tiny_teacher(), tmp_path / "out", tokenizer=tok, corpus=[str(corpus)], time_budget=4.0,
@@ -353,7 +331,7 @@ def test_time_budget_and_cli_flags(tmp_path, monkeypatch):
     assert report["time_budget_seconds"] == 4.0 and report["setup_seconds"] >= 0 and report["eval_seconds"] >= 0
 
     parser = argparse.ArgumentParser()
-    add_command(parser.add_subparsers(dest="command"))
+    add_distill(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["distill", "--teacher", "t", "--out", "o", "--layer-map", "0,2,4", "--steps", "7",
                               "--alpha-cos", "0.5", "--temperature", "3", "--batch-size", "4", "--max-len", "16",
                               "--lr", "1e-4", "--seed", "9", "--resume", "--corpus", "a.txt", "b/",
@@ -361,7 +339,7 @@ def test_time_budget_and_cli_flags(tmp_path, monkeypatch):
     assert (args.layer_map, args.steps, args.alpha_cos, args.temperature, args.batch_size, args.max_len, args.lr,
             args.seed, args.resume, args.corpus, args.time_budget, args.out_dir) == \
         ([0, 2, 4], 7, 0.5, 3.0, 4, 16, 1e-4, 9, True, ["a.txt", "b/"], 2.0, "o")
-    assert args.run.__name__ == "run_cli"
+    assert args.run.__name__ == "run_distill"
 
 
 # ---- the student as a sentence-transformers model ---------------------------------------------------------------

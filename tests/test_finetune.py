@@ -12,63 +12,18 @@ import numpy as np
 import pytest
 
 import minidistil
-from minidistil.config import BertConfig, DistilBertConfig
+from conftest import (COLORS, FAST, FILL, NEG, POS, VOCAB, conll_sentences, sentiment_rows, squad_file,
+                      tiny_checkpoint, write_conll, write_csv)
 from minidistil.finetune import FinetuneConfig, finetune
-from minidistil.loading import from_pretrained, save_pretrained
+from minidistil.loading import from_pretrained
 from minidistil.tokenizer import Tokenizer
 
-POS = ["good", "great", "fine", "happy", "nice"]
-NEG = ["bad", "awful", "sad", "poor", "ugly"]
-FILL = ["the", "a", "film", "was", "is", "it", "movie", "very", "and", "this", "plot", "so", "we", "saw", "on"]
-CITIES = ["paris", "rome", "oslo", "zurich", "lon", "##don"]            # "london" is two pieces
-PEOPLE = ["ada", "alan", "grace", "smith", "turing", "hopper"]
-COLORS = ["red", "blue", "green", "gold"]
-QA_WORDS = ["what", "key", "door", "one", "pick"]
-VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!"] + POS + NEG + FILL + CITIES + PEOPLE
-         + COLORS + QA_WORDS)
-
-
 pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see conftest
-
-
-def tiny_checkpoint(folder, arch="DistilBertForMaskedLM", seed=0, layers=2):
-    """A random tiny checkpoint with our vocabulary; DistilBertForMaskedLM stands for a student `distill` wrote."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 48}))
-    tok = Tokenizer.from_pretrained(folder)
-    common = dict(vocab_size=len(VOCAB), max_position_embeddings=48, initializer_range=0.1)
-    if arch.startswith("DistilBert"):
-        config = DistilBertConfig(dim=32, n_layers=layers, n_heads=2, hidden_dim=64, **common)
-    else:
-        config = BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
-                            **common)
-    save_pretrained(minidistil.MODEL_CLASSES[arch].from_config(config, seed=seed), folder, tokenizer=tok)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("base") / "student")
-
-
-def sentiment_rows(n, seed):
-    r = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = r.choice(["pos", "neg"])
-        words = [r.choice(FILL) for _ in range(r.randint(2, 6))]
-        words.insert(r.randint(0, len(words)), r.choice(POS if label == "pos" else NEG))
-        rows.append((" ".join(words), label))
-    return rows
-
-
-def write_csv(path, rows, header=("text", "label")):
-    path.write_text(",".join(header) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
-    return path
-
-
-FAST = dict(epochs=6, lr=2e-3, batch_size=16, progress=False, max_length=48)
 
 
 # ---- each task trains to clearly better than chance --------------------------------------------------------------
@@ -128,56 +83,12 @@ def test_regression_and_multilabel(base, tmp_path):
     assert from_pretrained(tmp_path / "multi").config.problem_type == "multi_label_classification"
 
 
-def conll_sentences(n, seed):
-    """Sentences with cities (B-LOC; "london" is two word pieces) and people (B-PER I-PER), IOB2 tags."""
-    r = random.Random(seed)
-    out = []
-    for _ in range(n):
-        words, tags = [], []
-        for _ in range(r.randint(3, 7)):
-            u = r.random()
-            if u < 0.2:
-                words.append(r.choice(["paris", "rome", "oslo", "zürich", "london"]))
-                tags.append("B-LOC")
-            elif u < 0.35:
-                words += [r.choice(PEOPLE[:3]), r.choice(PEOPLE[3:])]
-                tags += ["B-PER", "I-PER"]
-            else:
-                words.append(r.choice(FILL))
-                tags.append("O")
-        out.append((words, tags))
-    return out
-
-
-def write_conll(path, sents):
-    path.write_text("-DOCSTART- -X- O O\n\n" + "\n".join("".join(f"{w} X _ {t}\n" for w, t in zip(ws, ts))
-                                                          for ws, ts in sents))
-    return path
-
-
 def test_token_classification(base, tmp_path):
     train = write_conll(tmp_path / "train.conll", conll_sentences(200, 0))
     val = write_conll(tmp_path / "val.conll", conll_sentences(40, 1))
     rep = finetune("token", str(base), str(train), str(tmp_path / "out"), validation=str(val), **FAST)
     assert rep["labels"] == ["B-LOC", "B-PER", "I-PER", "O"]
     assert rep["metric"] == "f1" and rep["best_score"] > 0.8                         # entity-level F1
-
-
-def squad_file(path, n, seed):
-    """Contexts of filler sentences with "the key is COLOUR ." somewhere; question "what is the key ?". Long
-    contexts (up to ~45 tokens) are cut into several windows at max_length 32."""
-    r = random.Random(seed)
-    paras = []
-    for i in range(n):
-        parts = [" ".join(r.choice(FILL) for _ in range(r.randint(3, 6))) + " ." for _ in range(r.randint(1, 6))]
-        color = r.choice(COLORS)
-        parts.insert(r.randint(0, len(parts)), f"the key is {color} .")
-        context = " ".join(parts)
-        start = context.index(f"the key is {color}") + len("the key is ")
-        paras.append({"context": context, "qas": [{"id": f"q{i}", "question": "what is the key ?",
-                                                   "answers": [{"text": color, "answer_start": start}]}]})
-    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paras}]}, indent=1))
-    return path
 
 
 def test_question_answering_with_windows(base, tmp_path):

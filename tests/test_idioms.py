@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_finetune import FAST, sentiment_rows, tiny_checkpoint, write_csv
+from conftest import FAST, sentiment_rows, tiny_checkpoint, write_csv
 
 import minidistil
 from minidistil import (BertModel, DistilBertForSequenceClassification, DistilBertModel, SentenceEncoder, Tokenizer,

@@ -25,7 +25,7 @@ DISTILL_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from tokenizers import Tokenizer
-    from test_distill import _tiny_teacher, RUN
+    from conftest import _tiny_teacher, RUN
     from minidistil.distill import distill
     corpus, out, steps, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
     tok = Tokenizer.from_file(corpus + "/../tokenizer.json")
@@ -83,7 +83,7 @@ def mpi():
 
 @pytest.fixture
 def distill_setup(tmp_path):
-    from test_distill import _corpus_dir, _tiny_tokenizer
+    from conftest import _corpus_dir, _tiny_tokenizer
     corpus = _corpus_dir(tmp_path, 20)
     _tiny_tokenizer(corpus).save(str(tmp_path / "tokenizer.json"))
     script = tmp_path / "distill_run.py"
@@ -141,7 +141,7 @@ FINETUNE_SCRIPT = textwrap.dedent("""
 @pytest.mark.usefixtures("mpi")
 def test_two_ranks_finetune_as_one_process(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_finetune import sentiment_rows, tiny_checkpoint, write_csv
+    from conftest import sentiment_rows, tiny_checkpoint, write_csv
     base = tiny_checkpoint(tmp_path / "base")
     train = write_csv(tmp_path / "train.csv", sentiment_rows(96, 0))
     script = tmp_path / "finetune_run.py"

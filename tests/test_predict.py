@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_finetune import (FAST, VOCAB, conll_sentences, sentiment_rows, squad_file, tiny_checkpoint, write_conll,
+from conftest import (FAST, VOCAB, conll_sentences, sentiment_rows, squad_file, tiny_checkpoint, write_conll,
                            write_csv)
 
 import minidistil

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_distill import RUN, _corpus_dir, _tiny_teacher, _tiny_tokenizer
+from conftest import RUN, _corpus_dir, _tiny_teacher, _tiny_tokenizer
 
 from minidistil import checkpoint as ck
 from minidistil import cli
@@ -119,7 +119,7 @@ def test_model_folder_holds_no_training_state_and_files_follow_the_umask(setup, 
 
 
 def test_atomic_writes_honour_the_umask(tmp_path):
-    from minidistil.safetensors_io import atomic_write
+    from minidistil.files import atomic_write
     for mask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
         old = os.umask(mask)
         try:
@@ -214,7 +214,7 @@ def test_a_folder_holding_a_run_or_a_model_is_not_replaced_silently(setup, tmp_p
 
 
 def test_finetune_uses_the_same_run_rules(tmp_path):
-    from test_finetune import FAST, sentiment_rows, tiny_checkpoint, write_csv
+    from conftest import FAST, sentiment_rows, tiny_checkpoint, write_csv
 
     from minidistil.finetune import finetune
     base = tiny_checkpoint(tmp_path / "base")
@@ -256,18 +256,19 @@ def test_a_diverging_run_keeps_the_last_good_checkpoints(setup, tmp_path, capsys
 
 
 def test_a_non_finite_gradient_norm_stops_finetuning(tmp_path, monkeypatch):
-    from test_finetune import FAST, sentiment_rows, tiny_checkpoint, write_csv
+    from conftest import FAST, sentiment_rows, tiny_checkpoint, write_csv
 
     from minidistil import finetune as FT
+    from minidistil import run as run_module                         # the optimiser update both loops share
     base = tiny_checkpoint(tmp_path / "base")
     train = write_csv(tmp_path / "train.csv", sentiment_rows(48, 0))
-    real, calls = FT.clip_grad_norm, []
+    real, calls = run_module.clip_grad_norm, []
 
     def poisoned(params, max_norm):
         calls.append(1)
         return float("inf") if len(calls) == 5 else real(params, max_norm)
 
-    monkeypatch.setattr(FT, "clip_grad_norm", poisoned)
+    monkeypatch.setattr(run_module, "clip_grad_norm", poisoned)
     with pytest.raises(Diverged, match=r"step 5: the gradient norm is inf.*\(step 4\)"):
         FT.finetune("classification", str(base), str(train), str(tmp_path / "ft"),
                     **dict(FAST, epochs=2, checkpoint_every=2))

@@ -113,9 +113,17 @@ assert min(count["held out"].values()) >= 15                       # both classe
 # b = batch(tr, idx)                      # the batch's rows, trimmed to its longest sentence
 # s_out = forward(model_, b)              # forward: logits (B, K) and the cross-entropy loss, s_out.loss
 # loss.backward()                         # backward over the autograd tape (chapter 04)
-# norm = clip_grad_norm(opt.parameters(), cfg.max_grad_norm)   # rescale when the global norm exceeds 1.0
 # lr = sched(state.step)                  # linear warm-up (10% of the updates), then linear decay to 0
-# opt.step(lr=lr)                         # AdamW (minidistil.optim), weight decay 0.01
+# norm = update(run, world, opt, state.step, cfg.max_grad_norm, lr)   # the update distill's loop makes too
+# ```
+#
+# `update` (in `minidistil/run.py`, shared with `distill`) sums the gradients over the processes of a data-parallel
+# run, rescales them when their global norm exceeds `max_grad_norm` (1.0), takes AdamW's step (weight decay 0.01)
+# and zeroes them:
+#
+# ```python
+# norm = clip_grad_norm(opt.parameters(), max_grad_norm)
+# opt.step(lr=lr)
 # opt.zero_grad()
 # ```
 #
@@ -125,14 +133,18 @@ assert min(count["held out"].values()) >= 15                       # both classe
 # %%
 import inspect
 
+from minidistil import run as run_module
+
 source = inspect.getsource(FT._finetune)     # finetune() checks its arguments and opens the run, then calls this
-step_lines = ["b = batch(tr, idx)", "s_out = forward(model_, b)", "loss.backward()",
-              "clip_grad_norm(opt.parameters(), cfg.max_grad_norm)", "lr = sched(state.step)",
-              "opt.step(lr=lr)", "opt.zero_grad()",
-              "evaluate(cfg.task, model_, val_ex, va, names, cfg", "save_pretrained(model_, out"]
-positions = [source.find(line) for line in step_lines]
-print("in this order in _finetune():", all(p >= 0 for p in positions) and positions == sorted(positions))
-assert all(p >= 0 for p in positions) and positions == sorted(positions)
+step_lines = ["b = batch(tr, idx)", "s_out = forward(model_, b)", "loss.backward()", "lr = sched(state.step)",
+              "update(run, world, opt, state.step, cfg.max_grad_norm, lr)",
+              "evaluate_examples(cfg.task, model_, val_ex, va, names, cfg", "save_pretrained(model_, out"]
+update_lines = ["clip_grad_norm(opt.parameters(), max_grad_norm)", "opt.step(lr=lr)", "opt.zero_grad()"]
+for name, code, lines in (("_finetune()", source, step_lines),
+                          ("update()", inspect.getsource(run_module.update), update_lines)):
+    positions = [code.find(line) for line in lines]
+    print(f"in this order in {name}:", all(p >= 0 for p in positions) and positions == sorted(positions))
+    assert all(p >= 0 for p in positions) and positions == sorted(positions)
 
 # %% [markdown]
 # ## 4. Fine-tune
@@ -245,7 +257,8 @@ print("max |logit difference| after save and reload:", np.abs(a - b).max())
 assert np.array_equal(a, b)
 
 names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-r = FT.evaluate("classification", again, val_ex, FT.encode("classification", val_ex, tok, names, cfg), names, cfg)
+feats = FT.encode("classification", val_ex, tok, names, cfg)
+r = FT.evaluate_examples("classification", again, val_ex, feats, names, cfg)
 print(f"reloaded model on the held-out split: accuracy {r['accuracy']:.3f} (report: {best['accuracy']:.3f})")
 assert r["accuracy"] == best["accuracy"] and r["confusion_matrix"] == best["confusion_matrix"]
 
@@ -275,6 +288,7 @@ assert r["accuracy"] == best["accuracy"] and r["confusion_matrix"] == best["conf
 
 # %%
 from minidistil.cli import build_parser
+from minidistil.commands import run_finetune
 
 command = ("minidistil finetune --task classification --model student --train resource:sentiment_small.tsv "
            "--text-field sentence --label-field label --held-out 0.25 --max-length 32 --epochs 5 "
@@ -289,7 +303,7 @@ print("same config as the run above:", parsed == ours)
 imdb = build_parser().parse_args("finetune --task classification --model student --train aclImdb --text-field text "
                                  "--max-length 256 --epochs 2 --lr 5e-5 --out imdb".split())
 print(f"the chapter ran in {time.perf_counter() - T0:.0f} s")
-assert parsed == ours and imdb.train == "aclImdb" and imdb.text_field == "text" and imdb.run is FT.run_cli
+assert parsed == ours and imdb.train == "aclImdb" and imdb.text_field == "text" and imdb.run is run_finetune
 
 # %% [markdown]
 # ## Exercise

@@ -61,7 +61,7 @@ def copy_tutorials(dest, force: bool = False) -> list[Path]:
 
 
 def _copy(files: list[Path], dest, force: bool, what: str) -> list[Path]:
-    from minidistil.safetensors_io import atomic_write
+    from minidistil.files import atomic_write
 
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
