@@ -53,7 +53,6 @@ When the linear layers use it (`use_own_gemm`), the rule (measured: figures, com
 from __future__ import annotations
 
 import functools
-import math
 import os
 import weakref
 
@@ -210,8 +209,8 @@ def _arr(t, dtype, ndim):
 def _tile_avx512(typingctx, ap, aoff, bp, boff, kc, c, row0, col0, accumulate, bias):
     """C[row0:row0+MR, col0:col0+NR] (=|+=) sum over kc steps k of  ap[aoff + k MR + r] * bp[boff + k NR + j]
     + bias[col0 + j]. ap, bp: the packed 1-d panels; c: a C-contiguous 2-d float32 array holding the whole tile;
-    bias: at least col0 + NR floats (zeros where no bias is added); the caller guarantees both (no bounds checks). The loop over k keeps the MR x NV accumulators as
-    <16 x float> SSA values (zmm registers):
+    bias: at least col0 + NR floats (zeros where no bias is added); the caller guarantees both (no bounds
+    checks). The loop over k keeps the MR x NV accumulators as <16 x float> SSA values (zmm registers):
         b_v    = load <16 x float> bp + boff + k NR + 16 v                         v < NV
         a_r    = broadcast of ap[aoff + k MR + r]                                   r < MR
         acc_rv = llvm.fma(a_r, b_v, acc_rv)                                         vfmadd231ps
@@ -347,7 +346,7 @@ def _gemm_packed(ap, bp, M, N, K, c, bias_pad, zeros_pad, nthreads, chunk_pan, m
     n_pan = (N + NR - 1) // NR
     n_chunks = (n_pan + chunk_pan - 1) // chunk_pan
     total = n_chunks * m_parts
-    for t in prange(nthreads):
+    for _t in prange(nthreads):
         scratch = np.empty((MR, NR), np.float32)       # an edge tile
         acc = np.empty((MR, NR), np.float32)           # the portable kernel's accumulators
         while True:
