@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 import weakref
 
 import numpy as np
@@ -454,6 +455,26 @@ def gemm_packed(a, bp, N, bias=None, out=None, kernel: str | None = None, thread
     return c
 
 
+def mode() -> str:
+    """MINIDISTIL_GEMM as it concerns this kernel: "auto" (unset or "auto": the linear layers' forward uses it
+    where `use_own_gemm` says), "own" (every forward product, whatever its shape: for tests), "openblas" ("openblas",
+    "blas" or "blocks": never; kernels/_blas.py runs every product)."""
+    v = os.environ.get("MINIDISTIL_GEMM", "auto").strip().lower() or "auto"
+    if v in ("openblas", "blas", "blocks"):
+        return "openblas"
+    if v not in ("auto", "own"):
+        raise ValueError(f"MINIDISTIL_GEMM: expected auto, own, openblas or blocks, got {v!r}")
+    return v
+
+
+def use_own_gemm(M: int, K: int, N: int) -> bool:
+    """The dispatch rule (module docstring): True when a forward product (M, K) @ (K, N) should run here."""
+    m = mode()
+    if m != "auto":
+        return m == "own"
+    return cpu_kernel() == "avx512" and M >= MIN_M and K >= MIN_KN and N >= MIN_KN
+
+
 def gemm_cpu(a, b, bias=None, kernel: str | None = None):
     """C = a (M, K) @ b (K, N) + bias (N,) or None, float32: b packed at this call (gemm_packed for a packed one)."""
     _checks.check_array("a", a, ndim=2)
@@ -463,3 +484,102 @@ def gemm_cpu(a, b, bias=None, kernel: str | None = None):
     if bias is not None:
         _checks.check_array("bias", bias, ndim=1, shape=(b.shape[1],))
     return gemm_packed(np.ascontiguousarray(a), pack_b(b), b.shape[1], bias, kernel=kernel)
+
+
+def avx512_assembly() -> str:
+    """The assembly of the GEMM driver, compiled afresh (code Numba loaded from its on-disk cache cannot be
+    inspected), to check that the micro-kernel is zmm FMAs (vfmadd231ps ... zmm). Needs a CPU with AVX-512F."""
+    drive = njit(parallel=True)(_gemm_packed.py_func)
+    a = _aligned_empty(MR * 4)
+    a[:] = 1.0
+    bp = pack_b(np.ones((4, NR), np.float32))
+    c = np.empty((MR, NR), np.float32)
+    z = np.zeros(NR, np.float32)
+    drive(a, bp, MR, NR, 4, c, z, z, 1, 1, 1, KC, 1, 1, False, np.zeros(1, np.int64))
+    return "\n".join(drive.inspect_asm(sig) for sig in drive.signatures)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def compare_openblas(shapes, rounds: int = 7, kernel: str | None = None, log=print) -> list[dict]:
+    """The forward product y = x W^T (x (M, K), W (N, K)) by numpy's OpenBLAS (`np.matmul(x, w.T)`, what
+    kernels/linear.py ran before) and by this GEMM (W^T packed beforehand, as the linear layers keep it),
+    interleaved: each round times two calls of each, one after the other, so that both see the same load; the
+    medians over `rounds`. Returns one dict per shape (M, K, N, GFLOP/s of each, ratio own / OpenBLAS)."""
+    r = np.random.default_rng(0)
+    rows = []
+    for M, K, N in shapes:
+        x = r.standard_normal((M, K), dtype=np.float32)
+        w = (r.standard_normal((N, K)) * 0.02).astype(np.float32)
+        bp = pack_b(w.T)
+        o1, o2 = np.empty((M, N), np.float32), np.empty((M, N), np.float32)
+        runs = {"openblas": (lambda x=x, w=w, o1=o1: np.matmul(x, w.T, out=o1), []),
+                "own": (lambda x=x, bp=bp, N=N, o2=o2: gemm_packed(x, bp, N, out=o2, kernel=kernel), [])}
+        for fn, _ in runs.values():                                    # warm-up (and compilation)
+            fn()
+        for _ in range(rounds):
+            for fn, times in runs.values():
+                t0 = time.perf_counter()
+                fn()
+                fn()
+                times.append((time.perf_counter() - t0) / 2)
+        flops = 2.0 * M * K * N
+        rate = {k: flops / float(np.median(t)) / 1e9 for k, (_, t) in runs.items()}
+        row = {"M": M, "K": K, "N": N, "openblas": rate["openblas"], "own": rate["own"],
+               "ratio": rate["own"] / rate["openblas"]}
+        log(f"  bench    M={M:5d} K={K:5d} N={N:5d}  OpenBLAS {row['openblas']:7.1f}  own {row['own']:7.1f} "
+            f"GFLOP/s  own/OpenBLAS {row['ratio']:.2f}")
+        rows.append(row)
+    return rows
+
+
+MODEL_SHAPES = [(M, K, N) for M in (256, 1024) for K, N in ((768, 768), (768, 3072), (3072, 768))]
+
+
+def main(argv=None):
+    args = _checks.lab_options("gemm", argv)
+    rep = _checks.Report("gemm")
+    r = _checks.rng(0)
+    kernels = ["portable"] + (["avx512"] if avx512_available() else [])
+    if "avx512" not in kernels:
+        rep.skip("avx512", "Numba's target CPU has no AVX-512F")
+
+    # validation: within the derived bound, at awkward sizes (M, N not multiples of the tile, K across KC blocks)
+    # and at the model's
+    shapes = [(1, 13, 5), (7, 13, 13), (13, 385, 49), (37, 800, 97)]
+    if args.size == "base":
+        shapes += [(256, 768, 3072), (1024, 3072, 768)]
+    for M, K, N in shapes:
+        a = r.standard_normal((M, K)).astype(np.float32)
+        b = r.standard_normal((K, N)).astype(np.float32)
+        bias = r.standard_normal(N).astype(np.float32)
+        exact, bound = gemm_ref(a, b, bias), error_bound(a, b, bias)
+        for k in kernels:
+            excess = np.maximum(np.abs(gemm_cpu(a, b, bias, kernel=k) - exact) - bound, 0.0)
+            rep.check(f"{k} {M}x{K}x{N}", "> bound", excess, np.zeros_like(excess), atol=0)
+    if args.no_bench:
+        return rep.finish()
+
+    print(f"  CPU: {_cpu_model()}; {get_num_threads()} Numba threads; load average before "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    for k in kernels:
+        print(f"  kernel {k}: y = x W^T, OpenBLAS and own interleaved, medians of 7 rounds")
+        compare_openblas(MODEL_SHAPES, kernel=k)
+    print(f"  load average after {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return rep.finish()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

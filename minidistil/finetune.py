@@ -58,6 +58,7 @@ from .autograd import no_grad
 from .cli import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, WEIGHT, bounded, check_fields
 from .device import check_device, describe
 from .kernels import _cuda
+from .kernels import gemm as _gemm
 from .optim import AdamW, LinearWarmupDecay, clip_grad_norm
 from .run import Run, RunState, plot_curves, quiet_overflow, schedule_summary, schedule_text
 from .safetensors_io import atomic_write
@@ -513,6 +514,7 @@ def reinit(model, names: list[str], seed: int):
             p.data[...] = 1.0
         else:
             p.data[...] = rng.normal(0.0, std, p.shape)
+        _gemm.weights_changed()  # written in place: packed copies are stale
 
 
 def load_model(cfg: FinetuneConfig, names: list[str] | None, say=print):
