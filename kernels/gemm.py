@@ -477,8 +477,8 @@ def use_own_gemm(M: int, K: int, N: int) -> bool:
 
 def gemm_cpu(a, b, bias=None, kernel: str | None = None):
     """C = a (M, K) @ b (K, N) + bias (N,) or None, float32: b packed at this call (gemm_packed for a packed one)."""
-    _checks.check_array("a", a, ndim=2)
-    _checks.check_array("b", b, ndim=2)
+    _checks.check_array("a", a, ndim=2, contiguous=False)
+    _checks.check_array("b", b, ndim=2, contiguous=False)
     if b.shape[0] != a.shape[1]:
         raise ValueError(f"b: expected {a.shape[1]} rows to match a {tuple(a.shape)}, got {tuple(b.shape)}")
     if bias is not None:
