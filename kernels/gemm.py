@@ -46,9 +46,11 @@ gamma_K = K u / (1 - K u), u = 2^-24 (Higham, Accuracy and Stability of Numerica
 is one more rounding: + u |C + bias|. `error_bound` computes it per element, in float64.
 
 When the linear layers use it (`use_own_gemm`), the rule (measured: figures, command and CPU in kernels/README.md):
-    the "avx512" kernel, MINIDISTIL_GEMM not "openblas", and the product large enough that packing A and waking the
-    threads are small beside it: M >= MIN_M rows and K, N >= MIN_KN. Everything else (small products, the
-    "portable" kernel, dW = dy^T x) goes to OpenBLAS.
+    the "avx512" kernel, MINIDISTIL_GEMM unset or "auto", and the product large enough that the padding of the
+    8 x 48 tile, packing A and waking the threads are small beside it: M >= MIN_M = 8 rows and K, N >= MIN_KN = 384
+    (there it ran at 0.95x-30x OpenBLAS's rate; below it, at M = 1 or K, N <= 256, at 0.05x-0.7x). Everything else
+    (small products, a classifier head of a few outputs, the "portable" kernel, and the backward products dy W and
+    dy^T x, whose weight changes at every training step) goes to OpenBLAS.
 """
 from __future__ import annotations
 
@@ -70,8 +72,8 @@ KC = 384                    # k per block: B's micro-panel (KC x NR x 4 B = 72 K
 MC = 96                     # rows per block: A's MC x KC block (144 KiB) stays in L2
 NC = 1536                   # columns per block (a multiple of NR): B's KC x NC block (2.25 MiB) from L2/L3
 CHUNKS_PER_THREAD = 4       # pieces of work per thread, taken dynamically
-MIN_M = 16                  # the dispatch rule (module docstring)
-MIN_KN = 256
+MIN_M = 8                   # the dispatch rule (module docstring): one full MR-row panel at least ...
+MIN_KN = 384                # ... and both widths at least MiniLM's 384
 U32 = 2.0**-24              # float32 unit roundoff
 ZERO = np.float32(0.0)
 
