@@ -32,8 +32,8 @@ API: `grade(exercise, path) -> GradeReport`, `EXERCISES` (name -> Exercise), `li
 """
 from __future__ import annotations
 
-from . import (adamw, attention_backward, autograd_ops, cross_entropy, distill_kl, gelu_backward, layernorm_backward,
-               layernorm_forward, softmax_backward)
+from . import (adamw, attention_backward, autograd_ops, cross_entropy, distill_kl, gelu_backward, gemm_packing,
+               layernorm_backward, layernorm_forward, softmax_backward)
 from .engine import Check, Exercise, GradeReport, grade_file, load_answer
 from .stubs import copy_exercises, exercises_dir
 
@@ -42,7 +42,7 @@ __all__ = ["EXERCISES", "Check", "Exercise", "GradeReport", "copy_exercises", "e
 
 EXERCISES: dict[str, Exercise] = {m.EXERCISE.name: m.EXERCISE for m in [
     gelu_backward, layernorm_forward, layernorm_backward, softmax_backward, attention_backward, cross_entropy,
-    distill_kl, adamw, autograd_ops]}
+    distill_kl, adamw, autograd_ops, gemm_packing]}
 
 
 def list_exercises() -> list[tuple[str, str]]:

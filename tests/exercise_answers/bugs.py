@@ -123,4 +123,17 @@ BUGS = [
     Bug("autograd_ops", "tanh_of_input", "tanh's backward uses 1 - x^2 (the input) instead of 1 - tanh(x)^2",
         (("(1 - out.data ** 2)", "(1 - a.data ** 2)"),),
         hint="not 1 - x**2"),
+
+    Bug("gemm_packing", "strided_panels", "fills panel p with every P-th column of b instead of its contiguous run",
+        (("        cols = b[:, p * nr:(p + 1) * nr]                     # (K, <= nr) the panel's columns\n",
+          "        cols = b[:, p::P][:, :nr]                            # every P-th column\n"),),
+        hint="CONTIGUOUS columns"),
+    Bug("gemm_packing", "floor_panels", "counts N // nr panels, dropping the partial last one",
+        (("    P = -(-N // nr)                                          # ceil(N / nr) panels\n",
+          "    P = N // nr                                              # whole panels only\n"),),
+        hint="the last, partial panel"),
+    Bug("gemm_packing", "no_crop", "returns all the panels' columns, padding included",
+        (("    return c[:, :n]                                          # drop the padding columns\n",
+          "    return c\n"),),
+        hint="crop the padding columns"),
 ]
