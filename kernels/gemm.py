@@ -3,7 +3,8 @@
 The product (A (M, K) activations, B (K, N) the weight seen as a matrix, C (M, N)):
     C[i, j] = sum_k A[i, k] B[k, j]  (+ bias[j])
 A linear layer y = x W^T + b (W (Cout, Cin)) is B = W^T, K = Cin, N = Cout; its backward dx = dy W is B = W,
-K = Cout, N = Cin. The third product, dW = dy^T x, has no constant operand to pack once and stays on OpenBLAS.
+K = Cout, N = Cin; dW = dy^T x has no constant operand at all. The linear layers run only the forward here (the
+rule below); `gemm_cpu` computes any product.
 
 The algorithm (Goto & van de Geijn 2008; BLIS's five loops around a micro-kernel):
     B, packed ONCE (`pack_b`): NR-wide column panels, each stored k-major: panel p holds B[k, p NR + j] at
@@ -18,26 +19,30 @@ The algorithm (Goto & van de Geijn 2008; BLIS's five loops around a micro-kernel
         for jc in blocks of NC columns          B's kc x nc block stays in L2 while ...
           for pc in blocks of KC of K          ... all of A's row panels stream past it
             for ic in blocks of MC rows        A's mc x kc block (L2) is reused by every NR panel of jc
-              for jr in NR panels of jc        B's kc x NR micro-panel (L1) is reused by every MR panel of ic
+              for jr in NR panels of jc        B's kc x NR micro-panel (L2) is reused by every MR panel of ic
                 for ir in MR panels of ic      the micro-kernel: an MR x NR tile of C in registers
     The micro-kernel ("avx512"): MR x NR/16 accumulators of <16 x float> (zmm registers) as LLVM SSA values; per
     k step NR/16 vector loads of B, MR broadcasts of A, MR NR/16 `llvm.fma.v16f32` (vfmadd231ps zmm). Emitted as
-    LLVM IR (`_emit_tile`), as kernels/int8.py emits vpdpbusd, so that the register tile is what we wrote, not
+    LLVM IR (`_tile_avx512`), as kernels/int8.py emits vpdpbusd, so that the register tile is what we wrote, not
     what the auto-vectoriser decides. The first KC block stores the tile, later ones add C; the last one adds the
     bias: the bias is fused into the store (one pass over C fewer than numpy's y += b).
     Edge tiles (M not a multiple of MR, N not of NR) run the same kernel into an MR x NR scratch tile (the padded
     rows and columns of the packs are zeros) and copy the valid part.
-    Threads: the NR panels of B are split into contiguous runs, one per Numba thread (each thread reads all of A
-    and its own part of B, writes its own columns of C); when there are fewer panels than threads, the MR panels
-    of A are split instead. OpenBLAS is not called meanwhile (its workers sleep: minidistil/_runtime.py sets
-    OPENBLAS_THREAD_TIMEOUT), so the two pools do not oversubscribe the cores.
+    Threads: the work is cut into about CHUNKS_PER_THREAD chunks per Numba thread, runs of whole NR panels of B
+    (each chunk reads all of A and its own part of B, writes its own columns of C), or row ranges of A as well
+    when B has too few panels; each thread takes the next chunk from an atomic counter until none is left, so a
+    thread the OS sets aside holds up one chunk, not a fixed half of the product. The result does not depend on
+    the thread count (each tile is computed by one thread, in the same order). OpenBLAS is not called meanwhile
+    (its workers sleep: minidistil/_runtime.py sets OPENBLAS_THREAD_TIMEOUT), so the two pools do not
+    oversubscribe the cores.
 
 Versions:
     gemm_ref                  NumPy float64 product, written for reading (the reference)
     gemm_cpu(kernel="avx512") the packed GEMM with the LLVM-IR AVX-512 micro-kernel (needs avx512f in Numba's
                               target CPU: NUMBA_CPU_FEATURES or llvmlite's host features)
-    gemm_cpu(kernel="portable") the same packing, blocking and threads; the micro-kernel is a Numba loop over an
-                              MR x NR accumulator array (LLVM vectorises it with whatever the CPU has)
+    gemm_cpu(kernel="portable") the same packing, blocking and threads; the micro-kernel is a Numba loop, one tile
+                              row at a time into an NR-float accumulator array (LLVM vectorises it with whatever
+                              the CPU has; the tile lives in memory, not registers, so it is several times slower)
 `cpu_kernel()` picks "avx512" where available; MINIDISTIL_GEMM_KERNEL=portable|avx512 overrides it.
 
 Error bound (the tests and the lab assert it): every C[i, j] is a K-term float32 dot product summed in some order
@@ -48,7 +53,7 @@ is one more rounding: + u |C + bias|. `error_bound` computes it per element, in 
 When the linear layers use it (`use_own_gemm`), the rule (measured: figures, command and CPU in kernels/README.md):
     the "avx512" kernel, MINIDISTIL_GEMM unset or "auto", and the product large enough that the padding of the
     8 x 48 tile, packing A and waking the threads are small beside it: M >= MIN_M = 8 rows and K, N >= MIN_KN = 384
-    (there it ran at 0.95x-30x OpenBLAS's rate; below it, at M = 1 or K, N <= 256, at 0.05x-0.7x). Everything else
+    (where it measured faster than OpenBLAS; below, at M = 1 or K, N <= 256, slower). Everything else
     (small products, a classifier head of a few outputs, the "portable" kernel, and the backward products dy W and
     dy^T x, whose weight changes at every training step) goes to OpenBLAS.
 """
@@ -68,7 +73,7 @@ from . import _checks
 MR = 8                      # rows of the register tile (broadcasts of A per k step)
 NV = 3                      # zmm vectors of 16 columns per tile row
 NR = 16 * NV                # columns of the register tile: 48
-KC = 384                    # k per block: B's micro-panel (KC x NR x 4 B = 72 KiB) streams from L2, A's from L1
+KC = 384                    # k per block: B's micro-panel (KC x NR x 4 B = 72 KiB) and A's block stay in L2
 MC = 96                     # rows per block: A's MC x KC block (144 KiB) stays in L2
 NC = 1536                   # columns per block (a multiple of NR): B's KC x NC block (2.25 MiB) from L2/L3
 CHUNKS_PER_THREAD = 4       # pieces of work per thread, taken dynamically
