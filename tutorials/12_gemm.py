@@ -258,9 +258,9 @@ for n in names:
 # %% [markdown]
 # What each step gained, on the project's machine (2 cores of an AMD EPYC Zen 4, shared with other jobs, so the
 # two-thread rates vary with the load): the loop order gives the compiler vectors; packing and the register tile
-# bring the single core to about its peak (96-100 GFLOP per CPU-second at the model's shapes, measured with
-# `time.thread_time`, where OpenBLAS reached 73-97); the atomic counter keeps two threads useful on a busy machine
-# (there 1.05-1.2x OpenBLAS's rate at 1024 rows and 1.8-5.6x at 256). The figures, their commands and the rule that
+# bring the single core to about its peak (95-102 GFLOP per CPU-second at the model's shapes, measured with
+# `time.thread_time`, where OpenBLAS reached 88-100); the atomic counter keeps two threads useful on a busy machine
+# (three runs: 1.5-5.6x OpenBLAS's rate at 256 rows, 0.59-1.41x at 1024). The figures, their commands and the rule that
 # picks a GEMM per shape (at least 8 rows and widths of 384, on an AVX-512 CPU) are in kernels/README.md.
 #
 # The linear layers use it without being asked: `linear_forward_cpu` sends y = x W^T + b there when the rule says
