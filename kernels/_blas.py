@@ -199,6 +199,20 @@ def matmul(a, b, out):
     return out
 
 
+def tallied(fn, M: int, K: int, N: int):
+    """fn() (a product (M, K) @ (K, N) not made by `matmul`, e.g. kernels/gemm.py's), counted and timed as `matmul`
+    counts its own inside `tally_gemms()`; returns fn()'s result."""
+    tally = _TALLY
+    if tally is None:
+        return fn()
+    t0 = time.perf_counter()
+    out = fn()
+    tally.seconds += time.perf_counter() - t0
+    tally.calls += 1
+    tally.flops += 2.0 * M * K * N
+    return out
+
+
 def _matmul(a, b, out):
     """out = a @ b: one BLAS call or, in 'blocks' mode, blocks on the pool.
 

@@ -9,6 +9,10 @@ Backward (dy (..., Cout)):
 
 Versions:
     linear_forward_ref / linear_backward_ref    NumPy, float32 or float64, written for reading
+    linear_forward_cpu                          where kernels/gemm.py's rule `use_own_gemm` says so (the model's
+                                                shapes on an AVX-512 CPU), y = x W^T + b by our own GEMM: W^T packed
+                                                once and kept until the weight changes, the bias added in its store;
+                                                elsewhere (and with MINIDISTIL_GEMM=openblas) as below
     linear_forward_cpu / linear_backward_cpu    the three products through numpy's BLAS (float32 sgemm: no
                                                 hand-written loop beats a tuned GEMM), bias added in place by numpy
                                                 (measured: a Numba prange bias add was ~30% slower overall, its
@@ -37,6 +41,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _blas, _checks, _cuda
+from . import gemm as _gemm
 
 ZERO = np.float32(0.0)
 
@@ -94,6 +99,12 @@ def linear_forward_cpu(x, w, b=None):
     _check_forward(x, w, b)
     cin, cout = w.shape[1], w.shape[0]
     x2 = x.reshape(-1, cin)                        # (N, Cin)
+    if _gemm.use_own_gemm(x2.shape[0], cin, cout):
+        # y = x W^T + b with W^T packed once (kept until the weight changes) and the bias added in the store
+        bp = _gemm.PACKS.get(w, transpose=True)
+        x2 = np.ascontiguousarray(x2)
+        y2 = _blas.tallied(lambda: _gemm.gemm_packed(x2, bp, cout, b), x2.shape[0], cin, cout)  # (N, Cout)
+        return y2.reshape(tuple(x.shape)[:-1] + (cout,)), LinearCache(x, w, b)
     y2 = _blas.matmul(x2, w.T, np.empty((x2.shape[0], cout), np.float32))  # (N, Cout)  y = x W^T   (sgemm)
     if b is not None:
         y2 += b                                    #            y += b   (in place, broadcast over rows)

@@ -12,6 +12,10 @@ Scenarios (random weights; the config of distilbert-base-uncased: C 768, 6 layer
     distill                        one distillation step: teacher (BERT-base MLM, 12 layers) forward without
                                    gradients, student (the DistilBERT MLM) forward/backward on
                                    5 KL(T=2) + 2 MLM + 1 cosine (minidistil.losses), AdamW step
+    encode_student                 (only when named: --scenarios encode_student) a 3-layer MiniLM student (the
+                                   real all-MiniLM-L6-v2's first 3 layers) encoding short sentences, sentences/s:
+                                   minidistil float32 and int8, sentence-transformers on PyTorch, ONNX Runtime
+                                   float32 and dynamic int8 (minidistil/bench_encode.py)
 ONNX Runtime runs the forward scenarios only (a model exported from transformers with torch.onnx).
 minidistil-int8 and onnxruntime-int8: the int8 models (minidistil.quantize, ONNX Runtime's quantize_dynamic QInt8)
 of the forward scenarios, on the CPU, with their file sizes (minidistil/bench_int8.py).
@@ -72,6 +76,7 @@ from minidistil import bench_int8
 from minidistil.bench_int8 import INT8_FRAMEWORKS
 
 FRAMEWORKS = ("minidistil", "torch", "onnxruntime") + INT8_FRAMEWORKS
+ENCODE_SCENARIO = "encode_student"  # minidistil/bench_encode.py: runs when --scenarios names it
 
 
 @dataclass(frozen=True)
@@ -770,7 +775,8 @@ def _add_arguments(p: argparse.ArgumentParser):
                    help="cpu (default) or cuda: every framework on the GPU, timed with the device synchronised")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                    help=f"comma-separated subset of {','.join(FRAMEWORKS)} (default: all installed)")
-    p.add_argument("--scenarios", default="", help="comma-separated scenario names (default: all)")
+    p.add_argument("--scenarios", default="", help="comma-separated scenario names (default: all but "
+                   f"{ENCODE_SCENARIO}, the student encoding sentences, which runs when named)")
     p.add_argument("--repeat", type=POSITIVE_INT, default=5, help="timed rounds after warm-up (default: 5)")
     p.add_argument("--warmup", type=COUNT, default=2, help="untimed steps per framework first (default: 2)")
     p.add_argument("--pause", type=NON_NEGATIVE, default=0.3,
@@ -792,6 +798,8 @@ def run_args(args) -> int:
         raise ValueError(f"--quick and --size {args.size}: give one of them")
     size = args.size or ("quick" if args.quick else "full")
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()] or None
+    encode = bool(names) and ENCODE_SCENARIO in names   # the student scenario: minidistil/bench_encode.py
+    names = [n for n in names if n != ENCODE_SCENARIO] if encode else names
     known = [sc.name for sc in scenarios(size)]
     if names and any(n not in known for n in names):
         raise ValueError(f"--scenarios: expected names among {known}, got {names}")
@@ -799,6 +807,14 @@ def run_args(args) -> int:
         raise ValueError("--repeat must be >= 1 and --warmup >= 0")
     if args.pause < 0:
         raise ValueError("--pause must be >= 0")
+    if encode:
+        from minidistil import bench_encode
+        print(f"{ENCODE_SCENARIO}: {bench_encode.N_SENTENCES} short sentences, batch {bench_encode.BATCH}, a "
+              f"{bench_encode.LAYERS}-layer MiniLM student; load average {list(os.getloadavg())}")
+        bench_encode.run(repeat=args.repeat, warmup=args.warmup, pause=args.pause)
+        print(f"load average after {list(os.getloadavg())}")
+        if not names:
+            return 0
     env, results = run(size, fws, names, args.repeat, args.warmup, not args.no_memory, args.fast_math,
                        args.pause, device=args.device)
     print()

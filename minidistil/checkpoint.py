@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .files import atomic_write
+from .kernels import gemm as _gemm
 
 FORMAT = "minidistil-checkpoint-1"
 
@@ -118,3 +119,4 @@ def load_model_arrays(params: dict, arrays: dict[str, np.ndarray]):
         if tuple(arrays[n].shape) != tuple(p.data.shape):
             raise ValueError(f"checkpoint: {n} has shape {tuple(arrays[n].shape)}, the model {tuple(p.data.shape)}")
         p.data[...] = arrays[n]
+        _gemm.weights_changed()  # written in place: packed copies are stale

@@ -57,6 +57,7 @@ from .autograd import no_grad
 from .argtypes import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, WEIGHT, bounded, check_fields
 from .device import check_device
 from .kernels import _cuda
+from .kernels import gemm as _gemm
 from .optim import AdamW, LinearWarmupDecay
 from .run import (Run, RunState, models_to, open_run, plot_curves, resume, schedule_summary, schedule_text,
                   step_seed, update)
@@ -513,6 +514,7 @@ def reinit(model, names: list[str], seed: int):
             p.data[...] = 1.0
         else:
             p.data[...] = rng.normal(0.0, std, p.shape)
+        _gemm.weights_changed()  # written in place: packed copies are stale
 
 
 def load_student(cfg: FinetuneConfig, names: list[str] | None, say=print):

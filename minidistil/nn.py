@@ -17,6 +17,7 @@ from minidistil import functional as F
 from minidistil.autograd import Tensor
 from minidistil.device import check_device, device_of, to_device
 from minidistil.kernels import _cuda
+from minidistil.kernels import gemm as _gemm
 
 
 class Parameter(Tensor):
@@ -287,6 +288,7 @@ class PreTrainedModel(Module):
             if p is not None and id(p) not in done:
                 done.add(id(p))
                 p.data[...] = value(p.shape) if callable(value) else value
+                _gemm.weights_changed()  # written in place: packed copies are stale
 
         normal = lambda shape: rng.normal(0.0, std, shape)  # noqa: E731
         for _, m in self.named_modules():
@@ -358,6 +360,7 @@ class PreTrainedModel(Module):
                 p.data.copy_to_device(np.ascontiguousarray(arr, dtype=np.float32))
             else:
                 p.data[...] = arr.astype(np.float32, copy=False)
+                _gemm.weights_changed()  # written in place: packed copies are stale
             used.add(key)
         unexpected = [k for k in state if k not in used and k not in aliases and not k.endswith(".position_ids")]
         if strict and (missing or unexpected):

@@ -24,6 +24,7 @@ import numpy as np
 
 from minidistil.kernels import _cuda
 from minidistil.kernels import elementwise as _ew
+from minidistil.kernels import gemm as _gemm
 
 
 def decays(name: str, param) -> bool:
@@ -76,6 +77,7 @@ class AdamW:
             grad = p.grad if _cuda.is_device_array(p.grad) else np.ascontiguousarray(p.grad, dtype=np.float32)
             adamw_step(p.data, grad, self.m[n], self.v[n], lr=lr, beta1=self.betas[0], beta2=self.betas[1],
                        eps=self.eps, weight_decay=self.weight_decay if self.decay[n] else 0.0, step=self.t)
+        _gemm.weights_changed()  # the weights were written in place: packed copies of them are stale
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: the moments (copies) and the update count."""

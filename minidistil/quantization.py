@@ -38,6 +38,7 @@ import numpy as np
 from minidistil import functional as F
 from minidistil.autograd import Tensor, make_result
 from minidistil.kernels import _cuda
+from minidistil.kernels import gemm as _gemm
 from minidistil.kernels import int8 as _int8
 from minidistil.nn import Embedding, Linear, Module, Parameter
 
@@ -330,6 +331,7 @@ def load_quantized(folder, config_dict: dict, cls=None, device: str | None = Non
             raise CheckpointError(f"{folder}: tensor {k!r} has shape {tuple(state[k].shape)} but "
                                   f"{type(model).__name__} expects {p.shape} for {name!r}")
         p.data[...] = state[k]
+        _gemm.weights_changed()  # written in place: packed copies are stale
         used.add(k)
     if missing:
         raise CheckpointError(f"{folder}: the quantised checkpoint lacks {missing} for {type(model).__name__}. A "

@@ -123,3 +123,26 @@ def test_bench_warns_when_openblas_coretype_forces_slower_kernels():
     free = _bench_in_fresh_python({})                                   # as users run it: neither variable set
     assert "runs its Haswell kernels" not in free.stdout
     assert "numpy's OpenBLAS runs its" not in free.stderr, free.stderr
+
+
+def test_encode_student_scenario_runs_and_compares_embeddings(minilm_dir, monkeypatch):
+    # the student scenario (minidistil/bench_encode.py) at a few sentences: every framework asked for that is
+    # installed gives a rate and its embeddings' smallest cosine to minidistil float32's
+    from minidistil import bench_encode
+    monkeypatch.setattr(bench_encode, "N_SENTENCES", 8)
+    assert bench_encode.sentences() == bench_encode.sentences() and len(bench_encode.sentences()) == 8
+    res = bench_encode.run(frameworks=("minidistil", "minidistil-int8"), repeat=1, warmup=1, pause=0.0,
+                           log=lambda *_: None)
+    assert set(res) == {"minidistil", "minidistil-int8"}
+    assert all(r["per_s"] > 0 for r in res.values())
+    assert abs(res["minidistil"]["min_cos"] - 1.0) < 1e-6
+    assert 0.99 < res["minidistil-int8"]["min_cos"] <= 1.0 + 1e-6      # int8 stays close to float32
+
+
+def test_bench_cli_runs_the_encode_scenario_only_when_named(monkeypatch, capsys):
+    from minidistil import bench_encode
+    calls = []
+    monkeypatch.setattr(bench_encode, "run", lambda **kw: calls.append(kw))
+    assert bench.main(["--scenarios", "encode_student", "--repeat", "2", "--pause", "0"]) == 0
+    assert calls == [{"repeat": 2, "warmup": 2, "pause": 0.0}]
+    assert "encode_student: 256 short sentences" in capsys.readouterr().out

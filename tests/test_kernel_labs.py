@@ -20,7 +20,7 @@ TINY = ["--size", "tiny", "--no-bench"]
 
 def test_every_op_file_is_listed():
     assert OPS == ["activations", "adamw", "attention", "bce", "cosine", "cross_entropy", "distill_kl", "dropout",
-                   "elementwise", "embedding", "gelu", "int8", "layernorm", "linear", "softmax"]
+                   "elementwise", "embedding", "gelu", "gemm", "int8", "layernorm", "linear", "softmax"]
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -46,8 +46,8 @@ API: `grade(exercise, path, *, timeout, memory_mb) -> GradeReport`, `EXERCISES` 
 from __future__ import annotations
 
 from . import (adamw, attention_backward, autograd_ops, cross_entropy, cuda_row_max, distill_kl, fused_bias_gelu,
-               gelu_backward, int8_rows, layernorm_backward, layernorm_forward, linear_backward, softmax_backward,
-               wordpiece)
+               gelu_backward, gemm_packing, int8_rows, layernorm_backward, layernorm_forward, linear_backward,
+               softmax_backward, wordpiece)
 from .engine import Check, Exercise, GradeReport, grade_file, load_answer
 from .remote import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 from .stubs import copy_exercises, exercises_dir
@@ -57,7 +57,8 @@ __all__ = ["EXERCISES", "Check", "Exercise", "GradeReport", "copy_exercises", "e
 
 EXERCISES: dict[str, Exercise] = {m.EXERCISE.name: m.EXERCISE for m in [
     gelu_backward, layernorm_forward, layernorm_backward, softmax_backward, attention_backward, cross_entropy,
-    distill_kl, adamw, autograd_ops, wordpiece, fused_bias_gelu, cuda_row_max, int8_rows, linear_backward]}
+    distill_kl, adamw, autograd_ops, wordpiece, fused_bias_gelu, cuda_row_max, int8_rows, gemm_packing,
+    linear_backward]}
 
 
 def list_exercises() -> list[tuple[str, str]]:

@@ -1,0 +1,591 @@
+"""GEMM of our own: C = A B (+ bias), float32, the Goto/BLIS algorithm written out, with the weight packed once.
+
+The product (A (M, K) activations, B (K, N) the weight seen as a matrix, C (M, N)):
+    C[i, j] = sum_k A[i, k] B[k, j]  (+ bias[j])
+A linear layer y = x W^T + b (W (Cout, Cin)) is B = W^T, K = Cin, N = Cout; its backward dx = dy W is B = W,
+K = Cout, N = Cin; dW = dy^T x has no constant operand at all. The linear layers run only the forward here (the
+rule below); `gemm_cpu` computes any product.
+
+The algorithm (Goto & van de Geijn 2008; BLIS's five loops around a micro-kernel):
+    B, packed ONCE (`pack_b`): NR-wide column panels, each stored k-major: panel p holds B[k, p NR + j] at
+        p K NR + k NR + j (j < NR), zeros beyond N. One k step of a panel is one contiguous NR-float row, so the
+        micro-kernel reads B as NR/16 aligned 64-byte vectors. A linear layer's packed weight is kept (`PackCache`)
+        until the weight changes: the cache is keyed on the array object, its data pointer, shape and strides, and
+        a version counter that every in-place writer of weights bumps (`weights_changed()`: the optimizer does
+        after each step). A hit is therefore exactly "the same memory, not written since it was packed".
+    A, packed per call (`_pack_a`): MR-row panels, k-major (panel i holds A[i MR + r, k] at i K MR + k MR + r),
+        zeros beyond M: one k step is MR consecutive floats the micro-kernel broadcasts.
+    Loops (per thread, over its share of B's panels):
+        for jc in blocks of NC columns          B's kc x nc block stays in L2 while ...
+          for pc in blocks of KC of K          ... all of A's row panels stream past it
+            for ic in blocks of MC rows        A's mc x kc block (L2) is reused by every NR panel of jc
+              for jr in NR panels of jc        B's kc x NR micro-panel (L2) is reused by every MR panel of ic
+                for ir in MR panels of ic      the micro-kernel: an MR x NR tile of C in registers
+    The micro-kernel ("avx512"): MR x NR/16 accumulators of <16 x float> (zmm registers) as LLVM SSA values; per
+    k step NR/16 vector loads of B, MR broadcasts of A, MR NR/16 `llvm.fma.v16f32` (vfmadd231ps zmm). Emitted as
+    LLVM IR (`_tile_avx512`), as kernels/int8.py emits vpdpbusd, so that the register tile is what we wrote, not
+    what the auto-vectoriser decides. The first KC block stores the tile, later ones add C; the last one adds the
+    bias: the bias is fused into the store (one pass over C fewer than numpy's y += b).
+    Edge tiles (M not a multiple of MR, N not of NR) run the same kernel into an MR x NR scratch tile (the padded
+    rows and columns of the packs are zeros) and copy the valid part.
+    Threads: the work is cut into about CHUNKS_PER_THREAD chunks per Numba thread, runs of whole NR panels of B
+    (each chunk reads all of A and its own part of B, writes its own columns of C), or row ranges of A as well
+    when B has too few panels; each thread takes the next chunk from an atomic counter until none is left, so a
+    thread the OS sets aside holds up one chunk, not a fixed half of the product. The result does not depend on
+    the thread count (each tile is computed by one thread, in the same order). OpenBLAS is not called meanwhile
+    (its workers sleep: minidistil/_runtime.py sets OPENBLAS_THREAD_TIMEOUT), so the two pools do not
+    oversubscribe the cores.
+
+Versions:
+    gemm_ref                  NumPy float64 product, written for reading (the reference)
+    gemm_cpu(kernel="avx512") the packed GEMM with the LLVM-IR AVX-512 micro-kernel (needs avx512f in Numba's
+                              target CPU: NUMBA_CPU_FEATURES or llvmlite's host features)
+    gemm_cpu(kernel="portable") the same packing, blocking and threads; the micro-kernel is a Numba loop, one tile
+                              row at a time into an NR-float accumulator array (LLVM vectorises it with whatever
+                              the CPU has; the tile lives in memory, not registers, so it is several times slower)
+`cpu_kernel()` picks "avx512" where available; MINIDISTIL_GEMM_KERNEL=portable|avx512 overrides it.
+
+Error bound (the tests and the lab assert it): every C[i, j] is a K-term float32 dot product summed in some order
+(within a KC block in k order, then block by block), so |C - A B| <= gamma_K sum_k |A[i, k]| |B[k, j]| with
+gamma_K = K u / (1 - K u), u = 2^-24 (Higham, Accuracy and Stability of Numerical Algorithms, 3.1); the bias add
+is one more rounding: + u |C + bias|. `error_bound` computes it per element, in float64.
+
+When the linear layers use it (`use_own_gemm`), the rule (measured: figures, command and CPU in kernels/README.md):
+    the "avx512" kernel, MINIDISTIL_GEMM unset or "auto", and the product large enough that the padding of the
+    8 x 48 tile, packing A and waking the threads are small beside it: M >= MIN_M = 8 rows and K, N >= MIN_KN = 384
+    (where it measured faster than OpenBLAS; below, at M = 1 or K, N <= 256, slower). Everything else
+    (small products, a classifier head of a few outputs, the "portable" kernel, and the backward products dy W and
+    dy^T x, whose weight changes at every training step) goes to OpenBLAS.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+import weakref
+
+import numpy as np
+from numba import get_num_threads, njit, prange, types
+from numba.extending import intrinsic
+
+from . import _checks
+
+MR = 8                      # rows of the register tile (broadcasts of A per k step)
+NV = 3                      # zmm vectors of 16 columns per tile row
+NR = 16 * NV                # columns of the register tile: 48
+KC = 384                    # k per block: B's micro-panel (KC x NR x 4 B = 72 KiB) and A's block stay in L2
+MC = 96                     # rows per block: A's MC x KC block (144 KiB) stays in L2
+NC = 1536                   # columns per block (a multiple of NR): B's KC x NC block (2.25 MiB) from L2/L3
+CHUNKS_PER_THREAD = 4       # pieces of work per thread, taken dynamically
+MIN_M = 8                   # the dispatch rule (module docstring): one full MR-row panel at least ...
+MIN_KN = 384                # ... and both widths at least MiniLM's 384
+U32 = 2.0**-24              # float32 unit roundoff
+ZERO = np.float32(0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NumPy reference and error bound
+
+
+def gemm_ref(a, b, bias=None):
+    """C = A B (+ bias), in float64: a (M, K), b (K, N), bias (N,) or None."""
+    c = np.asarray(a, dtype=np.float64) @ np.asarray(b, dtype=np.float64)
+    return c if bias is None else c + np.asarray(bias, dtype=np.float64)
+
+
+def error_bound(a, b, bias=None):
+    """The bound (module docstring) on |gemm_cpu(a, b, bias) - gemm_ref(a, b, bias)| per element, float64."""
+    K = a.shape[1]
+    gamma = K * U32 / (1 - K * U32)
+    bound = gamma * (np.abs(np.asarray(a, dtype=np.float64)) @ np.abs(np.asarray(b, dtype=np.float64)))
+    if bias is not None:
+        bound = bound + U32 * np.abs(gemm_ref(a, b, bias)) + U32 * bound
+    return bound
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# packing
+
+
+def _aligned_empty(n: int, align: int = 64):
+    """An uninitialised 1-d float32 array of n elements whose data starts on an `align`-byte boundary."""
+    buf = np.empty(n * 4 + align, dtype=np.uint8)
+    off = (-buf.ctypes.data) % align
+    return buf[off:off + n * 4].view(np.float32)
+
+
+@njit(cache=True, parallel=True)
+def _pack_b(b, out):
+    # b (K, N) any layout -> out: panel p, step k, lane j = b[k, p NR + j] (0 beyond N)
+    K, N = b.shape
+    n_pan = (N + NR - 1) // NR
+    for p in prange(n_pan):
+        base = p * K * NR
+        cols = min(NR, N - p * NR)
+        for k in range(K):
+            row = base + k * NR
+            for j in range(cols):
+                out[row + j] = b[k, p * NR + j]
+            for j in range(cols, NR):
+                out[row + j] = ZERO
+
+
+def pack_b(b):
+    """B (K, N) float32 (any strides: a weight's transpose W.T is read in place) -> the packed panels, 1-d,
+    64-byte aligned, length ceil(N / NR) K NR."""
+    K, N = b.shape
+    out = _aligned_empty(-(-N // NR) * K * NR)
+    if out.size:
+        _pack_b(b, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _pack_a(a, out):
+    # a (M, K) C-contiguous -> out: panel i, step k, lane r = a[i MR + r, k] (0 beyond M)
+    M, K = a.shape
+    n_pan = (M + MR - 1) // MR
+    for i in prange(n_pan):
+        base = i * K * MR
+        rows = min(MR, M - i * MR)
+        for r in range(rows):
+            for k in range(K):
+                out[base + k * MR + r] = a[i * MR + r, k]
+        for r in range(rows, MR):
+            for k in range(K):
+                out[base + k * MR + r] = ZERO
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the packed weight of a linear layer, kept until the weight changes
+
+
+_VERSION = 0
+
+
+def weights_changed():
+    """Say that some weights were written in place (the optimizer calls this after each step): every packed copy
+    made before is stale from now on."""
+    global _VERSION
+    _VERSION += 1
+
+
+def weights_version() -> int:
+    return _VERSION
+
+
+class PackCache:
+    """Packed copies of weight arrays: `get(w, transpose)` returns pack_b(w.T) (transpose=True, the forward's
+    B = W^T) or pack_b(w) (the backward's B = W), packed at the first call and reused while the entry is valid.
+
+    An entry is valid when the array is the same object (a weak reference: a freed array's id can be reused), its
+    data pointer, shape and strides are unchanged, and `weights_version()` has not moved since it was packed.
+    Entries die with their array."""
+
+    def __init__(self):
+        self._d: dict[tuple[int, bool], tuple] = {}
+
+    def get(self, w, transpose: bool):
+        key = (id(w), transpose)
+        ent = self._d.get(key)
+        sig = (w.ctypes.data, w.shape, w.strides, _VERSION)
+        if ent is not None and ent[0]() is w and ent[1] == sig:
+            return ent[2]
+        packed = pack_b(w.T if transpose else w)
+        self._d[key] = (weakref.ref(w, lambda _r, key=key: self._d.pop(key, None)), sig, packed)
+        return packed
+
+    def clear(self):
+        self._d.clear()
+
+    def __len__(self):
+        return len(self._d)
+
+
+PACKS = PackCache()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the micro-kernel, as LLVM IR
+
+
+def _arr(t, dtype, ndim):
+    return isinstance(t, types.Array) and t.dtype == dtype and t.ndim == ndim and t.layout == "C"
+
+
+@intrinsic
+def _tile_avx512(typingctx, ap, aoff, bp, boff, kc, c, row0, col0, accumulate, bias):
+    """C[row0:row0+MR, col0:col0+NR] (=|+=) sum over kc steps k of  ap[aoff + k MR + r] * bp[boff + k NR + j]
+    + bias[col0 + j]. ap, bp: the packed 1-d panels; c: a C-contiguous 2-d float32 array holding the whole tile;
+    bias: at least col0 + NR floats (zeros where no bias is added); the caller guarantees both (no bounds
+    checks). The loop over k keeps the MR x NV accumulators as <16 x float> SSA values (zmm registers):
+        b_v    = load <16 x float> bp + boff + k NR + 16 v                         v < NV
+        a_r    = broadcast of ap[aoff + k MR + r]                                   r < MR
+        acc_rv = llvm.fma(a_r, b_v, acc_rv)                                         vfmadd231ps
+    then acc (+ C when accumulate) + bias is stored."""
+    ok = (_arr(ap, types.float32, 1) and _arr(bp, types.float32, 1) and _arr(c, types.float32, 2)
+          and _arr(bias, types.float32, 1) and isinstance(accumulate, types.Boolean)
+          and all(isinstance(v, types.Integer) for v in (aoff, boff, kc, row0, col0)))
+    if not ok:
+        return None
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+        vf = ir.VectorType(f32, 16)
+        c64 = lambda n: ir.Constant(i64, n)  # noqa: E731
+        ap_, aoff_, bp_, boff_, kc_, c_, row0_, col0_, acc_flag, bias_ = args
+        aoff_, boff_, kc_, row0_, col0_ = (context.cast(builder, v, sig.args[i], types.int64)
+                                           for v, i in ((aoff_, 1), (boff_, 3), (kc_, 4), (row0_, 6), (col0_, 7)))
+        acc_flag = context.cast(builder, acc_flag, sig.args[8], types.boolean)
+        fma = builder.module.declare_intrinsic("llvm.fma.v16f32", fnty=ir.FunctionType(vf, [vf] * 3))
+        arr_a = context.make_array(sig.args[0])(context, builder, ap_)
+        arr_b = context.make_array(sig.args[2])(context, builder, bp_)
+        arr_c = context.make_array(sig.args[5])(context, builder, c_)
+        arr_bias = context.make_array(sig.args[9])(context, builder, bias_)
+        abase = builder.gep(builder.bitcast(arr_a.data, f32.as_pointer()), [aoff_])
+        bbase = builder.gep(builder.bitcast(arr_b.data, f32.as_pointer()), [boff_])
+        zero = ir.Constant(vf, None)
+        undef = ir.Constant(vf, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+        entry = builder.block
+        loop = builder.append_basic_block("tile.loop")
+        done = builder.append_basic_block("tile.done")
+        builder.cbranch(builder.icmp_signed(">", kc_, c64(0)), loop, done)
+
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        acc = [[builder.phi(vf) for _ in range(NV)] for _ in range(MR)]
+        k.add_incoming(c64(0), entry)
+        for row in acc:
+            for p in row:
+                p.add_incoming(zero, entry)
+        prow = builder.gep(bbase, [builder.mul(k, c64(NR))])
+        bv = [builder.load(builder.bitcast(builder.gep(prow, [c64(16 * v)]), vf.as_pointer()), align=64)
+              for v in range(NV)]
+        arow = builder.gep(abase, [builder.mul(k, c64(MR))])
+        new = []
+        for r in range(MR):
+            x = builder.load(builder.gep(arow, [c64(r)]), align=4)
+            xv = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)), undef, splat)
+            new.append([builder.call(fma, [xv, bv[v], acc[r][v]]) for v in range(NV)])
+        k_next = builder.add(k, c64(1))
+        k.add_incoming(k_next, loop)
+        for r in range(MR):
+            for v in range(NV):
+                acc[r][v].add_incoming(new[r][v], loop)
+        builder.cbranch(builder.icmp_signed("<", k_next, kc_), loop, done)
+
+        builder.position_at_end(done)
+        final = [[None] * NV for _ in range(MR)]
+        for r in range(MR):                                            # LLVM wants the phis first in a block
+            for v in range(NV):
+                p = builder.phi(vf)
+                p.add_incoming(zero, entry)
+                p.add_incoming(new[r][v], loop)
+                final[r][v] = p
+        ldc = builder.extract_value(arr_c.strides, 0)                  # bytes per row of c
+        cbase = builder.gep(builder.bitcast(arr_c.data, ir.IntType(8).as_pointer()),
+                            [builder.add(builder.mul(row0_, ldc), builder.mul(col0_, c64(4)))])
+        bb = builder.gep(builder.bitcast(arr_bias.data, f32.as_pointer()), [col0_])
+        bvec = [builder.load(builder.bitcast(builder.gep(bb, [c64(16 * v)]), vf.as_pointer()), align=4)
+                for v in range(NV)]
+        for r in range(MR):
+            crow = builder.gep(cbase, [builder.mul(c64(r), ldc)])
+            for v in range(NV):
+                pc = builder.bitcast(builder.gep(crow, [c64(64 * v)]), vf.as_pointer())
+                # a select, not arithmetic: C is read (it lies inside the array) but used only when accumulating
+                prev = builder.select(acc_flag, builder.load(pc, align=4), zero)
+                builder.store(builder.fadd(builder.fadd(final[r][v], prev), bvec[v]), pc, align=4)
+        return context.get_dummy_value()
+
+    return types.void(ap, aoff, bp, boff, kc, c, row0, col0, accumulate, bias), codegen
+
+
+@njit(cache=True)
+def _tile_portable(ap, aoff, bp, boff, kc, c, row0, col0, accumulate, bias, acc):
+    """_tile_avx512's tile in plain Numba, one row of the tile at a time: acc (NR,) float32 scratch; the loop over
+    the NR columns is contiguous in bp and acc, so LLVM vectorises it with the CPU's vectors (a multiply and an
+    add: no fastmath, so no FMA contraction)."""
+    for r in range(MR):
+        for j in range(NR):
+            acc[j] = ZERO
+        for k in range(kc):
+            x = ap[aoff + k * MR + r]
+            brow = bp[boff + k * NR:boff + k * NR + NR]   # a view: indices from range(NR) are known >= 0, so
+            for j in range(NR):                            # no wraparound test stops the vectoriser
+                acc[j] += x * brow[j]
+        for j in range(NR):
+            prev = c[row0 + r, col0 + j] if accumulate else ZERO
+            c[row0 + r, col0 + j] = (acc[j] + prev) + bias[col0 + j]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the five loops
+
+
+@intrinsic
+def _fetch_add(typingctx, counter):
+    """old = counter[0]; counter[0] += 1, atomically (an LLVM atomicrmw add): how the threads take chunks of work."""
+    if not _arr(counter, types.int64, 1):
+        return None
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+        arr = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", arr.data, ir.Constant(ir.IntType(64), 1), "seq_cst")
+
+    return types.int64(counter), codegen
+
+
+@njit(cache=True, parallel=True)
+def _gemm_packed(ap, bp, M, N, K, c, bias_pad, zeros_pad, nthreads, chunk_pan, m_parts, kc_blk, mc_pan, nc_pan,
+                 portable, counter):
+    """c (M, N) = packed A (ap) times packed B (bp) + bias_pad[:N]. bias_pad and zeros_pad hold ceil(N/NR) NR
+    floats (bias_pad: the bias, zeros beyond; zeros_pad: zeros, for the KC blocks before the last). kc_blk: KC;
+    mc_pan, nc_pan: MC and NC in MR and NR panels. portable: the Numba micro-kernel instead of the LLVM-IR one.
+
+    The work is cut into chunks of `chunk_pan` NR panels of B times one of `m_parts` row ranges; each of the
+    `nthreads` threads takes the next chunk from `counter` (an atomic add) until none is left, so a thread the OS
+    delays holds up only the chunk it is on (a static split waits for its slowest part)."""
+    m_pan = (M + MR - 1) // MR
+    n_pan = (N + NR - 1) // NR
+    n_chunks = (n_pan + chunk_pan - 1) // chunk_pan
+    total = n_chunks * m_parts
+    for _t in prange(nthreads):
+        scratch = np.empty((MR, NR), np.float32)       # an edge tile
+        acc = np.empty(NR, np.float32)                 # the portable kernel's accumulators
+        while True:
+            ch = _fetch_add(counter)
+            if ch >= total:
+                break
+            mb = ch // n_chunks
+            p0 = (ch - mb * n_chunks) * chunk_pan
+            p1 = min(p0 + chunk_pan, n_pan)
+            i0 = mb * m_pan // m_parts
+            i1 = (mb + 1) * m_pan // m_parts
+            for jc in range(p0, p1, nc_pan):                               # loop 5: NC columns
+                jend = min(jc + nc_pan, p1)
+                for pc in range(0, K, kc_blk):                             # loop 4: KC of K
+                    kc = min(kc_blk, K - pc)
+                    first = pc == 0
+                    bias = bias_pad if pc + kc >= K else zeros_pad         # the bias goes in with the last block
+                    for ic in range(i0, i1, mc_pan):                       # loop 3: MC rows
+                        iend = min(ic + mc_pan, i1)
+                        for jp in range(jc, jend):                         # loop 2: NR panels of B
+                            boff = jp * K * NR + pc * NR
+                            col0 = jp * NR
+                            for ip in range(ic, iend):                     # loop 1: MR panels of A
+                                aoff = ip * K * MR + pc * MR
+                                row0 = ip * MR
+                                if row0 + MR <= M and col0 + NR <= N:
+                                    if portable:
+                                        _tile_portable(ap, aoff, bp, boff, kc, c, row0, col0, not first, bias, acc)
+                                    else:
+                                        _tile_avx512(ap, aoff, bp, boff, kc, c, row0, col0, not first, bias)
+                                    continue
+                                # an edge tile: computed whole into scratch (the packs' padding is zeros), its
+                                # valid part added with the same additions in the same order
+                                if portable:
+                                    _tile_portable(ap, aoff, bp, boff, kc, scratch, 0, 0, False, zeros_pad, acc)
+                                else:
+                                    _tile_avx512(ap, aoff, bp, boff, kc, scratch, 0, 0, False, zeros_pad)
+                                for r in range(min(MR, M - row0)):
+                                    for j in range(min(NR, N - col0)):
+                                        prev = ZERO if first else c[row0 + r, col0 + j]
+                                        c[row0 + r, col0 + j] = (scratch[r, j] + prev) + bias[col0 + j]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# kernel choice and the entry points
+
+
+KERNELS = ("avx512", "portable")
+
+
+@functools.cache
+def avx512_available() -> bool:
+    """True when Numba compiles for a CPU with AVX-512F (NUMBA_CPU_FEATURES when set, else llvmlite's host
+    features): the micro-kernel's <16 x float> FMAs are then single zmm instructions."""
+    from numba.core import config  # noqa: PLC0415
+    feats = config.CPU_FEATURES
+    if feats is None:
+        import llvmlite.binding as ll  # noqa: PLC0415
+        feats = ll.get_host_cpu_features().flatten()
+    return "+avx512f" in set(feats.split(","))
+
+
+def cpu_kernel(kernel: str | None = None) -> str:
+    """The micro-kernel to use: `kernel` when given, else MINIDISTIL_GEMM_KERNEL, else "avx512" where available."""
+    kernel = kernel or os.environ.get("MINIDISTIL_GEMM_KERNEL") or ("avx512" if avx512_available() else "portable")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel: expected one of {KERNELS} (or MINIDISTIL_GEMM_KERNEL), got {kernel!r}")
+    if kernel == "avx512" and not avx512_available():
+        raise ValueError("kernel: 'avx512' needs a CPU with AVX-512F, which Numba's target CPU lacks; use 'portable'")
+    return kernel
+
+
+def _padded_bias(bias, n_pad):
+    out = np.zeros(n_pad, np.float32)
+    if bias is not None:
+        out[:bias.shape[0]] = bias
+    return out
+
+
+def gemm_packed(a, bp, N, bias=None, out=None, kernel: str | None = None, threads: int | None = None):
+    """C (M, N) = a (M, K) @ B + bias, for B already packed by pack_b (bp: its panels, N: its columns).
+    a must be float32 and C-contiguous; out (M, N) float32 C-contiguous, or None for a new array."""
+    kernel = cpu_kernel(kernel)
+    M, K = a.shape
+    n_pad = -(-N // NR) * NR
+    if bp.shape[0] != n_pad * K:
+        raise ValueError(f"bp: expected {n_pad * K} packed floats for K = {K}, N = {N}, got {bp.shape[0]}")
+    c = np.empty((M, N), np.float32) if out is None else out
+    if M == 0 or N == 0:
+        return c
+    if K == 0:
+        c[:] = _padded_bias(bias, n_pad)[:N]
+        return c
+    ap = _aligned_empty(-(-M // MR) * MR * K)
+    _pack_a(a, ap)
+    m_pan, n_pan = -(-M // MR), n_pad // NR
+    threads = threads or get_num_threads()
+    # chunks: about CHUNKS_PER_THREAD per thread, of whole NR panels where there are enough, else of row ranges
+    want = CHUNKS_PER_THREAD * threads
+    chunk_pan = max(1, n_pan // want)
+    m_parts = max(1, min(m_pan, -(-want // -(-n_pan // chunk_pan))))
+    threads = max(1, min(threads, -(-n_pan // chunk_pan) * m_parts))
+    _gemm_packed(ap, bp, M, N, K, c, _padded_bias(bias, n_pad), np.zeros(n_pad, np.float32), threads, chunk_pan,
+                 m_parts, KC, max(1, MC // MR), max(1, NC // NR), kernel == "portable", np.zeros(1, np.int64))
+    return c
+
+
+def mode() -> str:
+    """MINIDISTIL_GEMM as it concerns this kernel: "auto" (unset or "auto": the linear layers' forward uses it
+    where `use_own_gemm` says), "own" (every forward product, whatever its shape: for tests), "openblas" ("openblas",
+    "blas" or "blocks": never; kernels/_blas.py runs every product)."""
+    v = os.environ.get("MINIDISTIL_GEMM", "auto").strip().lower() or "auto"
+    if v in ("openblas", "blas", "blocks"):
+        return "openblas"
+    if v not in ("auto", "own"):
+        raise ValueError(f"MINIDISTIL_GEMM: expected auto, own, openblas or blocks, got {v!r}")
+    return v
+
+
+def use_own_gemm(M: int, K: int, N: int) -> bool:
+    """The dispatch rule (module docstring): True when a forward product (M, K) @ (K, N) should run here."""
+    m = mode()
+    if m != "auto":
+        return m == "own"
+    return cpu_kernel() == "avx512" and M >= MIN_M and K >= MIN_KN and N >= MIN_KN
+
+
+def gemm_cpu(a, b, bias=None, kernel: str | None = None):
+    """C = a (M, K) @ b (K, N) + bias (N,) or None, float32: b packed at this call (gemm_packed for a packed one)."""
+    _checks.check_array("a", a, ndim=2, contiguous=False)
+    _checks.check_array("b", b, ndim=2, contiguous=False)
+    if b.shape[0] != a.shape[1]:
+        raise ValueError(f"b: expected {a.shape[1]} rows to match a {tuple(a.shape)}, got {tuple(b.shape)}")
+    if bias is not None:
+        _checks.check_array("bias", bias, ndim=1, shape=(b.shape[1],))
+    return gemm_packed(np.ascontiguousarray(a), pack_b(b), b.shape[1], bias, kernel=kernel)
+
+
+def avx512_assembly() -> str:
+    """The assembly of the GEMM driver, compiled afresh (code Numba loaded from its on-disk cache cannot be
+    inspected), to check that the micro-kernel is zmm FMAs (vfmadd231ps ... zmm). Needs a CPU with AVX-512F."""
+    drive = njit(parallel=True)(_gemm_packed.py_func)
+    a = _aligned_empty(MR * 4)
+    a[:] = 1.0
+    bp = pack_b(np.ones((4, NR), np.float32))
+    c = np.empty((MR, NR), np.float32)
+    z = np.zeros(NR, np.float32)
+    drive(a, bp, MR, NR, 4, c, z, z, 1, 1, 1, KC, 1, 1, False, np.zeros(1, np.int64))
+    return "\n".join(drive.inspect_asm(sig) for sig in drive.signatures)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def compare_openblas(shapes, rounds: int = 7, kernel: str | None = None, log=print) -> list[dict]:
+    """The forward product y = x W^T (x (M, K), W (N, K)) by numpy's OpenBLAS (`np.matmul(x, w.T)`, what
+    kernels/linear.py ran before) and by this GEMM (W^T packed beforehand, as the linear layers keep it),
+    interleaved: each round times two calls of each, one after the other, so that both see the same load; the
+    medians over `rounds`. Returns one dict per shape (M, K, N, GFLOP/s of each, ratio own / OpenBLAS)."""
+    r = np.random.default_rng(0)
+    rows = []
+    for M, K, N in shapes:
+        x = r.standard_normal((M, K), dtype=np.float32)
+        w = (r.standard_normal((N, K)) * 0.02).astype(np.float32)
+        bp = pack_b(w.T)
+        o1, o2 = np.empty((M, N), np.float32), np.empty((M, N), np.float32)
+        runs = {"openblas": (lambda x=x, w=w, o1=o1: np.matmul(x, w.T, out=o1), []),
+                "own": (lambda x=x, bp=bp, N=N, o2=o2: gemm_packed(x, bp, N, out=o2, kernel=kernel), [])}
+        for fn, _ in runs.values():                                    # warm-up (and compilation)
+            fn()
+        for _ in range(rounds):
+            for fn, times in runs.values():
+                t0 = time.perf_counter()
+                fn()
+                fn()
+                times.append((time.perf_counter() - t0) / 2)
+        flops = 2.0 * M * K * N
+        rate = {k: flops / float(np.median(t)) / 1e9 for k, (_, t) in runs.items()}
+        row = {"M": M, "K": K, "N": N, "openblas": rate["openblas"], "own": rate["own"],
+               "ratio": rate["own"] / rate["openblas"]}
+        log(f"  bench    M={M:5d} K={K:5d} N={N:5d}  OpenBLAS {row['openblas']:7.1f}  own {row['own']:7.1f} "
+            f"GFLOP/s  own/OpenBLAS {row['ratio']:.2f}")
+        rows.append(row)
+    return rows
+
+
+MODEL_SHAPES = [(M, K, N) for M in (256, 1024) for K, N in ((768, 768), (768, 3072), (3072, 768))]
+
+
+def main(argv=None):
+    args = _checks.lab_options("gemm", argv)
+    rep = _checks.Report("gemm")
+    r = _checks.rng(0)
+    kernels = ["portable"] + (["avx512"] if avx512_available() else [])
+    if "avx512" not in kernels:
+        rep.skip("avx512", "Numba's target CPU has no AVX-512F")
+
+    # validation: within the derived bound, at awkward sizes (M, N not multiples of the tile, K across KC blocks)
+    # and at the model's
+    shapes = [(1, 13, 5), (7, 13, 13), (13, 385, 49), (37, 800, 97)]
+    if args.size == "base":
+        shapes += [(256, 768, 3072), (1024, 3072, 768)]
+    for M, K, N in shapes:
+        a = r.standard_normal((M, K)).astype(np.float32)
+        b = r.standard_normal((K, N)).astype(np.float32)
+        bias = r.standard_normal(N).astype(np.float32)
+        exact, bound = gemm_ref(a, b, bias), error_bound(a, b, bias)
+        for k in kernels:
+            err = np.abs(gemm_cpu(a, b, bias, kernel=k) - exact)
+            rep.check(f"{k} {M}x{K}x{N}", "> bound", np.maximum(err - bound, 0.0), np.zeros_like(err), atol=0)
+            print(f"  {'':9}{k} {M}x{K}x{N}: max |C - A B - bias| / bound = {(err / bound).max():.4f}")
+    if args.no_bench:
+        return rep.finish()
+
+    print(f"  CPU: {_cpu_model()}; {get_num_threads()} Numba threads; load average before "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    k = cpu_kernel()
+    print(f"  kernel {k} (the one this CPU runs): y = x W^T, OpenBLAS and own interleaved, medians of 7 rounds")
+    compare_openblas(MODEL_SHAPES, kernel=k)
+    print(f"  load average after {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return rep.finish()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
