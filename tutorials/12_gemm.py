@@ -275,3 +275,22 @@ y, _ = L.linear_forward(x, w, bias)                              # (B, T, Cout),
 print(f"rule for a (256 x {K}) @ ({K} x {N}) product: own GEMM = {G.use_own_gemm(256, K, N)}")
 ref = G.gemm_ref(x.reshape(-1, K), w.T, bias)
 assert y.shape == (2, 128, N) and np.all(np.abs(y.reshape(-1, N) - ref) <= G.error_bound(x.reshape(-1, K), w.T, bias))
+
+# %% [markdown]
+# ## Exercise
+#
+# `minidistil grade gemm_packing`: write `pack_panels(b, nr)` and `matmul_panels(a, packed, n)` yourself (section 3
+# shows what they must do; get your copy with `minidistil exercises copy my_exercises`). The grader compares them
+# with `kernels/gemm.py` on awkward shapes (N not a multiple of NR, K = 1) and names the usual mistakes.
+#
+# ## Try it
+#
+# 1. Predict the arithmetic intensity (flops per byte moved) of the naive loop of section 1 for M = K = N = 768,
+#    then of the packed kernel; put both on the roofline of section 0. Which one can reach the peak?
+# 2. Change `MR` or `NR` of the portable kernel by hand in your head: how many zmm registers does an 8 x 48 tile
+#    of float32 accumulators need, and what happens when a tile needs more than the CPU's 32?
+# 3. Run section 6 with `numba.set_num_threads(1)`: how far is one thread from two, and from OpenBLAS on one
+#    thread? What does that say about how busy the machine is (`os.getloadavg()`)?
+# 4. Set `MINIDISTIL_GEMM=openblas` before importing minidistil and rerun the last cell: the rule no longer sends
+#    the product to gemm.py. Is `y` the same to the last bit? Why not, and within which bound must it agree?
+# 5. The backward products (dx = dy W, dW = dy^T x) stay on OpenBLAS. Why does packing W once not help training?
