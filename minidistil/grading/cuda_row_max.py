@@ -30,12 +30,13 @@ def _partials(x, threads):
 
 
 def run(s: Session):
-    with s.case("a CUDA device or the simulator"):
-        # the answer's process runs the simulator, or has a GPU (what child.py decides, asked here without numba)
-        if cuda_simulator_setting() != "1" and not os.path.exists("/dev/nvidiactl"):
+    # the answer's process runs the simulator, or has a GPU (what child.py decides, asked here without numba); a
+    # check only when it cannot run: a device is no merit of the answer, so it earns no points
+    if cuda_simulator_setting() != "1" and not os.path.exists("/dev/nvidiactl"):
+        with s.case("a CUDA device or the simulator"):
             s.check.fail("NUMBA_ENABLE_CUDASIM is not 1 and there is no GPU: numba.cuda has no device for your "
                          "kernel", SIM_HINT)
-            return
+        return
     threads = int(getattr(s.module, "THREADS", 8) or 8)     # the stub's block size (for the hints' variants only)
     r = np.random.default_rng(10)
     cases = [
