@@ -469,3 +469,19 @@ def test_a_grader_written_in_process_style_runs_unchanged(tmp_path):
     assert [c.passed for c in report.checks] == [True, False, True], report.text()
     assert report.checks[1].lines == ["your function changed its input `x` in place"], report.text()
     assert report.hints == [report.checks[1].hints[0]] and "x.copy()" in report.hints[0]
+
+
+def test_cuda_row_max_grades_with_no_simulator_setting(monkeypatch):
+    """The answer's process chooses NUMBA_ENABLE_CUDASIM itself when the user has not set it (the simulator without
+    /dev/nvidiactl, the GPU with it), so the CUDA exercise grades with no setting at all; the user's setting wins."""
+    from minidistil.grading.child import cuda_simulator_setting
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    assert cuda_simulator_setting() == ("0" if Path("/dev/nvidiactl").exists() else "1")
+    assert cuda_simulator_setting({"NUMBA_ENABLE_CUDASIM": "0"}) == "0"
+    assert cuda_simulator_setting({"NUMBA_ENABLE_CUDASIM": "1"}) == "1"
+    report = grading.grade("cuda_row_max", ANSWERS / "cuda_row_max.py")
+    assert report.passed and len(report.checks) >= 3, report.text()
+    if not Path("/dev/nvidiactl").exists():                      # no GPU and the simulator refused: one clear check
+        monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "0")
+        report = grading.grade("cuda_row_max", ANSWERS / "cuda_row_max.py")
+        assert not report.passed and "NUMBA_ENABLE_CUDASIM=0 is set" in report.hints[0], report.text()

@@ -160,6 +160,16 @@ def param_names(fn, n_args: int) -> list[str]:
     return names
 
 
+def cuda_simulator_setting(environ=None) -> str:
+    """NUMBA_ENABLE_CUDASIM for the answer's process: the user's own setting when there is one, else "1" (the CUDA
+    simulator) where there is no NVIDIA GPU (no /dev/nvidiactl, the test that tests/conftest.py makes) and "0" where
+    there is one. numba reads it once, at its first import, which is the answer's."""
+    environ = os.environ if environ is None else environ
+    if "NUMBA_ENABLE_CUDASIM" in environ:
+        return environ["NUMBA_ENABLE_CUDASIM"]
+    return "0" if os.path.exists("/dev/nvidiactl") else "1"
+
+
 def serve(path: str, memory_mb: int):
     # the requests and replies use copies of stdin/stdout; the answer's stdout goes to stderr, its stdin is empty
     proto_in, proto_out = os.dup(0), os.dup(1)
@@ -181,6 +191,7 @@ def serve(path: str, memory_mb: int):
     import numpy as np
     warnings.simplefilter("ignore")
     np.seterr(all="ignore")
+    os.environ["NUMBA_ENABLE_CUDASIM"] = cuda_simulator_setting()   # before the answer imports numba
     sys.path[0] = os.path.dirname(os.path.abspath(path))
     objects: dict = {}
 

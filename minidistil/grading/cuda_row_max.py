@@ -2,13 +2,22 @@
 thread, a tree reduction in shared memory), run on a GPU or on the CUDA simulator, checked against NumPy.
 
 The maximum is exact in any order, so the result must equal np.max bit for bit.
+
+Where it runs: the answer's child process (child.py) sets NUMBA_ENABLE_CUDASIM before the answer imports numba,
+unless the user set it: 1 (the CUDA simulator) on a machine without an NVIDIA GPU (no /dev/nvidiactl, as
+tests/conftest.py decides), 0 on one with a GPU. So `minidistil grade cuda_row_max FILE` grades on a laptop without
+any setting; NUMBA_ENABLE_CUDASIM=0 on a machine without a GPU is the one combination that cannot run, and the
+first check says so.
 """
+import os
+
 import numpy as np
 
+from .child import cuda_simulator_setting
 from .engine import CaseOver, Exercise, Session
 
-SIM_HINT = ("no CUDA device: run the grader on the simulator, NUMBA_ENABLE_CUDASIM=1 minidistil grade cuda_row_max "
-            "FILE (set before Python starts), or on a machine with a GPU and numba-cuda")
+SIM_HINT = ("no CUDA device: NUMBA_ENABLE_CUDASIM=0 is set and this machine has no NVIDIA GPU; unset it (the grader "
+            "then runs your kernel on the CUDA simulator) or grade on a machine with a GPU and numba-cuda")
 
 
 def _partials(x, threads):
@@ -21,11 +30,13 @@ def _partials(x, threads):
 
 
 def run(s: Session):
-    from minidistil.kernels import _cuda
-    with s.case("a CUDA device or the simulator"):
-        if not _cuda.available():
-            s.check.fail("numba.cuda has no device here", SIM_HINT)
-            return
+    # the answer's process runs the simulator, or has a GPU (what child.py decides, asked here without numba); a
+    # check only when it cannot run: a device is no merit of the answer, so it earns no points
+    if cuda_simulator_setting() != "1" and not os.path.exists("/dev/nvidiactl"):
+        with s.case("a CUDA device or the simulator"):
+            s.check.fail("NUMBA_ENABLE_CUDASIM is not 1 and there is no GPU: numba.cuda has no device for your "
+                         "kernel", SIM_HINT)
+        return
     threads = int(getattr(s.module, "THREADS", 8) or 8)     # the stub's block size (for the hints' variants only)
     r = np.random.default_rng(10)
     cases = [
@@ -61,6 +72,7 @@ def run(s: Session):
 
 
 EXERCISE = Exercise("cuda_row_max", "the maximum of each row, a numba.cuda shared-memory reduction", ("row_max",),
-                    run, exception_hints=(("CudaSupportError", SIM_HINT),
+                    run, exception_hints=(("CudaSupportError", "numba.cuda found no usable device: grade on the "
+                                           "simulator (NUMBA_ENABLE_CUDASIM=1) or check the GPU's driver"),
                                           ("TypingError", "numba.cuda could not compile your kernel: inside it use "
                                            "float32(...), math.* functions and array indexing only")))

@@ -176,11 +176,13 @@ class Session:
         except ChildFailure as e:   # the student's process timed out or ended while the case read from it
             self.check.fail(e.line, e.hint, where=self.report.path)
 
-    def call(self, fname: str, *args, **kwargs):
+    def call(self, fname: str, *args, raises: dict[str, Callable[[], object]] | None = None, **kwargs):
         """Call the student's function in its process (self.module is the proxy of remote.py); exceptions, time-outs
         and exits become a failed check (with a hint when one is known), and so does a change of an input in place
         (unless the exercise's `in_place` names it; with in_place None, a function returning None may change its
-        inputs: they are its outputs)."""
+        inputs: they are its outputs). `raises`: known-wrong variants (hint -> function computing that wrong
+        answer on these inputs); an exception of the student's that one of them raises too (same class, same
+        message, such as a matmul whose shapes do not chain) gets that variant's hint, not a generic one."""
         try:
             fn = getattr(self.module, fname, None)
         except Exception as e:  # noqa: BLE001 (ChildFailure, or an exception of a module-level __getattr__)
@@ -197,7 +199,7 @@ class Session:
         except NotImplementedError as e:
             raise NotImplementedYet(fname, student_frame(e.__traceback__, self.report.path)[1]) from None
         except Exception as e:  # noqa: BLE001 (any error of the student's code is a failed check)
-            self.raised(f"{fname} raised", e)
+            self.raised(f"{fname} raised", e, raises)
         finally:
             if process is not None:
                 process.mirror = True
@@ -209,14 +211,23 @@ class Session:
             self.check.fail(f"your function changed its input `{name}` in place", _in_place_hint(name), where=name)
         return got
 
-    def raised(self, what: str, e: Exception):
-        """Fail the case for an exception of the student's code, pointing at its line in their file."""
+    def raised(self, what: str, e: Exception, variants: dict[str, Callable[[], object]] | None = None):
+        """Fail the case for an exception of the student's code, pointing at its line in their file. The hint: the
+        one of the known-wrong variant that raises the same exception (only when exactly one does: two variants
+        raising the same error cannot be told apart), else the exercise's hint for the exception's text."""
         if isinstance(e, ChildFailure):
             self.check.fail(e.line, e.hint, where=self.report.path)
             raise CaseOver from None
         text, where = student_frame(e.__traceback__, self.report.path)
-        self.check.fail(f"{what} {type(e).__name__}: {e}{text}", self.exercise.hint_for_exception(e),
-                        where=where)
+        same = []
+        for hint, variant in (variants or {}).items():
+            try:
+                variant()
+            except Exception as v:  # noqa: BLE001 (the variant's own error, compared with the student's)
+                if type(v).__name__ == type(e).__name__ and str(v) == str(e):
+                    same.append(hint)
+        hint = same[0] if len(same) == 1 else None if same else self.exercise.hint_for_exception(e)
+        self.check.fail(f"{what} {type(e).__name__}: {e}{text}", hint, where=where)
         raise CaseOver from None
 
     def unpack(self, got, names: tuple[str, ...]):
@@ -241,6 +252,12 @@ class Session:
                    f"the function returned None: did you forget `return {what}`?", where=what)
             return False
         if got.shape != expected.shape:
+            # a known-wrong variant of the student's shape (x^T dy for dy^T x) that the values match names the slip
+            matched = [] if np.ndim(atol) else _variant_matches(got, variants, atol, rtol)
+            if matched:
+                c.fail(f"{what}: shape {got.shape}, expected {expected.shape}", where=what)
+                _add_closest(c, matched, None)
+                return False
             hint = None
             if got.ndim == expected.ndim and sorted(got.shape) == sorted(expected.shape):
                 hint = (f"{what} has the right dimensions in the wrong order: a transposed matrix or swapped axes "
@@ -359,6 +376,21 @@ def _add_closest(c: Check, matched: list[tuple[float, str]], otherwise: str | No
     for d, hint in matched:
         if d <= 10 * best + 1e-300 and hint not in c.hints:
             c.hints.append(hint)
+
+
+def _variant_matches(got: np.ndarray, variants, atol: float, rtol: float) -> list[tuple[float, str]]:
+    """(distance, hint) of the known-wrong variants with the shape of `got` that it matches within 4x the
+    tolerance: for an output of the wrong shape, where there is no truth of that shape to be closer than."""
+    g = got.astype(np.float64)
+    matched = []
+    for hint, variant in (variants or {}).items():
+        try:
+            wrong = np.asarray(variant(), dtype=np.float64)
+        except Exception:  # noqa: BLE001 (a variant that does not apply to this input)
+            continue
+        if wrong.shape == g.shape and _worst(g, wrong, 4 * atol, 4 * rtol)[0] is None:
+            matched.append((float(np.abs(g - wrong).max(initial=0.0)), hint))
+    return matched
 
 
 def _in_place_hint(name: str) -> str:

@@ -5,7 +5,7 @@ import numpy as np
 
 from minidistil.kernels import _checks
 
-from .engine import CaseOver, Exercise, Session, f32
+from .engine import CaseOver, Exercise, Session, _add_closest, f32
 
 ZERO_ROW_HINT = ("an all-zero row has hi = lo = 0, so s = 0 and x / s divides by zero: give such a row any "
                  "positive scale (the reference uses the smallest float32) and q = z")
@@ -84,10 +84,14 @@ def run(s: Session):
                 i = int(np.flatnonzero(live & ~ok_scale)[0])
                 s.check.fail(f"scale[{i}] = {sc64[i]:.8g}, expected {float(s_ref[i]):.8g} ((hi - lo) / 255 with "
                              "the range holding 0)", where=f"scale[{i}]")
+                # the variants whose scale of that row is the student's; the closest over all rows wins
+                matched = []
                 for hint, kw in hints.items():
                     _, vs, _ = _variant(x32, **kw)
                     if abs(vs[i] - sc64[i]) <= 1e-5 * abs(vs[i]):
-                        s.check.hints.append(hint)
+                        matched.append((float(np.max(np.abs(vs - sc64)[live] / np.abs(vs[live]), initial=0.0)),
+                                        hint))
+                _add_closest(s.check, matched, None)
                 raise CaseOver
             if not np.isfinite(sc64).all() or (sc64 <= 0).any():
                 s.check.fail("scale: every scale must be a positive finite number", ZERO_ROW_HINT, where="scale")
@@ -100,11 +104,17 @@ def run(s: Session):
                              f"{sc64[idx[0]] * (int(q[idx]) - int(zp[idx[0]])):.6g}: error {err[idx]:.3g} exceeds "
                              f"the bound s (1/2 + 2^-13) = {bound[idx[0], 0]:.3g} ({int((err > bound).sum())} of "
                              f"{err.size} entries)", where=f"q[{', '.join(map(str, idx))}]")
+                matched = []
                 for hint, kw in hints.items():
-                    vq, _, vz = _variant(x32, **kw)
-                    # the variant's codes are the student's (all but a few ties), and not the reference's
-                    if np.mean(vq == q) >= 0.95 and not np.array_equal(vq, q_ref):
-                        s.check.hints.append(hint)
+                    vq, vs, _ = _variant(x32, **kw)
+                    # the variant's scales are the student's (they passed the check above, so a variant with
+                    # another scale, such as the symmetric one, is another mistake even where its codes coincide),
+                    # its codes are the student's (all but a few ties), and not the reference's
+                    same_scale = np.all(np.abs(vs - sc64)[live] <= 1e-5 * np.abs(vs[live]))
+                    agree = float(np.mean(vq == q))
+                    if same_scale and agree >= 0.95 and not np.array_equal(vq, q_ref):
+                        matched.append((1.0 - agree, hint))
+                _add_closest(s.check, matched, None)
                 raise CaseOver
             # the bound holds; the codes themselves may differ from the reference's by one where x / s + z lies
             # within float32 rounding of a half (a tie rounded the other way), never more

@@ -80,6 +80,9 @@ class StudentProcess:
         self.starts += 1
         self.generation += 1
         env = dict(os.environ, **{v: "1" for v in THREAD_VARS}, PYTHONDONTWRITEBYTECODE="1")
+        # glibc reserves 64 MiB of address space for each thread's malloc arena, which the memory limit (RLIMIT_AS)
+        # counts: the CUDA simulator's block of Python threads would exhaust it without using the memory
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         kw = {"start_new_session": True} if os.name == "posix" else {}
         self.proc = subprocess.Popen([sys.executable, str(CHILD), self.path, str(self.memory_mb)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -10,9 +10,9 @@ row, as chapter 10 (tutorials/10_gpu_kernels.py, section 2) does for row sums:
        cuda.syncthreads() after each step;
     4. thread 0 writes buf[0] to out[row].
 
-Fill in the body of `row_max_kernel`; `row_max` launches it and is done. No GPU? The CUDA simulator runs it on the
-CPU (every GPU thread a Python thread, slow, so THREADS is small):
-    NUMBA_ENABLE_CUDASIM=1 minidistil grade cuda_row_max FILE
+Fill in the body of `row_max_kernel`; `row_max` launches it and is done. No GPU? The grader then runs your kernel
+on the CUDA simulator by itself (every GPU thread a Python thread, slow, so THREADS is small); to run this file
+yourself without a GPU, set the simulator before Python starts:  NUMBA_ENABLE_CUDASIM=1 python FILE
 x: (N, K) float32. row_max returns (N,) float32 equal to x.max(axis=1) exactly (a maximum does not round).
 """
 import math  # noqa: F401 (for your answer: math.inf)
