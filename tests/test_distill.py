@@ -324,10 +324,13 @@ def test_time_budget_and_cli_flags(tmp_path, monkeypatch):
     report = distill(_tiny_teacher(), tmp_path / "out", tokenizer=tok, corpus=[str(corpus)], time_budget=4.0,
                      **{**RUN, "checkpoint_every": 0})
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
-    n = report["steps"]
-    assert n == len(rows) >= 3 and report["schedule"]["complete"] and report["schedule"]["planned_steps"] == n
-    # the schedule was re-planned to end where the budget did: the last update took the last step of the decay
-    assert rows[-1]["lr"] == pytest.approx(RUN["lr"] / (n - math.ceil(RUN["warmup"] * n)))
+    n, planned = report["steps"], report["schedule"]["planned_steps"]
+    # the schedule was re-planned to end where the budget did: the last plan held the updates done, or one more
+    # when the last update took longer than the recent ones (run.schedule_complete's tolerance), and the last
+    # update took its learning rate from that plan's decay
+    assert n == len(rows) >= 3 and report["schedule"]["complete"] and 0 <= planned - n <= max(1, planned // 100)
+    warmup = math.ceil(RUN["warmup"] * planned)
+    assert rows[-1]["lr"] == pytest.approx(RUN["lr"] * (planned - n + 1) / (planned - warmup))
     assert report["time_budget_seconds"] == 4.0 and report["setup_seconds"] >= 0 and report["eval_seconds"] >= 0
 
     parser = argparse.ArgumentParser()
