@@ -652,7 +652,12 @@ try:
     rc = cli.main(sys.argv[2:])
 except SystemExit as e:
     rc = e.code
-sys.stderr.write(f"\\npeak resident KiB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n")
+try:  # this process's own peak: ru_maxrss also counts the parent's size at fork (Linux keeps it across exec)
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+sys.stderr.write(f"\\npeak resident KiB {peak}\\n")
 sys.exit(rc)
 """
 ADDRESS_SPACE = 1024 * 2**20  # `embed hello` alone maps ~600 MB of address space (Numba, SciPy, OpenBLAS): the

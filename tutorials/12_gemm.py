@@ -163,7 +163,7 @@ for name, fn in (("naive i,j,k", matmul_ijk), ("loop order i,k,j", matmul_ikj)):
 # (`kernels/gemm.py`, `PACKS`).
 #
 # **Exercise** (graded): write this packing yourself, and the product computed from the panels:
-# `minidistil exercises copy my_exercises`, then `minidistil grade my_exercises/gemm_packing.py`.
+# `minidistil exercises copy my_exercises`, then, in that folder, `minidistil grade gemm_packing`.
 
 # %%
 small = np.arange(3 * 10, dtype=np.float32).reshape(3, 10)      # B (K=3, N=10)
