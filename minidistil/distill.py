@@ -10,6 +10,10 @@
    table are dropped: a BERT teacher adds token-type row 0 to every token, so that row is folded into the student's
    position table and the student's embedding output equals the teacher's at initialisation. The student is a
    DistilBertForMaskedLM when the teacher has an MLM head (its head is copied too), else a DistilBertModel.
+   With `hidden_size` below the teacher's the student is narrower too: every copied weight is projected onto the
+   teacher's leading principal directions of its hidden states, U (C x H), and the hidden-state and pooled loss
+   terms compare the student with the teacher's states projected by U ("pca") or map the student's to the
+   teacher's width by a Linear trained with it and never saved ("learned"); see minidistil.narrow.
 
 2. The loss, per batch (padding never counts):
        alpha_ce  * T^2 KL(softmax(teacher / T) || softmax(student / T))    MLM logits, every real token
@@ -412,6 +416,12 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     n_teacher = teacher_model.config.num_hidden_layers
     layers = cfg.layer_map or default_layer_map(n_teacher, cfg.student_layers or max(1, n_teacher // 2), mlm=mlm)
     cfg.max_len = cfg.max_len or (128 if mlm else 64)  # a sentence encoder's sentences are short: no padding
+    tc = teacher_model.config
+    C, heads, F_ = ((tc.hidden_size, tc.num_attention_heads, tc.intermediate_size) if isinstance(tc, BertConfig)
+                    else (tc.dim, tc.n_heads, tc.hidden_dim))
+    if cfg.hidden_size is not None or cfg.num_heads is not None or cfg.intermediate_size is not None:
+        from .narrow import student_shape
+        student_shape(C, heads, F_, cfg.hidden_size or C, cfg.num_heads, cfg.intermediate_size)  # before any work
 
     # data
     special = data.special_ids(tokenizer)
@@ -424,7 +434,6 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     say(f"corpus: {len(train_docs)} documents -> {len(seqs)} sequences of <= {cfg.max_len} tokens "
         f"({len(held_docs)} documents held out)")
 
-    C = teacher_model.config.hidden_size if isinstance(teacher_model.config, BertConfig) else teacher_model.config.dim
     narrow = _narrow_init(teacher_model, cfg, C, seqs, special.pad, say)
     student = make_student(teacher_model, layers, basis=narrow.get("basis"), num_heads=cfg.num_heads,
                            intermediate_size=cfg.intermediate_size)

@@ -155,3 +155,26 @@ def test_resume_of_a_learned_width_map(tmp_path):
     distill(str(teacher), tmp_path / "cut", resume=True, **kw)
     lines = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("straight", "cut")]
     assert len(lines[0]) == 6 and lines[1] == lines[0]
+
+
+def test_cli_flags_and_bad_widths(tmp_path):
+    import argparse
+
+    from minidistil.commands import add_distill
+    from minidistil.distill import distill
+    parser = argparse.ArgumentParser()
+    add_distill(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["distill", "--hidden-size", "256", "--num-heads", "8", "--intermediate-size", "1000",
+                              "--width-loss", "learned", "--pca-texts", "100"])
+    assert (args.hidden_size, args.num_heads, args.intermediate_size, args.width_loss, args.pca_texts) == \
+        (256, 8, 1000, "learned", 100)
+    assert parser.parse_args(["distill"]).width_loss == "pca"
+    for bad in (["--hidden-size", "0"], ["--width-loss", "both"], ["--num-heads", "-1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["distill", *bad])
+    corpus = _corpus_dir(tmp_path, 10)
+    teacher = _st_teacher(tmp_path, corpus)
+    with pytest.raises(ValueError, match=r"--hidden-size: expected 1 \.\. 32"):
+        distill(str(teacher), tmp_path / "wide", corpus=[str(corpus)], steps=2, hidden_size=48, **RUN)
+    with pytest.raises(ValueError, match="not a multiple of the teacher's head width 16"):
+        distill(str(teacher), tmp_path / "odd", corpus=[str(corpus)], steps=2, hidden_size=20, **RUN)
