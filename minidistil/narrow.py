@@ -11,6 +11,7 @@ A narrow student has hidden size H < C (the teacher's). It starts from the teach
 2. The projected copy. The student's residual stream holds z = x U. Every copied weight is mapped so that it
    reads and writes z instead of x (W is (out x in) as in PyTorch, y = x W^T + b):
        both sides in the hidden space (the MLM head's vocab_transform)   W' = U^T W U,  b' = U^T b
+         (an approximation more: its output passes through GELU, which acts on the teacher's coordinates)
        only the input (query, key, value, FFN lin1)                      W' = W U,      b' = b
        only the output (attention out_lin, FFN lin2)                     W' = U^T W,    b' = U^T b
        embeddings (word, and position with token-type row 0 folded in)   E' = E U
@@ -31,8 +32,10 @@ A narrow student has hidden size H < C (the teacher's). It starts from the teach
    the diagonal of the projected gain, rescaled. `projected_agreement` measures how close the first forward
    gets (the report gives the cosine per layer; tests/test_narrow.py compares it with a random init).
 
-The learned projection of the loss (student width -> teacher width, trained with the student, never saved) and
-the fixed one (the teacher's states projected by U) are made by `width_maps`; minidistil.distill uses them.
+The basis is recomputed when a run resumes (the same sequences and teacher give the same U; the parameters come
+from the checkpoint). The learned projection of the loss (student width -> teacher width, trained with the
+student, never saved) and the fixed one (the teacher's states projected by U) are made by `width_maps`;
+minidistil.distill uses them.
 """
 from __future__ import annotations
 
