@@ -478,7 +478,7 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     def save():
         model = student.state_dict()
         if s_map is not None:
-            model.update({WIDTH_MAP + n: p.numpy() for n, p in s_map.named_parameters()})
+            model.update({WIDTH_MAP + n: p.numpy() for n, p in s_map.named_parameters()})  # as state_dict
         run.save(state.step, model=model, optimizer=opt.state_dict(), data=batches.state(), state=state, config=cfg)
 
     if cfg.device != "cpu":  # after any resume (loaded on the host); AdamW moves its moments on its first step
@@ -579,8 +579,9 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     save_pretrained(student, out, tokenizer=tokenizer)
     if Path(teacher_name).is_dir():
         write_sentence_transformers_files(teacher_name, out, student.config.dim)
-    if s_map is not None:
-        s_map.to("cpu")  # the map of the final comparison's mean cosine
+    for m in (s_map, t_map):  # the maps of the final comparison's mean cosine, read on the host
+        if m is not None:
+            m.to("cpu")
     curve = plot_curves(run.metrics, out / "loss_curve.png", LOSS_TERMS, "distillation losses", say)
     schedule = schedule_summary(state.step, planned, lr, cfg.lr,
                                 "" if plan is None else "the time budget ran out before the planned updates")
