@@ -74,6 +74,20 @@ def add_distill(subparsers, name: str = "distill", help: str | None = None) -> a
                    help="student depth (default: half the teacher's)")
     p.add_argument("--layer-map", type=int_list, default=None,
                    help="teacher layers to copy, comma-separated, e.g. 0,2,4 (overrides --student-layers)")
+    p.add_argument("--hidden-size", type=rule["hidden_size"], default=None,
+                   help="student width H, at most the teacher's (default: the teacher's). Narrower: every copied "
+                        "weight is projected onto the teacher's H leading principal directions of its hidden states, "
+                        "heads and FFN neurons with the largest projected norms kept; the embeddings are H wide")
+    p.add_argument("--num-heads", type=rule["num_heads"], default=None,
+                   help="student attention heads (default: H / the teacher's head width)")
+    p.add_argument("--intermediate-size", type=rule["intermediate_size"], default=None,
+                   help="student FFN width (default: the teacher's ratio to H)")
+    p.add_argument("--width-loss", choices=("pca", "learned"), default=d.width_loss,
+                   help="a narrow student's hidden-state and pooled terms: pca compares with the teacher's states "
+                        "projected onto the basis; learned maps the student's to the teacher's width by a Linear "
+                        "trained with it and not saved (default %(default)s)")
+    p.add_argument("--pca-texts", type=rule["pca_texts"], default=d.pca_texts,
+                   help="corpus sequences whose teacher hidden states give the basis (default %(default)s)")
     p.add_argument("--corpus", nargs="+", default=None,
                    help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings "
                         "and the classic Unix fortune files)")
@@ -139,7 +153,9 @@ def run_distill(args) -> int:
                                  "temperature": args.temperature, "kl_masked_only": args.kl_masked_only,
                                  "sim_temperature": args.sim_temperature})
     cfg = DistillConfig(teacher=args.teacher, out_dir=args.out_dir, student_layers=args.student_layers,
-                        layer_map=args.layer_map, corpus=args.corpus, text_field=args.text_field,
+                        layer_map=args.layer_map, hidden_size=args.hidden_size, num_heads=args.num_heads,
+                        intermediate_size=args.intermediate_size, width_loss=args.width_loss,
+                        pca_texts=args.pca_texts, corpus=args.corpus, text_field=args.text_field,
                         held_out=args.held_out, max_len=args.max_len, batch_size=args.batch_size,
                         grad_accum=args.grad_accum, steps=args.steps, time_budget=args.time_budget * 60,
                         lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,

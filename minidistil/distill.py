@@ -10,6 +10,10 @@
    table are dropped: a BERT teacher adds token-type row 0 to every token, so that row is folded into the student's
    position table and the student's embedding output equals the teacher's at initialisation. The student is a
    DistilBertForMaskedLM when the teacher has an MLM head (its head is copied too), else a DistilBertModel.
+   With `hidden_size` below the teacher's the student is narrower too: every copied weight is projected onto the
+   teacher's leading principal directions of its hidden states, U (C x H), and the hidden-state and pooled loss
+   terms compare the student with the teacher's states projected by U ("pca") or map the student's to the
+   teacher's width by a Linear trained with it and never saved ("learned"); see minidistil.narrow.
 
 2. The loss, per batch (padding never counts):
        alpha_ce  * T^2 KL(softmax(teacher / T) || softmax(student / T))    MLM logits, every real token
@@ -67,6 +71,7 @@ from .config import BertConfig, DistilBertConfig
 from .device import check_device
 from .kernels import _cuda
 from .masking import IGNORE_INDEX, mask_tokens, selection_weights
+from .narrow import projected_agreement
 from .optim import AdamW, LinearWarmupDecay
 from .run import (BudgetPlan, Run, RunError, RunState, models_to, open_run, plot_curves, resume, schedule_complete,
                   schedule_summary, schedule_text, step_seed, update)
@@ -172,13 +177,28 @@ def student_state(teacher, layers: Sequence[int]) -> tuple[DistilBertConfig, dic
     return cfg, s, mlm
 
 
-def make_student(teacher, layers: Sequence[int] | None = None, n_layers: int | None = None):
-    """A DistilBERT student initialised from the teacher (see the module docstring). Eval mode."""
+def make_student(teacher, layers: Sequence[int] | None = None, n_layers: int | None = None,
+                 basis: np.ndarray | None = None, num_heads: int | None = None, intermediate_size: int | None = None):
+    """A DistilBERT student initialised from the teacher (see the module docstring). Eval mode.
+
+    basis: an orthonormal (C, H) basis of the teacher's hidden space (minidistil.narrow.principal_basis): the
+    student is H wide, every copied weight projected onto it and the heads and FFN neurons cut as
+    minidistil.narrow says (num_heads, intermediate_size: default the teacher's head width and FFN ratio)."""
     from .distilbert import DistilBertForMaskedLM, DistilBertModel
     n_teacher = teacher.config.num_hidden_layers
     if layers is None:
         layers = default_layer_map(n_teacher, n_layers or max(1, n_teacher // 2), mlm=has_mlm_head(teacher))
     cfg, state, mlm = student_state(teacher, layers)
+    if basis is not None or num_heads is not None or intermediate_size is not None:
+        from .narrow import project_state, student_shape
+        if cfg.sinusoidal_pos_embds:
+            raise ValueError("teacher: a fixed sinusoidal position table cannot be projected to a narrower width")
+        U = np.eye(cfg.dim) if basis is None else np.asarray(basis)
+        if U.ndim != 2 or U.shape[0] != cfg.dim:
+            raise ValueError(f"basis: expected ({cfg.dim}, H), got {U.shape}")
+        H, heads, F = student_shape(cfg.dim, cfg.n_heads, cfg.hidden_dim, U.shape[1], num_heads, intermediate_size)
+        state = project_state(state, cfg.dim, cfg.n_heads, U, heads, F, prefix="distilbert." if mlm else "")
+        cfg = cfg.replace(dim=H, n_heads=heads, hidden_dim=F)
     cls = DistilBertForMaskedLM if mlm else DistilBertModel
     student = cls(cfg)
     student.load_state_dict(state, strict=True)
@@ -291,6 +311,12 @@ class DistillConfig:
     out_dir: str = "student"
     student_layers: int | None = None  # default: half the teacher's depth
     layer_map: list[int] | None = None  # teacher layer copied into each student layer (overrides student_layers)
+    hidden_size: int | None = None     # student width H; None: the teacher's. Narrower: minidistil.narrow
+    num_heads: int | None = None       # None: H / the teacher's head width
+    intermediate_size: int | None = None  # FFN width; None: the teacher's ratio to the hidden size
+    width_loss: str = "pca"            # a narrow student's hidden/pooled terms: "pca" (teacher states x U) or
+    #                                    "learned" (student states through a Linear H -> C trained with it, not saved)
+    pca_texts: int = 256               # corpus sequences whose teacher hidden states give the basis U
     corpus: list[str] | None = None    # files / folders / .jsonl; None: data.default_corpus() (general English)
     text_field: str = "text"
     held_out: float = 0.02             # share of documents kept for evaluation
@@ -319,7 +345,9 @@ class DistillConfig:
 FIELD_TYPES = {"student_layers": POSITIVE_INT, "held_out": SHARE, "max_len": bounded(int, 10),
                "batch_size": POSITIVE_INT, "grad_accum": POSITIVE_INT, "steps": POSITIVE_INT, "time_budget": POSITIVE,
                "lr": POSITIVE, "warmup": SHARE, "weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE,
-               "mask_smoothing": NON_NEGATIVE, "seed": COUNT, "checkpoint_every": COUNT, "eval_texts": POSITIVE_INT}
+               "mask_smoothing": NON_NEGATIVE, "seed": COUNT, "checkpoint_every": COUNT, "eval_texts": POSITIVE_INT,
+               "hidden_size": POSITIVE_INT, "num_heads": POSITIVE_INT, "intermediate_size": POSITIVE_INT,
+               "pca_texts": POSITIVE_INT}
 LOSS_TERMS = ("loss", "ce", "mlm", "cos", "mse", "pool_cos", "pool_mse", "sim")   # the curves drawn and shown
 PROVISIONAL_STEPS = 1_000_000  # the schedule's length before the first updates are timed: a slow start of warm-up
 
@@ -399,24 +427,36 @@ class _Job:
     mask_weights: Any = None           # masking.selection_weights from the corpus' token counts
     held_texts: list = field(default_factory=list)   # held-out texts for the final comparison
     seqs: list = field(default_factory=list)         # the training sequences (their digest names the run)
+    teacher_dim: int = 0               # the teacher's hidden size C
+    narrow: dict = field(default_factory=dict)       # a narrower student's basis and maps (_narrow_init)
+    s_map: Any = None                  # the loss's width maps: student states -> C ("learned"), teacher -> H ("pca")
+    t_map: Any = None
 
 
 def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: float) -> dict:
     """Set up, train, save, report: each step is one function below."""
     job = _models(teacher, tokenizer, cfg, say)
     _data(job, cfg, say)
-    opt = AdamW(job.student.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    _student(job, cfg, say)
+    # the student's parameters and, with a learned width map, the map's (training only: checkpointed, not saved)
+    named = list(job.student.named_parameters())
+    if job.s_map is not None:
+        named += [(WIDTH_MAP + n, p) for n, p in job.s_map.named_parameters()]
+    opt = AdamW(named, lr=cfg.lr, weight_decay=cfg.weight_decay)
     world = parallel.world()
     from .runchecks import distill_identity
     run.expect(**distill_identity(cfg, job.teacher, job.teacher_name, job.layers, job.seqs))   # --resume: same run
-    state = resume(run, world, dict(job.student.named_parameters()), opt, job.batches) or RunState()
+    state = resume(run, world, dict(named), opt, job.batches) or RunState()
     if cfg.steps is not None:
         state.total_steps = int(cfg.steps)
-    models_to(cfg.device, say, job.teacher, job.student)
+    models_to(cfg.device, say, job.teacher, job.student, job.s_map, job.t_map)
 
     def save():
-        run.save(state.step, model=job.student.state_dict(), optimizer=opt.state_dict(), data=job.batches.state(),
-                 state=state, config=cfg)
+        model = job.student.state_dict()
+        if job.s_map is not None:
+            model.update({WIDTH_MAP + n: p.numpy() for n, p in job.s_map.named_parameters()})  # as state_dict
+        run.save(state.step, model=model, optimizer=opt.state_dict(), data=job.batches.state(), state=state,
+                 config=cfg)
 
     setup_seconds = time.perf_counter() - t_begin
     planned, lr, plan = _train(job, cfg, run, world, opt, state, save)
@@ -431,14 +471,19 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
 
 
 def _models(teacher, tokenizer, cfg: DistillConfig, say) -> _Job:
-    """The teacher, the student made from it, the loss weights, and the student's quality before training."""
+    """The teacher, the layers and the shape of its student (checked before any work), the loss weights."""
     teacher_model, tokenizer, teacher_name = _load(teacher, tokenizer)
     teacher_model.eval()
     mlm = has_mlm_head(teacher_model)
     n_teacher = teacher_model.config.num_hidden_layers
     layers = cfg.layer_map or default_layer_map(n_teacher, cfg.student_layers or max(1, n_teacher // 2), mlm=mlm)
     cfg.max_len = cfg.max_len or (128 if mlm else 64)  # a sentence encoder's sentences are short: no padding
-    student = make_student(teacher_model, layers)
+    tc = teacher_model.config
+    C, heads, F_ = ((tc.hidden_size, tc.num_attention_heads, tc.intermediate_size) if isinstance(tc, BertConfig)
+                    else (tc.dim, tc.n_heads, tc.hidden_dim))
+    if cfg.hidden_size is not None or cfg.num_heads is not None or cfg.intermediate_size is not None:
+        from .narrow import student_shape
+        student_shape(C, heads, F_, cfg.hidden_size or C, cfg.num_heads, cfg.intermediate_size)  # before any work
     w = cfg.weights or LossWeights.defaults(mlm)
     if not mlm:
         say(f"teacher {teacher_name} has no MLM head: the student learns from the hidden-state terms only "
@@ -446,12 +491,27 @@ def _models(teacher, tokenizer, cfg: DistillConfig, say) -> _Job:
             f"on unmasked text")
         if w.alpha_ce or w.alpha_mlm:
             raise ValueError("alpha_ce / alpha_mlm: this teacher has no MLM head; set them to 0")
-    say(f"student: {len(layers)} layers copied from teacher layers {list(layers)}")
-    # the student's quality before any training (make_student is deterministic, so a resumed run gets the same)
     eval_len = min(E.EVAL_MAX_LEN, teacher_model.config.max_position_embeddings)
-    sts_init = ({split: E.sts_spearman(E.model_encoder(student), tokenizer, split, max_len=eval_len)
-                 for split in E.STS_SETS} if cfg.evaluate else None)
-    return _Job(teacher_model, student, tokenizer, teacher_name, mlm, layers, w, eval_len, sts_init)
+    return _Job(teacher_model, None, tokenizer, teacher_name, mlm, layers, w, eval_len, teacher_dim=C)
+
+
+def _student(job: _Job, cfg: DistillConfig, say) -> None:
+    """The student made from the teacher (projected onto the teacher's principal directions when narrower), and
+    its quality before training (make_student is deterministic, so a resumed run gets the same)."""
+    job.narrow = _narrow_init(job.teacher, cfg, job.teacher_dim, job.seqs, job.special.pad, say)
+    job.student = make_student(job.teacher, job.layers, basis=job.narrow.get("basis"), num_heads=cfg.num_heads,
+                               intermediate_size=cfg.intermediate_size)
+    job.s_map, job.t_map = job.narrow.get("maps", (None, None))
+    say(f"student: {len(job.layers)} layers copied from teacher layers {list(job.layers)}")
+    if "basis" in job.narrow:
+        student, probe = job.student, data.pad_batch(job.narrow["probe"], job.special.pad)
+        job.narrow["init_cos"] = projected_agreement(job.teacher, student, job.narrow["basis"], job.layers, *probe)
+        say(f"student: {student.config.dim} wide ({student.config.n_heads} heads, FFN {student.config.hidden_dim}); "
+            f"the teacher's {job.teacher_dim}-wide hidden states keep {100 * job.narrow['energy']:.1f}% of their "
+            f"energy in the basis; first forward against the teacher's projected states, mean cosine per layer "
+            f"{', '.join(f'{c:.3f}' for c in job.narrow['init_cos'])}")
+    job.sts_init = ({split: E.sts_spearman(E.model_encoder(job.student), job.tokenizer, split, max_len=job.eval_len)
+                     for split in E.STS_SETS} if cfg.evaluate else None)
 
 
 def _data(job: _Job, cfg: DistillConfig, say) -> None:
@@ -538,8 +598,10 @@ def _micro_step(job: _Job, cfg: DistillConfig, run: Run, world, step: int, micro
     with no_grad():
         t_logits, t_hidden = forward_outputs(job.teacher, inputs, attention_mask)
         t_logits = None if t_logits is None else t_logits.numpy()
-        t_hidden = t_hidden.numpy()
+        t_hidden = (t_hidden if job.t_map is None else job.t_map(t_hidden)).numpy()    # (B, T, C or H)
     s_logits, s_hidden = forward_outputs(job.student, inputs, attention_mask)
+    if job.s_map is not None:
+        s_hidden = job.s_map(s_hidden)                                                 # (B, T, C)
     loss, terms = distillation_loss(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask, job.weights,
                                     scale)
     value = float(loss.item())
@@ -562,6 +624,9 @@ def _finish(job: _Job, cfg: DistillConfig, run: Run, state: RunState, planned, l
     save_pretrained(job.student, out, tokenizer=job.tokenizer)
     if Path(job.teacher_name).is_dir():
         write_sentence_transformers_files(job.teacher_name, out, job.student.config.dim)
+    for m in (job.s_map, job.t_map):  # the maps of the final comparison's mean cosine, read on the host
+        if m is not None:
+            m.to("cpu")
     curve = plot_curves(run.metrics, out / "loss_curve.png", LOSS_TERMS, "distillation losses", say)
     schedule = schedule_summary(state.step, planned, lr, cfg.lr,
                                 "" if plan is None else "the time budget ran out before the planned updates")
@@ -569,9 +634,19 @@ def _finish(job: _Job, cfg: DistillConfig, run: Run, state: RunState, planned, l
               "train_seconds": round(state.seconds, 1), "tokens": state.tokens, "mlm": job.mlm,
               "weights": asdict(job.weights), "loss_curve": curve, "schedule": schedule,
               "state_dir": str(run.state_dir), "time_budget_seconds": None if plan is None else cfg.time_budget,
-              "setup_seconds": round(setup_seconds, 1)}
+              "setup_seconds": round(setup_seconds, 1), "teacher_dim": job.teacher_dim,
+              "student_dim": job.student.config.dim, "student_heads": job.student.config.n_heads,
+              "student_ffn": job.student.config.hidden_dim,
+              "student_file_bytes": (out / "model.safetensors").stat().st_size}
+    teacher_file = Path(job.teacher_name) / "model.safetensors"
+    if teacher_file.is_file():
+        report["teacher_file_bytes"] = teacher_file.stat().st_size
+    if "basis" in job.narrow:
+        report.update(width_loss=cfg.width_loss, pca_texts=len(job.narrow["probe"]), pca_energy=job.narrow["energy"],
+                      init_projected_cos=job.narrow["init_cos"])
     if cfg.evaluate:
-        report.update(compare(job.teacher, job.student, job.tokenizer, job.held_texts, job.batches, job.eval_len))
+        report.update(compare(job.teacher, job.student, job.tokenizer, job.held_texts, job.batches, job.eval_len,
+                              align=_aligners(job.s_map, job.t_map)))
         for split, rho in job.sts_init.items():
             report[f"sts_{split}_student_init"] = rho
             report[f"sts_{split}_kept_init"] = rho / report[f"sts_{split}_teacher"]
@@ -580,6 +655,43 @@ def _finish(job: _Job, cfg: DistillConfig, run: Run, state: RunState, planned, l
     run.write_report(report)
     say(format_report(report))
     return report
+
+
+WIDTH_MAP = "width_map."  # checkpoint names of the learned width map's parameters (never in the saved model)
+
+
+def _narrow_init(teacher, cfg: DistillConfig, C: int, seqs, pad_id: int, say) -> dict:
+    """For a student narrower than the teacher: {"basis": U (C, H), "energy": the share of the hidden states'
+    second moment in U's directions, "probe": the sequences it was computed on, "maps": the loss's width maps}.
+    For a student of the teacher's width: {} (with --num-heads / --intermediate-size only, heads and neurons are
+    cut and the hidden space is kept as it is)."""
+    from .narrow import WIDTH_LOSSES, hidden_moment, principal_basis, sample_sequences, width_maps
+    if cfg.width_loss not in WIDTH_LOSSES:
+        raise ValueError(f"width_loss: expected one of {', '.join(WIDTH_LOSSES)}, got {cfg.width_loss!r}")
+    if cfg.hidden_size is None or cfg.hidden_size == C:
+        return {}
+    if cfg.hidden_size > C:
+        raise ValueError(f"--hidden-size: expected 1 .. {C} (the teacher's hidden size), got {cfg.hidden_size}")
+    probe = sample_sequences(seqs, cfg.pca_texts, seed=cfg.seed)
+    t0 = time.perf_counter()
+    U, evals = principal_basis(hidden_moment(teacher, probe, pad_id))
+    U = U[:, :cfg.hidden_size]
+    energy = float(evals[:cfg.hidden_size].sum() / evals.sum())
+    say(f"basis: the {cfg.hidden_size} leading principal directions of the teacher's hidden states "
+        f"({len(probe)} sequences, every layer; {time.perf_counter() - t0:.1f} s)")
+    return {"basis": U, "energy": energy, "probe": probe, "maps": width_maps(U, cfg.width_loss)}
+
+
+def _aligners(s_map, t_map):
+    """(student, teacher) functions that bring pooled embeddings to one width for the mean cosine: the maps the
+    loss used (None: the identity)."""
+    def as_fn(m):
+        if m is None:
+            return None
+        W = m.weight.numpy()
+        b = None if m.bias is None else m.bias.numpy()
+        return lambda e: e @ W.T + (0 if b is None else b)
+    return as_fn(s_map), as_fn(t_map)
 
 
 ST_MODULES = {"Transformer": "", "Pooling": "1_Pooling", "Normalize": "2_Normalize"}
@@ -654,10 +766,12 @@ class _Progress:
 
 
 def compare(teacher, student, tokenizer, held_texts: Sequence[str], batches: data.Batches,
-            max_len: int = E.EVAL_MAX_LEN) -> dict:
+            max_len: int = E.EVAL_MAX_LEN, align=(None, None)) -> dict:
     """Teacher beside student: layers, parameters, forward time on the same batch; the STS Spearman of each on the
     test set and the development set and the share the student keeps; on held-out text, the mean cosine of their
-    sentence embeddings and the Spearman of their similarities over random pairs (evaluation's module doc)."""
+    sentence embeddings and the Spearman of their similarities over random pairs (evaluation's module doc).
+    align: (student, teacher) maps of the hidden states (linear, None: the identity) that bring a narrow student's
+    and the teacher's embeddings to one width for the mean cosine (the similarities need none)."""
     longest = sorted(batches.seqs, key=len)[-batches.batch_size:]  # a full-length batch
     input_ids, attention_mask = data.pad_batch(longest, batches.pad_id)
 
@@ -679,6 +793,9 @@ def compare(teacher, student, tokenizer, held_texts: Sequence[str], batches: dat
         return enc
 
     t_enc, s_enc = encoder(teacher), encoder(student)
+
+    def aligned(enc, fn):  # mean pooling is linear: mapping the states maps the pooled embedding
+        return enc if fn is None else (lambda ids, mask: fn(enc(ids, mask)).astype(np.float32))
     r = {"teacher_layers": teacher.config.num_hidden_layers, "student_layers": student.config.n_layers,
          "teacher_params": teacher.num_parameters(), "student_params": student.num_parameters(),
          "forward_batch": list(input_ids.shape), "teacher_forward_ms": timed(teacher),
@@ -690,7 +807,8 @@ def compare(teacher, student, tokenizer, held_texts: Sequence[str], batches: dat
         r[f"sts_{split}_kept"] = r[f"sts_{split}_student"] / r[f"sts_{split}_teacher"]
     r["held_out_texts"] = len(held_texts)
     if len(held_texts) >= 2:
-        r["held_out_mean_cosine"] = E.embedding_agreement(s_enc, t_enc, tokenizer, held_texts, max_len=max_len)
+        r["held_out_mean_cosine"] = E.embedding_agreement(aligned(s_enc, align[0]), aligned(t_enc, align[1]),
+                                                          tokenizer, held_texts, max_len=max_len)
         r["held_out_pairs"] = E.SIMILARITY_PAIRS
         r["held_out_similarity_spearman"] = E.similarity_agreement(s_enc, t_enc, tokenizer, held_texts,
                                                                    max_len=max_len)
@@ -719,7 +837,16 @@ def format_report(r: dict) -> str:
     lines += [
         f"{'':24}{'teacher':>12}{'student':>12}",
         f"{'layers':24}{r['teacher_layers']:>12}{r['student_layers']:>12}",
-        f"{'parameters':24}{r['teacher_params']:>12,}{r['student_params']:>12,}",
+        f"{'parameters':24}{r['teacher_params']:>12,}{r['student_params']:>12,}"
+        f"   ({100 * r['student_params'] / r['teacher_params']:.1f}%)",
+    ]
+    if "student_dim" in r:
+        lines.append(f"{'hidden size':24}{r['teacher_dim']:>12}{r['student_dim']:>12}   (embedding size; "
+                     f"{r['student_heads']} heads, FFN {r['student_ffn']})")
+    if "student_file_bytes" in r:
+        teacher_mb = f"{r['teacher_file_bytes'] / 1e6:.1f}" if "teacher_file_bytes" in r else "-"
+        lines.append(f"{'model.safetensors, MB':24}{teacher_mb:>12}{r['student_file_bytes'] / 1e6:>12.1f}")
+    lines += [
         f"{'forward ms ' + 'x'.join(map(str, r['forward_batch'])):24}{r['teacher_forward_ms']:>12.1f}"
         f"{r['student_forward_ms']:>12.1f}   ({r['teacher_forward_ms'] / r['student_forward_ms']:.2f}x faster)",
         sts("test"),
@@ -731,6 +858,11 @@ def format_report(r: dict) -> str:
         lines.append(f"held-out text ({r['held_out_texts']} texts): mean cosine of student and teacher embeddings "
                      f"{r['held_out_mean_cosine']:.3f}; Spearman of their similarities over {r['held_out_pairs']} "
                      f"random pairs {r['held_out_similarity_spearman']:.3f}")
+        if "width_loss" in r:
+            lines[-1] += (" (the cosine at the student's width: the teacher's embeddings projected onto the basis"
+                          if r["width_loss"] == "pca" else
+                          " (the cosine at the teacher's width: the student's through the learned map")
+            lines[-1] += ", as in training)"
     return "\n".join(lines)
 
 
