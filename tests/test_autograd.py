@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minidistil import functional as F
-from minidistil import losses
-from minidistil.autograd import Tensor, no_grad
+from minidistil.core import functional as F
+from minidistil.core import losses
+from minidistil.core.autograd import Tensor, no_grad
 from minidistil.kernels import _checks
 from minidistil.kernels import activations as K_act
 from minidistil.kernels import attention as K_att
@@ -384,7 +384,7 @@ def _random_graph(seed: int):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_gradients_never_alias_and_do_not_depend_on_in_place_adds(seed, monkeypatch):
-    from minidistil import autograd as A
+    from minidistil.core import autograd as A
     dout = np.random.default_rng(100 + seed).standard_normal((3, 4)).astype(np.float32)
     kept = dout.copy()
     out, params = _random_graph(seed)
@@ -407,7 +407,7 @@ def test_gradients_never_alias_and_do_not_depend_on_in_place_adds(seed, monkeypa
 
 
 def test_leaf_gradients_are_never_aliased_and_fresh_ones_are_not_copied(rng, monkeypatch):
-    from minidistil import autograd as A
+    from minidistil.core import autograd as A
     copies = []
     real_copy = A._copy
     monkeypatch.setattr(A, "_copy", lambda a: copies.append(a.shape) or real_copy(a))
@@ -428,7 +428,7 @@ def test_leaf_gradients_are_never_aliased_and_fresh_ones_are_not_copied(rng, mon
 
 
 def test_second_gradient_is_added_in_place_only_into_an_unshared_array(rng, monkeypatch):
-    from minidistil import autograd as A
+    from minidistil.core import autograd as A
     calls = []
     real = A._accumulate
     monkeypatch.setattr(A, "_accumulate", lambda acc, g, in_place=False: calls.append(in_place) or
@@ -461,7 +461,7 @@ def test_second_gradient_is_added_in_place_only_into_an_unshared_array(rng, monk
 
 
 def test_an_op_without_the_promise_has_its_gradients_copied():
-    from minidistil.autograd import make_result
+    from minidistil.core.autograd import make_result
     kept = np.full(3, 2.0, np.float32)                         # a backward that returns an array it holds
     x = Tensor(np.zeros(3, np.float32), requires_grad=True)
     y = make_result(np.zeros(3, np.float32), (x,), lambda dout: (kept,), "constant_grad")

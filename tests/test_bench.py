@@ -1,4 +1,4 @@
-"""`minidistil bench` (minidistil/bench.py): FLOP counts, a quick in-process run, the JSON and plot output, the
+"""`minidistil bench` (minidistil/apps/bench.py): FLOP counts, a quick in-process run, the JSON and plot output, the
 peak-memory child, the other frameworks' process environment, and torch's forward against ours on shared
 weights; the BLAS kernel line and its warning under a forced slower core. No timed assertion anywhere: times are
 only checked to be positive."""
@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from minidistil import _runtime, bench
+from minidistil.core import _runtime
+from minidistil.apps import bench
 from minidistil.kernels import _blas, _checks, _cpuinfo
 
 
@@ -104,7 +105,7 @@ def _bench_in_fresh_python(env_extra: dict) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if k not in (*_blas.FORCING_VARIABLES, "MINIDISTIL_OPENBLAS_CORETYPE")}
     env.update(env_extra)
-    cmd = [sys.executable, "-m", "minidistil.bench", "--size", "tiny", "--frameworks", "minidistil", "--scenarios",
+    cmd = [sys.executable, "-m", "minidistil.apps.bench", "--size", "tiny", "--frameworks", "minidistil", "--scenarios",
            "fwd_T4", "--no-memory", "--repeat", "1", "--warmup", "0", "--pause", "0"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
@@ -126,9 +127,9 @@ def test_bench_warns_when_openblas_coretype_forces_slower_kernels():
 
 
 def test_encode_student_scenario_runs_and_compares_embeddings(minilm_dir, monkeypatch):
-    # the student scenario (minidistil/bench_encode.py) at a few sentences: every framework asked for that is
+    # the student scenario (minidistil/apps/bench_encode.py) at a few sentences: every framework asked for that is
     # installed gives a rate and its embeddings' smallest cosine to minidistil float32's
-    from minidistil import bench_encode
+    from minidistil.apps import bench_encode
     monkeypatch.setattr(bench_encode, "N_SENTENCES", 8)
     assert bench_encode.sentences() == bench_encode.sentences() and len(bench_encode.sentences()) == 8
     res = bench_encode.run(frameworks=("minidistil", "minidistil-int8"), repeat=1, warmup=1, pause=0.0,
@@ -140,7 +141,7 @@ def test_encode_student_scenario_runs_and_compares_embeddings(minilm_dir, monkey
 
 
 def test_bench_cli_runs_the_encode_scenario_only_when_named(monkeypatch, capsys):
-    from minidistil import bench_encode
+    from minidistil.apps import bench_encode
     calls = []
     monkeypatch.setattr(bench_encode, "run", lambda **kw: calls.append(kw))
     assert bench.main(["--scenarios", "encode_student", "--repeat", "2", "--pause", "0"]) == 0

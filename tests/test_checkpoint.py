@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from minidistil import checkpoint as ck
-from minidistil.autograd import Tensor
-from minidistil.optim import AdamW
+from minidistil.io import checkpoint as ck
+from minidistil.core.autograd import Tensor
+from minidistil.core.optim import AdamW
 
 
 def test_round_trip(tmp_path, rng):
@@ -76,7 +76,7 @@ def test_a_damaged_checkpoint_is_named(tmp_path, damage):
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from minidistil.checkpoint import save_checkpoint
+    from minidistil.io.checkpoint import save_checkpoint
     path = sys.argv[1]
     big = np.zeros((512, 1024), np.float32)            # 2 MB: each write takes a while, so kills land mid-write
     step = 0

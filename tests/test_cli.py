@@ -10,7 +10,7 @@ import pytest
 
 from conftest import save_tiny_heads
 
-from minidistil import cli
+from minidistil.apps import cli
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", "the", "cat", "sat", "on", "mat", "dog", "ran",
          "who", "where", "ada", "lived", "in", "london", "paris"]
@@ -52,7 +52,7 @@ def test_help_lists_the_commands(capsys):
 
 
 def test_entry_point_runs_as_a_module():
-    proc = subprocess.run([sys.executable, "-m", "minidistil.cli", "--help"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "minidistil.apps.cli", "--help"], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
     assert proc.returncode == 0 and "embed" in proc.stdout, proc.stderr
 

@@ -37,10 +37,10 @@ def test_count_traffic_counts_each_kind_and_restores_numba():
 
 
 def _step(teacher, student, opt, w, batch, seed):
-    from minidistil import functional as F
-    from minidistil.autograd import no_grad
-    from minidistil.distill import distillation_loss_terms, forward_outputs
-    from minidistil.optim import clip_grad_norm
+    from minidistil.core import functional as F
+    from minidistil.core.autograd import no_grad
+    from minidistil.train.distill import distillation_loss_terms, forward_outputs
+    from minidistil.core.optim import clip_grad_norm
     ids, mask, labels = batch
     F.manual_seed(seed)
     with no_grad():
@@ -60,8 +60,8 @@ def test_a_distillation_step_keeps_to_its_traffic_budget(no_host_arrays):
     allocations in both steps. The device arrays refuse host conversion (no_host_arrays): nothing hides a copy."""
     from test_gpu import _data, _teacher
 
-    from minidistil.distill import LossWeights, make_student
-    from minidistil.optim import AdamW
+    from minidistil.train.distill import LossWeights, make_student
+    from minidistil.core.optim import AdamW
     teacher = _teacher().eval()
     student = make_student(teacher, layers=[0])
     teacher.to("cuda")

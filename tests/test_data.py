@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from minidistil import data
+from minidistil.train import data
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidistil import data as D
-from minidistil import evaluation as E
+from minidistil.train import data as D
+from minidistil.train import evaluation as E
 from minidistil.kernels import _checks
 
 from conftest import RUN, TINY, _corpus_dir, _tiny_teacher, _tiny_tokenizer
@@ -59,7 +59,7 @@ def test_mean_pool_and_spearman():
 
 
 def test_default_layer_maps():
-    from minidistil.distill import default_layer_map
+    from minidistil.train.distill import default_layer_map
     assert default_layer_map(12, 6) == [0, 2, 4, 7, 9, 11]
     assert default_layer_map(6, 3) == [0, 2, 4]
     assert default_layer_map(6, 3, mlm=False) == [0, 3, 5]  # a sentence encoder's student ends on its last layer
@@ -71,7 +71,7 @@ def test_default_layer_maps():
 
 @pytest.mark.parametrize("mlm", [True, False])
 def test_student_copies_the_teacher(rng, mlm):
-    from minidistil.distill import forward_outputs, make_student
+    from minidistil.train.distill import forward_outputs, make_student
     teacher = _tiny_teacher(mlm=mlm)
     # make token-type row 0 clearly non-zero, so folding it matters
     tt = teacher.get_parameter(("bert." if mlm else "") + "embeddings.token_type_embeddings.weight")
@@ -110,8 +110,8 @@ def test_student_copies_the_teacher(rng, mlm):
 def test_student_saved_loads_in_transformers(oracle, tmp_path, rng):
     transformers = oracle("transformers")
     torch = oracle("torch")
-    from minidistil.distill import make_student
-    from minidistil.loading import save_pretrained
+    from minidistil.train.distill import make_student
+    from minidistil.io.loading import save_pretrained
     student = make_student(_tiny_teacher(), layers=[0, 3])
     save_pretrained(student, tmp_path)
     hf = transformers.DistilBertForMaskedLM.from_pretrained(tmp_path).eval()
@@ -147,8 +147,8 @@ def _torch_triple(torch, s_logits, t_logits, s_h, t_h, labels, mask, w):
 
 
 def test_triple_loss_and_gradients_match_torch(torch, rng):
-    from minidistil.autograd import Tensor
-    from minidistil.distill import LossWeights, distillation_loss
+    from minidistil.core.autograd import Tensor
+    from minidistil.train.distill import LossWeights, distillation_loss
     B, T, V, C = 3, 6, 17, 8
     s_logits = (rng.standard_normal((B, T, V)) * 2).astype(np.float32)
     t_logits = (rng.standard_normal((B, T, V)) * 2).astype(np.float32)
@@ -193,7 +193,7 @@ def _assert_decreased(rows, term, k=10):
 
 
 def test_tiny_run_lowers_every_loss_term(tmp_path):
-    from minidistil.distill import distill
+    from minidistil.train.distill import distill
     corpus = _corpus_dir(tmp_path)
     tok = _tiny_tokenizer(corpus)
     report = distill(_tiny_teacher(init=0.2), tmp_path / "out", tokenizer=tok, corpus=[str(corpus)], steps=60,
@@ -219,7 +219,7 @@ def test_distilled_student_beats_its_initial_sts_score(tmp_path, minilm_dir):
     the student's hidden states and mean-pooled embeddings towards the teacher's raise the student's score on the
     development pairs. The run is deterministic (fixed seed, data order and masks), so the margin asserted only has
     to cover float32 rounding."""
-    from minidistil.distill import distill
+    from minidistil.train.distill import distill
     corpus = _corpus_dir(tmp_path)
     report = distill(str(minilm_dir), tmp_path / "out", corpus=[str(corpus)], steps=20, student_layers=1, seed=1,
                      **{**RUN, "evaluate": True, "lr": 1e-3})
@@ -228,7 +228,7 @@ def test_distilled_student_beats_its_initial_sts_score(tmp_path, minilm_dir):
 
 
 def test_no_mlm_teacher_trains_hidden_terms(tmp_path, capsys):
-    from minidistil.distill import distill
+    from minidistil.train.distill import distill
     corpus = _corpus_dir(tmp_path, 20)
     tok = _tiny_tokenizer(corpus)
     distill(_tiny_teacher(mlm=False, init=0.2), tmp_path / "out", tokenizer=tok, corpus=[str(corpus)], steps=30,
@@ -241,9 +241,9 @@ def test_no_mlm_teacher_trains_hidden_terms(tmp_path, capsys):
 
 
 def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from minidistil import checkpoint as ck
-    from minidistil import distill as M
-    from minidistil.run import Diverged
+    from minidistil.io import checkpoint as ck
+    from minidistil.train import distill as M
+    from minidistil.train.run import Diverged
     corpus = _corpus_dir(tmp_path, 20)
     tok = _tiny_tokenizer(corpus)
     teacher = _tiny_teacher()
@@ -270,7 +270,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from tokenizers import Tokenizer
     from conftest import _tiny_teacher, RUN
-    from minidistil.distill import distill
+    from minidistil.train.distill import distill
     corpus, out, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     tok = Tokenizer.from_file(corpus + "/../tokenizer.json")
     distill(_tiny_teacher(init=0.2), out, tokenizer=tok, corpus=[corpus], steps=24,
@@ -317,8 +317,8 @@ def test_time_budget_and_cli_flags(tmp_path, monkeypatch):
     import argparse
     import math
 
-    from minidistil.commands import add_distill
-    from minidistil.distill import distill
+    from minidistil.apps.commands import add_distill
+    from minidistil.train.distill import distill
     corpus = _corpus_dir(tmp_path, 20)
     tok = _tiny_tokenizer(corpus)
     report = distill(_tiny_teacher(), tmp_path / "out", tokenizer=tok, corpus=[str(corpus)], time_budget=4.0,
@@ -350,8 +350,8 @@ def test_time_budget_and_cli_flags(tmp_path, monkeypatch):
 def _st_teacher(tmp_path, corpus):
     """A tiny BERT sentence encoder folder with the sentence-transformers files of all-MiniLM-L6-v2 (mean pooling,
     Normalize, max_seq_length 48)."""
-    from minidistil.loading import save_pretrained
-    from minidistil.tokenizer import Tokenizer
+    from minidistil.io.loading import save_pretrained
+    from minidistil.io.tokenizer import Tokenizer
     from tokenizers import processors
     folder = tmp_path / "teacher"
     tk = _tiny_tokenizer(corpus)
@@ -378,8 +378,8 @@ def test_student_is_a_sentence_transformers_model(tmp_path, oracle):
     st = oracle("sentence_transformers")
     transformers = oracle("transformers")
     torch = oracle("torch")
-    from minidistil.distill import distill
-    from minidistil.pipelines import pipeline
+    from minidistil.train.distill import distill
+    from minidistil.apps.pipelines import pipeline
     corpus = _corpus_dir(tmp_path, 20)
     teacher = _st_teacher(tmp_path, corpus)
     out = tmp_path / "student"
@@ -402,13 +402,13 @@ def test_student_is_a_sentence_transformers_model(tmp_path, oracle):
     enc = tok(texts, padding=True, truncation=True, max_length=48, return_tensors="pt")
     with torch.no_grad():
         h = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state.numpy()
-    from minidistil.functional import mean_pool
+    from minidistil.core.functional import mean_pool
     e = mean_pool(h, enc["attention_mask"].numpy())
     e /= np.linalg.norm(e, axis=1, keepdims=True)
     assert (np.sum(ours * e, axis=1) >= 0.9999).all()
 
 
 def test_plain_teacher_gives_no_sentence_transformers_files(tmp_path):
-    from minidistil.distill import write_sentence_transformers_files
+    from minidistil.train.distill import write_sentence_transformers_files
     assert write_sentence_transformers_files(tmp_path, tmp_path / "out", 32) == []
     assert not (tmp_path / "out").exists()

@@ -14,9 +14,9 @@ import pytest
 import minidistil
 from conftest import (COLORS, FAST, FILL, NEG, POS, VOCAB, conll_sentences, sentiment_rows, squad_file,
                       tiny_checkpoint, write_conll, write_csv)
-from minidistil.finetune import FinetuneConfig, finetune
-from minidistil.loading import from_pretrained
-from minidistil.tokenizer import Tokenizer
+from minidistil.train.finetune import FinetuneConfig, finetune
+from minidistil.io.loading import from_pretrained
+from minidistil.io.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see conftest
 

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 import minidistil
-from minidistil import safetensors_io as st
-from minidistil.config import BertConfig, DistilBertConfig
-from minidistil.pipelines import pipeline
-from minidistil.tokenizer import Tokenizer
+from minidistil.io import safetensors_io as st
+from minidistil.core.config import BertConfig, DistilBertConfig
+from minidistil.apps.pipelines import pipeline
+from minidistil.io.tokenizer import Tokenizer
 
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", ",", "the", "cat", "sat", "on", "mat", "dog", "ran",

@@ -22,9 +22,9 @@ import sys
 import numpy as np
 import pytest
 
-from minidistil import functional as F
-from minidistil.autograd import Tensor, no_grad
-from minidistil.config import BertConfig, DistilBertConfig
+from minidistil.core import functional as F
+from minidistil.core.autograd import Tensor, no_grad
+from minidistil.core.config import BertConfig, DistilBertConfig
 from minidistil.kernels import _checks, _cuda
 from minidistil.kernels import elementwise as E
 
@@ -61,7 +61,7 @@ def _grads(model):
 
 @pytest.mark.cuda
 def test_to_cuda_round_trip_is_bit_exact_and_keeps_ties():
-    from minidistil.distilbert import DistilBertForMaskedLM
+    from minidistil.models.distilbert import DistilBertForMaskedLM
     m = DistilBertForMaskedLM.from_config(_student_config(1), seed=3)
     before = {n: a.copy() for n, a in m.state_dict().items()}
     assert m.to("cuda") is m and m.device == "cuda"
@@ -82,12 +82,12 @@ def test_to_cuda_round_trip_is_bit_exact_and_keeps_ties():
 def test_cuda_without_a_gpu_fails_with_a_clear_message(tmp_path):
     if os.path.exists("/dev/nvidiactl"):
         pytest.skip("this machine has a GPU: the no-GPU error path cannot be shown here")
-    code = ("from minidistil.config import DistilBertConfig\n"
-            "from minidistil.distilbert import DistilBertModel\n"
+    code = ("from minidistil.core.config import DistilBertConfig\n"
+            "from minidistil.models.distilbert import DistilBertModel\n"
             "m = DistilBertModel.from_config(DistilBertConfig(vocab_size=10, dim=4, n_layers=1, n_heads=1, "
             "hidden_dim=4, max_position_embeddings=4))\n"
             "try:\n    m.to('cuda')\nexcept RuntimeError as e:\n    print('RuntimeError:', e)\n"
-            "from minidistil.device import check_device\n"
+            "from minidistil.core.device import check_device\n"
             "try:\n    check_device('tpu')\nexcept ValueError as e:\n    print('ValueError:', e)\n")
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -132,7 +132,7 @@ def test_a_training_step_copies_each_batch_array_to_the_device_once(monkeypatch,
     labels once by the loss; no layer copies the mask again, the backward copies nothing (the attention mask is
     kept on the device in its cache, the embedding gradient is zeroed on the device), and the count does not grow
     with the number of layers."""
-    from minidistil.bert import BertForMaskedLM
+    from minidistil.models.bert import BertForMaskedLM
     from minidistil.kernels import attention as KA
     ids, mask, labels = _data(0)
     masks_seen = []
@@ -141,7 +141,7 @@ def test_a_training_step_copies_each_batch_array_to_the_device_once(monkeypatch,
                         lambda q, k, v, m, *a, **kw: masks_seen.append(_cuda.is_device_array(m)) or
                         forward(q, k, v, m, *a, **kw))
     if arch == "distilbert":
-        from minidistil.distilbert import DistilBertForMaskedLM
+        from minidistil.models.distilbert import DistilBertForMaskedLM
         model = DistilBertForMaskedLM.from_config(_student_config(2), seed=0)
         per_forward = {"distilbert.py": 3}  # input ids and mask (the model), position ids (embeddings)
     else:
@@ -168,7 +168,7 @@ def test_a_training_step_copies_each_batch_array_to_the_device_once(monkeypatch,
 
 @pytest.mark.cuda
 def test_model_forward_backward_on_device_equals_cpu():
-    from minidistil.distilbert import DistilBertForMaskedLM
+    from minidistil.models.distilbert import DistilBertForMaskedLM
     cfg = _student_config(2)
     model = DistilBertForMaskedLM.from_config(cfg, seed=0)
     ids, mask, labels = _data(0)
@@ -224,7 +224,7 @@ def _grad_scale(name: str, grads: dict) -> float:
 # ---- three distillation steps ---------------------------------------------------------------------------------
 
 def _teacher():
-    from minidistil.bert import BertForMaskedLM
+    from minidistil.models.bert import BertForMaskedLM
     cfg = BertConfig(vocab_size=V, hidden_size=C, num_hidden_layers=1, num_attention_heads=H, intermediate_size=FF,
                      max_position_embeddings=8, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     return BertForMaskedLM.from_config(cfg, seed=1)
@@ -234,8 +234,8 @@ def _distill_steps(device: str, steps: int = 3, weights=None):
     """`steps` updates of the triple loss (+ MSE and the pooled terms) with clipping and AdamW, student in training
     mode (dropout on: the same masks on both devices, from the same seeds). Returns the per-step (loss, terms,
     grad norm), the final parameters and AdamW's moments, all on the host."""
-    from minidistil.distill import LossWeights, distillation_loss, forward_outputs, make_student
-    from minidistil.optim import AdamW, clip_grad_norm
+    from minidistil.train.distill import LossWeights, distillation_loss, forward_outputs, make_student
+    from minidistil.core.optim import AdamW, clip_grad_norm
     teacher = _teacher().eval()
     student = make_student(teacher, layers=[0])  # then trained away from it
     teacher.to(device)
@@ -303,7 +303,7 @@ def test_every_loss_term_runs_on_device_arrays_without_host_numpy(no_host_arrays
     """One step with every term, the similarity KL (--alpha-sim) included, on device arrays that refuse host
     conversion as a real GPU's do (conftest's no_host_arrays): no term may call NumPy on a device array. The step
     equals the CPU one within the tolerance of test_three_distillation_steps_on_device_equal_cpu."""
-    from minidistil.distill import LossWeights
+    from minidistil.train.distill import LossWeights
     w = LossWeights(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, alpha_mse=1.0, alpha_pool_cos=1.0, alpha_pool_mse=1.0,
                     alpha_sim=1.0, sim_temperature=0.5)
     (l_c, t_c, g_c), = _distill_steps("cpu", steps=1, weights=w)[0]
@@ -424,7 +424,7 @@ def test_autograd_generic_ops_on_device(rng):
 def test_task_losses_take_host_labels_with_device_logits(rng):
     """A fine-tuning batch's labels are numpy arrays: the multi-label BCE and the regression MSE copy them to the
     device once (as cross_entropy does), giving bit for bit what device labels give."""
-    from minidistil import losses
+    from minidistil.core import losses
     x = rng.standard_normal((2, 3)).astype(np.float32)
     y = (rng.random((2, 3)) > 0.5).astype(np.float32)
     for fn in (losses.bce_with_logits, losses.mse):
@@ -452,8 +452,8 @@ def _tiny_folder(folder, arch="DistilBertForMaskedLM", **config):
     import json
 
     from minidistil import MODEL_CLASSES
-    from minidistil.loading import save_pretrained
-    from minidistil.tokenizer import Tokenizer
+    from minidistil.io.loading import save_pretrained
+    from minidistil.io.tokenizer import Tokenizer
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("".join(t + "\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
                                               + WORDS))
@@ -476,10 +476,10 @@ def test_two_finetuning_steps_on_device_equal_cpu(tmp_path, monkeypatch):
     import functools
     import json
 
-    from minidistil import checkpoint as ckpt
-    from minidistil import finetune as FT
+    from minidistil.io import checkpoint as ckpt
+    from minidistil.train import finetune as FT
     from minidistil.kernels.adamw import update_bound
-    from minidistil.optim import AdamW
+    from minidistil.core.optim import AdamW
     # eps 1e-3 (not 1e-6) keeps each update a smooth function of the gradient (as in the distillation test above)
     eps, lr, clip, steps = 1e-3, 1e-2, 0.05, 2
     monkeypatch.setattr(FT, "AdamW", functools.partial(AdamW, eps=eps))
@@ -527,7 +527,7 @@ def test_two_finetuning_steps_on_device_equal_cpu(tmp_path, monkeypatch):
         _checks.assert_close(gpu.optimizer["v"][n], cpu.optimizer["v"][n],
                              atol=2 * g[n] * e[n] + _checks.f32_tol(steps, scale=g[n] ** 2), name=f"v[{n}]")
     # and the comparison says something: the updates moved the weights by far more than the tolerance
-    from minidistil.loading import from_pretrained
+    from minidistil.io.loading import from_pretrained
     name = "distilbert.transformer.layer.0.ffn.lin1.weight"
     assert np.abs(cpu.model[name] - from_pretrained(base).state_dict()[name]).max() > 10 * tol_p[name]
 
@@ -538,8 +538,8 @@ def test_text_classification_pipeline_and_predict_on_device_equal_cpu(tmp_path, 
     scores within a float32 tolerance (3 texts at batch size 2: a full batch and a batch of 1)."""
     import json
 
-    from minidistil import cli
-    from minidistil.pipelines import pipeline
+    from minidistil.apps import cli
+    from minidistil.apps.pipelines import pipeline
     names = {0: "neg", 1: "neutral", 2: "pos"}
     # initializer_range 0.5: logits of a few units, so the scores are far from uniform and the labels differ
     folder = _tiny_folder(tmp_path / "clf", "DistilBertForSequenceClassification", num_labels=3, id2label=names,
@@ -583,7 +583,7 @@ def test_finetune_and_predict_cuda_without_a_gpu_exit_2_with_one_line(tmp_path):
     for args in (["finetune", "--task", "classification", "--model", "missing-model", "--train", "missing.csv",
                   "--out", str(out), "--device", "cuda"],
                  ["predict", "--model", "missing-model", "--device", "cuda", "some text"]):
-        res = subprocess.run([sys.executable, "-m", "minidistil.cli", *args], env=env, capture_output=True,
+        res = subprocess.run([sys.executable, "-m", "minidistil.apps.cli", *args], env=env, capture_output=True,
                              text=True, timeout=120)
         assert res.returncode == 2, (args[0], res.returncode, res.stderr)
         lines = res.stderr.splitlines()
@@ -592,7 +592,7 @@ def test_finetune_and_predict_cuda_without_a_gpu_exit_2_with_one_line(tmp_path):
         assert "NUMBA_ENABLE_CUDASIM=1" in lines[0] and res.stdout == ""
     assert not out.exists(), "the device is checked before any work"
     # the library call says the same before any work: no output folder either
-    code = ("from minidistil.finetune import finetune\n"
+    code = ("from minidistil.train.finetune import finetune\n"
             "try:\n"
             f"    finetune('classification', 'missing-model', 'missing.csv', {str(out)!r}, device='cuda')\n"
             "except RuntimeError as e:\n    print('RuntimeError:', e)\n")
@@ -611,7 +611,7 @@ def test_bench_on_the_device_runs_end_to_end(tmp_path, capsys):
     machine with torch's CUDA build they run, and their outputs are compared with minidistil's)."""
     import json
 
-    from minidistil import bench
+    from minidistil.apps import bench
     out = tmp_path / "bench.json"
     rc = bench.main(["--size", "tiny", "--device", "cuda", "--frameworks", "minidistil,torch,onnxruntime",
                      "--scenarios", "fwd_T4", "--repeat", "1", "--warmup", "1", "--pause", "0", "--no-memory",
@@ -639,7 +639,7 @@ def test_bench_cuda_without_a_gpu_fails_at_once_with_one_line():
     if os.path.exists("/dev/nvidiactl"):
         pytest.skip("this machine has a GPU: the no-GPU error path cannot be shown here")
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    for cmd in (["-m", "minidistil.cli", "bench"], ["-m", "minidistil.bench"]):
+    for cmd in (["-m", "minidistil.apps.cli", "bench"], ["-m", "minidistil.apps.bench"]):
         res = subprocess.run([sys.executable, *cmd, "--quick", "--device", "cuda"], env=env, capture_output=True,
                              text=True, timeout=120)
         assert res.returncode == 2, (cmd, res.returncode, res.stderr)
@@ -694,6 +694,6 @@ def test_distilbert_base_cpu_and_gpu_agree_within_1e4():
     only on a real GPU (`pytest -m cuda` there)."""
     if _cuda.SIMULATOR:
         pytest.skip("DistilBERT-base needs a real GPU (the simulator would take days)")
-    from minidistil import gpu_check
+    from minidistil.apps import gpu_check
     lines = []
     assert gpu_check.check(batch=8, tokens=128, tol=1e-4, log=lines.append) == 0, "\n".join(lines)

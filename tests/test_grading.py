@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidistil import cli as main_cli
+from minidistil.apps import cli as main_cli
 from minidistil import grading
 from minidistil.grading import cli as grading_cli
 

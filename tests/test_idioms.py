@@ -18,10 +18,11 @@ from conftest import FAST, sentiment_rows, tiny_checkpoint, write_csv
 
 import minidistil
 from minidistil import (BertModel, DistilBertForSequenceClassification, DistilBertModel, SentenceEncoder, Tokenizer,
-                        cli, no_grad, pipeline)
-from minidistil.finetune import finetune
+                        no_grad, pipeline)
+from minidistil.apps import cli
+from minidistil.train.finetune import finetune
 from minidistil.kernels._checks import f32_tol
-from minidistil.predict import evaluate
+from minidistil.apps.predict import evaluate
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TEXTS = ["the film was very good", "a bad plot", "we saw it on the movie"]
@@ -148,7 +149,7 @@ def test_bert_model_from_pretrained_is_the_bare_encoder(tmp_path):
 
 
 def test_devices_as_transformers_names_them(ckpt):
-    from minidistil.device import check_device
+    from minidistil.core.device import check_device
     assert check_device("cuda:0") == check_device(0) == "cuda" and check_device(-1) == check_device(None) == "cpu"
     with pytest.raises(ValueError, match="one GPU"):
         check_device("cuda:1")

@@ -238,8 +238,8 @@ def test_matches_torch(torch, rng, n_pad):
 # (d) through the autograd ---------------------------------------------------------------------------------------
 
 def test_functional_attention_dropout_gradients_match_the_reference(rng):
-    from minidistil import functional as F
-    from minidistil.autograd import Tensor
+    from minidistil.core import functional as F
+    from minidistil.core.autograd import Tensor
     B, T, C, H, p, seed = 2, 6, 8, 2, 0.3, 5
     q, k, v, dout, mask = K.make_data(rng, B, T, C, n_pad_rows=1)
     tq, tk, tv = (Tensor(a, requires_grad=True) for a in (q, k, v))

@@ -118,8 +118,8 @@ def test_pack_cache_reuses_and_invalidates(rng):
 
 
 def test_linear_forward_uses_it_and_sees_optimizer_steps(monkeypatch, rng):
-    from minidistil import nn, optim
-    from minidistil.autograd import Tensor
+    from minidistil.core import nn, optim
+    from minidistil.core.autograd import Tensor
     monkeypatch.setenv("MINIDISTIL_GEMM", "own")
     lin = nn.Linear(37, 29)
     lin.weight.data[...] = rng.standard_normal((29, 37))

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidistil import safetensors_io as st
-from minidistil.loading import CheckpointError, read_state_dict
+from minidistil.io import safetensors_io as st
+from minidistil.io.loading import CheckpointError, read_state_dict
 
 
 def _tensors(rng):
@@ -176,8 +176,9 @@ def test_no_weights_is_a_clear_error(tmp_path):
 # ---- part 2: from_pretrained / save_pretrained with our classes (NumPy only) -------------------------------------
 
 import minidistil  # noqa: E402
-from minidistil import hub, no_grad  # noqa: E402
-from minidistil.config import BertConfig, DistilBertConfig  # noqa: E402
+from minidistil import no_grad  # noqa: E402
+from minidistil.io import hub  # noqa: E402
+from minidistil.core.config import BertConfig, DistilBertConfig  # noqa: E402
 from minidistil.kernels._checks import f32_tol  # noqa: E402
 
 BERT = dict(vocab_size=61, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,

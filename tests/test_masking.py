@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from minidistil.data import SpecialIds
-from minidistil.masking import IGNORE_INDEX, MaskingConfig, mask_tokens, selection_weights
+from minidistil.train.data import SpecialIds
+from minidistil.train.masking import IGNORE_INDEX, MaskingConfig, mask_tokens, selection_weights
 
 SPECIAL = SpecialIds(cls=2, sep=3, pad=0, mask=4, unk=1, vocab_size=200)
 Z = 5.0  # bounds at 5 standard deviations of a binomial: a correct implementation fails with p < 1e-6

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from minidistil import metrics as M
+from minidistil.train import metrics as M
 
 
 def test_accuracy_confusion_f1_by_hand():

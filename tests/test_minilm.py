@@ -60,7 +60,7 @@ def test_hidden_states_match_transformers(oracle, minilm_dir, reference, torch):
 
 
 def test_sentence_embeddings_match_sentence_transformers(minilm_dir, reference):
-    from minidistil.pipelines import pipeline
+    from minidistil.apps.pipelines import pipeline
     embed = pipeline("sentence-embeddings", minilm_dir, batch_size=4)  # two batches, padded differently
     assert embed.normalize and embed.modes == ["pooling_mode_mean_tokens"] and embed.max_length == 256
     emb = embed([str(s) for s in reference["sentences"]])
@@ -75,7 +75,7 @@ def test_sentence_embeddings_match_sentence_transformers(minilm_dir, reference):
 
 
 def test_similarity_ranks_paraphrases_first(minilm_dir):
-    from minidistil.pipelines import pipeline
+    from minidistil.apps.pipelines import pipeline
     emb = pipeline("sentence-embeddings", minilm_dir)(
         ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today."])
     sim = emb @ emb.T

@@ -1,7 +1,7 @@
 """The BERT and DistilBERT model classes against `transformers`.
 
 1. Parity with torch (needs torch + transformers; skipped locally without them, REQUIRED in CI): for every class, a
-   tiny random transformers model built here, saved as safetensors, loaded with minidistil.loading; outputs, all
+   tiny random transformers model built here, saved as safetensors, loaded with minidistil.io.loading; outputs, all
    hidden states and attentions compared, then the gradient of sum(output * w) for every parameter by name, then
    the loss with labels and its gradients.
 2. The same checks against the committed dumps in tests/data/tiny (written by make_reference_dumps.py): no torch.
@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 import make_reference_dumps as ref
-from minidistil import autograd, config as cfgmod, nn
-from minidistil.autograd import Tensor, no_grad
+from minidistil.core import autograd, config as cfgmod, nn
+from minidistil.core.autograd import Tensor, no_grad
 from minidistil.kernels import _checks
 
 OUT_ATOL = 1e-5
@@ -36,7 +36,7 @@ def _classes():
 
 
 def _load(folder, arch):
-    from minidistil.loading import from_pretrained
+    from minidistil.io.loading import from_pretrained
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a checkpoint of that very class: nothing may be missing or unexpected
         return from_pretrained(folder, cls=_classes()[arch])
@@ -355,7 +355,7 @@ def test_parameter_is_a_leaf_tensor():
 
 def test_models_apply_attention_dropout_in_training_only():
     from minidistil import BertConfig, BertModel, DistilBertConfig, DistilBertModel, no_grad
-    from minidistil import functional as F
+    from minidistil.core import functional as F
     ids = np.array([[5, 6, 7, 8, 9, 10]])
     for model in (DistilBertModel.from_config(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
                                                                hidden_dim=32, dropout=0.0, attention_dropout=0.5),
@@ -377,7 +377,7 @@ def test_models_apply_attention_dropout_in_training_only():
 
 
 def test_distilbert_qkv_projection_is_one_stacked_weight_and_falls_back_to_a_copy():
-    from minidistil import functional as F
+    from minidistil.core import functional as F
     m = _tiny("DistilBertModel")
     att = m.transformer.layer[0].attention
     ws = [att.q_lin.weight.data, att.k_lin.weight.data, att.v_lin.weight.data]

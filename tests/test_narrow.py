@@ -1,4 +1,5 @@
-"""Students narrower than their teacher (minidistil.narrow): the shape rules, the projected initialisation against a
+"""Students narrower than their teacher (minidistil.train.narrow): the shape rules, the projected initialisation
+against a
 random one, and a narrow student saved and loaded by minidistil, transformers and sentence-transformers, without
 the training-only width map.
 
@@ -19,13 +20,13 @@ pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see con
 
 
 def _basis(teacher, rng, n=48):
-    from minidistil.narrow import hidden_moment, principal_basis
+    from minidistil.train.narrow import hidden_moment, principal_basis
     seqs = [rng.integers(5, TINY["vocab_size"], size=rng.integers(6, 24)) for _ in range(n)]
     return principal_basis(hidden_moment(teacher, seqs, pad_id=0))
 
 
 def test_student_shape_rules():
-    from minidistil.narrow import student_shape
+    from minidistil.train.narrow import student_shape
     assert student_shape(384, 12, 1536, 256) == (256, 8, 1024)     # MiniLM: heads of 32 kept, FFN 4H
     assert student_shape(768, 12, 3072, 256) == (256, 4, 1024)     # BERT-base: 4 heads of 64
     assert student_shape(384, 12, 1536, 192, num_heads=8, intermediate_size=500) == (192, 8, 500)  # heads of 24
@@ -39,7 +40,7 @@ def test_student_shape_rules():
 def test_identity_basis_is_the_plain_copy(rng):
     """With U = I (C x C) and every head kept, every projection rule is the identity (g' = sqrt(C/C) (I*I)^T g = g):
     the projected state equals the copied one bit for bit, so the rules' index bookkeeping is right."""
-    from minidistil.distill import make_student
+    from minidistil.train.distill import make_student
     teacher = _tiny_teacher(mlm=True, init=0.2)
     plain = make_student(teacher, layers=[0, 2]).state_dict()
     proj = make_student(teacher, layers=[0, 2], basis=np.eye(32)).state_dict()
@@ -56,12 +57,12 @@ def test_projected_init_beats_a_random_init(rng, mlm, H, heads):
     at least 0.3 at every layer and by 0.5 on the mean over the layers. Why these margins: a random init's states
     are unrelated to the teacher's, so its cosines lie near 0 (|cos| <= 0.2 on these 4 x 20 tokens, asserted),
     while the projection keeps most of the teacher's energy (the basis's share is asserted too) and loses some
-    through the layer norms, more with depth (minidistil.narrow, point 3). Drawn with four seeds of the test's
+    through the layer norms, more with depth (minidistil.train.narrow, point 3). Drawn with four seeds of the test's
     generator, the projected init's cosines ran from 0.28 (last layer, H = 16) to 0.99 (embedding output), the
     smallest per-layer gap over the random init was 0.35 and the smallest mean gap 0.61."""
-    from minidistil.distilbert import DistilBertForMaskedLM, DistilBertModel
-    from minidistil.distill import make_student
-    from minidistil.narrow import projected_agreement
+    from minidistil.models.distilbert import DistilBertForMaskedLM, DistilBertModel
+    from minidistil.train.distill import make_student
+    from minidistil.train.narrow import projected_agreement
     teacher = _tiny_teacher(mlm=mlm, init=0.2)
     U, evals = _basis(teacher, rng)
     U = U[:, :H]
@@ -83,8 +84,8 @@ def test_projected_init_beats_a_random_init(rng, mlm, H, heads):
 def test_narrow_student_saved_loads_in_transformers(oracle, tmp_path, rng):
     transformers = oracle("transformers")
     torch = oracle("torch")
-    from minidistil.distill import make_student
-    from minidistil.loading import from_pretrained, save_pretrained
+    from minidistil.train.distill import make_student
+    from minidistil.io.loading import from_pretrained, save_pretrained
     teacher = _tiny_teacher(mlm=True, init=0.2)
     U = _basis(teacher, rng)[0][:, :16]
     student = make_student(teacher, layers=[0, 3], basis=U)
@@ -111,9 +112,9 @@ def test_narrow_sentence_encoder_run(tmp_path, oracle, width_loss):
     0.9999 as the full-width test asks); the learned width map is in the training state (checkpoints) and nowhere
     in the saved model."""
     st = oracle("sentence_transformers")
-    from minidistil import checkpoint as ck
-    from minidistil.distill import distill
-    from minidistil.pipelines import pipeline
+    from minidistil.io import checkpoint as ck
+    from minidistil.train.distill import distill
+    from minidistil.apps.pipelines import pipeline
     from safetensors.numpy import load_file
     corpus = _corpus_dir(tmp_path, 20)
     teacher = _st_teacher(tmp_path, corpus)
@@ -143,7 +144,7 @@ def test_resume_of_a_learned_width_map(tmp_path):
     losses as the run that went straight through (same process, same threads: bit for bit)."""
     import shutil
 
-    from minidistil.distill import distill
+    from minidistil.train.distill import distill
     corpus = _corpus_dir(tmp_path, 20)
     teacher = _st_teacher(tmp_path, corpus)
     kw = dict(corpus=[str(corpus)], seed=0, steps=6, hidden_size=16, pca_texts=40, width_loss="learned",
@@ -160,8 +161,8 @@ def test_resume_of_a_learned_width_map(tmp_path):
 def test_cli_flags_and_bad_widths(tmp_path):
     import argparse
 
-    from minidistil.commands import add_distill
-    from minidistil.distill import distill
+    from minidistil.apps.commands import add_distill
+    from minidistil.train.distill import distill
     parser = argparse.ArgumentParser()
     add_distill(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["distill", "--hidden-size", "256", "--num-heads", "8", "--intermediate-size", "1000",

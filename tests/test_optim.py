@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from minidistil.autograd import Tensor
+from minidistil.core.autograd import Tensor
 from minidistil.kernels import _checks
-from minidistil.optim import AdamW, LinearWarmupDecay, clip_grad_norm, decays, global_grad_norm
+from minidistil.core.optim import AdamW, LinearWarmupDecay, clip_grad_norm, decays, global_grad_norm
 
 SHAPES = {  # a DistilBERT-like set of names: matrices decay, biases and LayerNorm weights do not
     "embeddings.word_embeddings.weight": (11, 4),

@@ -98,8 +98,8 @@ def installed(tmp_path_factory):
 def test_imports_come_from_the_venv(installed):
     bin_dir, env, work = installed
     code = ("import json, minidistil, minidistil.kernels.gelu, minidistil.exercises, minidistil.grading, "
-            "minidistil.tutorial; print(json.dumps([m.__file__ for m in (minidistil, minidistil.kernels.gelu, "
-            "minidistil.exercises, minidistil.grading, minidistil.tutorial)]))")
+            "minidistil.apps.tutorial; print(json.dumps([m.__file__ for m in (minidistil, minidistil.kernels.gelu, "
+            "minidistil.exercises, minidistil.grading, minidistil.apps.tutorial)]))")
     rc, out, err = _run([str(bin_dir / "python"), "-c", code], work, env)
     assert rc == 0, err
     venv_dir = bin_dir.parent.resolve()

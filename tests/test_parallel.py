@@ -1,4 +1,4 @@
-"""Data parallelism on MPI (minidistil.parallel): `mpiexec -n 2` runs of distillation and fine-tuning give the
+"""Data parallelism on MPI (minidistil.train.parallel): `mpiexec -n 2` runs of distillation and fine-tuning give the
 losses and the saved model of the one-process run with the same global batch, and a checkpoint written by 2 ranks
 resumes on 1 with the same loss sequence.
 
@@ -26,7 +26,7 @@ DISTILL_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from tokenizers import Tokenizer
     from conftest import _tiny_teacher, RUN
-    from minidistil.distill import distill
+    from minidistil.train.distill import distill
     corpus, out, steps, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
     tok = Tokenizer.from_file(corpus + "/../tokenizer.json")
     distill(_tiny_teacher(init=0.2), out, tokenizer=tok, corpus=[corpus], steps=steps, student_layers=2, seed=3,
@@ -62,7 +62,7 @@ def _assert_rows_close(a, b, keys):
 
 
 def _assert_models_close(a, b):
-    from minidistil.safetensors_io import load_file
+    from minidistil.io.safetensors_io import load_file
     ma, mb = load_file(Path(a) / "model.safetensors"), load_file(Path(b) / "model.safetensors")
     assert sorted(ma) == sorted(mb)
     # relative to the model's largest weight: a parameter whose exact gradient is 0 (the key bias: softmax ignores
@@ -131,7 +131,7 @@ def test_a_failing_rank_brings_the_job_down(tmp_path, distill_setup):
 
 FINETUNE_SCRIPT = textwrap.dedent("""
     import sys
-    from minidistil.finetune import finetune
+    from minidistil.train.finetune import finetune
     base, train, out = sys.argv[1:4]
     finetune("classification", base, train, out, epochs=1, lr=2e-3, batch_size=16, max_length=48, progress=False,
              seed=4)
@@ -158,7 +158,7 @@ def test_two_ranks_finetune_as_one_process(tmp_path):
 # ---- without MPI: the pieces the ranks rely on --------------------------------------------------------------------
 
 def test_shards_cover_the_batch_in_order():
-    from minidistil.parallel import World
+    from minidistil.train.parallel import World
     for n, size in ((8, 2), (7, 2), (9, 4), (4, 4)):
         parts = [World(rank=r, size=size).shard(n) for r in range(size)]
         assert parts[0][0] == 0 and parts[-1][1] == n

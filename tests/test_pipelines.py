@@ -9,10 +9,10 @@ import minidistil
 from conftest import write_vocab
 
 from minidistil import no_grad
-from minidistil.config import BertConfig, DistilBertConfig
+from minidistil.core.config import BertConfig, DistilBertConfig
 from minidistil.kernels._checks import f32_tol
-from minidistil.pipelines import TokenClassificationPipeline, pipeline, sigmoid, softmax
-from minidistil.tokenizer import Tokenizer
+from minidistil.apps.pipelines import TokenClassificationPipeline, pipeline, sigmoid, softmax
+from minidistil.io.tokenizer import Tokenizer
 
 WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "in", "paris", "london", "ada", "love", "##lace",
          "lived", "who", "what", "where", "is", "was", "it", "big", "small", "house", "park", "and", "of", "to",

@@ -10,12 +10,12 @@ from conftest import (FAST, VOCAB, conll_sentences, sentiment_rows, squad_file, 
                            write_csv)
 
 import minidistil
-from minidistil import cli
-from minidistil import predict as P
-from minidistil.loading import from_pretrained, save_pretrained
+from minidistil.apps import cli
+from minidistil.apps import predict as P
+from minidistil.io.loading import from_pretrained, save_pretrained
 from minidistil.kernels._checks import f32_tol
-from minidistil.pipelines import softmax
-from minidistil.tokenizer import Tokenizer
+from minidistil.apps.pipelines import softmax
+from minidistil.io.tokenizer import Tokenizer
 
 
 pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see conftest
@@ -94,7 +94,7 @@ def test_sentence_pairs_and_regression(tmp_path, capsys):
 def test_token_classification_prediction(tmp_path):
     base = tiny_checkpoint(tmp_path / "base")
     train = write_conll(tmp_path / "t.conll", conll_sentences(200, 0))
-    from minidistil.finetune import finetune
+    from minidistil.train.finetune import finetune
     finetune("token", str(base), str(train), str(tmp_path / "ner"), **FAST)
     model, tok = P.load(tmp_path / "ner")
     [ents] = P.predict(model, tok, ["we saw ada turing in zürich"])
@@ -105,7 +105,7 @@ def test_token_classification_prediction(tmp_path):
 def test_question_answering_over_windows(tmp_path, capsys):
     base = tiny_checkpoint(tmp_path / "base")
     train = squad_file(tmp_path / "t.json", 240, 0)
-    from minidistil.finetune import finetune
+    from minidistil.train.finetune import finetune
     finetune("qa", str(base), str(train), str(tmp_path / "qa"), **{**FAST, "max_length": 32, "stride": 8,
                                                                     "epochs": 8, "lr": 3e-3})
     context = ("the movie was so very it . we saw a film on the plot . it is very so . the key is gold . "

@@ -1,4 +1,4 @@
-"""Question answering's one window maker and one span decoder (minidistil.qa): windows that cover the context
+"""Question answering's one window maker and one span decoder (minidistil.train.qa): windows that cover the context
 with the stated overlap, training targets at a window's edge, answers mapped back to the exact characters (accents,
 punctuation, whole words), the best span over windows under the length limit, the empty answer, and `minidistil
 qa` and `minidistil predict` giving the same answer and score for the same checkpoint, context and question."""
@@ -9,8 +9,8 @@ import pytest
 
 from conftest import write_vocab
 
-from minidistil import qa as QA
-from minidistil.tokenizer import Tokenizer
+from minidistil.train import qa as QA
+from minidistil.io.tokenizer import Tokenizer
 
 WORDS = ["the", "key", "is", "in", "cafe", "zurich", "lon", "##don", "new", "york", "u", "s", "oslo", "we", "met",
          "at", "what", "where", "red", "a", "b", "c", "d", "e", "f", "g", "h", "who", "then"]
@@ -140,8 +140,8 @@ def test_qa_and_predict_give_the_same_answer(tmp_path, capsys):
     """The same checkpoint, context and question through `minidistil qa` and `minidistil predict`: one decoder,
     one set of defaults, so the same answer and score (one window, then many)."""
     import minidistil
-    from minidistil import cli
-    from minidistil.config import DistilBertConfig
+    from minidistil.apps import cli
+    from minidistil.core.config import DistilBertConfig
 
     folder = tmp_path / "qa"
     config = DistilBertConfig(vocab_size=len(VOCAB), dim=16, n_layers=2, n_heads=2, hidden_dim=32,

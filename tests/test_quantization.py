@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 
 import minidistil
-from minidistil import cli, no_grad
-from minidistil.config import BertConfig, DistilBertConfig
+from minidistil import no_grad
+from minidistil.apps import cli
+from minidistil.core.config import BertConfig, DistilBertConfig
 from minidistil.kernels import _cuda
-from minidistil.loading import CheckpointError, from_pretrained, save_pretrained
-from minidistil.nn import LayerNorm, Linear
-from minidistil.quantization import (QuantizedEmbedding, QuantizedLinear, QuantizedModelError, QuantizedWeight,
+from minidistil.io.loading import CheckpointError, from_pretrained, save_pretrained
+from minidistil.core.nn import LayerNorm, Linear
+from minidistil.io.quantization import (QuantizedEmbedding, QuantizedLinear, QuantizedModelError, QuantizedWeight,
                                      quantize_folder)
-from minidistil.safetensors_io import load_file, save_file
-from minidistil.tokenizer import Tokenizer
+from minidistil.io.safetensors_io import load_file, save_file
+from minidistil.io.tokenizer import Tokenizer
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", "the", "cat", "sat", "on", "mat", "dog", "ran",
          "who", "where", "ada", "lived", "in", "london", "paris", "a", "big", "house"]
@@ -208,7 +209,7 @@ def folders(tmp_path_factory, tok):
 def test_pipelines_take_a_quantised_folder(folders, task, call):
     src, qdir = folders[task]
     qpipe = minidistil.pipeline(task, str(qdir))
-    assert minidistil.quantization.is_quantized(qpipe.model)
+    assert minidistil.io.quantization.is_quantized(qpipe.model)
     got = call(qpipe)
     want = call(minidistil.pipeline(task, minidistil.quantize(from_pretrained(src)), Tokenizer.from_pretrained(src)))
     assert json.dumps(got, default=lambda a: np.asarray(a).tolist()) == json.dumps(
@@ -263,7 +264,7 @@ def test_quantised_model_on_cuda():
 # ---- the real all-MiniLM-L6-v2 ---------------------------------------------------------------------------------
 
 def test_minilm_quantised(minilm_dir, tmp_path):
-    from minidistil import evaluation as E
+    from minidistil.train import evaluation as E
     info = quantize_folder(minilm_dir, tmp_path / "q")
     assert info["int8_bytes"] <= 0.3 * info["float32_bytes"]                 # measured 0.26x
     tok = Tokenizer.from_pretrained(minilm_dir)
@@ -283,7 +284,7 @@ def test_minilm_quantised(minilm_dir, tmp_path):
 def test_bench_int8_rows(tmp_path, capsys):
     import importlib.util
 
-    from minidistil import bench
+    from minidistil.apps import bench
     have_ort = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx", "torch", "transformers"))
     fws = "minidistil,minidistil-int8" + (",onnxruntime,onnxruntime-int8" if have_ort else ",onnxruntime-int8")
     out = tmp_path / "b.json"

@@ -22,13 +22,14 @@ import pytest
 
 from conftest import save_tiny_heads
 
-from minidistil import cli, hub
-from minidistil import data as D
-from minidistil import safetensors_io as st
-from minidistil.config import BertConfig, DistilBertConfig, config_from_json_file
-from minidistil.loading import CheckpointError, from_pretrained, read_state_dict
-from minidistil.pipelines import pipeline
-from minidistil.tokenizer import Tokenizer
+from minidistil.apps import cli
+from minidistil.io import hub
+from minidistil.train import data as D
+from minidistil.io import safetensors_io as st
+from minidistil.core.config import BertConfig, DistilBertConfig, config_from_json_file
+from minidistil.io.loading import CheckpointError, from_pretrained, read_state_dict
+from minidistil.apps.pipelines import pipeline
+from minidistil.io.tokenizer import Tokenizer
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", "the", "cat", "sat", "on", "mat", "dog", "ran",
          "who", "where", "ada", "lived", "in", "london", "paris"]
@@ -503,7 +504,7 @@ def test_the_replace_itself_never_lands_on_a_non_regular_file(tmp_path):
 
 
 def test_a_link_to_a_running_folder_is_the_same_lock(tmp_path):
-    from minidistil.run import FolderLock, Run, RunError
+    from minidistil.train.run import FolderLock, Run, RunError
     (tmp_path / "o").mkdir()
     (tmp_path / "link-to-o").symlink_to(tmp_path / "o")
     with Run(tmp_path / "o", say=lambda *a: None):
@@ -565,8 +566,8 @@ def test_an_output_over_an_input_is_refused_whatever_the_flags(tiny, tmp_path, c
 
 def test_resume_names_a_different_teacher_corpus_or_setting(tmp_path):
     from test_distill import RUN, _corpus_dir, _tiny_teacher, _tiny_tokenizer
-    from minidistil.distill import distill
-    from minidistil.run import RunError
+    from minidistil.train.distill import distill
+    from minidistil.train.run import RunError
     corpus = _corpus_dir(tmp_path, 12)
     tok = _tiny_tokenizer(corpus)
     out = tmp_path / "student"
@@ -626,7 +627,7 @@ def _rewrite_meta(path: Path, change):
     (lambda m: {**m, "data": {"epoch": "x"}}, "its data position is not a set of counts"),
 ])
 def test_damaged_checkpoint_metadata_falls_back_to_the_one_before(tmp_path, change, match):
-    from minidistil.run import Run, RunState
+    from minidistil.train.run import Run, RunState
     said = []
     params = {"w": np.ones(3, np.float32)}
     with Run(tmp_path / "o", say=said.append) as run:
@@ -647,7 +648,7 @@ MEASURED = """
 import resource, sys
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-from minidistil import cli
+from minidistil.apps import cli
 try:
     rc = cli.main(sys.argv[2:])
 except SystemExit as e:
@@ -759,7 +760,7 @@ def test_squad_of_the_wrong_shape_is_one_line(tiny, tmp_path, capsys, doc, match
 
 
 def test_squad_answers_given_as_strings_are_skipped_rows():
-    from minidistil import taskdata as TD
+    from minidistil.train import taskdata as TD
     doc = {"data": [{"paragraphs": [{"context": "the cat sat", "qas": [
         {"id": "a", "question": "who?", "answers": "cat"},
         {"id": "b", "question": "who?", "answers": ["cat"]},
@@ -831,7 +832,7 @@ def test_labels_that_cannot_work_are_named(tiny, tmp_path, capsys):
     listed.write_text("".join(json.dumps({"sentence": t, "label": lab}) + "\n"
                               for t, lab in [("the cat", ["a", "b"]), ("the dog", {"x": 1})] * 3))
     _fails_in_one_line(capsys, *_finetune(tiny, tmp_path, train=listed), match="train: no usable examples")
-    from minidistil import taskdata as TD
+    from minidistil.train import taskdata as TD
     for bad in (["a", "b"], {"x": 1}):
         with pytest.raises(ValueError, match="expected one name or number"):
             TD.parse_label(bad, "class")
@@ -852,7 +853,7 @@ def test_empty_validation_file_is_refused_as_an_empty_training_file_is(tiny, tmp
 
 
 def test_conll_columns_and_only_o(tiny, tmp_path, capsys):
-    from minidistil import taskdata as TD
+    from minidistil.train import taskdata as TD
     conll = tmp_path / "train.conll"
     conll.write_text("ada B-PER\nlived O\n\nada B-PER col\nran O\n\nparis B-PER\n")
     loaded = TD.read_conll(conll)
@@ -879,7 +880,7 @@ def test_a_time_budget_with_no_update_writes_no_model(tiny, tmp_path, capsys):
 
 
 def test_a_bom_before_a_csv_header_is_dropped(tmp_path):
-    from minidistil import taskdata as TD
+    from minidistil.train import taskdata as TD
     path = tmp_path / "bom.csv"
     path.write_bytes(b"\xef\xbb\xbfsentence,label\nthe cat,pos\n")
     assert [(e.text, e.label) for e in TD.read_table(path, "sentence").examples] == [("the cat", "pos")]

@@ -1,4 +1,5 @@
-"""Training runs (minidistil.run, used by distill and finetune) as an unlucky or hostile user meets them: the model
+"""Training runs (minidistil.train.run, used by distill and finetune) as an unlucky or hostile user meets them: the
+model
 folder holds no training state and follows the umask; one run per folder (a lock, a stale one taken over); a
 folder that holds a run is not silently replaced; a diverging run keeps its last good checkpoints; damaged
 checkpoints and a torn metrics log are named and fallen back from; a full disk or an unwritable folder is one line
@@ -24,9 +25,9 @@ import numpy as np
 import pytest
 from conftest import RUN, _corpus_dir, _tiny_teacher, _tiny_tokenizer
 
-from minidistil import checkpoint as ck
-from minidistil import cli
-from minidistil.run import Diverged, FolderLock, Run, RunError, schedule_complete
+from minidistil.io import checkpoint as ck
+from minidistil.apps import cli
+from minidistil.train.run import Diverged, FolderLock, Run, RunError, schedule_complete
 
 
 pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see conftest
@@ -36,8 +37,8 @@ pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tiny shapes: see con
 def setup(tmp_path_factory):
     """(teacher folder, corpus folder): a tiny BERT teacher with an MLM head and its tokenizer, saved once (WordPiece
     training is not reproducible across processes, so every run reads this one)."""
-    from minidistil.loading import save_pretrained
-    from minidistil.tokenizer import Tokenizer
+    from minidistil.io.loading import save_pretrained
+    from minidistil.io.tokenizer import Tokenizer
     root = tmp_path_factory.mktemp("runs")
     corpus = _corpus_dir(root, 30)
     teacher = save_pretrained(_tiny_teacher(init=0.2), root / "teacher", tokenizer=Tokenizer(_tiny_tokenizer(corpus)))
@@ -101,7 +102,7 @@ def test_model_folder_holds_no_training_state_and_files_follow_the_umask(setup, 
     assert names(state) == ["checkpoint-00000008.npz", "checkpoint-00000012.npz"]       # the last two, no lock
     c = ck.load_checkpoint(state / "checkpoint-00000012.npz")
     assert c.optimizer["m"] and c.data is not None                   # AdamW's moments and the data position are here
-    from minidistil.safetensors_io import load_file
+    from minidistil.io.safetensors_io import load_file
     saved = load_file(out / "model.safetensors")
     assert set(saved) <= set(c.model) and all(np.array_equal(saved[k], c.model[k]) for k in saved)
     # the model folder is what a user shares: a fraction of the state's size
@@ -119,7 +120,7 @@ def test_model_folder_holds_no_training_state_and_files_follow_the_umask(setup, 
 
 
 def test_atomic_writes_honour_the_umask(tmp_path):
-    from minidistil.files import atomic_write
+    from minidistil.core.files import atomic_write
     for mask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
         old = os.umask(mask)
         try:
@@ -146,7 +147,7 @@ def test_default_output_folders_are_ignored_by_git():
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from minidistil.run import FolderLock
+    from minidistil.train.run import FolderLock
     folder = Path(sys.argv[1])
     folder.mkdir(parents=True)
     FolderLock(folder).acquire()
@@ -216,7 +217,7 @@ def test_a_folder_holding_a_run_or_a_model_is_not_replaced_silently(setup, tmp_p
 def test_finetune_uses_the_same_run_rules(tmp_path):
     from conftest import FAST, sentiment_rows, tiny_checkpoint, write_csv
 
-    from minidistil.finetune import finetune
+    from minidistil.train.finetune import finetune
     base = tiny_checkpoint(tmp_path / "base")
     train = write_csv(tmp_path / "train.csv", sentiment_rows(48, 0))
     kw = dict(FAST, epochs=2, checkpoint_every=2)
@@ -258,8 +259,8 @@ def test_a_diverging_run_keeps_the_last_good_checkpoints(setup, tmp_path, capsys
 def test_a_non_finite_gradient_norm_stops_finetuning(tmp_path, monkeypatch):
     from conftest import FAST, sentiment_rows, tiny_checkpoint, write_csv
 
-    from minidistil import finetune as FT
-    from minidistil import run as run_module                         # the optimiser update both loops share
+    from minidistil.train import finetune as FT
+    from minidistil.train import run as run_module                         # the optimiser update both loops share
     base = tiny_checkpoint(tmp_path / "base")
     train = write_csv(tmp_path / "train.csv", sentiment_rows(48, 0))
     real, calls = run_module.clip_grad_norm, []
@@ -320,7 +321,7 @@ def test_metrics_lines_follow_the_checkpoint(tmp_path):
         for step in (1, 2):
             run.log({"step": step, "loss": 1.0})
         run.log({"step": 2, "eval": {"main": "accuracy", "accuracy": 0.5}})
-        from minidistil.run import RunState
+        from minidistil.train.run import RunState
         run.save(2, model={"w": np.ones(3, np.float32)}, optimizer=None, state=RunState(step=2))
         run.log({"step": 3, "loss": 1.0})
     with Run(out, resume=True, say=lambda *a: None) as run:
@@ -390,14 +391,15 @@ TMPFS = textwrap.dedent("""
     python - "$@" <<'EOF'
     import json, subprocess, sys
     mnt, args = sys.argv[1], sys.argv[2:]
-    run = lambda *extra: subprocess.run([sys.executable, "-m", "minidistil.cli", *args, *extra], capture_output=True,
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "minidistil.apps.cli", *args, *extra],
+    capture_output=True,
                                         text=True)
     full = run()
     subprocess.run(["mount", "-o", "remount,size=64m", mnt], check=True)
     resumed = run("--resume")
     metrics = open(mnt + "/student/metrics.jsonl").read().splitlines()
     subprocess.run(["mount", "-o", "remount,ro", mnt], check=True)
-    ro = subprocess.run([sys.executable, "-m", "minidistil.cli", *[a.replace("/student", "/other") for a in args]],
+    ro = subprocess.run([sys.executable, "-m", "minidistil.apps.cli", *[a.replace("/student", "/other") for a in args]],
                         capture_output=True, text=True)
     print(json.dumps({"full": [full.returncode, full.stderr], "resumed": [resumed.returncode, resumed.stderr],
                       "metrics": metrics, "ro": [ro.returncode, ro.stderr]}))
@@ -495,7 +497,7 @@ def test_numeric_flags_are_checked_at_parse_time(capsys, command, argv, message)
 
 
 def test_every_numeric_flag_has_a_range():
-    """No command parses a number with bare int or float: each uses one of minidistil.cli's types."""
+    """No command parses a number with bare int or float: each uses one of minidistil.apps.cli's types."""
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     bare = [f"{name} {'/'.join(a.option_strings)}" for name, p in sub.choices.items() for a in p._actions
@@ -505,8 +507,8 @@ def test_every_numeric_flag_has_a_range():
 
 
 def test_the_api_checks_the_same_ranges(tmp_path):
-    from minidistil.distill import distill
-    from minidistil.finetune import finetune
+    from minidistil.train.distill import distill
+    from minidistil.train.finetune import finetune
     with pytest.raises(ValueError, match="steps: must be >= 1, got 0"):
         distill("t", tmp_path / "o", steps=0)
     with pytest.raises(ValueError, match="time_budget: must be > 0"):
@@ -557,7 +559,7 @@ def test_diverged_goes_to_stderr_from_python_m_too(setup, tmp_path):
 
 
 class FakeClock:
-    """Stands in for the time module inside minidistil.distill: the teacher's forward advances it."""
+    """Stands in for the time module inside minidistil.train.distill: the teacher's forward advances it."""
 
     def __init__(self):
         self.now = 1000.0
@@ -568,7 +570,7 @@ class FakeClock:
 
 def _clocked(monkeypatch, durations):
     """Make the n-th update take durations(n) seconds of the fake clock."""
-    from minidistil import distill as M
+    from minidistil.train import distill as M
     clock, real, n = FakeClock(), M.forward_outputs, [0]
 
     def forward(model, ids, mask):
@@ -585,7 +587,7 @@ def _clocked(monkeypatch, durations):
 def test_the_schedule_follows_the_speed_and_ends_with_the_budget(setup, tmp_path, monkeypatch, capsys):
     """1 s per update for 20 updates, then 2 s: a plan fixed from the first speed would hold 60 updates and stop
     at 40 with the learning rate still at a third of its peak; the re-planned one ends its decay at the budget."""
-    from minidistil.tokenizer import Tokenizer
+    from minidistil.io.tokenizer import Tokenizer
     M = _clocked(monkeypatch, lambda n: 1.0 if n <= 20 else 2.0)
     teacher, corpus = setup
     report = M.distill(str(teacher), tmp_path / "s", tokenizer=Tokenizer.from_pretrained(teacher),
@@ -603,8 +605,8 @@ def test_the_schedule_follows_the_speed_and_ends_with_the_budget(setup, tmp_path
 
 def test_a_cut_schedule_is_reported(setup, tmp_path, monkeypatch, capsys):
     """The machine stalls: update 31 takes 100 s of a 60 s budget. The run stops, and says it was cut."""
-    from minidistil.distill import format_report
-    from minidistil.tokenizer import Tokenizer
+    from minidistil.train.distill import format_report
+    from minidistil.io.tokenizer import Tokenizer
     M = _clocked(monkeypatch, lambda n: 100.0 if n == 31 else 1.0)
     teacher, corpus = setup
     report = M.distill(str(teacher), tmp_path / "s", tokenizer=Tokenizer.from_pretrained(teacher),

@@ -1,4 +1,4 @@
-"""minidistil/_runtime.py: the process set-up of `import minidistil`, each rule in a fresh Python process (the
+"""minidistil/core/_runtime.py: the process set-up of `import minidistil`, each rule in a fresh Python process (the
 settings must be in the environment before numpy loads OpenBLAS): the OpenBLAS core type and glibc's malloc
 settings."""
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from minidistil import _runtime
+from minidistil.core import _runtime
 
 AVX512 = all(f in _runtime.cpu_flags() for f in ("avx512f", "avx512bw", "avx512dq", "avx512vl"))
 
@@ -42,7 +42,7 @@ def test_openblas_core_in_use_is_the_one_chosen():
 
 _IN_HEAP = """
 import minidistil, numpy as np
-from minidistil import _runtime
+from minidistil.core import _runtime
 a = np.ones(16 * 2**20, np.float32)                  # 64 MB: above glibc's largest mmap threshold (32 MB)
 p = a.ctypes.data
 heap = [l.split()[0].split("-") for l in open("/proc/self/maps") if l.rstrip().endswith("[heap]")]

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import write_vocab
 
-from minidistil import taskdata as TD
-from minidistil.tokenizer import Tokenizer
+from minidistil.train import taskdata as TD
+from minidistil.io.tokenizer import Tokenizer
 
 WORDS = ["the", "key", "is", "in", "cafe", "zurich", "lon", "##don", "new", "york", "u", "s", "oslo", "we", "met",
          "at", "what", "where", "red", "a", "b", "c", "d", "e", "f", "g", "h", "who"]

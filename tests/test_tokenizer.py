@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidistil.tokenizer import Tokenizer
+from minidistil.io.tokenizer import Tokenizer
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
 

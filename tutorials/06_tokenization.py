@@ -21,12 +21,12 @@
 #    pieces prefixed `##`; a word that cannot be split becomes `[UNK]`;
 # 4. **post-process**: `[CLS] A [SEP]` (or `[CLS] A [SEP] B [SEP]` for pairs, with token types 0 then 1).
 #
-# `minidistil.tokenizer.Tokenizer` does this with the Rust `tokenizers` library, exactly as `transformers`.
+# `minidistil.io.tokenizer.Tokenizer` does this with the Rust `tokenizers` library, exactly as `transformers`.
 # Here we write the same algorithm in plain Python and check that both agree.
 
 # %%
 # Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
-from minidistil.tutorial import setup
+from minidistil.apps.tutorial import setup
 
 OUT = setup()
 
@@ -36,8 +36,8 @@ import unicodedata
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minidistil import hub
-from minidistil.tokenizer import Tokenizer
+from minidistil.io import hub
+from minidistil.io.tokenizer import Tokenizer
 
 folder = hub.fetch("all-MiniLM-L6-v2")
 vocab = {line.rstrip("\n"): i for i, line in enumerate(open(folder / "vocab.txt", encoding="utf-8"))}

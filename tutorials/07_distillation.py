@@ -23,12 +23,12 @@
 # * the **masked-LM** term is BERT's own objective, on the masked tokens only;
 # * the **cosine** term aligns the directions of the last hidden states, on every real token.
 #
-# DistilBERT's weights are $\alpha = (5, 2, 1)$. The code is `minidistil/distill.py`; each term is one kernel
+# DistilBERT's weights are $\alpha = (5, 2, 1)$. The code is `minidistil/train/distill.py`; each term is one kernel
 # pair (`kernels/distill_kl.py`, `cross_entropy.py`, `cosine.py`).
 
 # %%
 # Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
-from minidistil.tutorial import setup
+from minidistil.apps.tutorial import setup
 
 OUT = setup()
 
@@ -39,15 +39,16 @@ import numpy as np
 warnings.filterwarnings("ignore", message=".*truncated")          # long paragraphs are cut to max_length
 warnings.filterwarnings("ignore", message=".*dropout")
 
-from minidistil import BertConfig, BertForMaskedLM, hub, no_grad
-from minidistil import data as D
-from minidistil import losses as L
-from minidistil.autograd import Tensor
+from minidistil import BertConfig, BertForMaskedLM, no_grad
+from minidistil.io import hub
+from minidistil.train import data as D
+from minidistil.core import losses as L
+from minidistil.core.autograd import Tensor
 from minidistil.kernels import _checks
-from minidistil.distill import LossWeights, distillation_loss, forward_outputs, make_student
-from minidistil.loading import from_pretrained
-from minidistil.masking import IGNORE_INDEX, mask_tokens
-from minidistil.tokenizer import Tokenizer
+from minidistil.train.distill import LossWeights, distillation_loss, forward_outputs, make_student
+from minidistil.io.loading import from_pretrained
+from minidistil.train.masking import IGNORE_INDEX, mask_tokens
+from minidistil.io.tokenizer import Tokenizer
 
 folder = hub.fetch("all-MiniLM-L6-v2")
 tok = Tokenizer.from_pretrained(folder)
@@ -119,7 +120,8 @@ assert err <= _checks.f32_tol(tok.vocab_size, scale=np.abs(expected).max())
 # ## 2. The student's initialisation
 #
 # The student is the teacher with layers removed: `make_student` copies the embeddings and the teacher layers that
-# `minidistil.distill.default_layer_map` picks into a smaller DistilBERT. For a 12-layer BERT with an MLM head that
+# `minidistil.train.distill.default_layer_map` picks into a smaller DistilBERT. For a 12-layer BERT with an MLM head
+# that
 # is DistilBERT's own choice, every other layer; for a 6-layer *sentence encoder* such as all-MiniLM-L6-v2 the map
 # keeps the last layer, because the sentence embeddings live in the last layer's output space (both maps are printed
 # below, read from the code). BERT adds a token-type embedding that DistilBERT does not have; row 0 of that table
@@ -128,7 +130,7 @@ assert err <= _checks.f32_tol(tok.vocab_size, scale=np.abs(expected).max())
 # with the real all-MiniLM-L6-v2.
 
 # %%
-from minidistil.distill import default_layer_map, has_mlm_head
+from minidistil.train.distill import default_layer_map, has_mlm_head
 
 teacher = from_pretrained(folder)
 student = make_student(teacher, n_layers=3)
@@ -159,13 +161,13 @@ assert e_last > 0.1
 #
 # all-MiniLM-L6-v2 is a sentence encoder without an MLM head, so there are no logits to match: the student
 # learns from the hidden-state terms only: the cosine term, plus the cosine and MSE between mean-pooled sentence
-# embeddings (`LossWeights.defaults(mlm=False)`). The loop is the one `minidistil.distill.distill` runs
+# embeddings (`LossWeights.defaults(mlm=False)`). The loop is the one `minidistil.train.distill.distill` runs
 # (AdamW, warm-up then linear decay, gradient clipping at norm 5), reduced to its core and kept tiny here:
 # 16 steps of 8 paragraphs of at most 32 tokens from Python's own documentation. A real run is
 # `minidistil distill --teacher all-MiniLM-L6-v2 --out student` (see `python -m minidistil.distill --help`).
 
 # %%
-from minidistil.optim import AdamW, LinearWarmupDecay, clip_grad_norm
+from minidistil.core.optim import AdamW, LinearWarmupDecay, clip_grad_norm
 
 paragraphs = [p.strip() for d in D.pydoc_topics() for p in d.text.split("\n\n") if len(p.strip()) > 60]
 held_out, train_texts = paragraphs[:16], paragraphs[16:]
@@ -230,7 +232,7 @@ assert last < first
 # ## 4. Did the student's sentence embeddings move towards the teacher's?
 
 # %%
-from minidistil.evaluation import cosine, mean_pool
+from minidistil.train.evaluation import cosine, mean_pool
 
 
 def sentence_embeddings(model, texts):
@@ -260,5 +262,5 @@ assert agree_after > agree_before
 #    derives why the loss carries T^2.)
 # 2. Build the student with `make_student(teacher, layers=[0, 2, 4])` instead of the default map and compare the
 #    mean cosine of section 4 before training. Which map does `default_layer_map(6, 3, mlm=False)` return, and why
-#    (read `ENCODER_MAPS` in `minidistil/distill.py`)?
+#    (read `ENCODER_MAPS` in `minidistil/train/distill.py`)?
 # 3. Double `STEPS` in section 3: does the held-out loss keep falling?

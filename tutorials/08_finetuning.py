@@ -18,7 +18,7 @@
 # logits (B, K) = classifier(dropout(relu(pre_classifier(h[:, 0]))))       loss = cross-entropy(logits, labels)
 # ```
 #
-# The library does the whole job in one call, `minidistil.finetune.finetune` (the command `minidistil finetune`):
+# The library does the whole job in one call, `minidistil.train.finetune.finetune` (the command `minidistil finetune`):
 # read a labelled file, hold out a validation split, add the head, train with AdamW, evaluate after every epoch,
 # keep the best model as a Hugging Face checkpoint. This chapter runs it on the small sentiment set that ships
 # with minidistil, starting from a 3-layer student of all-MiniLM-L6-v2, then looks at what it wrote: the
@@ -27,7 +27,7 @@
 
 # %%
 # Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
-from minidistil.tutorial import setup
+from minidistil.apps.tutorial import setup
 
 OUT = setup()
 
@@ -40,9 +40,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 warnings.filterwarnings("ignore", message=".*dropout")
 
-from minidistil import finetune as FT
-from minidistil import hub
-from minidistil.distill import distill
+from minidistil.train import finetune as FT
+from minidistil.io import hub
+from minidistil.train.distill import distill
 
 folder = hub.fetch("all-MiniLM-L6-v2")          # downloaded once (87 MB), then read from the weights folder
 T0 = time.perf_counter()
@@ -52,19 +52,19 @@ assert (folder / "config.json").is_file() and OUT.is_dir()
 # ## 1. The student
 #
 # Chapter 07 built the student by copying the teacher layers `default_layer_map` picks into a 3-layer DistilBERT
-# and distilled it. Here `minidistil.distill.distill` does both, with the same map (printed below, read from the
+# and distilled it. Here `minidistil.train.distill.distill` does both, with the same map (printed below, read from the
 # code; `distill` picks it itself when no `layer_map` is given), then a few updates against the teacher's hidden
 # states. Twelve updates on short sequences of Python's help topics are only a token run, to keep the
 # chapter fast; a real one is `minidistil distill` with its default 15-minute budget (see the end). What matters
 # here is the folder it writes: a checkpoint that `finetune` starts from like any other.
 
 # %%
-from minidistil import data as D
+from minidistil.train import data as D
 
 corpus = OUT / "08_corpus.jsonl"                 # a small corpus: Python's help topics, one document per line
 corpus.write_text("".join(json.dumps({"text": d.text}) + "\n" for d in D.pydoc_topics()), encoding="utf-8")
 student_dir = OUT / "08_student"
-from minidistil.distill import default_layer_map
+from minidistil.train.distill import default_layer_map
 
 LAYERS = default_layer_map(6, 3, mlm=False)      # all-MiniLM-L6-v2: a 6-layer sentence encoder, no MLM head
 print("teacher layers copied into the student:", LAYERS)
@@ -107,7 +107,7 @@ assert min(count["held out"].values()) >= 15                       # both classe
 # `finetune` loads the student with a `DistilBertForSequenceClassification` head (its four head weights are not
 # in the student, so they start from seeded random values, and it says so), encodes every example once
 # (`max_length=32` tokens), then for each epoch shuffles the examples and takes one step per batch. The step, in
-# the loop of `finetune()` (its body, `_finetune()`) in `minidistil/finetune.py`:
+# the loop of `finetune()` (its body, `_finetune()`) in `minidistil/train/finetune.py`:
 #
 # ```python
 # b = batch(tr, idx)                      # the batch's rows, trimmed to its longest sentence
@@ -117,7 +117,8 @@ assert min(count["held out"].values()) >= 15                       # both classe
 # norm = update(run, world, opt, state.step, cfg.max_grad_norm, lr)   # the update distill's loop makes too
 # ```
 #
-# `update` (in `minidistil/run.py`, shared with `distill`) sums the gradients over the processes of a data-parallel
+# `update` (in `minidistil/train/run.py`, shared with `distill`) sums the gradients over the processes of a
+# data-parallel
 # run, rescales them when their global norm exceeds `max_grad_norm` (1.0), takes AdamW's step (weight decay 0.01)
 # and zeroes them:
 #
@@ -133,7 +134,7 @@ assert min(count["held out"].values()) >= 15                       # both classe
 # %%
 import inspect
 
-from minidistil import run as run_module
+from minidistil.train import run as run_module
 
 source = inspect.getsource(FT._finetune)     # finetune() checks its arguments and opens the run, then calls this
 step_lines = ["b = batch(tr, idx)", "s_out = forward(model_, b)", "loss.backward()", "lr = sched(state.step)",
@@ -165,7 +166,7 @@ assert sorted(report["new_head_weights"]) == ["classifier.bias", "classifier.wei
 # %% [markdown]
 # ## 5. The metrics on the held-out split
 #
-# `report["best_eval"]` is `minidistil.metrics.classification_report` of the best epoch: accuracy, per-class
+# `report["best_eval"]` is `minidistil.train.metrics.classification_report` of the best epoch: accuracy, per-class
 # precision / recall / F1, their macro mean, and the confusion matrix (rows: the true label, columns: the
 # predicted one). Guessing scores 0.5; always answering the held-out split's majority class (`neg`) scores 0.6.
 
@@ -216,11 +217,11 @@ assert (out_dir / "training_curve.png").is_file()
 # %% [markdown]
 # ## 7. Predict new sentences
 #
-# `minidistil.predict` loads the saved folder with its own head class and returns a label and a softmax score
+# `minidistil.apps.predict` loads the saved folder with its own head class and returns a label and a softmax score
 # per text (the command `minidistil predict --model <folder> "text" ...` prints the same as JSON lines).
 
 # %%
-from minidistil import predict as P
+from minidistil.apps import predict as P
 
 model, tok = P.load(out_dir)
 new = [("The waiter was friendly and the pizza was delicious.", "pos"),
@@ -245,7 +246,7 @@ assert right >= 3 and all(0.5 <= p["score"] <= 1.0 for p in preds)
 
 # %%
 from minidistil import no_grad
-from minidistil.loading import from_pretrained, save_pretrained
+from minidistil.io.loading import from_pretrained, save_pretrained
 
 again = from_pretrained(save_pretrained(model, OUT / "08_sentiment_copy", tokenizer=tok))
 enc = tok([text for text, _ in new], truncation=True, max_length=32)
@@ -287,8 +288,8 @@ assert r["accuracy"] == best["accuracy"] and r["confusion_matrix"] == best["conf
 # ```
 
 # %%
-from minidistil.cli import build_parser
-from minidistil.commands import run_finetune
+from minidistil.apps.cli import build_parser
+from minidistil.apps.commands import run_finetune
 
 command = ("minidistil finetune --task classification --model student --train resource:sentiment_small.tsv "
            "--text-field sentence --label-field label --held-out 0.25 --max-length 32 --epochs 5 "

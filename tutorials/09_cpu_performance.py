@@ -38,7 +38,7 @@
 
 # %%
 # Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
-from minidistil.tutorial import setup
+from minidistil.apps.tutorial import setup
 
 OUT = setup()
 
@@ -270,7 +270,7 @@ for k in [k for k in timings if k.startswith(("exp,", "sum of"))]:
 # new memory: the first write to each page faults, and the kernel zeroes the page first. An MLM training step makes
 # ~450 MB of such arrays (the logits over 30522 words and their gradient, the word-embedding gradients), every step.
 # `import minidistil` therefore asks glibc (`mallopt`) to serve large blocks from its heap and keep freed memory for
-# the next step (`MINIDISTIL_MALLOC=0` turns this off; see `minidistil/_runtime.py`). The effect on whole training
+# the next step (`MINIDISTIL_MALLOC=0` turns this off; see `minidistil/core/_runtime.py`). The effect on whole training
 # steps is measured by `minidistil bench` (run it with and without `MINIDISTIL_MALLOC=0` on your machine; the README
 # gives a measured run with its CPU). Below, measured here and now: the first fill of a new 64 MB array against a
 # second fill of the same one; then the same for the next new array, which gets the freed memory back (no faults)
@@ -300,7 +300,7 @@ assert min(first, again, first2, again2) > 0
 # %% [markdown]
 # ## 7. Threads that wait, and who runs the small GEMMs
 #
-# Three decisions in `minidistil/_runtime.py` and `kernels/_blas.py`, each measured on the project's 2-core machine
+# Three decisions in `minidistil/core/_runtime.py` and `kernels/_blas.py`, each measured on the project's 2-core machine
 # (most of them while other jobs shared it, which is where threads matter most):
 #
 # * **Sleeping workers.** After a GEMM, OpenBLAS's threads busy-wait for up to ~0.1 s for more work, and Numba's
@@ -380,7 +380,7 @@ for k in [k for k in timings if k.startswith(("24 head", "GEMM 256"))]:
 # `kernels/_blas.py` asks OpenBLAS directly (`openblas_get_corename`): `_blas.openblas().corename()`, or
 # `_blas.kernel_report()`, which also measures sgemm on one model-shaped product (DistilBERT-base's first FFN GEMM
 # at B*T = 1024: `(1024 x 768) @ (768 x 3072)`). `import minidistil` sets `OPENBLAS_CORETYPE=SkylakeX` on an
-# AVX-512 CPU when you have not set it (`minidistil/_runtime.py`, for CPUs OpenBLAS does not recognise), and
+# AVX-512 CPU when you have not set it (`minidistil/core/_runtime.py`, for CPUs OpenBLAS does not recognise), and
 # respects a value you set, even a slower one: `minidistil bench` then prints a warning with the command that runs
 # without it (`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE minidistil bench`). PyTorch and ONNX Runtime bring
 # their own GEMMs and do not read these variables, so under a forced slower core only minidistil slows down.
@@ -437,7 +437,7 @@ if forced and forced["core"] != "unknown":
 #
 # and the gradient of the whole batch is the **sum** of the ranks' gradients: one `Allreduce(SUM)` of every gradient
 # (one fused float32 buffer, in place) before clipping and AdamW. Every rank then takes the same step, so the copies
-# of the model stay identical without ever being sent. `minidistil.parallel` does exactly this for `distill` and
+# of the model stay identical without ever being sent. `minidistil.train.parallel` does exactly this for `distill` and
 # `finetune` (`mpiexec -n N minidistil distill ...`; see the README's "Scaling out"). Random choices must not depend on
 # how the batch is split: dropout's counters are offset by the slice's first global example
 # (`F.manual_seed(seed, first_example=lo)`), so each rank draws its rows of the one-process masks.
@@ -453,9 +453,10 @@ import textwrap
 RANK_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
-    from minidistil import functional as F, losses as L, parallel
-    from minidistil.config import DistilBertConfig
-    from minidistil.distilbert import DistilBertModel
+    from minidistil.core import functional as F, losses as L
+    from minidistil.train import parallel
+    from minidistil.core.config import DistilBertConfig
+    from minidistil.models.distilbert import DistilBertModel
 
     def gradients(world):
         model = DistilBertModel.from_config(DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2,

@@ -24,12 +24,12 @@
 # 5. **The whole model**: `minidistil.quantize` on the real all-MiniLM-L6-v2, accuracy before and after, size.
 #
 # The kernels are in `kernels/int8.py` (maths and error bound in its docstring); the model-level code is
-# `minidistil/quantization.py`. Timings printed here depend on the machine and its load: the chapter asserts the
+# `minidistil/io/quantization.py`. Timings printed here depend on the machine and its load: the chapter asserts the
 # numbers it computes, never a speed.
 
 # %%
 # Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
-from minidistil.tutorial import setup
+from minidistil.apps.tutorial import setup
 
 OUT = setup()
 
@@ -87,8 +87,8 @@ assert s0[0] * (int(q0[0, 0]) - z0[0]) == 0.0                             # 0.0 
 # scale, the small rows get only a few of the 255 levels. Here is the query projection of MiniLM's first layer.
 
 # %%
-from minidistil import hub
-from minidistil.loading import from_pretrained
+from minidistil.io import hub
+from minidistil.io.loading import from_pretrained
 
 folder = hub.fetch("all-MiniLM-L6-v2")
 model = from_pretrained(folder)
@@ -205,10 +205,10 @@ assert (err <= K.linear_error_bound(x, wq.q, wq.scale)).all()
 
 # %%
 import minidistil
-from minidistil import evaluation as E
-from minidistil.loading import save_pretrained
-from minidistil.quantization import file_size
-from minidistil.tokenizer import Tokenizer
+from minidistil.train import evaluation as E
+from minidistil.io.loading import save_pretrained
+from minidistil.io.quantization import file_size
+from minidistil.io.tokenizer import Tokenizer
 
 tok = Tokenizer.from_pretrained(folder)
 qmodel = minidistil.quantize(model)

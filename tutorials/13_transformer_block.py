@@ -27,11 +27,11 @@
 #
 # The names are Hugging Face's (`q_lin`, `k_lin`, `v_lin`, `out_lin`, `sa_layer_norm`, `ffn.lin1`, `ffn.lin2`,
 # `output_layer_norm`), so one dictionary of arrays serves our model, `transformers` and this chapter.
-# The library's version is `minidistil/distilbert.py` (`TransformerBlock`, `Embeddings`).
+# The library's version is `minidistil/models/distilbert.py` (`TransformerBlock`, `Embeddings`).
 
 # %%
 # Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
-from minidistil.tutorial import setup
+from minidistil.apps.tutorial import setup
 
 OUT = setup()
 
@@ -39,8 +39,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from minidistil import DistilBertConfig, DistilBertModel, no_grad
-from minidistil import functional as Fn
-from minidistil.autograd import Tensor
+from minidistil.core import functional as Fn
+from minidistil.core.autograd import Tensor
 from minidistil.kernels import _checks
 from minidistil.kernels import attention as KA
 from minidistil.kernels import dropout as KD

@@ -19,12 +19,12 @@
 # 3. AdamW's update, with its bias correction and its *decoupled* weight decay;
 # 4. BERT's masking recipe: 15% of the tokens, of which 80% `[MASK]`, 10% a random token, 10% unchanged.
 #
-# The code: `kernels/cross_entropy.py`, `kernels/distill_kl.py`, `kernels/adamw.py` with `minidistil/optim.py`,
-# and `minidistil/masking.py`.
+# The code: `kernels/cross_entropy.py`, `kernels/distill_kl.py`, `kernels/adamw.py` with `minidistil/core/optim.py`,
+# and `minidistil/train/masking.py`.
 
 # %%
 # Set-up shared by every chapter: CUDA simulator when there is no GPU, figures to files outside Jupyter, OUT.
-from minidistil.tutorial import setup
+from minidistil.apps.tutorial import setup
 
 OUT = setup()
 
@@ -33,8 +33,8 @@ import inspect
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minidistil import losses
-from minidistil.autograd import Tensor
+from minidistil.core import losses
+from minidistil.core.autograd import Tensor
 from minidistil.kernels import _checks
 from minidistil.kernels import adamw as KAdam
 from minidistil.kernels import cross_entropy as KCE
@@ -155,13 +155,13 @@ plt.show()
 # **Weight decay, decoupled** (Loshchilov and Hutter, 2019): Adam with L2 regularisation adds $\lambda\theta$ to
 # $g$, and then the division by $\sqrt{\hat v}$ shrinks the decay of exactly the weights with large gradients.
 # AdamW instead shrinks the weights directly, $\theta \leftarrow \theta\,(1 - \mathrm{lr}\,\lambda)$, outside the
-# moments. The library does not decay biases and layer-norm weights (`minidistil.optim.decays`), as BERT does.
+# moments. The library does not decay biases and layer-norm weights (`minidistil.core.optim.decays`), as BERT does.
 
 # %%
 defaults = {k: v.default for k, v in inspect.signature(
-    __import__("minidistil.optim", fromlist=["AdamW"]).AdamW.__init__).parameters.items() if k != "self"
+    __import__("minidistil.core.optim", fromlist=["AdamW"]).AdamW.__init__).parameters.items() if k != "self"
             and v.default is not inspect.Parameter.empty}
-print("minidistil.optim.AdamW defaults:", defaults)
+print("minidistil.core.optim.AdamW defaults:", defaults)
 hp = dict(lr=1e-2, beta1=0.9, beta2=0.98, eps=1e-6, weight_decay=0.0, step=1)
 g = rng.standard_normal(5) * np.array([1e-4, 1e-2, 1, 10, 1e3])     # gradients over seven orders of magnitude
 p0 = rng.standard_normal(5)
@@ -198,7 +198,7 @@ assert abs(l2[1]) > 0.6 and abs(dec[1] - (1 - 1e-2 * 0.5) ** 200) < 0.2
 #
 # ## 4. MLM masking: 15%, then 80 / 10 / 10
 #
-# The masked-language-model loss predicts hidden tokens from their context. `minidistil/masking.py` follows BERT:
+# The masked-language-model loss predicts hidden tokens from their context. `minidistil/train/masking.py` follows BERT:
 #
 # * select 15% of the real tokens (never `[CLS]`, `[SEP]`, `[PAD]`, `[MASK]`, `[UNK]`); only they get a label,
 #   every other position gets `-100` and is ignored by section 1's mean;
@@ -210,8 +210,8 @@ assert abs(l2[1]) > 0.6 and abs(dec[1] - (1 - 1e-2 * 0.5) ** 200) < 0.2
 # also weights the selection towards rare tokens, `smoothing`; set it to 0 for BERT's uniform choice.)
 
 # %%
-from minidistil.data import SpecialIds
-from minidistil.masking import MaskingConfig, mask_tokens
+from minidistil.train.data import SpecialIds
+from minidistil.train.masking import MaskingConfig, mask_tokens
 
 special = SpecialIds(cls=1, sep=2, pad=0, mask=3, unk=4, vocab_size=100)
 Bm, Tm = 64, 128
@@ -243,7 +243,7 @@ for got, share in ((n_mask, 0.8), (n_rand, 0.1 * 94 / 95), (n_same, 0.1 + 0.1 / 
 # 1. In section 1 set every logit of one row to the same value. What is that row's gradient, and why does it not
 #    depend on which class is right, apart from one entry?
 # 2. Drop the $T^2$ (plot `plain` only) and predict how much smaller the gradient is at $T = 2$ than at $T = 1$.
-#    Then read `LossWeights` in `minidistil/distill.py`: which weight would you have to change to compensate?
+#    Then read `LossWeights` in `minidistil/train/distill.py`: which weight would you have to change to compensate?
 # 3. In `steps`, swap the two coordinates' gradient sizes, or set `lam = 0`. Which weight does Adam + L2 decay now?
 # 4. Run `mask_tokens` with `MaskingConfig(smoothing=0.7)` and `counts` that make token 5 a thousand times more
 #    frequent than the others: how often is token 5 selected compared with its share of the text?

@@ -45,12 +45,13 @@ API: `grade(exercise, path, *, timeout, memory_mb) -> GradeReport`, `EXERCISES` 
 """
 from __future__ import annotations
 
-from . import (adamw, attention_backward, autograd_ops, cross_entropy, cuda_row_max, distill_kl, fused_bias_gelu,
+from minidistil.grading import (adamw, attention_backward, autograd_ops, cross_entropy, cuda_row_max, distill_kl,
+                                fused_bias_gelu,
                gelu_backward, gemm_packing, int8_rows, layernorm_backward, layernorm_forward, linear_backward,
                softmax_backward, wordpiece)
-from .engine import Check, Exercise, GradeReport, grade_file, load_answer
-from .remote import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
-from .stubs import copy_exercises, exercises_dir
+from minidistil.grading.engine import Check, Exercise, GradeReport, grade_file, load_answer
+from minidistil.grading.remote import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
+from minidistil.grading.stubs import copy_exercises, exercises_dir
 
 __all__ = ["EXERCISES", "Check", "Exercise", "GradeReport", "copy_exercises", "exercises_dir", "grade",
            "grade_check_name", "list_exercises", "load_answer"]

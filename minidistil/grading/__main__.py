@@ -1,6 +1,6 @@
 """`python -m minidistil.grading EXERCISE FILE` (or `--list`): the `grade` command without the entry point."""
 import sys
 
-from .cli import main
+from minidistil.grading.cli import main
 
 sys.exit(main())

@@ -5,7 +5,7 @@ import numpy as np
 
 from minidistil.kernels import _checks
 
-from .engine import CaseOver, Exercise, Session, f32
+from minidistil.grading.engine import CaseOver, Exercise, Session, f32
 
 
 HP = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)

@@ -8,7 +8,7 @@ import numpy as np
 
 from minidistil.kernels import _checks
 
-from .engine import FD_TOL, CaseOver, Exercise, NotImplementedYet, Session, student_frame
+from minidistil.grading.engine import FD_TOL, CaseOver, Exercise, NotImplementedYet, Session, student_frame
 
 
 def run(s: Session):

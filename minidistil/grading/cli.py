@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .remote import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
+from minidistil.grading.remote import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 
 
 def _positive(kind):
@@ -25,7 +25,7 @@ def _positive(kind):
 
 
 def add_command(sub, name: str = "grade", help: str = "grade an exercise answer"):
-    """The hook of minidistil/cli.py's COMMANDS registry: adds the `grade` sub-parser."""
+    """The hook of minidistil/apps/cli.py's COMMANDS registry: adds the `grade` sub-parser."""
     p = sub.add_parser(name, help=help, description="Grade answers to the exercises (`minidistil exercises copy DIR` "
                        "gives you the stubs): checks shapes, dtypes, values against the kernels' references and "
                        "finite differences, and prints hints. Each answer file runs in its own process with a time "
@@ -58,8 +58,8 @@ def add_command(sub, name: str = "grade", help: str = "grade an exercise answer"
 
 def _submissions(targets: list[str]):
     """(exercise or None, submissions) from the positional arguments."""
-    from . import EXERCISES, grade_check_name
-    from .gradebook import Submission, find_submissions
+    from minidistil.grading import EXERCISES, grade_check_name
+    from minidistil.grading.gradebook import Submission, find_submissions
     exercise = None
     first = targets[0]
     looks_like_path = first.endswith(".py") or "/" in first or os.sep in first or Path(first).exists()
@@ -77,8 +77,8 @@ def _submissions(targets: list[str]):
 
 
 def run(args) -> int:
-    from . import EXERCISES, grade, list_exercises
-    from .gradebook import check_records, dumps, gradebook, gradebook_csv, gradescope, write_new
+    from minidistil.grading import EXERCISES, grade, list_exercises
+    from minidistil.grading.gradebook import check_records, dumps, gradebook, gradebook_csv, gradescope, write_new
     if args.list or not args.targets:
         width = max(len(n) for n in EXERCISES)
         for name, title in list_exercises():

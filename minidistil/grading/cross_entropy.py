@@ -3,7 +3,7 @@ gradient, checked against minidistil.kernels.cross_entropy's reference in float6
 """
 import numpy as np
 
-from .engine import NONFINITE_SOFTMAX_HINT, Exercise, Session, f32, f64
+from minidistil.grading.engine import NONFINITE_SOFTMAX_HINT, Exercise, Session, f32, f64
 
 
 _N0_HINT = ("when every row is ignored n = 0: return a loss of 0.0 and a zero gradient instead of dividing "

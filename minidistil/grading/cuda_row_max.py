@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from .child import cuda_simulator_setting
-from .engine import CaseOver, Exercise, Session
+from minidistil.grading.child import cuda_simulator_setting
+from minidistil.grading.engine import CaseOver, Exercise, Session
 
 SIM_HINT = ("no CUDA device: NUMBA_ENABLE_CUDASIM=0 is set and this machine has no NVIDIA GPU; unset it (the grader "
             "then runs your kernel on the CUDA simulator) or grade on a machine with a GPU and numba-cuda")

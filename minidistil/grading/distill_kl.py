@@ -3,7 +3,7 @@ gradient, checked against minidistil.kernels.distill_kl's reference in float64 a
 """
 import numpy as np
 
-from .engine import NONFINITE_SOFTMAX_HINT, Exercise, Session, f32, f64
+from minidistil.grading.engine import NONFINITE_SOFTMAX_HINT, Exercise, Session, f32, f64
 
 
 def run(s: Session):

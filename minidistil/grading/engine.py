@@ -19,8 +19,9 @@ import numpy as np
 
 from minidistil.kernels import _checks
 
-from .remote import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, PRINT_LIMIT, ChildFailure, StudentProcess, mirror
-from .stubs import exercises_dir
+from minidistil.grading.remote import (DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, PRINT_LIMIT, ChildFailure, StudentProcess,
+                                       mirror)
+from minidistil.grading.stubs import exercises_dir
 
 FD_TOL = 1e-6  # finite differences in float64: see minidistil.grading's docstring
 FLOAT64_HINT = ("float64 leaked out: the inputs are float32, so the output must be float32. Look for np.zeros / "
@@ -505,7 +506,7 @@ def _grade(ex: Exercise, report: GradeReport, proc: StudentProcess):
     if not first["ok"]:
         exc = first.get("exc") if isinstance(first.get("exc"), dict) else {}
         try:
-            from .remote import raise_remote
+            from minidistil.grading.remote import raise_remote
             raise_remote(exc)
         except NotImplementedError:  # raised at import time: nothing to grade yet
             report.not_implemented = True

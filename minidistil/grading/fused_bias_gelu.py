@@ -5,7 +5,7 @@ import numpy as np
 
 from minidistil.kernels import _checks
 
-from .engine import CaseOver, Exercise, Session, f32
+from minidistil.grading.engine import CaseOver, Exercise, Session, f32
 
 NJIT_HINT = ("decorate the function with @njit (from numba import njit): the exercise is a compiled loop, one pass "
              "over x that adds b[j] and applies GELU to each element")

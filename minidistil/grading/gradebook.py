@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine import GradeReport
+from minidistil.grading.engine import GradeReport
 
 
 @dataclass
@@ -128,7 +128,7 @@ def gradescope(results: list[tuple[Submission, GradeReport]]) -> dict:
 
 def write_new(path: Path, text: str, force: bool, inputs: list[Path]) -> Path:
     """Write text to path, refusing to replace an existing file without force and never writing over an input."""
-    from minidistil.safetensors_io import atomic_write
+    from minidistil.io.safetensors_io import atomic_write
     path = Path(path)
     if any(path.resolve() == p.resolve() for p in inputs):
         raise ValueError(f"{path}: is one of the answer files being graded; choose another output name")

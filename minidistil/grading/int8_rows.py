@@ -5,7 +5,7 @@ import numpy as np
 
 from minidistil.kernels import _checks
 
-from .engine import CaseOver, Exercise, Session, _add_closest, f32
+from minidistil.grading.engine import CaseOver, Exercise, Session, _add_closest, f32
 
 ZERO_ROW_HINT = ("an all-zero row has hi = lo = 0, so s = 0 and x / s divides by zero: give such a row any "
                  "positive scale (the reference uses the smallest float32) and q = z")

@@ -5,8 +5,8 @@ import numpy as np
 
 from minidistil.kernels import _checks
 
-from .engine import Exercise, Session, f32, f64
-from .layernorm_forward import inputs as layernorm_inputs
+from minidistil.grading.engine import Exercise, Session, f32, f64
+from minidistil.grading.layernorm_forward import inputs as layernorm_inputs
 
 
 def run(s: Session):

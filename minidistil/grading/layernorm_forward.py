@@ -5,7 +5,7 @@ import numpy as np
 
 from minidistil.kernels import _checks
 
-from .engine import Exercise, Session, f32, f64
+from minidistil.grading.engine import Exercise, Session, f32, f64
 
 
 def inputs(r):

@@ -3,7 +3,7 @@ float64 and against finite differences.
 """
 import numpy as np
 
-from .engine import Exercise, Session, f32, f64
+from minidistil.grading.engine import Exercise, Session, f32, f64
 
 
 def run(s: Session):

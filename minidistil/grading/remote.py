@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import child as wire
+from minidistil.grading import child as wire
 
 CHILD = Path(wire.__file__).resolve()
 DEFAULT_TIMEOUT = 10.0        # seconds per call: the reference answers take milliseconds

@@ -3,7 +3,7 @@ reference in float64 (masked and fully padded rows, one-hot rows) and against fi
 """
 import numpy as np
 
-from .engine import Exercise, Session, f32, f64
+from minidistil.grading.engine import Exercise, Session, f32, f64
 
 
 def run(s: Session):

@@ -61,7 +61,7 @@ def copy_tutorials(dest, force: bool = False) -> list[Path]:
 
 
 def _copy(files: list[Path], dest, force: bool, what: str) -> list[Path]:
-    from minidistil.files import atomic_write
+    from minidistil.core.files import atomic_write
 
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
@@ -74,7 +74,7 @@ def _copy(files: list[Path], dest, force: bool, what: str) -> list[Path]:
 
 
 def add_command(sub, name: str, help: str):
-    """The hook of minidistil/cli.py's COMMANDS registry: adds `minidistil exercises copy DIR`."""
+    """The hook of minidistil/apps/cli.py's COMMANDS registry: adds `minidistil exercises copy DIR`."""
     p = sub.add_parser(name, help=help, description="Copy the exercise stubs (and their README) into a folder of "
                        "your own, to fill in and grade with `minidistil grade DIR/EXERCISE.py`.")
     p.add_argument("action", choices=["copy"], help="copy: write the stubs into DEST")
@@ -94,7 +94,7 @@ def run(args) -> int:
 
 
 def add_tutorials_command(sub, name: str, help: str):
-    """The hook of minidistil/cli.py's COMMANDS registry: adds `minidistil tutorials copy DIR`."""
+    """The hook of minidistil/apps/cli.py's COMMANDS registry: adds `minidistil tutorials copy DIR`."""
     p = sub.add_parser(name, help=help, description="Copy the tutorial notebooks (and their README) into a folder "
                        "of your own, to open with Jupyter (`pip install jupyterlab matplotlib`, then `jupyter lab "
                        "DIR`).")

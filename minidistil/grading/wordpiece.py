@@ -2,7 +2,7 @@
 [UNK] when a piece cannot be matched or the word is too long), checked against the `tokenizers` library's WordPiece
 model (the Rust implementation Hugging Face's BERT tokenizers run), on a small vocabulary.
 """
-from .engine import CaseOver, Exercise, Session
+from minidistil.grading.engine import CaseOver, Exercise, Session
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "una", "##aff", "##able", "##a", "##ff", "##f",
          "token", "##ization", "##iz", "##ation", "t", "o", "k", "e", "n", "##o", "##k", "##e", "##n", "a", "##b",

@@ -1,0 +1,2 @@
+"""The models: BERT and DistilBERT with their heads. Import only core and kernels.
+"""
