@@ -27,7 +27,7 @@ def modules(root: Path) -> dict[str, Path]:
     files = [Path(d) / f for d, _, fs in walk for f in fs if f.endswith(".py")]
     for path in sorted(files):
         rel = path.relative_to(root).with_suffix("")
-        if "exercises" in rel.parts or "__pycache__" in rel.parts:
+        if {"exercises", "tutorials", "__pycache__"} & set(rel.parts):   # data shipped in the package, not code
             continue
         parts = list(rel.parts[:-1]) if rel.name == "__init__" else list(rel.parts)
         out[".".join(parts)] = path
