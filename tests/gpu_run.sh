@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The first run of the CUDA path on a real GPU (issue 31), as one script: each step with its own time limit, its
+# The CUDA path on a real GPU, as one script: each step with its own time limit, its
 # whole output in $OUT/<step>.log, a one-line result per step in $OUT/summary.txt.
 #
-#   OUT=/path/to/results tools/gpu_run.sh              # every step, in order (about 9.5 minutes at most)
-#   OUT=/path/to/results tools/gpu_run.sh bench kbench # only the steps named (to rerun what failed)
+#   OUT=/path/to/results tests/gpu_run.sh              # every step, in order (about 9.5 minutes at most)
+#   OUT=/path/to/results tests/gpu_run.sh bench kbench # only the steps named (to rerun what failed)
 #
 # Steps: env (the device, driver and Python packages), install (the package, editable, with the [gpu] extra's
 # numba-cuda from the image: the device machine has no package index), pytest (`pytest -m cuda -x -q`), gpu_check
