@@ -175,7 +175,8 @@ def evaluate(model, data, *, task: str | None = None, held_out: float | None = N
 
 
 def add_command(sub, name: str = "predict", help: str = "predict with a fine-tuned checkpoint"):
-    from minidistil.apps.cli import COUNT, POSITIVE_INT, _model_args, _text_args, bounded
+    from minidistil.apps.cliargs import _model_args, _text_args
+    from minidistil.core.argtypes import COUNT, POSITIVE_INT, bounded
     p = sub.add_parser(name, help=help, description=__doc__.split("\n\n")[0],
                        epilog="The task comes from the checkpoint's head. Inputs: arguments, --file or stdin.")
     _text_args(p)
@@ -195,7 +196,7 @@ def add_command(sub, name: str = "predict", help: str = "predict with a fine-tun
 
 
 def _json_inputs(texts: list[str], keys: tuple[str, str]) -> list[dict]:
-    from minidistil.apps.cli import CLIError
+    from minidistil.apps.cliargs import CLIError
     out = []
     for i, t in enumerate(texts, 1):
         try:
@@ -210,7 +211,7 @@ def _json_inputs(texts: list[str], keys: tuple[str, str]) -> list[dict]:
 
 
 def run_cli(args) -> int:
-    from minidistil.apps.cli import CLIError, _print_json_lines, _texts, text_or_file
+    from minidistil.apps.cliargs import CLIError, _print_json_lines, _texts, text_or_file
     model, tokenizer = load(args.model, args.device)
     task = task_of(model)
     texts = _texts(args)
@@ -240,7 +241,7 @@ def run_cli(args) -> int:
 
 def add_evaluate_command(sub, name: str = "evaluate", help: str = "metrics of a saved model on a labelled file"):
     from minidistil.core.argtypes import COUNT, POSITIVE_INT, SHARE
-    from minidistil.apps.cli import _model_args
+    from minidistil.apps.cliargs import _model_args
     from minidistil.apps.commands import add_data_args, add_length_args
     from minidistil.train.finetune import FinetuneConfig
     d = FinetuneConfig()
@@ -265,7 +266,7 @@ def add_evaluate_command(sub, name: str = "evaluate", help: str = "metrics of a 
 
 
 def run_evaluate(args) -> int:
-    from minidistil.apps.cli import _print_json
+    from minidistil.apps.cliargs import _print_json
     settings = {k: getattr(args, k) for k in ("seed", "limit", "data_format", "text_field", "text_pair_field",
                                               "label_field", "label_sep", "header", "question_field",
                                               "choices_field", "context_field", "tag_column", "on_error",
