@@ -283,28 +283,32 @@ COL_MAX_CHUNKS = 4 if SIMULATOR else 256
 
 
 @functools.cache
-def _column_sum_kernel():
+def _column_sum_kernel(dtype=np.float32):
     global cuda
     cuda = get_cuda()
-    from numba import float32
+    from numba import float32, float64
+    acc_type = float64 if np.dtype(dtype) == np.float64 else float32  # a float64 array is summed in float64
     lanes = THREADS // COL_TILE
 
     @cuda.jit
-    def colsum(a, rows, width, chunk_rows, out):
-        # out[chunk, col] = sum of a[row, col] over the rows of chunk blockIdx.y, for the COL_TILE columns of block
-        # blockIdx.x; thread t reads column t % COL_TILE of rows t // COL_TILE, + lanes, ... (a flat, row-major)
+    def colsum(a, outer, rows, width, chunk_rows, out):
+        # a flat, viewed as (outer, rows, width); out[chunk, o, col] = sum of a[o, row, col] over the rows of chunk
+        # blockIdx.y. Block x covers COL_TILE columns of one o (blockIdx.x = o * tiles + tile); thread t reads column
+        # t % COL_TILE of rows t // COL_TILE, + lanes, ... so adjacent threads read adjacent addresses
         t = cuda.threadIdx.x
         tx = t % COL_TILE
         ty = t // COL_TILE
-        col = cuda.blockIdx.x * COL_TILE + tx
+        tiles = (width + COL_TILE - 1) // COL_TILE
+        o = cuda.blockIdx.x // tiles
+        col = (cuda.blockIdx.x % tiles) * COL_TILE + tx
         r0 = cuda.blockIdx.y * chunk_rows
         r1 = min(rows, r0 + chunk_rows)
-        buf = cuda.shared.array(THREADS, float32)
-        acc = float32(0.0)
+        buf = cuda.shared.array(THREADS, acc_type)
+        acc = acc_type(0.0)
         if col < width:
             r = r0 + ty
             while r < r1:
-                acc += a[r * width + col]
+                acc += a[(o * rows + r) * width + col]
                 r += lanes
         buf[t] = acc
         cuda.syncthreads()
@@ -315,29 +319,35 @@ def _column_sum_kernel():
             cuda.syncthreads()
             k //= 2
         if ty == 0 and col < width:
-            out[cuda.blockIdx.y * width + col] = buf[tx]
+            out[(cuda.blockIdx.y * outer + o) * width + col] = buf[tx]
 
     return colsum
 
 
 def column_sum(a):
-    """The column sums (width,) of a C-contiguous float32 (rows, width) device array, accumulated in float32 per
-    thread and then by trees: the bias gradients of linear and of bias + GELU. Coalesced reads (see COL_TILE);
-    more than COL_CHUNK_ROWS rows are summed in chunks, and the chunks' partial sums by a second launch."""
-    rows, width = a.shape
-    out = device_empty((width,))
-    if not width:
+    """The column sums of a C-contiguous float32 or float64 device array: (rows, width) -> (width,), or
+    (outer, rows, width) -> (outer, width) (the sum over the middle axis), in a's dtype and accumulated in it, per
+    thread and then by trees: the bias gradients of linear and of bias + GELU, and elementwise.sum_to. Coalesced
+    reads (see COL_TILE); more than COL_CHUNK_ROWS rows are summed in chunks, and the chunks' partial sums by a
+    second launch."""
+    if len(a.shape) == 2:
+        return column_sum(a.reshape(1, *a.shape)).reshape(a.shape[1])
+    outer, rows, width = a.shape
+    dtype = np.float64 if np.dtype(a.dtype) == np.float64 else np.float32
+    out = device_empty((outer, width), dtype)
+    if not outer * width:
         return out
-    colsum = _column_sum_kernel()
-    gx = (width + COL_TILE - 1) // COL_TILE
+    colsum = _column_sum_kernel(dtype)
+    gx = outer * ((width + COL_TILE - 1) // COL_TILE)
     chunks = min(COL_MAX_CHUNKS, max(1, (rows + COL_CHUNK_ROWS - 1) // COL_CHUNK_ROWS))
     if chunks == 1:
-        colsum[(gx, 1), THREADS](a.reshape(-1), rows, width, max(rows, 1), out)
+        colsum[(gx, 1), THREADS](a.reshape(-1), outer, rows, width, max(rows, 1), out.reshape(-1))
         return out
     chunk_rows = (rows + chunks - 1) // chunks
-    partial = device_empty((chunks, width))
-    colsum[(gx, chunks), THREADS](a.reshape(-1), rows, width, chunk_rows, partial.reshape(-1))
-    colsum[(gx, 1), THREADS](partial.reshape(-1), chunks, width, chunks, out)
+    partial = device_empty((chunks, outer * width), dtype)  # (chunks, outer, width) flat
+    colsum[(gx, chunks), THREADS](a.reshape(-1), outer, rows, width, chunk_rows, partial.reshape(-1))
+    colsum[((outer * width + COL_TILE - 1) // COL_TILE, 1), THREADS](partial.reshape(-1), 1, chunks, outer * width,
+                                                                   chunks, out.reshape(-1))
     return out
 
 

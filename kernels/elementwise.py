@@ -21,9 +21,11 @@ Versions (every public function accepts numpy arrays, then runs the reference, o
                                              the kernel is compiled once per rank and nothing is copied to the GPU)
     scalar_cuda, axpy_cuda, fill_cuda,       one thread per element
     copy_cuda (copy and cast)
-    sum_to_cuda                              one block per output element; threads stride over the summed
-                                             elements, then a shared-memory tree reduction (no warp shuffles:
-                                             the simulator has none). Sums accumulate in float32
+    sum_to_cuda                              when the last axis is summed: one block per output element, threads
+                                             stride along the summed elements, then a shared-memory tree reduction
+                                             (no warp shuffles: the simulator has none); when it is kept: column
+                                             sums (_cuda.column_sum), adjacent threads reading adjacent columns.
+                                             Sums accumulate in the array's precision (float32 or float64)
     take_cuda / take_backward_cuda           one thread per output element (a gather / a scatter into zeros)
 """
 from __future__ import annotations
@@ -296,8 +298,26 @@ def copy_cuda(a, dtype=None):
     return out
 
 
+def _axis_groups(gs, red):
+    """g's axes with their sizes, size-1 axes dropped and neighbours of the same kind (reduced or kept) merged:
+    [(size, reduced), ...] in C order (outermost first)."""
+    groups = []
+    for m, r in zip(gs, red):
+        if m == 1:
+            continue
+        if groups and groups[-1][1] == r:
+            groups[-1] = (groups[-1][0] * m, r)
+        else:
+            groups.append((m, r))
+    return groups
+
+
 def sum_to_cuda(g, shape):
-    """g summed back to the broadcast-compatible `shape` (the adjoint of broadcast_to); a new device array."""
+    """g summed back to the broadcast-compatible `shape` (the adjoint of broadcast_to); a new device array.
+
+    Reads are coalesced either way: when g's last axis is summed, a block per output element strides along it;
+    when it is kept (a bias gradient (B, T, C) -> (C,)), the summed axes are reduced one group at a time by
+    _cuda.column_sum over g viewed as (outer, rows, inner), where adjacent threads read adjacent columns."""
     _check_float("g", g)
     shape = tuple(shape)
     gs = tuple(g.shape)
@@ -305,17 +325,24 @@ def sum_to_cuda(g, shape):
         raise ValueError(f"shape: {shape} does not broadcast to g's shape {gs}")
     padded = (1,) * (len(gs) - len(shape)) + shape
     red = tuple(n == 1 and m != 1 for n, m in zip(padded, gs))
-    oshape = tuple(1 if r else m for r, m in zip(red, gs)) or (1,)
-    rshape = tuple(m if r else 1 for r, m in zip(red, gs)) or (1,)
-    out = _cuda.device_empty(shape, dtype=g.dtype)
-    n_red = int(np.prod(rshape))
-    if out.size:
-        if n_red == 0:
-            _launch("fill", out.size, _flat(out), g.dtype.type(0))
-        else:
-            kernel = _cuda_kernels()["sum_to64" if np.dtype(g.dtype) == np.float64 else "sum_to"]
-            kernel[out.size, _cuda.THREADS](_flat(g), _c_strides(gs) or (1,), oshape, rshape, n_red, _flat(out))
-    return out
+    groups = _axis_groups(gs, red)
+    if any(m == 0 for m in gs) or not any(r for _, r in groups):  # nothing to add: zeros, or a copy
+        return fill_cuda(shape, 0.0, g.dtype) if any(m == 0 for m in gs) else copy_cuda(g).reshape(shape)
+    if groups[-1][1]:  # the last axis is summed: one block per output element, reading along it
+        oshape = tuple(1 if r else m for r, m in zip(red, gs))
+        rshape = tuple(m if r else 1 for r, m in zip(red, gs))
+        out = _cuda.device_empty(shape, dtype=g.dtype)
+        kernel = _cuda_kernels()["sum_to64" if np.dtype(g.dtype) == np.float64 else "sum_to"]
+        kernel[out.size, _cuda.THREADS](_flat(g), _c_strides(gs), oshape, rshape, int(np.prod(rshape)), _flat(out))
+        return out
+    while any(r for _, r in groups):  # the innermost summed group, with only kept axes after it: column sums
+        i = max(k for k, (_, r) in enumerate(groups) if r)
+        outer = int(np.prod([m for m, _ in groups[:i]], dtype=np.int64))
+        inner = int(np.prod([m for m, _ in groups[i + 1:]], dtype=np.int64))
+        g = _cuda.column_sum(g.reshape(outer, groups[i][0], inner))  # (outer, inner)
+        groups = _axis_groups([m for m, _ in groups[:i]] + [m for m, _ in groups[i + 1:]],
+                              [r for _, r in groups[:i]] + [r for _, r in groups[i + 1:]])
+    return g.reshape(shape)
 
 
 def _axis_view(shape, axis: int, index: int, name="a"):

@@ -345,6 +345,54 @@ def test_sum_to_sums_float64_in_float64():
     assert got.dtype == np.float64
     assert np.array_equal(got, np.full((1, 3), rows * (1.0 + 2.0 ** -40))), got - rows
 
+# sum_to at shapes where every loop takes more than one pass: more rows than COL_MAX_CHUNKS * COL_CHUNK_ROWS
+# (chunks of several lanes' rows, then the second launch), more columns than 2 COL_TILE (several column blocks, the
+# last partial), several outer blocks, and a summed last axis longer than 2 THREADS (the per-output kernel's loop).
+_ROWS = _cuda.COL_MAX_CHUNKS * _cuda.COL_CHUNK_ROWS + 5
+_COLS = 2 * _cuda.COL_TILE + 3
+_SUM_TO_CASES = [
+    ((_ROWS, _COLS), (_COLS,), 1),                      # a bias gradient (B*T, C) -> (C,): one column sum
+    ((3, _ROWS // 3, _COLS), (_COLS,), 1),              # (B, T, C) -> (C,): B and T merge into one summed group
+    ((3, _ROWS // 3, _COLS), (3, 1, _COLS), 1),         # (B, T, C) -> (B, 1, C): outer B, rows T
+    ((2, 5, 3, _ROWS // 4, _COLS), (5, 1, 1, _COLS), 2),  # summed, kept, summed, kept: two column sums
+    ((3, 2 * _cuda.THREADS + 3), (3, 1), 0),            # last axis summed: the one-block-per-output kernel
+    ((2, 3, 2 * _cuda.THREADS + 3), (1, 3, 1), 0),
+    ((4, 1, _COLS), (1, 1, _COLS), 1),                  # a size-1 axis of g is neither summed nor kept
+    ((4, _COLS), (4, _COLS), 0),                        # nothing summed: a copy
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("g_shape,shape,n_column_sums", _SUM_TO_CASES)
+def test_sum_to_reads_columns_coalesced_and_matches_numpy(rng, monkeypatch, dtype, g_shape, shape, n_column_sums):
+    """sum_to against NumPy's float64 sum, with the route it takes: a kept last axis goes through _cuda.column_sum
+    (adjacent threads read adjacent columns) once per summed group, never through the one-block-per-output kernel
+    (whose threads would read addresses a row apart). Tolerance: n terms of size <= max|g| summed in float32 are
+    within f32_tol(n, max|g|) of the float64 sum (a summed group's partial sums only reorder the additions); in
+    float64, n * eps64 * sum|g| bounds any order's rounding (the worst case, not the sqrt(n) estimate)."""
+    calls = []
+    column_sum = _cuda.column_sum
+
+    def counted(a):
+        calls.append(tuple(a.shape))
+        return column_sum(a)
+
+    monkeypatch.setattr(_cuda, "column_sum", counted)
+    g = rng.standard_normal(g_shape).astype(dtype)
+    got = _cuda.to_host(E.sum_to(_cuda.to_device(g), shape))
+    want = E.sum_to_ref(g.astype(np.float64), shape)
+    assert got.shape == tuple(shape) and got.dtype == dtype
+    n = g.size // max(1, int(np.prod(shape)))  # terms per output element
+    scale = float(np.abs(g).max())
+    if dtype == np.float32:
+        tol = _checks.f32_tol(n, scale=scale)
+    else:
+        tol = n * np.finfo(np.float64).eps * (n * scale)  # sum|g| <= n max|g|
+    _checks.assert_close(got, want, atol=tol, name=f"sum_to {g_shape} -> {shape} ({np.dtype(dtype).name})")
+    assert len(calls) == n_column_sums, calls
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("a_shape,b_shape", [((2, 3, 5), (5,)), ((2, 3, 5), (2, 3, 1)), ((2, 3, 5), (2, 3, 5)),
                                              ((1, 5), (3, 1)), ((4,), ()), ((), ())])
