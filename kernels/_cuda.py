@@ -19,6 +19,8 @@ import sys
 
 import numpy as np
 
+from . import _cuda_pool
+
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
 # Threads per block for 1-D block launches (shared-memory reductions use arrays of this size, a compile-time constant).
@@ -38,7 +40,22 @@ def get_cuda():
             "numba.cuda is not installed: `pip install minidistil[gpu]` (numba-cuda), "
             "or set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels on the simulator"
         ) from e
+    if _cuda_pool._STATUS is None:  # once, before numba creates its context (it reads its memory manager then)
+        _cuda_pool.install(cuda, _make_pool)
     return cuda
+
+
+def _make_pool():
+    """The device memory pool of numba's context: CuPy's when CuPy does the GEMMs (the two share it), else
+    cuMemAlloc with size-class free lists (kernels/_cuda_pool.py)."""
+    cp = _cupy()
+    return _cuda_pool.CupyPool(cp.get_default_memory_pool()) if cp else _cuda_pool.driver_pool(get_cuda())
+
+
+def pool_stats() -> dict:
+    """What the device memory pool holds (bytes in use, held, cached; requests, reuses, device calls) and whether
+    it is installed (not on the simulator, nor with MINIDISTIL_CUDA_POOL=0): kernels/_cuda_pool.stats()."""
+    return _cuda_pool.stats()
 
 
 def available() -> bool:
