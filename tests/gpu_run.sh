@@ -2,13 +2,15 @@
 # The CUDA path on a real GPU, as one script: each step with its own time limit, its
 # whole output in $OUT/<step>.log, a one-line result per step in $OUT/summary.txt.
 #
-#   OUT=/path/to/results tests/gpu_run.sh              # every step, in order (about 9.5 minutes at most)
+#   OUT=/path/to/results tests/gpu_run.sh              # every step, in order (about 12 minutes at most)
 #   OUT=/path/to/results tests/gpu_run.sh bench kbench # only the steps named (to rerun what failed)
 #
 # Steps: env (the device, driver and Python packages), install (the package, editable, with the [gpu] extra's
 # numba-cuda from the image: the device machine has no package index), pytest (`pytest -m cuda -x -q`), gpu_check
 # (`python -m minidistil.gpu_check`), bench (`minidistil bench --device cuda --json $OUT/bench_gpu.json`), kbench
-# (`python -m minidistil.kernels.bench --device cuda`). Limits in seconds: LIMIT_<STEP> (e.g. LIMIT_PYTEST=300).
+# (`python -m minidistil.kernels.bench --device cuda`), pool (tests/gpu_pool_run.py: training steps with the device
+# memory pool, its statistics and numba's cuMemAlloc / cuMemFree calls per step; then the same with
+# MINIDISTIL_CUDA_POOL=0, numba's own allocator, to compare). Limits in seconds: LIMIT_<STEP> (e.g. LIMIT_PYTEST=300).
 # Run from the repository root. PYTHON picks the interpreter (default python3: on the lent machines the one that
 # holds PyTorch, numba-cuda and CuPy). Exit status: the number of steps that failed.
 set -u
@@ -53,5 +55,7 @@ sel gpu_check && step gpu_check 90 "$PY" -m minidistil.gpu_check
 sel bench && step bench 90 "$PY" -c 'import sys; from minidistil.apps.cli import main; sys.exit(main(sys.argv[1:]))' \
     bench --device cuda --json "$OUT/bench_gpu.json"
 sel kbench && step kbench 60 "$PY" -m minidistil.kernels.bench --device cuda
+sel pool && step pool 150 bash -c "
+    $PY tests/gpu_pool_run.py --steps 4; rc=\$?; MINIDISTIL_CUDA_POOL=0 $PY tests/gpu_pool_run.py --steps 4; exit \$rc"
 echo "== $failed step(s) failed; logs in $OUT" | tee -a "$OUT/summary.txt"
 exit $failed
