@@ -232,17 +232,18 @@ class LossWeights:
 
 def logit_rows(labels, attention_mask, w: LossWeights) -> np.ndarray:
     """(M,) int64, ascending: the flat positions b * T + t whose MLM logits the active terms read, for
-    forward_outputs(..., logits_rows=) and distillation_loss(..., logits_rows=): the masked positions
+    forward_outputs(..., logits_rows=) and distillation_loss(..., logits_rows=): the masked tokens
     (labels != -100) for alpha_mlm, every real token (attention_mask != 0) for alpha_ce, the masked ones only with
-    kl_masked_only (masking labels real tokens only, so padding never). Empty when neither term is on (no logits
-    at all). One row that no term counts when the terms are on but select nothing: the head never runs on an
-    empty batch, and the terms are then 0 with zero gradient, as they are over every position."""
+    kl_masked_only; padding never (a label on padding, which masking never makes, does not count here, where the
+    loss over every position would count it). Empty when neither term is on (no logits at all). One row that no
+    term counts when the terms are on but select nothing: the head never runs on an empty batch, and the terms
+    are then 0 with zero gradient, as they are over every position."""
     if not (w.alpha_ce or w.alpha_mlm):
         return np.zeros(0, dtype=np.int64)
     if labels is None and (w.alpha_mlm or w.kl_masked_only):
         raise ValueError("labels: alpha_mlm and kl_masked_only need the MLM labels (-100 where nothing is masked)")
     real = np.asarray(attention_mask).reshape(-1) != 0                          # (B*T,)
-    masked = None if labels is None else np.asarray(labels).reshape(-1) != IGNORE_INDEX
+    masked = None if labels is None else (np.asarray(labels).reshape(-1) != IGNORE_INDEX) & real
     need = np.zeros(real.shape, dtype=bool)
     if w.alpha_mlm:
         need |= masked
