@@ -9,7 +9,8 @@ every loss term, backward, gradient clipping, AdamW):
     Every loss is a 0-d device array, each term's gradient scale is computed on the device, and the per-parameter
     norms are added on the device in one reduction. Reading the loss or the terms to log them is the caller's.
   - synchronisations: 1, the same read (nothing calls cuda.synchronize).
-  - host->device copies: the batch only, a fixed number that does not grow with the layers (listed in the test).
+  - host->device copies: the batch only (the rows of the MLM logits among it), a fixed number that does not grow
+    with the layers (listed in the test).
 """
 from __future__ import annotations
 

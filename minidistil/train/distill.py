@@ -23,7 +23,10 @@
      + alpha_pool_cos * (1 - cos(pool(student h), pool(teacher h)))         mean-pooled sentence embeddings
      + alpha_pool_mse * mean (pool(student h) - pool(teacher h))^2
    With an MLM head the defaults are DistilBERT's (5, 2, 1, 0, 0, 0; T = 2) and the inputs are masked
-   (minidistil.train.masking, redrawn every batch). A teacher WITHOUT an MLM head (e.g. all-MiniLM-L6-v2, a sentence
+   (minidistil.train.masking, redrawn every batch). Both models compute their MLM logits only at the rows these
+   two terms read (`logit_rows`: every real token, or only the masked ones when alpha_ce is 0 or kl_masked_only),
+   not at all B*T positions: at every position the logits, their gradient, the teacher's logits and the KL's
+   gradient would each be a (B*T, V) array. A teacher WITHOUT an MLM head (e.g. all-MiniLM-L6-v2, a sentence
    encoder) has no logits to match: the student learns from the hidden-state terms only (defaults 0, 0, 1, 0, 1, 1)
    on unmasked text, 64-token sequences (its sentences are short), and an optional term on the structure of the
    in-batch similarities of the pooled embeddings:
