@@ -258,8 +258,8 @@ def logit_rows(labels, attention_mask, w: LossWeights) -> np.ndarray:
 
 def forward_outputs(model, input_ids, attention_mask, logits_rows=None) -> tuple[Tensor | None, Tensor]:
     """(MLM logits or None, last hidden states (B, T, C)) of a BERT / DistilBERT model. The logits are (B, T, V),
-    every position, by default; with logits_rows (logit_rows', on the host or already on the model's device) they
-    are (M, V) at those rows only, and None when it is empty."""
+    every position, by default; with logits_rows (from logit_rows, on the host or already on the model's device)
+    they are (M, V) at those rows only, and None when it is empty."""
     if has_mlm_head(model) and (logits_rows is None or tuple(logits_rows.shape)[0]):
         out = model(input_ids, attention_mask, output_hidden_states=True, logits_rows=logits_rows)
         return out.logits, out.hidden_states[-1]
@@ -307,7 +307,7 @@ def distillation_loss_terms(s_logits: Tensor | None, t_logits, s_hidden: Tensor,
         rows = _cuda.to_device(rows)  # copied over once for the terms that read it
     if w.alpha_ce:
         V = s_logits.shape[-1]
-        if on_rows:  # the KL's rows among the M: all of them unless logit_rows also took rows for the MLM term
+        if on_rows:  # the KL's rows among the M: all of logit_rows' (no mask to copy) but its one uncounted row
             kl_rows = (labels_at != IGNORE_INDEX) if w.kl_masked_only else real_at     # (M,) host bool
             terms["ce"] = L.distill_kl(s_logits, _teacher_array(t_logits), w.temperature,
                                        None if kl_rows.all() else np.ascontiguousarray(kl_rows))
