@@ -1,4 +1,6 @@
-"""Embedding lookup (token and position embeddings): a gather forward, a scatter-add backward.
+"""Embedding lookup (token and position embeddings): a gather forward, a scatter-add backward. Any row gather is
+one: with the (B*T, C) hidden states as the table and flat positions as the ids, it picks the rows an MLM head
+computes logits for (minidistil's functional.take_rows).
 
 Forward (ids of any shape, table (V, C)):
     out[n, :] = table[ids[n], :]                      for every position n of ids (flattened)

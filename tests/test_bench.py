@@ -89,6 +89,41 @@ def test_bench_torch_forward_matches_minidistil_on_shared_weights(oracle, torch)
     _checks.assert_close(a, b, atol=_checks.f32_tol(s.hidden_dim, scale=4.0) * s.n_layers)
 
 
+@pytest.mark.parametrize("name", ["train_mlm", "distill"])
+def test_bench_training_steps_compute_the_loss_of_every_position(name):
+    """minidistil's training scenarios run the MLM head at the loss's rows only (logits_rows): the first step's
+    loss equals the same loss with the logits at every position (as transformers computes them), before the
+    update, with the same dropout masks. The two differ only in the order of the head's float32 sums (see
+    tests/test_mlm_rows.py): the head's chain (transform, layer norm, projector, log-softmax, mean) of 5
+    reductions of length <= max(C, V), each off by at most f32_tol, in each run; the distillation loss adds its
+    terms with weights 5 + 2 + 1 = 8."""
+    from minidistil.core import functional as F
+    from minidistil.core.autograd import no_grad
+    from minidistil.train.distill import LossWeights, distillation_loss, forward_outputs
+    s = bench.QUICK
+    sc = next(x for x in bench.scenarios(True) if x.name == name)
+    models = bench._md_models(s, sc.kind)
+    ids, mask, labels = bench.make_inputs(s, sc)
+    student, teacher = models
+    student.train()
+    F.manual_seed(0)
+    if name == "train_mlm":
+        ref = float(student(ids, attention_mask=mask, labels=labels).loss.item())
+    else:
+        teacher.eval()
+        with no_grad():
+            t_logits, t_hidden = forward_outputs(teacher, ids, mask)
+        s_logits, s_hidden = forward_outputs(student, ids, mask)
+        w = LossWeights(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, temperature=2.0)
+        ref = float(distillation_loss(s_logits, t_logits, s_hidden, t_hidden, labels, mask, w)[0].item())
+    step = bench.minidistil_step(s, sc, models)
+    F.manual_seed(0)
+    loss = float(step().item())
+    weights = 1 if name == "train_mlm" else 8
+    tol = weights * 2 * 5 * _checks.f32_tol(max(s.dim, s.vocab_size), scale=max(1.0, abs(ref)))
+    assert abs(loss - ref) <= tol, (loss, ref, tol)
+
+
 def test_bench_runs_torch_and_onnxruntime_alone_under_their_own_defaults():
     ours = _runtime.set_by_minidistil()
     assert ours                                                   # import minidistil set something (this process)

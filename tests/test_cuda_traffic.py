@@ -9,7 +9,8 @@ every loss term, backward, gradient clipping, AdamW):
     Every loss is a 0-d device array, each term's gradient scale is computed on the device, and the per-parameter
     norms are added on the device in one reduction. Reading the loss or the terms to log them is the caller's.
   - synchronisations: 1, the same read (nothing calls cuda.synchronize).
-  - host->device copies: the batch only, a fixed number that does not grow with the layers (listed in the test).
+  - host->device copies: the batch only (the rows of the MLM logits among it), a fixed number that does not grow
+    with the layers (listed in the test).
 """
 from __future__ import annotations
 
@@ -39,14 +40,17 @@ def test_count_traffic_counts_each_kind_and_restores_numba():
 def _step(teacher, student, opt, w, batch, seed):
     from minidistil.core import functional as F
     from minidistil.core.autograd import no_grad
-    from minidistil.train.distill import distillation_loss_terms, forward_outputs
+    from minidistil.core.nn import to_device_of
+    from minidistil.train.distill import distillation_loss_terms, forward_outputs, logit_rows
     from minidistil.core.optim import clip_grad_norm
     ids, mask, labels = batch
     F.manual_seed(seed)
+    rows = logit_rows(labels, mask, w)                  # the MLM logits' rows, uploaded once for both models
+    rows_on = to_device_of(rows, student)
     with no_grad():
-        t_logits, t_hidden = forward_outputs(teacher, ids, mask)
-    s_logits, s_hidden = forward_outputs(student, ids, mask)
-    loss, terms = distillation_loss_terms(s_logits, t_logits, s_hidden, t_hidden, labels, mask, w)
+        t_logits, t_hidden = forward_outputs(teacher, ids, mask, logits_rows=rows_on)
+    s_logits, s_hidden = forward_outputs(student, ids, mask, logits_rows=rows_on)
+    loss, terms = distillation_loss_terms(s_logits, t_logits, s_hidden, t_hidden, labels, mask, w, logits_rows=rows)
     loss.backward()
     norm = clip_grad_norm(opt.parameters(), max_norm=0.05)
     opt.step()
@@ -81,9 +85,9 @@ def test_a_distillation_step_keeps_to_its_traffic_budget(no_host_arrays):
         assert c.get("d2h", 0) == 1, f"device->host copies in a step: {c} (budget: the gradient norm only)"
         assert c.get("sync", 0) == 1, f"waits for the GPU in a step: {c} (budget: 1)"
         # the batch: the BERT teacher's input ids, token types, mask and position ids (4), the DistilBERT
-        # student's ids, mask and position ids (3), the MLM labels (1), the row mask of the KL / cosine / MSE terms
-        # (1), and mean pooling's mask and 1/count for each model (4)
-        assert c.get("h2d", 0) == 13, f"host->device copies in a step: {c} (budget: 13, the batch)"
+        # student's ids, mask and position ids (3), the rows of the MLM logits (1), the MLM labels at those rows
+        # (1), the row mask of the cosine / MSE terms (1), and mean pooling's mask and 1/count for each model (4)
+        assert c.get("h2d", 0) == 14, f"host->device copies in a step: {c} (budget: 14, the batch)"
     assert counts[0]["alloc"] == counts[1]["alloc"], f"allocations differ between steps: {counts}"
 
 

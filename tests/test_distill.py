@@ -250,8 +250,8 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real = M.forward_outputs
     calls = {"teacher": 0}
 
-    def poisoned(model, ids, mask):
-        logits, h = real(model, ids, mask)
+    def poisoned(model, ids, mask, **kw):
+        logits, h = real(model, ids, mask, **kw)
         if model is teacher:
             calls["teacher"] += 1
             if calls["teacher"] == 8:  # the teacher's 8th forward = step 8

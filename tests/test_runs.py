@@ -573,11 +573,11 @@ def _clocked(monkeypatch, durations):
     from minidistil.train import distill as M
     clock, real, n = FakeClock(), M.forward_outputs, [0]
 
-    def forward(model, ids, mask):
+    def forward(model, ids, mask, **kw):
         if model.config.__class__.__name__ == "BertConfig":            # the teacher: once per update
             n[0] += 1
             clock.now += durations(n[0])
-        return real(model, ids, mask)
+        return real(model, ids, mask, **kw)
 
     monkeypatch.setattr(M, "time", clock)
     monkeypatch.setattr(M, "forward_outputs", forward)

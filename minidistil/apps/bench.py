@@ -12,6 +12,10 @@ Scenarios (random weights; the config of distilbert-base-uncased: C 768, 6 layer
     distill                        one distillation step: teacher (BERT-base MLM, 12 layers) forward without
                                    gradients, student (the DistilBERT MLM) forward/backward on
                                    5 KL(T=2) + 2 MLM + 1 cosine (minidistil.core.losses), AdamW step
+The MLM head in the training scenarios: minidistil computes the logits only at the rows the loss reads
+(`logits_rows=`, as minidistil's distillation does: the masked positions for train_mlm, the real tokens for
+distill), while transformers' models compute them at every position (they have no such option), so in those rows
+minidistil does less work than torch; the FLOP count (and GFLOP/s) is that of every position for both.
     encode_student                 (only when named: --scenarios encode_student) a 3-layer MiniLM student (the
                                    real all-MiniLM-L6-v2's first 3 layers) encoding short sentences, sentences/s:
                                    minidistil float32 and int8, sentence-transformers on PyTorch, ONNX Runtime
@@ -202,6 +206,7 @@ def minidistil_step(s: Sizes, sc: Scenario, models=None, device: str = "cpu"):
 
     from minidistil.core import losses as L
     from minidistil.core.autograd import no_grad
+    from minidistil.core.nn import to_device_of
     from minidistil.core.optim import AdamW
     ids, mask, labels = make_inputs(s, sc)
     model, teacher = models or _md_models(s, sc.kind)
@@ -218,8 +223,10 @@ def minidistil_step(s: Sizes, sc: Scenario, models=None, device: str = "cpu"):
     model.train()
     opt = AdamW(model.named_parameters(), lr=1e-4)
     if sc.kind == "train":
+        masked = np.flatnonzero(labels.reshape(-1) != -100)          # (M,) the loss's rows: logits there only
+
         def train():
-            loss = model(ids, attention_mask=mask, labels=labels).loss
+            loss = model(ids, attention_mask=mask, labels=labels, logits_rows=masked).loss
             loss.backward()
             opt.step()
             opt.zero_grad()
@@ -227,20 +234,22 @@ def minidistil_step(s: Sizes, sc: Scenario, models=None, device: str = "cpu"):
         return train
     teacher.eval()
     rows = np.ascontiguousarray(mask.reshape(-1) != 0)
-    N, V, C = sc.B * sc.T, s.vocab_size, s.dim
+    real = np.flatnonzero(rows)                      # (M,) the KL's rows, the masked ones among them: logits there
+    N, C = sc.B * sc.T, s.dim
 
     def distill():
+        at = to_device_of(real, model)               # copied over once per step for both models on a GPU
         with no_grad():
-            t = teacher(ids, attention_mask=mask, output_hidden_states=True)
+            t = teacher(ids, attention_mask=mask, output_hidden_states=True, logits_rows=at)
         if device == "cuda":  # the teacher's outputs stay on the device
-            t_logits, t_hidden = t.logits.data.reshape(N, V), t.hidden_states[-1].data.reshape(N, C)
+            t_logits, t_hidden = t.logits.data, t.hidden_states[-1].data.reshape(N, C)
         else:
-            t_logits = np.ascontiguousarray(np.asarray(t.logits).reshape(N, V))
+            t_logits = np.ascontiguousarray(np.asarray(t.logits))                            # (M, V)
             t_hidden = np.ascontiguousarray(np.asarray(t.hidden_states[-1]).reshape(N, C))
-        out = model(ids, attention_mask=mask, output_hidden_states=True)
-        s_logits = out.logits.reshape(N, V)
-        loss = (L.distill_kl(s_logits, t_logits, 2.0, rows) * 5.0
-                + L.cross_entropy(s_logits, labels.reshape(-1)) * 2.0
+        out = model(ids, attention_mask=mask, output_hidden_states=True, logits_rows=at)
+        s_logits = out.logits                                                               # (M, V)
+        loss = (L.distill_kl(s_logits, t_logits, 2.0) * 5.0
+                + L.cross_entropy(s_logits, labels.reshape(-1)[real]) * 2.0
                 + L.cosine_embedding_loss(out.hidden_states[-1].reshape(N, C), t_hidden, rows) * 1.0)
         loss.backward()
         opt.step()

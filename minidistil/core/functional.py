@@ -195,6 +195,22 @@ def embedding(ids: np.ndarray, table: Tensor, padding_idx: int | None = None, ch
     return make_result(out, (table,), backward, "embedding", fresh_grads=True)
 
 
+def take_rows(x: Tensor, rows, checked: bool = False) -> Tensor:
+    """out = x[rows];  x (N, C), rows (M,) int32 / int64 row indices (a host or device array) -> (M, C).
+
+    A row gather IS an embedding lookup with x as the table, so it runs the embedding kernels: the gather forward,
+    a scatter-add into zeros (N, C) backward (a row taken twice gets both gradients). The MLM head uses it to
+    compute logits only at the rows a loss reads. checked=True: the caller has checked 0 <= rows < N (device rows
+    are then not copied back to check them)."""
+    out, cache = _embedding.embedding_forward(rows, x.data, checked)             # (M, C)
+
+    def backward(dout):
+        # out = x[rows]  ->  dx[rows[m]] += dout[m] for each of the M rows, zero elsewhere: (N, C)
+        return (_embedding.embedding_backward(dout, cache),)
+
+    return make_result(out, (x,), backward, "take_rows", fresh_grads=True)
+
+
 def tanh(x: Tensor) -> Tensor:
     y, cache = _act.tanh_forward(x.data)
 

@@ -389,6 +389,29 @@ def to_device_of(a: np.ndarray, model) -> np.ndarray:
     return _cuda.to_device(a) if params and _cuda.is_device_array(params[0].data) else a
 
 
+def take_logit_rows(hidden: Tensor, logits_rows, model) -> Tensor:
+    """The hidden states (B, T, C) of an MLM model at `logits_rows`, as (M, C): its head then computes logits only
+    at the rows a loss reads. logits_rows: (M,) integer flat indices b * T + t into the B*T positions. A host array
+    is checked (1-d, in [0, B*T)) and copied to the model's device; a device array is used as it is (its maker
+    checks it on the host before moving it: reading it back to check it would wait for the GPU)."""
+    from minidistil.kernels import _checks
+    B, T, C = hidden.shape
+    if not _cuda.is_device_array(logits_rows):
+        r = np.asarray(logits_rows)
+        if r.ndim != 1 or not np.issubdtype(r.dtype, np.integer):
+            raise ValueError(f"logits_rows: expected a 1-d integer array of flat indices into the {B}x{T} "
+                             f"positions, got shape {r.shape} and dtype {r.dtype}")
+        _checks.check_ids("logits_rows", r, B * T)
+        logits_rows = to_device_of(np.ascontiguousarray(r, dtype=np.int64), model)
+    return F.take_rows(hidden.reshape(B * T, C), logits_rows, checked=True)         # (M, C)
+
+
+def labels_at(labels, logits_rows) -> np.ndarray:
+    """labels (B, T) flattened and taken at logits_rows: (M,) int64 targets of the MLM loss on those rows (device
+    rows are copied back to take them: pass host rows when the model computes its loss)."""
+    return np.asarray(labels, dtype=np.int64).reshape(-1)[_cuda.to_host(logits_rows)]
+
+
 def position_ids(batch: int, length: int, max_positions: int) -> np.ndarray:
     if length > max_positions:
         raise ValueError(f"input_ids: sequence length {length} exceeds max_position_embeddings {max_positions}")

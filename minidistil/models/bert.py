@@ -24,7 +24,8 @@ from minidistil.core.autograd import Tensor
 from minidistil.core.config import BertConfig
 from minidistil.kernels import _checks
 from minidistil.core.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, PreTrainedModel,
-                           Tanh, check_input_ids, extend_mask, position_ids, stack_linears, to_device_of)
+                           Tanh, check_input_ids, extend_mask, labels_at, position_ids, stack_linears,
+                           take_logit_rows, to_device_of)
 from minidistil.core.outputs import (BaseModelOutputWithPooling, MaskedLMOutput, MultipleChoiceModelOutput,
                                 QuestionAnsweringModelOutput, SequenceClassifierOutput, TokenClassifierOutput)
 
@@ -226,7 +227,11 @@ def _hidden(out):
 
 
 class BertForMaskedLM(BertPreTrainedModel):
-    """Masked language modelling: logits (B, T, V); loss = cross entropy over the labels != -100."""
+    """Masked language modelling: logits (B, T, V); loss = cross entropy over the labels != -100.
+
+    logits_rows (not in transformers; for training and distillation): (M,) flat indices b * T + t of the positions
+    whose logits a loss reads: the head runs on those M rows only, logits are (M, V) and the loss is over labels
+    at those rows. The default, None, computes every position, as transformers does."""
 
     tied_weights = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
                     "cls.predictions.decoder.bias": "cls.predictions.bias"}
@@ -238,13 +243,18 @@ class BertForMaskedLM(BertPreTrainedModel):
         self.tie_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                output_hidden_states=False, output_attentions=False) -> MaskedLMOutput:
+                output_hidden_states=False, output_attentions=False, logits_rows=None) -> MaskedLMOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
-        logits = self.cls(out.last_hidden_state)                                # (B, T, V)
+        x = out.last_hidden_state                                               # (B, T, C)
+        if logits_rows is not None:
+            x = take_logit_rows(x, logits_rows, self)                           # (M, C) x at the rows asked for
+        logits = self.cls(x)                                                    # (B, T, V) or (M, V)
         loss = None
         if labels is not None:
             V = self.config.vocab_size
-            loss = losses.cross_entropy(logits.reshape(-1, V), np.asarray(labels, dtype=np.int64).reshape(-1))
+            targets = (np.asarray(labels, dtype=np.int64).reshape(-1) if logits_rows is None
+                       else labels_at(labels, logits_rows))                     # (B*T,) or (M,)
+            loss = losses.cross_entropy(logits.reshape(-1, V), targets)
         return MaskedLMOutput(loss=loss, logits=logits, **_hidden(out))
 
 

@@ -20,8 +20,8 @@ from minidistil.core import losses
 from minidistil.core.autograd import Tensor
 from minidistil.core.config import DistilBertConfig
 from minidistil.core.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, PreTrainedModel, ReLU,
-                           check_input_ids, extend_mask, position_ids, sinusoidal_table, stack_linears,
-                           to_device_of)
+                           check_input_ids, extend_mask, labels_at, position_ids, sinusoidal_table, stack_linears,
+                           take_logit_rows, to_device_of)
 from minidistil.core.outputs import (BaseModelOutput, MaskedLMOutput, MultipleChoiceModelOutput,
                                 QuestionAnsweringModelOutput, SequenceClassifierOutput, TokenClassifierOutput)
 
@@ -154,7 +154,11 @@ def _hidden(out):
 
 class DistilBertForMaskedLM(DistilBertPreTrainedModel):
     """logits (B, T, V) = vocab_projector(LN(gelu(vocab_transform(x)))); the projector's weight is the word
-    embedding table. loss = cross entropy over labels != -100."""
+    embedding table. loss = cross entropy over labels != -100.
+
+    logits_rows (not in transformers; for training): (M,) flat indices b * T + t of the positions whose logits a
+    loss reads (e.g. the masked ones): the head runs on those M rows of x only, logits are (M, V) and the loss is
+    over labels at those rows. The default, None, computes every position, as transformers does."""
 
     tied_weights = {"vocab_projector.weight": "distilbert.embeddings.word_embeddings.weight"}
 
@@ -167,14 +171,19 @@ class DistilBertForMaskedLM(DistilBertPreTrainedModel):
         self.tie_weights()
 
     def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False,
-                output_attentions=False) -> MaskedLMOutput:
+                output_attentions=False, logits_rows=None) -> MaskedLMOutput:
         out = self.distilbert(input_ids, attention_mask, output_hidden_states, output_attentions)
-        h = F.bias_gelu(F.linear(out.last_hidden_state, self.vocab_transform.weight), self.vocab_transform.bias)
-        logits = self.vocab_projector(self.vocab_layer_norm(h))                 # (B, T, V)
+        x = out.last_hidden_state                                               # (B, T, C)
+        if logits_rows is not None:
+            x = take_logit_rows(x, logits_rows, self)                           # (M, C) x at the rows asked for
+        h = F.bias_gelu(F.linear(x, self.vocab_transform.weight), self.vocab_transform.bias)
+        logits = self.vocab_projector(self.vocab_layer_norm(h))                 # (B, T, V) or (M, V)
         loss = None
         if labels is not None:
             V = self.config.vocab_size
-            loss = losses.cross_entropy(logits.reshape(-1, V), np.asarray(labels, dtype=np.int64).reshape(-1))
+            targets = (np.asarray(labels, dtype=np.int64).reshape(-1) if logits_rows is None
+                       else labels_at(labels, logits_rows))                     # (B*T,) or (M,)
+            loss = losses.cross_entropy(logits.reshape(-1, V), targets)
         return MaskedLMOutput(loss=loss, logits=logits, **_hidden(out))
 
 

@@ -23,7 +23,10 @@
      + alpha_pool_cos * (1 - cos(pool(student h), pool(teacher h)))         mean-pooled sentence embeddings
      + alpha_pool_mse * mean (pool(student h) - pool(teacher h))^2
    With an MLM head the defaults are DistilBERT's (5, 2, 1, 0, 0, 0; T = 2) and the inputs are masked
-   (minidistil.train.masking, redrawn every batch). A teacher WITHOUT an MLM head (e.g. all-MiniLM-L6-v2, a sentence
+   (minidistil.train.masking, redrawn every batch). Both models compute their MLM logits only at the rows these
+   two terms read (`logit_rows`: every real token, or only the masked ones when alpha_ce is 0 or kl_masked_only),
+   not at all B*T positions: at every position the logits, their gradient, the teacher's logits and the KL's
+   gradient would each be a (B*T, V) array. A teacher WITHOUT an MLM head (e.g. all-MiniLM-L6-v2, a sentence
    encoder) has no logits to match: the student learns from the hidden-state terms only (defaults 0, 0, 1, 0, 1, 1)
    on unmasked text, 64-token sequences (its sentences are short), and an optional term on the structure of the
    in-batch similarities of the pooled embeddings:
@@ -68,6 +71,7 @@ from minidistil.core.autograd import Tensor, no_grad
 from minidistil.core.argtypes import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, bounded, check_fields
 from minidistil.core.config import BertConfig, DistilBertConfig
 from minidistil.core.device import check_device
+from minidistil.core.nn import to_device_of
 from minidistil.kernels import _cuda
 from minidistil.train.masking import IGNORE_INDEX, mask_tokens, selection_weights
 from minidistil.train.narrow import projected_agreement
@@ -229,12 +233,38 @@ class LossWeights:
         return cls(alpha_ce=0.0, alpha_mlm=0.0, alpha_cos=1.0, alpha_mse=0.0, alpha_pool_cos=1.0, alpha_pool_mse=1.0)
 
 
-def forward_outputs(model, input_ids, attention_mask) -> tuple[Tensor | None, Tensor]:
-    """(MLM logits (B, T, V) or None, last hidden states (B, T, C)) of a BERT / DistilBERT model."""
-    if has_mlm_head(model):
-        out = model(input_ids, attention_mask, output_hidden_states=True)
+def logit_rows(labels, attention_mask, w: LossWeights) -> np.ndarray:
+    """(M,) int64, ascending: the flat positions b * T + t whose MLM logits the active terms read, for
+    forward_outputs(..., logits_rows=) and distillation_loss(..., logits_rows=): the masked tokens
+    (labels != -100) for alpha_mlm, every real token (attention_mask != 0) for alpha_ce, the masked ones only with
+    kl_masked_only; padding never (a label on padding, which masking never makes, does not count here, where the
+    loss over every position would count it). Empty when neither term is on (no logits at all). One row that no
+    term counts when the terms are on but select nothing: the head never runs on an empty batch, and the terms
+    are then 0 with zero gradient, as they are over every position."""
+    if not (w.alpha_ce or w.alpha_mlm):
+        return np.zeros(0, dtype=np.int64)
+    if labels is None and (w.alpha_mlm or w.kl_masked_only):
+        raise ValueError("labels: alpha_mlm and kl_masked_only need the MLM labels (-100 where nothing is masked)")
+    real = np.asarray(attention_mask).reshape(-1) != 0                          # (B*T,)
+    masked = None if labels is None else (np.asarray(labels).reshape(-1) != IGNORE_INDEX) & real
+    need = np.zeros(real.shape, dtype=bool)
+    if w.alpha_mlm:
+        need |= masked
+    if w.alpha_ce:
+        need |= masked if w.kl_masked_only else real
+    rows = np.flatnonzero(need).astype(np.int64)                                 # (M,)
+    return rows if rows.size else np.zeros(1, dtype=np.int64)
+
+
+def forward_outputs(model, input_ids, attention_mask, logits_rows=None) -> tuple[Tensor | None, Tensor]:
+    """(MLM logits or None, last hidden states (B, T, C)) of a BERT / DistilBERT model. The logits are (B, T, V),
+    every position, by default; with logits_rows (from logit_rows, on the host or already on the model's device)
+    they are (M, V) at those rows only, and None when it is empty."""
+    if has_mlm_head(model) and (logits_rows is None or tuple(logits_rows.shape)[0]):
+        out = model(input_ids, attention_mask, output_hidden_states=True, logits_rows=logits_rows)
         return out.logits, out.hidden_states[-1]
-    return None, model(input_ids, attention_mask).last_hidden_state
+    encoder = getattr(model, model.base_model_prefix) if has_mlm_head(model) else model
+    return None, encoder(input_ids, attention_mask).last_hidden_state
 
 
 def _teacher_array(t):
@@ -244,18 +274,21 @@ def _teacher_array(t):
 
 
 def distillation_loss(s_logits: Tensor | None, t_logits, s_hidden: Tensor, t_hidden, labels: np.ndarray | None,
-                      attention_mask: np.ndarray, w: LossWeights, scale: dict[str, float] | None = None
-                      ) -> tuple[Tensor, dict[str, float]]:
+                      attention_mask: np.ndarray, w: LossWeights, scale: dict[str, float] | None = None,
+                      logits_rows: np.ndarray | None = None) -> tuple[Tensor, dict[str, float]]:
     """The weighted sum of the terms (a scalar Tensor) and each term's value (unweighted floats). `scale`: a
     factor per term on top of its alpha (an MPI rank's share of the global count, see minidistil.train.parallel).
-    On a GPU, reading the terms as floats copies each back: distillation_loss_terms leaves them where they are."""
-    total, terms = distillation_loss_terms(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask, w, scale)
+    logits_rows: None when the logits are (B, T, V); the host array of logit_rows when they are (M, V) at those
+    rows (the same values: each term reads its own rows). On a GPU, reading the terms as floats copies each back:
+    distillation_loss_terms leaves them where they are."""
+    total, terms = distillation_loss_terms(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask, w, scale,
+                                           logits_rows)
     return total, {name: float(t.item()) for name, t in terms.items()}
 
 
 def distillation_loss_terms(s_logits: Tensor | None, t_logits, s_hidden: Tensor, t_hidden, labels,
-                            attention_mask: np.ndarray, w: LossWeights, scale: dict[str, float] | None = None
-                            ) -> tuple[Tensor, dict[str, Tensor]]:
+                            attention_mask: np.ndarray, w: LossWeights, scale: dict[str, float] | None = None,
+                            logits_rows: np.ndarray | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """distillation_loss with each term left a scalar Tensor on its device (nothing is read back)."""
     B, T, C = s_hidden.shape
     rows = np.ascontiguousarray(np.asarray(attention_mask).reshape(-1) != 0)    # (B*T,) real tokens
@@ -263,17 +296,30 @@ def distillation_loss_terms(s_logits: Tensor | None, t_logits, s_hidden: Tensor,
     terms: dict[str, Tensor] = {}
     if (w.alpha_ce or w.alpha_mlm) and s_logits is None:
         raise ValueError("alpha_ce / alpha_mlm: the MLM terms need a teacher and student with an MLM head")
-    if _cuda.is_device_array(s_hidden.data) and (w.alpha_ce or w.alpha_cos or w.alpha_mse):
+    on_rows = logits_rows is not None and (w.alpha_ce or w.alpha_mlm)          # logits (M, V) at logits_rows
+    if on_rows:
+        at = np.asarray(logits_rows)                                            # (M,) flat positions
+        if tuple(s_logits.shape) != (at.size, s_logits.shape[-1]):
+            raise ValueError(f"logits_rows: {at.size} rows, but the student's logits have shape {s_logits.shape}")
+        labels_at = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)[at]   # (M,)
+        real_at = rows[at]                                                      # (M,) real tokens among them
+    if _cuda.is_device_array(s_hidden.data) and ((w.alpha_ce and not on_rows) or w.alpha_cos or w.alpha_mse):
         rows = _cuda.to_device(rows)  # copied over once for the terms that read it
     if w.alpha_ce:
         V = s_logits.shape[-1]
-        kl_rows = rows if not w.kl_masked_only else np.ascontiguousarray(np.asarray(labels).reshape(-1) != IGNORE_INDEX)
-        terms["ce"] = L.distill_kl(s_logits.reshape(B * T, V),
-                                   _teacher_array(t_logits).reshape(B * T, V),
-                                   w.temperature, kl_rows)
+        if on_rows:  # the KL's rows among the M: all of logit_rows' (no mask to copy) but its one uncounted row
+            kl_rows = (labels_at != IGNORE_INDEX) if w.kl_masked_only else real_at     # (M,) host bool
+            terms["ce"] = L.distill_kl(s_logits, _teacher_array(t_logits), w.temperature,
+                                       None if kl_rows.all() else np.ascontiguousarray(kl_rows))
+        else:
+            kl_rows = (rows if not w.kl_masked_only
+                       else np.ascontiguousarray(np.asarray(labels).reshape(-1) != IGNORE_INDEX))
+            terms["ce"] = L.distill_kl(s_logits.reshape(B * T, V), _teacher_array(t_logits).reshape(B * T, V),
+                                       w.temperature, kl_rows)
     if w.alpha_mlm:
         V = s_logits.shape[-1]
-        terms["mlm"] = L.cross_entropy(s_logits.reshape(B * T, V), np.asarray(labels, dtype=np.int64).reshape(-1))
+        terms["mlm"] = (L.cross_entropy(s_logits, labels_at) if on_rows else
+                        L.cross_entropy(s_logits.reshape(B * T, V), np.asarray(labels, dtype=np.int64).reshape(-1)))
     sh = s_hidden.reshape(B * T, C)
     th = t_hidden.reshape(B * T, C)
     if w.alpha_cos:
@@ -595,15 +641,18 @@ def _micro_step(job: _Job, cfg: DistillConfig, run: Run, world, step: int, micro
         inputs, attention_mask = inputs[lo:hi], attention_mask[lo:hi]
         labels = None if labels is None else labels[lo:hi]
     F.manual_seed(step_seed(cfg.seed + 1, step, micro), first_example=lo)  # dropout masks
+    # the MLM logits only at the rows their terms read (M of the B*T), copied to the GPU once for both models
+    rows = logit_rows(labels, attention_mask, job.weights) if job.mlm else None       # (M,)
+    rows_on = to_device_of(rows, job.student) if rows is not None and rows.size else rows
     with no_grad():
-        t_logits, t_hidden = forward_outputs(job.teacher, inputs, attention_mask)
-        t_logits = None if t_logits is None else t_logits.numpy()
+        t_logits, t_hidden = forward_outputs(job.teacher, inputs, attention_mask, logits_rows=rows_on)
+        t_logits = None if t_logits is None else t_logits.numpy()                      # (M, V)
         t_hidden = (t_hidden if job.t_map is None else job.t_map(t_hidden)).numpy()    # (B, T, C or H)
-    s_logits, s_hidden = forward_outputs(job.student, inputs, attention_mask)
+    s_logits, s_hidden = forward_outputs(job.student, inputs, attention_mask, logits_rows=rows_on)
     if job.s_map is not None:
         s_hidden = job.s_map(s_hidden)                                                 # (B, T, C)
     loss, terms = distillation_loss(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask, job.weights,
-                                    scale)
+                                    scale, logits_rows=rows)
     value = float(loss.item())
     if world.size > 1:  # the global loss and terms: the sums of the ranks' shares
         names = list(terms)
