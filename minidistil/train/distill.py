@@ -39,7 +39,9 @@
    `resume=True` continues from it with the SAME loss sequence an uninterrupted run has (every random choice of
    step s, masking and dropout, comes from generators seeded by (seed, s), and the data position is saved).
    A non-finite loss or gradient norm, or exploded parameters, stop the run (minidistil.train.run.Diverged) with a
-   message naming the step, keeping the last good checkpoint.
+   message naming the step, keeping the last good checkpoint. On a GPU the loss, terms and norm are read only when
+   the loop logs (every READ_EVERY steps, before a checkpoint, at the end), so the stop comes at that read; the
+   non-finite step's update was skipped on the device, so no parameter took its inf or NaN.
 
 4. The output folders: OUT holds the student (config.json, model.safetensors, tokenizer files) that
    `transformers` loads (and, for a sentence-transformers teacher, the files that make it a sentence-transformers
