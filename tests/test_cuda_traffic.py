@@ -106,3 +106,62 @@ def test_an_int8_layer_copies_nothing_to_the_device():
         K.int8_linear_forward_cuda(x, w)
         K.int8_matmul_cuda(K.quantize_rows_cuda(x)[0], w)
     assert c.get("h2d", 0) == 0 and c.get("d2h", 0) == 0 and c.get("sync", 0) == 0, dict(c)
+
+
+def test_the_distillation_loop_reads_only_when_it_logs(tmp_path, monkeypatch):
+    """distill(device="cuda") itself, reading every 2 updates (READ_EVERY), with a NaN put into a gradient at
+    update 1: neither update copies anything back or waits outside the read; the read after update 2 finds update
+    1's NaN norm and stops the run naming it (nothing logged, nothing saved); update 1 was skipped on the device, so
+    every parameter is still finite (and update 2 trained on). The tiniest models: the simulator runs every GPU
+    thread as a Python thread."""
+    from conftest import _corpus_dir
+
+    from minidistil.core.config import BertConfig
+    from minidistil.io.tokenizer import Tokenizer
+    from minidistil.models.bert import BertForMaskedLM
+    from minidistil.train import data as Data
+    from minidistil.train import distill as D
+    from minidistil.train import run as run_module
+    monkeypatch.setattr(D, "READ_EVERY", 2)
+    corpus = _corpus_dir(tmp_path, 2)
+    tokenizer = Tokenizer(Data.train_wordpiece([p.read_text() for p in sorted(corpus.glob("*.txt"))], vocab_size=40))
+    V = tokenizer.vocab_size
+    teacher = BertForMaskedLM.from_config(BertConfig(vocab_size=V, hidden_size=8, num_hidden_layers=1,  # tiny:
+                                                     num_attention_heads=2, intermediate_size=16,      # simulator
+                                                     max_position_embeddings=16), seed=0)
+    reads, seen, real_clip, real_flush, real_train = [], {}, run_module.clip_grad_norm, D.StepRows.flush, D._train
+
+    def poisoned_clip(params, max_norm, **kwargs):
+        seen["params"] = params = list(params)
+        seen["updates"] = seen.get("updates", 0) + 1
+        if seen["updates"] == 1:
+            _cuda.fill_(next(p for p in params if p.grad is not None).grad, np.nan)   # on the device, no copy
+        return real_clip(params, max_norm, **kwargs)
+
+    def counted_flush(self):
+        before = dict(seen["counts"])
+        try:
+            real_flush(self)
+        finally:
+            reads.append((before, dict(seen["counts"])))
+
+    def counted_train(*args, **kwargs):
+        with _cuda.count_traffic() as c:
+            seen["counts"] = c
+            return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "clip_grad_norm", poisoned_clip)
+    monkeypatch.setattr(D.StepRows, "flush", counted_flush)
+    monkeypatch.setattr(D, "_train", counted_train)
+    with pytest.raises(run_module.Diverged, match=r"step 1: the gradient norm is nan"):
+        D.distill(teacher, tmp_path / "student", tokenizer=tokenizer, corpus=[str(corpus)], device="cuda",
+                  steps=2, batch_size=2, max_len=10, student_layers=1, checkpoint_every=0, progress=False,
+                  evaluate=False, held_out=0.25)
+    assert seen["updates"] == 2                                         # the stop came at the read after update 2
+    total = dict(seen["counts"])
+    inside = {k: sum(after.get(k, 0) - before.get(k, 0) for before, after in reads) for k in ("d2h", "sync")}
+    assert len(reads) == 1 and inside["d2h"] > 0
+    assert total.get("d2h", 0) == inside["d2h"] and total.get("sync", 0) == inside["sync"], (total, inside)
+    log = tmp_path / "student" / "metrics.jsonl"
+    assert not log.exists() or log.read_text() == ""
+    assert all(np.isfinite(_cuda.to_host(p.data)).all() for p in seen["params"])
