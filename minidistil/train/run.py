@@ -751,8 +751,8 @@ class StepRows:
     GPU). A row of host values is written at once; rows holding device values wait until `every` of them are
     pending, or flush() (before a checkpoint and at the end), and are then read (the copies and the one wait of
     the step are here), checked for divergence in order (the first non-finite loss or gradient norm stops the run
-    with Diverged naming its step: its update was skipped on the device, so no parameter took its inf or NaN)
-    and written. `show(row)`: called with each written row (a progress bar)."""
+    with Diverged naming its step; an update whose gradient norm was not finite had been skipped on the device, so
+    no parameter took its inf or NaN) and written. `show(row)`: called with each written row (a progress bar)."""
 
     def __init__(self, run: Run, every: int = 1, show=None, detail=None):
         self.run, self.every, self.show, self.detail = run, max(1, int(every)), show, detail
