@@ -13,7 +13,13 @@ step-dependent scalars (1 - lr * wd, lr / bc1, sqrt(bc2)) are computed once in f
 float32; the kernels do float32 arithmetic per element. There is no backward: this is an update, not an op.
 
 Gradient clipping by global norm needs sum(g^2) over every gradient: `sum_of_squares(a)` returns it as a Python
-float, accumulated in float64 (66M float32 squares summed in float32 would lose ~4 digits).
+float, accumulated in float64 (66M float32 squares summed in float32 would lose ~4 digits). On the GPU the whole
+clip stays on the device, so a training step never waits for it:
+    norm = sqrt(sum over the arrays of sum(g^2))              float64, one reduction (clip_coefficient_device)
+    coef = min(1, max_norm / (norm + 1e-6))   if norm is finite, else 1 (nothing is scaled)
+    g    = g * float32(coef)                                   in place, only where coef < 1 (clip_scale_device_)
+and the AdamW kernel reads the norm from device memory and leaves param, m and v untouched when it is not finite
+(the step is skipped, as AMP's GradScaler skips one; the host sees the norm when it next reads it).
 
 Versions:
     adamw_step_ref                       NumPy, in place, in the arrays' dtype (float32 or float64)
@@ -22,7 +28,10 @@ Versions:
     sum_of_squares_ref                   NumPy in float64
     sum_of_squares_cpu                   Numba, prange reduction with a float64 accumulator
     sum_of_squares_cuda                  numba.cuda, grid-stride loop, float64 shared-memory tree per block, the
-                                         per-block partial sums added on the host
+                                         per-block partial sums added by one block on the device
+    clip_coefficient_device              the same sums over many arrays, then the norm and the clipping
+                                         coefficient computed on the device (nothing read back)
+    clip_scale_device_                   numba.cuda, g *= coef with coef read from device memory
 """
 from __future__ import annotations
 
@@ -160,14 +169,15 @@ _SUMSQ_MAX_BLOCKS = 8 if _cuda.SIMULATOR else 1024  # grid-stride: at most this 
 def _cuda_kernels():
     global cuda
     cuda = _cuda.get_cuda()
-    from numba import float64
+    from numba import float32, float64
     THREADS = _cuda.THREADS
     block_sum, _ = _cuda.block_reductions()
 
     @cuda.jit
-    def adamw(param, grad, m, v, decay, beta1, one_m_beta1, beta2, one_m_beta2, step_size, bc2_sqrt, eps):
+    def adamw(param, grad, m, v, decay, beta1, one_m_beta1, beta2, one_m_beta2, step_size, bc2_sqrt, eps, norm):
+        # norm: (1,) float64 on the device, the global gradient norm; not finite: this step is skipped
         i = cuda.grid(1)
-        if i < param.size:
+        if i < param.size and math.isfinite(norm[0]):
             g = grad[i]
             mi = beta1 * m[i] + one_m_beta1 * g
             vi = beta2 * v[i] + one_m_beta2 * g * g
@@ -205,18 +215,62 @@ def _cuda_kernels():
         if t == 0:
             out[0] = total
 
-    return adamw, sumsq, add_partials
+    @cuda.jit
+    def clip_finish(partial, max_norm, norm, coef):
+        # one block: norm[0] = sqrt(sum(partial)) (float64), coef[0] = min(1, max_norm / (norm + 1e-6)) as float32,
+        # or 1 (nothing scaled) when the norm is inf or NaN
+        t = cuda.threadIdx.x
+        buf = cuda.shared.array(THREADS, float64)
+        acc = float64(0.0)
+        i = t
+        while i < partial.size:
+            acc += partial[i]
+            i += THREADS
+        total = block_sum(buf, acc)
+        if t == 0:
+            n = math.sqrt(total)
+            norm[0] = n
+            c = float64(1.0)
+            if math.isfinite(n):
+                c = min(c, max_norm / (n + 1e-6))
+            coef[0] = float32(c)
+
+    @cuda.jit
+    def clip_scale(a, coef):
+        # a *= coef[0] (float32), only when coef[0] < 1: an unclipped step writes nothing
+        i = cuda.grid(1)
+        c = coef[0]
+        if i < a.size and c < float32(1.0):
+            a[i] = a[i] * c
+
+    return adamw, sumsq, add_partials, clip_finish, clip_scale
 
 
-def adamw_step_cuda(param, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, step):
+@functools.cache
+def _finite_norm():
+    """A (1,) float64 device array holding 0: the norm an update reads when no clipping gave one (made once)."""
+    return _cuda.device_zeros((1,), dtype=np.float64)
+
+
+def _check_norm(norm):
+    if not (_cuda.is_device_array(norm) and tuple(norm.shape) == (1,) and np.dtype(norm.dtype) == np.float64):
+        raise ValueError(f"norm: expected the (1,) float64 device array of clip_coefficient_device, got "
+                         f"{type(norm).__name__} {getattr(norm, 'shape', '')}")
+
+
+def adamw_step_cuda(param, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, step, norm=None):
+    """norm: None, or the (1,) float64 device array of the global gradient norm (clip_coefficient_device): when
+    it holds inf or NaN the kernel writes nothing (param, m, v keep their values), decided on the device."""
     _check_hparams(lr, beta1, beta2, eps, weight_decay, step)
     _check_arrays(param, grad, m, v)
+    if norm is not None:
+        _check_norm(norm)
     n = param.size
     if n:
-        adamw, _, _ = _cuda_kernels()
+        adamw = _cuda_kernels()[0]
         s = _scalars(lr, beta1, beta2, eps, weight_decay, step)
         adamw[_cuda.blocks_for(n), _cuda.THREADS](param.reshape(n), grad.reshape(n), m.reshape(n), v.reshape(n),
-                                                   *_f32_args(s))
+                                                   *_f32_args(s), _finite_norm() if norm is None else norm)
 
 
 def sum_of_squares_cuda(a) -> float:
@@ -231,31 +285,69 @@ def sum_of_squares_device(arrays):
     """sum over the device arrays of sum(a^2), in float64, left on the GPU as a (1,) device array: every array's
     blocks write their partial sums into one buffer, then one block adds them (gradient clipping reads one number
     per step, not one per parameter)."""
+    _, _, add_partials, _, _ = _cuda_kernels()
+    partial = _partial_sums(arrays)
+    out = _cuda.device_empty((1,), dtype=np.float64)
+    add_partials[1, _cuda.THREADS](partial, out)
+    return out
+
+
+def _partial_sums(arrays):
+    """A float64 device buffer of per-block partial sums of squares over every array (one 0 when there are none)."""
     arrays = [a for a in arrays if a.size]
     for a in arrays:
         _checks.check_array("a", a)
-    _, sumsq, add_partials = _cuda_kernels()
+    sumsq = _cuda_kernels()[1]
     blocks = [min(_cuda.blocks_for(a.size), _SUMSQ_MAX_BLOCKS) for a in arrays]
     partial = _cuda.device_empty((max(1, sum(blocks)),), dtype=np.float64)
-    out = _cuda.device_empty((1,), dtype=np.float64)
     if not arrays:
-        return _cuda.fill_(out, 0.0)
+        return _cuda.fill_(partial, 0.0)
     offset = 0
     for a, nb in zip(arrays, blocks):
         sumsq[nb, _cuda.THREADS](a.reshape(a.size), partial, np.int64(offset))
         offset += nb
-    add_partials[1, _cuda.THREADS](partial, out)
-    return out
+    return partial
+
+
+def clip_coefficient_device(arrays, max_norm: float):
+    """Gradient clipping's numbers, computed and left on the GPU: (norm, coef), norm a (1,) float64 device array
+    sqrt(sum over the arrays of sum(a^2)), coef a (1,) float32 device array min(1, max_norm / (norm + 1e-6)), or 1
+    when the norm is not finite. Nothing is read back: the caller reads the norm when it logs."""
+    if not (isinstance(max_norm, numbers.Real) and math.isfinite(float(max_norm)) and float(max_norm) > 0):
+        raise ValueError(f"max_norm: expected a positive finite number, got {max_norm!r}")
+    _, _, _, clip_finish, _ = _cuda_kernels()
+    partial = _partial_sums(arrays)
+    norm = _cuda.device_empty((1,), dtype=np.float64)
+    coef = _cuda.device_empty((1,), dtype=np.float32)
+    clip_finish[1, _cuda.THREADS](partial, np.float64(max_norm), norm, coef)
+    return norm, coef
+
+
+def clip_scale_device_(a, coef):
+    """a *= coef[0] in place on the device (a float32 device array, coef the (1,) float32 device array of
+    clip_coefficient_device); nothing is written when coef is 1. Returns a."""
+    _checks.check_array("a", a)
+    if a.size:
+        clip_scale = _cuda_kernels()[4]
+        clip_scale[_cuda.blocks_for(a.size), _cuda.THREADS](a.reshape(a.size), coef)
+    return a
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # public entry points: device arrays go to CUDA, numpy arrays to the Numba CPU kernels
 
 
-def adamw_step(param, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, step):
-    """Update param, m and v in place (float32 arrays of one shape; m and v start at zero, step starts at 1)."""
-    fn = adamw_step_cuda if _cuda.is_device_array(param) else adamw_step_cpu
-    fn(param, grad, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step)
+def adamw_step(param, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, step, norm=None):
+    """Update param, m and v in place (float32 arrays of one shape; m and v start at zero, step starts at 1).
+    norm (device arrays only): the device gradient norm of clip_coefficient_device; the update is skipped on the
+    device when it is not finite (see adamw_step_cuda)."""
+    hp = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step)
+    if _cuda.is_device_array(param):
+        adamw_step_cuda(param, grad, m, v, norm=norm, **hp)
+    elif norm is not None:
+        raise ValueError("norm: the on-device skip is for device arrays; on the CPU the caller reads the norm")
+    else:
+        adamw_step_cpu(param, grad, m, v, **hp)
 
 
 def sum_of_squares(a) -> float:

@@ -233,3 +233,63 @@ def test_cuda_rejects_mixed_host_and_device():
     p, g, m, v = (np.zeros(4, np.float32) for _ in range(4))
     with pytest.raises(ValueError, match="grad: expected a device array like param"):
         K.adamw_step(_cuda.to_device(p), g, _cuda.to_device(m), _cuda.to_device(v), weight_decay=0.0, step=1, **HP)
+
+
+# gradient clipping on the device ----------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])   # clips, and does not (coef 1: nothing is written)
+def test_clip_on_the_device_follows_the_host_rule(rng, max_norm):
+    """clip_coefficient_device and clip_scale_device_ against the host's rule (core.optim.clip_grad_norm). The norm:
+    float32 squares are exact in float64 and positive, so both sums are within n eps64 relative of the exact one,
+    whatever the order. coef = min(1, max_norm / (norm + 1e-6)) in float64 is then within ~n eps64 relative of the
+    host's, and rounding it to float32 may land one float32 ulp (<= eps32 relative) away. Each scaled element is
+    one float32 product: |dev - host| <= (eps32 + eps32) |g| (the coefficients' ulp and the two roundings)."""
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in ((3, 5), (0,), (2 * _cuda.THREADS + 7,), (1,))]
+    n = sum(a.size for a in arrays)
+    norm_h = math.sqrt(sum(K.sum_of_squares_ref(a) for a in arrays))
+    coef_h = min(1.0, max_norm / (norm_h + 1e-6))
+    dev = [_cuda.to_device(a) for a in arrays]
+    norm, coef = K.clip_coefficient_device(dev, max_norm)
+    assert tuple(norm.shape) == (1,) and np.dtype(norm.dtype) == np.float64
+    assert tuple(coef.shape) == (1,) and np.dtype(coef.dtype) == np.float32
+    got_norm, got_coef = float(_cuda.to_host(norm)[0]), float(_cuda.to_host(coef)[0])
+    assert abs(got_norm - norm_h) <= n * EPS64 * norm_h
+    eps32 = float(np.finfo(np.float32).eps)
+    assert abs(got_coef - coef_h) <= eps32 * coef_h
+    assert (got_coef == 1.0) == (max_norm > norm_h)
+    for a, d in zip(arrays, dev):
+        got = _cuda.to_host(K.clip_scale_device_(d, coef))
+        assert got.dtype == np.float32
+        assert np.all(np.abs(got - a * np.float32(coef_h)) <= 2 * eps32 * np.abs(a))
+        if got_coef == 1.0:
+            assert np.array_equal(got, a)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_non_finite_norm_skips_the_update_on_the_device(rng, bad):
+    """A gradient holding inf or NaN: the device norm is not finite, the coefficient is 1 (nothing is scaled), and
+    adamw_step_cuda given that norm leaves param, m and v bit for bit as they were; a finite norm updates them."""
+    p0, g = (rng.standard_normal(37).astype(np.float32) for _ in range(2))
+    m0, v0 = (np.abs(rng.standard_normal(37)).astype(np.float32) for _ in range(2))
+    g[5] = bad
+    pd, gd, md, vd = (_cuda.to_device(a.copy()) for a in (p0, g, m0, v0))
+    norm, coef = K.clip_coefficient_device([gd], 1.0)
+    assert not math.isfinite(float(_cuda.to_host(norm)[0])) and float(_cuda.to_host(coef)[0]) == 1.0
+    K.clip_scale_device_(gd, coef)
+    assert np.array_equal(_cuda.to_host(gd), g, equal_nan=True)
+    K.adamw_step(pd, gd, md, vd, weight_decay=0.01, step=3, norm=norm, **HP)
+    for before, d in ((p0, pd), (m0, md), (v0, vd)):
+        assert np.array_equal(_cuda.to_host(d), before)
+    g[5] = 0.0
+    gd = _cuda.to_device(g)
+    norm, _ = K.clip_coefficient_device([gd], 1e6)
+    K.adamw_step(pd, gd, md, vd, weight_decay=0.01, step=3, norm=norm, **HP)
+    assert not np.array_equal(_cuda.to_host(pd), p0) and not np.array_equal(_cuda.to_host(md), m0)
+
+
+def test_the_device_norm_is_refused_on_the_cpu_and_checked_on_the_device(rng):
+    p = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="norm: the on-device skip is for device arrays"):
+        K.adamw_step(p, p.copy(), p.copy(), p.copy(), weight_decay=0.0, step=1, norm=np.zeros(1), **HP)

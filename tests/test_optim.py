@@ -133,3 +133,89 @@ def test_bad_input():
         AdamW([("w", Tensor(np.zeros(3)))])
     with pytest.raises(ValueError, match="total_steps"):
         LinearWarmupDecay(1e-3, 0)
+
+
+# ---- on the GPU (the simulator without one): clipping and the skip stay on the device ---------------------------
+
+def _on_device(params):
+    from minidistil.kernels import _cuda
+    return {n: Tensor(_cuda.to_device(p.data.copy()), requires_grad=True) for n, p in params.items()}
+
+
+@pytest.mark.cuda
+def test_clipping_on_the_device_gives_the_cpu_parameters(rng):
+    """5 updates with clipping (norm ~5-50 clipped to 1, and one step under it) and AdamW, on the host with the
+    float norm read back and on the device with clip_grad_norm(sync=False) and AdamW.step(norm=...): the same
+    parameters and moments. Tolerance: both norms are float64 sums of exact squares (within n eps64 relative),
+    so each coefficient rounds to float32 at most one ulp apart and each clipped gradient is within
+    e = 2 eps32 max|g| of the host's. An Adam update moves by at most lr / eps per unit of gradient, so p is off by
+    steps * lr * e / eps plus the update's own roundings (f32_tol of 10 roundings per step, as in test_gpu);
+    m mixes the gradients (off by <= e), v their squares (off by <= 2 max|g| e plus its roundings)."""
+    from minidistil.kernels import _cuda
+    from minidistil.kernels.adamw import update_bound
+    host = _params(rng)
+    dev = _on_device(host)
+    lr, eps, steps = 1e-2, 1e-3, 5
+    opt_h, opt_d = AdamW(host.items(), lr=lr, eps=eps), AdamW(dev.items(), lr=lr, eps=eps)
+    gmax = 0.0
+    for step in range(steps):
+        scale = 0.01 if step == 2 else 3.0
+        for n in SHAPES:
+            g = (rng.standard_normal(SHAPES[n]) * scale).astype(np.float32)
+            host[n].grad, dev[n].grad = g.copy(), _cuda.to_device(g)
+        norm_h = clip_grad_norm(opt_h.parameters(), 1.0)
+        norm_d = clip_grad_norm(opt_d.parameters(), 1.0, sync=False)
+        assert isinstance(norm_h, float) and _cuda.is_device_array(norm_d)
+        n_el = sum(p.size for p in host.values())
+        assert abs(float(_cuda.to_host(norm_d)[0]) - norm_h) <= n_el * float(np.finfo(np.float64).eps) * norm_h
+        gmax = max(gmax, max(float(np.abs(p.grad).max()) for p in host.values()))
+        opt_h.step()
+        opt_d.step(norm=norm_d)
+    e = 2 * float(np.finfo(np.float32).eps) * gmax
+    tol_p = steps * lr * e / eps + _checks.f32_tol(10 * steps, scale=update_bound(lr, 0.9, 0.98, steps) + 4.0)
+    sh, sd = opt_h.state_dict(), opt_d.state_dict()
+    for n in SHAPES:
+        assert _cuda.is_device_array(dev[n].data)
+        _checks.assert_close(_cuda.to_host(dev[n].data), host[n].data, atol=tol_p, name=n)
+        _checks.assert_close(sd["m"][n], sh["m"][n], atol=e, name=f"m[{n}]")
+        _checks.assert_close(sd["v"][n], sh["v"][n], atol=2 * gmax * e + _checks.f32_tol(steps, scale=gmax ** 2),
+                             name=f"v[{n}]")
+
+
+@pytest.mark.cuda
+def test_a_non_finite_step_is_skipped_on_the_device_and_seen_at_the_next_read(rng, tmp_path):
+    """The training loops' update (minidistil.train.run.update) on the device, with a NaN in one gradient: no
+    copy back and no wait, the parameters and AdamW's moments keep their values (the skip is decided on the
+    device), and the next read (StepRows, when the loop logs) sees the NaN norm and stops the run naming the step;
+    the step before it is logged."""
+    import json
+
+    from minidistil.kernels import _cuda
+    from minidistil.train.parallel import World
+    from minidistil.train.run import Diverged, Run, StepRows, update
+    dev = _on_device(_params(rng))
+    opt = AdamW(dev.items(), lr=1e-2)
+    with Run(tmp_path / "run") as run:
+        rows = StepRows(run, every=3)
+        for step in range(2):
+            for n, p in dev.items():
+                g = rng.standard_normal(SHAPES[n]).astype(np.float32)
+                if step == 1 and n == "vocab_projector.bias":
+                    g[3] = np.nan
+                p.grad = _cuda.to_device(g)
+            if step == 1:
+                before = {n: _cuda.to_host(p.data) for n, p in dev.items()}
+                moments = {k: {n: _cuda.to_host(a) for n, a in getattr(opt, k).items()} for k in ("m", "v")}
+            with _cuda.count_traffic() as c:
+                norm = update(run, World(), opt, step, 1.0, 1e-2)
+            assert c.get("d2h", 0) == 0 and c.get("sync", 0) == 0, dict(c)
+            rows.add({"step": step + 1, "loss": 1.0, "grad_norm": norm})   # pending: nothing read yet
+        assert len(rows.pending) == 2 and run.lines == 0
+        for n, p in dev.items():
+            assert np.array_equal(_cuda.to_host(p.data), before[n]), n
+            for k in ("m", "v"):
+                assert np.array_equal(_cuda.to_host(getattr(opt, k)[n]), moments[k][n]), (k, n)
+        with pytest.raises(Diverged, match=r"step 2: the gradient norm is nan"):
+            rows.flush()
+    logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1] and np.isfinite(logged[0]["grad_norm"])

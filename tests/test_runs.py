@@ -265,9 +265,9 @@ def test_a_non_finite_gradient_norm_stops_finetuning(tmp_path, monkeypatch):
     train = write_csv(tmp_path / "train.csv", sentiment_rows(48, 0))
     real, calls = run_module.clip_grad_norm, []
 
-    def poisoned(params, max_norm):
+    def poisoned(params, max_norm, **kwargs):
         calls.append(1)
-        return float("inf") if len(calls) == 5 else real(params, max_norm)
+        return float("inf") if len(calls) == 5 else real(params, max_norm, **kwargs)
 
     monkeypatch.setattr(run_module, "clip_grad_norm", poisoned)
     with pytest.raises(Diverged, match=r"step 5: the gradient norm is inf.*\(step 4\)"):

@@ -120,11 +120,12 @@ assert min(count["held out"].values()) >= 15                       # both classe
 # `update` (in `minidistil/train/run.py`, shared with `distill`) sums the gradients over the processes of a
 # data-parallel
 # run, rescales them when their global norm exceeds `max_grad_norm` (1.0), takes AdamW's step (weight decay 0.01)
-# and zeroes them:
+# and zeroes them (`sync=False`: on a GPU the norm stays on the device and the step skips itself there when the norm
+# is not finite; on the CPU the norm is a float, checked before the step):
 #
 # ```python
-# norm = clip_grad_norm(opt.parameters(), max_grad_norm)
-# opt.step(lr=lr)
+# norm = clip_grad_norm(opt.parameters(), max_grad_norm, sync=False)
+# opt.step(lr=lr, norm=norm)
 # opt.zero_grad()
 # ```
 #
@@ -140,7 +141,8 @@ source = inspect.getsource(FT._finetune)     # finetune() checks its arguments a
 step_lines = ["b = batch(tr, idx)", "s_out = forward(model_, b)", "loss.backward()", "lr = sched(state.step)",
               "update(run, world, opt, state.step, cfg.max_grad_norm, lr)",
               "evaluate_examples(cfg.task, model_, val_ex, va, names, cfg", "save_pretrained(model_, out"]
-update_lines = ["clip_grad_norm(opt.parameters(), max_grad_norm)", "opt.step(lr=lr)", "opt.zero_grad()"]
+update_lines = ["clip_grad_norm(opt.parameters(), max_grad_norm, sync=False)", "opt.step(lr=lr, norm=norm)",
+                "opt.zero_grad()"]
 for name, code, lines in (("_finetune()", source, step_lines),
                           ("update()", inspect.getsource(run_module.update), update_lines)):
     positions = [code.find(line) for line in lines]

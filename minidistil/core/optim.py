@@ -8,6 +8,9 @@
         opt.step(lr=sched(step))
         opt.zero_grad()
 
+On a GPU, `clip_grad_norm(..., sync=False)` keeps the norm on the device and `opt.step(lr, norm=norm)` skips the
+update on the device when it is not finite: a step then never waits for the GPU (the norm is read when it is logged).
+
 AdamW (Loshchilov & Hutter, decoupled weight decay), per parameter p with gradient g at update t = 1, 2, ...:
     p <- p - lr * wd * p
     m <- beta1 m + (1 - beta1) g;   v <- beta2 v + (1 - beta2) g^2
@@ -63,10 +66,14 @@ class AdamW:
         for _, p in self.named:
             p.grad = None
 
-    def step(self, lr: float | None = None):
-        """One update of every parameter that has a gradient, at learning rate `lr` (default: self.lr)."""
+    def step(self, lr: float | None = None, norm=None):
+        """One update of every parameter that has a gradient, at learning rate `lr` (default: self.lr).
+        norm: None, or the device gradient norm that clip_grad_norm(..., sync=False) returned: each kernel reads it
+        from device memory and leaves the parameter and its moments untouched when it is inf or NaN (the update
+        count still advances). A host float is ignored (its caller has read it and decided)."""
         from minidistil.kernels.adamw import adamw_step
         lr = self.lr if lr is None else float(lr)
+        norm = norm if _cuda.is_device_array(norm) else None
         self.t += 1
         for n, p in self.named:
             if p.grad is None:
@@ -76,7 +83,8 @@ class AdamW:
                 self.m[n], self.v[n] = move(self.m[n]), move(self.v[n])
             grad = p.grad if _cuda.is_device_array(p.grad) else np.ascontiguousarray(p.grad, dtype=np.float32)
             adamw_step(p.data, grad, self.m[n], self.v[n], lr=lr, beta1=self.betas[0], beta2=self.betas[1],
-                       eps=self.eps, weight_decay=self.weight_decay if self.decay[n] else 0.0, step=self.t)
+                       eps=self.eps, weight_decay=self.weight_decay if self.decay[n] else 0.0, step=self.t,
+                       norm=norm if _cuda.is_device_array(p.data) else None)
         _gemm.weights_changed()  # the weights were written in place: packed copies of them are stale
 
     def state_dict(self) -> dict:
@@ -141,10 +149,23 @@ def global_grad_norm(params) -> float:
     return math.sqrt(total)
 
 
-def clip_grad_norm(params, max_norm: float = 5.0) -> float:
+def clip_grad_norm(params, max_norm: float = 5.0, sync: bool = True):
     """Scale every gradient in place by min(1, max_norm / (norm + 1e-6)) (PyTorch's clip_grad_norm_ rule).
-    Returns the norm BEFORE clipping (inf or nan when a gradient is not finite; then nothing is scaled)."""
+    Returns the norm BEFORE clipping (inf or nan when a gradient is not finite; then nothing is scaled).
+
+    sync=False, when every gradient is a device array: the norm, the coefficient and the scaling stay on the GPU
+    (minidistil.kernels.adamw.clip_coefficient_device) and the norm is returned as a (1,) float64 device array,
+    not read: pass it to AdamW.step(norm=...), which skips the update on the device when it is not finite, and
+    read it (float(_cuda.to_host(norm)[0])) when logging. With host gradients sync=False changes nothing: the
+    float comes back as before (reading it costs nothing there)."""
     params = list(params)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not sync and grads and all(_cuda.is_device_array(g) for g in grads):
+        from minidistil.kernels.adamw import clip_coefficient_device, clip_scale_device_
+        norm, coef = clip_coefficient_device(grads, max_norm)     # (1,) float64, (1,) float32, on the device
+        for g in grads:
+            clip_scale_device_(g, coef)                            # g *= coef where coef < 1
+        return norm
     norm = global_grad_norm(params)
     if not math.isfinite(norm):
         return norm

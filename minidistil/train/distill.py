@@ -42,7 +42,9 @@
    `resume=True` continues from it with the SAME loss sequence an uninterrupted run has (every random choice of
    step s, masking and dropout, comes from generators seeded by (seed, s), and the data position is saved).
    A non-finite loss or gradient norm, or exploded parameters, stop the run (minidistil.train.run.Diverged) with a
-   message naming the step, keeping the last good checkpoint.
+   message naming the step, keeping the last good checkpoint. On a GPU the loss, terms and norm are read only when
+   the loop logs (every READ_EVERY steps, before a checkpoint, at the end), so the stop comes at that read; the
+   non-finite step's update was skipped on the device, so no parameter took its inf or NaN.
 
 4. The output folders: OUT holds the student (config.json, model.safetensors, tokenizer files) that
    `transformers` loads (and, for a sentence-transformers teacher, the files that make it a sentence-transformers
@@ -76,8 +78,8 @@ from minidistil.kernels import _cuda
 from minidistil.train.masking import IGNORE_INDEX, mask_tokens, selection_weights
 from minidistil.train.narrow import projected_agreement
 from minidistil.core.optim import AdamW, LinearWarmupDecay
-from minidistil.train.run import (BudgetPlan, Run, RunError, RunState, models_to, open_run, plot_curves, resume,
-                                  schedule_complete,
+from minidistil.train.run import (READ_EVERY, BudgetPlan, Run, RunError, RunState, StepRows, models_to, open_run,
+                                  plot_curves, resume, schedule_complete,
                   schedule_summary, schedule_text, step_seed, update)
 
 DEFAULT_TEACHER = "all-MiniLM-L6-v2"
@@ -576,11 +578,20 @@ def _data(job: _Job, cfg: DistillConfig, say) -> None:
 
 def _train(job: _Job, cfg: DistillConfig, run: Run, world, opt, state: RunState, save):
     """The updates, until cfg.steps or the time budget: returns (planned updates, last learning rate, the budget's
-    plan or None). Checkpoints every cfg.checkpoint_every updates."""
+    plan or None). Checkpoints every cfg.checkpoint_every updates.
+
+    On the CPU each step's loss, terms and gradient norm are read as it ends, and a non-finite one stops the run
+    before its update. On the GPU they stay device scalars and a step never waits for the GPU: StepRows reads them
+    every READ_EVERY steps, before each checkpoint and at the end (metrics.jsonl still gets one line per step), so
+    a divergence is found at that read, naming its step; the update of a step whose gradient norm is not finite
+    was skipped on the device (clipping and AdamW decide there), so the parameters are not corrupted by it."""
     progress = _Progress(cfg, state)
+    t_start = time.perf_counter()
+    rows = StepRows(run, READ_EVERY, detail=lambda r: f" ({ {k: r[k] for k in LOSS_TERMS[1:] if k in r} })",
+                    show=lambda r: progress.update(r, state.seconds + time.perf_counter() - t_start,
+                                                   state.total_steps))
     plan = BudgetPlan(cfg.time_budget) if cfg.steps is None else None
     job.student.train()
-    t_start = time.perf_counter()
     lr, planned, complete = None, state.total_steps, False
     try:
         while True:
@@ -596,26 +607,27 @@ def _train(job: _Job, cfg: DistillConfig, run: Run, world, opt, state: RunState,
             planned = state.total_steps
             lr = LinearWarmupDecay(cfg.lr, planned or PROVISIONAL_STEPS, cfg.warmup)(state.step)
             t_step = time.perf_counter()
-            loss_sum, terms_sum, n_tokens = 0.0, {}, 0
+            losses, terms_seen, n_tokens = [], {}, 0
             for micro in range(cfg.grad_accum):
                 value, terms, tokens = _micro_step(job, cfg, run, world, state.step, micro)
                 n_tokens += tokens
-                loss_sum += value / cfg.grad_accum
+                losses.append(value)
                 for k, v in terms.items():
-                    terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum
+                    terms_seen.setdefault(k, []).append(v)
             norm = update(run, world, opt, state.step, cfg.max_grad_norm, lr)   # the global batch's gradient
             state.step += 1
             state.tokens += n_tokens
-            row = {"step": state.step, "loss": loss_sum, **terms_sum, "lr": lr, "grad_norm": norm,
-                   "tokens": state.tokens}
-            run.log(row)
-            progress.update(row, state.seconds + time.perf_counter() - t_start, state.total_steps)
+            # each value a list of the micro-batches' (floats, or device scalars on the GPU): their mean is read
+            rows.add({"step": state.step, "loss": losses, **terms_seen, "lr": lr, "grad_norm": norm,
+                      "tokens": state.tokens})
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                rows.flush()  # the log holds every step saved, and a diverged step stops the run before it
                 state.seconds += time.perf_counter() - t_start
                 t_start = time.perf_counter()
                 save()
             if plan is not None:
                 plan.record(time.perf_counter() - t_step)
+        rows.flush()
         complete = schedule_complete(state.step, planned)
     finally:
         progress.close(complete)
@@ -646,19 +658,22 @@ def _micro_step(job: _Job, cfg: DistillConfig, run: Run, world, step: int, micro
     rows_on = to_device_of(rows, job.student) if rows is not None and rows.size else rows
     with no_grad():
         t_logits, t_hidden = forward_outputs(job.teacher, inputs, attention_mask, logits_rows=rows_on)
-        t_logits = None if t_logits is None else t_logits.numpy()                      # (M, V)
-        t_hidden = (t_hidden if job.t_map is None else job.t_map(t_hidden)).numpy()    # (B, T, C or H)
+        t_logits = None if t_logits is None else t_logits.data                       # (M, V), left on its device
+        t_hidden = (t_hidden if job.t_map is None else job.t_map(t_hidden)).data      # (B, T, C or H)
     s_logits, s_hidden = forward_outputs(job.student, inputs, attention_mask, logits_rows=rows_on)
     if job.s_map is not None:
         s_hidden = job.s_map(s_hidden)                                                 # (B, T, C)
-    loss, terms = distillation_loss(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask, job.weights,
-                                    scale, logits_rows=rows)
-    value = float(loss.item())
-    if world.size > 1:  # the global loss and terms: the sums of the ranks' shares
-        names = list(terms)
-        total = world.sum([value] + [terms[k] * scale[k] for k in names])
-        value, terms = float(total[0]), dict(zip(names, map(float, total[1:]), strict=True))
-    run.check_step(step + 1, loss=value, detail=f" ({terms})")
+    loss, terms = distillation_loss_terms(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask,
+                                          job.weights, scale, logits_rows=rows)
+    if _cuda.is_device_array(loss.data):  # on the GPU: left there, read when the loop logs (StepRows)
+        value, terms = loss.data, {name: t.data for name, t in terms.items()}
+    else:
+        value, terms = float(loss.item()), {name: float(t.item()) for name, t in terms.items()}
+        if world.size > 1:  # the global loss and terms: the sums of the ranks' shares
+            names = list(terms)
+            total = world.sum([value] + [terms[k] * scale[k] for k in names])
+            value, terms = float(total[0]), dict(zip(names, map(float, total[1:]), strict=True))
+        run.check_step(step + 1, loss=value, detail=f" ({terms})")
     (loss * (1.0 / cfg.grad_accum)).backward()
     return value, terms, n_tokens
 

@@ -25,7 +25,9 @@ The run (one epoch = one pass over the shuffled training examples):
     masks only on (seed, update)). A non-finite loss or gradient norm, or exploded parameters, stop the run
     (minidistil.train.run.Diverged) naming the update; nothing diverged is saved.
     device="cuda" (--device cuda): the model, a teacher, the gradients and AdamW's moments live in GPU memory
-    (minidistil.core.device); each batch's ids and labels are copied over, losses and evaluation logits come back.
+    (minidistil.core.device); each batch's ids and labels are copied over, evaluation logits come back, and the
+    losses and gradient norm stay on the device until the log reads them every READ_EVERY updates (an update whose
+    gradient norm is not finite is skipped on the device; the read stops the run, naming it).
 
 Task-level distillation (DistilBERT's "(D)" runs): with `teacher=` a checkpoint already fine-tuned on the same task,
 the loss becomes
@@ -59,8 +61,8 @@ from minidistil.core.device import check_device
 from minidistil.kernels import _cuda
 from minidistil.kernels import gemm as _gemm
 from minidistil.core.optim import AdamW, LinearWarmupDecay
-from minidistil.train.run import (Run, RunState, models_to, open_run, plot_curves, resume, schedule_summary,
-                                  schedule_text,
+from minidistil.train.run import (READ_EVERY, Run, RunState, StepRows, models_to, open_run, plot_curves, resume,
+                                  schedule_summary, schedule_text,
                   step_seed, update)
 from minidistil.core.files import atomic_write
 
@@ -664,6 +666,14 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
     def save_state():  # the parameters as Tensors: np.asarray copies device arrays to the host
         run.save(state.step, model=params, optimizer=opt.state_dict(), state=state, config=cfg)
 
+    def show(r):  # a written row on the epoch's bar
+        if bar is not None:
+            bar.set_postfix(loss=f"{r['loss']:.4f}", refresh=False)
+
+    # the rows of metrics.jsonl: read at once on the CPU; on the GPU every READ_EVERY updates, before a checkpoint
+    # and at the end of an epoch (a non-finite update was skipped on the device; the read stops the run there)
+    rows = StepRows(run, READ_EVERY, show=show, detail=lambda r: f" (lr {cfg.lr}; check the labels)")
+    bar = None
     t0 = time.perf_counter()
     stopped, done_early, lr = None, False, None
     while state.epoch < cfg.epochs and not done_early:
@@ -685,29 +695,33 @@ def _finetune(cfg, data, compute_metrics, run: Run, world, say, save_pretrained)
             per_example = b["input_ids"].shape[1] if cfg.task == "choice" else 1   # (B, K, T): K rows each
             F.manual_seed(step_seed(cfg.seed, 1, state.step), first_example=lo * per_example)  # dropout masks
             s_out = forward(model_, b)
-            loss, row = s_out.loss, {"step": state.step + 1, "epoch": epoch + 1, "task_loss": float(s_out.loss)}
+            on_device = _cuda.is_device_array(s_out.loss.data)    # then the losses stay there until the next read
+            read = (lambda t: t.data) if on_device else float
+            loss, row = s_out.loss, {"step": state.step + 1, "epoch": epoch + 1, "task_loss": read(s_out.loss)}
             if teacher is not None:
                 with no_grad():
                     t_out = forward(teacher, b, with_labels=False)
                 kd = teacher_loss(cfg.task, s_out, t_out, b, cfg.temperature)
                 loss = loss * (1.0 - cfg.alpha) + kd * cfg.alpha
-                row["teacher_loss"] = float(kd)
-            value = float(loss)
+                row["teacher_loss"] = read(kd)
+            value = read(loss)
             if world.size > 1:  # the global loss: the sum of the ranks' shares
                 loss = loss * share
                 value, row["task_loss"] = (float(x) for x in world.sum([value * share, row["task_loss"] * share]))
-            run.check_step(state.step + 1, loss=value, detail=f" (lr {cfg.lr}; check the labels)")
+            if not on_device:
+                run.check_step(state.step + 1, loss=value, detail=f" (lr {cfg.lr}; check the labels)")
             loss.backward()
             lr = sched(state.step)
             norm = update(run, world, opt, state.step, cfg.max_grad_norm, lr)   # the global batch's gradient
             state.step += 1
             state.batch += 1
-            run.log({**row, "loss": value, "lr": lr, "grad_norm": norm})
+            rows.add({**row, "loss": value, "lr": lr, "grad_norm": norm})
             if bar is not None:
-                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
                 bar.update(1)
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                rows.flush()
                 save_state()
+        rows.flush()
         if bar is not None:
             bar.close()
         if stopped is not None:

@@ -51,7 +51,9 @@ import numpy as np
 
 from minidistil.io import checkpoint as ckpt
 from minidistil.core.files import atomic_write, named_os_error
+from minidistil.core.autograd import Tensor
 from minidistil.core.optim import clip_grad_norm
+from minidistil.kernels import _cuda
 
 try:
     import fcntl
@@ -60,6 +62,7 @@ except ImportError:  # Windows: the lock falls back to an exclusively created fi
 
 STATE_SUFFIX = ".training"   # OUT's training state lives in the sibling folder OUT.training
 KEEP = 2                     # checkpoints kept: the newest and the one before it
+READ_EVERY = 20              # on the GPU: steps between reads of the logged loss, terms and gradient norm (StepRows)
 PARAM_GROWTH = 100.0         # a parameter beyond 100x the largest magnitude at the start (or 100) has exploded
 LOGS = ("metrics.jsonl", "report.json", "loss_curve.png", "training_curve.png", "skipped.txt")
 MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
@@ -708,13 +711,66 @@ def models_to(device: str, say, *models) -> None:
     say(describe(device))
 
 
-def update(run: Run, world, opt, step: int, max_grad_norm: float, lr: float) -> float:
+def update(run: Run, world, opt, step: int, max_grad_norm: float, lr: float):
     """One optimiser update from the gradients backward() accumulated: summed over the ranks (the global batch's
     gradient on every rank), clipped to max_grad_norm, checked for divergence, applied at `lr`, then zeroed.
-    Returns the gradient norm before clipping."""
+    Returns the gradient norm before clipping: a float on the CPU (checked here: a non-finite one stops the run
+    before the update); on the GPU a (1,) device array, not read: clipping runs on the device, an update whose norm
+    is not finite is skipped there (parameters and moments untouched), and the check waits for StepRows' next
+    read."""
     world.allreduce_grads(opt.parameters())
-    norm = clip_grad_norm(opt.parameters(), max_grad_norm)
-    run.check_step(step + 1, grad_norm=norm)
-    opt.step(lr=lr)
+    norm = clip_grad_norm(opt.parameters(), max_grad_norm, sync=False)
+    if not _cuda.is_device_array(norm):
+        run.check_step(step + 1, grad_norm=norm)
+    opt.step(lr=lr, norm=norm)
     opt.zero_grad()
     return norm
+
+
+def read_value(v):
+    """A logged value as a host number: a device scalar (a Tensor's or a bare 1-element device array) is copied
+    back; a list (one value per micro-batch) becomes their mean, summed in order as the CPU loops sum it."""
+    if isinstance(v, list):
+        total = 0.0
+        for x in v:
+            total += read_value(x) / len(v)
+        return total
+    a = _device_scalar(v)
+    return v if a is None else float(_cuda.to_host(a).reshape(-1)[0])
+
+
+def _device_scalar(v):
+    """The device array of a logged value (a device array, or a Tensor holding one); None for a host value."""
+    a = v.data if isinstance(v, Tensor) else v
+    return a if _cuda.is_device_array(a) else None
+
+
+class StepRows:
+    """The rows of metrics.jsonl, read when the loop logs. A row's values may be floats or device scalars (the
+    loss, its terms and the gradient norm of a step on the GPU, left there so that the step never waits for the
+    GPU). A row of host values is written at once; rows holding device values wait until `every` of them are
+    pending, or flush() (before a checkpoint and at the end), and are then read (the copies and the one wait of
+    the step are here), checked for divergence in order (the first non-finite loss or gradient norm stops the run
+    with Diverged naming its step; an update whose gradient norm was not finite had been skipped on the device, so
+    no parameter took its inf or NaN) and written. `show(row)`: called with each written row (a progress bar)."""
+
+    def __init__(self, run: Run, every: int = 1, show=None, detail=None):
+        self.run, self.every, self.show, self.detail = run, max(1, int(every)), show, detail
+        self.pending: list[dict] = []
+
+    def add(self, row: dict):
+        self.pending.append(row)
+        values = [x for v in row.values() for x in (v if isinstance(v, list) else [v])]
+        on_device = any(_device_scalar(x) is not None for x in values)
+        if not on_device or len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self):
+        rows, self.pending = self.pending, []
+        for row in rows:
+            row = {k: read_value(v) for k, v in row.items()}
+            detail = self.detail(row) if self.detail else ""
+            self.run.check_step(row["step"], loss=row.get("loss"), grad_norm=row.get("grad_norm"), detail=detail)
+            self.run.log(row)
+            if self.show:
+                self.show(row)
