@@ -39,11 +39,17 @@ Versions:
                                                       prange threads was 5-20x slower here, its own thread pool
                                                       oversubscribing the cores the prange threads already use;
                                                       dropout fused in (the hash per element)
-    attention_forward_cuda / attention_backward_cuda  numba.cuda, one block per (b, h, row): threads over keys,
-                                                      the row of scores in shared memory (T <= MAX_T_CUDA = 512),
-                                                      max and sum reduced through shared memory; the backward is two
-                                                      kernels (per query row: dS and dQ; per key row: dK and dV);
-                                                      the dropout hash as a device function
+    attention_forward_cuda / attention_backward_cuda  numba.cuda, a block per (b, h, ROWS_CUDA rows), 8 rows x 32
+                                                      lanes of 256 threads (blocks grid-stride): a row's lanes stride
+                                                      over keys, then over head columns, so every thread works at any
+                                                      D; the rows' scores in shared memory (T <= MAX_T_CUDA = 512),
+                                                      max and sum reduced over each row's lanes; K, V, Q, dO read in
+                                                      coalesced tiles staged through shared memory, each serving the
+                                                      block's rows. The backward is two kernels (per query rows: dS
+                                                      rows in shared memory, dQ and the row sums rowsum(dP * P); per
+                                                      key rows: dS and P~ columns recomputed from P, the row sums and
+                                                      dO V^T, then dK and dV): no (B, H, T, T) dS is stored. The
+                                                      dropout hash as a device function, once per (i, j) per kernel
     attention_forward_blas / attention_backward_blas  the DEFAULT CPU version (attention_forward_cpu): the head
                                                       products go to numpy's BLAS on strided (B, H, T, D) views of
                                                       q, k, v, out (no copies; BLAS takes a leading dimension C),
