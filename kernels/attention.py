@@ -469,7 +469,10 @@ def _cuda_kernels():
     ROWS = ROWS_CUDA
     LANES = THREADS // ROWS          # threads per row; the tiles are LANES x LANES (thread lane l owns column l)
     TILE = LANES
-    CPAD = 4                         # bwd_cols' column arrays padded: a warp's (4 queries x 8 keys) hit 32 banks
+    # shared-array shapes must be plain constants: the tile rows padded by one float (a warp reading a tile's column
+    # hits distinct banks); bwd_cols' column arrays by four (a warp's 4 queries x 8 keys hit distinct banks)
+    TILE_PAD = TILE + 1
+    MAXT_PAD = MAXT + 4
     if LANES & (LANES - 1) or ROWS * LANES != THREADS:
         raise ValueError(f"THREADS: expected a power of two, got {THREADS}")
 
@@ -564,7 +567,7 @@ def _cuda_kernels():
         r = t // LANES
         lane = t % LANES
         S = cuda.shared.array((ROWS, MAXT), float32)
-        tile = cuda.shared.array((TILE, TILE + 1), float32)
+        tile = cuda.shared.array((TILE, TILE_PAD), float32)
         xs = cuda.shared.array((ROWS, TILE), float32)
         buf = cuda.shared.array(THREADS, float32)
         for blk in range(cuda.blockIdx.x, B * H * nrt, cuda.gridDim.x):
@@ -607,7 +610,7 @@ def _cuda_kernels():
         r = t // LANES
         lane = t % LANES
         G = cuda.shared.array((ROWS, MAXT), float32)
-        tile = cuda.shared.array((TILE, TILE + 1), float32)
+        tile = cuda.shared.array((TILE, TILE_PAD), float32)
         xs = cuda.shared.array((ROWS, TILE), float32)
         buf = cuda.shared.array(THREADS, float32)
         for blk in range(cuda.blockIdx.x, B * H * nrt, cuda.gridDim.x):
@@ -644,9 +647,9 @@ def _cuda_kernels():
         D = C // H
         nrt = (T + ROWS - 1) // ROWS
         t = cuda.threadIdx.x
-        G = cuda.shared.array((ROWS, MAXT + CPAD), float32)     # G[r, i] = dS[i, j0 + r]
-        Pt = cuda.shared.array((ROWS, MAXT + CPAD), float32)    # Pt[r, i] = P~[i, j0 + r]
-        tile = cuda.shared.array((TILE, TILE + 1), float32)
+        G = cuda.shared.array((ROWS, MAXT_PAD), float32)     # G[r, i] = dS[i, j0 + r]
+        Pt = cuda.shared.array((ROWS, MAXT_PAD), float32)    # Pt[r, i] = P~[i, j0 + r]
+        tile = cuda.shared.array((TILE, TILE_PAD), float32)
         xs = cuda.shared.array((ROWS, TILE), float32)
         for blk in range(cuda.blockIdx.x, B * H * nrt, cuda.gridDim.x):
             j0 = (blk % nrt) * ROWS
