@@ -453,8 +453,9 @@ def attention_backward_cpu(dout, cache):
 
 cuda = None  # numba.cuda, bound on first use: the simulator swaps this module global for its fake module
 
-# rows per block: 8 of 256 threads on a GPU (32 lanes, a warp, per row); on the simulator's small blocks half the
-# threads, so that the lane loops and tree reductions still have several lanes
+# rows per block: 8 of 256 threads on a GPU (32 lanes, a warp, per row: D = 64 is two passes of every lane, D = 32
+# one); on the simulator's small blocks at most half the threads (4 rows x 2 lanes of the tests' 8), so that the
+# lane loops and the tree reductions still have several lanes
 ROWS_CUDA = max(1, min(8, _cuda.THREADS // 2))
 MAX_GRID_CUDA = 4 if _cuda.SIMULATOR else 65536     # blocks per launch; more (b, h, row tile)s are grid-strided
 
