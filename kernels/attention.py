@@ -39,11 +39,17 @@ Versions:
                                                       prange threads was 5-20x slower here, its own thread pool
                                                       oversubscribing the cores the prange threads already use;
                                                       dropout fused in (the hash per element)
-    attention_forward_cuda / attention_backward_cuda  numba.cuda, one block per (b, h, row): threads over keys,
-                                                      the row of scores in shared memory (T <= MAX_T_CUDA = 512),
-                                                      max and sum reduced through shared memory; the backward is two
-                                                      kernels (per query row: dS and dQ; per key row: dK and dV);
-                                                      the dropout hash as a device function
+    attention_forward_cuda / attention_backward_cuda  numba.cuda, a block per (b, h, ROWS_CUDA rows), 8 rows x 32
+                                                      lanes of 256 threads (blocks grid-stride): a row's lanes stride
+                                                      over keys, then over head columns, so every thread works at any
+                                                      D; the rows' scores in shared memory (T <= MAX_T_CUDA = 512),
+                                                      max and sum reduced over each row's lanes; K, V, Q, dO read in
+                                                      coalesced tiles staged through shared memory, each serving the
+                                                      block's rows. The backward is two kernels (per query rows: dS
+                                                      rows in shared memory, dQ and the row sums rowsum(dP * P); per
+                                                      key rows: dS and P~ columns recomputed from P, the row sums and
+                                                      dO V^T, then dK and dV): no (B, H, T, T) dS is stored. The
+                                                      dropout hash as a device function, once per (i, j) per kernel
     attention_forward_blas / attention_backward_blas  the DEFAULT CPU version (attention_forward_cpu): the head
                                                       products go to numpy's BLAS on strided (B, H, T, D) views of
                                                       q, k, v, out (no copies; BLAS takes a leading dimension C),
@@ -437,9 +443,21 @@ def attention_backward_cpu(dout, cache):
 
 # ---------------------------------------------------------------------------------------------------------------
 # numba.cuda
-
+#
+# Every kernel gives a block ROWS rows of one (b, h): query rows i0 .. i0 + ROWS - 1 (forward, bwd_rows) or key rows
+# (bwd_cols); thread t is row r = t // LANES, lane l = t % LANES (8 rows x 32 lanes of 256 threads on a GPU). A row's
+# LANES threads reduce over keys (lanes stride over j) and share its output columns (lanes stride over d), so every
+# thread works for any head width D; blocks grid-stride over the (b, h, row tile)s. Both products read K, V, Q or dO
+# as TILE x TILE tiles staged through shared memory, a warp reading TILE adjacent floats of one row (coalesced), and
+# each staged element serves the block's ROWS rows.
 
 cuda = None  # numba.cuda, bound on first use: the simulator swaps this module global for its fake module
+
+# rows per block: 8 of 256 threads on a GPU (32 lanes, a warp, per row: D = 64 is two passes of every lane, D = 32
+# one); on the simulator's small blocks at most half the threads (4 rows x 2 lanes of the tests' 8), so that the
+# lane loops and the tree reductions still have several lanes
+ROWS_CUDA = max(1, min(8, _cuda.THREADS // 2))
+MAX_GRID_CUDA = 4 if _cuda.SIMULATOR else 65536     # blocks per launch; more (b, h, row tile)s are grid-strided
 
 
 @functools.cache
@@ -449,19 +467,81 @@ def _cuda_kernels():
     from numba import float32
     THREADS = _cuda.THREADS
     MAXT = MAX_T_CUDA
+    ROWS = ROWS_CUDA
+    LANES = THREADS // ROWS          # threads per row; the tiles are LANES x LANES (thread lane l owns column l)
+    TILE = LANES
+    # shared-array shapes must be plain constants: the tile rows padded by one float (a warp reading a tile's column
+    # hits distinct banks); bwd_cols' column arrays by four (a warp's 4 queries x 8 keys hit distinct banks)
+    TILE_PAD = TILE + 1
+    MAXT_PAD = MAXT + 4
+    if LANES & (LANES - 1) or ROWS * LANES != THREADS:
+        raise ValueError(f"THREADS: expected a power of two, got {THREADS}")
 
     @cuda.jit(device=True)
-    def block_reduce(buf, t, is_max):
-        # tree reduction of buf[0:THREADS] into buf[0] (max or sum); every thread must call it
-        s = THREADS // 2
+    def row_reduce(buf, t, val, is_max):
+        # max or sum of val over the LANES threads of thread t's row, returned to each of them (tree reduction through
+        # buf[0:THREADS]); every thread of the block must call it
+        buf[t] = val
+        cuda.syncthreads()
+        lane = t % LANES
+        s = LANES // 2
         while s > 0:
-            if t < s:
+            if lane < s:
                 if is_max:
                     buf[t] = max(buf[t], buf[t + s])
                 else:
                     buf[t] += buf[t + s]
             cuda.syncthreads()
             s //= 2
+        res = buf[t - lane]
+        cuda.syncthreads()                                      # buf is written again by the next call
+        return res
+
+    @cuda.jit(device=True)
+    def dot_rows(x, y, b, c0, i0, T, D, out, tile, xs, t):
+        # out[r, j] = sum_d x[b, i0 + r, c0 + d] y[b, j, c0 + d] for the block's ROWS rows r and every j < T: y in
+        # TILE x TILE tiles (TILE rows j by TILE columns d, read row by row: coalesced), x's rows in ROWS x TILE pieces;
+        # thread (r, l) sums pair (r, j0 + l) over the head columns, ascending. Rows i0 + r >= T read as zeros.
+        r = t // LANES
+        jj = t % LANES
+        for j0 in range(0, T, TILE):
+            acc = float32(0.0)
+            for d0 in range(0, D, TILE):
+                for e in range(t, TILE * TILE, THREADS):
+                    ej = j0 + e // TILE
+                    ed = d0 + e % TILE
+                    tile[e // TILE, e % TILE] = y[b, ej, c0 + ed] if ej < T and ed < D else float32(0.0)
+                xi = i0 + t // TILE
+                xd = d0 + t % TILE
+                xs[t // TILE, t % TILE] = x[b, xi, c0 + xd] if xi < T and xd < D else float32(0.0)
+                cuda.syncthreads()
+                for dd in range(min(TILE, D - d0)):
+                    acc += xs[r, dd] * tile[jj, dd]             # tile row stride TILE + 1: lanes hit distinct banks
+                cuda.syncthreads()
+            if j0 + jj < T:
+                out[r, j0 + jj] = acc
+        cuda.syncthreads()                                      # out is read next by other threads
+
+    @cuda.jit(device=True)
+    def rows_times(a, y, b, c0, i0, T, D, out, tile, t):
+        # out[b, i0 + r, c0 + d] = sum_j a[r, j] y[b, j, c0 + d] for the block's rows i0 + r < T and every d < D:
+        # a (ROWS, >= T) in shared memory, y in TILE x TILE tiles (coalesced); thread (r, l) owns columns d0 + l, sums
+        # over j ascending
+        r = t // LANES
+        lane = t % LANES
+        for d0 in range(0, D, TILE):
+            acc = float32(0.0)
+            for j0 in range(0, T, TILE):
+                for e in range(t, TILE * TILE, THREADS):
+                    ej = j0 + e // TILE
+                    ed = d0 + e % TILE
+                    tile[e // TILE, e % TILE] = y[b, ej, c0 + ed] if ej < T and ed < D else float32(0.0)
+                cuda.syncthreads()
+                for jj in range(min(TILE, T - j0)):
+                    acc += a[r, j0 + jj] * tile[jj, lane]       # a: one address per row (broadcast)
+                cuda.syncthreads()
+            if i0 + r < T and d0 + lane < D:
+                out[b, i0 + r, c0 + d0 + lane] = acc
 
     @cuda.jit(device=True)
     def fmix32(h):  # kernels/dropout.py's finaliser
@@ -479,116 +559,127 @@ def _cuda_kernels():
 
     @cuda.jit
     def fwd(q, k, v, keep, H, scale, out, probs, has_drop, k1, k2, threshold, pscale):
-        # one block per (b, h, query row i); threads stride over keys j, then over output columns d
+        # a block per (b, h, ROWS query rows): the rows' scores in shared memory, softmax over each row's lanes,
+        # dropout drawn once per (i, j), then O = P~ V
         B, T, C = q.shape
         D = C // H
-        blk = cuda.blockIdx.x
-        i = blk % T
-        h = (blk // T) % H
-        b = blk // (T * H)
-        c0 = h * D
+        nrt = (T + ROWS - 1) // ROWS
         t = cuda.threadIdx.x
-        row = cuda.shared.array(MAXT, float32)
+        r = t // LANES
+        lane = t % LANES
+        S = cuda.shared.array((ROWS, MAXT), float32)
+        tile = cuda.shared.array((TILE, TILE_PAD), float32)
+        xs = cuda.shared.array((ROWS, TILE), float32)
         buf = cuda.shared.array(THREADS, float32)
-        m = FILL32
-        for j in range(t, T, THREADS):
-            if keep[b, j]:
-                s = float32(0.0)
-                for d in range(D):
-                    s += q[b, i, c0 + d] * k[b, j, c0 + d]      # S = Q K^T
-                s *= scale                                      #     / sqrt(D)
-            else:
-                s = FILL32                                      # masked key filled with finfo.min
-            row[j] = s
-            m = max(m, s)
-        buf[t] = m
-        cuda.syncthreads()
-        block_reduce(buf, t, True)
-        m = buf[0]                                              # row max
-        cuda.syncthreads()
-        tot = float32(0.0)
-        for j in range(t, T, THREADS):
-            e = math.exp(row[j] - m)
-            row[j] = e
-            tot += e
-        buf[t] = tot
-        cuda.syncthreads()
-        block_reduce(buf, t, False)
-        inv = float32(1.0) / buf[0]
-        for j in range(t, T, THREADS):
-            p = row[j] * inv                                    # P = softmax(S)
-            probs[b, h, i, j] = p
-            if has_drop:                                        # P~ = dropout(P)
-                p *= keep_scale(((b * H + h) * T + i) * T + j, k1, k2, threshold, pscale)
-            row[j] = p
-        cuda.syncthreads()
-        for d in range(t, D, THREADS):
-            acc = float32(0.0)
-            for j in range(T):
-                acc += row[j] * v[b, j, c0 + d]                 # O = P~ V
-            out[b, i, c0 + d] = acc
+        for blk in range(cuda.blockIdx.x, B * H * nrt, cuda.gridDim.x):
+            i0 = (blk % nrt) * ROWS
+            h = (blk // nrt) % H
+            b = blk // (nrt * H)
+            c0 = h * D
+            i = i0 + r
+            dot_rows(q, k, b, c0, i0, T, D, S, tile, xs, t)     # S = Q K^T               (ROWS, T)
+            m = FILL32
+            for j in range(lane, T, LANES):
+                s = S[r, j] * scale if keep[b, j] else FILL32  # / sqrt(D), masked keys filled with finfo.min
+                S[r, j] = s
+                m = max(m, s)
+            m = row_reduce(buf, t, m, True)                     # row max
+            tot = float32(0.0)
+            for j in range(lane, T, LANES):
+                e = math.exp(S[r, j] - m)
+                S[r, j] = e
+                tot += e
+            inv = float32(1.0) / row_reduce(buf, t, tot, False)
+            for j in range(lane, T, LANES):
+                p = S[r, j] * inv                               # P = softmax(S)
+                if i < T:
+                    probs[b, h, i, j] = p
+                    if has_drop:                                # P~ = dropout(P): the hash once per (i, j)
+                        p *= keep_scale(((b * H + h) * T + i) * T + j, k1, k2, threshold, pscale)
+                S[r, j] = p
+            cuda.syncthreads()
+            rows_times(S, v, b, c0, i0, T, D, out, tile, t)     # O = P~ V                (ROWS, D)
 
     @cuda.jit
-    def bwd_rows(dout, k, v, keep, probs, H, scale, ds, dq, has_drop, k1, k2, threshold, pscale):
-        # one block per (b, h, query row i): dS row (kept in ds for the key-row kernel) and the dQ row
+    def bwd_rows(dout, k, v, keep, probs, H, scale, rsum, dq, has_drop, k1, k2, threshold, pscale):
+        # a block per (b, h, ROWS query rows): the rows of dS in shared memory, their dQ rows, and the row sums
+        # rsum (B, H, T) that bwd_cols needs to recompute dS
         B, T, C = k.shape
         D = C // H
-        blk = cuda.blockIdx.x
-        i = blk % T
-        h = (blk // T) % H
-        b = blk // (T * H)
-        c0 = h * D
+        nrt = (T + ROWS - 1) // ROWS
         t = cuda.threadIdx.x
-        row = cuda.shared.array(MAXT, float32)
+        r = t // LANES
+        lane = t % LANES
+        G = cuda.shared.array((ROWS, MAXT), float32)
+        tile = cuda.shared.array((TILE, TILE_PAD), float32)
+        xs = cuda.shared.array((ROWS, TILE), float32)
         buf = cuda.shared.array(THREADS, float32)
-        r = float32(0.0)
-        for j in range(t, T, THREADS):
-            dp = float32(0.0)
-            for d in range(D):
-                dp += dout[b, i, c0 + d] * v[b, j, c0 + d]      # dP~ = dO V^T
-            if has_drop:                                        # dP = dP~ keep / (1 - p)
-                dp *= keep_scale(((b * H + h) * T + i) * T + j, k1, k2, threshold, pscale)
-            row[j] = dp
-            r += dp * probs[b, h, i, j]
-        buf[t] = r
-        cuda.syncthreads()
-        block_reduce(buf, t, False)
-        r = buf[0]                                              # rowsum(dP * P)
-        for j in range(t, T, THREADS):
-            if keep[b, j]:
-                g = probs[b, h, i, j] * (row[j] - r) * scale    # dS = P * (dP - rowsum), times 1/sqrt(D)
-            else:
-                g = float32(0.0)                                # filled scores pass no gradient
-            row[j] = g
-            ds[b, h, i, j] = g
-        cuda.syncthreads()
-        for d in range(t, D, THREADS):
-            acc = float32(0.0)
-            for j in range(T):
-                acc += row[j] * k[b, j, c0 + d]                 # dQ = dS K / sqrt(D)
-            dq[b, i, c0 + d] = acc
+        for blk in range(cuda.blockIdx.x, B * H * nrt, cuda.gridDim.x):
+            i0 = (blk % nrt) * ROWS
+            h = (blk // nrt) % H
+            b = blk // (nrt * H)
+            c0 = h * D
+            i = i0 + r
+            dot_rows(dout, v, b, c0, i0, T, D, G, tile, xs, t)  # dP~ = dO V^T            (ROWS, T)
+            rs = float32(0.0)
+            for j in range(lane, T, LANES):
+                if i < T:
+                    dp = G[r, j]
+                    if has_drop:                                # dP = dP~ keep / (1 - p), the hash once per (i, j)
+                        dp *= keep_scale(((b * H + h) * T + i) * T + j, k1, k2, threshold, pscale)
+                    G[r, j] = dp
+                    rs += dp * probs[b, h, i, j]
+            rs = row_reduce(buf, t, rs, False)                  # rowsum(dP * P)
+            for j in range(lane, T, LANES):
+                if i < T:                                       # dS = P * (dP - rowsum), times 1/sqrt(D);
+                    G[r, j] = probs[b, h, i, j] * (G[r, j] - rs) * scale if keep[b, j] else float32(0.0)
+                else:                                           # filled scores pass no gradient
+                    G[r, j] = float32(0.0)
+            if lane == 0 and i < T:
+                rsum[b, h, i] = rs
+            cuda.syncthreads()
+            rows_times(G, k, b, c0, i0, T, D, dq, tile, t)      # dQ = dS K / sqrt(D)       (ROWS, D)
 
     @cuda.jit
-    def bwd_cols(dout, q, probs, ds, H, dk, dv, has_drop, k1, k2, threshold, pscale):
-        # one block per (b, h, key row j); threads over columns d
+    def bwd_cols(dout, q, v, keep, probs, rsum, H, scale, dk, dv, has_drop, k1, k2, threshold, pscale):
+        # a block per (b, h, ROWS key rows j0 + r): the columns of dS and P~ for those keys, recomputed from P, rsum
+        # and dP~ = dO V^T (never stored as (B, H, T, T)), then dK = dS^T Q / sqrt(D) and dV = P~^T dO
         B, T, C = q.shape
         D = C // H
-        blk = cuda.blockIdx.x
-        j = blk % T
-        h = (blk // T) % H
-        b = blk // (T * H)
-        c0 = h * D
-        for d in range(cuda.threadIdx.x, D, THREADS):
-            ak = float32(0.0)
-            av = float32(0.0)
-            for i in range(T):
-                ak += ds[b, h, i, j] * q[b, i, c0 + d]          # dK = dS^T Q / sqrt(D)
-                pij = probs[b, h, i, j]
-                if has_drop:                                    # P~ = dropout(P), regenerated
-                    pij *= keep_scale(((b * H + h) * T + i) * T + j, k1, k2, threshold, pscale)
-                av += pij * dout[b, i, c0 + d]                  # dV = P~^T dO
-            dk[b, j, c0 + d] = ak
-            dv[b, j, c0 + d] = av
+        nrt = (T + ROWS - 1) // ROWS
+        t = cuda.threadIdx.x
+        G = cuda.shared.array((ROWS, MAXT_PAD), float32)     # G[r, i] = dS[i, j0 + r]
+        Pt = cuda.shared.array((ROWS, MAXT_PAD), float32)    # Pt[r, i] = P~[i, j0 + r]
+        tile = cuda.shared.array((TILE, TILE_PAD), float32)
+        xs = cuda.shared.array((ROWS, TILE), float32)
+        for blk in range(cuda.blockIdx.x, B * H * nrt, cuda.gridDim.x):
+            j0 = (blk % nrt) * ROWS
+            h = (blk // nrt) % H
+            b = blk // (nrt * H)
+            c0 = h * D
+            dot_rows(v, dout, b, c0, j0, T, D, G, tile, xs, t)  # G[r, i] = V_j . dO_i = dP~[i, j]
+            # P[i, j0 .. j0 + ROWS) read as ROWS adjacent floats per query row (coalesced), one (i, j) per thread
+            for e in range(t, T * ROWS, THREADS):
+                i = e // ROWS
+                rr = e % ROWS
+                j = j0 + rr
+                if j < T:
+                    pij = probs[b, h, i, j]
+                    dp = G[rr, i]
+                    if has_drop:                                # P~ and dP = dP~ keep / (1 - p): one hash per (i, j)
+                        ks = keep_scale(((b * H + h) * T + i) * T + j, k1, k2, threshold, pscale)
+                        dp *= ks
+                        Pt[rr, i] = pij * ks
+                    else:
+                        Pt[rr, i] = pij
+                    # dS = P * (dP - rowsum), times 1/sqrt(D); filled scores pass no gradient
+                    G[rr, i] = pij * (dp - rsum[b, h, i]) * scale if keep[b, j] else float32(0.0)
+                else:                                           # past the last key: zeros, never written out
+                    G[rr, i] = float32(0.0)
+                    Pt[rr, i] = float32(0.0)
+            cuda.syncthreads()
+            rows_times(G, q, b, c0, j0, T, D, dk, tile, t)      # dK = dS^T Q / sqrt(D)     (ROWS, D)
+            rows_times(Pt, dout, b, c0, j0, T, D, dv, tile, t)  # dV = P~^T dO              (ROWS, D)
 
     return fwd, bwd_rows, bwd_cols
 
@@ -608,8 +699,8 @@ def attention_forward_cuda(q, k, v, mask, n_heads, p=0.0, seed=0):
     probs = _cuda.device_empty((B, H, T, T))
     keep = _keep_device(mask)  # (B, T): a device mask is used in place, a host one copied over once
     if B * T:
-        fwd[B * H * T, _cuda.THREADS](q, k, v, keep, H, np.float32(1.0 / math.sqrt(D)), out, probs,
-                                      *_drop_args(p, seed))
+        fwd[_grid_cuda(B, H, T), _cuda.THREADS](q, k, v, keep, H, np.float32(1.0 / math.sqrt(D)), out, probs,
+                                                *_drop_args(p, seed))
     return out, AttentionCache(q, k, v, keep, probs, H, float(p), int(seed))  # the device mask: no copy in backward
 
 
@@ -627,12 +718,23 @@ def attention_backward_cuda(dout, cache):
     dq, dk, dv = (_cuda.device_empty((B, T, C)) for _ in range(3))
     if B * T:
         keep = _keep_device(mask)
-        ds = _cuda.device_empty((B, H, T, T))
+        # dS is never stored whole: bwd_rows keeps its rows in shared memory for dQ and saves only the row sums
+        # rsum = rowsum(dP * P) (B, H, T); bwd_cols recomputes its columns from P, rsum and dP~ = dO V^T (one more
+        # D-term dot product per (i, j)) for dK. Writing dS over probs instead would save that product but destroy
+        # the cache's P, which output_attentions hands to the caller and a second backward would read again.
+        rsum = _cuda.device_empty((B, H, T))
         drop = _drop_args(p, seed)
-        bwd_rows[B * H * T, _cuda.THREADS](dout, k, v, keep, probs, H, np.float32(1.0 / math.sqrt(C // H)), ds, dq,
-                                           *drop)
-        bwd_cols[B * H * T, _cuda.THREADS](dout, q, probs, ds, H, dk, dv, *drop)
+        scale = np.float32(1.0 / math.sqrt(C // H))
+        grid = _grid_cuda(B, H, T)
+        bwd_rows[grid, _cuda.THREADS](dout, k, v, keep, probs, H, scale, rsum, dq, *drop)
+        bwd_cols[grid, _cuda.THREADS](dout, q, v, keep, probs, rsum, H, scale, dk, dv, *drop)
     return dq, dk, dv
+
+
+def _grid_cuda(B, H, T):
+    """Blocks for the attention kernels: one per (b, h, ROWS_CUDA rows), at most MAX_GRID_CUDA (the kernels
+    grid-stride over the rest)."""
+    return min(B * H * -(-T // ROWS_CUDA), MAX_GRID_CUDA)
 
 
 # ---------------------------------------------------------------------------------------------------------------

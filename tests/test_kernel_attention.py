@@ -196,6 +196,77 @@ def test_cuda_dropout_matches_reference(rng, B, T, C, H, n_pad):
                     _reference(q, k, v, dout, mask, H, p, seed))
 
 
+def _multi_pass_shapes():
+    """(B, T, C, H, n_pad) at which every loop of the CUDA kernels takes more than one pass: T above the rows of a
+    block (K.ROWS_CUDA), the threads of a block and a tile (TILE = lanes per row) and not a multiple of any;
+    the head width D above the block and the tile and a multiple of neither; several heads; padding (one sequence
+    fully padded, the others at random lengths); on the simulator more (b, h, row tile)s than blocks per launch."""
+    lanes = _cuda.THREADS // K.ROWS_CUDA
+    T = max(_cuda.THREADS, 2 * lanes, 2 * K.ROWS_CUDA) + 3
+    return [(2, T, 2 * (_cuda.THREADS + 3), 2, 1), (3, 2 * max(K.ROWS_CUDA, lanes) + 1, 3 * (lanes + 1), 3, 1)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("B,T,C,H,n_pad", _multi_pass_shapes())
+def test_cuda_multi_pass_shapes_match_reference(rng, p, B, T, C, H, n_pad):
+    lanes = _cuda.THREADS // K.ROWS_CUDA
+    D = C // H
+    assert T > K.ROWS_CUDA and T > lanes and T % lanes and D > lanes and D % lanes and H > 1
+    if (B, T) == _multi_pass_shapes()[0][:2]:
+        assert T > _cuda.THREADS and D > _cuda.THREADS and D % _cuda.THREADS
+        if _cuda.SIMULATOR:
+            assert B * H * -(-T // K.ROWS_CUDA) > K.MAX_GRID_CUDA        # the blocks grid-stride
+    q, k, v, dout, mask = K.make_data(rng, B, T, C, n_pad_rows=n_pad)
+    seed = 777
+    qd, kd, vd, dod = (_cuda.to_device(a) for a in (q, k, v, dout))
+    out, cache = K.attention_forward(qd, kd, vd, mask, H, p, seed)
+    grads = tuple(_cuda.to_host(g) for g in K.attention_backward(dod, cache))
+    out, probs = _cuda.to_host(out), _cuda.to_host(cache.probs)
+    _assert_matches(out, probs, grads, _reference(q, k, v, dout, mask, H, p, seed))
+    if p == 0:
+        _assert_padded_rows(out, probs, grads, mask)
+
+
+@pytest.mark.cuda
+def test_cuda_dropout_mask_is_the_dropout_kernels():
+    # as test_dropout_mask_is_the_dropout_kernels, on the device, with T and D = T above the rows and threads of
+    # a block: the zeros of out = P~ are exactly kernels/dropout.py's dropped entries, the rest P / (1 - p)
+    B, T, p, seed = 2, max(16, _cuda.THREADS + 3), 0.25, 99
+    r = np.random.default_rng(0)
+    q, k = (r.standard_normal((B, T, T)).astype(np.float32) for _ in range(2))
+    v = np.ascontiguousarray(np.broadcast_to(np.eye(T, dtype=np.float32), (B, T, T)))
+    keep = dropout_keep_ref((B, 1, T, T), p, seed)[:, 0]       # (B, T, T)
+    out, cache = K.attention_forward(*(_cuda.to_device(a) for a in (q, k, v)), np.ones((B, T), np.int64), 1, p, seed)
+    out, probs = _cuda.to_host(out), _cuda.to_host(cache.probs)
+    assert np.array_equal(out != 0, keep)
+    np.testing.assert_allclose(out[keep], probs[:, 0][keep] / (1 - p), rtol=4 * _checks.EPS32)
+
+
+@pytest.mark.cuda
+def test_cuda_backward_allocates_no_scores_sized_array(rng, monkeypatch):
+    """The backward's device allocations are dq, dk, dv (B, T, C) and the row sums (B, H, T): no (B, H, T, T) dS
+    (at B = 64, T = 512, H = 12 that array alone is 805 MB); nothing is copied either way."""
+    B, T, C, H = 2, 9, 8, 2
+    q, k, v, dout, mask = K.make_data(rng, B, T, C, n_pad_rows=1)
+    qd, kd, vd, dod = (_cuda.to_device(a) for a in (q, k, v, dout))
+    _, cache = K.attention_forward(qd, kd, vd, mask, H, 0.2, 3)
+    cuda = _cuda.get_cuda()
+    shapes = []
+    device_array = cuda.device_array
+
+    def recording_device_array(shape, *args, **kwargs):
+        shapes.append(tuple(np.atleast_1d(shape)))
+        return device_array(shape, *args, **kwargs)
+
+    monkeypatch.setattr(cuda, "device_array", recording_device_array)
+    with _cuda.count_traffic() as n:
+        shapes.clear()                                  # (count_traffic allocates one probe array itself)
+        K.attention_backward(dod, cache)
+    assert sorted(shapes) == sorted([(B, T, C)] * 3 + [(B, H, T)]), shapes
+    assert n["alloc"] == 4 and n["h2d"] == 0 and n["d2h"] == 0 and n["sync"] == 0, n
+
+
 @pytest.mark.cuda
 def test_cuda_rejects_long_sequences():
     T = K.MAX_T_CUDA + 1
