@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The argument types each launcher passes (Numba's signature strings): C-contiguous device arrays, the Python int a
 # launcher passes is int64, a bool is boolean, np.float32(...) float32, np.uint64(...) uint64. Key: "module.factory.
-# name" (name: the dict key the factory returns it under, else the kernel function's name).
+# name" (name: the dict key the factory returns it under, else the kernel function's name). Checked against the
+# argument types the launchers actually pass, recorded on the simulator over `python -m minidistil.kernels.<op>
+# --size tiny --no-bench` for every op (the kernels the labs do not launch were read off their launchers).
 F1, F2, F3, F4 = "float32[::1]", "float32[:, ::1]", "float32[:, :, ::1]", "float32[:, :, :, ::1]"
 D1 = "float64[::1]"
 U8, I64 = "uint8[::1]", "int64[::1]"
@@ -36,7 +38,7 @@ ATT_DROP = "boolean, uint64, uint64, uint64, float32"
 SIGNATURES = {
     "_cuda._column_sum_kernel(float32).colsum": [f"{F1}, int64, int64, int64, int64, {F1}"],
     "_cuda._column_sum_kernel(float64).colsum": [f"{D1}, int64, int64, int64, int64, {D1}"],
-    "_cuda._fill_kernel.fill": [f"{F1}, float32", f"{D1}, float64", f"{U8}, uint8"],
+    "_cuda._fill_kernel.fill": [f"{F1}, float32", f"{D1}, float64", f"{U8}, uint8", "int32[::1], int32"],
     "_cuda._loss_kernels.finish": [f"{F1}, {U8}, boolean, float64, float64, {F1}, {D1}",
                                    f"{F1}, {F1}, boolean, float64, float64, {F1}, {D1}"],
     "_cuda._loss_kernels.scale": [f"{F1}, {D1}, float64, {F1}"],
