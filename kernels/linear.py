@@ -185,6 +185,10 @@ def _cuda_kernels():
     TILE = _cuda.TILE
 
     R = ROWS_PER_THREAD
+    # shared-array shapes must be plain integer constants on a GPU (Numba's CUDA typing rejects a shape computed in
+    # the kernel; the simulator does not): op(a)'s tile has R TILE rows, both tiles' rows are padded by one float
+    SA_ROWS = R * TILE
+    TILE_PAD = TILE + 1
 
     @cuda.jit
     def matmul(a, b, c, M, N, K, trans_a, trans_b):
@@ -198,8 +202,8 @@ def _cuda_kernels():
         # Coalesced loads for both layouts: adjacent threads (tx) always read adjacent addresses of the stored
         # array, so a transposed operand is written to shared memory transposed (sa[tx, ty] instead of sa[ty, tx]);
         # the tiles are TILE + 1 wide so that such a column write does not hit one shared-memory bank.
-        sa = cuda.shared.array((R * TILE, TILE + 1), float32)   # sa[r, kk] = op(a)[i0 + r, k0 + kk]
-        sb = cuda.shared.array((TILE, TILE + 1), float32)       # sb[kk, c] = op(b)[k0 + kk, j0 + c]
+        sa = cuda.shared.array((SA_ROWS, TILE_PAD), float32)    # sa[r, kk] = op(a)[i0 + r, k0 + kk]
+        sb = cuda.shared.array((TILE, TILE_PAD), float32)       # sb[kk, c] = op(b)[k0 + kk, j0 + c]
         acc = cuda.local.array(R, float32)
         tx = cuda.threadIdx.x                      # column inside the tile
         ty = cuda.threadIdx.y                      # row inside the tile (and + TILE, + 2 TILE, ...)
