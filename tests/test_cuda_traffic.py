@@ -159,7 +159,7 @@ def test_the_distillation_loop_reads_only_when_it_logs(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "_train", counted_train)
     with pytest.raises(run_module.Diverged, match=r"step 1: the gradient norm is nan"):
         D.distill(teacher, tmp_path / "student", tokenizer=tokenizer, corpus=[str(corpus)], device="cuda",
-                  steps=2, batch_size=2, max_len=10, student_layers=1, checkpoint_every=0, progress=False,
+                  steps=2, batch_size=1, max_len=10, student_layers=1, checkpoint_every=0, progress=False,
                   evaluate=False, held_out=0.25)
     assert seen["updates"] == 2                                         # the stop came at the read after update 2
     total = dict(seen["counts"])

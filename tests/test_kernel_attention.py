@@ -207,9 +207,9 @@ def _multi_pass_shapes():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("p", [0.0, 0.3])
-@pytest.mark.parametrize("B,T,C,H,n_pad", _multi_pass_shapes())
-def test_cuda_multi_pass_shapes_match_reference(rng, p, B, T, C, H, n_pad):
+@pytest.mark.parametrize("shape,p", [(0, 0.3), (1, 0.0)])   # dropout on the larger shape; p = 0 checks padded rows
+def test_cuda_multi_pass_shapes_match_reference(rng, shape, p):
+    B, T, C, H, n_pad = _multi_pass_shapes()[shape]
     lanes = _cuda.THREADS // K.ROWS_CUDA
     D = C // H
     assert T > K.ROWS_CUDA and T > lanes and T % lanes and D > lanes and D % lanes and H > 1

@@ -260,7 +260,7 @@ def test_take_rows_on_device_equals_cpu(no_host_arrays, rng):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("case", ["triple", "kl_masked_only"])
+@pytest.mark.parametrize("case", ["triple"])   # kl_masked_only picks other rows on the host, the same device path
 def test_distillation_on_rows_on_device_equals_cpu(no_host_arrays, case):
     """The rows path with both models on the device (row indices uploaded once, device arrays that refuse host
     conversion) against the rows path on the CPU, and against the every-position step on the CPU."""
