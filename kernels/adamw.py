@@ -201,17 +201,21 @@ def _cuda_kernels():
         if t == 0:
             partial[offset + cuda.blockIdx.x] = total
 
-    @cuda.jit
-    def add_partials(partial, out):
-        # one block: out[0] = sum(partial), in float64
-        t = cuda.threadIdx.x
-        buf = cuda.shared.array(THREADS, float64)
+    @cuda.jit(device=True)
+    def sum_partials(partial, buf, t):
+        # the block's threads add partial's entries (strided by THREADS) and the tree reduction adds theirs, in float64
         acc = float64(0.0)
         i = t
         while i < partial.size:
             acc += partial[i]
             i += THREADS
-        total = block_sum(buf, acc)
+        return block_sum(buf, acc)
+
+    @cuda.jit
+    def add_partials(partial, out):
+        # one block: out[0] = sum(partial), in float64
+        t = cuda.threadIdx.x
+        total = sum_partials(partial, cuda.shared.array(THREADS, float64), t)
         if t == 0:
             out[0] = total
 
@@ -220,13 +224,7 @@ def _cuda_kernels():
         # one block: norm[0] = sqrt(sum(partial)) (float64), coef[0] = min(1, max_norm / (norm + 1e-6)) as float32,
         # or 1 (nothing scaled) when the norm is inf or NaN
         t = cuda.threadIdx.x
-        buf = cuda.shared.array(THREADS, float64)
-        acc = float64(0.0)
-        i = t
-        while i < partial.size:
-            acc += partial[i]
-            i += THREADS
-        total = block_sum(buf, acc)
+        total = sum_partials(partial, cuda.shared.array(THREADS, float64), t)
         if t == 0:
             n = math.sqrt(total)
             norm[0] = n

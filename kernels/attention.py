@@ -498,6 +498,15 @@ def _cuda_kernels():
         return res
 
     @cuda.jit(device=True)
+    def stage_tile(y, b, c0, j0, d0, T, D, tile, t):
+        # tile[jj, dd] = y[b, j0 + jj, c0 + d0 + dd] (zero outside T x D), read row by row by the block's threads:
+        # adjacent threads read adjacent addresses. The caller's syncthreads makes it visible.
+        for e in range(t, TILE * TILE, THREADS):
+            ej = j0 + e // TILE
+            ed = d0 + e % TILE
+            tile[e // TILE, e % TILE] = y[b, ej, c0 + ed] if ej < T and ed < D else float32(0.0)
+
+    @cuda.jit(device=True)
     def dot_rows(x, y, b, c0, i0, T, D, out, tile, xs, t):
         # out[r, j] = sum_d x[b, i0 + r, c0 + d] y[b, j, c0 + d] for the block's ROWS rows r and every j < T: y in
         # TILE x TILE tiles (TILE rows j by TILE columns d, read row by row: coalesced), x's rows in ROWS x TILE pieces;
@@ -507,10 +516,7 @@ def _cuda_kernels():
         for j0 in range(0, T, TILE):
             acc = float32(0.0)
             for d0 in range(0, D, TILE):
-                for e in range(t, TILE * TILE, THREADS):
-                    ej = j0 + e // TILE
-                    ed = d0 + e % TILE
-                    tile[e // TILE, e % TILE] = y[b, ej, c0 + ed] if ej < T and ed < D else float32(0.0)
+                stage_tile(y, b, c0, j0, d0, T, D, tile, t)
                 xi = i0 + t // TILE
                 xd = d0 + t % TILE
                 xs[t // TILE, t % TILE] = x[b, xi, c0 + xd] if xi < T and xd < D else float32(0.0)
@@ -532,10 +538,7 @@ def _cuda_kernels():
         for d0 in range(0, D, TILE):
             acc = float32(0.0)
             for j0 in range(0, T, TILE):
-                for e in range(t, TILE * TILE, THREADS):
-                    ej = j0 + e // TILE
-                    ed = d0 + e % TILE
-                    tile[e // TILE, e % TILE] = y[b, ej, c0 + ed] if ej < T and ed < D else float32(0.0)
+                stage_tile(y, b, c0, j0, d0, T, D, tile, t)
                 cuda.syncthreads()
                 for jj in range(min(TILE, T - j0)):
                     acc += a[r, j0 + jj] * tile[jj, lane]       # a: one address per row (broadcast)
