@@ -179,3 +179,68 @@ def test_cli_flags_and_bad_widths(tmp_path):
         distill(str(teacher), tmp_path / "wide", corpus=[str(corpus)], steps=2, hidden_size=48, **RUN)
     with pytest.raises(ValueError, match="not a multiple of the teacher's head width 16"):
         distill(str(teacher), tmp_path / "odd", corpus=[str(corpus)], steps=2, hidden_size=20, **RUN)
+
+
+def test_layer_pairs_and_the_layer_wise_term(rng):
+    """The layer-wise term pairs the embedding outputs and each student layer but the last with the teacher layer
+    it copies; its value is the mean over the pairs of the mean 1 - cos over real tokens (NumPy, float64: the
+    kernel's float32 sums of C = 32 products and 2 x 12 tokens, a few u each: 1e-5 absolute); a full-width
+    student has it 0 while it copies the layers in order from the first (the same states), not after a skip."""
+    from minidistil.core.autograd import Tensor
+    from minidistil.train.distill import (LossWeights, distillation_loss_terms, forward_outputs, layer_pairs,
+                                          make_student)
+    assert layer_pairs([0, 3, 5]) == [(0, 0), (1, 1), (2, 4)]
+    assert layer_pairs([2]) == [(0, 0)]
+    teacher = _tiny_teacher(mlm=False, init=0.2)
+    ids = rng.integers(5, TINY["vocab_size"], size=(2, 12))
+    mask = np.ones((2, 12), dtype=np.int64)
+    mask[1, 8:] = 0
+    w = LossWeights.defaults(mlm=False)
+    w.alpha_layers = 1.0
+    _, t_states = forward_outputs(teacher, ids, mask, every_layer=True)
+    assert len(t_states) == TINY["num_hidden_layers"] + 1
+    for layers, exact in (([0, 1, 2, 3], True), ([0, 2], True), ([1, 3], False)):
+        student = make_student(teacher, layers)
+        _, s_states = forward_outputs(student, ids, mask, every_layer=True)
+        pairs = layer_pairs(layers)
+        s_layers = [s_states[i] for i, _ in pairs]
+        t_layers = [t_states[j].data for _, j in pairs]
+        _, terms = distillation_loss_terms(None, None, s_states[-1], t_states[-1].data, None, mask, w,
+                                           s_layers=s_layers, t_layers=t_layers)
+        real = mask.reshape(-1) != 0
+        want = 0.0
+        for s, t in zip(s_layers, t_layers):
+            a, b = (np.asarray(x.data if isinstance(x, Tensor) else x, np.float64).reshape(24, -1)[real]
+                    for x in (s, t))
+            want += np.mean(1 - np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+        want /= len(pairs)
+        got = float(terms["layers"].item())
+        assert abs(got - want) <= 1e-5, (layers, got, want)
+        assert (want <= 1e-6) if exact else (want > 1e-3), (layers, want)
+    with pytest.raises(ValueError, match="alpha_layers"):
+        distillation_loss_terms(None, None, s_states[-1], t_states[-1].data, None, mask, w)
+
+
+def test_frozen_word_embeddings_stay_as_copied(tmp_path):
+    """--freeze-embeddings: after a short run with the layer-wise term, the saved student's word embeddings are
+    the teacher's, bit for bit (full width: the copy is exact), while its layers moved; the optimizer keeps no
+    state for them."""
+    from minidistil.io import checkpoint as ck
+    from minidistil.io.loading import from_pretrained
+    from minidistil.train.distill import LossWeights, distill
+    from safetensors.numpy import load_file
+    corpus = _corpus_dir(tmp_path, 20)
+    teacher = _st_teacher(tmp_path, corpus)
+    w = LossWeights.defaults(mlm=False)
+    w.alpha_layers = 1.0
+    out = tmp_path / "student"
+    distill(str(teacher), out, corpus=[str(corpus)], steps=4, seed=0, freeze_embeddings=True, weights=w,
+            **{**RUN, "checkpoint_every": 4})
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(np.isfinite(r["layers"]) and r["layers"] > 0 for r in rows)
+    t = from_pretrained(teacher).state_dict()
+    s = load_file(str(out / "model.safetensors"))
+    assert np.array_equal(s["embeddings.word_embeddings.weight"], t["embeddings.word_embeddings.weight"])
+    assert not np.array_equal(s["transformer.layer.0.ffn.lin1.weight"], t["encoder.layer.0.intermediate.dense.weight"])
+    state = ck.load_checkpoint(sorted((tmp_path / "student.training").glob("checkpoint-*.npz"))[-1])
+    assert state.optimizer["m"] and not any("word_embeddings" in n for n in state.optimizer["m"])

@@ -88,6 +88,9 @@ def add_distill(subparsers, name: str = "distill", help: str | None = None) -> a
                         "trained with it and not saved (default %(default)s)")
     p.add_argument("--pca-texts", type=rule["pca_texts"], default=d.pca_texts,
                    help="corpus sequences whose teacher hidden states give the basis (default %(default)s)")
+    p.add_argument("--freeze-embeddings", action="store_true",
+                   help="keep the student's word embeddings as copied from the teacher (projected when narrower): "
+                        "no gradient, no update, so the tokens the corpus never shows stay consistent with the rest")
     p.add_argument("--corpus", nargs="+", default=None,
                    help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings "
                         "and the classic Unix fortune files)")
@@ -115,10 +118,12 @@ def add_distill(subparsers, name: str = "distill", help: str | None = None) -> a
                         ("alpha-cos", "1 - cos of hidden states"), ("alpha-mse", "MSE of hidden states"),
                         ("alpha-pool-cos", "1 - cos of mean-pooled embeddings"),
                         ("alpha-pool-mse", "MSE of mean-pooled embeddings"),
-                        ("alpha-sim", "KL between in-batch similarity rows of mean-pooled embeddings")]:
+                        ("alpha-sim", "KL between in-batch similarity rows of mean-pooled embeddings"),
+                        ("alpha-layers", "layer-wise 1 - cos (the embedding output, and every student layer but "
+                                         "the last against the teacher layer it copies)")]:
         p.add_argument(f"--{name}", type=NON_NEGATIVE, default=None,
-                       help=f"weight of the {help_} term (default: 5/2/1/0/0/0/0 with an MLM head, else "
-                            "0/0/1/0/1/1/0)")
+                       help=f"weight of the {help_} term (default: {_alpha_defaults(True)} with an MLM head, else "
+                            f"{_alpha_defaults(False)}, in the order of these flags)")
     p.add_argument("--temperature", type=POSITIVE, default=2.0, help="softmax temperature (default %(default)s)")
     p.add_argument("--sim-temperature", type=POSITIVE, default=LossWeights.sim_temperature,
                    help="temperature of the similarity term (default %(default)s)")
@@ -140,10 +145,18 @@ def add_distill(subparsers, name: str = "distill", help: str | None = None) -> a
     return p
 
 
+ALPHAS = ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse", "alpha_pool_cos", "alpha_pool_mse", "alpha_sim",
+          "alpha_layers")
+
+
+def _alpha_defaults(mlm: bool) -> str:
+    w = LossWeights.defaults(mlm)
+    return "/".join(f"{getattr(w, k):g}" for k in ALPHAS)
+
+
 def run_distill(args) -> int:
     """`minidistil distill`: errors (a diverged run included) reach minidistil.apps.cli.main, which prints them."""
-    alphas = {k: getattr(args, k) for k in ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse", "alpha_pool_cos",
-                                           "alpha_pool_mse", "alpha_sim")}
+    alphas = {k: getattr(args, k) for k in ALPHAS}
     weights = None
     if (any(v is not None for v in alphas.values()) or args.temperature != 2.0 or args.kl_masked_only
             or args.sim_temperature != LossWeights.sim_temperature):
@@ -155,6 +168,7 @@ def run_distill(args) -> int:
     cfg = DistillConfig(teacher=args.teacher, out_dir=args.out_dir, student_layers=args.student_layers,
                         layer_map=args.layer_map, hidden_size=args.hidden_size, num_heads=args.num_heads,
                         intermediate_size=args.intermediate_size, width_loss=args.width_loss,
+                        freeze_embeddings=args.freeze_embeddings,
                         pca_texts=args.pca_texts, corpus=args.corpus, text_field=args.text_field,
                         held_out=args.held_out, max_len=args.max_len, batch_size=args.batch_size,
                         grad_accum=args.grad_accum, steps=args.steps, time_budget=args.time_budget * 60,

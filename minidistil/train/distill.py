@@ -22,6 +22,7 @@
      + alpha_mse * mean (student h - teacher h)^2                           (optional)
      + alpha_pool_cos * (1 - cos(pool(student h), pool(teacher h)))         mean-pooled sentence embeddings
      + alpha_pool_mse * mean (pool(student h) - pool(teacher h))^2
+     + alpha_layers * mean_l (1 - cos(student h_l, teacher h_m(l)))          the earlier hidden states (below)
    With an MLM head the defaults are DistilBERT's (5, 2, 1, 0, 0, 0; T = 2) and the inputs are masked
    (minidistil.train.masking, redrawn every batch). Both models compute their MLM logits only at the rows these
    two terms read (`logit_rows`: every real token, or only the masked ones when alpha_ce is 0 or kl_masked_only),
@@ -31,6 +32,10 @@
    on unmasked text, 64-token sequences (its sentences are short), and an optional term on the structure of the
    in-batch similarities of the pooled embeddings:
      + alpha_sim * tau^2 mean_i KL(softmax(cos(t_i, t_j) / tau) || softmax(cos(s_i, s_j) / tau))  over j != i
+   The layer-wise term matches the hidden states before the last: the student's embedding output with the
+   teacher's, and the output of student layer l (not the last) with that of the teacher layer it was copied from
+   (layer_map[l]), every real token, the mean over those states (a 3-layer student: 3 pairs). Through the same
+   width maps as the other hidden-state terms, so it works for a narrower student too.
    The teacher runs under no_grad, in eval mode.
 
 3. The loop: AdamW (minidistil.core.optim) with warm-up and linear decay, gradient clipping at norm 5, gradient
@@ -224,6 +229,7 @@ class LossWeights:
     alpha_pool_cos: float = 0.0  # 1 - cos between mean-pooled embeddings
     alpha_pool_mse: float = 0.0  # MSE between mean-pooled embeddings
     alpha_sim: float = 0.0       # KL between the in-batch similarity rows of the pooled embeddings (x tau^2)
+    alpha_layers: float = 0.0    # 1 - cos between the earlier hidden states and the teacher's (layer_map's)
     temperature: float = 2.0
     sim_temperature: float = 0.05  # tau of the similarity term (cosines lie in [-1, 1])
     kl_masked_only: bool = False  # KL over the masked positions only (DistilBERT: every real token)
@@ -258,15 +264,31 @@ def logit_rows(labels, attention_mask, w: LossWeights) -> np.ndarray:
     return rows if rows.size else np.zeros(1, dtype=np.int64)
 
 
-def forward_outputs(model, input_ids, attention_mask, logits_rows=None) -> tuple[Tensor | None, Tensor]:
+def forward_outputs(model, input_ids, attention_mask, logits_rows=None, every_layer: bool = False
+                    ) -> tuple[Tensor | None, Tensor | tuple[Tensor, ...]]:
     """(MLM logits or None, last hidden states (B, T, C)) of a BERT / DistilBERT model. The logits are (B, T, V),
     every position, by default; with logits_rows (from logit_rows, on the host or already on the model's device)
-    they are (M, V) at those rows only, and None when it is empty."""
+    they are (M, V) at those rows only, and None when it is empty. every_layer: the second item is the tuple of
+    every hidden state instead, (B, T, C) each, the embedding output first and the last hidden states last."""
     if has_mlm_head(model) and (logits_rows is None or tuple(logits_rows.shape)[0]):
         out = model(input_ids, attention_mask, output_hidden_states=True, logits_rows=logits_rows)
-        return out.logits, out.hidden_states[-1]
+        return out.logits, (out.hidden_states if every_layer else out.hidden_states[-1])
     encoder = getattr(model, model.base_model_prefix) if has_mlm_head(model) else model
-    return None, encoder(input_ids, attention_mask).last_hidden_state
+    out = encoder(input_ids, attention_mask, output_hidden_states=every_layer)
+    return None, (out.hidden_states if every_layer else out.last_hidden_state)
+
+
+def word_embeddings(model):
+    """The word-embedding matrix (V, C) Parameter of a BERT / DistilBERT model, with or without a head."""
+    encoder = getattr(model, model.base_model_prefix) if has_mlm_head(model) else model
+    return encoder.embeddings.word_embeddings.weight
+
+
+def layer_pairs(layers: Sequence[int]) -> list[tuple[int, int]]:
+    """(student, teacher) indices into the two models' hidden_states tuples for the layer-wise term: the embedding
+    outputs (0, 0), then student layer l's output (l + 1) with that of the teacher layer it copies
+    (layers[l] + 1), for every student layer but the last (the last is the alpha_cos term's)."""
+    return [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(layers[:-1])]
 
 
 def _teacher_array(t):
@@ -290,8 +312,11 @@ def distillation_loss(s_logits: Tensor | None, t_logits, s_hidden: Tensor, t_hid
 
 def distillation_loss_terms(s_logits: Tensor | None, t_logits, s_hidden: Tensor, t_hidden, labels,
                             attention_mask: np.ndarray, w: LossWeights, scale: dict[str, float] | None = None,
-                            logits_rows: np.ndarray | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """distillation_loss with each term left a scalar Tensor on its device (nothing is read back)."""
+                            logits_rows: np.ndarray | None = None, s_layers: Sequence[Tensor] = (),
+                            t_layers: Sequence = ()) -> tuple[Tensor, dict[str, Tensor]]:
+    """distillation_loss with each term left a scalar Tensor on its device (nothing is read back). s_layers,
+    t_layers: the earlier hidden states of the layer-wise term, paired (layer_pairs), at one width, (B, T, C)
+    each."""
     B, T, C = s_hidden.shape
     rows = np.ascontiguousarray(np.asarray(attention_mask).reshape(-1) != 0)    # (B*T,) real tokens
     t_hidden = _teacher_array(t_hidden)                                         # stays on the GPU when there
@@ -305,7 +330,8 @@ def distillation_loss_terms(s_logits: Tensor | None, t_logits, s_hidden: Tensor,
             raise ValueError(f"logits_rows: {at.size} rows, but the student's logits have shape {s_logits.shape}")
         labels_at = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)[at]   # (M,)
         real_at = rows[at]                                                      # (M,) real tokens among them
-    if _cuda.is_device_array(s_hidden.data) and ((w.alpha_ce and not on_rows) or w.alpha_cos or w.alpha_mse):
+    if _cuda.is_device_array(s_hidden.data) and ((w.alpha_ce and not on_rows) or w.alpha_cos or w.alpha_mse
+                                                 or w.alpha_layers):
         rows = _cuda.to_device(rows)  # copied over once for the terms that read it
     if w.alpha_ce:
         V = s_logits.shape[-1]
@@ -328,6 +354,17 @@ def distillation_loss_terms(s_logits: Tensor | None, t_logits, s_hidden: Tensor,
         terms["cos"] = L.cosine_embedding_loss(sh, th, rows)
     if w.alpha_mse:
         terms["mse"] = L.mse(sh, th, rows)
+    if w.alpha_layers:
+        if not s_layers or len(s_layers) != len(t_layers):
+            raise ValueError(f"alpha_layers: expected pairs of earlier hidden states, got {len(s_layers)} student "
+                             f"and {len(t_layers)} teacher states")
+        parts = [L.cosine_embedding_loss(s.reshape(B * T, s.shape[-1]),
+                                         _teacher_array(t).reshape(B * T, s.shape[-1]), rows)
+                 for s, t in zip(s_layers, t_layers, strict=True)]
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        terms["layers"] = total * (1.0 / len(parts))                             # the mean over the pairs
     if w.alpha_pool_cos or w.alpha_pool_mse or w.alpha_sim:
         sp = F.mean_pool(s_hidden, attention_mask)                               # (B, C)
         tp = (F.mean_pool(Tensor(t_hidden), attention_mask).data if _cuda.is_device_array(t_hidden)  # (B, C)
@@ -339,7 +376,8 @@ def distillation_loss_terms(s_logits: Tensor | None, t_logits, s_hidden: Tensor,
         if w.alpha_sim:
             terms["sim"] = L.similarity_kl(sp, tp, w.sim_temperature)
     alphas = {"ce": w.alpha_ce, "mlm": w.alpha_mlm, "cos": w.alpha_cos, "mse": w.alpha_mse,
-              "pool_cos": w.alpha_pool_cos, "pool_mse": w.alpha_pool_mse, "sim": w.alpha_sim}
+              "pool_cos": w.alpha_pool_cos, "pool_mse": w.alpha_pool_mse, "sim": w.alpha_sim,
+              "layers": w.alpha_layers}
     if not terms:
         raise ValueError("loss weights: every alpha is 0, nothing to learn")
     total = None
@@ -365,6 +403,7 @@ class DistillConfig:
     width_loss: str = "pca"            # a narrow student's hidden/pooled terms: "pca" (teacher states x U) or
     #                                    "learned" (student states through a Linear H -> C trained with it, not saved)
     pca_texts: int = 256               # corpus sequences whose teacher hidden states give the basis U
+    freeze_embeddings: bool = False    # keep the word embeddings as copied (projected): no gradient, no update
     corpus: list[str] | None = None    # files / folders / .jsonl; None: data.default_corpus() (general English)
     text_field: str = "text"
     held_out: float = 0.02             # share of documents kept for evaluation
@@ -396,7 +435,7 @@ FIELD_TYPES = {"student_layers": POSITIVE_INT, "held_out": SHARE, "max_len": bou
                "mask_smoothing": NON_NEGATIVE, "seed": COUNT, "checkpoint_every": COUNT, "eval_texts": POSITIVE_INT,
                "hidden_size": POSITIVE_INT, "num_heads": POSITIVE_INT, "intermediate_size": POSITIVE_INT,
                "pca_texts": POSITIVE_INT}
-LOSS_TERMS = ("loss", "ce", "mlm", "cos", "mse", "pool_cos", "pool_mse", "sim")   # the curves drawn and shown
+LOSS_TERMS = ("loss", "ce", "mlm", "cos", "mse", "pool_cos", "pool_mse", "sim", "layers")   # the curves drawn and shown
 PROVISIONAL_STEPS = 1_000_000  # the schedule's length before the first updates are timed: a slow start of warm-up
 
 
@@ -406,7 +445,7 @@ def _term_counts(labels, attention_mask, w: LossWeights, lo: int = 0, hi: int | 
     masked = 0 if labels is None else int(np.count_nonzero(np.asarray(labels)[lo:hi] != IGNORE_INDEX))
     examples = len(np.asarray(attention_mask)[lo:hi])
     return {"ce": masked if w.kl_masked_only else real, "mlm": masked, "cos": real, "mse": real,
-            "pool_cos": examples, "pool_mse": examples}
+            "pool_cos": examples, "pool_mse": examples, "layers": real}
 
 
 def _load(teacher, tokenizer):
@@ -488,6 +527,11 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     _student(job, cfg, say)
     # the student's parameters and, with a learned width map, the map's (training only: checkpointed, not saved)
     named = list(job.student.named_parameters())
+    if cfg.freeze_embeddings:   # every token keeps its copied vector, the ones the corpus never shows included
+        for _, p in named:
+            if p is word_embeddings(job.student):
+                p.requires_grad = False
+        named = [(n, p) for n, p in named if p.requires_grad]
     if job.s_map is not None:
         named += [(WIDTH_MAP + n, p) for n, p in job.s_map.named_parameters()]
     opt = AdamW(named, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -535,7 +579,8 @@ def _models(teacher, tokenizer, cfg: DistillConfig, say) -> _Job:
     w = cfg.weights or LossWeights.defaults(mlm)
     if not mlm:
         say(f"teacher {teacher_name} has no MLM head: the student learns from the hidden-state terms only "
-            f"(cos {w.alpha_cos}, mse {w.alpha_mse}, pooled cos {w.alpha_pool_cos}, pooled mse {w.alpha_pool_mse}), "
+            f"(cos {w.alpha_cos}, mse {w.alpha_mse}, pooled cos {w.alpha_pool_cos}, pooled mse {w.alpha_pool_mse}"
+            f"{f', earlier layers {w.alpha_layers}' if w.alpha_layers else ''}), "
             f"on unmasked text")
         if w.alpha_ce or w.alpha_mlm:
             raise ValueError("alpha_ce / alpha_mlm: this teacher has no MLM head; set them to 0")
@@ -656,15 +701,22 @@ def _micro_step(job: _Job, cfg: DistillConfig, run: Run, world, step: int, micro
     # the MLM logits only at the rows their terms read (M of the B*T), copied to the GPU once for both models
     rows = logit_rows(labels, attention_mask, job.weights) if job.mlm else None       # (M,)
     rows_on = to_device_of(rows, job.student) if rows is not None and rows.size else rows
+    every = bool(job.weights.alpha_layers)             # the layer-wise term: every hidden state of both
+    pairs = layer_pairs(job.layers) if every else []
     with no_grad():
-        t_logits, t_hidden = forward_outputs(job.teacher, inputs, attention_mask, logits_rows=rows_on)
+        t_logits, t_states = forward_outputs(job.teacher, inputs, attention_mask, logits_rows=rows_on,
+                                             every_layer=every)
         t_logits = None if t_logits is None else t_logits.data                       # (M, V), left on its device
-        t_hidden = (t_hidden if job.t_map is None else job.t_map(t_hidden)).data      # (B, T, C or H)
-    s_logits, s_hidden = forward_outputs(job.student, inputs, attention_mask, logits_rows=rows_on)
-    if job.s_map is not None:
-        s_hidden = job.s_map(s_hidden)                                                 # (B, T, C)
+        t_map = (lambda h: h) if job.t_map is None else job.t_map
+        t_hidden = t_map(t_states[-1] if every else t_states).data                   # (B, T, C or H)
+        t_layers = [t_map(t_states[j]).data for _, j in pairs]                       # (B, T, C or H) each
+    s_logits, s_states = forward_outputs(job.student, inputs, attention_mask, logits_rows=rows_on, every_layer=every)
+    s_map = (lambda h: h) if job.s_map is None else job.s_map
+    s_hidden = s_map(s_states[-1] if every else s_states)                           # (B, T, C)
+    s_layers = [s_map(s_states[i]) for i, _ in pairs]
     loss, terms = distillation_loss_terms(s_logits, t_logits, s_hidden, t_hidden, labels, attention_mask,
-                                          job.weights, scale, logits_rows=rows)
+                                          job.weights, scale, logits_rows=rows, s_layers=s_layers,
+                                          t_layers=t_layers)
     if _cuda.is_device_array(loss.data):  # on the GPU: left there, read when the loop logs (StepRows)
         value, terms = loss.data, {name: t.data for name, t in terms.items()}
     else:
