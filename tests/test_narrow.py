@@ -244,3 +244,21 @@ def test_frozen_word_embeddings_stay_as_copied(tmp_path):
     assert not np.array_equal(s["transformer.layer.0.ffn.lin1.weight"], t["encoder.layer.0.intermediate.dense.weight"])
     state = ck.load_checkpoint(sorted((tmp_path / "student.training").glob("checkpoint-*.npz"))[-1])
     assert state.optimizer["m"] and not any("word_embeddings" in n for n in state.optimizer["m"])
+
+
+def test_int8_targets(tmp_path):
+    """--teacher-int8: the first step's loss terms come from the int8 copy's outputs: near the float32 teacher's
+    (int8 rounding of every Linear: a few 1e-3 relative on the tiny teacher) but not equal to them, so the int8
+    model is the one that ran; the student is the same copy either way."""
+    from minidistil.train.distill import distill
+    corpus = _corpus_dir(tmp_path, 20)
+    teacher = _st_teacher(tmp_path, corpus)
+    rows = {}
+    for int8 in (False, True):
+        out = tmp_path / f"s{int8}"
+        distill(str(teacher), out, corpus=[str(corpus)], steps=1, seed=0, hidden_size=16, pca_texts=40,
+                teacher_int8=int8, **{**RUN, "checkpoint_every": 0})
+        rows[int8] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    for term in ("cos", "pool_cos", "pool_mse"):
+        f32, q = rows[False][term], rows[True][term]
+        assert f32 != q and abs(q - f32) <= 0.05 * abs(f32) + 1e-4, (term, f32, q)

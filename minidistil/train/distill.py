@@ -404,6 +404,7 @@ class DistillConfig:
     #                                    "learned" (student states through a Linear H -> C trained with it, not saved)
     pca_texts: int = 256               # corpus sequences whose teacher hidden states give the basis U
     freeze_embeddings: bool = False    # keep the word embeddings as copied (projected): no gradient, no update
+    teacher_int8: bool = False         # the training targets from an int8 copy of the teacher (CPU only)
     corpus: list[str] | None = None    # files / folders / .jsonl; None: data.default_corpus() (general English)
     text_field: str = "text"
     held_out: float = 0.02             # share of documents kept for evaluation
@@ -489,6 +490,8 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
     check_fields(cfg, FIELD_TYPES)
     say = functools.partial(print, flush=True)  # set-up lines and the final report; --no-progress hides the bar only
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
+    if cfg.teacher_int8 and cfg.device != "cpu":
+        raise ValueError("--teacher-int8: the int8 teacher runs on the CPU only; on the GPU leave it out")
     from minidistil.train.runchecks import check_output
     check_output(cfg.out_dir, teacher=teacher if isinstance(teacher, (str, Path)) else None, corpus=cfg.corpus)
     refusal = "--device cuda: data parallelism on MPI runs on the CPU only" if cfg.device != "cpu" else None
@@ -518,6 +521,7 @@ class _Job:
     narrow: dict = field(default_factory=dict)       # a narrower student's basis and maps (_narrow_init)
     s_map: Any = None                  # the loss's width maps: student states -> C ("learned"), teacher -> H ("pca")
     t_map: Any = None
+    targets: Any = None                # the model whose outputs the student learns: the teacher or its int8 copy
 
 
 def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: float) -> dict:
@@ -542,6 +546,11 @@ def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: flo
     if cfg.steps is not None:
         state.total_steps = int(cfg.steps)
     models_to(cfg.device, say, job.teacher, job.student, job.s_map, job.t_map)
+    job.targets = job.teacher
+    if cfg.teacher_int8:  # the student was copied from the float32 weights; only the targets come from int8
+        from minidistil.io.quantization import quantize
+        job.targets = quantize(job.teacher, embeddings=False)
+        say("targets: from the teacher's int8 copy (its Linear layers on int8 kernels; embeddings float32)")
 
     def save():
         model = job.student.state_dict()
@@ -704,7 +713,7 @@ def _micro_step(job: _Job, cfg: DistillConfig, run: Run, world, step: int, micro
     every = bool(job.weights.alpha_layers)             # the layer-wise term: every hidden state of both
     pairs = layer_pairs(job.layers) if every else []
     with no_grad():
-        t_logits, t_states = forward_outputs(job.teacher, inputs, attention_mask, logits_rows=rows_on,
+        t_logits, t_states = forward_outputs(job.targets, inputs, attention_mask, logits_rows=rows_on,
                                              every_layer=every)
         t_logits = None if t_logits is None else t_logits.data                       # (M, V), left on its device
         t_map = (lambda h: h) if job.t_map is None else job.t_map
