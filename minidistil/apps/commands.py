@@ -95,6 +95,10 @@ def add_distill(subparsers, name: str = "distill", help: str | None = None) -> a
                    help="compute the training targets with an int8 copy of the teacher (minidistil quantize's "
                         "kernels, CPU only): a faster teacher forward, more updates in the time budget; the student "
                         "is still copied from the float32 weights and compared with the float32 teacher")
+    p.add_argument("--random-words", type=rule["random_words"], default=d.random_words,
+                   help="share of each batch's sequences replaced by sequences of random whole words of the "
+                        "vocabulary, so that the student sees the teacher on every word, not only the corpus' "
+                        "(default %(default)s)")
     p.add_argument("--corpus", nargs="+", default=None,
                    help="text files, folders or .jsonl files (default: Python's help topics and stdlib docstrings "
                         "and the classic Unix fortune files)")
@@ -173,6 +177,7 @@ def run_distill(args) -> int:
                         layer_map=args.layer_map, hidden_size=args.hidden_size, num_heads=args.num_heads,
                         intermediate_size=args.intermediate_size, width_loss=args.width_loss,
                         freeze_embeddings=args.freeze_embeddings, teacher_int8=args.teacher_int8,
+                        random_words=args.random_words,
                         pca_texts=args.pca_texts, corpus=args.corpus, text_field=args.text_field,
                         held_out=args.held_out, max_len=args.max_len, batch_size=args.batch_size,
                         grad_accum=args.grad_accum, steps=args.steps, time_budget=args.time_budget * 60,

@@ -247,6 +247,34 @@ def special_ids(tokenizer) -> SpecialIds:
                       vocab_size=int(vocab_size))
 
 
+def word_ids(tokenizer) -> np.ndarray:
+    """(W,) int64, ascending: the ids of the vocabulary's whole words, the tokens of two or more ASCII letters (not
+    a ##-continuation, not a [special] token), from which `with_random_words` draws."""
+    vocab = tokenizer.get_vocab()
+    return np.array(sorted(i for t, i in vocab.items() if len(t) >= 2 and t.isascii() and t.isalpha()),
+                    dtype=np.int64)
+
+
+def with_random_words(input_ids: np.ndarray, attention_mask: np.ndarray, share: float, words: np.ndarray,
+                      special: SpecialIds, rng: np.random.Generator, min_words: int = 4):
+    """The batch (B, T) with its last round(share * B) rows replaced by [CLS] w_1 .. w_L [SEP]: L words drawn
+    uniformly from `words` (word_ids), L uniform in [min_words, T - 2], padded. The teacher's outputs on them show
+    the student every word of the vocabulary, not only the corpus' (for text unlike the corpus). New arrays; the
+    inputs are left as they are."""
+    B, T = input_ids.shape
+    n = int(round(share * B))
+    if n == 0 or T < min_words + 2:
+        return input_ids, attention_mask
+    ids, mask = input_ids.copy(), attention_mask.copy()
+    for r in range(B - n, B):
+        L = int(rng.integers(min_words, T - 1))                               # words in [min_words, T - 2]
+        ids[r] = special.pad
+        mask[r] = 0
+        ids[r, 0], ids[r, 1:L + 1], ids[r, L + 1] = special.cls, rng.choice(words, size=L), special.sep
+        mask[r, :L + 2] = 1
+    return ids, mask
+
+
 def encode_plain(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each text WITHOUT [CLS]/[SEP] (any of the tokenizer kinds `special_ids` accepts)."""
     if hasattr(tokenizer, "encode_batch"):

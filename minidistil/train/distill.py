@@ -405,6 +405,7 @@ class DistillConfig:
     pca_texts: int = 256               # corpus sequences whose teacher hidden states give the basis U
     freeze_embeddings: bool = False    # keep the word embeddings as copied (projected): no gradient, no update
     teacher_int8: bool = False         # the training targets from an int8 copy of the teacher (CPU only)
+    random_words: float = 0.0          # share of each batch's sequences replaced by random vocabulary words
     corpus: list[str] | None = None    # files / folders / .jsonl; None: data.default_corpus() (general English)
     text_field: str = "text"
     held_out: float = 0.02             # share of documents kept for evaluation
@@ -435,7 +436,7 @@ FIELD_TYPES = {"student_layers": POSITIVE_INT, "held_out": SHARE, "max_len": bou
                "lr": POSITIVE, "warmup": SHARE, "weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE,
                "mask_smoothing": NON_NEGATIVE, "seed": COUNT, "checkpoint_every": COUNT, "eval_texts": POSITIVE_INT,
                "hidden_size": POSITIVE_INT, "num_heads": POSITIVE_INT, "intermediate_size": POSITIVE_INT,
-               "pca_texts": POSITIVE_INT}
+               "pca_texts": POSITIVE_INT, "random_words": SHARE}
 LOSS_TERMS = ("loss", "ce", "mlm", "cos", "mse", "pool_cos", "pool_mse", "sim", "layers")   # the curves drawn and shown
 PROVISIONAL_STEPS = 1_000_000  # the schedule's length before the first updates are timed: a slow start of warm-up
 
@@ -522,6 +523,7 @@ class _Job:
     s_map: Any = None                  # the loss's width maps: student states -> C ("learned"), teacher -> H ("pca")
     t_map: Any = None
     targets: Any = None                # the model whose outputs the student learns: the teacher or its int8 copy
+    words: Any = None                  # data.word_ids of the tokenizer, for random_words
 
 
 def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: float) -> dict:
@@ -619,6 +621,7 @@ def _student(job: _Job, cfg: DistillConfig, say) -> None:
 def _data(job: _Job, cfg: DistillConfig, say) -> None:
     """The corpus cut into training sequences and batches, the masking weights, the held-out texts."""
     job.special = data.special_ids(job.tokenizer)
+    job.words = data.word_ids(job.tokenizer) if cfg.random_words else None
     train_docs, held_docs = _corpus(cfg)
     seqs = data.make_sequences(train_docs, job.tokenizer, cfg.max_len)
     job.held_texts = E.sample_texts(held_docs, cfg.eval_texts, seed=cfg.seed)
@@ -693,6 +696,10 @@ def _micro_step(job: _Job, cfg: DistillConfig, run: Run, world, step: int, micro
     """One micro-batch: mask, both forwards, the loss, its backward (scaled by 1 / grad_accum). Returns the global
     loss, its terms and the batch's token count."""
     input_ids, attention_mask = job.batches.next()          # the global batch (B, T), on every rank
+    if cfg.random_words:    # the last rows: random whole words of the vocabulary (data.with_random_words)
+        input_ids, attention_mask = data.with_random_words(
+            input_ids, attention_mask, cfg.random_words, job.words, job.special,
+            np.random.default_rng(step_seed(cfg.seed + 2, step, micro)))
     n_tokens = int(attention_mask.sum())
     rng = np.random.default_rng(step_seed(cfg.seed, step, micro))
     if job.mlm:
