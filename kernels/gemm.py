@@ -2,9 +2,10 @@
 
 The product (A (M, K) activations, B (K, N) the weight seen as a matrix, C (M, N)):
     C[i, j] = sum_k A[i, k] B[k, j]  (+ bias[j])
-A linear layer y = x W^T + b (W (Cout, Cin)) is B = W^T, K = Cin, N = Cout; its backward dx = dy W is B = W,
-K = Cout, N = Cin; dW = dy^T x has no constant operand at all. The linear layers run only the forward here (the
-rule below); `gemm_cpu` computes any product.
+A linear layer y = x W^T + b (W (Cout, Cin)) is B = W^T, K = Cin, N = Cout, with W^T packed once and kept. Its
+backward dx = dy W is B = W, K = Cout, N = Cin, and dW = dy^T x is A = dy^T, B = x, M = Cout, K = the T rows:
+their operands change at every training step, so `gemm` reads them in place rather than packing them (below).
+Which of the three the linear layers run here: the rule below. `gemm_cpu` computes any product.
 
 The algorithm (Goto & van de Geijn 2008; BLIS's five loops around a micro-kernel):
     B, packed ONCE (`pack_b`): NR-wide column panels, each stored k-major: panel p holds B[k, p NR + j] at
@@ -13,8 +14,14 @@ The algorithm (Goto & van de Geijn 2008; BLIS's five loops around a micro-kernel
         until the weight changes: the cache is keyed on the array object, its data pointer, shape and strides, and
         a version counter that every in-place writer of weights bumps (`weights_changed()`: the optimizer does
         after each step). A hit is therefore exactly "the same memory, not written since it was packed".
-    A, packed per call (`_pack_a`): MR-row panels, k-major (panel i holds A[i MR + r, k] at i K MR + k MR + r),
+    A, packed per call (`pack_a`): MR-row panels, k-major (panel i holds A[i MR + r, k] at i K MR + k MR + r),
         zeros beyond M: one k step is MR consecutive floats the micro-kernel broadcasts.
+    Operands read in place (`gemm`, the backward's products): the micro-kernel takes each operand's row stride
+        (lda, ldb; MR and NR for the packs). A row-major B (K, N) (W in dx = dy W, x in dW = dy^T x) has its k
+        step of a panel as NR consecutive floats at B + k N + col0, as in a pack; A given as the transpose of a
+        row-major array (dy^T, dy (K, M)) has its k step as MR consecutive floats at dy + k M + row0. So dW
+        packs nothing and dx packs only dy, which saves writing a packed copy and reading it back. Only an
+        operand's last partial panel is packed, for its zero padding (an in-place read would run past the row).
     Loops (per thread, over its share of B's panels):
         for jc in blocks of NC columns          B's kc x nc block stays in L2 while ...
           for pc in blocks of KC of K          ... all of A's row panels stream past it
@@ -50,12 +57,17 @@ Error bound (the tests and the lab assert it): every C[i, j] is a K-term float32
 gamma_K = K u / (1 - K u), u = 2^-24 (Higham, Accuracy and Stability of Numerical Algorithms, 3.1); the bias add
 is one more rounding: + u |C + bias|. `error_bound` computes it per element, in float64.
 
-When the linear layers use it (`use_own_gemm`), the rule (measured: figures, command and CPU in kernels/README.md):
-    the "avx512" kernel, MINIDISTIL_GEMM unset or "auto", and the product large enough that the padding of the
-    8 x 48 tile, packing A and waking the threads are small beside it: M >= MIN_M = 8 rows and K, N >= MIN_KN = 384
-    (where it measured faster than OpenBLAS; below, at M = 1 or K, N <= 256, slower). Everything else
-    (small products, a classifier head of a few outputs, the "portable" kernel, and the backward products dy W and
-    dy^T x, whose weight changes at every training step) goes to OpenBLAS.
+When the linear layers use it (`use_own_gemm(M, K, N, product)`), the rule (measured: figures, command and CPU in
+kernels/README.md; MINIDISTIL_GEMM=openblas sends all three products to OpenBLAS, =own all three here):
+    the forward y = x W^T: the "avx512" kernel, MINIDISTIL_GEMM unset or "auto", and the product large enough that
+    the padding of the 8 x 48 tile, packing A and waking the threads are small beside it: M >= MIN_M = 8 rows and
+    K, N >= MIN_KN = 384 (where it measured faster than OpenBLAS; below, at M = 1 or K, N <= 256, slower).
+    Everything else (small products, a classifier head of a few outputs, the "portable" kernel) goes to OpenBLAS.
+    The backward's dx = dy W and dW = dy^T x: OpenBLAS. Read in place, they ran here at OpenBLAS's rate on one
+    core, not above it by a margin: both reach about the core's peak, and OpenBLAS packs a row-major B cheaply, so
+    there is no per-call packing left to save as the forward's kept pack saves it. On two threads under other
+    jobs' load this GEMM won at 256 rows, where OpenBLAS's static split waits for a descheduled thread, and lost
+    at 1024 rows; a rule from such figures would encode the load, not the product.
 """
 from __future__ import annotations
 
@@ -80,6 +92,7 @@ CHUNKS_PER_THREAD = 4       # pieces of work per thread, taken dynamically
 PACK_KB = 16                # rows of a row-major operand packed together (_pack_rows)
 MIN_M = 8                   # the dispatch rule (module docstring): one full MR-row panel at least ...
 MIN_KN = 384                # ... and both widths at least MiniLM's 384
+PRODUCTS = ("forward", "dx", "dw")   # the three products of a linear layer (use_own_gemm, compare_openblas)
 U32 = 2.0**-24              # float32 unit roundoff
 ZERO = np.float32(0.0)
 
@@ -563,9 +576,9 @@ def gemm(a, b, bias=None, out=None, kernel: str | None = None, threads: int | No
 
 
 def mode() -> str:
-    """MINIDISTIL_GEMM as it concerns this kernel: "auto" (unset or "auto": the linear layers' forward uses it
-    where `use_own_gemm` says), "own" (every forward product, whatever its shape: for tests), "openblas" ("openblas",
-    "blas" or "blocks": never; kernels/_blas.py runs every product)."""
+    """MINIDISTIL_GEMM as it concerns this kernel: "auto" (unset or "auto": the linear layers use it where
+    `use_own_gemm` says), "own" (all three products of every linear layer, whatever their shape: for tests and
+    for measuring), "openblas" ("openblas", "blas" or "blocks": never; kernels/_blas.py runs every product)."""
     v = os.environ.get("MINIDISTIL_GEMM", "auto").strip().lower() or "auto"
     if v in ("openblas", "blas", "blocks"):
         return "openblas"
@@ -574,11 +587,16 @@ def mode() -> str:
     return v
 
 
-def use_own_gemm(M: int, K: int, N: int) -> bool:
-    """The dispatch rule (module docstring): True when a forward product (M, K) @ (K, N) should run here."""
+def use_own_gemm(M: int, K: int, N: int, product: str = "forward") -> bool:
+    """The dispatch rule (module docstring): True when the product (M, K) @ (K, N) of a linear layer should run
+    here; `product` is which of its three: "forward" (y = x W^T), "dx" (dy W) or "dw" (dy^T x)."""
+    if product not in PRODUCTS:
+        raise ValueError(f"product: expected one of {PRODUCTS}, got {product!r}")
     m = mode()
     if m != "auto":
         return m == "own"
+    if product != "forward":
+        return False                # the backward's products: no measured margin over OpenBLAS (docstring)
     return cpu_kernel() == "avx512" and M >= MIN_M and K >= MIN_KN and N >= MIN_KN
 
 
@@ -620,9 +638,6 @@ def _cpu_model() -> str:
     return "unknown CPU"
 
 
-PRODUCTS = ("forward", "dx", "dw")     # the three products of a linear layer
-
-
 def product_shape(product: str, T: int, cin: int, cout: int) -> tuple[int, int, int]:
     """The GEMM's (M, K, N) for one product of a linear layer x (T, Cin) -> y (T, Cout):
     forward y = x W^T (T, Cin, Cout), dx = dy W (T, Cout, Cin), dW = dy^T x (Cout, T, Cin)."""
@@ -661,7 +676,8 @@ def compare_openblas(shapes, rounds: int = 7, kernel: str | None = None, log=pri
     """One product of a linear layer (`product`: "forward" y = x W^T, "dx" = dy W or "dw" = dy^T x; shapes are
     the layer's (T, Cin, Cout), T the rows of x) by numpy's OpenBLAS (what kernels/linear.py runs without this
     GEMM) and by this GEMM as the linear layer runs it (`_product_runs`), interleaved: each round times two calls
-    of each, one after the other, so that all see the same load; the medians over `rounds`. Returns one dict per
+    of each, one after the other, so that all see the same load, starting with each in turn (the one timed right
+    after another can find its threads still busy); the medians over `rounds`. Returns one dict per
     shape: the GEMM's M, K, N, GFLOP/s of each run, and "ratio" = own / OpenBLAS."""
     r = np.random.default_rng(0)
     rows = []
@@ -669,8 +685,9 @@ def compare_openblas(shapes, rounds: int = 7, kernel: str | None = None, log=pri
         runs = {k: (fn, []) for k, fn in _product_runs(product, T, cin, cout, r, kernel).items()}
         for fn, _ in runs.values():                                    # warm-up (and compilation)
             fn()
-        for _ in range(rounds):
-            for fn, times in runs.values():
+        order = list(runs.values())
+        for i in range(rounds):
+            for fn, times in order[i % len(order):] + order[:i % len(order)]:   # each run first in turn
                 t0 = time.perf_counter()
                 fn()
                 fn()
