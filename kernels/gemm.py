@@ -705,7 +705,10 @@ def compare_openblas(shapes, rounds: int = 7, kernel: str | None = None, log=pri
     return rows
 
 
-MODEL_SHAPES = [(M, K, N) for M in (256, 1024) for K, N in ((768, 768), (768, 3072), (3072, 768))]
+# the linear layers' (T, Cin, Cout): T = B T rows at B = 8, T = 32 and 128; DistilBERT-base's attention output and
+# FFN (768, 3072 wide), the MiniLM student's (384, 1536)
+MODEL_SHAPES = [(T, cin, cout) for T in (256, 1024)
+                for cin, cout in ((768, 768), (768, 3072), (3072, 768), (384, 384), (384, 1536), (1536, 384))]
 
 
 def main(argv=None):
@@ -716,6 +719,12 @@ def main(argv=None):
     if "avx512" not in kernels:
         rep.skip("avx512", "Numba's target CPU has no AVX-512F")
 
+    def check(name, c, a, b, bias=None):
+        exact, bound = gemm_ref(a, b, bias), error_bound(a, b, bias)
+        err = np.abs(c - exact)
+        rep.check(name, "> bound", np.maximum(err - bound, 0.0), np.zeros_like(err), atol=0)
+        print(f"  {'':9}{name}: max |C - A B - bias| / bound = {(err / bound).max():.4f}")
+
     # validation: within the derived bound, at awkward sizes (M, N not multiples of the tile, K across KC blocks)
     # and at the model's
     shapes = [(1, 13, 5), (7, 13, 13), (13, 385, 49), (37, 800, 97)]
@@ -725,19 +734,29 @@ def main(argv=None):
         a = r.standard_normal((M, K)).astype(np.float32)
         b = r.standard_normal((K, N)).astype(np.float32)
         bias = r.standard_normal(N).astype(np.float32)
-        exact, bound = gemm_ref(a, b, bias), error_bound(a, b, bias)
         for k in kernels:
-            err = np.abs(gemm_cpu(a, b, bias, kernel=k) - exact)
-            rep.check(f"{k} {M}x{K}x{N}", "> bound", np.maximum(err - bound, 0.0), np.zeros_like(err), atol=0)
-            print(f"  {'':9}{k} {M}x{K}x{N}: max |C - A B - bias| / bound = {(err / bound).max():.4f}")
+            check(f"{k} {M}x{K}x{N}", gemm_cpu(a, b, bias, kernel=k), a, b, bias)
+    # the three products of a linear layer x (T, Cin) -> (T, Cout), as kernels/linear.py calls them: the forward
+    # with W^T packed, dx = dy W with W read in place, dW = dy^T x with dy^T and x read in place
+    layers = [(7, 13, 50), (37, 97, 49)] + ([(256, 768, 3072), (1024, 3072, 768)] if args.size == "base" else [])
+    for T, cin, cout in layers:
+        x = r.standard_normal((T, cin)).astype(np.float32)
+        w = (r.standard_normal((cout, cin)) * 0.02).astype(np.float32)
+        bias = r.standard_normal(cout).astype(np.float32)
+        dy = r.standard_normal((T, cout)).astype(np.float32)
+        for k in kernels:
+            check(f"{k} forward {T}x{cin}->{cout}", gemm_packed(x, pack_b(w.T), cout, bias, kernel=k), x, w.T, bias)
+            check(f"{k} dx {T}x{cin}->{cout}", gemm(dy, w, kernel=k), dy, w)
+            check(f"{k} dW {T}x{cin}->{cout}", gemm(dy.T, x, kernel=k), dy.T, x)
     if args.no_bench:
         return rep.finish()
 
     print(f"  CPU: {_cpu_model()}; {get_num_threads()} Numba threads; load average before "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     k = cpu_kernel()
-    print(f"  kernel {k} (the one this CPU runs): y = x W^T, OpenBLAS and own interleaved, medians of 7 rounds")
-    compare_openblas(MODEL_SHAPES, kernel=k)
+    for product, what in (("forward", "y = x W^T"), ("dx", "dx = dy W"), ("dw", "dW = dy^T x")):
+        print(f"  kernel {k} (the one this CPU runs): {what}, OpenBLAS and own interleaved, medians of 7 rounds")
+        compare_openblas(MODEL_SHAPES, kernel=k, product=product)
     print(f"  load average after {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return rep.finish()
 
