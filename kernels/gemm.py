@@ -571,6 +571,9 @@ def gemm(a, b, bias=None, out=None, kernel: str | None = None, threads: int | No
     """C (M, N) = a (M, K) @ b (K, N) + bias, neither operand packed beforehand (the backward's products, whose
     operands change at every call): a C-contiguous b and a transposed C-contiguous a (dy^T) are read in place,
     other layouts packed here. float32; out (M, N) float32 C-contiguous, or None for a new array."""
+    if a.dtype != np.float32 or b.dtype != np.float32 or a.ndim != 2 or b.ndim != 2 or b.shape[0] != a.shape[1]:
+        raise ValueError(f"a, b: expected float32 (M, K) and (K, N), got {a.dtype} {tuple(a.shape)} and "
+                         f"{b.dtype} {tuple(b.shape)}")
     bsrc, b_inplace, bedge = _b_operand(b)
     return _run(a, bsrc, b_inplace, bedge, b.shape[1], bias, out, kernel, threads)
 

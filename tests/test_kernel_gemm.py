@@ -185,6 +185,10 @@ def test_bad_input():
         G.gemm_cpu(a, np.zeros((4, 2), np.float32), kernel="amx")
     with pytest.raises(ValueError, match="bp: expected"):
         G.gemm_packed(a, np.zeros(7, np.float32), 2)
+    with pytest.raises(ValueError, match="a, b: expected"):            # the unchecked entry reads in place: it
+        G.gemm(a, np.zeros((5, 2), np.float32))                         # refuses what would read out of bounds
+    with pytest.raises(ValueError, match="a, b: expected"):
+        G.gemm(a.T.astype(np.float64).T, np.zeros((4, 2), np.float32))
 
 
 # the backward products of a linear layer y = x W^T: dx = dy W (B = W read in place) and dW = dy^T x (A = dy^T and
