@@ -10,10 +10,11 @@ Which of the three the linear layers run here: the rule below. `gemm_cpu` comput
 The algorithm (Goto & van de Geijn 2008; BLIS's five loops around a micro-kernel):
     B, packed ONCE (`pack_b`): NR-wide column panels, each stored k-major: panel p holds B[k, p NR + j] at
         p K NR + k NR + j (j < NR), zeros beyond N. One k step of a panel is one contiguous NR-float row, so the
-        micro-kernel reads B as NR/16 aligned 64-byte vectors. A linear layer's packed weight is kept (`PackCache`)
-        until the weight changes: the cache is keyed on the array object, its data pointer, shape and strides, and
-        a version counter that every in-place writer of weights bumps (`weights_changed()`: the optimizer does
-        after each step). A hit is therefore exactly "the same memory, not written since it was packed".
+        micro-kernel reads B as NR/16 64-byte vectors (aligned ones in a pack). A linear layer's packed weight is
+        kept (`PackCache`) until the weight changes: the cache is keyed on the array object, its data pointer,
+        shape and strides, and a version counter that every in-place writer of weights bumps
+        (`weights_changed()`: the optimizer does after each step). A hit is therefore exactly "the same memory,
+        not written since it was packed".
     A, packed per call (`pack_a`): MR-row panels, k-major (panel i holds A[i MR + r, k] at i K MR + k MR + r),
         zeros beyond M: one k step is MR consecutive floats the micro-kernel broadcasts.
     Operands read in place (`gemm`, the backward's products): the micro-kernel takes each operand's row stride
@@ -67,7 +68,7 @@ kernels/README.md; MINIDISTIL_GEMM=openblas sends all three products to OpenBLAS
     core, not above it by a margin: both reach about the core's peak, and OpenBLAS packs a row-major B cheaply, so
     there is no per-call packing left to save as the forward's kept pack saves it. On two threads under other
     jobs' load this GEMM won at 256 rows, where OpenBLAS's static split waits for a descheduled thread, and lost
-    at 1024 rows; a rule from such figures would encode the load, not the product.
+    on half of the 1024-row products; a rule from such figures would encode the load, not the product.
 """
 from __future__ import annotations
 
