@@ -2,19 +2,27 @@
 
 The product (A (M, K) activations, B (K, N) the weight seen as a matrix, C (M, N)):
     C[i, j] = sum_k A[i, k] B[k, j]  (+ bias[j])
-A linear layer y = x W^T + b (W (Cout, Cin)) is B = W^T, K = Cin, N = Cout; its backward dx = dy W is B = W,
-K = Cout, N = Cin; dW = dy^T x has no constant operand at all. The linear layers run only the forward here (the
-rule below); `gemm_cpu` computes any product.
+A linear layer y = x W^T + b (W (Cout, Cin)) is B = W^T, K = Cin, N = Cout, with W^T packed once and kept. Its
+backward dx = dy W is B = W, K = Cout, N = Cin, and dW = dy^T x is A = dy^T, B = x, M = Cout, K = the T rows:
+their operands change at every training step, so `gemm` reads them in place rather than packing them (below).
+Which of the three the linear layers run here: the rule below. `gemm_cpu` computes any product.
 
 The algorithm (Goto & van de Geijn 2008; BLIS's five loops around a micro-kernel):
     B, packed ONCE (`pack_b`): NR-wide column panels, each stored k-major: panel p holds B[k, p NR + j] at
         p K NR + k NR + j (j < NR), zeros beyond N. One k step of a panel is one contiguous NR-float row, so the
-        micro-kernel reads B as NR/16 aligned 64-byte vectors. A linear layer's packed weight is kept (`PackCache`)
-        until the weight changes: the cache is keyed on the array object, its data pointer, shape and strides, and
-        a version counter that every in-place writer of weights bumps (`weights_changed()`: the optimizer does
-        after each step). A hit is therefore exactly "the same memory, not written since it was packed".
-    A, packed per call (`_pack_a`): MR-row panels, k-major (panel i holds A[i MR + r, k] at i K MR + k MR + r),
+        micro-kernel reads B as NR/16 64-byte vectors (aligned ones in a pack). A linear layer's packed weight is
+        kept (`PackCache`) until the weight changes: the cache is keyed on the array object, its data pointer,
+        shape and strides, and a version counter that every in-place writer of weights bumps
+        (`weights_changed()`: the optimizer does after each step). A hit is therefore exactly "the same memory,
+        not written since it was packed".
+    A, packed per call (`pack_a`): MR-row panels, k-major (panel i holds A[i MR + r, k] at i K MR + k MR + r),
         zeros beyond M: one k step is MR consecutive floats the micro-kernel broadcasts.
+    Operands read in place (`gemm`, the backward's products): the micro-kernel takes each operand's row stride
+        (lda, ldb; MR and NR for the packs). A row-major B (K, N) (W in dx = dy W, x in dW = dy^T x) has its k
+        step of a panel as NR consecutive floats at B + k N + col0, as in a pack; A given as the transpose of a
+        row-major array (dy^T, dy (K, M)) has its k step as MR consecutive floats at dy + k M + row0. So dW
+        packs nothing and dx packs only dy, which saves writing a packed copy and reading it back. Only an
+        operand's last partial panel is packed, for its zero padding (an in-place read would run past the row).
     Loops (per thread, over its share of B's panels):
         for jc in blocks of NC columns          B's kc x nc block stays in L2 while ...
           for pc in blocks of KC of K          ... all of A's row panels stream past it
@@ -50,12 +58,17 @@ Error bound (the tests and the lab assert it): every C[i, j] is a K-term float32
 gamma_K = K u / (1 - K u), u = 2^-24 (Higham, Accuracy and Stability of Numerical Algorithms, 3.1); the bias add
 is one more rounding: + u |C + bias|. `error_bound` computes it per element, in float64.
 
-When the linear layers use it (`use_own_gemm`), the rule (measured: figures, command and CPU in kernels/README.md):
-    the "avx512" kernel, MINIDISTIL_GEMM unset or "auto", and the product large enough that the padding of the
-    8 x 48 tile, packing A and waking the threads are small beside it: M >= MIN_M = 8 rows and K, N >= MIN_KN = 384
-    (where it measured faster than OpenBLAS; below, at M = 1 or K, N <= 256, slower). Everything else
-    (small products, a classifier head of a few outputs, the "portable" kernel, and the backward products dy W and
-    dy^T x, whose weight changes at every training step) goes to OpenBLAS.
+When the linear layers use it (`use_own_gemm(M, K, N, product)`), the rule (measured: figures, command and CPU in
+kernels/README.md; MINIDISTIL_GEMM=openblas sends all three products to OpenBLAS, =own all three here):
+    the forward y = x W^T: the "avx512" kernel, MINIDISTIL_GEMM unset or "auto", and the product large enough that
+    the padding of the 8 x 48 tile, packing A and waking the threads are small beside it: M >= MIN_M = 8 rows and
+    K, N >= MIN_KN = 384 (where it measured faster than OpenBLAS; below, at M = 1 or K, N <= 256, slower).
+    Everything else (small products, a classifier head of a few outputs, the "portable" kernel) goes to OpenBLAS.
+    The backward's dx = dy W and dW = dy^T x: OpenBLAS. Read in place, they ran here at OpenBLAS's rate on one
+    core, not above it by a margin: both reach about the core's peak, and OpenBLAS packs a row-major B cheaply, so
+    there is no per-call packing left to save as the forward's kept pack saves it. On two threads under other
+    jobs' load this GEMM won at 256 rows, where OpenBLAS's static split waits for a descheduled thread, and lost
+    on half of the 1024-row products; a rule from such figures would encode the load, not the product.
 """
 from __future__ import annotations
 
@@ -77,8 +90,10 @@ KC = 384                    # k per block: B's micro-panel (KC x NR x 4 B = 72 K
 MC = 96                     # rows per block: A's MC x KC block (144 KiB) stays in L2
 NC = 1536                   # columns per block (a multiple of NR): B's KC x NC block (2.25 MiB) from L2/L3
 CHUNKS_PER_THREAD = 4       # pieces of work per thread, taken dynamically
+PACK_KB = 16                # rows of a row-major operand packed together (_pack_rows)
 MIN_M = 8                   # the dispatch rule (module docstring): one full MR-row panel at least ...
 MIN_KN = 384                # ... and both widths at least MiniLM's 384
+PRODUCTS = ("forward", "dx", "dw")   # the three products of a linear layer (use_own_gemm, compare_openblas)
 U32 = 2.0**-24              # float32 unit roundoff
 ZERO = np.float32(0.0)
 
@@ -136,7 +151,10 @@ def pack_b(b):
     K, N = b.shape
     out = _aligned_empty(-(-N // NR) * K * NR)
     if out.size:
-        _pack_b(b, out)
+        if b.flags.c_contiguous:
+            _pack_rows(b, out, NR)
+        else:
+            _pack_b(b, out)
     return out
 
 
@@ -154,6 +172,44 @@ def _pack_a(a, out):
         for r in range(rows, MR):
             for k in range(K):
                 out[base + k * MR + r] = ZERO
+
+
+@njit(cache=True, parallel=True)
+def _pack_rows(src, out, width):
+    # The pack of a row-major source whose rows are the k steps: src (K, L) C-contiguous -> out: panel p, step k,
+    # lane j = src[k, p width + j] (0 beyond L), panels `width` lanes wide (pack_b: B itself, width NR; pack_a: A
+    # given as its transpose, the backward's dy^T read in place, width MR). Walked in blocks of PACK_KB rows, each
+    # block across all panels: the reads stream along PACK_KB rows, the writes fill PACK_KB width contiguous floats
+    # per panel (a panel-by-panel walk would touch a new page of src at every k)
+    K, L = src.shape
+    n_pan = (L + width - 1) // width
+    n_blk = (K + PACK_KB - 1) // PACK_KB
+    for kb in prange(n_blk):
+        k0 = kb * PACK_KB
+        k1 = min(k0 + PACK_KB, K)
+        for p in range(n_pan):
+            base = p * K * width
+            cols = min(width, L - p * width)
+            c0 = p * width
+            for k in range(k0, k1):
+                row = base + k * width
+                out[row:row + cols] = src[k, c0:c0 + cols]
+                out[row + cols:row + width] = ZERO
+
+
+def pack_a(a):
+    """A (M, K) float32, C-contiguous or the transpose of a C-contiguous array (dy.T, read in place) -> the packed
+    MR-row panels, 1-d, 64-byte aligned, length ceil(M / MR) MR K. Other layouts are copied first."""
+    M, K = a.shape
+    out = _aligned_empty(-(-M // MR) * MR * K)
+    if out.size:
+        if a.flags.c_contiguous:
+            _pack_a(a, out)
+        elif a.T.flags.c_contiguous:
+            _pack_rows(a.T, out, MR)
+        else:
+            _pack_a(np.ascontiguousarray(a), out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -214,18 +270,20 @@ def _arr(t, dtype, ndim):
 
 
 @intrinsic
-def _tile_avx512(typingctx, ap, aoff, bp, boff, kc, c, row0, col0, accumulate, bias):
-    """C[row0:row0+MR, col0:col0+NR] (=|+=) sum over kc steps k of  ap[aoff + k MR + r] * bp[boff + k NR + j]
-    + bias[col0 + j]. ap, bp: the packed 1-d panels; c: a C-contiguous 2-d float32 array holding the whole tile;
-    bias: at least col0 + NR floats (zeros where no bias is added); the caller guarantees both (no bounds
-    checks). The loop over k keeps the MR x NV accumulators as <16 x float> SSA values (zmm registers):
-        b_v    = load <16 x float> bp + boff + k NR + 16 v                         v < NV
-        a_r    = broadcast of ap[aoff + k MR + r]                                   r < MR
+def _tile_avx512(typingctx, ap, aoff, lda, bp, boff, ldb, kc, c, row0, col0, accumulate, bias):
+    """C[row0:row0+MR, col0:col0+NR] (=|+=) sum over kc steps k of  ap[aoff + k lda + r] * bp[boff + k ldb + j]
+    + bias[col0 + j]. ap, bp: 1-d float32, the packed panels (lda = MR, ldb = NR) or an operand read in place
+    (lda, ldb its row length: the MR values of A's k step, the NR of B's, are consecutive in either); c: a
+    C-contiguous 2-d float32 array holding the whole tile; bias: at least col0 + NR floats (zeros where no bias
+    is added); the caller guarantees all of it (no bounds checks). The loop over k keeps the MR x NV
+    accumulators as <16 x float> SSA values (zmm registers):
+        b_v    = load <16 x float> bp + boff + k ldb + 16 v                        v < NV
+        a_r    = broadcast of ap[aoff + k lda + r]                                  r < MR
         acc_rv = llvm.fma(a_r, b_v, acc_rv)                                         vfmadd231ps
     then acc (+ C when accumulate) + bias is stored."""
     ok = (_arr(ap, types.float32, 1) and _arr(bp, types.float32, 1) and _arr(c, types.float32, 2)
           and _arr(bias, types.float32, 1) and isinstance(accumulate, types.Boolean)
-          and all(isinstance(v, types.Integer) for v in (aoff, boff, kc, row0, col0)))
+          and all(isinstance(v, types.Integer) for v in (aoff, lda, boff, ldb, kc, row0, col0)))
     if not ok:
         return None
 
@@ -234,15 +292,16 @@ def _tile_avx512(typingctx, ap, aoff, bp, boff, kc, c, row0, col0, accumulate, b
         f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
         vf = ir.VectorType(f32, 16)
         c64 = lambda n: ir.Constant(i64, n)  # noqa: E731
-        ap_, aoff_, bp_, boff_, kc_, c_, row0_, col0_, acc_flag, bias_ = args
-        aoff_, boff_, kc_, row0_, col0_ = (context.cast(builder, v, sig.args[i], types.int64)
-                                           for v, i in ((aoff_, 1), (boff_, 3), (kc_, 4), (row0_, 6), (col0_, 7)))
-        acc_flag = context.cast(builder, acc_flag, sig.args[8], types.boolean)
+        ap_, aoff_, lda_, bp_, boff_, ldb_, kc_, c_, row0_, col0_, acc_flag, bias_ = args
+        aoff_, lda_, boff_, ldb_, kc_, row0_, col0_ = (
+            context.cast(builder, v, sig.args[i], types.int64)
+            for v, i in ((aoff_, 1), (lda_, 2), (boff_, 4), (ldb_, 5), (kc_, 6), (row0_, 8), (col0_, 9)))
+        acc_flag = context.cast(builder, acc_flag, sig.args[10], types.boolean)
         fma = builder.module.declare_intrinsic("llvm.fma.v16f32", fnty=ir.FunctionType(vf, [vf] * 3))
         arr_a = context.make_array(sig.args[0])(context, builder, ap_)
-        arr_b = context.make_array(sig.args[2])(context, builder, bp_)
-        arr_c = context.make_array(sig.args[5])(context, builder, c_)
-        arr_bias = context.make_array(sig.args[9])(context, builder, bias_)
+        arr_b = context.make_array(sig.args[3])(context, builder, bp_)
+        arr_c = context.make_array(sig.args[7])(context, builder, c_)
+        arr_bias = context.make_array(sig.args[11])(context, builder, bias_)
         abase = builder.gep(builder.bitcast(arr_a.data, f32.as_pointer()), [aoff_])
         bbase = builder.gep(builder.bitcast(arr_b.data, f32.as_pointer()), [boff_])
         zero = ir.Constant(vf, None)
@@ -260,10 +319,10 @@ def _tile_avx512(typingctx, ap, aoff, bp, boff, kc, c, row0, col0, accumulate, b
         for row in acc:
             for p in row:
                 p.add_incoming(zero, entry)
-        prow = builder.gep(bbase, [builder.mul(k, c64(NR))])
-        bv = [builder.load(builder.bitcast(builder.gep(prow, [c64(16 * v)]), vf.as_pointer()), align=64)
+        prow = builder.gep(bbase, [builder.mul(k, ldb_)])
+        bv = [builder.load(builder.bitcast(builder.gep(prow, [c64(16 * v)]), vf.as_pointer()), align=4)
               for v in range(NV)]
-        arow = builder.gep(abase, [builder.mul(k, c64(MR))])
+        arow = builder.gep(abase, [builder.mul(k, lda_)])
         new = []
         for r in range(MR):
             x = builder.load(builder.gep(arow, [c64(r)]), align=4)
@@ -299,11 +358,11 @@ def _tile_avx512(typingctx, ap, aoff, bp, boff, kc, c, row0, col0, accumulate, b
                 builder.store(builder.fadd(builder.fadd(final[r][v], prev), bvec[v]), pc, align=4)
         return context.get_dummy_value()
 
-    return types.void(ap, aoff, bp, boff, kc, c, row0, col0, accumulate, bias), codegen
+    return types.void(ap, aoff, lda, bp, boff, ldb, kc, c, row0, col0, accumulate, bias), codegen
 
 
 @njit(cache=True)
-def _tile_portable(ap, aoff, bp, boff, kc, c, row0, col0, accumulate, bias, acc):
+def _tile_portable(ap, aoff, lda, bp, boff, ldb, kc, c, row0, col0, accumulate, bias, acc):
     """_tile_avx512's tile in plain Numba, one row of the tile at a time: acc (NR,) float32 scratch; the loop over
     the NR columns is contiguous in bp and acc, so LLVM vectorises it with the CPU's vectors (a multiply and an
     add: no fastmath, so no FMA contraction)."""
@@ -311,8 +370,8 @@ def _tile_portable(ap, aoff, bp, boff, kc, c, row0, col0, accumulate, bias, acc)
         for j in range(NR):
             acc[j] = ZERO
         for k in range(kc):
-            x = ap[aoff + k * MR + r]
-            brow = bp[boff + k * NR:boff + k * NR + NR]   # a view: indices from range(NR) are known >= 0, so
+            x = ap[aoff + k * lda + r]
+            brow = bp[boff + k * ldb:boff + k * ldb + NR]   # a view: indices from range(NR) are known >= 0, so
             for j in range(NR):                            # no wraparound test stops the vectoriser
                 acc[j] += x * brow[j]
         for j in range(NR):
@@ -339,11 +398,16 @@ def _fetch_add(typingctx, counter):
 
 
 @njit(cache=True, parallel=True)
-def _gemm_packed(ap, bp, M, N, K, c, bias_pad, zeros_pad, nthreads, chunk_pan, m_parts, kc_blk, mc_pan, nc_pan,
-                 portable, counter):
-    """c (M, N) = packed A (ap) times packed B (bp) + bias_pad[:N]. bias_pad and zeros_pad hold ceil(N/NR) NR
-    floats (bias_pad: the bias, zeros beyond; zeros_pad: zeros, for the KC blocks before the last). kc_blk: KC;
-    mc_pan, nc_pan: MC and NC in MR and NR panels. portable: the Numba micro-kernel instead of the LLVM-IR one.
+def _gemm_packed(ap, a_inplace, aedge, bp, b_inplace, bedge, M, N, K, c, bias_pad, zeros_pad, nthreads, chunk_pan,
+                 m_parts, kc_blk, mc_pan, nc_pan, portable, counter):
+    """c (M, N) = A times B + bias_pad[:N]. A: packed panels (ap), or, with a_inplace, A's transpose (K, M)
+    C-contiguous flattened (ap), read in place: A[i, k] at ap[k M + i], so A's k step of a panel is MR
+    consecutive floats as in the pack; aedge then holds A's last partial MR panel packed (K MR floats). B: packed
+    panels (bp), or, with b_inplace, B (K, N) C-contiguous flattened, read in place: B[k, j] at bp[k N + j];
+    bedge then holds B's last partial NR panel packed (K NR floats). In-place operands are read only in whole
+    panels; the packed edge panels' zeros pad the edge tiles. bias_pad and zeros_pad hold ceil(N/NR) NR floats
+    (bias_pad: the bias, zeros beyond; zeros_pad: zeros, for the KC blocks before the last). kc_blk: KC; mc_pan,
+    nc_pan: MC and NC in MR and NR panels. portable: the Numba micro-kernel instead of the LLVM-IR one.
 
     The work is cut into chunks of `chunk_pan` NR panels of B times one of `m_parts` row ranges; each of the
     `nthreads` threads takes the next chunk from `counter` (an atomic add) until none is left, so a thread the OS
@@ -373,23 +437,37 @@ def _gemm_packed(ap, bp, M, N, K, c, bias_pad, zeros_pad, nthreads, chunk_pan, m
                     for ic in range(i0, i1, mc_pan):                       # loop 3: MC rows
                         iend = min(ic + mc_pan, i1)
                         for jp in range(jc, jend):                         # loop 2: NR panels of B
-                            boff = jp * K * NR + pc * NR
                             col0 = jp * NR
+                            bsrc, boff, ldb = bp, jp * K * NR + pc * NR, NR
+                            if b_inplace:
+                                if col0 + NR <= N:
+                                    boff, ldb = pc * N + col0, N
+                                else:
+                                    bsrc, boff = bedge, pc * NR
                             for ip in range(ic, iend):                     # loop 1: MR panels of A
-                                aoff = ip * K * MR + pc * MR
                                 row0 = ip * MR
+                                asrc, aoff, lda = ap, ip * K * MR + pc * MR, MR
+                                if a_inplace:
+                                    if row0 + MR <= M:
+                                        aoff, lda = pc * M + row0, M
+                                    else:
+                                        asrc, aoff = aedge, pc * MR
                                 if row0 + MR <= M and col0 + NR <= N:
                                     if portable:
-                                        _tile_portable(ap, aoff, bp, boff, kc, c, row0, col0, not first, bias, acc)
+                                        _tile_portable(asrc, aoff, lda, bsrc, boff, ldb, kc, c, row0, col0, not first,
+                                                       bias, acc)
                                     else:
-                                        _tile_avx512(ap, aoff, bp, boff, kc, c, row0, col0, not first, bias)
+                                        _tile_avx512(asrc, aoff, lda, bsrc, boff, ldb, kc, c, row0, col0, not first,
+                                                     bias)
                                     continue
                                 # an edge tile: computed whole into scratch (the packs' padding is zeros), its
                                 # valid part added with the same additions in the same order
                                 if portable:
-                                    _tile_portable(ap, aoff, bp, boff, kc, scratch, 0, 0, False, zeros_pad, acc)
+                                    _tile_portable(asrc, aoff, lda, bsrc, boff, ldb, kc, scratch, 0, 0, False,
+                                                   zeros_pad, acc)
                                 else:
-                                    _tile_avx512(ap, aoff, bp, boff, kc, scratch, 0, 0, False, zeros_pad)
+                                    _tile_avx512(asrc, aoff, lda, bsrc, boff, ldb, kc, scratch, 0, 0, False,
+                                                 zeros_pad)
                                 for r in range(min(MR, M - row0)):
                                     for j in range(min(NR, N - col0)):
                                         prev = ZERO if first else c[row0 + r, col0 + j]
@@ -432,22 +510,40 @@ def _padded_bias(bias, n_pad):
     return out
 
 
-def gemm_packed(a, bp, N, bias=None, out=None, kernel: str | None = None, threads: int | None = None):
-    """C (M, N) = a (M, K) @ B + bias, for B already packed by pack_b (bp: its panels, N: its columns).
-    a must be float32 and C-contiguous; out (M, N) float32 C-contiguous, or None for a new array."""
+_NONE = np.zeros(0, np.float32)    # no edge panel
+
+
+def _a_operand(a):
+    """A (M, K) as the driver reads it: (source, in place?, packed edge panel). The transpose of a C-contiguous
+    array (the backward's dy^T) is read in place, its last partial MR panel packed; anything else is packed."""
+    M, K = a.shape
+    if a.T.flags.c_contiguous and not a.flags.c_contiguous:
+        m0 = M - M % MR
+        return a.T.reshape(-1), True, (pack_a(a[m0:]) if m0 < M else _NONE)
+    return pack_a(a), False, _NONE
+
+
+def _b_operand(b):
+    """B (K, N) as the driver reads it, when it was not packed beforehand: a C-contiguous B (an activation x, or
+    the weight W of dx = dy W) is read in place, its last partial NR panel packed; anything else is packed."""
+    K, N = b.shape
+    if b.flags.c_contiguous:
+        n0 = N - N % NR
+        return b.reshape(-1), True, (pack_b(b[:, n0:]) if n0 < N else _NONE)
+    return pack_b(b), False, _NONE
+
+
+def _run(a, bsrc, b_inplace, bedge, N, bias, out, kernel, threads):
     kernel = cpu_kernel(kernel)
     M, K = a.shape
     n_pad = -(-N // NR) * NR
-    if bp.shape[0] != n_pad * K:
-        raise ValueError(f"bp: expected {n_pad * K} packed floats for K = {K}, N = {N}, got {bp.shape[0]}")
     c = np.empty((M, N), np.float32) if out is None else out
     if M == 0 or N == 0:
         return c
     if K == 0:
         c[:] = _padded_bias(bias, n_pad)[:N]
         return c
-    ap = _aligned_empty(-(-M // MR) * MR * K)
-    _pack_a(a, ap)
+    asrc, a_inplace, aedge = _a_operand(a)
     m_pan, n_pan = -(-M // MR), n_pad // NR
     threads = threads or get_num_threads()
     # chunks: about CHUNKS_PER_THREAD per thread, of whole NR panels where there are enough, else of row ranges
@@ -455,15 +551,38 @@ def gemm_packed(a, bp, N, bias=None, out=None, kernel: str | None = None, thread
     chunk_pan = max(1, n_pan // want)
     m_parts = max(1, min(m_pan, -(-want // -(-n_pan // chunk_pan))))
     threads = max(1, min(threads, -(-n_pan // chunk_pan) * m_parts))
-    _gemm_packed(ap, bp, M, N, K, c, _padded_bias(bias, n_pad), np.zeros(n_pad, np.float32), threads, chunk_pan,
-                 m_parts, KC, max(1, MC // MR), max(1, NC // NR), kernel == "portable", np.zeros(1, np.int64))
+    _gemm_packed(asrc, a_inplace, aedge, bsrc, b_inplace, bedge, M, N, K, c, _padded_bias(bias, n_pad),
+                 np.zeros(n_pad, np.float32), threads, chunk_pan, m_parts, KC, max(1, MC // MR), max(1, NC // NR),
+                 kernel == "portable", np.zeros(1, np.int64))
     return c
 
 
+def gemm_packed(a, bp, N, bias=None, out=None, kernel: str | None = None, threads: int | None = None):
+    """C (M, N) = a (M, K) @ B + bias, for B already packed by pack_b (bp: its panels, N: its columns).
+    a float32: C-contiguous (packed here), or the transpose of a C-contiguous array (read in place);
+    out (M, N) float32 C-contiguous, or None for a new array."""
+    M, K = a.shape
+    if bp.shape[0] != -(-N // NR) * NR * K:
+        raise ValueError(f"bp: expected {-(-N // NR) * NR * K} packed floats for K = {K}, N = {N}, "
+                         f"got {bp.shape[0]}")
+    return _run(a, bp, False, _NONE, N, bias, out, kernel, threads)
+
+
+def gemm(a, b, bias=None, out=None, kernel: str | None = None, threads: int | None = None):
+    """C (M, N) = a (M, K) @ b (K, N) + bias, neither operand packed beforehand (the backward's products, whose
+    operands change at every call): a C-contiguous b and a transposed C-contiguous a (dy^T) are read in place,
+    other layouts packed here. float32; out (M, N) float32 C-contiguous, or None for a new array."""
+    if a.dtype != np.float32 or b.dtype != np.float32 or a.ndim != 2 or b.ndim != 2 or b.shape[0] != a.shape[1]:
+        raise ValueError(f"a, b: expected float32 (M, K) and (K, N), got {a.dtype} {tuple(a.shape)} and "
+                         f"{b.dtype} {tuple(b.shape)}")
+    bsrc, b_inplace, bedge = _b_operand(b)
+    return _run(a, bsrc, b_inplace, bedge, b.shape[1], bias, out, kernel, threads)
+
+
 def mode() -> str:
-    """MINIDISTIL_GEMM as it concerns this kernel: "auto" (unset or "auto": the linear layers' forward uses it
-    where `use_own_gemm` says), "own" (every forward product, whatever its shape: for tests), "openblas" ("openblas",
-    "blas" or "blocks": never; kernels/_blas.py runs every product)."""
+    """MINIDISTIL_GEMM as it concerns this kernel: "auto" (unset or "auto": the linear layers use it where
+    `use_own_gemm` says), "own" (all three products of every linear layer, whatever their shape: for tests and
+    for measuring), "openblas" ("openblas", "blas" or "blocks": never; kernels/_blas.py runs every product)."""
     v = os.environ.get("MINIDISTIL_GEMM", "auto").strip().lower() or "auto"
     if v in ("openblas", "blas", "blocks"):
         return "openblas"
@@ -472,23 +591,28 @@ def mode() -> str:
     return v
 
 
-def use_own_gemm(M: int, K: int, N: int) -> bool:
-    """The dispatch rule (module docstring): True when a forward product (M, K) @ (K, N) should run here."""
+def use_own_gemm(M: int, K: int, N: int, product: str = "forward") -> bool:
+    """The dispatch rule (module docstring): True when the product (M, K) @ (K, N) of a linear layer should run
+    here; `product` is which of its three: "forward" (y = x W^T), "dx" (dy W) or "dw" (dy^T x)."""
+    if product not in PRODUCTS:
+        raise ValueError(f"product: expected one of {PRODUCTS}, got {product!r}")
     m = mode()
     if m != "auto":
         return m == "own"
+    if product != "forward":
+        return False                # the backward's products: no measured margin over OpenBLAS (docstring)
     return cpu_kernel() == "avx512" and M >= MIN_M and K >= MIN_KN and N >= MIN_KN
 
 
 def gemm_cpu(a, b, bias=None, kernel: str | None = None):
-    """C = a (M, K) @ b (K, N) + bias (N,) or None, float32: b packed at this call (gemm_packed for a packed one)."""
+    """C = a (M, K) @ b (K, N) + bias (N,) or None, float32, checked: `gemm` (gemm_packed for a packed b)."""
     _checks.check_array("a", a, ndim=2, contiguous=False)
     _checks.check_array("b", b, ndim=2, contiguous=False)
     if b.shape[0] != a.shape[1]:
         raise ValueError(f"b: expected {a.shape[1]} rows to match a {tuple(a.shape)}, got {tuple(b.shape)}")
     if bias is not None:
         _checks.check_array("bias", bias, ndim=1, shape=(b.shape[1],))
-    return gemm_packed(np.ascontiguousarray(a), pack_b(b), b.shape[1], bias, kernel=kernel)
+    return gemm(a, b, bias, kernel=kernel)
 
 
 def avx512_assembly() -> str:
@@ -500,7 +624,7 @@ def avx512_assembly() -> str:
     bp = pack_b(np.ones((4, NR), np.float32))
     c = np.empty((MR, NR), np.float32)
     z = np.zeros(NR, np.float32)
-    drive(a, bp, MR, NR, 4, c, z, z, 1, 1, 1, KC, 1, 1, False, np.zeros(1, np.int64))
+    drive(a, False, _NONE, bp, False, _NONE, MR, NR, 4, c, z, z, 1, 1, 1, KC, 1, 1, False, np.zeros(1, np.int64))
     return "\n".join(drive.inspect_asm(sig) for sig in drive.signatures)
 
 
@@ -518,39 +642,77 @@ def _cpu_model() -> str:
     return "unknown CPU"
 
 
-def compare_openblas(shapes, rounds: int = 7, kernel: str | None = None, log=print) -> list[dict]:
-    """The forward product y = x W^T (x (M, K), W (N, K)) by numpy's OpenBLAS (`np.matmul(x, w.T)`, what
-    kernels/linear.py ran before) and by this GEMM (W^T packed beforehand, as the linear layers keep it),
-    interleaved: each round times two calls of each, one after the other, so that both see the same load; the
-    medians over `rounds`. Returns one dict per shape (M, K, N, GFLOP/s of each, ratio own / OpenBLAS)."""
+def product_shape(product: str, T: int, cin: int, cout: int) -> tuple[int, int, int]:
+    """The GEMM's (M, K, N) for one product of a linear layer x (T, Cin) -> y (T, Cout):
+    forward y = x W^T (T, Cin, Cout), dx = dy W (T, Cout, Cin), dW = dy^T x (Cout, T, Cin)."""
+    return {"forward": (T, cin, cout), "dx": (T, cout, cin), "dw": (cout, T, cin)}[product]
+
+
+def _product_runs(product: str, T: int, cin: int, cout: int, r, kernel):
+    """The operands of one product of a linear layer and the calls that compute it: {name: fn}. "openblas" is
+    numpy's matmul as kernels/linear.py calls it; "own" is this GEMM as the linear layer calls it (the forward
+    with W^T packed beforehand, kept in PACKS; dx = dy W with dy packed and W read in place; dW = dy^T x with
+    both read in place); the others are the alternatives the rule was chosen against (W packed at the call or
+    before it, a cached pack's case; x packed at the call)."""
+    x = r.standard_normal((T, cin), dtype=np.float32)
+    w = (r.standard_normal((cout, cin)) * 0.02).astype(np.float32)
+    dy = r.standard_normal((T, cout), dtype=np.float32)
+    M, _, N = product_shape(product, T, cin, cout)
+    o1, o2, o3 = (np.empty((M, N), np.float32) for _ in range(3))
+    if product == "forward":
+        bp = pack_b(w.T)
+        return {"openblas": lambda: np.matmul(x, w.T, out=o1),
+                "own": lambda: gemm_packed(x, bp, N, out=o2, kernel=kernel)}
+    o4 = np.empty((M, N), np.float32)
+    if product == "dx":
+        bp = pack_b(w)
+        return {"openblas": lambda: np.matmul(dy, w, out=o1),
+                "own": lambda: gemm(dy, w, out=o2, kernel=kernel),
+                "own, W packed at the call": lambda: gemm_packed(dy, pack_b(w), N, out=o3, kernel=kernel),
+                "own, W packed before": lambda: gemm_packed(dy, bp, N, out=o4, kernel=kernel)}
+    return {"openblas": lambda: np.matmul(dy.T, x, out=o1),
+            "own": lambda: gemm(dy.T, x, out=o2, kernel=kernel),
+            "own, x packed at the call": lambda: gemm_packed(dy.T, pack_b(x), N, out=o3, kernel=kernel)}
+
+
+def compare_openblas(shapes, rounds: int = 7, kernel: str | None = None, log=print, product: str = "forward",
+                     ) -> list[dict]:
+    """One product of a linear layer (`product`: "forward" y = x W^T, "dx" = dy W or "dw" = dy^T x; shapes are
+    the layer's (T, Cin, Cout), T the rows of x) by numpy's OpenBLAS (what kernels/linear.py runs without this
+    GEMM) and by this GEMM as the linear layer runs it (`_product_runs`), interleaved: each round times two calls
+    of each, one after the other, so that all see the same load, starting with each in turn (the one timed right
+    after another can find its threads still busy); the medians over `rounds`. Returns one dict per
+    shape: the GEMM's M, K, N, GFLOP/s of each run, and "ratio" = own / OpenBLAS."""
     r = np.random.default_rng(0)
     rows = []
-    for M, K, N in shapes:
-        x = r.standard_normal((M, K), dtype=np.float32)
-        w = (r.standard_normal((N, K)) * 0.02).astype(np.float32)
-        bp = pack_b(w.T)
-        o1, o2 = np.empty((M, N), np.float32), np.empty((M, N), np.float32)
-        runs = {"openblas": (lambda x=x, w=w, o1=o1: np.matmul(x, w.T, out=o1), []),
-                "own": (lambda x=x, bp=bp, N=N, o2=o2: gemm_packed(x, bp, N, out=o2, kernel=kernel), [])}
+    for T, cin, cout in shapes:
+        runs = {k: (fn, []) for k, fn in _product_runs(product, T, cin, cout, r, kernel).items()}
         for fn, _ in runs.values():                                    # warm-up (and compilation)
             fn()
-        for _ in range(rounds):
-            for fn, times in runs.values():
+        order = list(runs.values())
+        for i in range(rounds):
+            for fn, times in order[i % len(order):] + order[:i % len(order)]:   # each run first in turn
                 t0 = time.perf_counter()
                 fn()
                 fn()
                 times.append((time.perf_counter() - t0) / 2)
+        M, K, N = product_shape(product, T, cin, cout)
         flops = 2.0 * M * K * N
-        rate = {k: flops / float(np.median(t)) / 1e9 for k, (_, t) in runs.items()}
-        row = {"M": M, "K": K, "N": N, "openblas": rate["openblas"], "own": rate["own"],
-               "ratio": rate["own"] / rate["openblas"]}
-        log(f"  bench    M={M:5d} K={K:5d} N={N:5d}  OpenBLAS {row['openblas']:7.1f}  own {row['own']:7.1f} "
-            f"GFLOP/s  own/OpenBLAS {row['ratio']:.2f}")
+        row = {"product": product, "M": M, "K": K, "N": N}
+        row.update({k: flops / float(np.median(t)) / 1e9 for k, (_, t) in runs.items()})
+        row["ratio"] = row["own"] / row["openblas"]
+        extra = "".join(f"  {k} {row[k]:.1f} ({row[k] / row['openblas']:.2f})" for k in runs
+                        if k not in ("openblas", "own"))
+        log(f"  bench    {product:7s} M={M:5d} K={K:5d} N={N:5d}  OpenBLAS {row['openblas']:7.1f}  own "
+            f"{row['own']:7.1f} GFLOP/s  own/OpenBLAS {row['ratio']:.2f}{extra}")
         rows.append(row)
     return rows
 
 
-MODEL_SHAPES = [(M, K, N) for M in (256, 1024) for K, N in ((768, 768), (768, 3072), (3072, 768))]
+# the linear layers' (T, Cin, Cout): T = B T rows at B = 8, T = 32 and 128; DistilBERT-base's attention output and
+# FFN (768, 3072 wide), the MiniLM student's (384, 1536)
+MODEL_SHAPES = [(T, cin, cout) for T in (256, 1024)
+                for cin, cout in ((768, 768), (768, 3072), (3072, 768), (384, 384), (384, 1536), (1536, 384))]
 
 
 def main(argv=None):
@@ -561,6 +723,12 @@ def main(argv=None):
     if "avx512" not in kernels:
         rep.skip("avx512", "Numba's target CPU has no AVX-512F")
 
+    def check(name, c, a, b, bias=None):
+        exact, bound = gemm_ref(a, b, bias), error_bound(a, b, bias)
+        err = np.abs(c - exact)
+        rep.check(name, "> bound", np.maximum(err - bound, 0.0), np.zeros_like(err), atol=0)
+        print(f"  {'':9}{name}: max |C - A B - bias| / bound = {(err / bound).max():.4f}")
+
     # validation: within the derived bound, at awkward sizes (M, N not multiples of the tile, K across KC blocks)
     # and at the model's
     shapes = [(1, 13, 5), (7, 13, 13), (13, 385, 49), (37, 800, 97)]
@@ -570,19 +738,29 @@ def main(argv=None):
         a = r.standard_normal((M, K)).astype(np.float32)
         b = r.standard_normal((K, N)).astype(np.float32)
         bias = r.standard_normal(N).astype(np.float32)
-        exact, bound = gemm_ref(a, b, bias), error_bound(a, b, bias)
         for k in kernels:
-            err = np.abs(gemm_cpu(a, b, bias, kernel=k) - exact)
-            rep.check(f"{k} {M}x{K}x{N}", "> bound", np.maximum(err - bound, 0.0), np.zeros_like(err), atol=0)
-            print(f"  {'':9}{k} {M}x{K}x{N}: max |C - A B - bias| / bound = {(err / bound).max():.4f}")
+            check(f"{k} {M}x{K}x{N}", gemm_cpu(a, b, bias, kernel=k), a, b, bias)
+    # the three products of a linear layer x (T, Cin) -> (T, Cout), as kernels/linear.py calls them: the forward
+    # with W^T packed, dx = dy W with W read in place, dW = dy^T x with dy^T and x read in place
+    layers = [(7, 13, 50), (37, 97, 49)] + ([(256, 768, 3072), (1024, 3072, 768)] if args.size == "base" else [])
+    for T, cin, cout in layers:
+        x = r.standard_normal((T, cin)).astype(np.float32)
+        w = (r.standard_normal((cout, cin)) * 0.02).astype(np.float32)
+        bias = r.standard_normal(cout).astype(np.float32)
+        dy = r.standard_normal((T, cout)).astype(np.float32)
+        for k in kernels:
+            check(f"{k} forward {T}x{cin}->{cout}", gemm_packed(x, pack_b(w.T), cout, bias, kernel=k), x, w.T, bias)
+            check(f"{k} dx {T}x{cin}->{cout}", gemm(dy, w, kernel=k), dy, w)
+            check(f"{k} dW {T}x{cin}->{cout}", gemm(dy.T, x, kernel=k), dy.T, x)
     if args.no_bench:
         return rep.finish()
 
     print(f"  CPU: {_cpu_model()}; {get_num_threads()} Numba threads; load average before "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     k = cpu_kernel()
-    print(f"  kernel {k} (the one this CPU runs): y = x W^T, OpenBLAS and own interleaved, medians of 7 rounds")
-    compare_openblas(MODEL_SHAPES, kernel=k)
+    for product, what in (("forward", "y = x W^T"), ("dx", "dx = dy W"), ("dw", "dW = dy^T x")):
+        print(f"  kernel {k} (the one this CPU runs): {what}, OpenBLAS and own interleaved, medians of 7 rounds")
+        compare_openblas(MODEL_SHAPES, kernel=k, product=product)
     print(f"  load average after {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return rep.finish()
 

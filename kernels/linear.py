@@ -13,6 +13,10 @@ Versions:
                                                 shapes on an AVX-512 CPU), y = x W^T + b by our own GEMM: W^T packed
                                                 once and kept until the weight changes, the bias added in its store;
                                                 elsewhere (and with MINIDISTIL_GEMM=openblas) as below
+    linear_backward_cpu                         where `use_own_gemm(..., "dx" / "dw")` says so, dx = dy W and
+                                                dW = dy^T x by our own GEMM (`gemm.gemm`: W, x and dy^T read in
+                                                place, nothing packed beforehand: both change at every step);
+                                                elsewhere as below
     linear_forward_cpu / linear_backward_cpu    the three products through numpy's BLAS (float32 sgemm: no
                                                 hand-written loop beats a tuned GEMM), bias added in place by numpy
                                                 (measured: a Numba prange bias add was ~30% slower overall, its
@@ -111,6 +115,24 @@ def linear_forward_cpu(x, w, b=None):
     return y2.reshape(tuple(x.shape)[:-1] + (cout,)), LinearCache(x, w, b)
 
 
+def _dx_product(dy2, w):
+    """dx = dy W: dy2 (N, Cout), w (Cout, Cin) -> (N, Cin); our GEMM where its rule says, else OpenBLAS."""
+    n, cout = dy2.shape
+    cin = w.shape[1]
+    if _gemm.use_own_gemm(n, cout, cin, "dx"):
+        return _blas.tallied(lambda: _gemm.gemm(dy2, w), n, cout, cin)
+    return _blas.matmul(dy2, w, np.empty((n, cin), np.float32))
+
+
+def _dw_product(dy2, x2):
+    """dW = dy^T x: dy2 (N, Cout), x2 (N, Cin) -> (Cout, Cin); our GEMM where its rule says, else OpenBLAS."""
+    n, cout = dy2.shape
+    cin = x2.shape[1]
+    if _gemm.use_own_gemm(cout, n, cin, "dw"):
+        return _blas.tallied(lambda: _gemm.gemm(dy2.T, x2), cout, n, cin)
+    return _blas.matmul(dy2.T, x2, np.empty((cout, cin), np.float32))
+
+
 @njit(cache=True, parallel=True)
 def _nonzero_rows(a, out):
     # out[i] = any(a[i, :] != 0); a dense row stops at its first nonzero element, so this costs about one read of
@@ -148,8 +170,8 @@ def linear_backward_cpu(dy, cache):
     x2 = x.reshape(n, cin)
     dyk = dy2[keep]                                # (K, Cout) the nonzero rows
     dx2 = np.zeros((n, cin), np.float32)
-    dx2[keep] = _blas.matmul(dyk, w, np.empty((keep.size, cin), np.float32))   # from y = x W^T: dx = dy W (0 elsewhere)
-    dw = _blas.matmul(dyk.T, x2[keep], np.empty((cout, cin), np.float32))      # dW = dy^T x (zero rows add nothing)
+    dx2[keep] = _dx_product(dyk, w)                # from y = x W^T: dx = dy W (0 elsewhere)
+    dw = _dw_product(dyk, x2[keep])                # dW = dy^T x (zero rows add nothing)
     db = dyk.sum(axis=0, dtype=np.float64).astype(np.float32) if b is not None else None
     return dx2.reshape(x.shape), np.ascontiguousarray(dw), db
 
@@ -160,8 +182,8 @@ def linear_backward_cpu_dense(dy, cache):
     cin, cout = w.shape[1], w.shape[0]
     x2 = x.reshape(-1, cin)                        # (N, Cin)
     dy2 = dy.reshape(-1, cout)                     # (N, Cout)
-    dx = _blas.matmul(dy2, w, np.empty((dy2.shape[0], cin), np.float32)).reshape(x.shape)  # from y = x W^T: dx = dy W
-    dw = _blas.matmul(dy2.T, x2, np.empty((cout, cin), np.float32))                         # dW = dy^T x  (Cout, Cin)
+    dx = _dx_product(dy2, w).reshape(x.shape)     # from y = x W^T: dx = dy W   (..., Cin)
+    dw = _dw_product(dy2, x2)                      # dW = dy^T x  (Cout, Cin)
     # from y = ... + b: db = sum over rows of dy. numpy sums along axis 0 row by row (not pairwise), so a float32
     # accumulator's error grows like N eps; we accumulate in float64 and round once (N*Cout adds, negligible time)
     db = dy2.sum(axis=0, dtype=np.float64).astype(np.float32) if b is not None else None

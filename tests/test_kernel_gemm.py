@@ -138,13 +138,18 @@ def test_linear_forward_uses_it_and_sees_optimizer_steps(monkeypatch, rng):
 
 
 def test_dispatch_rule_and_switch(monkeypatch, rng):
-    monkeypatch.setenv("MINIDISTIL_GEMM", "openblas")
-    assert not G.use_own_gemm(1024, 768, 3072)
-    monkeypatch.setenv("MINIDISTIL_GEMM", "own")
-    assert G.use_own_gemm(1, 2, 3)
+    monkeypatch.setenv("MINIDISTIL_GEMM", "openblas")                 # forces OpenBLAS for all three products
+    assert not any(G.use_own_gemm(1024, 768, 3072, p) for p in G.PRODUCTS)
+    monkeypatch.setenv("MINIDISTIL_GEMM", "own")                      # forces ours for all three
+    assert all(G.use_own_gemm(1, 2, 3, p) for p in G.PRODUCTS)
     monkeypatch.setenv("MINIDISTIL_GEMM", "auto")
     assert G.use_own_gemm(256, 768, 3072) == (G.cpu_kernel() == "avx512")
     assert not G.use_own_gemm(256, 768, 2)                 # a classifier head of 2 outputs: OpenBLAS
+    for T, cin, cout in ((256, 768, 3072), (1024, 3072, 768), (256, 384, 384)):   # the measured backward rule
+        assert not G.use_own_gemm(*G.product_shape("dx", T, cin, cout), "dx")
+        assert not G.use_own_gemm(*G.product_shape("dw", T, cin, cout), "dw")
+    with pytest.raises(ValueError, match="product"):
+        G.use_own_gemm(256, 768, 3072, "backward")
     monkeypatch.setenv("MINIDISTIL_GEMM", "fast")
     with pytest.raises(ValueError, match="MINIDISTIL_GEMM"):
         G.use_own_gemm(256, 768, 3072)
@@ -180,3 +185,67 @@ def test_bad_input():
         G.gemm_cpu(a, np.zeros((4, 2), np.float32), kernel="amx")
     with pytest.raises(ValueError, match="bp: expected"):
         G.gemm_packed(a, np.zeros(7, np.float32), 2)
+    with pytest.raises(ValueError, match="a, b: expected"):            # the unchecked entry reads in place: it
+        G.gemm(a, np.zeros((5, 2), np.float32))                         # refuses what would read out of bounds
+    with pytest.raises(ValueError, match="a, b: expected"):
+        G.gemm(a.T.astype(np.float64).T, np.zeros((4, 2), np.float32))
+
+
+# the backward products of a linear layer y = x W^T: dx = dy W (B = W read in place) and dW = dy^T x (A = dy^T and
+# B = x read in place); T, Cin, Cout not multiples of the 8 x 48 tile, so the packed edge panels are used too
+BACKWARD_SHAPES = [(1, 13, 5), (7, 50, 97), (37, 49, 8), (9, 385, 47), (16, 96, 769)]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", BACKWARD_SHAPES)
+def test_backward_products_within_bound(rng, kernel, shape):
+    T, cin, cout = shape
+    x = rng.standard_normal((T, cin)).astype(np.float32)
+    w = rng.standard_normal((cout, cin)).astype(np.float32)
+    dy = rng.standard_normal((T, cout)).astype(np.float32)
+    if T > 1:                                          # the layouts the linear layer passes are read in place
+        assert G._b_operand(w)[1] and G._b_operand(x)[1] and G._a_operand(dy.T)[1]
+    for threads in (1, 3):
+        _assert_within_bound(G.gemm(dy, w, kernel=kernel, threads=threads), dy, w, None)            # dx = dy W
+        _assert_within_bound(G.gemm(dy.T, x, kernel=kernel, threads=threads), dy.T, x, None)        # dW = dy^T x
+    # the other layouts (packed here): dy stored transposed, W a strided view, x Fortran-ordered
+    dyf, ws = np.asfortranarray(dy), np.repeat(w, 2, axis=1)[:, ::2]
+    _assert_within_bound(G.gemm(dyf, ws, kernel=kernel), dy, w, None)
+    _assert_within_bound(G.gemm(dyf.T, np.asfortranarray(x), kernel=kernel), dy.T, x, None)
+
+
+def test_every_pack_path_gives_the_same_panels(rng):
+    a = rng.standard_normal((13, 37)).astype(np.float32)
+    pa = G.pack_a(a)
+    assert pa.ctypes.data % 64 == 0
+    assert np.array_equal(pa.reshape(2, 37, G.MR)[0], a[:G.MR].T) and not pa.reshape(2, 37, G.MR)[1, :, 5:].any()
+    for view in (np.asfortranarray(a), np.repeat(a, 2, axis=1)[:, ::2]):
+        assert np.array_equal(G.pack_a(view), pa)
+    b = rng.standard_normal((37, 2 * G.NR + 5)).astype(np.float32)
+    assert np.array_equal(G.pack_b(b), G.pack_b(np.asfortranarray(b)))
+
+
+def test_linear_backward_uses_it_under_the_switch(monkeypatch, rng):
+    # MINIDISTIL_GEMM=own: both backward products (dense, and the row-skipping path for a mostly zero dy) go to
+    # gemm.gemm and match the reference within the linear layer's derived tolerances; =openblas: none does
+    calls = []
+    real = G.gemm
+    monkeypatch.setattr(G, "gemm", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    x = rng.standard_normal((3, 20, 50)).astype(np.float32)
+    w = rng.standard_normal((97, 50)).astype(np.float32)
+    b = rng.standard_normal(97).astype(np.float32)
+    dy_dense = rng.standard_normal((3, 20, 97)).astype(np.float32)
+    dy_sparse = dy_dense * (np.arange(60) % 5 == 0).reshape(3, 20, 1)     # 12 of 60 rows nonzero
+    f64 = lambda a: a.astype(np.float64)  # noqa: E731
+    for mode, expect in (("own", [(60, 97), (97, 60), (12, 97), (97, 12)]), ("openblas", [])):
+        monkeypatch.setenv("MINIDISTIL_GEMM", mode)
+        calls.clear()
+        for dy in (dy_dense, dy_sparse):
+            _, cache = L.linear_forward_cpu(x, w, b)
+            dx, dw, db = L.linear_backward_cpu(dy, cache)
+            _, c64 = L.linear_forward_ref(f64(x), f64(w), f64(b))
+            dx64, dw64, _ = L.linear_backward_ref(f64(dy), c64)
+            _, tdx, tdw, _ = L.tolerances(x, w, dy)
+            assert dx.dtype == dw.dtype == np.float32 and dx.shape == x.shape and dw.shape == w.shape
+            assert np.abs(dx - dx64).max() <= tdx and np.abs(dw - dw64).max() <= tdw
+        assert calls == expect
