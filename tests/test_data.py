@@ -145,3 +145,27 @@ def test_token_counts(tok):
     seqs = [np.array([2, 5, 5, 3]), np.array([2, 7, 3])]
     c = data.token_counts(seqs, 10)
     assert c.tolist() == [0, 0, 2, 2, 0, 2, 0, 1, 0, 0]
+
+
+def test_random_word_rows(tok):
+    """with_random_words: the last round(share * B) rows become [CLS] w_1 .. w_L [SEP] + padding, L in
+    [4, T - 2], every w a whole word of the vocabulary; the other rows and the input arrays stay as they were."""
+    words = data.word_ids(tok)
+    vocab = {i: t for t, i in tok.get_vocab().items()}
+    assert len(words) > 50 and all(vocab[int(i)].isalpha() and not vocab[int(i)].startswith("##")
+                                     for i in words[:: max(1, len(words) // 500)])
+    special = data.special_ids(tok)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 2000, size=(8, 20))
+    mask = np.ones_like(ids)
+    before = ids.copy(), mask.copy()
+    new_ids, new_mask = data.with_random_words(ids, mask, 0.25, words, special, rng)
+    assert np.array_equal(ids, before[0]) and np.array_equal(mask, before[1])
+    assert np.array_equal(new_ids[:6], ids[:6]) and np.array_equal(new_mask[:6], mask[:6])
+    for r in (6, 7):
+        L = int(new_mask[r].sum()) - 2
+        assert 4 <= L <= 18 and new_mask[r, :L + 2].all() and not new_mask[r, L + 2:].any()
+        assert new_ids[r, 0] == special.cls and new_ids[r, L + 1] == special.sep
+        assert np.isin(new_ids[r, 1:L + 1], words).all() and (new_ids[r, L + 2:] == special.pad).all()
+    same = data.with_random_words(ids, mask, 0.05, words, special, rng)          # round(0.4) = 0 rows
+    assert same[0] is ids and same[1] is mask
