@@ -262,3 +262,28 @@ def test_int8_targets(tmp_path):
     for term in ("cos", "pool_cos", "pool_mse"):
         f32, q = rows[False][term], rows[True][term]
         assert f32 != q and abs(q - f32) <= 0.05 * abs(f32) + 1e-4, (term, f32, q)
+
+
+def test_basis_weightings(rng):
+    """hidden_moment's weightings: "all" is the sum of the per-state moments, "last" the last state's alone (the
+    moment of the last hidden states, recomputed here from the model's output), "equal" the per-state moments at
+    unit trace each (trace = the number of states); an unknown one is named."""
+    from minidistil.core.autograd import no_grad
+    from minidistil.train.narrow import hidden_moment
+    teacher = _tiny_teacher(mlm=False, init=0.2)
+    seqs = [rng.integers(5, TINY["vocab_size"], size=n) for n in (7, 12, 9)]
+    M_all, M_last, M_equal = (hidden_moment(teacher, seqs, 0, batch_size=3, weighting=w)   # one batch, as below
+                              for w in ("all", "last", "equal"))
+    from minidistil.train import data as D
+    ids, mask = D.pad_batch(seqs, 0)
+    with no_grad():
+        states = teacher(ids, mask, output_hidden_states=True).hidden_states
+    per = [np.asarray(h.numpy(), np.float64)[mask.astype(bool)] for h in states]
+    per = [X.T @ X for X in per]
+    # the same float32 states (one batch both ways), float64 sums perhaps in another order: 1e-12 of the scale
+    scale = max(np.abs(M).max() for M in per)
+    assert np.allclose(M_all, sum(per), rtol=0, atol=1e-12 * scale * len(per))
+    assert np.allclose(M_last, per[-1], rtol=0, atol=1e-12 * scale)
+    assert np.isclose(np.trace(M_equal), len(per), rtol=1e-12)
+    with pytest.raises(ValueError, match="pca-weighting"):
+        hidden_moment(teacher, seqs, 0, weighting="first")

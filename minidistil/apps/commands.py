@@ -86,6 +86,10 @@ def add_distill(subparsers, name: str = "distill", help: str | None = None) -> a
                    help="a narrow student's hidden-state and pooled terms: pca compares with the teacher's states "
                         "projected onto the basis; learned maps the student's to the teacher's width by a Linear "
                         "trained with it and not saved (default %(default)s)")
+    p.add_argument("--pca-weighting", choices=("all", "equal", "last"), default=d.pca_weighting,
+                   help="the hidden states whose principal directions give the basis: all (every layer's, as they "
+                        "are), equal (every layer's, each scaled to count the same), last (the last layer's, which "
+                        "the embeddings are pooled from) (default %(default)s)")
     p.add_argument("--pca-texts", type=rule["pca_texts"], default=d.pca_texts,
                    help="corpus sequences whose teacher hidden states give the basis (default %(default)s)")
     p.add_argument("--freeze-embeddings", action="store_true",
@@ -177,8 +181,8 @@ def run_distill(args) -> int:
                         layer_map=args.layer_map, hidden_size=args.hidden_size, num_heads=args.num_heads,
                         intermediate_size=args.intermediate_size, width_loss=args.width_loss,
                         freeze_embeddings=args.freeze_embeddings, teacher_int8=args.teacher_int8,
-                        random_words=args.random_words,
-                        pca_texts=args.pca_texts, corpus=args.corpus, text_field=args.text_field,
+                        random_words=args.random_words, pca_texts=args.pca_texts, pca_weighting=args.pca_weighting,
+                        corpus=args.corpus, text_field=args.text_field,
                         held_out=args.held_out, max_len=args.max_len, batch_size=args.batch_size,
                         grad_accum=args.grad_accum, steps=args.steps, time_budget=args.time_budget * 60,
                         lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,

@@ -36,7 +36,12 @@
    teacher's, and the output of student layer l (not the last) with that of the teacher layer it was copied from
    (layer_map[l]), every real token, the mean over those states (a 3-layer student: 3 pairs). Through the same
    width maps as the other hidden-state terms, so it works for a narrower student too.
-   The teacher runs under no_grad, in eval mode.
+   The teacher runs under no_grad, in eval mode; with `teacher_int8` its outputs (the targets) come from an int8
+   copy of it (minidistil.io.quantization, the Linear layers on the VNNI kernels), a faster forward, so more
+   updates fit in a time budget; the student is still copied from the float32 weights. Options measured for
+   narrow students and left off by default (the README gives the runs): `freeze_embeddings` (the word embeddings
+   kept as copied) and `random_words` (a share of each batch replaced by random whole words of the vocabulary,
+   data.with_random_words).
 
 3. The loop: AdamW (minidistil.core.optim) with warm-up and linear decay, gradient clipping at norm 5, gradient
    accumulation. With `steps` the schedule has that many updates. With a time budget instead, the number of
@@ -403,6 +408,7 @@ class DistillConfig:
     width_loss: str = "pca"            # a narrow student's hidden/pooled terms: "pca" (teacher states x U) or
     #                                    "learned" (student states through a Linear H -> C trained with it, not saved)
     pca_texts: int = 256               # corpus sequences whose teacher hidden states give the basis U
+    pca_weighting: str = "all"         # which hidden states give U and how they weigh (narrow.hidden_moment)
     freeze_embeddings: bool = False    # keep the word embeddings as copied (projected): no gradient, no update
     teacher_int8: bool = False         # the training targets from an int8 copy of the teacher (CPU only)
     random_words: float = 0.0          # share of each batch's sequences replaced by random vocabulary words
@@ -797,20 +803,24 @@ def _narrow_init(teacher, cfg: DistillConfig, C: int, seqs, pad_id: int, say) ->
     second moment in U's directions, "probe": the sequences it was computed on, "maps": the loss's width maps}.
     For a student of the teacher's width: {} (with --num-heads / --intermediate-size only, heads and neurons are
     cut and the hidden space is kept as it is)."""
-    from minidistil.train.narrow import WIDTH_LOSSES, hidden_moment, principal_basis, sample_sequences, width_maps
+    from minidistil.train.narrow import (BASIS_WEIGHTINGS, WIDTH_LOSSES, hidden_moment, principal_basis,
+                                         sample_sequences, width_maps)
     if cfg.width_loss not in WIDTH_LOSSES:
         raise ValueError(f"width_loss: expected one of {', '.join(WIDTH_LOSSES)}, got {cfg.width_loss!r}")
+    if cfg.pca_weighting not in BASIS_WEIGHTINGS:
+        raise ValueError(f"pca_weighting: expected one of {', '.join(BASIS_WEIGHTINGS)}, got {cfg.pca_weighting!r}")
     if cfg.hidden_size is None or cfg.hidden_size == C:
         return {}
     if cfg.hidden_size > C:
         raise ValueError(f"--hidden-size: expected 1 .. {C} (the teacher's hidden size), got {cfg.hidden_size}")
     probe = sample_sequences(seqs, cfg.pca_texts, seed=cfg.seed)
     t0 = time.perf_counter()
-    U, evals = principal_basis(hidden_moment(teacher, probe, pad_id))
+    U, evals = principal_basis(hidden_moment(teacher, probe, pad_id, weighting=cfg.pca_weighting))
     U = U[:, :cfg.hidden_size]
     energy = float(evals[:cfg.hidden_size].sum() / evals.sum())
+    which = {"all": "every layer", "equal": "every layer, each counted the same", "last": "the last layer"}
     say(f"basis: the {cfg.hidden_size} leading principal directions of the teacher's hidden states "
-        f"({len(probe)} sequences, every layer; {time.perf_counter() - t0:.1f} s)")
+        f"({len(probe)} sequences, {which[cfg.pca_weighting]}; {time.perf_counter() - t0:.1f} s)")
     return {"basis": U, "energy": energy, "probe": probe, "maps": width_maps(U, cfg.width_loss)}
 
 

@@ -51,6 +51,7 @@ READS_HIDDEN = ("attention.q_lin", "attention.k_lin", "attention.v_lin", "ffn.li
 WRITES_HIDDEN = ("attention.out_lin", "ffn.lin2")
 LAYER_NORMS = ("sa_layer_norm", "output_layer_norm")
 WIDTH_LOSSES = ("pca", "learned")
+BASIS_WEIGHTINGS = ("all", "equal", "last")
 
 
 def student_shape(dim: int, n_heads: int, hidden_dim: int, hidden_size: int, num_heads: int | None = None,
@@ -78,19 +79,33 @@ def student_shape(dim: int, n_heads: int, hidden_dim: int, hidden_size: int, num
     return hidden_size, num_heads, F
 
 
-def hidden_moment(teacher, seqs: Sequence[np.ndarray], pad_id: int, batch_size: int = 16) -> np.ndarray:
-    """M = sum over real tokens of every hidden state (the embedding output and each layer's) of x^T x; (C, C)
-    float64. The teacher runs in eval mode under no_grad."""
+def hidden_moment(teacher, seqs: Sequence[np.ndarray], pad_id: int, batch_size: int = 16,
+                  weighting: str = "all") -> np.ndarray:
+    """The second moment of the teacher's hidden states over the real tokens of `seqs`, (C, C) float64, M = sum of
+    x^T x over the states `weighting` names:
+      "all":   every hidden state (the embedding output and each layer's), summed as they are: the layers whose
+               states are largest weigh most;
+      "equal": every hidden state, each state's moment scaled to unit trace first, so each counts the same;
+      "last":  the last hidden states only, those the sentence embedding is pooled from.
+    The teacher runs in eval mode under no_grad."""
+    if weighting not in BASIS_WEIGHTINGS:
+        raise ValueError(f"--pca-weighting: expected one of {', '.join(BASIS_WEIGHTINGS)}, got {weighting!r}")
     C = teacher.config.hidden_size if hasattr(teacher.config, "hidden_size") else teacher.config.dim
-    M = np.zeros((C, C))
+    per_state = None
     teacher.eval()
     with no_grad():
         for lo in range(0, len(seqs), batch_size):
             ids, mask = data.pad_batch(seqs[lo:lo + batch_size], pad_id)
-            for h in teacher(ids, mask, output_hidden_states=True).hidden_states:
+            states = teacher(ids, mask, output_hidden_states=True).hidden_states
+            per_state = per_state or [np.zeros((C, C)) for _ in states]
+            for M, h in zip(per_state, states, strict=True):
                 X = np.asarray(h.numpy(), dtype=np.float64)[mask.astype(bool)]      # (tokens, C)
                 M += X.T @ X
-    return M
+    if weighting == "last":
+        return per_state[-1]
+    if weighting == "equal":
+        return sum(M / max(np.trace(M), np.finfo(np.float64).tiny) for M in per_state)
+    return sum(per_state)
 
 
 def principal_basis(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,8 @@ from minidistil.train.run import digest
 # so may the learning rate and the clipping norm: a diverged run is told to continue with a lower --lr
 DISTILL_SETTINGS = ("text_field", "held_out", "max_len", "batch_size", "grad_accum", "warmup", "weight_decay",
                     "weights", "mask_smoothing", "seed", "freeze_embeddings",
-                    "teacher_int8", "random_words")
+                    "teacher_int8", "random_words", "hidden_size", "num_heads", "intermediate_size", "width_loss",
+                    "pca_texts", "pca_weighting")
 FINETUNE_SETTINGS = ("task", "labels", "max_length", "stride", "epochs", "batch_size", "warmup", "weight_decay",
                      "seed", "alpha", "temperature", "limit", "held_out")
 
