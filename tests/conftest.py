@@ -318,7 +318,7 @@ def squad_file(path, n, seed):
 TINY = dict(vocab_size=300, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=64, type_vocab_size=2)
 RUN = dict(batch_size=8, max_len=32, lr=3e-3, checkpoint_every=5, progress=False, evaluate=False, held_out=0.1,
-           warmup=0.1)
+           warmup=0.1, teacher_int8=False)   # the float32 teacher's targets: the int8 ones have their own tests
 
 
 def _tiny_teacher(seed=0, mlm=True, init=0.02):

@@ -257,11 +257,16 @@ def test_int8_targets(tmp_path):
     for int8 in (False, True):
         out = tmp_path / f"s{int8}"
         distill(str(teacher), out, corpus=[str(corpus)], steps=1, seed=0, hidden_size=16, pca_texts=40,
-                teacher_int8=int8, **{**RUN, "checkpoint_every": 0})
+                **{**RUN, "checkpoint_every": 0, "teacher_int8": int8})
         rows[int8] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     for term in ("cos", "pool_cos", "pool_mse"):
         f32, q = rows[False][term], rows[True][term]
         assert f32 != q and abs(q - f32) <= 0.05 * abs(f32) + 1e-4, (term, f32, q)
+    # the default: int8 targets where the CPU runs the VNNI kernel (the faster int8 forward), else float32
+    from minidistil.kernels.int8 import cpu_kernel
+    report = distill(str(teacher), tmp_path / "auto", corpus=[str(corpus)], steps=1, seed=0,
+                     **{**RUN, "checkpoint_every": 0, "teacher_int8": None})
+    assert report["teacher_int8"] is (cpu_kernel() == "vnni")
 
 
 def test_basis_weightings(rng):

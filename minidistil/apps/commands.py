@@ -95,10 +95,11 @@ def add_distill(subparsers, name: str = "distill", help: str | None = None) -> a
     p.add_argument("--freeze-embeddings", action="store_true",
                    help="keep the student's word embeddings as copied from the teacher (projected when narrower): "
                         "no gradient, no update, so the tokens the corpus never shows stay consistent with the rest")
-    p.add_argument("--teacher-int8", action="store_true",
+    p.add_argument("--teacher-int8", action=argparse.BooleanOptionalAction, default=None,
                    help="compute the training targets with an int8 copy of the teacher (minidistil quantize's "
                         "kernels, CPU only): a faster teacher forward, more updates in the time budget; the student "
-                        "is still copied from the float32 weights and compared with the float32 teacher")
+                        "is still copied from the float32 weights and compared with the float32 teacher (default: "
+                        "on where the CPU has AVX-512 VNNI and --device is cpu)")
     p.add_argument("--random-words", type=rule["random_words"], default=d.random_words,
                    help="share of each batch's sequences replaced by sequences of random whole words of the "
                         "vocabulary, so that the student sees the teacher on every word, not only the corpus' "

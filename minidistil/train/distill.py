@@ -36,9 +36,10 @@
    teacher's, and the output of student layer l (not the last) with that of the teacher layer it was copied from
    (layer_map[l]), every real token, the mean over those states (a 3-layer student: 3 pairs). Through the same
    width maps as the other hidden-state terms, so it works for a narrower student too.
-   The teacher runs under no_grad, in eval mode; with `teacher_int8` its outputs (the targets) come from an int8
-   copy of it (minidistil.io.quantization, the Linear layers on the VNNI kernels), a faster forward, so more
-   updates fit in a time budget; the student is still copied from the float32 weights. Options measured for
+   The teacher runs under no_grad, in eval mode; with `teacher_int8` (the default on a CPU with AVX-512 VNNI)
+   its outputs (the targets) come from an int8 copy of it (minidistil.io.quantization, the Linear layers on the
+   VNNI kernel), a faster forward, so more updates fit in a time budget; the student is still copied from the
+   float32 weights, and the final comparison is with the float32 teacher. Options measured for
    narrow students and left off by default (the README gives the runs): `freeze_embeddings` (the word embeddings
    kept as copied) and `random_words` (a share of each batch replaced by random whole words of the vocabulary,
    data.with_random_words).
@@ -85,6 +86,7 @@ from minidistil.core.config import BertConfig, DistilBertConfig
 from minidistil.core.device import check_device
 from minidistil.core.nn import to_device_of
 from minidistil.kernels import _cuda
+from minidistil.kernels.int8 import cpu_kernel as int8_kernel
 from minidistil.train.masking import IGNORE_INDEX, mask_tokens, selection_weights
 from minidistil.train.narrow import projected_agreement
 from minidistil.core.optim import AdamW, LinearWarmupDecay
@@ -410,7 +412,8 @@ class DistillConfig:
     pca_texts: int = 256               # corpus sequences whose teacher hidden states give the basis U
     pca_weighting: str = "all"         # which hidden states give U and how they weigh (narrow.hidden_moment)
     freeze_embeddings: bool = False    # keep the word embeddings as copied (projected): no gradient, no update
-    teacher_int8: bool = False         # the training targets from an int8 copy of the teacher (CPU only)
+    teacher_int8: bool | None = None   # the training targets from an int8 copy of the teacher (CPU only);
+    #                                    None: where the CPU has the VNNI int8 kernel and the run is on the CPU
     random_words: float = 0.0          # share of each batch's sequences replaced by random vocabulary words
     corpus: list[str] | None = None    # files / folders / .jsonl; None: data.default_corpus() (general English)
     text_field: str = "text"
@@ -497,7 +500,9 @@ def distill(teacher=DEFAULT_TEACHER, out_dir="student", *, tokenizer=None, confi
     check_fields(cfg, FIELD_TYPES)
     say = functools.partial(print, flush=True)  # set-up lines and the final report; --no-progress hides the bar only
     cfg.device = check_device(cfg.device)  # before any work: no GPU -> a clear RuntimeError now
-    if cfg.teacher_int8 and cfg.device != "cpu":
+    if cfg.teacher_int8 is None:   # the int8 forward is the faster one only where the VNNI kernel runs
+        cfg.teacher_int8 = cfg.device == "cpu" and int8_kernel() == "vnni"
+    elif cfg.teacher_int8 and cfg.device != "cpu":
         raise ValueError("--teacher-int8: the int8 teacher runs on the CPU only; on the GPU leave it out")
     from minidistil.train.runchecks import check_output
     check_output(cfg.out_dir, teacher=teacher if isinstance(teacher, (str, Path)) else None, corpus=cfg.corpus)
@@ -769,6 +774,7 @@ def _finish(job: _Job, cfg: DistillConfig, run: Run, state: RunState, planned, l
     schedule = schedule_summary(state.step, planned, lr, cfg.lr,
                                 "" if plan is None else "the time budget ran out before the planned updates")
     report = {"teacher": job.teacher_name, "student_dir": str(out), "layers": list(job.layers), "steps": state.step,
+              "teacher_int8": cfg.teacher_int8,
               "train_seconds": round(state.seconds, 1), "tokens": state.tokens, "mlm": job.mlm,
               "weights": asdict(job.weights), "loss_curve": curve, "schedule": schedule,
               "state_dir": str(run.state_dir), "time_budget_seconds": None if plan is None else cfg.time_budget,
