@@ -249,24 +249,26 @@ def test_frozen_word_embeddings_stay_as_copied(tmp_path):
 def test_int8_targets(tmp_path):
     """--teacher-int8: the first step's loss terms come from the int8 copy's outputs: near the float32 teacher's
     (int8 rounding of every Linear: a few 1e-3 relative on the tiny teacher) but not equal to them, so the int8
-    model is the one that ran; the student is the same copy either way."""
+    model is the one that ran; the student is the same copy either way. And the defaults: int8 targets where the
+    VNNI kernel runs, the learning rate 1e-3 for a narrower student, 5e-4 at the teacher's width."""
     from minidistil.train.distill import distill
     corpus = _corpus_dir(tmp_path, 20)
     teacher = _st_teacher(tmp_path, corpus)
     rows = {}
     for int8 in (False, True):
         out = tmp_path / f"s{int8}"
-        distill(str(teacher), out, corpus=[str(corpus)], steps=1, seed=0, hidden_size=16, pca_texts=40,
-                **{**RUN, "checkpoint_every": 0, "teacher_int8": int8})
+        report = distill(str(teacher), out, corpus=[str(corpus)], steps=1, seed=0, hidden_size=16, pca_texts=40,
+                         **{**RUN, "checkpoint_every": 0, "teacher_int8": int8, "lr": None})
         rows[int8] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        assert report["lr"] == 1e-3                                    # the narrow student's default
     for term in ("cos", "pool_cos", "pool_mse"):
         f32, q = rows[False][term], rows[True][term]
         assert f32 != q and abs(q - f32) <= 0.05 * abs(f32) + 1e-4, (term, f32, q)
     # the default: int8 targets where the CPU runs the VNNI kernel (the faster int8 forward), else float32
     from minidistil.kernels.int8 import cpu_kernel
     report = distill(str(teacher), tmp_path / "auto", corpus=[str(corpus)], steps=1, seed=0,
-                     **{**RUN, "checkpoint_every": 0, "teacher_int8": None})
-    assert report["teacher_int8"] is (cpu_kernel() == "vnni")
+                     **{**RUN, "checkpoint_every": 0, "teacher_int8": None, "lr": None})
+    assert report["teacher_int8"] is (cpu_kernel() == "vnni") and report["lr"] == 5e-4      # full width
 
 
 def test_basis_weightings(rng):

@@ -122,7 +122,9 @@ def add_distill(subparsers, name: str = "distill", help: str | None = None) -> a
                         "corpus and the evaluation come on top (the report gives each). The number of updates is "
                         "re-planned as the speed changes, so the learning-rate decay ends with the budget "
                         "(default %(default)s)")
-    p.add_argument("--lr", type=rule["lr"], default=d.lr, help="peak learning rate (default %(default)s)")
+    p.add_argument("--lr", type=rule["lr"], default=None,
+                   help=f"peak learning rate (default {distill_mod.LR:g}, {distill_mod.NARROW_LR:g} for a student "
+                        "narrower than its teacher)")
     p.add_argument("--warmup", type=rule["warmup"], default=d.warmup,
                    help="warm-up share of the steps, in [0, 1) (default %(default)s)")
     p.add_argument("--weight-decay", type=rule["weight_decay"], default=d.weight_decay, help="(default %(default)s)")

@@ -423,7 +423,8 @@ class DistillConfig:
     grad_accum: int = 1
     steps: int | None = None           # total updates; None: as many as fit in time_budget
     time_budget: float = 15 * 60.0     # seconds of training (when steps is None)
-    lr: float = 5e-4
+    lr: float | None = None            # peak learning rate; None: 5e-4, or 1e-3 for a student narrower than
+    #                                    its teacher (NARROW_LR: it starts further from the teacher)
     warmup: float = 0.05
     weight_decay: float = 0.01
     max_grad_norm: float = 5.0
@@ -447,6 +448,7 @@ FIELD_TYPES = {"student_layers": POSITIVE_INT, "held_out": SHARE, "max_len": bou
                "hidden_size": POSITIVE_INT, "num_heads": POSITIVE_INT, "intermediate_size": POSITIVE_INT,
                "pca_texts": POSITIVE_INT, "random_words": SHARE}
 LOSS_TERMS = ("loss", "ce", "mlm", "cos", "mse", "pool_cos", "pool_mse", "sim", "layers")   # the curves drawn and shown
+LR, NARROW_LR = 5e-4, 1e-3     # the default peak learning rates (the README gives the runs that chose them)
 PROVISIONAL_STEPS = 1_000_000  # the schedule's length before the first updates are timed: a slow start of warm-up
 
 
@@ -540,6 +542,8 @@ class _Job:
 def _distill(teacher, tokenizer, cfg: DistillConfig, run: Run, say, t_begin: float) -> dict:
     """Set up, train, save, report: each step is one function below."""
     job = _models(teacher, tokenizer, cfg, say)
+    if cfg.lr is None:
+        cfg.lr = NARROW_LR if (cfg.hidden_size or job.teacher_dim) < job.teacher_dim else LR
     _data(job, cfg, say)
     _student(job, cfg, say)
     # the student's parameters and, with a learned width map, the map's (training only: checkpointed, not saved)
@@ -774,7 +778,7 @@ def _finish(job: _Job, cfg: DistillConfig, run: Run, state: RunState, planned, l
     schedule = schedule_summary(state.step, planned, lr, cfg.lr,
                                 "" if plan is None else "the time budget ran out before the planned updates")
     report = {"teacher": job.teacher_name, "student_dir": str(out), "layers": list(job.layers), "steps": state.step,
-              "teacher_int8": cfg.teacher_int8,
+              "teacher_int8": cfg.teacher_int8, "lr": cfg.lr,
               "train_seconds": round(state.seconds, 1), "tokens": state.tokens, "mlm": job.mlm,
               "weights": asdict(job.weights), "loss_curve": curve, "schedule": schedule,
               "state_dir": str(run.state_dir), "time_budget_seconds": None if plan is None else cfg.time_budget,
