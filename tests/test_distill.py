@@ -215,14 +215,14 @@ def test_tiny_run_lowers_every_loss_term(tmp_path):
 
 
 def test_distilled_student_beats_its_initial_sts_score(tmp_path, minilm_dir):
-    """The real teacher (all-MiniLM-L6-v2) and a 1-layer student copied from one of its layers: 20 steps that pull
-    the student's hidden states and mean-pooled embeddings towards the teacher's raise the student's score on the
-    development pairs. The run is deterministic (fixed seed, data order and masks), so the margin asserted only has
-    to cover float32 rounding."""
+    """The real teacher (all-MiniLM-L6-v2) and a 1-layer student of its width copied from one of its layers: 20
+    steps that pull the student's hidden states and mean-pooled embeddings towards the teacher's raise the
+    student's score on the development pairs. The run is deterministic (fixed seed, data order and masks), so the
+    margin asserted only has to cover float32 rounding."""
     from minidistil.train.distill import distill
     corpus = _corpus_dir(tmp_path)
     report = distill(str(minilm_dir), tmp_path / "out", corpus=[str(corpus)], steps=20, student_layers=1, seed=1,
-                     **{**RUN, "evaluate": True, "lr": 1e-3})
+                     hidden_size=384, **{**RUN, "evaluate": True, "lr": 1e-3})   # the teacher's width
     assert report["sts_dev_teacher"] > report["sts_dev_student_init"] + 0.05
     assert report["sts_dev_student"] > report["sts_dev_student_init"] + 0.005, report
 

@@ -120,7 +120,7 @@ def test_narrow_sentence_encoder_run(tmp_path, oracle, width_loss):
     teacher = _st_teacher(tmp_path, corpus)
     out = tmp_path / "student"
     report = distill(str(teacher), out, corpus=[str(corpus)], steps=6, seed=0, hidden_size=16, pca_texts=40,
-                     width_loss=width_loss, **{**RUN, "checkpoint_every": 3})
+                     student_layers=2, width_loss=width_loss, **{**RUN, "checkpoint_every": 3})
     assert (report["student_dim"], report["teacher_dim"], report["width_loss"]) == (16, 32, width_loss)
     assert 0.7 < report["pca_energy"] <= 1 and len(report["init_projected_cos"]) == 3
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -235,6 +235,7 @@ def test_frozen_word_embeddings_stay_as_copied(tmp_path):
     w.alpha_layers = 1.0
     out = tmp_path / "student"
     distill(str(teacher), out, corpus=[str(corpus)], steps=4, seed=0, freeze_embeddings=True, weights=w,
+            hidden_size=TINY["hidden_size"],
             **{**RUN, "checkpoint_every": 4})
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(np.isfinite(r["layers"]) and r["layers"] > 0 for r in rows)
@@ -267,6 +268,7 @@ def test_int8_targets(tmp_path):
     # the default: int8 targets where the CPU runs the VNNI kernel (the faster int8 forward), else float32
     from minidistil.kernels.int8 import cpu_kernel
     report = distill(str(teacher), tmp_path / "auto", corpus=[str(corpus)], steps=1, seed=0,
+                     hidden_size=TINY["hidden_size"],
                      **{**RUN, "checkpoint_every": 0, "teacher_int8": None, "lr": None})
     assert report["teacher_int8"] is (cpu_kernel() == "vnni") and report["lr"] == 5e-4      # full width
 

@@ -71,11 +71,13 @@ def add_distill(subparsers, name: str = "distill", help: str | None = None) -> a
     p.add_argument("--teacher", default=d.teacher, help=f"checkpoint folder or name (default {d.teacher})")
     p.add_argument("--out", dest="out_dir", default=d.out_dir, help="output folder (default %(default)s)")
     p.add_argument("--student-layers", type=rule["student_layers"], default=None,
-                   help="student depth (default: half the teacher's)")
+                   help="student depth (default: half the teacher's with an MLM head; two thirds of a sentence "
+                        "encoder's, rounded up)")
     p.add_argument("--layer-map", type=int_list, default=None,
                    help="teacher layers to copy, comma-separated, e.g. 0,2,4 (overrides --student-layers)")
     p.add_argument("--hidden-size", type=rule["hidden_size"], default=None,
-                   help="student width H, at most the teacher's (default: the teacher's). Narrower: every copied "
+                   help="student width H, at most the teacher's (default: the teacher's with an MLM head; two "
+                        "thirds of a sentence encoder's heads, e.g. 256 for all-MiniLM-L6-v2). Narrower: every copied "
                         "weight is projected onto the teacher's H leading principal directions of its hidden states, "
                         "heads and FFN neurons with the largest projected norms kept; the embeddings are H wide")
     p.add_argument("--num-heads", type=rule["num_heads"], default=None,

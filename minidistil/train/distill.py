@@ -3,10 +3,12 @@
     from minidistil.train.distill import distill
     report = distill(teacher="all-MiniLM-L6-v2", out_dir="student", time_budget=15 * 60)
 
-1. The student (`make_student`): the teacher's width, half its depth. Word and position embeddings and the
+1. The student (`make_student`): with an MLM head DistilBERT's, the teacher's width and half its depth; from a
+   sentence encoder two thirds of its width and depth (`default_student_shape`). Word and position embeddings and the
    embedding LayerNorm are copied; each student layer is a copy of one teacher layer (12 -> 6 takes teacher layers
    0, 2, 4, 7, 9, 11 as DistilBERT did; 6 -> 3 takes 0, 2, 4, or 0, 3, 5 for a sentence encoder, whose student
-   must end on the layer its embeddings come from; any map can be given). The pooler and the token-type
+   must end on the layer its embeddings come from, and 6 -> 4 takes 0, 2, 3, 5; any map can be given). The pooler
+   and the token-type
    table are dropped: a BERT teacher adds token-type row 0 to every token, so that row is folded into the student's
    position table and the student's embedding output equals the teacher's at initialisation. The student is a
    DistilBertForMaskedLM when the teacher has an MLM head (its head is copied too), else a DistilBertModel.
@@ -130,6 +132,16 @@ def default_layer_map(n_teacher: int, n_student: int, mlm: bool = True) -> list[
     if (n_teacher, n_student) in maps:
         return list(maps[(n_teacher, n_student)])
     return [int(i) for i in np.round(np.linspace(0, n_teacher - 1, n_student))]
+
+
+def default_student_shape(C: int, heads: int, n_layers: int, mlm: bool) -> tuple[int, int]:
+    """(hidden size, layers) of the default student. A teacher with an MLM head: DistilBERT's, its width and half
+    its depth. A sentence encoder: two thirds of its heads (whole heads of its head width) and two thirds of its
+    depth, rounded up: all-MiniLM-L6-v2 (384 wide, 12 heads, 6 layers) gives 256 x 4, the shape whose 15-minute
+    run kept the most of the teacher per parameter of those the README reports."""
+    if mlm:
+        return C, max(1, n_layers // 2)
+    return (C // heads) * max(1, (2 * heads) // 3), max(1, -(-2 * n_layers // 3))
 
 
 def has_mlm_head(model) -> bool:
@@ -402,9 +414,10 @@ def distillation_loss_terms(s_logits: Tensor | None, t_logits, s_hidden: Tensor,
 class DistillConfig:
     teacher: str = DEFAULT_TEACHER     # a checkpoint folder or a name minidistil.io.loading.resolve knows
     out_dir: str = "student"
-    student_layers: int | None = None  # default: half the teacher's depth
+    student_layers: int | None = None  # None: default_student_shape's (half the depth with an MLM head)
     layer_map: list[int] | None = None  # teacher layer copied into each student layer (overrides student_layers)
-    hidden_size: int | None = None     # student width H; None: the teacher's. Narrower: minidistil.train.narrow
+    hidden_size: int | None = None     # student width H; None: default_student_shape's (the teacher's with an
+    #                                    MLM head, two thirds of a sentence encoder's). Narrower: train.narrow
     num_heads: int | None = None       # None: H / the teacher's head width
     intermediate_size: int | None = None  # FFN width; None: the teacher's ratio to the hidden size
     width_loss: str = "pca"            # a narrow student's hidden/pooled terms: "pca" (teacher states x U) or
@@ -594,11 +607,14 @@ def _models(teacher, tokenizer, cfg: DistillConfig, say) -> _Job:
     teacher_model.eval()
     mlm = has_mlm_head(teacher_model)
     n_teacher = teacher_model.config.num_hidden_layers
-    layers = cfg.layer_map or default_layer_map(n_teacher, cfg.student_layers or max(1, n_teacher // 2), mlm=mlm)
     cfg.max_len = cfg.max_len or (128 if mlm else 64)  # a sentence encoder's sentences are short: no padding
     tc = teacher_model.config
     C, heads, F_ = ((tc.hidden_size, tc.num_attention_heads, tc.intermediate_size) if isinstance(tc, BertConfig)
                     else (tc.dim, tc.n_heads, tc.hidden_dim))
+    H_default, n_default = default_student_shape(C, heads, n_teacher, mlm)
+    layers = cfg.layer_map or default_layer_map(n_teacher, cfg.student_layers or n_default, mlm=mlm)
+    if cfg.hidden_size is None and H_default != C:
+        cfg.hidden_size = H_default
     if cfg.hidden_size is not None or cfg.num_heads is not None or cfg.intermediate_size is not None:
         from minidistil.train.narrow import student_shape
         student_shape(C, heads, F_, cfg.hidden_size or C, cfg.num_heads, cfg.intermediate_size)  # before any work
