@@ -69,6 +69,18 @@ def test_default_layer_maps():
         default_layer_map(4, 5)
 
 
+def test_default_student_shapes():
+    """DistilBERT's shape for an MLM teacher; two thirds of a sentence encoder's heads and depth (rounded up), whole
+    heads of the teacher's width, never below one head or one layer."""
+    from minidistil.train.distill import default_layer_map, default_student_shape
+    assert default_student_shape(768, 12, 12, mlm=True) == (768, 6)            # BERT-base -> DistilBERT
+    assert default_student_shape(384, 12, 6, mlm=False) == (256, 4)            # all-MiniLM-L6-v2
+    assert default_layer_map(6, 4, mlm=False) == [0, 2, 3, 5]
+    assert default_student_shape(384, 6, 12, mlm=False) == (256, 8)            # heads of 64: 4 of 6
+    assert default_student_shape(32, 2, 4, mlm=False) == (16, 3)
+    assert default_student_shape(16, 1, 1, mlm=False) == (16, 1)
+
+
 @pytest.mark.parametrize("mlm", [True, False])
 def test_student_copies_the_teacher(rng, mlm):
     from minidistil.train.distill import forward_outputs, make_student
