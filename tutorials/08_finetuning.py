@@ -52,9 +52,10 @@ assert (folder / "config.json").is_file() and OUT.is_dir()
 # ## 1. The student
 #
 # Chapter 07 built the student by copying the teacher layers `default_layer_map` picks into a 3-layer DistilBERT
-# and distilled it. Here `minidistil.train.distill.distill` does both, with the same map (printed below, read from the
-# code; `distill` picks it itself when no `layer_map` is given), then a few updates against the teacher's hidden
-# states. Twelve updates on short sequences of Python's help topics are only a token run, to keep the
+# and distilled it. Here `minidistil.train.distill.distill` does both, with the same map and the teacher's width
+# (printed below, read from the code; given no shape, `distill` picks its own default student, for this teacher 4
+# layers of 256, projected onto the teacher's principal directions: the README's "Narrower students"), then a few
+# updates against the teacher's hidden states. Twelve updates on short sequences of Python's help topics are only a token run, to keep the
 # chapter fast; a real one is `minidistil distill` with its default 15-minute budget (see the end). What matters
 # here is the folder it writes: a checkpoint that `finetune` starts from like any other.
 
@@ -68,13 +69,13 @@ from minidistil.train.distill import default_layer_map
 
 LAYERS = default_layer_map(6, 3, mlm=False)      # all-MiniLM-L6-v2: a 6-layer sentence encoder, no MLM head
 print("teacher layers copied into the student:", LAYERS)
-dist = distill(folder, student_dir, layer_map=LAYERS, corpus=[str(corpus)], steps=12, max_len=32, batch_size=8,
-               lr=5e-4, checkpoint_every=0, evaluate=False, progress=False,
+dist = distill(folder, student_dir, layer_map=LAYERS, hidden_size=384, corpus=[str(corpus)], steps=12, max_len=32,
+               batch_size=8, lr=5e-4, checkpoint_every=0, evaluate=False, progress=False,
                overwrite=True)                  # running the chapter again into the same folder starts again
 student_cfg = json.loads((student_dir / "config.json").read_text())
 print(f"student: {student_cfg['n_layers']} layers of width {student_cfg['dim']}, {dist['steps']} distillation "
       f"updates in {dist['train_seconds']} s")
-assert student_cfg["n_layers"] == 3 and dist["steps"] == 12 and (student_dir / "model.safetensors").is_file()
+assert student_cfg["n_layers"] == 3 and student_cfg["dim"] == 384 and dist["steps"] == 12 and (student_dir / "model.safetensors").is_file()
 
 # %% [markdown]
 # ## 2. The data
