@@ -55,9 +55,9 @@ assert (folder / "config.json").is_file() and OUT.is_dir()
 # and distilled it. Here `minidistil.train.distill.distill` does both, with the same map and the teacher's width
 # (printed below, read from the code; given no shape, `distill` picks its own default student, for this teacher 4
 # layers of 256, projected onto the teacher's principal directions: the README's "Narrower students"), then a few
-# updates against the teacher's hidden states. Twelve updates on short sequences of Python's help topics are only a token run, to keep the
-# chapter fast; a real one is `minidistil distill` with its default 15-minute budget (see the end). What matters
-# here is the folder it writes: a checkpoint that `finetune` starts from like any other.
+# updates against the teacher's hidden states. Twelve updates on short sequences of Python's help topics are only
+# a token run, to keep the chapter fast; a real one is `minidistil distill` with its default 15-minute budget (see
+# the end). What matters here is the folder it writes: a checkpoint that `finetune` starts from like any other.
 
 # %%
 from minidistil.train import data as D
@@ -75,7 +75,8 @@ dist = distill(folder, student_dir, layer_map=LAYERS, hidden_size=384, corpus=[s
 student_cfg = json.loads((student_dir / "config.json").read_text())
 print(f"student: {student_cfg['n_layers']} layers of width {student_cfg['dim']}, {dist['steps']} distillation "
       f"updates in {dist['train_seconds']} s")
-assert student_cfg["n_layers"] == 3 and student_cfg["dim"] == 384 and dist["steps"] == 12 and (student_dir / "model.safetensors").is_file()
+assert student_cfg["n_layers"] == 3 and student_cfg["dim"] == 384 and dist["steps"] == 12
+assert (student_dir / "model.safetensors").is_file()
 
 # %% [markdown]
 # ## 2. The data
