@@ -292,15 +292,18 @@ def forward_outputs(model, input_ids, attention_mask, logits_rows=None, every_la
     if has_mlm_head(model) and (logits_rows is None or tuple(logits_rows.shape)[0]):
         out = model(input_ids, attention_mask, output_hidden_states=True, logits_rows=logits_rows)
         return out.logits, (out.hidden_states if every_layer else out.hidden_states[-1])
-    encoder = getattr(model, model.base_model_prefix) if has_mlm_head(model) else model
-    out = encoder(input_ids, attention_mask, output_hidden_states=every_layer)
+    out = encoder_of(model)(input_ids, attention_mask, output_hidden_states=every_layer)
     return None, (out.hidden_states if every_layer else out.last_hidden_state)
+
+
+def encoder_of(model):
+    """The encoder (embeddings and layers) of a BERT / DistilBERT model, with or without an MLM head."""
+    return getattr(model, model.base_model_prefix) if has_mlm_head(model) else model
 
 
 def word_embeddings(model):
     """The word-embedding matrix (V, C) Parameter of a BERT / DistilBERT model, with or without a head."""
-    encoder = getattr(model, model.base_model_prefix) if has_mlm_head(model) else model
-    return encoder.embeddings.word_embeddings.weight
+    return encoder_of(model).embeddings.word_embeddings.weight
 
 
 def layer_pairs(layers: Sequence[int]) -> list[tuple[int, int]]:
