@@ -15,14 +15,20 @@ The algorithm (Goto & van de Geijn 2008; BLIS's five loops around a micro-kernel
         shape and strides, and a version counter that every in-place writer of weights bumps
         (`weights_changed()`: the optimizer does after each step). A hit is therefore exactly "the same memory,
         not written since it was packed".
-    A, packed per call (`pack_a`): MR-row panels, k-major (panel i holds A[i MR + r, k] at i K MR + k MR + r),
-        zeros beyond M: one k step is MR consecutive floats the micro-kernel broadcasts.
-    Operands read in place (`gemm`, the backward's products): the micro-kernel takes each operand's row stride
-        (lda, ldb; MR and NR for the packs). A row-major B (K, N) (W in dx = dy W, x in dW = dy^T x) has its k
-        step of a panel as NR consecutive floats at B + k N + col0, as in a pack; A given as the transpose of a
-        row-major array (dy^T, dy (K, M)) has its k step as MR consecutive floats at dy + k M + row0. So dW
-        packs nothing and dx packs only dy, which saves writing a packed copy and reading it back. Only an
-        operand's last partial panel is packed, for its zero padding (an in-place read would run past the row).
+    A, read in place: the micro-kernel broadcasts the MR values of A's k step one at a time, so they need not
+        be side by side. A row-major A (M, K) (the forward's x, dx = dy W's dy) has them one row apart, at
+        A + (row0 + r) K + k: MR streams along MR rows, each read in k order, a 64-byte line per 16 k steps, as
+        many lines as a packed panel needs. Packing A at every call (`pack_a`: MR-row panels, k-major, panel i
+        holding A[i MR + r, k] at i K MR + k MR + r) would write and read back a copy for no gain: on the
+        model's shapes the in-place read ran faster than the pack (kernels/README.md), so only other layouts
+        (a strided view) are packed.
+    Operands read in place (`gemm`, the backward's products too): the micro-kernel takes each operand's strides
+        (lda, ars for A's k step and row; ldb for B's k step; MR, 1 and NR for the packs). A row-major B (K, N)
+        (W in dx = dy W, x in dW = dy^T x) has its k step of a panel as NR consecutive floats at B + k N + col0,
+        as in a pack; A given as the transpose of a row-major array (dy^T, dy (K, M)) has its k step as MR
+        consecutive floats at dy + k M + row0. So no product of a linear layer packs anything but the forward's
+        weight, once. Only an operand's last partial panel is packed, for its zero padding (an in-place read
+        would run past the row or the array).
     Loops (per thread, over its share of B's panels):
         for jc in blocks of NC columns          B's kc x nc block stays in L2 while ...
           for pc in blocks of KC of K          ... all of A's row panels stream past it
@@ -93,6 +99,7 @@ CHUNKS_PER_THREAD = 4       # pieces of work per thread, taken dynamically
 PACK_KB = 16                # rows of a row-major operand packed together (_pack_rows)
 MIN_M = 8                   # the dispatch rule (module docstring): one full MR-row panel at least ...
 MIN_KN = 384                # ... and both widths at least MiniLM's 384
+A_PACKED, A_TRANSPOSED, A_ROWS = 0, 1, 2   # how the driver reads A (_gemm_packed)
 PRODUCTS = ("forward", "dx", "dw")   # the three products of a linear layer (use_own_gemm, compare_openblas)
 U32 = 2.0**-24              # float32 unit roundoff
 ZERO = np.float32(0.0)
@@ -270,20 +277,22 @@ def _arr(t, dtype, ndim):
 
 
 @intrinsic
-def _tile_avx512(typingctx, ap, aoff, lda, bp, boff, ldb, kc, c, row0, col0, accumulate, bias):
-    """C[row0:row0+MR, col0:col0+NR] (=|+=) sum over kc steps k of  ap[aoff + k lda + r] * bp[boff + k ldb + j]
-    + bias[col0 + j]. ap, bp: 1-d float32, the packed panels (lda = MR, ldb = NR) or an operand read in place
-    (lda, ldb its row length: the MR values of A's k step, the NR of B's, are consecutive in either); c: a
+def _tile_avx512(typingctx, ap, aoff, lda, ars, bp, boff, ldb, kc, c, row0, col0, accumulate, bias):
+    """C[row0:row0+MR, col0:col0+NR] (=|+=) sum over kc steps k of  ap[aoff + k lda + r ars] * bp[boff + k ldb + j]
+    + bias[col0 + j]. ap, bp: 1-d float32, the packed panels (lda = MR, ars = 1, ldb = NR) or an operand read in
+    place: B's NR values of a k step are consecutive (ldb: B's row length); A's MR values are consecutive (ars = 1)
+    when A is given as its transpose (lda: that array's row length), or one row apart (lda = 1, ars: A's row
+    length) when A is row-major; c: a
     C-contiguous 2-d float32 array holding the whole tile; bias: at least col0 + NR floats (zeros where no bias
     is added); the caller guarantees all of it (no bounds checks). The loop over k keeps the MR x NV
     accumulators as <16 x float> SSA values (zmm registers):
         b_v    = load <16 x float> bp + boff + k ldb + 16 v                        v < NV
-        a_r    = broadcast of ap[aoff + k lda + r]                                  r < MR
+        a_r    = broadcast of ap[aoff + k lda + r ars]                              r < MR
         acc_rv = llvm.fma(a_r, b_v, acc_rv)                                         vfmadd231ps
     then acc (+ C when accumulate) + bias is stored."""
     ok = (_arr(ap, types.float32, 1) and _arr(bp, types.float32, 1) and _arr(c, types.float32, 2)
           and _arr(bias, types.float32, 1) and isinstance(accumulate, types.Boolean)
-          and all(isinstance(v, types.Integer) for v in (aoff, lda, boff, ldb, kc, row0, col0)))
+          and all(isinstance(v, types.Integer) for v in (aoff, lda, ars, boff, ldb, kc, row0, col0)))
     if not ok:
         return None
 
@@ -292,17 +301,19 @@ def _tile_avx512(typingctx, ap, aoff, lda, bp, boff, ldb, kc, c, row0, col0, acc
         f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
         vf = ir.VectorType(f32, 16)
         c64 = lambda n: ir.Constant(i64, n)  # noqa: E731
-        ap_, aoff_, lda_, bp_, boff_, ldb_, kc_, c_, row0_, col0_, acc_flag, bias_ = args
-        aoff_, lda_, boff_, ldb_, kc_, row0_, col0_ = (
+        ap_, aoff_, lda_, ars_, bp_, boff_, ldb_, kc_, c_, row0_, col0_, acc_flag, bias_ = args
+        aoff_, lda_, ars_, boff_, ldb_, kc_, row0_, col0_ = (
             context.cast(builder, v, sig.args[i], types.int64)
-            for v, i in ((aoff_, 1), (lda_, 2), (boff_, 4), (ldb_, 5), (kc_, 6), (row0_, 8), (col0_, 9)))
-        acc_flag = context.cast(builder, acc_flag, sig.args[10], types.boolean)
+            for v, i in ((aoff_, 1), (lda_, 2), (ars_, 3), (boff_, 5), (ldb_, 6), (kc_, 7), (row0_, 9),
+                         (col0_, 10)))
+        acc_flag = context.cast(builder, acc_flag, sig.args[11], types.boolean)
         fma = builder.module.declare_intrinsic("llvm.fma.v16f32", fnty=ir.FunctionType(vf, [vf] * 3))
         arr_a = context.make_array(sig.args[0])(context, builder, ap_)
-        arr_b = context.make_array(sig.args[3])(context, builder, bp_)
-        arr_c = context.make_array(sig.args[7])(context, builder, c_)
-        arr_bias = context.make_array(sig.args[11])(context, builder, bias_)
+        arr_b = context.make_array(sig.args[4])(context, builder, bp_)
+        arr_c = context.make_array(sig.args[8])(context, builder, c_)
+        arr_bias = context.make_array(sig.args[12])(context, builder, bias_)
         abase = builder.gep(builder.bitcast(arr_a.data, f32.as_pointer()), [aoff_])
+        roff = [builder.mul(c64(r), ars_) for r in range(MR)]         # A's row r, outside the loop
         bbase = builder.gep(builder.bitcast(arr_b.data, f32.as_pointer()), [boff_])
         zero = ir.Constant(vf, None)
         undef = ir.Constant(vf, ir.Undefined)
@@ -325,7 +336,7 @@ def _tile_avx512(typingctx, ap, aoff, lda, bp, boff, ldb, kc, c, row0, col0, acc
         arow = builder.gep(abase, [builder.mul(k, lda_)])
         new = []
         for r in range(MR):
-            x = builder.load(builder.gep(arow, [c64(r)]), align=4)
+            x = builder.load(builder.gep(arow, [roff[r]]), align=4)
             xv = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)), undef, splat)
             new.append([builder.call(fma, [xv, bv[v], acc[r][v]]) for v in range(NV)])
         k_next = builder.add(k, c64(1))
@@ -358,11 +369,11 @@ def _tile_avx512(typingctx, ap, aoff, lda, bp, boff, ldb, kc, c, row0, col0, acc
                 builder.store(builder.fadd(builder.fadd(final[r][v], prev), bvec[v]), pc, align=4)
         return context.get_dummy_value()
 
-    return types.void(ap, aoff, lda, bp, boff, ldb, kc, c, row0, col0, accumulate, bias), codegen
+    return types.void(ap, aoff, lda, ars, bp, boff, ldb, kc, c, row0, col0, accumulate, bias), codegen
 
 
 @njit(cache=True)
-def _tile_portable(ap, aoff, lda, bp, boff, ldb, kc, c, row0, col0, accumulate, bias, acc):
+def _tile_portable(ap, aoff, lda, ars, bp, boff, ldb, kc, c, row0, col0, accumulate, bias, acc):
     """_tile_avx512's tile in plain Numba, one row of the tile at a time: acc (NR,) float32 scratch; the loop over
     the NR columns is contiguous in bp and acc, so LLVM vectorises it with the CPU's vectors (a multiply and an
     add: no fastmath, so no FMA contraction)."""
@@ -370,7 +381,7 @@ def _tile_portable(ap, aoff, lda, bp, boff, ldb, kc, c, row0, col0, accumulate, 
         for j in range(NR):
             acc[j] = ZERO
         for k in range(kc):
-            x = ap[aoff + k * lda + r]
+            x = ap[aoff + k * lda + r * ars]
             brow = bp[boff + k * ldb:boff + k * ldb + NR]   # a view: indices from range(NR) are known >= 0, so
             for j in range(NR):                            # no wraparound test stops the vectoriser
                 acc[j] += x * brow[j]
@@ -398,11 +409,13 @@ def _fetch_add(typingctx, counter):
 
 
 @njit(cache=True, parallel=True)
-def _gemm_packed(ap, a_inplace, aedge, bp, b_inplace, bedge, M, N, K, c, bias_pad, zeros_pad, nthreads, chunk_pan,
+def _gemm_packed(ap, a_layout, aedge, bp, b_inplace, bedge, M, N, K, c, bias_pad, zeros_pad, nthreads, chunk_pan,
                  m_parts, kc_blk, mc_pan, nc_pan, portable, counter):
-    """c (M, N) = A times B + bias_pad[:N]. A: packed panels (ap), or, with a_inplace, A's transpose (K, M)
-    C-contiguous flattened (ap), read in place: A[i, k] at ap[k M + i], so A's k step of a panel is MR
-    consecutive floats as in the pack; aedge then holds A's last partial MR panel packed (K MR floats). B: packed
+    """c (M, N) = A times B + bias_pad[:N]. A (a_layout): A_PACKED, packed panels (ap); A_TRANSPOSED, A's
+    transpose (K, M) C-contiguous flattened (ap), read in place: A[i, k] at ap[k M + i], so A's k step of a panel
+    is MR consecutive floats as in the pack; A_ROWS, A (M, K) C-contiguous flattened, read in place: A[i, k] at
+    ap[i K + k], the MR values of a k step one row apart. Read in place, aedge holds A's last partial MR panel
+    packed (K MR floats). B: packed
     panels (bp), or, with b_inplace, B (K, N) C-contiguous flattened, read in place: B[k, j] at bp[k N + j];
     bedge then holds B's last partial NR panel packed (K NR floats). In-place operands are read only in whole
     panels; the packed edge panels' zeros pad the edge tiles. bias_pad and zeros_pad hold ceil(N/NR) NR floats
@@ -446,27 +459,29 @@ def _gemm_packed(ap, a_inplace, aedge, bp, b_inplace, bedge, M, N, K, c, bias_pa
                                     bsrc, boff = bedge, pc * NR
                             for ip in range(ic, iend):                     # loop 1: MR panels of A
                                 row0 = ip * MR
-                                asrc, aoff, lda = ap, ip * K * MR + pc * MR, MR
-                                if a_inplace:
-                                    if row0 + MR <= M:
+                                asrc, aoff, lda, ars = ap, ip * K * MR + pc * MR, MR, 1
+                                if a_layout != A_PACKED:
+                                    if row0 + MR > M:
+                                        asrc, aoff = aedge, pc * MR
+                                    elif a_layout == A_TRANSPOSED:
                                         aoff, lda = pc * M + row0, M
                                     else:
-                                        asrc, aoff = aedge, pc * MR
+                                        aoff, lda, ars = row0 * K + pc, 1, K
                                 if row0 + MR <= M and col0 + NR <= N:
                                     if portable:
-                                        _tile_portable(asrc, aoff, lda, bsrc, boff, ldb, kc, c, row0, col0, not first,
+                                        _tile_portable(asrc, aoff, lda, ars, bsrc, boff, ldb, kc, c, row0, col0, not first,
                                                        bias, acc)
                                     else:
-                                        _tile_avx512(asrc, aoff, lda, bsrc, boff, ldb, kc, c, row0, col0, not first,
+                                        _tile_avx512(asrc, aoff, lda, ars, bsrc, boff, ldb, kc, c, row0, col0, not first,
                                                      bias)
                                     continue
                                 # an edge tile: computed whole into scratch (the packs' padding is zeros), its
                                 # valid part added with the same additions in the same order
                                 if portable:
-                                    _tile_portable(asrc, aoff, lda, bsrc, boff, ldb, kc, scratch, 0, 0, False,
+                                    _tile_portable(asrc, aoff, lda, ars, bsrc, boff, ldb, kc, scratch, 0, 0, False,
                                                    zeros_pad, acc)
                                 else:
-                                    _tile_avx512(asrc, aoff, lda, bsrc, boff, ldb, kc, scratch, 0, 0, False,
+                                    _tile_avx512(asrc, aoff, lda, ars, bsrc, boff, ldb, kc, scratch, 0, 0, False,
                                                  zeros_pad)
                                 for r in range(min(MR, M - row0)):
                                     for j in range(min(NR, N - col0)):
@@ -514,13 +529,15 @@ _NONE = np.zeros(0, np.float32)    # no edge panel
 
 
 def _a_operand(a):
-    """A (M, K) as the driver reads it: (source, in place?, packed edge panel). The transpose of a C-contiguous
-    array (the backward's dy^T) is read in place, its last partial MR panel packed; anything else is packed."""
+    """A (M, K) as the driver reads it: (source, layout, packed edge panel). A C-contiguous A (A_ROWS: the
+    activations x of the forward, dy of dx = dy W) and the transpose of a C-contiguous array (A_TRANSPOSED: the
+    backward's dy^T) are read in place, their last partial MR panel packed; anything else is packed."""
     M, K = a.shape
-    if a.T.flags.c_contiguous and not a.flags.c_contiguous:
-        m0 = M - M % MR
-        return a.T.reshape(-1), True, (pack_a(a[m0:]) if m0 < M else _NONE)
-    return pack_a(a), False, _NONE
+    layout = A_ROWS if a.flags.c_contiguous else A_TRANSPOSED if a.T.flags.c_contiguous else A_PACKED
+    if layout == A_PACKED:
+        return pack_a(a), A_PACKED, _NONE
+    m0 = M - M % MR
+    return (a if layout == A_ROWS else a.T).reshape(-1), layout, (pack_a(a[m0:]) if m0 < M else _NONE)
 
 
 def _b_operand(b):
@@ -543,7 +560,7 @@ def _run(a, bsrc, b_inplace, bedge, N, bias, out, kernel, threads):
     if K == 0:
         c[:] = _padded_bias(bias, n_pad)[:N]
         return c
-    asrc, a_inplace, aedge = _a_operand(a)
+    asrc, a_layout, aedge = _a_operand(a)
     m_pan, n_pan = -(-M // MR), n_pad // NR
     threads = threads or get_num_threads()
     # chunks: about CHUNKS_PER_THREAD per thread, of whole NR panels where there are enough, else of row ranges
@@ -551,7 +568,7 @@ def _run(a, bsrc, b_inplace, bedge, N, bias, out, kernel, threads):
     chunk_pan = max(1, n_pan // want)
     m_parts = max(1, min(m_pan, -(-want // -(-n_pan // chunk_pan))))
     threads = max(1, min(threads, -(-n_pan // chunk_pan) * m_parts))
-    _gemm_packed(asrc, a_inplace, aedge, bsrc, b_inplace, bedge, M, N, K, c, _padded_bias(bias, n_pad),
+    _gemm_packed(asrc, a_layout, aedge, bsrc, b_inplace, bedge, M, N, K, c, _padded_bias(bias, n_pad),
                  np.zeros(n_pad, np.float32), threads, chunk_pan, m_parts, KC, max(1, MC // MR), max(1, NC // NR),
                  kernel == "portable", np.zeros(1, np.int64))
     return c
@@ -624,7 +641,7 @@ def avx512_assembly() -> str:
     bp = pack_b(np.ones((4, NR), np.float32))
     c = np.empty((MR, NR), np.float32)
     z = np.zeros(NR, np.float32)
-    drive(a, False, _NONE, bp, False, _NONE, MR, NR, 4, c, z, z, 1, 1, 1, KC, 1, 1, False, np.zeros(1, np.int64))
+    drive(a, A_PACKED, _NONE, bp, False, _NONE, MR, NR, 4, c, z, z, 1, 1, 1, KC, 1, 1, False, np.zeros(1, np.int64))
     return "\n".join(drive.inspect_asm(sig) for sig in drive.signatures)
 
 

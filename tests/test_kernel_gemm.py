@@ -80,6 +80,21 @@ def test_threads_and_strided_operands(rng, kernel):
     _assert_within_bound(G.gemm_cpu(wide[:, ::2], w.T, kernel=kernel), wide[:, ::2], w.T, None)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_every_layout_of_a_gives_the_same_bits(rng, kernel):
+    # A read in place row by row (the forward's x), in place as a transpose (the backward's dy^T) or packed (any
+    # other layout): the micro-kernel adds the same products in the same order, so C agrees to the last bit; M is
+    # not a multiple of MR, so the packed edge panel of an in-place A is used too
+    a, _, bias = _data(rng, 3 * G.MR + 5, 2 * G.KC + 7, 2 * G.NR + 3)
+    bp = G.pack_b(_data(rng, 1, 2 * G.KC + 7, 2 * G.NR + 3)[1])
+    layouts = {G.A_ROWS: a, G.A_TRANSPOSED: np.ascontiguousarray(a.T).T, G.A_PACKED: np.repeat(a, 2, axis=1)[:, ::2]}
+    outs = []
+    for layout, view in layouts.items():
+        assert G._a_operand(view)[1] == layout and np.array_equal(view, a)
+        outs.append(G.gemm_packed(view, bp, 2 * G.NR + 3, bias, kernel=kernel, threads=2))
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
 def test_non_finite_values_stay_in_their_row_and_column(rng):
     a, b, bias = _data(rng, 20, 50, 60)
     a[4, 7] = np.nan
