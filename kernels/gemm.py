@@ -563,10 +563,17 @@ def _run(a, bsrc, b_inplace, bedge, N, bias, out, kernel, threads):
     asrc, a_layout, aedge = _a_operand(a)
     m_pan, n_pan = -(-M // MR), n_pad // NR
     threads = threads or get_num_threads()
-    # chunks: about CHUNKS_PER_THREAD per thread, of whole NR panels where there are enough, else of row ranges
+    # chunks: about CHUNKS_PER_THREAD per thread. A chunk of columns reads all of A, a chunk of rows all of B, so
+    # the larger operand is the one cut (A is M x K, B is K x N): runs of whole NR panels when B is the larger, row
+    # ranges when A is (dW of the vocabulary projection: 30522 rows by 768 columns); the other is cut too only
+    # when the first gives too few chunks
     want = CHUNKS_PER_THREAD * threads
-    chunk_pan = max(1, n_pan // want)
-    m_parts = max(1, min(m_pan, -(-want // -(-n_pan // chunk_pan))))
+    if M > N:
+        m_parts = min(m_pan, want)
+        chunk_pan = max(1, n_pan // -(-want // m_parts))
+    else:
+        chunk_pan = max(1, n_pan // want)
+        m_parts = max(1, min(m_pan, -(-want // -(-n_pan // chunk_pan))))
     threads = max(1, min(threads, -(-n_pan // chunk_pan) * m_parts))
     _gemm_packed(asrc, a_layout, aedge, bsrc, b_inplace, bedge, M, N, K, c, _padded_bias(bias, n_pad),
                  np.zeros(n_pad, np.float32), threads, chunk_pan, m_parts, KC, max(1, MC // MR), max(1, NC // NR),
@@ -616,9 +623,11 @@ def use_own_gemm(M: int, K: int, N: int, product: str = "forward") -> bool:
     m = mode()
     if m != "auto":
         return m == "own"
-    if product != "forward":
-        return False                # the backward's products: no measured margin over OpenBLAS (docstring)
-    return cpu_kernel() == "avx512" and M >= MIN_M and K >= MIN_KN and N >= MIN_KN
+    if cpu_kernel() != "avx512":
+        return False
+    if product == "dw":             # M = Cout, K = the batch's rows, N = Cin
+        return K >= MIN_M and M >= MIN_KN and N >= MIN_KN
+    return M >= MIN_M and K >= MIN_KN and N >= MIN_KN
 
 
 def gemm_cpu(a, b, bias=None, kernel: str | None = None):

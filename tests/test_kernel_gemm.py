@@ -160,9 +160,12 @@ def test_dispatch_rule_and_switch(monkeypatch, rng):
     monkeypatch.setenv("MINIDISTIL_GEMM", "auto")
     assert G.use_own_gemm(256, 768, 3072) == (G.cpu_kernel() == "avx512")
     assert not G.use_own_gemm(256, 768, 2)                 # a classifier head of 2 outputs: OpenBLAS
-    for T, cin, cout in ((256, 768, 3072), (1024, 3072, 768), (256, 384, 384)):   # the measured backward rule
-        assert not G.use_own_gemm(*G.product_shape("dx", T, cin, cout), "dx")
-        assert not G.use_own_gemm(*G.product_shape("dw", T, cin, cout), "dw")
+    avx = G.cpu_kernel() == "avx512"
+    for T, cin, cout in ((256, 768, 3072), (1024, 3072, 768), (256, 384, 384), (159, 768, 30522)):
+        for p in G.PRODUCTS:                                # the model's products: all three here
+            assert G.use_own_gemm(*G.product_shape(p, T, cin, cout), p) == avx
+    assert not G.use_own_gemm(*G.product_shape("dx", 256, 2, 768), "dx")     # a 2-input layer's dx: OpenBLAS
+    assert not G.use_own_gemm(*G.product_shape("dw", 4, 768, 768), "dw")     # dW over 4 rows: OpenBLAS
     with pytest.raises(ValueError, match="product"):
         G.use_own_gemm(256, 768, 3072, "backward")
     monkeypatch.setenv("MINIDISTIL_GEMM", "fast")

@@ -67,3 +67,25 @@ def test_large_arrays_come_from_the_heap_unless_turned_off():
     assert out.startswith("False") and "MINIDISTIL_MALLOC=0" in out
     out = run({"MALLOC_TRIM_THRESHOLD_": "1000000"})              # the user's own malloc settings win
     assert "set by the user" in out
+
+
+def _wait_settings(env_extra: dict) -> tuple[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MINIDISTIL_GEMM", "MINIDISTIL_GEMM_KERNEL",
+                        "MINIDISTIL_THREAD_ENV")}
+    env.update(env_extra)
+    code = "import os, minidistil; print(os.environ.get('GOMP_SPINCOUNT', '-'), os.environ.get('OMP_WAIT_POLICY', '-'))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    spin, policy = r.stdout.split()
+    return spin, policy
+
+
+def test_numba_workers_spin_only_where_the_products_run_on_their_pool():
+    own = "avx512f" in _runtime.cpu_flags()
+    assert _wait_settings({}) == ((str(_runtime.SPIN_COUNT), "-") if own else ("-", "PASSIVE"))
+    for off in ({"MINIDISTIL_GEMM": "openblas"}, {"MINIDISTIL_GEMM": "blocks"}, {"MINIDISTIL_GEMM_KERNEL": "portable"}):
+        assert _wait_settings(off) == ("-", "PASSIVE"), off          # OpenBLAS's threads run the products
+    assert _wait_settings({"OMP_WAIT_POLICY": "ACTIVE"}) == ("-", "ACTIVE")            # the user's, nothing added
+    assert _wait_settings({"GOMP_SPINCOUNT": "5"}) == ("5", "-")
+    assert _wait_settings({"MINIDISTIL_THREAD_ENV": "0"}) == ("-", "-")

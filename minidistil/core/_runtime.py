@@ -21,10 +21,21 @@ Once numpy is imported, OpenBLAS has read its environment and nothing here chang
 
 2. Spinning threads. After a GEMM, OpenBLAS's worker threads busy-wait for up to 2^28 cycles (~0.1 s) for more
    work, and the Numba kernel that runs next (layer norm, GELU, softmax) wants the same cores; Numba's OpenMP
-   workers (GNU libgomp) likewise spin after each parallel loop, and a forward of many small kernels then waits
-   for cores that spin (tutorial 09 measures it). So, unless the user set them or MINIDISTIL_THREAD_ENV=0:
-       OMP_WAIT_POLICY=PASSIVE          OpenMP workers sleep when idle (a wake-up costs microseconds)
+   workers (GNU libgomp) likewise spin after each parallel loop, and where the linear layers' products run on
+   OpenBLAS's threads, a step then waits for cores that the other pool spins on (tutorial 09 measures it). So,
+   unless the user set them or MINIDISTIL_THREAD_ENV=0:
        OPENBLAS_THREAD_TIMEOUT=4        OpenBLAS workers sleep after 2^4 cycles (only before numpy's import)
+   and for Numba's workers one of two, by where the linear layers' products run:
+       GOMP_SPINCOUNT=300000            where they run on kernels/gemm.py, on Numba's own pool (an AVX-512 CPU,
+                                        MINIDISTIL_GEMM not "openblas"/"blas"/"blocks", MINIDISTIL_GEMM_KERNEL not
+                                        "portable"): a worker spins a few milliseconds before it sleeps, so it is
+                                        awake for the next kernel of the step. Sleeping after every parallel loop
+                                        let the second core go idle between kernels, and after a pause (a request
+                                        after idle time) it came back slowly: the first layers' products then ran
+                                        at one core's rate (README, Performance, has the measurement).
+       OMP_WAIT_POLICY=PASSIVE          elsewhere: workers sleep at once (a wake-up costs microseconds), leaving
+                                        the cores to OpenBLAS's threads.
+   A user's OMP_WAIT_POLICY or GOMP_SPINCOUNT is left as it is (and no GOMP_SPINCOUNT is added to their policy).
    Attention's many small GEMMs avoid OpenBLAS's threads altogether (kernels/_blas.py).
 
 3. Fresh memory. glibc's malloc serves every allocation above 32 MB (its largest mmap threshold) with a fresh
@@ -60,15 +71,38 @@ def _set_default(name: str, value: str, why: str):
         _DECISION[name] = f"{value} ({why})"
 
 
+SPIN_COUNT = 300_000    # libgomp's spin iterations before a worker sleeps (its own default when no policy is set)
+
+
+def own_gemm_expected() -> bool:
+    """Whether the linear layers' products will run on kernels/gemm.py (Numba's thread pool) rather than on
+    OpenBLAS's: the CPU lists avx512f and neither MINIDISTIL_GEMM nor MINIDISTIL_GEMM_KERNEL turns it off. Read from
+    /proc/cpuinfo and the environment only (numpy and Numba are not imported yet); gemm.use_own_gemm decides per
+    product later."""
+    if os.environ.get("MINIDISTIL_GEMM", "auto").strip().lower() in ("openblas", "blas", "blocks"):
+        return False
+    if os.environ.get("MINIDISTIL_GEMM_KERNEL", "").strip().lower() == "portable":
+        return False
+    return "avx512f" in cpu_flags()
+
+
 def configure() -> dict[str, str]:
-    """Set OPENBLAS_CORETYPE, OPENBLAS_THREAD_TIMEOUT and OMP_WAIT_POLICY as the module docstring says (never
-    overriding a value the user set). Idempotent; returns what was decided."""
+    """Set OPENBLAS_CORETYPE, OPENBLAS_THREAD_TIMEOUT and GOMP_SPINCOUNT or OMP_WAIT_POLICY as the module
+    docstring says (never overriding a value the user set). Idempotent; returns what was decided."""
     if _DECISION:
         return _DECISION
     if os.environ.get("MINIDISTIL_THREAD_ENV", "1") == "0":
         _DECISION["threads"] = "left alone (MINIDISTIL_THREAD_ENV=0)"
     else:
-        _set_default("OMP_WAIT_POLICY", "PASSIVE", "Numba's OpenMP workers sleep between kernels")
+        if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+            for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+                if name in os.environ:
+                    _DECISION[name] = f"{os.environ[name]} (set by the user)"
+        elif own_gemm_expected():
+            _set_default("GOMP_SPINCOUNT", str(SPIN_COUNT),
+                         "Numba's OpenMP workers spin a few ms between kernels: the products run on their pool")
+        else:
+            _set_default("OMP_WAIT_POLICY", "PASSIVE", "Numba's OpenMP workers sleep between kernels")
         if "numpy" not in sys.modules:
             _set_default("OPENBLAS_THREAD_TIMEOUT", "4", "OpenBLAS workers sleep between GEMMs")
     _configure_malloc()
