@@ -51,8 +51,12 @@ Versions:
                                                       dO V^T, then dK and dV): no (B, H, T, T) dS is stored. The
                                                       dropout hash as a device function, once per (i, j) per kernel
     attention_forward_blas / attention_backward_blas  the DEFAULT CPU version (attention_forward_cpu): the head
-                                                      products go to numpy's BLAS on strided (B, H, T, D) views of
-                                                      q, k, v, out (no copies; BLAS takes a leading dimension C),
+                                                      products on strided (B, H, T, D) views of q, k, v, out, by
+                                                      kernels/gemm.py's `heads_gemm` where `own_heads()` says (the
+                                                      AVX-512 micro-kernel, the (batch, head) pairs shared by
+                                                      Numba's threads, each pair's operands packed, the product
+                                                      turned round where that pads the 8 x 48 tile less), else by
+                                                      numpy's BLAS (no copies; BLAS takes a leading dimension C),
                                                       one OpenBLAS thread per core (_blas.run_blas_tasks:
                                                       threaded OpenBLAS on 128 x 64 GEMMs was 4-30x slower);
                                                       scale, mask, softmax and dropout fused in one Numba
@@ -78,6 +82,7 @@ from numba import njit, prange
 
 from . import _blas, _checks, _cuda, _f32math
 from . import dropout as _dropout
+from . import gemm as _gemm
 from ._f32math import exp_f32, exp_fast, row_dot, row_max, row_sum
 
 ZERO = np.float32(0.0)
@@ -379,8 +384,13 @@ def _heads(a, H):
 
 
 def _blas_by_blocks(B, H, *products):
-    """Run the head products (a, b, out) as out = a @ b over (batch, head) blocks, in parallel (see the module
-    docstring: one OpenBLAS thread per core); a, b, out are (B, H, ., .) arrays or views."""
+    """Run the head products (a, b, out) as out = a @ b over (batch, head) blocks, in parallel; a, b, out are
+    (B, H, ., .) arrays or views. By kernels/gemm.py's `heads_gemm` (Numba's threads) where `own_heads()` says,
+    else by numpy's BLAS (see the module docstring: one OpenBLAS thread per core)."""
+    if own_heads():
+        for a, b, out in products:
+            _gemm.heads_gemm(a, b, out)
+        return
     def task(bs, hs):
         def run():
             for a, b, out in products:
@@ -390,6 +400,13 @@ def _blas_by_blocks(B, H, *products):
     # several blocks per core, taken in turn by the pool's threads: one that the OS delays holds back only its own
     parts = _blas.GEMM_BLOCKS_PER_CORE * _blas.n_cores()
     _blas.run_blas_tasks(task(bs, hs) for bs, hs in _blas.split_pairs(B, H, parts))
+
+
+def own_heads() -> bool:
+    """Whether the head products run on kernels/gemm.py's micro-kernel: where the linear layers' forward does
+    (the AVX-512 kernel, MINIDISTIL_GEMM not "openblas"), so that one thread pool runs every product of a step."""
+    m = _gemm.mode()
+    return m == "own" or (m == "auto" and _gemm.cpu_kernel() == "avx512")
 
 
 def attention_forward_blas(q, k, v, mask, n_heads, p=0.0, seed=0, fast=None, offset=0):

@@ -603,6 +603,87 @@ def gemm(a, b, bias=None, out=None, kernel: str | None = None, threads: int | No
     return _run(a, bsrc, b_inplace, bedge, b.shape[1], bias, out, kernel, threads)
 
 
+@njit(cache=True, parallel=True)
+def _heads_gemm(a, b, out, portable):
+    # out[x, y] = a[x, y] @ b[x, y] for each of the X Y pairs (4-d arrays, any strides): one pair per prange step; its
+    # operands packed (small: rows x K and K x N), every tile computed whole into a scratch tile (the packs' zero
+    # padding fills the edges) and its valid part copied out, all K in one block (K is a head's width or the rows)
+    X, Y, M, K = a.shape
+    N = b.shape[3]
+    m_pan = (M + MR - 1) // MR
+    n_pan = (N + NR - 1) // NR
+    a_rows = a.strides[3] <= a.strides[2]
+    b_rows = b.strides[3] <= b.strides[2]
+    out_rows = out.strides[3] <= out.strides[2]
+    for g in prange(X * Y):
+        x, y = g // Y, g % Y
+        ap = np.empty(m_pan * K * MR, np.float32)
+        bp = np.empty(n_pan * K * NR, np.float32)
+        ap[(m_pan - 1) * K * MR:] = ZERO                     # the last panels: their padding is zeros
+        bp[(n_pan - 1) * K * NR:] = ZERO
+        scratch = np.empty((MR, NR), np.float32)
+        acc = np.empty(NR, np.float32)
+        zeros = np.zeros(NR, np.float32)
+        # the packs and the copy out walk each operand along its contiguous axis (a transposed view's other one)
+        if a_rows:
+            for i in range(M):                              # A's MR-row panels, k-major
+                base = (i // MR) * K * MR + i % MR
+                for k in range(K):
+                    ap[base + k * MR] = a[x, y, i, k]
+        else:
+            for k in range(K):
+                for i in range(M):
+                    ap[(i // MR) * K * MR + i % MR + k * MR] = a[x, y, i, k]
+        if b_rows:
+            for k in range(K):                              # B's NR-column panels, k-major
+                for j in range(N):
+                    bp[(j // NR) * K * NR + k * NR + j % NR] = b[x, y, k, j]
+        else:
+            for j in range(N):
+                base = (j // NR) * K * NR + j % NR
+                for k in range(K):
+                    bp[base + k * NR] = b[x, y, k, j]
+        for jp in range(n_pan):
+            col0 = jp * NR
+            cols = min(NR, N - col0)
+            for ip in range(m_pan):
+                row0 = ip * MR
+                if portable:
+                    _tile_portable(ap, ip * K * MR, MR, 1, bp, jp * K * NR, NR, K, scratch, 0, 0, False, zeros, acc)
+                else:
+                    _tile_avx512(ap, ip * K * MR, MR, 1, bp, jp * K * NR, NR, K, scratch, 0, 0, False, zeros)
+                rows = min(MR, M - row0)
+                if out_rows:
+                    for r in range(rows):
+                        for j in range(cols):
+                            out[x, y, row0 + r, col0 + j] = scratch[r, j]
+                else:
+                    for j in range(cols):
+                        for r in range(rows):
+                            out[x, y, row0 + r, col0 + j] = scratch[r, j]
+
+
+def heads_gemm(a, b, out, kernel: str | None = None):
+    """out[x, y] = a[x, y] @ b[x, y] for every (x, y): a (X, Y, M, K), b (X, Y, K, N), out (X, Y, M, N), float32,
+    any strides (attention's head products on (B, H, T, D) views of q, k, v and their transposes: kernels/
+    attention.py), the pairs shared by Numba's threads. Each product within `error_bound`'s bound."""
+    if a.ndim != 4 or b.ndim != 4 or out.ndim != 4 or a.shape[:2] != b.shape[:2] or out.shape[:2] != a.shape[:2] \
+            or a.shape[3] != b.shape[2] or out.shape[2:] != (a.shape[2], b.shape[3]):
+        raise ValueError(f"a, b, out: expected (X, Y, M, K), (X, Y, K, N), (X, Y, M, N), got {a.shape}, {b.shape}, "
+                         f"{out.shape}")
+    if out.size == 0:
+        return out
+    if a.shape[3] == 0:
+        out[...] = 0
+        return out
+    M, K, N = a.shape[2], a.shape[3], b.shape[3]
+    if -(-N // NR) * NR * -(-M // MR) * MR > -(-M // NR) * NR * -(-N // MR) * MR:
+        # fewer padded tiles the other way round (P V with a head width of 64: 1.5 NR panels): out^T = b^T a^T
+        a, b, out = b.transpose(0, 1, 3, 2), a.transpose(0, 1, 3, 2), out.transpose(0, 1, 3, 2)
+    _heads_gemm(a, b, out, cpu_kernel(kernel) == "portable")
+    return out
+
+
 def mode() -> str:
     """MINIDISTIL_GEMM as it concerns this kernel: "auto" (unset or "auto": the linear layers use it where
     `use_own_gemm` says), "own" (all three products of every linear layer, whatever their shape: for tests and

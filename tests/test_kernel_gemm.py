@@ -267,3 +267,33 @@ def test_linear_backward_uses_it_under_the_switch(monkeypatch, rng):
             assert dx.dtype == dw.dtype == np.float32 and dx.shape == x.shape and dw.shape == w.shape
             assert np.abs(dx - dx64).max() <= tdx and np.abs(dw - dw64).max() <= tdw
         assert calls == expect
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("T, D", [(1, 1), (7, 13), (50, 64), (33, 96)])
+def test_heads_gemm_within_bound_on_attention_views(rng, kernel, T, D):
+    # attention's head products as kernels/attention.py passes them: (B, H, T, D) views of a (B, T, 3C) array
+    # (row stride 3C), their transposes, and (B, H, T, T) probabilities; T and D not multiples of the 8 x 48 tile,
+    # and D = 64 where computing the transpose pads less (heads_gemm turns the product round)
+    B, H = 2, 3
+    qkv = rng.standard_normal((B, T, 3 * H * D)).astype(np.float32)
+    q, k, v = (qkv[..., i * H * D:(i + 1) * H * D].reshape(B, T, H, D).transpose(0, 2, 1, 3) for i in range(3))
+    p = rng.uniform(0, 1, (B, H, T, T)).astype(np.float32)
+    out_t = np.full((B, T, H * D), np.nan, np.float32)
+    o = out_t.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+    s = np.full((B, H, T, T), np.nan, np.float32)
+    for a, b, out in ((q, k.transpose(0, 1, 3, 2), s), (p, v, o), (p.transpose(0, 1, 3, 2), q, o)):
+        G.heads_gemm(a, b, out, kernel=kernel)
+        for x in range(B):
+            for y in range(H):
+                _assert_within_bound(out[x, y], a[x, y], b[x, y], None)
+
+
+def test_heads_gemm_bad_shapes():
+    a = np.zeros((2, 3, 4, 5), np.float32)
+    with pytest.raises(ValueError, match="expected"):
+        G.heads_gemm(a, np.zeros((2, 3, 6, 7), np.float32), np.zeros((2, 3, 4, 7), np.float32))
+    with pytest.raises(ValueError, match="expected"):
+        G.heads_gemm(a[0], np.zeros((3, 5, 7), np.float32), np.zeros((3, 4, 7), np.float32))
+    with pytest.raises(ValueError, match="expected"):      # the pairs' axes differ only in out
+        G.heads_gemm(a, np.zeros((2, 3, 5, 7), np.float32), np.zeros((3, 2, 4, 7), np.float32))
