@@ -29,8 +29,8 @@ The algorithm (Goto & van de Geijn 2008; BLIS's five loops around a micro-kernel
         consecutive floats at dy + k M + row0. So no product of a linear layer packs anything but the forward's
         weight, once. Only an operand's last partial panel is packed, for its zero padding (an in-place read
         would run past the row or the array).
-    Loops (per thread, over its share of B's panels):
-        for jc in blocks of NC columns          B's kc x nc block stays in L2 while ...
+    Loops (per thread, over its chunk: a run of B's panels, or a range of A's rows):
+        for jc in blocks of NC columns          B's kc x nc block (a chunk's columns) stays in L2/L3 while ...
           for pc in blocks of KC of K          ... all of A's row panels stream past it
             for ic in blocks of MC rows        A's mc x kc block (L2) is reused by every NR panel of jc
               for jr in NR panels of jc        B's kc x NR micro-panel (L2) is reused by every MR panel of ic
@@ -92,9 +92,11 @@ from . import _checks
 MR = 8                      # rows of the register tile (broadcasts of A per k step)
 NV = 3                      # zmm vectors of 16 columns per tile row
 NR = 16 * NV                # columns of the register tile: 48
-KC = 384                    # k per block: B's micro-panel (KC x NR x 4 B = 72 KiB) and A's block stay in L2
-MC = 96                     # rows per block: A's MC x KC block (144 KiB) stays in L2
-NC = 1536                   # columns per block (a multiple of NR): B's KC x NC block (2.25 MiB) from L2/L3
+KC = 768                    # k per block: B's micro-panel (KC x NR x 4 B = 144 KiB) and A's block stay in L2;
+                            # each block after the first reloads the C tile, so fewer, longer blocks measured
+                            # faster than 384 (kernels/README.md)
+MC = 96                     # rows per block: A's MC x KC block (288 KiB) stays in L2
+NC = 1536                   # columns per block (a multiple of NR): B's KC x NC block (4.5 MiB) from L3
 CHUNKS_PER_THREAD = 4       # pieces of work per thread, taken dynamically
 PACK_KB = 16                # rows of a row-major operand packed together (_pack_rows)
 MIN_M = 8                   # the dispatch rule (module docstring): one full MR-row panel at least ...

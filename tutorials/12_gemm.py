@@ -184,7 +184,7 @@ assert lib.ctypes.data % 64 == 0 and np.array_equal(lib[1], b[:, G.NR:2 * G.NR])
 # ## 4. Blocking and the register tile
 #
 # With both operands packed, the five loops of Goto's algorithm (`kernels/gemm.py` writes them out) walk C in
-# blocks sized for the caches: a KC x NR panel of B (72 KiB for KC = 384) is reused by every MR-row panel of an
+# blocks sized for the caches: a KC x NR panel of B (144 KiB for KC = 768) is reused by every MR-row panel of an
 # MC x KC block of A that stays in L2, and inside, the **micro-kernel** computes one MR x NR tile over KC steps:
 #
 #     for k in range(KC):                     # per step: NR/16 vector loads of B, MR broadcasts of A
