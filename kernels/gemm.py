@@ -790,7 +790,10 @@ def compare_openblas(shapes, rounds: int = 7, kernel: str | None = None, log=pri
     the layer's (T, Cin, Cout), T the rows of x) by numpy's OpenBLAS (what kernels/linear.py runs without this
     GEMM) and by this GEMM as the linear layer runs it (`_product_runs`), interleaved: each round times two calls
     of each, one after the other, so that all see the same load, starting with each in turn (the one timed right
-    after another can find its threads still busy); the medians over `rounds`. Returns one dict per
+    after another can find its threads still busy); the medians over `rounds`. Numba's workers must sleep at once
+    (OMP_WAIT_POLICY=PASSIVE, `main` says so): where they spin a few ms after a parallel loop (GOMP_SPINCOUNT,
+    minidistil/core/_runtime.py), OpenBLAS timed right after this GEMM shares its cores with them. Returns one
+    dict per
     shape: the GEMM's M, K, N, GFLOP/s of each run, and "ratio" = own / OpenBLAS."""
     r = np.random.default_rng(0)
     rows = []
@@ -866,6 +869,10 @@ def main(argv=None):
 
     print(f"  CPU: {_cpu_model()}; {get_num_threads()} Numba threads; load average before "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if os.environ.get("GOMP_SPINCOUNT", "0") != "0":
+        print(f"  note: Numba's workers spin after each parallel loop (GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}), "
+              "so OpenBLAS timed after this GEMM shares the cores with them; for the two GEMMs alone run "
+              "OMP_WAIT_POLICY=PASSIVE python -m minidistil.kernels.gemm")
     k = cpu_kernel()
     for product, what in (("forward", "y = x W^T"), ("dx", "dx = dy W"), ("dw", "dW = dy^T x")):
         print(f"  kernel {k} (the one this CPU runs): {what}, OpenBLAS and own interleaved, medians of 7 rounds")
