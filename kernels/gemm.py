@@ -471,11 +471,11 @@ def _gemm_packed(ap, a_layout, aedge, bp, b_inplace, bedge, M, N, K, c, bias_pad
                                         aoff, lda, ars = row0 * K + pc, 1, K
                                 if row0 + MR <= M and col0 + NR <= N:
                                     if portable:
-                                        _tile_portable(asrc, aoff, lda, ars, bsrc, boff, ldb, kc, c, row0, col0, not first,
-                                                       bias, acc)
+                                        _tile_portable(asrc, aoff, lda, ars, bsrc, boff, ldb, kc, c, row0, col0,
+                                                       not first, bias, acc)
                                     else:
-                                        _tile_avx512(asrc, aoff, lda, ars, bsrc, boff, ldb, kc, c, row0, col0, not first,
-                                                     bias)
+                                        _tile_avx512(asrc, aoff, lda, ars, bsrc, boff, ldb, kc, c, row0, col0,
+                                                     not first, bias)
                                     continue
                                 # an edge tile: computed whole into scratch (the packs' padding is zeros), its
                                 # valid part added with the same additions in the same order
@@ -678,7 +678,7 @@ def heads_gemm(a, b, out, kernel: str | None = None):
     if a.shape[3] == 0:
         out[...] = 0
         return out
-    M, K, N = a.shape[2], a.shape[3], b.shape[3]
+    M, N = a.shape[2], b.shape[3]
     if -(-N // NR) * NR * -(-M // MR) * MR > -(-M // NR) * NR * -(-N // MR) * MR:
         # fewer padded tiles the other way round (P V with a head width of 64: 1.5 NR panels): out^T = b^T a^T
         a, b, out = b.transpose(0, 1, 3, 2), a.transpose(0, 1, 3, 2), out.transpose(0, 1, 3, 2)
