@@ -66,15 +66,22 @@ is one more rounding: + u |C + bias|. `error_bound` computes it per element, in 
 
 When the linear layers use it (`use_own_gemm(M, K, N, product)`), the rule (measured: figures, command and CPU in
 kernels/README.md; MINIDISTIL_GEMM=openblas sends all three products to OpenBLAS, =own all three here):
-    the forward y = x W^T: the "avx512" kernel, MINIDISTIL_GEMM unset or "auto", and the product large enough that
-    the padding of the 8 x 48 tile, packing A and waking the threads are small beside it: M >= MIN_M = 8 rows and
-    K, N >= MIN_KN = 384 (where it measured faster than OpenBLAS; below, at M = 1 or K, N <= 256, slower).
+    all three products of a linear layer on the "avx512" kernel, MINIDISTIL_GEMM unset or "auto", when the product
+    is large enough that the padding of the 8 x 48 tile and waking the threads are small beside it: the forward
+    y = x W^T and dx = dy W with M >= MIN_M = 8 rows and K, N >= MIN_KN = 384; dW = dy^T x with the layer's widths
+    M, N >= MIN_KN and at least MIN_M rows K. There each ran at least about OpenBLAS's rate, most of them above it
+    (the forward by its kept pack, all of them by reading A in place); below, at M = 1 or widths <= 256, slower.
     Everything else (small products, a classifier head of a few outputs, the "portable" kernel) goes to OpenBLAS.
-    The backward's dx = dy W and dW = dy^T x: OpenBLAS. Read in place, they ran here at OpenBLAS's rate on one
-    core, not above it by a margin: both reach about the core's peak, and OpenBLAS packs a row-major B cheaply, so
-    there is no per-call packing left to save as the forward's kept pack saves it. On two threads under other
-    jobs' load this GEMM won at 256 rows, where OpenBLAS's static split waits for a descheduled thread, and lost
-    on half of the 1024-row products; a rule from such figures would encode the load, not the product.
+    Keeping the model's products on one thread pool is itself part of the rule: Numba's workers can then spin a
+    few milliseconds between kernels instead of sleeping (minidistil/core/_runtime.py), which OpenBLAS's own
+    threads, running products of the same step, would have to share the cores with.
+    Attention's head products (`heads_gemm`, below) follow the forward's switch: kernels/attention.py `own_heads`.
+
+Batched head products (`heads_gemm(a, b, out)`, a (X, Y, M, K) @ b (X, Y, K, N) for attention's (B, H) pairs):
+    one (batch, head) pair per prange step, its operands packed (T x D and D x T: small beside the 2 T^2 D flops),
+    each tile computed into a scratch tile and its valid part copied out, the pack and copy loops walking each
+    operand along its contiguous axis. Where computing out^T = b^T a^T pads the tile less (P V with a head width
+    of 64 = 1.33 NR: 96 columns computed for 64, against 64 rows exactly the other way), it is turned round.
 """
 from __future__ import annotations
 

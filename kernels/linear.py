@@ -13,9 +13,10 @@ Versions:
                                                 shapes on an AVX-512 CPU), y = x W^T + b by our own GEMM: W^T packed
                                                 once and kept until the weight changes, the bias added in its store;
                                                 elsewhere (and with MINIDISTIL_GEMM=openblas) as below
-    linear_backward_cpu                         where `use_own_gemm(..., "dx" / "dw")` says so, dx = dy W and
-                                                dW = dy^T x by our own GEMM (`gemm.gemm`: W, x and dy^T read in
-                                                place, nothing packed beforehand: both change at every step);
+    linear_backward_cpu                         where `use_own_gemm(..., "dx" / "dw")` says so (the model's
+                                                shapes on an AVX-512 CPU), dx = dy W and dW = dy^T x by our own
+                                                GEMM (`gemm.gemm`: dy, W, x and dy^T read in place, nothing
+                                                packed beforehand: they change at every step);
                                                 elsewhere as below
     linear_forward_cpu / linear_backward_cpu    the three products through numpy's BLAS (float32 sgemm: no
                                                 hand-written loop beats a tuned GEMM), bias added in place by numpy

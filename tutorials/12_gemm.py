@@ -158,7 +158,9 @@ for name, fn in (("naive i,j,k", matmul_ijk), ("loop order i,k,j", matmul_ikj)):
 # written K times. The Goto/BLIS algorithm turns this around: it computes a small MR x NR **tile** of C at a time,
 # keeps it in registers for the whole k loop, and for that it needs, at each k, MR values of A and NR values of B
 # side by side. So B is copied once into **panels** of NR columns stored k-major: the NR values one k step needs
-# are one contiguous run (three 64-byte vectors for NR = 48). A is packed likewise into MR-row panels, at each call.
+# are one contiguous run (three 64-byte vectors for NR = 48). A needs no pack: the micro-kernel broadcasts A's MR
+# values of a k step one at a time, so it reads them in place from MR rows of x (packing A at every call, as the
+# first version did, cost more than it saved).
 # For a linear layer the weight is B: minidistil packs it once and keeps it until the weight changes
 # (`kernels/gemm.py`, `PACKS`).
 #
@@ -293,4 +295,5 @@ assert y.shape == (2, 128, N) and np.all(np.abs(y.reshape(-1, N) - ref) <= G.err
 #    thread? What does that say about how busy the machine is (`os.getloadavg()`)?
 # 4. Set `MINIDISTIL_GEMM=openblas` before importing minidistil and rerun the last cell: the rule no longer sends
 #    the product to gemm.py. Is `y` the same to the last bit? Why not, and within which bound must it agree?
-# 5. The backward products (dx = dy W, dW = dy^T x) stay on OpenBLAS. Why does packing W once not help training?
+# 5. The backward products (dx = dy W, dW = dy^T x) read W, x and dy in place instead of packing W once. Why does
+#    a kept pack of W not help training?

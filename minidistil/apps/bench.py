@@ -45,12 +45,11 @@ times, each after the same pause, with its linear layers' GEMMs counted and time
 and that rate over the sgemm rate measured at the start. The rest of the step is everything else (attention,
 GELU, layer norm, Python).
 
-Process settings: `import minidistil` sets up its process (minidistil/core/_runtime.py: OMP_WAIT_POLICY=PASSIVE,
-OpenBLAS's
-thread timeout and core type, glibc malloc keeping large arrays for reuse), and in the interleaved run PyTorch and
-ONNX Runtime share that process, so they run under minidistil's settings too (which speed up PyTorch's training
-step: the README's "Performance" gives both times). The fresh subprocess of each (framework, scenario) therefore
-also TIMES its steps ("alone" column: the median of ALONE_STEPS - 1 steps after one warm-up), with PyTorch and
+Process settings: `import minidistil` sets up its process (minidistil/core/_runtime.py: how Numba's workers wait,
+OpenBLAS's thread timeout and core type, glibc malloc keeping large arrays for reuse), and in the interleaved run
+PyTorch and ONNX Runtime share that process, so they run under minidistil's settings too (which speed up PyTorch's
+training step: the README's "Performance" gives both times). The fresh subprocess of each (framework, scenario)
+therefore also TIMES its steps ("alone" column: the median of ALONE_STEPS - 1 steps after one warm-up), with PyTorch and
 ONNX Runtime under their own defaults (MINIDISTIL_MALLOC=0 and MINIDISTIL_THREAD_ENV=0 there: as their users run
 them) and minidistil under its own; "alone x" is that time over minidistil's alone time. These runs are not interleaved.
 
