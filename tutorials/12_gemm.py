@@ -258,12 +258,25 @@ for n in names:
     print(f"{n:32s} {rates[n]:8.2f} GFLOP/s")
 
 # %% [markdown]
-# What each step gained, on the project's machine (2 cores of an AMD EPYC Zen 4, shared with other jobs, so the
-# two-thread rates vary with the load): the loop order gives the compiler vectors; packing and the register tile
-# bring the single core to about its peak (95-102 GFLOP per CPU-second at the model's shapes, measured with
-# `time.thread_time`, where OpenBLAS reached 88-100); the atomic counter keeps two threads useful on a busy machine
-# (three runs: 1.5-5.6x OpenBLAS's rate at 256 rows, 0.59-1.41x at 1024). The figures, their commands and the rule that
-# picks a GEMM per shape (at least 8 rows and widths of 384, on an AVX-512 CPU) are in kernels/README.md.
+# What each step gained, on the project's machine (2 cores of an AMD EPYC Zen 4, idle, this chapter run as users
+# run it: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python tutorials/12_gemm.py`, 2026-12-07):
+#
+# | step | GFLOP/s | what it changed |
+# | --- | --- | --- |
+# | naive i, j, k (64 x 768 x 768, one core) | 2.1 | B walked down its columns: a new cache line per multiply-add |
+# | loop order i, k, j | 43.9 | the inner loop runs along rows of B and C: LLVM vectorises it (20x) |
+# | packed + blocked, portable micro-kernel (256 x 768 x 768, one core) | 21.9 | the tile in memory: slower |
+# | packed + blocked, AVX-512 micro-kernel, one core | 115.8 | the tile in 24 zmm registers: ~peak (5.3x) |
+# | the same, 2 threads | 213.2 | two cores (1.84x) |
+#
+# The round 3.0 GHz of section 1 is only the roofline's scale: one core's 115.8 GFLOP/s at 32 flops a cycle says
+# the core ran at about 3.6 GHz. OpenBLAS in section 6 ran at 93 GFLOP/s in that run, lower than it can: after
+# each of our calls Numba's workers spin a few milliseconds (`import minidistil` sets `GOMP_SPINCOUNT` where the
+# model's products run on this GEMM), and OpenBLAS timed right after shares the cores with them. With the workers
+# sleeping at once (`OMP_WAIT_POLICY=PASSIVE`), kernels/README.md measured this product at 185 GFLOP/s for
+# OpenBLAS and 212 for ours (1.15x), and 1.07-1.22x over the model's forward products. Two changes after the first
+# version were worth 5-10% each at 256 rows: reading A in place instead of packing it at every call, and a k block
+# (KC) of 768 instead of 384, so that the C tile is reloaded less often.
 #
 # The linear layers use it without being asked: `linear_forward_cpu` sends y = x W^T + b there when the rule says
 # so, the bias added in the tile's store. `MINIDISTIL_GEMM=openblas` turns it off.
