@@ -72,7 +72,7 @@ def test_large_arrays_come_from_the_heap_unless_turned_off():
 def _wait_settings(env_extra: dict) -> tuple[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MINIDISTIL_GEMM", "MINIDISTIL_GEMM_KERNEL",
-                        "MINIDISTIL_THREAD_ENV")}
+                        "MINIDISTIL_THREAD_ENV", "NUMBA_CPU_FEATURES")}
     env.update(env_extra)
     code = "import os, minidistil; print(os.environ.get('GOMP_SPINCOUNT', '-'), os.environ.get('OMP_WAIT_POLICY', '-'))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -84,7 +84,8 @@ def _wait_settings(env_extra: dict) -> tuple[str, str]:
 def test_numba_workers_spin_only_where_the_products_run_on_their_pool():
     own = "avx512f" in _runtime.cpu_flags()
     assert _wait_settings({}) == ((str(_runtime.SPIN_COUNT), "-") if own else ("-", "PASSIVE"))
-    for off in ({"MINIDISTIL_GEMM": "openblas"}, {"MINIDISTIL_GEMM": "blocks"}, {"MINIDISTIL_GEMM_KERNEL": "portable"}):
+    for off in ({"MINIDISTIL_GEMM": "openblas"}, {"MINIDISTIL_GEMM": "blocks"}, {"MINIDISTIL_GEMM_KERNEL": "portable"},
+                {"NUMBA_CPU_FEATURES": "+avx2,+fma"}):
         assert _wait_settings(off) == ("-", "PASSIVE"), off          # OpenBLAS's threads run the products
     assert _wait_settings({"OMP_WAIT_POLICY": "ACTIVE"}) == ("-", "ACTIVE")            # the user's, nothing added
     assert _wait_settings({"GOMP_SPINCOUNT": "5"}) == ("5", "-")

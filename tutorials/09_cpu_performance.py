@@ -311,10 +311,7 @@ assert min(first, again, first2, again2) > 0
 #   linear layers' products. Where `kernels/gemm.py` runs them (an AVX-512 CPU: chapter 12), every large product
 #   of a step is on Numba's own pool, and the workers instead spin a few milliseconds (`GOMP_SPINCOUNT=300000`):
 #   sleeping after every kernel let the second core go idle, and after a pause the first layers then ran at one
-#   core's rate (DistilBERT-base, B = 8, T = 32, on the project's 2-core AMD EPYC Zen 4, OpenBLAS variables unset:
-#   134 ms a forward after a 0.3 s pause against 115 ms back to back; with pauses, 114-123 ms spinning against
-#   129-145 ms sleeping over six runs each; ONNX Runtime, whose threads spin, 111 and 109). Nothing you set
-#   yourself is changed.
+#   core's rate (the README's "Performance" gives the measurement). Nothing you set yourself is changed.
 # * **Many small GEMMs.** Attention multiplies 12 heads x 8 sequences of `(128 x 64) @ (64 x 128)`. OpenBLAS
 #   threads each of them across the cores, and waking its threads costs more than the product, so the head products
 #   run as single-threaded OpenBLAS calls spread over the cores by a Python thread pool (`_blas.run_blas_tasks`;

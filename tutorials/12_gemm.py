@@ -269,14 +269,15 @@ for n in names:
 # | packed + blocked, AVX-512 micro-kernel, one core | 115.8 | the tile in 24 zmm registers: ~peak (5.3x) |
 # | the same, 2 threads | 213.2 | two cores (1.84x) |
 #
-# The round 3.0 GHz of section 1 is only the roofline's scale: one core's 115.8 GFLOP/s at 32 flops a cycle says
-# the core ran at about 3.6 GHz. OpenBLAS in section 6 ran at 93 GFLOP/s in that run, lower than it can: after
-# each of our calls Numba's workers spin a few milliseconds (`import minidistil` sets `GOMP_SPINCOUNT` where the
-# model's products run on this GEMM), and OpenBLAS timed right after shares the cores with them. With the workers
-# sleeping at once (`OMP_WAIT_POLICY=PASSIVE`), kernels/README.md measured this product at 185 GFLOP/s for
-# OpenBLAS and 212 for ours (1.15x), and 1.07-1.22x over the model's forward products. Two changes after the first
-# version were worth 5-10% each at 256 rows: reading A in place instead of packing it at every call, and a k block
-# (KC) of 768 instead of 384, so that the C tile is reloaded less often.
+# In the same run (2026-12-07, the project's AMD EPYC Zen 4 CPU, `python tutorials/12_gemm.py` as above), the
+# round 3.0 GHz of section 1 turned out to be only the roofline's scale: one core's 115.8 GFLOP/s at 32 flops a
+# cycle says the core ran at about 3.6 GHz. OpenBLAS in section 6 ran at 93 GFLOP/s in that run, lower than it
+# can: after each of our calls Numba's workers spin a few milliseconds (`import minidistil` sets `GOMP_SPINCOUNT`
+# where the model's products run on this GEMM), and OpenBLAS timed right after shares the cores with them. With
+# the workers sleeping at once (`OMP_WAIT_POLICY=PASSIVE`), kernels/README.md measured this product at 185 GFLOP/s
+# for OpenBLAS and 212 for ours (1.15x), and 1.07-1.22x over the model's forward products. Two changes after the
+# first version paid at 256 rows: reading A in place instead of packing it at every call (4-12%), and a k block
+# (KC) of 768 instead of 384, so that the C tile is reloaded less often (3-5%).
 #
 # The linear layers use it without being asked: `linear_forward_cpu` sends y = x W^T + b there when the rule says
 # so, the bias added in the tile's store. `MINIDISTIL_GEMM=openblas` turns it off.

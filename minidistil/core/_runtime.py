@@ -27,9 +27,10 @@ Once numpy is imported, OpenBLAS has read its environment and nothing here chang
        OPENBLAS_THREAD_TIMEOUT=4        OpenBLAS workers sleep after 2^4 cycles (only before numpy's import)
    and for Numba's workers one of two, by where the linear layers' products run:
        GOMP_SPINCOUNT=300000            where they run on kernels/gemm.py, on Numba's own pool (an AVX-512 CPU,
-                                        MINIDISTIL_GEMM not "openblas"/"blas"/"blocks", MINIDISTIL_GEMM_KERNEL not
-                                        "portable"): a worker spins a few milliseconds before it sleeps, so it is
-                                        awake for the next kernel of the step. Sleeping after every parallel loop
+                                        NUMBA_CPU_FEATURES unset or with +avx512f, MINIDISTIL_GEMM not
+                                        "openblas"/"blas"/"blocks", MINIDISTIL_GEMM_KERNEL not "portable"): a
+                                        worker spins a few milliseconds before it sleeps, so it is awake for the
+                                        next kernel of the step. Sleeping after every parallel loop
                                         let the second core go idle between kernels, and after a pause (a request
                                         after idle time) it came back slowly: the first layers' products then ran
                                         at one core's rate (README, Performance, has the measurement).
@@ -82,6 +83,9 @@ def own_gemm_expected() -> bool:
     if os.environ.get("MINIDISTIL_GEMM", "auto").strip().lower() in ("openblas", "blas", "blocks"):
         return False
     if os.environ.get("MINIDISTIL_GEMM_KERNEL", "").strip().lower() == "portable":
+        return False
+    numba_features = os.environ.get("NUMBA_CPU_FEATURES")        # Numba compiling for another CPU than this one
+    if numba_features is not None and "+avx512f" not in numba_features.split(","):
         return False
     return "avx512f" in cpu_flags()
 
